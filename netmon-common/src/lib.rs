@@ -1,0 +1,279 @@
+//! Types shared by the kernel programs (`netmon-ebpf`) and the daemon (`netmon`).
+//!
+//! Every struct is `#[repr(C)]` with explicit padding, no `bool`/`Option`/enum fields, and a
+//! compile-time size/offset check, because the kernel and userspace must agree on every byte.
+//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
+//! type serves both families and dual-stack sockets match IPv4 packets.
+#![no_std]
+
+/// `FlowKey::direction` values.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// TCP flag bits as they appear in byte 13 of the TCP header (`FlowStats::tcp_flags`).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// One direction of one flow on one interface, seen from this host: for ingress the local
+/// end is the packet's destination, for egress its source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u8,
+    /// IP protocol number of the transport header (after IPv6 extension headers).
+    pub proto: u8,
+    /// 4 or 6: the family on the wire.
+    pub family: u8,
+    /// `FLOW_FLAG_*` bits.
+    pub flags: u8,
+    /// Host byte order. TCP/UDP: the port. ICMP/ICMPv6: 0.
+    pub local_port: u16,
+    /// Host byte order. TCP/UDP: the port. ICMP/ICMPv6: `type << 8 | code`.
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// The key has no L4 ports because the packet is a non-first fragment, or its transport
+/// header was truncated, or the IPv6 extension-header walk hit its bound.
+pub const FLOW_FLAG_NO_PORTS: u8 = 0x01;
+
+/// Per-CPU counters of one `FlowKey`. Userspace sums bytes/packets/flags over CPUs, takes the
+/// minimum `first_seen_ns` and the maximum `last_seen_ns` (CLOCK_MONOTONIC nanoseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Frame bytes (Ethernet header included), as the interface counts them.
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// OR of every TCP flag byte seen.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the per-interface totals map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub ifindex: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU totals of one interface and direction: every frame the hook saw, IP or not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// Who owned a socket, recorded in the kernel at the moment the socket was connected,
+/// accepted or first sent on, so that attribution survives the process's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Thread-group id, i.e. the PID that `ps` shows.
+    pub pid: u32,
+    pub uid: u32,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`); the inode number of the cgroup directory.
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds when this record was written.
+    pub recorded_ns: u64,
+    /// `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// A socket's full 4-tuple, from this host's side (the same orientation as `FlowKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub proto: u8,
+    pub _pad: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A local port with an owner: a TCP listener or a UDP socket that sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub proto: u8,
+    pub _pad: u8,
+    pub port: u16,
+}
+
+/// Indexes of the kernel-side event counters (`NETMON_COUNTERS`, a per-CPU array of u64).
+/// Every parse failure, map-full and fallback path bumps one of these.
+pub mod counter {
+    /// Frame shorter than the header it claims to carry (Ethernet, VLAN, IP, IPv6).
+    pub const TRUNCATED_L3: u32 = 0;
+    /// Transport header truncated: the flow is recorded without ports.
+    pub const TRUNCATED_L4: u32 = 1;
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): counted per interface only.
+    pub const NON_IP: u32 = 2;
+    /// Non-first IPv4/IPv6 fragment: recorded without ports.
+    pub const FRAGMENT: u32 = 3;
+    /// Transport protocol other than TCP/UDP/ICMP/ICMPv6: recorded without ports.
+    pub const OTHER_L4: u32 = 4;
+    /// IPv6 extension-header chain longer than the walk's bound.
+    pub const IPV6_EXT_LIMIT: u32 = 5;
+    /// More VLAN tags than the parser unwraps.
+    pub const VLAN_LIMIT: u32 = 6;
+    /// IPv4 header with IHL < 5 or IPv6/IPv4 version mismatch.
+    pub const BAD_L3_HEADER: u32 = 7;
+    /// Insert into the flow map failed (map full with no LRU victim, or -ENOMEM).
+    pub const FLOW_INSERT_FAILED: u32 = 8;
+    /// Insert into the interface map failed.
+    pub const IFACE_INSERT_FAILED: u32 = 9;
+    /// Insert into a socket-attribution map failed.
+    pub const SOCK_INSERT_FAILED: u32 = 10;
+    /// A tracepoint/kprobe could not read its arguments (bpf_probe_read failed).
+    pub const PROBE_READ_FAILED: u32 = 11;
+    /// A TCP connection became established with no known owner (e.g. opened before netmon).
+    pub const SOCK_OWNER_UNKNOWN: u32 = 12;
+    /// Packets seen by the XDP program / TC program (for self-checks and cost accounting).
+    pub const XDP_PACKETS: u32 = 13;
+    pub const TC_PACKETS: u32 = 14;
+    /// Number of counters; the array's `max_entries`.
+    pub const COUNT: u32 = 16;
+
+    /// Metric label of each counter, indexed by its number (`None`: unused slot).
+    pub const NAMES: [Option<&str>; COUNT as usize] = [
+        Some("truncated_l3"),
+        Some("truncated_l4"),
+        Some("non_ip"),
+        Some("fragment"),
+        Some("other_l4"),
+        Some("ipv6_ext_limit"),
+        Some("vlan_limit"),
+        Some("bad_l3_header"),
+        Some("flow_insert_failed"),
+        Some("iface_insert_failed"),
+        Some("sock_insert_failed"),
+        Some("probe_read_failed"),
+        Some("sock_owner_unknown"),
+        Some("xdp_packets"),
+        Some("tc_packets"),
+        None,
+    ];
+}
+
+/// Indexes of `NETMON_CONFIG`, an array of u64 the daemon writes at run time.
+pub mod config {
+    /// Non-zero when the kprobe on `tcp_connect` is attached: the tracepoint then leaves
+    /// outbound TCP to it and only handles listeners and accepted connections.
+    pub const KPROBE_CONNECT_ACTIVE: u32 = 0;
+    pub const COUNT: u32 = 8;
+}
+
+/// Offsets inside `struct sock` (its embedded `struct sock_common`), read from the running
+/// kernel's BTF by the daemon and written into the programs' read-only globals before load,
+/// because Rust eBPF has no CO-RE relocations.
+pub mod sock_offsets {
+    /// Defaults: x86_64 layout, stable since Linux 4.x.
+    pub const DADDR: u32 = 0; // skc_daddr
+    pub const RCV_SADDR: u32 = 4; // skc_rcv_saddr
+    pub const DPORT: u32 = 12; // skc_dport (network order)
+    pub const NUM: u32 = 14; // skc_num (host order)
+    pub const FAMILY: u32 = 16; // skc_family
+    pub const V6_DADDR: u32 = 56; // skc_v6_daddr
+    pub const V6_RCV_SADDR: u32 = 72; // skc_v6_rcv_saddr
+}
+
+/// Field offsets of `sock:inet_sock_set_state` and `sock:sock_send_length` records, from
+/// their `format` files under tracefs; defaults are those of Linux 5.6+ on x86_64.
+pub mod tp_offsets {
+    pub const SS_SKADDR: u32 = 8;
+    pub const SS_OLDSTATE: u32 = 16;
+    pub const SS_NEWSTATE: u32 = 20;
+    pub const SS_SPORT: u32 = 24;
+    pub const SS_DPORT: u32 = 26;
+    pub const SS_FAMILY: u32 = 28;
+    pub const SS_PROTOCOL: u32 = 30;
+    pub const SS_SADDR: u32 = 32;
+    pub const SS_DADDR: u32 = 36;
+    pub const SS_SADDR_V6: u32 = 40;
+    pub const SS_DADDR_V6: u32 = 56;
+    pub const SL_SK: u32 = 8;
+    pub const SL_FAMILY: u32 = 16;
+    pub const SL_PROTOCOL: u32 = 18;
+}
+
+/// TCP states as numbered by the kernel (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Writes `v4` (network order bytes) as an IPv4-mapped IPv6 address.
+#[inline(always)]
+pub fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+macro_rules! assert_layout {
+    ($t:ty, $size:expr, $( $field:ident @ $off:expr ),* ) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$t>() == $size);
+            $( assert!(core::mem::offset_of!($t, $field) == $off); )*
+        };
+    };
+}
+
+assert_layout!(FlowKey, 44, ifindex @ 0, direction @ 4, proto @ 5, family @ 6, flags @ 7,
+    local_port @ 8, remote_port @ 10, local_addr @ 12, remote_addr @ 28);
+assert_layout!(FlowStats, 40, bytes @ 0, packets @ 8, first_seen_ns @ 16, last_seen_ns @ 24,
+    tcp_flags @ 32);
+assert_layout!(IfaceKey, 8, ifindex @ 0, direction @ 4);
+assert_layout!(IfaceStats, 16, bytes @ 0, packets @ 8);
+assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, comm @ 24);
+assert_layout!(SockKey, 40, proto @ 0, local_port @ 2, remote_port @ 4, local_addr @ 8,
+    remote_addr @ 24);
+assert_layout!(PortKey, 4, proto @ 0, port @ 2);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain integers/byte arrays with explicit padding, so every
+    // bit pattern is valid and there are no implicit padding bytes (checked by assert_layout).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::IfaceKey {}
+    unsafe impl aya::Pod for super::IfaceStats {}
+    unsafe impl aya::Pod for super::ProcInfo {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::PortKey {}
+}

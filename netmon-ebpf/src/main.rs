@@ -1,0 +1,514 @@
+//! netmon's kernel programs.
+//!
+//! - `netmon_xdp` (XDP, ingress) and `netmon_tc_egress` (TC/TCX, egress) count every frame
+//!   per interface and per flow, in per-CPU maps, and never drop a packet.
+//! - `netmon_sock_state` (tracepoint `sock:inet_sock_set_state`), `netmon_tcp_connect`
+//!   (kprobe `tcp_connect`), `netmon_sock_send` (tracepoint `sock:sock_send_length`) and
+//!   `netmon_udp_sendmsg` (kprobe `udp_sendmsg`/`udpv6_sendmsg`) record which process owns a
+//!   socket, at socket time. The daemon attaches the kprobes where the kernel has kprobes and
+//!   falls back to the tracepoints where it has not.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_UNSPEC, xdp_action},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{classifier, kprobe, map, tracepoint, xdp},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{ProbeContext, TcContext, TracePointContext, XdpContext},
+};
+use netmon_common::{
+    AF_INET, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey, config, counter,
+    sock_offsets, tcp_state, tp_offsets, v4_mapped,
+};
+use parse::{NOTE_NONE, Packet, Parsed, parse};
+
+// ---------------------------------------------------------------------------------------------
+// Maps. Sizes are defaults; the daemon sets them from its configuration before load.
+
+/// Per-flow counters. LRU because the key space is unbounded; per-CPU so that the hot path
+/// never takes a lock or an atomic.
+#[map]
+static NETMON_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(65536, 0);
+
+/// Per-interface totals: every frame, IP or not, so they match the device's own counters.
+#[map]
+static NETMON_IFACES: PerCpuHashMap<IfaceKey, IfaceStats> = PerCpuHashMap::with_max_entries(256, 0);
+
+/// Event and error counters, indexed by `netmon_common::counter`.
+#[map]
+static NETMON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Run-time switches written by the daemon, indexed by `netmon_common::config`.
+#[map]
+static NETMON_CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
+
+/// Socket 4-tuple -> owning process, written when a TCP connection is established.
+#[map]
+static NETMON_SOCK_PROC: LruHashMap<SockKey, ProcInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Local port -> owner: TCP listeners (their accepted connections inherit it) and UDP senders.
+#[map]
+static NETMON_PORT_OWNER: LruHashMap<PortKey, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// `struct sock *` -> the process that called connect(), between SYN_SENT (process context,
+/// source port not yet chosen) and ESTABLISHED (softirq, tuple complete).
+#[map]
+static NETMON_SK_OWNER: LruHashMap<u64, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+
+// ---------------------------------------------------------------------------------------------
+// Read-only globals set by the loader (EbpfLoader::set_global) from the running kernel's BTF
+// and tracefs format files. The defaults are the x86_64 layouts of Linux 5.6+.
+
+#[unsafe(no_mangle)]
+static SK_OFF_DADDR: u32 = sock_offsets::DADDR;
+#[unsafe(no_mangle)]
+static SK_OFF_RCV_SADDR: u32 = sock_offsets::RCV_SADDR;
+#[unsafe(no_mangle)]
+static SK_OFF_DPORT: u32 = sock_offsets::DPORT;
+#[unsafe(no_mangle)]
+static SK_OFF_NUM: u32 = sock_offsets::NUM;
+#[unsafe(no_mangle)]
+static SK_OFF_FAMILY: u32 = sock_offsets::FAMILY;
+#[unsafe(no_mangle)]
+static SK_OFF_V6_DADDR: u32 = sock_offsets::V6_DADDR;
+#[unsafe(no_mangle)]
+static SK_OFF_V6_RCV_SADDR: u32 = sock_offsets::V6_RCV_SADDR;
+
+#[unsafe(no_mangle)]
+static TP_SS_SKADDR: u32 = tp_offsets::SS_SKADDR;
+#[unsafe(no_mangle)]
+static TP_SS_OLDSTATE: u32 = tp_offsets::SS_OLDSTATE;
+#[unsafe(no_mangle)]
+static TP_SS_NEWSTATE: u32 = tp_offsets::SS_NEWSTATE;
+#[unsafe(no_mangle)]
+static TP_SS_SPORT: u32 = tp_offsets::SS_SPORT;
+#[unsafe(no_mangle)]
+static TP_SS_DPORT: u32 = tp_offsets::SS_DPORT;
+#[unsafe(no_mangle)]
+static TP_SS_FAMILY: u32 = tp_offsets::SS_FAMILY;
+#[unsafe(no_mangle)]
+static TP_SS_PROTOCOL: u32 = tp_offsets::SS_PROTOCOL;
+#[unsafe(no_mangle)]
+static TP_SS_SADDR: u32 = tp_offsets::SS_SADDR;
+#[unsafe(no_mangle)]
+static TP_SS_DADDR: u32 = tp_offsets::SS_DADDR;
+#[unsafe(no_mangle)]
+static TP_SS_SADDR_V6: u32 = tp_offsets::SS_SADDR_V6;
+#[unsafe(no_mangle)]
+static TP_SS_DADDR_V6: u32 = tp_offsets::SS_DADDR_V6;
+#[unsafe(no_mangle)]
+static TP_SL_SK: u32 = tp_offsets::SL_SK;
+#[unsafe(no_mangle)]
+static TP_SL_PROTOCOL: u32 = tp_offsets::SL_PROTOCOL;
+
+/// Reads a loader-set global; volatile so that the compiler does not fold the default in.
+#[inline(always)]
+fn global(v: &'static u32) -> usize {
+    // SAFETY: `v` is a valid static.
+    unsafe { core::ptr::read_volatile(v) as usize }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = NETMON_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; programs on one CPU do not interleave here.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn config(index: u32) -> u64 {
+    NETMON_CONFIG.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions. CLOCK_MONOTONIC, as userspace reads it.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic accounting.
+
+#[xdp]
+pub fn netmon_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: ctx.ctx is the kernel-provided xdp_md.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let packet = Packet {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
+    bump(counter::XDP_PACKETS);
+    account(
+        ifindex,
+        DIR_INGRESS,
+        (packet.end - packet.data) as u64,
+        &packet,
+    );
+    xdp_action::XDP_PASS
+}
+
+/// Bytes of headers we need in the linear part of an skb: Ethernet, two VLAN tags, IPv6 and
+/// a few extension headers, TCP.
+const TC_PULL_LEN: u32 = 192;
+
+#[classifier]
+pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
+    bump(counter::TC_PACKETS);
+    // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Headers in paged fragments: pull them into the linear area. Failure only means we
+        // parse less; the packet still goes out.
+        let _ = ctx.pull_data(want);
+    }
+    let packet = Packet {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
+    account(ifindex, DIR_EGRESS, len as u64, &packet);
+    // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) {
+    let now = now_ns();
+    let ikey = IfaceKey {
+        ifindex,
+        direction,
+        _pad: [0; 3],
+    };
+    match NETMON_IFACES.get_ptr_mut(&ikey) {
+        Some(s) => {
+            // SAFETY: this CPU's slot.
+            unsafe {
+                (*s).bytes += len;
+                (*s).packets += 1;
+            }
+        }
+        None => {
+            let s = IfaceStats {
+                bytes: len,
+                packets: 1,
+            };
+            if NETMON_IFACES.insert(&ikey, &s, BPF_ANY as u64).is_err() {
+                bump(counter::IFACE_INSERT_FAILED);
+            }
+        }
+    }
+
+    let mut p = Parsed::new();
+    if let Err(c) = parse(packet, &mut p) {
+        bump(c);
+        return;
+    }
+    if p.note != NOTE_NONE {
+        bump(p.note);
+    }
+    let (local_addr, remote_addr, local_port, remote_port) = if direction == DIR_INGRESS {
+        (p.dst, p.src, p.dport, p.sport)
+    } else {
+        (p.src, p.dst, p.sport, p.dport)
+    };
+    let remote_port = if p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6 {
+        p.icmp
+    } else {
+        remote_port
+    };
+    let key = FlowKey {
+        ifindex,
+        direction,
+        proto: p.proto,
+        family: p.family,
+        flags: p.flags,
+        local_port,
+        remote_port,
+        local_addr,
+        remote_addr,
+    };
+    match NETMON_FLOWS.get_ptr_mut(&key) {
+        Some(s) => {
+            // SAFETY: this CPU's slot; XDP and TC do not interleave on one CPU.
+            unsafe {
+                (*s).bytes += len;
+                (*s).packets += 1;
+                if (*s).first_seen_ns == 0 {
+                    (*s).first_seen_ns = now;
+                }
+                (*s).last_seen_ns = now;
+                (*s).tcp_flags |= p.tcp_flags;
+            }
+        }
+        None => {
+            let s = FlowStats {
+                bytes: len,
+                packets: 1,
+                first_seen_ns: now,
+                last_seen_ns: now,
+                tcp_flags: p.tcp_flags,
+                _pad: [0; 7],
+            };
+            // From a program, an update of a per-CPU element writes this CPU's slot only.
+            if NETMON_FLOWS.insert(&key, &s, BPF_ANY as u64).is_err() {
+                bump(counter::FLOW_INSERT_FAILED);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket -> process.
+
+#[inline(always)]
+fn current_proc() -> ProcInfo {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ProcInfo {
+        pid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        // SAFETY: helper without preconditions (cgroup v2 id of the current task).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        recorded_ns: now_ns(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn insert_sock(key: &SockKey, owner: &ProcInfo) {
+    if NETMON_SOCK_PROC.insert(key, owner, BPF_ANY as u64).is_err() {
+        bump(counter::SOCK_INSERT_FAILED);
+    }
+}
+
+#[tracepoint]
+pub fn netmon_sock_state(ctx: TracePointContext) -> u32 {
+    if try_sock_state(&ctx).is_err() {
+        bump(counter::PROBE_READ_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn read_tp<T>(ctx: &TracePointContext, off: &'static u32) -> Result<T, i32> {
+    // SAFETY: the offset comes from the tracepoint's format file (or its known default) and
+    // bpf_probe_read_kernel checks the address.
+    unsafe { ctx.read_at::<T>(global(off)) }
+}
+
+fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let protocol: u16 = read_tp(ctx, &TP_SS_PROTOCOL)?;
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let old: i32 = read_tp(ctx, &TP_SS_OLDSTATE)?;
+    let new: i32 = read_tp(ctx, &TP_SS_NEWSTATE)?;
+    let skaddr: u64 = read_tp(ctx, &TP_SS_SKADDR)?;
+    match new {
+        // connect(): process context, but the source port may still be 0 (tcp_v4_connect
+        // sets SYN_SENT before inet_hash_connect picks it). Remember the owner by socket.
+        tcp_state::SYN_SENT if old == tcp_state::CLOSE => {
+            if config(config::KPROBE_CONNECT_ACTIVE) == 0
+                && NETMON_SK_OWNER
+                    .insert(&skaddr, &current_proc(), BPF_ANY as u64)
+                    .is_err()
+            {
+                bump(counter::SOCK_INSERT_FAILED);
+            }
+        }
+        // listen(): process context (inet_csk_listen_start); the port is bound.
+        tcp_state::LISTEN => {
+            let port: u16 = read_tp(ctx, &TP_SS_SPORT)?;
+            let key = PortKey {
+                proto: IPPROTO_TCP,
+                _pad: 0,
+                port,
+            };
+            if NETMON_PORT_OWNER
+                .insert(&key, &current_proc(), BPF_ANY as u64)
+                .is_err()
+            {
+                bump(counter::SOCK_INSERT_FAILED);
+            }
+        }
+        // Usually softirq context: the tuple is complete, the current task is unrelated.
+        tcp_state::ESTABLISHED => {
+            let key = sock_key_from_tp(ctx)?;
+            // SAFETY: the value is copied out at once.
+            if let Some(owner) = unsafe { NETMON_SK_OWNER.get(&skaddr) } {
+                let owner = *owner;
+                insert_sock(&key, &owner);
+                let _ = NETMON_SK_OWNER.remove(&skaddr);
+            } else if old == tcp_state::SYN_RECV {
+                // Passive open: the accepting server is the listener's owner.
+                let pkey = PortKey {
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                    port: key.local_port,
+                };
+                // SAFETY: the value is copied out at once.
+                match unsafe { NETMON_PORT_OWNER.get(&pkey) } {
+                    Some(owner) => {
+                        let owner = *owner;
+                        insert_sock(&key, &owner);
+                    }
+                    None => bump(counter::SOCK_OWNER_UNKNOWN),
+                }
+            } else if config(config::KPROBE_CONNECT_ACTIVE) == 0 {
+                bump(counter::SOCK_OWNER_UNKNOWN);
+            }
+        }
+        tcp_state::CLOSE => {
+            let _ = NETMON_SK_OWNER.remove(&skaddr);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn sock_key_from_tp(ctx: &TracePointContext) -> Result<SockKey, i32> {
+    let family: u16 = read_tp(ctx, &TP_SS_FAMILY)?;
+    let (local_addr, remote_addr) = if family == AF_INET {
+        let s: [u8; 4] = read_tp(ctx, &TP_SS_SADDR)?;
+        let d: [u8; 4] = read_tp(ctx, &TP_SS_DADDR)?;
+        (v4_mapped(s), v4_mapped(d))
+    } else {
+        // AF_INET6, dual-stack sockets included: their v4 peers are already ::ffff:a.b.c.d.
+        (
+            read_tp::<[u8; 16]>(ctx, &TP_SS_SADDR_V6)?,
+            read_tp::<[u8; 16]>(ctx, &TP_SS_DADDR_V6)?,
+        )
+    };
+    Ok(SockKey {
+        proto: IPPROTO_TCP,
+        _pad: 0,
+        // Both are host order in this tracepoint (ntohs in its TP_fast_assign).
+        local_port: read_tp(ctx, &TP_SS_SPORT)?,
+        remote_port: read_tp(ctx, &TP_SS_DPORT)?,
+        _pad2: 0,
+        local_addr,
+        remote_addr,
+    })
+}
+
+#[inline(always)]
+fn read_sk<T>(sk: u64, off: &'static u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel validates the address; offsets come from BTF.
+    unsafe { bpf_probe_read_kernel((sk as usize + global(off)) as *const T).map_err(|e| e as i32) }
+}
+
+/// kprobe on `tcp_connect(struct sock *sk)`: called by tcp_v4/v6_connect after the source
+/// port is chosen, in the connecting process's context, so the whole tuple and the owner are
+/// known at once.
+#[kprobe]
+pub fn netmon_tcp_connect(ctx: ProbeContext) -> u32 {
+    if try_tcp_connect(&ctx).is_err() {
+        bump(counter::PROBE_READ_FAILED);
+    }
+    0
+}
+
+fn try_tcp_connect(ctx: &ProbeContext) -> Result<(), i32> {
+    let sk: u64 = ctx.arg(0).ok_or(-1)?;
+    let family: u16 = read_sk(sk, &SK_OFF_FAMILY)?;
+    let (local_addr, remote_addr) = if family == AF_INET {
+        (
+            v4_mapped(read_sk(sk, &SK_OFF_RCV_SADDR)?),
+            v4_mapped(read_sk(sk, &SK_OFF_DADDR)?),
+        )
+    } else {
+        (
+            read_sk(sk, &SK_OFF_V6_RCV_SADDR)?,
+            read_sk(sk, &SK_OFF_V6_DADDR)?,
+        )
+    };
+    let key = SockKey {
+        proto: IPPROTO_TCP,
+        _pad: 0,
+        local_port: read_sk(sk, &SK_OFF_NUM)?,
+        remote_port: u16::from_be(read_sk(sk, &SK_OFF_DPORT)?),
+        _pad2: 0,
+        local_addr,
+        remote_addr,
+    };
+    insert_sock(&key, &current_proc());
+    Ok(())
+}
+
+/// Records the owner of a UDP socket's local port, once per (port, process).
+#[inline(always)]
+fn record_udp_sender(sk: u64) -> Result<(), i32> {
+    let port: u16 = read_sk(sk, &SK_OFF_NUM)?;
+    if port == 0 {
+        return Ok(());
+    }
+    let key = PortKey {
+        proto: IPPROTO_UDP,
+        _pad: 0,
+        port,
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is read at once.
+    if let Some(owner) = unsafe { NETMON_PORT_OWNER.get(&key) } {
+        if owner.pid == pid {
+            return Ok(());
+        }
+    }
+    if NETMON_PORT_OWNER
+        .insert(&key, &current_proc(), BPF_ANY as u64)
+        .is_err()
+    {
+        bump(counter::SOCK_INSERT_FAILED);
+    }
+    Ok(())
+}
+
+/// Tracepoint `sock:sock_send_length` (Linux 6.3+): every sendmsg, in the sender's context.
+#[tracepoint]
+pub fn netmon_sock_send(ctx: TracePointContext) -> u32 {
+    let r = (|| -> Result<(), i32> {
+        let protocol: u16 = read_tp(&ctx, &TP_SL_PROTOCOL)?;
+        if protocol != IPPROTO_UDP as u16 {
+            return Ok(());
+        }
+        let sk: u64 = read_tp(&ctx, &TP_SL_SK)?;
+        record_udp_sender(sk)
+    })();
+    if r.is_err() {
+        bump(counter::PROBE_READ_FAILED);
+    }
+    0
+}
+
+/// kprobe on `udp_sendmsg`/`udpv6_sendmsg(struct sock *sk, ...)`: kernels with kprobes.
+#[kprobe]
+pub fn netmon_udp_sendmsg(ctx: ProbeContext) -> u32 {
+    let r = match ctx.arg::<u64>(0) {
+        Some(sk) => record_udp_sender(sk),
+        None => Err(-1),
+    };
+    if r.is_err() {
+        bump(counter::PROBE_READ_FAILED);
+    }
+    0
+}
+
+/// An XDP program that does nothing: the baseline that benchmarks subtract.
+#[xdp]
+pub fn netmon_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

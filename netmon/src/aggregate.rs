@@ -1,0 +1,759 @@
+//! Stage 3: turn cumulative kernel counters into per-interval deltas and rates, per flow,
+//! per interface and per process; track flow lifetime, attribution and expiry.
+//!
+//! Pure logic over plain data: the kernel is behind the `lookup` closure, so all of this is
+//! unit-tested without root.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
+
+use netmon_common::{DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, tcp_flags};
+use serde::Serialize;
+
+/// One flow as read from the kernel, summed over CPUs. Counters are cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowSample {
+    pub key: FlowKey,
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub tcp_flags: u8,
+}
+
+/// The process that owned a socket, as the kernel recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+impl From<ProcInfo> for Owner {
+    fn from(p: ProcInfo) -> Self {
+        let end = p.comm.iter().position(|&b| b == 0).unwrap_or(p.comm.len());
+        Self {
+            pid: p.pid,
+            uid: p.uid,
+            cgroup_id: p.cgroup_id,
+            comm: String::from_utf8_lossy(&p.comm[..end]).into_owned(),
+        }
+    }
+}
+
+/// Process label for traffic whose socket owner is not known.
+pub const UNKNOWN_PROCESS: &str = "unknown";
+
+#[derive(Debug, Clone)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub tcp_flags: u8,
+    /// Bytes/s and packets/s over the last interval.
+    pub rate_bps: f64,
+    pub rate_pps: f64,
+    pub owner: Option<Owner>,
+    /// Traffic not yet credited to a process (waiting for attribution).
+    pending_bytes: u64,
+    pending_packets: u64,
+    attrib_tries: u32,
+    seen_tick: u64,
+}
+
+/// Per-process totals, keyed by command name (never by PID: bounded label cardinality).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcTotals {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Bytes/s credited during the last interval.
+    pub rx_rate: f64,
+    pub tx_rate: f64,
+    pub last_active_ns: u64,
+}
+
+/// Per-interface totals and rates.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IfaceTotals {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes_rate: f64,
+    pub tx_bytes_rate: f64,
+    pub rx_packets_rate: f64,
+    pub tx_packets_rate: f64,
+}
+
+/// Attribution is tried on the first few ticks of a flow (the kernel records the owner when
+/// the connection is established, which may be a tick after its first packet), then
+/// occasionally, so that unattributable flows do not cost a lookup every second.
+const EAGER_TRIES: u32 = 5;
+const RETRY_EVERY: u32 = 30;
+
+fn should_try(tries: u32) -> bool {
+    tries < EAGER_TRIES || tries % RETRY_EVERY == 0
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pub flows: HashMap<FlowKey, FlowEntry>,
+    pub procs: BTreeMap<String, ProcTotals>,
+    pub ifaces: BTreeMap<u32, IfaceTotals>,
+    /// Flows that vanished from the kernel map without the daemon deleting them: LRU
+    /// evictions under pressure.
+    pub evictions: u64,
+    /// Flows the daemon removed for being idle.
+    pub expired: u64,
+    tick: u64,
+}
+
+/// Byte/packet deltas credited to a process during one tick, for the metrics stage.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcDelta {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    /// Idle flows to delete from the kernel map.
+    pub expired: Vec<FlowKey>,
+    pub proc_deltas: BTreeMap<String, ProcDelta>,
+    pub evicted: u64,
+}
+
+impl Tracker {
+    /// Applies one drain. `interval_s` is the time since the previous drain; `idle_ns` the
+    /// idle timeout; `lookup` asks the kernel maps for a flow's owner.
+    pub fn apply_flows(
+        &mut self,
+        samples: &[FlowSample],
+        now_ns: u64,
+        interval_s: f64,
+        idle_ns: u64,
+        mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) -> TickOutput {
+        self.tick += 1;
+        let tick = self.tick;
+        let mut out = TickOutput::default();
+        for p in self.procs.values_mut() {
+            p.rx_rate = 0.0;
+            p.tx_rate = 0.0;
+        }
+        let interval_s = if interval_s > 0.0 { interval_s } else { 1.0 };
+
+        for s in samples {
+            let e = self.flows.entry(s.key).or_insert_with(|| FlowEntry {
+                key: s.key,
+                bytes: 0,
+                packets: 0,
+                first_ns: s.first_ns,
+                last_ns: s.last_ns,
+                tcp_flags: 0,
+                rate_bps: 0.0,
+                rate_pps: 0.0,
+                owner: None,
+                pending_bytes: 0,
+                pending_packets: 0,
+                attrib_tries: 0,
+                seen_tick: 0,
+            });
+            // Counters only grow while the entry lives; smaller means the kernel entry was
+            // evicted and re-created since the last drain, so all of it is new.
+            let (db, dp) = if s.bytes >= e.bytes && s.packets >= e.packets {
+                (s.bytes - e.bytes, s.packets - e.packets)
+            } else {
+                (s.bytes, s.packets)
+            };
+            e.bytes = s.bytes;
+            e.packets = s.packets;
+            if s.first_ns != 0 && (e.first_ns == 0 || s.first_ns < e.first_ns) {
+                e.first_ns = s.first_ns;
+            }
+            e.last_ns = e.last_ns.max(s.last_ns);
+            e.tcp_flags |= s.tcp_flags;
+            e.rate_bps = db as f64 / interval_s;
+            e.rate_pps = dp as f64 / interval_s;
+            e.seen_tick = tick;
+            e.pending_bytes += db;
+            e.pending_packets += dp;
+
+            if e.owner.is_none() && (s.key.proto == IPPROTO_TCP || s.key.proto == IPPROTO_UDP) {
+                if should_try(e.attrib_tries) {
+                    e.owner = lookup(&s.key);
+                }
+                e.attrib_tries += 1;
+            }
+            let settled = e.owner.is_some()
+                || e.attrib_tries >= EAGER_TRIES
+                || (s.key.proto != IPPROTO_TCP && s.key.proto != IPPROTO_UDP);
+            if settled && (e.pending_bytes > 0 || e.pending_packets > 0) {
+                let name = e
+                    .owner
+                    .as_ref()
+                    .map(|o| o.comm.clone())
+                    .unwrap_or_else(|| UNKNOWN_PROCESS.to_string());
+                credit(
+                    &mut self.procs,
+                    &mut out.proc_deltas,
+                    name,
+                    s.key.direction,
+                    e.pending_bytes,
+                    e.pending_packets,
+                    interval_s,
+                    e.last_ns,
+                );
+                e.pending_bytes = 0;
+                e.pending_packets = 0;
+            }
+        }
+
+        let mut gone = Vec::new();
+        for (k, e) in &self.flows {
+            if e.seen_tick != tick {
+                gone.push(*k);
+            } else if now_ns.saturating_sub(e.last_ns) > idle_ns {
+                out.expired.push(*k);
+            }
+        }
+        for k in &gone {
+            self.flows.remove(k);
+        }
+        out.evicted = gone.len() as u64;
+        self.evictions += out.evicted;
+        for k in &out.expired {
+            if let Some(e) = self.flows.remove(k)
+                && (e.pending_bytes > 0 || e.pending_packets > 0)
+            {
+                let name = e
+                    .owner
+                    .map(|o| o.comm)
+                    .unwrap_or_else(|| UNKNOWN_PROCESS.to_string());
+                credit(
+                    &mut self.procs,
+                    &mut out.proc_deltas,
+                    name,
+                    k.direction,
+                    e.pending_bytes,
+                    e.pending_packets,
+                    interval_s,
+                    e.last_ns,
+                );
+            }
+        }
+        self.expired += out.expired.len() as u64;
+        out
+    }
+
+    /// Applies the per-interface cumulative totals read from the kernel.
+    pub fn apply_ifaces(&mut self, totals: &[(u32, u8, u64, u64)], interval_s: f64) {
+        let interval_s = if interval_s > 0.0 { interval_s } else { 1.0 };
+        for t in self.ifaces.values_mut() {
+            t.rx_bytes_rate = 0.0;
+            t.tx_bytes_rate = 0.0;
+            t.rx_packets_rate = 0.0;
+            t.tx_packets_rate = 0.0;
+        }
+        for &(ifindex, direction, bytes, packets) in totals {
+            let t = self.ifaces.entry(ifindex).or_default();
+            let (b, p, br, pr) = if direction == DIR_INGRESS {
+                (
+                    &mut t.rx_bytes,
+                    &mut t.rx_packets,
+                    &mut t.rx_bytes_rate,
+                    &mut t.rx_packets_rate,
+                )
+            } else {
+                (
+                    &mut t.tx_bytes,
+                    &mut t.tx_packets,
+                    &mut t.tx_bytes_rate,
+                    &mut t.tx_packets_rate,
+                )
+            };
+            *br = bytes.saturating_sub(*b) as f64 / interval_s;
+            *pr = packets.saturating_sub(*p) as f64 / interval_s;
+            *b = bytes;
+            *p = packets;
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site pair; a struct adds nothing"
+)]
+fn credit(
+    procs: &mut BTreeMap<String, ProcTotals>,
+    deltas: &mut BTreeMap<String, ProcDelta>,
+    name: String,
+    direction: u8,
+    bytes: u64,
+    packets: u64,
+    interval_s: f64,
+    last_ns: u64,
+) {
+    let p = procs.entry(name.clone()).or_default();
+    let d = deltas.entry(name).or_default();
+    if direction == DIR_INGRESS {
+        p.rx_bytes += bytes;
+        p.rx_packets += packets;
+        p.rx_rate += bytes as f64 / interval_s;
+        d.rx_bytes += bytes;
+        d.rx_packets += packets;
+    } else {
+        p.tx_bytes += bytes;
+        p.tx_packets += packets;
+        p.tx_rate += bytes as f64 / interval_s;
+        d.tx_bytes += bytes;
+        d.tx_packets += packets;
+    }
+    p.last_active_ns = p.last_active_ns.max(last_ns);
+}
+
+/// An address as stored in the maps (IPv4-mapped for IPv4) to a display address.
+pub fn to_ip(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// One row of the connection table: both directions of one socket 4-tuple, over every
+/// monitored interface, merged with the socket's state and owner.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    pub local_address: String,
+    pub remote_address: String,
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or the protocol number.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    pub uid: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    /// Bytes/s over the last interval.
+    pub send_rate: f64,
+    pub recv_rate: f64,
+    /// Seconds between the first and the latest packet (0 for sockets without traffic).
+    pub duration: f64,
+    pub tcp_flags: String,
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn flags_string(f: u8) -> String {
+    [
+        (tcp_flags::SYN, 'S'),
+        (tcp_flags::ACK, 'A'),
+        (tcp_flags::PSH, 'P'),
+        (tcp_flags::FIN, 'F'),
+        (tcp_flags::RST, 'R'),
+        (tcp_flags::URG, 'U'),
+    ]
+    .iter()
+    .filter(|(bit, _)| f & bit != 0)
+    .map(|(_, c)| *c)
+    .collect()
+}
+
+/// A socket as sock_diag reports it (stage 2b), keyed like a flow.
+#[derive(Debug, Clone)]
+pub struct SocketRow {
+    pub proto: u8,
+    pub local_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_addr: [u8; 16],
+    pub remote_port: u16,
+    pub state: String,
+    pub inode: u32,
+    pub uid: u32,
+    pub owner: Option<Owner>,
+}
+
+type ConnKey = (u8, [u8; 16], u16, [u8; 16], u16);
+
+fn sockaddr(addr: [u8; 16], port: u16) -> String {
+    SocketAddr::new(to_ip(addr), port).to_string()
+}
+
+impl Tracker {
+    /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
+    /// no traffic (listeners, TIME_WAIT...).
+    pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
+        let mut by_tuple: BTreeMap<ConnKey, Connection> = BTreeMap::new();
+        for e in self.flows.values() {
+            let k = e.key;
+            let ck = (
+                k.proto,
+                k.local_addr,
+                k.local_port,
+                k.remote_addr,
+                k.remote_port,
+            );
+            let c = by_tuple.entry(ck).or_insert_with(|| Connection {
+                local_address: sockaddr(k.local_addr, k.local_port),
+                remote_address: sockaddr(k.remote_addr, k.remote_port),
+                kind: proto_name(k.proto),
+                status: String::new(),
+                pid: None,
+                process: None,
+                uid: None,
+                cgroup_id: None,
+                bytes_sent: 0,
+                bytes_recv: 0,
+                packets_sent: 0,
+                packets_recv: 0,
+                send_rate: 0.0,
+                recv_rate: 0.0,
+                duration: 0.0,
+                tcp_flags: String::new(),
+            });
+            if k.direction == DIR_INGRESS {
+                c.bytes_recv += e.bytes;
+                c.packets_recv += e.packets;
+                c.recv_rate += e.rate_bps;
+            } else {
+                c.bytes_sent += e.bytes;
+                c.packets_sent += e.packets;
+                c.send_rate += e.rate_bps;
+            }
+            let dur = e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9;
+            c.duration = c.duration.max(dur);
+            let mut flags = 0u8;
+            for ch in c.tcp_flags.chars() {
+                flags |= match ch {
+                    'S' => tcp_flags::SYN,
+                    'A' => tcp_flags::ACK,
+                    'P' => tcp_flags::PSH,
+                    'F' => tcp_flags::FIN,
+                    'R' => tcp_flags::RST,
+                    'U' => tcp_flags::URG,
+                    _ => 0,
+                };
+            }
+            c.tcp_flags = flags_string(flags | e.tcp_flags);
+            if c.pid.is_none()
+                && let Some(o) = &e.owner
+            {
+                c.pid = Some(o.pid);
+                c.process = Some(o.comm.clone());
+                c.uid = Some(o.uid);
+                c.cgroup_id = Some(o.cgroup_id);
+            }
+        }
+        for c in by_tuple.values_mut() {
+            c.status = match c.kind.as_str() {
+                "TCP" if c.tcp_flags.contains('R') || c.tcp_flags.contains('F') => "CLOSED",
+                "TCP" => "UNKNOWN",
+                _ => "NONE",
+            }
+            .to_string();
+        }
+        for s in sockets {
+            let ck = (
+                s.proto,
+                s.local_addr,
+                s.local_port,
+                s.remote_addr,
+                s.remote_port,
+            );
+            let c = by_tuple.entry(ck).or_insert_with(|| Connection {
+                local_address: sockaddr(s.local_addr, s.local_port),
+                remote_address: sockaddr(s.remote_addr, s.remote_port),
+                kind: proto_name(s.proto),
+                status: String::new(),
+                pid: None,
+                process: None,
+                uid: Some(s.uid),
+                cgroup_id: None,
+                bytes_sent: 0,
+                bytes_recv: 0,
+                packets_sent: 0,
+                packets_recv: 0,
+                send_rate: 0.0,
+                recv_rate: 0.0,
+                duration: 0.0,
+                tcp_flags: String::new(),
+            });
+            c.status = s.state.clone();
+            if c.pid.is_none()
+                && let Some(o) = &s.owner
+            {
+                c.pid = Some(o.pid);
+                c.process = Some(o.comm.clone());
+                c.uid = Some(o.uid);
+                c.cgroup_id = Some(o.cgroup_id);
+            }
+        }
+        by_tuple.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netmon_common::{DIR_EGRESS, v4_mapped};
+
+    use super::*;
+
+    fn key(dir: u8, lport: u16) -> FlowKey {
+        FlowKey {
+            ifindex: 2,
+            direction: dir,
+            proto: IPPROTO_TCP,
+            family: 4,
+            flags: 0,
+            local_port: lport,
+            remote_port: 80,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+        }
+    }
+
+    fn sample(k: FlowKey, bytes: u64, packets: u64, last: u64) -> FlowSample {
+        FlowSample {
+            key: k,
+            bytes,
+            packets,
+            first_ns: 1_000,
+            last_ns: last,
+            tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+        }
+    }
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        Owner {
+            pid,
+            uid: 0,
+            cgroup_id: 1,
+            comm: comm.into(),
+        }
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn deltas_rates_and_process_credit() {
+        let mut t = Tracker::default();
+        let k = key(DIR_EGRESS, 40000);
+        let out = t.apply_flows(&[sample(k, 1000, 10, SEC)], SEC, 1.0, 60 * SEC, |_| {
+            Some(owner(42, "curl"))
+        });
+        assert_eq!(out.proc_deltas["curl"].tx_bytes, 1000);
+        let out = t.apply_flows(
+            &[sample(k, 3500, 20, 2 * SEC)],
+            2 * SEC,
+            0.5,
+            60 * SEC,
+            |_| panic!("owner is cached"),
+        );
+        assert_eq!(out.proc_deltas["curl"].tx_bytes, 2500);
+        let e = &t.flows[&k];
+        assert_eq!(e.rate_bps, 5000.0);
+        assert_eq!(e.rate_pps, 20.0);
+        assert_eq!(t.procs["curl"].tx_bytes, 3500);
+        assert_eq!(t.procs["curl"].tx_packets, 20);
+        assert_eq!(t.procs["curl"].tx_rate, 5000.0);
+    }
+
+    #[test]
+    fn late_attribution_credits_pending_traffic() {
+        let mut t = Tracker::default();
+        let k = key(DIR_INGRESS, 8080);
+        // First tick: the SYN arrived before the kernel recorded the accepting server.
+        let out = t.apply_flows(&[sample(k, 74, 1, SEC)], SEC, 1.0, 60 * SEC, |_| None);
+        assert!(out.proc_deltas.is_empty(), "held until attributed");
+        let out = t.apply_flows(
+            &[sample(k, 200, 3, 2 * SEC)],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| Some(owner(7, "server")),
+        );
+        assert_eq!(out.proc_deltas["server"].rx_bytes, 200);
+        assert_eq!(out.proc_deltas["server"].rx_packets, 3);
+        assert!(!t.procs.contains_key(UNKNOWN_PROCESS));
+    }
+
+    #[test]
+    fn unattributable_traffic_goes_to_unknown_after_eager_tries() {
+        let mut t = Tracker::default();
+        let k = key(DIR_INGRESS, 9999);
+        let mut lookups = 0;
+        for i in 1..=EAGER_TRIES as u64 {
+            t.apply_flows(
+                &[sample(k, 100 * i, i, i * SEC)],
+                i * SEC,
+                1.0,
+                60 * SEC,
+                |_| {
+                    lookups += 1;
+                    None
+                },
+            );
+        }
+        assert_eq!(lookups, EAGER_TRIES);
+        assert_eq!(t.procs[UNKNOWN_PROCESS].rx_bytes, 100 * EAGER_TRIES as u64);
+        // Then only every RETRY_EVERY ticks.
+        let mut more = 0;
+        for i in 0..10 {
+            let n = EAGER_TRIES as u64 + 1 + i;
+            t.apply_flows(
+                &[sample(k, 100 * n, n, n * SEC)],
+                n * SEC,
+                1.0,
+                60 * SEC,
+                |_| {
+                    more += 1;
+                    None
+                },
+            );
+        }
+        assert!(more <= 1, "{more} lookups in 10 ticks");
+    }
+
+    #[test]
+    fn eviction_and_idle_expiry() {
+        let mut t = Tracker::default();
+        let a = key(DIR_EGRESS, 1);
+        let b = key(DIR_EGRESS, 2);
+        t.apply_flows(
+            &[sample(a, 10, 1, SEC), sample(b, 10, 1, SEC)],
+            SEC,
+            1.0,
+            5 * SEC,
+            |_| None,
+        );
+        // `a` vanished without us deleting it: an LRU eviction.
+        let out = t.apply_flows(&[sample(b, 10, 1, SEC)], 2 * SEC, 1.0, 5 * SEC, |_| None);
+        assert_eq!(out.evicted, 1);
+        assert_eq!(t.evictions, 1);
+        // `b` idle past the timeout: expired and handed back for deletion.
+        let out = t.apply_flows(&[sample(b, 10, 1, SEC)], 7 * SEC, 1.0, 5 * SEC, |_| None);
+        assert_eq!(out.expired, vec![b]);
+        assert!(t.flows.is_empty());
+        assert_eq!(t.expired, 1);
+    }
+
+    #[test]
+    fn recreated_entry_counts_from_zero() {
+        let mut t = Tracker::default();
+        let k = key(DIR_EGRESS, 5);
+        t.apply_flows(&[sample(k, 1000, 10, SEC)], SEC, 1.0, 60 * SEC, |_| {
+            Some(owner(1, "a"))
+        });
+        // Evicted and re-created between drains: smaller counters are all new traffic.
+        let out = t.apply_flows(
+            &[sample(k, 300, 2, 2 * SEC)],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert_eq!(out.proc_deltas["a"].tx_bytes, 300);
+        assert_eq!(t.procs["a"].tx_bytes, 1300);
+    }
+
+    #[test]
+    fn connection_table_merges_directions_and_sockets() {
+        let mut t = Tracker::default();
+        let tx = key(DIR_EGRESS, 40000);
+        let rx = key(DIR_INGRESS, 40000);
+        t.apply_flows(
+            &[
+                sample(tx, 500, 5, 3 * SEC),
+                FlowSample {
+                    last_ns: 4 * SEC,
+                    ..sample(rx, 700, 6, 0)
+                },
+            ],
+            4 * SEC,
+            1.0,
+            60 * SEC,
+            |_| Some(owner(99, "client")),
+        );
+        let listener = SocketRow {
+            proto: IPPROTO_TCP,
+            local_addr: [0; 16],
+            local_port: 22,
+            remote_addr: [0; 16],
+            remote_port: 0,
+            state: "LISTEN".into(),
+            inode: 1,
+            uid: 0,
+            owner: Some(owner(1, "sshd")),
+        };
+        let established = SocketRow {
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            local_port: 40000,
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+            remote_port: 80,
+            state: "ESTABLISHED".into(),
+            owner: None,
+            ..listener.clone()
+        };
+        let conns = t.connections(&[listener, established]);
+        assert_eq!(conns.len(), 2, "{conns:#?}");
+        let c = conns
+            .iter()
+            .find(|c| c.local_address == "198.18.0.1:40000")
+            .unwrap();
+        assert_eq!(c.remote_address, "198.18.0.2:80");
+        assert_eq!((c.bytes_sent, c.bytes_recv), (500, 700));
+        assert_eq!((c.packets_sent, c.packets_recv), (5, 6));
+        assert_eq!(c.status, "ESTABLISHED");
+        assert_eq!(c.pid, Some(99));
+        assert_eq!(c.process.as_deref(), Some("client"));
+        assert_eq!(c.kind, "TCP");
+        assert_eq!(c.duration, 3.0);
+        let l = conns.iter().find(|c| c.status == "LISTEN").unwrap();
+        assert_eq!(l.local_address, "[::]:22");
+        assert_eq!(l.process.as_deref(), Some("sshd"));
+        assert_eq!(l.bytes_sent + l.bytes_recv, 0);
+    }
+
+    #[test]
+    fn interface_rates() {
+        let mut t = Tracker::default();
+        t.apply_ifaces(&[(3, DIR_INGRESS, 1000, 10), (3, DIR_EGRESS, 50, 1)], 1.0);
+        t.apply_ifaces(&[(3, DIR_INGRESS, 3000, 30), (3, DIR_EGRESS, 50, 1)], 2.0);
+        let i = &t.ifaces[&3];
+        assert_eq!((i.rx_bytes, i.rx_packets), (3000, 30));
+        assert_eq!(i.rx_bytes_rate, 1000.0);
+        assert_eq!(i.rx_packets_rate, 10.0);
+        assert_eq!(i.tx_bytes_rate, 0.0);
+    }
+
+    #[test]
+    fn addresses_display_by_family() {
+        assert_eq!(sockaddr(v4_mapped([127, 0, 0, 1]), 80), "127.0.0.1:80");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(sockaddr(v6, 443), "[::1]:443");
+        assert_eq!(flags_string(0x12), "SA");
+    }
+}

@@ -1,0 +1,183 @@
+//! Stage 5b: the HTTP endpoints. `/metrics` (Prometheus text), `/api/network-stats` (the seed
+//! document's shape), `/api/status` (hooks, interfaces, maps), `/healthz`. Shutdown is a
+//! token passed in, so the server is tested on 127.0.0.1:0 without root or kernel programs.
+
+use std::sync::{Arc, RwLock};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{aggregate::Connection, load::Hook, load::Monitored, metrics::Metrics};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InterfaceStats {
+    pub name: String,
+    pub ifindex: u32,
+    pub is_up: bool,
+    /// Mb/s, 0 where the driver reports none.
+    pub speed: u64,
+    pub mtu: u32,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    /// Device error and drop counters (rx + tx), from the kernel's interface statistics.
+    pub errors: u64,
+    pub drops: u64,
+    /// Bytes/s and packets/s over the last interval.
+    pub send_rate: f64,
+    pub recv_rate: f64,
+    pub packets_sent_rate: f64,
+    pub packets_recv_rate: f64,
+}
+
+/// `GET /api/network-stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkStats {
+    pub interfaces: Vec<InterfaceStats>,
+    pub connections: Vec<Connection>,
+    pub total_bytes_sent: u64,
+    pub total_bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    /// Unix seconds of the drain this snapshot comes from.
+    pub timestamp: f64,
+    pub interval_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MapUsage {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// `GET /api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub listen: String,
+    pub interfaces: Vec<Monitored>,
+    pub hooks: Vec<Hook>,
+    pub maps: Vec<MapUsage>,
+    pub kernel_events: std::collections::BTreeMap<String, u64>,
+    pub flows_active: u64,
+    pub flow_evictions: u64,
+    pub flows_expired: u64,
+    pub last_drain_seconds: f64,
+    pub drains: u64,
+}
+
+/// What the drain loop publishes and the handlers read.
+#[derive(Default)]
+pub struct Shared {
+    pub stats: RwLock<NetworkStats>,
+    pub status: RwLock<Status>,
+    pub metrics: Metrics,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/network-stats", get(network_stats))
+        .route("/api/status", get(status))
+        .route("/healthz", get(healthz))
+        .with_state(shared)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
+    Json(s.stats.read().expect("lock not poisoned").clone())
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {
+    Json(s.status.read().expect("lock not poisoned").clone())
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client;
+
+    #[tokio::test]
+    async fn endpoints_on_an_ephemeral_port() {
+        let shared = Arc::new(Shared::default());
+        shared.stats.write().unwrap().total_bytes_recv = 1234;
+        shared.status.write().unwrap().version = "9.9.9".into();
+        shared
+            .metrics
+            .iface_bytes
+            .with_label_values(&["veth0", "tx"])
+            .inc_by(77);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, shared, token.clone()));
+
+        let get = move |path: &'static str| {
+            tokio::task::spawn_blocking(move || client::get(&addr.to_string(), path))
+        };
+        let (code, body) = get("/healthz").await.unwrap().unwrap();
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        let (code, body) = get("/metrics").await.unwrap().unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            body.contains("netmon_interface_bytes_total{direction=\"tx\",interface=\"veth0\"} 77"),
+            "{body}"
+        );
+        let (_, body) = get("/api/network-stats").await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["total_bytes_recv"], 1234);
+        for field in [
+            "interfaces",
+            "connections",
+            "total_bytes_sent",
+            "packets_sent",
+            "packets_recv",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field} in {v}");
+        }
+        let (_, body) = get("/api/status").await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["version"], "9.9.9");
+        let (code, _) = get("/nope").await.unwrap().unwrap();
+        assert_eq!(code, 404);
+
+        token.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

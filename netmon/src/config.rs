@@ -1,0 +1,122 @@
+//! Daemon settings: defaults, then the TOML file (`--config`), then command-line flags.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use crate::load::MapSizes;
+
+/// The API's default address; the README names it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9743";
+pub const DEFAULT_RUN_DIR: &str = "/run/netmon";
+
+/// `--config FILE`. Unknown keys are errors, so a typo never silently falls back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub interfaces: Option<Vec<String>>,
+    pub listen: Option<String>,
+    pub interval: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub flow_map_size: Option<u32>,
+    pub socket_map_size: Option<u32>,
+    pub port_map_size: Option<u32>,
+    pub run_dir: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("config file {path}: {e}"))
+    }
+
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// Resolved settings for `netmon run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Empty: every up, non-loopback interface.
+    pub interfaces: Vec<String>,
+    pub listen: SocketAddr,
+    pub interval: Duration,
+    pub idle_timeout: Duration,
+    pub sizes: MapSizes,
+    pub run_dir: PathBuf,
+}
+
+/// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("bad duration `{s}`: expected e.g. 500ms, 1s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("bad duration unit in `{s}`: use ms, s, m or h"),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        bail!("duration `{s}` must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
+    s.parse().with_context(|| {
+        format!("bad listen address `{s}`: expected IP:PORT, e.g. {DEFAULT_LISTEN}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("0s").is_err());
+        assert!(
+            parse_duration("1y")
+                .unwrap_err()
+                .to_string()
+                .contains("unit")
+        );
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn config_file_errors_name_file_and_line() {
+        let ok =
+            FileConfig::parse("interfaces = [\"eth0\"]\ninterval = \"2s\"\n", "x.toml").unwrap();
+        assert_eq!(ok.interfaces.unwrap(), vec!["eth0"]);
+        let err = FileConfig::parse(
+            "interval = \"1s\"\nintervall = \"2s\"\n",
+            "/etc/netmon.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/etc/netmon.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_listen("localhost").is_err());
+    }
+}

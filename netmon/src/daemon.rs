@@ -1,0 +1,357 @@
+//! `netmon run`: attach, then drain -> aggregate -> expose every interval until shutdown;
+//! on shutdown every program is detached (dropping `Attached` closes every link).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use netmon_common::{DIR_INGRESS, SockKey, counter};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    aggregate::{FlowSample, Owner, SocketRow, Tracker},
+    api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
+    config::RunConfig,
+    drain::{Maps, monotonic_ns},
+    load::{self, LoadOptions, iface},
+    sockdiag::{SockDiag, tcp_state_name},
+};
+
+fn dir_label(direction: u8) -> &'static str {
+    if direction == DIR_INGRESS { "rx" } else { "tx" }
+}
+
+/// State the drain loop keeps between ticks.
+struct Drain {
+    maps: Maps,
+    tracker: Tracker,
+    diag: Option<SockDiag>,
+    samples: Vec<FlowSample>,
+    last_ns: u64,
+    idle_ns: u64,
+    /// ifindex -> name of the monitored interfaces.
+    names: HashMap<u32, String>,
+    /// Previous cumulative values, to turn kernel totals into counter increments.
+    prev_iface: HashMap<(u32, u8), (u64, u64)>,
+    prev_counters: [u64; counter::COUNT as usize],
+    prev_evictions: u64,
+    prev_expired: u64,
+    /// Owners of sockets listed by sock_diag, cached per 4-tuple.
+    socket_owners: HashMap<SockKey, Option<Owner>>,
+    flow_capacity: u32,
+    started: Instant,
+    drains: u64,
+}
+
+impl Drain {
+    fn tick(&mut self, shared: &Shared, base_status: &Status) -> Result<()> {
+        let t0 = Instant::now();
+        let now = monotonic_ns();
+        let interval_s = now.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = now;
+
+        self.maps.read_flows(&mut self.samples)?;
+        let maps = &self.maps;
+        let out = self
+            .tracker
+            .apply_flows(&self.samples, now, interval_s, self.idle_ns, |k| {
+                maps.owner(k).map(Owner::from)
+            });
+        if !out.expired.is_empty() {
+            self.maps
+                .delete_flows(&out.expired)
+                .context("removing idle flows")?;
+        }
+
+        let ifaces: Vec<_> = self
+            .maps
+            .read_ifaces()
+            .into_iter()
+            .map(|(k, s)| (k.ifindex, k.direction, s.bytes, s.packets))
+            .collect();
+        self.tracker.apply_ifaces(&ifaces, interval_s);
+        let m = &shared.metrics;
+        for &(ifindex, dir, bytes, packets) in &ifaces {
+            let name = self
+                .names
+                .get(&ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{ifindex}"));
+            let prev = self.prev_iface.entry((ifindex, dir)).or_default();
+            m.iface_bytes
+                .with_label_values(&[name.as_str(), dir_label(dir)])
+                .inc_by(bytes.saturating_sub(prev.0));
+            m.iface_packets
+                .with_label_values(&[name.as_str(), dir_label(dir)])
+                .inc_by(packets.saturating_sub(prev.1));
+            *prev = (bytes, packets);
+        }
+        for (name, d) in &out.proc_deltas {
+            for (dir, b, p) in [
+                ("rx", d.rx_bytes, d.rx_packets),
+                ("tx", d.tx_bytes, d.tx_packets),
+            ] {
+                if b > 0 || p > 0 {
+                    m.proc_bytes
+                        .with_label_values(&[name.as_str(), dir])
+                        .inc_by(b);
+                    m.proc_packets
+                        .with_label_values(&[name.as_str(), dir])
+                        .inc_by(p);
+                }
+            }
+        }
+        let counters = self.maps.read_counters();
+        let mut kernel_events = std::collections::BTreeMap::new();
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            if let Some(name) = name {
+                m.kernel_events
+                    .with_label_values(&[name])
+                    .inc_by(counters[i].saturating_sub(self.prev_counters[i]));
+                kernel_events.insert(name.to_string(), counters[i]);
+            }
+        }
+        self.prev_counters = counters;
+        m.flow_evictions
+            .inc_by(self.tracker.evictions - self.prev_evictions);
+        m.flows_expired
+            .inc_by(self.tracker.expired - self.prev_expired);
+        self.prev_evictions = self.tracker.evictions;
+        self.prev_expired = self.tracker.expired;
+        let active = self.samples.len() - out.expired.len().min(self.samples.len());
+        m.flows_active.set(active as i64);
+        m.map_entries
+            .with_label_values(&["flows"])
+            .set(active as i64);
+        m.map_capacity
+            .with_label_values(&["flows"])
+            .set(self.flow_capacity as i64);
+
+        let sockets = self.socket_rows();
+        let connections = self.tracker.connections(&sockets);
+
+        let mut stats = NetworkStats {
+            connections,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            interval_seconds: interval_s,
+            ..Default::default()
+        };
+        for (ifindex, name) in &self.names {
+            let t = self
+                .tracker
+                .ifaces
+                .get(ifindex)
+                .cloned()
+                .unwrap_or_default();
+            let f = iface::link_facts(name);
+            stats.total_bytes_sent += t.tx_bytes;
+            stats.total_bytes_recv += t.rx_bytes;
+            stats.packets_sent += t.tx_packets;
+            stats.packets_recv += t.rx_packets;
+            stats.interfaces.push(InterfaceStats {
+                name: name.clone(),
+                ifindex: *ifindex,
+                is_up: f.is_up,
+                speed: f.speed,
+                mtu: f.mtu,
+                bytes_sent: t.tx_bytes,
+                bytes_recv: t.rx_bytes,
+                packets_sent: t.tx_packets,
+                packets_recv: t.rx_packets,
+                errors: f.errors_in + f.errors_out,
+                drops: f.drops_in + f.drops_out,
+                send_rate: t.tx_bytes_rate,
+                recv_rate: t.rx_bytes_rate,
+                packets_sent_rate: t.tx_packets_rate,
+                packets_recv_rate: t.rx_packets_rate,
+            });
+        }
+        stats.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let elapsed = t0.elapsed();
+        m.drain_seconds.observe(elapsed.as_secs_f64());
+        self.drains += 1;
+        let mut status = base_status.clone();
+        status.uptime_seconds = self.started.elapsed().as_secs_f64();
+        status.maps = vec![MapUsage {
+            name: "flows".into(),
+            entries: active as u64,
+            capacity: self.flow_capacity as u64,
+        }];
+        status.kernel_events = kernel_events;
+        status.flows_active = active as u64;
+        status.flow_evictions = self.tracker.evictions;
+        status.flows_expired = self.tracker.expired;
+        status.last_drain_seconds = elapsed.as_secs_f64();
+        status.drains = self.drains;
+        *shared.stats.write().expect("lock not poisoned") = stats;
+        *shared.status.write().expect("lock not poisoned") = status;
+        Ok(())
+    }
+
+    /// Sockets from sock_diag with their owners (looked up once per 4-tuple).
+    fn socket_rows(&mut self) -> Vec<SocketRow> {
+        let Some(diag) = self.diag.as_mut() else {
+            return Vec::new();
+        };
+        let sockets = match diag.dump_all() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("sock_diag failed, listing only sockets with traffic: {e:#}");
+                return Vec::new();
+            }
+        };
+        let mut seen = HashMap::with_capacity(sockets.len());
+        let rows = sockets
+            .into_iter()
+            .map(|s| {
+                let key = SockKey {
+                    proto: s.proto,
+                    local_port: s.local_port,
+                    remote_port: s.remote_port,
+                    local_addr: s.local_addr,
+                    remote_addr: s.remote_addr,
+                    ..Default::default()
+                };
+                let owner = match self.socket_owners.get(&key) {
+                    Some(o) => o.clone(),
+                    None => self.maps.sock_owner(&key).map(Owner::from),
+                };
+                seen.insert(key, owner.clone());
+                SocketRow {
+                    proto: s.proto,
+                    local_addr: s.local_addr,
+                    local_port: s.local_port,
+                    remote_addr: s.remote_addr,
+                    remote_port: s.remote_port,
+                    state: if s.proto == netmon_common::IPPROTO_TCP {
+                        tcp_state_name(s.state).to_string()
+                    } else {
+                        "NONE".to_string()
+                    },
+                    inode: s.inode,
+                    uid: s.uid,
+                    owner,
+                }
+            })
+            .collect();
+        self.socket_owners = seen;
+        rows
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
+    let interfaces = if cfg.interfaces.is_empty() {
+        let found = iface::default_interfaces();
+        if found.is_empty() {
+            anyhow::bail!(
+                "no interface is up besides loopback; name one with --iface (have: {})",
+                iface::all_names().join(", ")
+            );
+        }
+        found
+    } else {
+        cfg.interfaces.clone()
+    };
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding the API to {} (--listen)", cfg.listen))?;
+    let listen = listener.local_addr()?;
+
+    let mut attached = load::load_and_attach(&LoadOptions {
+        interfaces,
+        sizes: cfg.sizes,
+        run_dir: cfg.run_dir.clone(),
+    })?;
+    let maps = Maps::take(&mut attached.ebpf)?;
+    let shared = Arc::new(Shared::default());
+    for h in &attached.hooks {
+        shared
+            .metrics
+            .hook_info
+            .with_label_values(&[h.purpose.as_str(), h.kind.as_str(), h.target.as_str()])
+            .set(i64::from(h.active));
+    }
+    let base_status = Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        listen: listen.to_string(),
+        interfaces: attached.interfaces.clone(),
+        hooks: attached.hooks.clone(),
+        ..Default::default()
+    };
+    *shared.status.write().expect("lock not poisoned") = base_status.clone();
+    let diag = match SockDiag::new() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            warn!("sock_diag unavailable, idle sockets will not be listed: {e:#}");
+            None
+        }
+    };
+    let mut drain = Drain {
+        flow_capacity: maps.flow_capacity(),
+        maps,
+        tracker: Tracker::default(),
+        diag,
+        samples: Vec::new(),
+        last_ns: monotonic_ns(),
+        idle_ns: cfg.idle_timeout.as_nanos() as u64,
+        names: attached
+            .interfaces
+            .iter()
+            .map(|i| (i.ifindex, i.name.clone()))
+            .collect(),
+        prev_iface: HashMap::new(),
+        prev_counters: [0; counter::COUNT as usize],
+        prev_evictions: 0,
+        prev_expired: 0,
+        socket_owners: HashMap::new(),
+        started: Instant::now(),
+        drains: 0,
+    };
+
+    let server = tokio::spawn(api::serve(listener, shared.clone(), shutdown.clone()));
+    info!(
+        "netmon {} monitoring {} (API on http://{listen})",
+        env!("CARGO_PKG_VERSION"),
+        attached
+            .interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            _ = ticker.tick() => {
+                if let Err(e) = tokio::task::block_in_place(|| drain.tick(&shared, &base_status)) {
+                    shutdown.cancel();
+                    break Err(e.context("draining the kernel maps"));
+                }
+            }
+        }
+    };
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!("API server: {e}"),
+        Err(_) => warn!("API server did not stop within 5 s"),
+        _ => {}
+    }
+    drop(drain);
+    drop(attached);
+    info!("detached all programs; bye");
+    result
+}

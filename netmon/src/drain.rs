@@ -1,0 +1,269 @@
+//! Stage 2: read the kernel maps. The flow map is read with `BPF_MAP_LOOKUP_BATCH` (one
+//! syscall per few thousand flows, not a lookup per key) and idle flows are removed with
+//! `BPF_MAP_DELETE_BATCH`; aya 0.14 has no batch API, so these are raw bpf(2) calls on the
+//! map's fd. Counters are cumulative in the kernel; stage 3 turns them into deltas and rates.
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+};
+use netmon_common::{
+    FlowKey, FlowStats, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey,
+    counter,
+};
+
+use crate::aggregate::FlowSample;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: attr is a valid, initialised bpf_attr prefix; the kernel reads `size` bytes and
+    // writes back count/out_batch and into the buffers whose sizes match `count`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Handles to the maps the daemon reads, taken out of the loaded object.
+pub struct Maps {
+    flows: MapData,
+    ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
+    counters: PerCpuArray<MapData, u64>,
+    sock_proc: HashMap<MapData, SockKey, ProcInfo>,
+    port_owner: HashMap<MapData, PortKey, ProcInfo>,
+    ncpus: usize,
+    /// Reused batch buffers.
+    keys_buf: Vec<FlowKey>,
+    vals_buf: Vec<u8>,
+    chunk: usize,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("eBPF object has no map {name}"))
+}
+
+/// A per-CPU value is rounded up to 8 bytes per CPU in syscall buffers.
+const FLOW_STRIDE: usize = size_of::<FlowStats>().div_ceil(8) * 8;
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let flows = match take(ebpf, "NETMON_FLOWS")? {
+            aya::maps::Map::PerCpuLruHashMap(m) => m,
+            _ => anyhow::bail!("NETMON_FLOWS is not an LRU per-CPU hash map"),
+        };
+        Ok(Self {
+            flows,
+            ifaces: PerCpuHashMap::try_from(take(ebpf, "NETMON_IFACES")?)?,
+            counters: PerCpuArray::try_from(take(ebpf, "NETMON_COUNTERS")?)?,
+            sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
+            port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
+            ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
+            keys_buf: Vec::new(),
+            vals_buf: Vec::new(),
+            chunk: 4096,
+        })
+    }
+
+    /// Every flow in the kernel map, summed over CPUs, in batches.
+    pub fn read_flows(&mut self, out: &mut Vec<FlowSample>) -> Result<()> {
+        out.clear();
+        let stride = FLOW_STRIDE * self.ncpus;
+        let mut in_token = 0u64;
+        let mut out_token = 0u64;
+        let mut first = true;
+        loop {
+            self.keys_buf.resize(self.chunk, FlowKey::default());
+            self.vals_buf.resize(self.chunk * stride, 0);
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &mut in_token as *mut u64 as u64
+                },
+                out_batch: &mut out_token as *mut u64 as u64,
+                keys: self.keys_buf.as_mut_ptr() as u64,
+                values: self.vals_buf.as_mut_ptr() as u64,
+                count: self.chunk as u32,
+                map_fd: self.flows.fd().as_fd().as_raw_fd() as u32,
+                ..Default::default()
+            };
+            let r = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let n = attr.count as usize;
+            for i in 0..n.min(self.chunk) {
+                out.push(sum_flow(
+                    self.keys_buf[i],
+                    &self.vals_buf[i * stride..(i + 1) * stride],
+                    self.ncpus,
+                ));
+            }
+            match r {
+                Ok(()) => {
+                    in_token = out_token;
+                    first = false;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                // One hash bucket holds more entries than the buffer: grow and retry.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                    self.chunk *= 2;
+                }
+                Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH on NETMON_FLOWS"),
+            }
+        }
+    }
+
+    /// Removes flows from the kernel map; returns how many were deleted.
+    pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<usize> {
+        let mut deleted = 0;
+        for chunk in keys.chunks(4096) {
+            let mut attr = BatchAttr {
+                keys: chunk.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: self.flows.fd().as_fd().as_raw_fd() as u32,
+                ..Default::default()
+            };
+            match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
+                Ok(()) => deleted += attr.count as usize,
+                // A key already evicted by the LRU stops the batch at that key: skip it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    deleted += attr.count as usize;
+                    let rest = &chunk[(attr.count as usize + 1).min(chunk.len())..];
+                    if !rest.is_empty() {
+                        deleted += self.delete_flows(rest)?;
+                    }
+                }
+                Err(e) => return Err(e).context("BPF_MAP_DELETE_BATCH on NETMON_FLOWS"),
+            }
+        }
+        Ok(deleted)
+    }
+
+    pub fn flow_capacity(&self) -> u32 {
+        self.flows.info().map(|i| i.max_entries()).unwrap_or(0)
+    }
+
+    /// Per-interface totals, summed over CPUs.
+    pub fn read_ifaces(&self) -> Vec<(IfaceKey, IfaceStats)> {
+        self.ifaces
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let mut s = IfaceStats::default();
+                for v in per_cpu.iter() {
+                    s.bytes += v.bytes;
+                    s.packets += v.packets;
+                }
+                (k, s)
+            })
+            .collect()
+    }
+
+    /// The kernel event counters, summed over CPUs.
+    pub fn read_counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = self.counters.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// The process that owned the socket behind a flow, as recorded by the kernel hooks:
+    /// the exact 4-tuple first, then the owner of the local port (listener, UDP sender).
+    pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
+        if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+            return None;
+        }
+        let sk = SockKey {
+            proto: key.proto,
+            local_port: key.local_port,
+            remote_port: key.remote_port,
+            local_addr: key.local_addr,
+            remote_addr: key.remote_addr,
+            ..Default::default()
+        };
+        self.sock_owner(&sk)
+    }
+
+    pub fn sock_owner(&self, sk: &SockKey) -> Option<ProcInfo> {
+        if sk.remote_port != 0
+            && let Ok(p) = self.sock_proc.get(sk, 0)
+        {
+            return Some(p);
+        }
+        self.port_owner
+            .get(
+                &PortKey {
+                    proto: sk.proto,
+                    _pad: 0,
+                    port: sk.local_port,
+                },
+                0,
+            )
+            .ok()
+    }
+}
+
+fn sum_flow(key: FlowKey, per_cpu: &[u8], ncpus: usize) -> FlowSample {
+    let mut s = FlowSample {
+        key,
+        ..Default::default()
+    };
+    for cpu in 0..ncpus {
+        let raw = &per_cpu[cpu * FLOW_STRIDE..cpu * FLOW_STRIDE + size_of::<FlowStats>()];
+        // SAFETY: FlowStats is plain old data of exactly this size; unaligned read.
+        let v: FlowStats = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        s.bytes += v.bytes;
+        s.packets += v.packets;
+        s.tcp_flags |= v.tcp_flags;
+        if v.first_seen_ns != 0 && (s.first_ns == 0 || v.first_seen_ns < s.first_ns) {
+            s.first_ns = v.first_seen_ns;
+        }
+        s.last_ns = s.last_ns.max(v.last_seen_ns);
+    }
+    s
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,17 @@
+//! netmon: an eBPF network monitor.
+//!
+//! The modules follow one packet's counters from the kernel to a Prometheus sample:
+//! [`load`] attaches the programs -> [`drain`] reads the kernel maps (and [`sockdiag`] the
+//! idle sockets) -> [`aggregate`] turns totals into deltas, rates, connections and process
+//! totals -> [`metrics`] and [`api`] expose them. [`daemon`] runs that loop; [`client`] is the
+//! CLI's way to ask a running daemon.
+
+pub mod aggregate;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod drain;
+pub mod load;
+pub mod metrics;
+pub mod sockdiag;

@@ -1,0 +1,89 @@
+//! Network interfaces: discovery, and the facts `/sys/class/net` keeps about them.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+const IFF_UP: u32 = 0x1;
+const IFF_LOOPBACK: u32 = 0x8;
+
+fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn flags(name: &str) -> Option<u32> {
+    let s = read_trimmed(format!("/sys/class/net/{name}/flags"))?;
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+pub fn all_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Every interface that is up and not a loopback: the default set to monitor.
+pub fn default_interfaces() -> Vec<String> {
+    all_names()
+        .into_iter()
+        .filter(|n| flags(n).is_some_and(|f| f & IFF_UP != 0 && f & IFF_LOOPBACK == 0))
+        .collect()
+}
+
+pub fn ifindex(name: &str) -> Result<u32> {
+    match read_trimmed(format!("/sys/class/net/{name}/ifindex")).and_then(|s| s.parse().ok()) {
+        Some(i) => Ok(i),
+        None => bail!(
+            "interface `{name}` does not exist in this network namespace (have: {})",
+            all_names().join(", ")
+        ),
+    }
+}
+
+/// What the kernel reports about an interface, for the API's `interfaces` list.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LinkFacts {
+    pub is_up: bool,
+    /// Mb/s; 0 where the driver reports none (veth, virtual devices).
+    pub speed: u64,
+    pub mtu: u32,
+    pub errors_in: u64,
+    pub errors_out: u64,
+    pub drops_in: u64,
+    pub drops_out: u64,
+}
+
+pub fn link_facts(name: &str) -> LinkFacts {
+    let base = format!("/sys/class/net/{name}");
+    let num = |f: &str| -> u64 {
+        read_trimmed(format!("{base}/{f}"))
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(|v| v.max(0) as u64)
+            .unwrap_or(0)
+    };
+    LinkFacts {
+        is_up: flags(name).is_some_and(|f| f & IFF_UP != 0),
+        speed: num("speed"),
+        mtu: num("mtu") as u32,
+        errors_in: num("statistics/rx_errors"),
+        errors_out: num("statistics/tx_errors"),
+        drops_in: num("statistics/rx_dropped"),
+        drops_out: num("statistics/tx_dropped"),
+    }
+}
+
+/// Inode of this process's network namespace: interface names are only unique within one.
+pub fn netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}

@@ -1,0 +1,439 @@
+//! Stage 1: load the eBPF object, size its maps, attach the traffic programs to each
+//! interface and the socket-ownership hooks, choosing at run time among the hooks this
+//! kernel has, and say which were chosen.
+
+pub mod btf;
+pub mod iface;
+pub mod tracefs;
+
+use std::{
+    fs::File,
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{KProbe, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, tc},
+};
+use netmon_common::config;
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// The eBPF object built by `cargo xtask build`, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"));
+
+/// Map sizes; every one is a `max_entries` in the kernel.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MapSizes {
+    pub flows: u32,
+    pub sockets: u32,
+    pub ports: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            flows: 262_144,
+            sockets: 65_536,
+            ports: 16_384,
+        }
+    }
+}
+
+/// One hook: what it is for, how it is attached, and whether it is active.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hook {
+    /// What the hook does, e.g. `tcp_connect`, `ingress`.
+    pub purpose: String,
+    /// `xdp-driver`, `xdp-skb`, `tcx`, `tc-clsact`, `kprobe`, `tracepoint`.
+    pub kind: String,
+    /// Function, tracepoint or interface it is attached to.
+    pub target: String,
+    pub active: bool,
+    /// Why a hook is inactive, or which fallback it stands in for.
+    pub note: String,
+}
+
+/// A monitored interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct Monitored {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+/// Everything attached; dropping it detaches every program (aya's links are owned here).
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<Hook>,
+    pub interfaces: Vec<Monitored>,
+    _locks: Vec<InterfaceLock>,
+}
+
+pub struct LoadOptions {
+    pub interfaces: Vec<String>,
+    pub sizes: MapSizes,
+    /// Where the per-interface lock files live.
+    pub run_dir: PathBuf,
+}
+
+/// Holds an exclusive flock on `<run_dir>/<netns>-<ifname>.lock` so that a second netmon on
+/// the same interface fails with a clear message instead of attaching beside the first.
+struct InterfaceLock {
+    _file: File,
+}
+
+impl InterfaceLock {
+    fn acquire(run_dir: &Path, ifname: &str) -> Result<Self> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let path = run_dir.join(format!("{}-{ifname}.lock", iface::netns_inode()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on a valid, owned descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "interface `{ifname}` is already monitored by another netmon (pid {}; lock {}): \
+                 stop that instance first",
+                holder.trim(),
+                path.display()
+            );
+        }
+        file.set_len(0).ok();
+        writeln!(file, "{}", std::process::id()).ok();
+        Ok(Self { _file: file })
+    }
+}
+
+fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String>) {
+    match btf::Btf::from_sys_fs().and_then(|b| Ok(btf::SockOffsets::from_btf(&b)?)) {
+        Ok(o) => {
+            // Leaked so they outlive the loader's borrow; a handful of u32s, once.
+            let vals: &'static [u32; 7] = Box::leak(Box::new([
+                o.daddr,
+                o.rcv_saddr,
+                o.dport,
+                o.num,
+                o.family,
+                o.v6_daddr,
+                o.v6_rcv_saddr,
+            ]));
+            for (name, v) in [
+                "SK_OFF_DADDR",
+                "SK_OFF_RCV_SADDR",
+                "SK_OFF_DPORT",
+                "SK_OFF_NUM",
+                "SK_OFF_FAMILY",
+                "SK_OFF_V6_DADDR",
+                "SK_OFF_V6_RCV_SADDR",
+            ]
+            .into_iter()
+            .zip(vals.iter())
+            {
+                loader.override_global(name, v, true);
+            }
+        }
+        Err(e) => hooks_note.push(format!(
+            "struct sock offsets from BTF unavailable ({e:#}); using the x86_64 defaults"
+        )),
+    }
+}
+
+fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
+    let mut set = |pairs: Vec<(&'static str, u32)>| {
+        let leaked: &'static [(&'static str, u32)] = Box::leak(pairs.into_boxed_slice());
+        for (name, v) in leaked {
+            loader.override_global(name, v, true);
+        }
+    };
+    match tracefs::Format::read("sock", "inet_sock_set_state").and_then(|f| {
+        Ok(vec![
+            ("TP_SS_SKADDR", f.offset("skaddr", 8)?),
+            ("TP_SS_OLDSTATE", f.offset("oldstate", 4)?),
+            ("TP_SS_NEWSTATE", f.offset("newstate", 4)?),
+            ("TP_SS_SPORT", f.offset("sport", 2)?),
+            ("TP_SS_DPORT", f.offset("dport", 2)?),
+            ("TP_SS_FAMILY", f.offset("family", 2)?),
+            ("TP_SS_PROTOCOL", f.offset("protocol", 2)?),
+            ("TP_SS_SADDR", f.offset("saddr", 4)?),
+            ("TP_SS_DADDR", f.offset("daddr", 4)?),
+            ("TP_SS_SADDR_V6", f.offset("saddr_v6", 16)?),
+            ("TP_SS_DADDR_V6", f.offset("daddr_v6", 16)?),
+        ])
+    }) {
+        Ok(pairs) => set(pairs),
+        Err(e) => notes.push(format!("{e:#}")),
+    }
+    if let Ok(pairs) = tracefs::Format::read("sock", "sock_send_length").and_then(|f| {
+        Ok(vec![
+            ("TP_SL_SK", f.offset("sk", 8)?),
+            ("TP_SL_PROTOCOL", f.offset("protocol", 2)?),
+        ])
+    }) {
+        set(pairs);
+    }
+}
+
+/// Loads and attaches everything. Fails only when traffic accounting itself cannot run;
+/// a missing attribution hook is reported in `hooks` and logged.
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
+    let locks = opts
+        .interfaces
+        .iter()
+        .map(|i| InterfaceLock::acquire(&opts.run_dir, i))
+        .collect::<Result<Vec<_>>>()?;
+    let interfaces = opts
+        .interfaces
+        .iter()
+        .map(|n| {
+            Ok(Monitored {
+                name: n.clone(),
+                ifindex: iface::ifindex(n)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut notes = Vec::new();
+    if let Err(e) = tracefs::ensure_mounted() {
+        notes.push(format!("{e:#}; tracepoint hooks will be unavailable"));
+    }
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries("NETMON_FLOWS", opts.sizes.flows)
+        .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
+        .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
+        .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
+    sock_offsets_globals(&mut loader, &mut notes);
+    tracepoint_globals(&mut loader, &mut notes);
+    for n in &notes {
+        warn!("{n}");
+    }
+    raise_memlock_limit();
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object into the kernel (are you root / CAP_BPF?)")?;
+
+    let mut hooks = Vec::new();
+    attach_traffic(&mut ebpf, &interfaces, &mut hooks)?;
+    attach_attribution(&mut ebpf, &mut hooks)?;
+    for h in &hooks {
+        if h.active {
+            info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
+        } else {
+            warn!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook inactive");
+        }
+    }
+    Ok(Attached {
+        ebpf,
+        hooks,
+        interfaces,
+        _locks: locks,
+    })
+}
+
+/// Kernels before 5.11 charge maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK; map creation may fail on kernels before 5.11"
+        );
+    }
+}
+
+fn attach_traffic(ebpf: &mut Ebpf, ifaces: &[Monitored], hooks: &mut Vec<Hook>) -> Result<()> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut("netmon_xdp")
+        .context("eBPF object has no netmon_xdp")?
+        .try_into()?;
+    xdp.load().context("loading the XDP program (verifier)")?;
+    for i in ifaces {
+        // Native (driver) mode first; generic (skb) mode works on every device.
+        let kind = match xdp.attach(&i.name, XdpMode::Driver) {
+            Ok(_) => "xdp-driver",
+            Err(native) => match xdp.attach(&i.name, XdpMode::Skb) {
+                Ok(_) => "xdp-skb",
+                Err(e) => {
+                    return Err(anyhow!(e)).with_context(|| {
+                        format!(
+                            "attaching XDP to `{}` (native mode failed too: {native}); \
+                             is another XDP program attached?",
+                            i.name
+                        )
+                    });
+                }
+            },
+        };
+        hooks.push(Hook {
+            purpose: "ingress".into(),
+            kind: kind.into(),
+            target: i.name.clone(),
+            active: true,
+            note: String::new(),
+        });
+    }
+
+    let tc_prog: &mut SchedClassifier = ebpf
+        .program_mut("netmon_tc_egress")
+        .context("eBPF object has no netmon_tc_egress")?
+        .try_into()?;
+    tc_prog
+        .load()
+        .context("loading the TC program (verifier)")?;
+    let tcx = aya::util::KernelVersion::current()
+        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+        .unwrap_or(false);
+    for i in ifaces {
+        if !tcx {
+            // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
+            if let Err(e) = tc::qdisc_add_clsact(&i.name)
+                && !e.to_string().contains("exists")
+            {
+                return Err(anyhow!(e))
+                    .with_context(|| format!("adding the clsact qdisc to `{}`", i.name));
+            }
+        }
+        tc_prog
+            .attach(&i.name, TcAttachType::Egress)
+            .with_context(|| format!("attaching the TC egress program to `{}`", i.name))?;
+        hooks.push(Hook {
+            purpose: "egress".into(),
+            kind: if tcx { "tcx" } else { "tc-clsact" }.into(),
+            target: i.name.clone(),
+            active: true,
+            note: String::new(),
+        });
+    }
+    Ok(())
+}
+
+fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
+    let p: &mut KProbe = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("eBPF object has no {prog}"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load()
+            .with_context(|| format!("loading {prog} (verifier)"))?;
+    }
+    for f in functions {
+        p.attach(f, 0)
+            .with_context(|| format!("attaching kprobe to {f}"))?;
+    }
+    Ok(())
+}
+
+fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("eBPF object has no {prog}"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("loading {prog} (verifier)"))?;
+    p.attach(category, name)
+        .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+    Ok(())
+}
+
+/// The fallback chain for socket ownership:
+/// - outbound TCP: kprobe `tcp_connect`, else tracepoint `sock:inet_sock_set_state`
+///   (SYN_SENT in the caller's context, completed at ESTABLISHED);
+/// - listeners and accepted TCP: tracepoint `sock:inet_sock_set_state` (LISTEN, SYN_RECV ->
+///   ESTABLISHED) on every kernel;
+/// - UDP senders: kprobe `udp_sendmsg`/`udpv6_sendmsg`, else tracepoint `sock:sock_send_length`.
+fn attach_attribution(ebpf: &mut Ebpf, hooks: &mut Vec<Hook>) -> Result<()> {
+    let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state");
+    let state_ok = state_tp.is_ok();
+    hooks.push(Hook {
+        purpose: "tcp_listen_accept".into(),
+        kind: "tracepoint".into(),
+        target: "sock:inet_sock_set_state".into(),
+        active: state_ok,
+        note: state_tp.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+    });
+
+    match try_kprobe(ebpf, "netmon_tcp_connect", &["tcp_connect"]) {
+        Ok(()) => {
+            let mut cfg: Array<&mut MapData, u64> = Array::try_from(
+                ebpf.map_mut("NETMON_CONFIG")
+                    .context("eBPF object has no NETMON_CONFIG")?,
+            )?;
+            cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
+                .context("enabling the tcp_connect kprobe path")?;
+            hooks.push(Hook {
+                purpose: "tcp_connect".into(),
+                kind: "kprobe".into(),
+                target: "tcp_connect".into(),
+                active: true,
+                note: String::new(),
+            });
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            hooks.push(Hook {
+                purpose: "tcp_connect".into(),
+                kind: "kprobe".into(),
+                target: "tcp_connect".into(),
+                active: false,
+                note: why.clone(),
+            });
+            hooks.push(Hook {
+                purpose: "tcp_connect".into(),
+                kind: "tracepoint".into(),
+                target: "sock:inet_sock_set_state".into(),
+                active: state_ok,
+                note: format!("fallback: kprobe unavailable ({why})"),
+            });
+        }
+    }
+
+    match try_kprobe(
+        ebpf,
+        "netmon_udp_sendmsg",
+        &["udp_sendmsg", "udpv6_sendmsg"],
+    ) {
+        Ok(()) => hooks.push(Hook {
+            purpose: "udp_send".into(),
+            kind: "kprobe".into(),
+            target: "udp_sendmsg,udpv6_sendmsg".into(),
+            active: true,
+            note: String::new(),
+        }),
+        Err(e) => {
+            let why = format!("{e:#}");
+            hooks.push(Hook {
+                purpose: "udp_send".into(),
+                kind: "kprobe".into(),
+                target: "udp_sendmsg,udpv6_sendmsg".into(),
+                active: false,
+                note: why.clone(),
+            });
+            let tp = try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length");
+            hooks.push(Hook {
+                purpose: "udp_send".into(),
+                kind: "tracepoint".into(),
+                target: "sock:sock_send_length".into(),
+                active: tp.is_ok(),
+                note: match tp {
+                    Ok(()) => format!("fallback: kprobe unavailable ({why})"),
+                    Err(e) => format!("{e:#}"),
+                },
+            });
+        }
+    }
+    Ok(())
+}
