@@ -7,7 +7,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let obj = env::var_os("NETMON_EBPF_OBJ")
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../target/ebpf/bpfel-unknown-none/release/netmon"));
+        .unwrap_or_else(|| manifest.join("../target/ebpf/bpfel-unknown-none/release/netmon-ebpf"));
     println!("cargo:rerun-if-changed={}", obj.display());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("netmon.bpf.o");
     if let Err(e) = std::fs::copy(&obj, &out) {

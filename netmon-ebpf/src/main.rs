@@ -7,8 +7,11 @@
 //!   `netmon_udp_sendmsg` (kprobe `udp_sendmsg`/`udpv6_sendmsg`) record which process owns a
 //!   socket, at socket time. The daemon attaches the kprobes where the kernel has kprobes and
 //!   falls back to the tracepoints where it has not.
-#![no_std]
-#![no_main]
+// Built for bpfel-unknown-none by `cargo xtask build`; a host build (e.g. `cargo clippy
+// --workspace`) compiles it as an empty program.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
 mod parse;
 
@@ -507,8 +510,11 @@ pub fn netmon_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -729,7 +729,8 @@ mod tests {
         assert_eq!(c.pid, Some(99));
         assert_eq!(c.process.as_deref(), Some("client"));
         assert_eq!(c.kind, "TCP");
-        assert_eq!(c.duration, 3.0);
+        // From the earliest first packet (1 us) to the latest last packet (4 s).
+        assert_eq!(c.duration, (4 * SEC - 1_000) as f64 / 1e9);
         let l = conns.iter().find(|c| c.status == "LISTEN").unwrap();
         assert_eq!(l.local_address, "[::]:22");
         assert_eq!(l.process.as_deref(), Some("sshd"));

@@ -1,1 +1,585 @@
+//! Harness for netmon's privileged tests: network namespaces joined by a veth pair, a netmon
+//! daemon inside one of them, traffic peers that report the PID that really owns each socket,
+//! and HTTP into a namespace's loopback. Every resource is a Drop guard, so a failing test
+//! still removes its namespaces, links and processes.
+//!
+//! Test traffic stays inside namespaces this harness creates; addresses come from the
+//! benchmarking range 198.18.0.0/15 (RFC 2544) and a ULA prefix, never anything routed.
 
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Ethernet header length.
+pub const ETH_HLEN: u64 = 14;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Panics unless running as root: privileged tests are `#[ignore]`d and run by
+/// `cargo xtask test` only where it is root, so reaching here without root is a harness bug.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test run without root: use `cargo xtask test` as root"
+    );
+}
+
+pub fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop (which also deletes the veth ends inside it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "nmt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns), e.g. to reach a
+    /// daemon's loopback API.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f_ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd, affecting only this thread.
+            let r = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces, `a` and `b`, joined by a veth pair `a.ifname` <-> `b.ifname`, with IPv4
+/// and IPv6 addresses, static neighbours (no ARP/ND on the wire) and IPv6 autoconfiguration
+/// noise (router solicitation, DAD) switched off, so the link carries only test traffic.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+    pub a_v4: &'static str,
+    pub b_v4: &'static str,
+    pub a_v6: &'static str,
+    pub b_v6: &'static str,
+}
+
+impl Pair {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let a = Netns::new(&format!("{tag}a"));
+        let b = Netns::new(&format!("{tag}b"));
+        let a_if = "nmt0".to_string();
+        let b_if = "nmt1".to_string();
+        for ns in [&a, &b] {
+            for (k, v) in [
+                ("net.ipv6.conf.default.router_solicitations", "0"),
+                ("net.ipv6.conf.default.accept_dad", "0"),
+                ("net.ipv6.conf.default.dad_transmits", "0"),
+                ("net.ipv6.conf.default.accept_ra", "0"),
+                ("net.ipv6.conf.default.addr_gen_mode", "1"),
+                // MLD reports and their retransmissions go out within a millisecond of the
+                // link coming up, instead of at random times over the next seconds.
+                (
+                    "net.ipv6.conf.default.mldv1_unsolicited_report_interval",
+                    "1",
+                ),
+                (
+                    "net.ipv6.conf.default.mldv2_unsolicited_report_interval",
+                    "1",
+                ),
+            ] {
+                ns.sysctl(k, v);
+            }
+        }
+        sh(&[
+            "ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
+            "netns", &b.name,
+        ]);
+        let p = Self {
+            a,
+            b,
+            a_if,
+            b_if,
+            a_v4: "198.18.0.1",
+            b_v4: "198.18.0.2",
+            a_v6: "fd00:6e6d::1",
+            b_v6: "fd00:6e6d::2",
+        };
+        let mac = |ns: &Netns, ifname: &str| -> String {
+            ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")])
+                .trim()
+                .to_string()
+        };
+        let (a_mac, b_mac) = (mac(&p.a, &p.a_if), mac(&p.b, &p.b_if));
+        for (ns, ifname, v4, v6, peer_v4, peer_v6, peer_mac) in [
+            (&p.a, &p.a_if, p.a_v4, p.a_v6, p.b_v4, p.b_v6, &b_mac),
+            (&p.b, &p.b_if, p.b_v4, p.b_v6, p.a_v4, p.a_v6, &a_mac),
+        ] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ]);
+            ns.exec(&["ip", "link", "set", ifname, "up"]);
+            for peer in [peer_v4, peer_v6] {
+                ns.exec(&[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    peer,
+                    "lladdr",
+                    peer_mac,
+                    "nud",
+                    "permanent",
+                    "dev",
+                    ifname,
+                ]);
+            }
+        }
+        // The carrier comes up when linkwatch runs (up to a second later); that is when the
+        // last MLD reports go out. Wait for it, then for a quiet link.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (ns, ifname) in [(&p.a, &p.a_if), (&p.b, &p.b_if)] {
+            while ns
+                .exec(&["cat", &format!("/sys/class/net/{ifname}/operstate")])
+                .trim()
+                != "up"
+            {
+                assert!(Instant::now() < deadline, "{ifname} never came up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        p.a_quiet_counters();
+        p
+    }
+
+    /// `a`'s veth counters from the kernel, in frame bytes (Ethernet header included), the
+    /// unit netmon and physical NICs count in. veth's tx_bytes are frame bytes already; its
+    /// rx_bytes, once XDP is attached, are counted by veth_xdp_rcv() after
+    /// __dev_forward_skb()'s eth_type_trans() pulled the 14-byte Ethernet header, so each
+    /// received packet is short by exactly that header.
+    pub fn a_counters(&self) -> IfCounters {
+        let raw = self.a_raw_counters();
+        IfCounters {
+            rx_bytes: raw.rx_bytes + ETH_HLEN * raw.rx_packets,
+            ..raw
+        }
+    }
+
+    /// `a`'s veth counters exactly as /sys/class/net reports them.
+    pub fn a_raw_counters(&self) -> IfCounters {
+        let f = |n: &str| -> u64 {
+            self.a
+                .exec(&[
+                    "cat",
+                    &format!("/sys/class/net/{}/statistics/{n}", self.a_if),
+                ])
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        IfCounters {
+            rx_bytes: f("rx_bytes"),
+            rx_packets: f("rx_packets"),
+            tx_bytes: f("tx_bytes"),
+            tx_packets: f("tx_packets"),
+        }
+    }
+
+    /// Waits until `a`'s counters stop moving (no packet for 300 ms) and returns them.
+    pub fn a_quiet_counters(&self) -> IfCounters {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.a_counters();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.a_counters();
+            if now == last {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "link never went quiet");
+            last = now;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IfCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl std::ops::Sub for IfCounters {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self {
+            rx_bytes: self.rx_bytes - o.rx_bytes,
+            rx_packets: self.rx_packets - o.rx_packets,
+            tx_bytes: self.tx_bytes - o.tx_bytes,
+            tx_packets: self.tx_packets - o.tx_packets,
+        }
+    }
+}
+
+pub fn netmon_bin() -> PathBuf {
+    std::env::var_os("NETMON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netmon"))
+}
+
+pub fn testpeer_bin() -> PathBuf {
+    std::env::var_os("NETMON_TESTPEER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netmon-testpeer")
+        })
+}
+
+/// GET `path` from `addr` inside `ns`; returns (status, body).
+pub fn ns_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    ns.run(move || {
+        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    })
+}
+
+pub fn ns_json(ns: &Netns, addr: &str, path: &str) -> Value {
+    let (code, body) = ns_get(ns, addr, path);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// A `netmon run` inside a namespace; SIGTERM on drop, SIGKILL if it does not exit.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub api: String,
+    pub log: PathBuf,
+    ns_name: String,
+}
+
+impl Daemon {
+    pub fn start(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Self {
+        let d = Self::spawn(ns, ifaces, extra);
+        d.wait_ready(ns);
+        d
+    }
+
+    pub fn spawn(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Self {
+        let api = "127.0.0.1:9743".to_string();
+        let log = std::env::temp_dir().join(format!("{}-netmon.log", ns.name));
+        let logf = File::create(&log).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .arg(netmon_bin())
+            .args(["run", "--listen", &api, "--interval", "200ms"]);
+        for i in ifaces {
+            cmd.args(["--iface", i]);
+        }
+        cmd.args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = cmd.spawn().expect("spawn netmon");
+        Self {
+            child: Some(child),
+            api,
+            log,
+            ns_name: ns.name.clone(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the API answers with at least one completed drain.
+    pub fn wait_ready(&self, ns: &Netns) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let api = self.api.clone();
+            let ok = ns.run(move || {
+                TcpStream::connect_timeout(&api.parse().unwrap(), Duration::from_millis(200))
+                    .is_ok()
+            });
+            if ok && self.drains(ns) >= 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netmon did not become ready in {}; log:\n{}",
+                self.ns_name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn drains(&self, ns: &Netns) -> u64 {
+        ns_json(ns, &self.api, "/api/status")["drains"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Waits for two further drains (so everything before the call is in the snapshot)
+    /// and returns /api/network-stats.
+    pub fn fresh_stats(&self, ns: &Netns) -> Value {
+        let start = self.drains(ns);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.drains(ns) < start + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no drain; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ns_json(ns, &self.api, "/api/network-stats")
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                panic!("netmon ignored SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+/// A traffic peer process (netmon-testpeer) in a namespace.
+pub struct Peer {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    /// The PID that owns the socket, as the process itself reported.
+    pub pid: u32,
+    pub local: String,
+}
+
+impl Peer {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(testpeer_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn testpeer");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let field = |k: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("testpeer {args:?} said {line:?}"))
+                .to_string()
+        };
+        Self {
+            pid: field("pid=").parse().unwrap(),
+            local: field("local="),
+            child,
+            out,
+        }
+    }
+
+    /// Waits for exit (30 s at most) and returns the rest of its output.
+    pub fn finish(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut rest = String::new();
+                self.out.read_to_string(&mut rest).unwrap();
+                assert!(st.success(), "testpeer failed: {st}: {rest}");
+                return rest;
+            }
+            assert!(Instant::now() < deadline, "testpeer hung");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The connection whose local and remote addresses are these, from /api/network-stats.
+pub fn find_conn<'a>(stats: &'a Value, local: &str, remote: &str) -> &'a Value {
+    stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["local_address"] == local && c["remote_address"] == remote)
+        .unwrap_or_else(|| {
+            panic!(
+                "no connection {local} -> {remote} in {}",
+                serde_json::to_string_pretty(&stats["connections"]).unwrap()
+            )
+        })
+}
+
+/// The monitored interface named `name` in /api/network-stats.
+pub fn find_iface<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no interface {name} in {stats}"))
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// The `query` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    count: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// Programs attached to `ifname`'s egress: TCX links (Linux 6.6+, via BPF_PROG_QUERY, which
+/// Debian's bpftool 7.1 cannot show) plus cls_bpf filters on a clsact qdisc, and XDP.
+/// Returns (xdp, egress).
+pub fn attached_programs(ns: &Netns, ifname: &str) -> (usize, usize) {
+    let net: Value =
+        serde_json::from_str(&ns.exec(&["bpftool", "-j", "net", "show", "dev", ifname])).unwrap();
+    let xdp = net[0]["xdp"].as_array().map(|a| a.len()).unwrap_or(0);
+    let tc_filters = ns
+        .exec(&["tc", "filter", "show", "dev", ifname, "egress"])
+        .lines()
+        .filter(|l| l.contains("bpf"))
+        .count();
+    let ifindex: u32 = ns
+        .exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])
+        .trim()
+        .parse()
+        .unwrap();
+    let tcx = ns.run(move || {
+        let mut ids = [0u32; 64];
+        let mut attr = QueryAttr {
+            target_ifindex: ifindex,
+            attach_type: BPF_TCX_EGRESS,
+            prog_ids: ids.as_mut_ptr() as u64,
+            count: ids.len() as u32,
+            ..Default::default()
+        };
+        // SAFETY: valid attr and buffer of `count` ids.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut QueryAttr,
+                std::mem::size_of::<QueryAttr>() as u32,
+            )
+        };
+        // EINVAL: a kernel without TCX.
+        if r < 0 { 0 } else { attr.count as usize }
+    });
+    (xdp, tcx + tc_filters)
+}

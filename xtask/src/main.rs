@@ -86,7 +86,7 @@ unsafe extern "C" {
 
 /// Path of the eBPF object the build produces.
 pub fn ebpf_object() -> PathBuf {
-    workspace_root().join("target/ebpf/bpfel-unknown-none/release/netmon")
+    workspace_root().join("target/ebpf/bpfel-unknown-none/release/netmon-ebpf")
 }
 
 /// Builds the eBPF object, then the userspace workspace; returns the netmon binary's path.
@@ -126,7 +126,11 @@ fn run(args: &[String]) -> Result<()> {
         );
     }
     setup::ensure_mounts()?;
-    progress(&format!("starting {} run {}", bin.display(), args.join(" ")));
+    progress(&format!(
+        "starting {} run {}",
+        bin.display(),
+        args.join(" ")
+    ));
     let err = std::os::unix::process::CommandExt::exec(Command::new(&bin).arg("run").args(args));
     Err(err).with_context(|| format!("could not exec {}", bin.display()))
 }

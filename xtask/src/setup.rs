@@ -45,8 +45,14 @@ impl Toolchain {
                     .args(["build", "--release", "--target", "bpfel-unknown-none"]);
             }
             Self::NightlyBuildStd => {
-                cmd.args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none"])
-                    .args(["-Z", "build-std=core"]);
+                cmd.args([
+                    "+nightly",
+                    "build",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core"]);
             }
         }
         cmd

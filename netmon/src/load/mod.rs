@@ -187,11 +187,6 @@ fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
 /// Loads and attaches everything. Fails only when traffic accounting itself cannot run;
 /// a missing attribution hook is reported in `hooks` and logged.
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
-    let locks = opts
-        .interfaces
-        .iter()
-        .map(|i| InterfaceLock::acquire(&opts.run_dir, i))
-        .collect::<Result<Vec<_>>>()?;
     let interfaces = opts
         .interfaces
         .iter()
@@ -201,6 +196,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
                 ifindex: iface::ifindex(n)?,
             })
         })
+        .collect::<Result<Vec<_>>>()?;
+    let locks = opts
+        .interfaces
+        .iter()
+        .map(|i| InterfaceLock::acquire(&opts.run_dir, i))
         .collect::<Result<Vec<_>>>()?;
 
     let mut notes = Vec::new();

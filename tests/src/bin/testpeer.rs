@@ -1,1 +1,137 @@
-fn main() {}
+//! Traffic peer for the end-to-end tests: moves an exact number of bytes and says who it is.
+//!
+//! Prints one line `ready pid=<pid> local=<addr>` as soon as its socket is set up, so the
+//! test knows the ground truth (the PID that really owns the socket, and its address).
+//! `--comm NAME` sets the process's command name (prctl PR_SET_NAME) before any socket is
+//! created, so attribution can be checked by name as well as by PID.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(args: &[String], name: &str, default: u64) -> u64 {
+    arg(args, name)
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} wants a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn addr(args: &[String], name: &str) -> SocketAddr {
+    arg(args, name)
+        .unwrap_or_else(|| panic!("missing {name}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} wants IP:PORT"))
+}
+
+fn set_comm(args: &[String]) {
+    if let Some(c) = arg(args, "--comm") {
+        let c = std::ffi::CString::new(c).unwrap();
+        // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel truncates to 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
+}
+
+fn ready(local: SocketAddr) {
+    println!("ready pid={} local={local}", std::process::id());
+    std::io::stdout().flush().unwrap();
+}
+
+fn main() {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    set_comm(&args);
+    let cmd = args.first().map(String::as_str).unwrap_or("");
+    match cmd {
+        "tcp-send" => {
+            let to = addr(&args, "--to");
+            let n = num(&args, "--bytes", 0) as usize;
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+            ready(s.local_addr().unwrap());
+            let buf = vec![0x5au8; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(buf.len());
+                s.write_all(&buf[..k]).expect("write");
+                left -= k;
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).ok();
+            println!(
+                "sent={n} received={} elapsed_us={}",
+                sink.len(),
+                started.elapsed().as_micros()
+            );
+        }
+        "tcp-serve" => {
+            let l = TcpListener::bind(addr(&args, "--listen")).expect("bind");
+            ready(l.local_addr().unwrap());
+            let count = num(&args, "--count", 1);
+            let reply = num(&args, "--reply", 0) as usize;
+            for _ in 0..count {
+                let (mut c, _) = l.accept().expect("accept");
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).expect("read");
+                if reply > 0 {
+                    c.write_all(&vec![0xa5u8; reply]).expect("reply");
+                }
+                c.shutdown(Shutdown::Write).ok();
+                println!("received={}", got.len());
+            }
+        }
+        "udp-send" => {
+            let to = addr(&args, "--to");
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind).expect("bind");
+            ready(s.local_addr().unwrap());
+            let count = num(&args, "--count", 1);
+            let buf = vec![0x33u8; num(&args, "--size", 100) as usize];
+            for _ in 0..count {
+                s.send_to(&buf, to).expect("send");
+            }
+            println!("sent={count}");
+        }
+        "udp-recv" => {
+            let s = UdpSocket::bind(addr(&args, "--listen")).expect("bind");
+            ready(s.local_addr().unwrap());
+            let count = num(&args, "--count", 1);
+            let deadline = Instant::now() + Duration::from_millis(num(&args, "--timeout-ms", 5000));
+            let mut got = 0;
+            let mut buf = vec![0u8; 65536];
+            while got < count && Instant::now() < deadline {
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                if s.recv_from(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            println!("received={got}");
+        }
+        "sleep-listen" => {
+            // A listener that carries no traffic, for the connection table's LISTEN rows.
+            let l = TcpListener::bind(addr(&args, "--listen")).expect("bind");
+            ready(l.local_addr().unwrap());
+            std::thread::sleep(Duration::from_millis(num(&args, "--ms", 10_000)));
+        }
+        _ => {
+            eprintln!(
+                "usage: netmon-testpeer tcp-send|tcp-serve|udp-send|udp-recv|sleep-listen ..."
+            );
+            std::process::exit(2);
+        }
+    }
+}

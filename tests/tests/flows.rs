@@ -1,0 +1,413 @@
+//! End to end, as root, in network namespaces: real TCP/UDP traffic over a monitored veth,
+//! checked against the kernel's own interface counters, the exact datagram sizes, and the
+//! PID and command name that really owned each socket.
+
+use netmon_tests::*;
+use serde_json::Value;
+
+const PRIV: &str = "privileged: needs root and network namespaces; run by `cargo xtask test`";
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Interface totals from the API, as the same 4-tuple as the kernel counters.
+fn api_iface(stats: &Value, name: &str) -> IfCounters {
+    let i = find_iface(stats, name);
+    IfCounters {
+        rx_bytes: u(&i["bytes_recv"]),
+        rx_packets: u(&i["packets_recv"]),
+        tx_bytes: u(&i["bytes_sent"]),
+        tx_packets: u(&i["packets_sent"]),
+    }
+}
+
+/// A connection's counters as the same 4-tuple.
+fn conn_counters(c: &Value) -> IfCounters {
+    IfCounters {
+        rx_bytes: u(&c["bytes_recv"]),
+        rx_packets: u(&c["packets_recv"]),
+        tx_bytes: u(&c["bytes_sent"]),
+        tx_packets: u(&c["packets_sent"]),
+    }
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}")) as u64
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn tcp_ipv4_client_counts_equal_the_veth_counters_and_pid_is_the_client() {
+    let _ = PRIV;
+    let p = Pair::new("t4");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let server = Peer::spawn(
+        &p.b,
+        &[
+            "tcp-serve",
+            "--listen",
+            "198.18.0.2:5001",
+            "--reply",
+            "30000",
+        ],
+    );
+    let before = p.a_quiet_counters();
+    let base = d.fresh_stats(&p.a);
+
+    let client = Peer::spawn(
+        &p.a,
+        &[
+            "tcp-send",
+            "--to",
+            "198.18.0.2:5001",
+            "--bytes",
+            "2000000",
+            "--comm",
+            "nmt-client",
+        ],
+    );
+    let (pid, local) = (client.pid, client.local.clone());
+    client.finish();
+    server.finish();
+    let truth = p.a_quiet_counters() - before;
+    let stats = d.fresh_stats(&p.a);
+
+    // The link carried only this connection: its counters are the veth's, exactly.
+    let c = find_conn(&stats, &local, "198.18.0.2:5001");
+    assert_eq!(conn_counters(c), truth, "connection vs veth counters: {c}");
+    assert!(truth.tx_bytes > 2_000_000 && truth.rx_bytes > 30_000);
+    assert_eq!(c["pid"], pid, "{c}");
+    assert_eq!(c["process"], "nmt-client", "{c}");
+    assert_eq!(c["type"], "TCP");
+    // Interface totals move by exactly the veth's own deltas.
+    assert_eq!(
+        api_iface(&stats, &p.a_if) - api_iface(&base, &p.a_if),
+        truth,
+        "interface totals vs /sys/class/net deltas"
+    );
+    // The same numbers reach Prometheus.
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    let m = |dir: &str| {
+        metric(
+            &text,
+            &format!("netmon_interface_bytes_total{{direction=\"{dir}\",interface=\"nmt0\"}}"),
+        )
+    };
+    let i = find_iface(&stats, &p.a_if);
+    assert_eq!(m("tx"), u(&i["bytes_sent"]));
+    assert_eq!(m("rx"), u(&i["bytes_recv"]));
+    assert_eq!(
+        metric(
+            &text,
+            "netmon_process_bytes_total{direction=\"tx\",process=\"nmt-client\"}"
+        ),
+        truth.tx_bytes
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "netmon_process_bytes_total{direction=\"rx\",process=\"nmt-client\"}"
+        ),
+        truth.rx_bytes
+    );
+    assert!(text.contains("netmon_flows_active "));
+    assert!(text.contains("netmon_kernel_events_total{event=\"flow_insert_failed\"} 0"));
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn tcp_ipv6_accepted_connection_is_attributed_to_the_server() {
+    let p = Pair::new("t6");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    // The server starts after netmon, so the kernel sees its listen().
+    let server = Peer::spawn(
+        &p.a,
+        &[
+            "tcp-serve",
+            "--listen",
+            "[fd00:6e6d::1]:5002",
+            "--comm",
+            "nmt-server",
+            "--reply",
+            "1000",
+        ],
+    );
+    let before = p.a_quiet_counters();
+    let client = Peer::spawn(
+        &p.b,
+        &[
+            "tcp-send",
+            "--to",
+            "[fd00:6e6d::1]:5002",
+            "--bytes",
+            "700000",
+        ],
+    );
+    let remote = client.local.clone();
+    client.finish();
+    let out = server.finish();
+    assert!(out.contains("received=700000"), "{out}");
+    let truth = p.a_quiet_counters() - before;
+    let stats = d.fresh_stats(&p.a);
+    let c = find_conn(&stats, "[fd00:6e6d::1]:5002", &remote);
+    assert_eq!(conn_counters(c), truth, "{c}");
+    assert!(truth.rx_bytes > 700_000);
+    assert_eq!(
+        c["pid"],
+        server_pid_of(&stats, "[fd00:6e6d::1]:5002", &remote)
+    );
+    assert_eq!(c["process"], "nmt-server");
+}
+
+/// The pid in the table must be the server's; read separately to give a clear message.
+fn server_pid_of(stats: &Value, local: &str, remote: &str) -> Value {
+    find_conn(stats, local, remote)["pid"].clone()
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn udp_ipv4_and_ipv6_datagrams_are_counted_to_the_byte() {
+    let p = Pair::new("u");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    for (to, listen, l3) in [
+        ("198.18.0.2:7001", "198.18.0.2:7001", 20u64),
+        ("[fd00:6e6d::2]:7002", "[fd00:6e6d::2]:7002", 40u64),
+    ] {
+        let rx = Peer::spawn(
+            &p.b,
+            &[
+                "udp-recv",
+                "--listen",
+                listen,
+                "--count",
+                "100",
+                "--timeout-ms",
+                "5000",
+            ],
+        );
+        let before = p.a_quiet_counters();
+        let tx = Peer::spawn(
+            &p.a,
+            &[
+                "udp-send", "--to", to, "--count", "100", "--size", "512", "--comm", "nmt-udp",
+            ],
+        );
+        let (pid, local) = (tx.pid, tx.local.clone());
+        tx.finish();
+        assert!(rx.finish().contains("received=100"));
+        let truth = p.a_quiet_counters() - before;
+        let stats = d.fresh_stats(&p.a);
+        // The socket was bound to the wildcard address; the flow has the real one.
+        let local_port = local.rsplit(':').next().unwrap();
+        let local_addr = if l3 == 20 {
+            format!("198.18.0.1:{local_port}")
+        } else {
+            format!("[fd00:6e6d::1]:{local_port}")
+        };
+        let c = find_conn(&stats, &local_addr, to);
+        // Ethernet 14 + IP header + UDP 8 + payload, per datagram.
+        let frame = 14 + l3 + 8 + 512;
+        assert_eq!(u(&c["packets_sent"]), 100, "{c}");
+        assert_eq!(u(&c["bytes_sent"]), 100 * frame, "{c}");
+        assert_eq!(conn_counters(c), truth, "{c}");
+        assert_eq!(c["pid"], pid, "{c}");
+        assert_eq!(c["process"], "nmt-udp");
+        assert_eq!(c["type"], "UDP");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn short_lived_process_is_attributed_after_it_exits() {
+    let p = Pair::new("sl");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.0.2:5003"]);
+    let client = Peer::spawn(
+        &p.a,
+        &[
+            "tcp-send",
+            "--to",
+            "198.18.0.2:5003",
+            "--bytes",
+            "4000",
+            "--comm",
+            "nmt-brief",
+        ],
+    );
+    let (pid, local) = (client.pid, client.local.clone());
+    let out = client.finish();
+    server.finish();
+    let elapsed_us: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("elapsed_us="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        elapsed_us < 100_000,
+        "the client should connect, send and exit within 100 ms; took {elapsed_us} us"
+    );
+    assert!(!is_alive(pid), "pid {pid} should be gone");
+    let stats = d.fresh_stats(&p.a);
+    let c = find_conn(&stats, &local, "198.18.0.2:5003");
+    assert_eq!(c["pid"], pid, "{c}");
+    assert_eq!(c["process"], "nmt-brief", "{c}");
+    assert!(u(&c["bytes_sent"]) > 4000);
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn idle_listener_is_listed_with_its_owner() {
+    let p = Pair::new("ls");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let l = Peer::spawn(
+        &p.a,
+        &[
+            "sleep-listen",
+            "--listen",
+            "198.18.0.1:5999",
+            "--comm",
+            "nmt-listener",
+            "--ms",
+            "20000",
+        ],
+    );
+    let stats = d.fresh_stats(&p.a);
+    let c = find_conn(&stats, "198.18.0.1:5999", "0.0.0.0:0");
+    assert_eq!(c["status"], "LISTEN", "{c}");
+    assert_eq!(c["pid"], l.pid, "{c}");
+    assert_eq!(c["process"], "nmt-listener");
+    assert_eq!(u(&c["bytes_sent"]) + u(&c["bytes_recv"]), 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn status_and_flows_commands_say_what_is_active() {
+    let p = Pair::new("st");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let bin = netmon_bin();
+    let bin = bin.to_str().unwrap();
+    let status: Value =
+        serde_json::from_str(&p.a.exec(&[bin, "status", "--json", "--api", &d.api])).unwrap();
+    let hooks = status["hooks"].as_array().unwrap();
+    let active = |purpose: &str, kind: &str| {
+        hooks
+            .iter()
+            .any(|h| h["purpose"] == purpose && h["kind"] == kind && h["active"] == true)
+    };
+    assert!(active("ingress", "xdp-driver"), "{status}");
+    assert!(
+        active("egress", "tcx") || active("egress", "tc-clsact"),
+        "{status}"
+    );
+    assert!(active("tcp_listen_accept", "tracepoint"), "{status}");
+    let kernel_has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if kernel_has_kprobes {
+        assert!(active("tcp_connect", "kprobe"), "{status}");
+    } else {
+        // This machine's kernel: the loader must fall back to the tracepoint and say so.
+        assert!(!active("tcp_connect", "kprobe"), "{status}");
+        assert!(active("tcp_connect", "tracepoint"), "{status}");
+        let fallback = hooks
+            .iter()
+            .find(|h| h["purpose"] == "tcp_connect" && h["kind"] == "tracepoint")
+            .unwrap();
+        assert!(
+            fallback["note"].as_str().unwrap().contains("fallback"),
+            "{fallback}"
+        );
+        assert!(d.log_text().contains("fallback: kprobe unavailable"));
+    }
+    assert_eq!(status["interfaces"][0]["name"], p.a_if.as_str());
+
+    let text = p.a.exec(&[bin, "status", "--api", &d.api]);
+    assert!(
+        text.contains("hooks:") && text.contains("sock:inet_sock_set_state"),
+        "{text}"
+    );
+
+    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.0.2:5004"]);
+    let client = Peer::spawn(
+        &p.a,
+        &["tcp-send", "--to", "198.18.0.2:5004", "--bytes", "10000"],
+    );
+    let local = client.local.clone();
+    client.finish();
+    server.finish();
+    d.fresh_stats(&p.a);
+    let table = p.a.exec(&[bin, "flows", "--api", &d.api]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&local) && l.contains("198.18.0.2:5004"))
+        .unwrap_or_else(|| panic!("no row for {local} in:\n{table}"));
+    assert!(
+        row.starts_with("TCP") && row.contains("netmon-testpee"),
+        "{row}"
+    );
+    let json: Value =
+        serde_json::from_str(&p.a.exec(&[bin, "flows", "--json", "--api", &d.api])).unwrap();
+    find_conn(&json, &local, "198.18.0.2:5004");
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn second_instance_on_the_same_interface_is_refused() {
+    let p = Pair::new("dup");
+    let _d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.a.name])
+        .arg(netmon_bin())
+        .args(["run", "--iface", &p.a_if, "--listen", "127.0.0.1:9744"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second instance must fail: {err}");
+    assert!(
+        err.contains("already monitored by another netmon"),
+        "unclear error: {err}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn sigterm_detaches_every_program() {
+    let p = Pair::new("term");
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    assert_eq!(
+        attached_programs(&p.a, &p.a_if),
+        (1, 1),
+        "attached while running"
+    );
+    let st = d.stop();
+    assert!(st.success(), "exit status {st}; log:\n{}", d.log_text());
+    assert_eq!(
+        attached_programs(&p.a, &p.a_if),
+        (0, 0),
+        "left attached after SIGTERM"
+    );
+    assert!(d.log_text().contains("detached all programs"));
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn missing_interface_is_named_in_the_error() {
+    let ns = Netns::new("miss");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(netmon_bin())
+        .args(["run", "--iface", "nosuch0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("interface `nosuch0` does not exist"),
+        "unclear error: {err}"
+    );
+}

@@ -1,0 +1,57 @@
+//! `cargo xtask test`: set up, build, then run every test. As root the privileged tests
+//! (network namespaces, eBPF programs, real traffic) run too; otherwise they are reported as
+//! ignored by the test runner and named here as skipped, never counted as passed.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::{build, ebpf_object, is_root, progress, run_cmd, setup, workspace_root};
+
+pub fn run(filter: Option<&str>) -> Result<()> {
+    let started = std::time::Instant::now();
+    setup::ensure_runtime_packages()?;
+    let bin = build(false)?;
+    let root = workspace_root();
+    let privileged = is_root();
+    if privileged {
+        setup::ensure_mounts()?;
+    }
+
+    progress(if privileged {
+        "running all tests (privileged included)"
+    } else {
+        "running unprivileged tests; privileged tests need root and are SKIPPED"
+    });
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .env("NETMON_EBPF_OBJ", ebpf_object())
+        .env("NETMON_BIN", &bin)
+        .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "netmon-ebpf",
+            "--no-fail-fast",
+        ])
+        .arg("--");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    if privileged {
+        cmd.arg("--include-ignored");
+    }
+    run_cmd(&mut cmd).context("the test suite failed")?;
+    if !privileged {
+        eprintln!(
+            "SKIPPED: the privileged tests (reported as `ignored` above) need root: \
+             run `sudo -E cargo xtask test`"
+        );
+    }
+    progress(&format!(
+        "test suite finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
