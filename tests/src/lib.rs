@@ -19,6 +19,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod packet;
+
 /// Ethernet header length.
 pub const ETH_HLEN: u64 = 14;
 
