@@ -12,6 +12,10 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map calls take `impl Borrow`; references keep 40-byte keys off the BPF stack"
+)]
 
 mod parse;
 
@@ -318,14 +322,14 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     match new {
         // connect(): process context, but the source port may still be 0 (tcp_v4_connect
         // sets SYN_SENT before inet_hash_connect picks it). Remember the owner by socket.
-        tcp_state::SYN_SENT if old == tcp_state::CLOSE => {
-            if config(config::KPROBE_CONNECT_ACTIVE) == 0
+        tcp_state::SYN_SENT
+            if old == tcp_state::CLOSE
+                && config(config::KPROBE_CONNECT_ACTIVE) == 0
                 && NETMON_SK_OWNER
                     .insert(&skaddr, &current_proc(), BPF_ANY as u64)
-                    .is_err()
-            {
-                bump(counter::SOCK_INSERT_FAILED);
-            }
+                    .is_err() =>
+        {
+            bump(counter::SOCK_INSERT_FAILED);
         }
         // listen(): process context (inet_csk_listen_start); the port is bound.
         tcp_state::LISTEN => {
@@ -405,7 +409,7 @@ fn sock_key_from_tp(ctx: &TracePointContext) -> Result<SockKey, i32> {
 #[inline(always)]
 fn read_sk<T>(sk: u64, off: &'static u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address; offsets come from BTF.
-    unsafe { bpf_probe_read_kernel((sk as usize + global(off)) as *const T).map_err(|e| e as i32) }
+    unsafe { bpf_probe_read_kernel((sk as usize + global(off)) as *const T) }
 }
 
 /// kprobe on `tcp_connect(struct sock *sk)`: called by tcp_v4/v6_connect after the source
@@ -460,10 +464,10 @@ fn record_udp_sender(sk: u64) -> Result<(), i32> {
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is read at once.
-    if let Some(owner) = unsafe { NETMON_PORT_OWNER.get(&key) } {
-        if owner.pid == pid {
-            return Ok(());
-        }
+    if let Some(owner) = unsafe { NETMON_PORT_OWNER.get(&key) }
+        && owner.pid == pid
+    {
+        return Ok(());
     }
     if NETMON_PORT_OWNER
         .insert(&key, &current_proc(), BPF_ANY as u64)

@@ -9,7 +9,10 @@ use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
-use netmon_common::{DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, tcp_flags};
+use netmon_common::{
+    DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ProcInfo,
+    tcp_flags,
+};
 use serde::Serialize;
 
 /// One flow as read from the kernel, summed over CPUs. Counters are cumulative.
@@ -99,7 +102,7 @@ const EAGER_TRIES: u32 = 5;
 const RETRY_EVERY: u32 = 30;
 
 fn should_try(tries: u32) -> bool {
-    tries < EAGER_TRIES || tries % RETRY_EVERY == 0
+    tries < EAGER_TRIES || tries.is_multiple_of(RETRY_EVERY)
 }
 
 #[derive(Debug, Default)]
@@ -339,6 +342,9 @@ pub struct Connection {
     /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or the protocol number.
     #[serde(rename = "type")]
     pub kind: String,
+    /// ICMP/ICMPv6 `type/code`; the addresses then carry no port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type_code: Option<String>,
     pub status: String,
     pub pid: Option<u32>,
     pub process: Option<String>,
@@ -401,11 +407,59 @@ fn sockaddr(addr: [u8; 16], port: u16) -> String {
     SocketAddr::new(to_ip(addr), port).to_string()
 }
 
+fn is_icmp(proto: u8) -> bool {
+    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
+}
+
+fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> Connection {
+    let (local_address, remote_address, icmp) = if is_icmp(proto) {
+        // ICMP has no ports: the key's remote "port" is type << 8 | code.
+        (
+            to_ip(local.0).to_string(),
+            to_ip(remote.0).to_string(),
+            Some(format!("{}/{}", remote.1 >> 8, remote.1 & 0xff)),
+        )
+    } else {
+        (
+            sockaddr(local.0, local.1),
+            sockaddr(remote.0, remote.1),
+            None,
+        )
+    };
+    Connection {
+        local_address,
+        remote_address,
+        kind: proto_name(proto),
+        icmp_type_code: icmp,
+        status: String::new(),
+        pid: None,
+        process: None,
+        uid: None,
+        cgroup_id: None,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        packets_sent: 0,
+        packets_recv: 0,
+        send_rate: 0.0,
+        recv_rate: 0.0,
+        duration: 0.0,
+        tcp_flags: String::new(),
+    }
+}
+
+fn set_owner(c: &mut Connection, o: &Owner) {
+    c.pid = Some(o.pid);
+    c.process = Some(o.comm.clone());
+    c.uid = Some(o.uid);
+    c.cgroup_id = Some(o.cgroup_id);
+}
+
 impl Tracker {
     /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
     /// no traffic (listeners, TIME_WAIT...).
     pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
-        let mut by_tuple: BTreeMap<ConnKey, Connection> = BTreeMap::new();
+        // The TCP flags of each row, OR-ed over its flows.
+        let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
         for e in self.flows.values() {
             let k = e.key;
             let ck = (
@@ -415,23 +469,15 @@ impl Tracker {
                 k.remote_addr,
                 k.remote_port,
             );
-            let c = by_tuple.entry(ck).or_insert_with(|| Connection {
-                local_address: sockaddr(k.local_addr, k.local_port),
-                remote_address: sockaddr(k.remote_addr, k.remote_port),
-                kind: proto_name(k.proto),
-                status: String::new(),
-                pid: None,
-                process: None,
-                uid: None,
-                cgroup_id: None,
-                bytes_sent: 0,
-                bytes_recv: 0,
-                packets_sent: 0,
-                packets_recv: 0,
-                send_rate: 0.0,
-                recv_rate: 0.0,
-                duration: 0.0,
-                tcp_flags: String::new(),
+            let (c, flags) = by_tuple.entry(ck).or_insert_with(|| {
+                (
+                    new_connection(
+                        k.proto,
+                        (k.local_addr, k.local_port),
+                        (k.remote_addr, k.remote_port),
+                    ),
+                    0,
+                )
             });
             if k.direction == DIR_INGRESS {
                 c.bytes_recv += e.bytes;
@@ -442,33 +488,21 @@ impl Tracker {
                 c.packets_sent += e.packets;
                 c.send_rate += e.rate_bps;
             }
-            let dur = e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9;
-            c.duration = c.duration.max(dur);
-            let mut flags = 0u8;
-            for ch in c.tcp_flags.chars() {
-                flags |= match ch {
-                    'S' => tcp_flags::SYN,
-                    'A' => tcp_flags::ACK,
-                    'P' => tcp_flags::PSH,
-                    'F' => tcp_flags::FIN,
-                    'R' => tcp_flags::RST,
-                    'U' => tcp_flags::URG,
-                    _ => 0,
-                };
-            }
-            c.tcp_flags = flags_string(flags | e.tcp_flags);
+            c.duration = c
+                .duration
+                .max(e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9);
+            *flags |= e.tcp_flags;
             if c.pid.is_none()
                 && let Some(o) = &e.owner
             {
-                c.pid = Some(o.pid);
-                c.process = Some(o.comm.clone());
-                c.uid = Some(o.uid);
-                c.cgroup_id = Some(o.cgroup_id);
+                set_owner(c, o);
             }
         }
-        for c in by_tuple.values_mut() {
+        for (c, flags) in by_tuple.values_mut() {
+            c.tcp_flags = flags_string(*flags);
+            // Without a socket (closed, or not in this namespace) the state is inferred.
             c.status = match c.kind.as_str() {
-                "TCP" if c.tcp_flags.contains('R') || c.tcp_flags.contains('F') => "CLOSED",
+                "TCP" if *flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => "CLOSED",
                 "TCP" => "UNKNOWN",
                 _ => "NONE",
             }
@@ -482,36 +516,60 @@ impl Tracker {
                 s.remote_addr,
                 s.remote_port,
             );
-            let c = by_tuple.entry(ck).or_insert_with(|| Connection {
-                local_address: sockaddr(s.local_addr, s.local_port),
-                remote_address: sockaddr(s.remote_addr, s.remote_port),
-                kind: proto_name(s.proto),
-                status: String::new(),
-                pid: None,
-                process: None,
-                uid: Some(s.uid),
-                cgroup_id: None,
-                bytes_sent: 0,
-                bytes_recv: 0,
-                packets_sent: 0,
-                packets_recv: 0,
-                send_rate: 0.0,
-                recv_rate: 0.0,
-                duration: 0.0,
-                tcp_flags: String::new(),
+            let (c, _) = by_tuple.entry(ck).or_insert_with(|| {
+                let mut c = new_connection(
+                    s.proto,
+                    (s.local_addr, s.local_port),
+                    (s.remote_addr, s.remote_port),
+                );
+                c.uid = Some(s.uid);
+                (c, 0)
             });
             c.status = s.state.clone();
             if c.pid.is_none()
                 && let Some(o) = &s.owner
             {
-                c.pid = Some(o.pid);
-                c.process = Some(o.comm.clone());
-                c.uid = Some(o.uid);
-                c.cgroup_id = Some(o.cgroup_id);
+                set_owner(c, o);
             }
         }
-        by_tuple.into_values().collect()
+        by_tuple.into_values().map(|(c, _)| c).collect()
     }
+
+    /// Per-process totals and rates, busiest first.
+    pub fn processes(&self) -> Vec<ProcessRow> {
+        let mut rows: Vec<ProcessRow> = self
+            .procs
+            .iter()
+            .map(|(name, t)| ProcessRow {
+                process: name.clone(),
+                bytes_sent: t.tx_bytes,
+                bytes_recv: t.rx_bytes,
+                packets_sent: t.tx_packets,
+                packets_recv: t.rx_packets,
+                send_rate: t.tx_rate,
+                recv_rate: t.rx_rate,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (b.send_rate + b.recv_rate)
+                .total_cmp(&(a.send_rate + a.recv_rate))
+                .then((b.bytes_sent + b.bytes_recv).cmp(&(a.bytes_sent + a.bytes_recv)))
+        });
+        rows
+    }
+}
+
+/// One process (by command name) in `/api/network-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRow {
+    pub process: String,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    /// Bytes/s credited during the last interval.
+    pub send_rate: f64,
+    pub recv_rate: f64,
 }
 
 #[cfg(test)]
@@ -735,6 +793,44 @@ mod tests {
         assert_eq!(l.local_address, "[::]:22");
         assert_eq!(l.process.as_deref(), Some("sshd"));
         assert_eq!(l.bytes_sent + l.bytes_recv, 0);
+    }
+
+    #[test]
+    fn icmp_rows_have_no_ports_and_processes_sort_by_rate() {
+        let mut t = Tracker::default();
+        let ping = FlowKey {
+            proto: IPPROTO_ICMP,
+            local_port: 0,
+            remote_port: 8 << 8,
+            ..key(DIR_EGRESS, 0)
+        };
+        let a = key(DIR_EGRESS, 1);
+        let b = key(DIR_INGRESS, 2);
+        t.apply_flows(
+            &[
+                sample(ping, 98, 1, SEC),
+                sample(a, 100, 1, SEC),
+                sample(b, 900, 2, SEC),
+            ],
+            SEC,
+            1.0,
+            60 * SEC,
+            |k| Some(owner(1, if k.local_port == 1 { "small" } else { "big" })),
+        );
+        let conns = t.connections(&[]);
+        let c = conns.iter().find(|c| c.kind == "ICMP").unwrap();
+        assert_eq!(
+            (c.local_address.as_str(), c.remote_address.as_str()),
+            ("198.18.0.1", "198.18.0.2")
+        );
+        assert_eq!(c.icmp_type_code.as_deref(), Some("8/0"));
+        assert_eq!(c.pid, None, "ICMP is not attributed");
+        let p = t.processes();
+        assert_eq!(p[0].process, "big");
+        assert_eq!((p[0].bytes_recv, p[0].recv_rate), (900, 900.0));
+        assert_eq!(p[1].process, "small");
+        assert_eq!(p[2].process, UNKNOWN_PROCESS, "the ICMP flow's bytes");
+        assert_eq!(p[2].bytes_sent, 98);
     }
 
     #[test]

@@ -15,7 +15,12 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{aggregate::Connection, load::Hook, load::Monitored, metrics::Metrics};
+use crate::{
+    aggregate::{Connection, ProcessRow},
+    load::Hook,
+    load::Monitored,
+    metrics::Metrics,
+};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct InterfaceStats {
@@ -44,6 +49,8 @@ pub struct InterfaceStats {
 pub struct NetworkStats {
     pub interfaces: Vec<InterfaceStats>,
     pub connections: Vec<Connection>,
+    /// Per command name: totals and rates, busiest first.
+    pub processes: Vec<ProcessRow>,
     pub total_bytes_sent: u64,
     pub total_bytes_recv: u64,
     pub packets_sent: u64,
@@ -165,6 +172,7 @@ mod tests {
         for field in [
             "interfaces",
             "connections",
+            "processes",
             "total_bytes_sent",
             "packets_sent",
             "packets_recv",

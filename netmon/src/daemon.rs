@@ -22,6 +22,8 @@ use crate::{
     sockdiag::{SockDiag, tcp_state_name},
 };
 
+const OWNER_RETRY_TICKS: u64 = 10;
+
 fn dir_label(direction: u8) -> &'static str {
     if direction == DIR_INGRESS { "rx" } else { "tx" }
 }
@@ -41,8 +43,9 @@ struct Drain {
     prev_counters: [u64; counter::COUNT as usize],
     prev_evictions: u64,
     prev_expired: u64,
-    /// Owners of sockets listed by sock_diag, cached per 4-tuple.
-    socket_owners: HashMap<SockKey, Option<Owner>>,
+    /// Owners of sockets listed by sock_diag, cached per 4-tuple; a socket with no known
+    /// owner is looked up again every `OWNER_RETRY_TICKS`, not every tick.
+    socket_owners: HashMap<SockKey, (Option<Owner>, u64)>,
     flow_capacity: u32,
     started: Instant,
     drains: u64,
@@ -137,6 +140,7 @@ impl Drain {
 
         let mut stats = NetworkStats {
             connections,
+            processes: self.tracker.processes(),
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -222,10 +226,12 @@ impl Drain {
                     ..Default::default()
                 };
                 let owner = match self.socket_owners.get(&key) {
-                    Some(o) => o.clone(),
-                    None => self.maps.sock_owner(&key).map(Owner::from),
+                    Some((Some(o), at)) => (Some(o.clone()), *at),
+                    Some((None, at)) if self.drains < at + OWNER_RETRY_TICKS => (None, *at),
+                    _ => (self.maps.sock_owner(&key).map(Owner::from), self.drains),
                 };
                 seen.insert(key, owner.clone());
+                let owner = owner.0;
                 SocketRow {
                     proto: s.proto,
                     local_addr: s.local_addr,

@@ -526,7 +526,7 @@ fn random_garbage_is_passed_and_conserved() {
             pkt[l3] = if l3_type == ETH_P_IPV6 {
                 0x60 | (pkt[l3] & 0x0f)
             } else {
-                0x45 + (pkt[l3] % 3) * 0x01
+                0x45 + pkt[l3] % 3
             };
         }
         let dir = if i % 2 == 0 || skb_test_run_refuses(&pkt) {

@@ -18,6 +18,28 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         setup::ensure_mounts()?;
     }
 
+    progress("checking formatting and lints (cargo fmt --check, clippy -D warnings)");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]),
+    )
+    .context("code is not formatted: run `cargo fmt --all`")?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("NETMON_EBPF_OBJ", ebpf_object())
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )
+    .context("clippy found problems")?;
+
     progress(if privileged {
         "running all tests (privileged included)"
     } else {

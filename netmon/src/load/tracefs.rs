@@ -79,6 +79,34 @@ impl Format {
     }
 }
 
+/// Mounts tracefs on /sys/kernel/tracing when no tracefs is visible. Needed where it is not
+/// mounted at boot, and under `ip netns exec`, which remounts /sys in a private mount
+/// namespace without it.
+pub fn ensure_mounted() -> Result<PathBuf> {
+    if let Some(p) = tracefs_root() {
+        return Ok(p);
+    }
+    let target = "/sys/kernel/tracing";
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, tgt, fstype) = (c("tracefs"), c(target), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!("tracefs is not mounted and mounting it on {target} failed; mount it with `mount -t tracefs tracefs {target}`")
+        });
+    }
+    Ok(PathBuf::from(target))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,32 +148,4 @@ format:
         assert!(err.contains("size 4, expected 8"), "{err}");
         assert!(fmt.offset("nope", 4).is_err());
     }
-}
-
-/// Mounts tracefs on /sys/kernel/tracing when no tracefs is visible. Needed where it is not
-/// mounted at boot, and under `ip netns exec`, which remounts /sys in a private mount
-/// namespace without it.
-pub fn ensure_mounted() -> Result<PathBuf> {
-    if let Some(p) = tracefs_root() {
-        return Ok(p);
-    }
-    let target = "/sys/kernel/tracing";
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, tgt, fstype) = (c("tracefs"), c(target), c("tracefs"));
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
-            format!("tracefs is not mounted and mounting it on {target} failed; mount it with `mount -t tracefs tracefs {target}`")
-        });
-    }
-    Ok(PathBuf::from(target))
 }
