@@ -185,6 +185,80 @@ pub mod config {
     pub const COUNT: u32 = 8;
 }
 
+/// Indexes of `NETMON_DROPCFG`, the pinned array that steers the drop list.
+pub mod dropcfg {
+    /// The generation (1 or 2) of ban entries in force; 0: drop list empty.
+    pub const GENERATION: u32 = 0;
+    /// `HAS_*` bits: which drop-list maps hold entries, so the fast path skips empty ones.
+    pub const FLAGS: u32 = 1;
+    pub const COUNT: u32 = 4;
+
+    pub const HAS_ALLOW_V4: u64 = 1 << 0;
+    pub const HAS_ALLOW_V6: u64 = 1 << 1;
+    pub const HAS_EXACT_V4: u64 = 1 << 2;
+    pub const HAS_EXACT_V6: u64 = 1 << 3;
+    pub const HAS_PREFIX_V4: u64 = 1 << 4;
+    pub const HAS_PREFIX_V6: u64 = 1 << 5;
+}
+
+/// Why an entry is banned; the `reason` label of the drop metrics.
+pub mod ban_kind {
+    pub const MANUAL: u8 = 0;
+    pub const IMPORT: u8 = 1;
+    pub const AUTO: u8 = 2;
+    pub const NAMES: [&str; 3] = ["manual", "import", "auto"];
+}
+
+/// Exact-address ban key (hash map). `generation` selects the set in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BanKey4 {
+    pub generation: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BanKey6 {
+    pub generation: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+/// LPM-trie ban key data: the generation byte, then the address. Its prefix length is
+/// `8 + prefix`, so a lookup only matches entries of the generation it asks for.
+pub type BanPrefix4 = [u8; 5];
+pub type BanPrefix6 = [u8; 17];
+
+/// One ban entry in the kernel: expiry and hit counters. Reason, author and the rest live in
+/// the daemon's state file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanValue {
+    /// CLOCK_BOOTTIME nanoseconds after which the entry no longer drops; 0: never expires.
+    pub expires_ns: u64,
+    /// Updated atomically by the programs.
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_BOOTTIME nanoseconds of the latest drop.
+    pub last_hit_ns: u64,
+    /// `ban_kind::*`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the per-CPU drop counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub ifindex: u32,
+    pub direction: u8,
+    /// `ban_kind::*`.
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Offsets inside `struct sock` (its embedded `struct sock_common`), read from the running
 /// kernel's BTF by the daemon and written into the programs' read-only globals before load,
 /// because Rust eBPF has no CO-RE relocations.
@@ -264,6 +338,11 @@ assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, 
 assert_layout!(SockKey, 40, proto @ 0, local_port @ 2, remote_port @ 4, local_addr @ 8,
     remote_addr @ 24);
 assert_layout!(PortKey, 4, proto @ 0, port @ 2);
+assert_layout!(BanKey4, 8, generation @ 0, addr @ 4);
+assert_layout!(BanKey6, 20, generation @ 0, addr @ 4);
+assert_layout!(BanValue, 40, expires_ns @ 0, packets @ 8, bytes @ 16, last_hit_ns @ 24,
+    kind @ 32);
+assert_layout!(DropKey, 8, ifindex @ 0, direction @ 4, kind @ 5);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -276,4 +355,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProcInfo {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::BanKey4 {}
+    unsafe impl aya::Pod for super::BanKey6 {}
+    unsafe impl aya::Pod for super::BanValue {}
+    unsafe impl aya::Pod for super::DropKey {}
 }

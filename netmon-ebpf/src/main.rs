@@ -11,6 +11,7 @@
 // --workspace`) compiles it as an empty program.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 #![expect(
     clippy::needless_borrows_for_generic_args,
@@ -20,19 +21,23 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{classifier, kprobe, map, tracepoint, xdp},
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap,
+        lpm_trie::Key,
+    },
     programs::{ProbeContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
-    AF_INET, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey, config, counter,
-    sock_offsets, tcp_state, tp_offsets, v4_mapped,
+    AF_INET, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS, DropKey,
+    FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey,
+    IfaceStats, PortKey, ProcInfo, SockKey, config, counter, dropcfg, sock_offsets, tcp_state,
+    tp_offsets, v4_mapped,
 };
 use parse::{NOTE_NONE, Packet, Parsed, parse};
 
@@ -69,6 +74,33 @@ static NETMON_PORT_OWNER: LruHashMap<PortKey, ProcInfo> = LruHashMap::with_max_e
 /// source port not yet chosen) and ESTABLISHED (softirq, tuple complete).
 #[map]
 static NETMON_SK_OWNER: LruHashMap<u64, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+
+// ---------------------------------------------------------------------------------------------
+// The drop list. Pinned under the daemon's bpffs directory, so that the CLI edits it with or
+// without a running daemon and a restarted daemon finds it intact. Keys carry a generation
+// byte: a bulk import fills the generation not in force, then flips NETMON_DROPCFG.
+
+/// Exact IPv4 addresses: the fast path.
+#[map]
+static NETMON_BAN4: HashMap<BanKey4, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+#[map]
+static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+/// Prefixes (longest match), key data `[generation, address...]`.
+#[map]
+static NETMON_BANPFX4: LpmTrie<BanPrefix4, BanValue> = LpmTrie::pinned(262_144, 0);
+#[map]
+static NETMON_BANPFX6: LpmTrie<BanPrefix6, BanValue> = LpmTrie::pinned(262_144, 0);
+/// Allow list: checked first, wins over every ban. Value: unused.
+#[map]
+static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
+#[map]
+static NETMON_ALLOW6: LpmTrie<[u8; 16], u64> = LpmTrie::pinned(65_536, 0);
+/// Generation in force and which maps are non-empty (`netmon_common::dropcfg`).
+#[map]
+static NETMON_DROPCFG: Array<u64> = Array::pinned(dropcfg::COUNT, 0);
+/// Dropped packets and bytes per interface, direction and ban kind.
+#[map]
+static NETMON_DROPS: PerCpuHashMap<DropKey, IfaceStats> = PerCpuHashMap::pinned(1024, 0);
 
 // ---------------------------------------------------------------------------------------------
 // Read-only globals set by the loader (EbpfLoader::set_global) from the running kernel's BTF
@@ -154,13 +186,12 @@ pub fn netmon_xdp(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
     };
     bump(counter::XDP_PACKETS);
-    account(
-        ifindex,
-        DIR_INGRESS,
-        (packet.end - packet.data) as u64,
-        &packet,
-    );
-    xdp_action::XDP_PASS
+    let len = (packet.end - packet.data) as u64;
+    if account(ifindex, DIR_INGRESS, len, &packet) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 /// Bytes of headers we need in the linear part of an skb: Ethernet, two VLAN tags, IPv6 and
@@ -182,13 +213,18 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    account(ifindex, DIR_EGRESS, len as u64, &packet);
-    // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
-    TC_ACT_UNSPEC
+    if account(ifindex, DIR_EGRESS, len as u64, &packet) {
+        TC_ACT_SHOT
+    } else {
+        // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
+        TC_ACT_UNSPEC
+    }
 }
 
+/// Counts a frame; returns true when the drop list says to drop it.
+#[must_use = "the caller must drop the packet when this says so"]
 #[inline(always)]
-fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) {
+fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
     let now = now_ns();
     let ikey = IfaceKey {
         ifindex,
@@ -217,10 +253,21 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) {
     let mut p = Parsed::new();
     if let Err(c) = parse(packet, &mut p) {
         bump(c);
-        return;
+        return false;
     }
     if p.note != NOTE_NONE {
         bump(p.note);
+    }
+    // Ingress drops what comes from a banned source, egress what goes to a banned
+    // destination: a banned host can neither reach this host nor be reached.
+    let peer = if direction == DIR_INGRESS {
+        &p.src
+    } else {
+        &p.dst
+    };
+    if let Some(v) = banned(p.family, peer) {
+        record_drop(v, ifindex, direction, len);
+        return true;
     }
     let (local_addr, remote_addr, local_port, remote_port) = if direction == DIR_INGRESS {
         (p.dst, p.src, p.dport, p.sport)
@@ -268,6 +315,140 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) {
             // From a program, an update of a per-CPU element writes this CPU's slot only.
             if NETMON_FLOWS.insert(&key, &s, BPF_ANY as u64).is_err() {
                 bump(counter::FLOW_INSERT_FAILED);
+            }
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn dropcfg(index: u32) -> u64 {
+    NETMON_DROPCFG.get(index).copied().unwrap_or(0)
+}
+
+/// An entry that has not expired. TTLs are enforced here, against the kernel clock, so an
+/// expired ban stops dropping even while no daemon is running to remove it.
+#[inline(always)]
+fn live(v: *mut BanValue, now: u64) -> Option<*mut BanValue> {
+    // SAFETY: `v` points at a map value the kernel keeps alive for this program run.
+    let expires = unsafe { (*v).expires_ns };
+    (expires == 0 || now < expires).then_some(v)
+}
+
+/// The ban entry that matches `addr`, unless an allow entry covers it first.
+#[inline(always)]
+fn banned(family: u8, addr: &[u8; 16]) -> Option<*mut BanValue> {
+    let flags = dropcfg(dropcfg::FLAGS);
+    if flags == 0 {
+        return None;
+    }
+    let generation = dropcfg(dropcfg::GENERATION) as u8;
+    // SAFETY: helper without preconditions (Linux 5.8+). BOOTTIME keeps counting in
+    // suspend, so a TTL means wall-clock time.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if family == 4 {
+        let a = [addr[12], addr[13], addr[14], addr[15]];
+        if flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some() {
+            return None;
+        }
+        if flags & dropcfg::HAS_EXACT_V4 != 0 {
+            let key = BanKey4 {
+                generation,
+                _pad: [0; 3],
+                addr: a,
+            };
+            if let Some(v) = NETMON_BAN4.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+                return Some(v);
+            }
+        }
+        if flags & dropcfg::HAS_PREFIX_V4 != 0 {
+            let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
+            if let Some(v) = NETMON_BANPFX4.get(key) {
+                return live(core::ptr::from_ref(v).cast_mut(), now);
+            }
+        }
+    } else {
+        if flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, *addr)).is_some() {
+            return None;
+        }
+        if flags & dropcfg::HAS_EXACT_V6 != 0 {
+            let key = BanKey6 {
+                generation,
+                _pad: [0; 3],
+                addr: *addr,
+            };
+            if let Some(v) = NETMON_BAN6.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+                return Some(v);
+            }
+        }
+        if flags & dropcfg::HAS_PREFIX_V6 != 0 {
+            let mut data = [0u8; 17];
+            data[0] = generation;
+            let mut i = 0;
+            while i < 16 {
+                data[i + 1] = addr[i];
+                i += 1;
+            }
+            if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
+                return live(core::ptr::from_ref(v).cast_mut(), now);
+            }
+        }
+    }
+    None
+}
+
+/// `*dst += val` as one BPF atomic instruction (BPF_ATOMIC | BPF_ADD, "XADD"): the BPF
+/// target's `core` offers no atomic read-modify-write, but the instruction set has had this
+/// one since Linux 3.18.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, val: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller guarantees `dst` is a valid, 8-byte aligned map value field.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({dst} + 0) += {val}",
+            dst = in(reg) dst,
+            val = in(reg) val,
+            options(nostack)
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as above (host builds only type-check this).
+    unsafe {
+        *dst += val;
+    }
+}
+
+/// Counts a drop on the entry (atomically: any CPU may hit it) and per interface and kind.
+#[inline(always)]
+fn record_drop(v: *mut BanValue, ifindex: u32, direction: u8, len: u64) {
+    // SAFETY: map values live for the program run and are 8-byte aligned; the kernel maps
+    // them writable.
+    let kind = unsafe {
+        atomic_add(&raw mut (*v).packets, 1);
+        atomic_add(&raw mut (*v).bytes, len);
+        (*v).last_hit_ns = bpf_ktime_get_boot_ns();
+        (*v).kind
+    };
+    let key = DropKey {
+        ifindex,
+        direction,
+        kind,
+        _pad: [0; 2],
+    };
+    match NETMON_DROPS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot.
+        Some(s) => unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        },
+        None => {
+            let s = IfaceStats {
+                bytes: len,
+                packets: 1,
+            };
+            if NETMON_DROPS.insert(&key, &s, BPF_ANY as u64).is_err() {
+                bump(counter::IFACE_INSERT_FAILED);
             }
         }
     }

@@ -10,6 +10,10 @@ use crate::load::MapSizes;
 /// The API's default address; the README names it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9743";
 pub const DEFAULT_RUN_DIR: &str = "/run/netmon";
+/// bpffs directory of the pinned drop-list maps and program links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netmon";
+/// Drop-list state file and audit log.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netmon";
 
 /// `--config FILE`. Unknown keys are errors, so a typo never silently falls back to a default.
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +27,8 @@ pub struct FileConfig {
     pub socket_map_size: Option<u32>,
     pub port_map_size: Option<u32>,
     pub run_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -47,6 +53,8 @@ pub struct RunConfig {
     pub idle_timeout: Duration,
     pub sizes: MapSizes,
     pub run_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.

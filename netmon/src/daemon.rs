@@ -8,12 +8,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netmon_common::{DIR_INGRESS, SockKey, counter};
+use netmon_common::{DIR_INGRESS, SockKey, ban_kind, counter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    act::{commands::DropList, droplist::DropMaps, state::now_ms},
     aggregate::{FlowSample, Owner, SocketRow, Tracker},
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
     config::RunConfig,
@@ -28,8 +29,89 @@ fn dir_label(direction: u8) -> &'static str {
     if direction == DIR_INGRESS { "rx" } else { "tx" }
 }
 
+/// The drop list, as the daemon follows it: the kernel maps its programs use, the state
+/// file (re-read when the CLI changes it), and the counters last exported.
+struct Drops {
+    list: DropList,
+    maps: DropMaps,
+    state: crate::act::state::State,
+    state_mtime: Option<std::time::SystemTime>,
+    prev: HashMap<netmon_common::DropKey, (u64, u64)>,
+}
+
+impl Drops {
+    fn mtime(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.list.state_path())
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Expires bans whose TTL passed, re-reads a changed state file, exports the metrics.
+    fn tick(&mut self, m: &crate::metrics::Metrics, names: &HashMap<u32, String>) {
+        if self.state.next_expiry().is_some_and(|e| e <= now_ms()) {
+            match self.list.expire(&mut self.maps) {
+                Ok(gone) => {
+                    for n in gone {
+                        info!("ban on {n} expired and was removed");
+                    }
+                }
+                Err(e) => warn!("expiring bans: {e:#}"),
+            }
+        }
+        let mtime = self.mtime();
+        if mtime != self.state_mtime {
+            match self.list.load_state() {
+                Ok(s) => {
+                    self.state = s;
+                    self.state_mtime = mtime;
+                }
+                Err(e) => warn!("re-reading the drop list: {e:#}"),
+            }
+        }
+        for (k, s) in self.maps.drops() {
+            let name = names
+                .get(&k.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", k.ifindex));
+            let reason = ban_kind::NAMES
+                .get(k.kind as usize)
+                .copied()
+                .unwrap_or("other");
+            let labels = [name.as_str(), dir_label(k.direction), reason];
+            let prev = self.prev.entry(k).or_default();
+            m.dropped_packets
+                .with_label_values(&labels)
+                .inc_by(s.packets.saturating_sub(prev.0));
+            m.dropped_bytes
+                .with_label_values(&labels)
+                .inc_by(s.bytes.saturating_sub(prev.1));
+            *prev = (s.packets, s.bytes);
+        }
+        let now = now_ms();
+        let mut counts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+        for fam in ["ipv4", "ipv6"] {
+            for kind in ["exact", "prefix", "allow"] {
+                counts.insert((fam, kind), 0);
+            }
+        }
+        for b in self.state.live_bans(now) {
+            let fam = if b.net.is_v4() { "ipv4" } else { "ipv6" };
+            let kind = if b.net.is_host() { "exact" } else { "prefix" };
+            *counts.entry((fam, kind)).or_default() += 1;
+        }
+        for a in &self.state.allows {
+            let fam = if a.net.is_v4() { "ipv4" } else { "ipv6" };
+            *counts.entry((fam, "allow")).or_default() += 1;
+        }
+        for ((fam, kind), n) in counts {
+            m.banlist_entries.with_label_values(&[fam, kind]).set(n);
+        }
+    }
+}
+
 /// State the drain loop keeps between ticks.
 struct Drain {
+    drops: Drops,
     maps: Maps,
     tracker: Tracker,
     diag: Option<SockDiag>,
@@ -109,6 +191,7 @@ impl Drain {
                 }
             }
         }
+        self.drops.tick(m, &self.names);
         let counters = self.maps.read_counters();
         let mut kernel_events = std::collections::BTreeMap::new();
         for (i, name) in counter::NAMES.iter().enumerate() {
@@ -273,12 +356,40 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding the API to {} (--listen)", cfg.listen))?;
     let listen = listener.local_addr()?;
 
-    let mut attached = load::load_and_attach(&LoadOptions {
-        interfaces,
-        sizes: cfg.sizes,
-        run_dir: cfg.run_dir.clone(),
-    })?;
-    let maps = Maps::take(&mut attached.ebpf)?;
+    let list = DropList::new(&cfg.pin_dir, &cfg.state_dir);
+    let mut drop_maps = None;
+    let attached = load::load_and_attach(
+        &LoadOptions {
+            interfaces,
+            sizes: cfg.sizes,
+            run_dir: cfg.run_dir.clone(),
+            pin_dir: cfg.pin_dir.clone(),
+        },
+        |ebpf| {
+            // The persisted drop list is in the kernel before any program is attached: no
+            // window without the bans after a restart or a reboot.
+            let mut maps = DropMaps::from_ebpf(ebpf)?;
+            let state = list.apply_on_start(&mut maps)?;
+            info!(
+                "drop list applied: {} bans, {} allow entries ({})",
+                state.bans.len(),
+                state.allows.len(),
+                list.state_path().display()
+            );
+            drop_maps = Some((maps, state, Maps::take(ebpf)?));
+            Ok(())
+        },
+    )?;
+    // Nothing below can fail before the loop, so every exit goes through detach().
+    let (maps_d, state, maps) = drop_maps.expect("before_attach ran");
+    let mut drops = Drops {
+        state_mtime: None,
+        list,
+        maps: maps_d,
+        state,
+        prev: HashMap::new(),
+    };
+    drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared::default());
     for h in &attached.hooks {
         shared
@@ -304,6 +415,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         }
     };
     let mut drain = Drain {
+        drops,
         flow_capacity: maps.flow_capacity(),
         maps,
         tracker: Tracker::default(),
@@ -357,7 +469,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         _ => {}
     }
     drop(drain);
-    drop(attached);
+    attached.detach();
     info!("detached all programs; bye");
     result
 }

@@ -6,6 +6,7 @@
 //! totals -> [`metrics`] and [`api`] expose them. [`daemon`] runs that loop; [`client`] is the
 //! CLI's way to ask a running daemon.
 
+pub mod act;
 pub mod aggregate;
 pub mod api;
 pub mod client;

@@ -5,8 +5,15 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use netmon::{
+    act::{
+        commands::{BanOptions, DropList, Listed},
+        net::Net,
+    },
     client,
-    config::{self, DEFAULT_LISTEN, DEFAULT_RUN_DIR, FileConfig, RunConfig},
+    config::{
+        self, DEFAULT_LISTEN, DEFAULT_PIN_DIR, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, FileConfig,
+        RunConfig,
+    },
     daemon,
     load::MapSizes,
 };
@@ -20,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// bpffs directory of the pinned drop list and program links.
+    #[arg(long, global = true, env = "NETMON_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Directory of the drop-list state file and audit log.
+    #[arg(long, global = true, env = "NETMON_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +54,39 @@ enum Cmd {
         json: bool,
         #[arg(long, default_value = DEFAULT_LISTEN)]
         api: String,
+    },
+    /// Drop packets from and to an address or prefix, in the kernel; or, with --file, replace
+    /// the imported set with a list (plain, FireHOL netset, Spamhaus DROP/EDROP).
+    Ban {
+        /// IPv4/IPv6 address or CIDR.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        target: Option<String>,
+        /// Bulk import; replaces the previously imported set atomically.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Lift the ban after this long (e.g. 30s, 10m, 24h); enforced by the kernel.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Allow a ban covering everything, loopback or an address of this host.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a ban.
+    Unban { target: String },
+    /// Never drop this prefix, whatever bans cover it.
+    Allow {
+        target: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove an allow entry.
+    Disallow { target: String },
+    /// Every drop-list entry with its hit counters.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -66,7 +112,11 @@ struct RunArgs {
     config: Option<PathBuf>,
 }
 
-fn resolve(args: RunArgs) -> Result<RunConfig> {
+fn resolve(
+    args: RunArgs,
+    pin_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+) -> Result<RunConfig> {
     let file = match &args.config {
         Some(p) => FileConfig::read(p)?,
         None => FileConfig::default(),
@@ -106,6 +156,12 @@ fn resolve(args: RunArgs) -> Result<RunConfig> {
         run_dir: file
             .run_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
+        pin_dir: pin_dir
+            .or(file.pin_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+        state_dir: state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
     })
 }
 
@@ -190,8 +246,56 @@ fn print_status(v: &serde_json::Value) {
     );
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn parse_net(s: &str) -> Result<Net> {
+    Ok(s.parse::<Net>()?)
+}
+
+fn print_list(rows: &[Listed]) {
+    println!(
+        "{:<6} {:<42} {:<7} {:<24} {:>10} {:>12} {:<21} {:<21} REASON",
+        "LIST", "ENTRY", "KIND", "EXPIRES", "PACKETS", "BYTES", "LAST HIT", "ADDED"
+    );
+    for r in rows {
+        println!(
+            "{:<6} {:<42} {:<7} {:<24} {:>10} {:>12} {:<21} {:<21} {} (uid {})",
+            r.list,
+            r.entry,
+            r.kind
+                .map(|k| format!("{k:?}").to_lowercase())
+                .unwrap_or_else(|| "-".into()),
+            r.expires.as_deref().unwrap_or("never"),
+            r.dropped_packets,
+            r.dropped_bytes,
+            r.last_hit.as_deref().unwrap_or("-"),
+            r.added,
+            r.reason,
+            r.uid
+        );
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain on one line, without a backtrace: this is for people.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let droplist = || {
+        DropList::new(
+            cli.pin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            cli.state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        )
+    };
     match cli.cmd {
         Cmd::Run(args) => {
             tracing_subscriber::fmt()
@@ -201,7 +305,7 @@ fn main() -> Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let cfg = resolve(args)?;
+            let cfg = resolve(args, cli.pin_dir.clone(), cli.state_dir.clone())?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
                 let token = CancellationToken::new();
@@ -226,6 +330,67 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_flows(&v);
+            }
+            Ok(())
+        }
+        Cmd::Ban {
+            target,
+            file,
+            ttl,
+            reason,
+            force,
+        } => {
+            let opts = BanOptions {
+                ttl: ttl
+                    .as_deref()
+                    .map(config::parse_duration)
+                    .transpose()
+                    .context("--ttl")?,
+                reason,
+                force,
+            };
+            match (target, file) {
+                (_, Some(path)) => {
+                    let n = droplist().import(&path, &opts)?;
+                    println!("imported {n} entries from {}", path.display());
+                }
+                (Some(t), None) => {
+                    let e = droplist().ban(parse_net(&t)?, &opts)?;
+                    match e.expires_ms {
+                        Some(ms) => {
+                            println!("banned {} until {}", e.net, netmon::act::state::rfc3339(ms))
+                        }
+                        None => println!("banned {}", e.net),
+                    }
+                }
+                (None, None) => unreachable!("clap requires one"),
+            }
+            Ok(())
+        }
+        Cmd::Unban { target } => {
+            let n = parse_net(&target)?;
+            droplist().unban(n)?;
+            println!("unbanned {n}");
+            Ok(())
+        }
+        Cmd::Allow { target, reason } => {
+            let n = parse_net(&target)?;
+            droplist().allow(n, &reason)?;
+            println!("allowed {n}");
+            Ok(())
+        }
+        Cmd::Disallow { target } => {
+            let n = parse_net(&target)?;
+            droplist().disallow(n)?;
+            println!("removed {n} from the allow list");
+            Ok(())
+        }
+        Cmd::List { json } => {
+            let rows = droplist().list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_list(&rows);
             }
             Ok(())
         }

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub hook_info: IntGaugeVec,
     pub drain_seconds: Histogram,
     pub build_info: IntGaugeVec,
+    pub dropped_packets: IntCounterVec,
+    pub dropped_bytes: IntCounterVec,
+    pub banlist_entries: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -129,6 +132,21 @@ impl Metrics {
                 "netmon_build_info",
                 "Always 1; the version label says which netmon is running.",
                 &["version"],
+            ),
+            dropped_packets: cv(
+                "netmon_dropped_packets_total",
+                "Packets the drop list dropped in the kernel (reason: manual, import, auto).",
+                &["interface", "direction", "reason"],
+            ),
+            dropped_bytes: cv(
+                "netmon_dropped_bytes_total",
+                "Frame bytes the drop list dropped in the kernel.",
+                &["interface", "direction", "reason"],
+            ),
+            banlist_entries: gv(
+                "netmon_banlist_entries",
+                "Drop-list entries in force (kind: exact, prefix, allow).",
+                &["family", "kind"],
             ),
             registry: r,
         };

@@ -17,7 +17,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{KProbe, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, tc},
+    programs::{
+        KProbe, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
 };
 use netmon_common::config;
 use serde::Serialize;
@@ -66,12 +71,33 @@ pub struct Monitored {
     pub ifindex: u32,
 }
 
-/// Everything attached; dropping it detaches every program (aya's links are owned here).
+/// Everything attached. The traffic programs' links are pinned under `<pin_dir>/links`, so
+/// that a daemon that dies (SIGKILL, crash) leaves them attached and the drop list keeps
+/// dropping; the next daemon takes them over. [`Attached::detach`] is the clean stop: it
+/// unpins, then drops every link.
 pub struct Attached {
     pub ebpf: Ebpf,
     pub hooks: Vec<Hook>,
     pub interfaces: Vec<Monitored>,
+    pin_paths: Vec<PathBuf>,
+    _pinned: Vec<PinnedLink>,
+    /// clsact links (kernels before TCX) cannot be pinned; kept alive here.
+    _tc_links: Vec<SchedClassifierLink>,
     _locks: Vec<InterfaceLock>,
+}
+
+impl Attached {
+    /// Unpins and detaches every program.
+    pub fn detach(self) {
+        for p in &self.pin_paths {
+            if let Err(e) = std::fs::remove_file(p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("could not unpin {}: {e}", p.display());
+            }
+        }
+        drop(self);
+    }
 }
 
 pub struct LoadOptions {
@@ -79,6 +105,8 @@ pub struct LoadOptions {
     pub sizes: MapSizes,
     /// Where the per-interface lock files live.
     pub run_dir: PathBuf,
+    /// bpffs directory of the pinned drop-list maps and program links.
+    pub pin_dir: PathBuf,
 }
 
 /// Holds an exclusive flock on `<run_dir>/<netns>-<ifname>.lock` so that a second netmon on
@@ -184,9 +212,13 @@ fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
     }
 }
 
-/// Loads and attaches everything. Fails only when traffic accounting itself cannot run;
-/// a missing attribution hook is reported in `hooks` and logged.
-pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
+/// Loads and attaches everything. `before_attach` runs once the maps exist and before any
+/// program sees a packet (the drop list is applied there). Fails only when traffic accounting
+/// itself cannot run; a missing attribution hook is reported in `hooks` and logged.
+pub fn load_and_attach(
+    opts: &LoadOptions,
+    before_attach: impl FnOnce(&mut Ebpf) -> Result<()>,
+) -> Result<Attached> {
     let interfaces = opts
         .interfaces
         .iter()
@@ -207,8 +239,13 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
     if let Err(e) = tracefs::ensure_mounted() {
         notes.push(format!("{e:#}; tracepoint hooks will be unavailable"));
     }
+    crate::act::droplist::ensure_bpffs(&opts.pin_dir)?;
+    let link_dir = opts.pin_dir.join("links");
+    std::fs::create_dir_all(&link_dir)
+        .with_context(|| format!("creating {}", link_dir.display()))?;
     let mut loader = EbpfLoader::new();
     loader
+        .default_map_pin_directory(&opts.pin_dir)
         .map_max_entries("NETMON_FLOWS", opts.sizes.flows)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
@@ -222,9 +259,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object into the kernel (are you root / CAP_BPF?)")?;
+    before_attach(&mut ebpf)?;
 
     let mut hooks = Vec::new();
-    attach_traffic(&mut ebpf, &interfaces, &mut hooks)?;
+    let mut links = Links::default();
+    attach_traffic(&mut ebpf, &interfaces, &link_dir, &mut hooks, &mut links)?;
     attach_attribution(&mut ebpf, &mut hooks)?;
     for h in &hooks {
         if h.active {
@@ -237,8 +276,35 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Attached> {
         ebpf,
         hooks,
         interfaces,
+        pin_paths: links.pin_paths,
+        _pinned: links.pinned,
+        _tc_links: links.tc,
         _locks: locks,
     })
+}
+
+#[derive(Default)]
+struct Links {
+    pin_paths: Vec<PathBuf>,
+    pinned: Vec<PinnedLink>,
+    tc: Vec<SchedClassifierLink>,
+}
+
+/// A link a previous daemon left pinned at `path`, if it is of the kind `T`; a stale or
+/// foreign pin is removed.
+fn pinned_link<T: TryFrom<FdLink>>(path: &Path) -> Option<T> {
+    let fd = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    match T::try_from(fd) {
+        Ok(l) => Some(l),
+        Err(_) => {
+            warn!(
+                "removing {}: not a link netmon can take over",
+                path.display()
+            );
+            std::fs::remove_file(path).ok();
+            None
+        }
+    }
 }
 
 /// Kernels before 5.11 charge maps to RLIMIT_MEMLOCK.
@@ -255,35 +321,65 @@ fn raise_memlock_limit() {
     }
 }
 
-fn attach_traffic(ebpf: &mut Ebpf, ifaces: &[Monitored], hooks: &mut Vec<Hook>) -> Result<()> {
+fn attach_traffic(
+    ebpf: &mut Ebpf,
+    ifaces: &[Monitored],
+    link_dir: &Path,
+    hooks: &mut Vec<Hook>,
+    links: &mut Links,
+) -> Result<()> {
+    let netns = iface::netns_inode();
     let xdp: &mut Xdp = ebpf
         .program_mut("netmon_xdp")
         .context("eBPF object has no netmon_xdp")?
         .try_into()?;
     xdp.load().context("loading the XDP program (verifier)")?;
     for i in ifaces {
-        // Native (driver) mode first; generic (skb) mode works on every device.
-        let kind = match xdp.attach(&i.name, XdpMode::Driver) {
-            Ok(_) => "xdp-driver",
-            Err(native) => match xdp.attach(&i.name, XdpMode::Skb) {
-                Ok(_) => "xdp-skb",
-                Err(e) => {
-                    return Err(anyhow!(e)).with_context(|| {
-                        format!(
-                            "attaching XDP to `{}` (native mode failed too: {native}); \
-                             is another XDP program attached?",
-                            i.name
-                        )
-                    });
-                }
-            },
+        let pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
+        let (kind, note) = if let Some(link) = pinned_link::<XdpLink>(&pin) {
+            // A previous netmon died with its link pinned: swap our program in, atomically.
+            xdp.attach_to_link(link)
+                .with_context(|| format!("taking over the pinned XDP link of `{}`", i.name))?;
+            links.pin_paths.push(pin);
+            ("xdp-link", "took over the pinned link of a previous netmon")
+        } else {
+            // Native (driver) mode first; generic (skb) mode works on every device.
+            let (id, kind) = match xdp.attach(&i.name, XdpMode::Driver) {
+                Ok(id) => (id, "xdp-driver"),
+                Err(native) => match xdp.attach(&i.name, XdpMode::Skb) {
+                    Ok(id) => (id, "xdp-skb"),
+                    Err(e) => {
+                        return Err(anyhow!(e)).with_context(|| {
+                            format!(
+                                "attaching XDP to `{}` (native mode failed too: {native}); \
+                                 is another XDP program attached?",
+                                i.name
+                            )
+                        });
+                    }
+                },
+            };
+            let link = xdp.take_link(id)?;
+            match FdLink::try_from(link) {
+                Ok(fd) => match fd.pin(&pin) {
+                    Ok(p) => {
+                        links.pinned.push(p);
+                        links.pin_paths.push(pin);
+                    }
+                    Err(e) => warn!("could not pin {}: {e}", pin.display()),
+                },
+                // Only a netlink attachment (kernels before 5.9, which netmon does not
+                // support: it needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
+                Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
+            }
+            (kind, "")
         };
         hooks.push(Hook {
             purpose: "ingress".into(),
             kind: kind.into(),
             target: i.name.clone(),
             active: true,
-            note: String::new(),
+            note: note.into(),
         });
     }
 
@@ -298,6 +394,21 @@ fn attach_traffic(ebpf: &mut Ebpf, ifaces: &[Monitored], hooks: &mut Vec<Hook>) 
         .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
         .unwrap_or(false);
     for i in ifaces {
+        let pin = link_dir.join(format!("{netns}-{}-tc", i.name));
+        if let Some(link) = pinned_link::<SchedClassifierLink>(&pin) {
+            tc_prog
+                .attach_to_link(link)
+                .with_context(|| format!("taking over the pinned TC link of `{}`", i.name))?;
+            links.pin_paths.push(pin);
+            hooks.push(Hook {
+                purpose: "egress".into(),
+                kind: "tcx".into(),
+                target: i.name.clone(),
+                active: true,
+                note: "took over the pinned link of a previous netmon".into(),
+            });
+            continue;
+        }
         if !tcx {
             // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
             if let Err(e) = tc::qdisc_add_clsact(&i.name)
@@ -307,9 +418,24 @@ fn attach_traffic(ebpf: &mut Ebpf, ifaces: &[Monitored], hooks: &mut Vec<Hook>) 
                     .with_context(|| format!("adding the clsact qdisc to `{}`", i.name));
             }
         }
-        tc_prog
+        let id = tc_prog
             .attach(&i.name, TcAttachType::Egress)
             .with_context(|| format!("attaching the TC egress program to `{}`", i.name))?;
+        let link = tc_prog.take_link(id)?;
+        if tcx {
+            match FdLink::try_from(link) {
+                Ok(fd) => match fd.pin(&pin) {
+                    Ok(p) => {
+                        links.pinned.push(p);
+                        links.pin_paths.push(pin);
+                    }
+                    Err(e) => warn!("could not pin {}: {e}", pin.display()),
+                },
+                Err(_) => {}
+            }
+        } else {
+            links.tc.push(link);
+        }
         hooks.push(Hook {
             purpose: "egress".into(),
             kind: if tcx { "tcx" } else { "tc-clsact" }.into(),

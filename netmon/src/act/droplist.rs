@@ -1,0 +1,568 @@
+//! The drop list in the kernel: the pinned maps the XDP/TC programs consult, and the
+//! operations that keep them equal to the state file, including the generation flip that
+//! replaces an imported set atomically.
+
+use std::{collections::HashSet, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie,
+};
+use netmon_common::{
+    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DropKey, IfaceStats, dropcfg,
+};
+
+use super::{
+    net::Net,
+    state::{BanEntry, State, now_ms},
+};
+
+/// The maps the drop list owns, pinned by these names under the pin directory.
+pub const PINNED_MAPS: [&str; 8] = [
+    "NETMON_BAN4",
+    "NETMON_BAN6",
+    "NETMON_BANPFX4",
+    "NETMON_BANPFX6",
+    "NETMON_ALLOW4",
+    "NETMON_ALLOW6",
+    "NETMON_DROPCFG",
+    "NETMON_DROPS",
+];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `pin_dir` exists on a bpffs, mounting /sys/fs/bpf when that is where it
+/// belongs and nothing is mounted there (not mounted at boot on some machines, and absent
+/// under `ip netns exec`, which remounts /sys).
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let mut probe = pin_dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if !is_bpffs(&probe) {
+        let sysfs_bpf = Path::new("/sys/fs/bpf");
+        if pin_dir.starts_with(sysfs_bpf) && !is_bpffs(sysfs_bpf) {
+            std::fs::create_dir_all(sysfs_bpf).ok();
+            let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+            let (src, tgt, fs) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+            // SAFETY: valid NUL-terminated strings, no data.
+            if unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) }
+                != 0
+            {
+                return Err(std::io::Error::last_os_error())
+                    .context("mounting bpffs on /sys/fs/bpf (needed to pin the drop list)");
+            }
+        } else {
+            bail!(
+                "{} is not on a bpffs, so the drop list cannot be pinned there: mount one \
+                 (`mount -t bpf bpf DIR`) or choose a --pin-dir under /sys/fs/bpf",
+                pin_dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating the pin directory {}", pin_dir.display()))
+}
+
+/// Which maps hold entries, for `dropcfg::FLAGS`.
+pub fn flags_for(state: &State, now_ms: u64) -> u64 {
+    let mut f = 0;
+    for b in state.live_bans(now_ms) {
+        f |= match (b.net.is_v4(), b.net.is_host()) {
+            (true, true) => dropcfg::HAS_EXACT_V4,
+            (false, true) => dropcfg::HAS_EXACT_V6,
+            (true, false) => dropcfg::HAS_PREFIX_V4,
+            (false, false) => dropcfg::HAS_PREFIX_V6,
+        };
+    }
+    for a in &state.allows {
+        f |= if a.net.is_v4() {
+            dropcfg::HAS_ALLOW_V4
+        } else {
+            dropcfg::HAS_ALLOW_V6
+        };
+    }
+    f
+}
+
+/// Entries per kernel map: exact v4, exact v6, prefix v4, prefix v6.
+pub fn counts(bans: &[BanEntry]) -> [usize; 4] {
+    let mut c = [0; 4];
+    for b in bans {
+        c[match (b.net.is_v4(), b.net.is_host()) {
+            (true, true) => 0,
+            (false, true) => 1,
+            (true, false) => 2,
+            (false, false) => 3,
+        }] += 1;
+    }
+    c
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock the programs compare expiries against.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A wall-clock expiry as a kernel deadline; 0 (never) for permanent entries, and 1 (long
+/// past) for entries already expired.
+fn kernel_expiry(expires_ms: Option<u64>, now_ms: u64, now_boot: u64) -> u64 {
+    match expires_ms {
+        None => 0,
+        Some(e) if e <= now_ms => 1,
+        Some(e) => now_boot + (e - now_ms) * 1_000_000,
+    }
+}
+
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Ignores "no such entry": removing what is already gone is success.
+fn removed(r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Err(e) if !not_found(&e) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+pub struct DropMaps {
+    ban4: HashMap<MapData, BanKey4, BanValue>,
+    ban6: HashMap<MapData, BanKey6, BanValue>,
+    pfx4: LpmTrie<MapData, BanPrefix4, BanValue>,
+    pfx6: LpmTrie<MapData, BanPrefix6, BanValue>,
+    allow4: LpmTrie<MapData, [u8; 4], u64>,
+    allow6: LpmTrie<MapData, [u8; 16], u64>,
+    cfg: Array<MapData, u64>,
+    drops: PerCpuHashMap<MapData, DropKey, IfaceStats>,
+    /// max_entries of ban4, ban6, pfx4, pfx6.
+    capacity: [usize; 4],
+}
+
+fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening the pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+impl DropMaps {
+    /// Opens the pinned maps under `pin_dir`, creating and pinning them first if this is
+    /// the first use (no daemon has run since boot).
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        ensure_bpffs(pin_dir)?;
+        if PINNED_MAPS.iter().any(|m| !pin_dir.join(m).exists()) {
+            create_pinned(pin_dir)?;
+        }
+        let mut maps = std::collections::HashMap::new();
+        for name in PINNED_MAPS {
+            maps.insert(name, open_pinned(pin_dir, name)?);
+        }
+        Self::from_maps(|n| maps.remove(n).expect("opened above"))
+    }
+
+    /// Takes the drop-list maps out of a loaded object (the daemon's programs share them).
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        Self::from_maps(|n| {
+            ebpf.take_map(n)
+                .expect("the eBPF object has every drop-list map")
+        })
+    }
+
+    fn from_maps(mut take: impl FnMut(&str) -> Map) -> Result<Self> {
+        let mut capacity = [0; 4];
+        let mut sized = |i: usize, m: Map| -> Map {
+            if let Map::HashMap(d) | Map::LpmTrie(d) = &m {
+                capacity[i] = d.info().map(|i| i.max_entries() as usize).unwrap_or(0);
+            }
+            m
+        };
+        let ban4 = HashMap::try_from(sized(0, take("NETMON_BAN4")))?;
+        let ban6 = HashMap::try_from(sized(1, take("NETMON_BAN6")))?;
+        let pfx4 = LpmTrie::try_from(sized(2, take("NETMON_BANPFX4")))?;
+        let pfx6 = LpmTrie::try_from(sized(3, take("NETMON_BANPFX6")))?;
+        Ok(Self {
+            ban4,
+            ban6,
+            pfx4,
+            pfx6,
+            allow4: LpmTrie::try_from(take("NETMON_ALLOW4"))?,
+            allow6: LpmTrie::try_from(take("NETMON_ALLOW6"))?,
+            cfg: Array::try_from(take("NETMON_DROPCFG"))?,
+            drops: PerCpuHashMap::try_from(take("NETMON_DROPS"))?,
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> [usize; 4] {
+        self.capacity
+    }
+
+    /// Refuses a set of bans that does not fit next to `alongside` (the entries that stay
+    /// in the maps while it is written: the current generation during an import).
+    pub fn check_capacity(&self, bans: &[BanEntry], alongside: &[BanEntry]) -> Result<()> {
+        let need = counts(bans);
+        let have = counts(alongside);
+        let names = [
+            "exact IPv4 (NETMON_BAN4)",
+            "exact IPv6 (NETMON_BAN6)",
+            "IPv4 prefix (NETMON_BANPFX4)",
+            "IPv6 prefix (NETMON_BANPFX6)",
+        ];
+        for i in 0..4 {
+            if need[i] + have[i] > self.capacity[i] {
+                bail!(
+                    "capacity exceeded: {} entries would need {} slots ({} new + {} in force \
+                     while they are written) but the map holds {}; nothing was changed",
+                    names[i],
+                    need[i] + have[i],
+                    need[i],
+                    have[i],
+                    self.capacity[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn value(&self, generation: u8, net: &Net) -> Option<BanValue> {
+        let o = net.octets();
+        let r = match (net.is_v4(), net.is_host()) {
+            (true, true) => self.ban4.get(&key4(generation, &o), 0),
+            (false, true) => self.ban6.get(&key6(generation, &o), 0),
+            (true, false) => self.pfx4.get(&pkey4(generation, net), 0),
+            (false, false) => self.pfx6.get(&pkey6(generation, net), 0),
+        };
+        r.ok()
+    }
+
+    /// The kernel's copy of a ban: expiry and hit counters.
+    pub fn hits(&self, generation: u8, net: &Net) -> Option<BanValue> {
+        self.value(generation, net)
+    }
+
+    /// Writes one ban into `generation`, keeping the hit counters it already has there or in
+    /// `carry_from` (the generation being replaced).
+    pub fn write_ban(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
+        let old = self
+            .value(generation, &b.net)
+            .or_else(|| self.value(carry_from, &b.net))
+            .unwrap_or_default();
+        let v = BanValue {
+            expires_ns: kernel_expiry(b.expires_ms, now_ms(), boottime_ns()),
+            kind: b.kind.code(),
+            ..old
+        };
+        let o = b.net.octets();
+        let r = match (b.net.is_v4(), b.net.is_host()) {
+            (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
+            (false, true) => self.ban6.insert(key6(generation, &o), v, 0),
+            (true, false) => self.pfx4.insert(&pkey4(generation, &b.net), v, 0),
+            (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
+        };
+        r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))
+    }
+
+    pub fn remove_ban(&mut self, generation: u8, net: &Net) -> Result<()> {
+        let o = net.octets();
+        removed(match (net.is_v4(), net.is_host()) {
+            (true, true) => self.ban4.remove(&key4(generation, &o)),
+            (false, true) => self.ban6.remove(&key6(generation, &o)),
+            (true, false) => self.pfx4.remove(&pkey4(generation, net)),
+            (false, false) => self.pfx6.remove(&pkey6(generation, net)),
+        })
+        .with_context(|| format!("removing the ban on {} from the kernel map", net))
+    }
+
+    pub fn write_allow(&mut self, net: &Net) -> Result<()> {
+        let o = net.octets();
+        let r = if net.is_v4() {
+            self.allow4.insert(
+                &Key::new(u32::from(net.prefix()), o[..4].try_into().expect("4")),
+                0,
+                0,
+            )
+        } else {
+            self.allow6.insert(
+                &Key::new(u32::from(net.prefix()), o[..16].try_into().expect("16")),
+                0,
+                0,
+            )
+        };
+        r.with_context(|| format!("writing the allow entry {net} into the kernel map"))
+    }
+
+    pub fn remove_allow(&mut self, net: &Net) -> Result<()> {
+        let o = net.octets();
+        removed(if net.is_v4() {
+            self.allow4.remove(&Key::new(
+                u32::from(net.prefix()),
+                o[..4].try_into().expect("4"),
+            ))
+        } else {
+            self.allow6.remove(&Key::new(
+                u32::from(net.prefix()),
+                o[..16].try_into().expect("16"),
+            ))
+        })
+        .with_context(|| format!("removing the allow entry {net} from the kernel map"))
+    }
+
+    pub fn set_flags(&mut self, flags: u64) -> Result<()> {
+        self.cfg
+            .set(dropcfg::FLAGS, flags, 0)
+            .context("updating the drop-list flags")
+    }
+
+    /// Puts `generation` in force: one array update, atomic for the programs.
+    pub fn set_generation(&mut self, generation: u8) -> Result<()> {
+        self.cfg
+            .set(dropcfg::GENERATION, u64::from(generation), 0)
+            .context("switching the drop-list generation")
+    }
+
+    /// Removes every ban entry of `generation`.
+    pub fn clear_generation(&mut self, generation: u8) -> Result<()> {
+        let k4: Vec<_> = self
+            .ban4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.generation == generation)
+            .collect();
+        for k in k4 {
+            removed(self.ban4.remove(&k))?;
+        }
+        let k6: Vec<_> = self
+            .ban6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.generation == generation)
+            .collect();
+        for k in k6 {
+            removed(self.ban6.remove(&k))?;
+        }
+        let p4: Vec<_> = self
+            .pfx4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data()[0] == generation)
+            .collect();
+        for k in p4 {
+            removed(self.pfx4.remove(&k))?;
+        }
+        let p6: Vec<_> = self
+            .pfx6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.data()[0] == generation)
+            .collect();
+        for k in p6 {
+            removed(self.pfx6.remove(&k))?;
+        }
+        Ok(())
+    }
+
+    fn ban_keys(&self, generation: u8) -> HashSet<Net> {
+        let mut out = HashSet::new();
+        for k in self.ban4.keys().flatten() {
+            if k.generation == generation
+                && let Ok(n) = Net::new(std::net::Ipv4Addr::from(k.addr).into(), 32)
+            {
+                out.insert(n);
+            }
+        }
+        for k in self.ban6.keys().flatten() {
+            if k.generation == generation
+                && let Ok(n) = Net::new(std::net::Ipv6Addr::from(k.addr).into(), 128)
+            {
+                out.insert(n);
+            }
+        }
+        for k in self.pfx4.keys().flatten() {
+            let d = k.data();
+            if d[0] == generation
+                && let Ok(n) = Net::new(
+                    std::net::Ipv4Addr::new(d[1], d[2], d[3], d[4]).into(),
+                    (k.prefix_len() - 8) as u8,
+                )
+            {
+                out.insert(n);
+            }
+        }
+        for k in self.pfx6.keys().flatten() {
+            let d = k.data();
+            if d[0] == generation {
+                let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
+                if let Ok(n) = Net::new(
+                    std::net::Ipv6Addr::from(a).into(),
+                    (k.prefix_len() - 8) as u8,
+                ) {
+                    out.insert(n);
+                }
+            }
+        }
+        out
+    }
+
+    fn allow_keys(&self) -> HashSet<Net> {
+        let mut out = HashSet::new();
+        for k in self.allow4.keys().flatten() {
+            if let Ok(n) = Net::new(
+                std::net::Ipv4Addr::from(k.data()).into(),
+                k.prefix_len() as u8,
+            ) {
+                out.insert(n);
+            }
+        }
+        for k in self.allow6.keys().flatten() {
+            if let Ok(n) = Net::new(
+                std::net::Ipv6Addr::from(k.data()).into(),
+                k.prefix_len() as u8,
+            ) {
+                out.insert(n);
+            }
+        }
+        out
+    }
+
+    /// Makes the kernel maps equal the state, in place: entries are added before anything is
+    /// removed, and the generation in force never changes, so there is no moment without the
+    /// bans that stay.
+    pub fn sync(&mut self, state: &State) -> Result<()> {
+        let generation = state.generation;
+        let other = 3 - generation;
+        let now = now_ms();
+        let live: Vec<&BanEntry> = state.live_bans(now).collect();
+        for b in &live {
+            self.write_ban(generation, other, b)?;
+        }
+        for a in &state.allows {
+            self.write_allow(&a.net)?;
+        }
+        self.set_flags(flags_for(state, now) | self.current_flags())?;
+        self.set_generation(generation)?;
+        let wanted: HashSet<Net> = live.iter().map(|b| b.net).collect();
+        for n in self.ban_keys(generation).difference(&wanted) {
+            self.remove_ban(generation, n)?;
+        }
+        let allowed: HashSet<Net> = state.allows.iter().map(|a| a.net).collect();
+        for n in self.allow_keys().difference(&allowed) {
+            self.remove_allow(n)?;
+        }
+        self.clear_generation(other)?;
+        self.set_flags(flags_for(state, now))
+    }
+
+    fn current_flags(&self) -> u64 {
+        self.cfg.get(&dropcfg::FLAGS, 0).unwrap_or(0)
+    }
+
+    /// Replaces the whole ban set with `new` (an import): writes it into the generation not
+    /// in force, switches generations with one update, then removes the old one. At every
+    /// moment one complete set is in force.
+    pub fn swap(&mut self, old: &State, new: &mut State) -> Result<()> {
+        let from = old.generation;
+        let to = 3 - from;
+        let now = now_ms();
+        self.clear_generation(to)?;
+        for b in new.live_bans(now) {
+            self.write_ban(to, from, b)?;
+        }
+        self.set_flags(flags_for(old, now) | flags_for(new, now))?;
+        self.set_generation(to)?;
+        new.generation = to;
+        self.set_flags(flags_for(new, now) | flags_for(old, now))?;
+        self.clear_generation(from)?;
+        self.set_flags(flags_for(new, now))
+    }
+
+    /// Cumulative drops per interface, direction and kind, summed over CPUs.
+    pub fn drops(&self) -> Vec<(DropKey, IfaceStats)> {
+        self.drops
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                let mut s = IfaceStats::default();
+                for c in v.iter() {
+                    s.packets += c.packets;
+                    s.bytes += c.bytes;
+                }
+                (k, s)
+            })
+            .collect()
+    }
+}
+
+fn key4(generation: u8, o: &[u8]) -> BanKey4 {
+    BanKey4 {
+        generation,
+        _pad: [0; 3],
+        addr: o[..4].try_into().expect("4 bytes"),
+    }
+}
+
+fn key6(generation: u8, o: &[u8]) -> BanKey6 {
+    BanKey6 {
+        generation,
+        _pad: [0; 3],
+        addr: o[..16].try_into().expect("16 bytes"),
+    }
+}
+
+fn pkey4(generation: u8, net: &Net) -> Key<BanPrefix4> {
+    let o = net.octets();
+    Key::new(
+        8 + u32::from(net.prefix()),
+        [generation, o[0], o[1], o[2], o[3]],
+    )
+}
+
+fn pkey6(generation: u8, net: &Net) -> Key<BanPrefix6> {
+    let mut d = [0u8; 17];
+    d[0] = generation;
+    d[1..].copy_from_slice(&net.octets());
+    Key::new(8 + u32::from(net.prefix()), d)
+}
+
+/// Creates and pins the drop-list maps by loading the object's maps (no program is loaded
+/// or attached); every other map is made as small as possible and freed on return.
+fn create_pinned(pin_dir: &Path) -> Result<()> {
+    let mut loader = aya::EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    for m in [
+        "NETMON_FLOWS",
+        "NETMON_SOCK_PROC",
+        "NETMON_PORT_OWNER",
+        "NETMON_SK_OWNER",
+        "NETMON_IFACES",
+    ] {
+        loader.map_max_entries(m, 1);
+    }
+    loader
+        .load(crate::load::EBPF_OBJECT)
+        .with_context(|| format!("creating the drop-list maps under {}", pin_dir.display()))?;
+    Ok(())
+}

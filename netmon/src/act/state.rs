@@ -1,0 +1,423 @@
+//! The drop list's source of truth: a versioned JSON state file written atomically (temp
+//! file, fsync, rename, fsync of the directory; the previous version kept as `.bak`), an
+//! append-only audit log (JSON lines), and a lock that serialises every change.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::net::Net;
+
+pub const STATE_VERSION: u32 = 1;
+pub const STATE_FILE: &str = "droplist.json";
+pub const AUDIT_FILE: &str = "audit.log";
+const LOCK_FILE: &str = "droplist.lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Manual,
+    Import,
+    Auto,
+}
+
+impl Kind {
+    /// `netmon_common::ban_kind` value.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Manual => netmon_common::ban_kind::MANUAL,
+            Self::Import => netmon_common::ban_kind::IMPORT,
+            Self::Auto => netmon_common::ban_kind::AUTO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanEntry {
+    pub net: Net,
+    pub kind: Kind,
+    #[serde(default)]
+    pub reason: String,
+    pub uid: u32,
+    /// Unix milliseconds.
+    pub added_ms: u64,
+    /// Unix milliseconds; none: permanent.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    pub net: Net,
+    #[serde(default)]
+    pub reason: String,
+    pub uid: u32,
+    pub added_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportInfo {
+    pub source: String,
+    pub count: usize,
+    pub loaded_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// Generation (1 or 2) of the kernel entries in force.
+    pub generation: u8,
+    pub bans: Vec<BanEntry>,
+    pub allows: Vec<AllowEntry>,
+    #[serde(default)]
+    pub import: Option<ImportInfo>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            generation: 1,
+            bans: Vec::new(),
+            allows: Vec::new(),
+            import: None,
+        }
+    }
+}
+
+impl State {
+    /// Bans still in force at `now_ms` (unix milliseconds).
+    pub fn live_bans(&self, now_ms: u64) -> impl Iterator<Item = &BanEntry> {
+        self.bans
+            .iter()
+            .filter(move |b| b.expires_ms.is_none_or(|e| e > now_ms))
+    }
+
+    /// The earliest expiry among the bans, if any (unix milliseconds).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.bans.iter().filter_map(|b| b.expires_ms).min()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-24T09:10:00Z` (UTC), for the audit log and listings; from unix milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let unix = unix_ms / 1000;
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// The state directory: state file, audit log, lock.
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while a change is made; released on drop (or when the process dies).
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join(AUDIT_FILE)
+    }
+
+    /// Takes the exclusive lock that serialises every change (CLI and daemon).
+    pub fn lock(&self) -> Result<Lock> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on an owned descriptor; blocks until the other holder is done.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(Lock { _file: file })
+    }
+
+    /// Reads the state; a missing file is an empty list. A corrupt or unknown-version file is
+    /// an error that says how to recover: never silently an empty list.
+    pub fn load(&self) -> Result<State> {
+        let path = self.state_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let recover = format!(
+            "fix it, restore {}.bak (the previous version), or move it away to start with an \
+             empty drop list",
+            path.display()
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "drop-list state file {} is corrupt ({e}): {recover}",
+                path.display()
+            )
+        })?;
+        match v.get("version").and_then(|v| v.as_u64()) {
+            Some(n) if n == u64::from(STATE_VERSION) => {}
+            Some(n) => bail!(
+                "drop-list state file {} has format version {n}; this netmon reads version \
+                 {STATE_VERSION}: use a matching netmon, or {recover}",
+                path.display()
+            ),
+            None => bail!(
+                "drop-list state file {} has no format version: {recover}",
+                path.display()
+            ),
+        }
+        let state: State = serde_json::from_value(v).map_err(|e| {
+            anyhow::anyhow!(
+                "drop-list state file {} is corrupt ({e}): {recover}",
+                path.display()
+            )
+        })?;
+        if !matches!(state.generation, 1 | 2) {
+            bail!(
+                "drop-list state file {} names generation {}, expected 1 or 2: {recover}",
+                path.display(),
+                state.generation
+            );
+        }
+        Ok(state)
+    }
+
+    /// Writes the state atomically: a reader sees the old file or the new one, never a mix,
+    /// and a crash leaves one of them whole.
+    pub fn save(&self, state: &State) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        let path = self.state_path();
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(state).context("serialising the drop list")?;
+        {
+            let mut f =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&json)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        if path.exists() {
+            let bak = self.dir.join(format!("{STATE_FILE}.bak"));
+            fs::copy(&path, &bak).with_context(|| format!("backing up to {}", bak.display()))?;
+        }
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.dir.display()))?;
+        Ok(())
+    }
+
+    /// Appends one line to the audit log.
+    pub fn audit(&self, record: &AuditRecord) -> Result<()> {
+        let path = self.audit_path();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let mut line = serde_json::to_vec(record).context("serialising an audit record")?;
+        line.push(b'\n');
+        f.write_all(&line)
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("appending to {}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub time: String,
+    pub uid: u32,
+    /// `ban`, `unban`, `allow`, `disallow`, `import`, `expire`.
+    pub action: String,
+    pub entry: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl AuditRecord {
+    pub fn new(action: &str, entry: impl ToString, reason: &str) -> Self {
+        Self {
+            time: rfc3339(now_ms()),
+            uid: current_uid(),
+            action: action.to_string(),
+            entry: entry.to_string(),
+            reason: reason.to_string(),
+            count: None,
+            expires: None,
+        }
+    }
+}
+
+pub fn current_uid() -> u32 {
+    // SAFETY: no preconditions. Under sudo, SUDO_UID names the person behind it.
+    let uid = unsafe { libc::getuid() };
+    std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|_| uid == 0)
+        .unwrap_or(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netmon-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn ban(net: &str, expires: Option<u64>) -> BanEntry {
+        BanEntry {
+            net: net.parse().unwrap(),
+            kind: Kind::Manual,
+            reason: "test".into(),
+            uid: 0,
+            added_ms: 1,
+            expires_ms: expires,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_backup() {
+        let dir = tmpdir("rt");
+        let store = Store::new(&dir);
+        assert_eq!(
+            store.load().unwrap(),
+            State::default(),
+            "missing file: empty"
+        );
+        let mut s = State::default();
+        s.bans.push(ban("203.0.113.7", None));
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), s);
+        s.bans.push(ban("198.51.100.0/24", Some(99)));
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), s);
+        let bak: State =
+            serde_json::from_str(&fs::read_to_string(dir.join("droplist.json.bak")).unwrap())
+                .unwrap();
+        assert_eq!(bak.bans.len(), 1, "the previous version is kept");
+        assert!(!dir.join("droplist.json.tmp").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_and_future_files_are_refused_with_a_way_out() {
+        let dir = tmpdir("bad");
+        fs::create_dir_all(&dir).unwrap();
+        let store = Store::new(&dir);
+        fs::write(store.state_path(), "{\"version\": 1, \"bans\": [").unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("is corrupt") && e.contains(".bak"), "{e}");
+        fs::write(
+            store.state_path(),
+            "{\"version\": 7, \"generation\": 1, \"bans\": [], \"allows\": []}",
+        )
+        .unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(
+            e.contains("format version 7") && e.contains("reads version 1"),
+            "{e}"
+        );
+        fs::write(
+            store.state_path(),
+            "{\"version\": 1, \"generation\": 1, \"bans\": [{\"net\": \"10.0.0.1/8\", \"kind\": \"manual\", \"uid\": 0, \"added_ms\": 0}], \"allows\": []}",
+        )
+        .unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("host bits"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn audit_lines_append() {
+        let dir = tmpdir("audit");
+        let store = Store::new(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        store
+            .audit(&AuditRecord::new("ban", "203.0.113.7", "x"))
+            .unwrap();
+        store
+            .audit(&AuditRecord::new("unban", "203.0.113.7", ""))
+            .unwrap();
+        let text = fs::read_to_string(store.audit_path()).unwrap();
+        let lines: Vec<AuditRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].action, "ban");
+        assert_eq!(lines[1].entry, "203.0.113.7");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn expiry_and_time_format() {
+        let mut s = State::default();
+        s.bans.push(ban("192.0.2.1", Some(100)));
+        s.bans.push(ban("192.0.2.2", None));
+        s.bans.push(ban("192.0.2.3", Some(50)));
+        assert_eq!(s.next_expiry(), Some(50));
+        assert_eq!(s.live_bans(60).count(), 2);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_511_400_000), "2026-11-24T09:10:00Z");
+        assert_eq!(rfc3339(951_782_400_999), "2000-02-29T00:00:00Z");
+    }
+}
