@@ -50,9 +50,51 @@ pub fn sh(cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A network namespace, deleted on drop (which also deletes the veth ends inside it).
+/// A bpffs mounted outside /sys, so that every `ip netns exec` session (which remounts
+/// /sys) sees the same pinned maps: the daemon and the CLI run in separate sessions.
+pub fn test_bpffs() -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join("netmon-tests-bpffs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(dir.to_str().unwrap()) && l.contains(" bpf "));
+    if !mounted {
+        sh(&["mount", "-t", "bpf", "bpf", dir.to_str().unwrap()]);
+    }
+    dir
+}
+
+/// A directory on the test bpffs for one loaded object's pinned maps, removed on drop, so
+/// that loading the object in a test never pins anything under /sys/fs/bpf.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        let p = test_bpffs().join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A network namespace, deleted on drop (which also deletes the veth ends inside it), with
+/// its own drop-list pin directory and state directory, removed on drop too.
 pub struct Netns {
     pub name: String,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 impl Netns {
@@ -63,9 +105,48 @@ impl Netns {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         sh(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
+        let ns = Self {
+            pin_dir: test_bpffs().join(&name),
+            state_dir: std::env::temp_dir().join(format!("{name}-state")),
+            name,
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Runs the netmon CLI in this namespace with this namespace's drop-list directories.
+    pub fn netmon(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(netmon_bin())
+            .args(args)
+            .env("NETMON_PIN_DIR", &self.pin_dir)
+            .env("NETMON_STATE_DIR", &self.state_dir)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run netmon")
+    }
+
+    /// Runs the netmon CLI and returns its stdout, panicking with its stderr on failure.
+    pub fn netmon_ok(&self, args: &[&str]) -> String {
+        let out = self.netmon(args);
+        assert!(
+            out.status.success(),
+            "netmon {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the netmon CLI expecting failure; returns its stderr.
+    pub fn netmon_err(&self, args: &[&str]) -> String {
+        let out = self.netmon(args);
+        assert!(
+            !out.status.success(),
+            "netmon {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     pub fn exec(&self, cmd: &[&str]) -> String {
@@ -99,6 +180,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -337,7 +420,10 @@ impl Daemon {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
             .arg(netmon_bin())
-            .args(["run", "--listen", &api, "--interval", "200ms"]);
+            .args(["run", "--listen", &api, "--interval", "200ms"])
+            .env("NETMON_PIN_DIR", &ns.pin_dir)
+            .env("NETMON_STATE_DIR", &ns.state_dir)
+            .env_remove("RUST_BACKTRACE");
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
@@ -400,6 +486,18 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         ns_json(ns, &self.api, "/api/network-stats")
+    }
+
+    /// The daemon's PID (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     pub fn stop(&mut self) -> std::process::ExitStatus {

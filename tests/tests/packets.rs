@@ -12,7 +12,7 @@ use netmon_common::{
     DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowStats, IfaceKey, IfaceStats, counter,
     v4_mapped,
 };
-use netmon_tests::{packet::*, require_root};
+use netmon_tests::{PinDir, packet::*, require_root};
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (-1): the monitor never decides a packet's fate.
@@ -32,12 +32,15 @@ fn skb_test_run_refuses(pkt: &[u8]) -> bool {
 
 struct Progs {
     ebpf: Ebpf,
+    _pins: PinDir,
 }
 
 impl Progs {
     fn new(flows: u32) -> Self {
         require_root();
+        let pins = PinDir::new("packets");
         let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.0)
             .map_max_entries("NETMON_FLOWS", flows)
             .map_max_entries("NETMON_SOCK_PROC", 1024)
             .map_max_entries("NETMON_PORT_OWNER", 1024)
@@ -52,7 +55,7 @@ impl Progs {
             .try_into()
             .unwrap();
         t.load().expect("verifier accepts netmon_tc_egress");
-        Self { ebpf }
+        Self { ebpf, _pins: pins }
     }
 
     fn run(&self, direction: u8, pkt: &[u8]) -> u32 {
@@ -576,7 +579,9 @@ fn random_garbage_is_passed_and_conserved() {
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn empty_baseline_program_passes() {
     require_root();
+    let pins = PinDir::new("empty");
     let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&pins.0)
         .map_max_entries("NETMON_FLOWS", 1024)
         .load(netmon::load::EBPF_OBJECT)
         .unwrap();
@@ -594,4 +599,129 @@ fn empty_baseline_program_passes() {
         })
         .unwrap();
     assert_eq!(r.return_value, XDP_PASS);
+}
+
+/// The drop decision itself, in the kernel: exact and prefix bans, allow entries, expired
+/// entries, the generation in force, IPv4 and IPv6, XDP (source) and TC (destination).
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn drop_decisions_follow_the_list_in_force() {
+    use netmon::act::{
+        droplist::DropMaps,
+        state::{BanEntry, Kind},
+    };
+    const XDP_DROP: u32 = 1;
+    const TC_ACT_SHOT: u32 = 2;
+    let mut p = Progs::new(1024);
+    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    let ban = |net: &str, expires_ms: Option<u64>| BanEntry {
+        net: net.parse().unwrap(),
+        kind: Kind::Manual,
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+        expires_ms,
+    };
+    let from4 = |src: [u8; 4]| {
+        eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                V4 {
+                    src,
+                    proto: 17,
+                    ..V4::default()
+                },
+                &udp(1, 2, b"x"),
+            ),
+        )
+    };
+    let to4 = |dst: [u8; 4]| {
+        eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                V4 {
+                    dst,
+                    proto: 17,
+                    ..V4::default()
+                },
+                &udp(1, 2, b"x"),
+            ),
+        )
+    };
+    let flags = |maps: &mut DropMaps| maps.set_flags(u64::MAX).unwrap();
+
+    // Nothing in force: everything passes.
+    assert_eq!(p.run(DIR_INGRESS, &from4([198, 18, 0, 2])), XDP_PASS);
+    maps.write_ban(1, 2, &ban("198.18.0.2", None)).unwrap();
+    maps.write_ban(1, 2, &ban("203.0.113.0/24", None)).unwrap();
+    maps.write_ban(1, 2, &ban("2001:db8::/32", None)).unwrap();
+    maps.write_ban(1, 2, &ban("fd00:6e6d::2", None)).unwrap();
+    maps.write_ban(1, 2, &ban("192.0.2.7", Some(1))).unwrap();
+    flags(&mut maps);
+    maps.set_generation(1).unwrap();
+
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([198, 18, 0, 2])),
+        XDP_DROP,
+        "exact"
+    );
+    assert_eq!(p.run(DIR_INGRESS, &from4([198, 18, 0, 3])), XDP_PASS);
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([203, 0, 113, 50])),
+        XDP_DROP,
+        "prefix"
+    );
+    assert_eq!(p.run(DIR_INGRESS, &from4([203, 0, 114, 50])), XDP_PASS);
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([192, 0, 2, 7])),
+        XDP_PASS,
+        "expired"
+    );
+    assert_eq!(
+        p.run(DIR_EGRESS, &to4([198, 18, 0, 2])),
+        TC_ACT_SHOT,
+        "egress dst"
+    );
+    assert_eq!(p.run(DIR_EGRESS, &to4([198, 18, 0, 9])), TC_ACT_UNSPEC);
+    let v6 = |next_src: [u8; 16]| {
+        let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
+        pkt[14 + 8..14 + 24].copy_from_slice(&next_src);
+        pkt
+    };
+    let mut db8 = [0u8; 16];
+    db8[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    db8[15] = 9;
+    assert_eq!(p.run(DIR_INGRESS, &v6(db8)), XDP_DROP, "v6 prefix");
+    assert_eq!(p.run(DIR_INGRESS, &v6(V6_SRC)), XDP_DROP, "v6 exact");
+    assert_eq!(p.run(DIR_INGRESS, &v6(V6_DST)), XDP_PASS);
+
+    // Allow wins over a covering ban.
+    maps.write_allow(&"203.0.113.50".parse().unwrap()).unwrap();
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([203, 0, 113, 50])),
+        XDP_PASS,
+        "allowed"
+    );
+    assert_eq!(p.run(DIR_INGRESS, &from4([203, 0, 113, 51])), XDP_DROP);
+
+    // Entries of the other generation are ignored until it is put in force.
+    maps.write_ban(2, 1, &ban("198.51.100.1", None)).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from4([198, 51, 100, 1])), XDP_PASS);
+    maps.set_generation(2).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from4([198, 51, 100, 1])), XDP_DROP);
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([198, 18, 0, 2])),
+        XDP_PASS,
+        "gen 1 out of force"
+    );
+
+    // Per-entry hit counters: the exact v4 ban dropped one ingress and one egress packet.
+    let hits = maps.hits(1, &"198.18.0.2".parse().unwrap()).unwrap();
+    assert_eq!(hits.packets, 2);
+    assert_eq!(hits.bytes, 2 * from4([198, 18, 0, 2]).len() as u64);
+    assert!(hits.last_hit_ns > 0);
+    let drops: u64 = maps.drops().iter().map(|(_, s)| s.packets).sum();
+    assert_eq!(drops, 7, "every drop counted per interface and kind");
 }

@@ -290,6 +290,20 @@ struct Links {
     tc: Vec<SchedClassifierLink>,
 }
 
+/// Pins a fresh link, so that it outlives this process until a clean stop.
+fn pin_link(fd: FdLink, path: PathBuf, links: &mut Links) {
+    match fd.pin(&path) {
+        Ok(p) => {
+            links.pinned.push(p);
+            links.pin_paths.push(path);
+        }
+        Err(e) => warn!(
+            "could not pin {}: {e}; it detaches when netmon exits",
+            path.display()
+        ),
+    }
+}
+
 /// A link a previous daemon left pinned at `path`, if it is of the kind `T`; a stale or
 /// foreign pin is removed.
 fn pinned_link<T: TryFrom<FdLink>>(path: &Path) -> Option<T> {
@@ -359,15 +373,8 @@ fn attach_traffic(
                     }
                 },
             };
-            let link = xdp.take_link(id)?;
-            match FdLink::try_from(link) {
-                Ok(fd) => match fd.pin(&pin) {
-                    Ok(p) => {
-                        links.pinned.push(p);
-                        links.pin_paths.push(pin);
-                    }
-                    Err(e) => warn!("could not pin {}: {e}", pin.display()),
-                },
+            match FdLink::try_from(xdp.take_link(id)?) {
+                Ok(fd) => pin_link(fd, pin, links),
                 // Only a netlink attachment (kernels before 5.9, which netmon does not
                 // support: it needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
                 Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
@@ -423,16 +430,8 @@ fn attach_traffic(
             .with_context(|| format!("attaching the TC egress program to `{}`", i.name))?;
         let link = tc_prog.take_link(id)?;
         if tcx {
-            match FdLink::try_from(link) {
-                Ok(fd) => match fd.pin(&pin) {
-                    Ok(p) => {
-                        links.pinned.push(p);
-                        links.pin_paths.push(pin);
-                    }
-                    Err(e) => warn!("could not pin {}: {e}", pin.display()),
-                },
-                Err(_) => {}
-            }
+            // A TCX attachment is always a bpf_link.
+            pin_link(FdLink::try_from(link)?, pin, links);
         } else {
             links.tc.push(link);
         }

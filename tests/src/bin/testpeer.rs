@@ -90,36 +90,68 @@ fn main() {
             }
         }
         "udp-send" => {
+            // --count N datagrams, or with --duration-ms as many as fit, one every
+            // --interval-us; --bind picks the source address.
             let to = addr(&args, "--to");
-            let bind: SocketAddr = if to.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
+            let bind: SocketAddr = match arg(&args, "--bind") {
+                Some(b) => b.parse().expect("--bind wants IP:PORT"),
+                None if to.is_ipv4() => "0.0.0.0:0".parse().unwrap(),
+                None => "[::]:0".parse().unwrap(),
             };
             let s = UdpSocket::bind(bind).expect("bind");
             ready(s.local_addr().unwrap());
-            let count = num(&args, "--count", 1);
+            let count = num(&args, "--count", u64::MAX);
+            let duration = Duration::from_millis(num(&args, "--duration-ms", u64::MAX / 4));
+            let interval = Duration::from_micros(num(&args, "--interval-us", 0));
             let buf = vec![0x33u8; num(&args, "--size", 100) as usize];
-            for _ in 0..count {
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < count && start.elapsed() < duration {
                 s.send_to(&buf, to).expect("send");
+                sent += 1;
+                if !interval.is_zero() {
+                    std::thread::sleep(interval);
+                }
             }
-            println!("sent={count}");
+            println!("sent={sent}");
         }
         "udp-recv" => {
+            // Until --count datagrams, --timeout-ms, or the file --stop-file appears; reports
+            // when the first one came.
             let s = UdpSocket::bind(addr(&args, "--listen")).expect("bind");
+            let stop_file = arg(&args, "--stop-file").map(std::path::PathBuf::from);
             ready(s.local_addr().unwrap());
-            let count = num(&args, "--count", 1);
+            let count = num(&args, "--count", u64::MAX);
             let deadline = Instant::now() + Duration::from_millis(num(&args, "--timeout-ms", 5000));
             let mut got = 0;
+            let mut first_ms = 0u128;
             let mut buf = vec![0u8; 65536];
-            while got < count && Instant::now() < deadline {
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            while got < count
+                && Instant::now() < deadline
+                && !stop_file.as_ref().is_some_and(|f| f.exists())
+            {
                 if s.recv_from(&mut buf).is_ok() {
+                    if got == 0 {
+                        first_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis();
+                    }
                     got += 1;
                 }
             }
-            println!("received={got}");
+            println!("received={got} first_ms={first_ms}");
+        }
+        "tcp-probe" => {
+            // One connect attempt; says what happened instead of failing.
+            let to = addr(&args, "--to");
+            let timeout = Duration::from_millis(num(&args, "--timeout-ms", 1000));
+            println!("ready pid={} local=-", std::process::id());
+            match TcpStream::connect_timeout(&to, timeout) {
+                Ok(_) => println!("connected"),
+                Err(e) => println!("failed: {e}"),
+            }
         }
         "sleep-listen" => {
             // A listener that carries no traffic, for the connection table's LISTEN rows.

@@ -1,0 +1,590 @@
+//! The in-kernel drop list end to end, as root, between two namespaces: bans stop real
+//! packets in both directions (counted exactly), allow entries win, unban and TTLs take effect
+//! on time with and without a running daemon, a SIGKILLed daemon's bans keep dropping and the
+//! next daemon takes over, bulk imports swap atomically, and bad input changes nothing.
+
+use std::{
+    io::Write as _,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use netmon_tests::*;
+use serde_json::Value;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn field(out: &str, key: &str) -> u64 {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {out:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Sends `n` datagrams from `from` (optionally from address `bind`) to `to`, received by a
+/// socket on `listen` in `dst`; returns how many arrived.
+fn udp(from: &Netns, bind: Option<&str>, dst: &Netns, listen: &str, to: &str, n: u64) -> u64 {
+    let rx = Peer::spawn(
+        dst,
+        &[
+            "udp-recv",
+            "--listen",
+            listen,
+            "--count",
+            &n.to_string(),
+            "--timeout-ms",
+            "800",
+        ],
+    );
+    let count = n.to_string();
+    let mut args = vec!["udp-send", "--to", to, "--count", &count, "--size", "64"];
+    if let Some(b) = bind {
+        args.extend_from_slice(&["--bind", b]);
+    }
+    let tx = Peer::spawn(from, &args);
+    assert_eq!(field(&tx.finish(), "sent="), n);
+    field(&rx.finish(), "received=")
+}
+
+/// A → B and B → A UDP over IPv4 and IPv6 on fixed ports.
+fn b_to_a(p: &Pair, n: u64) -> u64 {
+    udp(&p.b, None, &p.a, "198.18.0.1:7100", "198.18.0.1:7100", n)
+}
+fn a_to_b(p: &Pair, n: u64) -> u64 {
+    udp(&p.a, None, &p.b, "198.18.0.2:7101", "198.18.0.2:7101", n)
+}
+fn b_to_a6(p: &Pair, n: u64) -> u64 {
+    udp(
+        &p.b,
+        None,
+        &p.a,
+        "[fd00:6e6d::1]:7102",
+        "[fd00:6e6d::1]:7102",
+        n,
+    )
+}
+fn a_to_b6(p: &Pair, n: u64) -> u64 {
+    udp(
+        &p.a,
+        None,
+        &p.b,
+        "[fd00:6e6d::2]:7103",
+        "[fd00:6e6d::2]:7103",
+        n,
+    )
+}
+
+/// netmon_dropped_packets_total for the veth in `a`, after a fresh drain.
+fn dropped(p: &Pair, d: &Daemon, direction: &str, reason: &str) -> u64 {
+    d.fresh_stats(&p.a);
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    let series = format!(
+        "netmon_dropped_packets_total{{direction=\"{direction}\",interface=\"nmt0\",reason=\"{reason}\"}}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+fn listing(ns: &Netns) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ns.netmon_ok(&["list", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn entry(ns: &Netns, e: &str) -> Option<Value> {
+    listing(ns).into_iter().find(|r| r["entry"] == e)
+}
+
+fn tcp_probe(from: &Netns, to: &str) -> String {
+    Peer::spawn(from, &["tcp-probe", "--to", to, "--timeout-ms", "700"])
+        .finish()
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_banned_peer_can_neither_reach_nor_be_reached() {
+    let p = Pair::new("ban");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    assert_eq!(b_to_a(&p, 10), 10, "traffic flows before the ban");
+
+    p.a.netmon_ok(&["ban", "198.18.0.2", "--reason", "e2e"]);
+    let (rx0, tx0) = (
+        dropped(&p, &d, "rx", "manual"),
+        dropped(&p, &d, "tx", "manual"),
+    );
+    assert_eq!(b_to_a(&p, 25), 0, "ingress from a banned source");
+    assert_eq!(
+        dropped(&p, &d, "rx", "manual") - rx0,
+        25,
+        "every datagram dropped is counted"
+    );
+    assert_eq!(a_to_b(&p, 15), 0, "egress to a banned destination");
+    assert_eq!(dropped(&p, &d, "tx", "manual") - tx0, 15);
+    let e = entry(&p.a, "198.18.0.2").unwrap();
+    assert_eq!(e["dropped_packets"], 40, "{e}");
+    assert_eq!(e["reason"], "e2e");
+    assert!(e["last_hit"].is_string(), "{e}");
+
+    let _listener = Peer::spawn(&p.a, &["sleep-listen", "--listen", "198.18.0.1:7200"]);
+    assert!(
+        tcp_probe(&p.b, "198.18.0.1:7200").starts_with("failed"),
+        "TCP in"
+    );
+    let _listener_b = Peer::spawn(&p.b, &["sleep-listen", "--listen", "198.18.0.2:7201"]);
+    assert!(
+        tcp_probe(&p.a, "198.18.0.2:7201").starts_with("failed"),
+        "TCP out"
+    );
+
+    // IPv6 likewise; the IPv4 ban does not touch it until it is banned itself.
+    assert_eq!(b_to_a6(&p, 5), 5);
+    p.a.netmon_ok(&["ban", "fd00:6e6d::2"]);
+    let (rx0, tx0) = (
+        dropped(&p, &d, "rx", "manual"),
+        dropped(&p, &d, "tx", "manual"),
+    );
+    assert_eq!(b_to_a6(&p, 12), 0);
+    assert_eq!(a_to_b6(&p, 8), 0);
+    assert_eq!(dropped(&p, &d, "rx", "manual") - rx0, 12);
+    assert_eq!(dropped(&p, &d, "tx", "manual") - tx0, 8);
+
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    assert!(
+        text.contains("netmon_banlist_entries{family=\"ipv4\",kind=\"exact\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("netmon_banlist_entries{family=\"ipv6\",kind=\"exact\"} 1"));
+    assert!(text.contains("netmon_dropped_bytes_total{direction=\"rx\""));
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn an_allowed_prefix_inside_a_banned_range_still_passes() {
+    let p = Pair::new("allow");
+    let _d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    p.b.exec(&["ip", "addr", "add", "198.18.0.3/24", "dev", &p.b_if]);
+    p.b.exec(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:6e6d::3/64",
+        "dev",
+        &p.b_if,
+        "nodad",
+    ]);
+    let from = |bind: &str, to: &str, n| udp(&p.b, Some(bind), &p.a, to, to, n);
+
+    p.a.netmon_ok(&["ban", "198.18.0.2/31"]);
+    p.a.netmon_ok(&["ban", "fd00:6e6d::2/127"]);
+    assert_eq!(from("198.18.0.2:0", "198.18.0.1:7300", 10), 0);
+    assert_eq!(from("198.18.0.3:0", "198.18.0.1:7300", 10), 0);
+    assert_eq!(from("[fd00:6e6d::2]:0", "[fd00:6e6d::1]:7301", 10), 0);
+
+    p.a.netmon_ok(&["allow", "198.18.0.2", "--reason", "partner"]);
+    p.a.netmon_ok(&["allow", "fd00:6e6d::2"]);
+    assert_eq!(
+        from("198.18.0.2:0", "198.18.0.1:7300", 10),
+        10,
+        "allow wins"
+    );
+    assert_eq!(
+        from("198.18.0.3:0", "198.18.0.1:7300", 10),
+        0,
+        "rest of the range"
+    );
+    assert_eq!(from("[fd00:6e6d::2]:0", "[fd00:6e6d::1]:7301", 10), 10);
+    assert_eq!(from("[fd00:6e6d::3]:0", "[fd00:6e6d::1]:7301", 10), 0);
+    let allow = entry(&p.a, "198.18.0.2").unwrap();
+    assert_eq!(
+        (allow["list"].as_str(), allow["reason"].as_str()),
+        (Some("allow"), Some("partner"))
+    );
+
+    p.a.netmon_ok(&["disallow", "198.18.0.2"]);
+    assert_eq!(
+        from("198.18.0.2:0", "198.18.0.1:7300", 10),
+        0,
+        "ban back in force"
+    );
+}
+
+/// Sends a datagram every 20 ms from B to A for up to `secs`; returns when the first arrived.
+fn first_arrival(p: &Pair, port: u16, secs: u64) -> u64 {
+    let listen = format!("198.18.0.1:{port}");
+    let rx = Peer::spawn(
+        &p.a,
+        &[
+            "udp-recv",
+            "--listen",
+            &listen,
+            "--count",
+            "1",
+            "--timeout-ms",
+            &(secs * 1000).to_string(),
+        ],
+    );
+    let tx = Peer::spawn(
+        &p.b,
+        &[
+            "udp-send",
+            "--to",
+            &listen,
+            "--interval-us",
+            "20000",
+            "--duration-ms",
+            &(secs * 1000).to_string(),
+            "--size",
+            "16",
+        ],
+    );
+    let out = rx.finish();
+    drop(tx);
+    assert_eq!(field(&out, "received="), 1, "nothing ever arrived");
+    field(&out, "first_ms=")
+}
+
+fn check_ttl(p: &Pair, port: u16) {
+    let t0 = now_ms();
+    p.a.netmon_ok(&["ban", "198.18.0.2", "--ttl", "2s"]);
+    let t1 = now_ms();
+    let first = first_arrival(p, port, 5);
+    assert!(
+        first >= t0 + 2000,
+        "traffic passed {} ms before the 2 s TTL ran out",
+        t0 + 2000 - first
+    );
+    assert!(
+        first <= t1 + 2000 + 1000,
+        "traffic passed {} ms after the deadline (allowed: 1000)",
+        first - (t1 + 2000)
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn unban_is_immediate_and_ttls_expire_on_time_with_and_without_the_daemon() {
+    let p = Pair::new("ttl");
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    p.a.netmon_ok(&["ban", "198.18.0.2"]);
+    assert_eq!(b_to_a(&p, 5), 0);
+    p.a.netmon_ok(&["unban", "198.18.0.2"]);
+    let t = Instant::now();
+    assert_eq!(b_to_a(&p, 5), 5, "unban restores traffic at once");
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // With the daemon: the kernel stops dropping at the deadline, the daemon then removes
+    // the entry and logs it.
+    check_ttl(&p, 7400);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while entry(&p.a, "198.18.0.2").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never removed the expired ban"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = std::fs::read_to_string(p.a.state_dir.join("audit.log")).unwrap();
+    assert!(audit.contains("\"action\":\"expire\""), "{audit}");
+
+    // Without it: killed, its pinned programs keep running, and the kernel alone enforces
+    // the TTL of a ban the CLI adds meanwhile.
+    d.kill();
+    assert_eq!(
+        attached_programs(&p.a, &p.a_if),
+        (1, 1),
+        "programs stay after SIGKILL"
+    );
+    check_ttl(&p, 7401);
+    assert!(
+        entry(&p.a, "198.18.0.2").is_some(),
+        "no daemon to remove it: still listed, but no longer dropping"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn bans_survive_sigkill_and_the_next_daemon_takes_over() {
+    let p = Pair::new("kill");
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    p.a.netmon_ok(&["ban", "198.18.0.2"]);
+    assert_eq!(b_to_a(&p, 10), 0, "before");
+
+    d.kill();
+    assert_eq!(attached_programs(&p.a, &p.a_if), (1, 1));
+    assert_eq!(b_to_a(&p, 10), 0, "while no daemon runs");
+    // The CLI edits the pinned list with no daemon at all.
+    p.a.netmon_ok(&["ban", "fd00:6e6d::2"]);
+    assert_eq!(b_to_a6(&p, 10), 0);
+
+    let mut d2 = Daemon::start(&p.a, &[&p.a_if], &[]);
+    assert_eq!(
+        attached_programs(&p.a, &p.a_if),
+        (1, 1),
+        "taken over, not doubled"
+    );
+    let status = ns_json(&p.a, &d2.api, "/api/status");
+    let took_over = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["note"].as_str().unwrap_or("").contains("took over"))
+        .count();
+    assert_eq!(took_over, 2, "XDP and TC links taken over: {status}");
+    assert_eq!(b_to_a(&p, 10), 0, "after");
+    assert_eq!(b_to_a6(&p, 10), 0);
+    assert_eq!(
+        dropped(&p, &d2, "rx", "manual"),
+        50,
+        "counters kept across restarts"
+    );
+
+    assert!(d2.stop().success());
+    assert_eq!(attached_programs(&p.a, &p.a_if), (0, 0), "SIGTERM detaches");
+    assert_eq!(
+        std::fs::read_dir(p.a.pin_dir.join("links"))
+            .unwrap()
+            .count(),
+        0,
+        "and unpins"
+    );
+    assert_eq!(b_to_a(&p, 5), 5, "nothing attached, nothing dropped");
+}
+
+/// `n` distinct random prefixes away from the test, loopback and private ranges.
+fn random_prefixes(n: usize, mut seed: u64) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let a = (seed >> 32) as u32;
+        let first = (a >> 24) as u8;
+        if !(1..=223).contains(&first) || [10, 100, 127, 169, 172, 192, 198].contains(&first) {
+            continue;
+        }
+        let len = 16 + (seed % 17) as u32;
+        let net = a & (u32::MAX << (32 - len));
+        let s = format!("{}/{len}", std::net::Ipv4Addr::from(net));
+        if seen.insert(s.clone()) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn write_list(p: &Pair, name: &str, lines: &[String]) -> std::path::PathBuf {
+    let path = p.a.state_dir.with_extension(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "# generated test list").unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    path
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_second_bulk_import_swaps_without_letting_anything_through() {
+    let p = Pair::new("imp");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let mut one = random_prefixes(100_000, 1);
+    one.push("198.18.0.2/31 ; in both sets, as a prefix here".into());
+    let mut two = random_prefixes(100_000, 2);
+    two.push("198.18.0.2".into());
+    let (f1, f2) = (write_list(&p, "one", &one), write_list(&p, "two", &two));
+
+    let t = Instant::now();
+    let out = p.a.netmon_ok(&["ban", "--file", f1.to_str().unwrap()]);
+    eprintln!("import of 100,001 entries: {:?}", t.elapsed());
+    assert!(out.contains("imported 100001 entries"), "{out}");
+    assert_eq!(b_to_a(&p, 5), 0);
+
+    // B hammers A for the whole second import; nothing may arrive.
+    let stop = p.a.state_dir.with_extension("stop");
+    let rx = Peer::spawn(
+        &p.a,
+        &[
+            "udp-recv",
+            "--listen",
+            "198.18.0.1:7500",
+            "--timeout-ms",
+            "60000",
+            "--count",
+            "1",
+            "--stop-file",
+            stop.to_str().unwrap(),
+        ],
+    );
+    let tx = Peer::spawn(
+        &p.b,
+        &[
+            "udp-send",
+            "--to",
+            "198.18.0.1:7500",
+            "--interval-us",
+            "200",
+            "--duration-ms",
+            "600000",
+            "--size",
+            "16",
+        ],
+    );
+    let rx0 = dropped(&p, &d, "rx", "import");
+    let t = Instant::now();
+    p.a.netmon_ok(&["ban", "--file", f2.to_str().unwrap()]);
+    eprintln!("swap to a second set of 100,001 entries: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    drop(tx);
+    std::fs::write(&stop, b"").unwrap();
+    let out = rx.finish();
+    std::fs::remove_file(&stop).ok();
+    assert_eq!(
+        field(&out, "received="),
+        0,
+        "a packet got through during the swap"
+    );
+    assert!(
+        dropped(&p, &d, "rx", "import") - rx0 > 100,
+        "the sender really sent"
+    );
+
+    d.fresh_stats(&p.a);
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    let entries = |kind: &str| -> u64 {
+        let s = format!("netmon_banlist_entries{{family=\"ipv4\",kind=\"{kind}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&s))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(entries("exact") + entries("prefix"), 100_001);
+    let e = entry(&p.a, "198.18.0.2").expect("the second set's exact entry");
+    assert_eq!(e["kind"], "import");
+    assert!(
+        entry(&p.a, "198.18.0.2/31").is_none(),
+        "the first set is gone"
+    );
+    let audit = std::fs::read_to_string(p.a.state_dir.join("audit.log")).unwrap();
+    assert_eq!(audit.matches("\"action\":\"import\"").count(), 2);
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn bad_input_is_refused_and_changes_nothing() {
+    let p = Pair::new("bad");
+    let ns = &p.a;
+    ns.netmon_ok(&["ban", "203.0.113.7", "--reason", "keep"]);
+    ns.netmon_ok(&["allow", "203.0.113.0/24"]);
+    let state_file = ns.state_dir.join("droplist.json");
+    let before_state = std::fs::read(&state_file).unwrap();
+    let before_list = listing(ns);
+
+    let bad_line = write_list(
+        &p,
+        "badline",
+        &["192.0.2.1".into(), "192.0.2.0/24".into(), "nonsense".into()],
+    );
+    let with_own = write_list(&p, "own", &["192.0.2.1".into(), "198.18.0.0/30".into()]);
+    let huge: Vec<String> = (0..270_000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string())
+        .collect();
+    let too_many = write_list(&p, "huge", &huge);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["ban", "1.2.3"], "`1.2.3` is not an IP address or CIDR"),
+        (
+            vec!["ban", "10.0.0.0/33"],
+            "prefix length 33 is out of range for IPv4",
+        ),
+        (
+            vec!["ban", "10.0.0.1/8"],
+            "has host bits set: the network is 10.0.0.0/8",
+        ),
+        (vec!["ban", "0.0.0.0/0"], "covers every IPv4 address"),
+        (vec!["ban", "::/0"], "covers every IPv6 address"),
+        (vec!["ban", "127.0.0.1"], "overlaps loopback"),
+        (vec!["ban", "::1"], "overlaps loopback"),
+        (vec!["ban", "198.18.0.1"], "an address of this host"),
+        (vec!["ban", "fd00:6e6d::/64"], "an address of this host"),
+        (vec!["ban", "192.0.2.1", "--ttl", "soon"], "--ttl"),
+        (
+            vec!["ban", "--file", bad_line.to_str().unwrap()],
+            "line 4: `nonsense`",
+        ),
+        (
+            vec!["ban", "--file", with_own.to_str().unwrap()],
+            "an address of this host",
+        ),
+        (
+            vec!["ban", "--file", too_many.to_str().unwrap()],
+            "capacity exceeded",
+        ),
+        (
+            vec!["ban", "--file", "/nonexistent/list"],
+            "reading the list /nonexistent/list",
+        ),
+        (vec!["unban", "192.0.2.99"], "192.0.2.99 is not banned"),
+        (
+            vec!["disallow", "192.0.2.0/24"],
+            "192.0.2.0/24 is not on the allow list",
+        ),
+    ];
+    for (args, want) in &cases {
+        let err = ns.netmon_err(args);
+        assert!(
+            err.contains(want),
+            "netmon {args:?}: expected {want:?} in {err:?}"
+        );
+        assert!(!err.contains("Stack backtrace"), "{err}");
+        assert_eq!(
+            std::fs::read(&state_file).unwrap(),
+            before_state,
+            "{args:?} changed the state"
+        );
+        assert_eq!(listing(ns), before_list, "{args:?} changed the list");
+    }
+
+    // --force is the way through for a deliberate self-covering ban.
+    ns.netmon_ok(&["ban", "198.18.0.1", "--force"]);
+    ns.netmon_ok(&["unban", "198.18.0.1"]);
+
+    // A corrupt or unknown-version state file: the daemon refuses to start, saying how to
+    // recover, rather than run with no bans.
+    std::fs::write(&state_file, b"{\"version\": 1, \"bans\": [ garbage").unwrap();
+    let mut d = Daemon::spawn(ns, &[&p.a_if], &[]);
+    let st = d.child.as_mut().unwrap().wait().unwrap();
+    assert!(!st.success());
+    let log = d.log_text();
+    assert!(log.contains("is corrupt") && log.contains(".bak"), "{log}");
+    assert!(ns.netmon_err(&["list"]).contains("is corrupt"));
+    std::fs::write(
+        &state_file,
+        b"{\"version\": 99, \"generation\": 1, \"bans\": [], \"allows\": []}",
+    )
+    .unwrap();
+    let mut d = Daemon::spawn(ns, &[&p.a_if], &[]);
+    assert!(!d.child.as_mut().unwrap().wait().unwrap().success());
+    assert!(
+        d.log_text().contains("format version 99"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        attached_programs(ns, &p.a_if),
+        (0, 0),
+        "nothing attached by a refused start"
+    );
+}
