@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `auto`, `tcx` or `clsact`.
+    pub tc_attach: Option<String>,
 }
 
 impl FileConfig {
@@ -55,6 +57,7 @@ pub struct RunConfig {
     pub run_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    pub tc_mode: crate::load::TcMode,
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.

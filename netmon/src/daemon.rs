@@ -360,6 +360,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let mut drop_maps = None;
     let attached = load::load_and_attach(
         &LoadOptions {
+            tc_mode: cfg.tc_mode,
             interfaces,
             sizes: cfg.sizes,
             run_dir: cfg.run_dir.clone(),

@@ -110,6 +110,9 @@ struct RunArgs {
     /// TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
+    #[arg(long)]
+    tc_attach: Option<String>,
 }
 
 fn resolve(
@@ -162,6 +165,13 @@ fn resolve(
         state_dir: state_dir
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        tc_mode: args
+            .tc_attach
+            .or(file.tc_attach)
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .context("--tc-attach")?,
     })
 }
 

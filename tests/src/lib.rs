@@ -427,6 +427,10 @@ impl Daemon {
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
+        // The suite runs once per egress attach mode (`cargo xtask test` sets this).
+        if let Ok(mode) = std::env::var("NETMON_TEST_TC_ATTACH") {
+            cmd.args(["--tc-attach", &mode]);
+        }
         cmd.args(extra)
             .env("RUST_LOG", "info")
             .stdout(logf.try_clone().unwrap())
@@ -653,7 +657,8 @@ pub fn attached_programs(ns: &Netns, ifname: &str) -> (usize, usize) {
     let tc_filters = ns
         .exec(&["tc", "filter", "show", "dev", ifname, "egress"])
         .lines()
-        .filter(|l| l.contains("bpf"))
+        // `tc` prints a "pref N bpf chain 0" header and then one line per filter.
+        .filter(|l| l.contains("bpf") && l.contains("handle"))
         .count();
     let ifindex: u32 = ns
         .exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])

@@ -65,6 +65,32 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         cmd.arg("--include-ignored");
     }
     run_cmd(&mut cmd).context("the test suite failed")?;
+
+    if privileged {
+        // The end-to-end suites again with the egress program on a clsact qdisc, the path
+        // kernels before 6.6 take (this kernel has both).
+        progress("running the end-to-end tests again with --tc-attach clsact");
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .env("NETMON_EBPF_OBJ", ebpf_object())
+            .env("NETMON_BIN", &bin)
+            .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
+            .env("NETMON_TEST_TC_ATTACH", "clsact")
+            .args([
+                "test",
+                "-p",
+                "netmon-tests",
+                "--test",
+                "flows",
+                "--test",
+                "droplist",
+            ])
+            .args(["--", "--include-ignored"]);
+        if let Some(f) = filter {
+            cmd.arg(f);
+        }
+        run_cmd(&mut cmd).context("the end-to-end tests failed with --tc-attach clsact")?;
+    }
     if !privileged {
         eprintln!(
             "SKIPPED: the privileged tests (reported as `ignored` above) need root: \

@@ -18,9 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        KProbe, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
+        KProbe, LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
     },
 };
@@ -31,6 +31,10 @@ use tracing::{info, warn};
 /// The eBPF object built by `cargo xtask build`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"));
+
+/// Priority and handle of netmon's cls_bpf filter on kernels without TCX ("NM").
+const TC_PRIO: u16 = 0x4e4d;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0x4e4d);
 
 /// Map sizes; every one is a `max_entries` in the kernel.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -100,7 +104,30 @@ impl Attached {
     }
 }
 
+/// How the egress program is attached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TcMode {
+    /// TCX on Linux 6.6+, clsact before.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl std::str::FromStr for TcMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "tcx" => Ok(Self::Tcx),
+            "clsact" => Ok(Self::Clsact),
+            _ => bail!("bad TC attach mode `{s}`: use auto, tcx or clsact"),
+        }
+    }
+}
+
 pub struct LoadOptions {
+    pub tc_mode: TcMode,
     pub interfaces: Vec<String>,
     pub sizes: MapSizes,
     /// Where the per-interface lock files live.
@@ -263,7 +290,14 @@ pub fn load_and_attach(
 
     let mut hooks = Vec::new();
     let mut links = Links::default();
-    attach_traffic(&mut ebpf, &interfaces, &link_dir, &mut hooks, &mut links)?;
+    attach_traffic(
+        &mut ebpf,
+        &interfaces,
+        &link_dir,
+        opts.tc_mode,
+        &mut hooks,
+        &mut links,
+    )?;
     attach_attribution(&mut ebpf, &mut hooks)?;
     for h in &hooks {
         if h.active {
@@ -339,6 +373,7 @@ fn attach_traffic(
     ebpf: &mut Ebpf,
     ifaces: &[Monitored],
     link_dir: &Path,
+    tc_mode: TcMode,
     hooks: &mut Vec<Hook>,
     links: &mut Links,
 ) -> Result<()> {
@@ -397,9 +432,13 @@ fn attach_traffic(
     tc_prog
         .load()
         .context("loading the TC program (verifier)")?;
-    let tcx = aya::util::KernelVersion::current()
-        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-        .unwrap_or(false);
+    let tcx = match tc_mode {
+        TcMode::Tcx => true,
+        TcMode::Clsact => false,
+        TcMode::Auto => aya::util::KernelVersion::current()
+            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+            .unwrap_or(false),
+    };
     for i in ifaces {
         let pin = link_dir.join(format!("{netns}-{}-tc", i.name));
         if let Some(link) = pinned_link::<SchedClassifierLink>(&pin) {
@@ -419,25 +458,65 @@ fn attach_traffic(
         if !tcx {
             // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
             if let Err(e) = tc::qdisc_add_clsact(&i.name)
-                && !e.to_string().contains("exists")
+                && !matches!(&e, tc::TcError::AlreadyAttached)
+                && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
             {
                 return Err(anyhow!(e))
                     .with_context(|| format!("adding the clsact qdisc to `{}`", i.name));
             }
+            // A cls_bpf filter outlives a killed daemon (it is not an fd). netmon's sits at a
+            // fixed priority and handle, so the next daemon replaces its program in place
+            // (netlink change without NLM_F_CREATE) instead of adding a second filter.
+            let existing = SchedClassifierLink::attached(
+                &i.name,
+                TcAttachType::Egress,
+                TC_PRIO,
+                TC_HANDLE,
+                None,
+            )
+            .ok()
+            .and_then(|l| tc_prog.attach_to_link(l).ok());
+            let (id, note) = match existing {
+                Some(id) => (id, "took over the clsact filter of a previous netmon"),
+                None => (
+                    tc_prog
+                        .attach_with_options(
+                            &i.name,
+                            TcAttachType::Egress,
+                            TcAttachOptions::Netlink(NlOptions {
+                                priority: TC_PRIO,
+                                handle: TC_HANDLE,
+                                ..Default::default()
+                            }),
+                        )
+                        .with_context(|| {
+                            format!("attaching the TC egress program to `{}`", i.name)
+                        })?,
+                    "",
+                ),
+            };
+            links.tc.push(tc_prog.take_link(id)?);
+            hooks.push(Hook {
+                purpose: "egress".into(),
+                kind: "tc-clsact".into(),
+                target: i.name.clone(),
+                active: true,
+                note: note.into(),
+            });
+            continue;
         }
         let id = tc_prog
-            .attach(&i.name, TcAttachType::Egress)
-            .with_context(|| format!("attaching the TC egress program to `{}`", i.name))?;
-        let link = tc_prog.take_link(id)?;
-        if tcx {
-            // A TCX attachment is always a bpf_link.
-            pin_link(FdLink::try_from(link)?, pin, links);
-        } else {
-            links.tc.push(link);
-        }
+            .attach_with_options(
+                &i.name,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching the TC egress program to `{}` (TCX)", i.name))?;
+        // A TCX attachment is always a bpf_link.
+        pin_link(FdLink::try_from(tc_prog.take_link(id)?)?, pin, links);
         hooks.push(Hook {
             purpose: "egress".into(),
-            kind: if tcx { "tcx" } else { "tc-clsact" }.into(),
+            kind: "tcx".into(),
             target: i.name.clone(),
             active: true,
             note: String::new(),
