@@ -30,13 +30,15 @@ fn dir_label(direction: u8) -> &'static str {
 }
 
 /// The drop list, as the daemon follows it: the kernel maps its programs use, the state
-/// file (re-read when the CLI changes it), and the counters last exported.
+/// file (re-read when the CLI changes it), and the counters last exported. It runs on its
+/// own thread: expiring bans or re-reading a 100,000-entry list must not delay the drain.
 struct Drops {
     list: DropList,
     maps: DropMaps,
     state: crate::act::state::State,
     state_mtime: Option<std::time::SystemTime>,
     prev: HashMap<netmon_common::DropKey, (u64, u64)>,
+    counts: std::collections::BTreeMap<(&'static str, &'static str), i64>,
 }
 
 impl Drops {
@@ -44,6 +46,23 @@ impl Drops {
         std::fs::metadata(self.list.state_path())
             .and_then(|m| m.modified())
             .ok()
+    }
+
+    /// Runs `tick` after every drain (each message on `ticks`) until the drain loop drops
+    /// its sender. A drain that finds the thread still busy does not queue another tick.
+    fn spawn(
+        mut self,
+        shared: Arc<Shared>,
+        names: HashMap<u32, String>,
+        ticks: std::sync::mpsc::Receiver<()>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("netmon-droplist".into())
+            .spawn(move || {
+                while ticks.recv().is_ok() {
+                    self.tick(&shared.metrics, &names);
+                }
+            })
     }
 
     /// Expires bans whose TTL passed, re-reads a changed state file, exports the metrics.
@@ -64,6 +83,7 @@ impl Drops {
                 Ok(s) => {
                     self.state = s;
                     self.state_mtime = mtime;
+                    self.counts = entry_counts(&self.state, now_ms());
                 }
                 Err(e) => warn!("re-reading the drop list: {e:#}"),
             }
@@ -87,31 +107,40 @@ impl Drops {
                 .inc_by(s.bytes.saturating_sub(prev.1));
             *prev = (s.packets, s.bytes);
         }
-        let now = now_ms();
-        let mut counts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-        for fam in ["ipv4", "ipv6"] {
-            for kind in ["exact", "prefix", "allow"] {
-                counts.insert((fam, kind), 0);
-            }
+        if self.state.next_expiry().is_some_and(|e| e <= now_ms()) {
+            // Expired in the kernel already, not yet removed from the state file.
+            self.counts = entry_counts(&self.state, now_ms());
         }
-        for b in self.state.live_bans(now) {
-            let fam = if b.net.is_v4() { "ipv4" } else { "ipv6" };
-            let kind = if b.net.is_host() { "exact" } else { "prefix" };
-            *counts.entry((fam, kind)).or_default() += 1;
-        }
-        for a in &self.state.allows {
-            let fam = if a.net.is_v4() { "ipv4" } else { "ipv6" };
-            *counts.entry((fam, "allow")).or_default() += 1;
-        }
-        for ((fam, kind), n) in counts {
-            m.banlist_entries.with_label_values(&[fam, kind]).set(n);
+        for ((fam, kind), n) in &self.counts {
+            m.banlist_entries.with_label_values(&[fam, kind]).set(*n);
         }
     }
 }
 
+/// Live entries by (family, kind) for `netmon_banlist_entries`.
+fn entry_counts(
+    state: &crate::act::state::State,
+    now: u64,
+) -> std::collections::BTreeMap<(&'static str, &'static str), i64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for fam in ["ipv4", "ipv6"] {
+        for kind in ["exact", "prefix", "allow"] {
+            counts.insert((fam, kind), 0);
+        }
+    }
+    let fam = |v4: bool| if v4 { "ipv4" } else { "ipv6" };
+    for b in state.live_bans(now) {
+        let kind = if b.net.is_host() { "exact" } else { "prefix" };
+        *counts.entry((fam(b.net.is_v4()), kind)).or_default() += 1;
+    }
+    for a in &state.allows {
+        *counts.entry((fam(a.net.is_v4()), "allow")).or_default() += 1;
+    }
+    counts
+}
+
 /// State the drain loop keeps between ticks.
 struct Drain {
-    drops: Drops,
     maps: Maps,
     tracker: Tracker,
     diag: Option<SockDiag>,
@@ -128,6 +157,10 @@ struct Drain {
     /// Owners of sockets listed by sock_diag, cached per 4-tuple; a socket with no known
     /// owner is looked up again every `OWNER_RETRY_TICKS`, not every tick.
     socket_owners: HashMap<SockKey, (Option<Owner>, u64)>,
+    /// The last sock_diag error, logged once rather than every tick.
+    diag_error: Option<String>,
+    /// Wakes the drop-list thread after each drain.
+    housekeeping: Option<std::sync::mpsc::SyncSender<()>>,
     flow_capacity: u32,
     started: Instant,
     drains: u64,
@@ -191,7 +224,10 @@ impl Drain {
                 }
             }
         }
-        self.drops.tick(m, &self.names);
+        if let Some(tx) = &self.housekeeping {
+            // Full means the thread is still on the previous tick: skip, do not queue.
+            let _ = tx.try_send(());
+        }
         let counters = self.maps.read_counters();
         let mut kernel_events = std::collections::BTreeMap::new();
         for (i, name) in counter::NAMES.iter().enumerate() {
@@ -292,10 +328,20 @@ impl Drain {
         let sockets = match diag.dump_all() {
             Ok(s) => s,
             Err(e) => {
-                warn!("sock_diag failed, listing only sockets with traffic: {e:#}");
+                let msg = format!("{e:#}");
+                if self.diag_error.as_deref() != Some(msg.as_str()) {
+                    warn!(
+                        "sock_diag failed, listing only sockets with traffic (is the \
+                         inet_diag/tcp_diag/udp_diag module available?): {msg}"
+                    );
+                    self.diag_error = Some(msg);
+                }
                 return Vec::new();
             }
         };
+        if self.diag_error.take().is_some() {
+            info!("sock_diag works again");
+        }
         let mut seen = HashMap::with_capacity(sockets.len());
         let rows = sockets
             .into_iter()
@@ -387,6 +433,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         state_mtime: None,
         list,
         maps: maps_d,
+        counts: entry_counts(&state, now_ms()),
         state,
         prev: HashMap::new(),
     };
@@ -416,7 +463,6 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         }
     };
     let mut drain = Drain {
-        drops,
         flow_capacity: maps.flow_capacity(),
         maps,
         tracker: Tracker::default(),
@@ -434,11 +480,26 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         prev_evictions: 0,
         prev_expired: 0,
         socket_owners: HashMap::new(),
+        diag_error: None,
+        housekeeping: None,
         started: Instant::now(),
         drains: 0,
     };
 
     let server = tokio::spawn(api::serve(listener, shared.clone(), shutdown.clone()));
+    let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel(1);
+    let housekeeping = match drops.spawn(shared.clone(), drain.names.clone(), tick_rx) {
+        Ok(h) => {
+            drain.housekeeping = Some(tick_tx);
+            Some(h)
+        }
+        Err(e) => {
+            // Bans still drop and expire in the kernel; only removal from the state file
+            // and the drop metrics wait for a restart.
+            warn!("cannot start the drop-list thread: {e}");
+            None
+        }
+    };
     info!(
         "netmon {} monitoring {} (API on http://{listen})",
         env!("CARGO_PKG_VERSION"),
@@ -470,6 +531,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         _ => {}
     }
     drop(drain);
+    if let Some(h) = housekeeping
+        && h.join().is_err()
+    {
+        warn!("the drop-list thread panicked");
+    }
     attached.detach();
     info!("detached all programs; bye");
     result

@@ -314,6 +314,8 @@ fn run(cli: Cli) -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Plain text into log files and journald; colour only on a terminal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let cfg = resolve(args, cli.pin_dir.clone(), cli.state_dir.clone())?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -688,3 +688,14 @@ pub fn attached_programs(ns: &Netns, ifname: &str) -> (usize, usize) {
     });
     (xdp, tcx + tc_filters)
 }
+
+/// The running kernel's (major, minor), from uname(2): ground truth for which attach
+/// points exist (TCX arrived in 6.6).
+pub fn kernel_version() -> (u32, u32) {
+    let release = sh(&["uname", "-r"]);
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}

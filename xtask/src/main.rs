@@ -6,6 +6,7 @@
 
 mod setup;
 mod test;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -40,6 +41,11 @@ enum Cmd {
         /// Only tests whose name contains this string.
         filter: Option<String>,
     },
+    /// Only the privileged suites in qemu on the kernels listed in xtask/src/vm.rs.
+    Vm {
+        /// Run only tests whose name contains this.
+        filter: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -49,6 +55,16 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build(release).map(|_| ()),
         Cmd::Run { args } => run(&args),
         Cmd::Test { filter } => test::run(filter.as_deref()),
+        Cmd::Vm { filter } => {
+            let bin = build(false)?;
+            match vm::run(&bin, filter.as_deref())? {
+                vm::Outcome::Passed => Ok(()),
+                vm::Outcome::Skipped(why) => {
+                    eprintln!("SKIPPED: VM tests: {why}");
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

@@ -91,6 +91,13 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         }
         run_cmd(&mut cmd).context("the end-to-end tests failed with --tc-attach clsact")?;
     }
+    if privileged {
+        // The same suites on the kernels in vm::KERNELS (kprobes, no TCX), in qemu.
+        progress("running the privileged suites in qemu on other kernels (cargo xtask vm)");
+        if let crate::vm::Outcome::Skipped(why) = crate::vm::run(&bin, filter)? {
+            eprintln!("SKIPPED: the VM step: {why}");
+        }
+    }
     if !privileged {
         eprintln!(
             "SKIPPED: the privileged tests (reported as `ignored` above) need root: \

@@ -1,0 +1,469 @@
+//! The privileged test suites on other kernels, booted in qemu with software emulation
+//! (../shared/TOOLCHAIN.md, "Testing on another kernel in qemu"). This host's kernel has
+//! TCX and no kprobes; Debian 12's 6.1 has kprobes and no TCX, so the kprobe hooks and the
+//! clsact attach path run there for real.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{progress, run_cmd, setup, workspace_root};
+
+/// Kernels to boot, as Debian package names (a metapackage resolves to its current image).
+/// Adding a kernel class is one line here.
+pub const KERNELS: &[&str] = &["linux-image-cloud-amd64"];
+
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// Modules the tests need that Debian's cloud kernel builds as modules, in load order (the
+/// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first). The diag modules
+/// give sock_diag, which lists idle sockets.
+const MODULES: &[&str] = &[
+    "drivers/net/veth.ko",
+    "net/sched/sch_ingress.ko",
+    "net/sched/cls_bpf.ko",
+    "net/ipv4/inet_diag.ko",
+    "net/ipv4/tcp_diag.ko",
+    "net/ipv4/udp_diag.ko",
+];
+/// Per boot: TCG is slow, and the suites run one test at a time.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The test binaries that run in the guest.
+const SUITES: &[&str] = &["packets", "flows", "droplist"];
+
+pub enum Outcome {
+    Passed,
+    Skipped(String),
+}
+
+fn vm_dir() -> PathBuf {
+    workspace_root().join("target/vm")
+}
+
+/// Resolves a metapackage to the concrete kernel image package.
+fn resolve(pkg: &str) -> Result<String> {
+    if pkg.starts_with("linux-image-") && pkg.chars().nth(12).is_some_and(|c| c.is_ascii_digit()) {
+        return Ok(pkg.to_string());
+    }
+    let out = Command::new("apt-cache")
+        .args(["depends", pkg])
+        .output()
+        .context("apt-cache depends")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .map(str::to_string)
+        .with_context(|| format!("`apt-cache depends {pkg}` names no linux-image package"))
+}
+
+fn kernel_dir(pkg: &str) -> PathBuf {
+    vm_dir().join("kernels").join(pkg)
+}
+
+/// Downloads (not installs) a kernel package, unless it is unpacked already or cached.
+fn download_kernel(pkg: &str) -> Result<Option<PathBuf>> {
+    if kernel_dir(pkg).join("boot").is_dir() {
+        progress(&format!("kernel {pkg}: present"));
+        return Ok(None);
+    }
+    let debs = vm_dir().join("debs");
+    fs::create_dir_all(&debs)?;
+    let have_deb = |debs: &Path| {
+        fs::read_dir(debs).ok().and_then(|d| {
+            d.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pkg}_"))
+            })
+        })
+    };
+    let deb = match have_deb(&debs) {
+        Some(d) => d,
+        None => {
+            progress(&format!("kernel {pkg}: downloading"));
+            let st = Command::new("apt-get")
+                .current_dir(&debs)
+                .args(["download", pkg])
+                .status()
+                .context("apt-get download")?;
+            if !st.success() {
+                // The package lists may be stale on a fresh machine.
+                run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+                run_cmd(
+                    Command::new("apt-get")
+                        .current_dir(&debs)
+                        .args(["download", pkg]),
+                )?;
+            }
+            have_deb(&debs).context("apt-get download produced no .deb")?
+        }
+    };
+    Ok(Some(deb))
+}
+
+/// Unpacks a downloaded kernel package; returns its unpacked root.
+fn unpack_kernel(pkg: &str, deb: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = kernel_dir(pkg);
+    let Some(deb) = deb else {
+        return Ok(dir);
+    };
+    progress(&format!("kernel {pkg}: unpacking"));
+    // Not `with_extension`: the package name has dots in it.
+    let tmp = dir.with_file_name(format!("{pkg}.tmp"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(vm_dir().join("kernels"))?;
+    run_cmd(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+    fs::rename(&tmp, &dir)?;
+    Ok(dir)
+}
+
+/// Paths of the shared libraries an ELF needs, from ldd.
+fn libs(bin: &Path) -> Vec<PathBuf> {
+    let Ok(out) = Command::new("ldd").arg(bin).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect()
+}
+
+fn copy_into(root: &Path, src: &Path, dst_rel: &Path) -> Result<()> {
+    let dst = root.join(dst_rel.strip_prefix("/").unwrap_or(dst_rel));
+    fs::create_dir_all(dst.parent().unwrap())?;
+    fs::copy(src, &dst).with_context(|| format!("copying {} into the initramfs", src.display()))?;
+    Ok(())
+}
+
+/// Copies an executable and every library it links.
+fn add_elf(root: &Path, src: &Path, dst_rel: &Path, strip: bool) -> Result<()> {
+    copy_into(root, src, dst_rel)?;
+    if strip {
+        let dst = root.join(dst_rel.strip_prefix("/").unwrap_or(dst_rel));
+        run_cmd(Command::new("strip").arg("--strip-debug").arg(&dst))?;
+    }
+    for lib in libs(src) {
+        let real = fs::canonicalize(&lib).unwrap_or(lib.clone());
+        copy_into(root, &real, &lib)?;
+    }
+    Ok(())
+}
+
+/// The test executables cargo built for the suites.
+fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("cargo")
+        .current_dir(workspace_root())
+        .env("NETMON_EBPF_OBJ", crate::ebpf_object())
+        .args([
+            "test",
+            "-p",
+            "netmon-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = v["target"]["name"].as_str().unwrap_or("");
+        if let Some(exe) = v["executable"].as_str()
+            && SUITES.contains(&name)
+        {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    found.sort_by_key(|(n, _)| SUITES.iter().position(|s| s == n));
+    if found.len() != SUITES.len() {
+        bail!("expected test executables {SUITES:?}, cargo built {found:?}");
+    }
+    Ok(found)
+}
+
+fn which(cmd: &str) -> Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if p.is_empty() {
+        bail!("`{cmd}` is not installed");
+    }
+    Ok(fs::canonicalize(&p)?)
+}
+
+const INIT: &str = r#"#!/bin/sh
+# netmon VM test run: mount what the tests need, load modules, run each suite, power off.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+for m in /lib/netmon-modules/*.ko; do insmod "$m" || echo "NETMON-VM insmod $m failed"; done
+ip link set lo up
+export NETMON_BIN=/netmon/bin/netmon NETMON_TESTPEER=/netmon/bin/netmon-testpeer
+echo "NETMON-VM-KERNEL $(uname -r)"
+for t in /netmon/tests/*; do
+  name=$(basename "$t")
+  echo "NETMON-VM-SUITE $name"
+  "$t" --include-ignored --test-threads=1 $(cat /netmon/filter)
+  echo "NETMON-VM-EXIT $name $?"
+done
+echo "NETMON-VM-DONE"
+poweroff -f
+"#;
+
+/// Builds the initramfs for one kernel: busybox, ip/tc/bpftool, netmon, the test suites.
+fn build_initramfs(kernel_root: &Path, netmon_bin: &Path, filter: Option<&str>) -> Result<PathBuf> {
+    let version = fs::read_dir(kernel_root.join("lib/modules"))?
+        .flatten()
+        .next()
+        .context("the kernel package has no lib/modules")?
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let root = vm_dir().join(format!("initramfs-{version}"));
+    let _ = fs::remove_dir_all(&root);
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "etc",
+        "netmon/bin",
+        "netmon/tests",
+        "lib/netmon-modules",
+    ] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    std::os::unix::fs::symlink("/run", root.join("var/run").tap_parent()?)?;
+    copy_into(&root, &which("busybox")?, Path::new("/bin/busybox"))?;
+    let applets = Command::new("busybox").arg("--list").output()?;
+    for a in String::from_utf8_lossy(&applets.stdout).lines() {
+        let link = root.join("bin").join(a);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    // iproute2's ip (busybox's ignores `peer name` and has no netns), tc, bpftool: these
+    // go first in PATH order (usr/sbin) over busybox's applets of the same name.
+    for tool in ["ip", "tc", "bpftool"] {
+        let src = which(tool)?;
+        let dst = PathBuf::from("/usr/sbin").join(tool);
+        let _ = fs::remove_file(root.join("bin").join(tool));
+        add_elf(&root, &src, &dst, false)?;
+        std::os::unix::fs::symlink(&dst, root.join("bin").join(tool))?;
+    }
+    add_elf(&root, netmon_bin, Path::new("/netmon/bin/netmon"), true)?;
+    add_elf(
+        &root,
+        &netmon_bin.with_file_name("netmon-testpeer"),
+        Path::new("/netmon/bin/netmon-testpeer"),
+        true,
+    )?;
+    for (i, (name, exe)) in test_executables()?.into_iter().enumerate() {
+        add_elf(
+            &root,
+            &exe,
+            &PathBuf::from(format!("/netmon/tests/{i}-{name}")),
+            true,
+        )?;
+    }
+    for (i, m) in MODULES.iter().enumerate() {
+        let src = kernel_root
+            .join("lib/modules")
+            .join(&version)
+            .join("kernel")
+            .join(m);
+        let name = Path::new(m).file_name().unwrap().to_string_lossy();
+        fs::copy(&src, root.join(format!("lib/netmon-modules/{i:02}-{name}")))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    fs::write(root.join("init"), INIT)?;
+    fs::write(root.join("netmon/filter"), filter.unwrap_or(""))?;
+    run_cmd(Command::new("chmod").arg("755").arg(root.join("init")))?;
+    let image = vm_dir().join(format!("initramfs-{version}.cpio.gz"));
+    run_cmd(Command::new("sh").current_dir(&root).arg("-c").arg(format!(
+        "find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        image.display()
+    )))
+    .context("packing the initramfs")?;
+    Ok(image)
+}
+
+trait TapParent {
+    fn tap_parent(self) -> Result<PathBuf>;
+}
+
+impl TapParent for PathBuf {
+    /// Creates the parent directory and returns the path.
+    fn tap_parent(self) -> Result<PathBuf> {
+        fs::create_dir_all(self.parent().unwrap())?;
+        Ok(self)
+    }
+}
+
+enum Boot {
+    Finished(String),
+    Hung(String),
+}
+
+/// Boots once; streams the serial console to stdout and returns it.
+fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Boot> {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-nic", "none", "-no-reboot", "-kernel"])
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let log_path = log.to_path_buf();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut f = fs::File::create(&log_path).ok();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[vm] {line}");
+            if let Some(f) = f.as_mut() {
+                use std::io::Write as _;
+                let _ = writeln!(f, "{line}");
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc_kill(pid as i32, 9) };
+            let _ = child.wait();
+            let out = reader.join().unwrap_or_default();
+            return Ok(Boot::Hung(out));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = reader.join().unwrap_or_default();
+    if out.contains("NETMON-VM-DONE") {
+        Ok(Boot::Finished(out))
+    } else {
+        Ok(Boot::Hung(out))
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs the privileged suites in a VM per kernel. Skipped (never passed) only where qemu or
+/// a kernel package cannot be installed.
+pub fn run(netmon_bin: &Path, filter: Option<&str>) -> Result<Outcome> {
+    let started = Instant::now();
+    if let Err(e) = setup::apt_install(VM_PACKAGES, "the VM tests") {
+        return Ok(Outcome::Skipped(format!("qemu cannot be installed: {e:#}")));
+    }
+    for spec in KERNELS {
+        let pkg = match resolve(spec) {
+            Ok(p) => p,
+            Err(e) => return Ok(Outcome::Skipped(format!("kernel {spec}: {e:#}"))),
+        };
+        let deb = match download_kernel(&pkg) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(Outcome::Skipped(format!(
+                    "kernel package {pkg} cannot be downloaded: {e:#}"
+                )));
+            }
+        };
+        let kroot = unpack_kernel(&pkg, deb)?;
+        progress(&format!("initramfs for {pkg}: building"));
+        let initrd = build_initramfs(&kroot, netmon_bin, filter)?;
+        let vmlinuz = fs::read_dir(kroot.join("boot"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("vmlinuz")
+            })
+            .context("no vmlinuz in the kernel package")?;
+        let log = vm_dir().join(format!("{pkg}.serial.log"));
+        let mut result = None;
+        for attempt in 1..=2 {
+            progress(&format!(
+                "booting {pkg} in qemu (TCG), attempt {attempt}; serial log {}",
+                log.display()
+            ));
+            match boot(&vmlinuz, &initrd, &log)? {
+                Boot::Finished(out) => {
+                    result = Some(out);
+                    break;
+                }
+                Boot::Hung(out) if attempt == 2 => bail!(
+                    "the {pkg} VM hung or died twice; serial log tail:\n{}",
+                    tail(&out, 40)
+                ),
+                Boot::Hung(_) => eprintln!("VM hung or died; retrying once"),
+            }
+        }
+        let out = result.expect("finished");
+        let failed: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("NETMON-VM-EXIT "))
+            .filter(|l| !l.ends_with(" 0"))
+            .collect();
+        let suites = out.matches("NETMON-VM-EXIT ").count();
+        if suites != SUITES.len() || !failed.is_empty() {
+            bail!(
+                "VM tests on {pkg} failed (suites finished: {suites}, failed: {failed:?}); see \
+                 {}",
+                log.display()
+            );
+        }
+    }
+    progress(&format!(
+        "VM tests passed on {} kernel(s) in {:.0} s",
+        KERNELS.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Outcome::Passed)
+}
