@@ -689,10 +689,41 @@ pub fn netmon_udp_sendmsg(ctx: ProbeContext) -> u32 {
     0
 }
 
+// ---------------------------------------------------------------------------------------------
+// Benchmark references (`cargo xtask bench`): never attached by the daemon.
+
 /// An XDP program that does nothing: the baseline that benchmarks subtract.
 #[xdp]
 pub fn netmon_xdp_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// A TC program that does nothing: the egress baseline.
+#[classifier]
+pub fn netmon_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Parses as `netmon_xdp` does and touches no map: the cost of parsing alone.
+#[xdp]
+pub fn netmon_xdp_parse(ctx: XdpContext) -> u32 {
+    parse_only(ctx.data(), ctx.data_end());
+    xdp_action::XDP_PASS
+}
+
+/// Parses as `netmon_tc_egress` does and touches no map.
+#[classifier]
+pub fn netmon_tc_parse(ctx: TcContext) -> i32 {
+    parse_only(ctx.data(), ctx.data_end());
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn parse_only(data: usize, end: usize) {
+    let mut p = Parsed::new();
+    let r = parse(&Packet { data, end }, &mut p);
+    // Keep the parse: its result is otherwise unused and would be optimised away.
+    core::hint::black_box((&p, r));
 }
 
 #[cfg(target_arch = "bpf")]
