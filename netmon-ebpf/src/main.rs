@@ -723,7 +723,7 @@ fn parse_only(data: usize, end: usize) {
     let mut p = Parsed::new();
     let r = parse(&Packet { data, end }, &mut p);
     // Keep the parse: its result is otherwise unused and would be optimised away.
-    core::hint::black_box((&p, r));
+    let _ = core::hint::black_box((&p, r));
 }
 
 #[cfg(target_arch = "bpf")]

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use netmon_common::{
@@ -61,7 +62,8 @@ pub struct FlowEntry {
     /// Bytes/s and packets/s over the last interval.
     pub rate_bps: f64,
     pub rate_pps: f64,
-    pub owner: Option<Owner>,
+    /// Shared: cloning a flow for a snapshot copies a pointer, not the command name.
+    pub owner: Option<Arc<Owner>>,
     /// Traffic not yet credited to a process (waiting for attribution).
     pending_bytes: u64,
     pending_packets: u64,
@@ -193,7 +195,7 @@ impl Tracker {
 
             if e.owner.is_none() && (s.key.proto == IPPROTO_TCP || s.key.proto == IPPROTO_UDP) {
                 if should_try(e.attrib_tries) {
-                    e.owner = lookup(&s.key);
+                    e.owner = lookup(&s.key).map(Arc::new);
                 }
                 e.attrib_tries += 1;
             }
@@ -204,8 +206,7 @@ impl Tracker {
                 let name = e
                     .owner
                     .as_ref()
-                    .map(|o| o.comm.clone())
-                    .unwrap_or_else(|| UNKNOWN_PROCESS.to_string());
+                    .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
                 credit(
                     &mut self.procs,
                     &mut out.proc_deltas,
@@ -240,8 +241,8 @@ impl Tracker {
             {
                 let name = e
                     .owner
-                    .map(|o| o.comm)
-                    .unwrap_or_else(|| UNKNOWN_PROCESS.to_string());
+                    .as_ref()
+                    .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
                 credit(
                     &mut self.procs,
                     &mut out.proc_deltas,
@@ -299,15 +300,22 @@ impl Tracker {
 fn credit(
     procs: &mut BTreeMap<String, ProcTotals>,
     deltas: &mut BTreeMap<String, ProcDelta>,
-    name: String,
+    name: &str,
     direction: u8,
     bytes: u64,
     packets: u64,
     interval_s: f64,
     last_ns: u64,
 ) {
-    let p = procs.entry(name.clone()).or_default();
-    let d = deltas.entry(name).or_default();
+    // Allocates a name only for a process not seen before.
+    if !procs.contains_key(name) {
+        procs.insert(name.to_string(), ProcTotals::default());
+    }
+    if !deltas.contains_key(name) {
+        deltas.insert(name.to_string(), ProcDelta::default());
+    }
+    let p = procs.get_mut(name).expect("inserted above");
+    let d = deltas.get_mut(name).expect("inserted above");
     if direction == DIR_INGRESS {
         p.rx_bytes += bytes;
         p.rx_packets += packets;
@@ -458,9 +466,25 @@ impl Tracker {
     /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
     /// no traffic (listeners, TIME_WAIT...).
     pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
+        connections(self.flows.values(), sockets)
+    }
+
+    /// A copy of the flow table for building the connection table outside the drain: cheap
+    /// (owners are shared), so the drain waits only for the copy.
+    pub fn flow_snapshot(&self) -> Vec<FlowEntry> {
+        self.flows.values().cloned().collect()
+    }
+}
+
+/// The connection table of `flows` and `sockets` (see `Tracker::connections`).
+pub fn connections<'a>(
+    flows: impl Iterator<Item = &'a FlowEntry>,
+    sockets: &[SocketRow],
+) -> Vec<Connection> {
+    {
         // The TCP flags of each row, OR-ed over its flows.
         let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
-        for e in self.flows.values() {
+        for e in flows {
             let k = e.key;
             let ck = (
                 k.proto,
@@ -534,7 +558,9 @@ impl Tracker {
         }
         by_tuple.into_values().map(|(c, _)| c).collect()
     }
+}
 
+impl Tracker {
     /// Per-process totals and rates, busiest first.
     pub fn processes(&self) -> Vec<ProcessRow> {
         let mut rows: Vec<ProcessRow> = self

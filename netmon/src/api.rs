@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    aggregate::{Connection, ProcessRow},
+    aggregate::{self, Connection, ProcessRow, SocketRow, Tracker},
     load::Hook,
     load::Monitored,
     metrics::Metrics,
@@ -85,10 +85,20 @@ pub struct Status {
     pub drains: u64,
 }
 
+/// The flow table and the sockets of the last drain: the connection table is built from
+/// them when `/api/network-stats` is asked for, not on every drain.
+#[derive(Default)]
+pub struct Table {
+    pub tracker: Tracker,
+    pub sockets: Vec<SocketRow>,
+}
+
 /// What the drain loop publishes and the handlers read.
 #[derive(Default)]
 pub struct Shared {
+    /// Everything but `connections`, which comes from `table`.
     pub stats: RwLock<NetworkStats>,
+    pub table: RwLock<Table>,
     pub status: RwLock<Status>,
     pub metrics: Metrics,
 }
@@ -113,7 +123,19 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
-    Json(s.stats.read().expect("lock not poisoned").clone())
+    // Off the async workers: with a million flows this takes a while, and the drain waits
+    // only for the copy of the flow table.
+    let built = tokio::task::spawn_blocking(move || {
+        let mut stats = s.stats.read().expect("lock not poisoned").clone();
+        let (flows, sockets) = {
+            let t = s.table.read().expect("lock not poisoned");
+            (t.tracker.flow_snapshot(), t.sockets.clone())
+        };
+        stats.connections = aggregate::connections(flows.iter(), &sockets);
+        stats
+    })
+    .await;
+    Json(built.expect("the connection table builder does not panic"))
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     act::{commands::DropList, droplist::DropMaps, state::now_ms},
-    aggregate::{FlowSample, Owner, SocketRow, Tracker},
+    aggregate::{FlowSample, Owner, SocketRow},
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
     config::RunConfig,
     drain::{Maps, monotonic_ns},
@@ -142,7 +142,6 @@ fn entry_counts(
 /// State the drain loop keeps between ticks.
 struct Drain {
     maps: Maps,
-    tracker: Tracker,
     diag: Option<SockDiag>,
     samples: Vec<FlowSample>,
     last_ns: u64,
@@ -174,12 +173,16 @@ impl Drain {
         self.last_ns = now;
 
         self.maps.read_flows(&mut self.samples)?;
+        // The connection table is built from this on request (api.rs), not every tick.
+        let sockets = self.socket_rows();
+        let mut table = shared.table.write().expect("lock not poisoned");
+        let table = &mut *table;
+        table.sockets = sockets;
+        let tracker = &mut table.tracker;
         let maps = &self.maps;
-        let out = self
-            .tracker
-            .apply_flows(&self.samples, now, interval_s, self.idle_ns, |k| {
-                maps.owner(k).map(Owner::from)
-            });
+        let out = tracker.apply_flows(&self.samples, now, interval_s, self.idle_ns, |k| {
+            maps.owner(k).map(Owner::from)
+        });
         if !out.expired.is_empty() {
             self.maps
                 .delete_flows(&out.expired)
@@ -192,7 +195,7 @@ impl Drain {
             .into_iter()
             .map(|(k, s)| (k.ifindex, k.direction, s.bytes, s.packets))
             .collect();
-        self.tracker.apply_ifaces(&ifaces, interval_s);
+        tracker.apply_ifaces(&ifaces, interval_s);
         let m = &shared.metrics;
         for &(ifindex, dir, bytes, packets) in &ifaces {
             let name = self
@@ -240,11 +243,10 @@ impl Drain {
         }
         self.prev_counters = counters;
         m.flow_evictions
-            .inc_by(self.tracker.evictions - self.prev_evictions);
-        m.flows_expired
-            .inc_by(self.tracker.expired - self.prev_expired);
-        self.prev_evictions = self.tracker.evictions;
-        self.prev_expired = self.tracker.expired;
+            .inc_by(tracker.evictions - self.prev_evictions);
+        m.flows_expired.inc_by(tracker.expired - self.prev_expired);
+        self.prev_evictions = tracker.evictions;
+        self.prev_expired = tracker.expired;
         let active = self.samples.len() - out.expired.len().min(self.samples.len());
         m.flows_active.set(active as i64);
         m.map_entries
@@ -254,12 +256,8 @@ impl Drain {
             .with_label_values(&["flows"])
             .set(self.flow_capacity as i64);
 
-        let sockets = self.socket_rows();
-        let connections = self.tracker.connections(&sockets);
-
         let mut stats = NetworkStats {
-            connections,
-            processes: self.tracker.processes(),
+            processes: tracker.processes(),
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -268,12 +266,7 @@ impl Drain {
             ..Default::default()
         };
         for (ifindex, name) in &self.names {
-            let t = self
-                .tracker
-                .ifaces
-                .get(ifindex)
-                .cloned()
-                .unwrap_or_default();
+            let t = tracker.ifaces.get(ifindex).cloned().unwrap_or_default();
             let f = iface::link_facts(name);
             stats.total_bytes_sent += t.tx_bytes;
             stats.total_bytes_recv += t.rx_bytes;
@@ -311,8 +304,8 @@ impl Drain {
         }];
         status.kernel_events = kernel_events;
         status.flows_active = active as u64;
-        status.flow_evictions = self.tracker.evictions;
-        status.flows_expired = self.tracker.expired;
+        status.flow_evictions = tracker.evictions;
+        status.flows_expired = tracker.expired;
         status.last_drain_seconds = elapsed.as_secs_f64();
         status.drains = self.drains;
         *shared.stats.write().expect("lock not poisoned") = stats;
@@ -427,6 +420,12 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             Ok(())
         },
     )?;
+    // Loading parsed the kernel's BTF (megabytes, freed now): give that memory back.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     // Nothing below can fail before the loop, so every exit goes through detach().
     let (maps_d, state, maps) = drop_maps.expect("before_attach ran");
     let mut drops = Drops {
@@ -465,7 +464,6 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let mut drain = Drain {
         flow_capacity: maps.flow_capacity(),
         maps,
-        tracker: Tracker::default(),
         diag,
         samples: Vec::new(),
         last_ns: monotonic_ns(),

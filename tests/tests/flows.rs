@@ -319,8 +319,8 @@ fn status_and_flows_commands_say_what_is_active() {
         assert!(!active("tcp_connect", "tracepoint"), "{status}");
         let log = d.log_text();
         assert!(
-            log.lines().any(|l| l.contains("hook active")
-                && l.contains("kind=kprobe target=tcp_connect")),
+            log.lines()
+                .any(|l| l.contains("hook active") && l.contains("kind=kprobe target=tcp_connect")),
             "{log}"
         );
     } else {

@@ -4,6 +4,7 @@
 //! a prebuilt `core` for bpfel-unknown-none) plus a bpf-linker built against the same LLVM.
 //! Where rustup nightly has rust-src (a developer laptop), `-Z build-std=core` is used instead.
 
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -41,6 +42,11 @@ enum Cmd {
         /// Only tests whose name contains this string.
         filter: Option<String>,
     },
+    /// Run the benchmarks (as root) and write BENCHMARKS.md.
+    Bench {
+        /// Sections to run: packets, throughput, drain, droplist (default: all).
+        sections: Vec<String>,
+    },
     /// Only the privileged suites in qemu on the kernels listed in xtask/src/vm.rs.
     Vm {
         /// Run only tests whose name contains this.
@@ -55,6 +61,7 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build(release).map(|_| ()),
         Cmd::Run { args } => run(&args),
         Cmd::Test { filter } => test::run(filter.as_deref()),
+        Cmd::Bench { sections } => bench::run(&sections),
         Cmd::Vm { filter } => {
             let bin = build(false)?;
             match vm::run(&bin, filter.as_deref())? {

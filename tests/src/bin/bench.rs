@@ -35,9 +35,9 @@ fn main() {
     netmon_tests::require_root();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let mut md = header();
     // One CPU for the per-packet figures: BPF_PROG_TEST_RUN runs on the caller's CPU.
     pin_to_cpu(0);
-    let mut md = header();
     if want("packets") {
         md += &packets();
     }
@@ -92,7 +92,10 @@ fn header() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -173,7 +176,9 @@ fn netmon_prog_runtime() -> Duration {
 // 1. Per-packet cost through BPF_PROG_TEST_RUN.
 
 const LOCAL4: [u8; 4] = [192, 0, 2, 1];
-const LOCAL6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const LOCAL6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
 
 /// The remote address of synthetic flow `i`: 10.0.0.0/8 and 2001:db8:1::/48, which no
 /// generated ban covers.
@@ -326,7 +331,14 @@ fn packets() -> String {
     let mut empty_ns = Vec::new();
     for &(v6, family) in &[(false, "IPv4"), (true, "IPv6")] {
         for &(ingress, hook, prog, empty, parse_prog, pass_ret) in &[
-            (true, "XDP", "netmon_xdp", "netmon_xdp_empty", "netmon_xdp_parse", 2u32),
+            (
+                true,
+                "XDP",
+                "netmon_xdp",
+                "netmon_xdp_empty",
+                "netmon_xdp_parse",
+                2u32,
+            ),
             (
                 false,
                 "TC",
@@ -416,10 +428,17 @@ fn packets() -> String {
                     state.bans.push(ban(&net));
                 }
                 maps.sync(&state).unwrap();
-                assert_ne!(rig.run(prog, &banned[0]).0, pass_ret, "a banned packet passed");
+                assert_ne!(
+                    rig.run(prog, &banned[0]).0,
+                    pass_ret,
+                    "a banned packet passed"
+                );
                 let (m, p, _) = versus(&rig, prog, empty, |_| banned.clone());
                 rows.push(Row {
-                    case: format!("banned {} drop (exact entry)", if ingress { "source" } else { "destination" }),
+                    case: format!(
+                        "banned {} drop (exact entry)",
+                        if ingress { "source" } else { "destination" }
+                    ),
                     family,
                     hook,
                     flows: "–".into(),
@@ -438,16 +457,24 @@ fn packets() -> String {
                     .map(|n| ban(&n))
                     .collect();
                 state.allows.push(AllowEntry {
-                    net: if v6 { "2001:db8:2::/48" } else { "192.0.2.128/25" }
-                        .parse()
-                        .unwrap(),
+                    net: if v6 {
+                        "2001:db8:2::/48"
+                    } else {
+                        "192.0.2.128/25"
+                    }
+                    .parse()
+                    .unwrap(),
                     reason: String::new(),
                     uid: 0,
                     added_ms: 0,
                 });
                 maps.sync(&state).unwrap();
                 let pool = hit_pool(1);
-                assert_eq!(rig.run(prog, &pool[0]).0, pass_ret, "an unbanned packet dropped");
+                assert_eq!(
+                    rig.run(prog, &pool[0]).0,
+                    pass_ret,
+                    "an unbanned packet dropped"
+                );
                 let (m, p, _) = versus(&rig, prog, empty, |pass| hit_pool(pass + 1));
                 rows.push(Row {
                     case: "allow-list miss, 100,000-prefix ban list, flow hit".into(),
@@ -529,7 +556,12 @@ fn generated_prefixes(n: usize, v6: bool, seed: u64) -> Vec<String> {
         } else {
             let len = 16 + (x % 17) as u32; // /16../32
             let a = (x >> 32) as u32;
-            if a >> 24 == 10 || a >> 8 == 0xc0_00_02 || a >> 24 == 0 || a >> 24 >= 224 || a >> 24 == 127 {
+            if a >> 24 == 10
+                || a >> 8 == 0xc0_00_02
+                || a >> 24 == 0
+                || a >> 24 >= 224
+                || a >> 24 == 127
+            {
                 continue;
             }
             let net = a & !(u32::MAX.checked_shr(len).unwrap_or(0));
@@ -576,7 +608,10 @@ fn start_monitor(name: &'static str, p: &Pair) -> Monitor {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .env("TERM", "dumb");
-        Some(cmd.spawn().unwrap_or_else(|e| panic!("starting {args:?}: {e}")))
+        Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("starting {args:?}: {e}")),
+        )
     };
     let m = match name {
         "none" => Monitor {
@@ -637,7 +672,9 @@ struct Sample {
 /// netmon) and the machine's CPU over the same interval.
 fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &p.b.name, "iperf3", "-s", "-1", "-B", p.b_v4])
+        .args([
+            "netns", "exec", &p.b.name, "iperf3", "-s", "-1", "-B", p.b_v4,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -650,7 +687,9 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
         machine_cpu().0,
     );
     let t = secs.to_string();
-    let mut args = vec!["netns", "exec", &p.a.name, "iperf3", "-c", p.b_v4, "-t", &t, "-J"];
+    let mut args = vec![
+        "netns", "exec", &p.a.name, "iperf3", "-c", p.b_v4, "-t", &t, "-J",
+    ];
     if udp {
         args.extend(["-u", "-b", "0", "-l", "64"]);
     }
@@ -661,14 +700,22 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
         machine_cpu().0,
     );
     let _ = server.wait();
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("iperf3 output: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let (bytes, seconds, packets) = if udp {
         let s = &v["end"]["sum"];
         let lost = s["lost_packets"].as_f64().unwrap_or(0.0);
         let sent = s["packets"].as_f64().unwrap_or(0.0);
         let recv = sent - lost;
-        (recv * 64.0, s["seconds"].as_f64().unwrap_or(secs as f64), recv)
+        (
+            recv * 64.0,
+            s["seconds"].as_f64().unwrap_or(secs as f64),
+            recv,
+        )
     } else {
         let s = &v["end"]["sum_received"];
         let b = s["bytes"].as_f64().unwrap();
@@ -706,7 +753,10 @@ fn throughput() -> String {
          (kernel.bpf_stats_enabled); \"machine CPU\" is every CPU's busy time over the run \
          (iperf3 itself included).\n\n"
     );
-    for &(udp, title) in &[(false, "TCP (iperf3 default 128 KiB writes)"), (true, "UDP, 64-byte datagrams (iperf3 -u -b 0 -l 64)")] {
+    for &(udp, title) in &[
+        (false, "TCP (iperf3 default 128 KiB writes)"),
+        (true, "UDP, 64-byte datagrams (iperf3 -u -b 0 -l 64)"),
+    ] {
         eprintln!("  {title}");
         let _ = write!(
             md,
@@ -732,8 +782,18 @@ fn throughput() -> String {
                     .map(|s| if udp { s.pps / 1e3 } else { s.gbit_s })
                     .collect::<Vec<_>>(),
             );
-            let mcpu = median(&samples.iter().map(|s| s.machine_cpu_s / s.gbytes).collect::<Vec<_>>());
-            let ocpu = median(&samples.iter().map(|s| s.monitor_cpu_s / s.gbytes).collect::<Vec<_>>());
+            let mcpu = median(
+                &samples
+                    .iter()
+                    .map(|s| s.machine_cpu_s / s.gbytes)
+                    .collect::<Vec<_>>(),
+            );
+            let ocpu = median(
+                &samples
+                    .iter()
+                    .map(|s| s.monitor_cpu_s / s.gbytes)
+                    .collect::<Vec<_>>(),
+            );
             if name == "none" {
                 base = rate;
             }
@@ -742,7 +802,11 @@ fn throughput() -> String {
                 md,
                 "| {name} | {rate:.2} | {:.1}% | {mcpu:.2} | {} |",
                 100.0 * rate / base,
-                if name == "none" { "–".into() } else { format!("{ocpu:.4}") }
+                if name == "none" {
+                    "–".into()
+                } else {
+                    format!("{ocpu:.4}")
+                }
             );
         }
         md += "\n";
@@ -828,7 +892,10 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
             };
             // SAFETY: FlowStats is plain repr(C) data; the slot has room for it.
             let bytes = unsafe {
-                std::slice::from_raw_parts((&s as *const FlowStats).cast::<u8>(), size_of::<FlowStats>())
+                std::slice::from_raw_parts(
+                    (&s as *const FlowStats).cast::<u8>(),
+                    size_of::<FlowStats>(),
+                )
             };
             let at = k * ncpus * stride;
             vals[at..at + bytes.len()].copy_from_slice(bytes);
@@ -849,7 +916,11 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
                 size_of::<BatchAttr>() as u32,
             )
         };
-        assert!(r == 0, "BPF_MAP_UPDATE_BATCH: {}", std::io::Error::last_os_error());
+        assert!(
+            r == 0,
+            "BPF_MAP_UPDATE_BATCH: {}",
+            std::io::Error::last_os_error()
+        );
         start = end;
     }
 }
@@ -889,12 +960,11 @@ fn drain() -> String {
             &CAPACITY.to_string(),
         ],
     );
-    let ifindex: u32 = p
-        .a
-        .exec(&["cat", &format!("/sys/class/net/{}/ifindex", p.a_if)])
-        .trim()
-        .parse()
-        .unwrap();
+    let ifindex: u32 =
+        p.a.exec(&["cat", &format!("/sys/class/net/{}/ifindex", p.a_if)])
+            .trim()
+            .parse()
+            .unwrap();
     let map = daemon_flow_map(CAPACITY);
     let pid = d.pid();
     let rss_idle = rss_mib(pid);
@@ -938,7 +1008,9 @@ fn drain() -> String {
         }
         let cpu_tick_ms = (proc_cpu(pid) - cpu0) * 1e3 / (last - start) as f64;
         let rss = rss_mib(pid);
-        let metrics: Vec<(f64, usize)> = (0..5).map(|_| timed_get(&p.a, &d.api, "/metrics")).collect();
+        let metrics: Vec<(f64, usize)> = (0..5)
+            .map(|_| timed_get(&p.a, &d.api, "/metrics"))
+            .collect();
         let stats: Vec<(f64, usize)> = (0..5)
             .map(|_| timed_get(&p.a, &d.api, "/api/network-stats"))
             .collect();
