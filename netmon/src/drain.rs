@@ -22,6 +22,7 @@ use netmon_common::{
 use crate::aggregate::FlowSample;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
@@ -36,6 +37,30 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+/// Writes `keys.len()` entries with one BPF_MAP_UPDATE_BATCH. `values` holds one value per
+/// key, each as the kernel lays it out (for per-CPU maps: every possible CPU's slot, 8-byte
+/// aligned). The benchmarks fill the daemon's flow map with it.
+pub fn update_batch<K: Copy>(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &[K],
+    values: &[u8],
+) -> io::Result<()> {
+    if keys.is_empty() || !values.len().is_multiple_of(keys.len()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "values must hold one equal-sized value per key",
+        ));
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
 
 fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {

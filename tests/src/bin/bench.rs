@@ -6,7 +6,7 @@
 
 use std::{
     fmt::Write as _,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,6 +19,7 @@ use netmon::act::{
     droplist::DropMaps,
     state::{AllowEntry, BanEntry, Kind, State},
 };
+use netmon::drain::monotonic_ns;
 use netmon_common::{DIR_INGRESS, FlowKey, FlowStats, IPPROTO_UDP, v4_mapped};
 use netmon_tests::{Daemon, Netns, Pair, PinDir, ns_get, ns_json, packet::*, sh};
 use serde_json::Value;
@@ -893,21 +894,6 @@ fn have(cmd: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // 3 and 4. Drain cost, daemon memory and scrape cost at 10k, 100k and 1M flows.
 
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 /// The daemon's flow map: the newest map named NETMON_FLOWS with the given size.
 fn daemon_flow_map(max_entries: u32) -> aya::maps::MapInfo {
     aya::maps::loaded_maps()
@@ -959,39 +945,9 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
             let at = k * ncpus * stride;
             vals[at..at + bytes.len()].copy_from_slice(bytes);
         }
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: vals.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: fd.as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: attr points at buffers of `count` keys and values that outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        assert!(
-            r == 0,
-            "BPF_MAP_UPDATE_BATCH: {}",
-            std::io::Error::last_os_error()
-        );
+        netmon::drain::update_batch(fd.as_fd(), &keys, &vals).expect("BPF_MAP_UPDATE_BATCH");
         start = end;
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn timed_get(ns: &Netns, api: &str, path: &str) -> (f64, usize) {
