@@ -481,83 +481,81 @@ pub fn connections<'a>(
     flows: impl Iterator<Item = &'a FlowEntry>,
     sockets: &[SocketRow],
 ) -> Vec<Connection> {
-    {
-        // The TCP flags of each row, OR-ed over its flows.
-        let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
-        for e in flows {
-            let k = e.key;
-            let ck = (
-                k.proto,
-                k.local_addr,
-                k.local_port,
-                k.remote_addr,
-                k.remote_port,
-            );
-            let (c, flags) = by_tuple.entry(ck).or_insert_with(|| {
-                (
-                    new_connection(
-                        k.proto,
-                        (k.local_addr, k.local_port),
-                        (k.remote_addr, k.remote_port),
-                    ),
-                    0,
-                )
-            });
-            if k.direction == DIR_INGRESS {
-                c.bytes_recv += e.bytes;
-                c.packets_recv += e.packets;
-                c.recv_rate += e.rate_bps;
-            } else {
-                c.bytes_sent += e.bytes;
-                c.packets_sent += e.packets;
-                c.send_rate += e.rate_bps;
-            }
-            c.duration = c
-                .duration
-                .max(e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9);
-            *flags |= e.tcp_flags;
-            if c.pid.is_none()
-                && let Some(o) = &e.owner
-            {
-                set_owner(c, o);
-            }
+    // The TCP flags of each row, OR-ed over its flows.
+    let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
+    for e in flows {
+        let k = e.key;
+        let ck = (
+            k.proto,
+            k.local_addr,
+            k.local_port,
+            k.remote_addr,
+            k.remote_port,
+        );
+        let (c, flags) = by_tuple.entry(ck).or_insert_with(|| {
+            (
+                new_connection(
+                    k.proto,
+                    (k.local_addr, k.local_port),
+                    (k.remote_addr, k.remote_port),
+                ),
+                0,
+            )
+        });
+        if k.direction == DIR_INGRESS {
+            c.bytes_recv += e.bytes;
+            c.packets_recv += e.packets;
+            c.recv_rate += e.rate_bps;
+        } else {
+            c.bytes_sent += e.bytes;
+            c.packets_sent += e.packets;
+            c.send_rate += e.rate_bps;
         }
-        for (c, flags) in by_tuple.values_mut() {
-            c.tcp_flags = flags_string(*flags);
-            // Without a socket (closed, or not in this namespace) the state is inferred.
-            c.status = match c.kind.as_str() {
-                "TCP" if *flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => "CLOSED",
-                "TCP" => "UNKNOWN",
-                _ => "NONE",
-            }
-            .to_string();
+        c.duration = c
+            .duration
+            .max(e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9);
+        *flags |= e.tcp_flags;
+        if c.pid.is_none()
+            && let Some(o) = &e.owner
+        {
+            set_owner(c, o);
         }
-        for s in sockets {
-            let ck = (
-                s.proto,
-                s.local_addr,
-                s.local_port,
-                s.remote_addr,
-                s.remote_port,
-            );
-            let (c, _) = by_tuple.entry(ck).or_insert_with(|| {
-                let mut c = new_connection(
-                    s.proto,
-                    (s.local_addr, s.local_port),
-                    (s.remote_addr, s.remote_port),
-                );
-                c.uid = Some(s.uid);
-                (c, 0)
-            });
-            c.status = s.state.clone();
-            if c.pid.is_none()
-                && let Some(o) = &s.owner
-            {
-                set_owner(c, o);
-            }
-        }
-        by_tuple.into_values().map(|(c, _)| c).collect()
     }
+    for (c, flags) in by_tuple.values_mut() {
+        c.tcp_flags = flags_string(*flags);
+        // Without a socket (closed, or not in this namespace) the state is inferred.
+        c.status = match c.kind.as_str() {
+            "TCP" if *flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => "CLOSED",
+            "TCP" => "UNKNOWN",
+            _ => "NONE",
+        }
+        .to_string();
+    }
+    for s in sockets {
+        let ck = (
+            s.proto,
+            s.local_addr,
+            s.local_port,
+            s.remote_addr,
+            s.remote_port,
+        );
+        let (c, _) = by_tuple.entry(ck).or_insert_with(|| {
+            let mut c = new_connection(
+                s.proto,
+                (s.local_addr, s.local_port),
+                (s.remote_addr, s.remote_port),
+            );
+            c.uid = Some(s.uid);
+            (c, 0)
+        });
+        c.status = s.state.clone();
+        if c.pid.is_none()
+            && let Some(o) = &s.owner
+        {
+            set_owner(c, o);
+        }
+    }
+    by_tuple.into_values().map(|(c, _)| c).collect()
 }
 
 impl Tracker {
