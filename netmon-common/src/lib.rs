@@ -2,6 +2,8 @@
 //!
 //! Every struct is `#[repr(C)]` with explicit padding, no `bool`/`Option`/enum fields, and a
 //! compile-time size/offset check, because the kernel and userspace must agree on every byte.
+//! Padding is spelt as integer fields, not byte arrays: zeroing a byte array in a BPF program
+//! compiles to a call to a byte-wise memset on the packet path.
 //! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
 //! type serves both families and dual-stack sockets match IPv4 packets.
 #![no_std]
@@ -52,7 +54,8 @@ pub struct FlowKey {
 pub const FLOW_FLAG_NO_PORTS: u8 = 0x01;
 
 /// Per-CPU counters of one `FlowKey`. Userspace sums bytes/packets/flags over CPUs, takes the
-/// minimum `first_seen_ns` and the maximum `last_seen_ns` (CLOCK_MONOTONIC nanoseconds).
+/// minimum `first_seen_ns` and the maximum `last_seen_ns` (CLOCK_MONOTONIC nanoseconds at
+/// the kernel's tick resolution: `bpf_ktime_get_coarse_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -63,7 +66,9 @@ pub struct FlowStats {
     pub last_seen_ns: u64,
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    pub _pad2: u16,
+    pub _pad3: u32,
 }
 
 /// Key of the per-interface totals map.
@@ -72,7 +77,63 @@ pub struct FlowStats {
 pub struct IfaceKey {
     pub ifindex: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+/// Interfaces with an index below this have their totals in a per-CPU array slot (no hash
+/// lookup on the packet path); the rest go to the per-interface hash map.
+pub const IFACE_SLOT_IFINDEXES: u32 = 256;
+/// Entries of the per-CPU interface array: one per (ifindex, direction).
+pub const IFACE_SLOTS: u32 = IFACE_SLOT_IFINDEXES * 2;
+
+/// The array slot of an interface and direction, if its index is small enough to have one.
+#[inline(always)]
+pub const fn iface_slot(ifindex: u32, direction: u8) -> Option<u32> {
+    if ifindex < IFACE_SLOT_IFINDEXES {
+        Some(ifindex * 2 + (direction & 1) as u32)
+    } else {
+        None
+    }
+}
+
+impl IfaceKey {
+    /// The key an `iface_slot` stands for.
+    pub const fn from_slot(slot: u32) -> Self {
+        Self {
+            ifindex: slot / 2,
+            direction: (slot % 2) as u8,
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+}
+
+impl DropKey {
+    /// The key a `drop_slot` stands for.
+    pub const fn from_slot(slot: u32) -> Self {
+        let iface = IfaceKey::from_slot(slot / DROP_KINDS);
+        Self {
+            ifindex: iface.ifindex,
+            direction: iface.direction,
+            kind: (slot % DROP_KINDS) as u8,
+            _pad: 0,
+        }
+    }
+}
+
+/// Ban kinds with a slot of their own in the per-CPU drop array (`ban_kind::*` < this).
+pub const DROP_KINDS: u32 = 4;
+/// Entries of the per-CPU drop array: one per (ifindex, direction, kind).
+pub const DROP_SLOTS: u32 = IFACE_SLOTS * DROP_KINDS;
+
+/// The drop-array slot of an interface, direction and ban kind, if it has one.
+#[inline(always)]
+pub const fn drop_slot(ifindex: u32, direction: u8, kind: u8) -> Option<u32> {
+    match iface_slot(ifindex, direction) {
+        Some(s) if (kind as u32) < DROP_KINDS => Some(s * DROP_KINDS + kind as u32),
+        _ => None,
+    }
 }
 
 /// Per-CPU totals of one interface and direction: every frame the hook saw, IP or not.
@@ -214,7 +275,8 @@ pub mod ban_kind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BanKey4 {
     pub generation: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
     pub addr: [u8; 4],
 }
 
@@ -222,7 +284,8 @@ pub struct BanKey4 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BanKey6 {
     pub generation: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
     pub addr: [u8; 16],
 }
 
@@ -236,16 +299,20 @@ pub type BanPrefix6 = [u8; 17];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanValue {
-    /// CLOCK_BOOTTIME nanoseconds after which the entry no longer drops; 0: never expires.
+    /// CLOCK_MONOTONIC nanoseconds after which the entry no longer drops; 0: never expires.
+    /// The programs compare it against `bpf_ktime_get_coarse_ns` (a read of the
+    /// timekeeper, no clock-source access), so an entry expires up to one kernel tick late.
     pub expires_ns: u64,
     /// Updated atomically by the programs.
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_BOOTTIME nanoseconds of the latest drop.
+    /// CLOCK_MONOTONIC nanoseconds (tick resolution) of the latest drop.
     pub last_hit_ns: u64,
     /// `ban_kind::*`.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    pub _pad2: u16,
+    pub _pad3: u32,
 }
 
 /// Key of the per-CPU drop counters.
@@ -256,7 +323,7 @@ pub struct DropKey {
     pub direction: u8,
     /// `ban_kind::*`.
     pub kind: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
 }
 
 /// Offsets inside `struct sock` (its embedded `struct sock_common`), read from the running

@@ -24,7 +24,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{classifier, kprobe, map, tracepoint, xdp},
     maps::{
@@ -34,12 +34,12 @@ use aya_ebpf::{
     programs::{ProbeContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
-    AF_INET, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS, DropKey,
-    FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey,
-    IfaceStats, PortKey, ProcInfo, SockKey, config, counter, dropcfg, sock_offsets, tcp_state,
-    tp_offsets, v4_mapped,
+    AF_INET, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS,
+    DROP_SLOTS, DropKey, FlowKey, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey, config, counter,
+    drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
 };
-use parse::{NOTE_NONE, Packet, Parsed, parse};
+use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_l3, parse_l4};
 
 // ---------------------------------------------------------------------------------------------
 // Maps. Sizes are defaults; the daemon sets them from its configuration before load.
@@ -51,8 +51,14 @@ static NETMON_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
     LruPerCpuHashMap::with_max_entries(65536, 0);
 
 /// Per-interface totals: every frame, IP or not, so they match the device's own counters.
+/// Interfaces with a small index have a slot in NETMON_IFACE_SLOTS (an array lookup, which
+/// the verifier inlines); the others are counted here.
 #[map]
 static NETMON_IFACES: PerCpuHashMap<IfaceKey, IfaceStats> = PerCpuHashMap::with_max_entries(256, 0);
+
+/// Per-interface totals indexed by `netmon_common::iface_slot`.
+#[map]
+static NETMON_IFACE_SLOTS: PerCpuArray<IfaceStats> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
 
 /// Event and error counters, indexed by `netmon_common::counter`.
 #[map]
@@ -98,9 +104,13 @@ static NETMON_ALLOW6: LpmTrie<[u8; 16], u64> = LpmTrie::pinned(65_536, 0);
 /// Generation in force and which maps are non-empty (`netmon_common::dropcfg`).
 #[map]
 static NETMON_DROPCFG: Array<u64> = Array::pinned(dropcfg::COUNT, 0);
-/// Dropped packets and bytes per interface, direction and ban kind.
+/// Dropped packets and bytes per interface, direction and ban kind, for interfaces with an
+/// index too large for NETMON_DROP_SLOTS.
 #[map]
 static NETMON_DROPS: PerCpuHashMap<DropKey, IfaceStats> = PerCpuHashMap::pinned(1024, 0);
+/// Dropped packets and bytes indexed by `netmon_common::drop_slot`: an array lookup.
+#[map]
+static NETMON_DROP_SLOTS: PerCpuArray<IfaceStats> = PerCpuArray::pinned(DROP_SLOTS, 0);
 
 // ---------------------------------------------------------------------------------------------
 // Read-only globals set by the loader (EbpfLoader::set_global) from the running kernel's BTF
@@ -155,6 +165,14 @@ fn global(v: &'static u32) -> usize {
     unsafe { core::ptr::read_volatile(v) as usize }
 }
 
+/// An all-zero value, for the padding of map keys and values: written as whole-word stores
+/// rather than a byte-array memset, which the BPF backend turns into a call.
+#[inline(always)]
+fn zeroed<T: Copy>() -> T {
+    // SAFETY: only used for netmon_common's plain-old-data types, valid when all zero.
+    unsafe { core::mem::zeroed() }
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = NETMON_COUNTERS.get_ptr_mut(index) {
@@ -172,6 +190,53 @@ fn config(index: u32) -> u64 {
 fn now_ns() -> u64 {
     // SAFETY: helper without preconditions. CLOCK_MONOTONIC, as userspace reads it.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// CLOCK_MONOTONIC at tick resolution (Linux 5.11+): a read of the timekeeper's last update,
+/// no clock-source access, so several times cheaper than `now_ns` on the packet path. Flow
+/// times only need to be good to a few milliseconds against a one-second drain.
+#[inline(always)]
+fn coarse_now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Adds a frame to an interface's totals.
+#[inline(always)]
+fn count_iface(ifindex: u32, direction: u8, len: u64) {
+    if let Some(slot) = iface_slot(ifindex, direction) {
+        if let Some(s) = NETMON_IFACE_SLOTS.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
+            unsafe {
+                (*s).bytes += len;
+                (*s).packets += 1;
+            }
+        }
+        return;
+    }
+    let ikey = IfaceKey {
+        ifindex,
+        direction,
+        ..zeroed()
+    };
+    match NETMON_IFACES.get_ptr_mut(&ikey) {
+        Some(s) => {
+            // SAFETY: this CPU's slot.
+            unsafe {
+                (*s).bytes += len;
+                (*s).packets += 1;
+            }
+        }
+        None => {
+            let s = IfaceStats {
+                bytes: len,
+                packets: 1,
+            };
+            if NETMON_IFACES.insert(&ikey, &s, BPF_ANY as u64).is_err() {
+                bump(counter::IFACE_INSERT_FAILED);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,50 +290,39 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
 #[must_use = "the caller must drop the packet when this says so"]
 #[inline(always)]
 fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
-    let now = now_ns();
-    let ikey = IfaceKey {
-        ifindex,
-        direction,
-        _pad: [0; 3],
-    };
-    match NETMON_IFACES.get_ptr_mut(&ikey) {
-        Some(s) => {
-            // SAFETY: this CPU's slot.
-            unsafe {
-                (*s).bytes += len;
-                (*s).packets += 1;
-            }
-        }
-        None => {
-            let s = IfaceStats {
-                bytes: len,
-                packets: 1,
-            };
-            if NETMON_IFACES.insert(&ikey, &s, BPF_ANY as u64).is_err() {
-                bump(counter::IFACE_INSERT_FAILED);
-            }
-        }
-    }
+    count_iface(ifindex, direction, len);
 
     let mut p = Parsed::new();
-    if let Err(c) = parse(packet, &mut p) {
-        bump(c);
-        return false;
+    let l4 = match parse_l3(packet, &mut p) {
+        Ok(l4) => l4,
+        Err(c) => {
+            bump(c);
+            return false;
+        }
+    };
+    // The drop list is consulted on the addresses alone, before the transport header and
+    // the flow map: a banned packet costs a parse of L2/L3 and one lookup.
+    // Ingress drops what comes from a banned source, egress what goes to a banned
+    // destination: a banned host can neither reach this host nor be reached.
+    let flags = dropcfg(dropcfg::FLAGS);
+    if flags != 0 {
+        let peer = if direction == DIR_INGRESS {
+            &p.src
+        } else {
+            &p.dst
+        };
+        if let Some((v, now)) = banned(flags, p.family, peer) {
+            record_drop(v, now, ifindex, direction, len);
+            return true;
+        }
+    }
+    if let Some(l4) = l4 {
+        parse_l4(packet, l4.off, l4.proto, &mut p);
     }
     if p.note != NOTE_NONE {
         bump(p.note);
     }
-    // Ingress drops what comes from a banned source, egress what goes to a banned
-    // destination: a banned host can neither reach this host nor be reached.
-    let peer = if direction == DIR_INGRESS {
-        &p.src
-    } else {
-        &p.dst
-    };
-    if let Some(v) = banned(p.family, peer) {
-        record_drop(v, ifindex, direction, len);
-        return true;
-    }
+    let now = coarse_now_ns();
     let (local_addr, remote_addr, local_port, remote_port) = if direction == DIR_INGRESS {
         (p.dst, p.src, p.dport, p.sport)
     } else {
@@ -287,8 +341,8 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
         flags: p.flags,
         local_port,
         remote_port,
-        local_addr,
-        remote_addr,
+        local_addr: addr_bytes(local_addr),
+        remote_addr: addr_bytes(remote_addr),
     };
     match NETMON_FLOWS.get_ptr_mut(&key) {
         Some(s) => {
@@ -310,7 +364,7 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
                 first_seen_ns: now,
                 last_seen_ns: now,
                 tcp_flags: p.tcp_flags,
-                _pad: [0; 7],
+                ..zeroed()
             };
             // From a program, an update of a per-CPU element writes this CPU's slot only.
             if NETMON_FLOWS.insert(&key, &s, BPF_ANY as u64).is_err() {
@@ -326,58 +380,57 @@ fn dropcfg(index: u32) -> u64 {
     NETMON_DROPCFG.get(index).copied().unwrap_or(0)
 }
 
-/// An entry that has not expired. TTLs are enforced here, against the kernel clock, so an
-/// expired ban stops dropping even while no daemon is running to remove it.
+/// An entry that has not expired, with the time it was checked at. TTLs are enforced here,
+/// against the kernel clock, so an expired ban stops dropping even while no daemon is
+/// running to remove it. The coarse clock costs a few ns where a precise read costs ~30 (a
+/// clock-source access); a ban ends at most one tick late. CLOCK_MONOTONIC stops in
+/// suspend, so there a running daemon's wall-clock expiry is what removes the entry on time.
 #[inline(always)]
-fn live(v: *mut BanValue, now: u64) -> Option<*mut BanValue> {
+fn live(v: *mut BanValue) -> Option<(*mut BanValue, u64)> {
+    let now = coarse_now_ns();
     // SAFETY: `v` points at a map value the kernel keeps alive for this program run.
     let expires = unsafe { (*v).expires_ns };
-    (expires == 0 || now < expires).then_some(v)
+    (expires == 0 || now < expires).then_some((v, now))
 }
 
-/// The ban entry that matches `addr`, unless an allow entry covers it first.
+/// The ban entry that matches `addr`, unless an allow entry covers it first. `flags`: the
+/// drop list's `dropcfg::FLAGS`, non-zero.
 #[inline(always)]
-fn banned(family: u8, addr: &[u8; 16]) -> Option<*mut BanValue> {
-    let flags = dropcfg(dropcfg::FLAGS);
-    if flags == 0 {
-        return None;
-    }
+fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> {
     let generation = dropcfg(dropcfg::GENERATION) as u8;
-    // SAFETY: helper without preconditions (Linux 5.8+). BOOTTIME keeps counting in
-    // suspend, so a TTL means wall-clock time.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     if family == 4 {
-        let a = [addr[12], addr[13], addr[14], addr[15]];
+        let a = words[3].to_ne_bytes();
         if flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some() {
             return None;
         }
         if flags & dropcfg::HAS_EXACT_V4 != 0 {
             let key = BanKey4 {
                 generation,
-                _pad: [0; 3],
                 addr: a,
+                ..zeroed()
             };
-            if let Some(v) = NETMON_BAN4.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+            if let Some(v) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
                 return Some(v);
             }
         }
         if flags & dropcfg::HAS_PREFIX_V4 != 0 {
             let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
             if let Some(v) = NETMON_BANPFX4.get(key) {
-                return live(core::ptr::from_ref(v).cast_mut(), now);
+                return live(core::ptr::from_ref(v).cast_mut());
             }
         }
     } else {
+        let addr = &addr_bytes(*words);
         if flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, *addr)).is_some() {
             return None;
         }
         if flags & dropcfg::HAS_EXACT_V6 != 0 {
             let key = BanKey6 {
                 generation,
-                _pad: [0; 3],
                 addr: *addr,
+                ..zeroed()
             };
-            if let Some(v) = NETMON_BAN6.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+            if let Some(v) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
                 return Some(v);
             }
         }
@@ -390,7 +443,7 @@ fn banned(family: u8, addr: &[u8; 16]) -> Option<*mut BanValue> {
                 i += 1;
             }
             if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-                return live(core::ptr::from_ref(v).cast_mut(), now);
+                return live(core::ptr::from_ref(v).cast_mut());
             }
         }
     }
@@ -421,20 +474,30 @@ unsafe fn atomic_add(dst: *mut u64, val: u64) {
 
 /// Counts a drop on the entry (atomically: any CPU may hit it) and per interface and kind.
 #[inline(always)]
-fn record_drop(v: *mut BanValue, ifindex: u32, direction: u8, len: u64) {
+fn record_drop(v: *mut BanValue, now: u64, ifindex: u32, direction: u8, len: u64) {
     // SAFETY: map values live for the program run and are 8-byte aligned; the kernel maps
     // them writable.
     let kind = unsafe {
         atomic_add(&raw mut (*v).packets, 1);
         atomic_add(&raw mut (*v).bytes, len);
-        (*v).last_hit_ns = bpf_ktime_get_boot_ns();
+        (*v).last_hit_ns = now;
         (*v).kind
     };
+    if let Some(slot) = drop_slot(ifindex, direction, kind) {
+        if let Some(s) = NETMON_DROP_SLOTS.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot.
+            unsafe {
+                (*s).packets += 1;
+                (*s).bytes += len;
+            }
+        }
+        return;
+    }
     let key = DropKey {
         ifindex,
         direction,
         kind,
-        _pad: [0; 2],
+        ..zeroed()
     };
     match NETMON_DROPS.get_ptr_mut(&key) {
         // SAFETY: this CPU's slot.

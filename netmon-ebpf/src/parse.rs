@@ -4,12 +4,49 @@
 //! understands (`data + off + size > end`), and every loop has a constant bound. A packet
 //! that cannot be fully parsed is never dropped: the parser says how far it got, and the
 //! caller records what it knows and bumps the matching counter.
+//!
+//! Header fields are read as aligned 32-bit words, not byte by byte: the IP header follows
+//! 14 bytes of Ethernet (plus 4 per VLAN tag), and the kernel lays packets out with
+//! NET_IP_ALIGN so that it is 4-byte aligned; the verifier's alignment rules (strict on
+//! architectures without efficient unaligned access) assume exactly that. Words hold the
+//! wire bytes in memory order: addresses are `[u32; 4]` of network-order bytes.
 
 use core::mem::size_of;
 
 use netmon_common::{
-    FLOW_FLAG_NO_PORTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, counter, v4_mapped,
+    FLOW_FLAG_NO_PORTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, counter,
 };
+
+#[cfg(target_endian = "big")]
+compile_error!("the parser's word arithmetic assumes a little-endian BPF target (bpfel)");
+
+/// An address as four words of network-order bytes.
+pub type Addr = [u32; 4];
+
+/// `::ffff:a.b.c.d` from the IPv4 address word.
+#[inline(always)]
+const fn v4_mapped_words(v4: u32) -> Addr {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
+/// The 16 bytes of an address.
+#[inline(always)]
+pub const fn addr_bytes(a: Addr) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; every bit pattern is valid.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(a) }
+}
+
+/// Byte `i` (0 = first on the wire) of a word.
+#[inline(always)]
+const fn byte(w: u32, i: u32) -> u8 {
+    (w >> (8 * i)) as u8
+}
+
+/// The big-endian 16-bit field in bytes `2h, 2h+1` of a word.
+#[inline(always)]
+const fn be16(w: u32, h: u32) -> u16 {
+    u16::from_be((w >> (16 * h)) as u16)
+}
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -42,6 +79,24 @@ impl Packet {
         // SAFETY: the range [data+off, data+off+size) was checked to lie inside the packet.
         Some(unsafe { core::ptr::read_unaligned((self.data + off) as *const T) })
     }
+
+    /// `N` words at `off`, one load each. `off` is a header boundary at or after the IP
+    /// header, 4-byte aligned under NET_IP_ALIGN (see the module comment).
+    #[inline(always)]
+    fn words<const N: usize>(&self, off: usize) -> Option<[u32; N]> {
+        if self.data + off + 4 * N > self.end {
+            return None;
+        }
+        let mut out = [0u32; N];
+        let mut i = 0;
+        while i < N {
+            // SAFETY: inside the packet (checked above); aligned as the kernel lays headers
+            // out, and the BPF ISA has no alignment faults where the kernel allows the load.
+            out[i] = unsafe { core::ptr::read_volatile((self.data + off + 4 * i) as *const u32) };
+            i += 1;
+        }
+        Some(out)
+    }
 }
 
 /// What the parser learnt about a packet, in wire orientation (source/destination).
@@ -51,8 +106,8 @@ pub struct Parsed {
     /// `FLOW_FLAG_*`.
     pub flags: u8,
     pub tcp_flags: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     /// ICMP/ICMPv6 `type << 8 | code`.
@@ -69,8 +124,8 @@ impl Parsed {
             proto: 0,
             flags: 0,
             tcp_flags: 0,
-            src: [0; 16],
-            dst: [0; 16],
+            src: [0; 4],
+            dst: [0; 4],
             sport: 0,
             dport: 0,
             icmp: 0,
@@ -85,10 +140,27 @@ impl Parsed {
     }
 }
 
+/// Where the transport header starts, once the network layer is parsed.
+pub struct L4At {
+    pub off: usize,
+    pub proto: u8,
+}
+
 /// Parses Ethernet (with up to two VLAN tags), IPv4/IPv6 and the transport header.
 /// `Err(counter)`: no flow can be recorded (not IP, or the IP header itself is unusable).
 #[inline(always)]
 pub fn parse(p: &Packet, out: &mut Parsed) -> Result<(), u32> {
+    if let Some(l4) = parse_l3(p, out)? {
+        parse_l4(p, l4.off, l4.proto, out);
+    }
+    Ok(())
+}
+
+/// Parses up to and including the network layer (addresses, IPv6 extension headers), so that
+/// the drop list can be consulted before any more work. `Ok(None)`: no transport header to
+/// read (fragment, truncated chain), already noted in `out`.
+#[inline(always)]
+pub fn parse_l3(p: &Packet, out: &mut Parsed) -> Result<Option<L4At>, u32> {
     let mut ethertype = u16::from_be(p.load::<u16>(12).ok_or(counter::TRUNCATED_L3)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -108,49 +180,49 @@ pub fn parse(p: &Packet, out: &mut Parsed) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn parse_ipv4(p: &Packet, off: usize, out: &mut Parsed) -> Result<(), u32> {
+fn parse_ipv4(p: &Packet, off: usize, out: &mut Parsed) -> Result<Option<L4At>, u32> {
     // The fixed 20-byte header in one constant-size check. (A check against the variable IHL
     // first would let LLVM drop the constant ones, and the verifier cannot carry a range
     // learnt on a variable-offset pointer back to the packet's base pointer.)
-    let h: [u8; IPV4_MIN_HLEN] = p.load(off).ok_or(counter::TRUNCATED_L3)?;
-    if h[0] >> 4 != 4 {
+    let h: [u32; IPV4_MIN_HLEN / 4] = p.words(off).ok_or(counter::TRUNCATED_L3)?;
+    let vihl = byte(h[0], 0);
+    if vihl >> 4 != 4 {
         return Err(counter::BAD_L3_HEADER);
     }
     // IHL counts 32-bit words; options make it up to 60 bytes (RFC 791).
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
     if ihl < IPV4_MIN_HLEN {
         return Err(counter::BAD_L3_HEADER);
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    let proto = h[9];
+    let frag = be16(h[1], 1);
+    let proto = byte(h[2], 1);
     out.family = 4;
     out.proto = proto;
-    out.src = v4_mapped([h[12], h[13], h[14], h[15]]);
-    out.dst = v4_mapped([h[16], h[17], h[18], h[19]]);
+    out.src = v4_mapped_words(h[3]);
+    out.dst = v4_mapped_words(h[4]);
     // A non-zero fragment offset means no transport header in this packet (RFC 791).
     if frag & 0x1fff != 0 {
         out.no_ports(counter::FRAGMENT);
-        return Ok(());
+        return Ok(None);
     }
     // Options that run past the packet's end leave no room for a transport header; the
     // transport parser's own bounds check reports that as truncated.
-    parse_l4(p, off + ihl, proto, out);
-    Ok(())
+    Ok(Some(L4At {
+        off: off + ihl,
+        proto,
+    }))
 }
 
 #[inline(always)]
-fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<(), u32> {
+fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<Option<L4At>, u32> {
     // The whole fixed header is checked first, for the same reason as in parse_ipv4.
-    if p.data + off + IPV6_HLEN > p.end {
-        return Err(counter::TRUNCATED_L3);
-    }
-    let head: [u8; 8] = p.load(off).ok_or(counter::TRUNCATED_L3)?;
-    if head[0] >> 4 != 6 {
+    let h: [u32; IPV6_HLEN / 4] = p.words(off).ok_or(counter::TRUNCATED_L3)?;
+    if byte(h[0], 0) >> 4 != 6 {
         return Err(counter::BAD_L3_HEADER);
     }
-    let mut next = head[6];
-    out.src = p.load(off + 8).ok_or(counter::TRUNCATED_L3)?;
-    out.dst = p.load(off + 24).ok_or(counter::TRUNCATED_L3)?;
+    let mut next = byte(h[1], 2);
+    out.src = [h[2], h[3], h[4], h[5]];
+    out.dst = [h[6], h[7], h[8], h[9]];
     out.family = 6;
     let mut l4 = off + IPV6_HLEN;
     // Extension headers (RFC 8200 section 4): a bounded walk.
@@ -162,7 +234,7 @@ fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<(), u32> {
                 let Some(h) = p.load::<[u8; 2]>(l4) else {
                     out.proto = next;
                     out.no_ports(counter::TRUNCATED_L4);
-                    return Ok(());
+                    return Ok(None);
                 };
                 next = h[0];
                 l4 += (h[1] as usize + 1) * 8;
@@ -172,14 +244,14 @@ fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<(), u32> {
                 let Some(h) = p.load::<[u8; 4]>(l4) else {
                     out.proto = next;
                     out.no_ports(counter::TRUNCATED_L4);
-                    return Ok(());
+                    return Ok(None);
                 };
                 next = h[0];
                 l4 += 8;
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     out.proto = next;
                     out.no_ports(counter::FRAGMENT);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             // Authentication header: length in 4-octet units, minus 2 (RFC 4302).
@@ -187,38 +259,41 @@ fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<(), u32> {
                 let Some(h) = p.load::<[u8; 2]>(l4) else {
                     out.proto = next;
                     out.no_ports(counter::TRUNCATED_L4);
-                    return Ok(());
+                    return Ok(None);
                 };
                 next = h[0];
                 l4 += (h[1] as usize + 2) * 4;
             }
             _ => {
-                parse_l4(p, l4, next, out);
-                return Ok(());
+                return Ok(Some(L4At {
+                    off: l4,
+                    proto: next,
+                }));
             }
         }
     }
     out.proto = next;
     out.no_ports(counter::IPV6_EXT_LIMIT);
-    Ok(())
+    Ok(None)
 }
 
 #[inline(always)]
-fn parse_l4(p: &Packet, l4: usize, proto: u8, out: &mut Parsed) {
+pub fn parse_l4(p: &Packet, l4: usize, proto: u8, out: &mut Parsed) {
     out.proto = proto;
     match proto {
-        IPPROTO_TCP => match p.load::<[u8; 14]>(l4) {
+        // Ports, sequence, acknowledgement, then offset/flags: byte 13 is the flags.
+        IPPROTO_TCP => match p.words::<4>(l4) {
             Some(h) => {
-                out.sport = u16::from_be_bytes([h[0], h[1]]);
-                out.dport = u16::from_be_bytes([h[2], h[3]]);
-                out.tcp_flags = h[13];
+                out.sport = be16(h[0], 0);
+                out.dport = be16(h[0], 1);
+                out.tcp_flags = byte(h[3], 1);
             }
             None => out.no_ports(counter::TRUNCATED_L4),
         },
-        IPPROTO_UDP => match p.load::<[u8; 4]>(l4) {
+        IPPROTO_UDP => match p.words::<1>(l4) {
             Some(h) => {
-                out.sport = u16::from_be_bytes([h[0], h[1]]);
-                out.dport = u16::from_be_bytes([h[2], h[3]]);
+                out.sport = be16(h[0], 0);
+                out.dport = be16(h[0], 1);
             }
             None => out.no_ports(counter::TRUNCATED_L4),
         },

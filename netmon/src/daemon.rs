@@ -88,7 +88,11 @@ impl Drops {
                 Err(e) => warn!("re-reading the drop list: {e:#}"),
             }
         }
-        for (k, s) in self.maps.drops() {
+        let drops = self.maps.drops().unwrap_or_else(|e| {
+            warn!("reading the drop counters: {e:#}");
+            Vec::new()
+        });
+        for (k, s) in drops {
             let name = names
                 .get(&k.ifindex)
                 .cloned()
@@ -192,6 +196,7 @@ impl Drain {
         let ifaces: Vec<_> = self
             .maps
             .read_ifaces()
+            .context("reading interface totals")?
             .into_iter()
             .map(|(k, s)| (k.ifindex, k.direction, s.bytes, s.packets))
             .collect();

@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use netmon_common::{
-    FlowKey, FlowStats, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey,
-    counter,
+    FlowKey, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
+    ProcInfo, SockKey, counter,
 };
 
 use crate::aggregate::FlowSample;
@@ -81,10 +81,54 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     }
 }
 
+/// The non-zero entries of a per-CPU array of `IfaceStats` with `entries` slots, summed over
+/// CPUs, read with one BPF_MAP_LOOKUP_BATCH.
+pub fn stats_array(
+    map: std::os::fd::BorrowedFd<'_>,
+    entries: u32,
+    ncpus: usize,
+) -> io::Result<Vec<(u32, IfaceStats)>> {
+    const STRIDE: usize = size_of::<IfaceStats>();
+    let n = entries as usize;
+    let mut keys = vec![0u32; n];
+    let mut vals = vec![0u8; n * STRIDE * ncpus];
+    let mut out_token = 0u32;
+    let mut attr = BatchAttr {
+        out_batch: &mut out_token as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: vals.as_mut_ptr() as u64,
+        count: entries,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    match bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        // ENOENT: the whole array came back in this one call.
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for (i, &slot) in keys.iter().enumerate().take((attr.count as usize).min(n)) {
+        let mut s = IfaceStats::default();
+        for cpu in 0..ncpus {
+            let at = (i * ncpus + cpu) * STRIDE;
+            // SAFETY: IfaceStats is plain old data of exactly STRIDE bytes.
+            let v: IfaceStats =
+                unsafe { std::ptr::read_unaligned(vals[at..at + STRIDE].as_ptr().cast()) };
+            s.bytes += v.bytes;
+            s.packets += v.packets;
+        }
+        if s.packets != 0 {
+            out.push((slot, s));
+        }
+    }
+    Ok(out)
+}
+
 /// Handles to the maps the daemon reads, taken out of the loaded object.
 pub struct Maps {
     flows: MapData,
     ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
+    iface_slots: MapData,
     counters: PerCpuArray<MapData, u64>,
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
@@ -112,6 +156,10 @@ impl Maps {
         Ok(Self {
             flows,
             ifaces: PerCpuHashMap::try_from(take(ebpf, "NETMON_IFACES")?)?,
+            iface_slots: match take(ebpf, "NETMON_IFACE_SLOTS")? {
+                aya::maps::Map::PerCpuArray(m) => m,
+                _ => anyhow::bail!("NETMON_IFACE_SLOTS is not a per-CPU array"),
+            },
             counters: PerCpuArray::try_from(take(ebpf, "NETMON_COUNTERS")?)?,
             sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
             port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
@@ -199,20 +247,23 @@ impl Maps {
         self.flows.info().map(|i| i.max_entries()).unwrap_or(0)
     }
 
-    /// Per-interface totals, summed over CPUs.
-    pub fn read_ifaces(&self) -> Vec<(IfaceKey, IfaceStats)> {
-        self.ifaces
-            .iter()
-            .flatten()
-            .map(|(k, per_cpu)| {
-                let mut s = IfaceStats::default();
-                for v in per_cpu.iter() {
-                    s.bytes += v.bytes;
-                    s.packets += v.packets;
-                }
-                (k, s)
-            })
-            .collect()
+    /// Per-interface totals, summed over CPUs: the array slots (one batch lookup) and the
+    /// hash map for interfaces with large indexes.
+    pub fn read_ifaces(&self) -> Result<Vec<(IfaceKey, IfaceStats)>> {
+        let mut out: Vec<_> = stats_array(self.iface_slots.fd().as_fd(), IFACE_SLOTS, self.ncpus)
+            .context("reading NETMON_IFACE_SLOTS")?
+            .into_iter()
+            .map(|(slot, s)| (IfaceKey::from_slot(slot), s))
+            .collect();
+        out.extend(self.ifaces.iter().flatten().map(|(k, per_cpu)| {
+            let mut s = IfaceStats::default();
+            for v in per_cpu.iter() {
+                s.bytes += v.bytes;
+                s.packets += v.packets;
+            }
+            (k, s)
+        }));
+        Ok(out)
     }
 
     /// The kernel event counters, summed over CPUs.

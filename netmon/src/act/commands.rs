@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
-    droplist::{DropMaps, boottime_ns, flags_for},
+    droplist::{DropMaps, flags_for},
     net::{Net, danger, own_addresses, parse_list},
     state::{
         AllowEntry, AuditRecord, BanEntry, ImportInfo, Kind, State, Store, current_uid, now_ms,
@@ -227,9 +227,9 @@ impl DropList {
     pub fn list(&self) -> Result<Vec<Listed>> {
         let state = self.store().load()?;
         let maps = DropMaps::open(&self.pin_dir)?;
-        let now_boot = boottime_ns();
+        let now_mono = crate::drain::monotonic_ns();
         let now = now_ms();
-        let boot_to_wall = |ns: u64| now.saturating_sub(now_boot.saturating_sub(ns) / 1_000_000);
+        let mono_to_wall = |ns: u64| now.saturating_sub(now_mono.saturating_sub(ns) / 1_000_000);
         let mut out = Vec::new();
         for b in &state.bans {
             let v = maps.hits(state.generation, &b.net).unwrap_or_default();
@@ -245,7 +245,7 @@ impl DropList {
                 expires: b.expires_ms.map(rfc3339),
                 dropped_packets: v.packets,
                 dropped_bytes: v.bytes,
-                last_hit: (v.last_hit_ns != 0).then(|| rfc3339(boot_to_wall(v.last_hit_ns))),
+                last_hit: (v.last_hit_ns != 0).then(|| rfc3339(mono_to_wall(v.last_hit_ns))),
             });
         }
         for a in &state.allows {

@@ -2,14 +2,16 @@
 //! operations that keep them equal to the state file, including the generation flip that
 //! replaces an imported set atomically.
 
-use std::{collections::HashSet, path::Path};
+use std::{collections::HashSet, os::fd::AsFd as _, path::Path};
+
+use crate::drain::monotonic_ns;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DropKey, IfaceStats, dropcfg,
+    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, dropcfg,
 };
 
 use super::{
@@ -18,7 +20,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     "NETMON_BAN4",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
@@ -27,6 +29,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     "NETMON_ALLOW6",
     "NETMON_DROPCFG",
     "NETMON_DROPS",
+    "NETMON_DROP_SLOTS",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -112,24 +115,13 @@ pub fn counts(bans: &[BanEntry]) -> [usize; 4] {
     c
 }
 
-/// CLOCK_BOOTTIME in nanoseconds: the clock the programs compare expiries against.
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// A wall-clock expiry as a kernel deadline; 0 (never) for permanent entries, and 1 (long
 /// past) for entries already expired.
-fn kernel_expiry(expires_ms: Option<u64>, now_ms: u64, now_boot: u64) -> u64 {
+fn kernel_expiry(expires_ms: Option<u64>, now_ms: u64, now_mono: u64) -> u64 {
     match expires_ms {
         None => 0,
         Some(e) if e <= now_ms => 1,
-        Some(e) => now_boot + (e - now_ms) * 1_000_000,
+        Some(e) => now_mono + (e - now_ms) * 1_000_000,
     }
 }
 
@@ -158,6 +150,7 @@ pub struct DropMaps {
     allow6: LpmTrie<MapData, [u8; 16], u64>,
     cfg: Array<MapData, u64>,
     drops: PerCpuHashMap<MapData, DropKey, IfaceStats>,
+    drop_slots: MapData,
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
 }
@@ -213,6 +206,10 @@ impl DropMaps {
             allow6: LpmTrie::try_from(take("NETMON_ALLOW6"))?,
             cfg: Array::try_from(take("NETMON_DROPCFG"))?,
             drops: PerCpuHashMap::try_from(take("NETMON_DROPS"))?,
+            drop_slots: match take("NETMON_DROP_SLOTS") {
+                Map::PerCpuArray(m) => m,
+                _ => anyhow::bail!("NETMON_DROP_SLOTS is not a per-CPU array"),
+            },
             capacity,
         })
     }
@@ -272,7 +269,7 @@ impl DropMaps {
             .or_else(|| self.value(carry_from, &b.net))
             .unwrap_or_default();
         let v = BanValue {
-            expires_ns: kernel_expiry(b.expires_ms, now_ms(), boottime_ns()),
+            expires_ns: kernel_expiry(b.expires_ms, now_ms(), monotonic_ns()),
             kind: b.kind.code(),
             ..old
         };
@@ -500,35 +497,39 @@ impl DropMaps {
     }
 
     /// Cumulative drops per interface, direction and kind, summed over CPUs.
-    pub fn drops(&self) -> Vec<(DropKey, IfaceStats)> {
-        self.drops
-            .iter()
-            .flatten()
-            .map(|(k, v)| {
-                let mut s = IfaceStats::default();
-                for c in v.iter() {
-                    s.packets += c.packets;
-                    s.bytes += c.bytes;
-                }
-                (k, s)
-            })
-            .collect()
+    pub fn drops(&self) -> Result<Vec<(DropKey, IfaceStats)>> {
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let mut out: Vec<_> =
+            crate::drain::stats_array(self.drop_slots.fd().as_fd(), DROP_SLOTS, ncpus)
+                .context("reading NETMON_DROP_SLOTS")?
+                .into_iter()
+                .map(|(slot, s)| (DropKey::from_slot(slot), s))
+                .collect();
+        out.extend(self.drops.iter().flatten().map(|(k, v)| {
+            let mut s = IfaceStats::default();
+            for c in v.iter() {
+                s.packets += c.packets;
+                s.bytes += c.bytes;
+            }
+            (k, s)
+        }));
+        Ok(out)
     }
 }
 
 fn key4(generation: u8, o: &[u8]) -> BanKey4 {
     BanKey4 {
         generation,
-        _pad: [0; 3],
         addr: o[..4].try_into().expect("4 bytes"),
+        ..Default::default()
     }
 }
 
 fn key6(generation: u8, o: &[u8]) -> BanKey6 {
     BanKey6 {
         generation,
-        _pad: [0; 3],
         addr: o[..16].try_into().expect("16 bytes"),
+        ..Default::default()
     }
 }
 
