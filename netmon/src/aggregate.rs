@@ -134,6 +134,8 @@ pub struct TickOutput {
     /// Idle flows to delete from the kernel map.
     pub expired: Vec<FlowKey>,
     pub proc_deltas: BTreeMap<String, ProcDelta>,
+    /// (protocol number, direction) -> (bytes, packets) moved during this tick.
+    pub proto_deltas: BTreeMap<(u8, u8), (u64, u64)>,
     pub evicted: u64,
 }
 
@@ -190,6 +192,14 @@ impl Tracker {
             e.rate_bps = db as f64 / interval_s;
             e.rate_pps = dp as f64 / interval_s;
             e.seen_tick = tick;
+            if db > 0 || dp > 0 {
+                let p = out
+                    .proto_deltas
+                    .entry((s.key.proto, s.key.direction))
+                    .or_default();
+                p.0 += db;
+                p.1 += dp;
+            }
             e.pending_bytes += db;
             e.pending_packets += dp;
 

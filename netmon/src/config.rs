@@ -31,6 +31,10 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// `auto`, `tcx` or `clsact`.
     pub tc_attach: Option<String>,
+    /// Command names with a Prometheus series of their own; the rest are `process="other"`.
+    pub process_top_k: Option<usize>,
+    /// A command name's series is removed after this long without traffic, e.g. `10m`.
+    pub process_series_ttl: Option<String>,
 }
 
 impl FileConfig {
@@ -58,6 +62,7 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub tc_mode: crate::load::TcMode,
+    pub process_series: crate::metrics::ProcessSeriesConfig,
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netmon_common::{DIR_INGRESS, SockKey, ban_kind, counter};
+use netmon_common::{DIR_EGRESS, DIR_INGRESS, SockKey, ban_kind, counter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -88,6 +88,17 @@ impl Drops {
                 Err(e) => warn!("re-reading the drop list: {e:#}"),
             }
         }
+        // Every (interface, direction, reason) series exists from the start, at 0, so that
+        // rate() and dashboards have data before the first drop.
+        for name in names.values() {
+            for dir in [DIR_INGRESS, DIR_EGRESS] {
+                for reason in ban_kind::NAMES {
+                    let labels = [name.as_str(), dir_label(dir), reason];
+                    m.dropped_packets.with_label_values(&labels).inc_by(0);
+                    m.dropped_bytes.with_label_values(&labels).inc_by(0);
+                }
+            }
+        }
         let drops = self.maps.drops().unwrap_or_else(|e| {
             warn!("reading the drop counters: {e:#}");
             Vec::new()
@@ -118,6 +129,23 @@ impl Drops {
         for ((fam, kind), n) in &self.counts {
             m.banlist_entries.with_label_values(&[fam, kind]).set(*n);
         }
+        let capacity = self.maps.capacity();
+        for (i, (map, fam, kind)) in [
+            ("ban4", "ipv4", "exact"),
+            ("ban6", "ipv6", "exact"),
+            ("banpfx4", "ipv4", "prefix"),
+            ("banpfx6", "ipv6", "prefix"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.map_capacity
+                .with_label_values(&[map])
+                .set(capacity[i] as i64);
+            m.map_entries
+                .with_label_values(&[map])
+                .set(self.counts.get(&(fam, kind)).copied().unwrap_or(0));
+        }
     }
 }
 
@@ -141,6 +169,39 @@ fn entry_counts(
         *counts.entry((fam(a.net.is_v4()), "allow")).or_default() += 1;
     }
     counts
+}
+
+/// The kernel's own accounting of netmon's programs (run time and count), which it keeps only
+/// while sysctl kernel.bpf_stats_enabled is 1.
+#[derive(Default)]
+struct ProgStats {
+    prev: HashMap<String, (Duration, u64)>,
+}
+
+impl ProgStats {
+    fn update(&mut self, ebpf: &aya::Ebpf, m: &crate::metrics::Metrics) {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        m.bpf_stats_enabled.set(i64::from(enabled));
+        if !enabled {
+            return;
+        }
+        for (name, prog) in ebpf.programs() {
+            // Programs this kernel did not load (the other attribution hook, benchmark
+            // references) have no info.
+            let Ok(info) = prog.info() else { continue };
+            let (t, n) = (info.run_time(), info.run_count());
+            let prev = self.prev.entry(name.to_string()).or_default();
+            // A smaller value: accounting was switched off and on again; count from zero.
+            let dt = t.checked_sub(prev.0).unwrap_or(t);
+            let dn = n.checked_sub(prev.1).unwrap_or(n);
+            m.prog_run_seconds
+                .with_label_values(&[name])
+                .inc_by(dt.as_secs_f64());
+            m.prog_runs.with_label_values(&[name]).inc_by(dn);
+            *prev = (t, n);
+        }
+    }
 }
 
 /// State the drain loop keeps between ticks.
@@ -167,6 +228,8 @@ struct Drain {
     flow_capacity: u32,
     started: Instant,
     drains: u64,
+    /// Which command names have Prometheus series of their own.
+    process_series: crate::metrics::ProcessSeries,
 }
 
 impl Drain {
@@ -217,20 +280,25 @@ impl Drain {
                 .inc_by(packets.saturating_sub(prev.1));
             *prev = (bytes, packets);
         }
-        for (name, d) in &out.proc_deltas {
-            for (dir, b, p) in [
-                ("rx", d.rx_bytes, d.rx_packets),
-                ("tx", d.tx_bytes, d.tx_packets),
-            ] {
-                if b > 0 || p > 0 {
-                    m.proc_bytes
-                        .with_label_values(&[name.as_str(), dir])
-                        .inc_by(b);
-                    m.proc_packets
-                        .with_label_values(&[name.as_str(), dir])
-                        .inc_by(p);
-                }
-            }
+        self.process_series.apply(
+            m,
+            out.proc_deltas.iter().map(|(name, d)| {
+                (
+                    name.as_str(),
+                    [d.rx_bytes, d.tx_bytes, d.rx_packets, d.tx_packets],
+                )
+            }),
+            Instant::now(),
+        );
+        m.process_series.set(self.process_series.named() as i64);
+        for (&(proto, dir), &(b, p)) in &out.proto_deltas {
+            let name = crate::aggregate::proto_name(proto);
+            m.proto_bytes
+                .with_label_values(&[name.as_str(), dir_label(dir)])
+                .inc_by(b);
+            m.proto_packets
+                .with_label_values(&[name.as_str(), dir_label(dir)])
+                .inc_by(p);
         }
         if let Some(tx) = &self.housekeeping {
             // Full means the thread is still on the previous tick: skip, do not queue.
@@ -260,6 +328,15 @@ impl Drain {
         m.map_capacity
             .with_label_values(&["flows"])
             .set(self.flow_capacity as i64);
+        // The socket maps are counted by walking their keys: every tenth drain is enough.
+        if self.drains.is_multiple_of(10) {
+            for (map, entries, capacity) in self.maps.socket_map_usage() {
+                m.map_entries.with_label_values(&[map]).set(entries as i64);
+                m.map_capacity
+                    .with_label_values(&[map])
+                    .set(capacity as i64);
+            }
+        }
 
         let mut stats = NetworkStats {
             processes: tracker.processes(),
@@ -273,6 +350,11 @@ impl Drain {
         for (ifindex, name) in &self.names {
             let t = tracker.ifaces.get(ifindex).cloned().unwrap_or_default();
             let f = iface::link_facts(name);
+            if f.speed > 0 {
+                m.iface_speed
+                    .with_label_values(&[name.as_str()])
+                    .set((f.speed * 125_000) as i64);
+            }
             stats.total_bytes_sent += t.tx_bytes;
             stats.total_bytes_recv += t.rx_bytes;
             stats.packets_sent += t.tx_packets;
@@ -487,7 +569,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         housekeeping: None,
         started: Instant::now(),
         drains: 0,
+        process_series: crate::metrics::ProcessSeries::new(cfg.process_series),
     };
+    let mut prog_stats = ProgStats::default();
 
     let server = tokio::spawn(api::serve(listener, shared.clone(), shutdown.clone()));
     let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel(1);
@@ -524,6 +608,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     shutdown.cancel();
                     break Err(e.context("draining the kernel maps"));
                 }
+                prog_stats.update(&attached.ebpf, &shared.metrics);
             }
         }
     };

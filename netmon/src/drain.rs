@@ -243,6 +243,24 @@ impl Maps {
         Ok(deleted)
     }
 
+    /// (metric name, entries, max_entries) of the socket-attribution maps.
+    pub fn socket_map_usage(&self) -> [(&'static str, usize, u32); 2] {
+        use aya::maps::IterableMap as _;
+        let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
+        [
+            (
+                "sock_proc",
+                self.sock_proc.keys().count(),
+                cap(self.sock_proc.map()),
+            ),
+            (
+                "port_owner",
+                self.port_owner.keys().count(),
+                cap(self.port_owner.map()),
+            ),
+        ]
+    }
+
     pub fn flow_capacity(&self) -> u32 {
         self.flows.info().map(|i| i.max_entries()).unwrap_or(0)
     }

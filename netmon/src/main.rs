@@ -113,6 +113,13 @@ struct RunArgs {
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
     #[arg(long)]
     tc_attach: Option<String>,
+    /// Command names that get their own Prometheus series (the first K to move traffic);
+    /// the others are summed into process="other". Default 20.
+    #[arg(long)]
+    process_top_k: Option<usize>,
+    /// Remove a command name's series after it moved no traffic for this long. Default 10m.
+    #[arg(long)]
+    process_series_ttl: Option<String>,
 }
 
 fn resolve(
@@ -172,6 +179,19 @@ fn resolve(
             .unwrap_or("auto")
             .parse()
             .context("--tc-attach")?,
+        process_series: netmon::metrics::ProcessSeriesConfig {
+            top_k: args
+                .process_top_k
+                .or(file.process_top_k)
+                .unwrap_or(netmon::metrics::DEFAULT_PROCESS_TOP_K),
+            ttl: config::parse_duration(
+                args.process_series_ttl
+                    .as_deref()
+                    .or(file.process_series_ttl.as_deref())
+                    .unwrap_or("10m"),
+            )
+            .context("--process-series-ttl")?,
+        },
     })
 }
 

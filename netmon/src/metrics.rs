@@ -1,11 +1,105 @@
 //! Stage 5a: Prometheus metrics. Counters follow the kernel's cumulative totals (incremented
-//! by each drain's delta); labels are bounded: interface, direction, command name, counter
-//! kind, never a PID or a flow.
+//! by each drain's delta); labels are bounded: interface, direction, protocol, counter kind,
+//! and a command name for at most `top_k` processes (the rest are `process="other"`), never a
+//! PID or a flow. Per-flow detail is in the JSON API.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder as _, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Command names with their own series unless configured otherwise.
+pub const DEFAULT_PROCESS_TOP_K: usize = 20;
+/// The `process` label of everything beyond the top K.
+pub const OTHER_PROCESS: &str = "other";
+
+/// How process series are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSeriesConfig {
+    /// At most this many command names have series of their own.
+    pub top_k: usize,
+    /// A name's series are removed after it moved no traffic for this long.
+    pub ttl: Duration,
+}
+
+impl Default for ProcessSeriesConfig {
+    fn default() -> Self {
+        Self {
+            top_k: DEFAULT_PROCESS_TOP_K,
+            ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Which command names have series of their own. A name keeps its slot while it moves
+/// traffic (so its counters stay monotonic) and loses it after `ttl` of silence; a new name
+/// takes a free slot, or is counted in `process="other"` while all K are taken. So the K
+/// slots go to the first names to move traffic, and a busy newcomer gets one as soon as an
+/// idle name's series expire.
+#[derive(Debug)]
+pub struct ProcessSeries {
+    cfg: ProcessSeriesConfig,
+    named: HashMap<String, Instant>,
+}
+
+impl ProcessSeries {
+    pub fn new(cfg: ProcessSeriesConfig) -> Self {
+        Self {
+            cfg,
+            named: HashMap::new(),
+        }
+    }
+
+    /// Adds one tick's per-name deltas `(name, rx_bytes, tx_bytes, rx_packets, tx_packets)`
+    /// to the process counters, then removes the series of names silent for longer than the
+    /// TTL.
+    pub fn apply<'a>(
+        &mut self,
+        m: &Metrics,
+        deltas: impl IntoIterator<Item = (&'a str, [u64; 4])>,
+        now: Instant,
+    ) {
+        for (name, [rxb, txb, rxp, txp]) in deltas {
+            if rxb == 0 && txb == 0 && rxp == 0 && txp == 0 {
+                continue;
+            }
+            let label = if let Some(seen) = self.named.get_mut(name) {
+                *seen = now;
+                name
+            } else if self.named.len() < self.cfg.top_k && name != OTHER_PROCESS {
+                self.named.insert(name.to_string(), now);
+                name
+            } else {
+                OTHER_PROCESS
+            };
+            for (dir, b, p) in [("rx", rxb, rxp), ("tx", txb, txp)] {
+                m.proc_bytes.with_label_values(&[label, dir]).inc_by(b);
+                m.proc_packets.with_label_values(&[label, dir]).inc_by(p);
+            }
+        }
+        let ttl = self.cfg.ttl;
+        self.named.retain(|name, seen| {
+            let keep = now.duration_since(*seen) <= ttl;
+            if !keep {
+                for dir in ["rx", "tx"] {
+                    let _ = m.proc_bytes.remove_label_values(&[name, dir]);
+                    let _ = m.proc_packets.remove_label_values(&[name, dir]);
+                }
+            }
+            keep
+        });
+    }
+
+    /// Names that currently have series of their own.
+    pub fn named(&self) -> usize {
+        self.named.len()
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -25,6 +119,14 @@ pub struct Metrics {
     pub dropped_packets: IntCounterVec,
     pub dropped_bytes: IntCounterVec,
     pub banlist_entries: IntGaugeVec,
+    pub proto_bytes: IntCounterVec,
+    pub proto_packets: IntCounterVec,
+    pub prog_run_seconds: CounterVec,
+    pub prog_runs: IntCounterVec,
+    pub bpf_stats_enabled: IntGauge,
+    pub scrape_seconds: Gauge,
+    pub process_series: IntGauge,
+    pub iface_speed: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -148,6 +250,66 @@ impl Metrics {
                 "Drop-list entries in force (kind: exact, prefix, allow).",
                 &["family", "kind"],
             ),
+            proto_bytes: cv(
+                "netmon_protocol_bytes_total",
+                "Frame bytes of IP traffic per transport protocol (TCP, UDP, ICMP, ICMPv6, or \
+                 the protocol number).",
+                &["protocol", "direction"],
+            ),
+            proto_packets: cv(
+                "netmon_protocol_packets_total",
+                "Frames of IP traffic per transport protocol.",
+                &["protocol", "direction"],
+            ),
+            prog_run_seconds: reg(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "netmon_program_run_time_seconds_total",
+                        "CPU time the kernel spent in netmon's BPF programs (from the kernel's \
+                         own accounting; present while sysctl kernel.bpf_stats_enabled=1).",
+                    ),
+                    &["program"],
+                )
+                .expect("valid metric"),
+            ),
+            prog_runs: cv(
+                "netmon_program_runs_total",
+                "Runs of netmon's BPF programs (present while kernel.bpf_stats_enabled=1).",
+                &["program"],
+            ),
+            bpf_stats_enabled: reg(
+                &r,
+                IntGauge::new(
+                    "netmon_bpf_stats_enabled",
+                    "1 when the kernel accounts BPF program run time (sysctl \
+                     kernel.bpf_stats_enabled), which the program run-time metrics need.",
+                )
+                .expect("valid metric"),
+            ),
+            scrape_seconds: reg(
+                &r,
+                Gauge::new(
+                    "netmon_scrape_duration_seconds",
+                    "Time the previous /metrics request took to render.",
+                )
+                .expect("valid metric"),
+            ),
+            iface_speed: gv(
+                "netmon_interface_speed_bytes_per_second",
+                "Link speed the kernel reports for a monitored interface (absent where the \
+                 driver reports none).",
+                &["interface"],
+            ),
+            process_series: reg(
+                &r,
+                IntGauge::new(
+                    "netmon_process_series",
+                    "Command names that currently have process series of their own (at most \
+                     --process-top-k).",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info
@@ -156,19 +318,73 @@ impl Metrics {
         m
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric; its own duration is reported by the
+    /// next one.
     pub fn render(&self) -> String {
+        let t0 = Instant::now();
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding to a Vec cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
+        let text = String::from_utf8(buf).expect("the text format is UTF-8");
+        self.scrape_seconds.set(t0.elapsed().as_secs_f64());
+        text
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of one series in a rendered exposition, or None if it is absent.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn process_series_are_bounded_to_top_k_and_expire() {
+        let m = Metrics::new();
+        let mut ps = ProcessSeries::new(ProcessSeriesConfig {
+            top_k: 2,
+            ttl: Duration::from_secs(60),
+        });
+        let t0 = Instant::now();
+        let bytes = |name: &str| {
+            format!("netmon_process_bytes_total{{direction=\"rx\",process=\"{name}\"}}")
+        };
+        ps.apply(
+            &m,
+            [
+                ("a", [10, 0, 1, 0]),
+                ("b", [20, 0, 2, 0]),
+                ("c", [30, 0, 3, 0]),
+                ("d", [1, 0, 1, 0]),
+            ],
+            t0,
+        );
+        let text = m.render();
+        assert_eq!(value(&text, &bytes("a")), Some(10.0));
+        assert_eq!(value(&text, &bytes("b")), Some(20.0));
+        assert_eq!(value(&text, &bytes("c")), None, "{text}");
+        assert_eq!(value(&text, &bytes("other")), Some(31.0));
+        assert_eq!(ps.named(), 2);
+
+        // b keeps moving traffic, a falls silent; after the TTL a's series are gone and the
+        // next newcomer takes the free slot. "other" never goes backwards.
+        ps.apply(&m, [("b", [1, 0, 1, 0])], t0 + Duration::from_secs(61));
+        let text = m.render();
+        assert_eq!(value(&text, &bytes("a")), None, "{text}");
+        assert_eq!(value(&text, &bytes("b")), Some(21.0));
+        ps.apply(&m, [("c", [5, 0, 1, 0])], t0 + Duration::from_secs(62));
+        let text = m.render();
+        assert_eq!(value(&text, &bytes("c")), Some(5.0));
+        assert_eq!(value(&text, &bytes("other")), Some(31.0));
+        // A process literally named "other" is never given a slot of its own.
+        let mut ps = ProcessSeries::new(ProcessSeriesConfig::default());
+        ps.apply(&m, [("other", [1, 0, 1, 0])], t0);
+        assert_eq!(ps.named(), 0);
+    }
 
     #[test]
     fn required_names_and_help() {

@@ -413,14 +413,19 @@ impl Daemon {
         d
     }
 
+    /// `extra` may carry `--listen ADDR` (default 127.0.0.1:9743 in the namespace).
     pub fn spawn(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Self {
-        let api = "127.0.0.1:9743".to_string();
+        let listen_at = extra.iter().position(|a| *a == "--listen");
+        let api = listen_at
+            .and_then(|i| extra.get(i + 1))
+            .map_or("127.0.0.1:9743", |a| *a)
+            .to_string();
         let log = std::env::temp_dir().join(format!("{}-netmon.log", ns.name));
         let logf = File::create(&log).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])
             .arg(netmon_bin())
-            .args(["run", "--listen", &api])
+            .arg("run")
             .env("NETMON_PIN_DIR", &ns.pin_dir)
             .env("NETMON_STATE_DIR", &ns.state_dir)
             .env_remove("RUST_BACKTRACE");
@@ -434,6 +439,9 @@ impl Daemon {
         // The suite runs once per egress attach mode (`cargo xtask test` sets this).
         if let Ok(mode) = std::env::var("NETMON_TEST_TC_ATTACH") {
             cmd.args(["--tc-attach", &mode]);
+        }
+        if listen_at.is_none() {
+            cmd.args(["--listen", &api]);
         }
         cmd.args(extra)
             .env("RUST_LOG", "info")
