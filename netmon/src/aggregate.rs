@@ -51,9 +51,9 @@ impl From<ProcInfo> for Owner {
 /// Process label for traffic whose socket owner is not known.
 pub const UNKNOWN_PROCESS: &str = "unknown";
 
+/// A flow as the daemon tracks it; its key is the table's key.
 #[derive(Debug, Clone)]
 pub struct FlowEntry {
-    pub key: FlowKey,
     pub bytes: u64,
     pub packets: u64,
     pub first_ns: u64,
@@ -137,6 +137,16 @@ pub struct TickOutput {
     /// (protocol number, direction) -> (bytes, packets) moved during this tick.
     pub proto_deltas: BTreeMap<(u8, u8), (u64, u64)>,
     pub evicted: u64,
+    /// Flows the kernel map held at this drain.
+    pub seen: usize,
+}
+
+/// A drain in progress: `Tracker::begin_tick`, `apply_sample` for every flow as it is read
+/// from the kernel (no buffer of the whole map), then `finish_tick`.
+#[derive(Debug)]
+pub struct TickState {
+    out: TickOutput,
+    interval_s: f64,
 }
 
 impl Tracker {
@@ -150,18 +160,39 @@ impl Tracker {
         idle_ns: u64,
         mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
     ) -> TickOutput {
+        let mut st = self.begin_tick(interval_s);
+        for s in samples {
+            self.apply_sample(&mut st, s, &mut lookup);
+        }
+        self.finish_tick(st, now_ns, idle_ns)
+    }
+
+    /// Starts a drain; `interval_s` is the time since the previous one.
+    pub fn begin_tick(&mut self, interval_s: f64) -> TickState {
         self.tick += 1;
-        let tick = self.tick;
-        let mut out = TickOutput::default();
         for p in self.procs.values_mut() {
             p.rx_rate = 0.0;
             p.tx_rate = 0.0;
         }
-        let interval_s = if interval_s > 0.0 { interval_s } else { 1.0 };
+        TickState {
+            out: TickOutput::default(),
+            interval_s: if interval_s > 0.0 { interval_s } else { 1.0 },
+        }
+    }
 
-        for s in samples {
+    /// Applies one flow as read from the kernel map.
+    pub fn apply_sample(
+        &mut self,
+        st: &mut TickState,
+        s: &FlowSample,
+        mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) {
+        let tick = self.tick;
+        let interval_s = st.interval_s;
+        let out = &mut st.out;
+        out.seen += 1;
+        {
             let e = self.flows.entry(s.key).or_insert_with(|| FlowEntry {
-                key: s.key,
                 bytes: 0,
                 packets: 0,
                 first_ns: s.first_ns,
@@ -231,7 +262,15 @@ impl Tracker {
                 e.pending_packets = 0;
             }
         }
+    }
 
+    /// Ends a drain: flows not seen were evicted by the kernel, idle ones are to be deleted.
+    pub fn finish_tick(&mut self, st: TickState, now_ns: u64, idle_ns: u64) -> TickOutput {
+        let tick = self.tick;
+        let TickState {
+            mut out,
+            interval_s,
+        } = st;
         let mut gone = Vec::new();
         for (k, e) in &self.flows {
             if e.seen_tick != tick {
@@ -476,25 +515,24 @@ impl Tracker {
     /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
     /// no traffic (listeners, TIME_WAIT...).
     pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
-        connections(self.flows.values(), sockets)
+        connections(self.flows.iter(), sockets)
     }
 
     /// A copy of the flow table for building the connection table outside the drain: cheap
     /// (owners are shared), so the drain waits only for the copy.
-    pub fn flow_snapshot(&self) -> Vec<FlowEntry> {
-        self.flows.values().cloned().collect()
+    pub fn flow_snapshot(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.flows.iter().map(|(k, e)| (*k, e.clone())).collect()
     }
 }
 
 /// The connection table of `flows` and `sockets` (see `Tracker::connections`).
 pub fn connections<'a>(
-    flows: impl Iterator<Item = &'a FlowEntry>,
+    flows: impl Iterator<Item = (&'a FlowKey, &'a FlowEntry)>,
     sockets: &[SocketRow],
 ) -> Vec<Connection> {
     // The TCP flags of each row, OR-ed over its flows.
     let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
-    for e in flows {
-        let k = e.key;
+    for (&k, e) in flows {
         let ck = (
             k.proto,
             k.local_addr,

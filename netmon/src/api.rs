@@ -131,7 +131,7 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
             let t = s.table.read().expect("lock not poisoned");
             (t.tracker.flow_snapshot(), t.sockets.clone())
         };
-        stats.connections = aggregate::connections(flows.iter(), &sockets);
+        stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
         stats
     })
     .await;

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     act::{commands::DropList, droplist::DropMaps, state::now_ms},
-    aggregate::{FlowSample, Owner, SocketRow},
+    aggregate::{Owner, SocketRow},
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
     config::RunConfig,
     drain::{Maps, monotonic_ns},
@@ -208,7 +208,7 @@ impl ProgStats {
 struct Drain {
     maps: Maps,
     diag: Option<SockDiag>,
-    samples: Vec<FlowSample>,
+    flow_bufs: crate::drain::FlowBufs,
     last_ns: u64,
     idle_ns: u64,
     /// ifindex -> name of the monitored interfaces.
@@ -239,17 +239,19 @@ impl Drain {
         let interval_s = now.saturating_sub(self.last_ns) as f64 / 1e9;
         self.last_ns = now;
 
-        self.maps.read_flows(&mut self.samples)?;
-        // The connection table is built from this on request (api.rs), not every tick.
         let sockets = self.socket_rows();
         let mut table = shared.table.write().expect("lock not poisoned");
         let table = &mut *table;
         table.sockets = sockets;
         let tracker = &mut table.tracker;
+        // Each flow goes from the kernel's batch straight into the table. The connection
+        // table is built from it on request (api.rs), not every tick.
+        let mut st = tracker.begin_tick(interval_s);
         let maps = &self.maps;
-        let out = tracker.apply_flows(&self.samples, now, interval_s, self.idle_ns, |k| {
-            maps.owner(k).map(Owner::from)
-        });
+        maps.read_flows(&mut self.flow_bufs, |s| {
+            tracker.apply_sample(&mut st, s, |k| maps.owner(k).map(Owner::from));
+        })?;
+        let out = tracker.finish_tick(st, now, self.idle_ns);
         if !out.expired.is_empty() {
             self.maps
                 .delete_flows(&out.expired)
@@ -320,7 +322,7 @@ impl Drain {
         m.flows_expired.inc_by(tracker.expired - self.prev_expired);
         self.prev_evictions = tracker.evictions;
         self.prev_expired = tracker.expired;
-        let active = self.samples.len() - out.expired.len().min(self.samples.len());
+        let active = out.seen - out.expired.len().min(out.seen);
         m.flows_active.set(active as i64);
         m.map_entries
             .with_label_values(&["flows"])
@@ -552,7 +554,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         flow_capacity: maps.flow_capacity(),
         maps,
         diag,
-        samples: Vec::new(),
+        flow_bufs: Default::default(),
         last_ns: monotonic_ns(),
         idle_ns: cfg.idle_timeout.as_nanos() as u64,
         names: attached

@@ -39,18 +39,17 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `keys.len()` entries with one BPF_MAP_UPDATE_BATCH. `values` holds one value per
-/// key, each as the kernel lays it out (for per-CPU maps: every possible CPU's slot, 8-byte
-/// aligned). The benchmarks fill the daemon's flow map with it.
-pub fn update_batch<K: Copy>(
+/// Writes `keys.len()` entries with one BPF_MAP_UPDATE_BATCH, `values[i]` under `keys[i]`
+/// (a map with plain, not per-CPU, values). The benchmarks fill the daemon's flow map with it.
+pub fn update_batch<K: Copy, V: Copy>(
     map: std::os::fd::BorrowedFd<'_>,
     keys: &[K],
-    values: &[u8],
+    values: &[V],
 ) -> io::Result<()> {
-    if keys.is_empty() || !values.len().is_multiple_of(keys.len()) {
+    if keys.is_empty() || values.len() != keys.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "values must hold one equal-sized value per key",
+            "values must hold one value per key",
         ));
     }
     let mut attr = BatchAttr {
@@ -133,10 +132,23 @@ pub struct Maps {
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
     ncpus: usize,
-    /// Reused batch buffers.
-    keys_buf: Vec<FlowKey>,
-    vals_buf: Vec<u8>,
+}
+
+/// Reused buffers for reading the flow map in batches.
+pub struct FlowBufs {
+    keys: Vec<FlowKey>,
+    vals: Vec<FlowStats>,
     chunk: usize,
+}
+
+impl Default for FlowBufs {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            vals: Vec::new(),
+            chunk: 4096,
+        }
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -144,14 +156,11 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .with_context(|| format!("eBPF object has no map {name}"))
 }
 
-/// A per-CPU value is rounded up to 8 bytes per CPU in syscall buffers.
-const FLOW_STRIDE: usize = size_of::<FlowStats>().div_ceil(8) * 8;
-
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let flows = match take(ebpf, "NETMON_FLOWS")? {
-            aya::maps::Map::PerCpuLruHashMap(m) => m,
-            _ => anyhow::bail!("NETMON_FLOWS is not an LRU per-CPU hash map"),
+            aya::maps::Map::LruHashMap(m) => m,
+            _ => anyhow::bail!("NETMON_FLOWS is not an LRU hash map"),
         };
         Ok(Self {
             flows,
@@ -164,22 +173,18 @@ impl Maps {
             sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
             port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
             ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
-            keys_buf: Vec::new(),
-            vals_buf: Vec::new(),
-            chunk: 4096,
         })
     }
 
-    /// Every flow in the kernel map, summed over CPUs, in batches.
-    pub fn read_flows(&mut self, out: &mut Vec<FlowSample>) -> Result<()> {
-        out.clear();
-        let stride = FLOW_STRIDE * self.ncpus;
+    /// Every flow in the kernel map, read in batches and handed to `f` one by one: the
+    /// daemon never holds a copy of the whole map.
+    pub fn read_flows(&self, bufs: &mut FlowBufs, mut f: impl FnMut(&FlowSample)) -> Result<()> {
         let mut in_token = 0u64;
         let mut out_token = 0u64;
         let mut first = true;
         loop {
-            self.keys_buf.resize(self.chunk, FlowKey::default());
-            self.vals_buf.resize(self.chunk * stride, 0);
+            bufs.keys.resize(bufs.chunk, FlowKey::default());
+            bufs.vals.resize(bufs.chunk, FlowStats::default());
             let mut attr = BatchAttr {
                 in_batch: if first {
                     0
@@ -187,20 +192,23 @@ impl Maps {
                     &mut in_token as *mut u64 as u64
                 },
                 out_batch: &mut out_token as *mut u64 as u64,
-                keys: self.keys_buf.as_mut_ptr() as u64,
-                values: self.vals_buf.as_mut_ptr() as u64,
-                count: self.chunk as u32,
+                keys: bufs.keys.as_mut_ptr() as u64,
+                values: bufs.vals.as_mut_ptr() as u64,
+                count: bufs.chunk as u32,
                 map_fd: self.flows.fd().as_fd().as_raw_fd() as u32,
                 ..Default::default()
             };
             let r = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
             let n = attr.count as usize;
-            for i in 0..n.min(self.chunk) {
-                out.push(sum_flow(
-                    self.keys_buf[i],
-                    &self.vals_buf[i * stride..(i + 1) * stride],
-                    self.ncpus,
-                ));
+            for (&key, v) in bufs.keys.iter().zip(&bufs.vals).take(n.min(bufs.chunk)) {
+                f(&FlowSample {
+                    key,
+                    bytes: v.bytes,
+                    packets: v.packets,
+                    tcp_flags: v.tcp_flags,
+                    first_ns: v.first_seen_ns,
+                    last_ns: v.last_seen_ns,
+                });
             }
             match r {
                 Ok(()) => {
@@ -210,7 +218,7 @@ impl Maps {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
                 // One hash bucket holds more entries than the buffer: grow and retry.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                    self.chunk *= 2;
+                    bufs.chunk *= 2;
                 }
                 Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH on NETMON_FLOWS"),
             }
@@ -329,26 +337,6 @@ impl Maps {
             )
             .ok()
     }
-}
-
-fn sum_flow(key: FlowKey, per_cpu: &[u8], ncpus: usize) -> FlowSample {
-    let mut s = FlowSample {
-        key,
-        ..Default::default()
-    };
-    for cpu in 0..ncpus {
-        let raw = &per_cpu[cpu * FLOW_STRIDE..cpu * FLOW_STRIDE + size_of::<FlowStats>()];
-        // SAFETY: FlowStats is plain old data of exactly this size; unaligned read.
-        let v: FlowStats = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-        s.bytes += v.bytes;
-        s.packets += v.packets;
-        s.tcp_flags |= v.tcp_flags;
-        if v.first_seen_ns != 0 && (s.first_ns == 0 || v.first_seen_ns < s.first_ns) {
-            s.first_ns = v.first_seen_ns;
-        }
-        s.last_ns = s.last_ns.max(v.last_seen_ns);
-    }
-    s
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.

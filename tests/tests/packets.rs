@@ -81,20 +81,9 @@ impl Progs {
     }
 
     fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
-        let m: PerCpuHashMap<_, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
-        m.iter()
-            .map(|r| {
-                let (k, v) = r.unwrap();
-                let mut s = FlowStats::default();
-                for c in v.iter() {
-                    s.bytes += c.bytes;
-                    s.packets += c.packets;
-                    s.tcp_flags |= c.tcp_flags;
-                }
-                (k, s)
-            })
-            .collect()
+        let m: aya::maps::HashMap<_, FlowKey, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
     }
 
     /// Interface totals as the daemon reads them: the per-CPU array slots, then the hash

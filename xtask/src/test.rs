@@ -41,7 +41,10 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     .context("clippy found problems")?;
 
     // Prometheus and promtool for tests/tests/prometheus.rs (a real server, not a mock).
-    crate::setup::apt_install(&["prometheus"], "the Prometheus tests (prometheus, promtool)")?;
+    crate::setup::apt_install(
+        &["prometheus"],
+        "the Prometheus tests (prometheus, promtool)",
+    )?;
 
     progress(if privileged {
         "running all tests (privileged included)"

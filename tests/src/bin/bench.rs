@@ -327,8 +327,8 @@ impl Rig {
     }
 
     fn flow_count(&self) -> usize {
-        let m: aya::maps::PerCpuHashMap<_, FlowKey, FlowStats> =
-            aya::maps::PerCpuHashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
+        let m: aya::maps::HashMap<_, FlowKey, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
         m.keys().count()
     }
 }
@@ -908,8 +908,6 @@ fn daemon_flow_map(max_entries: u32) -> aya::maps::MapInfo {
 
 /// Writes flows `from..to` into the daemon's flow map, as if they had been seen now.
 fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
-    let ncpus = aya::util::nr_cpus().expect("possible CPUs");
-    let stride = size_of::<FlowStats>().div_ceil(8) * 8;
     let now = monotonic_ns();
     let fd = map.fd().expect("map fd");
     const CHUNK: u32 = 16_384;
@@ -929,25 +927,16 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
                 remote_addr: v4_mapped(remote4(i)),
             })
             .collect();
-        let mut vals = vec![0u8; keys.len() * ncpus * stride];
-        for k in 0..keys.len() {
-            let s = FlowStats {
+        let vals = vec![
+            FlowStats {
                 bytes: 1000,
                 packets: 10,
                 first_seen_ns: now,
                 last_seen_ns: now,
                 ..FlowStats::default()
             };
-            // SAFETY: FlowStats is plain repr(C) data; the slot has room for it.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    (&s as *const FlowStats).cast::<u8>(),
-                    size_of::<FlowStats>(),
-                )
-            };
-            let at = k * ncpus * stride;
-            vals[at..at + bytes.len()].copy_from_slice(bytes);
-        }
+            keys.len()
+        ];
         netmon::drain::update_batch(fd.as_fd(), &keys, &vals).expect("BPF_MAP_UPDATE_BATCH");
         start = end;
     }
