@@ -65,25 +65,31 @@ words and keys carry integer padding, so no byte-wise memset/memcpy calls remain
 packet path (parse only: 42-69 ns -> 27-48 ns); interface totals and drop counters live in \
 per-CPU array slots (an inlined array lookup instead of a hash lookup); flow times and ban \
 expiry use the coarse kernel clock (a precise clock read costs ~30 ns on this VM); the drop \
-list is consulted right after the IP header, before the transport header and the flow map. \
-Existing-flow hit at 1k flows went from ~120 to ~70 ns, banned drop from ~190 to ~70 ns.\n\n\
+list is consulted right after the IP header, before the transport header and the flow map; \
+the flow map holds its values inline (a plain LRU hash with atomic adds, not per-CPU), which \
+removes one dependent cache miss per packet and halves what a drain copies; the daemon \
+streams each batch of the drain into its table instead of buffering the whole map, and no \
+longer stores each flow's key twice. Existing-flow hit at 1k flows went from ~120 to \
+~75 ns, at 1M flows from ~700 to ~520 ns, banned drop from ~190 to ~65 ns, RSS at 100k flows \
+from 70 to ~60 MiB.\n\n\
 - **Existing-flow hit** (target: empty + 50 ns). What is left at 1k flows is the flow \
-  lookup itself (jhash of a 44-byte key, bucket walk, per-CPU value) and the parse. With \
+  lookup itself (jhash of a 44-byte key, bucket walk, two atomic adds) and the parse. With \
   100,000 and 1,000,000 flows every packet of the pool hits a different flow, and the \
-  lookup misses the cache and the TLB for the bucket, the element and its per-CPU value \
-  (dependent misses; on this VM each costs 100 ns or more), which no change to the program \
-  removes. Next: a smaller key (hash the 5-tuple into 16 bytes, keep the full tuple in a \
+  lookup misses the cache and the TLB for the bucket and the element (dependent misses; on \
+  this VM each costs 100 ns or more), which no change to the program removes. Next: a smaller key (hash the 5-tuple into 16 bytes, keep the full tuple in a \
   side map written on insert) to shorten the hash and the compare.\n\
 - **New flow** (target: empty + 100 ns). An insert into an LRU hash takes a node from the LRU \
-  free list (a lock) and zeroes the value on every CPU; when the map is full it first evicts. \
+  free list (a lock) and writes a cold, preallocated element; when the map is full it first \
+  evicts. \
   A non-LRU hash with userspace expiry would drop the LRU lock, at the price of refusing new \
   flows when full instead of evicting.\n\
 - **Banned drop** (target: empty + 30 ns). Left: the L2/L3 parse (~25-30 ns on its own), \
   the exact-match hash lookup and two atomic adds on the entry's shared hit counters. \
   Next: per-CPU hit counters.\n\
-- **Drain of 1M flows** (target: 150 ms CPU per tick). Every tick copies every flow's \
-  per-CPU values out of the kernel (BPF_MAP_LOOKUP_BATCH) and looks each flow up in the \
-  daemon's table. Next: drain only flows touched since the last tick (a per-CPU \
+- **Drain of 1M flows** (target: 150 ms CPU per tick). Every tick copies every flow out of \
+  the kernel (BPF_MAP_LOOKUP_BATCH: about 40% of the CPU, a walk of a million buckets and \
+  elements) and looks each flow up in the daemon's table (about 50%: a cache miss per flow \
+  in a table of a million). Both scale with the table, not with the traffic. Next: drain only flows touched since the last tick (a per-CPU \
   \"dirty\" ring the programs append a flow to on its first packet of a tick), so the cost \
   follows active flows rather than the table size.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
@@ -92,9 +98,8 @@ Existing-flow hit at 1k flows went from ~120 to ~70 ns, banned drop from ~190 to
   receiver, so 64-byte datagrams show it and 128 KiB TCP writes (GSO: few, large packets) \
   barely do. netmon's CPU per GB is almost all kernel program run time, so it falls with \
   the per-packet costs above.\n\
-- **RSS at 100k flows** (target: 64 MiB). About 230 bytes per flow in the daemon's table and \
-  80 in the drain buffer. Next: drop the key stored twice per flow and stream the batch \
-  into the table instead of buffering it whole.\n\n\
+- **RSS at 100k flows** (target: 64 MiB): met since the drain streams into the table and \
+  the key is stored once.\n\n\
 The connection table (`/api/network-stats`) is built on request from a copy of the flow \
 table, so its cost (above, last column) is paid by the client that asks for it, not by every \
 drain.\n";
