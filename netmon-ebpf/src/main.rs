@@ -218,9 +218,15 @@ fn count_iface(ifindex: u32, direction: u8, len: u64) {
         direction,
         ..zeroed()
     };
-    match NETMON_IFACES.get_ptr_mut(&ikey) {
+    add_to_stats(&NETMON_IFACES, &ikey, len);
+}
+
+/// Adds a frame to `key`'s per-CPU totals in `map`, creating the entry on first use.
+#[inline(always)]
+fn add_to_stats<K>(map: &PerCpuHashMap<K, IfaceStats>, key: &K, len: u64) {
+    match map.get_ptr_mut(key) {
         Some(s) => {
-            // SAFETY: this CPU's slot.
+            // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
             unsafe {
                 (*s).bytes += len;
                 (*s).packets += 1;
@@ -231,7 +237,7 @@ fn count_iface(ifindex: u32, direction: u8, len: u64) {
                 bytes: len,
                 packets: 1,
             };
-            if NETMON_IFACES.insert(&ikey, &s, BPF_ANY as u64).is_err() {
+            if map.insert(key, &s, BPF_ANY as u64).is_err() {
                 bump(counter::IFACE_INSERT_FAILED);
             }
         }
@@ -506,22 +512,7 @@ fn record_drop(v: *mut BanValue, now: u64, ifindex: u32, direction: u8, len: u64
         kind,
         ..zeroed()
     };
-    match NETMON_DROPS.get_ptr_mut(&key) {
-        // SAFETY: this CPU's slot.
-        Some(s) => unsafe {
-            (*s).packets += 1;
-            (*s).bytes += len;
-        },
-        None => {
-            let s = IfaceStats {
-                bytes: len,
-                packets: 1,
-            };
-            if NETMON_DROPS.insert(&key, &s, BPF_ANY as u64).is_err() {
-                bump(counter::IFACE_INSERT_FAILED);
-            }
-        }
-    }
+    add_to_stats(&NETMON_DROPS, &key, len);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,6 +123,16 @@ pub fn stats_array(
     Ok(out)
 }
 
+/// Per-CPU `IfaceStats` summed.
+pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a IfaceStats>) -> IfaceStats {
+    per_cpu
+        .into_iter()
+        .fold(IfaceStats::default(), |a, v| IfaceStats {
+            bytes: a.bytes + v.bytes,
+            packets: a.packets + v.packets,
+        })
+}
+
 /// Handles to the maps the daemon reads, taken out of the loaded object.
 pub struct Maps {
     flows: MapData,
@@ -281,14 +291,12 @@ impl Maps {
             .into_iter()
             .map(|(slot, s)| (IfaceKey::from_slot(slot), s))
             .collect();
-        out.extend(self.ifaces.iter().flatten().map(|(k, per_cpu)| {
-            let mut s = IfaceStats::default();
-            for v in per_cpu.iter() {
-                s.bytes += v.bytes;
-                s.packets += v.packets;
-            }
-            (k, s)
-        }));
+        out.extend(
+            self.ifaces
+                .iter()
+                .flatten()
+                .map(|(k, per_cpu)| (k, sum_stats(per_cpu.iter()))),
+        );
         Ok(out)
     }
 

@@ -107,12 +107,7 @@ impl Progs {
             PerCpuHashMap::try_from(self.ebpf.map("NETMON_IFACES").unwrap()).unwrap();
         out.extend(m.iter().map(|r| {
             let (k, v) = r.unwrap();
-            let mut s = IfaceStats::default();
-            for c in v.iter() {
-                s.bytes += c.bytes;
-                s.packets += c.packets;
-            }
-            (k, s)
+            (k, netmon::drain::sum_stats(v.iter()))
         }));
         out
     }

@@ -65,34 +65,15 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 #[test]
 fn shipped_rules_pass_promtool_check_and_their_unit_tests() {
-    let (ok, out) = promtool(
-        &[
-            "check",
-            "rules",
-            deploy("prometheus/netmon-rules.yml").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "promtool check rules:\n{out}");
-    let (ok, out) = promtool(
-        &[
-            "test",
-            "rules",
-            deploy("prometheus/netmon-rules.test.yml").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "promtool test rules:\n{out}");
-    // The example configuration loads the same rules file.
-    let (ok, out) = promtool(
-        &[
-            "check",
-            "config",
-            deploy("prometheus/prometheus.yml").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "promtool check config:\n{out}");
+    // The rules, their unit tests, and the example configuration that loads them.
+    for (verb, what, file) in [
+        ("check", "rules", "prometheus/netmon-rules.yml"),
+        ("test", "rules", "prometheus/netmon-rules.test.yml"),
+        ("check", "config", "prometheus/prometheus.yml"),
+    ] {
+        let (ok, out) = promtool(&[verb, what, deploy(file).to_str().unwrap()], None);
+        assert!(ok, "promtool {verb} {what} {file}:\n{out}");
+    }
 }
 
 /// Percent-encodes a query parameter.

@@ -505,14 +505,12 @@ impl DropMaps {
                 .into_iter()
                 .map(|(slot, s)| (DropKey::from_slot(slot), s))
                 .collect();
-        out.extend(self.drops.iter().flatten().map(|(k, v)| {
-            let mut s = IfaceStats::default();
-            for c in v.iter() {
-                s.packets += c.packets;
-                s.bytes += c.bytes;
-            }
-            (k, s)
-        }));
+        out.extend(
+            self.drops
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k, crate::drain::sum_stats(v.iter()))),
+        );
         Ok(out)
     }
 }
