@@ -53,9 +53,8 @@ pub struct FlowKey {
 /// header was truncated, or the IPv6 extension-header walk hit its bound.
 pub const FLOW_FLAG_NO_PORTS: u8 = 0x01;
 
-/// Per-CPU counters of one `FlowKey`. Userspace sums bytes/packets/flags over CPUs, takes the
-/// minimum `first_seen_ns` and the maximum `last_seen_ns` (CLOCK_MONOTONIC nanoseconds at
-/// the kernel's tick resolution: `bpf_ktime_get_coarse_ns`).
+/// Counters of one `FlowKey`. Times are CLOCK_MONOTONIC nanoseconds at the kernel's tick
+/// resolution (`bpf_ktime_get_coarse_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -68,7 +67,8 @@ pub struct FlowStats {
     pub tcp_flags: u8,
     pub _pad: u8,
     pub _pad2: u16,
-    pub _pad3: u32,
+    /// The drain epoch (`config::EPOCH`) in which the flow was last pushed to the dirty ring.
+    pub epoch: u32,
 }
 
 /// Key of the per-interface totals map.
@@ -214,6 +214,8 @@ pub mod counter {
     /// Packets seen by the XDP program / TC program (for self-checks and cost accounting).
     pub const XDP_PACKETS: u32 = 13;
     pub const TC_PACKETS: u32 = 14;
+    /// A flow key did not fit in the dirty ring: the daemon's next drain reads the whole map.
+    pub const DIRTY_LOST: u32 = 15;
     /// Number of counters; the array's `max_entries`.
     pub const COUNT: u32 = 16;
 
@@ -234,7 +236,7 @@ pub mod counter {
         Some("sock_owner_unknown"),
         Some("xdp_packets"),
         Some("tc_packets"),
-        None,
+        Some("dirty_lost"),
     ];
 }
 
@@ -243,6 +245,9 @@ pub mod config {
     /// Non-zero when the kprobe on `tcp_connect` is attached: the tracepoint then leaves
     /// outbound TCP to it and only handles listeners and accepted connections.
     pub const KPROBE_CONNECT_ACTIVE: u32 = 0;
+    /// The drain epoch, advanced by the daemon at every drain: a flow's first packet in an
+    /// epoch pushes its key to the dirty ring, so a drain reads only the flows that changed.
+    pub const EPOCH: u32 = 1;
     pub const COUNT: u32 = 8;
 }
 
@@ -398,7 +403,7 @@ macro_rules! assert_layout {
 assert_layout!(FlowKey, 44, ifindex @ 0, direction @ 4, proto @ 5, family @ 6, flags @ 7,
     local_port @ 8, remote_port @ 10, local_addr @ 12, remote_addr @ 28);
 assert_layout!(FlowStats, 40, bytes @ 0, packets @ 8, first_seen_ns @ 16, last_seen_ns @ 24,
-    tcp_flags @ 32);
+    tcp_flags @ 32, epoch @ 36);
 assert_layout!(IfaceKey, 8, ifindex @ 0, direction @ 4);
 assert_layout!(IfaceStats, 16, bytes @ 0, packets @ 8);
 assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, comm @ 24);

@@ -27,7 +27,9 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{classifier, kprobe, map, tracepoint, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::{ProbeContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
@@ -48,6 +50,20 @@ use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_l3, parse_
 /// uncontended).
 #[map]
 static NETMON_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
+
+/// Keys of the flows touched in the current drain epoch, each pushed once per epoch (on its
+/// first packet after the daemon advanced `config::EPOCH`), so that a drain reads only what
+/// changed. When it is full the key is counted in `counter::DIRTY_LOST` and the daemon reads
+/// the whole flow map instead.
+#[map]
+static NETMON_DIRTY: RingBuf = RingBuf::with_byte_size(DIRTY_RING_BYTES, 0);
+
+/// 8 MiB: ~150,000 flow keys (44 bytes + an 8-byte record header) per drain.
+const DIRTY_RING_BYTES: u32 = 8 << 20;
+
+/// `BPF_RB_NO_WAKEUP`: the daemon reads the ring on its own schedule, so no record needs to
+/// wake it.
+const RB_NO_WAKEUP: u64 = 1;
 
 /// Per-interface totals: every frame, IP or not, so they match the device's own counters.
 /// Interfaces with a small index have a slot in NETMON_IFACE_SLOTS (an array lookup, which
@@ -349,8 +365,9 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
         local_addr: addr_bytes(local_addr),
         remote_addr: addr_bytes(remote_addr),
     };
+    let epoch = config(config::EPOCH) as u32;
     if let Some(s) = NETMON_FLOWS.get_ptr_mut(&key) {
-        update_flow(s, len, now, p.tcp_flags);
+        update_flow(s, &key, len, now, p.tcp_flags, epoch);
         return false;
     }
     let s = FlowStats {
@@ -359,32 +376,51 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
         first_seen_ns: now,
         last_seen_ns: now,
         tcp_flags: p.tcp_flags,
+        epoch,
         ..zeroed()
     };
     // NOEXIST: if another CPU inserted the same flow since the lookup, add to its entry
     // rather than overwrite it.
-    if NETMON_FLOWS.insert(&key, &s, BPF_NOEXIST as u64).is_err() {
+    if NETMON_FLOWS.insert(&key, &s, BPF_NOEXIST as u64).is_ok() {
+        push_dirty(&key);
+    } else {
         match NETMON_FLOWS.get_ptr_mut(&key) {
-            Some(s) => update_flow(s, len, now, p.tcp_flags),
+            Some(s) => update_flow(s, &key, len, now, p.tcp_flags, epoch),
             None => bump(counter::FLOW_INSERT_FAILED),
         }
     }
     false
 }
 
+#[inline(always)]
+fn push_dirty(key: &FlowKey) {
+    if NETMON_DIRTY.output::<FlowKey>(key, RB_NO_WAKEUP).is_err() {
+        bump(counter::DIRTY_LOST);
+    }
+}
+
 /// Adds a packet to a flow entry: atomic adds for the counters; the times and flags are
 /// plain stores (a concurrent writer on another CPU stores an equally recent time, and may at
 /// worst hide one packet's flag bits until the next packet of the flow).
 #[inline(always)]
-fn update_flow(s: *mut FlowStats, len: u64, now: u64, tcp_flags: u8) {
+fn update_flow(s: *mut FlowStats, key: &FlowKey, len: u64, now: u64, tcp_flags: u8, epoch: u32) {
     // SAFETY: `s` points at a live, 8-byte aligned map value for this program run.
-    unsafe {
+    let first_in_epoch = unsafe {
         atomic_add(&raw mut (*s).bytes, len);
         atomic_add(&raw mut (*s).packets, 1);
         (*s).last_seen_ns = now;
         if tcp_flags & !(*s).tcp_flags != 0 {
             (*s).tcp_flags |= tcp_flags;
         }
+        // Two CPUs may both see the old epoch and push the key twice: the daemon dedups.
+        let first = (*s).epoch != epoch;
+        if first {
+            (*s).epoch = epoch;
+        }
+        first
+    };
+    if first_in_epoch {
+        push_dirty(key);
     }
 }
 

@@ -118,6 +118,10 @@ pub struct Tracker {
     /// Flows the daemon removed for being idle.
     pub expired: u64,
     tick: u64,
+    /// Flows with traffic not yet credited to a process: retried every tick, read or not.
+    pending: std::collections::HashSet<FlowKey>,
+    /// Flows with non-zero rates since the last tick.
+    rated: Vec<FlowKey>,
 }
 
 /// Byte/packet deltas credited to a process during one tick, for the metrics stage.
@@ -147,6 +151,55 @@ pub struct TickOutput {
 pub struct TickState {
     out: TickOutput,
     interval_s: f64,
+    /// Flows that moved traffic this tick (their rates are non-zero).
+    rated: Vec<FlowKey>,
+}
+
+/// Idle flows are looked for on full drains and every this many ticks.
+pub const SWEEP_EVERY: u64 = 10;
+
+/// Credits a flow's pending traffic to its owner once the owner is known (or attribution has
+/// been tried long enough); tries the kernel's socket records on the first ticks of a flow,
+/// then occasionally. Returns true while traffic still waits.
+fn settle(
+    key: &FlowKey,
+    e: &mut FlowEntry,
+    procs: &mut BTreeMap<String, ProcTotals>,
+    out: &mut TickOutput,
+    interval_s: f64,
+    lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
+) -> bool {
+    let attributable = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
+    if e.owner.is_none() && attributable {
+        if should_try(e.attrib_tries) {
+            e.owner = lookup(key).map(Arc::new);
+        }
+        e.attrib_tries += 1;
+    }
+    let settled = e.owner.is_some() || e.attrib_tries >= EAGER_TRIES || !attributable;
+    if e.pending_bytes == 0 && e.pending_packets == 0 {
+        return false;
+    }
+    if !settled {
+        return true;
+    }
+    let name = e
+        .owner
+        .as_ref()
+        .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
+    credit(
+        procs,
+        &mut out.proc_deltas,
+        name,
+        key.direction,
+        e.pending_bytes,
+        e.pending_packets,
+        interval_s,
+        e.last_ns,
+    );
+    e.pending_bytes = 0;
+    e.pending_packets = 0;
+    false
 }
 
 impl Tracker {
@@ -164,7 +217,7 @@ impl Tracker {
         for s in samples {
             self.apply_sample(&mut st, s, &mut lookup);
         }
-        self.finish_tick(st, now_ns, idle_ns)
+        self.finish_tick(st, now_ns, idle_ns, true, lookup)
     }
 
     /// Starts a drain; `interval_s` is the time since the previous one.
@@ -177,6 +230,7 @@ impl Tracker {
         TickState {
             out: TickOutput::default(),
             interval_s: if interval_s > 0.0 { interval_s } else { 1.0 },
+            rated: Vec::new(),
         }
     }
 
@@ -233,58 +287,74 @@ impl Tracker {
             }
             e.pending_bytes += db;
             e.pending_packets += dp;
-
-            if e.owner.is_none() && (s.key.proto == IPPROTO_TCP || s.key.proto == IPPROTO_UDP) {
-                if should_try(e.attrib_tries) {
-                    e.owner = lookup(&s.key).map(Arc::new);
-                }
-                e.attrib_tries += 1;
+            if db > 0 || dp > 0 {
+                st.rated.push(s.key);
             }
-            let settled = e.owner.is_some()
-                || e.attrib_tries >= EAGER_TRIES
-                || (s.key.proto != IPPROTO_TCP && s.key.proto != IPPROTO_UDP);
-            if settled && (e.pending_bytes > 0 || e.pending_packets > 0) {
-                let name = e
-                    .owner
-                    .as_ref()
-                    .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
-                credit(
-                    &mut self.procs,
-                    &mut out.proc_deltas,
-                    name,
-                    s.key.direction,
-                    e.pending_bytes,
-                    e.pending_packets,
-                    interval_s,
-                    e.last_ns,
-                );
-                e.pending_bytes = 0;
-                e.pending_packets = 0;
+            if settle(&s.key, e, &mut self.procs, out, interval_s, &mut lookup) {
+                self.pending.insert(s.key);
+            } else {
+                self.pending.remove(&s.key);
             }
         }
     }
 
-    /// Ends a drain: flows not seen were evicted by the kernel, idle ones are to be deleted.
-    pub fn finish_tick(&mut self, st: TickState, now_ns: u64, idle_ns: u64) -> TickOutput {
+    /// Ends a drain. `full`: every flow of the kernel map was applied, so a flow not seen was
+    /// evicted by the kernel; otherwise only the flows that changed were (the dirty ring), and
+    /// the others are as they were. Flows whose traffic still waits for an owner are retried
+    /// either way, rates of flows not seen drop to zero, and idle flows are listed for
+    /// deletion (on full drains and every `SWEEP_EVERY` ticks).
+    pub fn finish_tick(
+        &mut self,
+        st: TickState,
+        now_ns: u64,
+        idle_ns: u64,
+        full: bool,
+        mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) -> TickOutput {
         let tick = self.tick;
         let TickState {
             mut out,
             interval_s,
+            rated,
         } = st;
+        let waiting: Vec<FlowKey> = self.pending.iter().copied().collect();
+        for k in waiting {
+            let Some(e) = self.flows.get_mut(&k) else {
+                self.pending.remove(&k);
+                continue;
+            };
+            if e.seen_tick != tick
+                && !settle(&k, e, &mut self.procs, &mut out, interval_s, &mut lookup)
+            {
+                self.pending.remove(&k);
+            }
+        }
+        for k in std::mem::replace(&mut self.rated, rated) {
+            if let Some(e) = self.flows.get_mut(&k)
+                && e.seen_tick != tick
+            {
+                e.rate_bps = 0.0;
+                e.rate_pps = 0.0;
+            }
+        }
         let mut gone = Vec::new();
-        for (k, e) in &self.flows {
-            if e.seen_tick != tick {
-                gone.push(*k);
-            } else if now_ns.saturating_sub(e.last_ns) > idle_ns {
-                out.expired.push(*k);
+        if full || tick.is_multiple_of(SWEEP_EVERY) {
+            for (k, e) in &self.flows {
+                if full && e.seen_tick != tick {
+                    gone.push(*k);
+                } else if now_ns.saturating_sub(e.last_ns) > idle_ns {
+                    out.expired.push(*k);
+                }
             }
         }
         for k in &gone {
             self.flows.remove(k);
+            self.pending.remove(k);
         }
         out.evicted = gone.len() as u64;
         self.evictions += out.evicted;
         for k in &out.expired {
+            self.pending.remove(k);
             if let Some(e) = self.flows.remove(k)
                 && (e.pending_bytes > 0 || e.pending_packets > 0)
             {
@@ -708,6 +778,77 @@ mod tests {
         assert_eq!(t.procs["curl"].tx_bytes, 3500);
         assert_eq!(t.procs["curl"].tx_packets, 20);
         assert_eq!(t.procs["curl"].tx_rate, 5000.0);
+    }
+
+    /// A drain of the dirty flows only: `samples` are the flows that changed.
+    fn dirty_tick(
+        t: &mut Tracker,
+        samples: &[FlowSample],
+        now: u64,
+        lookup: impl FnMut(&FlowKey) -> Option<Owner> + Copy,
+    ) -> TickOutput {
+        let mut st = t.begin_tick(1.0);
+        for s in samples {
+            t.apply_sample(&mut st, s, lookup);
+        }
+        t.finish_tick(st, now, 60 * SEC, false, lookup)
+    }
+
+    #[test]
+    fn dirty_drains_keep_unchanged_flows_and_full_drains_see_evictions() {
+        let mut t = Tracker::default();
+        let (a, b) = (key(DIR_EGRESS, 40000), key(DIR_EGRESS, 40001));
+        let curl = |_: &FlowKey| Some(owner(42, "curl"));
+        t.apply_flows(
+            &[sample(a, 1000, 10, SEC), sample(b, 500, 5, SEC)],
+            SEC,
+            1.0,
+            60 * SEC,
+            curl,
+        );
+        // Only `a` changed: `b` keeps its totals, its rate drops to zero, nothing is evicted.
+        let out = dirty_tick(&mut t, &[sample(a, 3000, 20, 2 * SEC)], 2 * SEC, curl);
+        assert_eq!(out.evicted, 0);
+        assert_eq!(t.flows[&a].rate_bps, 2000.0);
+        assert_eq!((t.flows[&b].bytes, t.flows[&b].rate_bps), (500, 0.0));
+        assert_eq!(t.procs["curl"].tx_bytes, 3000 + 500);
+        // A full drain that does not see `b`: the kernel evicted it.
+        let out = t.apply_flows(
+            &[sample(a, 3000, 20, 2 * SEC)],
+            3 * SEC,
+            1.0,
+            60 * SEC,
+            curl,
+        );
+        assert_eq!(out.evicted, 1);
+        assert!(!t.flows.contains_key(&b));
+        assert_eq!(t.flows[&a].rate_bps, 0.0);
+    }
+
+    #[test]
+    fn pending_traffic_is_attributed_even_when_its_flow_is_not_read_again() {
+        let mut t = Tracker::default();
+        let k = key(DIR_EGRESS, 40002);
+        // The only packets arrive before the kernel recorded the owner...
+        let out = dirty_tick(&mut t, &[sample(k, 300, 3, SEC)], SEC, |_| None);
+        assert!(out.proc_deltas.is_empty(), "held until attributed");
+        // ...and the flow never changes again, so no drain reads it; the owner shows up.
+        let out = dirty_tick(&mut t, &[], 2 * SEC, |_| Some(owner(9, "shortlived")));
+        assert_eq!(out.proc_deltas["shortlived"].tx_bytes, 300);
+        assert!(t.pending.is_empty());
+    }
+
+    #[test]
+    fn idle_flows_expire_on_dirty_drains_every_sweep() {
+        let mut t = Tracker::default();
+        let k = key(DIR_EGRESS, 40003);
+        t.apply_flows(&[sample(k, 100, 1, SEC)], SEC, 1.0, 60 * SEC, |_| None);
+        let mut expired = Vec::new();
+        for i in 0..SWEEP_EVERY {
+            let out = dirty_tick(&mut t, &[], (62 + i) * SEC, |_| None);
+            expired.extend(out.expired);
+        }
+        assert_eq!(expired, vec![k], "found within one sweep period");
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub struct Status {
     pub flows_expired: u64,
     pub last_drain_seconds: f64,
     pub drains: u64,
+    /// Drains that read the whole flow map (the others read only flows that changed).
+    pub full_drains: u64,
+    /// Whether the last drain read the whole flow map.
+    pub last_drain_full: bool,
 }
 
 /// The flow table and the sockets of the last drain: the connection table is built from

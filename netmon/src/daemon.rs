@@ -204,11 +204,20 @@ impl ProgStats {
     }
 }
 
+/// The whole flow map is read at least this often (in drains), so that flows the kernel's
+/// LRU evicted leave the table; in between, only flows that changed are read.
+const FULL_SCAN_EVERY: u64 = 60;
+
 /// State the drain loop keeps between ticks.
 struct Drain {
     maps: Maps,
     diag: Option<SockDiag>,
     flow_bufs: crate::drain::FlowBufs,
+    /// Keys taken from the dirty ring this drain.
+    dirty_keys: Vec<netmon_common::FlowKey>,
+    prev_dirty_lost: u64,
+    /// Drains that read the whole flow map.
+    full_scans: u64,
     last_ns: u64,
     idle_ns: u64,
     /// ifindex -> name of the monitored interfaces.
@@ -244,14 +253,45 @@ impl Drain {
         let table = &mut *table;
         table.sockets = sockets;
         let tracker = &mut table.tracker;
-        // Each flow goes from the kernel's batch straight into the table. The connection
-        // table is built from it on request (api.rs), not every tick.
+        // Usually only the flows that changed since the last drain are read: the programs
+        // push a flow's key to the dirty ring on its first packet of an epoch. The ring is
+        // taken before the epoch advances, so no change falls between two drains. The whole
+        // map is read on the first drain, every FULL_SCAN_EVERY drains (to see LRU
+        // evictions), and whenever keys did not fit in the ring.
+        self.dirty_keys.clear();
+        self.maps.take_dirty(&mut self.dirty_keys);
+        self.maps.advance_epoch()?;
+        let lost = self.maps.counter(counter::DIRTY_LOST);
+        let full = self.drains.is_multiple_of(FULL_SCAN_EVERY) || lost != self.prev_dirty_lost;
+        self.prev_dirty_lost = lost;
         let mut st = tracker.begin_tick(interval_s);
         let maps = &self.maps;
-        maps.read_flows(&mut self.flow_bufs, |s| {
+        // Each flow goes from the kernel straight into the table. The connection table is
+        // built from it on request (api.rs), not every tick.
+        let mut apply = |s: &crate::aggregate::FlowSample| {
             tracker.apply_sample(&mut st, s, |k| maps.owner(k).map(Owner::from));
-        })?;
-        let out = tracker.finish_tick(st, now, self.idle_ns);
+        };
+        if full {
+            maps.read_flows(&mut self.flow_bufs, &mut apply)?;
+        } else {
+            self.dirty_keys.sort_unstable_by_key(|k| {
+                (
+                    k.ifindex,
+                    k.direction,
+                    k.proto,
+                    k.local_addr,
+                    k.remote_addr,
+                    k.local_port,
+                    k.remote_port,
+                )
+            });
+            self.dirty_keys.dedup();
+            maps.read_flows_by_key(&self.dirty_keys, &mut apply);
+        }
+        let out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
+            maps.owner(k).map(Owner::from)
+        });
+        self.full_scans += u64::from(full);
         if !out.expired.is_empty() {
             self.maps
                 .delete_flows(&out.expired)
@@ -322,7 +362,7 @@ impl Drain {
         m.flows_expired.inc_by(tracker.expired - self.prev_expired);
         self.prev_evictions = tracker.evictions;
         self.prev_expired = tracker.expired;
-        let active = out.seen - out.expired.len().min(out.seen);
+        let active = tracker.flows.len();
         m.flows_active.set(active as i64);
         m.map_entries
             .with_label_values(&["flows"])
@@ -396,6 +436,8 @@ impl Drain {
         status.flow_evictions = tracker.evictions;
         status.flows_expired = tracker.expired;
         status.last_drain_seconds = elapsed.as_secs_f64();
+        status.full_drains = self.full_scans;
+        status.last_drain_full = full;
         status.drains = self.drains;
         *shared.stats.write().expect("lock not poisoned") = stats;
         *shared.status.write().expect("lock not poisoned") = status;
@@ -555,6 +597,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         maps,
         diag,
         flow_bufs: Default::default(),
+        dirty_keys: Vec::new(),
+        prev_dirty_lost: 0,
+        full_scans: 0,
         last_ns: monotonic_ns(),
         idle_ns: cfg.idle_timeout.as_nanos() as u64,
         names: attached

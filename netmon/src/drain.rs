@@ -16,11 +16,12 @@ use aya::{
 };
 use netmon_common::{
     FlowKey, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
-    ProcInfo, SockKey, counter,
+    ProcInfo, SockKey, config, counter,
 };
 
 use crate::aggregate::FlowSample;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -142,6 +143,19 @@ pub struct Maps {
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
     ncpus: usize,
+    dirty: aya::maps::RingBuf<MapData>,
+    config: aya::maps::Array<MapData, u64>,
+    epoch: u64,
+}
+
+/// The `elem` member of `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 /// Reused buffers for reading the flow map in batches.
@@ -183,7 +197,73 @@ impl Maps {
             sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
             port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
             ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
+            dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
+            config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
+            epoch: 0,
         })
+    }
+
+    /// Moves the programs to a new drain epoch: from now on each flow's first packet pushes
+    /// its key to the dirty ring again.
+    pub fn advance_epoch(&mut self) -> Result<()> {
+        self.epoch = (self.epoch + 1) & u64::from(u32::MAX);
+        self.config
+            .set(config::EPOCH, self.epoch, 0)
+            .context("writing the drain epoch to NETMON_CONFIG")
+    }
+
+    /// Appends the keys waiting in the dirty ring (flows touched since they were last taken)
+    /// to `out`. A key may appear more than once.
+    pub fn take_dirty(&mut self, out: &mut Vec<FlowKey>) {
+        while let Some(item) = self.dirty.next() {
+            if item.len() >= size_of::<FlowKey>() {
+                // SAFETY: the programs write whole FlowKeys; unaligned read of plain data.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowKey>()) });
+            }
+        }
+    }
+
+    /// The flows `keys` (distinct) as the kernel map holds them now, handed to `f`; keys no
+    /// longer in the map (evicted, deleted) are skipped.
+    pub fn read_flows_by_key(&self, keys: &[FlowKey], mut f: impl FnMut(&FlowSample)) {
+        let fd = self.flows.fd().as_fd().as_raw_fd() as u32;
+        for key in keys {
+            let mut v = FlowStats::default();
+            let mut attr = ElemAttr {
+                map_fd: fd,
+                _pad: 0,
+                key: key as *const FlowKey as u64,
+                value: &mut v as *mut FlowStats as u64,
+                flags: 0,
+            };
+            // SAFETY: attr points at a key and a value buffer of the map's sizes.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_ELEM,
+                    &mut attr as *mut ElemAttr,
+                    size_of::<ElemAttr>() as u32,
+                )
+            };
+            if r == 0 {
+                f(&FlowSample {
+                    key: *key,
+                    bytes: v.bytes,
+                    packets: v.packets,
+                    tcp_flags: v.tcp_flags,
+                    first_ns: v.first_seen_ns,
+                    last_ns: v.last_seen_ns,
+                });
+            }
+        }
+    }
+
+    /// One kernel event counter, summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Every flow in the kernel map, read in batches and handed to `f` one by one: the

@@ -162,6 +162,14 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace (setns), e.g. to reach a
     /// daemon's loopback API.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("namespace thread panicked")
+    }
+
+    /// Runs `f` on a new thread inside this namespace and returns at once.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let f_ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
@@ -170,8 +178,6 @@ impl Netns {
             assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("namespace thread panicked")
     }
 }
 

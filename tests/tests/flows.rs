@@ -293,8 +293,17 @@ fn status_and_flows_commands_say_what_is_active() {
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
     let bin = netmon_bin();
     let bin = bin.to_str().unwrap();
+    // A few drains in: the first read the whole flow map, the next only the dirty flows.
+    while d.drains(&p.a) < 4 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let status: Value =
         serde_json::from_str(&p.a.exec(&[bin, "status", "--json", "--api", &d.api])).unwrap();
+    let (drains, full) = (u(&status["drains"]), u(&status["full_drains"]));
+    assert!(
+        full >= 1 && full < drains,
+        "full drains {full} of {drains}: the first only, then the dirty ring"
+    );
     let hooks = status["hooks"].as_array().unwrap();
     let active = |purpose: &str, kind: &str| {
         hooks

@@ -560,6 +560,8 @@ fn create_pinned(pin_dir: &Path) -> Result<()> {
     ] {
         loader.map_max_entries(m, 1);
     }
+    // A ring buffer's size is a power-of-two number of pages.
+    loader.map_max_entries("NETMON_DIRTY", 4096);
     loader
         .load(crate::load::EBPF_OBJECT)
         .with_context(|| format!("creating the drop-list maps under {}", pin_dir.display()))?;
