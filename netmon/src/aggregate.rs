@@ -143,6 +143,9 @@ pub struct TickOutput {
     pub evicted: u64,
     /// Flows the kernel map held at this drain.
     pub seen: usize,
+    /// Flows seen for the first time, with the TCP flags of their first drain: the
+    /// connection attempts the classifier looks at.
+    pub new_flows: Vec<(FlowKey, u8)>,
 }
 
 /// A drain in progress: `Tracker::begin_tick`, `apply_sample` for every flow as it is read
@@ -246,6 +249,9 @@ impl Tracker {
         let out = &mut st.out;
         out.seen += 1;
         {
+            if !self.flows.contains_key(&s.key) {
+                out.new_flows.push((s.key, s.tcp_flags));
+            }
             let e = self.flows.entry(s.key).or_insert_with(|| FlowEntry {
                 bytes: 0,
                 packets: 0,
@@ -487,6 +493,12 @@ pub struct Connection {
     /// Seconds between the first and the latest packet (0 for sockets without traffic).
     pub duration: f64,
     pub tcp_flags: String,
+    /// Risk level, score and every reason with its points (`classify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<crate::classify::score::Assessment>,
+    /// What the classifier scores: remote address, local and remote port, protocol.
+    #[serde(skip)]
+    pub tuple: (std::net::IpAddr, u16, u16, u8),
 }
 
 pub fn proto_name(proto: u8) -> String {
@@ -571,6 +583,8 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
         recv_rate: 0.0,
         duration: 0.0,
         tcp_flags: String::new(),
+        risk: None,
+        tuple: (to_ip(remote.0), local.1, remote.1, proto),
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Shared {
     pub table: RwLock<Table>,
     pub status: RwLock<Status>,
     pub metrics: Metrics,
+    /// Detections, scores and alerts.
+    pub classifier: RwLock<crate::classify::Classifier>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -112,6 +114,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/network-stats", get(network_stats))
         .route("/api/status", get(status))
+        .route("/api/alerts", get(alerts))
         .route("/healthz", get(healthz))
         .with_state(shared)
 }
@@ -136,10 +139,21 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
             (t.tracker.flow_snapshot(), t.sockets.clone())
         };
         stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
+        let c = s.classifier.read().expect("lock not poisoned");
+        for conn in &mut stats.connections {
+            let (remote, lport, rport, proto) = conn.tuple;
+            conn.risk = Some(c.assess(remote, lport, rport, proto, conn.process.as_deref()));
+        }
+        drop(c);
         stats
     })
     .await;
     Json(built.expect("the connection table builder does not panic"))
+}
+
+/// The alerts kept (newest last), with their reasons.
+async fn alerts(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::Alert>> {
+    Json(s.classifier.read().expect("lock not poisoned").alerts())
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {

@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub process_top_k: Option<usize>,
     /// A command name's series is removed after this long without traffic, e.g. `10m`.
     pub process_series_ttl: Option<String>,
+    /// The threat configuration file (scoring, detection, custom rules).
+    pub threat_config: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -63,6 +65,7 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     pub tc_mode: crate::load::TcMode,
     pub process_series: crate::metrics::ProcessSeriesConfig,
+    pub threat: crate::classify::config::ThreatConfig,
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.

@@ -291,6 +291,27 @@ impl Drain {
         let out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
             maps.owner(k).map(Owner::from)
         });
+        {
+            let mut c = shared.classifier.write().expect("lock not poisoned");
+            for (k, flags) in &out.new_flows {
+                c.observe_new_flow(k, *flags, now);
+            }
+            for a in c.tick(now, now_ms()) {
+                warn!(
+                    "alert: {} {} from {} (score {}): {}",
+                    a.severity,
+                    a.kind.as_str(),
+                    a.remote,
+                    a.score,
+                    a.detail
+                );
+                shared
+                    .metrics
+                    .threats
+                    .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
+                    .inc();
+            }
+        }
         self.full_scans += u64::from(full);
         if !out.expired.is_empty() {
             self.maps
@@ -569,6 +590,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     };
     drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared::default());
+    *shared.classifier.write().expect("lock not poisoned") =
+        crate::classify::Classifier::new(cfg.threat.clone());
     for h in &attached.hooks {
         shared
             .metrics

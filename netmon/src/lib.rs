@@ -3,12 +3,14 @@
 //! The modules follow one packet's counters from the kernel to a Prometheus sample:
 //! [`load`] attaches the programs -> [`drain`] reads the kernel maps (and [`sockdiag`] the
 //! idle sockets) -> [`aggregate`] turns totals into deltas, rates, connections and process
-//! totals -> [`metrics`] and [`api`] expose them. [`daemon`] runs that loop; [`client`] is the
+//! totals -> [`classify`] scores connections and detects attack patterns -> [`act`] (drop
+//! list) -> [`metrics`] and [`api`] expose them. [`daemon`] runs that loop; [`client`] is the
 //! CLI's way to ask a running daemon.
 
 pub mod act;
 pub mod aggregate;
 pub mod api;
+pub mod classify;
 pub mod client;
 pub mod config;
 pub mod daemon;

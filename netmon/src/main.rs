@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         api: String,
     },
+    /// Print the running daemon's alerts (patterns detected in traffic), oldest first.
+    Alerts {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        api: String,
+    },
     /// Drop packets from and to an address or prefix, in the kernel; or, with --file, replace
     /// the imported set with a list (plain, FireHOL netset, Spamhaus DROP/EDROP).
     Ban {
@@ -120,6 +127,9 @@ struct RunArgs {
     /// Remove a command name's series after it moved no traffic for this long. Default 10m.
     #[arg(long)]
     process_series_ttl: Option<String>,
+    /// TOML file of risk-scoring weights, thresholds, detection windows and custom rules.
+    #[arg(long)]
+    threat_config: Option<PathBuf>,
 }
 
 fn resolve(
@@ -179,6 +189,10 @@ fn resolve(
             .unwrap_or("auto")
             .parse()
             .context("--tc-attach")?,
+        threat: match args.threat_config.or(file.threat_config) {
+            Some(p) => netmon::classify::config::ThreatConfig::read(&p)?,
+            None => Default::default(),
+        },
         process_series: netmon::metrics::ProcessSeriesConfig {
             top_k: args
                 .process_top_k
@@ -193,6 +207,33 @@ fn resolve(
             .context("--process-series-ttl")?,
         },
     })
+}
+
+fn print_alerts(v: &serde_json::Value) {
+    let alerts = v.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if alerts.is_empty() {
+        println!("no alerts");
+        return;
+    }
+    for a in alerts {
+        let ms = a["time_ms"].as_u64().unwrap_or(0);
+        println!(
+            "{}  {:<6} {:<18} {:<39} score {:>3}  {}",
+            netmon::act::state::rfc3339(ms),
+            a["severity"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or(""),
+            a["remote"].as_str().unwrap_or(""),
+            a["score"].as_i64().unwrap_or(0),
+            a["detail"].as_str().unwrap_or(""),
+        );
+        for r in a["reasons"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            println!(
+                "    {:+4}  {}",
+                r["points"].as_i64().unwrap_or(0),
+                r["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
 }
 
 fn human_bytes(b: f64) -> String {
@@ -423,6 +464,15 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print_list(&rows);
+            }
+            Ok(())
+        }
+        Cmd::Alerts { json, api } => {
+            let v = client::get_json(&api, "/api/alerts")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_alerts(&v);
             }
             Ok(())
         }

@@ -127,6 +127,7 @@ pub struct Metrics {
     pub scrape_seconds: Gauge,
     pub process_series: IntGauge,
     pub iface_speed: IntGaugeVec,
+    pub threats: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -295,6 +296,12 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            threats: cv(
+                "netmon_threats_detected_total",
+                "Attack patterns detected in traffic (port scan, host sweep, SYN flood, ...), \
+                 by kind and by the severity of the remote's score when detected.",
+                &["kind", "severity"],
+            ),
             iface_speed: gv(
                 "netmon_interface_speed_bytes_per_second",
                 "Link speed the kernel reports for a monitored interface (absent where the \
@@ -315,6 +322,14 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Every kind and severity from the start, at 0, so rates have data before the first.
+        for kind in crate::classify::detect::DetectionKind::ALL {
+            for level in crate::classify::score::Level::ALL {
+                m.threats
+                    .with_label_values(&[kind.as_str(), level.as_str()])
+                    .inc_by(0);
+            }
+        }
         m
     }
 

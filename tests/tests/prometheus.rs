@@ -408,14 +408,15 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
         "both agents contribute: {inst:?}"
     );
     // And the raw expression evaluated at that time agrees with the recorded value, within
-    // 5%: a scrape stamped just before the rule ran can be ingested just after it.
+    // 15%: a scrape stamped just before the rule ran can be ingested just after it, and in a
+    // 1-minute window that is only partly filled one sample moves the rate by several %.
     let raw = prom.query(
         &p.b,
         "sum by (job, direction) (rate(netmon_interface_bytes_total{direction=\"rx\"}[1m]))",
         Some(t),
     );
     assert!(
-        (num(&raw[0]) - job_rx).abs() <= job_rx * 0.05,
+        (num(&raw[0]) - job_rx).abs() <= job_rx * 0.15,
         "raw {} vs recorded {job_rx}",
         num(&raw[0])
     );

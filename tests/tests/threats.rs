@@ -1,0 +1,128 @@
+//! Threat detection end to end, as root, in network namespaces: real traffic from a peer
+//! namespace, the daemon's alerts and scores read back through its API, CLI and metrics.
+
+use std::{net::TcpStream, time::Duration};
+
+use netmon_tests::*;
+use serde_json::Value;
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_port_scan_raises_an_alert_naming_the_source() {
+    let p = Pair::new("scan");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    // A connect() scan of 200 closed ports: each SYN is answered by a RST.
+    let target = p.a_v4.to_string();
+    p.b.run(move || {
+        for port in 1..=200u16 {
+            let _ = TcpStream::connect_timeout(
+                &format!("{target}:{port}").parse().unwrap(),
+                Duration::from_millis(200),
+            );
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        let alerts = ns_json(&p.a, &d.api, "/api/alerts");
+        if let Some(a) = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "port_scan")
+        {
+            break a.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no port-scan alert after the scan: {alerts}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alert["remote"], p.b_v4, "{alert}");
+    assert_eq!(alert["severity"], "high", "{alert}");
+    let detail = alert["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!("{}: ", p.b_v4)) && detail.contains("ports tried"),
+        "{detail}"
+    );
+    assert!(
+        alert["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "port_scan" && r["points"].as_i64() == Some(50)),
+        "{alert}"
+    );
+    // One alert per kind while the scan is in the window, not one per port or per drain.
+    let alerts = ns_json(&p.a, &d.api, "/api/alerts");
+    let scans = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "port_scan")
+        .count();
+    assert_eq!(scans, 1, "{alerts}");
+
+    // The CLI says the same.
+    let bin = netmon_bin();
+    let out: Value = serde_json::from_str(&p.a.exec(&[
+        bin.to_str().unwrap(),
+        "alerts",
+        "--json",
+        "--api",
+        &d.api,
+    ]))
+    .unwrap();
+    assert!(
+        out.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "port_scan" && a["remote"] == p.b_v4)
+    );
+    let text =
+        p.a.exec(&[bin.to_str().unwrap(), "alerts", "--api", &d.api]);
+    assert!(
+        text.contains("port_scan") && text.contains(p.b_v4),
+        "{text}"
+    );
+
+    // The metric counted it once, with its severity.
+    let (_, metrics) = ns_get(&p.a, &d.api, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "netmon_threats_detected_total{kind=\"port_scan\",severity=\"high\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("netmon_threats"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Connections with the scanner are high risk, with the reason and its points.
+    let stats = d.fresh_stats(&p.a);
+    let from_scanner: Vec<&Value> = stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["remote_address"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("{}:", p.b_v4)))
+        })
+        .collect();
+    assert!(!from_scanner.is_empty(), "{stats}");
+    for c in from_scanner {
+        assert_eq!(c["risk"]["level"], "high", "{c}");
+        assert!(
+            c["risk"]["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["kind"] == "port_scan"),
+            "{c}"
+        );
+    }
+}
