@@ -279,6 +279,7 @@ impl Drain {
                     k.ifindex,
                     k.direction,
                     k.proto,
+                    k.flags,
                     k.local_addr,
                     k.remote_addr,
                     k.local_port,
@@ -313,6 +314,14 @@ impl Drain {
             }
         }
         self.full_scans += u64::from(full);
+        if full {
+            // Give back what a large drain or connection-table request left free in the heap
+            // (the allocator keeps it otherwise), once per full-scan cycle.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         if !out.expired.is_empty() {
             self.maps
                 .delete_flows(&out.expired)

@@ -209,6 +209,17 @@ fn resolve(
     })
 }
 
+/// Asks the running daemon for `path` and prints it as JSON or with `print`.
+fn show(api: &str, path: &str, json: bool, print: fn(&serde_json::Value)) -> Result<()> {
+    let v = client::get_json(api, path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print(&v);
+    }
+    Ok(())
+}
+
 fn print_alerts(v: &serde_json::Value) {
     let alerts = v.as_array().map(Vec::as_slice).unwrap_or(&[]);
     if alerts.is_empty() {
@@ -397,15 +408,7 @@ fn run(cli: Cli) -> Result<()> {
                 daemon::run(cfg, token).await
             })
         }
-        Cmd::Flows { json, api } => {
-            let v = client::get_json(&api, "/api/network-stats")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_flows(&v);
-            }
-            Ok(())
-        }
+        Cmd::Flows { json, api } => show(&api, "/api/network-stats", json, print_flows),
         Cmd::Ban {
             target,
             file,
@@ -467,23 +470,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Alerts { json, api } => {
-            let v = client::get_json(&api, "/api/alerts")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_alerts(&v);
-            }
-            Ok(())
-        }
-        Cmd::Status { json, api } => {
-            let v = client::get_json(&api, "/api/status")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_status(&v);
-            }
-            Ok(())
-        }
+        Cmd::Alerts { json, api } => show(&api, "/api/alerts", json, print_alerts),
+        Cmd::Status { json, api } => show(&api, "/api/status", json, print_status),
     }
 }

@@ -91,6 +91,8 @@ pub struct Detector {
     counts: HashMap<IpAddr, usize>,
     /// A remote with fewer attempts than this cannot reach any threshold.
     min_limit: usize,
+    /// Attempts were added or aged out since the last `evaluate`.
+    changed: bool,
 }
 
 /// Attempts kept at most (a flood beyond it ages out faster than the window).
@@ -115,6 +117,7 @@ impl Detector {
             events: VecDeque::new(),
             counts: HashMap::new(),
             min_limit,
+            changed: false,
         }
     }
 
@@ -124,9 +127,11 @@ impl Detector {
         }
         *self.counts.entry(e.remote).or_default() += 1;
         self.events.push_back(e);
+        self.changed = true;
     }
 
     fn pop_oldest(&mut self) {
+        self.changed = true;
         if let Some(old) = self.events.pop_front()
             && let Some(n) = self.counts.get_mut(&old.remote)
         {
@@ -156,7 +161,8 @@ impl Detector {
 
     /// Every remote whose attempts in the window show a pattern, with the patterns: one pass
     /// over the window, looking only at remotes with enough attempts to reach a threshold.
-    pub fn evaluate(&self) -> Vec<(IpAddr, Vec<Detection>)> {
+    pub fn evaluate(&mut self) -> Vec<(IpAddr, Vec<Detection>)> {
+        self.changed = false;
         let mut by_remote: HashMap<IpAddr, Vec<&ConnEvent>> = HashMap::new();
         for e in &self.events {
             if self
@@ -172,6 +178,12 @@ impl Detector {
             .map(|(remote, q)| (remote, self.patterns(&remote, &q)))
             .filter(|(_, d)| !d.is_empty())
             .collect()
+    }
+
+    /// Whether attempts were added or aged out since the last `evaluate` (if not, its
+    /// result would be the same).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// The patterns one remote's attempts in the window show.

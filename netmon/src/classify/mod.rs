@@ -81,8 +81,12 @@ impl Classifier {
     /// the alerts for detections new since the last tick.
     pub fn tick(&mut self, now_ns: u64, now_ms: u64) -> Vec<Alert> {
         self.detector.expire(now_ns);
-        self.by_remote.clear();
         let mut new = Vec::new();
+        if !self.detector.changed() {
+            // The same attempts in the window: the same detections, already alerted on.
+            return new;
+        }
+        self.by_remote.clear();
         for (remote, d) in self.detector.evaluate() {
             let a = self.assess_remote(remote, &d);
             for det in &d {
