@@ -558,7 +558,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
 
     let list = DropList::new(&cfg.pin_dir, &cfg.state_dir);
     let mut drop_maps = None;
-    let attached = load::load_and_attach(
+    let mut attached = load::load_and_attach(
         &LoadOptions {
             tc_mode: cfg.tc_mode,
             interfaces,
@@ -577,10 +577,18 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 state.allows.len(),
                 list.state_path().display()
             );
-            drop_maps = Some((maps, state, Maps::take(ebpf)?));
+            drop_maps = Some((maps, state));
             Ok(())
         },
     )?;
+    // Taken only now: attaching still writes NETMON_CONFIG (the kprobe switch).
+    let maps = match Maps::take(&mut attached.ebpf) {
+        Ok(m) => m,
+        Err(e) => {
+            attached.detach();
+            return Err(e.context("opening the kernel maps the daemon reads"));
+        }
+    };
     // Loading parsed the kernel's BTF (megabytes, freed now): give that memory back.
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap memory.
@@ -588,7 +596,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         libc::malloc_trim(0);
     }
     // Nothing below can fail before the loop, so every exit goes through detach().
-    let (maps_d, state, maps) = drop_maps.expect("before_attach ran");
+    let (maps_d, state) = drop_maps.expect("before_attach ran");
     let mut drops = Drops {
         state_mtime: None,
         list,

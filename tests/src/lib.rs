@@ -542,6 +542,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A failing test shows what the daemon said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- netmon log ({}):\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
