@@ -621,34 +621,8 @@ fn drop_decisions_follow_the_list_in_force() {
         added_ms: 0,
         expires_ms,
     };
-    let from4 = |src: [u8; 4]| {
-        eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(
-                V4 {
-                    src,
-                    proto: 17,
-                    ..V4::default()
-                },
-                &udp(1, 2, b"x"),
-            ),
-        )
-    };
-    let to4 = |dst: [u8; 4]| {
-        eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(
-                V4 {
-                    dst,
-                    proto: 17,
-                    ..V4::default()
-                },
-                &udp(1, 2, b"x"),
-            ),
-        )
-    };
+    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
     let flags = |maps: &mut DropMaps| maps.set_flags(u64::MAX).unwrap();
 
     // Nothing in force: everything passes.

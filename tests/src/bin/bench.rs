@@ -275,19 +275,7 @@ fn flow_packet(i: u32, v6: bool, ingress: bool) -> Vec<u8> {
         } else {
             (LOCAL4, remote4(i))
         };
-        eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(
-                V4 {
-                    src,
-                    dst,
-                    proto: IPPROTO_UDP,
-                    ..V4::default()
-                },
-                &payload,
-            ),
-        )
+        udp4_frame(src, dst, &payload)
     }
 }
 
