@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod mmdb;
 pub mod packet;
 
 /// Ethernet header length.

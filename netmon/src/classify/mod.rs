@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod detect;
+pub mod feeds;
+pub mod geo;
 pub mod score;
 
 use std::{
