@@ -466,6 +466,14 @@ pub fn to_ip(addr: [u8; 16]) -> IpAddr {
     }
 }
 
+/// The key form of an address: IPv4 as IPv4-mapped IPv6, like the flow and socket keys.
+pub fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// One row of the connection table: both directions of one socket 4-tuple, over every
 /// monitored interface, merged with the socket's state and owner.
 #[derive(Debug, Clone, Serialize)]

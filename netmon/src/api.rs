@@ -87,6 +87,19 @@ pub struct Status {
     pub full_drains: u64,
     /// Whether the last drain read the whole flow map.
     pub last_drain_full: bool,
+    pub threat: ThreatStatus,
+}
+
+/// The threat side's configuration and health, for `/api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThreatStatus {
+    pub feeds: Vec<crate::classify::feeds::FeedStatus>,
+    /// GeoIP databases: path and database type.
+    pub geoip: Vec<String>,
+    pub sinks: Vec<String>,
+    pub event_log: String,
+    pub dry_run: bool,
+    pub policy_lines: usize,
 }
 
 /// The flow table and the sockets of the last drain: the connection table is built from
@@ -107,6 +120,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Detections, scores and alerts.
     pub classifier: RwLock<crate::classify::Classifier>,
+    /// Feed states, as the feed thread last published them.
+    pub feed_status: Arc<RwLock<Vec<crate::classify::feeds::FeedStatus>>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {

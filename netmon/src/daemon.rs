@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -14,9 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    act::{commands::DropList, droplist::DropMaps, state::now_ms},
+    act::{
+        commands::DropList,
+        droplist::DropMaps,
+        respond::{Pipeline, PipelineTx},
+        state::now_ms,
+    },
     aggregate::{Owner, SocketRow},
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
+    classify::feeds::{FeedRefresher, Feeds},
     config::RunConfig,
     drain::{Maps, monotonic_ns},
     load::{self, LoadOptions, iface},
@@ -239,6 +245,12 @@ struct Drain {
     drains: u64,
     /// Which command names have Prometheus series of their own.
     process_series: crate::metrics::ProcessSeries,
+    /// The response thread (event log, policy, sinks).
+    pipeline: Option<PipelineTx>,
+    /// The feed set the feed thread publishes.
+    feeds: Arc<RwLock<Arc<Feeds>>>,
+    /// Failures already counted per feed.
+    feed_failures: HashMap<String, u64>,
 }
 
 impl Drain {
@@ -294,15 +306,18 @@ impl Drain {
         });
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
+            c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
             for (k, flags) in &out.new_flows {
                 c.observe_new_flow(k, *flags, now);
             }
-            for a in c.tick(now, now_ms()) {
+            let mut alerts = c.tick(now, now_ms());
+            alerts.extend(c.check_thresholds(&shared.metrics, now, now_ms()));
+            for a in alerts {
                 warn!(
-                    "alert: {} {} from {} (score {}): {}",
+                    "alert: {} {}{} (score {}): {}",
                     a.severity,
-                    a.kind.as_str(),
-                    a.remote,
+                    a.kind,
+                    a.remote.map(|r| format!(" from {r}")).unwrap_or_default(),
                     a.score,
                     a.detail
                 );
@@ -311,6 +326,39 @@ impl Drain {
                     .threats
                     .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
                     .inc();
+                if let Some(p) = &self.pipeline {
+                    p.send(a);
+                }
+            }
+            // Connections by risk: every tick while the table is small, less often when
+            // scoring it would cost more than the drain itself.
+            let every = (tracker.flows.len() as u64 / 50_000).max(1) * 10 / 10;
+            if self.drains.is_multiple_of(every) {
+                let counts = risk_counts(&c, tracker);
+                for (level, n) in crate::classify::score::Level::ALL.iter().zip(counts) {
+                    shared
+                        .metrics
+                        .connections_by_risk
+                        .with_label_values(&[level.as_str()])
+                        .set(n as i64);
+                }
+            }
+        }
+        {
+            let status = shared.feed_status.read().expect("lock not poisoned");
+            for f in status.iter() {
+                shared
+                    .metrics
+                    .feed_entries
+                    .with_label_values(&[&f.name])
+                    .set(f.entries as i64);
+                let prev = self.feed_failures.entry(f.name.clone()).or_default();
+                shared
+                    .metrics
+                    .feed_failures
+                    .with_label_values(&[&f.name])
+                    .inc_by(f.failures.saturating_sub(*prev));
+                *prev = f.failures;
             }
         }
         self.full_scans += u64::from(full);
@@ -469,6 +517,11 @@ impl Drain {
         status.full_drains = self.full_scans;
         status.last_drain_full = full;
         status.drains = self.drains;
+        status.threat.feeds = shared
+            .feed_status
+            .read()
+            .expect("lock not poisoned")
+            .clone();
         *shared.stats.write().expect("lock not poisoned") = stats;
         *shared.status.write().expect("lock not poisoned") = status;
         Ok(())
@@ -537,6 +590,28 @@ impl Drain {
     }
 }
 
+/// Connections (both directions of a tuple counted once) by risk level: low, medium, high.
+fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Tracker) -> [usize; 3] {
+    let mut seen = std::collections::HashSet::with_capacity(tracker.flows.len());
+    let mut counts = [0usize; 3];
+    for (k, e) in &tracker.flows {
+        if !seen.insert((
+            k.proto,
+            k.local_addr,
+            k.local_port,
+            k.remote_addr,
+            k.remote_port,
+        )) {
+            continue;
+        }
+        let remote = crate::classify::key_ip(k.family, k.remote_addr);
+        let process = e.owner.as_ref().map(|o| o.comm.as_str());
+        let a = c.assess(remote, k.local_port, k.remote_port, k.proto, process);
+        counts[a.level as usize] += 1;
+    }
+    counts
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let interfaces = if cfg.interfaces.is_empty() {
@@ -555,6 +630,20 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding the API to {} (--listen)", cfg.listen))?;
     let listen = listener.local_addr()?;
+
+    // The threat side's inputs are checked before anything is attached: a wrong path fails
+    // the start with nothing left behind.
+    let geo =
+        Arc::new(crate::classify::geo::Geo::open(&cfg.threat.geoip).context("--geoip / geoip")?);
+    let (refresher, feeds0) =
+        FeedRefresher::start(cfg.threat.feeds.clone(), Some(cfg.state_dir.join("feeds")))
+            .context("loading the reputation feeds")?;
+    let event_log = cfg
+        .threat
+        .alerts
+        .log
+        .clone()
+        .unwrap_or_else(|| cfg.state_dir.join("events.jsonl"));
 
     let list = DropList::new(&cfg.pin_dir, &cfg.state_dir);
     let mut drop_maps = None;
@@ -607,8 +696,48 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     };
     drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared::default());
-    *shared.classifier.write().expect("lock not poisoned") =
-        crate::classify::Classifier::new(cfg.threat.clone());
+    {
+        let mut c = crate::classify::Classifier::new(cfg.threat.clone());
+        c.set_geo(geo.clone());
+        c.set_feeds(Arc::new(feeds0.clone()));
+        *shared.classifier.write().expect("lock not poisoned") = c;
+    }
+    let feeds = Arc::new(RwLock::new(Arc::new(feeds0)));
+    let feeds_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feed_thread = if cfg.threat.feeds.is_empty() {
+        None
+    } else {
+        match refresher.spawn(
+            feeds.clone(),
+            shared.feed_status.clone(),
+            feeds_stop.clone(),
+        ) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!("cannot start the feed thread, feeds will not refresh: {e}");
+                None
+            }
+        }
+    };
+    let (pipeline, pipeline_thread, sink_names) = match Pipeline::new(
+        &cfg.threat,
+        DropList::new(&cfg.pin_dir, &cfg.state_dir),
+        &event_log,
+        shared.clone(),
+    )
+    .and_then(|p| {
+        let names = p.sink_names();
+        let (tx, h) = p.spawn()?;
+        Ok((tx, h, names))
+    }) {
+        Ok((tx, h, names)) => (Some(tx), Some(h), names),
+        Err(e) => {
+            // Alerts still reach the log, the API and the metrics; responses and sinks wait
+            // for a restart.
+            warn!("the response thread is not running (no event log, actions or sinks): {e:#}");
+            (None, None, Vec::new())
+        }
+    };
     for h in &attached.hooks {
         shared
             .metrics
@@ -622,6 +751,18 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         listen: listen.to_string(),
         interfaces: attached.interfaces.clone(),
         hooks: attached.hooks.clone(),
+        threat: crate::api::ThreatStatus {
+            feeds: Vec::new(),
+            geoip: geo
+                .dbs
+                .iter()
+                .map(|d| format!("{} ({})", d.path, d.database_type()))
+                .collect(),
+            sinks: sink_names.iter().map(|s| s.to_string()).collect(),
+            event_log: event_log.display().to_string(),
+            dry_run: cfg.threat.response.dry_run,
+            policy_lines: cfg.threat.response.policy.len(),
+        },
         ..Default::default()
     };
     *shared.status.write().expect("lock not poisoned") = base_status.clone();
@@ -657,6 +798,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         started: Instant::now(),
         drains: 0,
         process_series: crate::metrics::ProcessSeries::new(cfg.process_series),
+        pipeline,
+        feeds,
+        feed_failures: HashMap::new(),
     };
     let mut prog_stats = ProgStats::default();
 
@@ -706,6 +850,17 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         _ => {}
     }
     drop(drain);
+    feeds_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(h) = pipeline_thread
+        && h.join().is_err()
+    {
+        warn!("the response thread panicked");
+    }
+    if let Some(h) = feed_thread
+        && h.join().is_err()
+    {
+        warn!("the feed thread panicked");
+    }
     if let Some(h) = housekeeping
         && h.join().is_err()
     {

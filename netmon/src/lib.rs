@@ -4,7 +4,8 @@
 //! [`load`] attaches the programs -> [`drain`] reads the kernel maps (and [`sockdiag`] the
 //! idle sockets) -> [`aggregate`] turns totals into deltas, rates, connections and process
 //! totals -> [`classify`] scores connections and detects attack patterns -> [`act`] (drop
-//! list) -> [`metrics`] and [`api`] expose them. [`daemon`] runs that loop; [`client`] is the
+//! list, automatic response, alert sinks) -> [`metrics`] and [`api`] expose them ([`export`]
+//! writes flows and events for forensics). [`daemon`] runs that loop; [`client`] is the
 //! CLI's way to ask a running daemon.
 
 pub mod act;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod export;
 pub mod load;
 pub mod metrics;
 pub mod sockdiag;

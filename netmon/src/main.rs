@@ -95,6 +95,49 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Terminate connections (sock_diag SOCK_DESTROY, as `ss -K`): those with REMOTE
+    /// (`ADDR`, `ADDR:PORT` or `[V6]:PORT`), optionally only the one from LOCAL.
+    Kill {
+        remote: String,
+        /// The local endpoint `ADDR:PORT` of the one connection to terminate.
+        #[arg(long)]
+        local: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Write flows (from the running daemon) and events (from the forensic event log) for
+    /// forensics.
+    Export {
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Events since: a duration ago (30m, 2h), a UTC time (2026-12-01T07:00:00Z) or unix
+        /// seconds. Default: everything in the log.
+        #[arg(long)]
+        since: Option<String>,
+        /// The event log (default: events.jsonl in the state directory).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        api: String,
+    },
+}
+
+/// `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+fn parse_endpoint(s: &str) -> Result<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok((ip, None));
+    }
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(sa) => Ok((sa.ip(), Some(sa.port()))),
+        Err(_) => anyhow::bail!(
+            "`{s}` is not an address or address:port (e.g. 198.51.100.7, 198.51.100.7:443, \
+             [2001:db8::1]:443)"
+        ),
+    }
 }
 
 #[derive(clap::Args)]
@@ -127,9 +170,14 @@ struct RunArgs {
     /// Remove a command name's series after it moved no traffic for this long. Default 10m.
     #[arg(long)]
     process_series_ttl: Option<String>,
-    /// TOML file of risk-scoring weights, thresholds, detection windows and custom rules.
+    /// TOML file of risk-scoring weights, thresholds, detection windows, custom rules,
+    /// reputation feeds, the response policy and the alert sinks.
     #[arg(long)]
     threat_config: Option<PathBuf>,
+    /// MaxMind-format database (.mmdb) for countries and ASNs; repeat for several (added to
+    /// the threat configuration's `geoip`).
+    #[arg(long)]
+    geoip: Vec<PathBuf>,
 }
 
 fn resolve(
@@ -189,9 +237,13 @@ fn resolve(
             .unwrap_or("auto")
             .parse()
             .context("--tc-attach")?,
-        threat: match args.threat_config.or(file.threat_config) {
-            Some(p) => netmon::classify::config::ThreatConfig::read(&p)?,
-            None => Default::default(),
+        threat: {
+            let mut t = match args.threat_config.or(file.threat_config) {
+                Some(p) => netmon::classify::config::ThreatConfig::read(&p)?,
+                None => netmon::classify::config::ThreatConfig::default(),
+            };
+            t.geoip.extend(args.geoip);
+            t
         },
         process_series: netmon::metrics::ProcessSeriesConfig {
             top_k: args
@@ -424,6 +476,7 @@ fn run(cli: Cli) -> Result<()> {
                     .context("--ttl")?,
                 reason,
                 force,
+                kind: Default::default(),
             };
             match (target, file) {
                 (_, Some(path)) => {
@@ -471,6 +524,99 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Alerts { json, api } => show(&api, "/api/alerts", json, print_alerts),
+        Cmd::Kill {
+            remote,
+            local,
+            reason,
+        } => {
+            let (ip, port) = parse_endpoint(&remote)?;
+            let local = local
+                .as_deref()
+                .map(|l| {
+                    l.parse::<std::net::SocketAddr>()
+                        .with_context(|| format!("--local `{l}`: expected ADDR:PORT"))
+                })
+                .transpose()?;
+            let mut diag = netmon::sockdiag::SockDiag::new()?;
+            let killed = diag.kill(ip, port, local)?;
+            if killed.is_empty() {
+                anyhow::bail!("no open connection with {remote} (see `netmon flows`)");
+            }
+            for k in &killed {
+                println!(
+                    "terminated {} {} -> {}",
+                    if k.proto == netmon_common::IPPROTO_TCP {
+                        "tcp"
+                    } else {
+                        "udp"
+                    },
+                    std::net::SocketAddr::new(netmon::aggregate::to_ip(k.local_addr), k.local_port),
+                    std::net::SocketAddr::new(
+                        netmon::aggregate::to_ip(k.remote_addr),
+                        k.remote_port
+                    ),
+                );
+            }
+            let mut rec = netmon::act::state::AuditRecord::new("kill", &remote, &reason);
+            rec.count = Some(killed.len());
+            if let Err(e) = droplist().audit(&rec) {
+                eprintln!("warning: not recorded in the audit log: {e:#}");
+            }
+            Ok(())
+        }
+        Cmd::Export {
+            format,
+            since,
+            log,
+            output,
+            api,
+        } => {
+            let format: netmon::export::Format = format.parse()?;
+            let now = netmon::act::state::now_ms();
+            let since_ms = since
+                .as_deref()
+                .map(|s| netmon::export::parse_since(s, now))
+                .transpose()?
+                .unwrap_or(0);
+            let log = log.unwrap_or_else(|| {
+                cli.state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+                    .join("events.jsonl")
+            });
+            let (events, bad) = netmon::export::read_events(&log, since_ms)?;
+            if bad > 0 {
+                eprintln!(
+                    "warning: {bad} lines of {} are not JSON and were skipped",
+                    log.display()
+                );
+            }
+            let flows = match client::get_json(&api, "/api/network-stats") {
+                Ok(v) => v["connections"].as_array().cloned().unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("warning: no flows exported: {e:#}");
+                    Vec::new()
+                }
+            };
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            netmon::export::write(&mut *out, format, &flows, &events, since_ms, now)?;
+            out.flush()?;
+            if let Some(p) = &output {
+                eprintln!(
+                    "exported {} flows and {} events to {}",
+                    flows.len(),
+                    events.len(),
+                    p.display()
+                );
+            }
+            Ok(())
+        }
         Cmd::Status { json, api } => show(&api, "/api/status", json, print_status),
     }
 }

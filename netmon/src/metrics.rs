@@ -128,6 +128,12 @@ pub struct Metrics {
     pub process_series: IntGauge,
     pub iface_speed: IntGaugeVec,
     pub threats: IntCounterVec,
+    pub connections_by_risk: IntGaugeVec,
+    pub automatic_bans: IntCounter,
+    pub response_actions: IntCounterVec,
+    pub notifications: IntCounterVec,
+    pub feed_entries: IntGaugeVec,
+    pub feed_failures: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -302,6 +308,41 @@ impl Metrics {
                  by kind and by the severity of the remote's score when detected.",
                 &["kind", "severity"],
             ),
+            connections_by_risk: gv(
+                "netmon_connections_by_risk",
+                "Connections in the connection table by risk level.",
+                &["level"],
+            ),
+            automatic_bans: reg(
+                &r,
+                IntCounter::new(
+                    "netmon_automatic_bans_total",
+                    "Bans the response policy put on the drop list (not counting dry runs).",
+                )
+                .expect("valid metric"),
+            ),
+            response_actions: cv(
+                "netmon_response_actions_total",
+                "Automatic responses by action (ban, kill) and result (done, dry_run, \
+                 allowed, rate_limited, failed, skipped).",
+                &["action", "result"],
+            ),
+            notifications: cv(
+                "netmon_notifications_total",
+                "Alert notifications per sink (log, webhook, syslog, email) and result (sent, \
+                 failed, suppressed, dropped).",
+                &["sink", "result"],
+            ),
+            feed_entries: gv(
+                "netmon_feed_entries",
+                "Entries of a reputation feed in use (the last good copy).",
+                &["feed"],
+            ),
+            feed_failures: cv(
+                "netmon_feed_refresh_failures_total",
+                "Failed refreshes of a reputation feed (the last good copy stays in use).",
+                &["feed"],
+            ),
             iface_speed: gv(
                 "netmon_interface_speed_bytes_per_second",
                 "Link speed the kernel reports for a monitored interface (absent where the \
@@ -323,14 +364,46 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         // Every kind and severity from the start, at 0, so rates have data before the first.
-        for kind in crate::classify::detect::DetectionKind::ALL {
+        for kind in crate::classify::ALERT_KINDS {
             for level in crate::classify::score::Level::ALL {
                 m.threats
-                    .with_label_values(&[kind.as_str(), level.as_str()])
+                    .with_label_values(&[kind, level.as_str()])
                     .inc_by(0);
             }
         }
+        for level in crate::classify::score::Level::ALL {
+            m.connections_by_risk
+                .with_label_values(&[level.as_str()])
+                .set(0);
+        }
         m
+    }
+
+    /// Every sample of the metric family `name` as (labels, value): counters, gauges and
+    /// untyped values (histograms give their sum), for threshold rules.
+    pub fn samples(&self, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        use prometheus::proto::MetricType;
+        let mut out = Vec::new();
+        for fam in self.registry.gather() {
+            if fam.name() != name {
+                continue;
+            }
+            for m in fam.get_metric() {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                let v = match fam.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    MetricType::HISTOGRAM => m.get_histogram().get_sample_sum(),
+                    _ => continue,
+                };
+                out.push((labels, v));
+            }
+        }
+        out
     }
 
     /// The Prometheus text exposition of every metric; its own duration is reported by the

@@ -9,7 +9,9 @@ use netmon_common::{IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -78,6 +80,25 @@ pub struct DiagSocket {
     pub state: u8,
     pub uid: u32,
     pub inode: u32,
+    /// AF_INET or AF_INET6, the interface it is bound to and the kernel's socket cookie:
+    /// what SOCK_DESTROY needs to name exactly this socket.
+    pub family: u8,
+    pub ifindex: u32,
+    pub cookie: [u32; 2],
+}
+
+/// Why a socket could not be destroyed.
+#[derive(Debug, thiserror::Error)]
+pub enum DestroyError {
+    #[error(
+        "this kernel cannot terminate sockets (sock_diag SOCK_DESTROY needs \
+         CONFIG_INET_DIAG_DESTROY)"
+    )]
+    Unsupported,
+    #[error("the socket is gone already")]
+    Gone,
+    #[error("SOCK_DESTROY: {0}")]
+    Io(io::Error),
 }
 
 pub fn tcp_state_name(state: u8) -> &'static str {
@@ -141,6 +162,127 @@ impl SockDiag {
             }
         }
         Ok(out)
+    }
+
+    /// Terminates one socket, as `ss -K` does: the kernel aborts it (a TCP socket sends a
+    /// reset to its peer) and its owner's next call fails with ECONNABORTED.
+    pub fn destroy(&mut self, s: &DiagSocket) -> Result<(), DestroyError> {
+        self.seq = self.seq.wrapping_add(1);
+        #[repr(C)]
+        struct Req {
+            hdr: NlMsgHdr,
+            req: InetDiagReqV2,
+        }
+        let v4 = s.family == libc::AF_INET as u8;
+        let addr = |a: [u8; 16]| {
+            let mut out = [0u8; 16];
+            if v4 {
+                out[..4].copy_from_slice(&a[12..]);
+            } else {
+                out = a;
+            }
+            out
+        };
+        let req = Req {
+            hdr: NlMsgHdr {
+                len: size_of::<Req>() as u32,
+                kind: SOCK_DESTROY,
+                flags: NLM_F_REQUEST | NLM_F_ACK,
+                seq: self.seq,
+                pid: 0,
+            },
+            req: InetDiagReqV2 {
+                family: s.family,
+                protocol: s.proto,
+                states: u32::MAX,
+                id: InetDiagSockId {
+                    sport: s.local_port.to_be_bytes(),
+                    dport: s.remote_port.to_be_bytes(),
+                    src: addr(s.local_addr),
+                    dst: addr(s.remote_addr),
+                    ifindex: s.ifindex,
+                    cookie: s.cookie,
+                },
+                ..Default::default()
+            },
+        };
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: sending a fully initialised request to the kernel (pid 0).
+        let r = unsafe {
+            libc::sendto(
+                self.fd,
+                (&req as *const Req).cast(),
+                size_of::<Req>(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(DestroyError::Io(io::Error::last_os_error()));
+        }
+        loop {
+            // SAFETY: receiving into our buffer.
+            let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(DestroyError::Io(e));
+            }
+            let data = &self.buf[..n as usize];
+            if data.len() < 20 {
+                return Err(DestroyError::Io(io::Error::other("short netlink reply")));
+            }
+            // SAFETY: length checked; POD header.
+            let hdr: NlMsgHdr = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+            if hdr.seq != self.seq || hdr.kind != NLMSG_ERROR {
+                continue;
+            }
+            let errno = i32::from_ne_bytes(data[16..20].try_into().expect("4 bytes"));
+            return match -errno {
+                0 => Ok(()),
+                libc::EOPNOTSUPP => Err(DestroyError::Unsupported),
+                libc::ENOENT => Err(DestroyError::Gone),
+                e => Err(DestroyError::Io(io::Error::from_raw_os_error(e))),
+            };
+        }
+    }
+
+    /// Terminates every TCP and UDP socket (listeners excepted) whose remote address is
+    /// `remote` (and, if given, whose remote port and local endpoint match); returns the
+    /// sockets terminated.
+    pub fn kill(
+        &mut self,
+        remote: std::net::IpAddr,
+        remote_port: Option<u16>,
+        local: Option<std::net::SocketAddr>,
+    ) -> Result<Vec<DiagSocket>> {
+        let want = crate::aggregate::mapped(remote);
+        let targets: Vec<DiagSocket> = self
+            .dump_all()?
+            .into_iter()
+            .filter(|s| {
+                s.remote_addr == want
+                    && !(s.proto == IPPROTO_TCP && s.state == 10)
+                    && s.remote_port != 0
+                    && remote_port.is_none_or(|p| p == s.remote_port)
+                    && local.is_none_or(|l| {
+                        l.port() == s.local_port && crate::aggregate::mapped(l.ip()) == s.local_addr
+                    })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for s in targets {
+            match self.destroy(&s) {
+                Ok(()) => done.push(s),
+                Err(DestroyError::Gone) => {}
+                Err(e) => return Err(anyhow::Error::new(e)),
+            }
+        }
+        Ok(done)
     }
 
     fn dump(&mut self, family: u8, proto: u8, out: &mut Vec<DiagSocket>) -> Result<()> {
@@ -246,6 +388,9 @@ fn to_socket(proto: u8, m: &InetDiagMsg) -> DiagSocket {
         state: m.state,
         uid: m.uid,
         inode: m.inode,
+        family: m.family,
+        ifindex: m.id.ifindex,
+        cookie: m.id.cookie,
     }
 }
 

@@ -34,6 +34,8 @@ pub struct BanOptions {
     pub reason: String,
     /// Allow bans that cover everything, loopback or this host.
     pub force: bool,
+    /// `Manual` for the CLI, `Auto` for the response policy.
+    pub kind: Kind,
 }
 
 /// One row of `netmon list`.
@@ -101,7 +103,7 @@ impl DropList {
         let now = now_ms();
         let entry = BanEntry {
             net,
-            kind: Kind::Manual,
+            kind: opts.kind,
             reason: opts.reason.clone(),
             uid: current_uid(),
             added_ms: now,
@@ -120,7 +122,12 @@ impl DropList {
         maps.set_flags(flags_for(&state, now))?;
         maps.set_generation(state.generation)?;
         store.save(&state)?;
-        let mut rec = AuditRecord::new("ban", net, &opts.reason);
+        let action = if opts.kind == Kind::Auto {
+            "auto-ban"
+        } else {
+            "ban"
+        };
+        let mut rec = AuditRecord::new(action, net, &opts.reason);
         rec.expires = entry.expires_ms.map(rfc3339);
         store.audit(&rec)?;
         Ok(entry)
@@ -304,6 +311,11 @@ impl DropList {
             .context("refusing to start without the drop list")?;
         maps.sync(&state)?;
         Ok(state)
+    }
+
+    /// Appends a record to the audit log (for actions outside the drop list: `kill`).
+    pub fn audit(&self, rec: &AuditRecord) -> Result<()> {
+        self.store().audit(rec)
     }
 
     pub fn load_state(&self) -> Result<State> {

@@ -20,9 +20,10 @@ pub const STATE_FILE: &str = "droplist.json";
 pub const AUDIT_FILE: &str = "audit.log";
 const LOCK_FILE: &str = "droplist.lock";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    #[default]
     Manual,
     Import,
     Auto,
@@ -278,7 +279,7 @@ impl Store {
 pub struct AuditRecord {
     pub time: String,
     pub uid: u32,
-    /// `ban`, `unban`, `allow`, `disallow`, `import`, `expire`.
+    /// `ban`, `auto-ban`, `unban`, `allow`, `disallow`, `import`, `expire`, `kill`.
     pub action: String,
     pub entry: String,
     #[serde(default)]

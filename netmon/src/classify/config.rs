@@ -2,12 +2,15 @@
 //! what counts as expected, detection thresholds, and custom rules. Unknown keys, bad CIDRs
 //! and bad levels are errors that name the file and the line.
 
-use std::{collections::BTreeSet, ops::RangeInclusive, time::Duration};
+use std::{collections::BTreeSet, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::score::{Direction, Facts, Level};
+use super::{
+    feeds::{FeedConfig, Location},
+    score::{Direction, Facts, Level},
+};
 use crate::act::net::Net;
 
 /// Points per reason. The defaults are the seed's: known-malicious +50, unusual port +20,
@@ -152,7 +155,7 @@ impl Rule {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ThreatConfig {
     pub weights: Weights,
     pub thresholds: Thresholds,
@@ -162,6 +165,152 @@ pub struct ThreatConfig {
     pub unusual_asns: Vec<u32>,
     pub detection: DetectionConfig,
     pub rules: Vec<Rule>,
+    /// Reputation feeds (`[[feeds]]`).
+    pub feeds: Vec<FeedConfig>,
+    /// MaxMind-format databases for country and ASN (`geoip = [...]`, `--geoip`).
+    pub geoip: Vec<PathBuf>,
+    pub response: ResponseConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// What to do about an alert, beyond telling: `[response]` and `[[response.policy]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseConfig {
+    /// Record what would have been done, do nothing.
+    pub dry_run: bool,
+    /// Automatic bans at most this many per minute (the rest are refused and reported).
+    pub max_bans_per_minute: usize,
+    /// Never acted on automatically (the drop list's allow entries are never acted on either).
+    pub allow: Vec<Net>,
+    pub policy: Vec<PolicyRule>,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            max_bans_per_minute: 10,
+            allow: Vec::new(),
+            policy: Vec::new(),
+        }
+    }
+}
+
+/// An automatic action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Ban the remote through the drop list (reason `auto`), with a TTL.
+    Ban,
+    /// Terminate the remote's existing connections (sock_diag SOCK_DESTROY).
+    Kill,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Ban => "ban",
+            Action::Kill => "kill",
+        }
+    }
+}
+
+/// One policy line: alerts that reach `level` (if given) and are of one of `kinds` (if
+/// given) get `actions`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub level: Option<Level>,
+    /// Alert kinds (`port_scan`, ..., `threshold`); empty: any.
+    pub kinds: Vec<String>,
+    pub actions: Vec<Action>,
+    /// TTL of the bans this line makes.
+    pub ban_ttl: Duration,
+}
+
+/// Where alerts go and how often: `[alerts]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertsConfig {
+    /// Forensic event log (JSON lines); default `<state-dir>/events.jsonl`.
+    pub log: Option<PathBuf>,
+    /// Rotated past this size, keeping `log_keep` old files.
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+    /// The same alert (kind, subject, severity) is sent to the sinks once per this window.
+    pub dedup: Duration,
+    /// At most this many notifications per alert key (kind, subject) per hour.
+    pub max_per_key_per_hour: usize,
+    /// Sinks are told of alerts at or above this level (the log gets everything).
+    pub min_severity: Level,
+    pub webhook: Option<WebhookConfig>,
+    pub syslog: Option<SyslogConfig>,
+    pub email: Option<EmailConfig>,
+    pub thresholds: Vec<ThresholdRule>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            log: None,
+            log_max_bytes: 16 << 20,
+            log_keep: 5,
+            dedup: Duration::from_secs(300),
+            max_per_key_per_hour: 12,
+            min_severity: Level::Low,
+            webhook: None,
+            syslog: None,
+            email: None,
+            thresholds: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub timeout: Duration,
+    /// Attempts after the first, with exponential backoff from 1 s.
+    pub retries: u32,
+}
+
+/// Syslog transport (RFC 5424 messages; TCP with octet-counting framing, RFC 6587).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyslogTarget {
+    Udp(String),
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogConfig {
+    pub target: SyslogTarget,
+    /// RFC 5424 facility number (default 4, security/auth).
+    pub facility: u8,
+    pub app_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// SMTP server `host:port` (plain SMTP, as to a local relay).
+    pub server: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub min_severity: Level,
+    pub timeout: Duration,
+}
+
+/// Alert when a metric stays above (or below) a value for a while.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThresholdRule {
+    pub name: String,
+    pub metric: String,
+    /// Every label given must match; the matching series are summed.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Compare the per-second rate (for counters) instead of the value.
+    pub rate: bool,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    pub for_: Duration,
+    pub severity: Level,
 }
 
 impl Default for ThreatConfig {
@@ -174,6 +323,10 @@ impl Default for ThreatConfig {
             unusual_asns: Vec::new(),
             detection: DetectionConfig::default(),
             rules: Vec::new(),
+            feeds: Vec::new(),
+            geoip: Vec::new(),
+            response: ResponseConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -194,6 +347,103 @@ struct RawConfig {
     detection: RawDetection,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    feeds: Vec<RawFeed>,
+    #[serde(default)]
+    geoip: Vec<PathBuf>,
+    #[serde(default)]
+    response: RawResponse,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: Spanned<String>,
+    path: Option<PathBuf>,
+    url: Option<Spanned<String>>,
+    refresh: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    #[serde(default)]
+    dry_run: bool,
+    max_bans_per_minute: Option<usize>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    policy: Vec<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    level: Option<Spanned<String>>,
+    #[serde(default)]
+    kinds: Vec<Spanned<String>>,
+    actions: Spanned<Vec<Spanned<String>>>,
+    ban_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    log: Option<PathBuf>,
+    log_max_bytes: Option<u64>,
+    log_keep: Option<usize>,
+    dedup: Option<Spanned<String>>,
+    max_per_key_per_hour: Option<usize>,
+    min_severity: Option<Spanned<String>>,
+    webhook: Option<RawWebhook>,
+    syslog: Option<RawSyslog>,
+    email: Option<RawEmail>,
+    #[serde(default)]
+    threshold: Vec<RawThreshold>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyslog {
+    address: Spanned<String>,
+    facility: Option<u8>,
+    app_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    server: Spanned<String>,
+    from: String,
+    to: Spanned<Vec<String>>,
+    min_severity: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    name: Spanned<String>,
+    metric: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    rate: bool,
+    above: Option<f64>,
+    below: Option<f64>,
+    #[serde(rename = "for")]
+    for_: Option<Spanned<String>>,
+    severity: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +590,261 @@ impl ThreatConfig {
                 action,
             });
         }
+        let dur = |v: &Option<Spanned<String>>, what: &str, default: Duration| match v {
+            Some(v) => crate::config::parse_duration(v.get_ref())
+                .map_err(|e| err(v.span().start, format!("{what}: {e}"))),
+            None => Ok(default),
+        };
+        let level = |v: &Spanned<String>, what: &str| {
+            Level::parse(v.get_ref()).ok_or_else(|| {
+                err(
+                    v.span().start,
+                    format!("{what} `{}` (expected low, medium or high)", v.get_ref()),
+                )
+            })
+        };
+        let mut feeds = Vec::new();
+        for f in &raw.feeds {
+            let name = f.name.get_ref().clone();
+            let at = f.name.span().start;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(
+                    at,
+                    format!("feed name `{name}`: use letters, digits, - _ ."),
+                ));
+            }
+            if feeds.iter().any(|x: &FeedConfig| x.name == name) {
+                return Err(err(at, format!("feed {name} is defined twice")));
+            }
+            let location = match (&f.path, &f.url) {
+                (Some(p), None) => Location::File(p.clone()),
+                (None, Some(u)) => {
+                    let url = u.get_ref();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(err(
+                            u.span().start,
+                            format!("feed {name}: url `{url}` is not http(s)://"),
+                        ));
+                    }
+                    Location::Url(url.clone())
+                }
+                _ => {
+                    return Err(err(
+                        at,
+                        format!("feed {name}: give exactly one of `path` or `url`"),
+                    ));
+                }
+            };
+            feeds.push(FeedConfig {
+                refresh: dur(
+                    &f.refresh,
+                    &format!("feed {name}: refresh"),
+                    Duration::from_secs(3600),
+                )?,
+                name,
+                location,
+                decl: format!("{file}:{}", line_of(text, at)),
+            });
+        }
+        let rr = &raw.response;
+        let mut allow = Vec::new();
+        for a in &rr.allow {
+            allow.push(
+                a.get_ref()
+                    .parse::<Net>()
+                    .map_err(|e| err(a.span().start, format!("response.allow: {e}")))?,
+            );
+        }
+        let mut policy = Vec::new();
+        for p in &rr.policy {
+            let mut actions = Vec::new();
+            for a in p.actions.get_ref() {
+                actions.push(match a.get_ref().as_str() {
+                    "ban" => Action::Ban,
+                    "kill" => Action::Kill,
+                    // Every alert is told to the log and the sinks anyway.
+                    "alert" => continue,
+                    other => {
+                        return Err(err(
+                            a.span().start,
+                            format!(
+                                "response.policy: action `{other}` (expected alert, ban or kill)"
+                            ),
+                        ));
+                    }
+                });
+            }
+            let mut kinds = Vec::new();
+            for k in &p.kinds {
+                let known = super::detect::DetectionKind::ALL
+                    .iter()
+                    .any(|d| d.as_str() == k.get_ref())
+                    || k.get_ref() == "threshold";
+                if !known {
+                    return Err(err(
+                        k.span().start,
+                        format!(
+                            "response.policy: kind `{}` (expected one of port_scan, host_sweep, syn_flood, high_frequency, login_bruteforce, failed_connections, threshold)",
+                            k.get_ref()
+                        ),
+                    ));
+                }
+                kinds.push(k.get_ref().clone());
+            }
+            if p.level.is_none() && kinds.is_empty() {
+                return Err(err(p.actions.span().start, "response.policy: give `level` or `kinds` (a policy that matches every alert is refused)".into()));
+            }
+            policy.push(PolicyRule {
+                level: p
+                    .level
+                    .as_ref()
+                    .map(|l| level(l, "response.policy: level"))
+                    .transpose()?,
+                kinds,
+                actions,
+                ban_ttl: dur(
+                    &p.ban_ttl,
+                    "response.policy: ban_ttl",
+                    Duration::from_secs(3600),
+                )?,
+            });
+        }
+        let ra = &raw.alerts;
+        let da = AlertsConfig::default();
+        let webhook = match &ra.webhook {
+            Some(w) => {
+                let url = w.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(
+                        w.url.span().start,
+                        format!("alerts.webhook: url `{url}` is not http(s)://"),
+                    ));
+                }
+                Some(WebhookConfig {
+                    url: url.clone(),
+                    timeout: dur(
+                        &w.timeout,
+                        "alerts.webhook: timeout",
+                        Duration::from_secs(5),
+                    )?,
+                    retries: w.retries.unwrap_or(5),
+                })
+            }
+            None => None,
+        };
+        let syslog = match &ra.syslog {
+            Some(sl) => {
+                let a = sl.address.get_ref();
+                let target = if let Some(r) = a.strip_prefix("udp://") {
+                    SyslogTarget::Udp(r.to_string())
+                } else if let Some(r) = a.strip_prefix("tcp://") {
+                    SyslogTarget::Tcp(r.to_string())
+                } else if let Some(r) = a.strip_prefix("unix://") {
+                    SyslogTarget::Unix(PathBuf::from(r))
+                } else {
+                    return Err(err(
+                        sl.address.span().start,
+                        format!(
+                            "alerts.syslog: address `{a}` (expected udp://HOST:PORT, tcp://HOST:PORT or unix:///dev/log)"
+                        ),
+                    ));
+                };
+                if sl.facility.is_some_and(|f| f > 23) {
+                    return Err(err(
+                        sl.address.span().start,
+                        "alerts.syslog: facility is 0-23".into(),
+                    ));
+                }
+                Some(SyslogConfig {
+                    target,
+                    facility: sl.facility.unwrap_or(4),
+                    app_name: sl.app_name.clone().unwrap_or_else(|| "netmon".into()),
+                })
+            }
+            None => None,
+        };
+        let email = match &ra.email {
+            Some(e) => {
+                if e.to.get_ref().is_empty() {
+                    return Err(err(
+                        e.to.span().start,
+                        "alerts.email: `to` names no recipient".into(),
+                    ));
+                }
+                Some(EmailConfig {
+                    server: e.server.get_ref().clone(),
+                    from: e.from.clone(),
+                    to: e.to.get_ref().clone(),
+                    min_severity: e
+                        .min_severity
+                        .as_ref()
+                        .map(|l| level(l, "alerts.email: min_severity"))
+                        .transpose()?
+                        .unwrap_or(Level::High),
+                    timeout: dur(&e.timeout, "alerts.email: timeout", Duration::from_secs(10))?,
+                })
+            }
+            None => None,
+        };
+        let mut thresholds = Vec::new();
+        for t in &ra.threshold {
+            let name = t.name.get_ref().clone();
+            if t.above.is_some() == t.below.is_some() {
+                return Err(err(
+                    t.name.span().start,
+                    format!("alerts.threshold {name}: give exactly one of `above` or `below`"),
+                ));
+            }
+            if !t.metric.starts_with("netmon_") {
+                return Err(err(
+                    t.name.span().start,
+                    format!(
+                        "alerts.threshold {name}: metric `{}` is not a netmon metric",
+                        t.metric
+                    ),
+                ));
+            }
+            thresholds.push(ThresholdRule {
+                metric: t.metric.clone(),
+                labels: t.labels.clone(),
+                rate: t.rate,
+                above: t.above,
+                below: t.below,
+                for_: dur(
+                    &t.for_,
+                    &format!("alerts.threshold {name}: for"),
+                    Duration::from_secs(60),
+                )?,
+                severity: t
+                    .severity
+                    .as_ref()
+                    .map(|l| level(l, "alerts.threshold: severity"))
+                    .transpose()?
+                    .unwrap_or(Level::Medium),
+                name,
+            });
+        }
+        let alerts = AlertsConfig {
+            log: ra.log.clone(),
+            log_max_bytes: ra.log_max_bytes.unwrap_or(da.log_max_bytes).max(4096),
+            log_keep: ra.log_keep.unwrap_or(da.log_keep),
+            dedup: dur(&ra.dedup, "alerts.dedup", da.dedup)?,
+            max_per_key_per_hour: ra.max_per_key_per_hour.unwrap_or(da.max_per_key_per_hour),
+            min_severity: ra
+                .min_severity
+                .as_ref()
+                .map(|l| level(l, "alerts.min_severity"))
+                .transpose()?
+                .unwrap_or(da.min_severity),
+            webhook,
+            syslog,
+            email,
+            thresholds,
+        };
         if raw.thresholds.medium > raw.thresholds.high {
             return Err(anyhow::anyhow!(
                 "{file}: thresholds.medium ({}) is above thresholds.high ({})",
@@ -372,6 +877,15 @@ impl ThreatConfig {
                 failed_connections: rd.failed_connections.unwrap_or(d.failed_connections),
             },
             rules,
+            feeds,
+            geoip: raw.geoip,
+            response: ResponseConfig {
+                dry_run: rr.dry_run,
+                max_bans_per_minute: rr.max_bans_per_minute.unwrap_or(10),
+                allow,
+                policy,
+            },
+            alerts,
         })
     }
 

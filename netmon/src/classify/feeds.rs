@@ -172,6 +172,8 @@ pub struct FeedConfig {
     pub name: String,
     pub location: Location,
     pub refresh: Duration,
+    /// Where it is declared (`FILE:LINE`), for errors.
+    pub decl: String,
 }
 
 /// One loaded feed.
@@ -310,7 +312,7 @@ impl FeedRefresher {
             let loaded = match (load(c, cache.as_deref()), &c.location, &cache) {
                 (Ok(f), _, _) => Some(f),
                 (Err(e), Location::File(_), _) => {
-                    return Err(e.context(format!("feed {}", c.name)));
+                    return Err(e.context(format!("feed {} ({})", c.name, c.decl)));
                 }
                 (Err(e), Location::Url(_), dir) => {
                     let msg = format!("{e:#}");
@@ -518,6 +520,7 @@ mod tests {
             name: "local".into(),
             location: Location::File(path.clone()),
             refresh: Duration::from_millis(1),
+            decl: "threat.toml:3".into(),
         };
         let (mut r, feeds) = FeedRefresher::start(vec![cfg.clone()], None).unwrap();
         assert_eq!(feeds.lookup(ip("203.0.113.9")), vec!["local"]);
@@ -550,7 +553,8 @@ mod tests {
         // A file feed that cannot be read at start is a configuration error.
         std::fs::remove_file(&path).unwrap();
         let e = FeedRefresher::start(vec![cfg], None).err().unwrap();
-        assert!(format!("{e:#}").contains("bad.txt"), "{e:#}");
+        let e = format!("{e:#}");
+        assert!(e.contains("bad.txt") && e.contains("threat.toml:3"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

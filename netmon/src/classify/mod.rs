@@ -8,10 +8,12 @@ pub mod detect;
 pub mod feeds;
 pub mod geo;
 pub mod score;
+pub mod thresholds;
 
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    sync::{Arc, Mutex},
 };
 
 use netmon_common::{
@@ -22,24 +24,54 @@ use serde::Serialize;
 use self::{
     config::ThreatConfig,
     detect::{ConnEvent, Detection, DetectionKind, Detector},
+    feeds::Feeds,
+    geo::{Geo, GeoInfo},
     score::{Assessment, Direction, Facts, Level, Reason},
+    thresholds::Thresholds,
 };
 
 /// Alerts kept for `GET /api/alerts`.
 pub const ALERTS_KEPT: usize = 1000;
 
-/// Something an operator should know about: a pattern detected in a remote's traffic.
+/// Every alert kind (the `kind` label of `netmon_threats_detected_total`).
+pub const ALERT_KINDS: [&str; 8] = [
+    "port_scan",
+    "host_sweep",
+    "syn_flood",
+    "high_frequency",
+    "login_bruteforce",
+    "failed_connections",
+    "known_malicious",
+    "threshold",
+];
+
+/// Remotes whose feeds/GeoIP facts are cached at most; past it the cache starts over.
+const FACTS_CACHED: usize = 200_000;
+
+/// Something an operator should know about: a pattern detected in a remote's traffic, a
+/// connection with an address a reputation feed lists, or a metric past its threshold.
 #[derive(Clone, Debug, Serialize)]
 pub struct Alert {
     pub id: u64,
     /// Wall-clock milliseconds since the epoch.
     pub time_ms: u64,
-    pub kind: DetectionKind,
+    /// One of [`ALERT_KINDS`].
+    pub kind: String,
     pub severity: Level,
-    pub remote: IpAddr,
+    /// The remote address it is about; none for threshold alerts.
+    pub remote: Option<IpAddr>,
     pub score: i32,
     pub reasons: Vec<Reason>,
     pub detail: String,
+}
+
+/// What the feeds and the GeoIP databases say about one remote, cached per remote.
+#[derive(Clone, Debug, Default)]
+struct RemoteFacts {
+    feeds: Vec<String>,
+    geo: GeoInfo,
+    /// The feed generation `feeds` was looked up in.
+    feeds_gen: u64,
 }
 
 pub struct Classifier {
@@ -51,6 +83,14 @@ pub struct Classifier {
     alerted: HashMap<(IpAddr, DetectionKind), u64>,
     alerts: VecDeque<Alert>,
     next_id: u64,
+    feeds: Arc<Feeds>,
+    geo: Arc<Geo>,
+    facts: Mutex<HashMap<IpAddr, RemoteFacts>>,
+    /// Listed remotes seen in new flows, with when last seen: alerted on once while seen
+    /// within the detection window.
+    listed: HashMap<IpAddr, u64>,
+    listed_new: Vec<IpAddr>,
+    thresholds: Thresholds,
 }
 
 impl Default for Classifier {
@@ -63,87 +103,197 @@ impl Classifier {
     pub fn new(cfg: ThreatConfig) -> Self {
         Self {
             detector: Detector::new(cfg.detection.clone()),
+            thresholds: Thresholds::new(cfg.alerts.thresholds.len()),
             cfg,
             by_remote: HashMap::new(),
             alerted: HashMap::new(),
             alerts: VecDeque::new(),
             next_id: 1,
+            feeds: Arc::new(Feeds::default()),
+            geo: Arc::new(Geo::default()),
+            facts: Mutex::new(HashMap::new()),
+            listed: HashMap::new(),
+            listed_new: Vec::new(),
         }
     }
 
+    /// Uses these databases for countries and ASNs from now on.
+    pub fn set_geo(&mut self, geo: Arc<Geo>) {
+        self.geo = geo;
+        self.facts.lock().expect("lock not poisoned").clear();
+    }
+
+    /// Uses this set of feeds from now on (cached lookups of an older set are redone).
+    pub fn set_feeds(&mut self, feeds: Arc<Feeds>) {
+        if feeds.generation != self.feeds.generation {
+            self.feeds = feeds;
+        }
+    }
+
+    pub fn feeds(&self) -> &Arc<Feeds> {
+        &self.feeds
+    }
+
+    /// Runs `f` with the cached facts of `remote`, looking them up first when absent or
+    /// looked up in an older feed set.
+    fn with_facts<T>(&self, remote: IpAddr, f: impl FnOnce(&RemoteFacts) -> T) -> T {
+        let mut cache = self.facts.lock().expect("lock not poisoned");
+        let stale = cache
+            .get(&remote)
+            .is_none_or(|x| x.feeds_gen != self.feeds.generation);
+        if stale {
+            if cache.len() >= FACTS_CACHED {
+                cache.clear();
+            }
+            let geo = match cache.remove(&remote) {
+                Some(old) => old.geo,
+                None => self.geo.lookup(remote),
+            };
+            cache.insert(
+                remote,
+                RemoteFacts {
+                    feeds: self.feeds.lookup(remote),
+                    geo,
+                    feeds_gen: self.feeds.generation,
+                },
+            );
+        }
+        f(cache.get(&remote).expect("inserted above"))
+    }
+
     /// Feeds a flow the daemon saw for the first time (its key and the TCP flags of its first
-    /// drain) to the detector, if it is a connection attempt or a refusal.
+    /// drain) to the detector, if it is a connection attempt or a refusal; and notes a
+    /// remote that a reputation feed lists.
     pub fn observe_new_flow(&mut self, key: &FlowKey, flags: u8, at_ns: u64) {
+        let remote = key_ip(key.family, key.remote_addr);
+        if !self.feeds.feeds.is_empty() && self.with_facts(remote, |f| !f.feeds.is_empty()) {
+            if self.listed.insert(remote, at_ns).is_none() {
+                self.listed_new.push(remote);
+            }
+        }
         if let Some(e) = attempt(key, flags, at_ns) {
             self.detector.observe(e);
         }
+    }
+
+    fn keep(&mut self, mut a: Alert) -> Alert {
+        a.id = self.next_id;
+        self.next_id += 1;
+        if self.alerts.len() == ALERTS_KEPT {
+            self.alerts.pop_front();
+        }
+        self.alerts.push_back(a.clone());
+        a
     }
 
     /// Ends a tick: ages the windows out, recomputes every remote's detections and returns
     /// the alerts for detections new since the last tick.
     pub fn tick(&mut self, now_ns: u64, now_ms: u64) -> Vec<Alert> {
         self.detector.expire(now_ns);
+        let window = self.cfg.detection.window.as_nanos() as u64;
+        self.listed
+            .retain(|_, seen| now_ns.saturating_sub(*seen) <= window);
         let mut new = Vec::new();
-        if !self.detector.changed() {
-            // The same attempts in the window: the same detections, already alerted on.
-            return new;
+        for remote in std::mem::take(&mut self.listed_new) {
+            let a = self.assess_remote(remote, self.by_remote.get(&remote).map_or(&[], |d| d));
+            let feeds = self.with_facts(remote, |f| f.feeds.join(", "));
+            new.push(Alert {
+                id: 0,
+                time_ms: now_ms,
+                kind: "known_malicious".into(),
+                severity: a.level,
+                remote: Some(remote),
+                score: a.score,
+                reasons: a.reasons,
+                detail: format!("{remote}: traffic with an address listed in {feeds}"),
+            });
         }
-        self.by_remote.clear();
-        for (remote, d) in self.detector.evaluate() {
-            let a = self.assess_remote(remote, &d);
-            for det in &d {
-                if self.alerted.contains_key(&(remote, det.kind)) {
-                    continue;
+        if self.detector.changed() {
+            self.by_remote.clear();
+            for (remote, d) in self.detector.evaluate() {
+                let a = self.assess_remote(remote, &d);
+                for det in &d {
+                    if self.alerted.contains_key(&(remote, det.kind)) {
+                        continue;
+                    }
+                    self.alerted.insert((remote, det.kind), now_ns);
+                    new.push(Alert {
+                        id: 0,
+                        time_ms: now_ms,
+                        kind: det.kind.as_str().into(),
+                        severity: a.level,
+                        remote: Some(remote),
+                        score: a.score,
+                        reasons: a.reasons.clone(),
+                        detail: det.detail.clone(),
+                    });
                 }
-                self.alerted.insert((remote, det.kind), now_ns);
-                new.push(Alert {
-                    id: self.next_id,
+                self.by_remote.insert(remote, d);
+            }
+            // A detection that no longer holds may alert again when it comes back.
+            let by_remote = &self.by_remote;
+            self.alerted.retain(|(remote, kind), _| {
+                by_remote
+                    .get(remote)
+                    .is_some_and(|d| d.iter().any(|x| x.kind == *kind))
+            });
+        }
+        new.into_iter().map(|a| self.keep(a)).collect()
+    }
+
+    /// Evaluates the threshold rules against the metrics; returns the alerts of rules that
+    /// started firing.
+    pub fn check_thresholds(
+        &mut self,
+        metrics: &crate::metrics::Metrics,
+        now_ns: u64,
+        now_ms: u64,
+    ) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for i in 0..self.cfg.alerts.thresholds.len() {
+            let rule = &self.cfg.alerts.thresholds[i];
+            let value = thresholds::select(&metrics.samples(&rule.metric), &rule.labels);
+            if let Some(f) = self.thresholds.observe(i, rule, value, now_ns) {
+                out.push(Alert {
+                    id: 0,
                     time_ms: now_ms,
-                    kind: det.kind,
-                    severity: a.level,
-                    remote,
-                    score: a.score,
-                    reasons: a.reasons.clone(),
-                    detail: det.detail.clone(),
+                    kind: "threshold".into(),
+                    severity: rule.severity,
+                    remote: None,
+                    score: 0,
+                    reasons: vec![Reason {
+                        kind: format!("threshold:{}", rule.name),
+                        points: 0,
+                        detail: f.detail.clone(),
+                    }],
+                    detail: f.detail,
                 });
-                self.next_id += 1;
             }
-            self.by_remote.insert(remote, d);
         }
-        // A detection that no longer holds may alert again when it comes back.
-        let by_remote = &self.by_remote;
-        self.alerted.retain(|(remote, kind), _| {
-            by_remote
-                .get(remote)
-                .is_some_and(|d| d.iter().any(|x| x.kind == *kind))
-        });
-        for a in &new {
-            if self.alerts.len() == ALERTS_KEPT {
-                self.alerts.pop_front();
-            }
-            self.alerts.push_back(a.clone());
-        }
-        new
+        out.into_iter().map(|a| self.keep(a)).collect()
     }
 
     fn assess_remote(&self, remote: IpAddr, detections: &[Detection]) -> Assessment {
-        score::assess(
-            &self.cfg,
-            &Facts {
-                remote,
-                service_port: 0,
-                proto: 0,
-                direction: Direction::Inbound,
-                process: None,
-                country: None,
-                asn: None,
-                feeds: &[],
-                detections,
-            },
-        )
+        self.with_facts(remote, |rf| {
+            score::assess(
+                &self.cfg,
+                &Facts {
+                    remote,
+                    service_port: 0,
+                    proto: 0,
+                    direction: Direction::Inbound,
+                    process: None,
+                    country: rf.geo.country.as_deref(),
+                    asn: rf.geo.asn,
+                    feeds: &rf.feeds,
+                    detections,
+                },
+            )
+        })
     }
 
-    /// Scores one connection: its own facts plus what its remote's traffic showed.
+    /// Scores one connection: its own facts plus what is known of its remote (feeds, GeoIP,
+    /// what its traffic showed), the remote's part cached.
     pub fn assess(
         &self,
         remote: IpAddr,
@@ -162,29 +312,45 @@ impl Classifier {
             .get(&remote)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        score::assess(
-            &self.cfg,
-            &Facts {
-                remote,
-                service_port: if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-                    service_port
-                } else {
-                    0
+        self.with_facts(remote, |rf| {
+            score::assess(
+                &self.cfg,
+                &Facts {
+                    remote,
+                    service_port: if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+                        service_port
+                    } else {
+                        0
+                    },
+                    proto,
+                    direction,
+                    process,
+                    country: rf.geo.country.as_deref(),
+                    asn: rf.geo.asn,
+                    feeds: &rf.feeds,
+                    detections,
                 },
-                proto,
-                direction,
-                process,
-                country: None,
-                asn: None,
-                feeds: &[],
-                detections,
-            },
-        )
+            )
+        })
+    }
+
+    /// What the GeoIP databases say about `remote` (cached).
+    pub fn geo(&self, remote: IpAddr) -> GeoInfo {
+        self.with_facts(remote, |f| f.geo.clone())
     }
 
     /// The alerts kept, oldest first.
     pub fn alerts(&self) -> Vec<Alert> {
         self.alerts.iter().cloned().collect()
+    }
+}
+
+/// A flow key's address as an IpAddr (IPv4 keys hold IPv4-mapped addresses).
+pub fn key_ip(family: u8, a: [u8; 16]) -> IpAddr {
+    if family == 4 {
+        IpAddr::from([a[12], a[13], a[14], a[15]])
+    } else {
+        IpAddr::from(a)
     }
 }
 
@@ -256,14 +422,7 @@ fn attempt(key: &FlowKey, flags: u8, at_ns: u64) -> Option<ConnEvent> {
         }
         _ => return None,
     };
-    let v4 = key.family == 4;
-    let ip = |a: [u8; 16]| -> IpAddr {
-        if v4 {
-            IpAddr::from([a[12], a[13], a[14], a[15]])
-        } else {
-            IpAddr::from(a)
-        }
-    };
+    let ip = |a: [u8; 16]| key_ip(key.family, a);
     Some(ConnEvent {
         at_ns,
         remote: ip(key.remote_addr),
@@ -334,8 +493,8 @@ mod tests {
         let alerts = c.tick(2, 1000);
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         let a = &alerts[0];
-        assert_eq!(a.kind, DetectionKind::PortScan);
-        assert_eq!(a.remote, "198.18.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(a.kind, "port_scan");
+        assert_eq!(a.remote, Some("198.18.0.2".parse::<IpAddr>().unwrap()));
         assert_eq!((a.severity, a.score), (Level::High, 50));
         assert!(a.detail.contains("30 ports"), "{}", a.detail);
         // Still scanning: no second alert; connections from it carry the reason.

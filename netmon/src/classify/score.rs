@@ -3,7 +3,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     config::{RuleAction, ThreatConfig},
@@ -11,7 +11,7 @@ use super::{
 };
 
 /// Risk level, from the score and the configured thresholds (or set by a custom rule).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Low,

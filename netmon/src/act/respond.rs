@@ -1,0 +1,442 @@
+//! Automatic response: the policy (`[[response.policy]]`) maps an alert's level and kind to
+//! actions — ban the remote through the drop list with a TTL (kind `auto`, reason and audit
+//! record), terminate its connections (sock_diag SOCK_DESTROY). Never acted on: addresses on
+//! the response allow list or the drop list's allow entries, loopback and this host's own
+//! addresses; at most `max_bans_per_minute` bans; in dry-run mode only what would have been
+//! done is recorded. It all runs on the response thread ([`Pipeline`]), with the event log
+//! and the sinks, so the drain loop only hands alerts over.
+
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{
+        Arc,
+        mpsc::{Receiver, SyncSender, TrySendError},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{
+    commands::{BanOptions, DropList},
+    net::Net,
+    notify::{ActionRecord, Event, EventLog, Gate},
+    sinks::Sinks,
+    state::{Kind, now_ms},
+};
+use crate::{
+    api::Shared,
+    classify::{
+        Alert,
+        config::{Action, ResponseConfig, ThreatConfig},
+    },
+    sockdiag::SockDiag,
+};
+
+/// The actions the policy gives an alert, each once; a ban gets the longest TTL of the lines
+/// that ask for it.
+pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<(Action, Duration)> {
+    let mut out: Vec<(Action, Duration)> = Vec::new();
+    for p in &cfg.policy {
+        let level_ok = p.level.is_none_or(|l| alert.severity >= l);
+        let kind_ok = p.kinds.is_empty() || p.kinds.iter().any(|k| *k == alert.kind);
+        if !(level_ok && kind_ok) {
+            continue;
+        }
+        for &a in &p.actions {
+            match out.iter_mut().find(|(x, _)| *x == a) {
+                Some((_, ttl)) => *ttl = (*ttl).max(p.ban_ttl),
+                None => out.push((a, p.ban_ttl)),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// At most `max` bans in any 60 s.
+#[derive(Debug)]
+pub struct BanBudget {
+    max: usize,
+    used: VecDeque<Instant>,
+}
+
+impl BanBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: VecDeque::new(),
+        }
+    }
+
+    pub fn take(&mut self, now: Instant) -> bool {
+        while self
+            .used
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.used.pop_front();
+        }
+        if self.used.len() >= self.max {
+            return false;
+        }
+        self.used.push_back(now);
+        true
+    }
+}
+
+/// Carries out the policy.
+pub struct Responder {
+    cfg: ResponseConfig,
+    droplist: DropList,
+    budget: BanBudget,
+    diag: Option<SockDiag>,
+}
+
+impl Responder {
+    pub fn new(cfg: ResponseConfig, droplist: DropList) -> Self {
+        Self {
+            budget: BanBudget::new(cfg.max_bans_per_minute),
+            cfg,
+            droplist,
+            diag: None,
+        }
+    }
+
+    /// Why `ip` must not be acted on, if it must not.
+    fn protected(&self, ip: IpAddr) -> Option<String> {
+        if let Some(n) = self.cfg.allow.iter().find(|n| n.contains(ip)) {
+            return Some(format!("{ip} is on the response allow list ({n})"));
+        }
+        match self.droplist.load_state() {
+            Ok(state) => {
+                if let Some(a) = state.allows.iter().find(|a| a.net.contains(ip)) {
+                    return Some(format!("{ip} is on the drop list's allow list ({})", a.net));
+                }
+            }
+            // Without the drop list we cannot tell: do nothing rather than something wrong.
+            Err(e) => return Some(format!("the drop list cannot be read ({e:#})")),
+        }
+        let own = super::net::own_addresses();
+        let host = Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix");
+        super::net::danger(&host, &own)
+    }
+
+    /// What the policy does about `alert`, one record per action.
+    pub fn respond(&mut self, alert: &Alert) -> Vec<ActionRecord> {
+        let actions = plan(&self.cfg, alert);
+        let Some(remote) = alert.remote else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (action, ttl) in actions {
+            let rec = |result: &str, detail: String| ActionRecord {
+                action: action.as_str().into(),
+                remote,
+                result: result.into(),
+                detail,
+                alert_id: alert.id,
+                alert_kind: alert.kind.clone(),
+                ttl_seconds: (action == Action::Ban).then_some(ttl.as_secs()),
+            };
+            if let Some(why) = self.protected(remote) {
+                out.push(rec("allowed", format!("not acted on: {why}")));
+                continue;
+            }
+            let r = match action {
+                Action::Ban => self.ban(remote, ttl, alert),
+                Action::Kill => self.kill(remote),
+            };
+            out.push(match r {
+                Outcome::Done(d) => rec("done", d),
+                Outcome::DryRun(d) => rec("dry_run", d),
+                Outcome::Skipped(d) => rec("skipped", d),
+                Outcome::RateLimited(d) => rec("rate_limited", d),
+                Outcome::Failed(d) => rec("failed", d),
+            });
+        }
+        out
+    }
+
+    fn ban(&mut self, remote: IpAddr, ttl: Duration, alert: &Alert) -> Outcome {
+        let now = now_ms();
+        match self.droplist.load_state() {
+            Ok(state) => {
+                if let Some(b) = state.live_bans(now).find(|b| b.net.contains(remote)) {
+                    return Outcome::Skipped(format!("already banned by {} ({:?})", b.net, b.kind));
+                }
+            }
+            Err(e) => return Outcome::Failed(format!("reading the drop list: {e:#}")),
+        }
+        if self.cfg.dry_run {
+            return Outcome::DryRun(format!(
+                "would ban {remote} for {} s (dry run)",
+                ttl.as_secs()
+            ));
+        }
+        if !self.budget.take(Instant::now()) {
+            return Outcome::RateLimited(format!(
+                "not banned: {} automatic bans in the last minute is the limit \
+                 (response.max_bans_per_minute)",
+                self.cfg.max_bans_per_minute
+            ));
+        }
+        let net = Net::new(remote, if remote.is_ipv4() { 32 } else { 128 }).expect("a host");
+        let opts = BanOptions {
+            ttl: Some(ttl),
+            reason: format!(
+                "auto: {} alert #{} ({}, score {}): {}",
+                alert.kind, alert.id, alert.severity, alert.score, alert.detail
+            ),
+            force: false,
+            kind: Kind::Auto,
+        };
+        match self.droplist.ban(net, &opts) {
+            Ok(e) => Outcome::Done(format!(
+                "banned {} until {}",
+                e.net,
+                e.expires_ms
+                    .map(crate::act::state::rfc3339)
+                    .unwrap_or_default()
+            )),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    fn kill(&mut self, remote: IpAddr) -> Outcome {
+        if self.cfg.dry_run {
+            return Outcome::DryRun(format!(
+                "would terminate the connections with {remote} (dry run)"
+            ));
+        }
+        if self.diag.is_none() {
+            match SockDiag::new() {
+                Ok(d) => self.diag = Some(d),
+                Err(e) => return Outcome::Failed(format!("{e:#}")),
+            }
+        }
+        let diag = self.diag.as_mut().expect("opened above");
+        match diag.kill(remote, None, None) {
+            Ok(v) if v.is_empty() => Outcome::Skipped(format!("no open connection with {remote}")),
+            Ok(v) => {
+                let rec = super::state::AuditRecord::new(
+                    "kill",
+                    remote,
+                    &format!("auto: terminated {} connections", v.len()),
+                );
+                let _ = self.droplist.audit(&rec);
+                Outcome::Done(format!("terminated {} connections with {remote}", v.len()))
+            }
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+}
+
+enum Outcome {
+    Done(String),
+    DryRun(String),
+    Skipped(String),
+    RateLimited(String),
+    Failed(String),
+}
+
+/// Alerts the response thread keeps queued before new ones are dropped (counted).
+const QUEUE: usize = 1024;
+
+/// The response thread: for each alert, the event log, the policy's actions, and the sinks
+/// (through the dedup/rate-limit gate).
+pub struct Pipeline {
+    responder: Responder,
+    log: Option<EventLog>,
+    gate: Gate,
+    sinks: Sinks,
+    host: String,
+    shared: Arc<Shared>,
+}
+
+impl Pipeline {
+    /// Opens the event log and starts the sinks (errors: the log cannot be opened).
+    pub fn new(
+        cfg: &ThreatConfig,
+        droplist: DropList,
+        log_path: &std::path::Path,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
+        let host = super::notify::hostname();
+        let log = EventLog::open(log_path, cfg.alerts.log_max_bytes, cfg.alerts.log_keep)?;
+        let m = &shared.metrics;
+        m.automatic_bans.inc_by(0);
+        for a in ["ban", "kill"] {
+            for r in [
+                "done",
+                "dry_run",
+                "allowed",
+                "rate_limited",
+                "skipped",
+                "failed",
+            ] {
+                m.response_actions.with_label_values(&[a, r]).inc_by(0);
+            }
+        }
+        for r in ["sent", "failed"] {
+            m.notifications.with_label_values(&["log", r]).inc_by(0);
+        }
+        m.notifications
+            .with_label_values(&["gate", "suppressed"])
+            .inc_by(0);
+        m.notifications
+            .with_label_values(&["pipeline", "dropped"])
+            .inc_by(0);
+        Ok(Self {
+            responder: Responder::new(cfg.response.clone(), droplist),
+            log: Some(log),
+            gate: Gate::new(&cfg.alerts),
+            sinks: Sinks::start(&cfg.alerts, &host, shared.clone())?,
+            host,
+            shared,
+        })
+    }
+
+    pub fn sink_names(&self) -> Vec<&'static str> {
+        self.sinks.names()
+    }
+
+    fn emit(&mut self, ev: &Event) {
+        let m = &self.shared.metrics;
+        if let Some(log) = &mut self.log {
+            let r = if log.append(ev).is_ok() {
+                "sent"
+            } else {
+                "failed"
+            };
+            m.notifications.with_label_values(&["log", r]).inc();
+        }
+        match self.gate.admit(ev, Instant::now()) {
+            Ok(()) => self.sinks.send(ev, m),
+            Err(_) => m
+                .notifications
+                .with_label_values(&["gate", "suppressed"])
+                .inc(),
+        }
+    }
+
+    pub fn handle(&mut self, alert: &Alert) {
+        self.emit(&Event::alert(alert, &self.host));
+        for rec in self.responder.respond(alert) {
+            let m = &self.shared.metrics;
+            m.response_actions
+                .with_label_values(&[rec.action.as_str(), rec.result.as_str()])
+                .inc();
+            if rec.action == "ban" && rec.result == "done" {
+                m.automatic_bans.inc();
+            }
+            let line = format!(
+                "response: {} {} {}: {}",
+                rec.action, rec.remote, rec.result, rec.detail
+            );
+            if rec.result == "failed" {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+            self.emit(&Event::action(rec, alert.severity, &self.host));
+        }
+    }
+
+    /// Runs on a thread of its own until the sender is dropped; returns the sender.
+    pub fn spawn(mut self) -> std::io::Result<(PipelineTx, std::thread::JoinHandle<()>)> {
+        let (tx, rx): (SyncSender<Alert>, Receiver<Alert>) = std::sync::mpsc::sync_channel(QUEUE);
+        let shared = self.shared.clone();
+        let h = std::thread::Builder::new()
+            .name("netmon-response".into())
+            .spawn(move || {
+                while let Ok(a) = rx.recv() {
+                    self.handle(&a);
+                }
+                self.sinks.stop(Duration::from_secs(3));
+            })?;
+        Ok((PipelineTx { tx, shared }, h))
+    }
+}
+
+/// The drain loop's end of the response thread's queue.
+pub struct PipelineTx {
+    tx: SyncSender<Alert>,
+    shared: Arc<Shared>,
+}
+
+impl PipelineTx {
+    pub fn send(&self, a: Alert) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(a) {
+            self.shared
+                .metrics
+                .notifications
+                .with_label_values(&["pipeline", "dropped"])
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{config::PolicyRule, score::Level};
+
+    fn alert(kind: &str, level: Level) -> Alert {
+        Alert {
+            id: 3,
+            time_ms: 0,
+            kind: kind.into(),
+            severity: level,
+            remote: Some("198.18.0.2".parse().unwrap()),
+            score: 50,
+            reasons: vec![],
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn policy_lines_match_on_level_and_kind() {
+        let cfg = ResponseConfig {
+            policy: vec![
+                PolicyRule {
+                    level: Some(Level::High),
+                    kinds: vec![],
+                    actions: vec![Action::Ban],
+                    ban_ttl: Duration::from_secs(600),
+                },
+                PolicyRule {
+                    level: None,
+                    kinds: vec!["port_scan".into()],
+                    actions: vec![Action::Ban, Action::Kill],
+                    ban_ttl: Duration::from_secs(3600),
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(plan(&cfg, &alert("host_sweep", Level::Medium)).is_empty());
+        assert_eq!(
+            plan(&cfg, &alert("host_sweep", Level::High)),
+            vec![(Action::Ban, Duration::from_secs(600))]
+        );
+        // Both lines: each action once, the longer TTL.
+        assert_eq!(
+            plan(&cfg, &alert("port_scan", Level::High)),
+            vec![
+                (Action::Ban, Duration::from_secs(3600)),
+                (Action::Kill, Duration::from_secs(3600))
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ban_budget_is_per_minute() {
+        let mut b = BanBudget::new(2);
+        let t = Instant::now();
+        assert!(b.take(t) && b.take(t + Duration::from_secs(1)));
+        assert!(!b.take(t + Duration::from_secs(59)));
+        assert!(b.take(t + Duration::from_secs(60)));
+        assert!(!b.take(t + Duration::from_secs(60)));
+    }
+}
