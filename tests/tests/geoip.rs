@@ -45,7 +45,7 @@ fn country_and_asn_from_two_databases() {
     assert!(geo.lookup("2001:db9::1".parse().unwrap()).is_empty());
     // A file that is no database is refused with its path.
     std::fs::write(&cp, b"not a database").unwrap();
-    let e = Geo::open(&[cp.clone()]).err().unwrap();
+    let e = Geo::open(std::slice::from_ref(&cp)).err().unwrap();
     assert!(format!("{e:#}").contains(cp.to_str().unwrap()), "{e:#}");
     let _ = std::fs::remove_file(cp);
     let _ = std::fs::remove_file(ap);

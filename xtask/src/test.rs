@@ -40,10 +40,11 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     )
     .context("clippy found problems")?;
 
-    // Prometheus and promtool for tests/tests/prometheus.rs (a real server, not a mock).
+    // Prometheus and promtool for tests/tests/prometheus.rs, and a real SMTP server
+    // (aiosmtpd) for the email sink in tests/tests/response.rs: real parts, not mocks.
     crate::setup::apt_install(
-        &["prometheus"],
-        "the Prometheus tests (prometheus, promtool)",
+        &["prometheus", "python3-aiosmtpd"],
+        "the Prometheus and alert-sink tests (prometheus, promtool, aiosmtpd)",
     )?;
 
     progress(if privileged {

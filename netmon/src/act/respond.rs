@@ -40,7 +40,7 @@ pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<(Action, Duration)> {
     let mut out: Vec<(Action, Duration)> = Vec::new();
     for p in &cfg.policy {
         let level_ok = p.level.is_none_or(|l| alert.severity >= l);
-        let kind_ok = p.kinds.is_empty() || p.kinds.iter().any(|k| *k == alert.kind);
+        let kind_ok = p.kinds.is_empty() || p.kinds.contains(&alert.kind);
         if !(level_ok && kind_ok) {
             continue;
         }

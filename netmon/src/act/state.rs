@@ -262,6 +262,8 @@ impl Store {
     /// Appends one line to the audit log.
     pub fn audit(&self, record: &AuditRecord) -> Result<()> {
         let path = self.audit_path();
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)

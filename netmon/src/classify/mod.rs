@@ -166,10 +166,11 @@ impl Classifier {
     /// remote that a reputation feed lists.
     pub fn observe_new_flow(&mut self, key: &FlowKey, flags: u8, at_ns: u64) {
         let remote = key_ip(key.family, key.remote_addr);
-        if !self.feeds.feeds.is_empty() && self.with_facts(remote, |f| !f.feeds.is_empty()) {
-            if self.listed.insert(remote, at_ns).is_none() {
-                self.listed_new.push(remote);
-            }
+        if !self.feeds.feeds.is_empty()
+            && self.with_facts(remote, |f| !f.feeds.is_empty())
+            && self.listed.insert(remote, at_ns).is_none()
+        {
+            self.listed_new.push(remote);
         }
         if let Some(e) = attempt(key, flags, at_ns) {
             self.detector.observe(e);

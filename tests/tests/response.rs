@@ -1,0 +1,862 @@
+//! Threat response and alerting end to end, as root, in network namespaces: real scans and
+//! floods from a peer namespace; bans checked against packets that do or do not arrive;
+//! alerts received by real listeners (an HTTP server, a syslog socket, the aiosmtpd SMTP
+//! server) on the daemon namespace's loopback.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use netmon_tests::*;
+use serde_json::Value;
+
+/// Writes a threat configuration into `ns`'s state directory (removed with the namespace).
+fn threat_config(ns: &Netns, text: &str) -> PathBuf {
+    std::fs::create_dir_all(&ns.state_dir).unwrap();
+    let p = ns.state_dir.join("threat.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A connect() scan of `ports` closed ports of `a` from `b`: each SYN is answered by a RST.
+fn scan(p: &Pair, ports: std::ops::RangeInclusive<u16>) {
+    let target = p.a_v4.to_string();
+    p.b.run(move || {
+        for port in ports {
+            let _ = TcpStream::connect_timeout(
+                &format!("{target}:{port}").parse().unwrap(),
+                Duration::from_millis(200),
+            );
+        }
+    });
+}
+
+/// Polls `f` until it returns Some, for at most `secs`; panics with `what` and `log`.
+fn wait_for<T>(
+    secs: u64,
+    what: &str,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {secs} s\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn alert_of(p: &Pair, d: &Daemon, kind: &str) -> Value {
+    wait_for(
+        15,
+        &format!("a {kind} alert"),
+        || d.log_text(),
+        || {
+            ns_json(&p.a, &d.api, "/api/alerts")
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["kind"] == kind)
+                .cloned()
+        },
+    )
+}
+
+/// The events of the daemon's forensic log (`events.jsonl` in the state directory).
+fn events(ns: &Netns) -> Vec<Value> {
+    std::fs::read_to_string(ns.state_dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn action_events(ns: &Netns, action: &str) -> Vec<Value> {
+    events(ns)
+        .into_iter()
+        .filter(|e| e["event"] == "action" && e["action"]["action"] == action)
+        .collect()
+}
+
+/// Datagrams `b` sends to a fresh UDP socket of `a`, and how many of them arrive.
+fn udp_arrivals(p: &Pair, n: usize) -> usize {
+    let a_addr: SocketAddr = format!("{}:0", p.a_v4).parse().unwrap();
+    let sock = p.a.run(move || UdpSocket::bind(a_addr).unwrap());
+    let to = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let b_addr: SocketAddr = format!("{}:0", p.b_v4).parse().unwrap();
+    p.b.run(move || {
+        let s = UdpSocket::bind(b_addr).unwrap();
+        for _ in 0..n {
+            s.send_to(b"are you there", to).unwrap();
+        }
+    });
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while sock.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    got
+}
+
+fn metric(p: &Pair, d: &Daemon, series: &str) -> Option<f64> {
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A TCP connection from `b` to a listener in `a`, held open: (a's accepted end, b's end).
+fn held_connection(p: &Pair) -> (TcpStream, TcpStream) {
+    let a_addr: SocketAddr = format!("{}:0", p.a_v4).parse().unwrap();
+    let l = p.a.run(move || TcpListener::bind(a_addr).unwrap());
+    let to = l.local_addr().unwrap();
+    let client = p.b.run(move || TcpStream::connect(to).unwrap());
+    let (server, _) = l.accept().unwrap();
+    (server, client)
+}
+
+/// Whether a blocking read on `s` ends with an error within `secs` (the connection was
+/// terminated) rather than timing out.
+fn read_fails(s: &mut TcpStream, secs: u64) -> Option<std::io::ErrorKind> {
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            None
+        }
+        Err(e) => Some(e.kind()),
+        Ok(0) => Some(std::io::ErrorKind::UnexpectedEof),
+        Ok(_) => None,
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_scan_is_banned_automatically_with_ttl_and_reason_and_its_connections_killed() {
+    let p = Pair::new("aban");
+    let cfg = threat_config(
+        &p.a,
+        r#"
+[[response.policy]]
+kinds = ["port_scan"]
+actions = ["ban", "kill"]
+ban_ttl = "10m"
+"#,
+    );
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    // Before: the peer's datagrams arrive, and it holds a connection.
+    assert_eq!(udp_arrivals(&p, 20), 20);
+    let (mut server_end, _client_end) = held_connection(&p);
+    let t0 = netmon::act::state::now_ms();
+
+    scan(&p, 1..=200);
+    let alert = alert_of(&p, &d, "port_scan");
+    assert_eq!(alert["remote"], p.b_v4, "{alert}");
+
+    // The ban: in the drop list as `auto`, with a TTL of 10 minutes and the alert as reason.
+    let ban = wait_for(
+        10,
+        "the automatic ban",
+        || d.log_text(),
+        || {
+            let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["entry"] == p.b_v4)
+                .cloned()
+        },
+    );
+    assert_eq!(ban["kind"], "auto", "{ban}");
+    let reason = ban["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("auto: port_scan alert #") && reason.contains(p.b_v4),
+        "{reason}"
+    );
+    let expires = netmon::export::parse_since(ban["expires"].as_str().unwrap(), 0).unwrap();
+    let ttl_ms = expires - t0;
+    assert!(
+        (590_000..=610_000).contains(&ttl_ms),
+        "a 10 min TTL, got {ttl_ms} ms ({ban})"
+    );
+    // The held connection was terminated on this host's side.
+    assert_eq!(
+        read_fails(&mut server_end, 5),
+        Some(std::io::ErrorKind::ConnectionAborted),
+        "the scanner's connection was not terminated\n{}",
+        d.log_text()
+    );
+    // The peer's later packets are dropped in the kernel and counted on the entry.
+    assert_eq!(
+        udp_arrivals(&p, 20),
+        0,
+        "datagrams from a banned peer arrived"
+    );
+    let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+    let hits = list[0]["dropped_packets"].as_u64().unwrap();
+    assert!(hits >= 20, "{list}");
+
+    // Recorded: the audit log, the forensic event log, the metrics.
+    let audit = std::fs::read_to_string(p.a.state_dir.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"auto-ban\"") && l.contains(p.b_v4)),
+        "{audit}"
+    );
+    let bans = action_events(&p.a, "ban");
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["action"]["result"], "done");
+    assert_eq!(bans[0]["action"]["ttl_seconds"], 600);
+    let kills = action_events(&p.a, "kill");
+    assert_eq!(kills[0]["action"]["result"], "done", "{kills:?}");
+    assert!(
+        kills[0]["action"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("terminated 1 connections"),
+        "{kills:?}"
+    );
+    assert_eq!(metric(&p, &d, "netmon_automatic_bans_total"), Some(1.0));
+    assert_eq!(
+        metric(
+            &p,
+            &d,
+            "netmon_response_actions_total{action=\"kill\",result=\"done\"}"
+        ),
+        Some(1.0)
+    );
+
+    // Forensics: the export has the alert, the actions and the flows.
+    let json: Value = serde_json::from_str(&p.a.netmon_ok(&[
+        "export", "--format", "json", "--since", "10m", "--api", &d.api,
+    ]))
+    .unwrap();
+    let evs = json["events"].as_array().unwrap();
+    assert!(
+        evs.iter().any(|e| e["alert"]["kind"] == "port_scan"),
+        "{json}"
+    );
+    assert!(evs.iter().any(|e| e["action"]["action"] == "ban"), "{json}");
+    assert!(
+        json["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["remote_address"].as_str().unwrap().starts_with(p.b_v4)),
+        "{json}"
+    );
+    let csv =
+        p.a.netmon_ok(&["export", "--format", "csv", "--api", &d.api]);
+    assert!(
+        csv.starts_with("record,time,kind,severity,subject,"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("alert,") && l.contains(",port_scan,high,"))
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("action,") && l.contains(",ban:done,"))
+    );
+    assert!(csv.lines().any(|l| l.starts_with("flow,")));
+    // Nothing from the future.
+    let later =
+        p.a.netmon_ok(&["export", "--since", "2099-01-01T00:00:00Z", "--api", &d.api]);
+    let later: Value = serde_json::from_str(&later).unwrap();
+    assert!(later["events"].as_array().unwrap().is_empty());
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn dry_run_and_allow_lists_are_alerted_on_but_never_acted_on() {
+    let p = Pair::new("adry");
+    let policy = r#"
+[[response.policy]]
+level = "high"
+actions = ["ban", "kill"]
+ban_ttl = "1h"
+"#;
+    for (case, extra, expect) in [
+        ("dry run", "[response]\ndry_run = true\n", "dry_run"),
+        (
+            "response allow list",
+            "[response]\nallow = [\"198.18.0.0/24\"]\n",
+            "allowed",
+        ),
+        ("drop-list allow entry", "", "allowed"),
+    ] {
+        if case == "drop-list allow entry" {
+            p.a.netmon_ok(&["allow", "198.18.0.2/32", "--reason", "lab scanner"]);
+        }
+        let cfg = threat_config(&p.a, &format!("{extra}{policy}"));
+        let _ = std::fs::remove_file(p.a.state_dir.join("events.jsonl"));
+        let mut d = Daemon::start(
+            &p.a,
+            &[&p.a_if],
+            &["--threat-config", cfg.to_str().unwrap()],
+        );
+        let (mut server_end, _c) = held_connection(&p);
+        scan(&p, 1..=200);
+        let alert = alert_of(&p, &d, "port_scan");
+        assert_eq!(alert["severity"], "high", "{case}: {alert}");
+        let bans = wait_for(
+            10,
+            &format!("{case}: the ban record"),
+            || d.log_text(),
+            || {
+                let v = action_events(&p.a, "ban");
+                (!v.is_empty()).then_some(v)
+            },
+        );
+        assert_eq!(bans[0]["action"]["result"], expect, "{case}: {bans:?}");
+        let kills = action_events(&p.a, "kill");
+        assert_eq!(kills[0]["action"]["result"], expect, "{case}: {kills:?}");
+        if expect == "dry_run" {
+            assert!(
+                bans[0]["action"]["detail"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("would ban 198.18.0.2"),
+                "{bans:?}"
+            );
+        }
+        // Nothing done: no ban, traffic flows, the connection lives.
+        let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+        assert!(
+            list.as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["list"] == "allow"),
+            "{case}: {list}"
+        );
+        assert_eq!(udp_arrivals(&p, 10), 10, "{case}");
+        assert_eq!(
+            read_fails(&mut server_end, 1),
+            None,
+            "{case}: connection killed"
+        );
+        assert_eq!(
+            metric(&p, &d, "netmon_automatic_bans_total"),
+            Some(0.0),
+            "{case}"
+        );
+        d.stop();
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A one-request-per-connection HTTP server on `ns`'s loopback that keeps every POST body.
+struct HttpSink {
+    port: u16,
+    bodies: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpSink {
+    fn start(ns: &Netns) -> Self {
+        let l = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, st) = (bodies.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                b.lock().unwrap().push(String::from_utf8(body).unwrap());
+                let mut s = s;
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+            // The listener closes here: the port refuses connections from now on.
+        });
+        Self {
+            port,
+            bodies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn alerts_reach_webhook_syslog_and_email_and_a_dead_sink_stalls_nothing() {
+    let p = Pair::new("asink");
+    let mut hook = HttpSink::start(&p.a);
+    let syslog = p.a.run(|| UdpSocket::bind("127.0.0.1:0").unwrap());
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let syslog_port = syslog.local_addr().unwrap().port();
+    // aiosmtpd, Debian's SMTP server in Python, storing what it accepts in a Maildir.
+    let maildir = p.a.state_dir.join("mail");
+    std::fs::create_dir_all(&p.a.state_dir).unwrap();
+    let smtp_port = p.a.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let _smtp = Proc(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &p.a.name,
+                "/usr/bin/python3",
+                "-m",
+                "aiosmtpd",
+                "-n",
+            ])
+            .args(["-l", &format!("127.0.0.1:{smtp_port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
+            .spawn()
+            .expect("python3 -m aiosmtpd (Debian package python3-aiosmtpd)"),
+    );
+    wait_for(10, "aiosmtpd listening", String::new, || {
+        p.a.run(move || TcpStream::connect(("127.0.0.1", smtp_port)).ok())
+    });
+    let cfg = threat_config(
+        &p.a,
+        &format!(
+            r#"
+[alerts]
+dedup = "10m"
+[alerts.webhook]
+url = "http://127.0.0.1:{}/hook"
+timeout = "1s"
+retries = 1
+[alerts.syslog]
+address = "udp://127.0.0.1:{syslog_port}"
+[alerts.email]
+server = "127.0.0.1:{smtp_port}"
+from = "netmon@test.invalid"
+to = ["ops@test.invalid"]
+min_severity = "medium"
+[[alerts.threshold]]
+name = "rx-flood"
+metric = "netmon_interface_bytes_total"
+labels = {{ interface = "nmt0", direction = "rx" }}
+rate = true
+above = 100000
+for = "1s"
+severity = "medium"
+"#,
+            hook.port
+        ),
+    );
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    assert_eq!(
+        status["threat"]["sinks"],
+        serde_json::json!(["webhook", "syslog", "email"]),
+        "{status}"
+    );
+
+    scan(&p, 1..=200);
+    let alert = alert_of(&p, &d, "port_scan");
+    let id = alert["id"].clone();
+    // Webhook: the event as JSON. (A scan also shows as other patterns, e.g. many failed
+    // connections: each is its own alert.)
+    let body = wait_for(
+        10,
+        "the webhook POST",
+        || d.log_text(),
+        || {
+            hook.bodies
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|b| b.contains("\"port_scan\""))
+                .cloned()
+        },
+    );
+    let ev: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ev["event"], "alert", "{ev}");
+    assert_eq!(ev["alert"]["kind"], "port_scan");
+    assert_eq!(ev["alert"]["remote"], p.b_v4);
+    assert_eq!(ev["alert"]["id"], id);
+    // Syslog: an RFC 5424 line with the alert in its structured data.
+    let mut buf = [0u8; 4096];
+    let line = wait_for(
+        10,
+        "the syslog message",
+        || d.log_text(),
+        || {
+            let n = syslog.recv(&mut buf).ok()?;
+            let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+            l.contains("kind=\"port_scan\"").then_some(l)
+        },
+    );
+    assert!(line.starts_with("<34>1 "), "{line}");
+    assert!(line.contains(&format!("subject=\"{}\"", p.b_v4)), "{line}");
+    // Email: accepted by the SMTP server, subject naming the alert.
+    let mail_with = |text: &'static str| {
+        let dir = maildir.join("new");
+        move || -> Option<String> {
+            std::fs::read_dir(&dir)
+                .ok()?
+                .flatten()
+                .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                .find(|m| {
+                    m.lines()
+                        .any(|l| l.starts_with("Subject: [netmon") && l.contains(text))
+                })
+        }
+    };
+    let mail = wait_for(15, "the email", || d.log_text(), mail_with("port_scan"));
+    assert!(mail.contains("To: ops@test.invalid"), "{mail}");
+    // Every alert so far went out once by webhook.
+    let alerts_so_far = ns_json(&p.a, &d.api, "/api/alerts")
+        .as_array()
+        .unwrap()
+        .len();
+    wait_for(
+        10,
+        "a webhook POST per alert",
+        || d.log_text(),
+        || (hook.bodies.lock().unwrap().len() >= alerts_so_far).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let posted = hook.bodies.lock().unwrap().len();
+
+    // The webhook goes down. A flood then crosses the threshold: syslog and email still get
+    // it, and the drain loop never waits.
+    hook.shut_down();
+    let drains_before = d.drains(&p.a);
+    let t0 = Instant::now();
+    let to: SocketAddr = format!("{}:9", p.a_v4).parse().unwrap();
+    let b_addr: SocketAddr = format!("{}:0", p.b_v4).parse().unwrap();
+    p.b.run(move || {
+        let s = UdpSocket::bind(b_addr).unwrap();
+        let payload = [0u8; 1000];
+        // ~500 kB/s for 3 s.
+        for _ in 0..30 {
+            for _ in 0..50 {
+                let _ = s.send_to(&payload, to);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let th = alert_of(&p, &d, "threshold");
+    assert!(
+        th["detail"]
+            .as_str()
+            .unwrap()
+            .contains("threshold rx-flood"),
+        "{th}"
+    );
+    assert!(th["remote"].is_null(), "{th}");
+    let line = wait_for(
+        10,
+        "the threshold syslog message",
+        || d.log_text(),
+        || {
+            let n = syslog.recv(&mut buf).ok()?;
+            let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+            l.contains("kind=\"threshold\"").then_some(l)
+        },
+    );
+    assert!(line.starts_with("<36>1 "), "medium is warning (4): {line}");
+    wait_for(
+        15,
+        "the threshold email",
+        || d.log_text(),
+        mail_with("threshold"),
+    );
+    wait_for(
+        15,
+        "the webhook failure counted",
+        || d.log_text(),
+        || {
+            (metric(
+                &p,
+                &d,
+                "netmon_notifications_total{result=\"failed\",sink=\"webhook\"}",
+            )? >= 1.0)
+                .then_some(())
+        },
+    );
+    // Drains every 200 ms went on throughout.
+    let drains = d.drains(&p.a) - drains_before;
+    let expected = (t0.elapsed().as_millis() / 200) as u64;
+    assert!(
+        drains + 3 >= expected,
+        "{drains} drains in {:?} with the webhook down",
+        t0.elapsed()
+    );
+    assert_eq!(posted, alerts_so_far, "one POST per alert");
+    assert_eq!(
+        metric(
+            &p,
+            &d,
+            "netmon_notifications_total{result=\"sent\",sink=\"webhook\"}"
+        ),
+        Some(posted as f64)
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn feeds_and_geoip_make_a_connection_high_risk_with_the_reasons() {
+    let p = Pair::new("afeed");
+    std::fs::create_dir_all(&p.a.state_dir).unwrap();
+    let feed = p.a.state_dir.join("drop.netset");
+    std::fs::write(
+        &feed,
+        format!(
+            "# FireHOL-style list\n203.0.113.0/24\n{}\n192.0.2.0/25\n",
+            p.b_v4
+        ),
+    )
+    .unwrap();
+    let mut w = netmon_tests::mmdb::Writer::new("GeoLite2-Country");
+    w.insert("198.18.0.0/24", netmon_tests::mmdb::country("XA"));
+    let geo = p.a.state_dir.join("country.mmdb");
+    std::fs::write(&geo, w.build()).unwrap();
+    let mut w = netmon_tests::mmdb::Writer::new("GeoLite2-ASN");
+    w.insert("198.18.0.0/16", netmon_tests::mmdb::asn(64500, "Test Net"));
+    let asn = p.a.state_dir.join("asn.mmdb");
+    std::fs::write(&asn, w.build()).unwrap();
+    let cfg = threat_config(
+        &p.a,
+        &format!(
+            r#"
+unusual_countries = ["XA"]
+geoip = ["{}"]
+[[feeds]]
+name = "test-drop"
+path = "{}"
+refresh = "1s"
+[[rules]]
+name = "test-asn"
+asn = 64500
+add = 5
+"#,
+            geo.display(),
+            feed.display()
+        ),
+    );
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &[
+            "--threat-config",
+            cfg.to_str().unwrap(),
+            "--geoip",
+            asn.to_str().unwrap(),
+        ],
+    );
+    let check = |what: &str| {
+        // An outbound connection from a to a listener in b, on an expected port (443).
+        let b_addr: SocketAddr = format!("{}:443", p.b_v4).parse().unwrap();
+        let l = p.b.run(move || TcpListener::bind(b_addr).unwrap());
+        let mut c = p.a.run(move || TcpStream::connect(b_addr).unwrap());
+        let (_srv, _) = l.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+        let local = c.local_addr().unwrap().to_string();
+        let stats = d.fresh_stats(&p.a);
+        let conn = find_conn(&stats, &local, &b_addr.to_string()).clone();
+        let risk = &conn["risk"];
+        assert_eq!(risk["level"], "high", "{what}: {conn}");
+        let reasons = risk["reasons"].as_array().unwrap();
+        let has = |kind: &str, pts: i64, text: &str| {
+            reasons.iter().any(|r| {
+                r["kind"] == kind
+                    && r["points"].as_i64() == Some(pts)
+                    && r["detail"].as_str().unwrap().contains(text)
+            })
+        };
+        assert!(has("known_malicious", 50, "test-drop"), "{what}: {conn}");
+        assert!(has("unusual_country", 15, "XA"), "{what}: {conn}");
+        assert!(has("rule:test-asn", 5, "test-asn"), "{what}: {conn}");
+        assert_eq!(risk["score"], 70, "{what}: {conn}");
+        drop(c);
+    };
+    check("with the feed loaded");
+    let alert = alert_of(&p, &d, "known_malicious");
+    assert_eq!(alert["remote"], p.b_v4, "{alert}");
+    assert!(
+        alert["detail"].as_str().unwrap().contains("test-drop"),
+        "{alert}"
+    );
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    assert_eq!(status["threat"]["feeds"][0]["entries"], 3, "{status}");
+    assert!(metric(&p, &d, "netmon_connections_by_risk{level=\"high\"}").unwrap() >= 1.0);
+    assert_eq!(
+        metric(&p, &d, "netmon_feed_entries{feed=\"test-drop\"}"),
+        Some(3.0)
+    );
+
+    // The feed breaks (a half-written download): the refresh fails, the last good copy stays.
+    std::fs::write(&feed, "203.0.113.0/24\n<html>502 Bad Gateway</html>\n").unwrap();
+    let err = wait_for(
+        10,
+        "the failed refresh in /api/status",
+        || d.log_text(),
+        || {
+            let s = ns_json(&p.a, &d.api, "/api/status");
+            s["threat"]["feeds"][0]["error"]
+                .as_str()
+                .map(str::to_string)
+        },
+    );
+    assert!(err.contains("line 2"), "{err}");
+    wait_for(
+        5,
+        "the failure counted",
+        || d.log_text(),
+        || {
+            (metric(
+                &p,
+                &d,
+                "netmon_feed_refresh_failures_total{feed=\"test-drop\"}",
+            )? >= 1.0)
+                .then_some(())
+        },
+    );
+    check("after a broken refresh");
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn netmon_kill_terminates_one_connection() {
+    let p = Pair::new("akill");
+    let (mut keep_srv, _keep_cli) = held_connection(&p);
+    let (mut srv, mut cli) = held_connection(&p);
+    let remote = cli.local_addr().unwrap().to_string();
+    let out = p.a.netmon_ok(&["kill", &remote, "--reason", "test"]);
+    assert_eq!(
+        out.trim(),
+        format!("terminated tcp {} -> {remote}", srv.local_addr().unwrap()),
+        "{out}"
+    );
+    // Both ends see it: this host's socket is aborted, the peer gets a reset.
+    assert_eq!(
+        read_fails(&mut srv, 5),
+        Some(std::io::ErrorKind::ConnectionAborted)
+    );
+    assert_eq!(
+        read_fails(&mut cli, 5),
+        Some(std::io::ErrorKind::ConnectionReset)
+    );
+    // The other connection with the same peer lives.
+    assert_eq!(read_fails(&mut keep_srv, 1), None);
+    let audit = std::fs::read_to_string(p.a.state_dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"kill\"") && audit.contains(&remote),
+        "{audit}"
+    );
+    // Nothing to kill: an error that says so.
+    let e = p.a.netmon_err(&["kill", "198.18.0.77"]);
+    assert!(e.contains("no open connection with 198.18.0.77"), "{e}");
+    let e = p.a.netmon_err(&["kill", "not-an-address"]);
+    assert!(e.contains("is not an address"), "{e}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn bad_threat_configs_are_refused_with_file_and_line() {
+    let p = Pair::new("acfg");
+    for (text, want) in [
+        ("[response]\ndry_runn = true\n", ":2:"),
+        ("[response]\nallow = [\"10.0.0.1/8\"]\n", ":2:"),
+        (
+            "\n[[feeds]]\nname = \"gone\"\npath = \"/nonexistent/feed.txt\"\n",
+            ":3",
+        ),
+        (
+            "[[response.policy]]\nlevel = \"high\"\nactions = [\"nuke\"]\n",
+            ":3:",
+        ),
+    ] {
+        let cfg = threat_config(&p.a, text);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &p.a.name])
+            .arg(netmon_bin())
+            .args(["run", "--iface", &p.a_if, "--listen", "127.0.0.1:0"])
+            .args(["--threat-config", cfg.to_str().unwrap()])
+            .env("NETMON_PIN_DIR", &p.a.pin_dir)
+            .env("NETMON_STATE_DIR", &p.a.state_dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}{want}", cfg.display())),
+            "{text}: expected {}{want} in: {err}",
+            cfg.display()
+        );
+        // Refused before anything was attached.
+        assert_eq!(attached_programs(&p.a, &p.a_if), (0, 0), "{text}");
+    }
+}
