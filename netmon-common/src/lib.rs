@@ -265,6 +265,8 @@ pub mod dropcfg {
     pub const HAS_EXACT_V6: u64 = 1 << 3;
     pub const HAS_PREFIX_V4: u64 = 1 << 4;
     pub const HAS_PREFIX_V6: u64 = 1 << 5;
+    pub const HAS_RATE_V4: u64 = 1 << 6;
+    pub const HAS_RATE_V6: u64 = 1 << 7;
 }
 
 /// Why an entry is banned; the `reason` label of the drop metrics.
@@ -272,7 +274,34 @@ pub mod ban_kind {
     pub const MANUAL: u8 = 0;
     pub const IMPORT: u8 = 1;
     pub const AUTO: u8 = 2;
-    pub const NAMES: [&str; 3] = ["manual", "import", "auto"];
+    /// Over a per-source rate limit (`netmon limit`, or the response policy's `ratelimit`).
+    pub const RATELIMIT: u8 = 3;
+    pub const NAMES: [&str; 4] = ["manual", "import", "auto", "ratelimit"];
+}
+
+/// A per-source rate limit (NETMON_RATE4/6, keyed by the source address), enforced on
+/// ingress as GCRA (the "virtual scheduling" form of a token bucket): a packet arriving at
+/// `now` passes when `tat_ns - now <= burst_ns`, and then moves `tat_ns` on by `interval_ns`.
+/// One u64 of state per source; CPUs race on it without atomics, so the limit is
+/// approximate under a flood spread over CPUs (it errs towards letting a few more through).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateValue {
+    /// Nanoseconds per packet (1e9 / packets per second).
+    pub interval_ns: u64,
+    /// (burst - 1) * interval_ns: how far ahead of now `tat_ns` may run.
+    pub burst_ns: u64,
+    /// Theoretical arrival time of the next packet (CLOCK_MONOTONIC, coarse).
+    pub tat_ns: u64,
+    /// CLOCK_MONOTONIC deadline after which the limit no longer applies; 0: never.
+    pub expires_ns: u64,
+    /// Dropped packets and bytes, updated atomically.
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_hit_ns: u64,
+    /// `ban_kind::*` of who set it (manual or auto); drops count as `ban_kind::RATELIMIT`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Exact-address ban key (hash map). `generation` selects the set in force.
@@ -414,6 +443,8 @@ assert_layout!(BanKey4, 8, generation @ 0, addr @ 4);
 assert_layout!(BanKey6, 20, generation @ 0, addr @ 4);
 assert_layout!(BanValue, 40, expires_ns @ 0, packets @ 8, bytes @ 16, last_hit_ns @ 24,
     kind @ 32);
+assert_layout!(RateValue, 64, interval_ns @ 0, burst_ns @ 8, tat_ns @ 16, expires_ns @ 24,
+    packets @ 32, bytes @ 40, last_hit_ns @ 48, kind @ 56);
 assert_layout!(DropKey, 8, ifindex @ 0, direction @ 4, kind @ 5);
 
 #[cfg(feature = "user")]
@@ -430,5 +461,6 @@ mod pod {
     unsafe impl aya::Pod for super::BanKey4 {}
     unsafe impl aya::Pod for super::BanKey6 {}
     unsafe impl aya::Pod for super::BanValue {}
+    unsafe impl aya::Pod for super::RateValue {}
     unsafe impl aya::Pod for super::DropKey {}
 }

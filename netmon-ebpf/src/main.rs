@@ -35,8 +35,9 @@ use aya_ebpf::{
 use netmon_common::{
     AF_INET, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS,
     DROP_SLOTS, DropKey, FlowKey, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, SockKey, config, counter,
-    drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
+    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey,
+    ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets,
+    v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_l3, parse_l4};
 
@@ -119,6 +120,13 @@ static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
 #[map]
 static NETMON_ALLOW6: LpmTrie<[u8; 16], u64> = LpmTrie::pinned(65_536, 0);
 /// Generation in force and which maps are non-empty (`netmon_common::dropcfg`).
+/// Per-source rate limits (ingress), keyed by the source address: `netmon limit` and the
+/// response policy's `ratelimit` action. Not generation-switched (they are never bulk
+/// imported).
+#[map]
+static NETMON_RATE4: HashMap<[u8; 4], RateValue> = HashMap::pinned(65_536, BPF_F_NO_PREALLOC);
+#[map]
+static NETMON_RATE6: HashMap<[u8; 16], RateValue> = HashMap::pinned(65_536, BPF_F_NO_PREALLOC);
 #[map]
 static NETMON_DROPCFG: Array<u64> = Array::pinned(dropcfg::COUNT, 0);
 /// Dropped packets and bytes per interface, direction and ban kind, for interfaces with an
@@ -338,6 +346,12 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
             record_drop(v, now, ifindex, direction, len);
             return true;
         }
+        if direction == DIR_INGRESS
+            && flags & (dropcfg::HAS_RATE_V4 | dropcfg::HAS_RATE_V6) != 0
+            && over_rate(flags, p.family, &p.src, ifindex, len)
+        {
+            return true;
+        }
     }
     if let Some(l4) = l4 {
         parse_l4(packet, l4.off, l4.proto, &mut p);
@@ -501,6 +515,52 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
     None
 }
 
+/// Whether a packet from `src` is over its source's rate limit (and so is dropped and
+/// counted). GCRA: see `netmon_common::RateValue`. Allow entries win here too.
+#[inline(always)]
+fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64) -> bool {
+    let v = if family == 4 {
+        let a = src[3].to_ne_bytes();
+        if flags & dropcfg::HAS_RATE_V4 == 0
+            || (flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some())
+        {
+            return false;
+        }
+        NETMON_RATE4.get_ptr_mut(&a)
+    } else {
+        let a = addr_bytes(*src);
+        if flags & dropcfg::HAS_RATE_V6 == 0
+            || (flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, a)).is_some())
+        {
+            return false;
+        }
+        NETMON_RATE6.get_ptr_mut(&a)
+    };
+    let Some(v) = v else {
+        return false;
+    };
+    let now = coarse_now_ns();
+    // SAFETY: `v` points at a map value the kernel keeps alive for this program run, 8-byte
+    // aligned and writable.
+    unsafe {
+        let expires = (*v).expires_ns;
+        if expires != 0 && now >= expires {
+            return false;
+        }
+        let tat = (*v).tat_ns;
+        let tat = if tat > now { tat } else { now };
+        if tat - now > (*v).burst_ns {
+            atomic_add(&raw mut (*v).packets, 1);
+            atomic_add(&raw mut (*v).bytes, len);
+            (*v).last_hit_ns = now;
+            count_drop(ifindex, DIR_INGRESS, ban_kind::RATELIMIT, len);
+            return true;
+        }
+        (*v).tat_ns = tat + (*v).interval_ns;
+    }
+    false
+}
+
 /// `*dst += val` as one BPF atomic instruction (BPF_ATOMIC | BPF_ADD, "XADD"): the BPF
 /// target's `core` offers no atomic read-modify-write, but the instruction set has had this
 /// one since Linux 3.18.
@@ -534,6 +594,12 @@ fn record_drop(v: *mut BanValue, now: u64, ifindex: u32, direction: u8, len: u64
         (*v).last_hit_ns = now;
         (*v).kind
     };
+    count_drop(ifindex, direction, kind, len);
+}
+
+/// Counts a drop per interface, direction and kind: an array slot, or the hash for the rest.
+#[inline(always)]
+fn count_drop(ifindex: u32, direction: u8, kind: u8, len: u64) {
     if let Some(slot) = drop_slot(ifindex, direction, kind) {
         if let Some(s) = NETMON_DROP_SLOTS.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot.

@@ -77,7 +77,7 @@ impl Drops {
             match self.list.expire(&mut self.maps) {
                 Ok(gone) => {
                     for n in gone {
-                        info!("ban on {n} expired and was removed");
+                        info!("drop-list entry {n} expired and was removed");
                     }
                 }
                 Err(e) => warn!("expiring bans: {e:#}"),

@@ -82,6 +82,24 @@ enum Cmd {
     },
     /// Lift a ban.
     Unban { target: String },
+    /// Limit the packets one source address may send to this host, in the kernel (XDP):
+    /// `--pps` per second, bursts of `--burst`; the excess is dropped and counted.
+    Limit {
+        target: String,
+        #[arg(long)]
+        pps: u32,
+        /// Default: the same as --pps.
+        #[arg(long)]
+        burst: Option<u32>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lift a rate limit.
+    Unlimit { target: String },
     /// Never drop this prefix, whatever bans cover it.
     Allow {
         target: String,
@@ -402,7 +420,10 @@ fn print_list(rows: &[Listed]) {
             r.dropped_bytes,
             r.last_hit.as_deref().unwrap_or("-"),
             r.added,
-            r.reason,
+            match (r.pps, r.burst) {
+                (Some(p), Some(b)) => format!("{p}/s burst {b}: {}", r.reason),
+                _ => r.reason.clone(),
+            },
             r.uid
         );
     }
@@ -494,6 +515,42 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => unreachable!("clap requires one"),
             }
+            Ok(())
+        }
+        Cmd::Limit {
+            target,
+            pps,
+            burst,
+            ttl,
+            reason,
+            force,
+        } => {
+            let opts = BanOptions {
+                ttl: ttl
+                    .as_deref()
+                    .map(config::parse_duration)
+                    .transpose()
+                    .context("--ttl")?,
+                reason,
+                force,
+                kind: Default::default(),
+            };
+            let e = droplist().limit(parse_net(&target)?, pps, burst.unwrap_or(pps), &opts)?;
+            println!(
+                "limited {} to {}/s (burst {}){}",
+                e.net,
+                e.pps,
+                e.burst,
+                e.expires_ms
+                    .map(|ms| format!(" until {}", netmon::act::state::rfc3339(ms)))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Cmd::Unlimit { target } => {
+            let n = parse_net(&target)?;
+            droplist().unlimit(n)?;
+            println!("removed the rate limit on {n}");
             Ok(())
         }
         Cmd::Unban { target } => {

@@ -386,16 +386,32 @@ pub fn testpeer_bin() -> PathBuf {
 
 /// GET `path` from `addr` inside `ns`; returns (status, body).
 pub fn ns_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    try_ns_get(ns, addr, path, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// GET `path` from `addr` inside `ns`, waiting at most `timeout` for the answer.
+pub fn try_ns_get(
+    ns: &Netns,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let (addr, path) = (addr.to_string(), path.to_string());
     ns.run(move || {
-        let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut s = TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, body.to_string())
+        s.read_to_string(&mut resp)?;
+        let bad = || std::io::Error::other(format!("malformed HTTP response: {resp:?}"));
+        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(bad)?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(bad)?;
+        Ok((code, body.to_string()))
     })
 }
 
@@ -467,18 +483,23 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the API answers with at least one completed drain.
+    /// Waits until the API answers with at least one completed drain. The listener is bound
+    /// before the programs are loaded, so a connection may be accepted by the kernel well
+    /// before the daemon answers (seconds under qemu's software emulation): each try waits
+    /// a little, and the whole wait is long enough for an emulated guest.
     pub fn wait_ready(&self, ns: &Netns) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let api = self.api.clone();
-            let ok = ns.run(move || {
-                TcpStream::connect_timeout(&api.parse().unwrap(), Duration::from_millis(200))
-                    .is_ok()
-            });
-            if ok && self.drains(ns) >= 1 {
+            let drains = try_ns_get(ns, &self.api, "/api/status", Duration::from_secs(1))
+                .ok()
+                .and_then(|(code, body)| (code == 200).then_some(body))
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|v| v["drains"].as_u64())
+                .unwrap_or(0);
+            if drains >= 1 {
                 return;
             }
+
             assert!(
                 Instant::now() < deadline,
                 "netmon did not become ready in {}; log:\n{}",

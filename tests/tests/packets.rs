@@ -698,3 +698,83 @@ fn drop_decisions_follow_the_list_in_force() {
     let drops: u64 = maps.drops().unwrap().iter().map(|(_, s)| s.packets).sum();
     assert_eq!(drops, 7, "every drop counted per interface and kind");
 }
+
+/// Per-source rate limits in the kernel (GCRA): with 1 packet/s and a burst of 5, a burst of
+/// packets from the limited source (all within well under a second) lets exactly 5 through;
+/// other sources, egress, allow entries and expired limits are untouched; every drop counted.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn rate_limits_let_the_burst_through_and_drop_the_rest() {
+    use netmon::act::{
+        droplist::DropMaps,
+        state::{Kind, LimitEntry},
+    };
+    const XDP_DROP: u32 = 1;
+    let mut p = Progs::new(1024);
+    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    let limit = |net: &str, pps: u32, burst: u32, expires_ms: Option<u64>| LimitEntry {
+        net: net.parse().unwrap(),
+        pps,
+        burst,
+        kind: Kind::Manual,
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+        expires_ms,
+    };
+    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
+    maps.write_limit(&limit("198.18.0.2", 1, 5, None)).unwrap();
+    maps.write_limit(&limit("198.18.0.3", 1, 1, Some(1)))
+        .unwrap();
+    maps.write_limit(&limit("fd00:6e6d::2", 1, 2, None))
+        .unwrap();
+    maps.write_limit(&limit("198.18.0.4", 1, 1, None)).unwrap();
+    maps.write_allow(&"198.18.0.4".parse().unwrap()).unwrap();
+    maps.set_flags(u64::MAX).unwrap();
+
+    let verdicts: Vec<u32> = (0..20)
+        .map(|_| p.run(DIR_INGRESS, &from4([198, 18, 0, 2])))
+        .collect();
+    let passed = verdicts.iter().filter(|v| **v == XDP_PASS).count();
+    assert_eq!(passed, 5, "burst of 5 at 1/s: {verdicts:?}");
+    assert!(verdicts[..5].iter().all(|v| *v == XDP_PASS), "{verdicts:?}");
+    assert!(verdicts[5..].iter().all(|v| *v == XDP_DROP), "{verdicts:?}");
+    // Another source, egress to the limited address, an allow-listed and an expired limit.
+    assert_eq!(p.run(DIR_INGRESS, &from4([198, 18, 0, 9])), XDP_PASS);
+    assert_eq!(p.run(DIR_EGRESS, &to4([198, 18, 0, 2])), TC_ACT_UNSPEC);
+    for _ in 0..5 {
+        assert_eq!(
+            p.run(DIR_INGRESS, &from4([198, 18, 0, 3])),
+            XDP_PASS,
+            "expired"
+        );
+        assert_eq!(
+            p.run(DIR_INGRESS, &from4([198, 18, 0, 4])),
+            XDP_PASS,
+            "allowed"
+        );
+    }
+    // IPv6: a burst of 2.
+    let v6 = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
+    let passed6 = (0..10)
+        .filter(|_| p.run(DIR_INGRESS, &v6) == XDP_PASS)
+        .count();
+    assert_eq!(passed6, 2);
+
+    let hits = maps.limit_hits(&"198.18.0.2".parse().unwrap()).unwrap();
+    assert_eq!(hits.packets, 15);
+    assert_eq!(hits.bytes, 15 * from4([198, 18, 0, 2]).len() as u64);
+    let rl: u64 = maps
+        .drops()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.kind == netmon_common::ban_kind::RATELIMIT)
+        .map(|(_, s)| s.packets)
+        .sum();
+    assert_eq!(
+        rl,
+        15 + 8,
+        "every rate-limit drop counted with reason ratelimit"
+    );
+}

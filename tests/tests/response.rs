@@ -860,3 +860,86 @@ fn bad_threat_configs_are_refused_with_file_and_line() {
         assert_eq!(attached_programs(&p.a, &p.a_if), (0, 0), "{text}");
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn netmon_limit_and_a_ratelimit_policy_throttle_one_source_in_the_kernel() {
+    let p = Pair::new("arate");
+    let cfg = threat_config(
+        &p.a,
+        r#"
+[[response.policy]]
+kinds = ["port_scan"]
+actions = ["ratelimit"]
+ban_ttl = "10m"
+rate_pps = 1
+rate_burst = 3
+"#,
+    );
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(udp_arrivals(&p, 30), 30);
+
+    // By hand: 1 packet/s, bursts of 5. Thirty datagrams in a few milliseconds: five arrive.
+    let out =
+        p.a.netmon_ok(&["limit", p.b_v4, "--pps", "1", "--burst", "5"]);
+    assert_eq!(out.trim(), format!("limited {} to 1/s (burst 5)", p.b_v4));
+    assert_eq!(udp_arrivals(&p, 30), 5, "a burst of 5 at 1/s");
+    let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+    let e = &list[0];
+    assert_eq!(
+        (&e["list"], &e["entry"], &e["pps"], &e["burst"]),
+        (&"limit".into(), &p.b_v4.into(), &1.into(), &5.into()),
+        "{list}"
+    );
+    assert_eq!(e["dropped_packets"], 25, "{list}");
+    wait_for(
+        5,
+        "the rate-limit drops in the metrics",
+        || d.log_text(),
+        || {
+            (metric(
+            &p,
+            &d,
+            "netmon_dropped_packets_total{direction=\"rx\",interface=\"nmt0\",reason=\"ratelimit\"}",
+        )? == 25.0)
+            .then_some(())
+        },
+    );
+    // Refused: a prefix, a zero rate.
+    let e = p.a.netmon_err(&["limit", "198.18.0.0/24", "--pps", "5"]);
+    assert!(e.contains("per source address"), "{e}");
+    let e = p.a.netmon_err(&["limit", p.b_v4, "--pps", "0"]);
+    assert!(e.contains("at least 1"), "{e}");
+    p.a.netmon_ok(&["unlimit", p.b_v4]);
+    assert_eq!(udp_arrivals(&p, 30), 30, "after unlimit");
+
+    // By policy: a scan gets the source limited to 1/s with bursts of 3, for 10 minutes.
+    scan(&p, 1..=200);
+    alert_of(&p, &d, "port_scan");
+    let e = wait_for(
+        10,
+        "the automatic rate limit",
+        || d.log_text(),
+        || {
+            let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["list"] == "limit")
+                .cloned()
+        },
+    );
+    assert_eq!(
+        (&e["kind"], &e["pps"], &e["burst"]),
+        (&"auto".into(), &1.into(), &3.into()),
+        "{e}"
+    );
+    assert!(e["expires"].is_string(), "{e}");
+    assert_eq!(udp_arrivals(&p, 30), 3, "a burst of 3 at 1/s");
+    let acts = action_events(&p.a, "ratelimit");
+    assert_eq!(acts[0]["action"]["result"], "done", "{acts:?}");
+}

@@ -15,8 +15,8 @@ use super::{
     droplist::{DropMaps, flags_for},
     net::{Net, danger, own_addresses, parse_list},
     state::{
-        AllowEntry, AuditRecord, BanEntry, ImportInfo, Kind, State, Store, current_uid, now_ms,
-        rfc3339,
+        AllowEntry, AuditRecord, BanEntry, ImportInfo, Kind, LimitEntry, State, Store, current_uid,
+        now_ms, rfc3339,
     },
 };
 
@@ -58,6 +58,11 @@ pub struct Listed {
     pub dropped_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_hit: Option<String>,
+    /// Rate limits only: packets per second and burst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 fn family(n: &Net) -> &'static str {
@@ -131,6 +136,68 @@ impl DropList {
         rec.expires = entry.expires_ms.map(rfc3339);
         store.audit(&rec)?;
         Ok(entry)
+    }
+
+    /// Limits packets from `net` (a single address) to `pps` per second with bursts of
+    /// `burst`, in the kernel (ingress).
+    pub fn limit(&self, net: Net, pps: u32, burst: u32, opts: &BanOptions) -> Result<LimitEntry> {
+        if !net.is_host() {
+            bail!("{net}: rate limits are per source address; give a single address, not a prefix");
+        }
+        if pps == 0 || burst == 0 {
+            bail!("--pps and --burst must be at least 1 (to stop everything, use `netmon ban`)");
+        }
+        Self::check_danger(&[net], opts.force)?;
+        let store = self.store();
+        let _lock = store.lock()?;
+        let mut state = store.load()?;
+        let now = now_ms();
+        let entry = LimitEntry {
+            net,
+            pps,
+            burst,
+            kind: opts.kind,
+            reason: opts.reason.clone(),
+            uid: current_uid(),
+            added_ms: now,
+            expires_ms: opts.ttl.map(|t| now + t.as_millis() as u64),
+        };
+        let mut maps = DropMaps::open(&self.pin_dir)?;
+        maps.write_limit(&entry)?;
+        match state.limits.iter().position(|l| l.net == net) {
+            Some(i) => state.limits[i] = entry.clone(),
+            None => state.limits.push(entry.clone()),
+        }
+        maps.set_flags(flags_for(&state, now))?;
+        store.save(&state)?;
+        let action = if opts.kind == Kind::Auto {
+            "auto-limit"
+        } else {
+            "limit"
+        };
+        let mut rec = AuditRecord::new(
+            action,
+            net,
+            &format!("{pps}/s burst {burst}; {}", opts.reason),
+        );
+        rec.expires = entry.expires_ms.map(rfc3339);
+        store.audit(&rec)?;
+        Ok(entry)
+    }
+
+    pub fn unlimit(&self, net: Net) -> Result<()> {
+        let store = self.store();
+        let _lock = store.lock()?;
+        let mut state = store.load()?;
+        let Some(i) = state.limits.iter().position(|l| l.net == net) else {
+            bail!("{net} has no rate limit (see `netmon list`)");
+        };
+        let mut maps = DropMaps::open(&self.pin_dir)?;
+        let removed = state.limits.remove(i);
+        maps.set_flags(flags_for(&state, now_ms()))?;
+        maps.remove_limit(&net)?;
+        store.save(&state)?;
+        store.audit(&AuditRecord::new("unlimit", net, &removed.reason))
     }
 
     pub fn unban(&self, net: Net) -> Result<()> {
@@ -253,6 +320,27 @@ impl DropList {
                 dropped_packets: v.packets,
                 dropped_bytes: v.bytes,
                 last_hit: (v.last_hit_ns != 0).then(|| rfc3339(mono_to_wall(v.last_hit_ns))),
+                pps: None,
+                burst: None,
+            });
+        }
+        for l in &state.limits {
+            let v = maps.limit_hits(&l.net).unwrap_or_default();
+            out.push(Listed {
+                list: "limit",
+                entry: l.net.to_string(),
+                family: family(&l.net),
+                prefix: l.net.prefix(),
+                kind: Some(l.kind),
+                reason: l.reason.clone(),
+                uid: l.uid,
+                added: rfc3339(l.added_ms),
+                expires: l.expires_ms.map(rfc3339),
+                dropped_packets: v.packets,
+                dropped_bytes: v.bytes,
+                last_hit: (v.last_hit_ns != 0).then(|| rfc3339(mono_to_wall(v.last_hit_ns))),
+                pps: Some(l.pps),
+                burst: Some(l.burst),
             });
         }
         for a in &state.allows {
@@ -269,6 +357,8 @@ impl DropList {
                 dropped_packets: 0,
                 dropped_bytes: 0,
                 last_hit: None,
+                pps: None,
+                burst: None,
             });
         }
         Ok(out)
@@ -285,19 +375,35 @@ impl DropList {
             .drain(..)
             .partition(|b| b.expires_ms.is_some_and(|e| e <= now));
         state.bans = kept;
-        if gone.is_empty() {
+        let (gone_limits, kept_limits): (Vec<LimitEntry>, Vec<LimitEntry>) = state
+            .limits
+            .drain(..)
+            .partition(|l| l.expires_ms.is_some_and(|e| e <= now));
+        state.limits = kept_limits;
+        if gone.is_empty() && gone_limits.is_empty() {
             return Ok(Vec::new());
         }
         maps.set_flags(flags_for(&state, now) | flags_for_bans(&gone))?;
         for b in &gone {
             maps.remove_ban(state.generation, &b.net)?;
         }
+        // Expired limits no longer act in the kernel: remove them after the flags say so.
         maps.set_flags(flags_for(&state, now))?;
+        for l in &gone_limits {
+            maps.remove_limit(&l.net)?;
+        }
         store.save(&state)?;
         for b in &gone {
             store.audit(&AuditRecord::new("expire", b.net, &b.reason))?;
         }
-        Ok(gone.into_iter().map(|b| b.net).collect())
+        for l in &gone_limits {
+            store.audit(&AuditRecord::new("expire-limit", l.net, &l.reason))?;
+        }
+        Ok(gone
+            .into_iter()
+            .map(|b| b.net)
+            .chain(gone_limits.into_iter().map(|l| l.net))
+            .collect())
     }
 
     /// At daemon start, before any program is attached: read the state (refusing to go on

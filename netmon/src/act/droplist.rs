@@ -11,16 +11,17 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, dropcfg,
+    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue,
+    dropcfg,
 };
 
 use super::{
     net::Net,
-    state::{BanEntry, State, now_ms},
+    state::{BanEntry, LimitEntry, State, now_ms},
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "NETMON_BAN4",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
@@ -30,6 +31,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     "NETMON_DROPCFG",
     "NETMON_DROPS",
     "NETMON_DROP_SLOTS",
+    "NETMON_RATE4",
+    "NETMON_RATE6",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -98,6 +101,13 @@ pub fn flags_for(state: &State, now_ms: u64) -> u64 {
             dropcfg::HAS_ALLOW_V6
         };
     }
+    for l in state.live_limits(now_ms) {
+        f |= if l.net.is_v4() {
+            dropcfg::HAS_RATE_V4
+        } else {
+            dropcfg::HAS_RATE_V6
+        };
+    }
     f
 }
 
@@ -151,6 +161,8 @@ pub struct DropMaps {
     cfg: Array<MapData, u64>,
     drops: PerCpuHashMap<MapData, DropKey, IfaceStats>,
     drop_slots: MapData,
+    rate4: HashMap<MapData, [u8; 4], RateValue>,
+    rate6: HashMap<MapData, [u8; 16], RateValue>,
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
 }
@@ -210,6 +222,8 @@ impl DropMaps {
                 Map::PerCpuArray(m) => m,
                 _ => anyhow::bail!("NETMON_DROP_SLOTS is not a per-CPU array"),
             },
+            rate4: HashMap::try_from(take("NETMON_RATE4"))?,
+            rate6: HashMap::try_from(take("NETMON_RATE6"))?,
             capacity,
         })
     }
@@ -292,6 +306,63 @@ impl DropMaps {
             (false, false) => self.pfx6.remove(&pkey6(generation, net)),
         })
         .with_context(|| format!("removing the ban on {} from the kernel map", net))
+    }
+
+    /// The kernel's copy of a rate limit (its drop counters).
+    pub fn limit_hits(&self, net: &Net) -> Option<RateValue> {
+        let o = net.octets();
+        if net.is_v4() {
+            self.rate4.get(&o[..4].try_into().expect("4"), 0).ok()
+        } else {
+            self.rate6.get(&o[..16].try_into().expect("16"), 0).ok()
+        }
+    }
+
+    /// Writes one rate limit, keeping the drop counters (and the bucket) it already has.
+    pub fn write_limit(&mut self, l: &LimitEntry) -> Result<()> {
+        let old = self.limit_hits(&l.net).unwrap_or_default();
+        let interval_ns = 1_000_000_000 / u64::from(l.pps.max(1));
+        let v = RateValue {
+            interval_ns,
+            burst_ns: interval_ns * u64::from(l.burst.max(1) - 1),
+            expires_ns: kernel_expiry(l.expires_ms, now_ms(), monotonic_ns()),
+            kind: l.kind.code(),
+            ..old
+        };
+        let o = l.net.octets();
+        let r = if l.net.is_v4() {
+            self.rate4
+                .insert(<[u8; 4]>::try_from(&o[..4]).expect("4"), v, 0)
+        } else {
+            self.rate6
+                .insert(<[u8; 16]>::try_from(&o[..16]).expect("16"), v, 0)
+        };
+        r.with_context(|| format!("writing the rate limit on {} into the kernel map", l.net))
+    }
+
+    pub fn remove_limit(&mut self, net: &Net) -> Result<()> {
+        let o = net.octets();
+        removed(if net.is_v4() {
+            self.rate4.remove(&o[..4].try_into().expect("4"))
+        } else {
+            self.rate6.remove(&o[..16].try_into().expect("16"))
+        })
+        .with_context(|| format!("removing the rate limit on {net} from the kernel map"))
+    }
+
+    fn limit_keys(&self) -> HashSet<Net> {
+        let mut out = HashSet::new();
+        for k in self.rate4.keys().flatten() {
+            if let Ok(n) = Net::new(std::net::Ipv4Addr::from(k).into(), 32) {
+                out.insert(n);
+            }
+        }
+        for k in self.rate6.keys().flatten() {
+            if let Ok(n) = Net::new(std::net::Ipv6Addr::from(k).into(), 128) {
+                out.insert(n);
+            }
+        }
+        out
     }
 
     pub fn write_allow(&mut self, net: &Net) -> Result<()> {
@@ -459,6 +530,10 @@ impl DropMaps {
         for a in &state.allows {
             self.write_allow(&a.net)?;
         }
+        let limits: Vec<&LimitEntry> = state.live_limits(now).collect();
+        for l in &limits {
+            self.write_limit(l)?;
+        }
         self.set_flags(flags_for(state, now) | self.current_flags())?;
         self.set_generation(generation)?;
         let wanted: HashSet<Net> = live.iter().map(|b| b.net).collect();
@@ -468,6 +543,10 @@ impl DropMaps {
         let allowed: HashSet<Net> = state.allows.iter().map(|a| a.net).collect();
         for n in self.allow_keys().difference(&allowed) {
             self.remove_allow(n)?;
+        }
+        let limited: HashSet<Net> = limits.iter().map(|l| l.net).collect();
+        for n in self.limit_keys().difference(&limited) {
+            self.remove_limit(n)?;
         }
         self.clear_generation(other)?;
         self.set_flags(flags_for(state, now))

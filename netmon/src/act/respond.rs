@@ -34,10 +34,21 @@ use crate::{
     sockdiag::SockDiag,
 };
 
-/// The actions the policy gives an alert, each once; a ban gets the longest TTL of the lines
-/// that ask for it.
-pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<(Action, Duration)> {
-    let mut out: Vec<(Action, Duration)> = Vec::new();
+/// One action the policy asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Planned {
+    pub action: Action,
+    /// For bans and rate limits.
+    pub ttl: Duration,
+    /// For rate limits: packets per second and burst.
+    pub pps: u32,
+    pub burst: u32,
+}
+
+/// The actions the policy gives an alert, each once: a ban or limit gets the longest TTL of
+/// the lines that ask for it, a limit the strictest rate.
+pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<Planned> {
+    let mut out: Vec<Planned> = Vec::new();
     for p in &cfg.policy {
         let level_ok = p.level.is_none_or(|l| alert.severity >= l);
         let kind_ok = p.kinds.is_empty() || p.kinds.contains(&alert.kind);
@@ -45,9 +56,18 @@ pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<(Action, Duration)> {
             continue;
         }
         for &a in &p.actions {
-            match out.iter_mut().find(|(x, _)| *x == a) {
-                Some((_, ttl)) => *ttl = (*ttl).max(p.ban_ttl),
-                None => out.push((a, p.ban_ttl)),
+            match out.iter_mut().find(|x| x.action == a) {
+                Some(x) => {
+                    x.ttl = x.ttl.max(p.ban_ttl);
+                    x.pps = x.pps.min(p.rate_pps);
+                    x.burst = x.burst.min(p.rate_burst);
+                }
+                None => out.push(Planned {
+                    action: a,
+                    ttl: p.ban_ttl,
+                    pps: p.rate_pps,
+                    burst: p.rate_burst,
+                }),
             }
         }
     }
@@ -130,7 +150,13 @@ impl Responder {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (action, ttl) in actions {
+        for Planned {
+            action,
+            ttl,
+            pps,
+            burst,
+        } in actions
+        {
             let rec = |result: &str, detail: String| ActionRecord {
                 action: action.as_str().into(),
                 remote,
@@ -138,7 +164,7 @@ impl Responder {
                 detail,
                 alert_id: alert.id,
                 alert_kind: alert.kind.clone(),
-                ttl_seconds: (action == Action::Ban).then_some(ttl.as_secs()),
+                ttl_seconds: (action != Action::Kill).then_some(ttl.as_secs()),
             };
             if let Some(why) = self.protected(remote) {
                 out.push(rec("allowed", format!("not acted on: {why}")));
@@ -147,6 +173,7 @@ impl Responder {
             let r = match action {
                 Action::Ban => self.ban(remote, ttl, alert),
                 Action::Kill => self.kill(remote),
+                Action::RateLimit => self.limit(remote, ttl, pps, burst, alert),
             };
             out.push(match r {
                 Outcome::Done(d) => rec("done", d),
@@ -199,6 +226,54 @@ impl Responder {
                 e.expires_ms
                     .map(crate::act::state::rfc3339)
                     .unwrap_or_default()
+            )),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    fn limit(
+        &mut self,
+        remote: IpAddr,
+        ttl: Duration,
+        pps: u32,
+        burst: u32,
+        alert: &Alert,
+    ) -> Outcome {
+        let now = now_ms();
+        match self.droplist.load_state() {
+            Ok(state) => {
+                if let Some(b) = state.live_bans(now).find(|b| b.net.contains(remote)) {
+                    return Outcome::Skipped(format!("banned already by {}", b.net));
+                }
+                if let Some(l) = state.live_limits(now).find(|l| l.net.contains(remote)) {
+                    return Outcome::Skipped(format!(
+                        "rate limited already ({}/s, burst {})",
+                        l.pps, l.burst
+                    ));
+                }
+            }
+            Err(e) => return Outcome::Failed(format!("reading the drop list: {e:#}")),
+        }
+        if self.cfg.dry_run {
+            return Outcome::DryRun(format!(
+                "would limit {remote} to {pps}/s (burst {burst}) for {} s (dry run)",
+                ttl.as_secs()
+            ));
+        }
+        let net = Net::new(remote, if remote.is_ipv4() { 32 } else { 128 }).expect("a host");
+        let opts = BanOptions {
+            ttl: Some(ttl),
+            reason: format!(
+                "auto: {} alert #{} ({}, score {}): {}",
+                alert.kind, alert.id, alert.severity, alert.score, alert.detail
+            ),
+            force: false,
+            kind: Kind::Auto,
+        };
+        match self.droplist.limit(net, pps, burst, &opts) {
+            Ok(_) => Outcome::Done(format!(
+                "limited {remote} to {pps} packets/s (burst {burst}) for {} s",
+                ttl.as_secs()
             )),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
@@ -267,7 +342,7 @@ impl Pipeline {
         let log = EventLog::open(log_path, cfg.alerts.log_max_bytes, cfg.alerts.log_keep)?;
         let m = &shared.metrics;
         m.automatic_bans.inc_by(0);
-        for a in ["ban", "kill"] {
+        for a in ["ban", "kill", "ratelimit"] {
             for r in [
                 "done",
                 "dry_run",
@@ -403,29 +478,43 @@ mod tests {
                 PolicyRule {
                     level: Some(Level::High),
                     kinds: vec![],
-                    actions: vec![Action::Ban],
+                    actions: vec![Action::Ban, Action::RateLimit],
                     ban_ttl: Duration::from_secs(600),
+                    rate_pps: 10,
+                    rate_burst: 20,
                 },
                 PolicyRule {
                     level: None,
                     kinds: vec!["port_scan".into()],
-                    actions: vec![Action::Ban, Action::Kill],
+                    actions: vec![Action::Ban, Action::Kill, Action::RateLimit],
                     ban_ttl: Duration::from_secs(3600),
+                    rate_pps: 50,
+                    rate_burst: 5,
                 },
             ],
             ..Default::default()
         };
         assert!(plan(&cfg, &alert("host_sweep", Level::Medium)).is_empty());
+        let p = |a, ttl, pps, burst| Planned {
+            action: a,
+            ttl: Duration::from_secs(ttl),
+            pps,
+            burst,
+        };
         assert_eq!(
             plan(&cfg, &alert("host_sweep", Level::High)),
-            vec![(Action::Ban, Duration::from_secs(600))]
+            vec![
+                p(Action::Ban, 600, 10, 20),
+                p(Action::RateLimit, 600, 10, 20)
+            ]
         );
-        // Both lines: each action once, the longer TTL.
+        // Both lines: each action once, the longer TTL, the strictest rate.
         assert_eq!(
             plan(&cfg, &alert("port_scan", Level::High)),
             vec![
-                (Action::Ban, Duration::from_secs(3600)),
-                (Action::Kill, Duration::from_secs(3600))
+                p(Action::Ban, 3600, 10, 5),
+                p(Action::Kill, 3600, 50, 5),
+                p(Action::RateLimit, 3600, 10, 5)
             ]
         );
     }

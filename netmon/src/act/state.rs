@@ -63,6 +63,22 @@ pub struct AllowEntry {
     pub added_ms: u64,
 }
 
+/// A per-source rate limit: packets per second from one address, with a burst.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitEntry {
+    /// A single address (the kernel keys limits by source address).
+    pub net: Net,
+    pub pps: u32,
+    pub burst: u32,
+    pub kind: Kind,
+    #[serde(default)]
+    pub reason: String,
+    pub uid: u32,
+    pub added_ms: u64,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportInfo {
     pub source: String,
@@ -80,6 +96,9 @@ pub struct State {
     pub allows: Vec<AllowEntry>,
     #[serde(default)]
     pub import: Option<ImportInfo>,
+    /// Per-source rate limits (absent in files written before they existed).
+    #[serde(default)]
+    pub limits: Vec<LimitEntry>,
 }
 
 impl Default for State {
@@ -90,6 +109,7 @@ impl Default for State {
             bans: Vec::new(),
             allows: Vec::new(),
             import: None,
+            limits: Vec::new(),
         }
     }
 }
@@ -102,9 +122,20 @@ impl State {
             .filter(move |b| b.expires_ms.is_none_or(|e| e > now_ms))
     }
 
-    /// The earliest expiry among the bans, if any (unix milliseconds).
+    /// Rate limits still in force at `now_ms`.
+    pub fn live_limits(&self, now_ms: u64) -> impl Iterator<Item = &LimitEntry> {
+        self.limits
+            .iter()
+            .filter(move |l| l.expires_ms.is_none_or(|e| e > now_ms))
+    }
+
+    /// The earliest expiry among the bans and limits, if any (unix milliseconds).
     pub fn next_expiry(&self) -> Option<u64> {
-        self.bans.iter().filter_map(|b| b.expires_ms).min()
+        self.bans
+            .iter()
+            .filter_map(|b| b.expires_ms)
+            .chain(self.limits.iter().filter_map(|l| l.expires_ms))
+            .min()
     }
 }
 
@@ -281,7 +312,8 @@ impl Store {
 pub struct AuditRecord {
     pub time: String,
     pub uid: u32,
-    /// `ban`, `auto-ban`, `unban`, `allow`, `disallow`, `import`, `expire`, `kill`.
+    /// `ban`, `auto-ban`, `unban`, `allow`, `disallow`, `import`, `expire`, `kill`, `limit`,
+    /// `auto-limit`, `unlimit`.
     pub action: String,
     pub entry: String,
     #[serde(default)]

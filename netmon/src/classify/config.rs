@@ -204,6 +204,9 @@ pub enum Action {
     Ban,
     /// Terminate the remote's existing connections (sock_diag SOCK_DESTROY).
     Kill,
+    /// Limit the packets the remote may send (in the kernel, per source), with the TTL.
+    #[serde(rename = "ratelimit")]
+    RateLimit,
 }
 
 impl Action {
@@ -211,6 +214,7 @@ impl Action {
         match self {
             Action::Ban => "ban",
             Action::Kill => "kill",
+            Action::RateLimit => "ratelimit",
         }
     }
 }
@@ -223,8 +227,11 @@ pub struct PolicyRule {
     /// Alert kinds (`port_scan`, ..., `threshold`); empty: any.
     pub kinds: Vec<String>,
     pub actions: Vec<Action>,
-    /// TTL of the bans this line makes.
+    /// TTL of the bans and rate limits this line makes.
     pub ban_ttl: Duration,
+    /// Packets per second and burst of the rate limits this line makes.
+    pub rate_pps: u32,
+    pub rate_burst: u32,
 }
 
 /// Where alerts go and how often: `[alerts]`.
@@ -386,6 +393,8 @@ struct RawPolicy {
     kinds: Vec<Spanned<String>>,
     actions: Spanned<Vec<Spanned<String>>>,
     ban_ttl: Option<Spanned<String>>,
+    rate_pps: Option<u32>,
+    rate_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -666,13 +675,14 @@ impl ThreatConfig {
                 actions.push(match a.get_ref().as_str() {
                     "ban" => Action::Ban,
                     "kill" => Action::Kill,
+                    "ratelimit" => Action::RateLimit,
                     // Every alert is told to the log and the sinks anyway.
                     "alert" => continue,
                     other => {
                         return Err(err(
                             a.span().start,
                             format!(
-                                "response.policy: action `{other}` (expected alert, ban or kill)"
+                                "response.policy: action `{other}` (expected alert, ban, kill or ratelimit)"
                             ),
                         ));
                     }
@@ -711,6 +721,8 @@ impl ThreatConfig {
                     "response.policy: ban_ttl",
                     Duration::from_secs(3600),
                 )?,
+                rate_pps: p.rate_pps.unwrap_or(100).max(1),
+                rate_burst: p.rate_burst.or(p.rate_pps).unwrap_or(100).max(1),
             });
         }
         let ra = &raw.alerts;
@@ -931,6 +943,126 @@ mod tests {
             ThreatConfig::parse("", "t.toml").unwrap(),
             ThreatConfig::default()
         );
+    }
+
+    #[test]
+    fn feeds_response_and_alerts_sections() {
+        let c = ThreatConfig::parse(
+            r#"
+geoip = ["/var/lib/GeoIP/country.mmdb"]
+[[feeds]]
+name = "drop"
+url = "https://feeds.example/drop.txt"
+refresh = "30m"
+[[feeds]]
+name = "local"
+path = "/etc/netmon/bad.netset"
+[response]
+dry_run = true
+max_bans_per_minute = 3
+allow = ["10.0.0.0/8", "2001:db8::/32"]
+[[response.policy]]
+level = "high"
+kinds = ["port_scan"]
+actions = ["alert", "ban", "ratelimit"]
+ban_ttl = "2h"
+rate_pps = 5
+[alerts]
+dedup = "1m"
+min_severity = "medium"
+[alerts.webhook]
+url = "http://127.0.0.1:9/hook"
+[alerts.syslog]
+address = "unix:///dev/log"
+[alerts.email]
+server = "127.0.0.1:25"
+from = "a@b"
+to = ["c@d"]
+[[alerts.threshold]]
+name = "rx"
+metric = "netmon_interface_bytes_total"
+labels = { interface = "eth0" }
+rate = true
+above = 1e6
+for = "10s"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.feeds.len(), 2);
+        assert_eq!(c.feeds[0].refresh, Duration::from_secs(1800));
+        assert_eq!(c.feeds[1].refresh, Duration::from_secs(3600));
+        assert_eq!(c.feeds[1].decl, "t.toml:8");
+        assert!(c.response.dry_run);
+        assert_eq!(c.response.allow.len(), 2);
+        let p = &c.response.policy[0];
+        assert_eq!(p.actions, vec![Action::Ban, Action::RateLimit]);
+        assert_eq!(
+            (p.ban_ttl, p.rate_pps, p.rate_burst),
+            (Duration::from_secs(7200), 5, 5)
+        );
+        assert_eq!(c.alerts.min_severity, Level::Medium);
+        assert_eq!(c.alerts.webhook.as_ref().unwrap().retries, 5);
+        assert_eq!(
+            c.alerts.syslog.as_ref().unwrap().target,
+            SyslogTarget::Unix("/dev/log".into())
+        );
+        assert_eq!(c.alerts.email.as_ref().unwrap().min_severity, Level::High);
+        assert_eq!(c.alerts.thresholds[0].for_, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_response_and_alert_settings_name_the_line() {
+        for (text, line, what) in [
+            (
+                "[[feeds]]\nname = \"x\"\n",
+                2,
+                "exactly one of `path` or `url`",
+            ),
+            (
+                "[[feeds]]\nname = \"x\"\nurl = \"ftp://x\"\n",
+                3,
+                "not http",
+            ),
+            ("[response]\nallow = [\"10.0.0.1/8\"]\n", 2, "host bits"),
+            (
+                "[[response.policy]]\nactions = [\"ban\"]\n",
+                2,
+                "give `level` or `kinds`",
+            ),
+            (
+                "[[response.policy]]\nkinds = [\"portscan\"]\nactions = []\n",
+                2,
+                "portscan",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nban_ttl = \"1y\"\nactions = []\n",
+                3,
+                "unit",
+            ),
+            (
+                "[alerts.syslog]\naddress = \"127.0.0.1:514\"\n",
+                2,
+                "udp://",
+            ),
+            ("[alerts]\nwebhok = 1\n", 2, "webhok"),
+            (
+                "[[alerts.threshold]]\nname = \"t\"\nmetric = \"netmon_x\"\n",
+                2,
+                "exactly one of `above` or `below`",
+            ),
+            (
+                "[alerts.email]\nserver = \"h:25\"\nfrom = \"a\"\nto = []\n",
+                4,
+                "no recipient",
+            ),
+        ] {
+            let e = ThreatConfig::parse(text, "t.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("t.toml:{line}:")) && e.contains(what),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     #[test]
