@@ -504,6 +504,9 @@ pub struct Connection {
     /// Risk level, score and every reason with its points (`classify`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::classify::score::Assessment>,
+    /// Country and ASN of the remote, where GeoIP databases are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo: Option<crate::classify::geo::GeoInfo>,
     /// What the classifier scores: remote address, local and remote port, protocol.
     #[serde(skip)]
     pub tuple: (std::net::IpAddr, u16, u16, u8),
@@ -592,6 +595,7 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
         duration: 0.0,
         tcp_flags: String::new(),
         risk: None,
+        geo: None,
         tuple: (to_ip(remote.0), local.1, remote.1, proto),
     }
 }

@@ -130,6 +130,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/network-stats", get(network_stats))
         .route("/api/status", get(status))
         .route("/api/alerts", get(alerts))
+        .route("/api/remotes", get(remotes))
         .route("/healthz", get(healthz))
         .with_state(shared)
 }
@@ -158,6 +159,7 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;
             conn.risk = Some(c.assess(remote, lport, rport, proto, conn.process.as_deref()));
+            conn.geo = Some(c.geo(remote)).filter(|g| !g.is_empty());
         }
         drop(c);
         stats
@@ -169,6 +171,12 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
 /// The alerts kept (newest last), with their reasons.
 async fn alerts(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::Alert>> {
     Json(s.classifier.read().expect("lock not poisoned").alerts())
+}
+
+/// Remote addresses with something against them (a detection, a feed listing), scored,
+/// riskiest first.
+async fn remotes(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::RemoteRisk>> {
+    Json(s.classifier.read().expect("lock not poisoned").remotes())
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {

@@ -55,6 +55,14 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         api: String,
     },
+    /// Print the remote addresses with detections or feed listings, riskiest first, with
+    /// their scores and reasons.
+    Remotes {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        api: String,
+    },
     /// Print the running daemon's alerts (patterns detected in traffic), oldest first.
     Alerts {
         #[arg(long)]
@@ -307,13 +315,52 @@ fn print_alerts(v: &serde_json::Value) {
             a["score"].as_i64().unwrap_or(0),
             a["detail"].as_str().unwrap_or(""),
         );
-        for r in a["reasons"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            println!(
-                "    {:+4}  {}",
-                r["points"].as_i64().unwrap_or(0),
-                r["detail"].as_str().unwrap_or("")
-            );
-        }
+        print_reasons(&a["reasons"]);
+    }
+}
+
+/// Each reason with its points, indented under a row.
+fn print_reasons(reasons: &serde_json::Value) {
+    for r in reasons.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        println!(
+            "    {:+4}  {}",
+            r["points"].as_i64().unwrap_or(0),
+            r["detail"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn print_remotes(v: &serde_json::Value) {
+    let rows = v.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if rows.is_empty() {
+        println!("no remote with detections or feed listings");
+        return;
+    }
+    println!(
+        "{:<39} {:<6} {:>5} {:<7} {:<10} FEEDS",
+        "REMOTE", "LEVEL", "SCORE", "COUNTRY", "ASN"
+    );
+    for r in rows {
+        println!(
+            "{:<39} {:<6} {:>5} {:<7} {:<10} {}",
+            r["remote"].as_str().unwrap_or(""),
+            r["level"].as_str().unwrap_or(""),
+            r["score"].as_i64().unwrap_or(0),
+            r["country"].as_str().unwrap_or("-"),
+            r["asn"]
+                .as_u64()
+                .map(|a| format!("AS{a}"))
+                .unwrap_or_else(|| "-".into()),
+            r["feeds"]
+                .as_array()
+                .map(|f| f
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+        );
+        print_reasons(&r["reasons"]);
     }
 }
 
@@ -334,14 +381,15 @@ fn human_bytes(b: f64) -> String {
 
 fn print_flows(v: &serde_json::Value) {
     println!(
-        "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10}",
+        "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} RISK",
         "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS", "SENT", "RECV", "TX/s", "RX/s"
     );
     for c in v["connections"].as_array().into_iter().flatten() {
         let s = |k: &str| c[k].as_str().unwrap_or("-").to_string();
         let n = |k: &str| c[k].as_f64().unwrap_or(0.0);
+        let risk = &c["risk"];
         println!(
-            "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10}",
+            "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} {} {}",
             s("type"),
             s("local_address"),
             s("remote_address"),
@@ -355,7 +403,13 @@ fn print_flows(v: &serde_json::Value) {
             human_bytes(n("bytes_recv")),
             human_bytes(n("send_rate")),
             human_bytes(n("recv_rate")),
+            risk["level"].as_str().unwrap_or("-"),
+            risk["score"].as_i64().unwrap_or(0),
         );
+        // Why a connection is more than low risk, point by point.
+        if risk["level"].as_str().is_some_and(|l| l != "low") {
+            print_reasons(&risk["reasons"]);
+        }
     }
 }
 
@@ -396,6 +450,19 @@ fn print_status(v: &serde_json::Value) {
         v["flows_expired"],
         v["last_drain_seconds"].as_f64().unwrap_or(0.0) * 1e3
     );
+}
+
+/// Drop-list options of an entry made by hand.
+fn manual_options(ttl: Option<&str>, reason: String, force: bool) -> Result<BanOptions> {
+    Ok(BanOptions {
+        ttl: ttl
+            .map(config::parse_duration)
+            .transpose()
+            .context("--ttl")?,
+        reason,
+        force,
+        kind: Default::default(),
+    })
 }
 
 fn parse_net(s: &str) -> Result<Net> {
@@ -489,16 +556,7 @@ fn run(cli: Cli) -> Result<()> {
             reason,
             force,
         } => {
-            let opts = BanOptions {
-                ttl: ttl
-                    .as_deref()
-                    .map(config::parse_duration)
-                    .transpose()
-                    .context("--ttl")?,
-                reason,
-                force,
-                kind: Default::default(),
-            };
+            let opts = manual_options(ttl.as_deref(), reason, force)?;
             match (target, file) {
                 (_, Some(path)) => {
                     let n = droplist().import(&path, &opts)?;
@@ -525,16 +583,7 @@ fn run(cli: Cli) -> Result<()> {
             reason,
             force,
         } => {
-            let opts = BanOptions {
-                ttl: ttl
-                    .as_deref()
-                    .map(config::parse_duration)
-                    .transpose()
-                    .context("--ttl")?,
-                reason,
-                force,
-                kind: Default::default(),
-            };
+            let opts = manual_options(ttl.as_deref(), reason, force)?;
             let e = droplist().limit(parse_net(&target)?, pps, burst.unwrap_or(pps), &opts)?;
             println!(
                 "limited {} to {}/s (burst {}){}",
@@ -581,6 +630,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Alerts { json, api } => show(&api, "/api/alerts", json, print_alerts),
+        Cmd::Remotes { json, api } => show(&api, "/api/remotes", json, print_remotes),
         Cmd::Kill {
             remote,
             local,

@@ -164,6 +164,28 @@ impl SockDiag {
         Ok(out)
     }
 
+    /// Sends one request (a fully initialised `#[repr(C)]` message) to the kernel.
+    fn send<T>(&self, req: &T) -> io::Result<()> {
+        // SAFETY: an all-zero sockaddr_nl is valid; pid 0 is the kernel.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: `req` is size_of::<T>() initialised bytes; `sa` is a valid address.
+        let r = unsafe {
+            libc::sendto(
+                self.fd,
+                (req as *const T).cast(),
+                size_of::<T>(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Terminates one socket, as `ss -K` does: the kernel aborts it (a TCP socket sends a
     /// reset to its peer) and its owner's next call fails with ECONNABORTED.
     pub fn destroy(&mut self, s: &DiagSocket) -> Result<(), DestroyError> {
@@ -206,22 +228,7 @@ impl SockDiag {
                 ..Default::default()
             },
         };
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: sending a fully initialised request to the kernel (pid 0).
-        let r = unsafe {
-            libc::sendto(
-                self.fd,
-                (&req as *const Req).cast(),
-                size_of::<Req>(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(DestroyError::Io(io::Error::last_os_error()));
-        }
+        self.send(&req).map_err(DestroyError::Io)?;
         loop {
             // SAFETY: receiving into our buffer.
             let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
@@ -307,22 +314,7 @@ impl SockDiag {
                 ..Default::default()
             },
         };
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: sending a fully initialised request to the kernel (pid 0).
-        let r = unsafe {
-            libc::sendto(
-                self.fd,
-                (&req as *const Req).cast(),
-                size_of::<Req>(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error()).context("sendto");
-        }
+        self.send(&req).context("sendto")?;
         loop {
             // SAFETY: receiving into our buffer.
             let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };

@@ -740,6 +740,24 @@ add = 5
         assert!(has("unusual_country", 15, "XA"), "{what}: {conn}");
         assert!(has("rule:test-asn", 5, "test-asn"), "{what}: {conn}");
         assert_eq!(risk["score"], 70, "{what}: {conn}");
+        assert_eq!(conn["geo"]["country"], "XA", "{what}: {conn}");
+        assert_eq!(conn["geo"]["asn"], 64500, "{what}: {conn}");
+        assert_eq!(conn["geo"]["as_org"], "Test Net", "{what}: {conn}");
+        // The CLI's table shows the level and score, and the reasons under the row.
+        let text = p.a.netmon_ok(&["flows", "--api", &d.api]);
+        let row = text
+            .lines()
+            .position(|l| l.contains(&local))
+            .unwrap_or_else(|| panic!("{what}: no row for {local}: {text}"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[row].ends_with("high 70"), "{what}: {}", lines[row]);
+        assert!(
+            lines[row + 1..]
+                .iter()
+                .take(3)
+                .any(|l| l.contains("+50") && l.contains("test-drop")),
+            "{what}: {text}"
+        );
         drop(c);
     };
     check("with the feed loaded");
@@ -748,6 +766,30 @@ add = 5
     assert!(
         alert["detail"].as_str().unwrap().contains("test-drop"),
         "{alert}"
+    );
+    // The remote itself, scored: feed, country, ASN.
+    let remotes = ns_json(&p.a, &d.api, "/api/remotes");
+    let r = remotes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["remote"] == p.b_v4)
+        .unwrap_or_else(|| panic!("{remotes}"));
+    assert_eq!(
+        (&r["level"], &r["feeds"], &r["country"], &r["asn"]),
+        (
+            &"high".into(),
+            &serde_json::json!(["test-drop"]),
+            &"XA".into(),
+            &64500.into()
+        ),
+        "{r}"
+    );
+    let text = p.a.netmon_ok(&["remotes", "--api", &d.api]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(p.b_v4) && l.contains("high") && l.ends_with("test-drop")),
+        "{text}"
     );
     let status = ns_json(&p.a, &d.api, "/api/status");
     assert_eq!(status["threat"]["feeds"][0]["entries"], 3, "{status}");

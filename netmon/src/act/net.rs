@@ -59,6 +59,14 @@ impl Net {
         Ok(Self { addr, prefix })
     }
 
+    /// The single-address network of `ip` (/32 or /128).
+    pub fn host(ip: IpAddr) -> Self {
+        Self {
+            addr: ip,
+            prefix: max_prefix(ip),
+        }
+    }
+
     pub fn addr(&self) -> IpAddr {
         self.addr
     }

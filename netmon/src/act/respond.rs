@@ -138,9 +138,7 @@ impl Responder {
             // Without the drop list we cannot tell: do nothing rather than something wrong.
             Err(e) => return Some(format!("the drop list cannot be read ({e:#})")),
         }
-        let own = super::net::own_addresses();
-        let host = Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix");
-        super::net::danger(&host, &own)
+        super::net::danger(&Net::host(ip), &super::net::own_addresses())
     }
 
     /// What the policy does about `alert`, one record per action.
@@ -209,17 +207,10 @@ impl Responder {
                 self.cfg.max_bans_per_minute
             ));
         }
-        let net = Net::new(remote, if remote.is_ipv4() { 32 } else { 128 }).expect("a host");
-        let opts = BanOptions {
-            ttl: Some(ttl),
-            reason: format!(
-                "auto: {} alert #{} ({}, score {}): {}",
-                alert.kind, alert.id, alert.severity, alert.score, alert.detail
-            ),
-            force: false,
-            kind: Kind::Auto,
-        };
-        match self.droplist.ban(net, &opts) {
+        match self
+            .droplist
+            .ban(Net::host(remote), &auto_options(ttl, alert))
+        {
             Ok(e) => Outcome::Done(format!(
                 "banned {} until {}",
                 e.net,
@@ -260,17 +251,8 @@ impl Responder {
                 ttl.as_secs()
             ));
         }
-        let net = Net::new(remote, if remote.is_ipv4() { 32 } else { 128 }).expect("a host");
-        let opts = BanOptions {
-            ttl: Some(ttl),
-            reason: format!(
-                "auto: {} alert #{} ({}, score {}): {}",
-                alert.kind, alert.id, alert.severity, alert.score, alert.detail
-            ),
-            force: false,
-            kind: Kind::Auto,
-        };
-        match self.droplist.limit(net, pps, burst, &opts) {
+        let opts = auto_options(ttl, alert);
+        match self.droplist.limit(Net::host(remote), pps, burst, &opts) {
             Ok(_) => Outcome::Done(format!(
                 "limited {remote} to {pps} packets/s (burst {burst}) for {} s",
                 ttl.as_secs()
@@ -305,6 +287,20 @@ impl Responder {
             }
             Err(e) => Outcome::Failed(format!("{e:#}")),
         }
+    }
+}
+
+/// Drop-list options of an automatic entry: kind `auto`, the TTL, the alert as the reason;
+/// never forced (loopback and this host's addresses stay refused).
+fn auto_options(ttl: Duration, alert: &Alert) -> BanOptions {
+    BanOptions {
+        ttl: Some(ttl),
+        reason: format!(
+            "auto: {} alert #{} ({}, score {}): {}",
+            alert.kind, alert.id, alert.severity, alert.score, alert.detail
+        ),
+        force: false,
+        kind: Kind::Auto,
     }
 }
 

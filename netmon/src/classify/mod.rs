@@ -65,6 +65,19 @@ pub struct Alert {
     pub detail: String,
 }
 
+/// One remote address's risk: `GET /api/remotes`, `netmon remotes`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteRisk {
+    pub remote: IpAddr,
+    pub score: i32,
+    pub level: Level,
+    pub reasons: Vec<Reason>,
+    #[serde(flatten)]
+    pub geo: GeoInfo,
+    /// Feeds that list it.
+    pub feeds: Vec<String>,
+}
+
 /// What the feeds and the GeoIP databases say about one remote, cached per remote.
 #[derive(Clone, Debug, Default)]
 struct RemoteFacts {
@@ -333,6 +346,34 @@ impl Classifier {
                 },
             )
         })
+    }
+
+    /// Remotes with detections in the window or seen in traffic while a feed lists them,
+    /// with the remote's own score (no connection facts), riskiest first.
+    pub fn remotes(&self) -> Vec<RemoteRisk> {
+        let mut ips: Vec<IpAddr> = self.by_remote.keys().copied().collect();
+        ips.extend(
+            self.listed
+                .keys()
+                .filter(|ip| !self.by_remote.contains_key(ip)),
+        );
+        let mut out: Vec<RemoteRisk> = ips
+            .into_iter()
+            .map(|ip| {
+                let a = self.assess_remote(ip, self.by_remote.get(&ip).map_or(&[], |d| d));
+                let (geo, feeds) = self.with_facts(ip, |f| (f.geo.clone(), f.feeds.clone()));
+                RemoteRisk {
+                    remote: ip,
+                    score: a.score,
+                    level: a.level,
+                    reasons: a.reasons,
+                    geo,
+                    feeds,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (b.level, b.score, a.remote).cmp(&(a.level, a.score, b.remote)));
+        out
     }
 
     /// What the GeoIP databases say about `remote` (cached).
