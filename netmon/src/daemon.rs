@@ -332,7 +332,7 @@ impl Drain {
             }
             // Connections by risk: every tick while the table is small, less often when
             // scoring it would cost more than the drain itself.
-            let every = (tracker.flows.len() as u64 / 50_000).max(1) * 10 / 10;
+            let every = (tracker.flows.len() as u64 / 50_000).max(1);
             if self.drains.is_multiple_of(every) {
                 let counts = risk_counts(&c, tracker);
                 for (level, n) in crate::classify::score::Level::ALL.iter().zip(counts) {
@@ -606,8 +606,7 @@ fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Trac
         }
         let remote = crate::classify::key_ip(k.family, k.remote_addr);
         let process = e.owner.as_ref().map(|o| o.comm.as_str());
-        let a = c.assess(remote, k.local_port, k.remote_port, k.proto, process);
-        counts[a.level as usize] += 1;
+        counts[c.level(remote, k.local_port, k.remote_port, k.proto, process) as usize] += 1;
     }
     counts
 }

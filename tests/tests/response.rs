@@ -985,3 +985,128 @@ rate_burst = 3
     let acts = action_events(&p.a, "ratelimit");
     assert_eq!(acts[0]["action"]["result"], "done", "{acts:?}");
 }
+
+/// An HTTP server on `ns`'s loopback answering every GET with `body`, until dropped.
+struct FeedServer {
+    port: u16,
+    requests: Arc<Mutex<usize>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FeedServer {
+    fn start(ns: &Netns, body: String) -> Self {
+        let l = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, st) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n\r\n") {}
+                *n.lock().unwrap() += 1;
+                let mut s = s;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_url_feed_is_fetched_cached_and_kept_when_its_server_goes_away() {
+    let p = Pair::new("aurl");
+    let server = FeedServer::start(&p.a, format!("# a feed over HTTP\n{}\n", p.b_v4));
+    let cfg = threat_config(
+        &p.a,
+        &format!(
+            "[[feeds]]\nname = \"url-feed\"\nurl = \"http://127.0.0.1:{}/feed.txt\"\nrefresh = \"1s\"\n",
+            server.port
+        ),
+    );
+    let mut d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    let feed = |d: &Daemon| ns_json(&p.a, &d.api, "/api/status")["threat"]["feeds"][0].clone();
+    let f = feed(&d);
+    assert_eq!(
+        (&f["entries"], &f["error"]),
+        (&1.into(), &Value::Null),
+        "{f}"
+    );
+    // The good download is kept for a start without the server.
+    let cached = std::fs::read_to_string(p.a.state_dir.join("feeds/url-feed.txt")).unwrap();
+    assert!(cached.contains(p.b_v4), "{cached}");
+    // Traffic from the listed peer raises the alert naming the feed.
+    udp_arrivals(&p, 1);
+    let a = alert_of(&p, &d, "known_malicious");
+    assert!(a["detail"].as_str().unwrap().contains("url-feed"), "{a}");
+    wait_for(
+        5,
+        "a refresh",
+        || d.log_text(),
+        || (*server.requests.lock().unwrap() >= 2).then_some(()),
+    );
+
+    // The server goes away: refreshes fail, the last good copy stays in force.
+    drop(server);
+    let err = wait_for(
+        10,
+        "the failed refresh",
+        || d.log_text(),
+        || feed(&d)["error"].as_str().map(str::to_string),
+    );
+    assert!(err.contains("fetching the feed http://127.0.0.1:"), "{err}");
+    assert_eq!(feed(&d)["entries"], 1);
+    let remotes = ns_json(&p.a, &d.api, "/api/remotes");
+    assert_eq!(
+        remotes[0]["feeds"],
+        serde_json::json!(["url-feed"]),
+        "{remotes}"
+    );
+
+    // A restart while the server is still down starts from the cached copy.
+    d.stop();
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    let f = feed(&d);
+    assert_eq!(f["entries"], 1, "{f}");
+    assert!(f["error"].is_string(), "{f}");
+    assert!(
+        d.log_text().contains("using the cached copy"),
+        "{}",
+        d.log_text()
+    );
+}

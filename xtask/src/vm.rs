@@ -223,7 +223,9 @@ echo "NETMON-VM-KERNEL $(uname -r)"
 for t in /netmon/tests/*; do
   name=$(basename "$t")
   echo "NETMON-VM-SUITE $name"
-  "$t" --include-ignored --test-threads=1 $(cat /netmon/filter)
+  # Two at a time, one per vCPU (qemu runs each vCPU on a host thread): the tests are
+  # independent (own namespaces, pin directories, programs), as on the host.
+  "$t" --include-ignored --test-threads=2 $(cat /netmon/filter)
   echo "NETMON-VM-EXIT $name $?"
 done
 echo "NETMON-VM-DONE"

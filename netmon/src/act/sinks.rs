@@ -532,6 +532,135 @@ mod tests {
         assert_eq!(sd_escape(r#"a"b]c\"#), r#"a\"b\]c\\"#);
     }
 
+    fn alert_event() -> Event {
+        let a = crate::classify::Alert {
+            id: 9,
+            time_ms: 1_796_108_940_123,
+            kind: "port_scan".into(),
+            severity: Level::Medium,
+            remote: Some("198.18.0.2".parse().unwrap()),
+            score: 30,
+            reasons: vec![],
+            detail: "198.18.0.2: 30 ports tried".into(),
+        };
+        Event::alert(&a, "h")
+    }
+
+    /// Real listeners on loopback and in a temporary directory: TCP gets octet-counted
+    /// frames (RFC 6587), a unix datagram socket one message per datagram; a listener that
+    /// goes away and comes back is reconnected to.
+    #[test]
+    fn syslog_over_tcp_and_unix_sockets() {
+        let stop = AtomicBool::new(false);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut sink = Syslog {
+            cfg: SyslogConfig {
+                target: SyslogTarget::Tcp(addr),
+                facility: 1,
+                app_name: "netmon".into(),
+            },
+            conn: SyslogConn::None,
+        };
+        let ev = alert_event();
+        sink.deliver(&ev, &stop).unwrap();
+        sink.deliver(&ev, &stop).unwrap();
+        drop(sink);
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        let msg = rfc5424(&ev, 1, "netmon");
+        assert_eq!(got, format!("{} {msg}{} {msg}", msg.len(), msg.len()));
+        // facility 1 (user) * 8 + warning (4).
+        assert!(
+            msg.starts_with("<12>1 2026-12-01T07:09:00.123Z h netmon "),
+            "{msg}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("netmon-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let mut sink = Syslog {
+            cfg: SyslogConfig {
+                target: SyslogTarget::Unix(path.clone()),
+                facility: 4,
+                app_name: "netmon".into(),
+            },
+            conn: SyslogConn::None,
+        };
+        sink.deliver(&ev, &stop).unwrap();
+        let mut buf = [0u8; 2048];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], rfc5424(&ev, 4, "netmon").as_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A webhook endpoint that fails twice and then accepts gets the event on the third
+    /// attempt (after 1 s and 2 s of backoff); one that never accepts fails after the retries.
+    #[test]
+    fn webhook_retries_with_backoff() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for i in 0..3 {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                std::io::Read::read_exact(&mut r, &mut body).unwrap();
+                let status = if i < 2 { "503 Busy" } else { "204 No Content" };
+                let mut s = s;
+                write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                bodies.push((std::time::Instant::now(), body));
+            }
+            bodies
+        });
+        let stop = AtomicBool::new(false);
+        let mut hook = Webhook::new(WebhookConfig {
+            url,
+            timeout: Duration::from_secs(5),
+            retries: 2,
+        });
+        let ev = alert_event();
+        let t0 = std::time::Instant::now();
+        hook.deliver(&ev, &stop).unwrap();
+        let bodies = server.join().unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_secs(3),
+            "1 s + 2 s of backoff"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&bodies[2].1).unwrap();
+        assert_eq!(v["alert"]["id"], 9);
+        // Nobody listening: the first attempt and the retry fail, and it says where.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", gone.local_addr().unwrap());
+        drop(gone);
+        let mut hook = Webhook::new(WebhookConfig {
+            url: url.clone(),
+            timeout: Duration::from_secs(1),
+            retries: 1,
+        });
+        let e = hook.deliver(&ev, &stop).unwrap_err();
+        assert!(format!("{e:#}").contains(&url), "{e:#}");
+    }
+
     #[test]
     fn rfc2822_dates() {
         // 2026-12-01T07:09:00Z was a Tuesday.

@@ -316,6 +316,34 @@ impl Classifier {
         proto: u8,
         process: Option<&str>,
     ) -> Assessment {
+        self.with_connection(remote, local_port, remote_port, proto, process, |cfg, f| {
+            score::assess(cfg, f)
+        })
+    }
+
+    /// The level `assess` would give, without building its reasons.
+    pub fn level(
+        &self,
+        remote: IpAddr,
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+        process: Option<&str>,
+    ) -> Level {
+        self.with_connection(remote, local_port, remote_port, proto, process, |cfg, f| {
+            score::level(cfg, f)
+        })
+    }
+
+    fn with_connection<T>(
+        &self,
+        remote: IpAddr,
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+        process: Option<&str>,
+        score: impl FnOnce(&ThreatConfig, &Facts<'_>) -> T,
+    ) -> T {
         let direction = direction_of(local_port, remote_port);
         let service_port = match direction {
             Direction::Inbound => local_port,
@@ -327,7 +355,7 @@ impl Classifier {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         self.with_facts(remote, |rf| {
-            score::assess(
+            score(
                 &self.cfg,
                 &Facts {
                     remote,

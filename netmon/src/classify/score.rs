@@ -103,33 +103,58 @@ pub struct Assessment {
     pub reasons: Vec<Reason>,
 }
 
+/// Sums the points and, when asked to explain, keeps each reason (its words are only
+/// formatted then).
+struct Tally {
+    explain: bool,
+    score: i32,
+    reasons: Vec<Reason>,
+}
+
+impl Tally {
+    fn add(&mut self, kind: &str, points: i32, detail: impl FnOnce() -> String) {
+        if points == 0 {
+            return;
+        }
+        self.score += points;
+        if self.explain {
+            self.reasons.push(Reason {
+                kind: kind.to_string(),
+                points,
+                detail: detail(),
+            });
+        }
+    }
+}
+
 /// Scores `f` under `cfg`: every configured weight that applies adds its points with a
 /// reason; custom rules then add points or set the level outright.
 pub fn assess(cfg: &ThreatConfig, f: &Facts<'_>) -> Assessment {
+    evaluate(cfg, f, true)
+}
+
+/// The level alone, as `assess` would give it, without building the reasons (for counting
+/// many connections).
+pub fn level(cfg: &ThreatConfig, f: &Facts<'_>) -> Level {
+    evaluate(cfg, f, false).level
+}
+
+fn evaluate(cfg: &ThreatConfig, f: &Facts<'_>, explain: bool) -> Assessment {
     let w = &cfg.weights;
-    let mut reasons = Vec::new();
-    let mut add = |kind: &str, points: i32, detail: String| {
-        if points != 0 {
-            reasons.push(Reason {
-                kind: kind.to_string(),
-                points,
-                detail,
-            });
-        }
+    let mut t = Tally {
+        explain,
+        score: 0,
+        reasons: Vec::new(),
     };
     for feed in f.feeds {
-        add(
-            "known_malicious",
-            w.known_malicious,
-            format!("{} is listed in the reputation feed {feed}", f.remote),
-        );
+        t.add("known_malicious", w.known_malicious, || {
+            format!("{} is listed in the reputation feed {feed}", f.remote)
+        });
     }
     if !cfg.expected_ports.contains(&f.service_port) && f.service_port != 0 {
-        add(
-            "unusual_port",
-            w.unusual_port,
-            format!("port {} is not among the expected services", f.service_port),
-        );
+        t.add("unusual_port", w.unusual_port, || {
+            format!("port {} is not among the expected services", f.service_port)
+        });
     }
     if let Some(c) = f.country
         && cfg
@@ -137,49 +162,52 @@ pub fn assess(cfg: &ThreatConfig, f: &Facts<'_>) -> Assessment {
             .iter()
             .any(|u| u.eq_ignore_ascii_case(c))
     {
-        add(
-            "unusual_country",
-            w.unusual_country,
-            format!("{} is located in {c}", f.remote),
-        );
+        t.add("unusual_country", w.unusual_country, || {
+            format!("{} is located in {c}", f.remote)
+        });
     }
     if let Some(a) = f.asn
         && cfg.unusual_asns.contains(&a)
     {
-        add(
-            "unusual_asn",
-            w.unusual_asn,
-            format!("{} belongs to AS{a}", f.remote),
-        );
+        t.add("unusual_asn", w.unusual_asn, || {
+            format!("{} belongs to AS{a}", f.remote)
+        });
     }
     for d in f.detections {
-        add(d.kind.as_str(), w.for_detection(d.kind), d.detail.clone());
+        t.add(d.kind.as_str(), w.for_detection(d.kind), || {
+            d.detail.clone()
+        });
     }
-    let mut score: i32 = reasons.iter().map(|r| r.points).sum();
     let mut forced = None;
     for rule in &cfg.rules {
         if !rule.matches(f) {
             continue;
         }
+        let kind = || format!("rule:{}", rule.name);
         match rule.action {
             RuleAction::Add(points) => {
-                score += points;
-                reasons.push(Reason {
-                    kind: format!("rule:{}", rule.name),
-                    points,
-                    detail: format!("custom rule {} matched", rule.name),
-                });
+                t.score += points;
+                if explain {
+                    t.reasons.push(Reason {
+                        kind: kind(),
+                        points,
+                        detail: format!("custom rule {} matched", rule.name),
+                    });
+                }
             }
             RuleAction::SetLevel(level) => {
                 forced = Some(level);
-                reasons.push(Reason {
-                    kind: format!("rule:{}", rule.name),
-                    points: 0,
-                    detail: format!("custom rule {} sets the level to {level}", rule.name),
-                });
+                if explain {
+                    t.reasons.push(Reason {
+                        kind: kind(),
+                        points: 0,
+                        detail: format!("custom rule {} sets the level to {level}", rule.name),
+                    });
+                }
             }
         }
     }
+    let score = t.score;
     let level = forced.unwrap_or(if score >= cfg.thresholds.high {
         Level::High
     } else if score >= cfg.thresholds.medium {
@@ -190,7 +218,7 @@ pub fn assess(cfg: &ThreatConfig, f: &Facts<'_>) -> Assessment {
     Assessment {
         score,
         level,
-        reasons,
+        reasons: t.reasons,
     }
 }
 
@@ -252,6 +280,30 @@ mod tests {
             a.reasons.iter().map(|r| r.points).collect::<Vec<_>>(),
             vec![20, 15]
         );
+    }
+
+    #[test]
+    fn the_level_alone_agrees_with_the_full_assessment() {
+        let cfg = ThreatConfig::parse(
+            "[[rules]]\nname = \"irc\"\nport = 6667\nadd = 40\n",
+            "t.toml",
+        )
+        .unwrap();
+        let feeds = vec!["feed".to_string()];
+        let d = vec![Detection {
+            kind: DetectionKind::HighFrequency,
+            detail: String::new(),
+        }];
+        for (f, dets, port) in [
+            (&[][..], &[][..], 443),
+            (&[][..], &[][..], 6667),
+            (&feeds[..], &[][..], 443),
+            (&[][..], &d[..], 8080),
+            (&feeds[..], &d[..], 6667),
+        ] {
+            let x = facts(f, dets, port);
+            assert_eq!(level(&cfg, &x), assess(&cfg, &x).level, "{port}");
+        }
     }
 
     #[test]
