@@ -289,8 +289,8 @@ mod tests {
             "t.toml",
         )
         .unwrap();
-        let feeds = vec!["feed".to_string()];
-        let d = vec![Detection {
+        let feeds = ["feed".to_string()];
+        let d = [Detection {
             kind: DetectionKind::HighFrequency,
             detail: String::new(),
         }];
