@@ -162,7 +162,7 @@ fn entry_counts(
 ) -> std::collections::BTreeMap<(&'static str, &'static str), i64> {
     let mut counts = std::collections::BTreeMap::new();
     for fam in ["ipv4", "ipv6"] {
-        for kind in ["exact", "prefix", "allow"] {
+        for kind in ["exact", "prefix", "allow", "limit"] {
             counts.insert((fam, kind), 0);
         }
     }
@@ -173,6 +173,9 @@ fn entry_counts(
     }
     for a in &state.allows {
         *counts.entry((fam(a.net.is_v4()), "allow")).or_default() += 1;
+    }
+    for l in state.live_limits(now) {
+        *counts.entry((fam(l.net.is_v4()), "limit")).or_default() += 1;
     }
     counts
 }
@@ -311,6 +314,7 @@ impl Drain {
                 c.observe_new_flow(k, *flags, now);
             }
             let mut alerts = c.tick(now, now_ms());
+            let raised = !alerts.is_empty();
             alerts.extend(c.check_thresholds(&shared.metrics, now, now_ms()));
             for a in alerts {
                 warn!(
@@ -330,10 +334,9 @@ impl Drain {
                     p.send(a);
                 }
             }
-            // Connections by risk: every tick while the table is small, less often when
-            // scoring it would cost more than the drain itself.
-            let every = (tracker.flows.len() as u64 / 50_000).max(1);
-            if self.drains.is_multiple_of(every) {
+            // Connections by risk: a pass over the whole table, so every RISK_EVERY drains
+            // (a gauge scraped every 15 s or so), and at once when an alert changed a score.
+            if raised || self.drains.is_multiple_of(RISK_EVERY) {
                 let counts = risk_counts(&c, tracker);
                 for (level, n) in crate::classify::score::Level::ALL.iter().zip(counts) {
                     shared
@@ -590,18 +593,21 @@ impl Drain {
     }
 }
 
-/// Connections (both directions of a tuple counted once) by risk level: low, medium, high.
+/// `netmon_connections_by_risk` is recomputed every this many drains.
+const RISK_EVERY: u64 = 10;
+
+/// Connections by risk level: low, medium, high. A connection is its egress flow, or its
+/// ingress flow when nothing went out (both directions of a tuple count once, without a
+/// set of every tuple).
 fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Tracker) -> [usize; 3] {
-    let mut seen = std::collections::HashSet::with_capacity(tracker.flows.len());
     let mut counts = [0usize; 3];
     for (k, e) in &tracker.flows {
-        if !seen.insert((
-            k.proto,
-            k.local_addr,
-            k.local_port,
-            k.remote_addr,
-            k.remote_port,
-        )) {
+        if k.direction == DIR_INGRESS
+            && tracker.flows.contains_key(&netmon_common::FlowKey {
+                direction: DIR_EGRESS,
+                ..*k
+            })
+        {
             continue;
         }
         let remote = crate::classify::key_ip(k.family, k.remote_addr);

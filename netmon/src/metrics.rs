@@ -254,7 +254,7 @@ impl Metrics {
             ),
             banlist_entries: gv(
                 "netmon_banlist_entries",
-                "Drop-list entries in force (kind: exact, prefix, allow).",
+                "Drop-list entries in force (kind: exact, prefix, allow, limit).",
                 &["family", "kind"],
             ),
             proto_bytes: cv(

@@ -793,7 +793,12 @@ add = 5
     );
     let status = ns_json(&p.a, &d.api, "/api/status");
     assert_eq!(status["threat"]["feeds"][0]["entries"], 3, "{status}");
-    assert!(metric(&p, &d, "netmon_connections_by_risk{level=\"high\"}").unwrap() >= 1.0);
+    wait_for(
+        5,
+        "a high-risk connection counted",
+        || d.log_text(),
+        || (metric(&p, &d, "netmon_connections_by_risk{level=\"high\"}")? >= 1.0).then_some(()),
+    );
     assert_eq!(
         metric(&p, &d, "netmon_feed_entries{feed=\"test-drop\"}"),
         Some(3.0)
@@ -950,6 +955,14 @@ rate_burst = 3
         )? == 25.0)
             .then_some(())
         },
+    );
+    assert_eq!(
+        metric(
+            &p,
+            &d,
+            "netmon_banlist_entries{family=\"ipv4\",kind=\"limit\"}"
+        ),
+        Some(1.0)
     );
     // Refused: a prefix, a zero rate.
     let e = p.a.netmon_err(&["limit", "198.18.0.0/24", "--pps", "5"]);

@@ -150,6 +150,10 @@ impl Classifier {
     /// Runs `f` with the cached facts of `remote`, looking them up first when absent or
     /// looked up in an older feed set.
     fn with_facts<T>(&self, remote: IpAddr, f: impl FnOnce(&RemoteFacts) -> T) -> T {
+        if self.feeds.feeds.is_empty() && self.geo.dbs.is_empty() {
+            // Nothing to look up: no cache entry, no lock.
+            return f(&RemoteFacts::default());
+        }
         let mut cache = self.facts.lock().expect("lock not poisoned");
         let stale = cache
             .get(&remote)
