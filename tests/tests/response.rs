@@ -546,17 +546,22 @@ severity = "medium"
     assert_eq!(ev["alert"]["remote"], p.b_v4);
     assert_eq!(ev["alert"]["id"], id);
     // Syslog: an RFC 5424 line with the alert in its structured data.
-    let mut buf = [0u8; 4096];
-    let line = wait_for(
-        10,
-        "the syslog message",
-        || d.log_text(),
-        || {
-            let n = syslog.recv(&mut buf).ok()?;
-            let l = String::from_utf8_lossy(&buf[..n]).into_owned();
-            l.contains("kind=\"port_scan\"").then_some(l)
-        },
-    );
+    // The next syslog message about an alert of `kind`.
+    let syslog_line = |kind: &str| {
+        let mut buf = [0u8; 4096];
+        let want = format!("kind=\"{kind}\"");
+        wait_for(
+            10,
+            &format!("the {kind} syslog message"),
+            || d.log_text(),
+            || {
+                let n = syslog.recv(&mut buf).ok()?;
+                let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+                l.contains(&want).then_some(l)
+            },
+        )
+    };
+    let line = syslog_line("port_scan");
     assert!(line.starts_with("<34>1 "), "{line}");
     assert!(line.contains(&format!("subject=\"{}\"", p.b_v4)), "{line}");
     // Email: accepted by the SMTP server, subject naming the alert.
@@ -616,16 +621,7 @@ severity = "medium"
         "{th}"
     );
     assert!(th["remote"].is_null(), "{th}");
-    let line = wait_for(
-        10,
-        "the threshold syslog message",
-        || d.log_text(),
-        || {
-            let n = syslog.recv(&mut buf).ok()?;
-            let l = String::from_utf8_lossy(&buf[..n]).into_owned();
-            l.contains("kind=\"threshold\"").then_some(l)
-        },
-    );
+    let line = syslog_line("threshold");
     assert!(line.starts_with("<36>1 "), "medium is warning (4): {line}");
     wait_for(
         15,

@@ -98,7 +98,11 @@ from 70 to ~60 MiB.\n\n\
   every one of a million flows active every second the ring overflows and every drain is \
   a full read: the old cost. The threat detector re-examines its window (every attempt of \
   the last minute) only on drains where attempts were added or aged out; a stream of new \
-  connections costs a pass over the window on every drain.\n\
+  connections costs a pass over the window on every drain. The fixed part of every drain \
+  (the median rows at 10k and 100k flows) is mostly the listing of idle sockets: a \
+  sock_diag TCP dump per address family, each of which walks the kernel's whole \
+  established-socket hash (262,144 buckets on this machine) however few sockets there are. \
+  Next: list idle sockets when the connection table is asked for, not on every drain.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
   of no program; 10x less than bandwhich). On this 2-CPU machine the veth pair is CPU-bound: \
   every nanosecond the programs add per packet (section 1) is taken from the sender and \
