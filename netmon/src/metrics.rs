@@ -101,6 +101,9 @@ impl ProcessSeries {
     }
 }
 
+/// Samples by metric family name: (labels, value) per series.
+pub type Samples = HashMap<String, Vec<(Vec<(String, String)>, f64)>>;
+
 pub struct Metrics {
     registry: Registry,
     pub iface_bytes: IntCounterVec,
@@ -379,15 +382,20 @@ impl Metrics {
         m
     }
 
-    /// Every sample of the metric family `name` as (labels, value): counters, gauges and
-    /// untyped values (histograms give their sum), for threshold rules.
-    pub fn samples(&self, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    /// Every sample of the metric families in `names` as (labels, value), by family name:
+    /// counters, gauges, and histograms as their sum; for threshold rules. One gather of
+    /// the registry however many names.
+    pub fn samples(&self, names: &[&str]) -> Samples {
         use prometheus::proto::MetricType;
-        let mut out = Vec::new();
+        let mut out = Samples::new();
+        if names.is_empty() {
+            return out;
+        }
         for fam in self.registry.gather() {
-            if fam.name() != name {
+            if !names.contains(&fam.name()) {
                 continue;
             }
+            let series = out.entry(fam.name().to_string()).or_default();
             for m in fam.get_metric() {
                 let labels = m
                     .get_label()
@@ -400,7 +408,7 @@ impl Metrics {
                     MetricType::HISTOGRAM => m.get_histogram().get_sample_sum(),
                     _ => continue,
                 };
-                out.push((labels, v));
+                series.push((labels, v));
             }
         }
         out

@@ -690,15 +690,16 @@ impl ThreatConfig {
             }
             let mut kinds = Vec::new();
             for k in &p.kinds {
+                // Threshold alerts are about a metric, not a remote: nothing to act on.
                 let known = super::detect::DetectionKind::ALL
                     .iter()
                     .any(|d| d.as_str() == k.get_ref())
-                    || k.get_ref() == "threshold";
+                    || k.get_ref() == "known_malicious";
                 if !known {
                     return Err(err(
                         k.span().start,
                         format!(
-                            "response.policy: kind `{}` (expected one of port_scan, host_sweep, syn_flood, high_frequency, login_bruteforce, failed_connections, threshold)",
+                            "response.policy: kind `{}` (expected one of port_scan, host_sweep, syn_flood, high_frequency, login_bruteforce, failed_connections, known_malicious; threshold alerts name no remote to act on)",
                             k.get_ref()
                         ),
                     ));
@@ -1034,6 +1035,11 @@ for = "10s"
                 "[[response.policy]]\nkinds = [\"portscan\"]\nactions = []\n",
                 2,
                 "portscan",
+            ),
+            (
+                "[[response.policy]]\nkinds = [\"threshold\"]\nactions = []\n",
+                2,
+                "name no remote",
             ),
             (
                 "[[response.policy]]\nlevel = \"high\"\nban_ttl = \"1y\"\nactions = []\n",

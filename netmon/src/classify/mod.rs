@@ -268,9 +268,19 @@ impl Classifier {
         now_ms: u64,
     ) -> Vec<Alert> {
         let mut out = Vec::new();
+        let names: Vec<&str> = self
+            .cfg
+            .alerts
+            .thresholds
+            .iter()
+            .map(|r| r.metric.as_str())
+            .collect();
+        let samples = metrics.samples(&names);
         for i in 0..self.cfg.alerts.thresholds.len() {
             let rule = &self.cfg.alerts.thresholds[i];
-            let value = thresholds::select(&metrics.samples(&rule.metric), &rule.labels);
+            let value = samples
+                .get(&rule.metric)
+                .and_then(|s| thresholds::select(s, &rule.labels));
             if let Some(f) = self.thresholds.observe(i, rule, value, now_ns) {
                 out.push(Alert {
                     id: 0,
