@@ -186,6 +186,21 @@ impl SockDiag {
         Ok(())
     }
 
+    /// Receives one netlink datagram into the buffer (retrying on EINTR); returns its length.
+    fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            // SAFETY: receiving into our own buffer of buf.len() bytes.
+            let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Terminates one socket, as `ss -K` does: the kernel aborts it (a TCP socket sends a
     /// reset to its peer) and its owner's next call fails with ECONNABORTED.
     pub fn destroy(&mut self, s: &DiagSocket) -> Result<(), DestroyError> {
@@ -230,16 +245,8 @@ impl SockDiag {
         };
         self.send(&req).map_err(DestroyError::Io)?;
         loop {
-            // SAFETY: receiving into our buffer.
-            let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(DestroyError::Io(e));
-            }
-            let data = &self.buf[..n as usize];
+            let n = self.recv().map_err(DestroyError::Io)?;
+            let data = &self.buf[..n];
             if data.len() < 20 {
                 return Err(DestroyError::Io(io::Error::other("short netlink reply")));
             }
@@ -316,16 +323,8 @@ impl SockDiag {
         };
         self.send(&req).context("sendto")?;
         loop {
-            // SAFETY: receiving into our buffer.
-            let n = unsafe { libc::recv(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("recv");
-            }
-            let data = &self.buf[..n as usize];
+            let n = self.recv().context("recv")?;
+            let data = &self.buf[..n];
             let mut off = 0;
             while off + size_of::<NlMsgHdr>() <= data.len() {
                 // SAFETY: bounds checked; unaligned read of a POD header.
