@@ -158,8 +158,10 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
         let c = s.classifier.read().expect("lock not poisoned");
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;
-            conn.risk = Some(c.assess(remote, lport, rport, proto, conn.process.as_deref()));
-            conn.geo = Some(c.geo(remote)).filter(|g| !g.is_empty());
+            let (risk, geo) =
+                c.assess_with_geo(remote, lport, rport, proto, conn.process.as_deref());
+            conn.risk = Some(risk);
+            conn.geo = geo;
         }
         drop(c);
         stats

@@ -330,9 +330,39 @@ impl Classifier {
         proto: u8,
         process: Option<&str>,
     ) -> Assessment {
-        self.with_connection(remote, local_port, remote_port, proto, process, |cfg, f| {
-            score::assess(cfg, f)
-        })
+        self.with_connection(
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process,
+            |cfg, f, _| score::assess(cfg, f),
+        )
+    }
+
+    /// `assess` and what GeoIP says of the remote (None when nothing), with one look at the
+    /// remote's cached facts: for the connection table.
+    pub fn assess_with_geo(
+        &self,
+        remote: IpAddr,
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+        process: Option<&str>,
+    ) -> (Assessment, Option<GeoInfo>) {
+        self.with_connection(
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process,
+            |cfg, f, rf| {
+                (
+                    score::assess(cfg, f),
+                    (!rf.geo.is_empty()).then(|| rf.geo.clone()),
+                )
+            },
+        )
     }
 
     /// The level `assess` would give, without building its reasons.
@@ -344,9 +374,14 @@ impl Classifier {
         proto: u8,
         process: Option<&str>,
     ) -> Level {
-        self.with_connection(remote, local_port, remote_port, proto, process, |cfg, f| {
-            score::level(cfg, f)
-        })
+        self.with_connection(
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process,
+            |cfg, f, _| score::level(cfg, f),
+        )
     }
 
     fn with_connection<T>(
@@ -356,7 +391,7 @@ impl Classifier {
         remote_port: u16,
         proto: u8,
         process: Option<&str>,
-        score: impl FnOnce(&ThreatConfig, &Facts<'_>) -> T,
+        score: impl FnOnce(&ThreatConfig, &Facts<'_>, &RemoteFacts) -> T,
     ) -> T {
         let direction = direction_of(local_port, remote_port);
         let service_port = match direction {
@@ -386,6 +421,7 @@ impl Classifier {
                     feeds: &rf.feeds,
                     detections,
                 },
+                rf,
             )
         })
     }
@@ -416,11 +452,6 @@ impl Classifier {
             .collect();
         out.sort_by(|a, b| (b.level, b.score, a.remote).cmp(&(a.level, a.score, b.remote)));
         out
-    }
-
-    /// What the GeoIP databases say about `remote` (cached).
-    pub fn geo(&self, remote: IpAddr) -> GeoInfo {
-        self.with_facts(remote, |f| f.geo.clone())
     }
 
     /// The alerts kept, oldest first.
