@@ -216,8 +216,12 @@ pub mod counter {
     pub const TC_PACKETS: u32 = 14;
     /// A flow key did not fit in the dirty ring: the daemon's next drain reads the whole map.
     pub const DIRTY_LOST: u32 = 15;
+    /// An egress frame whose headers were not in the skb's linear data could not be handed
+    /// to the program that parses it after the pull (its tail-call slot was empty): counted
+    /// per interface only.
+    pub const PULL_TAIL_CALL_FAILED: u32 = 16;
     /// Number of counters; the array's `max_entries`.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Metric label of each counter, indexed by its number (`None`: unused slot).
     pub const NAMES: [Option<&str>; COUNT as usize] = [
@@ -237,6 +241,7 @@ pub mod counter {
         Some("xdp_packets"),
         Some("tc_packets"),
         Some("dirty_lost"),
+        Some("pull_tail_call_failed"),
     ];
 }
 

@@ -1,7 +1,9 @@
 //! netmon's kernel programs.
 //!
 //! - `netmon_xdp` (XDP, ingress) and `netmon_tc_egress` (TC/TCX, egress) count every frame
-//!   per interface and per flow, in per-CPU maps, and never drop a packet.
+//!   per interface (per-CPU) and per flow (shared entries, atomic adds), and drop frames the
+//!   drop list or a rate limit says to drop. `netmon_tc_pulled` is egress's continuation, by
+//!   tail call, for frames whose headers had to be pulled into the skb's linear data.
 //! - `netmon_sock_state` (tracepoint `sock:inet_sock_set_state`), `netmon_tcp_connect`
 //!   (kprobe `tcp_connect`), `netmon_sock_send` (tracepoint `sock:sock_send_length`) and
 //!   `netmon_udp_sendmsg` (kprobe `udp_sendmsg`/`udpv6_sendmsg`) record which process owns a
@@ -21,6 +23,7 @@
 mod parse;
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -28,7 +31,8 @@ use aya_ebpf::{
     },
     macros::{classifier, kprobe, map, tracepoint, xdp},
     maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        lpm_trie::Key,
     },
     programs::{ProbeContext, TcContext, TracePointContext, XdpContext},
 };
@@ -51,6 +55,11 @@ use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_l3, parse_
 /// uncontended).
 #[map]
 static NETMON_FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
+
+/// Slot 0: `netmon_tc_pulled`, which `netmon_tc_egress` tail-calls after pulling headers
+/// that were not in the skb's linear data. Filled by the loader.
+#[map]
+static NETMON_TC_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Keys of the flows touched in the current drain epoch, each pushed once per epoch (on its
 /// first packet after the daemon advanced `config::EPOCH`), so that a drain reads only what
@@ -283,15 +292,16 @@ pub fn netmon_xdp(ctx: XdpContext) -> u32 {
     };
     bump(counter::XDP_PACKETS);
     let len = (packet.end - packet.data) as u64;
-    if account(ifindex, DIR_INGRESS, len, &packet) {
+    count_iface(ifindex, DIR_INGRESS, len);
+    if account(ifindex, DIR_INGRESS, len, &packet, false) == Verdict::Drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
     }
 }
 
-/// Bytes of headers we need in the linear part of an skb: Ethernet, two VLAN tags, IPv6 and
-/// a few extension headers, TCP.
+/// Bytes of headers a pull brings into the linear part of an skb: Ethernet, two VLAN tags,
+/// IPv6 and a few extension headers, TCP.
 const TC_PULL_LEN: u32 = 192;
 
 #[classifier]
@@ -299,36 +309,80 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
     bump(counter::TC_PACKETS);
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // Headers in paged fragments: pull them into the linear area. Failure only means we
-        // parse less; the packet still goes out.
-        let _ = ctx.pull_data(want);
-    }
+    count_iface(ifindex, DIR_EGRESS, len as u64);
     let packet = Packet {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    if account(ifindex, DIR_EGRESS, len as u64, &packet) {
+    match account(ifindex, DIR_EGRESS, len as u64, &packet, true) {
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Pull => pull_and_continue(&ctx, len),
+        // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
+        Verdict::Pass => TC_ACT_UNSPEC,
+    }
+}
+
+/// `netmon_tc_egress` when the headers were not in the skb's linear data and had to be
+/// pulled: entered by tail call (a program of its own, verified on its own: a second inlined
+/// copy of the accounting path would double what the verifier explores), the frame already
+/// counted per interface.
+#[classifier]
+pub fn netmon_tc_pulled(ctx: TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    let packet = Packet {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
+    if account(ifindex, DIR_EGRESS, len as u64, &packet, false) == Verdict::Drop {
         TC_ACT_SHOT
     } else {
-        // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
         TC_ACT_UNSPEC
     }
 }
 
-/// Counts a frame; returns true when the drop list says to drop it.
-#[must_use = "the caller must drop the packet when this says so"]
+/// The headers of `ctx` run past its linear data (they are in paged fragments): pulls them
+/// in and continues in `netmon_tc_pulled`. Only then: a pull makes the skb head private, and
+/// a locally sent TCP segment is a clone (kept for retransmission) with all its headers
+/// linear, so pulling every packet would copy every segment's head (hundreds of ns each).
+/// A failed pull only means the next program parses less; the packet goes out either way.
 #[inline(always)]
-fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
-    count_iface(ifindex, direction, len);
+fn pull_and_continue(ctx: &TcContext, len: u32) -> i32 {
+    let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
+    let _ = ctx.pull_data(want);
+    // SAFETY: slot 0 holds netmon_tc_pulled, a classifier like this one; the call does not
+    // return when it succeeds.
+    unsafe { NETMON_TC_TAIL.tail_call(ctx, 0) };
+    bump(counter::PULL_TAIL_CALL_FAILED);
+    TC_ACT_UNSPEC
+}
 
+/// What `account` decided for a frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// The drop list says to drop it.
+    Drop,
+    /// Nothing recorded yet: the headers end past the linear data, pull and call again.
+    Pull,
+}
+
+/// Records a frame in its flow (the caller has counted it per interface), or says to drop
+/// it. `may_pull`: when the headers run past the packet's linear data (`len` is the whole
+/// frame), return `Verdict::Pull` before recording anything.
+#[must_use = "the caller must drop or pull the packet when this says so"]
+#[inline(always)]
+fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: bool) -> Verdict {
+    let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     let mut p = Parsed::new();
     let l4 = match parse_l3(packet, &mut p) {
         Ok(l4) => l4,
         Err(c) => {
+            if cut && c == counter::TRUNCATED_L3 {
+                return Verdict::Pull;
+            }
             bump(c);
-            return false;
+            return Verdict::Pass;
         }
     };
     // The drop list is consulted on the addresses alone, before the transport header and
@@ -344,17 +398,20 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
         };
         if let Some((v, now)) = banned(flags, p.family, peer) {
             record_drop(v, now, ifindex, direction, len);
-            return true;
+            return Verdict::Drop;
         }
         if direction == DIR_INGRESS
             && flags & (dropcfg::HAS_RATE_V4 | dropcfg::HAS_RATE_V6) != 0
             && over_rate(flags, p.family, &p.src, ifindex, len)
         {
-            return true;
+            return Verdict::Drop;
         }
     }
     if let Some(l4) = l4 {
         parse_l4(packet, l4.off, l4.proto, &mut p);
+    }
+    if cut && p.note == counter::TRUNCATED_L4 {
+        return Verdict::Pull;
     }
     if p.note != NOTE_NONE {
         bump(p.note);
@@ -384,7 +441,7 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
     let epoch = config(config::EPOCH) as u32;
     if let Some(s) = NETMON_FLOWS.get_ptr_mut(&key) {
         update_flow(s, &key, len, now, p.tcp_flags, epoch);
-        return false;
+        return Verdict::Pass;
     }
     let s = FlowStats {
         bytes: len,
@@ -405,7 +462,7 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet) -> bool {
             None => bump(counter::FLOW_INSERT_FAILED),
         }
     }
-    false
+    Verdict::Pass
 }
 
 #[inline(always)]
@@ -657,6 +714,22 @@ fn read_tp<T>(ctx: &TracePointContext, off: &'static u32) -> Result<T, i32> {
     unsafe { ctx.read_at::<T>(global(off)) }
 }
 
+/// A field of a tracepoint record at `off` (a loader-set global), loaded directly from the
+/// context when the running kernel's offset is the default `D`. Context loads must have
+/// their offset in the instruction, so only a compile-time offset can be read in place; the
+/// loader-set global is a read-only constant to the verifier, which keeps one branch. A
+/// kernel with another layout reads through bpf_probe_read.
+#[inline(always)]
+fn tp_field<T: Copy, const D: u32>(ctx: &TracePointContext, off: &'static u32) -> Result<T, i32> {
+    if global(off) == D as usize {
+        // SAFETY: the tracepoint's format file puts the field at D, inside the record; the
+        // verifier checks the access against the record's size.
+        Ok(unsafe { core::ptr::read_volatile((ctx.as_ptr() as usize + D as usize) as *const T) })
+    } else {
+        read_tp(ctx, off)
+    }
+}
+
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     let protocol: u16 = read_tp(ctx, &TP_SS_PROTOCOL)?;
     if protocol != IPPROTO_TCP as u16 {
@@ -796,9 +869,40 @@ fn try_tcp_connect(ctx: &ProbeContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// The UDP socket this CPU last recorded a sender for, and the sends since: see
+/// `record_udp_sender`.
+#[derive(Clone, Copy)]
+struct LastSender {
+    sk: u64,
+    pid: u32,
+    sends: u32,
+}
+
+/// Per CPU: the last UDP socket and process recorded, so that a stream of sends from one
+/// socket (a DNS server, an iperf3 -u) costs a per-CPU array read per send, not kernel
+/// memory reads and a hash lookup.
+#[map]
+static NETMON_LAST_SENDER: PerCpuArray<LastSender> = PerCpuArray::with_max_entries(1, 0);
+
+/// After this many sends from the cached socket, the port's owner entry is checked again
+/// (it may have been evicted from NETMON_PORT_OWNER, or the socket freed and its memory
+/// reused by the same process).
+const SENDER_RECHECK: u32 = 1024;
+
 /// Records the owner of a UDP socket's local port, once per (port, process).
 #[inline(always)]
 fn record_udp_sender(sk: u64) -> Result<(), i32> {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let last = NETMON_LAST_SENDER.get_ptr_mut(0);
+    if let Some(c) = last {
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
+        unsafe {
+            if (*c).sk == sk && (*c).pid == pid && (*c).sends < SENDER_RECHECK {
+                (*c).sends += 1;
+                return Ok(());
+            }
+        }
+    }
     let port: u16 = read_sk(sk, &SK_OFF_NUM)?;
     if port == 0 {
         return Ok(());
@@ -808,18 +912,19 @@ fn record_udp_sender(sk: u64) -> Result<(), i32> {
         _pad: 0,
         port,
     };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: the value is read at once.
-    if let Some(owner) = unsafe { NETMON_PORT_OWNER.get(&key) }
-        && owner.pid == pid
-    {
-        return Ok(());
-    }
-    if NETMON_PORT_OWNER
-        .insert(&key, &current_proc(), BPF_ANY as u64)
-        .is_err()
+    let known = unsafe { NETMON_PORT_OWNER.get(&key) }.is_some_and(|owner| owner.pid == pid);
+    if !known
+        && NETMON_PORT_OWNER
+            .insert(&key, &current_proc(), BPF_ANY as u64)
+            .is_err()
     {
         bump(counter::SOCK_INSERT_FAILED);
+        return Ok(());
+    }
+    if let Some(c) = last {
+        // SAFETY: as above.
+        unsafe { *c = LastSender { sk, pid, sends: 0 } };
     }
     Ok(())
 }
@@ -827,13 +932,14 @@ fn record_udp_sender(sk: u64) -> Result<(), i32> {
 /// Tracepoint `sock:sock_send_length` (Linux 6.3+): every sendmsg, in the sender's context.
 #[tracepoint]
 pub fn netmon_sock_send(ctx: TracePointContext) -> u32 {
+    // Every sendmsg of every socket comes here: the record is read in place (a load from
+    // the context, not a bpf_probe_read call per field).
     let r = (|| -> Result<(), i32> {
-        let protocol: u16 = read_tp(&ctx, &TP_SL_PROTOCOL)?;
+        let protocol: u16 = tp_field::<_, { tp_offsets::SL_PROTOCOL }>(&ctx, &TP_SL_PROTOCOL)?;
         if protocol != IPPROTO_UDP as u16 {
             return Ok(());
         }
-        let sk: u64 = read_tp(&ctx, &TP_SL_SK)?;
-        record_udp_sender(sk)
+        record_udp_sender(tp_field::<_, { tp_offsets::SL_SK }>(&ctx, &TP_SL_SK)?)
     })();
     if r.is_err() {
         bump(counter::PROBE_READ_FAILED);

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    aggregate::{self, Connection, ProcessRow, SocketRow, Tracker},
+    aggregate::{self, Connection, ProcessRow, Tracker},
     load::Hook,
     load::Monitored,
     metrics::Metrics,
@@ -102,12 +102,12 @@ pub struct ThreatStatus {
     pub policy_lines: usize,
 }
 
-/// The flow table and the sockets of the last drain: the connection table is built from
-/// them when `/api/network-stats` is asked for, not on every drain.
+/// The flow table of the last drain: the connection table is built from it, and from the
+/// sockets listed at that moment, when `/api/network-stats` is asked for, not on every
+/// drain.
 #[derive(Default)]
 pub struct Table {
     pub tracker: Tracker,
-    pub sockets: Vec<SocketRow>,
 }
 
 /// What the drain loop publishes and the handlers read.
@@ -122,6 +122,9 @@ pub struct Shared {
     pub classifier: RwLock<crate::classify::Classifier>,
     /// Feed states, as the feed thread last published them.
     pub feed_status: Arc<RwLock<Vec<crate::classify::feeds::FeedStatus>>>,
+    /// Lists idle sockets (listeners, TIME_WAIT...) for the connection table; None until
+    /// the daemon has its maps.
+    pub sockets: std::sync::Mutex<Option<crate::sockdiag::Lister>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -150,10 +153,19 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> Json<NetworkStats> {
     // only for the copy of the flow table.
     let built = tokio::task::spawn_blocking(move || {
         let mut stats = s.stats.read().expect("lock not poisoned").clone();
-        let (flows, sockets) = {
-            let t = s.table.read().expect("lock not poisoned");
-            (t.tracker.flow_snapshot(), t.sockets.clone())
-        };
+        let flows = s
+            .table
+            .read()
+            .expect("lock not poisoned")
+            .tracker
+            .flow_snapshot();
+        let sockets = s
+            .sockets
+            .lock()
+            .expect("lock not poisoned")
+            .as_mut()
+            .map(crate::sockdiag::Lister::rows)
+            .unwrap_or_default();
         stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
         let c = s.classifier.read().expect("lock not poisoned");
         for conn in &mut stats.connections {

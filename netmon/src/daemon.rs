@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netmon_common::{DIR_EGRESS, DIR_INGRESS, SockKey, ban_kind, counter};
+use netmon_common::{DIR_EGRESS, DIR_INGRESS, ban_kind, counter};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -20,16 +20,13 @@ use crate::{
         respond::{Pipeline, PipelineTx},
         state::now_ms,
     },
-    aggregate::{Owner, SocketRow},
+    aggregate::Owner,
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
     classify::feeds::{FeedRefresher, Feeds},
     config::RunConfig,
     drain::{Maps, monotonic_ns},
     load::{self, LoadOptions, iface},
-    sockdiag::{SockDiag, tcp_state_name},
 };
-
-const OWNER_RETRY_TICKS: u64 = 10;
 
 fn dir_label(direction: u8) -> &'static str {
     if direction == DIR_INGRESS { "rx" } else { "tx" }
@@ -220,7 +217,6 @@ const FULL_SCAN_EVERY: u64 = 60;
 /// State the drain loop keeps between ticks.
 struct Drain {
     maps: Maps,
-    diag: Option<SockDiag>,
     flow_bufs: crate::drain::FlowBufs,
     /// Keys taken from the dirty ring this drain.
     dirty_keys: Vec<netmon_common::FlowKey>,
@@ -236,11 +232,6 @@ struct Drain {
     prev_counters: [u64; counter::COUNT as usize],
     prev_evictions: u64,
     prev_expired: u64,
-    /// Owners of sockets listed by sock_diag, cached per 4-tuple; a socket with no known
-    /// owner is looked up again every `OWNER_RETRY_TICKS`, not every tick.
-    socket_owners: HashMap<SockKey, (Option<Owner>, u64)>,
-    /// The last sock_diag error, logged once rather than every tick.
-    diag_error: Option<String>,
     /// Wakes the drop-list thread after each drain.
     housekeeping: Option<std::sync::mpsc::SyncSender<()>>,
     flow_capacity: u32,
@@ -263,10 +254,8 @@ impl Drain {
         let interval_s = now.saturating_sub(self.last_ns) as f64 / 1e9;
         self.last_ns = now;
 
-        let sockets = self.socket_rows();
         let mut table = shared.table.write().expect("lock not poisoned");
         let table = &mut *table;
-        table.sockets = sockets;
         let tracker = &mut table.tracker;
         // Usually only the flows that changed since the last drain are read: the programs
         // push a flow's key to the dirty ring on its first packet of an epoch. The ring is
@@ -529,68 +518,6 @@ impl Drain {
         *shared.status.write().expect("lock not poisoned") = status;
         Ok(())
     }
-
-    /// Sockets from sock_diag with their owners (looked up once per 4-tuple).
-    fn socket_rows(&mut self) -> Vec<SocketRow> {
-        let Some(diag) = self.diag.as_mut() else {
-            return Vec::new();
-        };
-        let sockets = match diag.dump_all() {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if self.diag_error.as_deref() != Some(msg.as_str()) {
-                    warn!(
-                        "sock_diag failed, listing only sockets with traffic (is the \
-                         inet_diag/tcp_diag/udp_diag module available?): {msg}"
-                    );
-                    self.diag_error = Some(msg);
-                }
-                return Vec::new();
-            }
-        };
-        if self.diag_error.take().is_some() {
-            info!("sock_diag works again");
-        }
-        let mut seen = HashMap::with_capacity(sockets.len());
-        let rows = sockets
-            .into_iter()
-            .map(|s| {
-                let key = SockKey {
-                    proto: s.proto,
-                    local_port: s.local_port,
-                    remote_port: s.remote_port,
-                    local_addr: s.local_addr,
-                    remote_addr: s.remote_addr,
-                    ..Default::default()
-                };
-                let owner = match self.socket_owners.get(&key) {
-                    Some((Some(o), at)) => (Some(o.clone()), *at),
-                    Some((None, at)) if self.drains < at + OWNER_RETRY_TICKS => (None, *at),
-                    _ => (self.maps.sock_owner(&key).map(Owner::from), self.drains),
-                };
-                seen.insert(key, owner.clone());
-                let owner = owner.0;
-                SocketRow {
-                    proto: s.proto,
-                    local_addr: s.local_addr,
-                    local_port: s.local_port,
-                    remote_addr: s.remote_addr,
-                    remote_port: s.remote_port,
-                    state: if s.proto == netmon_common::IPPROTO_TCP {
-                        tcp_state_name(s.state).to_string()
-                    } else {
-                        "NONE".to_string()
-                    },
-                    inode: s.inode,
-                    uid: s.uid,
-                    owner,
-                }
-            })
-            .collect();
-        self.socket_owners = seen;
-        rows
-    }
 }
 
 /// `netmon_connections_by_risk` is recomputed every this many drains.
@@ -771,17 +698,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         ..Default::default()
     };
     *shared.status.write().expect("lock not poisoned") = base_status.clone();
-    let diag = match SockDiag::new() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            warn!("sock_diag unavailable, idle sockets will not be listed: {e:#}");
-            None
-        }
-    };
+    *shared.sockets.lock().expect("lock not poisoned") =
+        Some(crate::sockdiag::Lister::new(maps.owners()));
     let mut drain = Drain {
         flow_capacity: maps.flow_capacity(),
         maps,
-        diag,
         flow_bufs: Default::default(),
         dirty_keys: Vec::new(),
         prev_dirty_lost: 0,
@@ -797,8 +718,6 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         prev_counters: [0; counter::COUNT as usize],
         prev_evictions: 0,
         prev_expired: 0,
-        socket_owners: HashMap::new(),
-        diag_error: None,
         housekeeping: None,
         started: Instant::now(),
         drains: 0,

@@ -140,8 +140,7 @@ pub struct Maps {
     ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
     iface_slots: MapData,
     counters: PerCpuArray<MapData, u64>,
-    sock_proc: HashMap<MapData, SockKey, ProcInfo>,
-    port_owner: HashMap<MapData, PortKey, ProcInfo>,
+    owners: std::sync::Arc<Owners>,
     ncpus: usize,
     dirty: aya::maps::RingBuf<MapData>,
     config: aya::maps::Array<MapData, u64>,
@@ -194,8 +193,10 @@ impl Maps {
                 _ => anyhow::bail!("NETMON_IFACE_SLOTS is not a per-CPU array"),
             },
             counters: PerCpuArray::try_from(take(ebpf, "NETMON_COUNTERS")?)?,
-            sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
-            port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
+            owners: std::sync::Arc::new(Owners {
+                sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
+                port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
+            }),
             ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
             config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
@@ -341,22 +342,14 @@ impl Maps {
         Ok(deleted)
     }
 
+    /// The socket-owner maps, for lookups from other threads (the socket lister).
+    pub fn owners(&self) -> std::sync::Arc<Owners> {
+        self.owners.clone()
+    }
+
     /// (metric name, entries, max_entries) of the socket-attribution maps.
     pub fn socket_map_usage(&self) -> [(&'static str, usize, u32); 2] {
-        use aya::maps::IterableMap as _;
-        let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
-        [
-            (
-                "sock_proc",
-                self.sock_proc.keys().count(),
-                cap(self.sock_proc.map()),
-            ),
-            (
-                "port_owner",
-                self.port_owner.keys().count(),
-                cap(self.port_owner.map()),
-            ),
-        ]
+        self.owners.usage()
     }
 
     pub fn flow_capacity(&self) -> u32 {
@@ -391,6 +384,20 @@ impl Maps {
         out
     }
 
+    /// The process that owned the socket behind a flow (see `Owners::owner`).
+    pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
+        self.owners.owner(key)
+    }
+}
+
+/// The socket-attribution maps the kernel hooks write: read by the drain (owners of flows)
+/// and by the socket lister (owners of idle sockets), on the thread that asks.
+pub struct Owners {
+    sock_proc: HashMap<MapData, SockKey, ProcInfo>,
+    port_owner: HashMap<MapData, PortKey, ProcInfo>,
+}
+
+impl Owners {
     /// The process that owned the socket behind a flow, as recorded by the kernel hooks:
     /// the exact 4-tuple first, then the owner of the local port (listener, UDP sender).
     pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
@@ -424,6 +431,23 @@ impl Maps {
                 0,
             )
             .ok()
+    }
+
+    fn usage(&self) -> [(&'static str, usize, u32); 2] {
+        use aya::maps::IterableMap as _;
+        let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
+        [
+            (
+                "sock_proc",
+                self.sock_proc.keys().count(),
+                cap(self.sock_proc.map()),
+            ),
+            (
+                "port_owner",
+                self.port_owner.keys().count(),
+                cap(self.port_owner.map()),
+            ),
+        ]
     }
 }
 

@@ -425,13 +425,11 @@ fn attach_traffic(
         });
     }
 
+    load_tc(ebpf)?;
     let tc_prog: &mut SchedClassifier = ebpf
         .program_mut("netmon_tc_egress")
         .context("eBPF object has no netmon_tc_egress")?
         .try_into()?;
-    tc_prog
-        .load()
-        .context("loading the TC program (verifier)")?;
     let tcx = match tc_mode {
         TcMode::Tcx => true,
         TcMode::Clsact => false,
@@ -639,5 +637,33 @@ fn attach_attribution(ebpf: &mut Ebpf, hooks: &mut Vec<Hook>) -> Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+/// Loads the egress programs: `netmon_tc_egress`, and `netmon_tc_pulled` in slot 0 of
+/// NETMON_TC_TAIL (egress frames whose headers had to be pulled into the linear data
+/// continue there). Not attached: the caller attaches `netmon_tc_egress`.
+pub fn load_tc(ebpf: &mut aya::Ebpf) -> Result<()> {
+    for name in ["netmon_tc_pulled", "netmon_tc_egress"] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("eBPF object has no {name}"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading the TC program {name} (verifier)"))?;
+    }
+    let pulled = ebpf
+        .program("netmon_tc_pulled")
+        .context("eBPF object has no netmon_tc_pulled")?
+        .fd()
+        .context("netmon_tc_pulled has no fd")?
+        .try_clone()
+        .context("duplicating netmon_tc_pulled's fd")?;
+    let mut tail = aya::maps::ProgramArray::try_from(
+        ebpf.map_mut("NETMON_TC_TAIL")
+            .context("eBPF object has no NETMON_TC_TAIL")?,
+    )?;
+    tail.set(0, &pulled, 0)
+        .context("putting netmon_tc_pulled in NETMON_TC_TAIL")?;
     Ok(())
 }

@@ -303,7 +303,8 @@ impl Rig {
             let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        for name in ["netmon_tc_egress", "netmon_tc_empty", "netmon_tc_parse"] {
+        netmon::load::load_tc(&mut ebpf).expect("loading the egress programs");
+        for name in ["netmon_tc_empty", "netmon_tc_parse"] {
             let p: &mut aya::programs::SchedClassifier =
                 ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
