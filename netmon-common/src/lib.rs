@@ -262,7 +262,23 @@ pub mod dropcfg {
     pub const GENERATION: u32 = 0;
     /// `HAS_*` bits: which drop-list maps hold entries, so the fast path skips empty ones.
     pub const FLAGS: u32 = 1;
+    /// The generation whose IPv4 /16 filter (`NETMON_BAN4_L16`) covers every IPv4 ban
+    /// entry: only then do the programs skip the lookups for a /16 with no bit set.
+    /// 0: no complete filter, always look.
+    pub const BAN4_FILTER: u32 = 2;
     pub const COUNT: u32 = 4;
+
+    /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
+    pub const L16_WORDS: u32 = 1024;
+
+    /// Index into `NETMON_BAN4_L16` of the word holding `a`'s /16, and the bit in it.
+    pub const fn l16_slot(generation: u8, a: [u8; 4]) -> (u32, u32) {
+        let sixteen = (a[0] as u32) << 8 | a[1] as u32;
+        (
+            (generation as u32).wrapping_sub(1) * L16_WORDS + (sixteen >> 6),
+            sixteen & 63,
+        )
+    }
 
     pub const HAS_ALLOW_V4: u64 = 1 << 0;
     pub const HAS_ALLOW_V6: u64 = 1 << 1;

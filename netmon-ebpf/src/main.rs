@@ -123,6 +123,13 @@ static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_
 static NETMON_BANPFX4: LpmTrie<BanPrefix4, BanValue> = LpmTrie::pinned(262_144, 0);
 #[map]
 static NETMON_BANPFX6: LpmTrie<BanPrefix6, BanValue> = LpmTrie::pinned(262_144, 0);
+/// One bit per IPv4 /16 and generation (`dropcfg::l16_slot`): set when an IPv4 ban entry
+/// (exact or prefix) of that generation overlaps the /16. A clear bit lets a packet skip the
+/// drop-list lookups (a cold hash bucket, a trie walk); a set bit only means "look". Bits are
+/// set before the entry is inserted and stay after it is removed (until the generation is
+/// cleared), so the filter never hides an entry.
+#[map]
+static NETMON_BAN4_L16: Array<u64> = Array::pinned(2 * dropcfg::L16_WORDS, 0);
 /// Allow list: checked first, wins over every ban. Value: unused.
 #[map]
 static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
@@ -522,6 +529,12 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
     let generation = dropcfg(dropcfg::GENERATION) as u8;
     if family == 4 {
         let a = words[3].to_ne_bytes();
+        // No ban entry in the address's /16: nothing to look up, not even the allow list
+        // (it only matters against a ban). Most traffic takes this exit: it saves the
+        // exact-match bucket (cold in a large table) and the trie walk.
+        if !ban4_may_match(generation, a) {
+            return None;
+        }
         if flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some() {
             return None;
         }
@@ -570,6 +583,21 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
         }
     }
     None
+}
+
+/// Whether an IPv4 ban entry (exact or prefix) of `generation` may cover `a`: false only
+/// when that generation's /16 filter is complete and `a`'s /16 bit is clear.
+#[inline(always)]
+fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
+    let complete = dropcfg(dropcfg::BAN4_FILTER);
+    if complete == 0 || complete != u64::from(generation) {
+        return true;
+    }
+    let (word, bit) = dropcfg::l16_slot(generation, a);
+    match NETMON_BAN4_L16.get(word) {
+        Some(w) => (*w >> bit) & 1 != 0,
+        None => true,
+    }
 }
 
 /// Whether a packet from `src` is over its source's rate limit (and so is dropped and

@@ -694,6 +694,88 @@ fn drop_decisions_follow_the_list_in_force() {
     assert_eq!(drops, 7, "every drop counted per interface and kind");
 }
 
+/// The IPv4 /16 filter in front of the drop list: once a full write (`sync`) has set the bits
+/// of every IPv4 entry, packets from a /16 without entries skip the lookups, and the answer
+/// is the lookups' own in every case: a /24 drops its addresses and not its neighbours in the
+/// same /16, a /10 (shorter than /16: 64 bits) drops up to its last /16 and not past it, a
+/// prefix added afterwards drops at once (its bit is set before the entry), a removed one
+/// stops dropping; with the filter switched off the decisions are the same.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn the_slash16_filter_never_changes_a_decision() {
+    use netmon::act::{
+        droplist::DropMaps,
+        state::{BanEntry, Kind, State},
+    };
+    const XDP_DROP: u32 = 1;
+    let mut p = Progs::new(1024);
+    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    let ban = |net: &str| BanEntry {
+        net: net.parse().unwrap(),
+        kind: Kind::Manual,
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+        expires_ms: None,
+    };
+    let state = State {
+        generation: 2,
+        bans: vec![
+            ban("203.0.113.0/24"),
+            ban("100.64.0.0/10"),
+            ban("198.18.0.2"),
+        ],
+        ..State::default()
+    };
+    maps.sync(&state).unwrap();
+    let cfg: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+        aya::maps::Map::from_map_data(
+            aya::maps::MapData::from_pin(p._pins.0.join("NETMON_DROPCFG")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(),
+        2,
+        "the filter of generation 2 is complete and in force"
+    );
+    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let cases: [([u8; 4], u32); 8] = [
+        ([203, 0, 113, 50], XDP_DROP),
+        ([203, 0, 114, 50], XDP_PASS),
+        ([203, 1, 113, 50], XDP_PASS),
+        ([100, 64, 0, 1], XDP_DROP),
+        ([100, 127, 255, 254], XDP_DROP),
+        ([100, 128, 0, 1], XDP_PASS),
+        ([198, 18, 0, 2], XDP_DROP),
+        ([198, 18, 0, 3], XDP_PASS),
+    ];
+    let check = |p: &Progs, what: &str| {
+        for (src, want) in cases {
+            assert_eq!(p.run(DIR_INGRESS, &from4(src)), want, "{what}: {src:?}");
+        }
+    };
+    check(&p, "filter on");
+    maps.write_ban(2, 1, &ban("192.0.2.0/25")).unwrap();
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([192, 0, 2, 1])),
+        XDP_DROP,
+        "added after"
+    );
+    assert_eq!(p.run(DIR_INGRESS, &from4([192, 0, 2, 200])), XDP_PASS);
+    maps.remove_ban(2, &"192.0.2.0/25".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        p.run(DIR_INGRESS, &from4([192, 0, 2, 1])),
+        XDP_PASS,
+        "removed"
+    );
+    maps.disable_l16_filter().unwrap();
+    assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
+    check(&p, "filter off");
+}
+
 /// Per-source rate limits in the kernel (GCRA): with 1 packet/s and a burst of 5, a burst of
 /// packets from the limited source (all within well under a second) lets exactly 5 through;
 /// other sources, egress, allow entries and expired limits are untouched; every drop counted.

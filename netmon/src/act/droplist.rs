@@ -21,7 +21,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     "NETMON_BAN4",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
@@ -33,6 +33,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     "NETMON_DROP_SLOTS",
     "NETMON_RATE4",
     "NETMON_RATE6",
+    "NETMON_BAN4_L16",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -163,6 +164,8 @@ pub struct DropMaps {
     drop_slots: MapData,
     rate4: HashMap<MapData, [u8; 4], RateValue>,
     rate6: HashMap<MapData, [u8; 16], RateValue>,
+    /// The IPv4 /16 filter in front of the prefix trie (see NETMON_BAN4_L16).
+    l16: Array<MapData, u64>,
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
 }
@@ -224,6 +227,7 @@ impl DropMaps {
             },
             rate4: HashMap::try_from(take("NETMON_RATE4"))?,
             rate6: HashMap::try_from(take("NETMON_RATE6"))?,
+            l16: Array::try_from(take("NETMON_BAN4_L16"))?,
             capacity,
         })
     }
@@ -288,6 +292,10 @@ impl DropMaps {
             ..old
         };
         let o = b.net.octets();
+        if b.net.is_v4() {
+            // Before the entry: the filter must never say "no ban here" for it.
+            self.l16_cover(generation, &b.net)?;
+        }
         let r = match (b.net.is_v4(), b.net.is_host()) {
             (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
             (false, true) => self.ban6.insert(key6(generation, &o), v, 0),
@@ -295,6 +303,75 @@ impl DropMaps {
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))
+    }
+
+    /// Sets the /16 filter bits of `generation` that an IPv4 entry overlaps (one /16, or
+    /// every /16 of a prefix shorter than /16).
+    fn l16_cover(&mut self, generation: u8, net: &Net) -> Result<()> {
+        let o = net.octets();
+        let first = u32::from(o[0]) << 8 | u32::from(o[1]);
+        let count = 1u32 << 16u32.saturating_sub(u32::from(net.prefix()));
+        let mut word = None;
+        let mut bits = 0u64;
+        for sixteen in first..first + count {
+            let (w, bit) =
+                dropcfg::l16_slot(generation, [(sixteen >> 8) as u8, sixteen as u8, 0, 0]);
+            if word.is_some_and(|cur| cur != w) {
+                self.l16_or(word.expect("checked"), bits)?;
+                bits = 0;
+            }
+            word = Some(w);
+            bits |= 1 << bit;
+        }
+        if let Some(w) = word {
+            self.l16_or(w, bits)?;
+        }
+        Ok(())
+    }
+
+    fn l16_or(&mut self, word: u32, bits: u64) -> Result<()> {
+        let old = self.l16.get(&word, 0).unwrap_or(0);
+        if old | bits != old {
+            self.l16
+                .set(word, old | bits, 0)
+                .context("updating the IPv4 /16 filter (NETMON_BAN4_L16)")?;
+        }
+        Ok(())
+    }
+
+    /// Declares `generation`'s /16 filter complete (every IPv4 ban entry of it has its bits
+    /// set), so the programs may skip the lookups where a bit is clear.
+    fn l16_complete(&mut self, generation: u8) -> Result<()> {
+        self.cfg
+            .set(dropcfg::BAN4_FILTER, u64::from(generation), 0)
+            .context("enabling the IPv4 /16 filter")
+    }
+
+    /// Makes the programs look every IPv4 address up, as when the /16 filter is incomplete
+    /// (benchmarks measure the lookups this way); the next full write (`sync`, `swap`) turns
+    /// it back on.
+    pub fn disable_l16_filter(&mut self) -> Result<()> {
+        self.cfg
+            .set(dropcfg::BAN4_FILTER, 0, 0)
+            .context("disabling the IPv4 /16 filter")
+    }
+
+    /// Clears `generation`'s /16 filter (after it stops counting as complete).
+    fn l16_clear(&mut self, generation: u8) -> Result<()> {
+        if self.cfg.get(&dropcfg::BAN4_FILTER, 0).unwrap_or(0) == u64::from(generation) {
+            self.cfg
+                .set(dropcfg::BAN4_FILTER, 0, 0)
+                .context("disabling the IPv4 /16 filter")?;
+        }
+        let base = u32::from(generation).wrapping_sub(1) * dropcfg::L16_WORDS;
+        for w in base..base + dropcfg::L16_WORDS {
+            if self.l16.get(&w, 0).unwrap_or(0) != 0 {
+                self.l16
+                    .set(w, 0, 0)
+                    .context("clearing the IPv4 /16 filter (NETMON_BAN4_L16)")?;
+            }
+        }
+        Ok(())
     }
 
     pub fn remove_ban(&mut self, generation: u8, net: &Net) -> Result<()> {
@@ -450,6 +527,9 @@ impl DropMaps {
         for k in p6 {
             removed(self.pfx6.remove(&k))?;
         }
+        if generation == 1 || generation == 2 {
+            self.l16_clear(generation)?;
+        }
         Ok(())
     }
 
@@ -527,6 +607,11 @@ impl DropMaps {
         for b in &live {
             self.write_ban(generation, other, b)?;
         }
+        // Every wanted IPv4 entry has its bits now; entries about to be removed may lack
+        // them, which only lets packets skip them early.
+        if generation == 1 || generation == 2 {
+            self.l16_complete(generation)?;
+        }
         for a in &state.allows {
             self.write_allow(&a.net)?;
         }
@@ -567,6 +652,7 @@ impl DropMaps {
         for b in new.live_bans(now) {
             self.write_ban(to, from, b)?;
         }
+        self.l16_complete(to)?;
         self.set_flags(flags_for(old, now) | flags_for(new, now))?;
         self.set_generation(to)?;
         new.generation = to;
