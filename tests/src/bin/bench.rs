@@ -854,11 +854,11 @@ fn throughput() -> String {
     let p = Pair::new("bw");
     let monitors = ["none", "netmon", "bandwhich", "nethogs", "iftop"];
     const SECS: u32 = 5;
-    const REPS: usize = 3;
+    const REPS: usize = 5;
     let mut md = format!(
         "## 2. Throughput over veth between two namespaces\n\n\
          iperf3 from namespace A to B over one veth pair, {SECS} s per run, median of {REPS} \
-         runs, with nothing watching, with netmon on A's end, and with the tools a user would \
+         runs (in rounds: each round runs every monitor once, in turn), with nothing watching, with netmon on A's end, and with the tools a user would \
          otherwise run on the same interface. \"Monitor CPU\" is the monitor's own process \
          (user + system) plus, for netmon, its kernel programs' run time \
          (kernel.bpf_stats_enabled); \"machine CPU\" is every CPU's busy time over the run \
@@ -877,17 +877,32 @@ fn throughput() -> String {
         let mut base = 0.0;
         let mut netmon_rate = None;
         let mut per_gb = std::collections::BTreeMap::new();
+        // Rounds of every monitor in turn, not every run of one monitor then the next: on a
+        // shared machine the speed drifts over minutes, and rotating spreads the drift over
+        // all of them instead of charging it to whichever ran in a slow stretch.
+        let installed: Vec<&'static str> = monitors
+            .iter()
+            .copied()
+            .filter(|&name| name == "none" || name == "netmon" || have(&tool(name)))
+            .collect();
+        let mut runs: std::collections::BTreeMap<&str, Vec<Sample>> = Default::default();
+        for round in 0..REPS {
+            eprintln!("    round {}/{REPS}", round + 1);
+            for &name in &installed {
+                let mon = start_monitor(name, &p);
+                let sample = iperf(&p, udp, SECS, &mon);
+                if let Some(pid) = mon.pid() {
+                    assert!(netmon_tests::is_alive(pid), "{name} died during the run");
+                }
+                drop(mon);
+                runs.entry(name).or_default().push(sample);
+            }
+        }
         for name in monitors {
-            if name != "none" && name != "netmon" && !have(&tool(name)) {
+            let Some(samples) = runs.remove(name) else {
                 let _ = writeln!(md, "| {name} | not installed | | | |");
                 continue;
-            }
-            let mon = start_monitor(name, &p);
-            let samples: Vec<Sample> = (0..REPS).map(|_| iperf(&p, udp, SECS, &mon)).collect();
-            if let Some(pid) = mon.pid() {
-                assert!(netmon_tests::is_alive(pid), "{name} died during the run");
-            }
-            drop(mon);
+            };
             let rate = median(
                 &samples
                     .iter()
