@@ -123,6 +123,12 @@ empty.\n\n\
   established-socket hash (262,144 buckets on this machine) however few sockets there are: \
   now done when the connection table is asked for, not on every drain; what is left of an \
   idle drain is reading the interface and counter maps and updating the metrics.\n\
+- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): met in the earlier runs on \
+  this machine (89-130 ms), missed by a few ms in some: the host is shared and its speed \
+  drifts (in one run everything was ~1.5x slower: the no-monitor UDP rate, the 100,000-prefix \
+  import, the connection-table request), and most of the figure is the full scan of every \
+  60th drain (its wall time is the drain max). Margin would come from not rescanning the \
+  whole map to notice LRU evictions.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
   of no program; 10x less than bandwhich). On this 2-CPU machine the veth pair is CPU-bound: \
   every nanosecond the programs add per packet (section 1) is taken from the sender and \
