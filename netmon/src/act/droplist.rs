@@ -284,7 +284,7 @@ impl DropMaps {
     pub fn write_ban(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
         if b.net.is_v4() {
             // Before the entry: the filter must never say "no ban here" for it.
-            self.l16_cover(generation, &b.net)?;
+            self.l16_cover_all(generation, std::iter::once(b))?;
         }
         self.write_ban_entry(generation, carry_from, b)
     }
@@ -310,32 +310,9 @@ impl DropMaps {
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))
     }
 
-    /// Sets the /16 filter bits of `generation` that an IPv4 entry overlaps (one /16, or
-    /// every /16 of a prefix shorter than /16).
-    fn l16_cover(&mut self, generation: u8, net: &Net) -> Result<()> {
-        let o = net.octets();
-        let first = u32::from(o[0]) << 8 | u32::from(o[1]);
-        let count = 1u32 << 16u32.saturating_sub(u32::from(net.prefix()));
-        let mut word = None;
-        let mut bits = 0u64;
-        for sixteen in first..first + count {
-            let (w, bit) =
-                dropcfg::l16_slot(generation, [(sixteen >> 8) as u8, sixteen as u8, 0, 0]);
-            if word.is_some_and(|cur| cur != w) {
-                self.l16_or(word.expect("checked"), bits)?;
-                bits = 0;
-            }
-            word = Some(w);
-            bits |= 1 << bit;
-        }
-        if let Some(w) = word {
-            self.l16_or(w, bits)?;
-        }
-        Ok(())
-    }
-
-    /// Sets the filter bits of every IPv4 entry of `bans` at once: one read and at most one
-    /// write per word, instead of per entry (a 100,000-entry import).
+    /// Sets the /16 filter bits of `generation` that the IPv4 entries of `bans` overlap (one
+    /// /16 each, or every /16 of a prefix shorter than /16): one read and at most one write
+    /// per word touched, however many entries (a 100,000-entry import).
     fn l16_cover_all<'a>(
         &mut self,
         generation: u8,
