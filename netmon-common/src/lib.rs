@@ -365,7 +365,10 @@ pub struct BanValue {
     pub last_hit_ns: u64,
     /// `ban_kind::*`.
     pub kind: u8,
-    pub _pad: u8,
+    /// The entry's prefix length (32 or 128 for an address), written by userspace: a lookup
+    /// in an LPM trie returns the longest prefix that covers the key, which is another
+    /// entry's value when this one is absent. 0 in entries written before it existed.
+    pub prefix_len: u8,
     pub _pad2: u16,
     pub _pad3: u32,
 }

@@ -166,6 +166,21 @@ fn a_banned_peer_can_neither_reach_nor_be_reached() {
     );
     assert!(text.contains("netmon_banlist_entries{family=\"ipv6\",kind=\"exact\"} 1"));
     assert!(text.contains("netmon_dropped_bytes_total{direction=\"rx\""));
+
+    // Hit counters belong to the entry that matched: a prefix banned inside another starts
+    // at zero (a trie lookup of an absent prefix returns the one covering it, whose counters
+    // a new entry once inherited) and takes the drops of the addresses it covers.
+    p.a.netmon_ok(&["unban", "198.18.0.2"]);
+    // Both cover A's own 198.18.0.1 as well, hence --force.
+    p.a.netmon_ok(&["ban", "198.18.0.0/24", "--force"]);
+    assert_eq!(b_to_a(&p, 7), 0);
+    assert_eq!(entry(&p.a, "198.18.0.0/24").unwrap()["dropped_packets"], 7);
+    p.a.netmon_ok(&["ban", "198.18.0.0/28", "--force"]);
+    let inner = entry(&p.a, "198.18.0.0/28").unwrap();
+    assert_eq!(inner["dropped_packets"], 0, "{inner}");
+    assert_eq!(b_to_a(&p, 3), 0);
+    assert_eq!(entry(&p.a, "198.18.0.0/28").unwrap()["dropped_packets"], 3);
+    assert_eq!(entry(&p.a, "198.18.0.0/24").unwrap()["dropped_packets"], 7);
 }
 
 #[test]

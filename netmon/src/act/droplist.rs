@@ -271,7 +271,9 @@ impl DropMaps {
             (true, false) => self.pfx4.get(&pkey4(generation, net), 0),
             (false, false) => self.pfx6.get(&pkey6(generation, net), 0),
         };
+        // A trie lookup of an absent prefix returns the longest one covering it.
         r.ok()
+            .filter(|v| net.is_host() || v.prefix_len == 0 || v.prefix_len == net.prefix())
     }
 
     /// The kernel's copy of a ban: expiry and hit counters.
@@ -286,18 +288,21 @@ impl DropMaps {
             // Before the entry: the filter must never say "no ban here" for it.
             self.l16_cover_all(generation, std::iter::once(b))?;
         }
-        self.write_ban_entry(generation, carry_from, b)
+        self.write_ban_entry(generation, &[generation, carry_from], b)
     }
 
-    /// `write_ban` without the filter bits: for bulk writes that set them all first.
-    fn write_ban_entry(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
-        let old = self
-            .value(generation, &b.net)
-            .or_else(|| self.value(carry_from, &b.net))
+    /// `write_ban` without the filter bits: for bulk writes that set them all first. The hit
+    /// counters are carried from the first of `carry` (generations) that holds the entry:
+    /// bulk writers pass only those they know hold it, which saves a failed lookup per entry.
+    fn write_ban_entry(&mut self, generation: u8, carry: &[u8], b: &BanEntry) -> Result<()> {
+        let old = carry
+            .iter()
+            .find_map(|&g| self.value(g, &b.net))
             .unwrap_or_default();
         let v = BanValue {
             expires_ns: kernel_expiry(b.expires_ms, now_ms(), monotonic_ns()),
             kind: b.kind.code(),
+            prefix_len: b.net.prefix(),
             ..old
         };
         let o = b.net.octets();
@@ -498,43 +503,16 @@ impl DropMaps {
             .context("switching the drop-list generation")
     }
 
-    /// Removes every ban entry of `generation`.
+    /// Removes every ban entry of `generation` (one pass over the ban maps).
     pub fn clear_generation(&mut self, generation: u8) -> Result<()> {
-        let k4: Vec<_> = self
-            .ban4
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.generation == generation)
-            .collect();
-        for k in k4 {
-            removed(self.ban4.remove(&k))?;
-        }
-        let k6: Vec<_> = self
-            .ban6
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.generation == generation)
-            .collect();
-        for k in k6 {
-            removed(self.ban6.remove(&k))?;
-        }
-        let p4: Vec<_> = self
-            .pfx4
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data()[0] == generation)
-            .collect();
-        for k in p4 {
-            removed(self.pfx4.remove(&k))?;
-        }
-        let p6: Vec<_> = self
-            .pfx6
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.data()[0] == generation)
-            .collect();
-        for k in p6 {
-            removed(self.pfx6.remove(&k))?;
+        let nets = self.ban_nets()?.remove(&generation).unwrap_or_default();
+        self.remove_generation(generation, &nets)
+    }
+
+    /// Removes `nets` from `generation`, and the generation's /16 filter with them.
+    fn remove_generation(&mut self, generation: u8, nets: &HashSet<Net>) -> Result<()> {
+        for n in nets {
+            self.remove_ban(generation, n)?;
         }
         if generation == 1 || generation == 2 {
             self.l16_clear(generation)?;
@@ -542,46 +520,40 @@ impl DropMaps {
         Ok(())
     }
 
-    fn ban_keys(&self, generation: u8) -> HashSet<Net> {
-        let mut out = HashSet::new();
-        for k in self.ban4.keys().flatten() {
-            if k.generation == generation
-                && let Ok(n) = Net::new(std::net::Ipv4Addr::from(k.addr).into(), 32)
-            {
-                out.insert(n);
+    /// Every ban entry in the kernel maps, by generation: one pass over the four maps (one
+    /// key read per entry; a trie has no batch read). Keys that are no network (netmon never
+    /// writes one) are left alone, as before.
+    fn ban_nets(&self) -> Result<std::collections::HashMap<u8, HashSet<Net>>> {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let mut out: std::collections::HashMap<u8, HashSet<Net>> = Default::default();
+        let mut put = |generation: u8, n: Result<Net, _>| {
+            if let Ok(n) = n {
+                out.entry(generation).or_default().insert(n);
             }
+        };
+        for k in self.ban4.keys() {
+            let k = k.context("reading the keys of NETMON_BAN4")?;
+            put(k.generation, Net::new(Ipv4Addr::from(k.addr).into(), 32));
         }
-        for k in self.ban6.keys().flatten() {
-            if k.generation == generation
-                && let Ok(n) = Net::new(std::net::Ipv6Addr::from(k.addr).into(), 128)
-            {
-                out.insert(n);
-            }
+        for k in self.ban6.keys() {
+            let k = k.context("reading the keys of NETMON_BAN6")?;
+            put(k.generation, Net::new(Ipv6Addr::from(k.addr).into(), 128));
         }
-        for k in self.pfx4.keys().flatten() {
-            let d = k.data();
-            if d[0] == generation
-                && let Ok(n) = Net::new(
-                    std::net::Ipv4Addr::new(d[1], d[2], d[3], d[4]).into(),
-                    (k.prefix_len() - 8) as u8,
-                )
-            {
-                out.insert(n);
-            }
+        for k in self.pfx4.keys() {
+            let k = k.context("reading the keys of NETMON_BANPFX4")?;
+            let (d, len) = (k.data(), k.prefix_len().saturating_sub(8) as u8);
+            put(
+                d[0],
+                Net::new(Ipv4Addr::new(d[1], d[2], d[3], d[4]).into(), len),
+            );
         }
-        for k in self.pfx6.keys().flatten() {
-            let d = k.data();
-            if d[0] == generation {
-                let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
-                if let Ok(n) = Net::new(
-                    std::net::Ipv6Addr::from(a).into(),
-                    (k.prefix_len() - 8) as u8,
-                ) {
-                    out.insert(n);
-                }
-            }
+        for k in self.pfx6.keys() {
+            let k = k.context("reading the keys of NETMON_BANPFX6")?;
+            let (d, len) = (k.data(), k.prefix_len().saturating_sub(8) as u8);
+            let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
+            put(d[0], Net::new(Ipv6Addr::from(a).into(), len));
         }
-        out
+        Ok(out)
     }
 
     fn allow_keys(&self) -> HashSet<Net> {
@@ -613,22 +585,26 @@ impl DropMaps {
         let other = 3 - generation;
         let now = now_ms();
         let live: Vec<&BanEntry> = state.live_bans(now).collect();
-        let filtered = generation == 1 || generation == 2;
-        if filtered {
-            self.l16_cover_all(generation, live.iter().copied())?;
-        }
+        // One pass over the ban maps: what each generation holds now.
+        let mut held = self.ban_nets()?;
+        let (here, there) = (
+            held.remove(&generation).unwrap_or_default(),
+            held.remove(&other).unwrap_or_default(),
+        );
+        self.l16_cover_all(generation, live.iter().copied())?;
         for b in &live {
-            if filtered {
-                self.write_ban_entry(generation, other, b)?;
-            } else {
-                self.write_ban(generation, other, b)?;
-            }
+            // Hit counters: from the entry in force, else from one left in the other
+            // generation (an interrupted import).
+            let carry: &[u8] = match (here.contains(&b.net), there.contains(&b.net)) {
+                (true, _) => &[generation],
+                (false, true) => &[other],
+                (false, false) => &[],
+            };
+            self.write_ban_entry(generation, carry, b)?;
         }
         // Every wanted IPv4 entry has its bits now; entries about to be removed may lack
         // them, which only lets packets skip them early.
-        if generation == 1 || generation == 2 {
-            self.l16_complete(generation)?;
-        }
+        self.l16_complete(generation)?;
         for a in &state.allows {
             self.write_allow(&a.net)?;
         }
@@ -639,7 +615,7 @@ impl DropMaps {
         self.set_flags(flags_for(state, now) | self.current_flags())?;
         self.set_generation(generation)?;
         let wanted: HashSet<Net> = live.iter().map(|b| b.net).collect();
-        for n in self.ban_keys(generation).difference(&wanted) {
+        for n in here.difference(&wanted) {
             self.remove_ban(generation, n)?;
         }
         let allowed: HashSet<Net> = state.allows.iter().map(|a| a.net).collect();
@@ -650,7 +626,7 @@ impl DropMaps {
         for n in self.limit_keys().difference(&limited) {
             self.remove_limit(n)?;
         }
-        self.clear_generation(other)?;
+        self.remove_generation(other, &there)?;
         self.set_flags(flags_for(state, now))
     }
 
@@ -665,21 +641,28 @@ impl DropMaps {
         let from = old.generation;
         let to = 3 - from;
         let now = now_ms();
-        self.clear_generation(to)?;
+        // One pass over the ban maps (the import holds the state lock: nothing else writes
+        // them until it is done). `to` should be empty; an interrupted import leaves entries.
+        let mut held = self.ban_nets()?;
+        let in_force = held.remove(&from).unwrap_or_default();
+        self.remove_generation(to, &held.remove(&to).unwrap_or_default())?;
         // `to` is not in force and its filter not complete: entries first, bits after.
         let live: Vec<&BanEntry> = new.live_bans(now).collect();
         for b in &live {
-            self.write_ban_entry(to, from, b)?;
+            let carry: &[u8] = if in_force.contains(&b.net) {
+                &[from]
+            } else {
+                &[]
+            };
+            self.write_ban_entry(to, carry, b)?;
         }
-        if to == 1 || to == 2 {
-            self.l16_cover_all(to, live.iter().copied())?;
-            self.l16_complete(to)?;
-        }
+        self.l16_cover_all(to, live.iter().copied())?;
+        self.l16_complete(to)?;
         self.set_flags(flags_for(old, now) | flags_for(new, now))?;
         self.set_generation(to)?;
         new.generation = to;
         self.set_flags(flags_for(new, now) | flags_for(old, now))?;
-        self.clear_generation(from)?;
+        self.remove_generation(from, &in_force)?;
         self.set_flags(flags_for(new, now))
     }
 
