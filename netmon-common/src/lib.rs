@@ -396,6 +396,8 @@ pub mod sock_offsets {
     pub const FAMILY: u32 = 16; // skc_family
     pub const V6_DADDR: u32 = 56; // skc_v6_daddr
     pub const V6_RCV_SADDR: u32 = 72; // skc_v6_rcv_saddr
+    /// A field with no default offset (outside `sock_common`): set by the loader from BTF.
+    pub const UNKNOWN: u32 = u32::MAX;
 }
 
 /// Field offsets of `sock:inet_sock_set_state` and `sock:sock_send_length` records, from

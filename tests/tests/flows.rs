@@ -345,6 +345,17 @@ fn status_and_flows_commands_say_what_is_active() {
             "{fallback}"
         );
         assert!(d.log_text().contains("fallback: kprobe unavailable"));
+        // UDP senders: the raw tracepoint (no record built per send) where BTF gives
+        // sk_protocol's offset, as it does on this kernel; the tracepoint is not attached.
+        let raw = hooks
+            .iter()
+            .find(|h| h["purpose"] == "udp_send" && h["kind"] == "raw_tracepoint")
+            .unwrap();
+        assert_eq!(raw["active"], true, "{raw}");
+        assert!(!active("udp_send", "tracepoint"), "{status}");
+    }
+    if kernel_has_kprobes {
+        assert!(active("udp_send", "kprobe"), "{status}");
     }
     assert_eq!(status["interfaces"][0]["name"], p.a_if.as_str());
 

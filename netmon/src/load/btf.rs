@@ -236,6 +236,9 @@ pub struct SockOffsets {
     pub family: u32,
     pub v6_daddr: u32,
     pub v6_rcv_saddr: u32,
+    /// `sk_protocol`, in `struct sock` past `sock_common` (the layout there depends on the
+    /// kernel's configuration); `None` where BTF does not give it as a whole field.
+    pub protocol: Option<u32>,
 }
 
 impl SockOffsets {
@@ -251,6 +254,7 @@ impl SockOffsets {
             family: f("skc_family")?,
             v6_daddr: f("skc_v6_daddr")?,
             v6_rcv_saddr: f("skc_v6_rcv_saddr")?,
+            protocol: btf.member_offset("sock", "sk_protocol").ok(),
         })
     }
 }

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        KProbe, LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
+        KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
@@ -170,11 +170,21 @@ impl InterfaceLock {
     }
 }
 
-fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String>) {
+/// Sets the loader's globals from the running kernel: `struct sock` offsets from BTF and
+/// tracepoint record offsets from tracefs (defaults where either is unavailable, said in
+/// `notes`). Returns whether `sk_protocol`'s offset is known, which the raw tracepoint on
+/// UDP sends needs.
+pub fn kernel_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) -> bool {
+    let protocol = sock_offsets_globals(loader, notes);
+    tracepoint_globals(loader, notes);
+    protocol
+}
+
+fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String>) -> bool {
     match btf::Btf::from_sys_fs().and_then(|b| Ok(btf::SockOffsets::from_btf(&b)?)) {
         Ok(o) => {
             // Leaked so they outlive the loader's borrow; a handful of u32s, once.
-            let vals: &'static [u32; 7] = Box::leak(Box::new([
+            let vals: &'static [u32; 8] = Box::leak(Box::new([
                 o.daddr,
                 o.rcv_saddr,
                 o.dport,
@@ -182,6 +192,7 @@ fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String
                 o.family,
                 o.v6_daddr,
                 o.v6_rcv_saddr,
+                o.protocol.unwrap_or(netmon_common::sock_offsets::UNKNOWN),
             ]));
             for (name, v) in [
                 "SK_OFF_DADDR",
@@ -191,16 +202,21 @@ fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String
                 "SK_OFF_FAMILY",
                 "SK_OFF_V6_DADDR",
                 "SK_OFF_V6_RCV_SADDR",
+                "SK_OFF_PROTOCOL",
             ]
             .into_iter()
             .zip(vals.iter())
             {
                 loader.override_global(name, v, true);
             }
+            o.protocol.is_some()
         }
-        Err(e) => hooks_note.push(format!(
-            "struct sock offsets from BTF unavailable ({e:#}); using the x86_64 defaults"
-        )),
+        Err(e) => {
+            hooks_note.push(format!(
+                "struct sock offsets from BTF unavailable ({e:#}); using the x86_64 defaults"
+            ));
+            false
+        }
     }
 }
 
@@ -277,8 +293,7 @@ pub fn load_and_attach(
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
-    sock_offsets_globals(&mut loader, &mut notes);
-    tracepoint_globals(&mut loader, &mut notes);
+    let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
         warn!("{n}");
     }
@@ -298,7 +313,7 @@ pub fn load_and_attach(
         &mut hooks,
         &mut links,
     )?;
-    attach_attribution(&mut ebpf, &mut hooks)?;
+    attach_attribution(&mut ebpf, &mut hooks, sk_protocol_known)?;
     for h in &hooks {
         if h.active {
             info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
@@ -523,7 +538,7 @@ fn attach_traffic(
     Ok(())
 }
 
-fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
+pub fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
     let p: &mut KProbe = ebpf
         .program_mut(prog)
         .with_context(|| format!("eBPF object has no {prog}"))?
@@ -539,7 +554,21 @@ fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
+/// Loads `prog` and attaches it to the raw tracepoint `name` (arguments are the tracepoint's
+/// TP_PROTO, no record is built).
+pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("eBPF object has no {prog}"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("loading {prog} (verifier)"))?;
+    p.attach(name)
+        .with_context(|| format!("attaching raw tracepoint {name}"))?;
+    Ok(())
+}
+
+pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("eBPF object has no {prog}"))?
@@ -556,8 +585,14 @@ fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Re
 ///   (SYN_SENT in the caller's context, completed at ESTABLISHED);
 /// - listeners and accepted TCP: tracepoint `sock:inet_sock_set_state` (LISTEN, SYN_RECV ->
 ///   ESTABLISHED) on every kernel;
-/// - UDP senders: kprobe `udp_sendmsg`/`udpv6_sendmsg`, else tracepoint `sock:sock_send_length`.
-fn attach_attribution(ebpf: &mut Ebpf, hooks: &mut Vec<Hook>) -> Result<()> {
+/// - UDP senders: kprobe `udp_sendmsg`/`udpv6_sendmsg`, else raw tracepoint
+///   `sock_send_length` (needs `sk_protocol`'s offset from BTF), else tracepoint
+///   `sock:sock_send_length`.
+fn attach_attribution(
+    ebpf: &mut Ebpf,
+    hooks: &mut Vec<Hook>,
+    sk_protocol_known: bool,
+) -> Result<()> {
     let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state");
     let state_ok = state_tp.is_ok();
     hooks.push(Hook {
@@ -624,17 +659,45 @@ fn attach_attribution(ebpf: &mut Ebpf, hooks: &mut Vec<Hook>) -> Result<()> {
                 active: false,
                 note: why.clone(),
             });
-            let tp = try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length");
-            hooks.push(Hook {
-                purpose: "udp_send".into(),
-                kind: "tracepoint".into(),
-                target: "sock:sock_send_length".into(),
-                active: tp.is_ok(),
-                note: match tp {
-                    Ok(()) => format!("fallback: kprobe unavailable ({why})"),
-                    Err(e) => format!("{e:#}"),
-                },
-            });
+            let raw = if sk_protocol_known {
+                try_raw_tracepoint(ebpf, "netmon_sock_send_raw", "sock_send_length")
+            } else {
+                Err(anyhow::anyhow!(
+                    "BTF does not give struct sock's sk_protocol offset"
+                ))
+            };
+            match raw {
+                Ok(()) => hooks.push(Hook {
+                    purpose: "udp_send".into(),
+                    kind: "raw_tracepoint".into(),
+                    target: "sock_send_length".into(),
+                    active: true,
+                    note: format!("fallback: kprobe unavailable ({why})"),
+                }),
+                Err(raw_err) => {
+                    let raw_why = format!("{raw_err:#}");
+                    hooks.push(Hook {
+                        purpose: "udp_send".into(),
+                        kind: "raw_tracepoint".into(),
+                        target: "sock_send_length".into(),
+                        active: false,
+                        note: raw_why.clone(),
+                    });
+                    let tp = try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length");
+                    hooks.push(Hook {
+                        purpose: "udp_send".into(),
+                        kind: "tracepoint".into(),
+                        target: "sock:sock_send_length".into(),
+                        active: tp.is_ok(),
+                        note: match tp {
+                            Ok(()) => format!(
+                                "fallback: kprobe unavailable ({why}), raw tracepoint unavailable ({raw_why})"
+                            ),
+                            Err(e) => format!("{e:#}"),
+                        },
+                    });
+                }
+            }
         }
     }
     Ok(())
