@@ -39,6 +39,10 @@ fn main() {
     let mut md = header();
     // One CPU for the per-packet figures: BPF_PROG_TEST_RUN runs on the caller's CPU.
     pin_to_cpu(0);
+    if args.iter().any(|a| a == "verify") {
+        verify_costs();
+        return;
+    }
     if want("packets") {
         md += &packets();
     }
@@ -53,6 +57,40 @@ fn main() {
     }
     md += WHY;
     print!("{md}");
+}
+
+/// `netmon-bench verify` (a diagnostic, not in BENCHMARKS.md): per program, the wall time
+/// of its load (the verifier, mostly) and the instructions the verifier processed. Every
+/// daemon start and every privileged test that loads the programs pays this.
+fn verify_costs() {
+    let pins = PinDir::new("verify");
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&pins.0);
+    let mut notes = Vec::new();
+    netmon::load::kernel_globals(&mut loader, &mut notes);
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        let prog = ebpf.program_mut(&name).unwrap();
+        let t = Instant::now();
+        let r = match prog {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            Program::TracePoint(p) => p.load(),
+            Program::RawTracePoint(p) => p.load(),
+            Program::KProbe(p) => p.load(),
+            _ => continue,
+        };
+        let took = t.elapsed();
+        let insns = r.ok().and_then(|()| {
+            ebpf.program(&name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count())
+        });
+        eprintln!("{name:<24} load {took:>10.2?}  verified insns {insns:?}");
+    }
 }
 
 /// Where the targets are missed, and why: the mechanisms behind the figures above, and the
@@ -72,7 +110,19 @@ streams each batch of the drain into its table instead of buffering the whole ma
 longer stores each flow's key twice. Existing-flow hit at 1k flows went from ~120 to \
 ~80 ns, at 1M flows from ~700 to ~500 ns, banned drop from ~190 to ~65 ns, RSS at 100k flows \
 from 70 to ~60 MiB.\n\n\
-Done in the latest round (measured with bpf_stats over iperf3 on the veth pair, and by the \
+Done in the latest round: the UDP-sender hook, which runs on every sendmsg, is a raw \
+tracepoint where the kernel's BTF gives `sk_protocol`'s offset (it does here). A tracepoint \
+first builds its record in a perf buffer and then runs the program; under the 64-byte UDP \
+flood of section 2 that infrastructure (perf_trace_*, trace_call_bpf, \
+perf_trace_run_bpf_submit) took ~1.3% of all CPU samples, as much as the egress program \
+itself, and with the raw tracepoint its share (bpf_trace_run3) is ~0.3% (perf record -a over \
+the same iperf3 run, before and after). The \"parse only\" programs no longer zero their result with a \
+memset call (a byte loop that the real programs do not make); with one cache-hot packet that \
+loop made the parse look ~45 ns, so earlier parse-only rows overstated the parse. A bulk \
+import reads the ban maps once instead of three times and looks up hit counters only for \
+entries the kernel holds: replacing 100,000 prefixes went from 667,000 to 300,000 bpf calls \
+(section 5).\n\n\
+Done in the round before (measured with bpf_stats over iperf3 on the veth pair, and by the \
 rows above): the egress program pulls headers into the skb's linear data only when they are \
 not all there, continuing in a second program by tail call; before, it pulled whenever the \
 linear part was shorter than 192 bytes, which is every locally sent TCP segment (headers \
@@ -91,7 +141,11 @@ prefixes) ~83% of the unicast /16s hold an entry, so the filter helps traffic fr
 with the lists operators load (DROP, FireHOL level 1: thousands of prefixes) most /16s are \
 empty.\n\n\
 - **Existing-flow hit** (target: empty + 50 ns). What is left at 1k flows is the flow \
-  lookup itself (jhash of a 44-byte key, bucket walk, two atomic adds) and the parse. With \
+  lookup itself (jhash of a 44-byte key, bucket walk, two atomic adds) and the parse. \
+  Repeating one cache-hot packet instead of the pool (not the table's method: it hides the \
+  misses), the whole XDP program costs ~90 ns over the empty one and the TC program \
+  ~100-120 ns, of which the flow lookup and update is ~40 ns: most of what the table shows \
+  at 1k flows is cache and TLB misses on a pool of 1,024 flows run one syscall apart. With \
   100,000 and 1,000,000 flows every packet of the pool hits a different flow, and the \
   lookup misses the cache and the TLB for the bucket and the element (dependent misses; on \
   this VM each costs 100 ns or more), which no change to the program removes. Next: a smaller key (hash the 5-tuple into 16 bytes, keep the full tuple in a \
@@ -123,19 +177,26 @@ empty.\n\n\
   established-socket hash (262,144 buckets on this machine) however few sockets there are: \
   now done when the connection table is asked for, not on every drain; what is left of an \
   idle drain is reading the interface and counter maps and updating the metrics.\n\
-- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): met in the earlier runs on \
-  this machine (89-130 ms), missed by a few ms in some: the host is shared and its speed \
-  drifts (in one run everything was ~1.5x slower: the no-monitor UDP rate, the 100,000-prefix \
-  import, the connection-table request), and most of the figure is the full scan of every \
-  60th drain (its wall time is the drain max). Margin would come from not rescanning the \
-  whole map to notice LRU evictions.\n\
+- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): met in this run and in \
+  the earlier runs on this machine (89-141 ms), missed by a few ms in one (157-159 ms): the \
+  host is shared and its speed drifts (in that run everything was ~1.5x slower: the \
+  no-monitor UDP rate, the 100,000-prefix import, the connection-table request), and most \
+  of the figure is the full scan of every 60th drain (its wall time is the drain max). \
+  Margin would come from not rescanning the whole map to notice LRU evictions.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
-  of no program; 10x less than bandwhich). On this 2-CPU machine the veth pair is CPU-bound: \
-  every nanosecond the programs add per packet (section 1) is taken from the sender and \
-  receiver, so 64-byte datagrams show it and 128 KiB TCP writes (GSO: few, large packets) \
-  barely do. netmon's CPU per GB is almost all kernel program run time: the egress \
-  program on every packet and, on this kernel without kprobes, the UDP-sender tracepoint \
-  on every sendmsg (both cut this round, above), so it falls with the per-packet costs.\n\
+  of no program; 10x less than bandwhich): both met in this run; the UDP ratio was 84% in \
+  the run before the raw tracepoint (above). On this 2-CPU machine the veth pair is \
+  CPU-bound: every nanosecond the programs add per packet (section 1) is taken from the \
+  sender and receiver, so 64-byte datagrams show it and 128 KiB TCP writes (GSO: few, large \
+  packets) barely do. netmon's CPU per GB is almost all kernel program run time: the egress \
+  program on every packet and, on this kernel without kprobes, the UDP-sender hook on every \
+  sendmsg, so it falls with the per-packet costs. The spread run to run is wide on this \
+  shared host (five back-to-back none/netmon pairs outside the bench, with the tracepoint: \
+  0.76 to 0.96 of none), so a single run's ratio near 95% says little either way. What \
+  remains per datagram is the egress program (~240-300 ns by bpf_stats, which adds its own \
+  clock reads) and the sendmsg hook (~100 ns); of the egress program's ~100 ns with a \
+  cache-hot packet the flow lookup and update are ~40 ns, so the next step is the rest of \
+  its path (counters, parse, building the key), which has not been broken down further.\n\
 - **RSS at 100k flows** (target: 64 MiB): met since the drain streams into the table, \
   each key is stored once and the heap is trimmed once per full-scan cycle (a \
   connection-table request at a million flows otherwise leaves hundreds of MB free but \
