@@ -538,11 +538,19 @@ fn attach_traffic(
     Ok(())
 }
 
-pub fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
-    let p: &mut KProbe = ebpf
+/// The program `prog` of the object as its type, e.g. `&mut TracePoint`.
+fn typed<'a, T>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
         .program_mut(prog)
         .with_context(|| format!("eBPF object has no {prog}"))?
-        .try_into()?;
+        .try_into()?)
+}
+
+pub fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
+    let p: &mut KProbe = typed(ebpf, prog)?;
     if p.fd().is_err() {
         p.load()
             .with_context(|| format!("loading {prog} (verifier)"))?;
@@ -557,10 +565,7 @@ pub fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()>
 /// Loads `prog` and attaches it to the raw tracepoint `name` (arguments are the tracepoint's
 /// TP_PROTO, no record is built).
 pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("eBPF object has no {prog}"))?
-        .try_into()?;
+    let p: &mut RawTracePoint = typed(ebpf, prog)?;
     p.load()
         .with_context(|| format!("loading {prog} (verifier)"))?;
     p.attach(name)
@@ -569,10 +574,7 @@ pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()>
 }
 
 pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("eBPF object has no {prog}"))?
-        .try_into()?;
+    let p: &mut TracePoint = typed(ebpf, prog)?;
     p.load()
         .with_context(|| format!("loading {prog} (verifier)"))?;
     p.attach(category, name)
@@ -708,10 +710,7 @@ fn attach_attribution(
 /// continue there). Not attached: the caller attaches `netmon_tc_egress`.
 pub fn load_tc(ebpf: &mut aya::Ebpf) -> Result<()> {
     for name in ["netmon_tc_pulled", "netmon_tc_egress"] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("eBPF object has no {name}"))?
-            .try_into()?;
+        let prog: &mut SchedClassifier = typed(ebpf, name)?;
         prog.load()
             .with_context(|| format!("loading the TC program {name} (verifier)"))?;
     }
