@@ -43,7 +43,7 @@ use netmon_common::{
     ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets,
     v4_mapped,
 };
-use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_l3, parse_l4};
+use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
 // ---------------------------------------------------------------------------------------------
 // Maps. Sizes are defaults; the daemon sets them from its configuration before load.
@@ -387,18 +387,21 @@ enum Verdict {
 fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: bool) -> Verdict {
     let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     let mut p = Parsed::new();
-    let l4 = match parse_l3(packet, &mut p) {
-        Ok(l4) => l4,
-        Err(c) => {
-            if cut && c == counter::TRUNCATED_L3 {
-                return Verdict::Pull;
-            }
-            bump(c);
-            return Verdict::Pass;
+    // The whole parse comes first, the drop list after it: once parsed, no packet pointer or
+    // header offset is live, so the verifier sees the same state after every one of the
+    // parser's paths (VLAN tags, IPv4 options, IPv6 extension headers) and checks the rest of
+    // the program once instead of once per path. A banned packet pays for the transport
+    // header's one bounds check and load as well as the addresses.
+    if let Err(c) = parse(packet, &mut p) {
+        if cut && c == counter::TRUNCATED_L3 {
+            return Verdict::Pull;
         }
-    };
-    // The drop list is consulted on the addresses alone, before the transport header and
-    // the flow map: a banned packet costs a parse of L2/L3 and one lookup.
+        bump(c);
+        return Verdict::Pass;
+    }
+    if cut && p.note == counter::TRUNCATED_L4 {
+        return Verdict::Pull;
+    }
     // Ingress drops what comes from a banned source, egress what goes to a banned
     // destination: a banned host can neither reach this host nor be reached.
     let flags = dropcfg(dropcfg::FLAGS);
@@ -418,12 +421,6 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: boo
         {
             return Verdict::Drop;
         }
-    }
-    if let Some(l4) = l4 {
-        parse_l4(packet, l4.off, l4.proto, &mut p);
-    }
-    if cut && p.note == counter::TRUNCATED_L4 {
-        return Verdict::Pull;
     }
     if p.note != NOTE_NONE {
         bump(p.note);

@@ -141,9 +141,9 @@ impl Parsed {
 }
 
 /// Where the transport header starts, once the network layer is parsed.
-pub struct L4At {
-    pub off: usize,
-    pub proto: u8,
+struct L4At {
+    off: usize,
+    proto: u8,
 }
 
 /// Parses Ethernet (with up to two VLAN tags), IPv4/IPv6 and the transport header.
@@ -156,11 +156,11 @@ pub fn parse(p: &Packet, out: &mut Parsed) -> Result<(), u32> {
     Ok(())
 }
 
-/// Parses up to and including the network layer (addresses, IPv6 extension headers), so that
-/// the drop list can be consulted before any more work. `Ok(None)`: no transport header to
+/// Parses up to and including the network layer (addresses, IPv6 extension headers).
+/// `Ok(None)`: no transport header to
 /// read (fragment, truncated chain), already noted in `out`.
 #[inline(always)]
-pub fn parse_l3(p: &Packet, out: &mut Parsed) -> Result<Option<L4At>, u32> {
+fn parse_l3(p: &Packet, out: &mut Parsed) -> Result<Option<L4At>, u32> {
     let mut ethertype = u16::from_be(p.load::<u16>(12).ok_or(counter::TRUNCATED_L3)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -278,7 +278,7 @@ fn parse_ipv6(p: &Packet, off: usize, out: &mut Parsed) -> Result<Option<L4At>, 
 }
 
 #[inline(always)]
-pub fn parse_l4(p: &Packet, l4: usize, proto: u8, out: &mut Parsed) {
+fn parse_l4(p: &Packet, l4: usize, proto: u8, out: &mut Parsed) {
     out.proto = proto;
     match proto {
         // Ports, sequence, acknowledgement, then offset/flags: byte 13 is the flags.
