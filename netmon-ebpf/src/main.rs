@@ -939,8 +939,15 @@ fn sender_cached(sk: u64, pid: u32) -> bool {
 /// Records the owner of a UDP socket's local port, once per (port, process).
 #[inline(always)]
 fn record_udp_sender(sk: u64) -> Result<(), i32> {
+    record_udp_sender_if(sk, || Ok(true))
+}
+
+/// `record_udp_sender` for a socket that `is_udp` says is a UDP socket, asked only past the
+/// cache (which only ever holds UDP sockets).
+#[inline(always)]
+fn record_udp_sender_if(sk: u64, is_udp: impl FnOnce() -> Result<bool, i32>) -> Result<(), i32> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if sender_cached(sk, pid) {
+    if sender_cached(sk, pid) || !is_udp()? {
         return Ok(());
     }
     record_udp_sender_slow(sk, pid)
@@ -979,26 +986,17 @@ fn record_udp_sender_slow(sk: u64, pid: u32) -> Result<(), i32> {
 /// every sendmsg, in the sender's context, with the socket as its argument. Preferred to the
 /// tracepoint of the same name where BTF gives `sk_protocol`'s offset: a tracepoint first
 /// builds its record in a perf buffer for every send, which cost as much as the program.
-/// The cached sender is checked first: the cache only ever holds UDP sockets.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn netmon_sock_send_raw(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if sender_cached(sk, pid) {
-        return 0;
-    }
-    let r = (|| -> Result<(), i32> {
+    let r = record_udp_sender_if(sk, || {
         let protocol: u16 = read_sk(sk, &SK_OFF_PROTOCOL)?;
-        if protocol != IPPROTO_UDP as u16 {
-            return Ok(());
-        }
         // A netlink socket can have protocol 17 too.
-        let family: u16 = read_sk(sk, &SK_OFF_FAMILY)?;
-        if family != AF_INET && family != AF_INET6 {
-            return Ok(());
-        }
-        record_udp_sender_slow(sk, pid)
-    })();
+        Ok(protocol == IPPROTO_UDP as u16 && {
+            let family: u16 = read_sk(sk, &SK_OFF_FAMILY)?;
+            family == AF_INET || family == AF_INET6
+        })
+    });
     if r.is_err() {
         bump(counter::PROBE_READ_FAILED);
     }

@@ -30,6 +30,19 @@ fn skb_test_run_refuses(pkt: &[u8]) -> bool {
     }
 }
 
+/// A loader for the object with its maps pinned under `pins` and the preallocated (LRU) ones
+/// sized for a test: `flows` flow entries, 1,024 socket-owner entries.
+fn small_maps(pins: &PinDir, flows: u32) -> EbpfLoader<'_> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(&pins.0)
+        .map_max_entries("NETMON_FLOWS", flows)
+        .map_max_entries("NETMON_SOCK_PROC", 1024)
+        .map_max_entries("NETMON_PORT_OWNER", 1024)
+        .map_max_entries("NETMON_SK_OWNER", 1024);
+    loader
+}
+
 struct Progs {
     ebpf: Ebpf,
     _pins: PinDir,
@@ -51,12 +64,7 @@ impl Progs {
     fn load(flows: u32, tail: bool) -> Self {
         require_root();
         let pins = PinDir::new("packets");
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.0)
-            .map_max_entries("NETMON_FLOWS", flows)
-            .map_max_entries("NETMON_SOCK_PROC", 1024)
-            .map_max_entries("NETMON_PORT_OWNER", 1024)
-            .map_max_entries("NETMON_SK_OWNER", 1024)
+        let mut ebpf = small_maps(&pins, flows)
             .load(netmon::load::EBPF_OBJECT)
             .expect("load the eBPF object");
         let x: &mut Xdp = ebpf.program_mut("netmon_xdp").unwrap().try_into().unwrap();
@@ -990,13 +998,7 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
         "netmon_sock_send",
     ] {
         let pins = PinDir::new("udpsend");
-        let mut loader = EbpfLoader::new();
-        loader
-            .default_map_pin_directory(&pins.0)
-            .map_max_entries("NETMON_FLOWS", 1024)
-            .map_max_entries("NETMON_SOCK_PROC", 1024)
-            .map_max_entries("NETMON_PORT_OWNER", 1024)
-            .map_max_entries("NETMON_SK_OWNER", 1024);
+        let mut loader = small_maps(&pins, 1024);
         let mut notes = Vec::new();
         let sk_protocol_known = netmon::load::kernel_globals(&mut loader, &mut notes);
         let mut ebpf = loader

@@ -34,6 +34,8 @@ pub fn run(sections: &[String]) -> Result<()> {
         .args(sections)
         .env("NETMON_BIN", &bin)
         .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
+        // A developer's filter for quick comparisons: BENCHMARKS.md is written from them all.
+        .env_remove("NETMON_BENCH_PACKETS")
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting netmon-bench")?;

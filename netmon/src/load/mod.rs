@@ -595,114 +595,97 @@ fn attach_attribution(
     hooks: &mut Vec<Hook>,
     sk_protocol_known: bool,
 ) -> Result<()> {
-    let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state");
-    let state_ok = state_tp.is_ok();
-    hooks.push(Hook {
-        purpose: "tcp_listen_accept".into(),
-        kind: "tracepoint".into(),
-        target: "sock:inet_sock_set_state".into(),
-        active: state_ok,
-        note: state_tp.err().map(|e| format!("{e:#}")).unwrap_or_default(),
+    let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state")
+        .map_err(|e| format!("{e:#}"));
+    let mut listen = Chain::new(hooks, "tcp_listen_accept");
+    listen.try_hook("tracepoint", "sock:inet_sock_set_state", || {
+        state_tp.clone().map_err(anyhow::Error::msg)
     });
 
-    match try_kprobe(ebpf, "netmon_tcp_connect", &["tcp_connect"]) {
-        Ok(()) => {
-            let mut cfg: Array<&mut MapData, u64> = Array::try_from(
-                ebpf.map_mut("NETMON_CONFIG")
-                    .context("eBPF object has no NETMON_CONFIG")?,
-            )?;
-            cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
-                .context("enabling the tcp_connect kprobe path")?;
-            hooks.push(Hook {
-                purpose: "tcp_connect".into(),
-                kind: "kprobe".into(),
-                target: "tcp_connect".into(),
-                active: true,
-                note: String::new(),
-            });
+    let mut connect = Chain::new(hooks, "tcp_connect");
+    connect.try_hook("kprobe", "tcp_connect", || {
+        try_kprobe(ebpf, "netmon_tcp_connect", &["tcp_connect"])?;
+        let mut cfg: Array<&mut MapData, u64> = Array::try_from(
+            ebpf.map_mut("NETMON_CONFIG")
+                .context("eBPF object has no NETMON_CONFIG")?,
+        )?;
+        cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
+            .context("enabling the tcp_connect kprobe path")
+    });
+    // The state tracepoint, attached above, completes what SYN_SENT recorded.
+    connect.try_hook("tracepoint", "sock:inet_sock_set_state", || {
+        state_tp.map_err(anyhow::Error::msg)
+    });
+
+    let mut udp = Chain::new(hooks, "udp_send");
+    udp.try_hook("kprobe", "udp_sendmsg,udpv6_sendmsg", || {
+        try_kprobe(
+            ebpf,
+            "netmon_udp_sendmsg",
+            &["udp_sendmsg", "udpv6_sendmsg"],
+        )
+    });
+    udp.try_hook("raw_tracepoint", "sock_send_length", || {
+        if !sk_protocol_known {
+            anyhow::bail!("BTF does not give struct sock's sk_protocol offset");
         }
-        Err(e) => {
-            let why = format!("{e:#}");
-            hooks.push(Hook {
-                purpose: "tcp_connect".into(),
-                kind: "kprobe".into(),
-                target: "tcp_connect".into(),
-                active: false,
-                note: why.clone(),
-            });
-            hooks.push(Hook {
-                purpose: "tcp_connect".into(),
-                kind: "tracepoint".into(),
-                target: "sock:inet_sock_set_state".into(),
-                active: state_ok,
-                note: format!("fallback: kprobe unavailable ({why})"),
-            });
+        try_raw_tracepoint(ebpf, "netmon_sock_send_raw", "sock_send_length")
+    });
+    udp.try_hook("tracepoint", "sock:sock_send_length", || {
+        try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length")
+    });
+    Ok(())
+}
+
+/// One purpose's hooks in order of preference: each is tried until one attaches, and every
+/// one tried is listed, those that failed inactive with their error and the one that attached
+/// with the ones it stands in for.
+struct Chain<'h> {
+    hooks: &'h mut Vec<Hook>,
+    purpose: &'static str,
+    /// "kprobe unavailable (why)" per hook that failed.
+    failed: Vec<String>,
+    attached: bool,
+}
+
+impl<'h> Chain<'h> {
+    fn new(hooks: &'h mut Vec<Hook>, purpose: &'static str) -> Self {
+        Self {
+            hooks,
+            purpose,
+            failed: Vec::new(),
+            attached: false,
         }
     }
 
-    match try_kprobe(
-        ebpf,
-        "netmon_udp_sendmsg",
-        &["udp_sendmsg", "udpv6_sendmsg"],
-    ) {
-        Ok(()) => hooks.push(Hook {
-            purpose: "udp_send".into(),
-            kind: "kprobe".into(),
-            target: "udp_sendmsg,udpv6_sendmsg".into(),
-            active: true,
-            note: String::new(),
-        }),
-        Err(e) => {
-            let why = format!("{e:#}");
-            hooks.push(Hook {
-                purpose: "udp_send".into(),
-                kind: "kprobe".into(),
-                target: "udp_sendmsg,udpv6_sendmsg".into(),
-                active: false,
-                note: why.clone(),
-            });
-            let raw = if sk_protocol_known {
-                try_raw_tracepoint(ebpf, "netmon_sock_send_raw", "sock_send_length")
-            } else {
-                Err(anyhow::anyhow!(
-                    "BTF does not give struct sock's sk_protocol offset"
-                ))
-            };
-            match raw {
-                Ok(()) => hooks.push(Hook {
-                    purpose: "udp_send".into(),
-                    kind: "raw_tracepoint".into(),
-                    target: "sock_send_length".into(),
-                    active: true,
-                    note: format!("fallback: kprobe unavailable ({why})"),
-                }),
-                Err(raw_err) => {
-                    let raw_why = format!("{raw_err:#}");
-                    hooks.push(Hook {
-                        purpose: "udp_send".into(),
-                        kind: "raw_tracepoint".into(),
-                        target: "sock_send_length".into(),
-                        active: false,
-                        note: raw_why.clone(),
-                    });
-                    let tp = try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length");
-                    hooks.push(Hook {
-                        purpose: "udp_send".into(),
-                        kind: "tracepoint".into(),
-                        target: "sock:sock_send_length".into(),
-                        active: tp.is_ok(),
-                        note: match tp {
-                            Ok(()) => format!(
-                                "fallback: kprobe unavailable ({why}), raw tracepoint unavailable ({raw_why})"
-                            ),
-                            Err(e) => format!("{e:#}"),
-                        },
-                    });
+    fn try_hook(&mut self, kind: &str, target: &str, attach: impl FnOnce() -> Result<()>) {
+        if self.attached {
+            return;
+        }
+        let note = match attach() {
+            Ok(()) => {
+                self.attached = true;
+                if self.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!("fallback: {}", self.failed.join(", "))
                 }
             }
-        }
+            Err(e) => {
+                let why = format!("{e:#}");
+                self.failed
+                    .push(format!("{} unavailable ({why})", kind.replace('_', " ")));
+                why
+            }
+        };
+        self.hooks.push(Hook {
+            purpose: self.purpose.into(),
+            kind: kind.into(),
+            target: target.into(),
+            active: self.attached,
+            note,
+        });
     }
-    Ok(())
 }
 
 /// Loads the egress programs: `netmon_tc_egress`, and `netmon_tc_pulled` in slot 0 of

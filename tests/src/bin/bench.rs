@@ -484,6 +484,11 @@ fn packets() -> String {
     eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");
     let mut rows = Vec::new();
     let mut empty_ns = Vec::new();
+    // NETMON_BENCH_PACKETS="IPv4 XDP 1000,IPv6 TC 100000": only these configurations (a
+    // developer's quick comparison; BENCHMARKS.md is always written from all of them).
+    let only: Option<Vec<String>> = std::env::var("NETMON_BENCH_PACKETS")
+        .ok()
+        .map(|v| v.split(',').map(|c| c.trim().to_string()).collect());
     for &(v6, family) in &[(false, "IPv4"), (true, "IPv6")] {
         for &(ingress, hook, prog, empty, parse_prog, pass_ret) in &[
             (
@@ -504,6 +509,10 @@ fn packets() -> String {
             ),
         ] {
             for &prefill in &[1_000u32, 100_000, 1_000_000] {
+                let config = format!("{family} {hook} {prefill}");
+                if only.as_ref().is_some_and(|o| !o.contains(&config)) {
+                    continue;
+                }
                 eprintln!("  {family} {hook}, {prefill} flows");
                 let capacity = DEFAULT_FLOWS.max(prefill);
                 let rig = Rig::new(capacity);
