@@ -266,6 +266,10 @@ pub mod dropcfg {
     /// entry: only then do the programs skip the lookups for a /16 with no bit set.
     /// 0: no complete filter, always look.
     pub const BAN4_FILTER: u32 = 2;
+    /// The same for the IPv4 /24 filter (`NETMON_BAN4_L24`), which the programs consult
+    /// where the /16 filter says "look". 0 (as in maps pinned by a version without it): no
+    /// complete /24 filter, go by the /16 filter alone.
+    pub const BAN4_L24_FILTER: u32 = 3;
     pub const COUNT: u32 = 4;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
@@ -277,6 +281,18 @@ pub mod dropcfg {
         (
             (generation as u32).wrapping_sub(1) * L16_WORDS + (sixteen >> 6),
             sixteen & 63,
+        )
+    }
+
+    /// Words of `NETMON_BAN4_L24` per generation: one bit per IPv4 /24.
+    pub const L24_WORDS: u32 = 1 << 18;
+
+    /// Index into `NETMON_BAN4_L24` of the word holding `a`'s /24, and the bit in it.
+    pub const fn l24_slot(generation: u8, a: [u8; 4]) -> (u32, u32) {
+        let t24 = (a[0] as u32) << 16 | (a[1] as u32) << 8 | a[2] as u32;
+        (
+            (generation as u32).wrapping_sub(1) * L24_WORDS + (t24 >> 6),
+            t24 & 63,
         )
     }
 

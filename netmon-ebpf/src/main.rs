@@ -24,7 +24,10 @@ mod parse;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{
+        BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        xdp_action,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -130,6 +133,12 @@ static NETMON_BANPFX6: LpmTrie<BanPrefix6, BanValue> = LpmTrie::pinned(262_144, 
 /// cleared), so the filter never hides an entry.
 #[map]
 static NETMON_BAN4_L16: Array<u64> = Array::pinned(2 * dropcfg::L16_WORDS, 0);
+/// The same at /24 (`dropcfg::l24_slot`; 2 MiB per generation), consulted where the /16 bit
+/// is set: with a large list most /16s hold an entry, most /24s do not. One cold word
+/// instead of the allow trie, the exact-match bucket and the prefix trie walk. Mappable:
+/// userspace sets its bits with stores rather than a syscall per word.
+#[map]
+static NETMON_BAN4_L24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F_MMAPABLE);
 /// Allow list: checked first, wins over every ban. Value: unused.
 #[map]
 static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
@@ -588,15 +597,25 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
 }
 
 /// Whether an IPv4 ban entry (exact or prefix) of `generation` may cover `a`: false only
-/// when that generation's /16 filter is complete and `a`'s /16 bit is clear.
+/// when that generation's /16 filter is complete and `a`'s /16 bit is clear, or its /24
+/// filter is complete and `a`'s /24 bit is clear.
 #[inline(always)]
 fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
-    let complete = dropcfg(dropcfg::BAN4_FILTER);
-    if complete == 0 || complete != u64::from(generation) {
+    let generation_u64 = u64::from(generation);
+    if generation_u64 == 0 || dropcfg(dropcfg::BAN4_FILTER) != generation_u64 {
         return true;
     }
     let (word, bit) = dropcfg::l16_slot(generation, a);
     match NETMON_BAN4_L16.get(word) {
+        Some(w) if (*w >> bit) & 1 == 0 => return false,
+        Some(_) => {}
+        None => return true,
+    }
+    if dropcfg(dropcfg::BAN4_L24_FILTER) != generation_u64 {
+        return true;
+    }
+    let (word, bit) = dropcfg::l24_slot(generation, a);
+    match NETMON_BAN4_L24.get(word) {
         Some(w) => (*w >> bit) & 1 != 0,
         None => true,
     }

@@ -723,15 +723,16 @@ fn drop_decisions_follow_the_list_in_force() {
     assert_eq!(drops, 7, "every drop counted per interface and kind");
 }
 
-/// The IPv4 /16 filter in front of the drop list: once a full write (`sync`) has set the bits
-/// of every IPv4 entry, packets from a /16 without entries skip the lookups, and the answer
-/// is the lookups' own in every case: a /24 drops its addresses and not its neighbours in the
-/// same /16, a /10 (shorter than /16: 64 bits) drops up to its last /16 and not past it, a
-/// prefix added afterwards drops at once (its bit is set before the entry), a removed one
-/// stops dropping; with the filter switched off the decisions are the same.
+/// The IPv4 /16 and /24 filters in front of the drop list: once a full write (`sync`) has set
+/// the bits of every IPv4 entry, packets from a /16 or a /24 without entries skip the
+/// lookups, and the answer is the lookups' own in every case: a /24 drops its addresses and
+/// not its neighbours in the same /16, a /10 (shorter than both: 64 /16 bits, 16,384 /24
+/// bits) drops up to its last address and not past it, a prefix added afterwards drops at
+/// once (its bits are set before the entry), a removed one stops dropping; with the /24
+/// filter off, and with both off, the decisions are the same.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
-fn the_slash16_filter_never_changes_a_decision() {
+fn the_prefix_filters_never_change_a_decision() {
     use netmon::act::{
         droplist::DropMaps,
         state::{BanEntry, Kind, State},
@@ -764,11 +765,42 @@ fn the_slash16_filter_never_changes_a_decision() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(),
-        2,
-        "the filter of generation 2 is complete and in force"
-    );
+    for (at, what) in [
+        (netmon_common::dropcfg::BAN4_FILTER, "/16"),
+        (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
+    ] {
+        assert_eq!(
+            cfg.get(&at, 0).unwrap(),
+            2,
+            "the {what} filter of generation 2 is complete and in force"
+        );
+    }
+    // The /24 bits as written: the banned /24 and every /24 of the /10, not their neighbours.
+    let l24: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+        aya::maps::Map::from_map_data(
+            aya::maps::MapData::from_pin(p._pins.0.join("NETMON_BAN4_L24")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let l24_bit = |a: [u8; 4]| {
+        let (w, bit) = netmon_common::dropcfg::l24_slot(2, a);
+        (l24.get(&w, 0).unwrap() >> bit) & 1 == 1
+    };
+    for (a, set) in [
+        ([203, 0, 113, 0], true),
+        ([203, 0, 114, 0], false),
+        ([203, 0, 112, 0], false),
+        ([100, 64, 0, 0], true),
+        ([100, 100, 7, 0], true),
+        ([100, 127, 255, 0], true),
+        ([100, 128, 0, 0], false),
+        ([100, 63, 255, 0], false),
+        ([198, 18, 0, 0], true),
+        ([198, 18, 1, 0], false),
+    ] {
+        assert_eq!(l24_bit(a), set, "/24 bit of {a:?}");
+    }
     let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
     let cases: [([u8; 4], u32); 8] = [
         ([203, 0, 113, 50], XDP_DROP),
@@ -785,7 +817,7 @@ fn the_slash16_filter_never_changes_a_decision() {
             assert_eq!(p.run(DIR_INGRESS, &from4(src)), want, "{what}: {src:?}");
         }
     };
-    check(&p, "filter on");
+    check(&p, "filters on");
     maps.write_ban(2, 1, &ban("192.0.2.0/25")).unwrap();
     assert_eq!(
         p.run(DIR_INGRESS, &from4([192, 0, 2, 1])),
@@ -800,9 +832,24 @@ fn the_slash16_filter_never_changes_a_decision() {
         XDP_PASS,
         "removed"
     );
-    maps.disable_l16_filter().unwrap();
+    maps.disable_l24_filter().unwrap();
+    assert_eq!(
+        cfg.get(&netmon_common::dropcfg::BAN4_L24_FILTER, 0)
+            .unwrap(),
+        0
+    );
+    check(&p, "/16 filter only");
+    maps.disable_filters().unwrap();
     assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
-    check(&p, "filter off");
+    check(&p, "filters off");
+    // A full write turns both back on, with the same decisions.
+    maps.sync(&state).unwrap();
+    assert_eq!(
+        cfg.get(&netmon_common::dropcfg::BAN4_L24_FILTER, 0)
+            .unwrap(),
+        2
+    );
+    check(&p, "filters on again");
 }
 
 /// Per-source rate limits in the kernel (GCRA): with 1 packet/s and a burst of 5, a burst of

@@ -2,7 +2,13 @@
 //! operations that keep them equal to the state file, including the generation flip that
 //! replaces an imported set atomically.
 
-use std::{collections::HashSet, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::HashSet,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use crate::drain::monotonic_ns;
 
@@ -21,7 +27,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "NETMON_BAN4",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
@@ -34,6 +40,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     "NETMON_RATE4",
     "NETMON_RATE6",
     "NETMON_BAN4_L16",
+    "NETMON_BAN4_L24",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -164,10 +171,173 @@ pub struct DropMaps {
     drop_slots: MapData,
     rate4: HashMap<MapData, [u8; 4], RateValue>,
     rate6: HashMap<MapData, [u8; 16], RateValue>,
-    /// The IPv4 /16 filter in front of the prefix trie (see NETMON_BAN4_L16).
-    l16: Array<MapData, u64>,
+    /// The IPv4 /16 and /24 filters in front of the lookups (NETMON_BAN4_L16, _L24).
+    filters: [BitFilter; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
+}
+
+/// A bitmap over the IPv4 prefixes of one length (/16 or /24), one per generation: a bit is
+/// set before any IPv4 ban entry of that generation that overlaps the prefix is inserted and
+/// stays until the generation is cleared, so a clear bit proves there is no entry there once
+/// the filter is declared complete (`complete_at` in NETMON_DROPCFG holds that generation).
+struct BitFilter {
+    words: FilterWords,
+    /// The prefix length each bit stands for: 16 or 24.
+    bits: u8,
+    /// The NETMON_DROPCFG slot naming the generation whose filter is complete.
+    complete_at: u32,
+    /// `dropcfg::l16_slot` or `l24_slot`: an address's word and bit.
+    slot: SlotFn,
+}
+
+/// A generation and an address -> the filter word and bit the programs read for it.
+type SlotFn = fn(u8, [u8; 4]) -> (u32, u32);
+
+/// How a filter's words are reached.
+enum FilterWords {
+    /// The /16 filter (1,024 words per generation): a lookup and an update per word. Its map
+    /// predates mappable maps, and one pinned by an older version stays in use until reboot.
+    Syscalls(Array<MapData, u64>),
+    /// The /24 filter, a BPF_F_MMAPABLE array: its words are stores into its pages, mapped for
+    /// the length of one write (an import touches most of its 2 MiB, which mapped for good
+    /// would count in the daemon's RSS).
+    /// The MapData itself, not a copy of its fd: programs loaded after the maps were taken
+    /// out of the object refer to the map by this fd.
+    Mapped(MapData),
+}
+
+impl BitFilter {
+    fn new(map: Map, bits: u8) -> Result<Self> {
+        let Map::Array(map) = map else {
+            anyhow::bail!("the IPv4 /{bits} filter map is not an array");
+        };
+        let (complete_at, slot): (u32, SlotFn) = match bits {
+            16 => (dropcfg::BAN4_FILTER, dropcfg::l16_slot),
+            _ => (dropcfg::BAN4_L24_FILTER, dropcfg::l24_slot),
+        };
+        let slots = map.info()?.max_entries();
+        let words = if bits == 16 {
+            FilterWords::Syscalls(Array::try_from(Map::Array(map))?)
+        } else {
+            FilterWords::Mapped(map)
+        };
+        let f = Self {
+            words,
+            bits,
+            complete_at,
+            slot,
+        };
+        if slots != 2 * f.words() {
+            anyhow::bail!(
+                "the IPv4 /{bits} filter map has {slots} slots, {} expected (pinned by another \
+                 version of netmon? remove it and start the daemon again)",
+                2 * f.words()
+            );
+        }
+        Ok(f)
+    }
+
+    /// Words per generation.
+    fn words(&self) -> u32 {
+        1 << (self.bits - 6)
+    }
+
+    fn base(&self, generation: u8) -> u32 {
+        u32::from(generation)
+            .wrapping_sub(1)
+            .wrapping_mul(self.words())
+    }
+
+    /// Runs `f` on `generation`'s words: the map's own, or (`Syscalls`) a copy written back
+    /// word by word where `f` changed it, before this returns.
+    fn with_words<T>(&mut self, generation: u8, f: impl FnOnce(&[AtomicU64]) -> T) -> Result<T> {
+        let (base, n) = (self.base(generation), self.words());
+        let fd = match &mut self.words {
+            FilterWords::Syscalls(map) => {
+                let old: Vec<u64> = (base..base + n)
+                    .map(|i| map.get(&i, 0).unwrap_or(0))
+                    .collect();
+                let words: Vec<AtomicU64> = old.iter().map(|&w| AtomicU64::new(w)).collect();
+                let out = f(&words);
+                for ((i, w), o) in (base..).zip(&words).zip(old) {
+                    let w = w.load(Ordering::Relaxed);
+                    if w != o {
+                        map.set(i, w, 0)
+                            .with_context(|| format!("updating the IPv4 /{} filter", self.bits))?;
+                    }
+                }
+                return Ok(out);
+            }
+            FilterWords::Mapped(map) => map.fd().as_fd().as_raw_fd(),
+        };
+        let total = 2 * n as usize;
+        let len = total * size_of::<u64>();
+        // SAFETY: a shared mapping of the map's value area (the map is BPF_F_MMAPABLE, its
+        // size checked in `new`); unmapped below before anything else can see it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "mapping the IPv4 /{} filter (a map pinned by another version of netmon? \
+                     remove it and start the daemon again)",
+                    self.bits
+                )
+            });
+        }
+        // SAFETY: `len` bytes at `p`, page aligned, shared with the kernel programs, which
+        // only read them: atomics for every access.
+        let all = unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), total) };
+        let out = f(&all[base as usize..(base + n) as usize]);
+        // SAFETY: the mapping made above; `all` is not used past here.
+        unsafe { libc::munmap(p, len) };
+        Ok(out)
+    }
+
+    /// Sets the bits of `generation` that the IPv4 entries of `bans` overlap (one prefix of
+    /// this length each, or every one inside a shorter prefix).
+    fn cover(&mut self, generation: u8, bans: &[&BanEntry]) -> Result<()> {
+        if generation != 1 && generation != 2 {
+            return Ok(());
+        }
+        let bits = u32::from(self.bits);
+        let (base, slot) = (self.base(generation), self.slot);
+        self.with_words(generation, |words| {
+            for b in bans.iter().filter(|b| b.net.is_v4()) {
+                let o = b.net.octets();
+                let first = u32::from_be_bytes([o[0], o[1], o[2], o[3]]) >> (32 - bits);
+                let count = 1u32 << bits.saturating_sub(u32::from(b.net.prefix()));
+                for p in first..first + count {
+                    // The programs' own slot function: both sides agree by construction.
+                    let (w, bit) = slot(generation, (p << (32 - bits)).to_be_bytes());
+                    // Before the entry is written (by a later syscall): SeqCst.
+                    words[(w - base) as usize].fetch_or(1 << bit, Ordering::SeqCst);
+                }
+            }
+        })
+    }
+
+    fn clear(&mut self, generation: u8) -> Result<()> {
+        if generation != 1 && generation != 2 {
+            return Ok(());
+        }
+        self.with_words(generation, |words| {
+            for w in words {
+                if w.load(Ordering::Relaxed) != 0 {
+                    w.store(0, Ordering::SeqCst);
+                }
+            }
+        })
+    }
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
@@ -227,7 +397,10 @@ impl DropMaps {
             },
             rate4: HashMap::try_from(take("NETMON_RATE4"))?,
             rate6: HashMap::try_from(take("NETMON_RATE6"))?,
-            l16: Array::try_from(take("NETMON_BAN4_L16"))?,
+            filters: [
+                BitFilter::new(take("NETMON_BAN4_L16"), 16)?,
+                BitFilter::new(take("NETMON_BAN4_L24"), 24)?,
+            ],
             capacity,
         })
     }
@@ -286,7 +459,7 @@ impl DropMaps {
     pub fn write_ban(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
         if b.net.is_v4() {
             // Before the entry: the filter must never say "no ban here" for it.
-            self.l16_cover_all(generation, std::iter::once(b))?;
+            self.cover(generation, &[b])?;
         }
         self.write_ban_entry(generation, &[generation, carry_from], b)
     }
@@ -315,75 +488,55 @@ impl DropMaps {
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))
     }
 
-    /// Sets the /16 filter bits of `generation` that the IPv4 entries of `bans` overlap (one
-    /// /16 each, or every /16 of a prefix shorter than /16): one read and at most one write
-    /// per word touched, however many entries (a 100,000-entry import).
-    fn l16_cover_all<'a>(
-        &mut self,
-        generation: u8,
-        bans: impl Iterator<Item = &'a BanEntry>,
-    ) -> Result<()> {
-        let base = u32::from(generation).wrapping_sub(1) * dropcfg::L16_WORDS;
-        let mut words = vec![0u64; dropcfg::L16_WORDS as usize];
-        for b in bans.filter(|b| b.net.is_v4()) {
-            let o = b.net.octets();
-            let first = u32::from(o[0]) << 8 | u32::from(o[1]);
-            let count = 1u32 << 16u32.saturating_sub(u32::from(b.net.prefix()));
-            for sixteen in first..first + count {
-                let (w, bit) =
-                    dropcfg::l16_slot(generation, [(sixteen >> 8) as u8, sixteen as u8, 0, 0]);
-                words[(w - base) as usize] |= 1 << bit;
-            }
-        }
-        for (i, bits) in words.into_iter().enumerate() {
-            if bits != 0 {
-                self.l16_or(base + i as u32, bits)?;
-            }
+    /// Sets the filter bits of `generation` that the IPv4 entries of `bans` overlap.
+    fn cover(&mut self, generation: u8, bans: &[&BanEntry]) -> Result<()> {
+        for f in &mut self.filters {
+            f.cover(generation, bans)?;
         }
         Ok(())
     }
 
-    fn l16_or(&mut self, word: u32, bits: u64) -> Result<()> {
-        let old = self.l16.get(&word, 0).unwrap_or(0);
-        if old | bits != old {
-            self.l16
-                .set(word, old | bits, 0)
-                .context("updating the IPv4 /16 filter (NETMON_BAN4_L16)")?;
-        }
-        Ok(())
-    }
-
-    /// Declares `generation`'s /16 filter complete (every IPv4 ban entry of it has its bits
+    /// Declares `generation`'s filters complete (every IPv4 ban entry of it has its bits
     /// set), so the programs may skip the lookups where a bit is clear.
-    fn l16_complete(&mut self, generation: u8) -> Result<()> {
-        self.cfg
-            .set(dropcfg::BAN4_FILTER, u64::from(generation), 0)
-            .context("enabling the IPv4 /16 filter")
-    }
-
-    /// Makes the programs look every IPv4 address up, as when the /16 filter is incomplete
-    /// (benchmarks measure the lookups this way); the next full write (`sync`, `swap`) turns
-    /// it back on.
-    pub fn disable_l16_filter(&mut self) -> Result<()> {
-        self.cfg
-            .set(dropcfg::BAN4_FILTER, 0, 0)
-            .context("disabling the IPv4 /16 filter")
-    }
-
-    /// Clears `generation`'s /16 filter (after it stops counting as complete).
-    fn l16_clear(&mut self, generation: u8) -> Result<()> {
-        if self.cfg.get(&dropcfg::BAN4_FILTER, 0).unwrap_or(0) == u64::from(generation) {
+    fn filters_complete(&mut self, generation: u8) -> Result<()> {
+        for f in &self.filters {
             self.cfg
-                .set(dropcfg::BAN4_FILTER, 0, 0)
-                .context("disabling the IPv4 /16 filter")?;
+                .set(f.complete_at, u64::from(generation), 0)
+                .with_context(|| format!("enabling the IPv4 /{} filter", f.bits))?;
         }
-        let base = u32::from(generation).wrapping_sub(1) * dropcfg::L16_WORDS;
-        for w in base..base + dropcfg::L16_WORDS {
-            if self.l16.get(&w, 0).unwrap_or(0) != 0 {
-                self.l16
-                    .set(w, 0, 0)
-                    .context("clearing the IPv4 /16 filter (NETMON_BAN4_L16)")?;
+        Ok(())
+    }
+
+    /// Makes the programs look every IPv4 address up, as when the filters are incomplete
+    /// (benchmarks measure the lookups this way); the next full write (`sync`, `swap`) turns
+    /// them back on.
+    pub fn disable_filters(&mut self) -> Result<()> {
+        for f in &self.filters {
+            self.cfg
+                .set(f.complete_at, 0, 0)
+                .with_context(|| format!("disabling the IPv4 /{} filter", f.bits))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the programs go by the /16 filter alone, as a version without the /24 filter
+    /// did (benchmarks measure the /24 filter's share this way); the next full write turns it
+    /// back on.
+    pub fn disable_l24_filter(&mut self) -> Result<()> {
+        self.cfg
+            .set(dropcfg::BAN4_L24_FILTER, 0, 0)
+            .context("disabling the IPv4 /24 filter")
+    }
+
+    /// Clears `generation`'s filters (after they stop counting as complete).
+    fn filters_clear(&mut self, generation: u8) -> Result<()> {
+        for f in &mut self.filters {
+            if self.cfg.get(&f.complete_at, 0).unwrap_or(0) == u64::from(generation) {
+                self.cfg
+                    .set(f.complete_at, 0, 0)
+                    .with_context(|| format!("disabling the IPv4 /{} filter", f.bits))?;
             }
+            f.clear(generation)?;
         }
         Ok(())
     }
@@ -509,13 +662,13 @@ impl DropMaps {
         self.remove_generation(generation, &nets)
     }
 
-    /// Removes `nets` from `generation`, and the generation's /16 filter with them.
+    /// Removes `nets` from `generation`, and the generation's filters with them.
     fn remove_generation(&mut self, generation: u8, nets: &HashSet<Net>) -> Result<()> {
         for n in nets {
             self.remove_ban(generation, n)?;
         }
         if generation == 1 || generation == 2 {
-            self.l16_clear(generation)?;
+            self.filters_clear(generation)?;
         }
         Ok(())
     }
@@ -591,7 +744,7 @@ impl DropMaps {
             held.remove(&generation).unwrap_or_default(),
             held.remove(&other).unwrap_or_default(),
         );
-        self.l16_cover_all(generation, live.iter().copied())?;
+        self.cover(generation, &live)?;
         for b in &live {
             // Hit counters: from the entry in force, else from one left in the other
             // generation (an interrupted import).
@@ -604,7 +757,7 @@ impl DropMaps {
         }
         // Every wanted IPv4 entry has its bits now; entries about to be removed may lack
         // them, which only lets packets skip them early.
-        self.l16_complete(generation)?;
+        self.filters_complete(generation)?;
         for a in &state.allows {
             self.write_allow(&a.net)?;
         }
@@ -656,8 +809,8 @@ impl DropMaps {
             };
             self.write_ban_entry(to, carry, b)?;
         }
-        self.l16_cover_all(to, live.iter().copied())?;
-        self.l16_complete(to)?;
+        self.cover(to, &live)?;
+        self.filters_complete(to)?;
         self.set_flags(flags_for(old, now) | flags_for(new, now))?;
         self.set_generation(to)?;
         new.generation = to;
