@@ -201,9 +201,8 @@ enum FilterWords {
     Syscalls(Array<MapData, u64>),
     /// The /24 filter, a BPF_F_MMAPABLE array: its words are stores into its pages, mapped for
     /// the length of one write (an import touches most of its 2 MiB, which mapped for good
-    /// would count in the daemon's RSS).
-    /// The MapData itself, not a copy of its fd: programs loaded after the maps were taken
-    /// out of the object refer to the map by this fd.
+    /// would count in the daemon's RSS). Held as the MapData itself, not a copy of its fd:
+    /// programs loaded after the maps were taken out of the object refer to the map by it.
     Mapped(MapData),
 }
 

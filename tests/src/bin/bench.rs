@@ -196,22 +196,26 @@ empty.\n\n\
   established-socket hash (262,144 buckets on this machine) however few sockets there are: \
   now done when the connection table is asked for, not on every drain; what is left of an \
   idle drain is reading the interface and counter maps and updating the metrics.\n\
-- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): met in this run and in \
-  the earlier runs on this machine (89-141 ms), missed by a few ms in one (157-159 ms): the \
-  host is shared and its speed drifts (in that run everything was ~1.5x slower: the \
+- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): the runs on this \
+  machine have given 89 to 168 ms, met in most and missed by up to ~20 ms in the others. \
+  The host is shared and its speed drifts (in a slow run everything is slower: the \
   no-monitor UDP rate, the 100,000-prefix import, the connection-table request), and most \
   of the figure is the full scan of every 60th drain (its wall time is the drain max). \
   Margin would come from not rescanning the whole map to notice LRU evictions.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
-  of no program; 10x less than bandwhich): both met in this run; the UDP ratio was 84% in \
-  the run before the raw tracepoint (above). On this 2-CPU machine the veth pair is \
+  of no program; 10x less than bandwhich): met in some runs and missed in others on this \
+  shared host. The two runs of 2026-12-01 gave 101.7% and 78.8% of none for 64-byte UDP, \
+  and 10.9x and 9.5x less CPU per GB than bandwhich for TCP (in the second, TCP with \
+  nothing attached came out slower than with netmon: 15.1 against 17.9 Gbit/s, which \
+  shows how much the host's load moved during it). The code between the two runs changes \
+  nothing that a packet does while the drop list is empty. Five back-to-back none/netmon \
+  pairs outside the bench gave 0.76 to 0.96 of none, so a single run's ratio near 95% \
+  says little either way. On this 2-CPU machine the veth pair is \
   CPU-bound: every nanosecond the programs add per packet (section 1) is taken from the \
   sender and receiver, so 64-byte datagrams show it and 128 KiB TCP writes (GSO: few, large \
   packets) barely do. netmon's CPU per GB is almost all kernel program run time: the egress \
   program on every packet and, on this kernel without kprobes, the UDP-sender hook on every \
-  sendmsg, so it falls with the per-packet costs. The spread run to run is wide on this \
-  shared host (five back-to-back none/netmon pairs outside the bench, with the tracepoint: \
-  0.76 to 0.96 of none), so a single run's ratio near 95% says little either way. What \
+  sendmsg, so it falls with the per-packet costs. What \
   remains per datagram is the egress program (~240-300 ns by bpf_stats, which adds its own \
   clock reads) and the sendmsg hook (~100 ns); of the egress program's ~100 ns with a \
   cache-hot packet the flow lookup and update are ~40 ns, so the next step is the rest of \
