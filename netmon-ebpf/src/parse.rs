@@ -157,8 +157,8 @@ pub fn parse(p: &Packet, out: &mut Parsed) -> Result<(), u32> {
 }
 
 /// Parses up to and including the network layer (addresses, IPv6 extension headers).
-/// `Ok(None)`: no transport header to
-/// read (fragment, truncated chain), already noted in `out`.
+/// `Ok(None)`: no transport header to read (fragment, truncated chain), already noted in
+/// `out`.
 #[inline(always)]
 fn parse_l3(p: &Packet, out: &mut Parsed) -> Result<Option<L4At>, u32> {
     let mut ethertype = u16::from_be(p.load::<u16>(12).ok_or(counter::TRUNCATED_L3)?);
