@@ -197,18 +197,23 @@ empty.\n\n\
   now done when the connection table is asked for, not on every drain; what is left of an \
   idle drain is reading the interface and counter maps and updating the metrics.\n\
 - **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): the runs on this \
-  machine have given 89 to 168 ms, met in most and missed by up to ~20 ms in the others. \
+  machine have given 89 to 189 ms, met in most and missed by up to ~40 ms in the others \
+  (the three runs of 2026-12-01: 139-141, 163-169 and 172-189 ms; the daemon's drain code \
+  is the same in all three). \
   The host is shared and its speed drifts (in a slow run everything is slower: the \
   no-monitor UDP rate, the 100,000-prefix import, the connection-table request), and most \
   of the figure is the full scan of every 60th drain (its wall time is the drain max). \
   Margin would come from not rescanning the whole map to notice LRU evictions.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
   of no program; 10x less than bandwhich): met in some runs and missed in others on this \
-  shared host. The two runs of 2026-12-01 gave 101.7% and 78.8% of none for 64-byte UDP, \
-  and 10.9x and 9.5x less CPU per GB than bandwhich for TCP (in the second, TCP with \
-  nothing attached came out slower than with netmon: 15.1 against 17.9 Gbit/s, which \
-  shows how much the host's load moved during it). The code between the two runs changes \
-  nothing that a packet does while the drop list is empty. Five back-to-back none/netmon \
+  shared host. The three runs of 2026-12-01 gave 101.7%, 78.8% and 82.1% of none for \
+  64-byte UDP, 95.8%, 118.3% and 89.0% for TCP, and 10.9x, 9.5x and 11.0x less CPU per GB \
+  than bandwhich for TCP (in the second, TCP with nothing attached came out slower than \
+  with netmon: 15.1 against 17.9 Gbit/s, which shows how much the host's load moved during \
+  it). Between the first run and the others a packet does the same work while the drop \
+  list is empty; only the order changed (the transport header is now parsed before the \
+  drop-list check), and three alternating per-packet runs of both orders showed no \
+  difference within this host's noise. Five back-to-back none/netmon \
   pairs outside the bench gave 0.76 to 0.96 of none, so a single run's ratio near 95% \
   says little either way. On this 2-CPU machine the veth pair is \
   CPU-bound: every nanosecond the programs add per packet (section 1) is taken from the \
