@@ -758,13 +758,17 @@ fn the_prefix_filters_never_change_a_decision() {
         ..State::default()
     };
     maps.sync(&state).unwrap();
-    let cfg: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
-        aya::maps::Map::from_map_data(
-            aya::maps::MapData::from_pin(p._pins.0.join("NETMON_DROPCFG")).unwrap(),
+    // The pinned arrays as the CLI sees them, beside the programs' own handles.
+    let pinned_array = |name: &str| -> aya::maps::Array<_, u64> {
+        aya::maps::Array::try_from(
+            aya::maps::Map::from_map_data(
+                aya::maps::MapData::from_pin(p._pins.0.join(name)).unwrap(),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .unwrap();
+        .unwrap()
+    };
+    let cfg = pinned_array("NETMON_DROPCFG");
     for (at, what) in [
         (netmon_common::dropcfg::BAN4_FILTER, "/16"),
         (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
@@ -776,13 +780,7 @@ fn the_prefix_filters_never_change_a_decision() {
         );
     }
     // The /24 bits as written: the banned /24 and every /24 of the /10, not their neighbours.
-    let l24: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
-        aya::maps::Map::from_map_data(
-            aya::maps::MapData::from_pin(p._pins.0.join("NETMON_BAN4_L24")).unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let l24 = pinned_array("NETMON_BAN4_L24");
     let l24_bit = |a: [u8; 4]| {
         let (w, bit) = netmon_common::dropcfg::l24_slot(2, a);
         (l24.get(&w, 0).unwrap() >> bit) & 1 == 1
