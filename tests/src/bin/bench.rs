@@ -745,13 +745,16 @@ fn packets() -> String {
     md + "\n"
 }
 
+/// Whether `generated_prefixes` may draw an IPv4 prefix at `a`: unicast, outside 0/8, 10/8
+/// (the benchmark's own flows), 127/8 and 192.0.2/24 (its local address).
+fn drawn4(a: u32) -> bool {
+    let top = a >> 24;
+    top != 0 && top != 10 && top != 127 && top < 224 && a >> 8 != 0xc0_00_02
+}
+
 /// The share (%) of the IPv4 /16s and of the /24s that `generated_prefixes` draws from
 /// (unicast, outside 0/8, 10/8, 127/8 and 192.0.2/24) which hold one of `state`'s bans.
 fn covered_share(state: &State) -> (f64, f64) {
-    let drawn = |a: u32| {
-        let top = a >> 24;
-        top != 0 && top != 10 && top != 127 && top < 224 && a >> 8 != 0xc0_00_02
-    };
     let mut s16 = vec![false; 1 << 16];
     let mut s24 = vec![false; 1 << 24];
     for b in &state.bans {
@@ -768,7 +771,7 @@ fn covered_share(state: &State) -> (f64, f64) {
     let share = |set: &[bool], bits: u32| {
         let (mut n, mut hit) = (0u64, 0u64);
         for (p, &s) in set.iter().enumerate() {
-            if drawn((p as u32) << (32 - bits)) {
+            if drawn4((p as u32) << (32 - bits)) {
                 n += 1;
                 hit += u64::from(s);
             }
@@ -814,12 +817,7 @@ fn generated_prefixes(n: usize, v6: bool, seed: u64) -> Vec<String> {
         } else {
             let len = 16 + (x % 17) as u32; // /16../32
             let a = (x >> 32) as u32;
-            if a >> 24 == 10
-                || a >> 8 == 0xc0_00_02
-                || a >> 24 == 0
-                || a >> 24 >= 224
-                || a >> 24 == 127
-            {
+            if !drawn4(a) {
                 continue;
             }
             let net = a & !(u32::MAX.checked_shr(len).unwrap_or(0));
