@@ -11,8 +11,8 @@ use std::{
 };
 
 use netmon_common::{
-    DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, ProcInfo,
-    tcp_flags,
+    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ProcInfo, tcp_flags,
 };
 use serde::Serialize;
 
@@ -59,6 +59,9 @@ pub struct FlowEntry {
     pub first_ns: u64,
     pub last_ns: u64,
     pub tcp_flags: u8,
+    /// For an ingress flow: the table also holds the egress flow of the same tuple, so the
+    /// connection is counted by that one (kept by `Tracker::link_twin`).
+    pub egress_twin: bool,
     /// Bytes/s and packets/s over the last interval.
     pub rate_bps: f64,
     pub rate_pps: f64,
@@ -107,9 +110,21 @@ fn should_try(tries: u32) -> bool {
     tries < EAGER_TRIES || tries.is_multiple_of(RETRY_EVERY)
 }
 
+/// The same tuple in the other direction.
+pub fn twin_key(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        direction: if key.direction == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        },
+        ..*key
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pub flows: HashMap<FlowKey, FlowEntry>,
+    pub flows: HashMap<FlowKey, FlowEntry, foldhash::fast::RandomState>,
     pub procs: BTreeMap<String, ProcTotals>,
     pub ifaces: BTreeMap<u32, IfaceTotals>,
     /// Flows that vanished from the kernel map without the daemon deleting them: LRU
@@ -119,9 +134,11 @@ pub struct Tracker {
     pub expired: u64,
     tick: u64,
     /// Flows with traffic not yet credited to a process: retried every tick, read or not.
-    pending: std::collections::HashSet<FlowKey>,
+    pending: std::collections::HashSet<FlowKey, foldhash::fast::RandomState>,
     /// Flows with non-zero rates since the last tick.
     rated: Vec<FlowKey>,
+    /// Bumped when a flow enters or leaves the table or gets its owner (see `generation`).
+    generation: u64,
 }
 
 /// Byte/packet deltas credited to a process during one tick, for the metrics stage.
@@ -171,11 +188,13 @@ fn settle(
     out: &mut TickOutput,
     interval_s: f64,
     lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
+    generation: &mut u64,
 ) -> bool {
     let attributable = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
     if e.owner.is_none() && attributable {
         if should_try(e.attrib_tries) {
             e.owner = lookup(key).map(Arc::new);
+            *generation += u64::from(e.owner.is_some());
         }
         e.attrib_tries += 1;
     }
@@ -248,23 +267,26 @@ impl Tracker {
         let interval_s = st.interval_s;
         let out = &mut st.out;
         out.seen += 1;
+        let mut new = false;
         {
-            if !self.flows.contains_key(&s.key) {
-                out.new_flows.push((s.key, s.tcp_flags));
-            }
-            let e = self.flows.entry(s.key).or_insert_with(|| FlowEntry {
-                bytes: 0,
-                packets: 0,
-                first_ns: s.first_ns,
-                last_ns: s.last_ns,
-                tcp_flags: 0,
-                rate_bps: 0.0,
-                rate_pps: 0.0,
-                owner: None,
-                pending_bytes: 0,
-                pending_packets: 0,
-                attrib_tries: 0,
-                seen_tick: 0,
+            // One lookup (one hash) for a flow the table holds.
+            let e = self.flows.entry(s.key).or_insert_with(|| {
+                new = true;
+                FlowEntry {
+                    bytes: 0,
+                    packets: 0,
+                    first_ns: s.first_ns,
+                    last_ns: s.last_ns,
+                    tcp_flags: 0,
+                    egress_twin: false,
+                    rate_bps: 0.0,
+                    rate_pps: 0.0,
+                    owner: None,
+                    pending_bytes: 0,
+                    pending_packets: 0,
+                    attrib_tries: 0,
+                    seen_tick: 0,
+                }
             });
             // Counters only grow while the entry lives; smaller means the kernel entry was
             // evicted and re-created since the last drain, so all of it is new.
@@ -296,11 +318,46 @@ impl Tracker {
             if db > 0 || dp > 0 {
                 st.rated.push(s.key);
             }
-            if settle(&s.key, e, &mut self.procs, out, interval_s, &mut lookup) {
+            if settle(
+                &s.key,
+                e,
+                &mut self.procs,
+                out,
+                interval_s,
+                &mut lookup,
+                &mut self.generation,
+            ) {
                 self.pending.insert(s.key);
-            } else {
+            } else if !self.pending.is_empty() {
                 self.pending.remove(&s.key);
             }
+        }
+        if new {
+            self.generation += 1;
+            out.new_flows.push((s.key, s.tcp_flags));
+            self.link_twin(&s.key, true);
+        }
+    }
+
+    /// Changes whenever the set of flows or an owner changed: what a count of connections
+    /// by risk depends on, besides the classifier (`Classifier::generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Keeps `FlowEntry::egress_twin` of `key`'s ingress side true exactly while the table
+    /// holds both directions: called when `key` entered the table (`added`) or left it.
+    fn link_twin(&mut self, key: &FlowKey, added: bool) {
+        let twin = twin_key(key);
+        if key.direction == DIR_EGRESS {
+            if let Some(t) = self.flows.get_mut(&twin) {
+                t.egress_twin = added;
+            }
+        } else if added
+            && self.flows.contains_key(&twin)
+            && let Some(e) = self.flows.get_mut(key)
+        {
+            e.egress_twin = true;
         }
     }
 
@@ -330,7 +387,15 @@ impl Tracker {
                 continue;
             };
             if e.seen_tick != tick
-                && !settle(&k, e, &mut self.procs, &mut out, interval_s, &mut lookup)
+                && !settle(
+                    &k,
+                    e,
+                    &mut self.procs,
+                    &mut out,
+                    interval_s,
+                    &mut lookup,
+                    &mut self.generation,
+                )
             {
                 self.pending.remove(&k);
             }
@@ -356,12 +421,18 @@ impl Tracker {
         for k in &gone {
             self.flows.remove(k);
             self.pending.remove(k);
+            self.link_twin(k, false);
         }
         out.evicted = gone.len() as u64;
+        self.generation += out.evicted + out.expired.len() as u64;
         self.evictions += out.evicted;
         for k in &out.expired {
             self.pending.remove(k);
-            if let Some(e) = self.flows.remove(k)
+            let removed = self.flows.remove(k);
+            if removed.is_some() {
+                self.link_twin(k, false);
+            }
+            if let Some(e) = removed
                 && (e.pending_bytes > 0 || e.pending_packets > 0)
             {
                 let name = e
@@ -954,6 +1025,89 @@ mod tests {
         assert_eq!(out.expired, vec![b]);
         assert!(t.flows.is_empty());
         assert_eq!(t.expired, 1);
+    }
+
+    /// `egress_twin` follows the table whichever direction arrives first and whichever
+    /// leaves first (LRU eviction on a full drain, or idle expiry).
+    #[test]
+    fn ingress_flows_know_whether_their_egress_side_is_held() {
+        let twin = |t: &Tracker, k: &FlowKey| t.flows[k].egress_twin;
+        let mut t = Tracker::default();
+        let (inn, out) = (key(DIR_INGRESS, 1), key(DIR_EGRESS, 1));
+        let other_in = key(DIR_INGRESS, 2);
+        // Ingress first, then its egress side: the ingress entry learns of it.
+        t.apply_flows(
+            &[sample(inn, 10, 1, SEC), sample(other_in, 1, 1, SEC)],
+            SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert!(!twin(&t, &inn));
+        t.apply_flows(
+            &[
+                sample(inn, 10, 1, SEC),
+                sample(out, 10, 1, SEC),
+                sample(other_in, 1, 1, SEC),
+            ],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert!(twin(&t, &inn));
+        assert!(
+            !twin(&t, &other_in),
+            "another tuple's egress side does not count"
+        );
+        // The egress side evicted by the kernel: the flag goes with it.
+        t.apply_flows(
+            &[sample(inn, 10, 1, SEC), sample(other_in, 1, 1, SEC)],
+            3 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert!(!t.flows.contains_key(&out));
+        assert!(!twin(&t, &inn));
+        // Egress first this time (it comes back), ingress already held: flag set again.
+        t.apply_flows(
+            &[
+                sample(inn, 10, 1, SEC),
+                sample(out, 5, 1, 4 * SEC),
+                sample(other_in, 1, 1, SEC),
+            ],
+            4 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert!(twin(&t, &inn));
+        // The egress side idle past the timeout while the ingress side is active.
+        let out_ = t.apply_flows(
+            &[
+                sample(inn, 20, 2, 70 * SEC),
+                sample(out, 5, 1, 4 * SEC),
+                sample(other_in, 2, 2, 70 * SEC),
+            ],
+            70 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert_eq!(out_.expired, vec![out]);
+        assert!(!twin(&t, &inn));
+        // A new ingress flow whose egress side the table already holds.
+        let mut t = Tracker::default();
+        t.apply_flows(&[sample(out, 10, 1, SEC)], SEC, 1.0, 60 * SEC, |_| None);
+        t.apply_flows(
+            &[sample(out, 10, 1, SEC), sample(inn, 10, 1, 2 * SEC)],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert!(twin(&t, &inn));
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Status {
     pub flow_evictions: u64,
     pub flows_expired: u64,
     pub last_drain_seconds: f64,
+    /// Wall time of each of the last 120 drains, oldest first: a slow drain
+    /// (a full read of a large map) stays visible after the quick ones that follow it.
+    pub recent_drain_seconds: Vec<f64>,
     pub drains: u64,
     /// Drains that read the whole flow map (the others read only flows that changed).
     pub full_drains: u64,

@@ -214,6 +214,9 @@ impl ProgStats {
 /// LRU evicted leave the table; in between, only flows that changed are read.
 const FULL_SCAN_EVERY: u64 = 60;
 
+/// Drains whose wall times `/api/status` lists (`recent_drain_seconds`).
+const RECENT_DRAINS: usize = 120;
+
 /// State the drain loop keeps between ticks.
 struct Drain {
     maps: Maps,
@@ -223,6 +226,10 @@ struct Drain {
     prev_dirty_lost: u64,
     /// Drains that read the whole flow map.
     full_scans: u64,
+    /// (classifier, table) generations the last count of connections by risk was made at.
+    risk_inputs: Option<(u64, u64)>,
+    /// Wall times of the last RECENT_DRAINS drains, in seconds.
+    recent: std::collections::VecDeque<f64>,
     last_ns: u64,
     idle_ns: u64,
     /// ifindex -> name of the monitored interfaces.
@@ -270,10 +277,11 @@ impl Drain {
         self.prev_dirty_lost = lost;
         let mut st = tracker.begin_tick(interval_s);
         let maps = &self.maps;
+        let mut owners = maps.owner_lookup();
         // Each flow goes from the kernel straight into the table. The connection table is
         // built from it on request (api.rs), not every tick.
         let mut apply = |s: &crate::aggregate::FlowSample| {
-            tracker.apply_sample(&mut st, s, |k| maps.owner(k).map(Owner::from));
+            tracker.apply_sample(&mut st, s, |k| owners.owner(k).map(Owner::from));
         };
         if full {
             maps.read_flows(&mut self.flow_bufs, &mut apply)?;
@@ -294,8 +302,9 @@ impl Drain {
             maps.read_flows_by_key(&self.dirty_keys, &mut apply);
         }
         let out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
-            maps.owner(k).map(Owner::from)
+            owners.owner(k).map(Owner::from)
         });
+        drop(owners);
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
             c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
@@ -325,7 +334,13 @@ impl Drain {
             }
             // Connections by risk: a pass over the whole table, so every RISK_EVERY drains
             // (a gauge scraped every 15 s or so), and at once when an alert changed a score.
-            if raised || self.drains.is_multiple_of(RISK_EVERY) {
+            // Skipped while neither the flows, their owners nor the classifier's inputs
+            // changed since the last count: with a million flows the pass costs ~100 ms.
+            let inputs = (c.generation(), tracker.generation());
+            if raised
+                || (self.drains.is_multiple_of(RISK_EVERY) && self.risk_inputs != Some(inputs))
+            {
+                self.risk_inputs = Some(inputs);
                 let counts = risk_counts(&c, tracker);
                 for (level, n) in crate::classify::score::Level::ALL.iter().zip(counts) {
                     shared
@@ -506,6 +521,11 @@ impl Drain {
         status.flow_evictions = tracker.evictions;
         status.flows_expired = tracker.expired;
         status.last_drain_seconds = elapsed.as_secs_f64();
+        if self.recent.len() == RECENT_DRAINS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(elapsed.as_secs_f64());
+        status.recent_drain_seconds = self.recent.iter().copied().collect();
         status.full_drains = self.full_scans;
         status.last_drain_full = full;
         status.drains = self.drains;
@@ -525,16 +545,11 @@ const RISK_EVERY: u64 = 10;
 
 /// Connections by risk level: low, medium, high. A connection is its egress flow, or its
 /// ingress flow when nothing went out (both directions of a tuple count once, without a
-/// set of every tuple).
+/// set of every tuple, and without a lookup per flow: see `FlowEntry::egress_twin`).
 fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Tracker) -> [usize; 3] {
     let mut counts = [0usize; 3];
     for (k, e) in &tracker.flows {
-        if k.direction == DIR_INGRESS
-            && tracker.flows.contains_key(&netmon_common::FlowKey {
-                direction: DIR_EGRESS,
-                ..*k
-            })
-        {
+        if k.direction == DIR_INGRESS && e.egress_twin {
             continue;
         }
         let remote = crate::classify::key_ip(k.family, k.remote_addr);
@@ -707,6 +722,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         dirty_keys: Vec::new(),
         prev_dirty_lost: 0,
         full_scans: 0,
+        recent: std::collections::VecDeque::with_capacity(RECENT_DRAINS),
+        risk_inputs: None,
         last_ns: monotonic_ns(),
         idle_ns: cfg.idle_timeout.as_nanos() as u64,
         names: attached

@@ -81,6 +81,52 @@ fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     }
 }
 
+/// Every entry of a hash map with plain (not per-CPU) values, read with BPF_MAP_LOOKUP_BATCH
+/// `*chunk` entries at a time through the reused buffers and handed to `f` one by one.
+fn read_batched<K: Copy + Default, V: Copy + Default>(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &mut Vec<K>,
+    vals: &mut Vec<V>,
+    chunk: &mut usize,
+    mut f: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    let mut in_token = 0u64;
+    let mut out_token = 0u64;
+    let mut first = true;
+    loop {
+        keys.resize(*chunk, K::default());
+        vals.resize(*chunk, V::default());
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut in_token as *mut u64 as u64
+            },
+            out_batch: &mut out_token as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: vals.as_mut_ptr() as u64,
+            count: *chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = attr.count as usize;
+        for (k, v) in keys.iter().zip(vals.iter()).take(n.min(*chunk)) {
+            f(k, v);
+        }
+        match r {
+            Ok(()) => {
+                in_token = out_token;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // One hash bucket holds more entries than the buffer: grow and retry.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => *chunk *= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The non-zero entries of a per-CPU array of `IfaceStats` with `entries` slots, summed over
 /// CPUs, read with one BPF_MAP_LOOKUP_BATCH.
 pub fn stats_array(
@@ -270,28 +316,12 @@ impl Maps {
     /// Every flow in the kernel map, read in batches and handed to `f` one by one: the
     /// daemon never holds a copy of the whole map.
     pub fn read_flows(&self, bufs: &mut FlowBufs, mut f: impl FnMut(&FlowSample)) -> Result<()> {
-        let mut in_token = 0u64;
-        let mut out_token = 0u64;
-        let mut first = true;
-        loop {
-            bufs.keys.resize(bufs.chunk, FlowKey::default());
-            bufs.vals.resize(bufs.chunk, FlowStats::default());
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &mut in_token as *mut u64 as u64
-                },
-                out_batch: &mut out_token as *mut u64 as u64,
-                keys: bufs.keys.as_mut_ptr() as u64,
-                values: bufs.vals.as_mut_ptr() as u64,
-                count: bufs.chunk as u32,
-                map_fd: self.flows.fd().as_fd().as_raw_fd() as u32,
-                ..Default::default()
-            };
-            let r = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            let n = attr.count as usize;
-            for (&key, v) in bufs.keys.iter().zip(&bufs.vals).take(n.min(bufs.chunk)) {
+        read_batched(
+            self.flows.fd().as_fd(),
+            &mut bufs.keys,
+            &mut bufs.vals,
+            &mut bufs.chunk,
+            |&key, v: &FlowStats| {
                 f(&FlowSample {
                     key,
                     bytes: v.bytes,
@@ -299,21 +329,10 @@ impl Maps {
                     tcp_flags: v.tcp_flags,
                     first_ns: v.first_seen_ns,
                     last_ns: v.last_seen_ns,
-                });
-            }
-            match r {
-                Ok(()) => {
-                    in_token = out_token;
-                    first = false;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                // One hash bucket holds more entries than the buffer: grow and retry.
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                    bufs.chunk *= 2;
-                }
-                Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH on NETMON_FLOWS"),
-            }
-        }
+                })
+            },
+        )
+        .context("BPF_MAP_LOOKUP_BATCH on NETMON_FLOWS")
     }
 
     /// Removes flows from the kernel map; returns how many were deleted.
@@ -388,6 +407,11 @@ impl Maps {
     pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
         self.owners.owner(key)
     }
+
+    /// Owner lookups for one drain (see `OwnerLookup`).
+    pub fn owner_lookup(&self) -> OwnerLookup<'_> {
+        OwnerLookup::new(&self.owners)
+    }
 }
 
 /// The socket-attribution maps the kernel hooks write: read by the drain (owners of flows)
@@ -397,40 +421,77 @@ pub struct Owners {
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
 }
 
+/// The socket key a flow's owner is recorded under; `None` for flows no socket owns.
+fn sock_key(key: &FlowKey) -> Option<SockKey> {
+    (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP).then(|| SockKey {
+        proto: key.proto,
+        local_port: key.local_port,
+        remote_port: key.remote_port,
+        local_addr: key.local_addr,
+        remote_addr: key.remote_addr,
+        ..Default::default()
+    })
+}
+
+/// The exact 4-tuple first, then the owner of the local port (listener, UDP sender).
+fn resolve(
+    sk: &SockKey,
+    by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
+    by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
+) -> Option<ProcInfo> {
+    if sk.remote_port != 0
+        && let Some(p) = by_sock(sk)
+    {
+        return Some(p);
+    }
+    by_port(&PortKey {
+        proto: sk.proto,
+        _pad: 0,
+        port: sk.local_port,
+    })
+}
+
 impl Owners {
     /// The process that owned the socket behind a flow, as recorded by the kernel hooks:
     /// the exact 4-tuple first, then the owner of the local port (listener, UDP sender).
     pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
-        if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
-            return None;
-        }
-        let sk = SockKey {
-            proto: key.proto,
-            local_port: key.local_port,
-            remote_port: key.remote_port,
-            local_addr: key.local_addr,
-            remote_addr: key.remote_addr,
-            ..Default::default()
-        };
-        self.sock_owner(&sk)
+        self.sock_owner(&sock_key(key)?)
     }
 
     pub fn sock_owner(&self, sk: &SockKey) -> Option<ProcInfo> {
-        if sk.remote_port != 0
-            && let Ok(p) = self.sock_proc.get(sk, 0)
-        {
-            return Some(p);
-        }
-        self.port_owner
-            .get(
-                &PortKey {
-                    proto: sk.proto,
-                    _pad: 0,
-                    port: sk.local_port,
-                },
-                0,
-            )
-            .ok()
+        resolve(
+            sk,
+            |k| self.sock_proc.get(k, 0).ok(),
+            |k| self.port_owner.get(k, 0).ok(),
+        )
+    }
+
+    /// Both owner maps, copied in batches.
+    fn copy(&self) -> io::Result<OwnerCopy> {
+        use aya::maps::IterableMap as _;
+        let mut c = OwnerCopy::default();
+        let mut chunk = 4096;
+        let (mut keys, mut vals) = (Vec::new(), Vec::new());
+        read_batched(
+            self.sock_proc.map().fd().as_fd(),
+            &mut keys,
+            &mut vals,
+            &mut chunk,
+            |k: &SockKey, v: &ProcInfo| {
+                c.sock.insert(*k, *v);
+            },
+        )?;
+        let (mut keys, mut vals) = (Vec::new(), Vec::new());
+        read_batched(
+            self.port_owner.map().fd().as_fd(),
+            &mut keys,
+            &mut vals,
+            &mut chunk,
+            |k: &PortKey, v: &ProcInfo| {
+                c.port.insert(*k, *v);
+            },
+        )?;
+        Ok(c)
     }
 
     fn usage(&self) -> [(&'static str, usize, u32); 2] {
@@ -448,6 +509,63 @@ impl Owners {
                 cap(self.port_owner.map()),
             ),
         ]
+    }
+}
+
+#[derive(Default)]
+struct OwnerCopy {
+    sock: std::collections::HashMap<SockKey, ProcInfo>,
+    port: std::collections::HashMap<PortKey, ProcInfo>,
+}
+
+/// Owner lookups for one drain. The first `DIRECT` go to the kernel maps one at a time (up to
+/// two bpf calls each); a drain that asks for more (a full scan of a large table retries
+/// every flow without an owner) copies both owner maps once, in batches, and answers the
+/// rest from the copy. Both are the kernel's record at this drain.
+pub struct OwnerLookup<'a> {
+    owners: &'a Owners,
+    direct: usize,
+    copy: Option<OwnerCopy>,
+    copy_failed: bool,
+}
+
+impl<'a> OwnerLookup<'a> {
+    const DIRECT: usize = 1024;
+
+    pub fn new(owners: &'a Owners) -> Self {
+        Self {
+            owners,
+            direct: 0,
+            copy: None,
+            copy_failed: false,
+        }
+    }
+
+    pub fn owner(&mut self, key: &FlowKey) -> Option<ProcInfo> {
+        let sk = sock_key(key)?;
+        if self.copy.is_none() && !self.copy_failed && self.direct >= Self::DIRECT {
+            match self.owners.copy() {
+                Ok(c) => self.copy = Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        "copying the socket-owner maps: {e}; looking owners up one by one"
+                    );
+                    self.copy_failed = true;
+                }
+            }
+        }
+        match &self.copy {
+            Some(c) => resolve(&sk, |k| c.sock.get(k).copied(), |k| c.port.get(k).copied()),
+            None => {
+                self.direct += 1;
+                self.owners.sock_owner(&sk)
+            }
+        }
+    }
+
+    /// Whether the owner maps have been copied for this drain.
+    pub fn copied(&self) -> bool {
+        self.copy.is_some()
     }
 }
 

@@ -1092,3 +1092,109 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
         "no UDP-sender hook could be attached on this kernel"
     );
 }
+
+/// A drain that asks for more owners than it looks up one at a time (a full scan of a large
+/// table retries every flow without one) answers the rest from a batch copy of the two
+/// owner maps. Every answer, before and after the copy, must be the record written for that
+/// socket or port: the exact 4-tuple first, the local port's owner next, none otherwise.
+#[test]
+fn owners_from_the_batch_copy_are_the_records_written() {
+    use aya::maps::HashMap;
+    use netmon_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, ProcInfo, SockKey};
+    require_root();
+    let pins = PinDir::new("owners");
+    let mut loader = small_maps(&pins, 1024);
+    loader
+        .map_max_entries("NETMON_SOCK_PROC", 4096)
+        .map_max_entries("NETMON_PORT_OWNER", 2048);
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let proc_info = |pid: u32| ProcInfo {
+        pid,
+        uid: pid % 7,
+        cgroup_id: u64::from(pid) * 3,
+        recorded_ns: 1,
+        comm: *b"owner-test\0\0\0\0\0\0",
+    };
+    let proto = |i: u32| {
+        if i.is_multiple_of(2) {
+            IPPROTO_TCP
+        } else {
+            IPPROTO_UDP
+        }
+    };
+    // Flow i: local port 10000 + i % 1000, remote port 20000 + i. Every third flow has an
+    // exact record (pid 100000 + i); local ports below 10300 have a port owner (pid
+    // 50000 + port); the rest have neither.
+    let flow = |i: u32| FlowKey {
+        ifindex: 2,
+        direction: DIR_INGRESS,
+        proto: proto(i),
+        family: 4,
+        flags: 0,
+        local_port: 10_000 + (i % 1000) as u16,
+        remote_port: 20_000 + i as u16,
+        local_addr: v4_mapped([198, 18, 0, 1]),
+        remote_addr: v4_mapped([198, 18, 1, (i % 200) as u8]),
+    };
+    const FLOWS: u32 = 3600;
+    {
+        let mut socks: HashMap<_, SockKey, ProcInfo> =
+            HashMap::try_from(ebpf.map_mut("NETMON_SOCK_PROC").unwrap()).unwrap();
+        for i in (0..FLOWS).filter(|i| i.is_multiple_of(3)) {
+            let k = flow(i);
+            let sk = SockKey {
+                proto: k.proto,
+                local_port: k.local_port,
+                remote_port: k.remote_port,
+                local_addr: k.local_addr,
+                remote_addr: k.remote_addr,
+                ..Default::default()
+            };
+            socks.insert(sk, proc_info(100_000 + i), 0).unwrap();
+        }
+        let mut ports: HashMap<_, PortKey, ProcInfo> =
+            HashMap::try_from(ebpf.map_mut("NETMON_PORT_OWNER").unwrap()).unwrap();
+        for port in 10_000..10_300u16 {
+            for p in [IPPROTO_TCP, IPPROTO_UDP] {
+                let k = PortKey {
+                    proto: p,
+                    _pad: 0,
+                    port,
+                };
+                ports
+                    .insert(k, proc_info(50_000 + u32::from(port)), 0)
+                    .unwrap();
+            }
+        }
+    }
+    let maps = netmon::drain::Maps::take(&mut ebpf).expect("take the maps");
+    let mut lookup = maps.owner_lookup();
+    let (mut exact, mut by_port, mut none) = (0, 0, 0);
+    for i in 0..FLOWS {
+        let k = flow(i);
+        let want = if i.is_multiple_of(3) {
+            exact += 1;
+            Some(proc_info(100_000 + i))
+        } else if k.local_port < 10_300 {
+            by_port += 1;
+            Some(proc_info(50_000 + u32::from(k.local_port)))
+        } else {
+            none += 1;
+            None
+        };
+        assert_eq!(lookup.owner(&k), want, "flow {i} ({k:?})");
+        assert_eq!(maps.owner(&k), want, "flow {i}, looked up directly");
+    }
+    assert!(lookup.copied(), "{FLOWS} lookups in one drain use the copy");
+    let icmp = FlowKey {
+        proto: netmon_common::IPPROTO_ICMP,
+        ..flow(0)
+    };
+    assert_eq!(lookup.owner(&icmp), None, "no socket owns an ICMP flow");
+    assert!(
+        exact > 1000 && by_port > 200 && none > 1000,
+        "{exact} {by_port} {none}"
+    );
+}

@@ -104,6 +104,9 @@ pub struct Classifier {
     listed: HashMap<IpAddr, u64>,
     listed_new: Vec<IpAddr>,
     thresholds: Thresholds,
+    /// Bumped whenever something a connection's score depends on changes: the detections
+    /// (recomputed in `tick`), the feeds, the GeoIP databases.
+    generation: u64,
 }
 
 impl Default for Classifier {
@@ -127,12 +130,20 @@ impl Classifier {
             facts: Mutex::new(HashMap::new()),
             listed: HashMap::new(),
             listed_new: Vec::new(),
+            generation: 0,
         }
+    }
+
+    /// Changes whenever a connection's level may have changed for reasons outside the
+    /// connection itself (see `generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Uses these databases for countries and ASNs from now on.
     pub fn set_geo(&mut self, geo: Arc<Geo>) {
         self.geo = geo;
+        self.generation += 1;
         self.facts.lock().expect("lock not poisoned").clear();
     }
 
@@ -140,6 +151,7 @@ impl Classifier {
     pub fn set_feeds(&mut self, feeds: Arc<Feeds>) {
         if feeds.generation != self.feeds.generation {
             self.feeds = feeds;
+            self.generation += 1;
         }
     }
 
@@ -227,6 +239,7 @@ impl Classifier {
             });
         }
         if self.detector.changed() {
+            self.generation += 1;
             self.by_remote.clear();
             for (remote, d) in self.detector.evaluate() {
                 let a = self.assess_remote(remote, &d);

@@ -1327,18 +1327,27 @@ fn drain() -> String {
         let active = status["flows_active"].as_u64().unwrap_or(0);
         let start = d.drains(&p.a);
         let cpu0 = proc_cpu(pid);
-        let mut walls = Vec::new();
         let mut last = start;
+        let mut st = serde_json::Value::Null;
         while last < start + TICKS {
             std::thread::sleep(Duration::from_millis(100));
-            let st = ns_json(&p.a, &d.api, "/api/status");
-            let now = st["drains"].as_u64().unwrap_or(0);
-            if now > last {
-                walls.push(st["last_drain_seconds"].as_f64().unwrap_or(0.0) * 1e3);
-                last = now;
-            }
+            st = ns_json(&p.a, &d.api, "/api/status");
+            last = st["drains"].as_u64().unwrap_or(0);
         }
         let cpu_tick_ms = (proc_cpu(pid) - cpu0) * 1e3 / (last - start) as f64;
+        // Every drain of the window, from the daemon's own list: polling `last_drain_seconds`
+        // misses a slow drain whenever the quick drains that catch up after it finish
+        // between two polls.
+        let recent: Vec<f64> = st["recent_drain_seconds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        let n_window = ((last - start) as usize).min(recent.len());
+        let walls: Vec<f64> = recent[recent.len() - n_window..]
+            .iter()
+            .map(|s| s * 1e3)
+            .collect();
+        assert!(!walls.is_empty(), "the daemon listed no drain times");
         let rss = rss_mib(pid);
         let metrics: Vec<(f64, usize)> = (0..5)
             .map(|_| timed_get(&p.a, &d.api, "/metrics"))
