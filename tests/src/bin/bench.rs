@@ -195,22 +195,39 @@ empty.\n\n\
   sock_diag TCP dump per address family, each of which walks the kernel's whole \
   established-socket hash (262,144 buckets on this machine) however few sockets there are: \
   now done when the connection table is asked for, not on every drain; what is left of an \
-  idle drain is reading the interface and counter maps and updating the metrics.\n\
+  idle drain is reading the interface and counter maps and updating the metrics. Done in \
+  the latest round, found by the daemon's per-thread CPU over these rows: the count of \
+  connections by risk (a gauge, every 10th drain) looked up every ingress flow's egress \
+  side in the table, ~60 ms of every second at a million flows; an ingress flow now \
+  carries whether its egress side is held (kept as flows enter and leave), and the count is \
+  skipped while neither the flows, their owners nor the classifier's inputs changed. A full \
+  read hashes each known flow once instead of twice, with foldhash instead of SipHash \
+  (SipHash was ~12% of its CPU), and answers the owner lookups after the first 1,024 from \
+  one batch copy of the two owner maps instead of up to two bpf calls each. On this host \
+  the 1M-flow rows went from 143 and 147 ms to 84 and 119 ms with the egress-side flag, \
+  the single hash and the owner copy alone (before foldhash and the skipped count). The drain wall max used to be sampled by polling the last drain's time, which \
+  missed the full read whenever the quick drains that catch up after it finished between \
+  two polls (a ~2 s full read showed as ~0.5 s); the daemon now lists its last 120 drain \
+  times (`recent_drain_seconds` in `/api/status`) and the table takes every drain of the \
+  window from there.\n\
 - **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): the runs on this \
-  machine have given 89 to 189 ms, met in most and missed by up to ~40 ms in the others \
-  (the three runs of 2026-12-01: 139-141, 163-169 and 172-189 ms; the daemon's drain code \
-  is the same in all three). \
-  The host is shared and its speed drifts (in a slow run everything is slower: the \
-  no-monitor UDP rate, the 100,000-prefix import, the connection-table request), and most \
-  of the figure is the full scan of every 60th drain (its wall time is the drain max). \
-  Margin would come from not rescanning the whole map to notice LRU evictions.\n\
+  machine gave 89 to 189 ms before the latest round, met in most and missed by up to ~40 ms \
+  in the others (the three earlier runs of 2026-12-01: 139-141, 163-169 and 172-189 ms; \
+  the drain code was the same in all three); the run at 21:35 UTC, with the latest round, \
+  gave 73 and 85 ms. The host is shared and its speed drifts (in a slow run everything is \
+  slower: the no-monitor UDP rate, the 100,000-prefix import, the connection-table \
+  request). Most of what is left is the full read of every 60th drain (~2 s of wall time, \
+  the drain max); more margin would come from not rescanning the whole map to notice LRU \
+  evictions.\n\
 - **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
   of no program; 10x less than bandwhich): met in some runs and missed in others on this \
-  shared host. The three runs of 2026-12-01 gave 101.7%, 78.8% and 82.1% of none for \
-  64-byte UDP, 95.8%, 118.3% and 89.0% for TCP, and 10.9x, 9.5x and 11.0x less CPU per GB \
-  than bandwhich for TCP (in the second, TCP with nothing attached came out slower than \
-  with netmon: 15.1 against 17.9 Gbit/s, which shows how much the host's load moved during \
-  it). Between the first run and the others a packet does the same work while the drop \
+  shared host. The four runs of 2026-12-01 gave 101.7%, 78.8%, 82.1% and 76.6% of none \
+  for 64-byte UDP, 95.8%, 118.3%, 89.0% and 121.0% for TCP, and 10.9x, 9.5x, 11.0x and \
+  14.2x less CPU per GB than bandwhich for TCP (in the second and the fourth, TCP with \
+  nothing attached came out slower than with netmon, e.g. 12.2 against 14.8 Gbit/s, which \
+  shows how much the host's load moved during a run; the kernel programs were the same \
+  in the last three, and so were the per-packet rows' inputs, yet the fourth run's \
+  per-packet medians were up to twice the third's). Between the first run and the others a packet does the same work while the drop \
   list is empty; only the order changed (the transport header is now parsed before the \
   drop-list check), and three alternating per-packet runs of both orders showed no \
   difference within this host's noise. Five back-to-back none/netmon \
@@ -1281,7 +1298,7 @@ fn drain() -> String {
          distinct source ports, sent over the veth from the peer namespace). A drain reads the \
          flows touched since the previous one (the dirty ring) and the whole map every 60th \
          drain, so every figure covers one full cycle of 60 drains: wall time of the drain as \
-         the daemon reports it (`last_drain_seconds`, median and max), and the daemon's CPU \
+         the daemon lists it (`recent_drain_seconds`, every drain of the window; median and max), and the daemon's CPU \
          (user + system, all its threads) over the 60 drains / 60, i.e. with the full scan's \
          cost spread over its cycle. RSS after those drains. Scrape: one `GET /metrics` and one \
          `GET /api/network-stats` from a client in the namespace, median of 5.\n\n",
