@@ -469,29 +469,10 @@ impl Owners {
     /// Both owner maps, copied in batches.
     fn copy(&self) -> io::Result<OwnerCopy> {
         use aya::maps::IterableMap as _;
-        let mut c = OwnerCopy::default();
-        let mut chunk = 4096;
-        let (mut keys, mut vals) = (Vec::new(), Vec::new());
-        read_batched(
-            self.sock_proc.map().fd().as_fd(),
-            &mut keys,
-            &mut vals,
-            &mut chunk,
-            |k: &SockKey, v: &ProcInfo| {
-                c.sock.insert(*k, *v);
-            },
-        )?;
-        let (mut keys, mut vals) = (Vec::new(), Vec::new());
-        read_batched(
-            self.port_owner.map().fd().as_fd(),
-            &mut keys,
-            &mut vals,
-            &mut chunk,
-            |k: &PortKey, v: &ProcInfo| {
-                c.port.insert(*k, *v);
-            },
-        )?;
-        Ok(c)
+        Ok(OwnerCopy {
+            sock: copy_map(self.sock_proc.map())?,
+            port: copy_map(self.port_owner.map())?,
+        })
     }
 
     fn usage(&self) -> [(&'static str, usize, u32); 2] {
@@ -512,7 +493,24 @@ impl Owners {
     }
 }
 
-#[derive(Default)]
+/// A whole hash map with plain values, read in batches.
+fn copy_map<K: Copy + Default + Eq + std::hash::Hash, V: Copy + Default>(
+    map: &MapData,
+) -> io::Result<std::collections::HashMap<K, V>> {
+    let mut out = std::collections::HashMap::new();
+    let (mut keys, mut vals, mut chunk) = (Vec::new(), Vec::new(), 4096);
+    read_batched(
+        map.fd().as_fd(),
+        &mut keys,
+        &mut vals,
+        &mut chunk,
+        |k, v| {
+            out.insert(*k, *v);
+        },
+    )?;
+    Ok(out)
+}
+
 struct OwnerCopy {
     sock: std::collections::HashMap<SockKey, ProcInfo>,
     port: std::collections::HashMap<PortKey, ProcInfo>,
