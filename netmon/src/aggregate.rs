@@ -1032,28 +1032,28 @@ mod tests {
     #[test]
     fn ingress_flows_know_whether_their_egress_side_is_held() {
         let twin = |t: &Tracker, k: &FlowKey| t.flows[k].egress_twin;
+        // A full drain of these samples at `now`, one-minute idle timeout, no owners.
+        let drain = |t: &mut Tracker, samples: &[FlowSample], now: u64| {
+            t.apply_flows(samples, now, 1.0, 60 * SEC, |_| None)
+        };
         let mut t = Tracker::default();
         let (inn, out) = (key(DIR_INGRESS, 1), key(DIR_EGRESS, 1));
         let other_in = key(DIR_INGRESS, 2);
         // Ingress first, then its egress side: the ingress entry learns of it.
-        t.apply_flows(
+        drain(
+            &mut t,
             &[sample(inn, 10, 1, SEC), sample(other_in, 1, 1, SEC)],
             SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert!(!twin(&t, &inn));
-        t.apply_flows(
+        drain(
+            &mut t,
             &[
                 sample(inn, 10, 1, SEC),
                 sample(out, 10, 1, SEC),
                 sample(other_in, 1, 1, SEC),
             ],
             2 * SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert!(twin(&t, &inn));
         assert!(
@@ -1061,51 +1061,43 @@ mod tests {
             "another tuple's egress side does not count"
         );
         // The egress side evicted by the kernel: the flag goes with it.
-        t.apply_flows(
+        drain(
+            &mut t,
             &[sample(inn, 10, 1, SEC), sample(other_in, 1, 1, SEC)],
             3 * SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert!(!t.flows.contains_key(&out));
         assert!(!twin(&t, &inn));
         // Egress first this time (it comes back), ingress already held: flag set again.
-        t.apply_flows(
+        drain(
+            &mut t,
             &[
                 sample(inn, 10, 1, SEC),
                 sample(out, 5, 1, 4 * SEC),
                 sample(other_in, 1, 1, SEC),
             ],
             4 * SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert!(twin(&t, &inn));
         // The egress side idle past the timeout while the ingress side is active.
-        let out_ = t.apply_flows(
+        let out_ = drain(
+            &mut t,
             &[
                 sample(inn, 20, 2, 70 * SEC),
                 sample(out, 5, 1, 4 * SEC),
                 sample(other_in, 2, 2, 70 * SEC),
             ],
             70 * SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert_eq!(out_.expired, vec![out]);
         assert!(!twin(&t, &inn));
         // A new ingress flow whose egress side the table already holds.
         let mut t = Tracker::default();
-        t.apply_flows(&[sample(out, 10, 1, SEC)], SEC, 1.0, 60 * SEC, |_| None);
-        t.apply_flows(
+        drain(&mut t, &[sample(out, 10, 1, SEC)], SEC);
+        drain(
+            &mut t,
             &[sample(out, 10, 1, SEC), sample(inn, 10, 1, 2 * SEC)],
             2 * SEC,
-            1.0,
-            60 * SEC,
-            |_| None,
         );
         assert!(twin(&t, &inn));
     }
