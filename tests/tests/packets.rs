@@ -1091,6 +1091,40 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
         !checked.is_empty(),
         "no UDP-sender hook could be attached on this kernel"
     );
+    if checked.contains(&"netmon_udp_sendmsg") {
+        // All or nothing: when one of the functions cannot be probed, the kprobe must not
+        // stay on the others (the loader falls back to another hook, which would record
+        // alongside it). A datagram sent afterwards must find no owner recorded.
+        let pins = PinDir::new("udpsend-partial");
+        let mut ebpf = small_maps(&pins, 1024)
+            .load(netmon::load::EBPF_OBJECT)
+            .expect("load the eBPF object");
+        let e = netmon::load::try_kprobe(
+            &mut ebpf,
+            "netmon_udp_sendmsg",
+            &["udp_sendmsg", "netmon_no_such_kernel_function"],
+        )
+        .expect_err("a kprobe on a function the kernel lacks attached");
+        assert!(
+            format!("{e:#}").contains("netmon_no_such_kernel_function"),
+            "{e:#}"
+        );
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"owner?", rx.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 6, "the datagram arrived");
+        let owners: aya::maps::HashMap<_, netmon_common::PortKey, netmon_common::ProcInfo> =
+            aya::maps::HashMap::try_from(ebpf.map("NETMON_PORT_OWNER").unwrap()).unwrap();
+        assert_eq!(
+            owners.keys().count(),
+            0,
+            "the kprobe on udp_sendmsg stayed attached after the failed attach"
+        );
+        eprintln!("checked: a failed kprobe attach leaves none of its functions probed");
+    } else {
+        eprintln!("partial kprobe attach: NOT CHECKED, this kernel has no kprobes");
+    }
 }
 
 /// A drain that asks for more owners than it looks up one at a time (a full scan of a large

@@ -549,17 +549,47 @@ where
         .try_into()?)
 }
 
+/// Loads `prog` and attaches it as a kprobe to every one of `functions`, or to none: when
+/// one attachment fails, those made before it are detached again, so that the hook the
+/// caller falls back to does not record alongside a half-attached kprobe.
 pub fn try_kprobe(ebpf: &mut Ebpf, prog: &str, functions: &[&str]) -> Result<()> {
+    try_kprobe_then(ebpf, prog, functions, |_| Ok(()))
+}
+
+/// `try_kprobe`, then `then` (e.g. a switch that tells other programs the kprobe is in
+/// place): if `then` fails too, the kprobe is detached from every function.
+fn try_kprobe_then(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    functions: &[&str],
+    then: impl FnOnce(&mut Ebpf) -> Result<()>,
+) -> Result<()> {
     let p: &mut KProbe = typed(ebpf, prog)?;
     if p.fd().is_err() {
         p.load()
             .with_context(|| format!("loading {prog} (verifier)"))?;
     }
+    let mut links = Vec::new();
+    let mut attached = Ok(());
     for f in functions {
-        p.attach(f, 0)
-            .with_context(|| format!("attaching kprobe to {f}"))?;
+        match p.attach(f, 0) {
+            Ok(id) => links.push(id),
+            Err(e) => {
+                attached = Err(anyhow::Error::new(e).context(format!("attaching kprobe to {f}")));
+                break;
+            }
+        }
     }
-    Ok(())
+    let r = attached.and_then(|()| then(ebpf));
+    if r.is_err() {
+        let p: &mut KProbe = typed(ebpf, prog)?;
+        for id in links {
+            if let Err(e) = p.detach(id) {
+                warn!("detaching {prog} after a failed attach: {e}");
+            }
+        }
+    }
+    r
 }
 
 /// Loads `prog` and attaches it to the raw tracepoint `name` (arguments are the tracepoint's
@@ -603,14 +633,17 @@ fn attach_attribution(
     });
 
     let mut connect = Chain::new(hooks, "tcp_connect");
+    // The switch tells the state tracepoint to leave SYN_SENT to the kprobe: if it cannot be
+    // set, the kprobe comes off again and the tracepoint below does the whole job.
     connect.try_hook("kprobe", "tcp_connect", || {
-        try_kprobe(ebpf, "netmon_tcp_connect", &["tcp_connect"])?;
-        let mut cfg: Array<&mut MapData, u64> = Array::try_from(
-            ebpf.map_mut("NETMON_CONFIG")
-                .context("eBPF object has no NETMON_CONFIG")?,
-        )?;
-        cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
-            .context("enabling the tcp_connect kprobe path")
+        try_kprobe_then(ebpf, "netmon_tcp_connect", &["tcp_connect"], |ebpf| {
+            let mut cfg: Array<&mut MapData, u64> = Array::try_from(
+                ebpf.map_mut("NETMON_CONFIG")
+                    .context("eBPF object has no NETMON_CONFIG")?,
+            )?;
+            cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
+                .context("enabling the tcp_connect kprobe path")
+        })
     });
     // The state tracepoint, attached above, completes what SYN_SENT recorded.
     connect.try_hook("tracepoint", "sock:inet_sock_set_state", || {

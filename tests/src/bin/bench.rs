@@ -43,6 +43,12 @@ fn main() {
         verify_costs();
         return;
     }
+    if let [cmd, a, b] = &args[..]
+        && cmd == "compare"
+    {
+        compare(a, b);
+        return;
+    }
     if want("packets") {
         md += &packets();
     }
@@ -57,6 +63,67 @@ fn main() {
     }
     md += WHY;
     print!("{md}");
+}
+
+/// `netmon-bench compare A B` (a diagnostic, not in BENCHMARKS.md): two builds of the eBPF
+/// object, A and B, against each other in one process, their passes interleaved, so that a
+/// change to the kernel programs is judged on the same machine state. This host's cold
+/// per-packet figures move by 2x from one hour to the next (other tenants), far more than
+/// most changes do. Per object, the IPv4 XDP (or `NETMON_COMPARE_HOOK=tc`) existing-flow hit
+/// and new-flow insert as in section 1 (1,000 flows), and the hit on one cache-hot packet
+/// (`repeat` = 1,000): the program's own instructions, without the cache misses.
+fn compare(a: &str, b: &str) {
+    let (prog, empty, ingress) = match std::env::var("NETMON_COMPARE_HOOK").as_deref() {
+        Ok("tc") => ("netmon_tc_egress", "netmon_tc_empty", false),
+        _ => ("netmon_xdp", "netmon_xdp_empty", true),
+    };
+    let prefill = 1_000u32;
+    let objects = [a, b].map(|path| {
+        std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
+    });
+    let rigs: Vec<Rig> = objects
+        .iter()
+        .zip(["compare-a", "compare-b"])
+        .map(|(o, pins)| {
+            let rig = Rig::with_object(DEFAULT_FLOWS, o, pins);
+            rig.prefill(prog, prefill, false, ingress);
+            rig
+        })
+        .collect();
+    let hit_pool = |pass: usize| -> Vec<Vec<u8>> {
+        (0..POOL)
+            .map(|k| {
+                let i = ((k * 7919 + pass * 104_729) % prefill as usize) as u32;
+                flow_packet(i, false, ingress)
+            })
+            .collect()
+    };
+    let mut hit = [Vec::new(), Vec::new()];
+    let mut new = [Vec::new(), Vec::new()];
+    let mut hot = [Vec::new(), Vec::new()];
+    let one = flow_packet(5, false, ingress);
+    for pass in 0..PASSES {
+        let pool = hit_pool(pass);
+        let fresh: Vec<Vec<u8>> = (0..POOL)
+            .map(|k| flow_packet(prefill + (pass * POOL + k) as u32, false, ingress))
+            .collect();
+        for (i, rig) in rigs.iter().enumerate() {
+            hit[i].push(rig.pass(prog, &pool) - rig.pass(empty, &pool));
+            new[i].push(rig.pass(prog, &fresh) - rig.pass(empty, &fresh));
+            hot[i].push(rig.run_repeated(prog, &one, 1000) - rig.run_repeated(empty, &one, 1000));
+        }
+    }
+    for (i, path) in [a, b].iter().enumerate() {
+        eprintln!(
+            "{}: {path}\n   hit {:.0} ns (p95 {:.0}), new flow {:.0} ns (p95 {:.0}), hot hit {:.0} ns",
+            ["A", "B"][i],
+            median(&hit[i]),
+            percentile(&hit[i], 95.0),
+            median(&new[i]),
+            percentile(&new[i], 95.0),
+            median(&hot[i]),
+        );
+    }
 }
 
 /// `netmon-bench verify` (a diagnostic, not in BENCHMARKS.md): per program, the wall time
@@ -426,11 +493,15 @@ struct Rig {
 
 impl Rig {
     fn new(flows: u32) -> Self {
-        let pins = PinDir::new("bench");
+        Self::with_object(flows, netmon::load::EBPF_OBJECT, "bench")
+    }
+
+    fn with_object(flows: u32, object: &[u8], pins: &str) -> Self {
+        let pins = PinDir::new(pins);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
             .map_max_entries("NETMON_FLOWS", flows)
-            .load(netmon::load::EBPF_OBJECT)
+            .load(object)
             .expect("load the eBPF object");
         for name in ["netmon_xdp", "netmon_xdp_empty", "netmon_xdp_parse"] {
             let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
@@ -452,9 +523,18 @@ impl Rig {
 
     /// One run of one packet; returns (return value, kernel-measured duration in ns).
     fn run(&self, prog: &str, pkt: &[u8]) -> (u32, f64) {
+        self.test_run(prog, pkt, 1)
+    }
+
+    /// The kernel's mean ns per run of `repeat` runs of one packet.
+    fn run_repeated(&self, prog: &str, pkt: &[u8], repeat: u32) -> f64 {
+        self.test_run(prog, pkt, repeat).1
+    }
+
+    fn test_run(&self, prog: &str, pkt: &[u8], repeat: u32) -> (u32, f64) {
         let opts = TestRunOptions {
             data_in: Some(pkt),
-            repeat: 1,
+            repeat,
             ..Default::default()
         };
         let r = match self.ebpf.program(prog).unwrap() {
