@@ -90,23 +90,13 @@ fn compare(a: &str, b: &str) {
             rig
         })
         .collect();
-    let hit_pool = |pass: usize| -> Vec<Vec<u8>> {
-        (0..POOL)
-            .map(|k| {
-                let i = ((k * 7919 + pass * 104_729) % prefill as usize) as u32;
-                flow_packet(i, false, ingress)
-            })
-            .collect()
-    };
     let mut hit = [Vec::new(), Vec::new()];
     let mut new = [Vec::new(), Vec::new()];
     let mut hot = [Vec::new(), Vec::new()];
     let one = flow_packet(5, false, ingress);
     for pass in 0..PASSES {
-        let pool = hit_pool(pass);
-        let fresh: Vec<Vec<u8>> = (0..POOL)
-            .map(|k| flow_packet(prefill + (pass * POOL + k) as u32, false, ingress))
-            .collect();
+        let pool = hit_packets(prefill, false, ingress, pass);
+        let fresh = new_packets(prefill, false, ingress, pass);
         for (i, rig) in rigs.iter().enumerate() {
             hit[i].push(rig.pass(prog, &pool) - rig.pass(empty, &pool));
             new[i].push(rig.pass(prog, &fresh) - rig.pass(empty, &fresh));
@@ -493,6 +483,24 @@ fn flow_packet(i: u32, v6: bool, ingress: bool) -> Vec<u8> {
     }
 }
 
+/// Pass `pass`'s pool of packets of existing flows (of the `prefill` flows
+/// `Rig::prefill` made): a different random-ish sample each pass.
+fn hit_packets(prefill: u32, v6: bool, ingress: bool, pass: usize) -> Vec<Vec<u8>> {
+    (0..POOL)
+        .map(|k| {
+            let i = ((k * 7919 + pass * 104_729) % prefill as usize) as u32;
+            flow_packet(i, v6, ingress)
+        })
+        .collect()
+}
+
+/// Pass `pass`'s pool of packets of flows never seen before (nor in any other pass).
+fn new_packets(prefill: u32, v6: bool, ingress: bool, pass: usize) -> Vec<Vec<u8>> {
+    (0..POOL)
+        .map(|k| flow_packet(prefill + (pass * POOL + k) as u32, v6, ingress))
+        .collect()
+}
+
 struct Rig {
     ebpf: Ebpf,
     /// The dirty ring, emptied before every pass as the daemon empties it every drain, so
@@ -659,14 +667,7 @@ fn packets() -> String {
                 );
                 let flows = flows_label(prefill, capacity);
                 // Existing flows, a different random-ish sample each pass.
-                let hit_pool = |pass: usize| -> Vec<Vec<u8>> {
-                    (0..POOL)
-                        .map(|k| {
-                            let i = ((k * 7919 + pass * 104_729) % prefill as usize) as u32;
-                            flow_packet(i, v6, ingress)
-                        })
-                        .collect()
-                };
+                let hit_pool = |pass: usize| hit_packets(prefill, v6, ingress, pass);
                 if prefill == 1_000 {
                     let (m, p, b) = versus(&rig, parse_prog, empty, hit_pool);
                     empty_ns.push((family, hook, b));
@@ -692,9 +693,7 @@ fn packets() -> String {
                 });
                 // Flows never seen: every pass takes new ones.
                 let (m, p, _) = versus(&rig, prog, empty, |pass| {
-                    (0..POOL)
-                        .map(|k| flow_packet(prefill + (pass * POOL + k) as u32, v6, ingress))
-                        .collect()
+                    new_packets(prefill, v6, ingress, pass)
                 });
                 rows.push(Row {
                     case: if prefill >= capacity {
