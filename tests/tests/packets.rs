@@ -1024,6 +1024,17 @@ fn the_pulled_continuation_records_frames_as_egress_does() {
     );
 }
 
+/// Sends one datagram from a socket bound to `from` to one bound to `to` (loopback), checks
+/// that it arrived, and returns the sender's local port.
+fn send_one_datagram(from: &str, to: &str) -> u16 {
+    let rx = std::net::UdpSocket::bind(to).unwrap();
+    let tx = std::net::UdpSocket::bind(from).unwrap();
+    tx.send_to(b"owner?", rx.local_addr().unwrap()).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(rx.recv(&mut buf).unwrap(), 6, "the datagram arrived");
+    tx.local_addr().unwrap().port()
+}
+
 /// The UDP-sender hooks: kprobe `udp_sendmsg`/`udpv6_sendmsg`, the raw tracepoint
 /// `sock_send_length` and the tracepoint `sock:sock_send_length`, the loader's chain from
 /// first choice to last. Each that this kernel has is attached on its own and must record
@@ -1066,12 +1077,7 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
             continue;
         }
         for (any, dst) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
-            let rx = std::net::UdpSocket::bind(dst).unwrap();
-            let tx = std::net::UdpSocket::bind(any).unwrap();
-            tx.send_to(b"owner?", rx.local_addr().unwrap()).unwrap();
-            let mut buf = [0u8; 16];
-            assert_eq!(rx.recv(&mut buf).unwrap(), 6, "the datagram arrived");
-            let port = tx.local_addr().unwrap().port();
+            let port = send_one_datagram(any, dst);
             let owners: aya::maps::HashMap<_, netmon_common::PortKey, netmon_common::ProcInfo> =
                 aya::maps::HashMap::try_from(ebpf.map("NETMON_PORT_OWNER").unwrap()).unwrap();
             let key = netmon_common::PortKey {
@@ -1109,11 +1115,7 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
             format!("{e:#}").contains("netmon_no_such_kernel_function"),
             "{e:#}"
         );
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(b"owner?", rx.local_addr().unwrap()).unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(rx.recv(&mut buf).unwrap(), 6, "the datagram arrived");
+        send_one_datagram("127.0.0.1:0", "127.0.0.1:0");
         let owners: aya::maps::HashMap<_, netmon_common::PortKey, netmon_common::ProcInfo> =
             aya::maps::HashMap::try_from(ebpf.map("NETMON_PORT_OWNER").unwrap()).unwrap();
         assert_eq!(
