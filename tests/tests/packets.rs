@@ -5,7 +5,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use netmon_common::{
@@ -104,6 +104,42 @@ impl Progs {
             .return_value
     }
 
+    /// Empties what the packet programs write (flows, interface totals, counters), so that
+    /// the next packet is checked as on freshly created maps.
+    fn reset(&mut self) {
+        let mut flows: aya::maps::HashMap<_, FlowKey, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("NETMON_FLOWS").unwrap()).unwrap();
+        let keys: Vec<FlowKey> = flows.keys().map(|k| k.unwrap()).collect();
+        for k in &keys {
+            flows.remove(k).unwrap();
+        }
+        let mut ifaces: PerCpuHashMap<_, IfaceKey, IfaceStats> =
+            PerCpuHashMap::try_from(self.ebpf.map_mut("NETMON_IFACES").unwrap()).unwrap();
+        let keys: Vec<IfaceKey> = ifaces.keys().map(|k| k.unwrap()).collect();
+        for k in &keys {
+            ifaces.remove(k).unwrap();
+        }
+        let ncpus = aya::util::nr_cpus().unwrap();
+        let mut slots: PerCpuArray<_, IfaceStats> =
+            PerCpuArray::try_from(self.ebpf.map_mut("NETMON_IFACE_SLOTS").unwrap()).unwrap();
+        for i in 0..netmon_common::IFACE_SLOTS {
+            let zero = IfaceStats {
+                bytes: 0,
+                packets: 0,
+            };
+            slots
+                .set(i, PerCpuValues::try_from(vec![zero; ncpus]).unwrap(), 0)
+                .unwrap();
+        }
+        let mut counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map_mut("NETMON_COUNTERS").unwrap()).unwrap();
+        for i in 0..counter::COUNT {
+            counters
+                .set(i, PerCpuValues::try_from(vec![0u64; ncpus]).unwrap(), 0)
+                .unwrap();
+        }
+    }
+
     fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
         let m: aya::maps::HashMap<_, FlowKey, FlowStats> =
             aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
@@ -181,14 +217,16 @@ fn v6(flow: Option<(u8, u8, u16, u16)>, counter: Option<u32>) -> Expect {
     }
 }
 
-/// Runs `pkt` through XDP (ingress) and TC (egress), each on fresh maps, and checks all of it.
-fn check(name: &str, pkt: &[u8], e: Expect) {
+/// Runs `pkt` through XDP (ingress) and TC (egress), each on emptied maps, and checks all of
+/// it. The programs are loaded once per test, not once per packet: under the VM step's
+/// emulation each load (the verifier's walk of both programs) costs seconds.
+fn check(p: &mut Progs, name: &str, pkt: &[u8], e: Expect) {
     for direction in [DIR_INGRESS, DIR_EGRESS] {
         if direction == DIR_EGRESS && skb_test_run_refuses(pkt) {
             eprintln!("{name}: egress not run: the kernel's skb test run refuses it");
             continue;
         }
-        let p = Progs::new(1024);
+        p.reset();
         let ret = p.run(direction, pkt);
         let want = if direction == DIR_INGRESS {
             XDP_PASS
@@ -261,9 +299,11 @@ const PRIV: &str = "privileged: loads eBPF programs; run by `cargo xtask test`";
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn well_formed_packets_land_in_the_right_flow() {
+    let mut p = Progs::new(1024);
     let _ = PRIV;
     let v4h = || V4::default();
     check(
+        &mut p,
         "ipv4 tcp syn",
         &eth(&[], ETH_P_IP, &ipv4(v4h(), &tcp(40000, 443, 0x02, b""))),
         Expect {
@@ -272,6 +312,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         },
     );
     check(
+        &mut p,
         "802.1Q ipv4 udp",
         &eth(
             &[ETH_P_8021Q],
@@ -281,6 +322,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         v4(Some((17, 0, 5353, 53)), None),
     );
     check(
+        &mut p,
         "QinQ ipv6 tcp",
         &eth(
             &[ETH_P_8021AD, ETH_P_8021Q],
@@ -293,6 +335,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         },
     );
     check(
+        &mut p,
         "ipv4 with 40 bytes of options, udp",
         &eth(
             &[],
@@ -309,6 +352,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         v4(Some((17, 0, 1000, 2000)), None),
     );
     check(
+        &mut p,
         "ipv4 first fragment keeps its ports",
         &eth(
             &[],
@@ -325,6 +369,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         v4(Some((17, 0, 7, 9)), None),
     );
     check(
+        &mut p,
         "ipv6 hop-by-hop + routing + destination options, udp",
         &eth(
             &[],
@@ -337,6 +382,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         v6(Some((17, 0, 4000, 4001)), None),
     );
     check(
+        &mut p,
         "ipv6 first fragment, tcp",
         &eth(
             &[],
@@ -349,6 +395,7 @@ fn well_formed_packets_land_in_the_right_flow() {
         },
     );
     check(
+        &mut p,
         "ipv6 authentication header, tcp",
         &eth(
             &[],
@@ -361,11 +408,13 @@ fn well_formed_packets_land_in_the_right_flow() {
         },
     );
     check(
+        &mut p,
         "icmp echo request",
         &eth(&[], ETH_P_IP, &ipv4(V4 { proto: 1, ..v4h() }, &icmp(8, 0))),
         v4(Some((1, 0, 0x0800, 0)), None),
     );
     check(
+        &mut p,
         "icmpv6 echo request",
         &eth(&[], ETH_P_IPV6, &ipv6(58, &icmp(128, 0))),
         v6(Some((58, 0, 0x8000, 0)), None),
@@ -375,8 +424,10 @@ fn well_formed_packets_land_in_the_right_flow() {
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn fragments_and_unknown_protocols_are_recorded_without_ports() {
+    let mut p = Progs::new(1024);
     let np = FLOW_FLAG_NO_PORTS;
     check(
+        &mut p,
         "ipv4 non-first fragment",
         &eth(
             &[],
@@ -393,6 +444,7 @@ fn fragments_and_unknown_protocols_are_recorded_without_ports() {
         v4(Some((17, np, 0, 0)), Some(counter::FRAGMENT)),
     );
     check(
+        &mut p,
         "ipv6 non-first fragment",
         &eth(
             &[],
@@ -402,6 +454,7 @@ fn fragments_and_unknown_protocols_are_recorded_without_ports() {
         v6(Some((17, np, 0, 0)), Some(counter::FRAGMENT)),
     );
     check(
+        &mut p,
         "gre",
         &eth(
             &[],
@@ -418,6 +471,7 @@ fn fragments_and_unknown_protocols_are_recorded_without_ports() {
     );
     let nine: Vec<u8> = (0..9).flat_map(|_| ext(60, 0)).collect();
     check(
+        &mut p,
         "ipv6 with nine extension headers",
         &eth(&[], ETH_P_IPV6, &ipv6(60, &[nine, udp(1, 2, b"")].concat())),
         v6(Some((60, np, 0, 0)), Some(counter::IPV6_EXT_LIMIT)),
@@ -427,13 +481,16 @@ fn fragments_and_unknown_protocols_are_recorded_without_ports() {
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn malformed_and_truncated_packets_pass_and_are_counted() {
+    let mut p = Progs::new(1024);
     let np = FLOW_FLAG_NO_PORTS;
     check(
+        &mut p,
         "arp",
         &eth(&[], ETH_P_ARP, &[0; 28]),
         v4(None, Some(counter::NON_IP)),
     );
     check(
+        &mut p,
         "three vlan tags",
         &eth(
             &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
@@ -443,17 +500,20 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
         v4(None, Some(counter::VLAN_LIMIT)),
     );
     check(
+        &mut p,
         "ethernet header only",
         &eth(&[], ETH_P_IP, &[]),
         v4(None, Some(counter::TRUNCATED_L3)),
     );
     let full = ipv4(V4::default(), &tcp(1, 2, 0, b""));
     check(
+        &mut p,
         "ipv4 header cut at 10 bytes",
         &eth(&[], ETH_P_IP, &full[..10]),
         v4(None, Some(counter::TRUNCATED_L3)),
     );
     check(
+        &mut p,
         "ipv4 with IHL 4",
         &eth(
             &[],
@@ -469,6 +529,7 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
         v4(None, Some(counter::BAD_L3_HEADER)),
     );
     check(
+        &mut p,
         "ipv6 version in an ipv4 ethertype",
         &eth(
             &[],
@@ -484,6 +545,7 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
         v4(None, Some(counter::BAD_L3_HEADER)),
     );
     check(
+        &mut p,
         "ipv4 options running past the end",
         &eth(
             &[],
@@ -499,6 +561,7 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
         v4(Some((6, np, 0, 0)), Some(counter::TRUNCATED_L4)),
     );
     check(
+        &mut p,
         "tcp header cut at 10 bytes",
         &eth(
             &[],
@@ -508,11 +571,13 @@ fn malformed_and_truncated_packets_pass_and_are_counted() {
         v4(Some((6, np, 0, 0)), Some(counter::TRUNCATED_L4)),
     );
     check(
+        &mut p,
         "ipv6 header cut at 30 bytes",
         &eth(&[], ETH_P_IPV6, &ipv6(6, &[])[..30]),
         v4(None, Some(counter::TRUNCATED_L3)),
     );
     check(
+        &mut p,
         "ipv6 extension header cut short",
         &eth(&[], ETH_P_IPV6, &ipv6(0, &[1])),
         v6(Some((0, np, 0, 0)), Some(counter::TRUNCATED_L4)),
