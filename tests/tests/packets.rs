@@ -407,6 +407,24 @@ fn well_formed_packets_land_in_the_right_flow() {
             ..v6(Some((6, 0, 500, 501)), None)
         },
     );
+    // Every kind of extension header in one chain, each sized by its own rule (8-octet
+    // units, 4-octet units, fixed 8), and a fragment header whose reserved byte is set: it
+    // must be ignored (RFC 8200 section 4.5), not read as a length.
+    let mut frag = frag6(17, 0, true);
+    frag[1] = 0xff;
+    check(
+        &mut p,
+        "ipv6 hop-by-hop + authentication + first fragment, udp",
+        &eth(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(
+                0,
+                &[ext(51, 2), ah(44, 5), frag, udp(6000, 6001, b"x")].concat(),
+            ),
+        ),
+        v6(Some((17, 0, 6000, 6001)), None),
+    );
     check(
         &mut p,
         "icmp echo request",

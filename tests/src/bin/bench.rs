@@ -39,8 +39,11 @@ fn main() {
     let mut md = header();
     // One CPU for the per-packet figures: BPF_PROG_TEST_RUN runs on the caller's CPU.
     pin_to_cpu(0);
-    if args.iter().any(|a| a == "verify") {
-        verify_costs();
+    if args.first().is_some_and(|a| a == "verify") {
+        let object = args.get(1).map(|path| {
+            std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
+        });
+        verify_costs(object.as_deref().unwrap_or(netmon::load::EBPF_OBJECT));
         return;
     }
     if let [cmd, a, b] = &args[..]
@@ -78,6 +81,11 @@ fn compare(a: &str, b: &str) {
         _ => ("netmon_xdp", "netmon_xdp_empty", true),
     };
     let prefill = 1_000u32;
+    // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
+    let capacity = std::env::var("NETMON_COMPARE_FLOWS")
+        .ok()
+        .map(|v| v.parse().expect("NETMON_COMPARE_FLOWS: a number of flows"))
+        .unwrap_or(DEFAULT_FLOWS);
     let objects = [a, b].map(|path| {
         std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
     });
@@ -85,7 +93,7 @@ fn compare(a: &str, b: &str) {
         .iter()
         .zip(["compare-a", "compare-b"])
         .map(|(o, pins)| {
-            let rig = Rig::with_object(DEFAULT_FLOWS, o, pins);
+            let rig = Rig::with_object(capacity, o, pins);
             rig.prefill(prog, prefill, false, ingress);
             rig
         })
@@ -93,41 +101,47 @@ fn compare(a: &str, b: &str) {
     let mut hit = [Vec::new(), Vec::new()];
     let mut new = [Vec::new(), Vec::new()];
     let mut hot = [Vec::new(), Vec::new()];
+    let mut same = [Vec::new(), Vec::new()];
     let one = flow_packet(5, false, ingress);
+    // One packet of one flow, one syscall per run as in the pool: the cost of the machine
+    // state a syscall leaves (caches, branch predictors), without the pool's distinct flows.
+    let ones = vec![one.clone(); POOL];
     for pass in 0..PASSES {
         let pool = hit_packets(prefill, false, ingress, pass);
         let fresh = new_packets(prefill, false, ingress, pass);
         for (i, rig) in rigs.iter().enumerate() {
             hit[i].push(rig.pass(prog, &pool) - rig.pass(empty, &pool));
             new[i].push(rig.pass(prog, &fresh) - rig.pass(empty, &fresh));
+            same[i].push(rig.pass(prog, &ones) - rig.pass(empty, &ones));
             hot[i].push(rig.run_repeated(prog, &one, 1000) - rig.run_repeated(empty, &one, 1000));
         }
     }
     for (i, path) in [a, b].iter().enumerate() {
         eprintln!(
-            "{}: {path}\n   hit {:.0} ns (p95 {:.0}), new flow {:.0} ns (p95 {:.0}), hot hit {:.0} ns",
+            "{}: {path}\n   hit {:.0} ns (p95 {:.0}), new flow {:.0} ns (p95 {:.0}), one flow \
+             a syscall apart {:.0} ns, hot hit {:.0} ns",
             ["A", "B"][i],
             median(&hit[i]),
             percentile(&hit[i], 95.0),
             median(&new[i]),
             percentile(&new[i], 95.0),
+            median(&same[i]),
             median(&hot[i]),
         );
     }
 }
 
-/// `netmon-bench verify` (a diagnostic, not in BENCHMARKS.md): per program, the wall time
-/// of its load (the verifier, mostly) and the instructions the verifier processed. Every
-/// daemon start and every privileged test that loads the programs pays this.
-fn verify_costs() {
+/// `netmon-bench verify [OBJECT]` (a diagnostic, not in BENCHMARKS.md): per program, the
+/// wall time of its load (the verifier, mostly) and the instructions the verifier processed,
+/// for the built-in object or the one at OBJECT. Every daemon start and every privileged
+/// test that loads the programs pays this.
+fn verify_costs(object: &[u8]) {
     let pins = PinDir::new("verify");
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&pins.0);
     let mut notes = Vec::new();
     netmon::load::kernel_globals(&mut loader, &mut notes);
-    let mut ebpf = loader
-        .load(netmon::load::EBPF_OBJECT)
-        .expect("load the eBPF object");
+    let mut ebpf = loader.load(object).expect("load the eBPF object");
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     for name in names {
         let prog = ebpf.program_mut(&name).unwrap();
@@ -141,6 +155,12 @@ fn verify_costs() {
             _ => continue,
         };
         let took = t.elapsed();
+        if let Err(e) = &r {
+            eprintln!("{name}: load failed: {e:#}");
+            if let aya::programs::ProgramError::LoadError { verifier_log, .. } = e {
+                eprintln!("{verifier_log}");
+            }
+        }
         let insns = r.ok().and_then(|()| {
             ebpf.program(&name)
                 .and_then(|p| p.info().ok())
