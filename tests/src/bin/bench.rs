@@ -192,8 +192,11 @@ list. Before, the transport header was parsed after the ban lookup, so the packe
 and the header offset stayed live through it, and the verifier checked the drop-list and \
 flow code again for every distinct parser path (VLAN tags times IPv4 options times IPv6 \
 extension headers): 928,131 processed instructions for `netmon_xdp` (93% of the kernel's \
-limit), 607,360 for `netmon_tc_egress`; now 226,528 and 136,791 (`netmon-bench verify`), \
-and loading takes ~0.35 s instead of ~1.35 s per program. A banned packet now pays for its \
+limit), 607,360 for `netmon_tc_egress`; then 226,528 and 136,791 (`netmon-bench verify`), \
+and loading took ~0.35 s instead of ~1.35 s per program. Most of what remained was the \
+IPv6 extension-header walk, whose three kinds of header length each left the verifier a \
+different state at every step; each step now computes the length without branching on \
+the kind: 71,684 and 61,060 instructions, ~30 ms per load. A banned packet now pays for its \
 transport header's bounds check as well. IPv4 bans have a second filter, one bit per /24 \
 (2 MiB per generation, written through a memory mapping of the map), consulted where the \
 /16 bit is set: with the benchmark's 100,000 prefixes 83% of the /16s hold an entry but \
