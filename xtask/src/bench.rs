@@ -36,6 +36,7 @@ pub fn run(sections: &[String]) -> Result<()> {
         .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
         // A developer's filter for quick comparisons: BENCHMARKS.md is written from them all.
         .env_remove("NETMON_BENCH_PACKETS")
+        .env_remove("NETMON_BENCH_OBJECT")
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting netmon-bench")?;

@@ -173,175 +173,109 @@ fn verify_costs(object: &[u8]) {
 /// Where the targets are missed, and why: the mechanisms behind the figures above, and the
 /// design changes that would meet them (issue 5 stays open until they are made).
 const WHY: &str = "## Where targets are missed, and why\n\n\
-Where the tables above mark a target missed, these are the mechanisms, what has been done \
-about them, and what remains.\n\n\
-Done since the first run (same machine): the parser reads header fields as aligned 32-bit \
-words and keys carry integer padding, so no byte-wise memset/memcpy calls remain on the \
-packet path (parse only: 42-69 ns -> 27-48 ns); interface totals and drop counters live in \
-per-CPU array slots (an inlined array lookup instead of a hash lookup); flow times and ban \
-expiry use the coarse kernel clock (a precise clock read costs ~30 ns on this VM); the drop \
-list is consulted right after the IP header, before the transport header and the flow map; \
-the flow map holds its values inline (a plain LRU hash with atomic adds, not per-CPU), which \
-removes one dependent cache miss per packet and halves what a drain copies; the daemon \
-streams each batch of the drain into its table instead of buffering the whole map, and no \
-longer stores each flow's key twice. Existing-flow hit at 1k flows went from ~120 to \
-~80 ns, at 1M flows from ~700 to ~500 ns, banned drop from ~190 to ~65 ns, RSS at 100k flows \
-from 70 to ~60 MiB.\n\n\
-Done in the latest round: the programs parse the whole packet before they consult the drop \
-list. Before, the transport header was parsed after the ban lookup, so the packet pointer \
-and the header offset stayed live through it, and the verifier checked the drop-list and \
-flow code again for every distinct parser path (VLAN tags times IPv4 options times IPv6 \
-extension headers): 928,131 processed instructions for `netmon_xdp` (93% of the kernel's \
-limit), 607,360 for `netmon_tc_egress`; then 226,528 and 136,791 (`netmon-bench verify`), \
-and loading took ~0.35 s instead of ~1.35 s per program. Most of what remained was the \
-IPv6 extension-header walk, whose three kinds of header length each left the verifier a \
-different state at every step; each step now computes the length without branching on \
-the kind: 71,684 and 61,060 instructions, ~30 ms per load. A banned packet now pays for its \
-transport header's bounds check as well. IPv4 bans have a second filter, one bit per /24 \
-(2 MiB per generation, written through a memory mapping of the map), consulted where the \
-/16 bit is set: with the benchmark's 100,000 prefixes 83% of the /16s hold an entry but \
-only 19% of the /24s, so most addresses now skip the allow trie, the exact-match bucket \
-and the prefix trie (the three \"allow-list miss\" rows for IPv4). Tried and not kept: a \
-plain hash without preallocation (BPF_F_NO_PREALLOC) for the flow map, with userspace \
-expiry instead of the LRU: in three alternating runs a new flow cost 1,260-1,440 ns \
-instead of 680-920 ns, and a hit was no cheaper.\n\n\
-Done in the round before: the UDP-sender hook, which runs on every sendmsg, is a raw \
-tracepoint where the kernel's BTF gives `sk_protocol`'s offset (it does here). A tracepoint \
-first builds its record in a perf buffer and then runs the program; under the 64-byte UDP \
-flood of section 2 that infrastructure (perf_trace_*, trace_call_bpf, \
-perf_trace_run_bpf_submit) took ~1.3% of all CPU samples, as much as the egress program \
-itself, and with the raw tracepoint its share (bpf_trace_run3) is ~0.3% (perf record -a over \
-the same iperf3 run, before and after). The \"parse only\" programs no longer zero their result with a \
-memset call (a byte loop that the real programs do not make); with one cache-hot packet that \
-loop made the parse look ~45 ns, so earlier parse-only rows overstated the parse. A bulk \
-import reads the ban maps once instead of three times and looks up hit counters only for \
-entries the kernel holds: replacing 100,000 prefixes went from 667,000 to 300,000 bpf calls \
-(section 5).\n\n\
-Done in earlier rounds (measured with bpf_stats over iperf3 on the veth pair, and by the \
-rows above): the egress program pulls headers into the skb's linear data only when they are \
-not all there, continuing in a second program by tail call; before, it pulled whenever the \
-linear part was shorter than 192 bytes, which is every locally sent TCP segment (headers \
-linear, payload in pages), and a pull on a segment the stack keeps a clone of copies its \
-head: egress cost per TCP segment 638 -> ~280 ns. The UDP-sender tracepoint, which runs on \
-every sendmsg, reads its record in place (no bpf_probe_read call per field) and remembers per \
-CPU the last socket and process it recorded: 268 -> ~116 ns per sendmsg. A drain no longer \
-lists idle sockets (sock_diag walks the kernel's whole established hash, ~2 ms per family): \
-they are listed when the connection table is asked for; an idle drain went from ~6 to \
-~1.5 ms and the idle daemon from ~7 to ~2 ms of CPU per second. A bitmap of the IPv4 /16s \
-that hold a ban entry (exact or prefix; 8 KiB per generation, set before each entry is \
-inserted) lets a packet from a /16 with no ban skip the allow list, the exact-match bucket \
-(cold in a large table) and the prefix trie: the \"allow-list miss\" row without the \
-lookups against the same packets with them. With a list this large (100,000 random \
-prefixes) ~83% of the unicast /16s hold an entry, so the filter helps traffic from the rest; \
-with the lists operators load (DROP, FireHOL level 1: thousands of prefixes) most /16s are \
-empty.\n\n\
-- **Existing-flow hit** (target: empty + 50 ns). What is left at 1k flows is the flow \
-  lookup itself (jhash of a 44-byte key, bucket walk, two atomic adds) and the parse. \
-  Repeating one cache-hot packet instead of the pool (not the table's method: it hides the \
-  misses), the whole XDP program costs ~90 ns over the empty one and the TC program \
-  ~100-120 ns, of which the flow lookup and update is ~40 ns: most of what the table shows \
-  at 1k flows is cache and TLB misses on a pool of 1,024 flows run one syscall apart. With \
-  100,000 and 1,000,000 flows every packet of the pool hits a different flow, and the \
-  lookup misses the cache and the TLB for the bucket and the element (dependent misses; on \
-  this VM each costs 100 ns or more), which no change to the program removes. These \
-  misses also make the figures swing with the load of the host's other tenants: seven \
-  quick runs of this one case with the same build, minutes apart, gave medians of 181 to \
-  548 ns at 1k flows. Tried and not kept (`netmon-bench compare`, the old and the new \
-  build interleaved in one process): a per-CPU direct-mapped flow cache in front of the \
-  map, one 64-byte array slot per hashed 5-tuple, so that a hit is an inlined array \
-  lookup, an 11-word compare and plain adds (no jhash, no bucket walk, no atomic add). \
-  The cache-hot hit fell from 145 to 94 ns over the empty program, but the \
-  pooled hit of this table did not move beyond the noise (784 against 654 ns, and 673 \
-  against 636 and 590 against 550 in two earlier pairs): the pooled figure is bound by \
-  misses, not by instructions, and the cache would have cost the drain a merge of every \
-  CPU's slots. A smaller key (the 5-tuple hashed into 16 bytes, the full tuple in a side \
-  map written on insert) or a two-line element would shorten the same instructions, so \
-  they were not tried. What is left to try is fewer distinct cache lines per packet: the \
-  flow element spans two or three (a 48-byte header, the 44-byte key rounded to 48, 40 \
-  bytes of counters), and the event counter, the interface slot, the run-time switches \
-  and the drop-list flags are one line each.\n\
-- **New flow** (target: empty + 100 ns). An insert into an LRU hash takes a node from the LRU \
-  free list (a lock) and writes a cold, preallocated element; when the map is full it first \
-  evicts; the key then goes to the dirty ring (a lock and a copy). A non-LRU hash without \
-  preallocation was measured slower (above).\n\
-- **Banned drop** (target: empty + 30 ns). Left: the L2/L3 parse (~25-30 ns on its own), \
-  the /16 and /24 filter words, the exact-match hash lookup and two atomic adds on the entry's \
-  shared hit counters. The parse alone is about the target on this machine, so no lookup \
-  design meets it here. Next: per-CPU hit counters.\n\
-- **Drain of 1M flows** (target: 150 ms CPU per tick). A full read of the map copies every \
-  flow out of the kernel (BPF_MAP_LOOKUP_BATCH: about 40% of its CPU, a walk of a million \
-  buckets and elements) and looks each flow up in the daemon's table (about 50%: a cache \
-  miss per flow in a table of a million): close to a second here. So a drain now reads only \
-  the flows touched since the previous one: the programs push a flow's key to a ring buffer \
-  on its first packet of each drain epoch, and the daemon looks those keys up; the whole \
-  map is read on every 60th drain (to notice LRU evictions) and whenever the ring \
-  overflowed. The cost follows the traffic, not the table: the rows above are averaged \
-  over a full 60-drain cycle, the full scan included (it is the drain wall max). With \
-  every one of a million flows active every second the ring overflows and every drain is \
-  a full read: the old cost. The threat detector re-examines its window (every attempt of \
-  the last minute) only on drains where attempts were added or aged out; a stream of new \
-  connections costs a pass over the window on every drain. The fixed part of every drain \
-  (the median rows at 10k and 100k flows) is mostly the listing of idle sockets: a \
-  sock_diag TCP dump per address family, each of which walks the kernel's whole \
-  established-socket hash (262,144 buckets on this machine) however few sockets there are: \
-  now done when the connection table is asked for, not on every drain; what is left of an \
-  idle drain is reading the interface and counter maps and updating the metrics. Done in \
-  the latest round, found by the daemon's per-thread CPU over these rows: the count of \
-  connections by risk (a gauge, every 10th drain) looked up every ingress flow's egress \
-  side in the table, ~60 ms of every second at a million flows; an ingress flow now \
-  carries whether its egress side is held (kept as flows enter and leave), and the count is \
-  skipped while neither the flows, their owners nor the classifier's inputs changed. A full \
-  read hashes each known flow once instead of twice, with foldhash instead of SipHash \
-  (SipHash was ~12% of its CPU), and answers the owner lookups after the first 1,024 from \
-  one batch copy of the two owner maps instead of up to two bpf calls each. On this host \
-  the 1M-flow rows went from 143 and 147 ms to 84 and 119 ms with the egress-side flag, \
-  the single hash and the owner copy alone (before foldhash and the skipped count). The drain wall max used to be sampled by polling the last drain's time, which \
-  missed the full read whenever the quick drains that catch up after it finished between \
-  two polls (a ~2 s full read showed as ~0.5 s); the daemon now lists its last 120 drain \
-  times (`recent_drain_seconds` in `/api/status`) and the table takes every drain of the \
-  window from there.\n\
-- **Drain of 1M flows, run to run** (target: 150 ms CPU per tick): the runs on this \
-  machine gave 89 to 189 ms before the latest round, met in most and missed by up to ~40 ms \
-  in the others (the three earlier runs of 2026-12-01: 139-141, 163-169 and 172-189 ms; \
-  the drain code was the same in all three); the run at 21:35 UTC, with the latest round, \
-  gave 73 and 85 ms. The host is shared and its speed drifts (in a slow run everything is \
-  slower: the no-monitor UDP rate, the 100,000-prefix import, the connection-table \
-  request). Most of what is left is the full read of every 60th drain (~2 s of wall time, \
-  the drain max); more margin would come from not rescanning the whole map to notice LRU \
-  evictions.\n\
-- **Throughput with small UDP packets, and CPU per GB against bandwhich** (targets: 95% \
-  of no program; 10x less than bandwhich): met in some runs and missed in others on this \
-  shared host. The four runs of 2026-12-01 gave 101.7%, 78.8%, 82.1% and 76.6% of none \
-  for 64-byte UDP, 95.8%, 118.3%, 89.0% and 121.0% for TCP, and 10.9x, 9.5x, 11.0x and \
-  14.2x less CPU per GB than bandwhich for TCP (in the second and the fourth, TCP with \
-  nothing attached came out slower than with netmon, e.g. 12.2 against 14.8 Gbit/s, which \
-  shows how much the host's load moved during a run; the kernel programs were the same \
-  in the last three, and so were the per-packet rows' inputs, yet the fourth run's \
-  per-packet medians were up to twice the third's). Between the first run and the others a packet does the same work while the drop \
-  list is empty; only the order changed (the transport header is now parsed before the \
-  drop-list check), and three alternating per-packet runs of both orders showed no \
-  difference within this host's noise. Five back-to-back none/netmon \
-  pairs outside the bench gave 0.76 to 0.96 of none, so a single run's ratio near 95% \
-  says little either way. On this 2-CPU machine the veth pair is \
-  CPU-bound: every nanosecond the programs add per packet (section 1) is taken from the \
-  sender and receiver, so 64-byte datagrams show it and 128 KiB TCP writes (GSO: few, large \
-  packets) barely do. netmon's CPU per GB is almost all kernel program run time: the egress \
-  program on every packet and, on this kernel without kprobes, the UDP-sender hook on every \
-  sendmsg, so it falls with the per-packet costs. What \
-  remains per datagram is the egress program (~240-300 ns by bpf_stats, which adds its own \
-  clock reads) and the sendmsg hook (~100 ns); of the egress program's ~100 ns with a \
-  cache-hot packet the flow lookup and update are ~40 ns, so the next step is the rest of \
-  its path (counters, parse, building the key), which has not been broken down further.\n\
-- **RSS at 100k flows** (target: 64 MiB): met since the drain streams into the table, \
-  each key is stored once and the heap is trimmed once per full-scan cycle (a \
-  connection-table request at a million flows otherwise leaves hundreds of MB free but \
-  resident). Besides the table the daemon holds the dirty ring (2 MiB, mapped into it \
-  twice by the kernel: 4 MiB of RSS) and the threat detector's window (every connection \
-  attempt of the last minute, ~50 bytes each, and a counter per remote: the benchmark's \
-  100,000 flows are 100,000 inbound attempts from 100,000 addresses).\n\n\
+Where the tables above mark a target missed, these are the mechanisms, what has been \
+done about them, and what remains.\n\n\
+Machines. The runs of 2026-12-01 were on an AMD EPYC host; the run above (2026-12-02) is \
+on an Intel Xeon host of the same size (2 vCPUs, 23.5 GiB) with the same kernel. The \
+same kernel programs measure very differently on the two: at 1,000 flows the \
+existing-flow hit was 299-461 ns over the empty program there and is 64-69 ns here, the \
+banned drop 368-658 ns there and 55-58 ns here, the empty program itself ~130 ns there \
+and ~41 ns here, and 64-byte UDP over the veth pair moves ~170 kpps there and ~630 kpps \
+here. Figures from different runs are only compared below where the machine was the \
+same.\n\n\
+Done in the latest round (this host): the IPv6 extension-header walk computes each \
+header's length without branching on the header's kind (three kinds of length each left \
+the verifier a different state at every step of the walk): processed instructions \
+(`netmon-bench verify`) for `netmon_xdp` 226,528 -> 71,684, `netmon_tc_egress` 136,791 \
+-> 61,060, `netmon_tc_pulled` 99,918 -> 32,000, ~30 ms per load instead of ~100 ms; the \
+length uses only the operations whose bounds Linux 6.1's verifier keeps (a version with \
+products loaded here and was refused by 6.1 in the qemu tests). The throughput section \
+no longer measures netmon with kernel.bpf_stats_enabled on: those statistics, which \
+netmon does not need and does not turn on, add two clock reads to every program run (the \
+egress program and the sendmsg hook on every datagram), and they had been on for every \
+netmon run of section 2 so that its programs' run time could be read. netmon's \
+throughput and machine CPU now come from a run as netmon runs by default, its monitor \
+CPU from a second run in the same round with the statistics on. On this host, in one \
+throughput section run with each method (same code), 64-byte UDP went from 85.0% to \
+95.1% of none.\n\n\
+Done in earlier rounds (measured on the AMD host; BPF_PROG_TEST_RUN with the pool of \
+section 1, and bpf_stats over iperf3 on the veth pair): the parser reads header fields \
+as aligned 32-bit words, keys carry integer padding (no memset/memcpy calls on the \
+packet path); interface totals and drop counters are per-CPU array slots; flow times and \
+ban expiry use the coarse kernel clock; the flow map holds its counters inline (an LRU \
+hash with atomic adds, not per-CPU: one dependent miss less per packet, half the data \
+per drain); the programs parse the whole packet before they consult the drop list, so no \
+packet pointer is live through the drop-list and flow code and the verifier checks that \
+code once instead of once per parser path (928,131 -> 226,528 processed instructions for \
+`netmon_xdp`); IPv4 bans have two filters, one bit per /16 and one per /24 (with the \
+benchmark's 100,000 random prefixes 83% of the /16s hold an entry but 19% of the /24s), \
+so most addresses skip the allow trie, the exact-match bucket and the prefix trie (the \
+three IPv4 \"allow-list miss\" rows); the egress program pulls headers into the skb's \
+linear part only when they are not there, continuing in a second program by tail call (a \
+pull of a locally sent TCP segment, a clone, copied its head: 638 -> ~280 ns per \
+segment); the UDP-sender hook is a raw tracepoint where BTF gives `sk_protocol`'s \
+offset, reads in place and caches the last socket per CPU (268 -> ~116 ns per sendmsg, \
+and the classic tracepoint's perf-buffer record no longer built on every sendmsg). Tried \
+and not kept: a plain hash without preallocation for flows (new flow 1,260-1,440 ns \
+against 680-920 ns for the LRU), a per-CPU direct-mapped flow cache in front of the map \
+(cache-hot hit 145 -> 94 ns, pooled hit unchanged within the noise, and a merge of every \
+CPU's slots for the drain).\n\n\
+- **Existing-flow hit** (target: empty + 50 ns): missed by ~15 ns at 1,000 flows and by \
+hundreds of ns at 100,000 and 1,000,000. `netmon-bench compare` runs the same IPv4 XDP \
+hit three ways: one packet repeated in the kernel (cache-hot: 54-56 ns over the empty \
+program), one flow's packet run once per syscall as the pool is (58-61 ns: the syscall \
+between runs leaves nothing cold that matters), and the pool of 1,024 packets of 1,000 \
+flows with another rig's passes in between (360-420 ns). So at 1,000 flows the table's \
+figure is the program's own work (the pool's flows stay in cache from pass to pass on \
+this host), and at 100,000 and 1,000,000 flows, or once other work has evicted them, it \
+is the misses on each flow's bucket and element lines (4 MiB of buckets and ~35 MiB of \
+preallocated elements at 262,144 entries), which no change to the program's instructions \
+removes. Of the program's own work, the parse is ~14 ns (the \"parse only\" rows) and \
+most of the rest is the kernel's hash-map lookup: jhash over the 44-byte key, the bucket \
+walk and the key compare (in a perf profile of `netmon-bench compare`, \
+`lookup_nulls_elem_raw` and `htab_map_hash` together hold four times the samples of the \
+program body), then two atomic adds. Tried in this round and not kept: no clock read on \
+a hit (the last-seen time written only on a flow's first packet of each drain epoch) and \
+no per-program packet counter (it can be derived from the interface totals): 64-69 ns \
+against 65 ns, within the noise of two alternating runs of each build \
+(`NETMON_BENCH_OBJECT`). What is left to try is a smaller key (fewer words to hash and \
+compare: the 5-tuple hashed into 16 bytes, the full tuple in a side map written on \
+insert) or a flow element of two cache lines instead of three (a 32-byte value: a \
+48-byte element header, the 44-byte key padded to 48, and 40 bytes of counters make 136 \
+bytes); a prototype of the latter (first-seen in seconds, a 16-bit epoch) gave 316-337 \
+against 352-357 ns on the evicted pool and nothing measurable on the cached one.\n\
+- **New flow** (target: empty + 100 ns): 330-360 ns at 1,000 flows. An insert into the \
+LRU hash takes a node from the per-CPU LRU free list, takes the bucket's lock and writes \
+a preallocated element; when the map is full it first evicts (the 1,000,000-flow rows); \
+the key then goes to the dirty ring (a spin lock, a reserve and a commit). A hash \
+without preallocation was slower (above); what remains would be a per-CPU dirty array \
+instead of the ring, or no per-flow insert at all (a design without a kernel hash map).\n\
+- **Banned drop** (target: empty + 30 ns): 55-58 ns. The parse is ~14 ns; the rest is \
+the /16 and /24 filter words, the exact-match hash lookup (jhash, bucket, compare), the \
+coarse clock for the entry's expiry, two atomic adds on the entry's shared hit counters \
+and the per-CPU drop slot. Next: per-CPU hit counters (no atomic adds).\n\
+- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 67-69 ns where a \
+filter skips the lookups (as for most addresses: the hit's cost plus two filter words), \
+129-135 ns where the address's /24 holds an entry and the allow trie, the exact bucket \
+and the prefix trie are all looked up; IPv6 (no filter) 88-89 ns.\n\
+- **Throughput, 64-byte UDP** (target: 95% of none): see the table; with the statistics \
+off, netmon's programs cost per datagram what section 1 says (the egress program, ~65 ns \
+here for a cached flow, and the sendmsg hook), against ~3 us of machine CPU per datagram \
+for the whole path on this host (49 s per GB of 64-byte datagrams). On this shared \
+machine a single ratio near 95% says little either way: back-to-back pairs of the same \
+setup have differed by 10-20 points on the AMD host.\n\
+- **Drain of 1M flows** (target: 150 ms CPU per tick) and **RSS at 100k flows** (target: \
+64 MiB): met. A drain reads only the flows touched since the previous one (the programs \
+push a flow's key to a ring buffer on its first packet of each drain epoch) and the \
+whole map on every 60th drain (to notice LRU evictions) or after the ring overflowed: \
+the rows average a full 60-drain cycle, the full read included (it is the drain wall \
+max, ~0.8-1.2 s here at a million flows). With every one of a million flows active every \
+second the ring overflows and every drain is a full read. RSS: the daemon's table (each \
+key stored once), the dirty ring (2 MiB, mapped twice by the kernel) and the threat \
+detector's window (every connection attempt of the last minute).\n\n\
 The connection table (`/api/network-stats`) is built on request from a copy of the flow \
-table, so its cost (above, last column) is paid by the client that asks for it, not by every \
-drain.\n";
+table, so its cost (above, last column) is paid by the client that asks for it, not by \
+every drain.\n";
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and machine facts.
@@ -533,8 +467,17 @@ struct Rig {
 }
 
 impl Rig {
+    /// The built-in object, or the one at NETMON_BENCH_OBJECT (a developer's A/B of two
+    /// builds with the table's own method; BENCHMARKS.md is always from the built-in one).
     fn new(flows: u32) -> Self {
-        Self::with_object(flows, netmon::load::EBPF_OBJECT, "bench")
+        match std::env::var("NETMON_BENCH_OBJECT") {
+            Ok(path) => {
+                let object = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"));
+                Self::with_object(flows, &object, "bench")
+            }
+            Err(_) => Self::with_object(flows, netmon::load::EBPF_OBJECT, "bench"),
+        }
     }
 
     fn with_object(flows: u32, object: &[u8], pins: &str) -> Self {
@@ -1051,6 +994,18 @@ struct Sample {
     gbit_s: f64,
     machine_cpu_s: f64,
     monitor_cpu_s: f64,
+    /// The gigabytes moved while `monitor_cpu_s` was measured.
+    monitor_gbytes: f64,
+}
+
+/// kernel.bpf_stats_enabled: run-time statistics for every BPF program, at the price of two
+/// clock reads per program run.
+fn set_bpf_stats(on: bool) {
+    std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    )
+    .expect("set kernel.bpf_stats_enabled");
 }
 
 /// One iperf3 run from A to B; the monitor's CPU (process, plus its kernel programs for
@@ -1118,13 +1073,14 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
         gbit_s: bytes * 8.0 / seconds / 1e9,
         machine_cpu_s: m1 - m0,
         monitor_cpu_s,
+        monitor_gbytes: bytes / 1e9,
     }
 }
 
 fn throughput() -> String {
     eprintln!("== throughput over veth");
     unpin();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+    set_bpf_stats(false);
     let p = Pair::new("bw");
     let monitors = ["none", "netmon", "bandwhich", "nethogs", "iftop"];
     const SECS: u32 = 5;
@@ -1134,9 +1090,12 @@ fn throughput() -> String {
          iperf3 from namespace A to B over one veth pair, {SECS} s per run, median of {REPS} \
          runs (in rounds: each round runs every monitor once, in turn), with nothing watching, with netmon on A's end, and with the tools a user would \
          otherwise run on the same interface. \"Monitor CPU\" is the monitor's own process \
-         (user + system) plus, for netmon, its kernel programs' run time \
-         (kernel.bpf_stats_enabled); \"machine CPU\" is every CPU's busy time over the run \
-         (iperf3 itself included).\n\n"
+         (user + system) plus, for netmon, its kernel programs' run time, which only \
+         kernel.bpf_stats_enabled records: netmon's throughput and machine CPU come from a \
+         run without those statistics (as netmon runs by default; they add two clock reads \
+         to every program run), its monitor CPU from a second run in the same round with \
+         them; \"machine CPU\" is every CPU's busy time over the run (iperf3 itself \
+         included).\n\n"
     );
     for &(udp, title) in &[
         (false, "TCP (iperf3 default 128 KiB writes)"),
@@ -1164,7 +1123,14 @@ fn throughput() -> String {
             eprintln!("    round {}/{REPS}", round + 1);
             for &name in &installed {
                 let mon = start_monitor(name, &p);
-                let sample = iperf(&p, udp, SECS, &mon);
+                let mut sample = iperf(&p, udp, SECS, &mon);
+                if name == "netmon" {
+                    set_bpf_stats(true);
+                    let with_stats = iperf(&p, udp, SECS, &mon);
+                    set_bpf_stats(false);
+                    sample.monitor_cpu_s = with_stats.monitor_cpu_s;
+                    sample.monitor_gbytes = with_stats.monitor_gbytes;
+                }
                 if let Some(pid) = mon.pid() {
                     assert!(netmon_tests::is_alive(pid), "{name} died during the run");
                 }
@@ -1192,7 +1158,7 @@ fn throughput() -> String {
             let ocpu = median(
                 &samples
                     .iter()
-                    .map(|s| s.monitor_cpu_s / s.gbytes)
+                    .map(|s| s.monitor_cpu_s / s.monitor_gbytes)
                     .collect::<Vec<_>>(),
             );
             if name == "none" {
@@ -1235,7 +1201,7 @@ fn throughput() -> String {
             );
         }
     }
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").ok();
+    set_bpf_stats(false);
     pin_to_cpu(0);
     md
 }
