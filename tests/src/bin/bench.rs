@@ -177,7 +177,9 @@ Where the tables above mark a target missed, these are the mechanisms, what has 
 done about them, and what remains.\n\n\
 Machines. The runs of 2026-12-01 were on an AMD EPYC host; the run above (2026-12-02) is \
 on an Intel Xeon host of the same size (2 vCPUs, 23.5 GiB) with the same kernel. The \
-same kernel programs measure very differently on the two: at 1,000 flows the existing-flow hit was 299-461 ns over the empty program there and is 65-68 ns here, the banned drop 368-658 ns there and 54-59 ns here, the empty program itself ~130 ns there \
+same kernel programs measure very differently on the two: at 1,000 flows the \
+existing-flow hit was 299-461 ns over the empty program there and is 65-68 ns here, the \
+banned drop 368-658 ns there and 54-59 ns here, the empty program itself ~130 ns there \
 and ~41 ns here, and 64-byte UDP over the veth pair moves ~170 kpps there and ~630 kpps \
 here. Figures from different runs are only compared below where the machine was the \
 same.\n\n\
@@ -194,7 +196,8 @@ egress program and the sendmsg hook on every datagram), and they had been on for
 netmon run of section 2 so that its programs' run time could be read. netmon's \
 throughput and machine CPU now come from a run as netmon runs by default, its monitor \
 CPU from a second run in the same round with the statistics on. On this host, in one \
-throughput section run with each method (same code), 64-byte UDP went from 85.0% to 95.1% of none; the full run above gave 91.4%.\n\n\
+throughput section run with each method (same code), 64-byte UDP went from 85.0% to \
+95.1% of none; the full run above gave 91.4%.\n\n\
 Done in earlier rounds (measured on the AMD host; BPF_PROG_TEST_RUN with the pool of \
 section 1, and bpf_stats over iperf3 on the veth pair): the parser reads header fields \
 as aligned 32-bit words, keys carry integer padding (no memset/memcpy calls on the \
@@ -244,14 +247,25 @@ against 352-357 ns on the evicted pool and nothing measurable on the cached one.
 - **New flow** (target: empty + 100 ns): 329-348 ns at 1,000 flows. An insert into the \
 LRU hash takes a node from the per-CPU LRU free list, takes the bucket's lock and writes \
 a preallocated element; when the map is full it first evicts (the 1,000,000-flow rows); \
-the key then goes to the dirty ring (a spin lock, a reserve and a commit). A hash \
-without preallocation was slower (above); what remains would be a per-CPU dirty array \
-instead of the ring, or no per-flow insert at all (a design without a kernel hash map).\n\
+the key then goes to the dirty ring (a spin lock, a reserve and a commit). Measured in \
+this round with `NETMON_BENCH_OBJECT` (IPv4 XDP at 1,000 flows, two alternating runs of \
+each build against the current one): without the dirty-ring push 316-324 ns against \
+349-352 (the push is ~30 ns); the LRU with per-CPU lists (BPF_F_NO_COMMON_LRU) 304-305 \
+against 351-362, but each CPU's list then holds only its share of the capacity, so a \
+burst of new flows on one CPU evicts while the others have room; a preallocated plain \
+hash 292-294 against 342-351, but without eviction a full map loses new flows until the \
+daemon deletes idle ones. None comes near 100 ns: what is left is the kernel's insert \
+itself, which takes the bucket's lock and writes an element whose lines have not been \
+touched since the map was created (a hash without preallocation, which allocates it \
+instead, was slower still, above). Not kept: each trades a guarantee (a new flow in the \
+next drain; the whole capacity for any CPU; every new flow recorded when the map is \
+full) for at most a sixth of the cost.\n\
 - **Banned drop** (target: empty + 30 ns): 54-59 ns. The parse is ~14 ns; the rest is \
 the /16 and /24 filter words, the exact-match hash lookup (jhash, bucket, compare), the \
 coarse clock for the entry's expiry, two atomic adds on the entry's shared hit counters \
 and the per-CPU drop slot. Next: per-CPU hit counters (no atomic adds).\n\
-- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 73-79 ns where a filter skips the lookups (as for most addresses: the hit's cost plus two filter words), \
+- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 73-79 ns where a \
+filter skips the lookups (as for most addresses: the hit's cost plus two filter words), \
 142-154 ns where the address's /24 holds an entry and the allow trie, the exact bucket \
 and the prefix trie are all looked up; IPv6 (no filter) 89-90 ns.\n\
 - **Throughput, 64-byte UDP** (target: 95% of none): see the table; with the statistics \
@@ -264,7 +278,8 @@ setup have differed by 10-20 points on the AMD host.\n\
 64 MiB): met. A drain reads only the flows touched since the previous one (the programs \
 push a flow's key to a ring buffer on its first packet of each drain epoch) and the \
 whole map on every 60th drain (to notice LRU evictions) or after the ring overflowed: \
-the rows average a full 60-drain cycle, the full read included (it is the drain wall max, ~0.8 s here at a million flows). With every one of a million flows active every \
+the rows average a full 60-drain cycle, the full read included (it is the drain wall \
+max, ~0.8 s here at a million flows). With every one of a million flows active every \
 second the ring overflows and every drain is a full read. RSS: the daemon's table (each \
 key stored once), the dirty ring (2 MiB, mapped twice by the kernel) and the threat \
 detector's window (every connection attempt of the last minute).\n\n\
