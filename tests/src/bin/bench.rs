@@ -238,9 +238,13 @@ program body), then two atomic adds. Tried in this round and not kept: no clock 
 a hit (the last-seen time written only on a flow's first packet of each drain epoch) and \
 no per-program packet counter (it can be derived from the interface totals): 64-69 ns \
 against 65 ns, within the noise of two alternating runs of each build \
-(`NETMON_BENCH_OBJECT`). What is left to try is a smaller key (fewer words to hash and \
-compare: the 5-tuple hashed into 16 bytes, the full tuple in a side map written on \
-insert) or a flow element of two cache lines instead of three (a 32-byte value: a \
+(`NETMON_BENCH_OBJECT`). The most promising change left is a smaller key, fewer words \
+to hash and compare: a prototype with a separate IPv4 flow map keyed by 20 bytes \
+(interface, direction, protocol, family, flags, ports, the two IPv4 addresses; the hit \
+path only) gave 64-67 ns (XDP) and 58-62 ns (TC) against 68-80 and 85-88 ns for the \
+current build in three alternating runs (on a noisier stretch of this host than the \
+table's run); the daemon would drain two maps and widen IPv4 keys as it reads them. \
+Another is a flow element of two cache lines instead of three (a 32-byte value: a \
 48-byte element header, the 44-byte key padded to 48, and 40 bytes of counters make 136 \
 bytes); a prototype of the latter (first-seen in seconds, a 16-bit epoch) gave 316-337 \
 against 352-357 ns on the evicted pool and nothing measurable on the cached one.\n\
@@ -263,7 +267,10 @@ full) for at most a sixth of the cost.\n\
 - **Banned drop** (target: empty + 30 ns): 54-59 ns. The parse is ~14 ns; the rest is \
 the /16 and /24 filter words, the exact-match hash lookup (jhash, bucket, compare), the \
 coarse clock for the entry's expiry, two atomic adds on the entry's shared hit counters \
-and the per-CPU drop slot. Next: per-CPU hit counters (no atomic adds).\n\
+and the per-CPU drop slot. Plain adds in place of the two atomic adds on the entry's \
+counters (a measurement only: shared counters must stay atomic, or become per-CPU) \
+saved 2-11 ns in three alternating runs, so per-CPU hit counters alone would not meet \
+the target.\n\
 - **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 73-79 ns where a \
 filter skips the lookups (as for most addresses: the hit's cost plus two filter words), \
 142-154 ns where the address's /24 holds an entry and the allow trie, the exact bucket \
