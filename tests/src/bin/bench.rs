@@ -40,9 +40,7 @@ fn main() {
     // One CPU for the per-packet figures: BPF_PROG_TEST_RUN runs on the caller's CPU.
     pin_to_cpu(0);
     if args.first().is_some_and(|a| a == "verify") {
-        let object = args.get(1).map(|path| {
-            std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
-        });
+        let object = args.get(1).map(|path| read_object(path));
         verify_costs(object.as_deref().unwrap_or(netmon::load::EBPF_OBJECT));
         return;
     }
@@ -68,6 +66,12 @@ fn main() {
     print!("{md}");
 }
 
+/// An eBPF object file given on the command line or in the environment, to measure instead of
+/// the built-in one.
+fn read_object(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
+}
+
 /// `netmon-bench compare A B` (a diagnostic, not in BENCHMARKS.md): two builds of the eBPF
 /// object, A and B, against each other in one process, their passes interleaved, so that a
 /// change to the kernel programs is judged on the same machine state. This host's cold
@@ -86,9 +90,7 @@ fn compare(a: &str, b: &str) {
         .ok()
         .map(|v| v.parse().expect("NETMON_COMPARE_FLOWS: a number of flows"))
         .unwrap_or(DEFAULT_FLOWS);
-    let objects = [a, b].map(|path| {
-        std::fs::read(path).unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"))
-    });
+    let objects = [a, b].map(read_object);
     let rigs: Vec<Rig> = objects
         .iter()
         .zip(["compare-a", "compare-b"])
@@ -488,11 +490,7 @@ impl Rig {
     /// builds with the table's own method; BENCHMARKS.md is always from the built-in one).
     fn new(flows: u32) -> Self {
         match std::env::var("NETMON_BENCH_OBJECT") {
-            Ok(path) => {
-                let object = std::fs::read(&path)
-                    .unwrap_or_else(|e| panic!("reading the eBPF object {path}: {e}"));
-                Self::with_object(flows, &object, "bench")
-            }
+            Ok(path) => Self::with_object(flows, &read_object(&path), "bench"),
             Err(_) => Self::with_object(flows, netmon::load::EBPF_OBJECT, "bench"),
         }
     }
