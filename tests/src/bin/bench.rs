@@ -1095,6 +1095,10 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
 fn throughput() -> String {
     eprintln!("== throughput over veth");
     unpin();
+    // Restored at the end: an operator may run with the statistics on (netmon's program
+    // run-time metrics need them).
+    let stats_were_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1");
     set_bpf_stats(false);
     let p = Pair::new("bw");
     let monitors = ["none", "netmon", "bandwhich", "nethogs", "iftop"];
@@ -1216,7 +1220,7 @@ fn throughput() -> String {
             );
         }
     }
-    set_bpf_stats(false);
+    set_bpf_stats(stats_were_on);
     pin_to_cpu(0);
     md
 }
