@@ -16,10 +16,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{progress, run_cmd, setup, workspace_root};
 
 /// Kernels to boot, as Debian package names (a metapackage resolves to its current image).
-/// Adding a kernel class is one line here.
-pub const KERNELS: &[&str] = &["linux-image-cloud-amd64"];
+/// Adding a kernel class is one line here. Debian 12's 6.1 has kprobes and no TCX; its
+/// 6.12 (what Debian 13 and backports run) has both, and a newer verifier again.
+pub const KERNELS: &[&str] = &["linux-image-cloud-amd64", "linux-image-6.12-cloud-amd64"];
 
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// xz-utils: newer kernel packages ship their modules xz-compressed, and busybox's insmod
+/// loads only plain ELF modules.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
 /// Modules the tests need that Debian's cloud kernel builds as modules, in load order (the
 /// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first). The diag modules
 /// give sock_diag, which lists idle sockets.
@@ -46,21 +49,27 @@ fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
 }
 
-/// Resolves a metapackage to the concrete kernel image package.
+/// Resolves a metapackage to the concrete kernel image package it depends on; a concrete
+/// image package (one that depends on no other linux-image package) is itself. The name
+/// alone does not tell them apart: `linux-image-6.12-cloud-amd64` is a metapackage.
 fn resolve(pkg: &str) -> Result<String> {
-    if pkg.starts_with("linux-image-") && pkg.chars().nth(12).is_some_and(|c| c.is_ascii_digit()) {
-        return Ok(pkg.to_string());
-    }
     let out = Command::new("apt-cache")
         .args(["depends", pkg])
         .output()
         .context("apt-cache depends")?;
+    if !out.status.success() {
+        bail!(
+            "`apt-cache depends {pkg}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    Ok(text
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|d| d.starts_with("linux-image-"))
-        .map(str::to_string)
-        .with_context(|| format!("`apt-cache depends {pkg}` names no linux-image package"))
+        .unwrap_or(pkg)
+        .to_string())
 }
 
 fn kernel_dir(pkg: &str) -> PathBuf {
@@ -301,8 +310,23 @@ fn build_initramfs(kernel_root: &Path, netmon_bin: &Path, filter: Option<&str>) 
             .join("kernel")
             .join(m);
         let name = Path::new(m).file_name().unwrap().to_string_lossy();
-        fs::copy(&src, root.join(format!("lib/netmon-modules/{i:02}-{name}")))
-            .with_context(|| format!("copying {}", src.display()))?;
+        let dst = root.join(format!("lib/netmon-modules/{i:02}-{name}"));
+        let xz = PathBuf::from(format!("{}.xz", src.display()));
+        if src.exists() {
+            fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        } else if xz.exists() {
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .context("running xz")?;
+            if !out.status.success() {
+                bail!("xz -dc {} failed", xz.display());
+            }
+            fs::write(&dst, out.stdout)?;
+        } else {
+            bail!("the kernel package has no {} (nor .xz)", src.display());
+        }
     }
     fs::write(root.join("init"), INIT)?;
     fs::write(root.join("netmon/filter"), filter.unwrap_or(""))?;
