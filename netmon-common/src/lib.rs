@@ -4,8 +4,9 @@
 //! compile-time size/offset check, because the kernel and userspace must agree on every byte.
 //! Padding is spelt as integer fields, not byte arrays: zeroing a byte array in a BPF program
 //! compiles to a call to a byte-wise memset on the packet path.
-//! Addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
-//! type serves both families and dual-stack sockets match IPv4 packets.
+//! Addresses are 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key type
+//! serves both families and dual-stack sockets match IPv4 packets. The one exception is the
+//! IPv4 flow map's `FlowKey4`, kept small for the packet path and widened on read.
 #![no_std]
 
 /// `FlowKey::direction` values.
@@ -47,6 +48,65 @@ pub struct FlowKey {
     pub remote_port: u16,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+}
+
+/// `FlowKey` of an IPv4 flow as the IPv4 flow map holds it: the same fields with 4-byte
+/// addresses. 20 bytes against 44: the kernel hashes 5 words instead of 11 and compares 20
+/// bytes on every lookup, and an element takes 24 bytes less. The daemon widens it to a
+/// `FlowKey` (IPv4-mapped addresses) as soon as it reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    pub ifindex: u32,
+    pub direction: u8,
+    pub proto: u8,
+    /// Always 4.
+    pub family: u8,
+    pub flags: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 4],
+    pub remote_addr: [u8; 4],
+}
+
+impl From<FlowKey4> for FlowKey {
+    fn from(k: FlowKey4) -> Self {
+        Self {
+            ifindex: k.ifindex,
+            direction: k.direction,
+            proto: k.proto,
+            family: 4,
+            flags: k.flags,
+            local_port: k.local_port,
+            remote_port: k.remote_port,
+            local_addr: v4_mapped(k.local_addr),
+            remote_addr: v4_mapped(k.remote_addr),
+        }
+    }
+}
+
+impl FlowKey {
+    /// The IPv4 flow map's key for this flow: `Some` for an IPv4 flow (family 4, both
+    /// addresses IPv4-mapped), `None` for an IPv6 one.
+    pub fn narrow(&self) -> Option<FlowKey4> {
+        Some(FlowKey4 {
+            ifindex: self.ifindex,
+            direction: self.direction,
+            proto: self.proto,
+            family: 4,
+            flags: self.flags,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local_addr: unmapped(&self.local_addr)?,
+            remote_addr: unmapped(&self.remote_addr)?,
+        })
+        .filter(|_| self.family == 4)
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address.
+fn unmapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+    (a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]).then(|| [a[12], a[13], a[14], a[15]])
 }
 
 /// The key has no L4 ports because the packet is a non-first fragment, or its transport
@@ -473,6 +533,8 @@ macro_rules! assert_layout {
 
 assert_layout!(FlowKey, 44, ifindex @ 0, direction @ 4, proto @ 5, family @ 6, flags @ 7,
     local_port @ 8, remote_port @ 10, local_addr @ 12, remote_addr @ 28);
+assert_layout!(FlowKey4, 20, ifindex @ 0, direction @ 4, proto @ 5, family @ 6, flags @ 7,
+    local_port @ 8, remote_port @ 10, local_addr @ 12, remote_addr @ 16);
 assert_layout!(FlowStats, 40, bytes @ 0, packets @ 8, first_seen_ns @ 16, last_seen_ns @ 24,
     tcp_flags @ 32, epoch @ 36);
 assert_layout!(IfaceKey, 8, ifindex @ 0, direction @ 4);
@@ -494,6 +556,7 @@ mod pod {
     // SAFETY: all are #[repr(C)] plain integers/byte arrays with explicit padding, so every
     // bit pattern is valid and there are no implicit padding bytes (checked by assert_layout).
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceStats {}
@@ -505,4 +568,46 @@ mod pod {
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::RateValue {}
     unsafe impl aya::Pod for super::DropKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_key4_widens_and_narrows_back() {
+        let k4 = FlowKey4 {
+            ifindex: 7,
+            direction: DIR_EGRESS,
+            proto: IPPROTO_TCP,
+            family: 4,
+            flags: FLOW_FLAG_NO_PORTS,
+            local_port: 443,
+            remote_port: 51000,
+            local_addr: [192, 0, 2, 1],
+            remote_addr: [198, 51, 100, 9],
+        };
+        let k = FlowKey::from(k4);
+        assert_eq!(k.local_addr, v4_mapped([192, 0, 2, 1]));
+        assert_eq!(k.remote_addr, v4_mapped([198, 51, 100, 9]));
+        assert_eq!((k.ifindex, k.local_port, k.remote_port), (7, 443, 51000));
+        assert_eq!(k.narrow(), Some(k4));
+    }
+
+    #[test]
+    fn ipv6_flows_have_no_narrow_key() {
+        let mut k = FlowKey {
+            family: 6,
+            local_addr: v4_mapped([10, 0, 0, 1]),
+            remote_addr: v4_mapped([10, 0, 0, 2]),
+            ..Default::default()
+        };
+        // An IPv6 packet between IPv4-mapped addresses is still an IPv6 flow.
+        assert_eq!(k.narrow(), None);
+        k.family = 4;
+        k.remote_addr[0] = 0x20;
+        assert_eq!(k.narrow(), None, "a family-4 key with a non-mapped address");
+        k.remote_addr[0] = 0;
+        assert!(k.narrow().is_some());
+    }
 }

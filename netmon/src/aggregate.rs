@@ -132,6 +132,8 @@ pub struct Tracker {
     pub evictions: u64,
     /// Flows the daemon removed for being idle.
     pub expired: u64,
+    /// How many of `flows` are IPv4 (the rest are IPv6): each family has a kernel map.
+    flows_v4: usize,
     tick: u64,
     /// Flows with traffic not yet credited to a process: retried every tick, read or not.
     pending: std::collections::HashSet<FlowKey, foldhash::fast::RandomState>,
@@ -272,6 +274,7 @@ impl Tracker {
             // One lookup (one hash) for a flow the table holds.
             let e = self.flows.entry(s.key).or_insert_with(|| {
                 new = true;
+                self.flows_v4 += usize::from(s.key.family == 4);
                 FlowEntry {
                     bytes: 0,
                     packets: 0,
@@ -341,6 +344,11 @@ impl Tracker {
 
     /// Changes whenever the set of flows or an owner changed: what a count of connections
     /// by risk depends on, besides the classifier (`Classifier::generation`).
+    /// Flows in the table by family: (IPv4, IPv6), as the two kernel maps hold them.
+    pub fn flows_by_family(&self) -> (usize, usize) {
+        (self.flows_v4, self.flows.len() - self.flows_v4)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -419,7 +427,9 @@ impl Tracker {
             }
         }
         for k in &gone {
-            self.flows.remove(k);
+            if self.flows.remove(k).is_some() {
+                self.flows_v4 -= usize::from(k.family == 4);
+            }
             self.pending.remove(k);
             self.link_twin(k, false);
         }
@@ -430,6 +440,7 @@ impl Tracker {
             self.pending.remove(k);
             let removed = self.flows.remove(k);
             if removed.is_some() {
+                self.flows_v4 -= usize::from(k.family == 4);
                 self.link_twin(k, false);
             }
             if let Some(e) = removed

@@ -241,7 +241,8 @@ struct Drain {
     prev_expired: u64,
     /// Wakes the drop-list thread after each drain.
     housekeeping: Option<std::sync::mpsc::SyncSender<()>>,
-    flow_capacity: u32,
+    /// max_entries of the IPv4 and the IPv6 flow map.
+    flow_capacity: [u32; 2],
     started: Instant,
     drains: u64,
     /// Which command names have Prometheus series of their own.
@@ -449,12 +450,17 @@ impl Drain {
         self.prev_expired = tracker.expired;
         let active = tracker.flows.len();
         m.flows_active.set(active as i64);
-        m.map_entries
-            .with_label_values(&["flows"])
-            .set(active as i64);
-        m.map_capacity
-            .with_label_values(&["flows"])
-            .set(self.flow_capacity as i64);
+        let (v4, v6) = tracker.flows_by_family();
+        let flow_maps = [
+            ("flows4", v4, self.flow_capacity[0]),
+            ("flows6", v6, self.flow_capacity[1]),
+        ];
+        for (map, entries, capacity) in flow_maps {
+            m.map_entries.with_label_values(&[map]).set(entries as i64);
+            m.map_capacity
+                .with_label_values(&[map])
+                .set(i64::from(capacity));
+        }
         // The socket maps are counted by walking their keys: every tenth drain is enough.
         if self.drains.is_multiple_of(10) {
             for (map, entries, capacity) in self.maps.socket_map_usage() {
@@ -511,11 +517,14 @@ impl Drain {
         self.drains += 1;
         let mut status = base_status.clone();
         status.uptime_seconds = self.started.elapsed().as_secs_f64();
-        status.maps = vec![MapUsage {
-            name: "flows".into(),
-            entries: active as u64,
-            capacity: self.flow_capacity as u64,
-        }];
+        status.maps = flow_maps
+            .iter()
+            .map(|&(map, entries, capacity)| MapUsage {
+                name: map.into(),
+                entries: entries as u64,
+                capacity: u64::from(capacity),
+            })
+            .collect();
         status.kernel_events = kernel_events;
         status.flows_active = active as u64;
         status.flow_evictions = tracker.evictions;

@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use netmon_common::{
-    FlowKey, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
-    ProcInfo, SockKey, config, counter,
+    FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats,
+    PortKey, ProcInfo, SockKey, config, counter,
 };
 
 use crate::aggregate::FlowSample;
@@ -182,7 +182,9 @@ pub fn sum_stats<'a>(per_cpu: impl IntoIterator<Item = &'a IfaceStats>) -> Iface
 
 /// Handles to the maps the daemon reads, taken out of the loaded object.
 pub struct Maps {
-    flows: MapData,
+    /// NETMON_FLOWS4 (IPv4 flows, `FlowKey4`) and NETMON_FLOWS6 (IPv6 flows, `FlowKey`).
+    flows4: MapData,
+    flows6: MapData,
     ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
     iface_slots: MapData,
     counters: PerCpuArray<MapData, u64>,
@@ -203,9 +205,10 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// Reused buffers for reading the flow map in batches.
+/// Reused buffers for reading the flow maps in batches.
 pub struct FlowBufs {
-    keys: Vec<FlowKey>,
+    keys4: Vec<FlowKey4>,
+    keys6: Vec<FlowKey>,
     vals: Vec<FlowStats>,
     chunk: usize,
 }
@@ -213,11 +216,84 @@ pub struct FlowBufs {
 impl Default for FlowBufs {
     fn default() -> Self {
         Self {
-            keys: Vec::new(),
+            keys4: Vec::new(),
+            keys6: Vec::new(),
             vals: Vec::new(),
             chunk: 4096,
         }
     }
+}
+
+/// Names of the two flow maps, for messages.
+const FLOWS4: &str = "NETMON_FLOWS4";
+const FLOWS6: &str = "NETMON_FLOWS6";
+
+fn lru_map(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
+    match take(ebpf, name)? {
+        aya::maps::Map::LruHashMap(m) => Ok(m),
+        _ => anyhow::bail!("{name} is not an LRU hash map"),
+    }
+}
+
+/// A flow's counters as the drain hands them on.
+fn sample(key: FlowKey, v: &FlowStats) -> FlowSample {
+    FlowSample {
+        key,
+        bytes: v.bytes,
+        packets: v.packets,
+        tcp_flags: v.tcp_flags,
+        first_ns: v.first_seen_ns,
+        last_ns: v.last_seen_ns,
+    }
+}
+
+/// One BPF_MAP_LOOKUP_ELEM; `None` when the key is not in the map.
+fn lookup_elem<K, V: Default>(map: &MapData, key: &K) -> Option<V> {
+    let mut v = V::default();
+    let mut attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: &mut v as *mut V as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points at a key and a value buffer of the map's sizes (the caller passes
+    // the map's own key and value types).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut ElemAttr,
+            size_of::<ElemAttr>() as u32,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Removes `keys` from a hash map with BPF_MAP_DELETE_BATCH; returns how many were deleted.
+fn delete_batched<K>(map: &MapData, name: &str, keys: &[K]) -> Result<usize> {
+    let mut deleted = 0;
+    for chunk in keys.chunks(4096) {
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => deleted += attr.count as usize,
+            // A key already evicted by the LRU stops the batch at that key: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                deleted += attr.count as usize;
+                let rest = &chunk[(attr.count as usize + 1).min(chunk.len())..];
+                if !rest.is_empty() {
+                    deleted += delete_batched(map, name, rest)?;
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("BPF_MAP_DELETE_BATCH on {name}")),
+        }
+    }
+    Ok(deleted)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
@@ -227,12 +303,9 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let flows = match take(ebpf, "NETMON_FLOWS")? {
-            aya::maps::Map::LruHashMap(m) => m,
-            _ => anyhow::bail!("NETMON_FLOWS is not an LRU hash map"),
-        };
         Ok(Self {
-            flows,
+            flows4: lru_map(ebpf, FLOWS4)?,
+            flows6: lru_map(ebpf, FLOWS6)?,
             ifaces: PerCpuHashMap::try_from(take(ebpf, "NETMON_IFACES")?)?,
             iface_slots: match take(ebpf, "NETMON_IFACE_SLOTS")? {
                 aya::maps::Map::PerCpuArray(m) => m,
@@ -260,47 +333,35 @@ impl Maps {
     }
 
     /// Appends the keys waiting in the dirty ring (flows touched since they were last taken)
-    /// to `out`. A key may appear more than once.
+    /// to `out`, IPv4 ones widened. A key may appear more than once.
     pub fn take_dirty(&mut self, out: &mut Vec<FlowKey>) {
         while let Some(item) = self.dirty.next() {
-            if item.len() >= size_of::<FlowKey>() {
-                // SAFETY: the programs write whole FlowKeys; unaligned read of plain data.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowKey>()) });
+            // A record is as long as the key the program pushed: FlowKey4 or FlowKey.
+            match item.len() {
+                n if n == size_of::<FlowKey4>() => {
+                    // SAFETY: the programs write whole FlowKey4s; unaligned read of plain data.
+                    let k = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowKey4>()) };
+                    out.push(k.into());
+                }
+                n if n == size_of::<FlowKey>() => {
+                    // SAFETY: as above, for FlowKey.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowKey>()) });
+                }
+                _ => {}
             }
         }
     }
 
-    /// The flows `keys` (distinct) as the kernel map holds them now, handed to `f`; keys no
+    /// The flows `keys` (distinct) as the kernel maps hold them now, handed to `f`; keys no
     /// longer in the map (evicted, deleted) are skipped.
     pub fn read_flows_by_key(&self, keys: &[FlowKey], mut f: impl FnMut(&FlowSample)) {
-        let fd = self.flows.fd().as_fd().as_raw_fd() as u32;
         for key in keys {
-            let mut v = FlowStats::default();
-            let mut attr = ElemAttr {
-                map_fd: fd,
-                _pad: 0,
-                key: key as *const FlowKey as u64,
-                value: &mut v as *mut FlowStats as u64,
-                flags: 0,
+            let v = match key.narrow() {
+                Some(k4) => lookup_elem::<_, FlowStats>(&self.flows4, &k4),
+                None => lookup_elem::<_, FlowStats>(&self.flows6, key),
             };
-            // SAFETY: attr points at a key and a value buffer of the map's sizes.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_ELEM,
-                    &mut attr as *mut ElemAttr,
-                    size_of::<ElemAttr>() as u32,
-                )
-            };
-            if r == 0 {
-                f(&FlowSample {
-                    key: *key,
-                    bytes: v.bytes,
-                    packets: v.packets,
-                    tcp_flags: v.tcp_flags,
-                    first_ns: v.first_seen_ns,
-                    last_ns: v.last_seen_ns,
-                });
+            if let Some(v) = v {
+                f(&sample(*key, &v));
             }
         }
     }
@@ -313,52 +374,37 @@ impl Maps {
             .unwrap_or(0)
     }
 
-    /// Every flow in the kernel map, read in batches and handed to `f` one by one: the
-    /// daemon never holds a copy of the whole map.
+    /// Every flow in the kernel maps, read in batches and handed to `f` one by one: the
+    /// daemon never holds a copy of a whole map.
     pub fn read_flows(&self, bufs: &mut FlowBufs, mut f: impl FnMut(&FlowSample)) -> Result<()> {
         read_batched(
-            self.flows.fd().as_fd(),
-            &mut bufs.keys,
+            self.flows4.fd().as_fd(),
+            &mut bufs.keys4,
             &mut bufs.vals,
             &mut bufs.chunk,
-            |&key, v: &FlowStats| {
-                f(&FlowSample {
-                    key,
-                    bytes: v.bytes,
-                    packets: v.packets,
-                    tcp_flags: v.tcp_flags,
-                    first_ns: v.first_seen_ns,
-                    last_ns: v.last_seen_ns,
-                })
-            },
+            |&key, v| f(&sample(key.into(), v)),
         )
-        .context("BPF_MAP_LOOKUP_BATCH on NETMON_FLOWS")
+        .with_context(|| format!("BPF_MAP_LOOKUP_BATCH on {FLOWS4}"))?;
+        read_batched(
+            self.flows6.fd().as_fd(),
+            &mut bufs.keys6,
+            &mut bufs.vals,
+            &mut bufs.chunk,
+            |&key, v| f(&sample(key, v)),
+        )
+        .with_context(|| format!("BPF_MAP_LOOKUP_BATCH on {FLOWS6}"))
     }
 
-    /// Removes flows from the kernel map; returns how many were deleted.
+    /// Removes flows from the kernel maps; returns how many were deleted.
     pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<usize> {
-        let mut deleted = 0;
-        for chunk in keys.chunks(4096) {
-            let mut attr = BatchAttr {
-                keys: chunk.as_ptr() as u64,
-                count: chunk.len() as u32,
-                map_fd: self.flows.fd().as_fd().as_raw_fd() as u32,
-                ..Default::default()
-            };
-            match bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) {
-                Ok(()) => deleted += attr.count as usize,
-                // A key already evicted by the LRU stops the batch at that key: skip it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    deleted += attr.count as usize;
-                    let rest = &chunk[(attr.count as usize + 1).min(chunk.len())..];
-                    if !rest.is_empty() {
-                        deleted += self.delete_flows(rest)?;
-                    }
-                }
-                Err(e) => return Err(e).context("BPF_MAP_DELETE_BATCH on NETMON_FLOWS"),
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for k in keys {
+            match k.narrow() {
+                Some(k4) => v4.push(k4),
+                None => v6.push(*k),
             }
         }
-        Ok(deleted)
+        Ok(delete_batched(&self.flows4, FLOWS4, &v4)? + delete_batched(&self.flows6, FLOWS6, &v6)?)
     }
 
     /// The socket-owner maps, for lookups from other threads (the socket lister).
@@ -371,8 +417,9 @@ impl Maps {
         self.owners.usage()
     }
 
-    pub fn flow_capacity(&self) -> u32 {
-        self.flows.info().map(|i| i.max_entries()).unwrap_or(0)
+    /// max_entries of the IPv4 and the IPv6 flow map.
+    pub fn flow_capacity(&self) -> [u32; 2] {
+        [&self.flows4, &self.flows6].map(|m| m.info().map(|i| i.max_entries()).unwrap_or(0))
     }
 
     /// Per-interface totals, summed over CPUs: the array slots (one batch lookup) and the

@@ -207,6 +207,15 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// The interface index of `a`'s end, as the kernel programs record it.
+    pub fn a_ifindex(&self) -> u32 {
+        self.a
+            .exec(&["cat", &format!("/sys/class/net/{}/ifindex", self.a_if)])
+            .trim()
+            .parse()
+            .expect("an interface index")
+    }
+
     pub fn new(tag: &str) -> Self {
         require_root();
         let a = Netns::new(&format!("{tag}a"));

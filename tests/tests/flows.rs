@@ -444,3 +444,137 @@ fn missing_interface_is_named_in_the_error() {
         "unclear error: {err}"
     );
 }
+
+/// The daemon's flow map `name` of `max_entries` entries (the newest, should an earlier
+/// daemon's linger), read from this process.
+fn kernel_flow_keys<K: aya::Pod + Eq>(name: &str, max_entries: u32) -> Vec<(K, u64)> {
+    let info = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| m.name_as_str() == Some(name) && m.max_entries() == max_entries)
+        .max_by_key(|m| m.id())
+        .unwrap_or_else(|| panic!("no {name} of {max_entries} entries loaded"));
+    let data = aya::maps::MapData::from_id(info.id()).unwrap();
+    let map: aya::maps::HashMap<_, K, netmon_common::FlowStats> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    map.iter()
+        .map(|r| r.unwrap())
+        .map(|(k, v)| (k, v.packets))
+        .collect()
+}
+
+/// IPv4 flows live in NETMON_FLOWS4 under a 20-byte key and IPv6 flows in NETMON_FLOWS6; the
+/// daemon reads, counts and reports each map, and removes idle flows from the right one.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
+    use netmon_common::{FlowKey, FlowKey4, v4_mapped};
+    // A size no other test's daemon uses, to find this daemon's maps.
+    const SIZE: u32 = 3001;
+    let p = Pair::new("fam");
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--idle-timeout", "1s", "--flow-map-size", &SIZE.to_string()],
+    );
+    let mut sent = Vec::new();
+    for to in ["198.18.0.2:7101", "[fd00:6e6d::2]:7102"] {
+        let rx = Peer::spawn(
+            &p.b,
+            &[
+                "udp-recv",
+                "--listen",
+                to,
+                "--count",
+                "7",
+                "--timeout-ms",
+                "5000",
+            ],
+        );
+        let tx = Peer::spawn(
+            &p.a,
+            &["udp-send", "--to", to, "--count", "7", "--size", "64"],
+        );
+        let port: u16 = tx.local.rsplit(':').next().unwrap().parse().unwrap();
+        tx.finish();
+        assert!(rx.finish().contains("received=7"));
+        sent.push(port);
+    }
+    let stats = d.fresh_stats(&p.a);
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    let maps = status["maps"].as_array().unwrap();
+    for name in ["flows4", "flows6"] {
+        let m = maps
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {status}"));
+        assert_eq!(u(&m["capacity"]), u64::from(SIZE), "{m}");
+        assert!(u(&m["entries"]) >= 1, "{m}");
+    }
+    assert!(stats["connections"].as_array().is_some());
+
+    let v4_key = FlowKey4 {
+        ifindex: p.a_ifindex(),
+        direction: netmon_common::DIR_EGRESS,
+        proto: netmon_common::IPPROTO_UDP,
+        family: 4,
+        flags: 0,
+        local_port: sent[0],
+        remote_port: 7101,
+        local_addr: [198, 18, 0, 1],
+        remote_addr: [198, 18, 0, 2],
+    };
+    let v6_key = FlowKey {
+        family: 6,
+        local_port: sent[1],
+        remote_port: 7102,
+        local_addr: "fd00:6e6d::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        remote_addr: "fd00:6e6d::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        ..FlowKey::from(v4_key)
+    };
+    let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
+    let v6 = kernel_flow_keys::<FlowKey>("NETMON_FLOWS6", SIZE);
+    assert!(
+        v4.contains(&(v4_key, 7)),
+        "{v4_key:?} with 7 packets in {v4:?}"
+    );
+    assert!(
+        v6.contains(&(v6_key, 7)),
+        "{v6_key:?} with 7 packets in {v6:?}"
+    );
+    assert!(v6.iter().all(|(k, _)| k.family == 6), "{v6:?}");
+    // Nothing IPv4 goes to the IPv6 map under a mapped address.
+    assert!(
+        !v6.iter()
+            .any(|(k, _)| k.local_addr == v4_mapped([198, 18, 0, 1])),
+        "{v6:?}"
+    );
+    // The connection table shows the IPv4 flow with its IPv4 addresses (widened key).
+    let local = format!("198.18.0.1:{}", sent[0]);
+    find_conn(&stats, &local, "198.18.0.2:7101");
+
+    // Idle for over a second: the daemon's sweep deletes both flows from their maps.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
+        let v6 = kernel_flow_keys::<FlowKey>("NETMON_FLOWS6", SIZE);
+        let left4 = v4.iter().any(|(k, _)| *k == v4_key);
+        let left6 = v6.iter().any(|(k, _)| *k == v6_key);
+        if !left4 && !left6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle flows still in the kernel maps: IPv4 {left4}, IPv6 {left6}; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    assert!(u(&status["flows_expired"]) >= 2, "{status}");
+}

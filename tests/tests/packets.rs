@@ -9,8 +9,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use netmon_common::{
-    DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowStats, IfaceKey, IfaceStats, counter,
-    v4_mapped,
+    DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowKey4, FlowStats, IfaceKey,
+    IfaceStats, counter, v4_mapped,
 };
 use netmon_tests::{PinDir, packet::*, require_root};
 
@@ -36,7 +36,8 @@ fn small_maps(pins: &PinDir, flows: u32) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&pins.0)
-        .map_max_entries("NETMON_FLOWS", flows)
+        .map_max_entries("NETMON_FLOWS4", flows)
+        .map_max_entries("NETMON_FLOWS6", flows)
         .map_max_entries("NETMON_SOCK_PROC", 1024)
         .map_max_entries("NETMON_PORT_OWNER", 1024)
         .map_max_entries("NETMON_SK_OWNER", 1024);
@@ -107,12 +108,8 @@ impl Progs {
     /// Empties what the packet programs write (flows, interface totals, counters), so that
     /// the next packet is checked as on freshly created maps.
     fn reset(&mut self) {
-        let mut flows: aya::maps::HashMap<_, FlowKey, FlowStats> =
-            aya::maps::HashMap::try_from(self.ebpf.map_mut("NETMON_FLOWS").unwrap()).unwrap();
-        let keys: Vec<FlowKey> = flows.keys().map(|k| k.unwrap()).collect();
-        for k in &keys {
-            flows.remove(k).unwrap();
-        }
+        self.clear_flows::<FlowKey4>("NETMON_FLOWS4");
+        self.clear_flows::<FlowKey>("NETMON_FLOWS6");
         let mut ifaces: PerCpuHashMap<_, IfaceKey, IfaceStats> =
             PerCpuHashMap::try_from(self.ebpf.map_mut("NETMON_IFACES").unwrap()).unwrap();
         let keys: Vec<IfaceKey> = ifaces.keys().map(|k| k.unwrap()).collect();
@@ -140,10 +137,36 @@ impl Progs {
         }
     }
 
+    fn clear_flows<K: aya::Pod>(&mut self, name: &str) {
+        let mut flows: aya::maps::HashMap<_, K, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(name).unwrap()).unwrap();
+        let keys: Vec<K> = flows.keys().map(|k| k.unwrap()).collect();
+        for k in &keys {
+            flows.remove(k).unwrap();
+        }
+    }
+
+    /// Both flow maps, IPv4 keys widened as the daemon widens them. Every flow must be in
+    /// its own family's map.
     fn flows(&self) -> Vec<(FlowKey, FlowStats)> {
-        let m: aya::maps::HashMap<_, FlowKey, FlowStats> =
-            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
-        m.iter().map(|r| r.unwrap()).collect()
+        let v4: aya::maps::HashMap<_, FlowKey4, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS4").unwrap()).unwrap();
+        let v6: aya::maps::HashMap<_, FlowKey, FlowStats> =
+            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS6").unwrap()).unwrap();
+        let mut out: Vec<_> = v4
+            .iter()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                assert_eq!(k.family, 4, "{k:?} in NETMON_FLOWS4");
+                (FlowKey::from(k), v)
+            })
+            .collect();
+        out.extend(v6.iter().map(|r| {
+            let (k, v) = r.unwrap();
+            assert_eq!(k.family, 6, "{k:?} in NETMON_FLOWS6");
+            (k, v)
+        }));
+        out
     }
 
     /// Interface totals as the daemon reads them: the per-CPU array slots, then the hash
@@ -688,7 +711,8 @@ fn empty_baseline_program_passes() {
     let pins = PinDir::new("empty");
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
-        .map_max_entries("NETMON_FLOWS", 1024)
+        .map_max_entries("NETMON_FLOWS4", 1024)
+        .map_max_entries("NETMON_FLOWS6", 1024)
         .load(netmon::load::EBPF_OBJECT)
         .unwrap();
     let x: &mut Xdp = ebpf

@@ -874,7 +874,8 @@ fn create_pinned(pin_dir: &Path) -> Result<()> {
     let mut loader = aya::EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for m in [
-        "NETMON_FLOWS",
+        "NETMON_FLOWS4",
+        "NETMON_FLOWS6",
         "NETMON_SOCK_PROC",
         "NETMON_PORT_OWNER",
         "NETMON_SK_OWNER",

@@ -39,6 +39,7 @@ const TC_HANDLE: TcHandle = TcHandle::new(0, 0x4e4d);
 /// Map sizes; every one is a `max_entries` in the kernel.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct MapSizes {
+    /// Entries of each flow map: the IPv4 one and the IPv6 one.
     pub flows: u32,
     pub sockets: u32,
     pub ports: u32,
@@ -289,7 +290,8 @@ pub fn load_and_attach(
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&opts.pin_dir)
-        .map_max_entries("NETMON_FLOWS", opts.sizes.flows)
+        .map_max_entries("NETMON_FLOWS4", opts.sizes.flows)
+        .map_max_entries("NETMON_FLOWS6", opts.sizes.flows)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);

@@ -20,7 +20,7 @@ use netmon::act::{
     state::{AllowEntry, BanEntry, Kind, State},
 };
 use netmon::drain::monotonic_ns;
-use netmon_common::{DIR_INGRESS, FlowKey, FlowStats, IPPROTO_UDP, v4_mapped};
+use netmon_common::{DIR_INGRESS, FlowKey, FlowKey4, FlowStats, IPPROTO_UDP};
 use netmon_tests::{Daemon, Netns, Pair, PinDir, ns_json, packet::*, sh};
 use serde_json::Value;
 
@@ -499,6 +499,9 @@ impl Rig {
         let pins = PinDir::new(pins);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
+            .map_max_entries("NETMON_FLOWS4", flows)
+            .map_max_entries("NETMON_FLOWS6", flows)
+            // The flow map of builds before the per-family maps (NETMON_BENCH_OBJECT).
             .map_max_entries("NETMON_FLOWS", flows)
             .load(object)
             .expect("load the eBPF object");
@@ -559,10 +562,19 @@ impl Rig {
         }
     }
 
+    /// Flows in the flow maps (any of the per-family maps and the older single map).
     fn flow_count(&self) -> usize {
-        let m: aya::maps::HashMap<_, FlowKey, FlowStats> =
-            aya::maps::HashMap::try_from(self.ebpf.map("NETMON_FLOWS").unwrap()).unwrap();
-        m.keys().count()
+        fn count<K: aya::Pod>(rig: &Rig, name: &str) -> usize {
+            rig.ebpf.map(name).map_or(0, |m| {
+                aya::maps::HashMap::<_, K, FlowStats>::try_from(m)
+                    .unwrap()
+                    .keys()
+                    .count()
+            })
+        }
+        count::<FlowKey4>(self, "NETMON_FLOWS4")
+            + count::<FlowKey>(self, "NETMON_FLOWS6")
+            + count::<FlowKey>(self, "NETMON_FLOWS")
     }
 }
 
@@ -1305,16 +1317,16 @@ impl Drop for Toucher {
     }
 }
 
-/// The daemon's flow map: the newest map named NETMON_FLOWS with the given size.
+/// The daemon's IPv4 flow map: the newest map named NETMON_FLOWS4 with the given size.
 fn daemon_flow_map(max_entries: u32) -> aya::maps::MapInfo {
     aya::maps::loaded_maps()
         .flatten()
-        .filter(|m| m.name_as_str() == Some("NETMON_FLOWS") && m.max_entries() == max_entries)
+        .filter(|m| m.name_as_str() == Some("NETMON_FLOWS4") && m.max_entries() == max_entries)
         .max_by_key(|m| m.id())
-        .expect("the daemon's NETMON_FLOWS map")
+        .expect("the daemon's NETMON_FLOWS4 map")
 }
 
-/// Writes flows `from..to` into the daemon's flow map, as if they had been seen now.
+/// Writes IPv4 flows `from..to` into the daemon's IPv4 flow map, as if seen now.
 fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
     let now = monotonic_ns();
     let fd = map.fd().expect("map fd");
@@ -1322,8 +1334,8 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
     let mut start = from;
     while start < to {
         let end = (start + CHUNK).min(to);
-        let keys: Vec<FlowKey> = (start..end)
-            .map(|i| FlowKey {
+        let keys: Vec<FlowKey4> = (start..end)
+            .map(|i| FlowKey4 {
                 ifindex,
                 direction: DIR_INGRESS,
                 proto: IPPROTO_UDP,
@@ -1331,8 +1343,8 @@ fn add_flows(map: &aya::maps::MapInfo, ifindex: u32, from: u32, to: u32) {
                 flags: 0,
                 local_port: 53,
                 remote_port: 40000 + (i % 20000) as u16,
-                local_addr: v4_mapped(LOCAL4),
-                remote_addr: v4_mapped(remote4(i)),
+                local_addr: LOCAL4,
+                remote_addr: remote4(i),
             })
             .collect();
         let vals = vec![
@@ -1379,11 +1391,7 @@ fn drain() -> String {
             &CAPACITY.to_string(),
         ],
     );
-    let ifindex: u32 =
-        p.a.exec(&["cat", &format!("/sys/class/net/{}/ifindex", p.a_if)])
-            .trim()
-            .parse()
-            .unwrap();
+    let ifindex = p.a_ifindex();
     let map = daemon_flow_map(CAPACITY);
     let pid = d.pid();
     let rss_idle = rss_mib(pid);
