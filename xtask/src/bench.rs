@@ -37,6 +37,7 @@ pub fn run(sections: &[String]) -> Result<()> {
         // A developer's filter for quick comparisons: BENCHMARKS.md is written from them all.
         .env_remove("NETMON_BENCH_PACKETS")
         .env_remove("NETMON_BENCH_OBJECT")
+        .env_remove("NETMON_BENCH_DRAIN_MAX")
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting netmon-bench")?;
