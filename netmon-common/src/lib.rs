@@ -29,16 +29,17 @@ pub mod tcp_flags {
 }
 
 /// One direction of one flow on one interface, seen from this host: for ingress the local
-/// end is the packet's destination, for egress its source.
+/// end is the packet's destination, for egress its source. `A` is the address type: 16
+/// bytes in a `FlowKey`, 4 in a `FlowKey4`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
+pub struct FlowKeyOf<A> {
     pub ifindex: u32,
     /// `DIR_INGRESS` or `DIR_EGRESS`.
     pub direction: u8,
     /// IP protocol number of the transport header (after IPv6 extension headers).
     pub proto: u8,
-    /// 4 or 6: the family on the wire.
+    /// 4 or 6: the family on the wire (always 4 in a `FlowKey4`).
     pub family: u8,
     /// `FLOW_FLAG_*` bits.
     pub flags: u8,
@@ -46,42 +47,41 @@ pub struct FlowKey {
     pub local_port: u16,
     /// Host byte order. TCP/UDP: the port. ICMP/ICMPv6: `type << 8 | code`.
     pub remote_port: u16,
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
+    pub local_addr: A,
+    pub remote_addr: A,
 }
 
-/// `FlowKey` of an IPv4 flow as the IPv4 flow map holds it: the same fields with 4-byte
-/// addresses. 20 bytes against 44: the kernel hashes 5 words instead of 11 and compares 20
-/// bytes on every lookup, and an element takes 24 bytes less. The daemon widens it to a
-/// `FlowKey` (IPv4-mapped addresses) as soon as it reads it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey4 {
-    pub ifindex: u32,
-    pub direction: u8,
-    pub proto: u8,
-    /// Always 4.
-    pub family: u8,
-    pub flags: u8,
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub local_addr: [u8; 4],
-    pub remote_addr: [u8; 4],
+/// A flow of either family, IPv4 addresses IPv4-mapped: the IPv6 flow map's key, and the
+/// daemon's for every flow.
+pub type FlowKey = FlowKeyOf<[u8; 16]>;
+
+/// An IPv4 flow as the IPv4 flow map holds it. 20 bytes against 44: the kernel hashes 5
+/// words instead of 11 and compares 20 bytes on every lookup, and an element takes 24 bytes
+/// less. The daemon widens it to a `FlowKey` as soon as it reads it.
+pub type FlowKey4 = FlowKeyOf<[u8; 4]>;
+
+impl<A: Copy> FlowKeyOf<A> {
+    /// The same key with both addresses converted by `f`; `None` if either does not convert.
+    #[inline(always)]
+    pub fn map_addrs<B>(&self, f: impl Fn(A) -> Option<B>) -> Option<FlowKeyOf<B>> {
+        Some(FlowKeyOf {
+            ifindex: self.ifindex,
+            direction: self.direction,
+            proto: self.proto,
+            family: self.family,
+            flags: self.flags,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local_addr: f(self.local_addr)?,
+            remote_addr: f(self.remote_addr)?,
+        })
+    }
 }
 
 impl From<FlowKey4> for FlowKey {
     fn from(k: FlowKey4) -> Self {
-        Self {
-            ifindex: k.ifindex,
-            direction: k.direction,
-            proto: k.proto,
-            family: 4,
-            flags: k.flags,
-            local_port: k.local_port,
-            remote_port: k.remote_port,
-            local_addr: v4_mapped(k.local_addr),
-            remote_addr: v4_mapped(k.remote_addr),
-        }
+        // Mapping an IPv4 address cannot fail.
+        k.map_addrs(|a| Some(v4_mapped(a))).unwrap_or_default()
     }
 }
 
@@ -89,23 +89,12 @@ impl FlowKey {
     /// The IPv4 flow map's key for this flow: `Some` for an IPv4 flow (family 4, both
     /// addresses IPv4-mapped), `None` for an IPv6 one.
     pub fn narrow(&self) -> Option<FlowKey4> {
-        Some(FlowKey4 {
-            ifindex: self.ifindex,
-            direction: self.direction,
-            proto: self.proto,
-            family: 4,
-            flags: self.flags,
-            local_port: self.local_port,
-            remote_port: self.remote_port,
-            local_addr: unmapped(&self.local_addr)?,
-            remote_addr: unmapped(&self.remote_addr)?,
-        })
-        .filter(|_| self.family == 4)
+        self.map_addrs(unmapped).filter(|_| self.family == 4)
     }
 }
 
 /// The IPv4 address inside an IPv4-mapped IPv6 address.
-fn unmapped(a: &[u8; 16]) -> Option<[u8; 4]> {
+fn unmapped(a: [u8; 16]) -> Option<[u8; 4]> {
     (a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]).then(|| [a[12], a[13], a[14], a[15]])
 }
 
