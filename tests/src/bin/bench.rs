@@ -442,6 +442,21 @@ fn reset_peak_rss(pid: u32) {
         .unwrap_or_else(|e| panic!("resetting the peak RSS of {pid}: {e}"));
 }
 
+/// Waits (up to 15 s) until the RSS of `pid` stops moving: two readings 500 ms apart
+/// within 1 MiB of each other.
+fn settle_rss(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = rss_mib(pid);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rss_mib(pid);
+        if (now - last).abs() < 1.0 {
+            return;
+        }
+        last = now;
+    }
+}
+
 fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -1478,7 +1493,9 @@ fn drain() -> String {
     {
         eprintln!("  {n} flows, {touched} touched per second");
         // The peak covers the daemon taking the new flows in (its table grows) as well as
-        // the measured drains.
+        // the measured drains, not the previous row's connection-table requests: those
+        // free their memory only as the last response is written out.
+        settle_rss(pid);
         reset_peak_rss(pid);
         if n > have {
             add_flows(&map, ifindex, have, n);
