@@ -197,8 +197,8 @@ and the element is 128 bytes instead of 152. The daemon reads both maps and wide
 keys as it reads them; the dirty ring carries both kinds of key, told apart by length. \
 Alternate runs of the two builds before this run: IPv4 TC hit 55-59 ns against 70-75, \
 IPv4 XDP hit 64-65 against 67-68, new flow 313-336 against 341-352; in this run against \
-the previous full run on this host, the IPv4 hit is 56 (XDP) and 59 (TC) against 67 and \
-68 ns, the new flow 307-310 against 329-348. Each map is preallocated at \
+the previous round's full run on this host, the IPv4 hit is 57 (XDP) and 61 (TC) against \
+67 and 68 ns, the new flow 321-326 against 329-348. Each map is preallocated at \
 `flow_map_size` entries: 32 MiB (IPv4) and 38 MiB (IPv6) of kernel memory at the \
 default 262,144, where the single map took 38 MiB. The round before (same host): the \
 IPv6 extension-header walk computes each header's length without branching on its kind \
@@ -231,8 +231,8 @@ and not kept: a plain hash without preallocation for flows (new flow 1,260-1,440
 against 680-920 ns for the LRU), a per-CPU direct-mapped flow cache in front of the map \
 (cache-hot hit 145 -> 94 ns, pooled hit unchanged within the noise, and a merge of every \
 CPU's slots for the drain).\n\n\
-- **Existing-flow hit** (target: empty + 50 ns): missed by 6-14 ns at 1,000 flows \
-(IPv4 56-59 ns, IPv6 61-64 ns) and by hundreds of ns at 100,000 and 1,000,000. \
+- **Existing-flow hit** (target: empty + 50 ns): missed by 7-17 ns at 1,000 flows \
+(IPv4 57-61 ns, IPv6 66-67 ns) and by hundreds of ns at 100,000 and 1,000,000. \
 `netmon-bench compare` runs the same IPv4 XDP hit three ways: one packet repeated in the \
 kernel (cache-hot: 54-56 ns over the empty program with the 44-byte key), one flow's \
 packet run once per syscall as the pool is (58-61 ns), and the pool of 1,024 packets of \
@@ -263,7 +263,7 @@ program, an array slot, plain adds), merged across CPUs by the daemon. The direc
 cache tried on the AMD host is the half of that design that sits in front of the \
 kernel map; the whole design also replaces the kernel map, its eviction and the drain, \
 and costs the daemon a read of every CPU's table.\n\
-- **New flow** (target: empty + 100 ns): 307-333 ns at 1,000 flows. An insert into the \
+- **New flow** (target: empty + 100 ns): 321-338 ns at 1,000 flows. An insert into the \
 LRU hash takes a node from the per-CPU LRU free list, takes the bucket's lock and writes \
 a preallocated element; when the map is full it first evicts (the 1,000,000-flow rows); \
 the key then goes to the dirty ring (a spin lock, a reserve and a commit). Measured in \
@@ -280,7 +280,7 @@ instead, was slower still, above). Not kept: each trades a guarantee (a new flow
 next drain; the whole capacity for any CPU; every new flow recorded when the map is \
 full) for at most a sixth of the cost. Only a table the programs manage themselves (see \
 the hit) makes a new flow a write of one slot.\n\
-- **Banned drop** (target: empty + 30 ns): 53-57 ns. The parse is ~14 ns; the rest is \
+- **Banned drop** (target: empty + 30 ns): 55-61 ns. The parse is ~14 ns; the rest is \
 the /16 and /24 filter words, the exact-match hash lookup (jhash, bucket, compare), the \
 coarse clock for the entry's expiry, two atomic adds on the entry's shared hit counters \
 and the per-CPU drop slot. Plain adds in place of the two atomic adds on the entry's \
@@ -288,17 +288,17 @@ counters (a measurement only: shared counters must stay atomic, or become per-CP
 saved 2-11 ns in three alternating runs, so per-CPU hit counters alone would not meet \
 the target; the hash lookup is needed for an exact entry with its own expiry and \
 counters.\n\
-- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 61-68 ns where a \
+- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): 62-66 ns where a \
 filter skips the lookups (as for most addresses: the hit's cost plus two filter words), \
-124-133 ns where the address's /24 holds an entry and the allow trie, the exact bucket \
-and the prefix trie are all looked up; IPv6 (no filter) 85-88 ns.\n\
-- **Throughput, 64-byte UDP** (target: 95% of none): 94.9% in this run. With the \
+128 ns where the address's /24 holds an entry and the allow trie, the exact bucket \
+and the prefix trie are all looked up; IPv6 (no filter) 90-93 ns.\n\
+- **Throughput, 64-byte UDP** (target: 95% of none): 91.5% in this run. With the \
 statistics off, netmon's programs cost per datagram what section 1 says (the egress \
 program, ~60 ns here for a cached flow, and the sendmsg hook), against ~3 us of machine \
 CPU per datagram for the whole path on this host (49 s per GB of 64-byte datagrams), \
 i.e. ~2-4% of it. On this shared machine a single ratio near 95% says little either \
-way: earlier full or section runs on this host gave 91.4%, 94.1% and 95.1%, and \
-back-to-back pairs of the same setup differed by 10-20 points on the AMD \
+way: the other full and section runs on this host in the last two rounds gave 91.4%, \
+94.1%, 95.1%, 94.9% and 92.1%, and back-to-back pairs of the same setup differed by 10-20 points on the AMD \
 host.\n\
 - **Drain of 1M flows** (target: 150 ms CPU per tick): met. A drain reads only the \
 flows touched since the previous one (the programs push a flow's key to a ring buffer on \
@@ -307,23 +307,25 @@ LRU evictions) or after the ring overflowed: the rows average a full 60-drain cy
 full read included (it is the drain wall max, ~0.8 s here at a million flows). With \
 every one of a million flows active every second the ring overflows and every drain is a \
 full read.\n\
-- **RSS at 100k flows** (target: 64 MiB): checked, from this round, against the peak of \
-the row (the kernel's high-water mark from the row's start), not the RSS at its end. \
-Earlier runs read the RSS once, after the row's drains, and reported 56.3 and 61.5 MiB; \
-sampled every 4 s, the same daemon held ~75 MiB from taking in the row's 90,000 new \
-flows until the next full read's `malloc_trim`, and ~62 MiB after it. The cause: glibc \
-raises its mmap threshold to the size of each large block freed, so after the daemon's \
-table first grew (hash-table growth frees tens of MiB), later large blocks came from the \
-heap and stayed resident until a trim. Done in this round: the daemon fixes the \
-threshold at 256 KiB and uses two malloc arenas (`mallopt` at start), so large blocks are \
-returned to the kernel when freed: in a run of this section alone, RSS at the end of the \
-100k row 61.4 -> 45.4 MiB. The peak, while the daemon takes 90,000 new flows in at one \
-full read, is at the target (64.0 MiB in that run): its table, the threat detector's \
-window and its per-remote counts, and the set of flows waiting for an owner all grow by \
-doubling, and each growth briefly holds the old and the new allocation. Steady state: the \
-daemon's table (each key stored once, ~190 bytes a flow with the hash table's slack), the \
-dirty ring (2 MiB, mapped twice by the kernel) and the threat detector's window (every \
-connection attempt of the last minute).\n\n\
+- **RSS at 100k flows** (target: 64 MiB): met, and checked from this round against the \
+row's peak (the kernel's high-water mark from the row's start, once the RSS has settled \
+after the previous row), not the RSS at its end. Earlier runs read the RSS once, after \
+the row's drains, and reported 56.3 and 61.5 MiB; sampled every 4 s, the same daemon \
+held ~75 MiB from taking in the row's 90,000 new flows until the next full read's \
+`malloc_trim`, and ~62 MiB after it: glibc raises its mmap threshold to the size of each \
+large block freed, so after the daemon's table first grew, later large blocks came from \
+the heap and stayed resident until a trim. Done in this round: the daemon fixes the \
+threshold at 256 KiB and uses two malloc arenas (`mallopt` at start), so large blocks go \
+back to the kernel when freed (RSS at the end of the 100k row 61.4 -> 45.4 MiB in runs \
+of that section alone), and `/api/network-stats` serializes its table and trims the heap \
+before it answers (the table's small allocations had kept over a GiB resident after a \
+request at a million flows, and a few MiB at 10,000, until the drain's next trim). The \
+peak (55.1 MiB here) is the daemon taking 90,000 new flows in at one full read: its \
+table, the threat detector's window and per-remote counts and the set of flows waiting \
+for an owner grow by doubling, each growth briefly holding the old and the new \
+allocation. Steady state: the daemon's table (each key stored once, ~190 bytes a flow \
+with the hash table's slack), the dirty ring (2 MiB, mapped twice by the kernel) and the \
+threat detector's window (every connection attempt of the last minute).\n\n\
 The connection table (`/api/network-stats`) is built on request from a copy of the flow \
 table, so its cost (above, last column) is paid by the client that asks for it, not by \
 every drain.\n";
