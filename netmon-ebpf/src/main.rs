@@ -79,8 +79,9 @@ static NETMON_DIRTY: RingBuf = RingBuf::with_byte_size(DIRTY_RING_BYTES, 0);
 
 /// 2 MiB: ~37,000 IPv6 flow keys (44 bytes + an 8-byte record header) or ~65,000 IPv4 ones
 /// (20 + 8 + 4 of alignment) per drain; more flows touched in one interval make that drain a
-/// full read. The daemon tells the two kinds of record apart by their length. The kernel maps the whole ring into
-/// the daemon (twice: the data area is mapped back to back), so it counts 4 MiB of RSS.
+/// full read. The daemon tells the two kinds of record apart by their length. The kernel
+/// maps the whole ring into the daemon (twice: the data area is mapped back to back), so it
+/// counts 4 MiB of RSS.
 const DIRTY_RING_BYTES: u32 = 2 << 20;
 
 /// `BPF_RB_NO_WAKEUP`: the daemon reads the ring on its own schedule, so no record needs to

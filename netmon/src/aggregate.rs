@@ -342,13 +342,13 @@ impl Tracker {
         }
     }
 
-    /// Changes whenever the set of flows or an owner changed: what a count of connections
-    /// by risk depends on, besides the classifier (`Classifier::generation`).
     /// Flows in the table by family: (IPv4, IPv6), as the two kernel maps hold them.
     pub fn flows_by_family(&self) -> (usize, usize) {
         (self.flows_v4, self.flows.len() - self.flows_v4)
     }
 
+    /// Changes whenever the set of flows or an owner changed: what a count of connections
+    /// by risk depends on, besides the classifier (`Classifier::generation`).
     pub fn generation(&self) -> u64 {
         self.generation
     }
