@@ -185,11 +185,7 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         let body = serde_json::to_vec(&stats);
         drop(stats);
         drop(flows);
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        crate::trim_heap();
         body
     })
     .await

@@ -373,10 +373,7 @@ impl Drain {
         if full {
             // Give back what a large drain or connection-table request left free in the heap
             // (the allocator keeps it otherwise), once per full-scan cycle.
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::trim_heap();
         }
         if !out.expired.is_empty() {
             self.maps
@@ -635,11 +632,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         }
     };
     // Loading parsed the kernel's BTF (megabytes, freed now): give that memory back.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::trim_heap();
     // Nothing below can fail before the loop, so every exit goes through detach().
     let (maps_d, state) = drop_maps.expect("before_attach ran");
     let mut drops = Drops {

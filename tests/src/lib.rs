@@ -756,3 +756,13 @@ pub fn kernel_version() -> (u32, u32) {
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
+
+/// The newest loaded kernel map named `name` with `max_entries` entries: a daemon's map,
+/// found from outside it (a size no other daemon of the run uses tells them apart).
+pub fn loaded_map(name: &str, max_entries: u32) -> aya::maps::MapInfo {
+    aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| m.name_as_str() == Some(name) && m.max_entries() == max_entries)
+        .max_by_key(|m| m.id())
+        .unwrap_or_else(|| panic!("no {name} of {max_entries} entries loaded"))
+}

@@ -448,11 +448,7 @@ fn missing_interface_is_named_in_the_error() {
 /// The daemon's flow map `name` of `max_entries` entries (the newest, should an earlier
 /// daemon's linger), read from this process.
 fn kernel_flow_keys<K: aya::Pod + Eq>(name: &str, max_entries: u32) -> Vec<(K, u64)> {
-    let info = aya::maps::loaded_maps()
-        .flatten()
-        .filter(|m| m.name_as_str() == Some(name) && m.max_entries() == max_entries)
-        .max_by_key(|m| m.id())
-        .unwrap_or_else(|| panic!("no {name} of {max_entries} entries loaded"));
+    let info = loaded_map(name, max_entries);
     let data = aya::maps::MapData::from_id(info.id()).unwrap();
     let map: aya::maps::HashMap<_, K, netmon_common::FlowStats> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();

@@ -1383,11 +1383,7 @@ impl Drop for Toucher {
 
 /// The daemon's IPv4 flow map: the newest map named NETMON_FLOWS4 with the given size.
 fn daemon_flow_map(max_entries: u32) -> aya::maps::MapInfo {
-    aya::maps::loaded_maps()
-        .flatten()
-        .filter(|m| m.name_as_str() == Some("NETMON_FLOWS4") && m.max_entries() == max_entries)
-        .max_by_key(|m| m.id())
-        .expect("the daemon's NETMON_FLOWS4 map")
+    netmon_tests::loaded_map("NETMON_FLOWS4", max_entries)
 }
 
 /// Writes IPv4 flows `from..to` into the daemon's IPv4 flow map, as if seen now.
