@@ -120,6 +120,65 @@ pub struct FlowStats {
     pub epoch: u32,
 }
 
+/// Ways (slots) per bucket of the per-CPU flow tables (`TabBucket`).
+pub const TAB_WAYS: usize = 4;
+
+/// One flow in a per-CPU flow table (`NETMON_TAB4`, `NETMON_TAB6`; programs
+/// `netmon_xdp_tab`, `netmon_tc_tab`). The programs index the table themselves: a hash of the
+/// key picks a bucket in the running CPU's part of an array map, a hit is plain adds to that
+/// CPU's slot, a new flow a write of one slot. Counters are cumulative while the slot holds
+/// the flow. All zero: empty (no key has family 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TabSlot<K> {
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub key: K,
+    /// OR of every TCP flag byte seen.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 3],
+    /// The drain epoch in which the slot was last marked in the dirty bitmap.
+    pub epoch: u32,
+    /// Incremented before and after the slot is given to another flow (odd while it is
+    /// rewritten), so a reader of the mapped table can tell a consistent copy.
+    pub seq: u32,
+}
+
+/// `TAB_WAYS` slots: where a flow whose hash picks the bucket may be; a new flow takes an
+/// empty slot, or else the one seen longest ago (which goes to the eviction ring first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TabBucket<K> {
+    pub slots: [TabSlot<K>; TAB_WAYS],
+}
+
+/// A slot's last contents, pushed to the eviction ring when the slot is given to another
+/// flow: 72 bytes for IPv4, 96 for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TabEvicted<K> {
+    pub slot: TabSlot<K>,
+    /// The slot's index in its table: bucket index * `TAB_WAYS` + way.
+    pub index: u32,
+    pub _pad: u32,
+}
+
+/// The per-CPU flow table's bucket index of a key: a multiply-xor hash of its 32-bit words
+/// (the key types are multiples of 4 bytes with no padding), the same in the programs and in
+/// userspace.
+#[inline(always)]
+pub fn tab_hash(words: &[u32]) -> u32 {
+    let mut h: u64 = 0;
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ u64::from(words[i])).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        i += 1;
+    }
+    (h >> 32) as u32
+}
+
 /// Key of the per-interface totals map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -269,8 +328,11 @@ pub mod counter {
     /// to the program that parses it after the pull (its tail-call slot was empty): counted
     /// per interface only.
     pub const PULL_TAIL_CALL_FAILED: u32 = 16;
+    /// A per-CPU flow table's slot was given to a new flow and the old flow's final counters
+    /// did not fit in the eviction ring: its traffic since the last drain is lost.
+    pub const EVICT_LOST: u32 = 17;
     /// Number of counters; the array's `max_entries`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Metric label of each counter, indexed by its number (`None`: unused slot).
     pub const NAMES: [Option<&str>; COUNT as usize] = [
@@ -291,6 +353,7 @@ pub mod counter {
         Some("tc_packets"),
         Some("dirty_lost"),
         Some("pull_tail_call_failed"),
+        Some("evict_lost"),
     ];
 }
 
@@ -547,6 +610,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::TabBucket<super::FlowKey4> {}
+    unsafe impl aya::Pod for super::TabBucket<super::FlowKey> {}
     unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceStats {}
     unsafe impl aya::Pod for super::ProcInfo {}

@@ -22,6 +22,8 @@
 
 mod parse;
 
+use core::sync::atomic::{Ordering, compiler_fence};
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -30,7 +32,8 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
     maps::{
@@ -43,8 +46,8 @@ use netmon_common::{
     AF_INET, AF_INET6, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS,
     DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey,
-    ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets,
-    v4_mapped,
+    TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg,
+    iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -66,9 +69,10 @@ static NETMON_FLOWS6: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entr
 static NETMON_FLOWS4: LruHashMap<FlowKey4, FlowStats> = LruHashMap::with_max_entries(65536, 0);
 
 /// Slot 0: `netmon_tc_pulled`, which `netmon_tc_egress` tail-calls after pulling headers
-/// that were not in the skb's linear data. Filled by the loader.
+/// that were not in the skb's linear data; slot 1: `netmon_tc_tab_pulled`, the same for
+/// `netmon_tc_tab`. Filled by the loader (the slot of the program it attaches).
 #[map]
-static NETMON_TC_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static NETMON_TC_TAIL: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Keys of the flows touched in the current drain epoch, each pushed once per epoch (on its
 /// first packet after the daemon advanced `config::EPOCH`), so that a drain reads only what
@@ -313,6 +317,18 @@ fn add_to_stats<K>(map: &PerCpuHashMap<K, IfaceStats>, key: &K, len: u64) {
 
 #[xdp]
 pub fn netmon_xdp(ctx: XdpContext) -> u32 {
+    xdp_main::<false>(&ctx)
+}
+
+/// `netmon_xdp` with the per-CPU flow table (`NETMON_TAB4`/`NETMON_TAB6`) as its flow store.
+#[xdp]
+pub fn netmon_xdp_tab(ctx: XdpContext) -> u32 {
+    xdp_main::<true>(&ctx)
+}
+
+/// Ingress: `TAB` picks the flow store (see `account`).
+#[inline(always)]
+fn xdp_main<const TAB: bool>(ctx: &XdpContext) -> u32 {
     // SAFETY: ctx.ctx is the kernel-provided xdp_md.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let packet = Packet {
@@ -322,7 +338,7 @@ pub fn netmon_xdp(ctx: XdpContext) -> u32 {
     bump(counter::XDP_PACKETS);
     let len = (packet.end - packet.data) as u64;
     count_iface(ifindex, DIR_INGRESS, len);
-    if account(ifindex, DIR_INGRESS, len, &packet, false) == Verdict::Drop {
+    if account::<TAB>(ifindex, DIR_INGRESS, len, &packet, false) == Verdict::Drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -335,6 +351,19 @@ const TC_PULL_LEN: u32 = 192;
 
 #[classifier]
 pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
+    tc_main::<false>(&ctx)
+}
+
+/// `netmon_tc_egress` with the per-CPU flow table as its flow store; its continuation after a
+/// pull is `netmon_tc_tab_pulled`.
+#[classifier]
+pub fn netmon_tc_tab(ctx: TcContext) -> i32 {
+    tc_main::<true>(&ctx)
+}
+
+/// Egress: `TAB` picks the flow store (see `account`).
+#[inline(always)]
+fn tc_main<const TAB: bool>(ctx: &TcContext) -> i32 {
     bump(counter::TC_PACKETS);
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
@@ -343,9 +372,9 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    match account(ifindex, DIR_EGRESS, len as u64, &packet, true) {
+    match account::<TAB>(ifindex, DIR_EGRESS, len as u64, &packet, true) {
         Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Pull => pull_and_continue(&ctx, len),
+        Verdict::Pull => pull_and_continue::<TAB>(ctx, len),
         // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
         Verdict::Pass => TC_ACT_UNSPEC,
     }
@@ -357,13 +386,24 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
 /// counted per interface.
 #[classifier]
 pub fn netmon_tc_pulled(ctx: TcContext) -> i32 {
+    tc_pulled::<false>(&ctx)
+}
+
+/// `netmon_tc_pulled` for `netmon_tc_tab`.
+#[classifier]
+pub fn netmon_tc_tab_pulled(ctx: TcContext) -> i32 {
+    tc_pulled::<true>(&ctx)
+}
+
+#[inline(always)]
+fn tc_pulled<const TAB: bool>(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     let packet = Packet {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    if account(ifindex, DIR_EGRESS, len as u64, &packet, false) == Verdict::Drop {
+    if account::<TAB>(ifindex, DIR_EGRESS, len as u64, &packet, false) == Verdict::Drop {
         TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
@@ -376,12 +416,12 @@ pub fn netmon_tc_pulled(ctx: TcContext) -> i32 {
 /// linear, so pulling every packet would copy every segment's head (hundreds of ns each).
 /// A failed pull only means the next program parses less; the packet goes out either way.
 #[inline(always)]
-fn pull_and_continue(ctx: &TcContext, len: u32) -> i32 {
+fn pull_and_continue<const TAB: bool>(ctx: &TcContext, len: u32) -> i32 {
     let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
     let _ = ctx.pull_data(want);
-    // SAFETY: slot 0 holds netmon_tc_pulled, a classifier like this one; the call does not
-    // return when it succeeds.
-    unsafe { NETMON_TC_TAIL.tail_call(ctx, 0) };
+    // SAFETY: slot 0 holds netmon_tc_pulled and slot 1 netmon_tc_tab_pulled, classifiers
+    // like this one; the call does not return when it succeeds.
+    unsafe { NETMON_TC_TAIL.tail_call(ctx, u32::from(TAB)) };
     bump(counter::PULL_TAIL_CALL_FAILED);
     TC_ACT_UNSPEC
 }
@@ -398,10 +438,17 @@ enum Verdict {
 
 /// Records a frame in its flow (the caller has counted it per interface), or says to drop
 /// it. `may_pull`: when the headers run past the packet's linear data (`len` is the whole
-/// frame), return `Verdict::Pull` before recording anything.
+/// frame), return `Verdict::Pull` before recording anything. `TAB`: the flow goes to the
+/// per-CPU flow tables, else to the kernel's LRU flow maps.
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[inline(always)]
-fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: bool) -> Verdict {
+fn account<const TAB: bool>(
+    ifindex: u32,
+    direction: u8,
+    len: u64,
+    packet: &Packet,
+    may_pull: bool,
+) -> Verdict {
     let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     let mut p = Parsed::new();
     // The whole parse comes first, the drop list after it: once parsed, no packet pointer or
@@ -472,7 +519,11 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: boo
             local_addr: local_addr[3].to_ne_bytes(),
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
-        record_flow(&NETMON_FLOWS4, &key, &pkt);
+        if TAB {
+            tab_record(&NETMON_TAB4, &NETMON_TAB4_DIRTY, &key, &pkt);
+        } else {
+            record_flow(&NETMON_FLOWS4, &key, &pkt);
+        }
     } else {
         let key = FlowKey {
             ifindex,
@@ -485,7 +536,11 @@ fn account(ifindex: u32, direction: u8, len: u64, packet: &Packet, may_pull: boo
             local_addr: addr_bytes(local_addr),
             remote_addr: addr_bytes(remote_addr),
         };
-        record_flow(&NETMON_FLOWS6, &key, &pkt);
+        if TAB {
+            tab_record(&NETMON_TAB6, &NETMON_TAB6_DIRTY, &key, &pkt);
+        } else {
+            record_flow(&NETMON_FLOWS6, &key, &pkt);
+        }
     }
     Verdict::Pass
 }
@@ -563,6 +618,148 @@ fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) {
     };
     if first_in_epoch {
         push_dirty(key);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-CPU flow tables: the flow store of `netmon_xdp_tab`/`netmon_tc_tab`, which the daemon
+// attaches with `--flow-table per-cpu`.
+
+/// Buckets per CPU in `NETMON_TAB4`/`NETMON_TAB6`: a power of two, at least 64, set by the
+/// loader, which sizes each table to (possible CPUs) x this and each dirty bitmap to a bit
+/// per bucket.
+#[unsafe(no_mangle)]
+static TAB_BUCKETS: u32 = 64;
+
+/// IPv4 flows: CPU `c`'s buckets are `c * TAB_BUCKETS ..`. Mappable, so the daemon reads it
+/// in place, without a system call per bucket.
+#[map]
+static NETMON_TAB4: Array<TabBucket<FlowKey4>> = Array::with_max_entries(64, BPF_F_MMAPABLE);
+/// IPv6 flows, as `NETMON_TAB4`.
+#[map]
+static NETMON_TAB6: Array<TabBucket<FlowKey>> = Array::with_max_entries(64, BPF_F_MMAPABLE);
+/// One bit per bucket of `NETMON_TAB4`, set by a slot's first packet in each drain epoch:
+/// the buckets the daemon's next drain reads.
+#[map]
+static NETMON_TAB4_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// The same for `NETMON_TAB6`.
+#[map]
+static NETMON_TAB6_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Slots given to another flow (their bucket was full): the old flow's final counters
+/// (`TabEvicted`), so that eviction loses no count.
+#[map]
+static NETMON_TAB_EVICTED: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Whether the slot key at `a` is `key`, compared as 32-bit words (key types are whole
+/// words without padding).
+#[inline(always)]
+fn same_key<K>(a: *const K, key: &K) -> bool {
+    let a = a.cast::<u32>();
+    let b = core::ptr::from_ref(key).cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<K>() / 4 {
+        // SAFETY: both point at a whole K, 4-byte aligned.
+        if unsafe { *a.add(i) != *b.add(i) } {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Adds a frame to `key`'s slot in this CPU's part of `map`, giving it a slot when it has
+/// none: no kernel hash lookup, no lock, no atomic instruction. `dirty` is the table's
+/// bitmap.
+#[inline(always)]
+fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, pkt: &FlowPacket) {
+    // SAFETY: a K is whole 32-bit words.
+    let words = unsafe {
+        core::slice::from_raw_parts(core::ptr::from_ref(key).cast::<u32>(), size_of::<K>() / 4)
+    };
+    let buckets = global(&TAB_BUCKETS) as u32;
+    let within = netmon_common::tab_hash(words) & buckets.wrapping_sub(1);
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu.wrapping_mul(buckets).wrapping_add(within);
+    let Some(b) = map.get_ptr_mut(index) else {
+        bump(counter::FLOW_INSERT_FAILED);
+        return;
+    };
+    // SAFETY: `b` is this CPU's bucket, live for the program run. Only this CPU's programs
+    // write it, and they do not interleave on the packet path (XDP and TC run with
+    // preemption and bottom halves off for the frame); the daemon only reads it.
+    unsafe {
+        let slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
+        let mut victim = 0;
+        let mut oldest = u64::MAX;
+        let mut way = 0;
+        while way < TAB_WAYS {
+            let s = slots.add(way);
+            if same_key(&raw const (*s).key, key) {
+                (*s).bytes += pkt.len;
+                (*s).packets += 1;
+                (*s).last_seen_ns = pkt.now;
+                if pkt.tcp_flags & !(*s).tcp_flags != 0 {
+                    (*s).tcp_flags |= pkt.tcp_flags;
+                }
+                if (*s).epoch != pkt.epoch {
+                    (*s).epoch = pkt.epoch;
+                    mark_dirty(dirty, index);
+                }
+                return;
+            }
+            // An empty slot's time is 0: it is taken before any occupied one.
+            if (*s).last_seen_ns < oldest {
+                oldest = (*s).last_seen_ns;
+                victim = way;
+            }
+            way += 1;
+        }
+        let s = slots.add(victim);
+        if (*s).packets != 0 {
+            let gone = TabEvicted {
+                slot: *s,
+                index: index * TAB_WAYS as u32 + victim as u32,
+                _pad: 0,
+            };
+            if NETMON_TAB_EVICTED
+                .output::<TabEvicted<K>>(&gone, RB_NO_WAKEUP)
+                .is_err()
+            {
+                bump(counter::EVICT_LOST);
+            }
+        }
+        // An odd sequence number tells a reader the slot is being rewritten; the stores in
+        // between stay between (compiler fences; x86-64 keeps stores in order).
+        let seq = (*s).seq;
+        core::ptr::write_volatile(&raw mut (*s).seq, seq.wrapping_add(1));
+        compiler_fence(Ordering::SeqCst);
+        (*s).key = *key;
+        (*s).bytes = pkt.len;
+        (*s).packets = 1;
+        (*s).first_seen_ns = pkt.now;
+        (*s).last_seen_ns = pkt.now;
+        (*s).tcp_flags = pkt.tcp_flags;
+        (*s).epoch = pkt.epoch;
+        compiler_fence(Ordering::SeqCst);
+        core::ptr::write_volatile(&raw mut (*s).seq, seq.wrapping_add(2));
+    }
+    mark_dirty(dirty, index);
+}
+
+/// Sets bucket `index`'s bit in a dirty bitmap. A plain read-modify-write: the daemon swaps
+/// words to zero meanwhile, and at worst reads a bucket twice; it never misses one (the bit
+/// is set after its swap or was in what it swapped out).
+#[inline(always)]
+fn mark_dirty(dirty: &Array<u64>, index: u32) {
+    if let Some(w) = dirty.get_ptr_mut(index / 64) {
+        let bit = 1u64 << (index % 64);
+        // SAFETY: a live map value.
+        unsafe {
+            if *w & bit == 0 {
+                *w |= bit;
+            }
+        }
     }
 }
 

@@ -342,6 +342,26 @@ impl Tracker {
         }
     }
 
+    /// Applies one flow's growth since the last drain (`s.bytes` and `s.packets` are
+    /// increases, as the per-CPU tables give them), on top of what the table holds.
+    pub fn apply_delta(
+        &mut self,
+        st: &mut TickState,
+        s: &FlowSample,
+        lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) {
+        let (bytes, packets) = self
+            .flows
+            .get(&s.key)
+            .map_or((0, 0), |e| (e.bytes, e.packets));
+        let cumulative = FlowSample {
+            bytes: bytes + s.bytes,
+            packets: packets + s.packets,
+            ..*s
+        };
+        self.apply_sample(st, &cumulative, lookup);
+    }
+
     /// Flows in the table by family: (IPv4, IPv6), as the two kernel maps hold them.
     pub fn flows_by_family(&self) -> (usize, usize) {
         (self.flows_v4, self.flows.len() - self.flows_v4)

@@ -76,6 +76,8 @@ pub struct Status {
     pub listen: String,
     pub interfaces: Vec<Monitored>,
     pub hooks: Vec<Hook>,
+    /// Where the programs count flows (`--flow-table`).
+    pub flow_table: crate::load::FlowTable,
     pub maps: Vec<MapUsage>,
     pub kernel_events: std::collections::BTreeMap<String, u64>,
     pub flows_active: u64,
@@ -86,7 +88,8 @@ pub struct Status {
     /// (a full read of a large map) stays visible after the quick ones that follow it.
     pub recent_drain_seconds: Vec<f64>,
     pub drains: u64,
-    /// Drains that read the whole flow map (the others read only flows that changed).
+    /// Drains that read the whole flow map (the others read only flows that changed; with
+    /// the per-CPU tables every drain does).
     pub full_drains: u64,
     /// Whether the last drain read the whole flow map.
     pub last_drain_full: bool,

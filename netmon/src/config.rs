@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// `auto`, `tcx` or `clsact`.
     pub tc_attach: Option<String>,
+    /// `per-cpu` or `lru`: where the programs count flows.
+    pub flow_table: Option<String>,
     /// Command names with a Prometheus series of their own; the rest are `process="other"`.
     pub process_top_k: Option<usize>,
     /// A command name's series is removed after this long without traffic, e.g. `10m`.
@@ -64,6 +66,7 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub tc_mode: crate::load::TcMode,
+    pub flow_table: crate::load::FlowTable,
     pub process_series: crate::metrics::ProcessSeriesConfig,
     pub threat: crate::classify::config::ThreatConfig,
 }

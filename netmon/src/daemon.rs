@@ -220,6 +220,8 @@ const RECENT_DRAINS: usize = 120;
 /// State the drain loop keeps between ticks.
 struct Drain {
     maps: Maps,
+    /// The per-CPU flow tables (`--flow-table per-cpu`); `None`: the LRU flow maps.
+    tables: Option<crate::flowtab::Tables>,
     flow_bufs: crate::drain::FlowBufs,
     /// Keys taken from the dirty ring this drain.
     dirty_keys: Vec<netmon_common::FlowKey>,
@@ -270,37 +272,52 @@ impl Drain {
         // taken before the epoch advances, so no change falls between two drains. The whole
         // map is read on the first drain, every FULL_SCAN_EVERY drains (to see LRU
         // evictions), and whenever keys did not fit in the ring.
+        // With the per-CPU tables, the buckets marked since the last drain are taken before
+        // the epoch advances in the same way, and a flow never leaves without its eviction
+        // record, so no drain needs to read everything.
         self.dirty_keys.clear();
-        self.maps.take_dirty(&mut self.dirty_keys);
+        match &mut self.tables {
+            Some(t) => t.take_marked(),
+            None => self.maps.take_dirty(&mut self.dirty_keys),
+        }
         self.maps.advance_epoch()?;
         let lost = self.maps.counter(counter::DIRTY_LOST);
-        let full = self.drains.is_multiple_of(FULL_SCAN_EVERY) || lost != self.prev_dirty_lost;
+        let cycle = self.drains.is_multiple_of(FULL_SCAN_EVERY);
+        let full = self.tables.is_none() && (cycle || lost != self.prev_dirty_lost);
         self.prev_dirty_lost = lost;
         let mut st = tracker.begin_tick(interval_s);
         let maps = &self.maps;
         let mut owners = maps.owner_lookup();
         // Each flow goes from the kernel straight into the table. The connection table is
         // built from it on request (api.rs), not every tick.
-        let mut apply = |s: &crate::aggregate::FlowSample| {
-            tracker.apply_sample(&mut st, s, |k| owners.owner(k).map(Owner::from));
-        };
-        if full {
-            maps.read_flows(&mut self.flow_bufs, &mut apply)?;
+        if let Some(t) = &mut self.tables {
+            t.drain(|s| tracker.apply_delta(&mut st, s, |k| owners.owner(k).map(Owner::from)))
+                .context("reading the per-CPU flow tables")?;
+            // Slots given to other flows: the kernel's evictions, as with the LRU maps (the
+            // flows stay in the daemon's table until they idle out).
+            tracker.evictions += t.take_evictions();
         } else {
-            self.dirty_keys.sort_unstable_by_key(|k| {
-                (
-                    k.ifindex,
-                    k.direction,
-                    k.proto,
-                    k.flags,
-                    k.local_addr,
-                    k.remote_addr,
-                    k.local_port,
-                    k.remote_port,
-                )
-            });
-            self.dirty_keys.dedup();
-            maps.read_flows_by_key(&self.dirty_keys, &mut apply);
+            let mut apply = |s: &crate::aggregate::FlowSample| {
+                tracker.apply_sample(&mut st, s, |k| owners.owner(k).map(Owner::from));
+            };
+            if full {
+                maps.read_flows(&mut self.flow_bufs, &mut apply)?;
+            } else {
+                self.dirty_keys.sort_unstable_by_key(|k| {
+                    (
+                        k.ifindex,
+                        k.direction,
+                        k.proto,
+                        k.flags,
+                        k.local_addr,
+                        k.remote_addr,
+                        k.local_port,
+                        k.remote_port,
+                    )
+                });
+                self.dirty_keys.dedup();
+                maps.read_flows_by_key(&self.dirty_keys, &mut apply);
+            }
         }
         let out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
             owners.owner(k).map(Owner::from)
@@ -370,12 +387,13 @@ impl Drain {
             }
         }
         self.full_scans += u64::from(full);
-        if full {
+        if cycle {
             // Give back what a large drain or connection-table request left free in the heap
             // (the allocator keeps it otherwise), once per full-scan cycle.
             crate::trim_heap();
         }
-        if !out.expired.is_empty() {
+        // A per-CPU table's slot stays with its idle flow until a new flow needs it.
+        if !out.expired.is_empty() && self.tables.is_none() {
             self.maps
                 .delete_flows(&out.expired)
                 .context("removing idle flows")?;
@@ -603,6 +621,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let mut attached = load::load_and_attach(
         &LoadOptions {
             tc_mode: cfg.tc_mode,
+            flow_table: cfg.flow_table,
             interfaces,
             sizes: cfg.sizes,
             run_dir: cfg.run_dir.clone(),
@@ -624,13 +643,20 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         },
     )?;
     // Taken only now: attaching still writes NETMON_CONFIG (the kprobe switch).
-    let maps = match Maps::take(&mut attached.ebpf) {
+    let maps = match Maps::take(&mut attached.ebpf).and_then(|m| {
+        let tables = match cfg.flow_table {
+            load::FlowTable::PerCpu => Some(crate::flowtab::Tables::take(&mut attached.ebpf)?),
+            load::FlowTable::Lru => None,
+        };
+        Ok((m, tables))
+    }) {
         Ok(m) => m,
         Err(e) => {
             attached.detach();
             return Err(e.context("opening the kernel maps the daemon reads"));
         }
     };
+    let (maps, tables) = maps;
     // Loading parsed the kernel's BTF (megabytes, freed now): give that memory back.
     crate::trim_heap();
     // Nothing below can fail before the loop, so every exit goes through detach().
@@ -700,6 +726,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         listen: listen.to_string(),
         interfaces: attached.interfaces.clone(),
         hooks: attached.hooks.clone(),
+        flow_table: cfg.flow_table,
         threat: crate::api::ThreatStatus {
             feeds: Vec::new(),
             geoip: geo
@@ -718,8 +745,12 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     *shared.sockets.lock().expect("lock not poisoned") =
         Some(crate::sockdiag::Lister::new(maps.owners()));
     let mut drain = Drain {
-        flow_capacity: maps.flow_capacity(),
+        flow_capacity: match &tables {
+            Some(t) => t.capacity().map(|n| n as u32),
+            None => maps.flow_capacity(),
+        },
         maps,
+        tables,
         flow_bufs: Default::default(),
         dirty_keys: Vec::new(),
         prev_dirty_lost: 0,

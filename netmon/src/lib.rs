@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod export;
+pub mod flowtab;
 pub mod load;
 pub mod metrics;
 pub mod sockdiag;

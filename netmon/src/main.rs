@@ -189,6 +189,10 @@ struct RunArgs {
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
     #[arg(long)]
     tc_attach: Option<String>,
+    /// Where the programs count flows: per-cpu (tables the programs index themselves, one
+    /// part per CPU, merged by the daemon) or lru (the kernel's LRU hash maps).
+    #[arg(long)]
+    flow_table: Option<String>,
     /// Command names that get their own Prometheus series (the first K to move traffic);
     /// the others are summed into process="other". Default 20.
     #[arg(long)]
@@ -263,6 +267,13 @@ fn resolve(
             .unwrap_or("auto")
             .parse()
             .context("--tc-attach")?,
+        flow_table: args
+            .flow_table
+            .or(file.flow_table)
+            .as_deref()
+            .unwrap_or("per-cpu")
+            .parse()
+            .context("--flow-table")?,
         threat: {
             let mut t = match args.threat_config.or(file.threat_config) {
                 Some(p) => netmon::classify::config::ThreatConfig::read(&p)?,
@@ -444,7 +455,12 @@ fn print_status(v: &serde_json::Value) {
         );
     }
     println!(
-        "flows: {} active, {} evicted, {} expired; last drain {:.2} ms",
+        "flows ({}): {} active, {} evicted, {} expired; last drain {:.2} ms",
+        match v["flow_table"].as_str() {
+            Some("per-cpu") => "per-CPU tables",
+            Some("lru") => "LRU maps",
+            _ => "?",
+        },
         v["flows_active"],
         v["flow_evictions"],
         v["flows_expired"],

@@ -204,7 +204,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "netmon_flow_evictions_total",
-                    "Flows the kernel's LRU evicted from a full flow map before they expired.",
+                    "Flows evicted in the kernel before they expired: by the LRU from a full flow map, or from a full bucket of a per-CPU flow table (their counts kept).",
                 )
                 .expect("valid metric"),
             ),

@@ -293,17 +293,16 @@ fn status_and_flows_commands_say_what_is_active() {
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
     let bin = netmon_bin();
     let bin = bin.to_str().unwrap();
-    // A few drains in: the first read the whole flow map, the next only the dirty flows.
+    // A few drains in: with the per-CPU tables (the default) every drain reads only the
+    // buckets marked since the one before.
     while d.drains(&p.a) < 4 {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let status: Value =
         serde_json::from_str(&p.a.exec(&[bin, "status", "--json", "--api", &d.api])).unwrap();
+    assert_eq!(status["flow_table"], "per-cpu", "{status}");
     let (drains, full) = (u(&status["drains"]), u(&status["full_drains"]));
-    assert!(
-        full >= 1 && full < drains,
-        "full drains {full} of {drains}: the first only, then the dirty ring"
-    );
+    assert!(drains >= 4 && full == 0, "full drains {full} of {drains}");
     let hooks = status["hooks"].as_array().unwrap();
     let active = |purpose: &str, kind: &str| {
         hooks
@@ -458,20 +457,18 @@ fn kernel_flow_keys<K: aya::Pod + Eq>(name: &str, max_entries: u32) -> Vec<(K, u
         .collect()
 }
 
-/// IPv4 flows live in NETMON_FLOWS4 under a 20-byte key and IPv6 flows in NETMON_FLOWS6; the
-/// daemon reads, counts and reports each map, and removes idle flows from the right one.
-#[test]
-#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
-fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
-    use netmon_common::{FlowKey, FlowKey4, v4_mapped};
-    // A size no other test's daemon uses, to find this daemon's maps.
-    const SIZE: u32 = 3001;
-    let p = Pair::new("fam");
-    let d = Daemon::start(
-        &p.a,
-        &[&p.a_if],
-        &["--idle-timeout", "1s", "--flow-map-size", &SIZE.to_string()],
-    );
+/// One UDP flow of each family from A to B, 7 datagrams each, through a daemon on A started
+/// with `flow_args` (and a 1 s idle timeout): the flows' keys as the kernel holds them, and
+/// the daemon's /api/network-stats and /api/status once it has drained them.
+struct FamilyFlows {
+    v4: netmon_common::FlowKey4,
+    v6: netmon_common::FlowKey,
+    stats: Value,
+    status: Value,
+}
+
+fn family_flows(p: &Pair, d: &Daemon) -> FamilyFlows {
+    use netmon_common::{FlowKey, FlowKey4};
     let mut sent = Vec::new();
     for to in ["198.18.0.2:7101", "[fd00:6e6d::2]:7102"] {
         let rx = Peer::spawn(
@@ -497,18 +494,7 @@ fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
     }
     let stats = d.fresh_stats(&p.a);
     let status = ns_json(&p.a, &d.api, "/api/status");
-    let maps = status["maps"].as_array().unwrap();
-    for name in ["flows4", "flows6"] {
-        let m = maps
-            .iter()
-            .find(|m| m["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {status}"));
-        assert_eq!(u(&m["capacity"]), u64::from(SIZE), "{m}");
-        assert!(u(&m["entries"]) >= 1, "{m}");
-    }
-    assert!(stats["connections"].as_array().is_some());
-
-    let v4_key = FlowKey4 {
+    let v4 = FlowKey4 {
         ifindex: p.a_ifindex(),
         direction: netmon_common::DIR_EGRESS,
         proto: netmon_common::IPPROTO_UDP,
@@ -519,7 +505,7 @@ fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
         local_addr: [198, 18, 0, 1],
         remote_addr: [198, 18, 0, 2],
     };
-    let v6_key = FlowKey {
+    let v6 = FlowKey {
         family: 6,
         local_port: sent[1],
         remote_port: 7102,
@@ -531,17 +517,91 @@ fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
             .parse::<std::net::Ipv6Addr>()
             .unwrap()
             .octets(),
-        ..FlowKey::from(v4_key)
+        ..FlowKey::from(v4)
     };
+    // The connection table shows the IPv4 flow with its IPv4 addresses (widened key).
+    let local = format!("198.18.0.1:{}", sent[0]);
+    find_conn(&stats, &local, "198.18.0.2:7101");
+    FamilyFlows {
+        v4,
+        v6,
+        stats,
+        status,
+    }
+}
+
+/// `status`'s usage of the flow store, name -> (entries, capacity).
+fn flow_store_usage(status: &Value) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let maps = status["maps"].as_array().unwrap();
+    ["flows4", "flows6"]
+        .into_iter()
+        .map(|name| {
+            let m = maps
+                .iter()
+                .find(|m| m["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {status}"));
+            (name.to_string(), (u(&m["entries"]), u(&m["capacity"])))
+        })
+        .collect()
+}
+
+/// Waits until the daemon has removed both flows for being idle.
+fn wait_expired(p: &Pair, d: &Daemon, done: impl Fn() -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = ns_json(&p.a, &d.api, "/api/status");
+        if u(&status["flows_expired"]) >= 2 && done() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle flows not expired: {status}; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// With `--flow-table lru`, IPv4 flows live in NETMON_FLOWS4 under a 20-byte key and IPv6
+/// flows in NETMON_FLOWS6; the daemon reads, counts and reports each map, reads it whole on
+/// its first drain (and every 60th), and removes idle flows from the right one.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn lru_flow_maps_hold_each_family_and_idle_flows_leave_them() {
+    use netmon_common::{FlowKey, FlowKey4, v4_mapped};
+    // A size no other test's daemon uses, to find this daemon's maps.
+    const SIZE: u32 = 3001;
+    let p = Pair::new("fam");
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &[
+            "--idle-timeout",
+            "1s",
+            "--flow-map-size",
+            &SIZE.to_string(),
+            "--flow-table",
+            "lru",
+        ],
+    );
+    let f = family_flows(&p, &d);
+    assert_eq!(f.status["flow_table"], "lru", "{}", f.status);
+    for (name, (entries, capacity)) in flow_store_usage(&f.status) {
+        assert_eq!(capacity, u64::from(SIZE), "{name}");
+        assert!(entries >= 1, "{name}");
+    }
+    assert!(f.stats["connections"].as_array().is_some());
     let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
     let v6 = kernel_flow_keys::<FlowKey>("NETMON_FLOWS6", SIZE);
     assert!(
-        v4.contains(&(v4_key, 7)),
-        "{v4_key:?} with 7 packets in {v4:?}"
+        v4.contains(&(f.v4, 7)),
+        "{:?} with 7 packets in {v4:?}",
+        f.v4
     );
     assert!(
-        v6.contains(&(v6_key, 7)),
-        "{v6_key:?} with 7 packets in {v6:?}"
+        v6.contains(&(f.v6, 7)),
+        "{:?} with 7 packets in {v6:?}",
+        f.v6
     );
     assert!(v6.iter().all(|(k, _)| k.family == 6), "{v6:?}");
     // Nothing IPv4 goes to the IPv6 map under a mapped address.
@@ -550,27 +610,100 @@ fn each_family_has_its_flow_map_and_idle_flows_leave_it() {
             .any(|(k, _)| k.local_addr == v4_mapped([198, 18, 0, 1])),
         "{v6:?}"
     );
-    // The connection table shows the IPv4 flow with its IPv4 addresses (widened key).
-    let local = format!("198.18.0.1:{}", sent[0]);
-    find_conn(&stats, &local, "198.18.0.2:7101");
 
     // Idle for over a second: the daemon's sweep deletes both flows from their maps.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let status = wait_expired(&p, &d, || {
         let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
         let v6 = kernel_flow_keys::<FlowKey>("NETMON_FLOWS6", SIZE);
-        let left4 = v4.iter().any(|(k, _)| *k == v4_key);
-        let left6 = v6.iter().any(|(k, _)| *k == v6_key);
-        if !left4 && !left6 {
-            break;
+        !v4.iter().any(|(k, _)| *k == f.v4) && !v6.iter().any(|(k, _)| *k == f.v6)
+    });
+    let (drains, full) = (u(&status["drains"]), u(&status["full_drains"]));
+    assert!(
+        full >= 1 && full < drains,
+        "full drains {full} of {drains}: the first only, then the dirty ring"
+    );
+}
+
+/// The slots of the daemon's per-CPU table `name` (all CPUs' parts, `buckets` buckets)
+/// holding `key`, read from this process: (CPU, packets) per slot.
+fn table_slots<K: Copy + PartialEq + std::fmt::Debug>(
+    name: &str,
+    buckets: u32,
+    per_cpu: u32,
+    key: &K,
+) -> Vec<(u32, u64)>
+where
+    netmon_common::TabBucket<K>: aya::Pod,
+{
+    let info = loaded_map(name, buckets);
+    let data = aya::maps::MapData::from_id(info.id()).unwrap();
+    let table: aya::maps::Array<_, netmon_common::TabBucket<K>> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut out = Vec::new();
+    for i in 0..buckets {
+        for s in table.get(&i, 0).unwrap().slots {
+            if s.packets != 0 && s.key == *key {
+                out.push((i / per_cpu, s.packets));
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle flows still in the kernel maps: IPv4 {left4}, IPv6 {left6}; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let status = ns_json(&p.a, &d.api, "/api/status");
-    assert!(u(&status["flows_expired"]) >= 2, "{status}");
+    out
+}
+
+/// With the per-CPU tables (the default), each family's flows are in its table, in the part
+/// of the CPU that sent them, with the sender's packet count; the daemon reports the tables'
+/// capacity, reads only marked buckets, and forgets idle flows (their slots stay in the
+/// kernel until a new flow needs them).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn per_cpu_tables_hold_each_family_and_count_every_packet() {
+    use netmon_common::{FlowKey, FlowKey4, TAB_WAYS};
+    const SIZE: u32 = 3001;
+    let p = Pair::new("tab");
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--idle-timeout", "1s", "--flow-map-size", &SIZE.to_string()],
+    );
+    let f = family_flows(&p, &d);
+    assert_eq!(f.status["flow_table"], "per-cpu", "{}", f.status);
+    let ncpus = aya::util::nr_cpus().unwrap() as u32;
+    let per_cpu = netmon::load::tab_buckets(SIZE, ncpus);
+    for (name, (entries, capacity)) in flow_store_usage(&f.status) {
+        assert_eq!(
+            capacity,
+            u64::from(ncpus * per_cpu) * TAB_WAYS as u64,
+            "{name}"
+        );
+        assert!(entries >= 1, "{name}");
+    }
+    let v4 = table_slots::<FlowKey4>("NETMON_TAB4", ncpus * per_cpu, per_cpu, &f.v4);
+    let v6 = table_slots::<FlowKey>("NETMON_TAB6", ncpus * per_cpu, per_cpu, &f.v6);
+    // A sender may move between CPUs: its packets then sit in more than one part.
+    for (slots, what) in [(&v4, "IPv4"), (&v6, "IPv6")] {
+        assert_eq!(
+            slots.iter().map(|s| s.1).sum::<u64>(),
+            7,
+            "{what}: {slots:?}"
+        );
+        assert!(slots.iter().all(|s| s.0 < ncpus), "{what}: {slots:?}");
+    }
+    // The daemon summed them: 7 datagrams each way, as the sender wrote them.
+    for (remote, port) in [
+        ("198.18.0.2:7101", f.v4.local_port),
+        ("[fd00:6e6d::2]:7102", f.v6.local_port),
+    ] {
+        let local = if remote.starts_with('[') {
+            format!("[fd00:6e6d::1]:{port}")
+        } else {
+            format!("198.18.0.1:{port}")
+        };
+        let c = find_conn(&f.stats, &local, remote);
+        assert_eq!(u(&c["packets_sent"]), 7, "{c}");
+    }
+    let status = wait_expired(&p, &d, || true);
+    assert_eq!(u(&status["full_drains"]), 0, "{status}");
+    // Forgotten by the daemon, still in the kernel: a new flow takes the slot when needed.
+    let v4 = table_slots::<FlowKey4>("NETMON_TAB4", ncpus * per_cpu, per_cpu, &f.v4);
+    assert_eq!(v4.iter().map(|s| s.1).sum::<u64>(), 7, "{v4:?}");
 }

@@ -71,7 +71,8 @@ impl Progs {
         let x: &mut Xdp = ebpf.program_mut("netmon_xdp").unwrap().try_into().unwrap();
         x.load().expect("verifier accepts netmon_xdp");
         if tail {
-            netmon::load::load_tc(&mut ebpf).expect("verifier accepts the egress programs");
+            netmon::load::load_tc(&mut ebpf, netmon::load::FlowTable::Lru)
+                .expect("verifier accepts the egress programs");
         } else {
             let t: &mut SchedClassifier = ebpf
                 .program_mut("netmon_tc_egress")
@@ -1340,4 +1341,135 @@ fn owners_from_the_batch_copy_are_the_records_written() {
         exact > 1000 && by_port > 200 && none > 1000,
         "{exact} {by_port} {none}"
     );
+}
+
+/// Runs the calling thread on `cpu` only.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity reads it.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(
+        ok,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The per-CPU flow tables lose no count, whatever happens to a flow's slot: 2,000 flows
+/// through 64 buckets per CPU (256 slots), so that most are evicted, some several times, in
+/// rounds with a drain between them (a slot read, then evicted: only the rest comes with its
+/// record), and some flows counted on a second CPU too. The daemon's reader must hand on, per
+/// flow, exactly the packets and bytes that went through the program.
+#[test]
+#[ignore = "privileged: needs root (BPF_PROG_TEST_RUN); run by `cargo xtask test`"]
+fn per_cpu_table_evictions_and_cpus_lose_no_count() {
+    use netmon::load::FlowTable;
+    require_root();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pins = PinDir::new("tab");
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let x: &mut Xdp = ebpf
+        .program_mut("netmon_xdp_tab")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    x.load().expect("verifier accepts netmon_xdp_tab");
+    let mut tables = netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables");
+    let mut config: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(ebpf.take_map("NETMON_CONFIG").unwrap()).unwrap();
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.take_map("NETMON_COUNTERS").unwrap()).unwrap();
+    let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
+    let run = |pkt: &[u8]| {
+        let r = x
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_PASS);
+    };
+    const FLOWS: u32 = 2000;
+    let packet = |i: u32| {
+        udp4_frame(
+            [10, 9, (i >> 8) as u8, i as u8],
+            [192, 0, 2, 1],
+            &udp(40000, 53, &[0x5a; 20]),
+        )
+    };
+    // (packets, bytes) the program saw per flow, and what the reader handed on.
+    let mut sent = std::collections::HashMap::<[u8; 4], (u64, u64)>::new();
+    let mut got = std::collections::HashMap::<[u8; 4], (u64, u64)>::new();
+    let mut epoch = 0;
+    let mut drain = |tables: &mut netmon::flowtab::Tables,
+                     got: &mut std::collections::HashMap<[u8; 4], (u64, u64)>| {
+        // As the daemon does: take the marks, advance the epoch, read.
+        tables.take_marked();
+        epoch += 1;
+        config.set(netmon_common::config::EPOCH, epoch, 0).unwrap();
+        tables
+            .drain(|s| {
+                let remote: [u8; 4] = s.key.remote_addr[12..].try_into().unwrap();
+                let e = got.entry(remote).or_default();
+                e.0 += s.packets;
+                e.1 += s.bytes;
+            })
+            .expect("reading the tables");
+    };
+    pin_to_cpu(0);
+    for round in 0..3u32 {
+        for i in 0..FLOWS {
+            // Flow i sends in rounds 0..=(i % 3): evicted between its packets or not.
+            if round > i % 3 {
+                continue;
+            }
+            let pkt = packet(i);
+            run(&pkt);
+            let e = sent.entry([10, 9, (i >> 8) as u8, i as u8]).or_default();
+            e.0 += 1;
+            e.1 += pkt.len() as u64;
+        }
+        if round == 0 && cpus > 1 {
+            // The first flows again, from another CPU: a slot in that CPU's part too.
+            pin_to_cpu(1);
+            for i in 0..50 {
+                let pkt = packet(i);
+                run(&pkt);
+                let e = sent.entry([10, 9, 0, i as u8]).or_default();
+                e.0 += 1;
+                e.1 += pkt.len() as u64;
+            }
+            pin_to_cpu(0);
+        }
+        drain(&mut tables, &mut got);
+    }
+    // A last drain reads what the last round left marked.
+    drain(&mut tables, &mut got);
+    let evict_lost: u64 = counters.get(&counter::EVICT_LOST, 0).unwrap().iter().sum();
+    assert_eq!(evict_lost, 0, "eviction records did not fit in the ring");
+    let evictions = tables.take_evictions();
+    assert!(
+        evictions > u64::from(FLOWS) / 2,
+        "only {evictions} evictions: the table was meant to overflow"
+    );
+    let wrong: Vec<_> = sent
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| (k, v, got.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} flows miscounted, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(got.len(), sent.len());
 }

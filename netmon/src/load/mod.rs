@@ -127,8 +127,77 @@ impl std::str::FromStr for TcMode {
     }
 }
 
+/// Where the traffic programs count flows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowTable {
+    /// The kernel's LRU hash maps `NETMON_FLOWS4`/`NETMON_FLOWS6` (`netmon_xdp`,
+    /// `netmon_tc_egress`): shared entries, atomic adds, the kernel evicts.
+    #[default]
+    Lru,
+    /// Per-CPU tables the programs index themselves, `NETMON_TAB4`/`NETMON_TAB6`
+    /// (`netmon_xdp_tab`, `netmon_tc_tab`): plain adds to the running CPU's slot, a new flow a
+    /// write of one slot, evicted flows' final counters through a ring.
+    PerCpu,
+}
+
+impl FlowTable {
+    /// (XDP program, TC program, TC continuation after a pull, its NETMON_TC_TAIL slot).
+    pub fn programs(self) -> (&'static str, &'static str, &'static str, u32) {
+        match self {
+            Self::Lru => ("netmon_xdp", "netmon_tc_egress", "netmon_tc_pulled", 0),
+            Self::PerCpu => ("netmon_xdp_tab", "netmon_tc_tab", "netmon_tc_tab_pulled", 1),
+        }
+    }
+}
+
+impl std::str::FromStr for FlowTable {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lru" => Ok(Self::Lru),
+            "per-cpu" => Ok(Self::PerCpu),
+            _ => bail!("bad flow table `{s}`: use per-cpu or lru"),
+        }
+    }
+}
+
+/// Buckets per CPU of the per-CPU flow tables for `flows` (the flow-map size, per family)
+/// on `ncpus` possible CPUs: each CPU gets room for twice its share of the flows (a flow
+/// may be counted on several CPUs, and load is rarely even), but at least 16,384 slots,
+/// and never more than `flows` (rounded up to a power of two, at least 64 buckets).
+pub fn tab_buckets(flows: u32, ncpus: u32) -> u32 {
+    let ways = netmon_common::TAB_WAYS as u64;
+    let per_cpu = (u64::from(flows) * 2 / u64::from(ncpus.max(1)))
+        .max(16_384)
+        .min(u64::from(flows).max(ways * 64));
+    (per_cpu.div_ceil(ways) as u32).next_power_of_two().max(64)
+}
+
+/// Sizes the flow store `table` uses for `flows` per family, and shrinks the other one to
+/// almost nothing (the object holds both; the kernel creates every map it declares).
+pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32) -> Result<()> {
+    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))? as u32;
+    let (lru, buckets) = match table {
+        FlowTable::Lru => (flows, 64),
+        FlowTable::PerCpu => (1, tab_buckets(flows, ncpus)),
+    };
+    // Leaked so it outlives the loader's borrow: one u32 per load.
+    let buckets: &'static u32 = Box::leak(Box::new(buckets));
+    loader
+        .map_max_entries("NETMON_FLOWS4", lru)
+        .map_max_entries("NETMON_FLOWS6", lru)
+        .override_global("TAB_BUCKETS", buckets, true)
+        .map_max_entries("NETMON_TAB4", ncpus * buckets)
+        .map_max_entries("NETMON_TAB6", ncpus * buckets)
+        .map_max_entries("NETMON_TAB4_DIRTY", ncpus * buckets / 64)
+        .map_max_entries("NETMON_TAB6_DIRTY", ncpus * buckets / 64);
+    Ok(())
+}
+
 pub struct LoadOptions {
     pub tc_mode: TcMode,
+    pub flow_table: FlowTable,
     pub interfaces: Vec<String>,
     pub sizes: MapSizes,
     /// Where the per-interface lock files live.
@@ -290,11 +359,10 @@ pub fn load_and_attach(
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&opts.pin_dir)
-        .map_max_entries("NETMON_FLOWS4", opts.sizes.flows)
-        .map_max_entries("NETMON_FLOWS6", opts.sizes.flows)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
+    size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
     let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
         warn!("{n}");
@@ -312,6 +380,7 @@ pub fn load_and_attach(
         &interfaces,
         &link_dir,
         opts.tc_mode,
+        opts.flow_table,
         &mut hooks,
         &mut links,
     )?;
@@ -391,14 +460,13 @@ fn attach_traffic(
     ifaces: &[Monitored],
     link_dir: &Path,
     tc_mode: TcMode,
+    table: FlowTable,
     hooks: &mut Vec<Hook>,
     links: &mut Links,
 ) -> Result<()> {
     let netns = iface::netns_inode();
-    let xdp: &mut Xdp = ebpf
-        .program_mut("netmon_xdp")
-        .context("eBPF object has no netmon_xdp")?
-        .try_into()?;
+    let (xdp_name, tc_name, _, _) = table.programs();
+    let xdp: &mut Xdp = typed(ebpf, xdp_name)?;
     xdp.load().context("loading the XDP program (verifier)")?;
     for i in ifaces {
         let pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
@@ -442,11 +510,8 @@ fn attach_traffic(
         });
     }
 
-    load_tc(ebpf)?;
-    let tc_prog: &mut SchedClassifier = ebpf
-        .program_mut("netmon_tc_egress")
-        .context("eBPF object has no netmon_tc_egress")?
-        .try_into()?;
+    load_tc(ebpf, table)?;
+    let tc_prog: &mut SchedClassifier = typed(ebpf, tc_name)?;
     let tcx = match tc_mode {
         TcMode::Tcx => true,
         TcMode::Clsact => false,
@@ -723,27 +788,29 @@ impl<'h> Chain<'h> {
     }
 }
 
-/// Loads the egress programs: `netmon_tc_egress`, and `netmon_tc_pulled` in slot 0 of
+/// Loads the egress programs of `table`'s flow store: `netmon_tc_egress` (or `netmon_tc_tab`),
+/// and its continuation `netmon_tc_pulled` (`netmon_tc_tab_pulled`) in its slot of
 /// NETMON_TC_TAIL (egress frames whose headers had to be pulled into the linear data
-/// continue there). Not attached: the caller attaches `netmon_tc_egress`.
-pub fn load_tc(ebpf: &mut aya::Ebpf) -> Result<()> {
-    for name in ["netmon_tc_pulled", "netmon_tc_egress"] {
+/// continue there). Not attached: the caller attaches the first.
+pub fn load_tc(ebpf: &mut aya::Ebpf, table: FlowTable) -> Result<()> {
+    let (_, tc_name, pulled_name, slot) = table.programs();
+    for name in [pulled_name, tc_name] {
         let prog: &mut SchedClassifier = typed(ebpf, name)?;
         prog.load()
             .with_context(|| format!("loading the TC program {name} (verifier)"))?;
     }
     let pulled = ebpf
-        .program("netmon_tc_pulled")
-        .context("eBPF object has no netmon_tc_pulled")?
+        .program(pulled_name)
+        .with_context(|| format!("eBPF object has no {pulled_name}"))?
         .fd()
-        .context("netmon_tc_pulled has no fd")?
+        .with_context(|| format!("{pulled_name} has no fd"))?
         .try_clone()
-        .context("duplicating netmon_tc_pulled's fd")?;
+        .with_context(|| format!("duplicating {pulled_name}'s fd"))?;
     let mut tail = aya::maps::ProgramArray::try_from(
         ebpf.map_mut("NETMON_TC_TAIL")
             .context("eBPF object has no NETMON_TC_TAIL")?,
     )?;
-    tail.set(0, &pulled, 0)
-        .context("putting netmon_tc_pulled in NETMON_TC_TAIL")?;
+    tail.set(slot, &pulled, 0)
+        .with_context(|| format!("putting {pulled_name} in NETMON_TC_TAIL"))?;
     Ok(())
 }

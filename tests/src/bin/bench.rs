@@ -20,7 +20,8 @@ use netmon::act::{
     state::{AllowEntry, BanEntry, Kind, State},
 };
 use netmon::drain::monotonic_ns;
-use netmon_common::{DIR_INGRESS, FlowKey, FlowKey4, FlowStats, IPPROTO_UDP};
+use netmon::load::FlowTable;
+use netmon_common::{DIR_INGRESS, FlowKey, FlowKey4, FlowStats, IPPROTO_UDP, TAB_WAYS, TabBucket};
 use netmon_tests::{Daemon, Netns, Pair, PinDir, ns_json, packet::*, sh};
 use serde_json::Value;
 
@@ -546,8 +547,15 @@ struct Rig {
     /// The dirty ring, emptied before every pass as the daemon empties it every drain, so
     /// that new flows are measured pushing their key, not failing to.
     ring: std::cell::RefCell<aya::maps::RingBuf<aya::maps::MapData>>,
+    /// The per-CPU tables' eviction ring (objects that have the tables), emptied likewise.
+    evicted: Option<std::cell::RefCell<aya::maps::RingBuf<aya::maps::MapData>>>,
+    /// Buckets per CPU of the per-CPU flow tables.
+    tab_buckets: u32,
     _pins: PinDir,
 }
+
+/// The per-CPU flow tables' programs (design prototype), where the object has them.
+const TAB_PROGRAMS: [&str; 2] = ["netmon_xdp_tab", "netmon_tc_tab"];
 
 impl Rig {
     /// The built-in object, or the one at NETMON_BENCH_OBJECT (a developer's A/B of two
@@ -561,29 +569,77 @@ impl Rig {
 
     fn with_object(flows: u32, object: &[u8], pins: &str) -> Self {
         let pins = PinDir::new(pins);
+        // Both flow stores, each sized as the daemon sizes it for `flows`.
+        let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+        let tab_buckets = netmon::load::tab_buckets(flows, cpus);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
             .map_max_entries("NETMON_FLOWS4", flows)
             .map_max_entries("NETMON_FLOWS6", flows)
             // The flow map of builds before the per-family maps (NETMON_BENCH_OBJECT).
             .map_max_entries("NETMON_FLOWS", flows)
+            .override_global("TAB_BUCKETS", &tab_buckets, false)
+            .map_max_entries("NETMON_TAB4", cpus * tab_buckets)
+            .map_max_entries("NETMON_TAB6", cpus * tab_buckets)
+            .map_max_entries("NETMON_TAB4_DIRTY", cpus * tab_buckets / 64)
+            .map_max_entries("NETMON_TAB6_DIRTY", cpus * tab_buckets / 64)
             .load(object)
             .expect("load the eBPF object");
         for name in ["netmon_xdp", "netmon_xdp_empty", "netmon_xdp_parse"] {
             let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        netmon::load::load_tc(&mut ebpf).expect("loading the egress programs");
+        netmon::load::load_tc(&mut ebpf, FlowTable::Lru).expect("loading the egress programs");
+        if ebpf.program(TAB_PROGRAMS[1]).is_some() {
+            netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu)
+                .expect("loading the per-CPU table's egress programs");
+        }
         for name in ["netmon_tc_empty", "netmon_tc_parse"] {
             let p: &mut aya::programs::SchedClassifier =
                 ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
+        if let Some(Program::Xdp(p)) = ebpf.program_mut(TAB_PROGRAMS[0]) {
+            p.load()
+                .unwrap_or_else(|e| panic!("loading {}: {e}", TAB_PROGRAMS[0]));
+        }
         let ring = aya::maps::RingBuf::try_from(ebpf.take_map("NETMON_DIRTY").unwrap()).unwrap();
+        let evicted = ebpf
+            .take_map("NETMON_TAB_EVICTED")
+            .map(|m| std::cell::RefCell::new(aya::maps::RingBuf::try_from(m).unwrap()));
         Self {
             ebpf,
             ring: std::cell::RefCell::new(ring),
+            evicted,
+            tab_buckets,
             _pins: pins,
+        }
+    }
+
+    /// Whether the object has the per-CPU flow tables' programs.
+    fn has_tab(&self) -> bool {
+        TAB_PROGRAMS.iter().all(|p| self.ebpf.program(p).is_some())
+    }
+
+    /// Flows in this CPU's part of the family's per-CPU table (the bench runs on CPU 0).
+    fn tab_count(&self, v6: bool) -> usize {
+        fn count<K: Copy + Default + PartialEq>(rig: &Rig, name: &str) -> usize
+        where
+            TabBucket<K>: aya::Pod,
+        {
+            let table: aya::maps::Array<_, TabBucket<K>> =
+                aya::maps::Array::try_from(rig.ebpf.map(name).unwrap()).unwrap();
+            (0..rig.tab_buckets)
+                .map(|i| {
+                    let b = table.get(&i, 0).unwrap();
+                    b.slots.iter().filter(|s| s.packets != 0).count()
+                })
+                .sum()
+        }
+        if v6 {
+            count::<FlowKey>(self, "NETMON_TAB6")
+        } else {
+            count::<FlowKey4>(self, "NETMON_TAB4")
         }
     }
 
@@ -617,6 +673,10 @@ impl Rig {
         let mut ring = self.ring.borrow_mut();
         while ring.next().is_some() {}
         drop(ring);
+        if let Some(evicted) = &self.evicted {
+            let mut ring = evicted.borrow_mut();
+            while ring.next().is_some() {}
+        }
         pool.iter().map(|p| self.run(prog, p).1).sum::<f64>() / pool.len() as f64
     }
 
@@ -765,6 +825,41 @@ fn packets() -> String {
                     p95: p,
                     target: Some(100.0),
                 });
+                if rig.has_tab() {
+                    let tab = if ingress {
+                        TAB_PROGRAMS[0]
+                    } else {
+                        TAB_PROGRAMS[1]
+                    };
+                    rig.prefill(tab, prefill, v6, ingress);
+                    let flows = format!(
+                        "{} in {} slots (of CPU 0's part)",
+                        rig.tab_count(v6),
+                        rig.tab_buckets as usize * TAB_WAYS
+                    );
+                    let (m, p, _) = versus(&rig, tab, empty, hit_pool);
+                    rows.push(Row {
+                        case: "existing-flow hit, per-CPU table (design prototype)".into(),
+                        family,
+                        hook,
+                        flows: flows.clone(),
+                        median: m,
+                        p95: p,
+                        target: Some(50.0),
+                    });
+                    let (m, p, _) = versus(&rig, tab, empty, |pass| {
+                        new_packets(prefill, v6, ingress, pass)
+                    });
+                    rows.push(Row {
+                        case: "new flow, per-CPU table (design prototype)".into(),
+                        family,
+                        hook,
+                        flows,
+                        median: m,
+                        p95: p,
+                        target: Some(100.0),
+                    });
+                }
                 if prefill != 1_000 {
                     continue;
                 }
