@@ -1,9 +1,12 @@
 //! netmon's kernel programs.
 //!
-//! - `netmon_xdp` (XDP, ingress) and `netmon_tc_egress` (TC/TCX, egress) count every frame
-//!   per interface (per-CPU) and per flow (shared entries, atomic adds), and drop frames the
-//!   drop list or a rate limit says to drop. `netmon_tc_pulled` is egress's continuation, by
-//!   tail call, for frames whose headers had to be pulled into the skb's linear data.
+//! - `netmon_xdp_tab` (XDP, ingress) and `netmon_tc_tab` (TC/TCX, egress) count every frame
+//!   per interface (per-CPU) and per flow (in the running CPU's part of the per-CPU flow
+//!   tables, plain adds), and drop frames the drop list or a rate limit says to drop.
+//!   `netmon_xdp` and `netmon_tc_egress` do the same with the kernel's LRU hash maps as the
+//!   flow store (shared entries, atomic adds; `--flow-table lru`). `netmon_tc_tab_pulled`
+//!   and `netmon_tc_pulled` are egress's continuations, by tail call, for frames whose
+//!   headers had to be pulled into the skb's linear data.
 //! - `netmon_sock_state` (tracepoint `sock:inet_sock_set_state`), `netmon_tcp_connect`
 //!   (kprobe `tcp_connect`), `netmon_sock_send` (tracepoint `sock:sock_send_length`) and
 //!   `netmon_udp_sendmsg` (kprobe `udp_sendmsg`/`udpv6_sendmsg`) record which process owns a
@@ -54,12 +57,13 @@ use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 // ---------------------------------------------------------------------------------------------
 // Maps. Sizes are defaults; the daemon sets them from its configuration before load.
 
-/// Per-flow counters of IPv6 flows. LRU because the key space is unbounded. The value sits
-/// inline in the element (not per-CPU): one cache line fewer to miss per packet, one value
-/// instead of one per possible CPU to zero on insert, to copy out on every drain and to
-/// preallocate (a per-CPU value would take 64x the memory on a 64-CPU host); counters are
-/// updated with atomic adds (a flow and direction is rarely on two CPUs at once, so they are
-/// uncontended).
+/// Per-flow counters of IPv6 flows with `--flow-table lru` (`netmon_xdp`, `netmon_tc_egress`;
+/// the daemon shrinks the map to one entry otherwise). LRU because the key space is
+/// unbounded. The value sits inline in the element (not per-CPU): one cache line fewer to
+/// miss per packet, one value instead of one per possible CPU to zero on insert, to copy out
+/// on every drain and to preallocate (a per-CPU value would take 64x the memory on a 64-CPU
+/// host); counters are updated with atomic adds (a flow and direction is rarely on two CPUs
+/// at once, so they are uncontended).
 #[map]
 static NETMON_FLOWS6: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
 
@@ -520,7 +524,7 @@ fn account<const TAB: bool>(
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
         if TAB {
-            tab_record(&NETMON_TAB4, &NETMON_TAB4_DIRTY, &key, &pkt);
+            tab_record(&NETMON_TAB4, &NETMON_MARK4, &key, &pkt);
         } else {
             record_flow(&NETMON_FLOWS4, &key, &pkt);
         }
@@ -537,7 +541,7 @@ fn account<const TAB: bool>(
             remote_addr: addr_bytes(remote_addr),
         };
         if TAB {
-            tab_record(&NETMON_TAB6, &NETMON_TAB6_DIRTY, &key, &pkt);
+            tab_record(&NETMON_TAB6, &NETMON_MARK6, &key, &pkt);
         } else {
             record_flow(&NETMON_FLOWS6, &key, &pkt);
         }
@@ -641,14 +645,14 @@ static NETMON_TAB6: Array<TabBucket<FlowKey>> = Array::with_max_entries(64, BPF_
 /// One bit per bucket of `NETMON_TAB4`, set by a slot's first packet in each drain epoch:
 /// the buckets the daemon's next drain reads.
 #[map]
-static NETMON_TAB4_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static NETMON_MARK4: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// The same for `NETMON_TAB6`.
 #[map]
-static NETMON_TAB6_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static NETMON_MARK6: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Slots given to another flow (their bucket was full): the old flow's final counters
 /// (`TabEvicted`), so that eviction loses no count.
 #[map]
-static NETMON_TAB_EVICTED: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static NETMON_EVICTED: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Whether the slot key at `a` is `key`, compared as 32-bit words (key types are whole
 /// words without padding).
@@ -722,7 +726,7 @@ fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, p
                 index: index * TAB_WAYS as u32 + victim as u32,
                 _pad: 0,
             };
-            if NETMON_TAB_EVICTED
+            if NETMON_EVICTED
                 .output::<TabEvicted<K>>(&gone, RB_NO_WAKEUP)
                 .is_err()
             {

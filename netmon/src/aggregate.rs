@@ -342,24 +342,64 @@ impl Tracker {
         }
     }
 
-    /// Applies one flow's growth since the last drain (`s.bytes` and `s.packets` are
-    /// increases, as the per-CPU tables give them), on top of what the table holds.
+    /// Applies one slot's growth since the last drain (`s.bytes` and `s.packets` are
+    /// increases, as the per-CPU tables give them), on top of what the table holds. A flow
+    /// counted on several CPUs comes once per CPU in a drain: the later ones add to the
+    /// first (its rates, its pending traffic) instead of replacing it.
     pub fn apply_delta(
         &mut self,
         st: &mut TickState,
         s: &FlowSample,
         lookup: impl FnMut(&FlowKey) -> Option<Owner>,
     ) {
-        let (bytes, packets) = self
-            .flows
-            .get(&s.key)
-            .map_or((0, 0), |e| (e.bytes, e.packets));
-        let cumulative = FlowSample {
-            bytes: bytes + s.bytes,
-            packets: packets + s.packets,
-            ..*s
+        let tick = self.tick;
+        let Some(e) = self.flows.get_mut(&s.key) else {
+            self.apply_sample(st, s, lookup);
+            return;
         };
-        self.apply_sample(st, &cumulative, lookup);
+        if e.seen_tick != tick {
+            let cumulative = FlowSample {
+                bytes: e.bytes + s.bytes,
+                packets: e.packets + s.packets,
+                ..*s
+            };
+            self.apply_sample(st, &cumulative, lookup);
+            return;
+        }
+        e.bytes += s.bytes;
+        e.packets += s.packets;
+        if s.first_ns != 0 && (e.first_ns == 0 || s.first_ns < e.first_ns) {
+            e.first_ns = s.first_ns;
+        }
+        e.last_ns = e.last_ns.max(s.last_ns);
+        e.tcp_flags |= s.tcp_flags;
+        e.rate_bps += s.bytes as f64 / st.interval_s;
+        e.rate_pps += s.packets as f64 / st.interval_s;
+        let p = st
+            .out
+            .proto_deltas
+            .entry((s.key.proto, s.key.direction))
+            .or_default();
+        p.0 += s.bytes;
+        p.1 += s.packets;
+        e.pending_bytes += s.bytes;
+        e.pending_packets += s.packets;
+        if e.owner.is_some() {
+            // Known owner: credited now, no lookup (the first slot's apply tried this tick).
+            let mut no_lookup = |_: &FlowKey| None;
+            settle(
+                &s.key,
+                e,
+                &mut self.procs,
+                &mut st.out,
+                st.interval_s,
+                &mut no_lookup,
+                &mut self.generation,
+            );
+        } else {
+            // Waits with the rest of the flow's traffic for its owner.
+            self.pending.insert(s.key);
+        }
     }
 
     /// Flows in the table by family: (IPv4, IPv6), as the two kernel maps hold them.
@@ -883,6 +923,39 @@ mod tests {
     }
 
     const SEC: u64 = 1_000_000_000;
+
+    /// One drain of per-CPU table deltas: `(sample, owner known)` per slot that grew.
+    fn delta_tick(t: &mut Tracker, deltas: &[FlowSample], now: u64) -> TickOutput {
+        let mut st = t.begin_tick(1.0);
+        for d in deltas {
+            t.apply_delta(&mut st, d, |_| Some(owner(42, "iperf3")));
+        }
+        t.finish_tick(st, now, 60 * SEC, false, |_| Some(owner(42, "iperf3")))
+    }
+
+    #[test]
+    fn deltas_of_one_flow_from_several_cpus_add_up() {
+        let mut t = Tracker::default();
+        let k = key(DIR_EGRESS, 40000);
+        // CPU 0 and CPU 1 both counted the new flow in the first drain.
+        let out = delta_tick(
+            &mut t,
+            &[sample(k, 1000, 10, SEC), sample(k, 500, 5, SEC)],
+            SEC,
+        );
+        assert_eq!(out.new_flows.len(), 1);
+        assert_eq!(out.proc_deltas["iperf3"].tx_bytes, 1500);
+        assert_eq!(out.proto_deltas[&(IPPROTO_TCP, DIR_EGRESS)], (1500, 15));
+        let e = &t.flows[&k];
+        assert_eq!((e.bytes, e.packets), (1500, 15));
+        assert_eq!(e.rate_bps, 1500.0);
+        // Next drain: growth only, from one CPU, and the totals go on from 1,500.
+        let out = delta_tick(&mut t, &[sample(k, 200, 2, 2 * SEC)], 2 * SEC);
+        assert!(out.new_flows.is_empty());
+        assert_eq!(out.proc_deltas["iperf3"].tx_bytes, 200);
+        let e = &t.flows[&k];
+        assert_eq!((e.bytes, e.packets, e.rate_bps), (1700, 17, 200.0));
+    }
 
     #[test]
     fn deltas_rates_and_process_credit() {

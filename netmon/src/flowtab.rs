@@ -4,80 +4,39 @@
 //! `NETMON_TAB6` (`netmon_common::TabSlot`), with counters that only grow while the slot
 //! holds the flow. A slot's first packet in each drain epoch sets its bucket's bit in the
 //! table's dirty bitmap; a slot given to another flow first sends its last contents through
-//! `NETMON_TAB_EVICTED`. The daemon maps the tables and bitmaps into its memory (they are
+//! `NETMON_EVICTED`. The daemon maps the tables and bitmaps into its memory (they are
 //! `BPF_F_MMAPABLE` arrays), so a drain reads the marked buckets without a system call per
 //! flow. It keeps what it last read of each slot and hands on what grew since: per slot
-//! deltas, which `Tables::drain` sums per flow (one flow may have a slot on several CPUs).
+//! deltas, which the tracker adds up per flow (one flow may have a slot on several CPUs).
 
 use std::{
     collections::HashMap,
-    io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     sync::atomic::{AtomicU64, Ordering, fence},
 };
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapData;
+
+use crate::mapmem::{MapMemory, page_size};
 use netmon_common::{FlowKey, FlowKey4, TAB_WAYS, TabBucket, TabEvicted, TabSlot};
 
 use crate::aggregate::FlowSample;
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
-}
-
-/// A shared mapping of a `BPF_F_MMAPABLE` array map's values.
-struct Mapping {
-    ptr: *mut u8,
+/// Maps `len` bytes of `map` (named `name`, for the message) from byte `offset`.
+fn map_memory(
+    map: &MapData,
+    name: &str,
+    offset: usize,
     len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; every access goes through volatile reads or
-// atomics.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of `map`'s values from byte `offset` (a multiple of the page size);
-    /// `writable` for the dirty bitmaps, which the daemon clears.
-    fn new(map: &MapData, name: &str, offset: usize, len: usize, writable: bool) -> Result<Self> {
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping of the map's fd; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!(
-                    "mapping {name} (bytes {offset}..{}) into memory",
-                    offset + len
-                )
-            });
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+    writable: bool,
+) -> Result<MapMemory> {
+    MapMemory::new(map.fd().as_fd(), offset, len, writable).with_context(|| {
+        format!(
+            "mapping {name} (bytes {offset}..{}) into memory",
+            offset + len
+        )
+    })
 }
 
 /// What the daemon last read of one slot: the flow it held (`seq`) and its counters then.
@@ -199,7 +158,7 @@ pub struct Table<K> {
     buckets: usize,
     dirty: *const AtomicU64,
     /// Keeps the dirty bitmap mapped (a bit per bucket: small).
-    _bitmap: Option<Mapping>,
+    _bitmap: Option<MapMemory>,
     _key: std::marker::PhantomData<K>,
     seen: Slots,
     drains: u64,
@@ -259,10 +218,10 @@ impl<K: Copy> Table<K> {
 
     /// The table `map` (`buckets` buckets) with its bitmap `dirty` mapped.
     fn map(map: MapData, dirty: &MapData, name: &'static str, buckets: usize) -> Result<Self> {
-        let bits = Mapping::new(dirty, name, 0, buckets.div_ceil(64) * 8, true)?;
+        let bits = map_memory(dirty, name, 0, buckets.div_ceil(64) * 8, true)?;
         // SAFETY: the bitmap is as large as said and lives as long as the table; the raw
         // memory is replaced before use.
-        let mut t = unsafe { Self::from_raw(std::ptr::null(), buckets, bits.ptr.cast()) };
+        let mut t = unsafe { Self::from_raw(std::ptr::null(), buckets, bits.ptr().cast()) };
         t.memory = Memory::Map { map, name };
         t._bitmap = Some(bits);
         Ok(t)
@@ -276,8 +235,8 @@ impl Memory {
             // SAFETY: the caller of `from_raw` keeps the whole table valid.
             Self::Raw(p) => f(unsafe { p.add(start) }),
             Self::Map { map, name } => {
-                let w = Mapping::new(map, name, start, end - start, false)?;
-                f(w.ptr);
+                let w = map_memory(map, name, start, end - start, false)?;
+                f(w.ptr());
             }
         }
         Ok(())
@@ -373,29 +332,20 @@ pub struct Tables {
     v4: Table<FlowKey4>,
     v6: Table<FlowKey>,
     evicted: aya::maps::RingBuf<MapData>,
-    /// Per-flow sums of one drain.
-    sums: HashMap<FlowKey, FlowSample, foldhash::fast::RandomState>,
     /// Eviction records read since `take_evictions`.
     evictions: u64,
 }
 
-fn merge(
-    sums: &mut HashMap<FlowKey, FlowSample, foldhash::fast::RandomState>,
-    key: FlowKey,
-    d: &SlotDelta<impl Copy>,
-) {
-    let s = sums.entry(key).or_insert(FlowSample {
+/// A slot's growth as the tracker takes it (`Tracker::apply_delta`).
+fn sample<K>(key: FlowKey, d: &SlotDelta<K>) -> FlowSample {
+    FlowSample {
         key,
+        bytes: d.bytes,
+        packets: d.packets,
         first_ns: d.first_ns,
-        ..Default::default()
-    });
-    s.bytes += d.bytes;
-    s.packets += d.packets;
-    if d.first_ns != 0 && (s.first_ns == 0 || d.first_ns < s.first_ns) {
-        s.first_ns = d.first_ns;
+        last_ns: d.last_ns,
+        tcp_flags: d.tcp_flags,
     }
-    s.last_ns = s.last_ns.max(d.last_ns);
-    s.tcp_flags |= d.tcp_flags;
 }
 
 impl Tables {
@@ -413,9 +363,9 @@ impl Tables {
         };
         let (t4, d4, t6, d6) = (
             data("NETMON_TAB4")?,
-            data("NETMON_TAB4_DIRTY")?,
+            data("NETMON_MARK4")?,
             data("NETMON_TAB6")?,
-            data("NETMON_TAB6_DIRTY")?,
+            data("NETMON_MARK6")?,
         );
         let buckets = |m: &MapData, name: &str| -> Result<usize> {
             Ok(m.info()
@@ -427,10 +377,9 @@ impl Tables {
             v4: Table::map(t4, &d4, "NETMON_TAB4", b4)?,
             v6: Table::map(t6, &d6, "NETMON_TAB6", b6)?,
             evicted: aya::maps::RingBuf::try_from(
-                ebpf.take_map("NETMON_TAB_EVICTED")
-                    .context("eBPF object has no map NETMON_TAB_EVICTED")?,
+                ebpf.take_map("NETMON_EVICTED")
+                    .context("eBPF object has no map NETMON_EVICTED")?,
             )?,
-            sums: HashMap::default(),
             evictions: 0,
         })
     }
@@ -442,17 +391,16 @@ impl Tables {
     }
 
     /// Reads what the tables counted since the last drain: the eviction ring, then the
-    /// buckets `take_marked` took. Hands on one sample per flow, whose counters are the
-    /// flow's growth since the last drain, summed over its slots.
+    /// buckets `take_marked` took. Hands on one sample per slot that grew, its counters the
+    /// growth (a flow counted on several CPUs, or evicted and counted again, comes more than
+    /// once: `Tracker::apply_delta` adds them up).
     pub fn drain(&mut self, mut f: impl FnMut(&FlowSample)) -> Result<()> {
         let Self {
             v4,
             v6,
             evicted,
-            sums,
             evictions,
         } = self;
-        sums.clear();
         while let Some(item) = evicted.next() {
             *evictions += 1;
             // A record is a TabEvicted of either family, told apart by length.
@@ -462,24 +410,20 @@ impl Tables {
                     let e = unsafe {
                         std::ptr::read_unaligned(item.as_ptr().cast::<TabEvicted<FlowKey4>>())
                     };
-                    v4.evicted(&e, |d| merge(sums, d.key.into(), d));
+                    v4.evicted(&e, |d| f(&sample(d.key.into(), d)));
                 }
                 n if n == size_of::<TabEvicted<FlowKey>>() => {
                     // SAFETY: as above.
                     let e = unsafe {
                         std::ptr::read_unaligned(item.as_ptr().cast::<TabEvicted<FlowKey>>())
                     };
-                    v6.evicted(&e, |d| merge(sums, d.key, d));
+                    v6.evicted(&e, |d| f(&sample(d.key, d)));
                 }
                 _ => {}
             }
         }
-        v4.read_marked(|d| merge(sums, d.key.into(), d))?;
-        v6.read_marked(|d| merge(sums, d.key, d))?;
-        for s in sums.values() {
-            f(s);
-        }
-        Ok(())
+        v4.read_marked(|d| f(&sample(d.key.into(), d)))?;
+        v6.read_marked(|d| f(&sample(d.key, d)))
     }
 
     /// Eviction records read since the last call.

@@ -19,6 +19,7 @@ pub mod drain;
 pub mod export;
 pub mod flowtab;
 pub mod load;
+pub mod mapmem;
 pub mod metrics;
 pub mod sockdiag;
 

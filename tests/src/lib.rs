@@ -764,5 +764,12 @@ pub fn loaded_map(name: &str, max_entries: u32) -> aya::maps::MapInfo {
         .flatten()
         .filter(|m| m.name_as_str() == Some(name) && m.max_entries() == max_entries)
         .max_by_key(|m| m.id())
-        .unwrap_or_else(|| panic!("no {name} of {max_entries} entries loaded"))
+        .unwrap_or_else(|| {
+            let same_name: Vec<u32> = aya::maps::loaded_maps()
+                .flatten()
+                .filter(|m| m.name_as_str() == Some(name))
+                .map(|m| m.max_entries())
+                .collect();
+            panic!("no {name} of {max_entries} entries loaded (sizes loaded: {same_name:?})")
+        })
 }

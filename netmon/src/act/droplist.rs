@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     path::Path,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -268,38 +268,23 @@ impl BitFilter {
                 }
                 return Ok(out);
             }
-            FilterWords::Mapped(map) => map.fd().as_fd().as_raw_fd(),
+            FilterWords::Mapped(map) => map.fd().as_fd(),
         };
         let total = 2 * n as usize;
-        let len = total * size_of::<u64>();
-        // SAFETY: a shared mapping of the map's value area (the map is BPF_F_MMAPABLE, its
-        // size checked in `new`); unmapped below before anything else can see it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
+        // The map's value area (the map is BPF_F_MMAPABLE, its size checked in `new`),
+        // unmapped at the end of this call.
+        let mem = crate::mapmem::MapMemory::new(fd, 0, total * size_of::<u64>(), true)
+            .with_context(|| {
                 format!(
                     "mapping the IPv4 /{} filter (a map pinned by another version of netmon? \
                      remove it and start the daemon again)",
                     self.bits
                 )
-            });
-        }
-        // SAFETY: `len` bytes at `p`, page aligned, shared with the kernel programs, which
-        // only read them: atomics for every access.
-        let all = unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), total) };
-        let out = f(&all[base as usize..(base + n) as usize]);
-        // SAFETY: the mapping made above; `all` is not used past here.
-        unsafe { libc::munmap(p, len) };
-        Ok(out)
+            })?;
+        // SAFETY: `total` words at the mapping's start, shared with the kernel programs,
+        // which only read them: atomics for every access.
+        let all = unsafe { std::slice::from_raw_parts(mem.ptr().cast::<AtomicU64>(), total) };
+        Ok(f(&all[base as usize..(base + n) as usize]))
     }
 
     /// Sets the bits of `generation` that the IPv4 entries of `bans` overlap (one prefix of

@@ -6,7 +6,7 @@
 
 use std::{
     fmt::Write as _,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -583,8 +583,8 @@ impl Rig {
             .override_global("TAB_BUCKETS", &tab_buckets, false)
             .map_max_entries("NETMON_TAB4", cpus * tab_buckets)
             .map_max_entries("NETMON_TAB6", cpus * tab_buckets)
-            .map_max_entries("NETMON_TAB4_DIRTY", cpus * tab_buckets / 64)
-            .map_max_entries("NETMON_TAB6_DIRTY", cpus * tab_buckets / 64)
+            .map_max_entries("NETMON_MARK4", cpus * tab_buckets / 64)
+            .map_max_entries("NETMON_MARK6", cpus * tab_buckets / 64)
             .load(object)
             .expect("load the eBPF object");
         for name in ["netmon_xdp", "netmon_xdp_empty", "netmon_xdp_parse"] {
@@ -607,7 +607,7 @@ impl Rig {
         }
         let ring = aya::maps::RingBuf::try_from(ebpf.take_map("NETMON_DIRTY").unwrap()).unwrap();
         let evicted = ebpf
-            .take_map("NETMON_TAB_EVICTED")
+            .take_map("NETMON_EVICTED")
             .map(|m| std::cell::RefCell::new(aya::maps::RingBuf::try_from(m).unwrap()));
         Self {
             ebpf,
@@ -1497,29 +1497,12 @@ impl Drop for Toucher {
 
 /// A shared, writable mapping of the daemon's map `name` of `max_entries` entries (a
 /// `BPF_F_MMAPABLE` array), `len` bytes.
-fn map_daemon_array(name: &str, max_entries: u32, len: usize) -> *mut u8 {
+fn map_daemon_array(name: &str, max_entries: u32, len: usize) -> netmon::mapmem::MapMemory {
     let info = netmon_tests::loaded_map(name, max_entries);
     let data = aya::maps::MapData::from_id(info.id()).expect("open the daemon's map");
-    let len = len.next_multiple_of(4096);
-    // SAFETY: a fresh shared mapping of the map's fd, checked below; kept for the process's
-    // life (the fd may close: the mapping holds the map).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mapping {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    p.cast()
+    // The mapping holds the map; the fd may close.
+    netmon::mapmem::MapMemory::new(data.fd().as_fd(), 0, len, true)
+        .unwrap_or_else(|e| panic!("mapping {name}: {e}"))
 }
 
 /// The daemon's IPv4 per-CPU flow table and its dirty bitmap, mapped into this process to
@@ -1527,14 +1510,16 @@ fn map_daemon_array(name: &str, max_entries: u32, len: usize) -> *mut u8 {
 struct DaemonTable {
     buckets: *mut TabBucket<FlowKey4>,
     dirty: *const std::sync::atomic::AtomicU64,
+    /// The mappings the pointers above point into.
+    _mem: [netmon::mapmem::MapMemory; 2],
     per_cpu: u32,
     cpus: u32,
     /// Slots written (bucket * TAB_WAYS + way).
     written: Vec<u32>,
 }
 
-// SAFETY: the pointers are into shared mappings that live as long as the process; one
-// thread at a time writes through them (`Rewriter` takes the table while it runs).
+// SAFETY: the pointers are into the mappings the table holds; one thread at a time writes
+// through them (`Rewriter` takes the table while it runs).
 unsafe impl Send for DaemonTable {}
 
 impl DaemonTable {
@@ -1543,14 +1528,16 @@ impl DaemonTable {
         let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
         let per_cpu = netmon::load::tab_buckets(flows, cpus);
         let total = cpus * per_cpu;
+        let table = map_daemon_array(
+            "NETMON_TAB4",
+            total,
+            total as usize * size_of::<TabBucket<FlowKey4>>(),
+        );
+        let marks = map_daemon_array("NETMON_MARK4", total / 64, total as usize / 8);
         Self {
-            buckets: map_daemon_array(
-                "NETMON_TAB4",
-                total,
-                total as usize * size_of::<TabBucket<FlowKey4>>(),
-            )
-            .cast(),
-            dirty: map_daemon_array("NETMON_TAB4_DIRTY", total / 64, total as usize / 8).cast(),
+            buckets: table.ptr().cast(),
+            dirty: marks.ptr().cast(),
+            _mem: [table, marks],
             per_cpu,
             cpus,
             written: Vec::new(),
