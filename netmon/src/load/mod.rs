@@ -178,10 +178,18 @@ pub fn tab_buckets(flows: u32, ncpus: u32) -> u32 {
 /// almost nothing (the object holds both; the kernel creates every map it declares).
 pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32) -> Result<()> {
     let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))? as u32;
-    let (lru, buckets) = match table {
-        FlowTable::Lru => (flows, 64),
-        FlowTable::PerCpu => (1, tab_buckets(flows, ncpus)),
+    // The other store's rings shrink to a page (the smallest ring buffer).
+    let page = crate::mapmem::page_size() as u32;
+    let (lru, dirty_ring, buckets, evicted_ring) = match table {
+        FlowTable::Lru => (flows, None, 64, Some(page)),
+        FlowTable::PerCpu => (1, Some(page), tab_buckets(flows, ncpus), None),
     };
+    if let Some(bytes) = dirty_ring {
+        loader.map_max_entries("NETMON_DIRTY", bytes);
+    }
+    if let Some(bytes) = evicted_ring {
+        loader.map_max_entries("NETMON_EVICTED", bytes);
+    }
     // Leaked so it outlives the loader's borrow: one u32 per load.
     let buckets: &'static u32 = Box::leak(Box::new(buckets));
     loader
