@@ -98,6 +98,15 @@ unsafe fn read_slot<K: Copy>(p: *const TabSlot<K>) -> Option<TabSlot<K>> {
     None
 }
 
+/// Marks bucket `b` in the bitmap at `dirty`, for the next drain.
+///
+/// # Safety
+/// `dirty` points at a bitmap with a bit for bucket `b`.
+unsafe fn mark(dirty: *const AtomicU64, b: u32) {
+    // SAFETY: the caller's promise.
+    unsafe { (*dirty.add(b as usize / 64)).fetch_or(1 << (b % 64), Ordering::AcqRel) };
+}
+
 /// What the daemon last read of each occupied slot.
 #[derive(Default)]
 struct Slots {
@@ -124,8 +133,8 @@ impl Slots {
         for way in 0..TAB_WAYS {
             // SAFETY: the caller's promise.
             let Some(s) = (unsafe { read_slot(p.add(way)) }) else {
-                // SAFETY: the caller's promise; `b`'s word is within the bitmap.
-                unsafe { (*dirty.add(b as usize / 64)).fetch_or(1 << (b % 64), Ordering::AcqRel) };
+                // SAFETY: the caller's promise.
+                unsafe { mark(dirty, b) };
                 continue;
             };
             if s.packets == 0 {
@@ -294,6 +303,13 @@ impl<K: Copy> Table<K> {
                     unsafe { seen.read_bucket(b, p, self.dirty, self.drains, &mut f) };
                 }
             });
+        }
+        if result.is_err() {
+            // Read again next drain: a bucket's growth is only seen when it is read.
+            for &b in marked.iter().filter(|&&b| (b as usize) < self.buckets) {
+                // SAFETY: `b` is a bucket of this table.
+                unsafe { mark(self.dirty, b) };
+            }
         }
         self.marked = marked;
         let drains = self.drains;
