@@ -180,7 +180,8 @@ struct RunArgs {
     /// Flows idle this long are removed, e.g. 60s, 5m.
     #[arg(long)]
     idle_timeout: Option<String>,
-    /// max_entries of the kernel flow map.
+    /// Flows per family: the size of each LRU flow map; each CPU's part of the per-CPU
+    /// tables holds twice its share (at least 16,384, at most this).
     #[arg(long)]
     flow_map_size: Option<u32>,
     /// TOML file with the same settings (flags win).

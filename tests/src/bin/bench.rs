@@ -307,15 +307,20 @@ only the buckets marked since the previous one, and with the per-CPU tables neve
 whole table (evicted flows come through the ring, so none goes unseen); the drain that \
 takes a million new flows in is the wall max (~0.4 s). Missed when every one of the \
 million flows moves every second: 1,146 ms of CPU per drain, ~1.1 us per flow. Reading \
-the marked buckets is a small part of it (they are read in place); the rest is the \
-daemon's work per flow: the per-slot record of what it last read, its flow table's \
-lookup and update, rates, protocol totals and the owner retries for flows without a \
-socket, as these synthetic ones are. With the LRU maps the same load overflows the \
-dirty ring and makes every drain a full read of both maps (~0.8 s of wall time for the \
-read alone at a million flows in the previous round). Meeting the target needs ~100 ns \
-per moving flow: the daemon's per-flow state kept by slot instead of in hash maps \
-keyed by flow, and a profile of where the microsecond goes, which is the next step for \
-this target.\n\
+the kernel is not where it goes: a profile of the daemon during this row (perf, \
+cpu-clock, 15 s; a separate run of the section, 1,117 ms per drain) puts 1% of its \
+time in the kernel (mapping the windows, faulting their pages in) and 98% in the \
+daemon itself, 57% of it in hash-map lookups (`get_mut`: its flow table, a million \
+entries, looked up once for each flow's delta and once more to reset the rates of the \
+flows that moved in the previous drain) and 25% in hash-map inserts (the per-slot \
+record of what was last read, a million entries): each is a cache miss in a table of \
+tens of MiB. With the LRU maps the same load overflows the dirty ring and makes every \
+drain a full read of both maps (~0.8 s of wall time for the read alone at a million \
+flows in the previous round), before the same bookkeeping. Meeting the target needs \
+~150 ns per moving flow: rates that are valid for the drain that computed them (no \
+reset pass), one lookup per flow instead of two, and the per-slot record kept next to \
+the flow's entry rather than in a map of its own. That is the next step for this \
+target.\n\
 - **RSS at 100k flows** (target: 64 MiB): met: 57.7 MiB at the peak, 47.8 at the end \
 (the previous round, with the LRU maps: 55.1 and 45.4). The per-CPU tables add the \
 daemon's record of each occupied slot (~40 bytes a slot); the tables themselves are \
