@@ -137,8 +137,6 @@ pub struct Tracker {
     tick: u64,
     /// Flows with traffic not yet credited to a process: retried every tick, read or not.
     pending: std::collections::HashSet<FlowKey, foldhash::fast::RandomState>,
-    /// Flows with non-zero rates since the last tick.
-    rated: Vec<FlowKey>,
     /// Bumped when a flow enters or leaves the table or gets its owner (see `generation`).
     generation: u64,
 }
@@ -173,8 +171,6 @@ pub struct TickOutput {
 pub struct TickState {
     out: TickOutput,
     interval_s: f64,
-    /// Flows that moved traffic this tick (their rates are non-zero).
-    rated: Vec<FlowKey>,
 }
 
 /// Idle flows are looked for on full drains and every this many ticks.
@@ -254,92 +250,17 @@ impl Tracker {
         TickState {
             out: TickOutput::default(),
             interval_s: if interval_s > 0.0 { interval_s } else { 1.0 },
-            rated: Vec::new(),
         }
     }
 
-    /// Applies one flow as read from the kernel map.
+    /// Applies one flow as read from the kernel map (cumulative counters).
     pub fn apply_sample(
         &mut self,
         st: &mut TickState,
         s: &FlowSample,
-        mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+        lookup: impl FnMut(&FlowKey) -> Option<Owner>,
     ) {
-        let tick = self.tick;
-        let interval_s = st.interval_s;
-        let out = &mut st.out;
-        out.seen += 1;
-        let mut new = false;
-        {
-            // One lookup (one hash) for a flow the table holds.
-            let e = self.flows.entry(s.key).or_insert_with(|| {
-                new = true;
-                self.flows_v4 += usize::from(s.key.family == 4);
-                FlowEntry {
-                    bytes: 0,
-                    packets: 0,
-                    first_ns: s.first_ns,
-                    last_ns: s.last_ns,
-                    tcp_flags: 0,
-                    egress_twin: false,
-                    rate_bps: 0.0,
-                    rate_pps: 0.0,
-                    owner: None,
-                    pending_bytes: 0,
-                    pending_packets: 0,
-                    attrib_tries: 0,
-                    seen_tick: 0,
-                }
-            });
-            // Counters only grow while the entry lives; smaller means the kernel entry was
-            // evicted and re-created since the last drain, so all of it is new.
-            let (db, dp) = if s.bytes >= e.bytes && s.packets >= e.packets {
-                (s.bytes - e.bytes, s.packets - e.packets)
-            } else {
-                (s.bytes, s.packets)
-            };
-            e.bytes = s.bytes;
-            e.packets = s.packets;
-            if s.first_ns != 0 && (e.first_ns == 0 || s.first_ns < e.first_ns) {
-                e.first_ns = s.first_ns;
-            }
-            e.last_ns = e.last_ns.max(s.last_ns);
-            e.tcp_flags |= s.tcp_flags;
-            e.rate_bps = db as f64 / interval_s;
-            e.rate_pps = dp as f64 / interval_s;
-            e.seen_tick = tick;
-            if db > 0 || dp > 0 {
-                let p = out
-                    .proto_deltas
-                    .entry((s.key.proto, s.key.direction))
-                    .or_default();
-                p.0 += db;
-                p.1 += dp;
-            }
-            e.pending_bytes += db;
-            e.pending_packets += dp;
-            if db > 0 || dp > 0 {
-                st.rated.push(s.key);
-            }
-            if settle(
-                &s.key,
-                e,
-                &mut self.procs,
-                out,
-                interval_s,
-                &mut lookup,
-                &mut self.generation,
-            ) {
-                self.pending.insert(s.key);
-            } else if !self.pending.is_empty() {
-                self.pending.remove(&s.key);
-            }
-        }
-        if new {
-            self.generation += 1;
-            out.new_flows.push((s.key, s.tcp_flags));
-            self.link_twin(&s.key, true);
-        }
+        self.apply(st, s, false, lookup);
     }
 
     /// Applies one slot's growth since the last drain (`s.bytes` and `s.packets` are
@@ -352,53 +273,115 @@ impl Tracker {
         s: &FlowSample,
         lookup: impl FnMut(&FlowKey) -> Option<Owner>,
     ) {
+        self.apply(st, s, true, lookup);
+    }
+
+    /// `apply_sample` (`delta` false) or `apply_delta`: one lookup (one hash) of the flow.
+    fn apply(
+        &mut self,
+        st: &mut TickState,
+        s: &FlowSample,
+        delta: bool,
+        mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) {
         let tick = self.tick;
-        let Some(e) = self.flows.get_mut(&s.key) else {
-            self.apply_sample(st, s, lookup);
-            return;
+        let interval_s = st.interval_s;
+        let out = &mut st.out;
+        let mut new = false;
+        let e = self.flows.entry(s.key).or_insert_with(|| {
+            new = true;
+            self.flows_v4 += usize::from(s.key.family == 4);
+            FlowEntry {
+                bytes: 0,
+                packets: 0,
+                first_ns: s.first_ns,
+                last_ns: s.last_ns,
+                tcp_flags: 0,
+                egress_twin: false,
+                rate_bps: 0.0,
+                rate_pps: 0.0,
+                owner: None,
+                pending_bytes: 0,
+                pending_packets: 0,
+                attrib_tries: 0,
+                seen_tick: 0,
+            }
+        });
+        // A second slot of the flow in this drain (another CPU's).
+        let again = delta && e.seen_tick == tick;
+        let (db, dp) = if delta {
+            (s.bytes, s.packets)
+        } else if s.bytes >= e.bytes && s.packets >= e.packets {
+            (s.bytes - e.bytes, s.packets - e.packets)
+        } else {
+            // Counters only grow while the kernel entry lives; smaller means it was evicted
+            // and re-created since the last drain, so all of it is new.
+            (s.bytes, s.packets)
         };
-        if e.seen_tick != tick {
-            let cumulative = FlowSample {
-                bytes: e.bytes + s.bytes,
-                packets: e.packets + s.packets,
-                ..*s
-            };
-            self.apply_sample(st, &cumulative, lookup);
-            return;
-        }
-        e.bytes += s.bytes;
-        e.packets += s.packets;
+        e.bytes = if delta { e.bytes + db } else { s.bytes };
+        e.packets = if delta { e.packets + dp } else { s.packets };
         if s.first_ns != 0 && (e.first_ns == 0 || s.first_ns < e.first_ns) {
             e.first_ns = s.first_ns;
         }
         e.last_ns = e.last_ns.max(s.last_ns);
         e.tcp_flags |= s.tcp_flags;
-        e.rate_bps += s.bytes as f64 / st.interval_s;
-        e.rate_pps += s.packets as f64 / st.interval_s;
-        let p = st
-            .out
-            .proto_deltas
-            .entry((s.key.proto, s.key.direction))
-            .or_default();
-        p.0 += s.bytes;
-        p.1 += s.packets;
-        e.pending_bytes += s.bytes;
-        e.pending_packets += s.packets;
-        if e.owner.is_some() {
-            // Known owner: credited now, no lookup (the first slot's apply tried this tick).
-            let mut no_lookup = |_: &FlowKey| None;
-            settle(
-                &s.key,
-                e,
-                &mut self.procs,
-                &mut st.out,
-                st.interval_s,
-                &mut no_lookup,
-                &mut self.generation,
-            );
+        // Rates hold for the drain that set them (`seen_tick`): a flow not seen since has
+        // none, without a pass over the flows that moved before (see `rates`).
+        let (bps, pps) = (db as f64 / interval_s, dp as f64 / interval_s);
+        if again {
+            e.rate_bps += bps;
+            e.rate_pps += pps;
         } else {
-            // Waits with the rest of the flow's traffic for its owner.
+            e.rate_bps = bps;
+            e.rate_pps = pps;
+            out.seen += 1;
+        }
+        e.seen_tick = tick;
+        if db > 0 || dp > 0 {
+            let p = out
+                .proto_deltas
+                .entry((s.key.proto, s.key.direction))
+                .or_default();
+            p.0 += db;
+            p.1 += dp;
+        }
+        e.pending_bytes += db;
+        e.pending_packets += dp;
+        if again && e.owner.is_none() {
+            // The first slot's apply tried for an owner this drain: the traffic waits with
+            // the rest of the flow's.
             self.pending.insert(s.key);
+        } else if settle(
+            &s.key,
+            e,
+            &mut self.procs,
+            out,
+            interval_s,
+            &mut lookup,
+            &mut self.generation,
+        ) {
+            self.pending.insert(s.key);
+        } else if !self.pending.is_empty() {
+            self.pending.remove(&s.key);
+        }
+        if new {
+            self.generation += 1;
+            out.new_flows.push((s.key, s.tcp_flags));
+            self.link_twin(&s.key, true);
+        }
+    }
+
+    /// A flow's byte and packet rates over the last interval: zero unless the last drain
+    /// saw it move.
+    pub fn rates(&self, key: &FlowKey) -> Option<(f64, f64)> {
+        self.flows.get(key).map(|e| self.current_rates(e))
+    }
+
+    fn current_rates(&self, e: &FlowEntry) -> (f64, f64) {
+        if e.seen_tick == self.tick {
+            (e.rate_bps, e.rate_pps)
+        } else {
+            (0.0, 0.0)
         }
     }
 
@@ -446,7 +429,6 @@ impl Tracker {
         let TickState {
             mut out,
             interval_s,
-            rated,
         } = st;
         let waiting: Vec<FlowKey> = self.pending.iter().copied().collect();
         for k in waiting {
@@ -466,14 +448,6 @@ impl Tracker {
                 )
             {
                 self.pending.remove(&k);
-            }
-        }
-        for k in std::mem::replace(&mut self.rated, rated) {
-            if let Some(e) = self.flows.get_mut(&k)
-                && e.seen_tick != tick
-            {
-                e.rate_bps = 0.0;
-                e.rate_pps = 0.0;
             }
         }
         let mut gone = Vec::new();
@@ -753,13 +727,28 @@ impl Tracker {
     /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
     /// no traffic (listeners, TIME_WAIT...).
     pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
-        connections(self.flows.iter(), sockets)
+        let flows = self.flow_snapshot();
+        connections(flows.iter().map(|(k, e)| (k, e)), sockets)
     }
 
     /// A copy of the flow table for building the connection table outside the drain: cheap
-    /// (owners are shared), so the drain waits only for the copy.
+    /// (owners are shared), so the drain waits only for the copy. Rates are the current
+    /// ones (zero for a flow the last drain did not see move).
     pub fn flow_snapshot(&self) -> Vec<(FlowKey, FlowEntry)> {
-        self.flows.iter().map(|(k, e)| (*k, e.clone())).collect()
+        self.flows
+            .iter()
+            .map(|(k, e)| {
+                let (rate_bps, rate_pps) = self.current_rates(e);
+                (
+                    *k,
+                    FlowEntry {
+                        rate_bps,
+                        rate_pps,
+                        ..e.clone()
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -948,13 +937,14 @@ mod tests {
         assert_eq!(out.proto_deltas[&(IPPROTO_TCP, DIR_EGRESS)], (1500, 15));
         let e = &t.flows[&k];
         assert_eq!((e.bytes, e.packets), (1500, 15));
-        assert_eq!(e.rate_bps, 1500.0);
+        assert_eq!(t.rates(&k).unwrap().0, 1500.0);
         // Next drain: growth only, from one CPU, and the totals go on from 1,500.
         let out = delta_tick(&mut t, &[sample(k, 200, 2, 2 * SEC)], 2 * SEC);
         assert!(out.new_flows.is_empty());
         assert_eq!(out.proc_deltas["iperf3"].tx_bytes, 200);
         let e = &t.flows[&k];
-        assert_eq!((e.bytes, e.packets, e.rate_bps), (1700, 17, 200.0));
+        assert_eq!((e.bytes, e.packets), (1700, 17));
+        assert_eq!(t.rates(&k).unwrap(), (200.0, 2.0));
     }
 
     #[test]
@@ -1010,8 +1000,8 @@ mod tests {
         // Only `a` changed: `b` keeps its totals, its rate drops to zero, nothing is evicted.
         let out = dirty_tick(&mut t, &[sample(a, 3000, 20, 2 * SEC)], 2 * SEC, curl);
         assert_eq!(out.evicted, 0);
-        assert_eq!(t.flows[&a].rate_bps, 2000.0);
-        assert_eq!((t.flows[&b].bytes, t.flows[&b].rate_bps), (500, 0.0));
+        assert_eq!(t.rates(&a).unwrap().0, 2000.0);
+        assert_eq!((t.flows[&b].bytes, t.rates(&b).unwrap().0), (500, 0.0));
         assert_eq!(t.procs["curl"].tx_bytes, 3000 + 500);
         // A full drain that does not see `b`: the kernel evicted it.
         let out = t.apply_flows(
@@ -1023,7 +1013,7 @@ mod tests {
         );
         assert_eq!(out.evicted, 1);
         assert!(!t.flows.contains_key(&b));
-        assert_eq!(t.flows[&a].rate_bps, 0.0);
+        assert_eq!(t.rates(&a).unwrap().0, 0.0);
     }
 
     #[test]
