@@ -209,23 +209,26 @@ not count in its RSS), keeps what it last read of each slot and hands on growth,
 summed per flow over the CPUs that counted it; a sequence number, odd while a slot is \
 given to another flow, keeps a read from mixing two flows, and eviction records are \
 matched to the slot's last read, so nothing is lost or counted twice (tested with \
-2,000 flows through 256 slots per CPU). In this run: at 1,000 flows a hit costs 33-39 \
-ns over the empty program with the tables against 60-65 with the LRU maps, and a new \
-flow 221-250 against 317-344; at 100,000 flows 197-249 against 434-461 (hit) and \
-216-249 against 381-450 (new flow); at 1,000,000, 253-346 against 631-651 and 265-328 \
-against 848-890. The cheaper egress program shows in the throughput section too: \
-netmon's own CPU per GB is 0.0054 s (TCP) and 1.77 s (64-byte UDP) against 0.0085 and \
-2.37 in the previous round's run on this host. Tried first, not kept: the kernel's \
-per-CPU LRU hash (BPF_MAP_TYPE_LRU_PERCPU_HASH, the counters per CPU so that plain \
-adds are safe), in two alternating runs against the LRU map: hit 44-51 ns against \
-53-54, new flow 339-368 against 297-323 (an insert writes the value of every possible \
-CPU), and every entry takes a value per possible CPU. The round before (same host): \
-IPv4 flows got their own 20-byte key (the key of `NETMON_TAB4` and `NETMON_FLOWS4`) \
-instead of the 44-byte IPv4-mapped one; the IPv6 extension-header walk computes each \
-header's length without branching on its kind (verifier: 226,528 -> 71,684 processed \
-instructions for `netmon_xdp`); and the throughput section measures netmon as it runs \
-by default, with kernel.bpf_stats_enabled off (its monitor CPU from a second run with \
-the statistics on).\n\
+2,000 flows through 256 slots per CPU). In this run: at 1,000 flows a hit costs 29-44 \
+ns over the empty program with the tables against 49-65 with the LRU maps, and a new \
+flow 206-239 against 300-333; at 100,000 flows 160-229 against 413-447 (hit) and \
+212-242 against 375-406 (new flow); at 1,000,000, 229-317 against 574-617 and 240-311 \
+against 784-838. The cheaper egress program shows in the throughput section too: \
+netmon's own CPU per GB is 0.0045 s (TCP) and 1.79 s (64-byte UDP) against 0.0085 and \
+2.37 in the previous round's run on this host. The daemon's side of the change was \
+measured too: after a first full run of this round, a profile of the drain with a \
+million moving flows (below) led to one hash lookup per flow instead of two or three; \
+this run is with it. Tried first, not kept: the kernel's per-CPU LRU hash \
+(BPF_MAP_TYPE_LRU_PERCPU_HASH, the counters per CPU so that plain adds are safe), in \
+two alternating runs against the LRU map: hit 44-51 ns against 53-54, new flow 339-368 \
+against 297-323 (an insert writes the value of every possible CPU), and every entry \
+takes a value per possible CPU. The round before (same host): IPv4 flows got their own \
+20-byte key (the key of `NETMON_TAB4` and `NETMON_FLOWS4`) instead of the 44-byte \
+IPv4-mapped one; the IPv6 extension-header walk computes each header's length without \
+branching on its kind (verifier: 226,528 -> 71,684 processed instructions for \
+`netmon_xdp`); and the throughput section measures netmon as it runs by default, with \
+kernel.bpf_stats_enabled off (its monitor CPU from a second run with the statistics \
+on).\n\
 \n\
 Done in earlier rounds (measured on the AMD host): the parser reads header fields as \
 aligned 32-bit words and keys carry integer padding (no memset/memcpy calls on the \
@@ -249,10 +252,11 @@ have room), no dirty-ring push (~30 ns less, but new flows seen only at the next
 read).\n\
 \n\
 - **Existing-flow hit** (target: empty + 50 ns): met at 1,000 flows with the per-CPU \
-tables (33-39 ns; the LRU maps 60-65 ns, missed by 10-15). The hit is the parse (~14 \
+tables (29-44 ns; the LRU maps 49-65 ns, missed by up to 15: they met it in this run \
+for IPv4 XDP, at 49 ns, and missed it in every earlier run). The hit is the parse (~14 \
 ns, the \"parse only\" rows), the hash of the key, an array lookup the verifier \
-inlines, a key compare and plain adds. Missed at 100,000 and 1,000,000 flows (197-249 \
-and 253-346 ns; the LRU maps 434-461 and 631-651): there every packet of the pool \
+inlines, a key compare and plain adds. Missed at 100,000 and 1,000,000 flows (160-229 \
+and 229-317 ns; the LRU maps 413-447 and 574-617): there every packet of the pool \
 finds its flow's slot out of cache. A slot is one cache line, but the table is spread \
 over 4 KiB pages of kernel virtual memory (16 MiB for CPU 0's IPv4 part here, 64 MiB \
 at a million flows), so the first touch of a cold slot costs a TLB miss (a two-level \
@@ -263,8 +267,8 @@ the LRU maps pay them for the bucket and the element, and more. (At 1,000,000 fl
 all prefilled from CPU 0 into CPU 0's part of 1,048,576 slots, 4-way buckets at full \
 load keep 881,522-902,431 of them; the others were evicted while prefilling, so some \
 of the pool's \"hits\" are new flows there.)\n\
-- **New flow** (target: empty + 100 ns): 221-250 ns at 1,000 flows with the per-CPU \
-tables (the LRU maps 317-344), 216-249 at 100,000, 265-328 at 1,000,000 (buckets full: \
+- **New flow** (target: empty + 100 ns): 206-239 ns at 1,000 flows with the per-CPU \
+tables (the LRU maps 300-333), 212-242 at 100,000, 240-311 at 1,000,000 (buckets full: \
 the oldest flow's slot is taken and its counters go to the eviction ring). The \
 program's own work for a new flow is ~65 ns (the cache-resident table above, evictions \
 included); the rest is the first touch of the new flow's bucket, at a hash-random \
@@ -276,7 +280,7 @@ per-CPU index that stays in the cache (e.g. a 16-bit fingerprint per slot, 0.5 M
 CPU part at the default size), with flow records written in arrival order next to the \
 previous new flow's; a hit would read a cached index line and the flow's record. That \
 is the next step for this target.\n\
-- **Banned drop** (target: empty + 30 ns): 52-62 ns, missed by 22-32. The parse is ~14 \
+- **Banned drop** (target: empty + 30 ns): 52-58 ns, missed by 22-28. The parse is ~14 \
 ns; the rest is the /16 and /24 filter words, the exact-match hash lookup (jhash, \
 bucket, compare), the coarse clock for the entry's expiry, two atomic adds on the \
 entry's shared hit counters and the per-CPU drop slot. Plain adds in place of the two \
@@ -287,41 +291,43 @@ with its own expiry and counters. What would: a ban set the program indexes itse
 the flow tables now are (an exact IPv4 ban in a hashed array slot with its own expiry \
 and per-CPU counters), checked before the filters and tries; not built yet.\n\
 - **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): met for IPv4 \
-where a filter skips the lookups (37-40 ns: as for most addresses, the hit's cost plus \
-two filter words); 105-108 ns where the address's /24 holds an entry and the allow \
-trie, the exact bucket and the prefix trie are all looked up; IPv6 (no filter) 55 ns, \
-missed by 5. An IPv6 filter like the IPv4 ones (hashed /32s, valid while every IPv6 \
+where a filter skips the lookups (35-37 ns: as for most addresses, the hit's cost plus \
+two filter words); 92-96 ns where the address's /24 holds an entry and the allow trie, \
+the exact bucket and the prefix trie are all looked up; IPv6 (no filter) 59-60 ns, \
+missed by 9-10. An IPv6 filter like the IPv4 ones (hashed /32s, valid while every IPv6 \
 entry is a /32 or longer) would skip the lookups there too; not built yet.\n\
-- **Throughput, 64-byte UDP** (target: 95% of none): 94.2% in this run, missed by 0.8 \
-points (91.5% in the previous round's run on this host, with the LRU maps). netmon's \
-programs take 1.77 s of CPU per GB here, ~4% of the 46 s of machine CPU per GB that \
-64-byte datagrams cost on this host, from the egress program and the sendmsg hook (per \
-datagram with the LRU maps, from bpf_stats during a run: egress 91-98 ns, the hook \
-51-53 ns, the statistics' own clock reads included). The rest of the gap is within \
-this host's run-to-run spread: the runs on this host in the last rounds gave \
-91.4-95.1%, and four ad hoc rounds each gave 93-100% of none for netmon and 91-97% for \
-netmon with the sendmsg hook's body removed, so the hook is not what separates them.\n\
+- **Throughput, 64-byte UDP** (target: 95% of none): 93.4% in this run, missed by 1.6 \
+points (94.2% in this round's first run, 91.5% in the previous round's run on this \
+host, with the LRU maps). netmon's programs take 1.79 s of CPU per GB here, ~4% of the \
+47-48 s of machine CPU per GB that 64-byte datagrams cost on this host, from the \
+egress program and the sendmsg hook (per datagram with the LRU maps, from bpf_stats \
+during a run: egress 91-98 ns, the hook 51-53 ns, the statistics' own clock reads \
+included). The rest of the gap is within this host's run-to-run spread: the runs on \
+this host in the last rounds gave 91.4-95.1%, and four ad hoc rounds each gave 93-100% \
+of none for netmon and 91-97% for netmon with the sendmsg hook's body removed, so the \
+hook is not what separates them.\n\
 - **Drain of 1M flows** (target: 150 ms CPU per tick): met with a million flows of \
-which up to 10,000 move each second (15.7 and 26.8 ms of CPU per drain): a drain reads \
+which up to 10,000 move each second (9.3 and 22.5 ms of CPU per drain): a drain reads \
 only the buckets marked since the previous one, and with the per-CPU tables never the \
 whole table (evicted flows come through the ring, so none goes unseen); the drain that \
-takes a million new flows in is the wall max (~0.4 s). Missed when every one of the \
-million flows moves every second: 1,146 ms of CPU per drain, ~1.1 us per flow. Reading \
-the kernel is not where it goes: a profile of the daemon during this row (perf, \
-cpu-clock, 15 s; a separate run of the section, 1,117 ms per drain) puts 1% of its \
+takes a million new flows in is the wall max (0.18 s). Missed when every one of the \
+million flows moves every second: 765 ms of CPU per drain, ~0.8 us per flow. Reading \
+the kernel is not where it goes: a profile of the daemon during this row in this \
+round's first run (perf, cpu-clock, 15 s; 1,117-1,146 ms per drain then) put 1% of its \
 time in the kernel (mapping the windows, faulting their pages in) and 98% in the \
 daemon itself, 57% of it in hash-map lookups (`get_mut`: its flow table, a million \
-entries, looked up once for each flow's delta and once more to reset the rates of the \
-flows that moved in the previous drain) and 25% in hash-map inserts (the per-slot \
-record of what was last read, a million entries): each is a cache miss in a table of \
-tens of MiB. With the LRU maps the same load overflows the dirty ring and makes every \
-drain a full read of both maps (~0.8 s of wall time for the read alone at a million \
-flows in the previous round), before the same bookkeeping. Meeting the target needs \
-~150 ns per moving flow: rates that are valid for the drain that computed them (no \
-reset pass), one lookup per flow instead of two, and the per-slot record kept next to \
-the flow's entry rather than in a map of its own. That is the next step for this \
-target.\n\
-- **RSS at 100k flows** (target: 64 MiB): met: 57.7 MiB at the peak, 47.8 at the end \
+entries, looked up for each flow's delta, again to apply it, and once more to reset \
+the rates of the flows that moved in the previous drain) and 25% in hash-map inserts \
+(the per-slot record of what was last read, a million entries): each is a cache miss \
+in a table of tens of MiB. Done since: one lookup per flow, and rates that hold for \
+the drain that set them (no reset pass): 1,146 -> 765 ms, and RSS in this row 607 -> \
+481 MiB (the list of moving flows is gone). With the LRU maps the same load overflows \
+the dirty ring and makes every drain a full read of both maps (~0.8 s of wall time for \
+the read alone at a million flows in the previous round), before the same bookkeeping. \
+Meeting the target needs ~150 ns per moving flow: the per-slot record kept next to the \
+flow's entry rather than in a map of its own, and the flow table's entries smaller and \
+closer together. That is the next step for this target.\n\
+- **RSS at 100k flows** (target: 64 MiB): met: 53.8 MiB at the peak, 47.9 at the end \
 (the previous round, with the LRU maps: 55.1 and 45.4). The per-CPU tables add the \
 daemon's record of each occupied slot (~40 bytes a slot); the tables themselves are \
 kernel memory, mapped 1 MiB at a time while a drain reads them, so they are not in the \
