@@ -88,8 +88,8 @@ pub struct Status {
     /// (a full read of a large map) stays visible after the quick ones that follow it.
     pub recent_drain_seconds: Vec<f64>,
     pub drains: u64,
-    /// Drains that read the whole flow map (the others read only flows that changed; with
-    /// the per-CPU tables every drain does).
+    /// Drains that read the whole flow map (the others read only flows that changed); with
+    /// the per-CPU tables, none does.
     pub full_drains: u64,
     /// Whether the last drain read the whole flow map.
     pub last_drain_full: bool,

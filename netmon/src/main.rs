@@ -271,10 +271,10 @@ fn resolve(
         flow_table: args
             .flow_table
             .or(file.flow_table)
-            .as_deref()
-            .unwrap_or("per-cpu")
-            .parse()
-            .context("--flow-table")?,
+            .map(|s| s.parse())
+            .transpose()
+            .context("--flow-table")?
+            .unwrap_or_default(),
         threat: {
             let mut t = match args.threat_config.or(file.threat_config) {
                 Some(p) => netmon::classify::config::ThreatConfig::read(&p)?,

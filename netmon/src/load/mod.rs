@@ -133,11 +133,11 @@ impl std::str::FromStr for TcMode {
 pub enum FlowTable {
     /// The kernel's LRU hash maps `NETMON_FLOWS4`/`NETMON_FLOWS6` (`netmon_xdp`,
     /// `netmon_tc_egress`): shared entries, atomic adds, the kernel evicts.
-    #[default]
     Lru,
     /// Per-CPU tables the programs index themselves, `NETMON_TAB4`/`NETMON_TAB6`
     /// (`netmon_xdp_tab`, `netmon_tc_tab`): plain adds to the running CPU's slot, a new flow a
-    /// write of one slot, evicted flows' final counters through a ring.
+    /// write of one slot, evicted flows' final counters through a ring. The default.
+    #[default]
     PerCpu,
 }
 
