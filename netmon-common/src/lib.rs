@@ -138,7 +138,10 @@ pub struct TabSlot<K> {
     pub key: K,
     /// OR of every TCP flag byte seen.
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// The daemon's (the programs never read or write it): where it keeps the slot's flow, a
+    /// hint it checks against the key before use, and which may be stale after the slot is
+    /// given to another flow. Zero: none.
+    pub cookie: [u8; 3],
     /// The drain epoch in which the slot was last marked in the dirty bitmap.
     pub epoch: u32,
     /// Incremented before and after the slot is given to another flow (odd while it is

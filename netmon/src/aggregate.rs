@@ -5,7 +5,7 @@
 //! unit-tested without root.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
@@ -72,6 +72,35 @@ pub struct FlowEntry {
     pending_packets: u64,
     attrib_tries: u32,
     seen_tick: u64,
+    /// In `Tracker::pending` (saves a lookup of the set for every flow that is not).
+    waiting: bool,
+    /// With the per-CPU tables: what the daemon last read of the flow's slot (the first it
+    /// was read in; others, on other CPUs, are kept in `SlotBook`). Here, so that a drain
+    /// finds both the flow and its slot's last counters in one place.
+    pub(crate) slot: Seen,
+}
+
+/// What the daemon last read of one slot of a per-CPU flow table: which tenancy of the slot
+/// (`seq`: the programs move it on whenever they give the slot to a flow) and its counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The slot's index in its table; `NO_SLOT`: none.
+    pub index: u32,
+    pub seq: u32,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// `Seen::index` of a flow without a slot.
+pub const NO_SLOT: u32 = u32::MAX;
+
+impl Seen {
+    pub const NONE: Self = Self {
+        index: NO_SLOT,
+        seq: 0,
+        bytes: 0,
+        packets: 0,
+    };
 }
 
 /// Per-process totals, keyed by command name (never by PID: bounded label cardinality).
@@ -124,7 +153,10 @@ pub fn twin_key(key: &FlowKey) -> FlowKey {
 
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pub flows: HashMap<FlowKey, FlowEntry, foldhash::fast::RandomState>,
+    /// An IndexMap: a flow keeps its index while it is in the table (removing a flow moves
+    /// the last one into its place), so a drain finds a flow by the index it left in the
+    /// flow's per-CPU table slot (`flowtab`) without hashing its key.
+    pub flows: indexmap::IndexMap<FlowKey, FlowEntry, foldhash::fast::RandomState>,
     pub procs: BTreeMap<String, ProcTotals>,
     pub ifaces: BTreeMap<u32, IfaceTotals>,
     /// Flows that vanished from the kernel map without the daemon deleting them: LRU
@@ -139,6 +171,8 @@ pub struct Tracker {
     pending: std::collections::HashSet<FlowKey, foldhash::fast::RandomState>,
     /// Bumped when a flow enters or leaves the table or gets its owner (see `generation`).
     generation: u64,
+    /// Per-CPU table slots not kept in their flow's entry, per family (IPv4, IPv6).
+    pub(crate) books: [crate::flowtab::SlotBook; 2],
 }
 
 /// Byte/packet deltas credited to a process during one tick, for the metrics stage.
@@ -171,6 +205,8 @@ pub struct TickOutput {
 pub struct TickState {
     out: TickOutput,
     interval_s: f64,
+    credits: Credits,
+    protos: Protos,
 }
 
 /// Idle flows are looked for on full drains and every this many ticks.
@@ -179,11 +215,13 @@ pub const SWEEP_EVERY: u64 = 10;
 /// Credits a flow's pending traffic to its owner once the owner is known (or attribution has
 /// been tried long enough); tries the kernel's socket records on the first ticks of a flow,
 /// then occasionally. Returns true while traffic still waits.
+#[allow(clippy::too_many_arguments)]
 fn settle(
     key: &FlowKey,
     e: &mut FlowEntry,
     procs: &mut BTreeMap<String, ProcTotals>,
     out: &mut TickOutput,
+    credits: &mut Credits,
     interval_s: f64,
     lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
     generation: &mut u64,
@@ -207,19 +245,124 @@ fn settle(
         .owner
         .as_ref()
         .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
-    credit(
+    credits.add(
         procs,
         &mut out.proc_deltas,
+        interval_s,
         name,
         key.direction,
         e.pending_bytes,
         e.pending_packets,
-        interval_s,
         e.last_ns,
     );
     e.pending_bytes = 0;
     e.pending_packets = 0;
     false
+}
+
+/// What a run of consecutive flows of one process credits it, added to the per-process maps
+/// when a flow of another process comes (or the drain ends): two ordered-map lookups by name
+/// per run instead of per flow.
+#[derive(Debug, Default)]
+struct Credits {
+    name: String,
+    open: bool,
+    rx: (u64, u64),
+    tx: (u64, u64),
+    last_ns: u64,
+}
+
+impl Credits {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        procs: &mut BTreeMap<String, ProcTotals>,
+        deltas: &mut BTreeMap<String, ProcDelta>,
+        interval_s: f64,
+        name: &str,
+        direction: u8,
+        bytes: u64,
+        packets: u64,
+        last_ns: u64,
+    ) {
+        if !self.open || self.name != name {
+            self.flush(procs, deltas, interval_s);
+            self.name.clear();
+            self.name.push_str(name);
+            self.open = true;
+        }
+        let d = if direction == DIR_INGRESS {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        d.0 += bytes;
+        d.1 += packets;
+        self.last_ns = self.last_ns.max(last_ns);
+    }
+
+    fn flush(
+        &mut self,
+        procs: &mut BTreeMap<String, ProcTotals>,
+        deltas: &mut BTreeMap<String, ProcDelta>,
+        interval_s: f64,
+    ) {
+        if !std::mem::take(&mut self.open) {
+            return;
+        }
+        for (direction, (bytes, packets)) in [
+            (DIR_INGRESS, std::mem::take(&mut self.rx)),
+            (DIR_EGRESS, std::mem::take(&mut self.tx)),
+        ] {
+            if bytes > 0 || packets > 0 {
+                credit(
+                    procs,
+                    deltas,
+                    &self.name,
+                    direction,
+                    bytes,
+                    packets,
+                    interval_s,
+                    self.last_ns,
+                );
+            }
+        }
+        self.last_ns = 0;
+    }
+}
+
+/// Protocol totals of a run of consecutive flows of one (protocol, direction), added to the
+/// drain's map when another comes (or the drain ends).
+#[derive(Debug, Default)]
+struct Protos {
+    open: Option<(u8, u8)>,
+    bytes: u64,
+    packets: u64,
+}
+
+impl Protos {
+    fn add(
+        &mut self,
+        map: &mut BTreeMap<(u8, u8), (u64, u64)>,
+        key: (u8, u8),
+        bytes: u64,
+        packets: u64,
+    ) {
+        if self.open != Some(key) {
+            self.flush(map);
+            self.open = Some(key);
+        }
+        self.bytes += bytes;
+        self.packets += packets;
+    }
+
+    fn flush(&mut self, map: &mut BTreeMap<(u8, u8), (u64, u64)>) {
+        if let Some(key) = self.open.take() {
+            let p = map.entry(key).or_default();
+            p.0 += std::mem::take(&mut self.bytes);
+            p.1 += std::mem::take(&mut self.packets);
+        }
+    }
 }
 
 impl Tracker {
@@ -250,6 +393,8 @@ impl Tracker {
         TickState {
             out: TickOutput::default(),
             interval_s: if interval_s > 0.0 { interval_s } else { 1.0 },
+            credits: Credits::default(),
+            protos: Protos::default(),
         }
     }
 
@@ -282,31 +427,61 @@ impl Tracker {
         st: &mut TickState,
         s: &FlowSample,
         delta: bool,
+        lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) {
+        let (i, new) = self.entry_index(&s.key, s.first_ns, s.last_ns);
+        self.apply_at(st, i, new, s, delta, lookup);
+    }
+
+    /// The index of `key`'s flow, inserting it (first and last seen at `first_ns`, `last_ns`)
+    /// if the table has none; true: inserted.
+    pub(crate) fn entry_index(
+        &mut self,
+        key: &FlowKey,
+        first_ns: u64,
+        last_ns: u64,
+    ) -> (usize, bool) {
+        match self.flows.entry(*key) {
+            indexmap::map::Entry::Occupied(o) => (o.index(), false),
+            indexmap::map::Entry::Vacant(v) => {
+                self.flows_v4 += usize::from(key.family == 4);
+                let i = v.index();
+                v.insert(FlowEntry {
+                    bytes: 0,
+                    packets: 0,
+                    first_ns,
+                    last_ns,
+                    tcp_flags: 0,
+                    egress_twin: false,
+                    rate_bps: 0.0,
+                    rate_pps: 0.0,
+                    owner: None,
+                    pending_bytes: 0,
+                    pending_packets: 0,
+                    attrib_tries: 0,
+                    seen_tick: 0,
+                    waiting: false,
+                    slot: Seen::NONE,
+                });
+                (i, true)
+            }
+        }
+    }
+
+    /// Applies `s` to the flow at index `i` (`new`: just inserted; `s.key` is its key).
+    pub(crate) fn apply_at(
+        &mut self,
+        st: &mut TickState,
+        i: usize,
+        new: bool,
+        s: &FlowSample,
+        delta: bool,
         mut lookup: impl FnMut(&FlowKey) -> Option<Owner>,
     ) {
         let tick = self.tick;
         let interval_s = st.interval_s;
         let out = &mut st.out;
-        let mut new = false;
-        let e = self.flows.entry(s.key).or_insert_with(|| {
-            new = true;
-            self.flows_v4 += usize::from(s.key.family == 4);
-            FlowEntry {
-                bytes: 0,
-                packets: 0,
-                first_ns: s.first_ns,
-                last_ns: s.last_ns,
-                tcp_flags: 0,
-                egress_twin: false,
-                rate_bps: 0.0,
-                rate_pps: 0.0,
-                owner: None,
-                pending_bytes: 0,
-                pending_packets: 0,
-                attrib_tries: 0,
-                seen_tick: 0,
-            }
-        });
+        let e = &mut self.flows[i];
         // A second slot of the flow in this drain (another CPU's).
         let again = delta && e.seen_tick == tick;
         let (db, dp) = if delta {
@@ -338,37 +513,94 @@ impl Tracker {
         }
         e.seen_tick = tick;
         if db > 0 || dp > 0 {
-            let p = out
-                .proto_deltas
-                .entry((s.key.proto, s.key.direction))
-                .or_default();
-            p.0 += db;
-            p.1 += dp;
+            st.protos.add(
+                &mut out.proto_deltas,
+                (s.key.proto, s.key.direction),
+                db,
+                dp,
+            );
         }
         e.pending_bytes += db;
         e.pending_packets += dp;
-        if again && e.owner.is_none() {
+        let wait = if again && e.owner.is_none() {
             // The first slot's apply tried for an owner this drain: the traffic waits with
             // the rest of the flow's.
-            self.pending.insert(s.key);
-        } else if settle(
-            &s.key,
-            e,
-            &mut self.procs,
-            out,
-            interval_s,
-            &mut lookup,
-            &mut self.generation,
-        ) {
-            self.pending.insert(s.key);
-        } else if !self.pending.is_empty() {
-            self.pending.remove(&s.key);
+            true
+        } else {
+            settle(
+                &s.key,
+                e,
+                &mut self.procs,
+                out,
+                &mut st.credits,
+                interval_s,
+                &mut lookup,
+                &mut self.generation,
+            )
+        };
+        if wait != e.waiting {
+            e.waiting = wait;
+            if wait {
+                self.pending.insert(s.key);
+            } else {
+                self.pending.remove(&s.key);
+            }
         }
         if new {
             self.generation += 1;
             out.new_flows.push((s.key, s.tcp_flags));
             self.link_twin(&s.key, true);
         }
+    }
+
+    /// The drain number (`begin_tick` counts them).
+    pub(crate) fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    /// The index of `key`'s flow: `cookie` - 1 when that is it (a per-CPU table slot's
+    /// cookie, see `flowtab`), else looked up.
+    pub(crate) fn find(&self, key: &FlowKey, cookie: u32) -> Option<usize> {
+        let i = (cookie as usize).wrapping_sub(1);
+        match self.flows.get_index(i) {
+            Some((k, _)) if k == key => Some(i),
+            _ => self.flows.get_index_of(key),
+        }
+    }
+
+    /// Starts fetching the flow at index `i` from memory (a drain reads it soon).
+    pub(crate) fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some((k, e)) = self.flows.get_index(i) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            for (p, len) in [
+                ((k as *const FlowKey).cast::<i8>(), size_of::<FlowKey>()),
+                ((e as *const FlowEntry).cast::<i8>(), size_of::<FlowEntry>()),
+            ] {
+                for off in (0..len).step_by(64) {
+                    // SAFETY: a prefetch hint within a live entry; it loads nothing.
+                    unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T0) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// Removes `k`'s flow (the last flow takes its index). A per-CPU table slot it still held
+    /// stays known (`SlotBook`): a later packet of the flow in that slot counts only what it
+    /// adds.
+    fn remove_flow(&mut self, k: &FlowKey) -> Option<FlowEntry> {
+        let e = self.flows.swap_remove(k)?;
+        self.flows_v4 -= usize::from(k.family == 4);
+        if e.waiting {
+            self.pending.remove(k);
+        }
+        self.link_twin(k, false);
+        if e.slot.index != NO_SLOT {
+            self.books[usize::from(k.family != 4)].orphan(e.slot, self.tick);
+        }
+        Some(e)
     }
 
     /// A flow's byte and packet rates over the last interval: zero unless the last drain
@@ -429,8 +661,22 @@ impl Tracker {
         let TickState {
             mut out,
             interval_s,
+            mut credits,
+            mut protos,
         } = st;
-        let waiting: Vec<FlowKey> = self.pending.iter().copied().collect();
+        protos.flush(&mut out.proto_deltas);
+        // The flows still waiting that this drain did not see: looked up by key when few,
+        // found in one pass over the table when many (a burst of new flows waits for owners
+        // for a few drains; a lookup per flow would miss the cache for each).
+        let waiting: Vec<FlowKey> = if self.pending.len() > self.flows.len() / 16 {
+            self.flows
+                .iter()
+                .filter(|(_, e)| e.waiting && e.seen_tick != tick)
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            self.pending.iter().copied().collect()
+        };
         for k in waiting {
             let Some(e) = self.flows.get_mut(&k) else {
                 self.pending.remove(&k);
@@ -442,11 +688,13 @@ impl Tracker {
                     e,
                     &mut self.procs,
                     &mut out,
+                    &mut credits,
                     interval_s,
                     &mut lookup,
                     &mut self.generation,
                 )
             {
+                e.waiting = false;
                 self.pending.remove(&k);
             }
         }
@@ -461,40 +709,34 @@ impl Tracker {
             }
         }
         for k in &gone {
-            if self.flows.remove(k).is_some() {
-                self.flows_v4 -= usize::from(k.family == 4);
-            }
-            self.pending.remove(k);
-            self.link_twin(k, false);
+            self.remove_flow(k);
         }
         out.evicted = gone.len() as u64;
         self.generation += out.evicted + out.expired.len() as u64;
         self.evictions += out.evicted;
         for k in &out.expired {
-            self.pending.remove(k);
-            let removed = self.flows.remove(k);
-            if removed.is_some() {
-                self.flows_v4 -= usize::from(k.family == 4);
-                self.link_twin(k, false);
-            }
-            if let Some(e) = removed
+            if let Some(e) = self.remove_flow(k)
                 && (e.pending_bytes > 0 || e.pending_packets > 0)
             {
                 let name = e
                     .owner
                     .as_ref()
                     .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
-                credit(
+                credits.add(
                     &mut self.procs,
                     &mut out.proc_deltas,
+                    interval_s,
                     name,
                     k.direction,
                     e.pending_bytes,
                     e.pending_packets,
-                    interval_s,
                     e.last_ns,
                 );
             }
+        }
+        credits.flush(&mut self.procs, &mut out.proc_deltas, interval_s);
+        for b in &mut self.books {
+            b.forget_pending(tick);
         }
         self.expired += out.expired.len() as u64;
         out
@@ -555,8 +797,9 @@ fn credit(
     if !deltas.contains_key(name) {
         deltas.insert(name.to_string(), ProcDelta::default());
     }
-    let p = procs.get_mut(name).expect("inserted above");
-    let d = deltas.get_mut(name).expect("inserted above");
+    let (Some(p), Some(d)) = (procs.get_mut(name), deltas.get_mut(name)) else {
+        unreachable!("inserted above");
+    };
     if direction == DIR_INGRESS {
         p.rx_bytes += bytes;
         p.rx_packets += packets;

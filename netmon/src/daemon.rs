@@ -291,7 +291,7 @@ impl Drain {
         // Each flow goes from the kernel straight into the table. The connection table is
         // built from it on request (api.rs), not every tick.
         if let Some(t) = &mut self.tables {
-            t.drain(|s| tracker.apply_delta(&mut st, s, |k| owners.owner(k).map(Owner::from)))
+            t.drain(tracker, &mut st, |k| owners.owner(k).map(Owner::from))
                 .context("reading the per-CPU flow tables")?;
             // Slots given to other flows: the kernel's evictions, as with the LRU maps (the
             // flows stay in the daemon's table until they idle out).

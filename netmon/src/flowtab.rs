@@ -21,7 +21,7 @@ use aya::maps::MapData;
 use crate::mapmem::{MapMemory, page_size};
 use netmon_common::{FlowKey, FlowKey4, TAB_WAYS, TabBucket, TabEvicted, TabSlot};
 
-use crate::aggregate::FlowSample;
+use crate::aggregate::{FlowSample, NO_SLOT, Owner, Seen, TickState, Tracker};
 
 /// Maps `len` bytes of `map` (named `name`, for the message) from byte `offset`.
 fn map_memory(
@@ -39,24 +39,6 @@ fn map_memory(
     })
 }
 
-/// What the daemon last read of one slot: the flow it held (`seq`) and its counters then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Seen {
-    seq: u32,
-    bytes: u64,
-    packets: u64,
-}
-
-impl<K> From<&TabSlot<K>> for Seen {
-    fn from(s: &TabSlot<K>) -> Self {
-        Self {
-            seq: s.seq,
-            bytes: s.bytes,
-            packets: s.packets,
-        }
-    }
-}
-
 /// Drains after which an old flow's counters still waiting for its eviction record are
 /// dropped (the record was lost: `evict_lost`).
 const PENDING_DRAINS: u64 = 8;
@@ -64,7 +46,7 @@ const PENDING_DRAINS: u64 = 8;
 /// Where a table's buckets are.
 enum Memory {
     /// In this process (tests).
-    Raw(*const u8),
+    Raw(*mut u8),
     /// In the kernel map, mapped `WINDOW` bytes at a time while a drain reads them: a
     /// mapping of kernel pages counts in the daemon's RSS for as long as it exists.
     Map { map: MapData, name: &'static str },
@@ -107,54 +89,68 @@ unsafe fn mark(dirty: *const AtomicU64, b: u32) {
     unsafe { (*dirty.add(b as usize / 64)).fetch_or(1 << (b % 64), Ordering::AcqRel) };
 }
 
-/// What the daemon last read of each occupied slot.
-#[derive(Default)]
-struct Slots {
+/// What the daemon last read of the slots of one family's table that are not in their
+/// flow's entry (`FlowEntry::slot` holds the first slot a flow was read in): a flow's slots
+/// on other CPUs, and slots of flows the tracker forgot (idle) while the slot still holds
+/// them.
+#[derive(Debug, Default)]
+pub struct SlotBook {
     by_index: HashMap<u32, Seen, foldhash::fast::RandomState>,
-    /// Slots read holding another flow than the one last read there, by (slot, that flow's
-    /// seq): the old flow's counters as last read, until its eviction record comes.
+    /// Slots read holding another flow (or another tenancy of the flow) than the one last
+    /// read there, by (slot, that tenancy's seq): the old tenancy's counters as last read,
+    /// until its eviction record comes, with the drain they were parked in.
     pending: HashMap<(u32, u32), (Seen, u64), foldhash::fast::RandomState>,
 }
 
-impl Slots {
-    /// Reads bucket `b`, at `p`, for `Table::read_marked` (drain number `drain`); a slot
-    /// being rewritten marks the bucket in `dirty` again, for the next drain.
-    ///
-    /// # Safety
-    /// `p` points at bucket `b` of the mapped table, `dirty` at its bitmap.
-    unsafe fn read_bucket<K: Copy>(
-        &mut self,
-        b: u32,
-        p: *const TabSlot<K>,
-        dirty: *const AtomicU64,
-        drain: u64,
-        f: &mut impl FnMut(&SlotDelta<K>),
-    ) {
-        for way in 0..TAB_WAYS {
-            // SAFETY: the caller's promise.
-            let Some(s) = (unsafe { read_slot(p.add(way)) }) else {
-                // SAFETY: the caller's promise.
-                unsafe { mark(dirty, b) };
-                continue;
-            };
-            if s.packets == 0 {
-                continue;
+impl SlotBook {
+    /// Parks `old`, a tenancy of its slot that is not the one read there now.
+    fn park(&mut self, old: Seen, drain: u64) {
+        self.pending.insert((old.index, old.seq), (old, drain));
+    }
+
+    /// What was last read of tenancy `seq` of slot `index`, taken out of the book (a flow
+    /// now keeps it in its entry); another tenancy found under `index` is parked.
+    fn take(&mut self, index: u32, seq: u32, drain: u64) -> Option<Seen> {
+        if self.by_index.is_empty() && self.pending.is_empty() {
+            return None;
+        }
+        match self.by_index.remove(&index) {
+            Some(old) if old.seq == seq => return Some(old),
+            Some(old) => self.park(old, drain),
+            None => {}
+        }
+        self.pending.remove(&(index, seq)).map(|(s, _)| s)
+    }
+
+    /// Records `now`, as read in its slot (another of its flow's slots is in the flow's
+    /// entry), and returns what was last read of the same tenancy.
+    fn replace(&mut self, now: Seen, drain: u64) -> Option<Seen> {
+        match self.by_index.insert(now.index, now) {
+            Some(old) if old.seq == now.seq => Some(old),
+            Some(old) => {
+                self.park(old, drain);
+                None
             }
-            let i = (b as usize * TAB_WAYS + way) as u32;
-            let before = match self.by_index.insert(i, Seen::from(&s)) {
-                Some(old) if old.seq == s.seq => Some(old),
-                Some(old) => {
-                    // The slot holds another flow now: the old one's rest comes with its
-                    // eviction record.
-                    self.pending.insert((i, old.seq), (old, drain));
-                    None
-                }
-                None => None,
-            };
-            let d = delta(&s, before);
-            if d.packets != 0 || d.bytes != 0 {
-                f(&d);
+            None => self.pending.remove(&(now.index, now.seq)).map(|(s, _)| s),
+        }
+    }
+
+    /// Keeps `seen`, the slot of a flow the tracker removes (the slot may still hold it).
+    pub(crate) fn orphan(&mut self, seen: Seen, drain: u64) {
+        match self.by_index.get(&seen.index) {
+            Some(other) if other.seq != seen.seq => self.park(seen, drain),
+            _ => {
+                self.by_index.insert(seen.index, seen);
             }
+        }
+    }
+
+    /// Drops parked tenancies whose eviction record has not come in `PENDING_DRAINS` drains
+    /// (it was lost: `evict_lost`).
+    pub(crate) fn forget_pending(&mut self, drain: u64) {
+        if !self.pending.is_empty() {
+            self.pending
+                .retain(|_, (_, at)| drain.saturating_sub(*at) < PENDING_DRAINS);
         }
     }
 }
@@ -169,8 +165,6 @@ pub struct Table<K> {
     /// Keeps the dirty bitmap mapped (a bit per bucket: small).
     _bitmap: Option<MapMemory>,
     _key: std::marker::PhantomData<K>,
-    seen: Slots,
-    drains: u64,
     /// Buckets taken from the bitmap, read by the next `read_marked`.
     marked: Vec<u32>,
 }
@@ -180,36 +174,13 @@ pub struct Table<K> {
 unsafe impl<K: Send> Send for Table<K> {}
 unsafe impl<K: Sync> Sync for Table<K> {}
 
-/// A per-slot increase, with the slot's flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotDelta<K> {
-    pub key: K,
-    pub bytes: u64,
-    pub packets: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    pub tcp_flags: u8,
-}
-
-fn delta<K: Copy>(s: &TabSlot<K>, before: Option<Seen>) -> SlotDelta<K> {
-    let (b, p) = before.map_or((0, 0), |b| (b.bytes, b.packets));
-    SlotDelta {
-        key: s.key,
-        bytes: s.bytes.saturating_sub(b),
-        packets: s.packets.saturating_sub(p),
-        first_ns: s.first_seen_ns,
-        last_ns: s.last_seen_ns,
-        tcp_flags: s.tcp_flags,
-    }
-}
-
 impl<K: Copy> Table<K> {
     /// A table over `buckets` buckets at `slots` and its bitmap at `dirty` (a bit per bucket).
     ///
     /// # Safety
-    /// Both must stay valid (and the bitmap writable) for the table's life.
+    /// Both must stay valid and writable (a drain writes slots' cookies) for the table's life.
     pub unsafe fn from_raw(
-        slots: *const TabBucket<K>,
+        slots: *mut TabBucket<K>,
         buckets: usize,
         dirty: *const AtomicU64,
     ) -> Self {
@@ -219,8 +190,6 @@ impl<K: Copy> Table<K> {
             dirty,
             _bitmap: None,
             _key: std::marker::PhantomData,
-            seen: Slots::default(),
-            drains: 0,
             marked: Vec::new(),
         }
     }
@@ -230,7 +199,7 @@ impl<K: Copy> Table<K> {
         let bits = map_memory(dirty, name, 0, buckets.div_ceil(64) * 8, true)?;
         // SAFETY: the bitmap is as large as said and lives as long as the table; the raw
         // memory is replaced before use.
-        let mut t = unsafe { Self::from_raw(std::ptr::null(), buckets, bits.ptr().cast()) };
+        let mut t = unsafe { Self::from_raw(std::ptr::null_mut(), buckets, bits.ptr().cast()) };
         t.memory = Memory::Map { map, name };
         t._bitmap = Some(bits);
         Ok(t)
@@ -239,12 +208,13 @@ impl<K: Copy> Table<K> {
 
 impl Memory {
     /// Calls `f` with a pointer to byte `start` of the table, valid up to byte `end`.
-    fn with_window(&self, start: usize, end: usize, f: impl FnOnce(*const u8)) -> Result<()> {
+    fn with_window(&self, start: usize, end: usize, f: impl FnOnce(*mut u8)) -> Result<()> {
+        // Writable: the drain writes slots' cookies (`TabSlot::cookie`).
         match self {
             // SAFETY: the caller of `from_raw` keeps the whole table valid.
             Self::Raw(p) => f(unsafe { p.add(start) }),
             Self::Map { map, name } => {
-                let w = map_memory(map, name, start, end - start, false)?;
+                let w = map_memory(map, name, start, end - start, true)?;
                 f(w.ptr());
             }
         }
@@ -269,10 +239,9 @@ impl<K: Copy> Table<K> {
         }
     }
 
-    /// Reads the buckets `take_marked` took and hands on every slot's growth since it was last
-    /// read (a slot now holding another flow: all of the new flow's counters).
-    pub fn read_marked(&mut self, mut f: impl FnMut(&SlotDelta<K>)) -> Result<()> {
-        self.drains += 1;
+    /// Reads the buckets `take_marked` took: hands every occupied slot to `sink`, and writes
+    /// back the cookie it returns.
+    pub fn read_marked(&mut self, sink: &mut impl SlotSink<K>) -> Result<()> {
         let marked = std::mem::take(&mut self.marked);
         let size = size_of::<TabBucket<K>>();
         let total = (self.buckets * size).next_multiple_of(page_size());
@@ -295,12 +264,16 @@ impl<K: Copy> Table<K> {
                 continue;
             }
             let end = ((last + 1) * size).next_multiple_of(page_size()).min(total);
-            let (memory, seen) = (&self.memory, &mut self.seen);
-            result = memory.with_window(start, end, |base| {
-                for &b in group {
-                    let p = base.wrapping_add(b as usize * size - start).cast();
+            let dirty = self.dirty;
+            result = self.memory.with_window(start, end, |base| {
+                let bucket = |b: u32| base.wrapping_add(b as usize * size - start);
+                for (j, &b) in group.iter().enumerate() {
+                    if let Some(&ahead) = group.get(j + PREFETCH_BUCKETS) {
+                        // SAFETY: bucket `ahead` lies in the window.
+                        unsafe { prefetch_bucket(bucket(ahead).cast(), sink) };
+                    }
                     // SAFETY: bucket `b` lies in the window.
-                    unsafe { seen.read_bucket(b, p, self.dirty, self.drains, &mut f) };
+                    unsafe { read_bucket(b, bucket(b).cast(), dirty, sink) };
                 }
             });
         }
@@ -312,34 +285,79 @@ impl<K: Copy> Table<K> {
             }
         }
         self.marked = marked;
-        let drains = self.drains;
-        self.seen
-            .pending
-            .retain(|_, (_, at)| drains.saturating_sub(*at) < PENDING_DRAINS);
         result
-    }
-
-    /// An evicted slot's last contents: hands on what it grew since last read.
-    pub fn evicted(&mut self, e: &TabEvicted<K>, mut f: impl FnMut(&SlotDelta<K>)) {
-        let seen = &mut self.seen;
-        let before = match seen.by_index.get(&e.index) {
-            Some(old) if old.seq == e.slot.seq => seen.by_index.remove(&e.index),
-            _ => seen.pending.remove(&(e.index, e.slot.seq)).map(|(s, _)| s),
-        };
-        let d = delta(&e.slot, before);
-        if d.packets != 0 || d.bytes != 0 {
-            f(&d);
-        }
-    }
-
-    /// Slots the daemon has read a flow in (occupied slots, as of the last read).
-    pub fn occupied(&self) -> usize {
-        self.seen.by_index.len()
     }
 
     /// Slots in all CPUs' parts.
     pub fn capacity(&self) -> usize {
         self.buckets * TAB_WAYS
+    }
+}
+
+/// Buckets read ahead of the one being read, for the flows their slots hold: as many as it
+/// takes for the daemon's entries to arrive from memory meanwhile.
+const PREFETCH_BUCKETS: usize = 4;
+
+/// Where a drain hands the slots it reads (`Tracker`, through `Tables::drain`).
+pub trait SlotSink<K> {
+    /// Slot `index` as read (occupied); returns a new cookie for it, if it needs one.
+    fn slot(&mut self, index: u32, slot: &TabSlot<K>) -> Option<u32>;
+    /// A slot that will be read soon carries `cookie`: fetch what it points at.
+    fn prefetch(&self, cookie: u32);
+}
+
+/// A slot's cookie as a number (`TabSlot::cookie`: 24 bits, little-endian).
+pub fn cookie_of<K>(s: &TabSlot<K>) -> u32 {
+    u32::from_le_bytes([s.cookie[0], s.cookie[1], s.cookie[2], 0])
+}
+
+/// Largest cookie (0: none).
+pub const COOKIE_MAX: u32 = (1 << 24) - 1;
+
+/// Asks `sink` to prefetch the flows of the slots at `p` (a bucket).
+///
+/// # Safety
+/// `p` points at a bucket of the mapped table.
+unsafe fn prefetch_bucket<K>(p: *const TabSlot<K>, sink: &impl SlotSink<K>) {
+    for way in 0..TAB_WAYS {
+        // SAFETY: the caller's promise; a hint, so a torn read does no harm.
+        let c = unsafe { std::ptr::read_volatile(&raw const (*p.add(way)).cookie) };
+        let c = u32::from_le_bytes([c[0], c[1], c[2], 0]);
+        if c != 0 {
+            sink.prefetch(c);
+        }
+    }
+}
+
+/// Reads bucket `b`, at `p`, into `sink`; a slot being rewritten marks the bucket in
+/// `dirty` again, for the next drain.
+///
+/// # Safety
+/// `p` points at bucket `b` of the mapped table (writable), `dirty` at its bitmap.
+unsafe fn read_bucket<K: Copy>(
+    b: u32,
+    p: *mut TabSlot<K>,
+    dirty: *const AtomicU64,
+    sink: &mut impl SlotSink<K>,
+) {
+    for way in 0..TAB_WAYS {
+        // SAFETY: the caller's promise.
+        let Some(s) = (unsafe { read_slot(p.add(way)) }) else {
+            // SAFETY: the caller's promise.
+            unsafe { mark(dirty, b) };
+            continue;
+        };
+        if s.packets == 0 {
+            continue;
+        }
+        if let Some(c) = sink.slot((b as usize * TAB_WAYS + way) as u32, &s) {
+            let c = c.to_le_bytes();
+            // SAFETY: the caller's promise. The programs never read or write the cookie,
+            // and a store to these bytes does not touch the fields they write.
+            unsafe {
+                std::ptr::write_volatile(&raw mut (*p.add(way)).cookie, [c[0], c[1], c[2]]);
+            }
+        }
     }
 }
 
@@ -350,18 +368,6 @@ pub struct Tables {
     evicted: aya::maps::RingBuf<MapData>,
     /// Eviction records read since `take_evictions`.
     evictions: u64,
-}
-
-/// A slot's growth as the tracker takes it (`Tracker::apply_delta`).
-fn sample<K>(key: FlowKey, d: &SlotDelta<K>) -> FlowSample {
-    FlowSample {
-        key,
-        bytes: d.bytes,
-        packets: d.packets,
-        first_ns: d.first_ns,
-        last_ns: d.last_ns,
-        tcp_flags: d.tcp_flags,
-    }
 }
 
 impl Tables {
@@ -406,17 +412,25 @@ impl Tables {
         self.v6.take_marked();
     }
 
-    /// Reads what the tables counted since the last drain: the eviction ring, then the
-    /// buckets `take_marked` took. Hands on one sample per slot that grew, its counters the
-    /// growth (a flow counted on several CPUs, or evicted and counted again, comes more than
-    /// once: `Tracker::apply_delta` adds them up).
-    pub fn drain(&mut self, mut f: impl FnMut(&FlowSample)) -> Result<()> {
+    /// Reads what the tables counted since the last drain into `tracker` (drain `st`): the
+    /// eviction ring, then the buckets `take_marked` took. `lookup` finds new flows' owners.
+    pub fn drain(
+        &mut self,
+        tracker: &mut Tracker,
+        st: &mut TickState,
+        lookup: impl FnMut(&FlowKey) -> Option<Owner>,
+    ) -> Result<()> {
         let Self {
             v4,
             v6,
             evicted,
             evictions,
         } = self;
+        let mut sink = Sink {
+            tracker,
+            st,
+            lookup,
+        };
         while let Some(item) = evicted.next() {
             *evictions += 1;
             // A record is a TabEvicted of either family, told apart by length.
@@ -426,20 +440,20 @@ impl Tables {
                     let e = unsafe {
                         std::ptr::read_unaligned(item.as_ptr().cast::<TabEvicted<FlowKey4>>())
                     };
-                    v4.evicted(&e, |d| f(&sample(d.key.into(), d)));
+                    sink.evicted(&e);
                 }
                 n if n == size_of::<TabEvicted<FlowKey>>() => {
                     // SAFETY: as above.
                     let e = unsafe {
                         std::ptr::read_unaligned(item.as_ptr().cast::<TabEvicted<FlowKey>>())
                     };
-                    v6.evicted(&e, |d| f(&sample(d.key, d)));
+                    sink.evicted(&e);
                 }
                 _ => {}
             }
         }
-        v4.read_marked(|d| f(&sample(d.key.into(), d)))?;
-        v6.read_marked(|d| f(&sample(d.key, d)))
+        v4.read_marked(&mut sink)?;
+        v6.read_marked(&mut sink)
     }
 
     /// Eviction records read since the last call.
@@ -451,6 +465,133 @@ impl Tables {
     pub fn capacity(&self) -> [usize; 2] {
         [self.v4.capacity(), self.v6.capacity()]
     }
+}
+
+/// A table's key type: which `SlotBook` of the tracker its slots go to, and the flow key.
+pub trait SlotKey: Copy {
+    /// `Tracker::books` index: 0 for IPv4, 1 for IPv6 (the key's family decides, as in
+    /// `Tracker::remove_flow`).
+    const BOOK: usize;
+    fn flow_key(&self) -> FlowKey;
+}
+
+impl SlotKey for FlowKey4 {
+    const BOOK: usize = 0;
+    fn flow_key(&self) -> FlowKey {
+        (*self).into()
+    }
+}
+
+impl SlotKey for FlowKey {
+    const BOOK: usize = 1;
+    fn flow_key(&self) -> FlowKey {
+        *self
+    }
+}
+
+/// A drain's slots going into the tracker.
+pub struct Sink<'a, L> {
+    pub tracker: &'a mut Tracker,
+    pub st: &'a mut TickState,
+    pub lookup: L,
+}
+
+impl<L: FnMut(&FlowKey) -> Option<Owner>> Sink<'_, L> {
+    /// An evicted slot's last contents: hands on what it grew since last read.
+    pub fn evicted<K: SlotKey>(&mut self, e: &TabEvicted<K>) {
+        let t = &mut *self.tracker;
+        let key = e.slot.key.flow_key();
+        let found = t.find(&key, cookie_of(&e.slot));
+        let before = match found.map(|i| &mut t.flows[i].slot) {
+            Some(own) if own.index == e.index && own.seq == e.slot.seq => {
+                Some(std::mem::replace(own, Seen::NONE))
+            }
+            _ => t.books[K::BOOK].take(e.index, e.slot.seq, t.tick()),
+        };
+        if let Some(s) = growth(&key, &e.slot, before) {
+            let (i, new) = match found {
+                Some(i) => (i, false),
+                None => t.entry_index(&key, s.first_ns, s.last_ns),
+            };
+            t.apply_at(self.st, i, new, &s, true, &mut self.lookup);
+        }
+    }
+}
+
+impl<K: SlotKey, L: FnMut(&FlowKey) -> Option<Owner>> SlotSink<K> for Sink<'_, L> {
+    fn slot(&mut self, index: u32, slot: &TabSlot<K>) -> Option<u32> {
+        let t = &mut *self.tracker;
+        let key = slot.key.flow_key();
+        let cookie = cookie_of(slot);
+        let drain = t.tick();
+        let now = Seen {
+            index,
+            seq: slot.seq,
+            bytes: slot.bytes,
+            packets: slot.packets,
+        };
+        let Some(i) = t.find(&key, cookie) else {
+            // A flow the tracker does not hold: new, or forgotten (idle) while its slot kept
+            // it, in which case only what it added since counts.
+            let before = t.books[K::BOOK].take(index, slot.seq, drain);
+            let Some(s) = growth(&key, slot, before) else {
+                t.books[K::BOOK].orphan(now, drain);
+                return None;
+            };
+            let (i, new) = t.entry_index(&key, slot.first_seen_ns, slot.last_seen_ns);
+            t.flows[i].slot = now;
+            t.apply_at(self.st, i, new, &s, true, &mut self.lookup);
+            return new_cookie(i, cookie);
+        };
+        let own = &mut t.flows[i].slot;
+        let before = if own.index == index {
+            let old = std::mem::replace(own, now);
+            if old.seq == slot.seq {
+                Some(old)
+            } else {
+                // The flow came back to the same slot: its old tenancy's rest comes with the
+                // eviction record.
+                t.books[K::BOOK].park(old, drain);
+                None
+            }
+        } else if own.index == NO_SLOT {
+            *own = now;
+            t.books[K::BOOK].take(index, slot.seq, drain)
+        } else {
+            t.books[K::BOOK].replace(now, drain)
+        };
+        if let Some(s) = growth(&key, slot, before) {
+            t.apply_at(self.st, i, false, &s, true, &mut self.lookup);
+        }
+        new_cookie(i, cookie)
+    }
+
+    fn prefetch(&self, cookie: u32) {
+        self.tracker.prefetch(cookie as usize - 1);
+    }
+}
+
+/// The cookie for a slot of the flow at index `i` whose cookie is `old`, if it needs
+/// writing.
+fn new_cookie(i: usize, old: u32) -> Option<u32> {
+    u32::try_from(i + 1)
+        .ok()
+        .filter(|&c| c <= COOKIE_MAX && c != old)
+}
+
+/// What a slot (or its eviction record) adds to its flow since `before` was read of it: none
+/// when nothing.
+fn growth<K>(key: &FlowKey, s: &TabSlot<K>, before: Option<Seen>) -> Option<FlowSample> {
+    let (b, p) = before.map_or((0, 0), |b| (b.bytes, b.packets));
+    let (bytes, packets) = (s.bytes.saturating_sub(b), s.packets.saturating_sub(p));
+    (bytes != 0 || packets != 0).then_some(FlowSample {
+        key: *key,
+        bytes,
+        packets,
+        first_ns: s.first_seen_ns,
+        last_ns: s.last_seen_ns,
+        tcp_flags: s.tcp_flags,
+    })
 }
 
 #[cfg(test)]
@@ -526,6 +667,13 @@ mod tests {
             old
         }
 
+        /// The slot as it is, without marking its bucket.
+        fn peek(&self, b: usize, way: usize) -> TabSlot<FlowKey4> {
+            assert!(b < self.len);
+            // SAFETY: within the buckets.
+            unsafe { (*self.base.add(b)).slots[way] }
+        }
+
         fn add(&mut self, b: usize, way: usize, bytes: u64) {
             let s = self.slot(b, way);
             s.bytes += bytes;
@@ -536,28 +684,70 @@ mod tests {
 
     const NOTHING: [(u16, u64, u64); 0] = [];
 
-    fn read(t: &mut Table<FlowKey4>) -> Vec<(u16, u64, u64)> {
-        t.take_marked();
-        let mut out = Vec::new();
-        t.read_marked(|d| out.push((d.key.local_port, d.bytes, d.packets)))
-            .unwrap();
-        out.sort_unstable();
-        out
+    /// A tracker fed from a test table: each call is one drain, and returns what it added
+    /// to each flow (by local port).
+    #[derive(Default)]
+    struct Drains {
+        tracker: Tracker,
+        /// Drains are full ones: the tracker forgets every flow they do not read.
+        full: bool,
+    }
+
+    impl Drains {
+        fn totals(&self) -> std::collections::BTreeMap<u16, (u64, u64)> {
+            self.tracker
+                .flows
+                .iter()
+                .map(|(k, e)| (k.local_port, (e.bytes, e.packets)))
+                .collect()
+        }
+
+        fn drain(
+            &mut self,
+            f: impl FnOnce(&mut Sink<'_, fn(&FlowKey) -> Option<Owner>>),
+        ) -> Vec<(u16, u64, u64)> {
+            let before = self.totals();
+            let mut st = self.tracker.begin_tick(1.0);
+            f(&mut Sink {
+                tracker: &mut self.tracker,
+                st: &mut st,
+                lookup: |_| None,
+            });
+            self.tracker
+                .finish_tick(st, 0, u64::MAX, self.full, |_| None);
+            self.totals()
+                .into_iter()
+                .filter_map(|(port, (b, p))| {
+                    let (b0, p0) = before.get(&port).copied().unwrap_or_default();
+                    (b != b0 || p != p0).then_some((port, b - b0, p - p0))
+                })
+                .collect()
+        }
+
+        fn read(&mut self, t: &mut Table<FlowKey4>) -> Vec<(u16, u64, u64)> {
+            t.take_marked();
+            self.drain(|sink| t.read_marked(sink).unwrap())
+        }
+
+        fn evicted(&mut self, e: &TabEvicted<FlowKey4>) -> Vec<(u16, u64, u64)> {
+            self.drain(|sink| sink.evicted(e))
+        }
     }
 
     #[test]
     fn hands_on_growth_per_slot_and_only_for_marked_buckets() {
         let mut fake = Fake::new(128);
         let mut t = fake.table();
+        let mut d = Drains::default();
         fake.give(3, 0, key(1), 100);
         fake.give(100, 2, key(2), 60);
-        assert_eq!(read(&mut t), [(1, 100, 1), (2, 60, 1)]);
+        assert_eq!(d.read(&mut t), [(1, 100, 1), (2, 60, 1)]);
         // Nothing marked: nothing read, even though nothing was cleared.
-        assert_eq!(read(&mut t), NOTHING);
+        assert_eq!(d.read(&mut t), NOTHING);
         fake.add(3, 0, 40);
         fake.add(3, 0, 10);
-        assert_eq!(read(&mut t), [(1, 50, 2)]);
-        assert_eq!(t.occupied(), 2);
+        assert_eq!(d.read(&mut t), [(1, 50, 2)]);
+        assert_eq!(d.tracker.flows.len(), 2);
     }
 
     #[test]
@@ -565,32 +755,27 @@ mod tests {
         // Eviction record read before the slot's new flow.
         let mut fake = Fake::new(64);
         let mut t = fake.table();
+        let mut d = Drains::default();
         fake.give(7, 1, key(1), 100);
-        assert_eq!(read(&mut t), [(1, 100, 1)]);
+        assert_eq!(d.read(&mut t), [(1, 100, 1)]);
         fake.add(7, 1, 30);
         let gone = fake.give(7, 1, key(2), 9);
-        let mut out = Vec::new();
-        t.evicted(&gone, |d| out.push((d.key.local_port, d.bytes, d.packets)));
-        assert_eq!(out, [(1, 30, 1)]);
-        assert_eq!(read(&mut t), [(2, 9, 1)]);
+        assert_eq!(d.evicted(&gone), [(1, 30, 1)]);
+        assert_eq!(d.read(&mut t), [(2, 9, 1)]);
 
         // The slot read holding the new flow first, the record in a later drain.
         fake.add(7, 1, 1);
         let gone = fake.give(7, 1, key(3), 4);
-        assert_eq!(read(&mut t), [(3, 4, 1)]);
-        let mut out = Vec::new();
-        t.evicted(&gone, |d| out.push((d.key.local_port, d.bytes, d.packets)));
-        assert_eq!(out, [(2, 1, 1)]);
+        assert_eq!(d.read(&mut t), [(3, 4, 1)]);
+        assert_eq!(d.evicted(&gone), [(2, 1, 1)]);
 
         // A flow born and evicted between two drains: all of it comes with the record.
         let gone = fake.give(7, 1, key(4), 8);
         let born = fake.give(7, 1, key(5), 2);
-        let mut out = Vec::new();
-        t.evicted(&gone, |d| out.push((d.key.local_port, d.bytes, d.packets)));
-        t.evicted(&born, |d| out.push((d.key.local_port, d.bytes, d.packets)));
         // The first record is of key 3, already read in full: nothing more to hand on.
-        assert_eq!(out, [(4, 8, 1)]);
-        assert_eq!(read(&mut t), [(5, 2, 1)]);
+        assert_eq!(d.evicted(&gone), NOTHING);
+        assert_eq!(d.evicted(&born), [(4, 8, 1)]);
+        assert_eq!(d.read(&mut t), [(5, 2, 1)]);
     }
 
     #[test]
@@ -598,11 +783,12 @@ mod tests {
         // 8,192 buckets of 256 bytes: two windows.
         let mut fake = Fake::new(8192);
         let mut t = fake.table();
+        let mut d = Drains::default();
         for (port, b) in [(1, 0), (2, 4095), (3, 4096), (4, 8191)] {
             fake.give(b, 3, key(port), 10);
         }
         assert_eq!(
-            read(&mut t),
+            d.read(&mut t),
             [(1, 10, 1), (2, 10, 1), (3, 10, 1), (4, 10, 1)]
         );
     }
@@ -611,11 +797,87 @@ mod tests {
     fn a_slot_being_rewritten_is_read_next_drain() {
         let mut fake = Fake::new(64);
         let mut t = fake.table();
+        let mut d = Drains::default();
         fake.give(9, 0, key(1), 100);
         // An odd sequence number: the program is giving the slot to another flow.
         fake.slot(9, 0).seq += 1;
-        assert_eq!(read(&mut t), NOTHING);
+        assert_eq!(d.read(&mut t), NOTHING);
         fake.slot(9, 0).seq += 1;
-        assert_eq!(read(&mut t), [(1, 100, 1)]);
+        assert_eq!(d.read(&mut t), [(1, 100, 1)]);
+    }
+
+    /// The local port of the flow slot (`b`, `way`)'s cookie points at.
+    fn cookie_port(fake: &Fake, d: &Drains, b: usize, way: usize) -> Option<u16> {
+        let c = cookie_of(&fake.peek(b, way)) as usize;
+        d.tracker
+            .flows
+            .get_index(c.checked_sub(1)?)
+            .map(|(k, _)| k.local_port)
+    }
+
+    #[test]
+    fn cookies_find_flows_and_stale_ones_are_not_trusted() {
+        let mut fake = Fake::new(64);
+        let mut t = fake.table();
+        let mut d = Drains::default();
+        for port in 1..=3 {
+            fake.give(port.into(), 0, key(port), 10 * u64::from(port));
+        }
+        assert_eq!(d.read(&mut t), [(1, 10, 1), (2, 20, 1), (3, 30, 1)]);
+        for port in 1..=3 {
+            assert_eq!(cookie_port(&fake, &d, port.into(), 0), Some(port));
+        }
+        // A full drain that reads flows 2 and 3 only: the tracker forgets flow 1, and flow 3
+        // takes its index, so slot 1's cookie points at flow 3 and slot 3's past the end.
+        fake.add(2, 0, 1);
+        fake.add(3, 0, 2);
+        d.full = true;
+        assert_eq!(d.read(&mut t), [(2, 1, 1), (3, 2, 1)]);
+        d.full = false;
+        assert_eq!(d.tracker.flows.len(), 2);
+        assert_eq!(cookie_port(&fake, &d, 1, 0), Some(3));
+        // Slot 1 still holds flow 1: its next packet counts only what it adds, and slot 3's
+        // flow is found by its key.
+        fake.add(1, 0, 5);
+        fake.add(3, 0, 7);
+        assert_eq!(d.read(&mut t), [(1, 5, 1), (3, 7, 1)]);
+        for port in 1..=3 {
+            assert_eq!(cookie_port(&fake, &d, port.into(), 0), Some(port));
+        }
+    }
+
+    #[test]
+    fn a_flow_in_slots_of_two_cpus_is_their_sum() {
+        let mut fake = Fake::new(64);
+        let mut t = fake.table();
+        let mut d = Drains::default();
+        fake.give(1, 0, key(1), 10);
+        fake.give(40, 2, key(1), 5);
+        assert_eq!(d.read(&mut t), [(1, 15, 2)]);
+        fake.add(1, 0, 4);
+        fake.add(40, 2, 6);
+        assert_eq!(d.read(&mut t), [(1, 10, 2)]);
+        // The second slot goes to another flow: its last growth comes with the record.
+        fake.add(40, 2, 3);
+        let gone = fake.give(40, 2, key(2), 1);
+        assert_eq!(d.evicted(&gone), [(1, 3, 1)]);
+        fake.add(1, 0, 2);
+        assert_eq!(d.read(&mut t), [(1, 2, 1), (2, 1, 1)]);
+    }
+
+    #[test]
+    fn a_flow_given_its_slot_again_counts_both_tenancies_once() {
+        let mut fake = Fake::new(64);
+        let mut t = fake.table();
+        let mut d = Drains::default();
+        fake.give(5, 0, key(1), 10);
+        assert_eq!(d.read(&mut t), [(1, 10, 1)]);
+        fake.add(5, 0, 2);
+        let gone = fake.give(5, 0, key(1), 4);
+        // The slot is read before the record of its old tenancy.
+        assert_eq!(d.read(&mut t), [(1, 4, 1)]);
+        assert_eq!(d.evicted(&gone), [(1, 2, 1)]);
+        fake.add(5, 0, 1);
+        assert_eq!(d.read(&mut t), [(1, 1, 1)]);
     }
 }

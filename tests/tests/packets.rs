@@ -1405,24 +1405,22 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
             &udp(40000, 53, &[0x5a; 20]),
         )
     };
-    // (packets, bytes) the program saw per flow, and what the reader handed on.
+    // (packets, bytes) the program saw per flow; the daemon's tracker, fed as the daemon
+    // feeds it, holds what the reader handed on.
     let mut sent = std::collections::HashMap::<[u8; 4], (u64, u64)>::new();
-    let mut got = std::collections::HashMap::<[u8; 4], (u64, u64)>::new();
+    let mut tracker = netmon::aggregate::Tracker::default();
     let mut epoch = 0;
     let mut drain = |tables: &mut netmon::flowtab::Tables,
-                     got: &mut std::collections::HashMap<[u8; 4], (u64, u64)>| {
+                     tracker: &mut netmon::aggregate::Tracker| {
         // As the daemon does: take the marks, advance the epoch, read.
         tables.take_marked();
         epoch += 1;
         config.set(netmon_common::config::EPOCH, epoch, 0).unwrap();
+        let mut st = tracker.begin_tick(1.0);
         tables
-            .drain(|s| {
-                let remote: [u8; 4] = s.key.remote_addr[12..].try_into().unwrap();
-                let e = got.entry(remote).or_default();
-                e.0 += s.packets;
-                e.1 += s.bytes;
-            })
+            .drain(tracker, &mut st, |_| None)
             .expect("reading the tables");
+        tracker.finish_tick(st, 0, u64::MAX, false, |_| None);
     };
     pin_to_cpu(0);
     for round in 0..3u32 {
@@ -1449,10 +1447,20 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
             }
             pin_to_cpu(0);
         }
-        drain(&mut tables, &mut got);
+        drain(&mut tables, &mut tracker);
     }
     // A last drain reads what the last round left marked.
-    drain(&mut tables, &mut got);
+    drain(&mut tables, &mut tracker);
+    let got: std::collections::HashMap<[u8; 4], (u64, u64)> = tracker
+        .flows
+        .iter()
+        .map(|(k, e)| {
+            (
+                k.remote_addr[12..].try_into().unwrap(),
+                (e.packets, e.bytes),
+            )
+        })
+        .collect();
     let evict_lost: u64 = counters.get(&counter::EVICT_LOST, 0).unwrap().iter().sum();
     assert_eq!(evict_lost, 0, "eviction records did not fit in the ring");
     let evictions = tables.take_evictions();
