@@ -6,8 +6,10 @@
 //! table's dirty bitmap; a slot given to another flow first sends its last contents through
 //! `NETMON_EVICTED`. The daemon maps the tables and bitmaps into its memory (they are
 //! `BPF_F_MMAPABLE` arrays), so a drain reads the marked buckets without a system call per
-//! flow. It keeps what it last read of each slot and hands on what grew since: per slot
-//! deltas, which the tracker adds up per flow (one flow may have a slot on several CPUs).
+//! flow. The tracker keeps what it last read of each slot and takes what grew since, adding
+//! up a flow's slots on several CPUs. What it read of a flow's first slot is in the flow's
+//! entry (`FlowEntry::slot`), and the slot's cookie holds the entry's index, so a drain
+//! reaches a moving flow without hashing its key; other slots are in a `SlotBook`.
 
 use std::{
     collections::HashMap,

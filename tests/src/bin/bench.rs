@@ -81,7 +81,8 @@ fn read_object(path: &str) -> Vec<u8> {
 /// per-packet figures move by 2x from one hour to the next (other tenants), far more than
 /// most changes do. Per object, the IPv4 XDP (or `NETMON_COMPARE_HOOK=tc`) existing-flow hit
 /// and new-flow insert as in section 1 (1,000 flows), and the hit on one cache-hot packet
-/// (`repeat` = 1,000): the program's own instructions, without the cache misses.
+/// (`repeat` = 1,000): the program's own instructions, without the cache misses; and the drop
+/// of a pool of sources banned by 1,024 exact entries.
 fn compare(a: &str, b: &str) {
     let (prog, empty, ingress) = match std::env::var("NETMON_COMPARE_HOOK").as_deref() {
         Ok("tc") => ("netmon_tc_egress", "netmon_tc_empty", false),
@@ -94,15 +95,28 @@ fn compare(a: &str, b: &str) {
         .map(|v| v.parse().expect("NETMON_COMPARE_FLOWS: a number of flows"))
         .unwrap_or(DEFAULT_FLOWS);
     let objects = [a, b].map(read_object);
+    // Addresses a pool of distinct sources banned by exact entries (none of them a
+    // prefilled or new flow's).
+    let banned: Vec<Vec<u8>> = (0..POOL as u32)
+        .map(|k| flow_packet(5_000_000 + k, false, ingress))
+        .collect();
+    let mut ban_state = State::default();
+    for k in 0..POOL as u32 {
+        let net = std::net::IpAddr::from(remote4(5_000_000 + k)).to_string();
+        ban_state.bans.push(ban(&net));
+    }
     let rigs: Vec<Rig> = objects
         .iter()
         .zip(["compare-a", "compare-b"])
         .map(|(o, pins)| {
-            let rig = Rig::with_object(capacity, o, pins);
+            let mut rig = Rig::with_object(capacity, o, pins);
             rig.prefill(prog, prefill, false, ingress);
+            let (mut maps, _) = drop_maps(&mut rig.ebpf);
+            maps.sync(&ban_state).expect("writing the bans");
             rig
         })
         .collect();
+    let mut drop = [Vec::new(), Vec::new()];
     let mut hit = [Vec::new(), Vec::new()];
     let mut new = [Vec::new(), Vec::new()];
     let mut hot = [Vec::new(), Vec::new()];
@@ -119,12 +133,13 @@ fn compare(a: &str, b: &str) {
             new[i].push(rig.pass(prog, &fresh) - rig.pass(empty, &fresh));
             same[i].push(rig.pass(prog, &ones) - rig.pass(empty, &ones));
             hot[i].push(rig.run_repeated(prog, &one, 1000) - rig.run_repeated(empty, &one, 1000));
+            drop[i].push(rig.pass(prog, &banned) - rig.pass(empty, &banned));
         }
     }
     for (i, path) in [a, b].iter().enumerate() {
         eprintln!(
             "{}: {path}\n   hit {:.0} ns (p95 {:.0}), new flow {:.0} ns (p95 {:.0}), one flow \
-             a syscall apart {:.0} ns, hot hit {:.0} ns",
+             a syscall apart {:.0} ns, hot hit {:.0} ns, banned drop {:.0} ns (p95 {:.0})",
             ["A", "B"][i],
             median(&hit[i]),
             percentile(&hit[i], 95.0),
@@ -132,6 +147,8 @@ fn compare(a: &str, b: &str) {
             percentile(&new[i], 95.0),
             median(&same[i]),
             median(&hot[i]),
+            median(&drop[i]),
+            percentile(&drop[i], 95.0),
         );
     }
 }
