@@ -504,6 +504,49 @@ pub struct BanValue {
     pub _pad3: u32,
 }
 
+/// One slot of the exact IPv4 ban array (`NETMON_BANX4`): a ban the programs find without a
+/// kernel hash lookup, their own index of part of `NETMON_BAN4`. `tag` is `banx4_tag`'s
+/// (address, kind, in use), 0 when empty; userspace writes `expires_ns` before the tag and
+/// clears the tag before anything else. Hit counters are per CPU, in `NETMON_BANHIT4` at the
+/// same index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanSlot4 {
+    pub tag: u64,
+    /// As `BanValue::expires_ns`: 0, never.
+    pub expires_ns: u64,
+}
+
+/// Ways of a `NETMON_BANX4` bucket: one cache line of slots.
+pub const BANX4_WAYS: u32 = 4;
+/// Buckets of `NETMON_BANX4` per generation: 4,096 slots. An exact IPv4 ban whose bucket is
+/// full is only in `NETMON_BAN4`, where the programs look next.
+pub const BANX4_BUCKETS: u32 = 1024;
+
+/// The first `NETMON_BANX4` slot of `addr`'s bucket in `generation` (1 or 2).
+#[inline(always)]
+pub const fn banx4_bucket(generation: u8, addr: [u8; 4]) -> u32 {
+    let a = u32::from_ne_bytes(addr);
+    let h = a.wrapping_mul(0x9e37_79b1) >> (32 - BANX4_BUCKETS.trailing_zeros());
+    ((generation as u32).wrapping_sub(1) & 1) * BANX4_BUCKETS * BANX4_WAYS + h * BANX4_WAYS
+}
+
+/// A `BanSlot4` tag: the address, the ban's `ban_kind`, and a bit that makes it non-zero.
+#[inline(always)]
+pub const fn banx4_tag(addr: [u8; 4], kind: u8) -> u64 {
+    u32::from_ne_bytes(addr) as u64 | (kind as u64) << 32 | 1 << 40
+}
+
+/// Per-CPU hit counters of one `NETMON_BANX4` slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanHits {
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds (tick resolution) of this CPU's latest drop.
+    pub last_hit_ns: u64,
+}
+
 /// Key of the per-CPU drop counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -613,6 +656,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::BanSlot4 {}
+    unsafe impl aya::Pod for super::BanHits {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey4> {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey> {}
     unsafe impl aya::Pod for super::IfaceKey {}

@@ -46,11 +46,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DIR_EGRESS, DIR_INGRESS,
-    DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey,
-    TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg,
-    iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
+    AF_INET, AF_INET6, BANX4_BUCKETS, BANX4_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
+    BanPrefix6, BanSlot4, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey,
+    FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_WAYS, TabBucket, TabEvicted,
+    TabSlot, ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state,
+    tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -132,9 +133,22 @@ static NETMON_SK_OWNER: LruHashMap<u64, ProcInfo> = LruHashMap::with_max_entries
 // without a running daemon and a restarted daemon finds it intact. Keys carry a generation
 // byte: a bulk import fills the generation not in force, then flips NETMON_DROPCFG.
 
-/// Exact IPv4 addresses: the fast path.
+/// Exact IPv4 addresses.
 #[map]
 static NETMON_BAN4: HashMap<BanKey4, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+/// Exact IPv4 bans the programs index themselves (`netmon_common::banx4_bucket`): 4-way
+/// buckets of `BanSlot4`, `BANX4_BUCKETS` per generation, holding as many of NETMON_BAN4's
+/// entries as fit. One cache line and no kernel hash lookup for a banned address; a ban
+/// whose bucket is full is found in NETMON_BAN4. Mappable: userspace writes slots with
+/// ordered stores (expiry, then tag).
+#[map]
+static NETMON_BANX4: Array<BanSlot4> =
+    Array::pinned(2 * BANX4_BUCKETS * BANX4_WAYS, BPF_F_MMAPABLE);
+/// NETMON_BANX4's hit counters, per CPU: a flood from a banned address drops on every CPU
+/// without the CPUs contending for one entry's counters.
+#[map]
+static NETMON_BANHIT4: PerCpuArray<BanHits> =
+    PerCpuArray::pinned(2 * BANX4_BUCKETS * BANX4_WAYS, 0);
 #[map]
 static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
 /// Prefixes (longest match), key data `[generation, address...]`.
@@ -479,8 +493,8 @@ fn account<const TAB: bool>(
         } else {
             &p.dst
         };
-        if let Some((v, now)) = banned(flags, p.family, peer) {
-            record_drop(v, now, ifindex, direction, len);
+        if let Some(ban) = banned(flags, p.family, peer) {
+            record_drop(ban, ifindex, direction, len);
             return Verdict::Drop;
         }
         if direction == DIR_INGRESS
@@ -788,7 +802,7 @@ fn live(v: *mut BanValue) -> Option<(*mut BanValue, u64)> {
 /// The ban entry that matches `addr`, unless an allow entry covers it first. `flags`: the
 /// drop list's `dropcfg::FLAGS`, non-zero.
 #[inline(always)]
-fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> {
+fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
     let generation = dropcfg(dropcfg::GENERATION) as u8;
     if family == 4 {
         let a = words[3].to_ne_bytes();
@@ -802,19 +816,22 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
             return None;
         }
         if flags & dropcfg::HAS_EXACT_V4 != 0 {
+            if let Some(hit) = banx4(generation, a) {
+                return Some(hit);
+            }
             let key = BanKey4 {
                 generation,
                 addr: a,
                 ..zeroed()
             };
-            if let Some(v) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
-                return Some(v);
+            if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
+                return Some(Ban::Entry(v, now));
             }
         }
         if flags & dropcfg::HAS_PREFIX_V4 != 0 {
             let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
             if let Some(v) = NETMON_BANPFX4.get(key) {
-                return live(core::ptr::from_ref(v).cast_mut());
+                return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
             }
         }
     } else {
@@ -828,8 +845,8 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
                 addr: *addr,
                 ..zeroed()
             };
-            if let Some(v) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
-                return Some(v);
+            if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
+                return Some(Ban::Entry(v, now));
             }
         }
         if flags & dropcfg::HAS_PREFIX_V6 != 0 {
@@ -841,9 +858,48 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<(*mut BanValue, u64)> 
                 i += 1;
             }
             if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-                return live(core::ptr::from_ref(v).cast_mut());
+                return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
             }
         }
+    }
+    None
+}
+
+/// A ban that matched: an entry of a ban map (with the time it was checked at), or slot
+/// `index` of NETMON_BANX4.
+enum Ban {
+    Entry(*mut BanValue, u64),
+    Fast { index: u32, kind: u8, now: u64 },
+}
+
+/// `a`'s live slot in `generation`'s part of NETMON_BANX4, if it has one.
+#[inline(always)]
+fn banx4(generation: u8, a: [u8; 4]) -> Option<Ban> {
+    let first = netmon_common::banx4_bucket(generation, a);
+    let want = netmon_common::banx4_tag(a, 0);
+    // The kind is in bits 32..40 of the tag: compared without it.
+    const KIND: u64 = 0xff << 32;
+    let mut way = 0;
+    while way < BANX4_WAYS {
+        let index = first + way;
+        let s = NETMON_BANX4.get_ptr(index)?;
+        // SAFETY: a live map value; userspace writes it with ordered stores, the tag last.
+        let tag = unsafe { core::ptr::read_volatile(&raw const (*s).tag) };
+        if tag & !KIND == want {
+            compiler_fence(Ordering::SeqCst);
+            // SAFETY: as above.
+            let expires = unsafe { core::ptr::read_volatile(&raw const (*s).expires_ns) };
+            let now = coarse_now_ns();
+            if expires != 0 && now >= expires {
+                return None;
+            }
+            return Some(Ban::Fast {
+                index,
+                kind: (tag >> 32) as u8,
+                now,
+            });
+        }
+        way += 1;
     }
     None
 }
@@ -941,16 +997,30 @@ unsafe fn atomic_add(dst: *mut u64, val: u64) {
     }
 }
 
-/// Counts a drop on the entry (atomically: any CPU may hit it) and per interface and kind.
+/// Counts a drop on the ban (an entry's counters atomically: any CPU may hit it; a
+/// NETMON_BANX4 slot's in this CPU's counters) and per interface and kind.
 #[inline(always)]
-fn record_drop(v: *mut BanValue, now: u64, ifindex: u32, direction: u8, len: u64) {
-    // SAFETY: map values live for the program run and are 8-byte aligned; the kernel maps
-    // them writable.
-    let kind = unsafe {
-        atomic_add(&raw mut (*v).packets, 1);
-        atomic_add(&raw mut (*v).bytes, len);
-        (*v).last_hit_ns = now;
-        (*v).kind
+fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
+    let kind = match ban {
+        // SAFETY: map values live for the program run and are 8-byte aligned; the kernel
+        // maps them writable.
+        Ban::Entry(v, now) => unsafe {
+            atomic_add(&raw mut (*v).packets, 1);
+            atomic_add(&raw mut (*v).bytes, len);
+            (*v).last_hit_ns = now;
+            (*v).kind
+        },
+        Ban::Fast { index, kind, now } => {
+            if let Some(h) = NETMON_BANHIT4.get_ptr_mut(index) {
+                // SAFETY: this CPU's counters of the slot.
+                unsafe {
+                    (*h).packets += 1;
+                    (*h).bytes += len;
+                    (*h).last_hit_ns = now;
+                }
+            }
+            kind
+        }
     };
     count_drop(ifindex, direction, kind, len);
 }

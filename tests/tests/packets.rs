@@ -831,6 +831,92 @@ fn drop_decisions_follow_the_list_in_force() {
     assert_eq!(drops, 7, "every drop counted per interface and kind");
 }
 
+/// Exact IPv4 bans in the programs' own array (NETMON_BANX4) and past it: seven bans whose
+/// addresses share one 4-way bucket, one of them expired, so two of the six live ones are in
+/// the hash map only. Every live one drops, its
+/// hit counters are exactly the packets it dropped (per-CPU slot counters or the entry's),
+/// an expired one passes, a removed one passes at once while its bucket-mates still drop,
+/// and an import into the other generation carries every ban's counters over.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn exact_ipv4_bans_drop_and_count_in_the_array_and_past_a_full_bucket() {
+    use netmon::act::{
+        droplist::DropMaps,
+        state::{BanEntry, Kind, State},
+    };
+    const XDP_DROP: u32 = 1;
+    let mut p = Progs::new(1024);
+    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    // Seven addresses in 198.18.0.0/16 whose bucket is the same in both generations' parts.
+    let bucket = |a: [u8; 4]| netmon_common::banx4_bucket(1, a);
+    let target = bucket([198, 18, 0, 2]);
+    let same: Vec<[u8; 4]> = (0u32..65_536)
+        .map(|i| [198, 18, (i >> 8) as u8, i as u8])
+        .filter(|&a| bucket(a) == target)
+        .take(7)
+        .collect();
+    assert_eq!(same.len(), 7);
+    let net = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+    let ban = |a: [u8; 4], expires_ms: Option<u64>| BanEntry {
+        net: net(a).parse().unwrap(),
+        kind: Kind::Manual,
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+        expires_ms,
+    };
+    let mut state = State {
+        generation: 1,
+        bans: same.iter().map(|&a| ban(a, None)).collect(),
+        ..State::default()
+    };
+    // The last one expired already (TTLs are checked in the kernel).
+    state.bans[6].expires_ms = Some(1);
+    maps.sync(&state).unwrap();
+    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let len = from4(same[0]).len() as u64;
+    for (i, &a) in same.iter().enumerate() {
+        for _ in 0..=i {
+            let want = if i == 6 { XDP_PASS } else { XDP_DROP };
+            assert_eq!(p.run(DIR_INGRESS, &from4(a)), want, "{}", net(a));
+        }
+    }
+    let hits = |maps: &DropMaps, generation: u8, a: [u8; 4]| {
+        let v = maps
+            .hits(generation, &net(a).parse().unwrap())
+            .unwrap_or_else(|| panic!("no entry for {}", net(a)));
+        (v.packets, v.bytes)
+    };
+    for (i, &a) in same[..6].iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(hits(&maps, 1, a), (n, n * len), "{}", net(a));
+    }
+    // A removed ban (the first, in the array) passes at once; its bucket-mates still drop.
+    maps.remove_ban(1, &net(same[0]).parse().unwrap()).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
+    for &a in &same[1..6] {
+        assert_eq!(p.run(DIR_INGRESS, &from4(a)), XDP_DROP, "{}", net(a));
+    }
+    // An import into generation 2 carries each ban's counters, the array's and the map's.
+    let old = State {
+        bans: state.bans[1..6].to_vec(),
+        ..state
+    };
+    let mut new = State {
+        bans: old.bans.clone(),
+        ..State::default()
+    };
+    maps.swap(&old, &mut new).unwrap();
+    assert_eq!(new.generation, 2);
+    for (i, &a) in same.iter().enumerate().take(6).skip(1) {
+        // i + 1 drops before the removal, one after it, one now.
+        let n = i as u64 + 3;
+        assert_eq!(p.run(DIR_INGRESS, &from4(a)), XDP_DROP, "{}", net(a));
+        assert_eq!(hits(&maps, 2, a), (n, n * len), "{} after the swap", net(a));
+    }
+    assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
+}
+
 /// The IPv4 /16 and /24 filters in front of the drop list: once a full write (`sync`) has set
 /// the bits of every IPv4 entry, packets from a /16 or a /24 without entries skip the
 /// lookups, and the answer is the lookups' own in every case: a /24 drops its addresses and

@@ -14,11 +14,12 @@ use crate::drain::monotonic_ns;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    lpm_trie::Key, lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue,
-    dropcfg,
+    BANX4_BUCKETS, BANX4_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4,
+    BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
 };
 
 use super::{
@@ -27,8 +28,10 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 15] = [
     "NETMON_BAN4",
+    "NETMON_BANX4",
+    "NETMON_BANHIT4",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
     "NETMON_BANPFX6",
@@ -173,8 +176,129 @@ pub struct DropMaps {
     rate6: HashMap<MapData, [u8; 16], RateValue>,
     /// The IPv4 /16 and /24 filters in front of the lookups (NETMON_BAN4_L16, _L24).
     filters: [BitFilter; 2],
+    /// The programs' own index of exact IPv4 bans (NETMON_BANX4, NETMON_BANHIT4).
+    fast4: FastBans,
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
+}
+
+/// NETMON_BANX4: as many exact IPv4 bans as fit in their 4-way buckets, each also in
+/// NETMON_BAN4 (written there first, removed from here first, so the programs never drop on
+/// a slot whose entry is gone). Their hit counters are the entry's plus the slot's per-CPU
+/// ones (NETMON_BANHIT4); a slot's counters are zeroed when a ban takes it.
+struct FastBans {
+    /// The slots, mapped for the maps' life (128 KiB).
+    mem: crate::mapmem::MapMemory,
+    /// The map itself: programs loaded after the maps were taken out of the object refer to
+    /// it by this fd.
+    _slots: MapData,
+    hits: PerCpuArray<MapData, BanHits>,
+    /// Off: bans go to NETMON_BAN4 only (`DropMaps::set_fast`: benchmarks measure that path).
+    enabled: bool,
+}
+
+/// Slots of NETMON_BANX4 (both generations).
+const BANX4_SLOTS: usize = (2 * BANX4_BUCKETS * BANX4_WAYS) as usize;
+
+impl FastBans {
+    fn new(slots: Map, hits: Map) -> Result<Self> {
+        let Map::Array(slots) = slots else {
+            bail!("NETMON_BANX4 is not an array");
+        };
+        let n = slots.info()?.max_entries() as usize;
+        if n != BANX4_SLOTS {
+            bail!(
+                "NETMON_BANX4 has {n} slots, {BANX4_SLOTS} expected (pinned by another version \
+                 of netmon? remove it and start the daemon again)"
+            );
+        }
+        let mem = crate::mapmem::MapMemory::new(
+            slots.fd().as_fd(),
+            0,
+            BANX4_SLOTS * size_of::<BanSlot4>(),
+            true,
+        )
+        .context("mapping NETMON_BANX4")?;
+        Ok(Self {
+            mem,
+            _slots: slots,
+            hits: PerCpuArray::try_from(hits)?,
+            enabled: true,
+        })
+    }
+
+    /// Slot `i`'s tag and expiry: shared with the programs, which only read them.
+    fn slot(&self, i: u32) -> (&AtomicU64, &AtomicU64) {
+        assert!((i as usize) < BANX4_SLOTS);
+        // SAFETY: within the mapping (checked above); a BanSlot4 is two aligned u64 words.
+        unsafe {
+            let p = self.mem.ptr().cast::<AtomicU64>().add(2 * i as usize);
+            (&*p, &*p.add(1))
+        }
+    }
+
+    /// The slot holding `addr` in `generation`, if any.
+    fn find(&self, generation: u8, addr: [u8; 4]) -> Option<u32> {
+        if generation != 1 && generation != 2 {
+            return None;
+        }
+        let first = netmon_common::banx4_bucket(generation, addr);
+        let want = netmon_common::banx4_tag(addr, 0);
+        (first..first + BANX4_WAYS)
+            .find(|&i| self.slot(i).0.load(Ordering::Acquire) & !(0xff << 32) == want)
+    }
+
+    /// Slot `i`'s hit counters, summed over CPUs.
+    fn hits(&self, i: u32) -> BanHits {
+        self.hits
+            .get(&i, 0)
+            .map(|v| {
+                v.iter().fold(BanHits::default(), |a, h| BanHits {
+                    packets: a.packets + h.packets,
+                    bytes: a.bytes + h.bytes,
+                    last_hit_ns: a.last_hit_ns.max(h.last_hit_ns),
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Puts `addr`'s ban (`kind`, `expires_ns`) in `generation`'s slots: in place if it has
+    /// one (its counters kept), else in a free slot of its bucket (counters zeroed first);
+    /// nowhere when the bucket is full.
+    fn put(&mut self, generation: u8, addr: [u8; 4], kind: u8, expires_ns: u64) -> Result<()> {
+        if !self.enabled || (generation != 1 && generation != 2) {
+            return Ok(());
+        }
+        let tag = netmon_common::banx4_tag(addr, kind);
+        if let Some(i) = self.find(generation, addr) {
+            let (t, e) = self.slot(i);
+            e.store(expires_ns, Ordering::SeqCst);
+            t.store(tag, Ordering::SeqCst);
+            return Ok(());
+        }
+        let first = netmon_common::banx4_bucket(generation, addr);
+        let Some(i) =
+            (first..first + BANX4_WAYS).find(|&i| self.slot(i).0.load(Ordering::Acquire) == 0)
+        else {
+            return Ok(());
+        };
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let zeros = PerCpuValues::try_from(vec![BanHits::default(); ncpus])?;
+        self.hits
+            .set(i, zeros, 0)
+            .context("zeroing a NETMON_BANHIT4 slot")?;
+        let (t, e) = self.slot(i);
+        e.store(expires_ns, Ordering::SeqCst);
+        t.store(tag, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Takes `addr` out of `generation`'s slots.
+    fn remove(&mut self, generation: u8, addr: [u8; 4]) {
+        if let Some(i) = self.find(generation, addr) {
+            self.slot(i).0.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A bitmap over the IPv4 prefixes of one length (/16 or /24), one per generation: a bit is
@@ -385,6 +509,7 @@ impl DropMaps {
                 BitFilter::new(take("NETMON_BAN4_L16"), 16)?,
                 BitFilter::new(take("NETMON_BAN4_L24"), 24)?,
             ],
+            fast4: FastBans::new(take("NETMON_BANX4"), take("NETMON_BANHIT4"))?,
             capacity,
         })
     }
@@ -433,9 +558,24 @@ impl DropMaps {
             .filter(|v| net.is_host() || v.prefix_len == 0 || v.prefix_len == net.prefix())
     }
 
-    /// The kernel's copy of a ban: expiry and hit counters.
+    /// The kernel's copy of a ban: expiry and hit counters (its entry's and, for an exact
+    /// IPv4 ban, its NETMON_BANX4 slot's).
     pub fn hits(&self, generation: u8, net: &Net) -> Option<BanValue> {
-        self.value(generation, net)
+        let mut v = self.value(generation, net)?;
+        if let Some(i) = fast_addr(net).and_then(|a| self.fast4.find(generation, a)) {
+            let h = self.fast4.hits(i);
+            v.packets += h.packets;
+            v.bytes += h.bytes;
+            v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
+        }
+        Some(v)
+    }
+
+    /// Whether exact IPv4 bans written from now on go into NETMON_BANX4 as well as
+    /// NETMON_BAN4 (on by default; off, the programs find them in NETMON_BAN4 alone, as
+    /// benchmarks measure that path).
+    pub fn set_fast(&mut self, on: bool) {
+        self.fast4.enabled = on;
     }
 
     /// Writes one ban into `generation`, keeping the hit counters it already has there or in
@@ -452,9 +592,17 @@ impl DropMaps {
     /// counters are carried from the first of `carry` (generations) that holds the entry:
     /// bulk writers pass only those they know hold it, which saves a failed lookup per entry.
     fn write_ban_entry(&mut self, generation: u8, carry: &[u8], b: &BanEntry) -> Result<()> {
+        // From another generation, the entry's and its slot's counters together (its slot in
+        // this generation starts at zero); in this one, the entry's (its slot keeps its own).
         let old = carry
             .iter()
-            .find_map(|&g| self.value(g, &b.net))
+            .find_map(|&g| {
+                if g == generation {
+                    self.value(g, &b.net)
+                } else {
+                    self.hits(g, &b.net)
+                }
+            })
             .unwrap_or_default();
         let v = BanValue {
             expires_ns: kernel_expiry(b.expires_ms, now_ms(), monotonic_ns()),
@@ -469,7 +617,13 @@ impl DropMaps {
             (true, false) => self.pfx4.insert(&pkey4(generation, &b.net), v, 0),
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
-        r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))
+        r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
+        if let Some(a) = fast_addr(&b.net) {
+            self.fast4
+                .put(generation, a, v.kind, v.expires_ns)
+                .with_context(|| format!("writing the ban on {} into NETMON_BANX4", b.net))?;
+        }
+        Ok(())
     }
 
     /// Sets the filter bits of `generation` that the IPv4 entries of `bans` overlap.
@@ -526,6 +680,9 @@ impl DropMaps {
     }
 
     pub fn remove_ban(&mut self, generation: u8, net: &Net) -> Result<()> {
+        if let Some(a) = fast_addr(net) {
+            self.fast4.remove(generation, a);
+        }
         let o = net.octets();
         removed(match (net.is_v4(), net.is_host()) {
             (true, true) => self.ban4.remove(&key4(generation, &o)),
@@ -820,6 +977,14 @@ impl DropMaps {
         );
         Ok(out)
     }
+}
+
+/// The address of an exact IPv4 ban (the kind NETMON_BANX4 holds).
+fn fast_addr(net: &Net) -> Option<[u8; 4]> {
+    (net.is_v4() && net.is_host()).then(|| {
+        let o = net.octets();
+        [o[0], o[1], o[2], o[3]]
+    })
 }
 
 fn key4(generation: u8, o: &[u8]) -> BanKey4 {
