@@ -534,10 +534,54 @@ pub const fn banx4_bucket(generation: u8, addr: [u8; 4]) -> u32 {
 /// A `BanSlot4` tag: the address, the ban's `ban_kind`, and a bit that makes it non-zero.
 #[inline(always)]
 pub const fn banx4_tag(addr: [u8; 4], kind: u8) -> u64 {
-    u32::from_ne_bytes(addr) as u64 | (kind as u64) << 32 | 1 << 40
+    u32::from_ne_bytes(addr) as u64 | banx_meta(kind)
 }
 
-/// Per-CPU hit counters of one `NETMON_BANX4` slot.
+/// The bits of a `BanSlot4` or `BanSlot6` tag that hold the ban's kind.
+pub const BANX_KIND: u64 = 0xff << 32;
+
+/// One slot of the exact IPv6 ban array (`NETMON_BANX6`), as `BanSlot4` for IPv6: the
+/// address in `addr`, `tag` `banx_meta`'s (kind, in use), 0 when empty. Userspace writes the
+/// expiry and the address before the tag and clears the tag before anything else; the
+/// programs read the tag again after comparing the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanSlot6 {
+    pub addr: [u8; 16],
+    pub tag: u64,
+    pub expires_ns: u64,
+}
+
+/// Ways of a `NETMON_BANX6` bucket: one cache line of slots.
+pub const BANX6_WAYS: u32 = 2;
+/// Buckets of `NETMON_BANX6` per generation: 4,096 slots.
+pub const BANX6_BUCKETS: u32 = 2048;
+
+/// The first `NETMON_BANX6` slot of `addr`'s bucket in `generation` (1 or 2).
+#[inline(always)]
+pub fn banx6_bucket(generation: u8, addr: &[u8; 16]) -> u32 {
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    let h = tab_hash(&w) & (BANX6_BUCKETS - 1);
+    ((generation as u32).wrapping_sub(1) & 1) * BANX6_BUCKETS * BANX6_WAYS + h * BANX6_WAYS
+}
+
+/// A `BanSlot6` tag: the ban's `ban_kind` and a bit that makes it non-zero.
+#[inline(always)]
+pub const fn banx_meta(kind: u8) -> u64 {
+    (kind as u64) << 32 | 1 << 40
+}
+
+/// Per-CPU hit counters of one `NETMON_BANX4` or `NETMON_BANX6` slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanHits {
@@ -657,6 +701,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::BanSlot4 {}
+    unsafe impl aya::Pod for super::BanSlot6 {}
     unsafe impl aya::Pod for super::BanHits {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey4> {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey> {}

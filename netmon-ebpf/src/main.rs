@@ -46,12 +46,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, BANX4_BUCKETS, BANX4_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
-    BanPrefix6, BanSlot4, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey,
-    FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_WAYS, TabBucket, TabEvicted,
-    TabSlot, ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state,
-    tp_offsets, v4_mapped,
+    AF_INET, AF_INET6, BANX_KIND, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits,
+    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS,
+    DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue,
+    SockKey, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot,
+    dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -149,6 +149,13 @@ static NETMON_BANX4: Array<BanSlot4> =
 #[map]
 static NETMON_BANHIT4: PerCpuArray<BanHits> =
     PerCpuArray::pinned(2 * BANX4_BUCKETS * BANX4_WAYS, 0);
+/// The same for exact IPv6 bans: 2-way buckets of 32-byte `BanSlot6`.
+#[map]
+static NETMON_BANX6: Array<BanSlot6> =
+    Array::pinned(2 * BANX6_BUCKETS * BANX6_WAYS, BPF_F_MMAPABLE);
+#[map]
+static NETMON_BANHIT6: PerCpuArray<BanHits> =
+    PerCpuArray::pinned(2 * BANX6_BUCKETS * BANX6_WAYS, 0);
 #[map]
 static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
 /// Prefixes (longest match), key data `[generation, address...]`.
@@ -840,6 +847,9 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
             return None;
         }
         if flags & dropcfg::HAS_EXACT_V6 != 0 {
+            if let Some(hit) = banx6(generation, addr) {
+                return Some(hit);
+            }
             let key = BanKey6 {
                 generation,
                 addr: *addr,
@@ -869,7 +879,69 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
 /// `index` of NETMON_BANX4.
 enum Ban {
     Entry(*mut BanValue, u64),
-    Fast { index: u32, kind: u8, now: u64 },
+    Fast {
+        hits: &'static PerCpuArray<BanHits>,
+        index: u32,
+        kind: u8,
+        now: u64,
+    },
+}
+
+/// A live ban in a slot whose tag matched: `None` when it has expired.
+#[inline(always)]
+fn fast_hit(
+    hits: &'static PerCpuArray<BanHits>,
+    index: u32,
+    tag: u64,
+    expires: *const u64,
+) -> Option<Ban> {
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: a live map value.
+    let expires = unsafe { core::ptr::read_volatile(expires) };
+    let now = coarse_now_ns();
+    if expires != 0 && now >= expires {
+        return None;
+    }
+    Some(Ban::Fast {
+        hits,
+        index,
+        kind: (tag >> 32) as u8,
+        now,
+    })
+}
+
+/// `a`'s live slot in `generation`'s part of NETMON_BANX6, if it has one.
+#[inline(always)]
+fn banx6(generation: u8, a: &[u8; 16]) -> Option<Ban> {
+    let first = netmon_common::banx6_bucket(generation, a);
+    let want = a.as_ptr().cast::<u32>();
+    let mut way = 0;
+    while way < BANX6_WAYS {
+        let index = first + way;
+        let s = NETMON_BANX6.get_ptr(index)?;
+        // SAFETY: a live map value; userspace writes the tag last and clears it first, and
+        // the tag is read again after the address.
+        unsafe {
+            let tag = core::ptr::read_volatile(&raw const (*s).tag);
+            if tag != 0 {
+                compiler_fence(Ordering::SeqCst);
+                let have = (&raw const (*s).addr).cast::<u32>();
+                let mut same = true;
+                let mut i = 0;
+                while i < 4 {
+                    same &= core::ptr::read_volatile(have.add(i))
+                        == core::ptr::read_unaligned(want.add(i));
+                    i += 1;
+                }
+                compiler_fence(Ordering::SeqCst);
+                if same && core::ptr::read_volatile(&raw const (*s).tag) == tag {
+                    return fast_hit(&NETMON_BANHIT6, index, tag, &raw const (*s).expires_ns);
+                }
+            }
+        }
+        way += 1;
+    }
+    None
 }
 
 /// `a`'s live slot in `generation`'s part of NETMON_BANX4, if it has one.
@@ -877,26 +949,17 @@ enum Ban {
 fn banx4(generation: u8, a: [u8; 4]) -> Option<Ban> {
     let first = netmon_common::banx4_bucket(generation, a);
     let want = netmon_common::banx4_tag(a, 0);
-    // The kind is in bits 32..40 of the tag: compared without it.
-    const KIND: u64 = 0xff << 32;
     let mut way = 0;
     while way < BANX4_WAYS {
         let index = first + way;
         let s = NETMON_BANX4.get_ptr(index)?;
         // SAFETY: a live map value; userspace writes it with ordered stores, the tag last.
         let tag = unsafe { core::ptr::read_volatile(&raw const (*s).tag) };
-        if tag & !KIND == want {
-            compiler_fence(Ordering::SeqCst);
+        // The kind is in the tag: compared without it.
+        if tag & !BANX_KIND == want {
             // SAFETY: as above.
-            let expires = unsafe { core::ptr::read_volatile(&raw const (*s).expires_ns) };
-            let now = coarse_now_ns();
-            if expires != 0 && now >= expires {
-                return None;
-            }
-            return Some(Ban::Fast {
-                index,
-                kind: (tag >> 32) as u8,
-                now,
+            return fast_hit(&NETMON_BANHIT4, index, tag, unsafe {
+                &raw const (*s).expires_ns
             });
         }
         way += 1;
@@ -1010,8 +1073,13 @@ fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
             (*v).last_hit_ns = now;
             (*v).kind
         },
-        Ban::Fast { index, kind, now } => {
-            if let Some(h) = NETMON_BANHIT4.get_ptr_mut(index) {
+        Ban::Fast {
+            hits,
+            index,
+            kind,
+            now,
+        } => {
+            if let Some(h) = hits.get_ptr_mut(index) {
                 // SAFETY: this CPU's counters of the slot.
                 unsafe {
                     (*h).packets += 1;

@@ -836,10 +836,11 @@ fn drop_decisions_follow_the_list_in_force() {
 /// the hash map only. Every live one drops, its
 /// hit counters are exactly the packets it dropped (per-CPU slot counters or the entry's),
 /// an expired one passes, a removed one passes at once while its bucket-mates still drop,
-/// and an import into the other generation carries every ban's counters over.
+/// and an import into the other generation carries every ban's counters over. The same for
+/// IPv6 bans in NETMON_BANX6's 2-way buckets.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
-fn exact_ipv4_bans_drop_and_count_in_the_array_and_past_a_full_bucket() {
+fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     use netmon::act::{
         droplist::DropMaps,
         state::{BanEntry, Kind, State},
@@ -915,6 +916,51 @@ fn exact_ipv4_bans_drop_and_count_in_the_array_and_past_a_full_bucket() {
         assert_eq!(hits(&maps, 2, a), (n, n * len), "{} after the swap", net(a));
     }
     assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
+
+    // IPv6: three bans in one 2-way bucket of NETMON_BANX6 (one in the hash map only).
+    let bucket6 = |a: &[u8; 16]| netmon_common::banx6_bucket(2, a);
+    let addr6 = |i: u32| {
+        let mut a = [0xfd, 0, 0x6e, 0x6d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        a[12..].copy_from_slice(&i.to_be_bytes());
+        a
+    };
+    let target6 = bucket6(&addr6(1));
+    let same6: Vec<[u8; 16]> = (1u32..1_000_000)
+        .map(addr6)
+        .filter(|a| bucket6(a) == target6)
+        .take(3)
+        .collect();
+    assert_eq!(same6.len(), 3);
+    let net6 = |a: &[u8; 16]| std::net::Ipv6Addr::from(*a).to_string();
+    for a in &same6 {
+        let mut b = ban([0; 4], None);
+        b.net = net6(a).parse().unwrap();
+        maps.write_ban(2, 1, &b).unwrap();
+    }
+    maps.set_flags(u64::MAX).unwrap();
+    let from6 = |src: &[u8; 16]| {
+        let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
+        pkt[14 + 8..14 + 24].copy_from_slice(src);
+        pkt
+    };
+    let len6 = from6(&same6[0]).len() as u64;
+    for (i, a) in same6.iter().enumerate() {
+        for _ in 0..=i {
+            assert_eq!(p.run(DIR_INGRESS, &from6(a)), XDP_DROP, "{}", net6(a));
+        }
+        let n = i as u64 + 1;
+        let v = maps.hits(2, &net6(a).parse().unwrap()).unwrap();
+        assert_eq!((v.packets, v.bytes), (n, n * len6), "{}", net6(a));
+    }
+    maps.remove_ban(2, &net6(&same6[0]).parse().unwrap())
+        .unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from6(&same6[0])), XDP_PASS);
+    assert_eq!(p.run(DIR_INGRESS, &from6(&same6[1])), XDP_DROP);
+    assert_eq!(
+        p.run(DIR_INGRESS, &from6(&addr6(0))),
+        XDP_PASS,
+        "not banned"
+    );
 }
 
 /// The IPv4 /16 and /24 filters in front of the drop list: once a full write (`sync`) has set

@@ -18,8 +18,8 @@ use aya::maps::{
     lpm_trie::Key, lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BANX4_BUCKETS, BANX4_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4,
-    BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
+    BANX_KIND, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits, BanKey4, BanKey6,
+    BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
 };
 
 use super::{
@@ -28,10 +28,12 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 17] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANHIT4",
+    "NETMON_BANX6",
+    "NETMON_BANHIT6",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
     "NETMON_BANPFX6",
@@ -176,50 +178,100 @@ pub struct DropMaps {
     rate6: HashMap<MapData, [u8; 16], RateValue>,
     /// The IPv4 /16 and /24 filters in front of the lookups (NETMON_BAN4_L16, _L24).
     filters: [BitFilter; 2],
-    /// The programs' own index of exact IPv4 bans (NETMON_BANX4, NETMON_BANHIT4).
-    fast4: FastBans,
+    /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANHIT4/6).
+    fast: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
 }
 
-/// NETMON_BANX4: as many exact IPv4 bans as fit in their 4-way buckets, each also in
-/// NETMON_BAN4 (written there first, removed from here first, so the programs never drop on
-/// a slot whose entry is gone). Their hit counters are the entry's plus the slot's per-CPU
-/// ones (NETMON_BANHIT4); a slot's counters are zeroed when a ban takes it.
+/// NETMON_BANX4 and NETMON_BANX6: as many exact bans as fit in their buckets, each also in
+/// NETMON_BAN4 or NETMON_BAN6 (written there first, removed from here first, so the programs
+/// never drop on a slot whose entry is gone). Their hit counters are the entry's plus the
+/// slot's per-CPU ones (NETMON_BANHIT4/6); a slot's counters are zeroed when a ban takes it.
 struct FastBans {
-    /// The slots, mapped for the maps' life (128 KiB).
+    layout: &'static Layout,
+    /// The slots, mapped for the maps' life (128 or 256 KiB).
     mem: crate::mapmem::MapMemory,
     /// The map itself: programs loaded after the maps were taken out of the object refer to
     /// it by this fd.
     _slots: MapData,
     hits: PerCpuArray<MapData, BanHits>,
-    /// Off: bans go to NETMON_BAN4 only (`DropMaps::set_fast`: benchmarks measure that path).
+    /// Off: bans go to the hash map only (`DropMaps::set_fast`: benchmarks measure that
+    /// path).
     enabled: bool,
 }
 
-/// Slots of NETMON_BANX4 (both generations).
-const BANX4_SLOTS: usize = (2 * BANX4_BUCKETS * BANX4_WAYS) as usize;
+/// One family's slot array: `BanSlot4` (the address in the tag) or `BanSlot6`.
+struct Layout {
+    name: &'static str,
+    /// Slots in both generations.
+    slots: usize,
+    ways: u32,
+    /// 64-bit words per slot, and where the tag and the expiry are among them (a `BanSlot6`
+    /// starts with its address's two words).
+    words: usize,
+    tag_at: usize,
+    expires_at: usize,
+    /// The first slot of an address's bucket in a generation.
+    bucket: fn(u8, &[u8; 16]) -> u32,
+}
+
+const LAYOUT4: Layout = Layout {
+    name: "NETMON_BANX4",
+    slots: (2 * BANX4_BUCKETS * BANX4_WAYS) as usize,
+    ways: BANX4_WAYS,
+    words: 2,
+    tag_at: 0,
+    expires_at: 1,
+    bucket: |g, a| netmon_common::banx4_bucket(g, v4_of(a)),
+};
+
+const LAYOUT6: Layout = Layout {
+    name: "NETMON_BANX6",
+    slots: (2 * BANX6_BUCKETS * BANX6_WAYS) as usize,
+    ways: BANX6_WAYS,
+    words: 4,
+    tag_at: 2,
+    expires_at: 3,
+    bucket: netmon_common::banx6_bucket,
+};
+
+/// An IPv4 address in the first 4 of 16 bytes (`fast_key`).
+fn v4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+/// An IPv6 address's two 64-bit words, in memory order.
+fn v6_words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes(a[..8].try_into().expect("8 bytes")),
+        u64::from_ne_bytes(a[8..].try_into().expect("8 bytes")),
+    ]
+}
 
 impl FastBans {
-    fn new(slots: Map, hits: Map) -> Result<Self> {
+    fn new(layout: &'static Layout, slots: Map, hits: Map) -> Result<Self> {
+        let name = layout.name;
         let Map::Array(slots) = slots else {
-            bail!("NETMON_BANX4 is not an array");
+            bail!("{name} is not an array");
         };
         let n = slots.info()?.max_entries() as usize;
-        if n != BANX4_SLOTS {
+        if n != layout.slots {
             bail!(
-                "NETMON_BANX4 has {n} slots, {BANX4_SLOTS} expected (pinned by another version \
-                 of netmon? remove it and start the daemon again)"
+                "{name} has {n} slots, {} expected (pinned by another version of netmon? \
+                 remove it and start the daemon again)",
+                layout.slots
             );
         }
         let mem = crate::mapmem::MapMemory::new(
             slots.fd().as_fd(),
             0,
-            BANX4_SLOTS * size_of::<BanSlot4>(),
+            layout.slots * layout.words * size_of::<u64>(),
             true,
         )
-        .context("mapping NETMON_BANX4")?;
+        .with_context(|| format!("mapping {name}"))?;
         Ok(Self {
+            layout,
             mem,
             _slots: slots,
             hits: PerCpuArray::try_from(hits)?,
@@ -227,25 +279,47 @@ impl FastBans {
         })
     }
 
-    /// Slot `i`'s tag and expiry: shared with the programs, which only read them.
-    fn slot(&self, i: u32) -> (&AtomicU64, &AtomicU64) {
-        assert!((i as usize) < BANX4_SLOTS);
-        // SAFETY: within the mapping (checked above); a BanSlot4 is two aligned u64 words.
+    /// Slot `i`'s words: shared with the programs, which only read them.
+    fn slot(&self, i: u32) -> &[AtomicU64] {
+        let w = self.layout.words;
+        assert!((i as usize) < self.layout.slots);
+        // SAFETY: within the mapping (its size checked in `new`); slots are aligned u64 words.
         unsafe {
-            let p = self.mem.ptr().cast::<AtomicU64>().add(2 * i as usize);
-            (&*p, &*p.add(1))
+            std::slice::from_raw_parts(self.mem.ptr().cast::<AtomicU64>().add(w * i as usize), w)
         }
     }
 
-    /// The slot holding `addr` in `generation`, if any.
-    fn find(&self, generation: u8, addr: [u8; 4]) -> Option<u32> {
-        if generation != 1 && generation != 2 {
-            return None;
+    fn tag(&self, i: u32) -> u64 {
+        self.slot(i)[self.layout.tag_at].load(Ordering::Acquire)
+    }
+
+    /// Whether slot `i` holds `addr`.
+    fn holds(&self, i: u32, addr: &[u8; 16]) -> bool {
+        let tag = self.tag(i);
+        if self.layout.words == 2 {
+            tag & !BANX_KIND == netmon_common::banx4_tag(v4_of(addr), 0)
+        } else {
+            let s = self.slot(i);
+            tag != 0
+                && v6_words(addr)
+                    .iter()
+                    .zip(s)
+                    .all(|(w, a)| a.load(Ordering::Acquire) == *w)
         }
-        let first = netmon_common::banx4_bucket(generation, addr);
-        let want = netmon_common::banx4_tag(addr, 0);
-        (first..first + BANX4_WAYS)
-            .find(|&i| self.slot(i).0.load(Ordering::Acquire) & !(0xff << 32) == want)
+    }
+
+    /// The slots of `addr`'s bucket in `generation` (none for another generation).
+    fn bucket(&self, generation: u8, addr: &[u8; 16]) -> std::ops::Range<u32> {
+        if generation != 1 && generation != 2 {
+            return 0..0;
+        }
+        let first = (self.layout.bucket)(generation, addr);
+        first..first + self.layout.ways
+    }
+
+    /// The slot holding `addr` in `generation`, if any.
+    fn find(&self, generation: u8, addr: &[u8; 16]) -> Option<u32> {
+        self.bucket(generation, addr).find(|&i| self.holds(i, addr))
     }
 
     /// Slot `i`'s hit counters, summed over CPUs.
@@ -265,38 +339,45 @@ impl FastBans {
     /// Puts `addr`'s ban (`kind`, `expires_ns`) in `generation`'s slots: in place if it has
     /// one (its counters kept), else in a free slot of its bucket (counters zeroed first);
     /// nowhere when the bucket is full.
-    fn put(&mut self, generation: u8, addr: [u8; 4], kind: u8, expires_ns: u64) -> Result<()> {
-        if !self.enabled || (generation != 1 && generation != 2) {
+    fn put(&mut self, generation: u8, addr: &[u8; 16], kind: u8, expires_ns: u64) -> Result<()> {
+        if !self.enabled {
             return Ok(());
         }
-        let tag = netmon_common::banx4_tag(addr, kind);
+        let l = self.layout;
+        let tag = if l.words == 2 {
+            netmon_common::banx4_tag(v4_of(addr), kind)
+        } else {
+            netmon_common::banx_meta(kind)
+        };
         if let Some(i) = self.find(generation, addr) {
-            let (t, e) = self.slot(i);
-            e.store(expires_ns, Ordering::SeqCst);
-            t.store(tag, Ordering::SeqCst);
+            let s = self.slot(i);
+            s[l.expires_at].store(expires_ns, Ordering::SeqCst);
+            s[l.tag_at].store(tag, Ordering::SeqCst);
             return Ok(());
         }
-        let first = netmon_common::banx4_bucket(generation, addr);
-        let Some(i) =
-            (first..first + BANX4_WAYS).find(|&i| self.slot(i).0.load(Ordering::Acquire) == 0)
-        else {
+        let Some(i) = self.bucket(generation, addr).find(|&i| self.tag(i) == 0) else {
             return Ok(());
         };
         let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let zeros = PerCpuValues::try_from(vec![BanHits::default(); ncpus])?;
         self.hits
             .set(i, zeros, 0)
-            .context("zeroing a NETMON_BANHIT4 slot")?;
-        let (t, e) = self.slot(i);
-        e.store(expires_ns, Ordering::SeqCst);
-        t.store(tag, Ordering::SeqCst);
+            .with_context(|| format!("zeroing a slot's counters of {}", l.name))?;
+        let s = self.slot(i);
+        s[l.expires_at].store(expires_ns, Ordering::SeqCst);
+        if l.words == 4 {
+            for (w, a) in v6_words(addr).into_iter().zip(s) {
+                a.store(w, Ordering::SeqCst);
+            }
+        }
+        s[l.tag_at].store(tag, Ordering::SeqCst);
         Ok(())
     }
 
     /// Takes `addr` out of `generation`'s slots.
-    fn remove(&mut self, generation: u8, addr: [u8; 4]) {
+    fn remove(&mut self, generation: u8, addr: &[u8; 16]) {
         if let Some(i) = self.find(generation, addr) {
-            self.slot(i).0.store(0, Ordering::SeqCst);
+            self.slot(i)[self.layout.tag_at].store(0, Ordering::SeqCst);
         }
     }
 }
@@ -509,7 +590,10 @@ impl DropMaps {
                 BitFilter::new(take("NETMON_BAN4_L16"), 16)?,
                 BitFilter::new(take("NETMON_BAN4_L24"), 24)?,
             ],
-            fast4: FastBans::new(take("NETMON_BANX4"), take("NETMON_BANHIT4"))?,
+            fast: [
+                FastBans::new(&LAYOUT4, take("NETMON_BANX4"), take("NETMON_BANHIT4"))?,
+                FastBans::new(&LAYOUT6, take("NETMON_BANX6"), take("NETMON_BANHIT6"))?,
+            ],
             capacity,
         })
     }
@@ -562,8 +646,10 @@ impl DropMaps {
     /// IPv4 ban, its NETMON_BANX4 slot's).
     pub fn hits(&self, generation: u8, net: &Net) -> Option<BanValue> {
         let mut v = self.value(generation, net)?;
-        if let Some(i) = fast_addr(net).and_then(|a| self.fast4.find(generation, a)) {
-            let h = self.fast4.hits(i);
+        if let Some((f, a)) = fast_key(net)
+            && let Some(i) = self.fast[f].find(generation, &a)
+        {
+            let h = self.fast[f].hits(i);
             v.packets += h.packets;
             v.bytes += h.bytes;
             v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
@@ -571,11 +657,13 @@ impl DropMaps {
         Some(v)
     }
 
-    /// Whether exact IPv4 bans written from now on go into NETMON_BANX4 as well as
-    /// NETMON_BAN4 (on by default; off, the programs find them in NETMON_BAN4 alone, as
+    /// Whether exact bans written from now on go into NETMON_BANX4/6 as well as
+    /// NETMON_BAN4/6 (on by default; off, the programs find them in the hash maps alone, as
     /// benchmarks measure that path).
     pub fn set_fast(&mut self, on: bool) {
-        self.fast4.enabled = on;
+        for f in &mut self.fast {
+            f.enabled = on;
+        }
     }
 
     /// Writes one ban into `generation`, keeping the hit counters it already has there or in
@@ -618,10 +706,11 @@ impl DropMaps {
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
-        if let Some(a) = fast_addr(&b.net) {
-            self.fast4
-                .put(generation, a, v.kind, v.expires_ns)
-                .with_context(|| format!("writing the ban on {} into NETMON_BANX4", b.net))?;
+        if let Some((f, a)) = fast_key(&b.net) {
+            let name = self.fast[f].layout.name;
+            self.fast[f]
+                .put(generation, &a, v.kind, v.expires_ns)
+                .with_context(|| format!("writing the ban on {} into {name}", b.net))?;
         }
         Ok(())
     }
@@ -680,8 +769,8 @@ impl DropMaps {
     }
 
     pub fn remove_ban(&mut self, generation: u8, net: &Net) -> Result<()> {
-        if let Some(a) = fast_addr(net) {
-            self.fast4.remove(generation, a);
+        if let Some((f, a)) = fast_key(net) {
+            self.fast[f].remove(generation, &a);
         }
         let o = net.octets();
         removed(match (net.is_v4(), net.is_host()) {
@@ -979,11 +1068,14 @@ impl DropMaps {
     }
 }
 
-/// The address of an exact IPv4 ban (the kind NETMON_BANX4 holds).
-fn fast_addr(net: &Net) -> Option<[u8; 4]> {
-    (net.is_v4() && net.is_host()).then(|| {
+/// Which of `DropMaps::fast` an exact ban goes to (0: IPv4, 1: IPv6) and its address (an
+/// IPv4 address in the first 4 bytes); `None` for a prefix.
+fn fast_key(net: &Net) -> Option<(usize, [u8; 16])> {
+    net.is_host().then(|| {
         let o = net.octets();
-        [o[0], o[1], o[2], o[3]]
+        let mut a = [0u8; 16];
+        a[..o.len()].copy_from_slice(&o);
+        (usize::from(!net.is_v4()), a)
     })
 }
 

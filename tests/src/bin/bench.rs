@@ -949,14 +949,10 @@ fn packets() -> String {
                 let (m, p, _) = versus(&rig, prog, empty, |_| banned.clone());
                 let side = if ingress { "source" } else { "destination" };
                 rows.push(Row {
-                    case: if v6 {
-                        format!("banned {side} drop (exact entry)")
-                    } else {
-                        format!(
-                            "banned {side} drop (exact entry in the programs' array, \
-                             NETMON_BANX4)"
-                        )
-                    },
+                    case: format!(
+                        "banned {side} drop (exact entry in the programs' array, NETMON_BANX{})",
+                        if v6 { 6 } else { 4 }
+                    ),
                     family,
                     hook,
                     flows: "–".into(),
@@ -964,27 +960,26 @@ fn packets() -> String {
                     p95: p,
                     target: Some(30.0),
                 });
-                if !v6 {
-                    // The same bans in the kernel hash map only, as for a ban whose array
-                    // bucket is full.
-                    maps.sync(&State::default()).unwrap();
-                    maps.set_fast(false);
-                    maps.sync(&state).unwrap();
-                    maps.set_fast(true);
-                    let (m, p, _) = versus(&rig, prog, empty, |_| banned.clone());
-                    rows.push(Row {
-                        case: format!(
-                            "banned {side} drop (exact entry in the hash map NETMON_BAN4 only: \
-                             its array bucket full)"
-                        ),
-                        family,
-                        hook,
-                        flows: "–".into(),
-                        median: m,
-                        p95: p,
-                        target: Some(30.0),
-                    });
-                }
+                // The same bans in the kernel hash map only, as for a ban whose array bucket
+                // is full.
+                maps.sync(&State::default()).unwrap();
+                maps.set_fast(false);
+                maps.sync(&state).unwrap();
+                maps.set_fast(true);
+                let (m, p, _) = versus(&rig, prog, empty, |_| banned.clone());
+                rows.push(Row {
+                    case: format!(
+                        "banned {side} drop (exact entry in the hash map NETMON_BAN{} only: its \
+                         array bucket full)",
+                        if v6 { 6 } else { 4 }
+                    ),
+                    family,
+                    hook,
+                    flows: "–".into(),
+                    median: m,
+                    p95: p,
+                    target: Some(30.0),
+                });
                 // 100,000 prefixes that cover none of the pool, and an allow entry that
                 // misses: the full lookup chain, then the flow hit.
                 let mut state = State {
