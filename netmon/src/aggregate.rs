@@ -1190,6 +1190,96 @@ mod tests {
         assert_eq!(t.rates(&k).unwrap(), (200.0, 2.0));
     }
 
+    /// Credits and protocol totals are gathered over runs of flows of one process or
+    /// protocol: flows of two processes, both directions and two protocols, interleaved in
+    /// one drain, still credit each exactly what it moved.
+    #[test]
+    fn interleaved_processes_and_protocols_are_credited_exactly() {
+        let mut t = Tracker::default();
+        let flow = |i: u16| {
+            let mut k = key(
+                if i.is_multiple_of(3) {
+                    DIR_INGRESS
+                } else {
+                    DIR_EGRESS
+                },
+                30000 + i,
+            );
+            if i.is_multiple_of(4) {
+                k.proto = IPPROTO_UDP;
+            }
+            k
+        };
+        let comm = |k: &FlowKey| {
+            if k.local_port.is_multiple_of(2) {
+                "even"
+            } else {
+                "odd"
+            }
+        };
+        let samples: Vec<FlowSample> = (0..40u16)
+            .map(|i| sample(flow(i), 100 + u64::from(i), 1 + u64::from(i % 5), SEC))
+            .collect();
+        let out = t.apply_flows(&samples, SEC, 1.0, 60 * SEC, |k| Some(owner(1, comm(k))));
+        let mut want_procs: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+        let mut want_protos: BTreeMap<(u8, u8), (u64, u64)> = BTreeMap::new();
+        for s in &samples {
+            let w = want_procs.entry(comm(&s.key)).or_default();
+            if s.key.direction == DIR_INGRESS {
+                w.0 += s.bytes;
+                w.1 += s.packets;
+            } else {
+                w.2 += s.bytes;
+                w.3 += s.packets;
+            }
+            let p = want_protos
+                .entry((s.key.proto, s.key.direction))
+                .or_default();
+            p.0 += s.bytes;
+            p.1 += s.packets;
+        }
+        for (name, &(rx_b, rx_p, tx_b, tx_p)) in &want_procs {
+            let d = &out.proc_deltas[*name];
+            assert_eq!(
+                (d.rx_bytes, d.rx_packets, d.tx_bytes, d.tx_packets),
+                (rx_b, rx_p, tx_b, tx_p),
+                "{name}"
+            );
+            let p = &t.procs[*name];
+            assert_eq!((p.rx_bytes, p.tx_bytes), (rx_b, tx_b), "{name}");
+            assert_eq!((p.rx_rate, p.tx_rate), (rx_b as f64, tx_b as f64), "{name}");
+        }
+        assert_eq!(out.proto_deltas, want_protos);
+    }
+
+    /// Flows waiting for an owner that a drain did not read are retried in that drain's
+    /// finish, whether the waiting flows are few (looked up by key) or many (one pass).
+    #[test]
+    fn waiting_flows_are_retried_when_few_and_when_many() {
+        for n in [2u16, 200] {
+            let mut t = Tracker::default();
+            // 400 flows, `n` of them without an owner for now.
+            let samples: Vec<FlowSample> = (0..400u16)
+                .map(|i| sample(key(DIR_EGRESS, 20000 + i), 10, 1, SEC))
+                .collect();
+            dirty_tick(&mut t, &samples, SEC, |k| {
+                (k.local_port >= 20000 + n).then(|| owner(7, "known"))
+            });
+            assert_eq!(t.procs["known"].tx_bytes, 10 * u64::from(400 - n));
+            assert_eq!(t.pending.len(), usize::from(n));
+            // A drain that reads nothing; the owners are known now.
+            let out = dirty_tick(&mut t, &[], 2 * SEC, |_| Some(owner(8, "late")));
+            assert_eq!(
+                out.proc_deltas["late"].tx_bytes,
+                10 * u64::from(n),
+                "{n} waiting"
+            );
+            assert_eq!(t.flows.len(), 400);
+            assert!(t.flows.values().all(|e| e.owner.is_some() && !e.waiting));
+            assert!(t.pending.is_empty());
+        }
+    }
+
     #[test]
     fn deltas_rates_and_process_credit() {
         let mut t = Tracker::default();

@@ -964,7 +964,9 @@ fn packets() -> String {
                 };
                 banned_row(
                     &rig,
-                    format!("banned {side} drop (exact entry in the programs' array, NETMON_BANX{n})"),
+                    format!(
+                        "banned {side} drop (exact entry in the programs' array, NETMON_BANX{n})"
+                    ),
                 );
                 // The same bans in the kernel hash map only, as for a ban whose array bucket
                 // is full.
