@@ -157,8 +157,8 @@ impl SlotBook {
     }
 }
 
-/// One family's table as the daemon tracks it: the slots' memory, the dirty bitmap and what
-/// was last read of each occupied slot.
+/// One family's table as the daemon reads it: the slots' memory and the dirty bitmap (what
+/// was last read of each slot is the tracker's: `FlowEntry::slot`, `SlotBook`).
 pub struct Table<K> {
     memory: Memory,
     /// Buckets in all CPUs' parts.
@@ -499,7 +499,7 @@ pub struct Sink<'a, L> {
 }
 
 impl<L: FnMut(&FlowKey) -> Option<Owner>> Sink<'_, L> {
-    /// An evicted slot's last contents: hands on what it grew since last read.
+    /// An evicted slot's last contents: adds what it grew since last read to its flow.
     pub fn evicted<K: SlotKey>(&mut self, e: &TabEvicted<K>) {
         let t = &mut *self.tracker;
         let key = e.slot.key.flow_key();
