@@ -310,7 +310,11 @@ pub trait SlotSink<K> {
 
 /// A slot's cookie as a number (`TabSlot::cookie`: 24 bits, little-endian).
 pub fn cookie_of<K>(s: &TabSlot<K>) -> u32 {
-    u32::from_le_bytes([s.cookie[0], s.cookie[1], s.cookie[2], 0])
+    cookie_value(s.cookie)
+}
+
+fn cookie_value(c: [u8; 3]) -> u32 {
+    u32::from_le_bytes([c[0], c[1], c[2], 0])
 }
 
 /// Largest cookie (0: none).
@@ -323,8 +327,7 @@ pub const COOKIE_MAX: u32 = (1 << 24) - 1;
 unsafe fn prefetch_bucket<K>(p: *const TabSlot<K>, sink: &impl SlotSink<K>) {
     for way in 0..TAB_WAYS {
         // SAFETY: the caller's promise; a hint, so a torn read does no harm.
-        let c = unsafe { std::ptr::read_volatile(&raw const (*p.add(way)).cookie) };
-        let c = u32::from_le_bytes([c[0], c[1], c[2], 0]);
+        let c = cookie_value(unsafe { std::ptr::read_volatile(&raw const (*p.add(way)).cookie) });
         if c != 0 {
             sink.prefetch(c);
         }
