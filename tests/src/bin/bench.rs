@@ -344,25 +344,27 @@ packet in each drain epoch marks its bucket), and with the per-CPU tables never 
 whole table (evicted flows come through the ring, so none goes unseen). With every \
 flow moving, ~90 ns per flow: a sequential read of the marked slots and one prefetched \
 access to each flow's entry, found through the slot's cookie (see above). The wall max \
-of the idle row (0.55 s) is the drain that takes a million new flows in: each is \
-hashed into the flow table and waits for its owner for up to five drains. With the LRU \
-maps the same moving load overflows the dirty ring and makes every drain a full read \
-of both maps (~0.8 s of wall time for the read alone at a million flows, Intel \
-host).\n- **RSS at 100k flows** (target: 64 MiB): met: 50.2 MiB at the peak, 44.4 at \
-the end (53.8 and 47.9 in the 09:34 run, before the per-slot records moved into the \
-flow entries). The tables themselves are kernel memory, mapped 1 MiB at a time while a \
-drain reads them, so they are not in the RSS, and the unused store's rings shrink to a \
-page (RSS with no flows 12.1 MiB). The peak is the daemon taking 90,000 new flows in: \
-its table, the threat detector's window and per-remote counts and the set of flows \
-waiting for an owner grow by doubling, each growth briefly holding the old and the new \
-allocation. Steady state: the daemon's table (each key stored once, ~190 bytes a flow \
-with the hash index and the slack of growth by doubling, what it last read of the \
-flow's slot included) and the threat detector's window (every connection attempt of \
-the last minute). glibc's mmap threshold is fixed at 256 KiB and two malloc arenas are \
-used (set at start), and `/api/network-stats` serializes its table and trims the heap \
-before it answers.\n\nThe connection table (`/api/network-stats`) is built on request \
-from a copy of the flow table, so its cost (above, last column) is paid by the client \
-that asks for it, not by every drain.\n";
+of the idle row (0.55 s) is one of the drains that follow the million new flows' \
+arrival: a flow waits for its owner for up to five drains and is then retried every \
+30, and all of them do so in the same drains (in the in-process model, ~0.4 s for the \
+drain in which a million flows stop waiting). With the LRU maps the same moving load \
+overflows the dirty ring and makes every drain a full read of both maps (~0.8 s of \
+wall time for the read alone at a million flows, Intel host).\n- **RSS at 100k flows** \
+(target: 64 MiB): met: 50.2 MiB at the peak, 44.4 at the end (53.8 and 47.9 in the \
+09:34 run, before the per-slot records moved into the flow entries). The tables \
+themselves are kernel memory, mapped 1 MiB at a time while a drain reads them, so they \
+are not in the RSS, and the unused store's rings shrink to a page (RSS with no flows \
+12.1 MiB). The peak is the daemon taking 90,000 new flows in: its table, the threat \
+detector's window and per-remote counts and the set of flows waiting for an owner grow \
+by doubling, each growth briefly holding the old and the new allocation. Steady state: \
+the daemon's table (each key stored once, ~190 bytes a flow with the hash index and \
+the slack of growth by doubling, what it last read of the flow's slot included) and \
+the threat detector's window (every connection attempt of the last minute). glibc's \
+mmap threshold is fixed at 256 KiB and two malloc arenas are used (set at start), and \
+`/api/network-stats` serializes its table and trims the heap before it answers.\n\nThe \
+connection table (`/api/network-stats`) is built on request from a copy of the flow \
+table, so its cost (above, last column) is paid by the client that asks for it, not by \
+every drain.\n";
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and machine facts.
