@@ -876,7 +876,7 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
 }
 
 /// A ban that matched: an entry of a ban map (with the time it was checked at), or slot
-/// `index` of NETMON_BANX4.
+/// `index` of NETMON_BANX4 or NETMON_BANX6, whose per-CPU counters are `hits`.
 enum Ban {
     Entry(*mut BanValue, u64),
     Fast {
