@@ -78,6 +78,14 @@ impl<A: Copy> FlowKeyOf<A> {
     }
 }
 
+impl FlowKey4 {
+    /// The key's five 32-bit words, as the per-CPU flow table hashes them (`tab_bucket`).
+    pub fn words(&self) -> [u32; 5] {
+        // SAFETY: FlowKey4 is five 32-bit words without padding (repr(C)).
+        unsafe { core::mem::transmute(*self) }
+    }
+}
+
 impl From<FlowKey4> for FlowKey {
     fn from(k: FlowKey4) -> Self {
         // Mapping an IPv4 address cannot fail.
@@ -180,6 +188,15 @@ pub fn tab_hash(words: &[u32]) -> u32 {
         i += 1;
     }
     (h >> 32) as u32
+}
+
+/// The bucket of the per-CPU flow table that a key (its 32-bit words) has in `cpu`'s part,
+/// each part `per_cpu` buckets (a power of two): where the programs put the flow, and where
+/// userspace that writes the table as they would (benchmarks) puts it.
+#[inline(always)]
+pub fn tab_bucket(words: &[u32], cpu: u32, per_cpu: u32) -> u32 {
+    cpu.wrapping_mul(per_cpu)
+        .wrapping_add(tab_hash(words) & per_cpu.wrapping_sub(1))
 }
 
 /// Key of the per-interface totals map.

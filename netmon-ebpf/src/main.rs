@@ -701,11 +701,9 @@ fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, p
     let words = unsafe {
         core::slice::from_raw_parts(core::ptr::from_ref(key).cast::<u32>(), size_of::<K>() / 4)
     };
-    let buckets = global(&TAB_BUCKETS) as u32;
-    let within = netmon_common::tab_hash(words) & buckets.wrapping_sub(1);
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = cpu.wrapping_mul(buckets).wrapping_add(within);
+    let index = netmon_common::tab_bucket(words, cpu, global(&TAB_BUCKETS) as u32);
     let Some(b) = map.get_ptr_mut(index) else {
         bump(counter::FLOW_INSERT_FAILED);
         return;

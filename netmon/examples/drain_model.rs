@@ -55,9 +55,7 @@ fn main() {
             local_addr: [192, 0, 2, 1],
             remote_addr: (0x0a00_0000u32 + i).to_be_bytes(),
         };
-        // SAFETY: FlowKey4 is five 32-bit words without padding.
-        let words: [u32; 5] = unsafe { std::mem::transmute(key) };
-        let b = (i % cpus) * per_cpu + (netmon_common::tab_hash(&words) & (per_cpu - 1));
+        let b = netmon_common::tab_bucket(&key.words(), i % cpus, per_cpu);
         let bucket = &mut mem[b as usize];
         let Some(way) = bucket.slots.iter().position(|s| s.packets == 0) else {
             continue;

@@ -411,9 +411,8 @@ impl Tracker {
     /// Applies one slot's growth since the last drain (`s.bytes` and `s.packets` are
     /// increases, as the per-CPU tables give them; the daemon's drain takes them through
     /// `flowtab::Sink`, which finds the flow by its slot's cookie), on top of what the table
-    /// holds. A flow
-    /// counted on several CPUs comes once per CPU in a drain: the later ones add to the
-    /// first (its rates, its pending traffic) instead of replacing it.
+    /// holds. A flow counted on several CPUs comes once per CPU in a drain: the later ones
+    /// add to the first (its rates, its pending traffic) instead of replacing it.
     pub fn apply_delta(
         &mut self,
         st: &mut TickState,

@@ -1626,10 +1626,7 @@ impl DaemonTable {
         let mut placed = 0;
         for i in from..to {
             let key = bench_flow_key(ifindex, i);
-            // SAFETY: FlowKey4 is five 32-bit words without padding.
-            let words: [u32; 5] = unsafe { std::mem::transmute(key) };
-            let within = netmon_common::tab_hash(&words) & (self.per_cpu - 1);
-            let b = (i % self.cpus) * self.per_cpu + within;
+            let b = netmon_common::tab_bucket(&key.words(), i % self.cpus, self.per_cpu);
             // SAFETY: `b` is within the mapped table and bitmap; the daemon only reads them,
             // and no program writes these keys' slots.
             unsafe {
