@@ -402,7 +402,13 @@ pub mod dropcfg {
     /// where the /16 filter says "look". 0 (as in maps pinned by a version without it): no
     /// complete /24 filter, go by the /16 filter alone.
     pub const BAN4_L24_FILTER: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// The generation whose exact ban arrays (`NETMON_BANX4`/`NETMON_BANX6`) index every exact
+    /// ban entry of it: each is in its bucket's slots, or the bucket's first tag carries
+    /// `BANX_OVERFLOW`. Only then do the programs skip the hash lookup after a miss in a
+    /// bucket without the bit. 0 (and absent, in maps pinned by a version without it): look
+    /// every miss up.
+    pub const BANX_COMPLETE: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
     pub const L16_WORDS: u32 = 1024;
@@ -523,9 +529,9 @@ pub struct BanValue {
 
 /// One slot of the exact IPv4 ban array (`NETMON_BANX4`): a ban the programs find without a
 /// kernel hash lookup, their own index of part of `NETMON_BAN4`. `tag` is `banx4_tag`'s
-/// (address, kind, in use), 0 when empty; userspace writes `expires_ns` before the tag and
-/// clears the tag before anything else. Hit counters are per CPU, in `NETMON_BANHIT4` at the
-/// same index.
+/// (address, kind, in use), 0 when empty (but for `BANX_OVERFLOW`); userspace writes
+/// `expires_ns` before the tag and clears the tag before anything else. Hit counters are per
+/// CPU, in `NETMON_BANHIT4` at the same index.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanSlot4 {
@@ -557,8 +563,15 @@ pub const fn banx4_tag(addr: [u8; 4], kind: u8) -> u64 {
 /// The bits of a `BanSlot4` or `BanSlot6` tag that hold the ban's kind.
 pub const BANX_KIND: u64 = 0xff << 32;
 
+/// A bit of the tag of a bucket's first slot (`NETMON_BANX4`, `NETMON_BANX6`), whether that
+/// slot is in use or not: some exact ban of the bucket is in `NETMON_BAN4`/`NETMON_BAN6`
+/// only (the bucket was full, or the arrays were off). Set before that entry is written and
+/// kept until the generation is cleared.
+pub const BANX_OVERFLOW: u64 = 1 << 48;
+
 /// One slot of the exact IPv6 ban array (`NETMON_BANX6`), as `BanSlot4` for IPv6: the
-/// address in `addr`, `tag` `banx_meta`'s (kind, in use), 0 when empty. Userspace writes the
+/// address in `addr`, `tag` `banx_meta`'s (kind, in use), 0 when empty (but for
+/// `BANX_OVERFLOW`). Userspace writes the
 /// expiry and the address before the tag and clears the tag before anything else; the
 /// programs read the tag again after comparing the address.
 #[repr(C)]

@@ -46,12 +46,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use netmon_common::{
-    AF_INET, AF_INET6, BANX_KIND, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits,
-    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS,
-    DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue,
-    SockKey, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot,
-    dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
+    AF_INET, AF_INET6, BANX_KIND, BANX_OVERFLOW, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS,
+    BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue,
+    DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
+    ProcInfo, RateValue, SockKey, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config,
+    counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -804,73 +804,110 @@ fn live(v: *mut BanValue) -> Option<(*mut BanValue, u64)> {
     (expires == 0 || now < expires).then_some((v, now))
 }
 
-/// The ban entry that matches `addr`, unless an allow entry covers it first. `flags`: the
-/// drop list's `dropcfg::FLAGS`, non-zero.
+/// The ban entry that matches `addr`, unless an allow entry covers it. `flags`: the drop
+/// list's `dropcfg::FLAGS`, non-zero. The allow list is consulted only against a ban found:
+/// it only matters there, and most addresses have none, so they skip its trie.
 #[inline(always)]
 fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
     let generation = dropcfg(dropcfg::GENERATION) as u8;
     if family == 4 {
         let a = words[3].to_ne_bytes();
-        // No ban entry in the address's /16: nothing to look up, not even the allow list
-        // (it only matters against a ban). Most traffic takes this exit: it saves the
-        // exact-match bucket (cold in a large table) and the trie walk.
+        // No ban entry in the address's /16 or /24: nothing to look up. Most traffic takes
+        // this exit: it saves the exact-match bucket (cold in a large table) and the trie walk.
         if !ban4_may_match(generation, a) {
             return None;
         }
+        let ban = ban4(flags, generation, a)?;
         if flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some() {
             return None;
         }
-        if flags & dropcfg::HAS_EXACT_V4 != 0 {
-            if let Some(hit) = banx4(generation, a) {
-                return Some(hit);
-            }
-            let key = BanKey4 {
-                generation,
-                addr: a,
-                ..zeroed()
-            };
-            if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
-                return Some(Ban::Entry(v, now));
-            }
-        }
-        if flags & dropcfg::HAS_PREFIX_V4 != 0 {
-            let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
-            if let Some(v) = NETMON_BANPFX4.get(key) {
-                return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
-            }
-        }
+        Some(ban)
     } else {
         let addr = &addr_bytes(*words);
+        let ban = ban6(flags, generation, addr)?;
         if flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, *addr)).is_some() {
             return None;
         }
-        if flags & dropcfg::HAS_EXACT_V6 != 0 {
-            if let Some(hit) = banx6(generation, addr) {
-                return Some(hit);
+        Some(ban)
+    }
+}
+
+/// Whether a miss in an exact ban array's bucket needs the hash lookup after it: unless
+/// `generation`'s arrays are complete (`dropcfg::BANX_COMPLETE`) and the bucket never
+/// overflowed, the entry may be in the hash map alone.
+#[inline(always)]
+fn exact_may_be_hashed(generation: u8, overflowed: bool) -> bool {
+    overflowed || dropcfg(dropcfg::BANX_COMPLETE) != u64::from(generation)
+}
+
+/// `a`'s live ban entry in `generation`, exact or prefix, allow list aside.
+#[inline(always)]
+fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
+    if flags & dropcfg::HAS_EXACT_V4 != 0 {
+        match banx4(generation, a) {
+            Exact::Hit(ban) => return Some(ban),
+            Exact::Miss { overflowed } if exact_may_be_hashed(generation, overflowed) => {
+                let key = BanKey4 {
+                    generation,
+                    addr: a,
+                    ..zeroed()
+                };
+                if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
+                    return Some(Ban::Entry(v, now));
+                }
             }
-            let key = BanKey6 {
-                generation,
-                addr: *addr,
-                ..zeroed()
-            };
-            if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
-                return Some(Ban::Entry(v, now));
-            }
+            Exact::Miss { .. } => {}
         }
-        if flags & dropcfg::HAS_PREFIX_V6 != 0 {
-            let mut data = [0u8; 17];
-            data[0] = generation;
-            let mut i = 0;
-            while i < 16 {
-                data[i + 1] = addr[i];
-                i += 1;
-            }
-            if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-                return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
-            }
+    }
+    if flags & dropcfg::HAS_PREFIX_V4 != 0 {
+        let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
+        if let Some(v) = NETMON_BANPFX4.get(key) {
+            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
         }
     }
     None
+}
+
+/// `addr`'s live ban entry in `generation`, exact or prefix, allow list aside.
+#[inline(always)]
+fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
+    if flags & dropcfg::HAS_EXACT_V6 != 0 {
+        match banx6(generation, addr) {
+            Exact::Hit(ban) => return Some(ban),
+            Exact::Miss { overflowed } if exact_may_be_hashed(generation, overflowed) => {
+                let key = BanKey6 {
+                    generation,
+                    addr: *addr,
+                    ..zeroed()
+                };
+                if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
+                    return Some(Ban::Entry(v, now));
+                }
+            }
+            Exact::Miss { .. } => {}
+        }
+    }
+    if flags & dropcfg::HAS_PREFIX_V6 != 0 {
+        let mut data = [0u8; 17];
+        data[0] = generation;
+        let mut i = 0;
+        while i < 16 {
+            data[i + 1] = addr[i];
+            i += 1;
+        }
+        if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
+            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
+        }
+    }
+    None
+}
+
+/// What an exact ban array's bucket says of an address.
+enum Exact {
+    /// A live ban in one of its slots.
+    Hit(Ban),
+    /// None (or an expired one); `overflowed`: the bucket's `BANX_OVERFLOW` bit.
+    Miss { overflowed: bool },
 }
 
 /// A ban that matched: an entry of a ban map (with the time it was checked at), or slot
@@ -892,15 +929,16 @@ fn fast_hit(
     index: u32,
     tag: u64,
     expires: *const u64,
-) -> Option<Ban> {
+) -> Exact {
     compiler_fence(Ordering::SeqCst);
     // SAFETY: a live map value.
     let expires = unsafe { core::ptr::read_volatile(expires) };
     let now = coarse_now_ns();
     if expires != 0 && now >= expires {
-        return None;
+        // An expired ban is in the hash map too, equally expired: nothing to look up.
+        return Exact::Miss { overflowed: false };
     }
-    Some(Ban::Fast {
+    Exact::Hit(Ban::Fast {
         hits,
         index,
         kind: (tag >> 32) as u8,
@@ -910,18 +948,24 @@ fn fast_hit(
 
 /// `a`'s live slot in `generation`'s part of NETMON_BANX6, if it has one.
 #[inline(always)]
-fn banx6(generation: u8, a: &[u8; 16]) -> Option<Ban> {
+fn banx6(generation: u8, a: &[u8; 16]) -> Exact {
     let first = netmon_common::banx6_bucket(generation, a);
     let want = a.as_ptr().cast::<u32>();
+    let mut overflowed = true;
     let mut way = 0;
     while way < BANX6_WAYS {
         let index = first + way;
-        let s = NETMON_BANX6.get_ptr(index)?;
+        let Some(s) = NETMON_BANX6.get_ptr(index) else {
+            return Exact::Miss { overflowed: true };
+        };
         // SAFETY: a live map value; userspace writes the tag last and clears it first, and
         // the tag is read again after the address.
         unsafe {
             let tag = core::ptr::read_volatile(&raw const (*s).tag);
-            if tag != 0 {
+            if way == 0 {
+                overflowed = tag & BANX_OVERFLOW != 0;
+            }
+            if tag & !BANX_OVERFLOW != 0 {
                 compiler_fence(Ordering::SeqCst);
                 let have = (&raw const (*s).addr).cast::<u32>();
                 let mut same = true;
@@ -939,22 +983,28 @@ fn banx6(generation: u8, a: &[u8; 16]) -> Option<Ban> {
         }
         way += 1;
     }
-    None
+    Exact::Miss { overflowed }
 }
 
 /// `a`'s live slot in `generation`'s part of NETMON_BANX4, if it has one.
 #[inline(always)]
-fn banx4(generation: u8, a: [u8; 4]) -> Option<Ban> {
+fn banx4(generation: u8, a: [u8; 4]) -> Exact {
     let first = netmon_common::banx4_bucket(generation, a);
     let want = netmon_common::banx4_tag(a, 0);
+    let mut overflowed = true;
     let mut way = 0;
     while way < BANX4_WAYS {
         let index = first + way;
-        let s = NETMON_BANX4.get_ptr(index)?;
+        let Some(s) = NETMON_BANX4.get_ptr(index) else {
+            return Exact::Miss { overflowed: true };
+        };
         // SAFETY: a live map value; userspace writes it with ordered stores, the tag last.
         let tag = unsafe { core::ptr::read_volatile(&raw const (*s).tag) };
-        // The kind is in the tag: compared without it.
-        if tag & !BANX_KIND == want {
+        if way == 0 {
+            overflowed = tag & BANX_OVERFLOW != 0;
+        }
+        // The kind and the overflow bit are in the tag: compared without them.
+        if tag & !(BANX_KIND | BANX_OVERFLOW) == want {
             // SAFETY: as above.
             return fast_hit(&NETMON_BANHIT4, index, tag, unsafe {
                 &raw const (*s).expires_ns
@@ -962,7 +1012,7 @@ fn banx4(generation: u8, a: [u8; 4]) -> Option<Ban> {
         }
         way += 1;
     }
-    None
+    Exact::Miss { overflowed }
 }
 
 /// Whether an IPv4 ban entry (exact or prefix) of `generation` may cover `a`: false only

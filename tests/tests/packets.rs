@@ -892,6 +892,18 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         let n = i as u64 + 1;
         assert_eq!(hits(&maps, 1, a), (n, n * len), "{}", net(a));
     }
+    // The full bucket is marked (three bans are in the hash map alone, where a miss in it
+    // sends the programs); another bucket is not.
+    let overflowed = |maps: &DropMaps, generation: u8, a: [u8; 4]| {
+        maps.exact_bucket_overflowed(generation, &net(a).parse().unwrap())
+    };
+    assert!(overflowed(&maps, 1, same[0]));
+    let elsewhere = (0u32..)
+        .map(|i| [198, 18, 1, i as u8])
+        .find(|&a| bucket(a) != target)
+        .unwrap();
+    assert!(!overflowed(&maps, 1, elsewhere));
+    assert_eq!(p.run(DIR_INGRESS, &from4(elsewhere)), XDP_PASS);
     // A removed ban (the first, in the array) passes at once; its bucket-mates still drop.
     maps.remove_ban(1, &net(same[0]).parse().unwrap()).unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
@@ -916,6 +928,10 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         assert_eq!(hits(&maps, 2, a), (n, n * len), "{} after the swap", net(a));
     }
     assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
+    // Five bans in the bucket in generation 2: full again. Generation 1, emptied, has its
+    // overflow bits cleared with its slots.
+    assert!(overflowed(&maps, 2, same[1]));
+    assert!(!overflowed(&maps, 1, same[1]));
 
     // IPv6: three bans in one 2-way bucket of NETMON_BANX6 (one in the hash map only).
     let bucket6 = |a: &[u8; 16]| netmon_common::banx6_bucket(2, a);
@@ -952,6 +968,7 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         let v = maps.hits(2, &net6(a).parse().unwrap()).unwrap();
         assert_eq!((v.packets, v.bytes), (n, n * len6), "{}", net6(a));
     }
+    assert!(maps.exact_bucket_overflowed(2, &net6(&same6[0]).parse().unwrap()));
     maps.remove_ban(2, &net6(&same6[0]).parse().unwrap())
         .unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from6(&same6[0])), XDP_PASS);

@@ -18,8 +18,9 @@ use aya::maps::{
     lpm_trie::Key, lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BANX_KIND, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits, BanKey4, BanKey6,
-    BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
+    BANX_KIND, BANX_OVERFLOW, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits,
+    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue,
+    dropcfg,
 };
 
 use super::{
@@ -188,6 +189,9 @@ pub struct DropMaps {
 /// NETMON_BAN4 or NETMON_BAN6 (written there first, removed from here first, so the programs
 /// never drop on a slot whose entry is gone). Their hit counters are the entry's plus the
 /// slot's per-CPU ones (NETMON_BANHIT4/6); a slot's counters are zeroed when a ban takes it.
+/// A ban that finds no slot sets its bucket's `BANX_OVERFLOW` bit before its entry is
+/// written (`reserve`), so that once a generation is declared complete
+/// (`dropcfg::BANX_COMPLETE`) a miss in a bucket without the bit needs no hash lookup.
 struct FastBans {
     layout: &'static Layout,
     /// The slots, mapped for the maps' life (128 or 256 KiB).
@@ -199,6 +203,10 @@ struct FastBans {
     /// Off: bans go to the hash map only (`DropMaps::set_fast`: benchmarks measure that
     /// path).
     enabled: bool,
+    /// Whether this version's programs read `BANX_OVERFLOW` bits here: false for maps pinned
+    /// by a version without them (its NETMON_DROPCFG has no `BANX_COMPLETE` slot), whose
+    /// programs would take a bit alone for a slot in use.
+    overflow_bits: bool,
 }
 
 /// One family's slot array: `BanSlot4` (the address in the tag) or `BanSlot6`.
@@ -250,7 +258,7 @@ fn v6_words(a: &[u8; 16]) -> [u64; 2] {
 }
 
 impl FastBans {
-    fn new(layout: &'static Layout, slots: Map, hits: Map) -> Result<Self> {
+    fn new(layout: &'static Layout, slots: Map, hits: Map, overflow_bits: bool) -> Result<Self> {
         let name = layout.name;
         let Map::Array(slots) = slots else {
             bail!("{name} is not an array");
@@ -276,6 +284,7 @@ impl FastBans {
             _slots: slots,
             hits: PerCpuArray::try_from(hits)?,
             enabled: true,
+            overflow_bits,
         })
     }
 
@@ -293,9 +302,20 @@ impl FastBans {
         self.slot(i)[self.layout.tag_at].load(Ordering::Acquire)
     }
 
+    /// Writes slot `i`'s tag, keeping its `BANX_OVERFLOW` bit (set on a bucket's first slot).
+    fn set_tag(&self, i: u32, tag: u64) {
+        let keep = self.tag(i) & BANX_OVERFLOW;
+        self.slot(i)[self.layout.tag_at].store(tag | keep, Ordering::SeqCst);
+    }
+
+    /// Whether slot `i` holds no ban.
+    fn is_free(&self, i: u32) -> bool {
+        self.tag(i) & !BANX_OVERFLOW == 0
+    }
+
     /// Whether slot `i` holds `addr`.
     fn holds(&self, i: u32, addr: &[u8; 16]) -> bool {
-        let tag = self.tag(i);
+        let tag = self.tag(i) & !BANX_OVERFLOW;
         if self.layout.words == 2 {
             tag & !BANX_KIND == netmon_common::banx4_tag(v4_of(addr), 0)
         } else {
@@ -336,9 +356,33 @@ impl FastBans {
             .unwrap_or_default()
     }
 
+    /// Before `addr`'s ban entry is written into the hash map: marks its bucket in
+    /// `generation` overflowed when `put` will find no slot for it there (the bucket is
+    /// full, or the arrays are off), so that the programs look the hash map up on a miss.
+    fn reserve(&mut self, generation: u8, addr: &[u8; 16]) {
+        let mut bucket = self.bucket(generation, addr);
+        let Some(first) = bucket.clone().next().filter(|_| self.overflow_bits) else {
+            return;
+        };
+        if self.enabled && bucket.any(|i| self.holds(i, addr) || self.is_free(i)) {
+            return;
+        }
+        let tag = self.tag(first);
+        if tag & BANX_OVERFLOW == 0 {
+            self.slot(first)[self.layout.tag_at].store(tag | BANX_OVERFLOW, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `generation`'s bucket holding `addr` has overflowed (`reserve`).
+    fn overflowed(&self, generation: u8, addr: &[u8; 16]) -> bool {
+        self.bucket(generation, addr)
+            .next()
+            .is_some_and(|first| self.tag(first) & BANX_OVERFLOW != 0)
+    }
+
     /// Puts `addr`'s ban (`kind`, `expires_ns`) in `generation`'s slots: in place if it has
     /// one (its counters kept), else in a free slot of its bucket (counters zeroed first);
-    /// nowhere when the bucket is full.
+    /// nowhere when the bucket is full (`reserve` marked it).
     fn put(&mut self, generation: u8, addr: &[u8; 16], kind: u8, expires_ns: u64) -> Result<()> {
         if !self.enabled {
             return Ok(());
@@ -350,12 +394,11 @@ impl FastBans {
             netmon_common::banx_meta(kind)
         };
         if let Some(i) = self.find(generation, addr) {
-            let s = self.slot(i);
-            s[l.expires_at].store(expires_ns, Ordering::SeqCst);
-            s[l.tag_at].store(tag, Ordering::SeqCst);
+            self.slot(i)[l.expires_at].store(expires_ns, Ordering::SeqCst);
+            self.set_tag(i, tag);
             return Ok(());
         }
-        let Some(i) = self.bucket(generation, addr).find(|&i| self.tag(i) == 0) else {
+        let Some(i) = self.bucket(generation, addr).find(|&i| self.is_free(i)) else {
             return Ok(());
         };
         let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -370,14 +413,29 @@ impl FastBans {
                 a.store(w, Ordering::SeqCst);
             }
         }
-        s[l.tag_at].store(tag, Ordering::SeqCst);
+        self.set_tag(i, tag);
         Ok(())
     }
 
-    /// Takes `addr` out of `generation`'s slots.
+    /// Takes `addr` out of `generation`'s slots (its bucket's overflow bit stays).
     fn remove(&mut self, generation: u8, addr: &[u8; 16]) {
         if let Some(i) = self.find(generation, addr) {
-            self.slot(i)[self.layout.tag_at].store(0, Ordering::SeqCst);
+            self.set_tag(i, 0);
+        }
+    }
+
+    /// Empties `generation`'s slots, overflow bits included: for a generation that holds no
+    /// ban and is not declared complete.
+    fn clear(&mut self, generation: u8) {
+        if generation != 1 && generation != 2 {
+            return;
+        }
+        let per_generation = self.layout.slots as u32 / 2;
+        let first = (u32::from(generation) - 1) * per_generation;
+        for i in first..first + per_generation {
+            if self.tag(i) != 0 {
+                self.slot(i)[self.layout.tag_at].store(0, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -560,6 +618,8 @@ impl DropMaps {
     }
 
     fn from_maps(mut take: impl FnMut(&str) -> Map) -> Result<Self> {
+        let cfg: Array<MapData, u64> = Array::try_from(take("NETMON_DROPCFG"))?;
+        let overflow_bits = cfg.len() > dropcfg::BANX_COMPLETE;
         let mut capacity = [0; 4];
         let mut sized = |i: usize, m: Map| -> Map {
             if let Map::HashMap(d) | Map::LpmTrie(d) = &m {
@@ -578,7 +638,7 @@ impl DropMaps {
             pfx6,
             allow4: LpmTrie::try_from(take("NETMON_ALLOW4"))?,
             allow6: LpmTrie::try_from(take("NETMON_ALLOW6"))?,
-            cfg: Array::try_from(take("NETMON_DROPCFG"))?,
+            cfg,
             drops: PerCpuHashMap::try_from(take("NETMON_DROPS"))?,
             drop_slots: match take("NETMON_DROP_SLOTS") {
                 Map::PerCpuArray(m) => m,
@@ -591,8 +651,18 @@ impl DropMaps {
                 BitFilter::new(take("NETMON_BAN4_L24"), 24)?,
             ],
             fast: [
-                FastBans::new(&LAYOUT4, take("NETMON_BANX4"), take("NETMON_BANHIT4"))?,
-                FastBans::new(&LAYOUT6, take("NETMON_BANX6"), take("NETMON_BANHIT6"))?,
+                FastBans::new(
+                    &LAYOUT4,
+                    take("NETMON_BANX4"),
+                    take("NETMON_BANHIT4"),
+                    overflow_bits,
+                )?,
+                FastBans::new(
+                    &LAYOUT6,
+                    take("NETMON_BANX6"),
+                    take("NETMON_BANHIT6"),
+                    overflow_bits,
+                )?,
             ],
             capacity,
         })
@@ -657,6 +727,13 @@ impl DropMaps {
         Some(v)
     }
 
+    /// Whether the bucket of NETMON_BANX4/6 that `net` (an address) belongs to in
+    /// `generation` has overflowed: some exact ban of it is in the hash map alone, where the
+    /// programs look after a miss there.
+    pub fn exact_bucket_overflowed(&self, generation: u8, net: &Net) -> bool {
+        fast_key(net).is_some_and(|(f, a)| self.fast[f].overflowed(generation, &a))
+    }
+
     /// Whether exact bans written from now on go into NETMON_BANX4/6 as well as
     /// NETMON_BAN4/6 (on by default; off, the programs find them in the hash maps alone, as
     /// benchmarks measure that path).
@@ -698,6 +775,10 @@ impl DropMaps {
             prefix_len: b.net.prefix(),
             ..old
         };
+        let fast = fast_key(&b.net);
+        if let Some((f, a)) = fast {
+            self.fast[f].reserve(generation, &a);
+        }
         let o = b.net.octets();
         let r = match (b.net.is_v4(), b.net.is_host()) {
             (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
@@ -706,7 +787,7 @@ impl DropMaps {
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
-        if let Some((f, a)) = fast_key(&b.net) {
+        if let Some((f, a)) = fast {
             let name = self.fast[f].layout.name;
             self.fast[f]
                 .put(generation, &a, v.kind, v.expires_ns)
@@ -734,6 +815,20 @@ impl DropMaps {
         Ok(())
     }
 
+    /// Declares `generation`'s exact ban arrays complete (every exact entry of it is in its
+    /// bucket or behind the bucket's overflow bit: `FastBans::reserve` keeps that true), so
+    /// the programs skip the hash lookup after a miss in a bucket that never overflowed. A
+    /// NETMON_DROPCFG pinned by a version without the slot has no room for it: the programs
+    /// then look every miss up, as that version did.
+    fn fast_complete(&mut self, generation: u8) -> Result<()> {
+        if self.cfg.len() <= dropcfg::BANX_COMPLETE {
+            return Ok(());
+        }
+        self.cfg
+            .set(dropcfg::BANX_COMPLETE, u64::from(generation), 0)
+            .context("enabling the exact ban arrays' overflow bits")
+    }
+
     /// Makes the programs look every IPv4 address up, as when the filters are incomplete
     /// (benchmarks measure the lookups this way); the next full write (`sync`, `swap`) turns
     /// them back on.
@@ -755,8 +850,19 @@ impl DropMaps {
             .context("disabling the IPv4 /24 filter")
     }
 
-    /// Clears `generation`'s filters (after they stop counting as complete).
+    /// Clears `generation`'s filters and exact ban arrays (after they stop counting as
+    /// complete).
     fn filters_clear(&mut self, generation: u8) -> Result<()> {
+        if self.cfg.len() > dropcfg::BANX_COMPLETE
+            && self.cfg.get(&dropcfg::BANX_COMPLETE, 0).unwrap_or(0) == u64::from(generation)
+        {
+            self.cfg
+                .set(dropcfg::BANX_COMPLETE, 0, 0)
+                .context("disabling the exact ban arrays' overflow bits")?;
+        }
+        for f in &mut self.fast {
+            f.clear(generation);
+        }
         for f in &mut self.filters {
             if self.cfg.get(&f.complete_at, 0).unwrap_or(0) == u64::from(generation) {
                 self.cfg
@@ -988,6 +1094,7 @@ impl DropMaps {
         // Every wanted IPv4 entry has its bits now; entries about to be removed may lack
         // them, which only lets packets skip them early.
         self.filters_complete(generation)?;
+        self.fast_complete(generation)?;
         for a in &state.allows {
             self.write_allow(&a.net)?;
         }
@@ -1041,6 +1148,7 @@ impl DropMaps {
         }
         self.cover(to, &live)?;
         self.filters_complete(to)?;
+        self.fast_complete(to)?;
         self.set_flags(flags_for(old, now) | flags_for(new, now))?;
         self.set_generation(to)?;
         new.generation = to;
