@@ -408,7 +408,10 @@ pub mod dropcfg {
     /// bucket without the bit. 0 (and absent, in maps pinned by a version without it): look
     /// every miss up.
     pub const BANX_COMPLETE: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// The generation whose IPv6 /32 filter (`NETMON_BAN6_L32`) covers every IPv6 ban entry,
+    /// as `BAN4_FILTER`. 0 (and absent, in maps pinned by a version without it): always look.
+    pub const BAN6_FILTER: u32 = 5;
+    pub const COUNT: u32 = 6;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
     pub const L16_WORDS: u32 = 1024;
@@ -431,6 +434,20 @@ pub mod dropcfg {
         (
             (generation as u32).wrapping_sub(1) * L24_WORDS + (t24 >> 6),
             t24 & 63,
+        )
+    }
+
+    /// Words of `NETMON_BAN6_L32` per generation: 2^21 bits, each standing for the IPv6 /32s
+    /// that hash to it.
+    pub const L32_6_WORDS: u32 = 1 << 15;
+
+    /// Index into `NETMON_BAN6_L32` of the word holding `a`'s /32 (hashed), and the bit in it.
+    pub const fn l32_6_slot(generation: u8, a: &[u8; 16]) -> (u32, u32) {
+        let top = (a[0] as u32) << 24 | (a[1] as u32) << 16 | (a[2] as u32) << 8 | a[3] as u32;
+        let h = top.wrapping_mul(0x9e37_79b1) >> (32 - (L32_6_WORDS.trailing_zeros() + 6));
+        (
+            (generation as u32).wrapping_sub(1) * L32_6_WORDS + (h >> 6),
+            h & 63,
         )
     }
 

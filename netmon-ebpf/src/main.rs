@@ -176,6 +176,11 @@ static NETMON_BAN4_L16: Array<u64> = Array::pinned(2 * dropcfg::L16_WORDS, 0);
 /// userspace sets its bits with stores rather than a syscall per word.
 #[map]
 static NETMON_BAN4_L24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F_MMAPABLE);
+/// The IPv6 counterpart (`dropcfg::l32_6_slot`; 256 KiB per generation): one bit per hashed
+/// IPv6 /32, set for every /32 an IPv6 ban entry overlaps (all of them for a prefix shorter
+/// than /16). A clear bit lets a packet skip the array's bucket and the prefix trie walk.
+#[map]
+static NETMON_BAN6_L32: Array<u64> = Array::pinned(2 * dropcfg::L32_6_WORDS, BPF_F_MMAPABLE);
 /// Allow list: checked first, wins over every ban. Value: unused.
 #[map]
 static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
@@ -824,6 +829,9 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
         Some(ban)
     } else {
         let addr = &addr_bytes(*words);
+        if !ban6_may_match(generation, addr) {
+            return None;
+        }
         let ban = ban6(flags, generation, addr)?;
         if flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, *addr)).is_some() {
             return None;
@@ -1035,6 +1043,21 @@ fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
     }
     let (word, bit) = dropcfg::l24_slot(generation, a);
     match NETMON_BAN4_L24.get(word) {
+        Some(w) => (*w >> bit) & 1 != 0,
+        None => true,
+    }
+}
+
+/// Whether an IPv6 ban entry of `generation` may cover `a`: false only when that
+/// generation's /32 filter is complete and the bit of `a`'s /32 is clear.
+#[inline(always)]
+fn ban6_may_match(generation: u8, a: &[u8; 16]) -> bool {
+    let generation_u64 = u64::from(generation);
+    if generation_u64 == 0 || dropcfg(dropcfg::BAN6_FILTER) != generation_u64 {
+        return true;
+    }
+    let (word, bit) = dropcfg::l32_6_slot(generation, a);
+    match NETMON_BAN6_L32.get(word) {
         Some(w) => (*w >> bit) & 1 != 0,
         None => true,
     }

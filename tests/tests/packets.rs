@@ -1011,6 +1011,9 @@ fn the_prefix_filters_never_change_a_decision() {
             ban("203.0.113.0/24"),
             ban("100.64.0.0/10"),
             ban("198.18.0.2"),
+            ban("2001:db8:5::/48"),
+            ban("2001:db8:7::1"),
+            ban("3fff:1000::/20"),
         ],
         ..State::default()
     };
@@ -1029,6 +1032,7 @@ fn the_prefix_filters_never_change_a_decision() {
     for (at, what) in [
         (netmon_common::dropcfg::BAN4_FILTER, "/16"),
         (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
+        (netmon_common::dropcfg::BAN6_FILTER, "IPv6 /32"),
     ] {
         assert_eq!(
             cfg.get(&at, 0).unwrap(),
@@ -1056,6 +1060,33 @@ fn the_prefix_filters_never_change_a_decision() {
     ] {
         assert_eq!(l24_bit(a), set, "/24 bit of {a:?}");
     }
+    // The IPv6 bits as written: those of 2001:db8::/32 and of the /20's 4,096 /32s, and no
+    // other (a /32 outside shares a bit only where the hash puts it on one of theirs).
+    let l32 = pinned_array("NETMON_BAN6_L32");
+    let at32 = |top: u32| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&top.to_be_bytes());
+        netmon_common::dropcfg::l32_6_slot(2, &a)
+    };
+    let covered: std::collections::HashSet<(u32, u32)> = std::iter::once(0x2001_0db8)
+        .chain(0x3fff_1000..=0x3fff_1fff)
+        .map(at32)
+        .collect();
+    for top in [0x2001_0db8, 0x3fff_1000, 0x3fff_1abc, 0x3fff_1fff] {
+        let (w, bit) = at32(top);
+        assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, 1, "bit of {top:x}");
+    }
+    for top in [
+        0x2001_0db9,
+        0x3fff_0fff,
+        0x3fff_2000,
+        0x2a01_0000,
+        0x2600_1f18,
+    ] {
+        let (w, bit) = at32(top);
+        let want = u64::from(covered.contains(&(w, bit)));
+        assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, want, "bit of {top:x}");
+    }
     let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
     let cases: [([u8; 4], u32); 8] = [
         ([203, 0, 113, 50], XDP_DROP),
@@ -1067,9 +1098,28 @@ fn the_prefix_filters_never_change_a_decision() {
         ([198, 18, 0, 2], XDP_DROP),
         ([198, 18, 0, 3], XDP_PASS),
     ];
+    let from6 = |src: &str| {
+        let a: std::net::Ipv6Addr = src.parse().unwrap();
+        let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
+        pkt[14 + 8..14 + 24].copy_from_slice(&a.octets());
+        pkt
+    };
+    let cases6: [(&str, u32); 8] = [
+        ("2001:db8:5::9", XDP_DROP),
+        ("2001:db8:6::9", XDP_PASS),
+        ("2001:db8:7::1", XDP_DROP),
+        ("2001:db8:7::2", XDP_PASS),
+        ("3fff:1abc::1", XDP_DROP),
+        ("3fff:2000::1", XDP_PASS),
+        ("3fff:fff::1", XDP_PASS),
+        ("2a01::1", XDP_PASS),
+    ];
     let check = |p: &Progs, what: &str| {
         for (src, want) in cases {
             assert_eq!(p.run(DIR_INGRESS, &from4(src)), want, "{what}: {src:?}");
+        }
+        for (src, want) in cases6 {
+            assert_eq!(p.run(DIR_INGRESS, &from6(src)), want, "{what}: {src}");
         }
     };
     check(&p, "filters on");
@@ -1087,6 +1137,14 @@ fn the_prefix_filters_never_change_a_decision() {
         XDP_PASS,
         "removed"
     );
+    // An IPv6 prefix shorter than /16 sets every bit of the IPv6 filter.
+    maps.write_ban(2, 1, &ban("4000::/8")).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from6("40ff::1")), XDP_DROP);
+    assert_eq!(p.run(DIR_INGRESS, &from6("2a01::1")), XDP_PASS);
+    let (w, bit) = at32(0x2a01_0000);
+    assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, 1);
+    maps.remove_ban(2, &"4000::/8".parse().unwrap()).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from6("40ff::1")), XDP_PASS);
     maps.disable_l24_filter().unwrap();
     assert_eq!(
         cfg.get(&netmon_common::dropcfg::BAN4_L24_FILTER, 0)
@@ -1096,14 +1154,16 @@ fn the_prefix_filters_never_change_a_decision() {
     check(&p, "/16 filter only");
     maps.disable_filters().unwrap();
     assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
+    assert_eq!(cfg.get(&netmon_common::dropcfg::BAN6_FILTER, 0).unwrap(), 0);
     check(&p, "filters off");
-    // A full write turns both back on, with the same decisions.
+    // A full write turns them back on, with the same decisions.
     maps.sync(&state).unwrap();
-    assert_eq!(
-        cfg.get(&netmon_common::dropcfg::BAN4_L24_FILTER, 0)
-            .unwrap(),
-        2
-    );
+    for at in [
+        netmon_common::dropcfg::BAN4_L24_FILTER,
+        netmon_common::dropcfg::BAN6_FILTER,
+    ] {
+        assert_eq!(cfg.get(&at, 0).unwrap(), 2);
+    }
     check(&p, "filters on again");
 }
 

@@ -29,7 +29,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANHIT4",
@@ -47,6 +47,7 @@ pub const PINNED_MAPS: [&str; 17] = [
     "NETMON_RATE6",
     "NETMON_BAN4_L16",
     "NETMON_BAN4_L24",
+    "NETMON_BAN6_L32",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -177,8 +178,9 @@ pub struct DropMaps {
     drop_slots: MapData,
     rate4: HashMap<MapData, [u8; 4], RateValue>,
     rate6: HashMap<MapData, [u8; 16], RateValue>,
-    /// The IPv4 /16 and /24 filters in front of the lookups (NETMON_BAN4_L16, _L24).
-    filters: [BitFilter; 2],
+    /// The filters in front of the lookups: IPv4 /16 and /24, IPv6 /32 (NETMON_BAN4_L16,
+    /// NETMON_BAN4_L24, NETMON_BAN6_L32).
+    filters: [BitFilter; 3],
     /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANHIT4/6).
     fast: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
@@ -440,81 +442,142 @@ impl FastBans {
     }
 }
 
-/// A bitmap over the IPv4 prefixes of one length (/16 or /24), one per generation: a bit is
-/// set before any IPv4 ban entry of that generation that overlaps the prefix is inserted and
-/// stays until the generation is cleared, so a clear bit proves there is no entry there once
-/// the filter is declared complete (`complete_at` in NETMON_DROPCFG holds that generation).
+/// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s, or
+/// hashed IPv6 /32s. A bit is set before any ban entry of that generation that overlaps the
+/// prefix is inserted and stays until the generation is cleared, so a clear bit proves there
+/// is no entry there once the filter is declared complete (`complete_at` in NETMON_DROPCFG
+/// holds that generation).
 struct BitFilter {
     words: FilterWords,
-    /// The prefix length each bit stands for: 16 or 24.
-    bits: u8,
+    kind: FilterKind,
     /// The NETMON_DROPCFG slot naming the generation whose filter is complete.
     complete_at: u32,
-    /// `dropcfg::l16_slot` or `l24_slot`: an address's word and bit.
-    slot: SlotFn,
 }
 
-/// A generation and an address -> the filter word and bit the programs read for it.
-type SlotFn = fn(u8, [u8; 4]) -> (u32, u32);
+/// Which prefixes a filter's bits stand for.
+#[derive(Clone, Copy)]
+enum FilterKind {
+    /// IPv4 prefixes of this length (16 or 24), one bit each (`dropcfg::l16_slot`,
+    /// `l24_slot`).
+    V4(u8),
+    /// IPv6 /32s, hashed to 2^21 bits (`dropcfg::l32_6_slot`).
+    V6,
+}
+
+impl FilterKind {
+    fn name(self) -> String {
+        match self {
+            FilterKind::V4(bits) => format!("IPv4 /{bits}"),
+            FilterKind::V6 => "IPv6 /32".into(),
+        }
+    }
+
+    /// Words per generation.
+    fn words(self) -> u32 {
+        match self {
+            FilterKind::V4(bits) => 1 << (bits - 6),
+            FilterKind::V6 => dropcfg::L32_6_WORDS,
+        }
+    }
+
+    /// The word and bit of every prefix of the filter's length that `net` overlaps, as the
+    /// programs compute them (both sides share the slot functions); `None` for more than the
+    /// filter has bits (an IPv6 prefix shorter than /16: every bit).
+    fn slots(self, generation: u8, net: &Net) -> Option<Vec<(u32, u32)>> {
+        let o = net.octets();
+        let top = u64::from(u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
+        let len = u32::from(net.prefix());
+        match self {
+            FilterKind::V4(_) if !net.is_v4() => Some(Vec::new()),
+            FilterKind::V6 if net.is_v4() => Some(Vec::new()),
+            FilterKind::V4(bits) => {
+                let bits = u32::from(bits);
+                let slot = if bits == 16 {
+                    dropcfg::l16_slot
+                } else {
+                    dropcfg::l24_slot
+                };
+                let first = top >> (32 - bits);
+                let count = 1u64 << bits.saturating_sub(len);
+                Some(
+                    (first..first + count)
+                        .map(|p| slot(generation, ((p << (32 - bits)) as u32).to_be_bytes()))
+                        .collect(),
+                )
+            }
+            FilterKind::V6 if len < 16 => None,
+            FilterKind::V6 => {
+                let count = 1u64 << 32u32.saturating_sub(len);
+                Some(
+                    (top..top + count)
+                        .map(|p| {
+                            let mut a = [0u8; 16];
+                            a[..4].copy_from_slice(&(p as u32).to_be_bytes());
+                            dropcfg::l32_6_slot(generation, &a)
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
 
 /// How a filter's words are reached.
 enum FilterWords {
-    /// The /16 filter (1,024 words per generation): a lookup and an update per word. Its map
-    /// predates mappable maps, and one pinned by an older version stays in use until reboot.
+    /// The IPv4 /16 filter (1,024 words per generation): a lookup and an update per word. Its
+    /// map predates mappable maps, and one pinned by an older version stays in use until
+    /// reboot.
     Syscalls(Array<MapData, u64>),
-    /// The /24 filter, a BPF_F_MMAPABLE array: its words are stores into its pages, mapped for
-    /// the length of one write (an import touches most of its 2 MiB, which mapped for good
-    /// would count in the daemon's RSS). Held as the MapData itself, not a copy of its fd:
-    /// programs loaded after the maps were taken out of the object refer to the map by it.
+    /// The others, BPF_F_MMAPABLE arrays: their words are stores into their pages, mapped for
+    /// the length of one write (an import touches most of the IPv4 /24 filter's 2 MiB, which
+    /// mapped for good would count in the daemon's RSS). Held as the MapData itself, not a
+    /// copy of its fd: programs loaded after the maps were taken out of the object refer to
+    /// the map by it.
     Mapped(MapData),
 }
 
 impl BitFilter {
-    fn new(map: Map, bits: u8) -> Result<Self> {
+    fn new(map: Map, kind: FilterKind) -> Result<Self> {
+        let name = kind.name();
         let Map::Array(map) = map else {
-            anyhow::bail!("the IPv4 /{bits} filter map is not an array");
+            anyhow::bail!("the {name} filter map is not an array");
         };
-        let (complete_at, slot): (u32, SlotFn) = match bits {
-            16 => (dropcfg::BAN4_FILTER, dropcfg::l16_slot),
-            _ => (dropcfg::BAN4_L24_FILTER, dropcfg::l24_slot),
+        let complete_at = match kind {
+            FilterKind::V4(16) => dropcfg::BAN4_FILTER,
+            FilterKind::V4(_) => dropcfg::BAN4_L24_FILTER,
+            FilterKind::V6 => dropcfg::BAN6_FILTER,
         };
         let slots = map.info()?.max_entries();
-        let words = if bits == 16 {
+        let words = if matches!(kind, FilterKind::V4(16)) {
             FilterWords::Syscalls(Array::try_from(Map::Array(map))?)
         } else {
             FilterWords::Mapped(map)
         };
-        let f = Self {
-            words,
-            bits,
-            complete_at,
-            slot,
-        };
-        if slots != 2 * f.words() {
+        if slots != 2 * kind.words() {
             anyhow::bail!(
-                "the IPv4 /{bits} filter map has {slots} slots, {} expected (pinned by another \
+                "the {name} filter map has {slots} slots, {} expected (pinned by another \
                  version of netmon? remove it and start the daemon again)",
-                2 * f.words()
+                2 * kind.words()
             );
         }
-        Ok(f)
-    }
-
-    /// Words per generation.
-    fn words(&self) -> u32 {
-        1 << (self.bits - 6)
+        Ok(Self {
+            words,
+            kind,
+            complete_at,
+        })
     }
 
     fn base(&self, generation: u8) -> u32 {
         u32::from(generation)
             .wrapping_sub(1)
-            .wrapping_mul(self.words())
+            .wrapping_mul(self.kind.words())
     }
 
     /// Runs `f` on `generation`'s words: the map's own, or (`Syscalls`) a copy written back
     /// word by word where `f` changed it, before this returns.
     fn with_words<T>(&mut self, generation: u8, f: impl FnOnce(&[AtomicU64]) -> T) -> Result<T> {
-        let (base, n) = (self.base(generation), self.words());
+        let (base, n) = (self.base(generation), self.kind.words());
+        let name = self.kind.name();
         let fd = match &mut self.words {
             FilterWords::Syscalls(map) => {
                 let old: Vec<u64> = (base..base + n)
@@ -526,7 +589,7 @@ impl BitFilter {
                     let w = w.load(Ordering::Relaxed);
                     if w != o {
                         map.set(i, w, 0)
-                            .with_context(|| format!("updating the IPv4 /{} filter", self.bits))?;
+                            .with_context(|| format!("updating the {name} filter"))?;
                     }
                 }
                 return Ok(out);
@@ -539,9 +602,8 @@ impl BitFilter {
         let mem = crate::mapmem::MapMemory::new(fd, 0, total * size_of::<u64>(), true)
             .with_context(|| {
                 format!(
-                    "mapping the IPv4 /{} filter (a map pinned by another version of netmon? \
-                     remove it and start the daemon again)",
-                    self.bits
+                    "mapping the {name} filter (a map pinned by another version of netmon? \
+                     remove it and start the daemon again)"
                 )
             })?;
         // SAFETY: `total` words at the mapping's start, shared with the kernel programs,
@@ -550,24 +612,27 @@ impl BitFilter {
         Ok(f(&all[base as usize..(base + n) as usize]))
     }
 
-    /// Sets the bits of `generation` that the IPv4 entries of `bans` overlap (one prefix of
-    /// this length each, or every one inside a shorter prefix).
+    /// Sets the bits of `generation` that the entries of `bans` (of the filter's family)
+    /// overlap.
     fn cover(&mut self, generation: u8, bans: &[&BanEntry]) -> Result<()> {
         if generation != 1 && generation != 2 {
             return Ok(());
         }
-        let bits = u32::from(self.bits);
-        let (base, slot) = (self.base(generation), self.slot);
+        let (base, kind) = (self.base(generation), self.kind);
         self.with_words(generation, |words| {
-            for b in bans.iter().filter(|b| b.net.is_v4()) {
-                let o = b.net.octets();
-                let first = u32::from_be_bytes([o[0], o[1], o[2], o[3]]) >> (32 - bits);
-                let count = 1u32 << bits.saturating_sub(u32::from(b.net.prefix()));
-                for p in first..first + count {
-                    // The programs' own slot function: both sides agree by construction.
-                    let (w, bit) = slot(generation, (p << (32 - bits)).to_be_bytes());
-                    // Before the entry is written (by a later syscall): SeqCst.
-                    words[(w - base) as usize].fetch_or(1 << bit, Ordering::SeqCst);
+            for b in bans {
+                // Before the entry is written (by a later syscall): SeqCst.
+                match kind.slots(generation, &b.net) {
+                    Some(slots) => {
+                        for (w, bit) in slots {
+                            words[(w - base) as usize].fetch_or(1 << bit, Ordering::SeqCst);
+                        }
+                    }
+                    None => {
+                        for w in words {
+                            w.store(u64::MAX, Ordering::SeqCst);
+                        }
+                    }
                 }
             }
         })
@@ -647,8 +712,9 @@ impl DropMaps {
             rate4: HashMap::try_from(take("NETMON_RATE4"))?,
             rate6: HashMap::try_from(take("NETMON_RATE6"))?,
             filters: [
-                BitFilter::new(take("NETMON_BAN4_L16"), 16)?,
-                BitFilter::new(take("NETMON_BAN4_L24"), 24)?,
+                BitFilter::new(take("NETMON_BAN4_L16"), FilterKind::V4(16))?,
+                BitFilter::new(take("NETMON_BAN4_L24"), FilterKind::V4(24))?,
+                BitFilter::new(take("NETMON_BAN6_L32"), FilterKind::V6)?,
             ],
             fast: [
                 FastBans::new(
@@ -746,10 +812,8 @@ impl DropMaps {
     /// Writes one ban into `generation`, keeping the hit counters it already has there or in
     /// `carry_from` (the generation being replaced).
     pub fn write_ban(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
-        if b.net.is_v4() {
-            // Before the entry: the filter must never say "no ban here" for it.
-            self.cover(generation, &[b])?;
-        }
+        // Before the entry: the filter must never say "no ban here" for it.
+        self.cover(generation, &[b])?;
         self.write_ban_entry(generation, &[generation, carry_from], b)
     }
 
@@ -796,7 +860,7 @@ impl DropMaps {
         Ok(())
     }
 
-    /// Sets the filter bits of `generation` that the IPv4 entries of `bans` overlap.
+    /// Sets the filter bits of `generation` that the entries of `bans` overlap.
     fn cover(&mut self, generation: u8, bans: &[&BanEntry]) -> Result<()> {
         for f in &mut self.filters {
             f.cover(generation, bans)?;
@@ -804,39 +868,44 @@ impl DropMaps {
         Ok(())
     }
 
-    /// Declares `generation`'s filters complete (every IPv4 ban entry of it has its bits
-    /// set), so the programs may skip the lookups where a bit is clear.
+    /// Sets NETMON_DROPCFG slot `at` to `value`, where the map has that slot: one pinned by
+    /// an older version lacks the later ones, whose programs then take them as 0 (the
+    /// filter or index not complete, as that version did).
+    fn set_cfg(&mut self, at: u32, value: u64, what: impl FnOnce() -> String) -> Result<()> {
+        if at >= self.cfg.len() {
+            return Ok(());
+        }
+        self.cfg.set(at, value, 0).with_context(what)
+    }
+
+    /// Declares `generation`'s filters complete (every ban entry of it has its bits set), so
+    /// the programs may skip the lookups where a bit is clear.
     fn filters_complete(&mut self, generation: u8) -> Result<()> {
-        for f in &self.filters {
-            self.cfg
-                .set(f.complete_at, u64::from(generation), 0)
-                .with_context(|| format!("enabling the IPv4 /{} filter", f.bits))?;
+        for i in 0..self.filters.len() {
+            let (at, kind) = (self.filters[i].complete_at, self.filters[i].kind);
+            self.set_cfg(at, u64::from(generation), || {
+                format!("enabling the {} filter", kind.name())
+            })?;
         }
         Ok(())
     }
 
     /// Declares `generation`'s exact ban arrays complete (every exact entry of it is in its
     /// bucket or behind the bucket's overflow bit: `FastBans::reserve` keeps that true), so
-    /// the programs skip the hash lookup after a miss in a bucket that never overflowed. A
-    /// NETMON_DROPCFG pinned by a version without the slot has no room for it: the programs
-    /// then look every miss up, as that version did.
+    /// the programs skip the hash lookup after a miss in a bucket that never overflowed.
     fn fast_complete(&mut self, generation: u8) -> Result<()> {
-        if self.cfg.len() <= dropcfg::BANX_COMPLETE {
-            return Ok(());
-        }
-        self.cfg
-            .set(dropcfg::BANX_COMPLETE, u64::from(generation), 0)
-            .context("enabling the exact ban arrays' overflow bits")
+        self.set_cfg(dropcfg::BANX_COMPLETE, u64::from(generation), || {
+            "enabling the exact ban arrays' overflow bits".into()
+        })
     }
 
-    /// Makes the programs look every IPv4 address up, as when the filters are incomplete
+    /// Makes the programs look every address up, as when the filters are incomplete
     /// (benchmarks measure the lookups this way); the next full write (`sync`, `swap`) turns
     /// them back on.
     pub fn disable_filters(&mut self) -> Result<()> {
-        for f in &self.filters {
-            self.cfg
-                .set(f.complete_at, 0, 0)
-                .with_context(|| format!("disabling the IPv4 /{} filter", f.bits))?;
+        for i in 0..self.filters.len() {
+            let (at, kind) = (self.filters[i].complete_at, self.filters[i].kind);
+            self.set_cfg(at, 0, || format!("disabling the {} filter", kind.name()))?;
         }
         Ok(())
     }
@@ -853,23 +922,23 @@ impl DropMaps {
     /// Clears `generation`'s filters and exact ban arrays (after they stop counting as
     /// complete).
     fn filters_clear(&mut self, generation: u8) -> Result<()> {
-        if self.cfg.len() > dropcfg::BANX_COMPLETE
-            && self.cfg.get(&dropcfg::BANX_COMPLETE, 0).unwrap_or(0) == u64::from(generation)
-        {
-            self.cfg
-                .set(dropcfg::BANX_COMPLETE, 0, 0)
-                .context("disabling the exact ban arrays' overflow bits")?;
+        let complete = |cfg: &Array<MapData, u64>, at: u32| {
+            cfg.get(&at, 0).unwrap_or(0) == u64::from(generation)
+        };
+        if complete(&self.cfg, dropcfg::BANX_COMPLETE) {
+            self.set_cfg(dropcfg::BANX_COMPLETE, 0, || {
+                "disabling the exact ban arrays' overflow bits".into()
+            })?;
         }
         for f in &mut self.fast {
             f.clear(generation);
         }
-        for f in &mut self.filters {
-            if self.cfg.get(&f.complete_at, 0).unwrap_or(0) == u64::from(generation) {
-                self.cfg
-                    .set(f.complete_at, 0, 0)
-                    .with_context(|| format!("disabling the IPv4 /{} filter", f.bits))?;
+        for i in 0..self.filters.len() {
+            let (at, kind) = (self.filters[i].complete_at, self.filters[i].kind);
+            if complete(&self.cfg, at) {
+                self.set_cfg(at, 0, || format!("disabling the {} filter", kind.name()))?;
             }
-            f.clear(generation)?;
+            self.filters[i].clear(generation)?;
         }
         Ok(())
     }
@@ -1091,7 +1160,7 @@ impl DropMaps {
             };
             self.write_ban_entry(generation, carry, b)?;
         }
-        // Every wanted IPv4 entry has its bits now; entries about to be removed may lack
+        // Every wanted entry has its filter bits now; entries about to be removed may lack
         // them, which only lets packets skip them early.
         self.filters_complete(generation)?;
         self.fast_complete(generation)?;
