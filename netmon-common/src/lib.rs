@@ -79,7 +79,7 @@ impl<A: Copy> FlowKeyOf<A> {
 }
 
 impl FlowKey4 {
-    /// The key's five 32-bit words, as the per-CPU flow table hashes them (`tab_bucket`).
+    /// The key's five 32-bit words, as the per-CPU flow table hashes them (`tab_place`).
     pub fn words(&self) -> [u32; 5] {
         // SAFETY: FlowKey4 is five 32-bit words without padding (repr(C)).
         unsafe { core::mem::transmute(*self) }
@@ -176,27 +176,39 @@ pub struct TabEvicted<K> {
     pub _pad: u32,
 }
 
-/// The per-CPU flow table's bucket index of a key: a multiply-xor hash of its 32-bit words
-/// (the key types are multiples of 4 bytes with no padding), the same in the programs and in
-/// userspace.
+/// A multiply-xor hash of a key's 32-bit words (the key types are multiples of 4 bytes with
+/// no padding), the same in the programs and in userspace: its high half picks a key's
+/// bucket in the per-CPU flow table (and an IPv6 ban's in `NETMON_BANX6`), bits 16-31 make
+/// its fingerprint there.
 #[inline(always)]
-pub fn tab_hash(words: &[u32]) -> u32 {
+pub fn tab_hash64(words: &[u32]) -> u64 {
     let mut h: u64 = 0;
     let mut i = 0;
     while i < words.len() {
         h = (h ^ u64::from(words[i])).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         i += 1;
     }
-    (h >> 32) as u32
+    h
 }
 
-/// The bucket of the per-CPU flow table that a key (its 32-bit words) has in `cpu`'s part,
-/// each part `per_cpu` buckets (a power of two): where the programs put the flow, and where
-/// userspace that writes the table as they would (benchmarks) puts it.
+/// `tab_hash64`'s high half.
 #[inline(always)]
-pub fn tab_bucket(words: &[u32], cpu: u32, per_cpu: u32) -> u32 {
-    cpu.wrapping_mul(per_cpu)
-        .wrapping_add(tab_hash(words) & per_cpu.wrapping_sub(1))
+pub fn tab_hash(words: &[u32]) -> u32 {
+    (tab_hash64(words) >> 32) as u32
+}
+
+/// Where a key (its 32-bit words) goes in the per-CPU flow table: its bucket in `cpu`'s part
+/// (each part `per_cpu` buckets, a power of two), and its 16-bit fingerprint in that
+/// bucket's word of the fingerprint array (`NETMON_TABFP4`/`NETMON_TABFP6`: way `w`'s at
+/// bits `16 * w`; never 0, which marks a way never used). The programs put the flow there,
+/// and userspace that writes the table as they would (benchmarks) does the same.
+#[inline(always)]
+pub fn tab_place(words: &[u32], cpu: u32, per_cpu: u32) -> (u32, u64) {
+    let h = tab_hash64(words);
+    let bucket = cpu
+        .wrapping_mul(per_cpu)
+        .wrapping_add((h >> 32) as u32 & per_cpu.wrapping_sub(1));
+    (bucket, (h >> 16) & 0xffff | 1)
 }
 
 /// Key of the per-interface totals map.

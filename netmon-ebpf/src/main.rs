@@ -550,7 +550,7 @@ fn account<const TAB: bool>(
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
         if TAB {
-            tab_record(&NETMON_TAB4, &NETMON_MARK4, &key, &pkt);
+            tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, &key, &pkt);
         } else {
             record_flow(&NETMON_FLOWS4, &key, &pkt);
         }
@@ -567,7 +567,7 @@ fn account<const TAB: bool>(
             remote_addr: addr_bytes(remote_addr),
         };
         if TAB {
-            tab_record(&NETMON_TAB6, &NETMON_MARK6, &key, &pkt);
+            tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, &key, &pkt);
         } else {
             record_flow(&NETMON_FLOWS6, &key, &pkt);
         }
@@ -668,6 +668,17 @@ static NETMON_TAB4: Array<TabBucket<FlowKey4>> = Array::with_max_entries(64, BPF
 /// IPv6 flows, as `NETMON_TAB4`.
 #[map]
 static NETMON_TAB6: Array<TabBucket<FlowKey>> = Array::with_max_entries(64, BPF_F_MMAPABLE);
+/// One word per bucket of `NETMON_TAB4`: its ways' fingerprints (`tab_place`), 16 bits
+/// each, 0 for a way never used. 8 bytes per 256-byte bucket, so it stays in the cache where
+/// the table does not: a packet of a new flow learns from it that its flow is not in the
+/// bucket and which way is free without reading the bucket's slots, and writes the new slot
+/// without reading it (a never-used slot is all zero, its sequence number too). Written by
+/// the programs alone (each CPU its own part), as the table.
+#[map]
+static NETMON_TABFP4: Array<u64> = Array::with_max_entries(64, BPF_F_MMAPABLE);
+/// The same for `NETMON_TAB6`.
+#[map]
+static NETMON_TABFP6: Array<u64> = Array::with_max_entries(64, BPF_F_MMAPABLE);
 /// One bit per bucket of `NETMON_TAB4`, set by a slot's first packet in each drain epoch:
 /// the buckets the daemon's next drain reads.
 #[map]
@@ -698,18 +709,24 @@ fn same_key<K>(a: *const K, key: &K) -> bool {
 }
 
 /// Adds a frame to `key`'s slot in this CPU's part of `map`, giving it a slot when it has
-/// none: no kernel hash lookup, no lock, no atomic instruction. `dirty` is the table's
-/// bitmap.
+/// none: no kernel hash lookup, no lock, no atomic instruction. `fps` is the table's
+/// fingerprint array, `dirty` its bitmap.
 #[inline(always)]
-fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, pkt: &FlowPacket) {
+fn tab_record<K: Copy>(
+    map: &Array<TabBucket<K>>,
+    fps: &Array<u64>,
+    dirty: &Array<u64>,
+    key: &K,
+    pkt: &FlowPacket,
+) {
     // SAFETY: a K is whole 32-bit words.
     let words = unsafe {
         core::slice::from_raw_parts(core::ptr::from_ref(key).cast::<u32>(), size_of::<K>() / 4)
     };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let index = netmon_common::tab_bucket(words, cpu, global(&TAB_BUCKETS) as u32);
-    let Some(b) = map.get_ptr_mut(index) else {
+    let (index, fp) = netmon_common::tab_place(words, cpu, global(&TAB_BUCKETS) as u32);
+    let (Some(b), Some(fw)) = (map.get_ptr_mut(index), fps.get_ptr_mut(index)) else {
         bump(counter::FLOW_INSERT_FAILED);
         return;
     };
@@ -718,33 +735,50 @@ fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, p
     // preemption and bottom halves off for the frame); the daemon only reads it.
     unsafe {
         let slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
-        let mut victim = 0;
-        let mut oldest = u64::MAX;
+        // Only a way whose fingerprint matches can hold the flow: the others' slots are not
+        // read.
+        let prints = *fw;
+        let mut free = TAB_WAYS;
         let mut way = 0;
         while way < TAB_WAYS {
-            let s = slots.add(way);
-            if same_key(&raw const (*s).key, key) {
-                (*s).bytes += pkt.len;
-                (*s).packets += 1;
-                (*s).last_seen_ns = pkt.now;
-                if pkt.tcp_flags & !(*s).tcp_flags != 0 {
-                    (*s).tcp_flags |= pkt.tcp_flags;
+            let f = (prints >> (16 * way)) & 0xffff;
+            if f == fp {
+                let s = slots.add(way);
+                if same_key(&raw const (*s).key, key) {
+                    (*s).bytes += pkt.len;
+                    (*s).packets += 1;
+                    (*s).last_seen_ns = pkt.now;
+                    if pkt.tcp_flags & !(*s).tcp_flags != 0 {
+                        (*s).tcp_flags |= pkt.tcp_flags;
+                    }
+                    if (*s).epoch != pkt.epoch {
+                        (*s).epoch = pkt.epoch;
+                        mark_dirty(dirty, index);
+                    }
+                    return;
                 }
-                if (*s).epoch != pkt.epoch {
-                    (*s).epoch = pkt.epoch;
-                    mark_dirty(dirty, index);
-                }
-                return;
-            }
-            // An empty slot's time is 0: it is taken before any occupied one.
-            if (*s).last_seen_ns < oldest {
-                oldest = (*s).last_seen_ns;
-                victim = way;
+            } else if f == 0 && free == TAB_WAYS {
+                free = way;
             }
             way += 1;
         }
-        let s = slots.add(victim);
-        if (*s).packets != 0 {
+        let (victim, seq) = if free < TAB_WAYS {
+            // Never used: all zero, its sequence number too; written without being read.
+            (free, 0u32)
+        } else {
+            // Full: the slot seen longest ago goes, its last counters to the eviction ring.
+            let mut victim = 0;
+            let mut oldest = u64::MAX;
+            let mut way = 0;
+            while way < TAB_WAYS {
+                let s = slots.add(way);
+                if (*s).last_seen_ns < oldest {
+                    oldest = (*s).last_seen_ns;
+                    victim = way;
+                }
+                way += 1;
+            }
+            let s = slots.add(victim);
             let gone = TabEvicted {
                 slot: *s,
                 index: index * TAB_WAYS as u32 + victim as u32,
@@ -756,10 +790,11 @@ fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, p
             {
                 bump(counter::EVICT_LOST);
             }
-        }
+            (victim, (*s).seq)
+        };
+        let s = slots.add(victim);
         // An odd sequence number tells a reader the slot is being rewritten; the stores in
         // between stay between (compiler fences; x86-64 keeps stores in order).
-        let seq = (*s).seq;
         core::ptr::write_volatile(&raw mut (*s).seq, seq.wrapping_add(1));
         compiler_fence(Ordering::SeqCst);
         (*s).key = *key;
@@ -771,6 +806,7 @@ fn tab_record<K: Copy>(map: &Array<TabBucket<K>>, dirty: &Array<u64>, key: &K, p
         (*s).epoch = pkt.epoch;
         compiler_fence(Ordering::SeqCst);
         core::ptr::write_volatile(&raw mut (*s).seq, seq.wrapping_add(2));
+        *fw = (prints & !(0xffff << (16 * victim))) | fp << (16 * victim);
     }
     mark_dirty(dirty, index);
 }

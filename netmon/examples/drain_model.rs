@@ -55,7 +55,7 @@ fn main() {
             local_addr: [192, 0, 2, 1],
             remote_addr: (0x0a00_0000u32 + i).to_be_bytes(),
         };
-        let b = netmon_common::tab_bucket(&key.words(), i % cpus, per_cpu);
+        let (b, _) = netmon_common::tab_place(&key.words(), i % cpus, per_cpu);
         let bucket = &mut mem[b as usize];
         let Some(way) = bucket.slots.iter().position(|s| s.packets == 0) else {
             continue;

@@ -1690,3 +1690,97 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
     );
     assert_eq!(got.len(), sent.len());
 }
+
+/// Flows whose keys share a bucket and a fingerprint (`tab_place`) in the per-CPU table are
+/// told apart by their keys: each keeps a slot of its own with its own count, and the
+/// bucket's fingerprint word holds the shared fingerprint in both ways.
+#[test]
+#[ignore = "privileged: needs root; run by `cargo xtask test`"]
+fn per_cpu_table_fingerprint_collisions_keep_flows_apart() {
+    use netmon::load::FlowTable;
+    use netmon_common::{TAB_WAYS, TabBucket};
+    require_root();
+    const PER_CPU: u32 = 64;
+    let ncpus = aya::util::nr_cpus().unwrap() as u32;
+    let pins = PinDir::new("tabfp");
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    // 64 buckets per CPU: few enough that colliding keys are quick to find.
+    loader
+        .override_global("TAB_BUCKETS", &PER_CPU, true)
+        .map_max_entries("NETMON_TAB4", ncpus * PER_CPU)
+        .map_max_entries("NETMON_TABFP4", ncpus * PER_CPU)
+        .map_max_entries("NETMON_MARK4", ncpus * PER_CPU / 64);
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let x: &mut Xdp = ebpf
+        .program_mut("netmon_xdp_tab")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    x.load().expect("verifier accepts netmon_xdp_tab");
+    let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
+    let run = |src: [u8; 4]| {
+        let pkt = udp4_frame(src, [192, 0, 2, 1], &udp(40000, 53, &[0x5a; 20]));
+        let r = x
+            .test_run(TestRunOptions {
+                data_in: Some(&pkt),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_PASS);
+    };
+    let table: aya::maps::Array<_, TabBucket<FlowKey4>> =
+        aya::maps::Array::try_from(ebpf.map("NETMON_TAB4").unwrap()).unwrap();
+    let prints: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(ebpf.map("NETMON_TABFP4").unwrap()).unwrap();
+    pin_to_cpu(0);
+    // The program's key for one source, read back from the table: the others differ only in
+    // the remote address.
+    run([10, 9, 0, 0]);
+    let probe = (0..PER_CPU)
+        .flat_map(|b| table.get(&b, 0).unwrap().slots)
+        .find(|s| s.packets == 1)
+        .expect("the probe's slot")
+        .key;
+    let key = |a: [u8; 4]| FlowKey4 {
+        remote_addr: a,
+        ..probe
+    };
+    let place = |a: [u8; 4]| netmon_common::tab_place(&key(a).words(), 0, PER_CPU);
+    // Two sources with the same bucket and fingerprint (6 + 15 bits: a few thousand
+    // candidates hold such a pair).
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (1u32..1 << 20)
+        .map(|i| [10, 10 + (i >> 16) as u8, (i >> 8) as u8, i as u8])
+        .find_map(|a| seen.insert(place(a), a).map(|b| (a, b)))
+        .expect("a colliding pair");
+    let (bucket, fp) = place(a);
+    for _ in 0..3 {
+        run(a);
+    }
+    for _ in 0..5 {
+        run(b);
+    }
+    let slots = table.get(&bucket, 0).unwrap().slots;
+    let count = |src: [u8; 4]| {
+        let held: Vec<u64> = slots
+            .iter()
+            .filter(|s| s.key == key(src))
+            .map(|s| s.packets)
+            .collect();
+        assert_eq!(held.len(), 1, "{src:?} in one slot: {slots:?}");
+        held[0]
+    };
+    assert_eq!((count(a), count(b)), (3, 5));
+    let word = prints.get(&bucket, 0).unwrap();
+    let ways_with_fp = (0..TAB_WAYS)
+        .filter(|w| (word >> (16 * w)) & 0xffff == fp)
+        .count();
+    assert_eq!(
+        ways_with_fp, 2,
+        "fingerprint word {word:#x}, fingerprint {fp:#x}"
+    );
+}

@@ -198,6 +198,8 @@ pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32)
         .override_global("TAB_BUCKETS", buckets, true)
         .map_max_entries("NETMON_TAB4", ncpus * buckets)
         .map_max_entries("NETMON_TAB6", ncpus * buckets)
+        .map_max_entries("NETMON_TABFP4", ncpus * buckets)
+        .map_max_entries("NETMON_TABFP6", ncpus * buckets)
         .map_max_entries("NETMON_MARK4", ncpus * buckets / 64)
         .map_max_entries("NETMON_MARK6", ncpus * buckets / 64);
     Ok(())

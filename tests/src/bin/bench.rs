@@ -616,6 +616,8 @@ impl Rig {
             .override_global("TAB_BUCKETS", &tab_buckets, false)
             .map_max_entries("NETMON_TAB4", cpus * tab_buckets)
             .map_max_entries("NETMON_TAB6", cpus * tab_buckets)
+            .map_max_entries("NETMON_TABFP4", cpus * tab_buckets)
+            .map_max_entries("NETMON_TABFP6", cpus * tab_buckets)
             .map_max_entries("NETMON_MARK4", cpus * tab_buckets / 64)
             .map_max_entries("NETMON_MARK6", cpus * tab_buckets / 64)
             .load(object)
@@ -1578,13 +1580,14 @@ fn map_daemon_array(name: &str, max_entries: u32, len: usize) -> netmon::mapmem:
         .unwrap_or_else(|e| panic!("mapping {name}: {e}"))
 }
 
-/// The daemon's IPv4 per-CPU flow table and its dirty bitmap, mapped into this process to
-/// write flows into, as if the programs had seen them.
+/// The daemon's IPv4 per-CPU flow table, its fingerprints and its dirty bitmap, mapped into
+/// this process to write flows into, as if the programs had seen them.
 struct DaemonTable {
     buckets: *mut TabBucket<FlowKey4>,
+    prints: *const std::sync::atomic::AtomicU64,
     dirty: *const std::sync::atomic::AtomicU64,
     /// The mappings the pointers above point into.
-    _mem: [netmon::mapmem::MapMemory; 2],
+    _mem: [netmon::mapmem::MapMemory; 3],
     per_cpu: u32,
     cpus: u32,
     /// Slots written (bucket * TAB_WAYS + way).
@@ -1606,11 +1609,13 @@ impl DaemonTable {
             total,
             total as usize * size_of::<TabBucket<FlowKey4>>(),
         );
+        let prints = map_daemon_array("NETMON_TABFP4", total, total as usize * 8);
         let marks = map_daemon_array("NETMON_MARK4", total / 64, total as usize / 8);
         Self {
             buckets: table.ptr().cast(),
+            prints: prints.ptr().cast(),
             dirty: marks.ptr().cast(),
-            _mem: [table, marks],
+            _mem: [table, prints, marks],
             per_cpu,
             cpus,
             written: Vec::new(),
@@ -1626,9 +1631,9 @@ impl DaemonTable {
         let mut placed = 0;
         for i in from..to {
             let key = bench_flow_key(ifindex, i);
-            let b = netmon_common::tab_bucket(&key.words(), i % self.cpus, self.per_cpu);
-            // SAFETY: `b` is within the mapped table and bitmap; the daemon only reads them,
-            // and no program writes these keys' slots.
+            let (b, fp) = netmon_common::tab_place(&key.words(), i % self.cpus, self.per_cpu);
+            // SAFETY: `b` is within the mapped table, fingerprints and bitmap; the daemon
+            // only reads them, and no program writes these keys' slots.
             unsafe {
                 let bucket = &mut *self.buckets.add(b as usize);
                 let Some(way) = bucket.slots.iter().position(|s| s.packets == 0) else {
@@ -1645,6 +1650,9 @@ impl DaemonTable {
                     seq: slot.seq + 2,
                     ..TabSlot::default()
                 };
+                // A free slot's fingerprint is 0.
+                (*self.prints.add(b as usize))
+                    .fetch_or(fp << (16 * way), std::sync::atomic::Ordering::AcqRel);
                 (*self.dirty.add(b as usize / 64))
                     .fetch_or(1 << (b % 64), std::sync::atomic::Ordering::AcqRel);
             }
