@@ -732,28 +732,50 @@ fn empty_baseline_program_passes() {
     assert_eq!(r.return_value, XDP_PASS);
 }
 
+/// XDP_DROP: the verdict for a banned source.
+const XDP_DROP: u32 = 1;
+
+/// Programs loaded with small maps, and their drop-list maps as the daemon holds them.
+fn drop_list_progs() -> (Progs, netmon::act::droplist::DropMaps) {
+    let mut p = Progs::new(1024);
+    let maps = netmon::act::droplist::DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    (p, maps)
+}
+
+/// A manual ban on `net`, expiring at `expires_ms` (wall clock) when given.
+fn manual_ban(net: &str, expires_ms: Option<u64>) -> netmon::act::state::BanEntry {
+    netmon::act::state::BanEntry {
+        net: net.parse().unwrap(),
+        kind: netmon::act::state::Kind::Manual,
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+        expires_ms,
+    }
+}
+
+/// A small UDP datagram from `src` to the default IPv4 destination.
+fn udp4_from(src: [u8; 4]) -> Vec<u8> {
+    udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"))
+}
+
+/// A small UDP datagram from `src` over IPv6.
+fn udp6_from(src: [u8; 16]) -> Vec<u8> {
+    let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
+    pkt[14 + 8..14 + 24].copy_from_slice(&src);
+    pkt
+}
+
 /// The drop decision itself, in the kernel: exact and prefix bans, allow entries, expired
 /// entries, the generation in force, IPv4 and IPv6, XDP (source) and TC (destination).
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn drop_decisions_follow_the_list_in_force() {
-    use netmon::act::{
-        droplist::DropMaps,
-        state::{BanEntry, Kind},
-    };
-    const XDP_DROP: u32 = 1;
+    use netmon::act::droplist::DropMaps;
     const TC_ACT_SHOT: u32 = 2;
-    let mut p = Progs::new(1024);
-    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
-    let ban = |net: &str, expires_ms: Option<u64>| BanEntry {
-        net: net.parse().unwrap(),
-        kind: Kind::Manual,
-        reason: String::new(),
-        uid: 0,
-        added_ms: 0,
-        expires_ms,
-    };
-    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let (p, mut maps) = drop_list_progs();
+    let ban = manual_ban;
+    let from4 = udp4_from;
     let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
     let flags = |maps: &mut DropMaps| maps.set_flags(u64::MAX).unwrap();
 
@@ -841,13 +863,8 @@ fn drop_decisions_follow_the_list_in_force() {
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
-    use netmon::act::{
-        droplist::DropMaps,
-        state::{BanEntry, Kind, State},
-    };
-    const XDP_DROP: u32 = 1;
-    let mut p = Progs::new(1024);
-    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    use netmon::act::{droplist::DropMaps, state::State};
+    let (p, mut maps) = drop_list_progs();
     // Seven addresses in 198.18.0.0/16 whose bucket is the same in both generations' parts.
     let bucket = |a: [u8; 4]| netmon_common::banx4_bucket(1, a);
     let target = bucket([198, 18, 0, 2]);
@@ -858,14 +875,7 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         .collect();
     assert_eq!(same.len(), 7);
     let net = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
-    let ban = |a: [u8; 4], expires_ms: Option<u64>| BanEntry {
-        net: net(a).parse().unwrap(),
-        kind: Kind::Manual,
-        reason: String::new(),
-        uid: 0,
-        added_ms: 0,
-        expires_ms,
-    };
+    let ban = |a: [u8; 4], expires_ms: Option<u64>| manual_ban(&net(a), expires_ms);
     let mut state = State {
         generation: 1,
         bans: same.iter().map(|&a| ban(a, None)).collect(),
@@ -874,7 +884,7 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     // The last one expired already (TTLs are checked in the kernel).
     state.bans[6].expires_ms = Some(1);
     maps.sync(&state).unwrap();
-    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let from4 = udp4_from;
     let len = from4(same[0]).len() as u64;
     for (i, &a) in same.iter().enumerate() {
         for _ in 0..=i {
@@ -949,16 +959,10 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     assert_eq!(same6.len(), 3);
     let net6 = |a: &[u8; 16]| std::net::Ipv6Addr::from(*a).to_string();
     for a in &same6 {
-        let mut b = ban([0; 4], None);
-        b.net = net6(a).parse().unwrap();
-        maps.write_ban(2, 1, &b).unwrap();
+        maps.write_ban(2, 1, &manual_ban(&net6(a), None)).unwrap();
     }
     maps.set_flags(u64::MAX).unwrap();
-    let from6 = |src: &[u8; 16]| {
-        let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
-        pkt[14 + 8..14 + 24].copy_from_slice(src);
-        pkt
-    };
+    let from6 = |src: &[u8; 16]| udp6_from(*src);
     let len6 = from6(&same6[0]).len() as u64;
     for (i, a) in same6.iter().enumerate() {
         for _ in 0..=i {
@@ -990,21 +994,9 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn the_prefix_filters_never_change_a_decision() {
-    use netmon::act::{
-        droplist::DropMaps,
-        state::{BanEntry, Kind, State},
-    };
-    const XDP_DROP: u32 = 1;
-    let mut p = Progs::new(1024);
-    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
-    let ban = |net: &str| BanEntry {
-        net: net.parse().unwrap(),
-        kind: Kind::Manual,
-        reason: String::new(),
-        uid: 0,
-        added_ms: 0,
-        expires_ms: None,
-    };
+    use netmon::act::state::State;
+    let (p, mut maps) = drop_list_progs();
+    let ban = |net: &str| manual_ban(net, None);
     let state = State {
         generation: 2,
         bans: vec![
@@ -1087,7 +1079,7 @@ fn the_prefix_filters_never_change_a_decision() {
         let want = u64::from(covered.contains(&(w, bit)));
         assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, want, "bit of {top:x}");
     }
-    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let from4 = udp4_from;
     let cases: [([u8; 4], u32); 8] = [
         ([203, 0, 113, 50], XDP_DROP),
         ([203, 0, 114, 50], XDP_PASS),
@@ -1098,12 +1090,7 @@ fn the_prefix_filters_never_change_a_decision() {
         ([198, 18, 0, 2], XDP_DROP),
         ([198, 18, 0, 3], XDP_PASS),
     ];
-    let from6 = |src: &str| {
-        let a: std::net::Ipv6Addr = src.parse().unwrap();
-        let mut pkt = eth(&[], ETH_P_IPV6, &ipv6(17, &udp(1, 2, b"x")));
-        pkt[14 + 8..14 + 24].copy_from_slice(&a.octets());
-        pkt
-    };
+    let from6 = |src: &str| udp6_from(src.parse::<std::net::Ipv6Addr>().unwrap().octets());
     let cases6: [(&str, u32); 8] = [
         ("2001:db8:5::9", XDP_DROP),
         ("2001:db8:6::9", XDP_PASS),
@@ -1173,13 +1160,8 @@ fn the_prefix_filters_never_change_a_decision() {
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn rate_limits_let_the_burst_through_and_drop_the_rest() {
-    use netmon::act::{
-        droplist::DropMaps,
-        state::{Kind, LimitEntry},
-    };
-    const XDP_DROP: u32 = 1;
-    let mut p = Progs::new(1024);
-    let mut maps = DropMaps::from_ebpf(&mut p.ebpf).unwrap();
+    use netmon::act::state::{Kind, LimitEntry};
+    let (p, mut maps) = drop_list_progs();
     let limit = |net: &str, pps: u32, burst: u32, expires_ms: Option<u64>| LimitEntry {
         net: net.parse().unwrap(),
         pps,
@@ -1190,7 +1172,7 @@ fn rate_limits_let_the_burst_through_and_drop_the_rest() {
         added_ms: 0,
         expires_ms,
     };
-    let from4 = |src: [u8; 4]| udp4_frame(src, V4::default().dst, &udp(1, 2, b"x"));
+    let from4 = udp4_from;
     let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
     maps.write_limit(&limit("198.18.0.2", 1, 5, None)).unwrap();
     maps.write_limit(&limit("198.18.0.3", 1, 1, Some(1)))
