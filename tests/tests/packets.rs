@@ -1549,6 +1549,32 @@ fn pin_to_cpu(cpu: usize) {
     );
 }
 
+/// Loads `loader`'s object and in it `netmon_xdp_tab`, the per-CPU tables' XDP program.
+fn load_tab_xdp(loader: &mut EbpfLoader<'_>) -> Ebpf {
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    let x: &mut Xdp = ebpf
+        .program_mut("netmon_xdp_tab")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    x.load().expect("verifier accepts netmon_xdp_tab");
+    ebpf
+}
+
+/// Runs `pkt` once through the loaded XDP program `x`, which must pass it.
+fn pass_once(x: &Xdp, pkt: &[u8]) {
+    let r = x
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, XDP_PASS);
+}
+
 /// The per-CPU flow tables lose no count, whatever happens to a flow's slot: 2,000 flows
 /// through 64 buckets per CPU (256 slots), so that most are evicted, some several times, in
 /// rounds with a drain between them (a slot read, then evicted: only the rest comes with its
@@ -1563,31 +1589,14 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
     let pins = PinDir::new("tab");
     let mut loader = small_maps(&pins, 1024);
     netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
-    let mut ebpf = loader
-        .load(netmon::load::EBPF_OBJECT)
-        .expect("load the eBPF object");
-    let x: &mut Xdp = ebpf
-        .program_mut("netmon_xdp_tab")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    x.load().expect("verifier accepts netmon_xdp_tab");
+    let mut ebpf = load_tab_xdp(&mut loader);
     let mut tables = netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables");
     let mut config: aya::maps::Array<_, u64> =
         aya::maps::Array::try_from(ebpf.take_map("NETMON_CONFIG").unwrap()).unwrap();
     let counters: PerCpuArray<_, u64> =
         PerCpuArray::try_from(ebpf.take_map("NETMON_COUNTERS").unwrap()).unwrap();
     let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
-    let run = |pkt: &[u8]| {
-        let r = x
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, XDP_PASS);
-    };
+    let run = |pkt: &[u8]| pass_once(x, pkt);
     const FLOWS: u32 = 2000;
     let packet = |i: u32| {
         udp4_frame(
@@ -1693,26 +1702,13 @@ fn per_cpu_table_fingerprint_collisions_keep_flows_apart() {
         .map_max_entries("NETMON_TAB4", ncpus * PER_CPU)
         .map_max_entries("NETMON_TABFP4", ncpus * PER_CPU)
         .map_max_entries("NETMON_MARK4", ncpus * PER_CPU / 64);
-    let mut ebpf = loader
-        .load(netmon::load::EBPF_OBJECT)
-        .expect("load the eBPF object");
-    let x: &mut Xdp = ebpf
-        .program_mut("netmon_xdp_tab")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    x.load().expect("verifier accepts netmon_xdp_tab");
+    let ebpf = load_tab_xdp(&mut loader);
     let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
     let run = |src: [u8; 4]| {
-        let pkt = udp4_frame(src, [192, 0, 2, 1], &udp(40000, 53, &[0x5a; 20]));
-        let r = x
-            .test_run(TestRunOptions {
-                data_in: Some(&pkt),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, XDP_PASS);
+        pass_once(
+            x,
+            &udp4_frame(src, [192, 0, 2, 1], &udp(40000, 53, &[0x5a; 20])),
+        )
     };
     let table: aya::maps::Array<_, TabBucket<FlowKey4>> =
         aya::maps::Array::try_from(ebpf.map("NETMON_TAB4").unwrap()).unwrap();
