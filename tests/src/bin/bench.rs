@@ -254,69 +254,74 @@ once: 928,131 -> 71,684 processed instructions for `netmon_xdp` over the rounds)
 UDP-sender hook with a per-CPU cache of the last socket. Tried and not kept: the kernel's \
 per-CPU LRU hash (an insert writes every CPU's value), a plain hash without preallocation, a \
 per-CPU direct-mapped cache in front of the LRU map, per-CPU LRU lists, an owner lane for \
-the atomic adds, no dirty-ring push, single-hash insert in the daemon's table.\n\n- \
-**Existing-flow hit** (target: empty + 50 ns): met at 1,000 flows (IPv4 39 and 48 ns, IPv6 \
-50 and 42, XDP and TC); missed at 100,000 (203-251 ns) and 1,000,000 (297-361). The \
-program's work for a hit is the parse (12-14 ns, the \"parse only\" rows), the key's hash, \
-the fingerprint word, a key compare and plain adds; with a table that fits in the cache \
-(1,024 buckets per CPU; 09:34 run) the hit was 32-33 ns. The rest is memory: the slot is a \
-cache line at a hash-random place in a table of 16 MiB per CPU part at the default size (64 \
-MiB at a million flows) spread over 4 KiB pages of kernel virtual memory, so with 100,000 \
-flows in the pool a hit pays a cache miss and a TLB miss (a two-dimensional page walk in \
-these VMs). No layout that finds a flow by its hash avoids that first touch for a flow whose \
-slot is out of the cache; what would narrow it is fewer pages (the kernel gives BPF maps 4 \
-KiB pages) or slots packed by recency (flows of one period sharing lines and pages), with an \
-index to find them. At 1,000,000 flows all prefilled from CPU 0 into CPU 0's part of \
-1,048,576 slots, 4-way buckets at full load keep 881,522-902,431 of them; the others were \
-evicted while prefilling, so some of the pool's \"hits\" are new flows there.\n- **New \
-flow** (target: empty + 100 ns): met for IPv4 at 1,000 and 100,000 flows (68-90 ns) and for \
-IPv6 at 100,000 through XDP (97); missed for IPv6 otherwise (115-118 ns: its 88-byte slot \
-straddles two cache lines, and its 44-byte key takes eleven rounds of the hash against five) \
-and wherever the buckets are full (1,000,000 flows: 243-286 ns): the program then reads the \
-bucket's slots for the one seen longest ago and sends its counters to the eviction ring, the \
-cold lines the fingerprints avoid otherwise.\n- **Banned drop** (target: empty + 30 ns): \
-48-53 ns through the ban arrays (70-71 through the hash maps), missed by 18-23. What it \
-costs: the parse (12-14 ns), for IPv4 the /16 and /24 filter words, the array's line, this \
-CPU's hit counters for the slot, the coarse clock for the expiry and the last hit, and the \
-per-CPU drop slot of the interface. Builds without one part each, run alternately with the \
-current one (14:20 UTC, this host): the coarse clock 3-6 ns, the filters 2-4, the \
-per-interface drop counters 1-3. Each is a feature an operator sees (the ban's expiry, \
-`netmon list`'s last hit, the drop metrics per interface); together with the parse they are \
-the target and more.\n- **Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): \
-met for IPv4 where a filter skips the lookups (45-50 ns; with this list, the 17% of /16s \
-without a ban and the 81% of /24s without one), missed by 3 at 53 (TC) and by 4-5 for IPv6 \
-(54-55), rows whose own flow hit costs 42-50; missed where the address's /24 holds an entry \
-(104-108 ns): the array's bucket and then a walk of the prefix trie \
-(`BPF_MAP_TYPE_LPM_TRIE`, a node per prefix bit chain, ~100,000 entries), which is most of \
-it. A prefix structure the programs index themselves (a /24 array pointing at per-/24 \
-entries, as DIR-24-8 routing tables do) would replace the walk.\n- **Throughput, 64-byte \
-UDP** (target: 95% of none): 93.9% in this run, missed by 1.1 points (TCP: 99.4%, met). \
-netmon's programs take 1.88 s of CPU per GB here, ~4% of the 49 s of machine CPU per GB that \
-64-byte datagrams cost on this host, from the egress program and the sendmsg hook, each \
-datagram a flow hit on both sides and a hook run. The same measurement gave 94.2% in the \
-14:39 run, 90.4% on the AMD host (11:41) and 91.4-95.1% over earlier rounds: a few points \
-from run to run on these shared hosts.\n- **Drain of 1M flows** (target: 150 ms CPU per \
-tick): met: with a million flows of which none, 10,000 or all move each second, 12.3, 17.2 \
-and 80.7 ms of CPU per drain. A drain reads only the buckets marked since the previous one, \
-never the whole table (evicted flows come through the ring, so none goes unseen); with every \
-flow moving, ~80 ns per flow: a sequential read of the marked slots and one prefetched \
-access to each flow's entry. The idle row's wall max (0.23 s) is one of the drains that \
-follow the million new flows' arrival: a flow waits for its owner for up to five drains and \
-is then retried every 30, and all of them do so in the same drains. With the LRU maps the \
-same moving load overflows the dirty ring and makes every drain a full read of both maps \
-(~0.8 s of wall time for the read alone at a million flows, 09:34 run).\n- **RSS at 100k \
-flows** (target: 64 MiB): met: 50.3 MiB at the peak, 44.3 at the end. The tables are kernel \
-memory, mapped 1 MiB at a time while a drain reads them, so they are not in the RSS, and the \
-unused store's rings shrink to a page (RSS with no flows 12.1 MiB). The peak is the daemon \
-taking 100,000 new flows in: its table, the threat detector's window and per-remote counts \
-and the set of flows waiting for an owner grow by doubling, each growth briefly holding the \
-old and the new allocation. Steady state: the daemon's table (each key stored once, ~190 \
-bytes a flow with the hash index and the slack of growth by doubling) and the threat \
-detector's window (every connection attempt of the last minute). glibc's mmap threshold is \
-fixed at 256 KiB and two malloc arenas are used (set at start), and `/api/network-stats` \
-serializes its table and trims the heap before it answers.\n\nThe connection table \
-(`/api/network-stats`) is built on request from a copy of the flow table, so its cost \
-(above, last column) is paid by the client that asks for it, not by every drain.\n";
+the atomic adds, no dirty-ring push, single-hash insert in the daemon's table, and (this \
+round) the flow key hashed in two interleaved chains: a new IPv6 flow ~10 ns cheaper in \
+alternate builds, but keys that differ only in the remote address then spread only as well \
+as chance, where the single chain spreads them evenly (its last multiply is Fibonacci \
+hashing of that word); a full run with it (15:37 UTC) lost 2% of its 100,000 prefilled flows \
+to full buckets, and a new flow there cost 118-120 ns against 68-90.\n\n- **Existing-flow \
+hit** (target: empty + 50 ns): met at 1,000 flows (IPv4 39 and 48 ns, IPv6 50 and 42, XDP \
+and TC); missed at 100,000 (203-251 ns) and 1,000,000 (297-361). The program's work for a \
+hit is the parse (12-14 ns, the \"parse only\" rows), the key's hash, the fingerprint word, \
+a key compare and plain adds; with a table that fits in the cache (1,024 buckets per CPU; \
+09:34 run) the hit was 32-33 ns. The rest is memory: the slot is a cache line at a \
+hash-random place in a table of 16 MiB per CPU part at the default size (64 MiB at a million \
+flows) spread over 4 KiB pages of kernel virtual memory, so with 100,000 flows in the pool a \
+hit pays a cache miss and a TLB miss (a two-dimensional page walk in these VMs). No layout \
+that finds a flow by its hash avoids that first touch for a flow whose slot is out of the \
+cache; what would narrow it is fewer pages (the kernel gives BPF maps 4 KiB pages) or slots \
+packed by recency (flows of one period sharing lines and pages), with an index to find them. \
+At 1,000,000 flows all prefilled from CPU 0 into CPU 0's part of 1,048,576 slots, 4-way \
+buckets at full load keep 881,522-902,431 of them; the others were evicted while prefilling, \
+so some of the pool's \"hits\" are new flows there.\n- **New flow** (target: empty + 100 \
+ns): met for IPv4 at 1,000 and 100,000 flows (68-90 ns) and for IPv6 at 100,000 through XDP \
+(97); missed for IPv6 otherwise (115-118 ns: its 88-byte slot straddles two cache lines, and \
+its 44-byte key takes eleven rounds of the hash against five) and wherever the buckets are \
+full (1,000,000 flows: 243-286 ns): the program then reads the bucket's slots for the one \
+seen longest ago and sends its counters to the eviction ring, the cold lines the \
+fingerprints avoid otherwise.\n- **Banned drop** (target: empty + 30 ns): 48-53 ns through \
+the ban arrays (70-71 through the hash maps), missed by 18-23. What it costs: the parse \
+(12-14 ns), for IPv4 the /16 and /24 filter words, the array's line, this CPU's hit counters \
+for the slot, the coarse clock for the expiry and the last hit, and the per-CPU drop slot of \
+the interface. Builds without one part each, run alternately with the current one (14:20 \
+UTC, this host): the coarse clock 3-6 ns, the filters 2-4, the per-interface drop counters \
+1-3. Each is a feature an operator sees (the ban's expiry, `netmon list`'s last hit, the \
+drop metrics per interface); together with the parse they are the target and more.\n- \
+**Allow-list miss with 100,000 prefixes** (target: empty + 50 ns): met for IPv4 where a \
+filter skips the lookups (45-50 ns; with this list, the 17% of /16s without a ban and the \
+81% of /24s without one), missed by 3 at 53 (TC) and by 4-5 for IPv6 (54-55), rows whose own \
+flow hit costs 42-50; missed where the address's /24 holds an entry (104-108 ns): the \
+array's bucket and then a walk of the prefix trie (`BPF_MAP_TYPE_LPM_TRIE`, a node per \
+prefix bit chain, ~100,000 entries), which is most of it. A prefix structure the programs \
+index themselves (a /24 array pointing at per-/24 entries, as DIR-24-8 routing tables do) \
+would replace the walk.\n- **Throughput, 64-byte UDP** (target: 95% of none): 93.9% in this \
+run, missed by 1.1 points (TCP: 99.4%, met). netmon's programs take 1.88 s of CPU per GB \
+here, ~4% of the 49 s of machine CPU per GB that 64-byte datagrams cost on this host, from \
+the egress program and the sendmsg hook, each datagram a flow hit on both sides and a hook \
+run. The same measurement gave 94.2% in the 14:39 run, 90.4% on the AMD host (11:41) and \
+91.4-95.1% over earlier rounds: a few points from run to run on these shared hosts.\n- \
+**Drain of 1M flows** (target: 150 ms CPU per tick): met: with a million flows of which \
+none, 10,000 or all move each second, 12.3, 17.2 and 80.7 ms of CPU per drain. A drain reads \
+only the buckets marked since the previous one, never the whole table (evicted flows come \
+through the ring, so none goes unseen); with every flow moving, ~80 ns per flow: a \
+sequential read of the marked slots and one prefetched access to each flow's entry. The idle \
+row's wall max (0.23 s) is one of the drains that follow the million new flows' arrival: a \
+flow waits for its owner for up to five drains and is then retried every 30, and all of them \
+do so in the same drains. With the LRU maps the same moving load overflows the dirty ring \
+and makes every drain a full read of both maps (~0.8 s of wall time for the read alone at a \
+million flows, 09:34 run).\n- **RSS at 100k flows** (target: 64 MiB): met: 50.3 MiB at the \
+peak, 44.3 at the end. The tables are kernel memory, mapped 1 MiB at a time while a drain \
+reads them, so they are not in the RSS, and the unused store's rings shrink to a page (RSS \
+with no flows 12.1 MiB). The peak is the daemon taking 100,000 new flows in: its table, the \
+threat detector's window and per-remote counts and the set of flows waiting for an owner \
+grow by doubling, each growth briefly holding the old and the new allocation. Steady state: \
+the daemon's table (each key stored once, ~190 bytes a flow with the hash index and the \
+slack of growth by doubling) and the threat detector's window (every connection attempt of \
+the last minute). glibc's mmap threshold is fixed at 256 KiB and two malloc arenas are used \
+(set at start), and `/api/network-stats` serializes its table and trims the heap before it \
+answers.\n\nThe connection table (`/api/network-stats`) is built on request from a copy of \
+the flow table, so its cost (above, last column) is paid by the client that asks for it, not \
+by every drain.\n";
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and machine facts.
