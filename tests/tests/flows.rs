@@ -227,35 +227,45 @@ fn udp_ipv4_and_ipv6_datagrams_are_counted_to_the_byte() {
 fn short_lived_process_is_attributed_after_it_exits() {
     let p = Pair::new("sl");
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
-    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.0.2:5003"]);
-    let client = Peer::spawn(
-        &p.a,
-        &[
-            "tcp-send",
-            "--to",
-            "198.18.0.2:5003",
-            "--bytes",
-            "4000",
-            "--comm",
-            "nmt-brief",
-        ],
-    );
-    let (pid, local) = (client.pid, client.local.clone());
-    let out = client.finish();
-    server.finish();
-    let elapsed_us: u64 = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("elapsed_us="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        elapsed_us < 100_000,
-        "the client should connect, send and exit within 100 ms; took {elapsed_us} us"
-    );
+    // A client that connects, sends and exits within 100 ms, long before the daemon's next
+    // look at the flow (1 s drains). Under qemu's emulated CPU a spawn alone can take longer:
+    // such an attempt proves nothing either way and is made again, on another port.
+    let mut brief = None;
+    for attempt in 0..3u16 {
+        let to = format!("198.18.0.2:{}", 5003 + attempt);
+        let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", &to]);
+        let client = Peer::spawn(
+            &p.a,
+            &[
+                "tcp-send",
+                "--to",
+                &to,
+                "--bytes",
+                "4000",
+                "--comm",
+                "nmt-brief",
+            ],
+        );
+        let (pid, local) = (client.pid, client.local.clone());
+        let out = client.finish();
+        server.finish();
+        let elapsed_us: u64 = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("elapsed_us="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if elapsed_us < 100_000 {
+            brief = Some((pid, local, to));
+            break;
+        }
+        eprintln!("attempt {attempt}: the client took {elapsed_us} us, not under 100 ms");
+    }
+    let (pid, local, to) =
+        brief.expect("the client should connect, send and exit within 100 ms (3 attempts)");
     assert!(!is_alive(pid), "pid {pid} should be gone");
     let stats = d.fresh_stats(&p.a);
-    let c = find_conn(&stats, &local, "198.18.0.2:5003");
+    let c = find_conn(&stats, &local, &to);
     assert_eq!(c["pid"], pid, "{c}");
     assert_eq!(c["process"], "nmt-brief", "{c}");
     assert!(u(&c["bytes_sent"]) > 4000);
