@@ -480,16 +480,17 @@ impl FilterKind {
         }
     }
 
-    /// The word and bit of every prefix of the filter's length that `net` overlaps, as the
-    /// programs compute them (both sides share the slot functions); `None` for more than the
-    /// filter has bits (an IPv6 prefix shorter than /16: every bit).
-    fn slots(self, generation: u8, net: &Net) -> Option<Vec<(u32, u32)>> {
+    /// Calls `f` with the word and bit of every prefix of the filter's length that `net`
+    /// overlaps, as the programs compute them (both sides share the slot functions). False,
+    /// and no call, where that is more than the filter has bits (an IPv6 prefix shorter than
+    /// /16: every bit).
+    fn each_slot(self, generation: u8, net: &Net, mut f: impl FnMut((u32, u32))) -> bool {
         let o = net.octets();
         let top = u64::from(u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
         let len = u32::from(net.prefix());
         match self {
-            FilterKind::V4(_) if !net.is_v4() => Some(Vec::new()),
-            FilterKind::V6 if net.is_v4() => Some(Vec::new()),
+            FilterKind::V4(_) if !net.is_v4() => {}
+            FilterKind::V6 if net.is_v4() => {}
             FilterKind::V4(bits) => {
                 let bits = u32::from(bits);
                 let slot = if bits == 16 {
@@ -498,27 +499,20 @@ impl FilterKind {
                     dropcfg::l24_slot
                 };
                 let first = top >> (32 - bits);
-                let count = 1u64 << bits.saturating_sub(len);
-                Some(
-                    (first..first + count)
-                        .map(|p| slot(generation, ((p << (32 - bits)) as u32).to_be_bytes()))
-                        .collect(),
-                )
+                for p in first..first + (1u64 << bits.saturating_sub(len)) {
+                    f(slot(generation, ((p << (32 - bits)) as u32).to_be_bytes()));
+                }
             }
-            FilterKind::V6 if len < 16 => None,
+            FilterKind::V6 if len < 16 => return false,
             FilterKind::V6 => {
-                let count = 1u64 << 32u32.saturating_sub(len);
-                Some(
-                    (top..top + count)
-                        .map(|p| {
-                            let mut a = [0u8; 16];
-                            a[..4].copy_from_slice(&(p as u32).to_be_bytes());
-                            dropcfg::l32_6_slot(generation, &a)
-                        })
-                        .collect(),
-                )
+                for p in top..top + (1u64 << 32u32.saturating_sub(len)) {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&(p as u32).to_be_bytes());
+                    f(dropcfg::l32_6_slot(generation, &a));
+                }
             }
         }
+        true
     }
 }
 
@@ -622,16 +616,12 @@ impl BitFilter {
         self.with_words(generation, |words| {
             for b in bans {
                 // Before the entry is written (by a later syscall): SeqCst.
-                match kind.slots(generation, &b.net) {
-                    Some(slots) => {
-                        for (w, bit) in slots {
-                            words[(w - base) as usize].fetch_or(1 << bit, Ordering::SeqCst);
-                        }
-                    }
-                    None => {
-                        for w in words {
-                            w.store(u64::MAX, Ordering::SeqCst);
-                        }
+                let set = |(w, bit): (u32, u32)| {
+                    words[(w - base) as usize].fetch_or(1 << bit, Ordering::SeqCst);
+                };
+                if !kind.each_slot(generation, &b.net, set) {
+                    for w in words {
+                        w.store(u64::MAX, Ordering::SeqCst);
                     }
                 }
             }
