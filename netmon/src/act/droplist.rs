@@ -472,6 +472,11 @@ impl FilterKind {
         }
     }
 
+    /// Whether `net` is of the filter's family.
+    fn family_of(self, net: &Net) -> bool {
+        matches!(self, FilterKind::V4(_)) == net.is_v4()
+    }
+
     /// Words per generation.
     fn words(self) -> u32 {
         match self {
@@ -489,8 +494,7 @@ impl FilterKind {
         let top = u64::from(u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
         let len = u32::from(net.prefix());
         match self {
-            FilterKind::V4(_) if !net.is_v4() => {}
-            FilterKind::V6 if net.is_v4() => {}
+            _ if !self.family_of(net) => {}
             FilterKind::V4(bits) => {
                 let bits = u32::from(bits);
                 let slot = if bits == 16 {
@@ -609,10 +613,13 @@ impl BitFilter {
     /// Sets the bits of `generation` that the entries of `bans` (of the filter's family)
     /// overlap.
     fn cover(&mut self, generation: u8, bans: &[&BanEntry]) -> Result<()> {
-        if generation != 1 && generation != 2 {
+        let kind = self.kind;
+        // Nothing of this family: the words are not even read (an IPv6 ban would otherwise
+        // read the IPv4 /16 filter word by word and map the /24 one).
+        if (generation != 1 && generation != 2) || !bans.iter().any(|b| kind.family_of(&b.net)) {
             return Ok(());
         }
-        let (base, kind) = (self.base(generation), self.kind);
+        let base = self.base(generation);
         self.with_words(generation, |words| {
             for b in bans {
                 // Before the entry is written (by a later syscall): SeqCst.
