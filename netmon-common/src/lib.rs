@@ -403,6 +403,10 @@ pub mod config {
     /// The drain epoch, advanced by the daemon at every drain: a flow's first packet in an
     /// epoch pushes its key to the dirty ring, so a drain reads only the flows that changed.
     pub const EPOCH: u32 = 1;
+    /// Non-zero when the cgroup hooks on UDP connect() and sendmsg() are attached: the
+    /// egress program then records a UDP flow's port owner from its socket's cookie
+    /// (`NETMON_UDP_COOKIE`), and no program runs on every datagram sent.
+    pub const UDP_COOKIE_ACTIVE: u32 = 2;
     pub const COUNT: u32 = 8;
 }
 

@@ -35,15 +35,18 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_get_socket_cookie,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
+    macros::{cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
         lpm_trie::Key,
     },
-    programs::{ProbeContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
+    programs::{
+        ProbeContext, RawTracePointContext, SockAddrContext, TcContext, TracePointContext,
+        XdpContext,
+    },
 };
 use netmon_common::{
     AF_INET, AF_INET6, BANX_KIND, BANX_OVERFLOW, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS,
@@ -122,6 +125,13 @@ static NETMON_SOCK_PROC: LruHashMap<SockKey, ProcInfo> = LruHashMap::with_max_en
 /// Local port -> owner: TCP listeners (their accepted connections inherit it) and UDP senders.
 #[map]
 static NETMON_PORT_OWNER: LruHashMap<PortKey, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket cookie -> the process that last connected a UDP socket or sent from it with an
+/// address (the cgroup hooks `netmon_udp_connect4/6`, `netmon_udp_sendmsg4/6`). The egress
+/// program turns it into the socket's port owner on a flow's first packet of each drain
+/// epoch, so a stream of datagrams from a connected socket runs no program in the sender.
+#[map]
+static NETMON_UDP_COOKIE: LruHashMap<u64, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
 
 /// `struct sock *` -> the process that called connect(), between SYN_SENT (process context,
 /// source port not yet chosen) and ESTABLISHED (softirq, tuple complete).
@@ -368,7 +378,7 @@ fn xdp_main<const TAB: bool>(ctx: &XdpContext) -> u32 {
     bump(counter::XDP_PACKETS);
     let len = (packet.end - packet.data) as u64;
     count_iface(ifindex, DIR_INGRESS, len);
-    if account::<TAB>(ifindex, DIR_INGRESS, len, &packet, false) == Verdict::Drop {
+    if account::<TAB>(ifindex, DIR_INGRESS, len, &packet, false, &mut 0) == Verdict::Drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -402,11 +412,22 @@ fn tc_main<const TAB: bool>(ctx: &TcContext) -> i32 {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    match account::<TAB>(ifindex, DIR_EGRESS, len as u64, &packet, true) {
+    let mut udp_port = 0;
+    match account::<TAB>(
+        ifindex,
+        DIR_EGRESS,
+        len as u64,
+        &packet,
+        true,
+        &mut udp_port,
+    ) {
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Pull => pull_and_continue::<TAB>(ctx, len),
         // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
-        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Pass => {
+            udp_owner_from_cookie(ctx, udp_port);
+            TC_ACT_UNSPEC
+        }
     }
 }
 
@@ -433,9 +454,19 @@ fn tc_pulled<const TAB: bool>(ctx: &TcContext) -> i32 {
         data: ctx.data(),
         end: ctx.data_end(),
     };
-    if account::<TAB>(ifindex, DIR_EGRESS, len as u64, &packet, false) == Verdict::Drop {
+    let mut udp_port = 0;
+    if account::<TAB>(
+        ifindex,
+        DIR_EGRESS,
+        len as u64,
+        &packet,
+        false,
+        &mut udp_port,
+    ) == Verdict::Drop
+    {
         TC_ACT_SHOT
     } else {
+        udp_owner_from_cookie(ctx, udp_port);
         TC_ACT_UNSPEC
     }
 }
@@ -469,7 +500,9 @@ enum Verdict {
 /// Records a frame in its flow (the caller has counted it per interface), or says to drop
 /// it. `may_pull`: when the headers run past the packet's linear data (`len` is the whole
 /// frame), return `Verdict::Pull` before recording anything. `TAB`: the flow goes to the
-/// per-CPU flow tables, else to the kernel's LRU flow maps.
+/// per-CPU flow tables, else to the kernel's LRU flow maps. `udp_port` is set to the local
+/// port of an outgoing UDP frame that is its flow's first, or first in the drain epoch (the
+/// egress program then asks whose socket sent it: `udp_owner_from_cookie`).
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[inline(always)]
 fn account<const TAB: bool>(
@@ -478,6 +511,7 @@ fn account<const TAB: bool>(
     len: u64,
     packet: &Packet,
     may_pull: bool,
+    udp_port: &mut u16,
 ) -> Verdict {
     let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     let mut p = Parsed::new();
@@ -549,10 +583,13 @@ fn account<const TAB: bool>(
             local_addr: local_addr[3].to_ne_bytes(),
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
-        if TAB {
-            tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, &key, &pkt);
+        let fresh = if TAB {
+            tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, &key, &pkt)
         } else {
-            record_flow(&NETMON_FLOWS4, &key, &pkt);
+            record_flow(&NETMON_FLOWS4, &key, &pkt)
+        };
+        if fresh && p.proto == IPPROTO_UDP && direction == DIR_EGRESS {
+            *udp_port = local_port;
         }
     } else {
         let key = FlowKey {
@@ -566,10 +603,13 @@ fn account<const TAB: bool>(
             local_addr: addr_bytes(local_addr),
             remote_addr: addr_bytes(remote_addr),
         };
-        if TAB {
-            tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, &key, &pkt);
+        let fresh = if TAB {
+            tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, &key, &pkt)
         } else {
-            record_flow(&NETMON_FLOWS6, &key, &pkt);
+            record_flow(&NETMON_FLOWS6, &key, &pkt)
+        };
+        if fresh && p.proto == IPPROTO_UDP && direction == DIR_EGRESS {
+            *udp_port = local_port;
         }
     }
     Verdict::Pass
@@ -585,12 +625,12 @@ struct FlowPacket {
 }
 
 /// Adds a frame to `key`'s entry in `map`, creating it (and pushing the key to the dirty
-/// ring) on the flow's first frame.
+/// ring) on the flow's first frame. True for the flow's first frame, or its first in the
+/// drain epoch.
 #[inline(always)]
-fn record_flow<K>(map: &LruHashMap<K, FlowStats>, key: &K, pkt: &FlowPacket) {
+fn record_flow<K>(map: &LruHashMap<K, FlowStats>, key: &K, pkt: &FlowPacket) -> bool {
     if let Some(s) = map.get_ptr_mut(key) {
-        update_flow(s, key, pkt);
-        return;
+        return update_flow(s, key, pkt);
     }
     let s = FlowStats {
         bytes: pkt.len,
@@ -605,10 +645,14 @@ fn record_flow<K>(map: &LruHashMap<K, FlowStats>, key: &K, pkt: &FlowPacket) {
     // rather than overwrite it.
     if map.insert(key, &s, BPF_NOEXIST as u64).is_ok() {
         push_dirty(key);
+        true
     } else {
         match map.get_ptr_mut(key) {
             Some(s) => update_flow(s, key, pkt),
-            None => bump(counter::FLOW_INSERT_FAILED),
+            None => {
+                bump(counter::FLOW_INSERT_FAILED);
+                false
+            }
         }
     }
 }
@@ -624,7 +668,7 @@ fn push_dirty<K>(key: &K) {
 /// plain stores (a concurrent writer on another CPU stores an equally recent time, and may at
 /// worst hide one packet's flag bits until the next packet of the flow).
 #[inline(always)]
-fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) {
+fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) -> bool {
     let FlowPacket {
         len,
         now,
@@ -649,6 +693,7 @@ fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) {
     if first_in_epoch {
         push_dirty(key);
     }
+    first_in_epoch
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,7 +755,8 @@ fn same_key<K>(a: *const K, key: &K) -> bool {
 
 /// Adds a frame to `key`'s slot in this CPU's part of `map`, giving it a slot when it has
 /// none: no kernel hash lookup, no lock, no atomic instruction. `fps` is the table's
-/// fingerprint array, `dirty` its bitmap.
+/// fingerprint array, `dirty` its bitmap. True for the slot's first frame, or its first in
+/// the drain epoch.
 #[inline(always)]
 fn tab_record<K: Copy>(
     map: &Array<TabBucket<K>>,
@@ -718,7 +764,7 @@ fn tab_record<K: Copy>(
     dirty: &Array<u64>,
     key: &K,
     pkt: &FlowPacket,
-) {
+) -> bool {
     // SAFETY: a K is whole 32-bit words.
     let words = unsafe {
         core::slice::from_raw_parts(core::ptr::from_ref(key).cast::<u32>(), size_of::<K>() / 4)
@@ -728,7 +774,7 @@ fn tab_record<K: Copy>(
     let (index, fp) = netmon_common::tab_place(words, cpu, global(&TAB_BUCKETS) as u32);
     let (Some(b), Some(fw)) = (map.get_ptr_mut(index), fps.get_ptr_mut(index)) else {
         bump(counter::FLOW_INSERT_FAILED);
-        return;
+        return false;
     };
     // SAFETY: `b` is this CPU's bucket, live for the program run. Only this CPU's programs
     // write it, and they do not interleave on the packet path (XDP and TC run with
@@ -754,8 +800,9 @@ fn tab_record<K: Copy>(
                     if (*s).epoch != pkt.epoch {
                         (*s).epoch = pkt.epoch;
                         mark_dirty(dirty, index);
+                        return true;
                     }
-                    return;
+                    return false;
                 }
             } else if f == 0 && free == TAB_WAYS {
                 free = way;
@@ -809,6 +856,7 @@ fn tab_record<K: Copy>(
         *fw = (prints & !(0xffff << (16 * victim))) | fp << (16 * victim);
     }
     mark_dirty(dirty, index);
+    true
 }
 
 /// Sets bucket `index`'s bit in a dirty bitmap. A plain read-modify-write: the daemon swaps
@@ -1535,6 +1583,99 @@ pub fn netmon_sock_send(ctx: TracePointContext) -> u32 {
         bump(counter::PROBE_READ_FAILED);
     }
     0
+}
+
+/// cgroup `connect4`/`connect6` (a UDP socket connected: its sends then come without an
+/// address, and run no hook) and `sendmsg4`/`sendmsg6` (a send with an address, on an
+/// unconnected socket), attached to the cgroup v2 root so every process's sockets come here:
+/// the caller is remembered by socket cookie (`NETMON_UDP_COOKIE`), and the egress program
+/// makes it the owner of the port the socket's datagrams leave from. A stream of sends on one
+/// socket costs the per-CPU cache check (`sender_cached`), keyed by the cookie. Always 1: the
+/// call goes on.
+#[inline(always)]
+fn udp_sock_owner(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel-provided context; `protocol` is readable in every sock_addr hook.
+    if unsafe { (*ctx.sock_addr).protocol } != u32::from(IPPROTO_UDP) {
+        return 1;
+    }
+    // SAFETY: helper on the hook's own context (the socket's cookie, assigned on first use).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if cookie == 0 || sender_cached(cookie, pid) {
+        return 1;
+    }
+    if NETMON_UDP_COOKIE
+        .insert(&cookie, &current_proc(), BPF_ANY as u64)
+        .is_err()
+    {
+        bump(counter::SOCK_INSERT_FAILED);
+        return 1;
+    }
+    if let Some(c) = NETMON_LAST_SENDER.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
+        unsafe {
+            *c = LastSender {
+                sk: cookie,
+                pid,
+                sends: 0,
+            }
+        };
+    }
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn netmon_udp_connect4(ctx: SockAddrContext) -> i32 {
+    udp_sock_owner(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn netmon_udp_connect6(ctx: SockAddrContext) -> i32 {
+    udp_sock_owner(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netmon_udp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    udp_sock_owner(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn netmon_udp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    udp_sock_owner(&ctx)
+}
+
+/// An outgoing UDP frame from local port `port` (0: none), its flow's first or first in the
+/// drain epoch: when the cgroup hooks are on, the process they saw connect its socket or send
+/// from it becomes the port's owner. A frame without a socket (forwarded) or whose socket
+/// they never saw (opened and connected before the daemon started) records nothing.
+#[inline(always)]
+fn udp_owner_from_cookie(ctx: &TcContext, port: u16) {
+    if port == 0 || config(config::UDP_COOKIE_ACTIVE) == 0 {
+        return;
+    }
+    // SAFETY: helper on the program's own skb; 0 when it has no socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if cookie == 0 {
+        return;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(owner) = (unsafe { NETMON_UDP_COOKIE.get(&cookie) }).copied() else {
+        return;
+    };
+    let key = PortKey {
+        proto: IPPROTO_UDP,
+        _pad: 0,
+        port,
+    };
+    // SAFETY: as above.
+    let known = unsafe { NETMON_PORT_OWNER.get(&key) }.is_some_and(|o| o.pid == owner.pid);
+    if !known
+        && NETMON_PORT_OWNER
+            .insert(&key, &owner, BPF_ANY as u64)
+            .is_err()
+    {
+        bump(counter::SOCK_INSERT_FAILED);
+    }
 }
 
 /// kprobe on `udp_sendmsg`/`udpv6_sendmsg(struct sock *sk, ...)`: kernels with kprobes.

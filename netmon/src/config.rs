@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub tc_attach: Option<String>,
     /// `per-cpu` or `lru`: where the programs count flows.
     pub flow_table: Option<String>,
+    /// `auto` or `per-send`: how UDP senders are attributed.
+    pub udp_hook: Option<String>,
     /// Command names with a Prometheus series of their own; the rest are `process="other"`.
     pub process_top_k: Option<usize>,
     /// A command name's series is removed after this long without traffic, e.g. `10m`.
@@ -66,6 +68,7 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub tc_mode: crate::load::TcMode,
+    pub udp_hook: crate::load::UdpHook,
     pub flow_table: crate::load::FlowTable,
     pub process_series: crate::metrics::ProcessSeriesConfig,
     pub threat: crate::classify::config::ThreatConfig,

@@ -621,6 +621,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let mut attached = load::load_and_attach(
         &LoadOptions {
             tc_mode: cfg.tc_mode,
+            udp_hook: cfg.udp_hook,
             flow_table: cfg.flow_table,
             interfaces,
             sizes: cfg.sizes,
@@ -642,6 +643,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             Ok(())
         },
     )?;
+    seed_udp_owners(&mut attached);
     // Taken only now: attaching still writes NETMON_CONFIG (the kprobe switch).
     let maps = match Maps::take(&mut attached.ebpf).and_then(|m| {
         let tables = match cfg.flow_table {
@@ -843,4 +845,40 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     attached.detach();
     info!("detached all programs; bye");
     result
+}
+
+/// Where UDP senders are attributed through the cgroup hooks on connect() and sendmsg(),
+/// the sockets opened before they were attached are found with their processes now
+/// (`sockdiag::udp_socket_owners`), so that a connected socket's datagrams are attributed as
+/// the per-send hooks would attribute them. A failure only costs those sockets their owner.
+fn seed_udp_owners(attached: &mut load::Attached) {
+    if !attached
+        .hooks
+        .iter()
+        .any(|h| h.purpose == "udp_send" && h.kind == "cgroup_sock_addr" && h.active)
+    {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let seeded = crate::sockdiag::udp_socket_owners().and_then(|owners| {
+        let mut map: aya::maps::HashMap<&mut aya::maps::MapData, u64, netmon_common::ProcInfo> =
+            aya::maps::HashMap::try_from(
+                attached
+                    .ebpf
+                    .map_mut("NETMON_UDP_COOKIE")
+                    .context("eBPF object has no NETMON_UDP_COOKIE")?,
+            )?;
+        for (cookie, owner) in &owners {
+            map.insert(cookie, owner, 0)
+                .context("writing NETMON_UDP_COOKIE")?;
+        }
+        Ok(owners.len())
+    });
+    match seeded {
+        Ok(n) => info!(
+            "UDP sockets open before the hooks: {n} attributed ({:?})",
+            t0.elapsed()
+        ),
+        Err(e) => warn!("UDP sockets open before the hooks are not attributed: {e:#}"),
+    }
 }

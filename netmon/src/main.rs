@@ -190,6 +190,12 @@ struct RunArgs {
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
     #[arg(long)]
     tc_attach: Option<String>,
+    /// How UDP senders are attributed: auto (cgroup hooks on connect() and addressed sends
+    /// where the kernel takes them, so no program runs per datagram on a connected socket;
+    /// else a hook on every sendmsg) or per-send (only the latter; nothing attached to the
+    /// cgroup hierarchy).
+    #[arg(long)]
+    udp_hook: Option<String>,
     /// Where the programs count flows: per-cpu (tables the programs index themselves, one
     /// part per CPU, merged by the daemon) or lru (the kernel's LRU hash maps).
     #[arg(long)]
@@ -268,6 +274,13 @@ fn resolve(
             .unwrap_or("auto")
             .parse()
             .context("--tc-attach")?,
+        udp_hook: args
+            .udp_hook
+            .or(file.udp_hook)
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .context("--udp-hook")?,
         flow_table: args
             .flow_table
             .or(file.flow_table)

@@ -446,6 +446,104 @@ impl SockDiag {
     }
 }
 
+/// The UDP sockets of this network namespace that a process holds open now, by socket
+/// cookie, with that process: what the cgroup hooks on connect() and sendmsg() never saw for
+/// sockets opened and connected before the daemon started. Socket inodes from sock_diag,
+/// matched against every process's open files in /proc (as `ss -p` does), once at start.
+/// The cgroup id is 0 (unknown) where no cgroup v2 hierarchy is mounted to look it up.
+pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
+    let mut by_inode = std::collections::HashMap::new();
+    for s in SockDiag::new()?.dump_all()? {
+        if s.proto == IPPROTO_UDP && s.inode != 0 {
+            let cookie = u64::from(s.cookie[0]) | u64::from(s.cookie[1]) << 32;
+            by_inode.insert(u64::from(s.inode), (cookie, s.uid));
+        }
+    }
+    let mut out = Vec::new();
+    if by_inode.is_empty() {
+        return Ok(out);
+    }
+    let now = crate::drain::monotonic_ns();
+    let cgroup2 = cgroup2_mount();
+    for entry in std::fs::read_dir("/proc")
+        .context("reading /proc")?
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit, or deny access, while it is read: skipped.
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let mut proc_info = None;
+        for fd in fds.flatten() {
+            let Some(inode) = std::fs::read_link(fd.path()).ok().and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            let Some(&(cookie, uid)) = by_inode.get(&inode) else {
+                continue;
+            };
+            let info = proc_info.get_or_insert_with(|| {
+                let mut comm = [0u8; 16];
+                if let Ok(c) = std::fs::read_to_string(entry.path().join("comm")) {
+                    let c = c.trim_end_matches('\n').as_bytes();
+                    let n = c.len().min(15);
+                    comm[..n].copy_from_slice(&c[..n]);
+                }
+                netmon_common::ProcInfo {
+                    pid,
+                    uid,
+                    cgroup_id: cgroup2
+                        .as_ref()
+                        .and_then(|root| cgroup_id(root, pid))
+                        .unwrap_or(0),
+                    recorded_ns: now,
+                    comm,
+                }
+            });
+            out.push((cookie, *info));
+        }
+    }
+    Ok(out)
+}
+
+/// Where the cgroup v2 hierarchy's root is mounted, if it is.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mount-point options... - fstype source options.
+    mountinfo.lines().find_map(|l| {
+        let (head, tail) = l.split_once(" - ")?;
+        let f: Vec<&str> = head.split(' ').collect();
+        (tail.split(' ').next() == Some("cgroup2") && f.get(3) == Some(&"/"))
+            .then(|| f.get(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
+/// A process's cgroup v2 id, as `bpf_get_current_cgroup_id` gives it: the inode number of
+/// its cgroup's directory.
+fn cgroup_id(root: &std::path::Path, pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(
+        std::fs::metadata(root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino(),
+    )
+}
+
 fn to_socket(proto: u8, m: &InetDiagMsg) -> DiagSocket {
     let addr = |a: [u8; 16]| {
         if m.family == libc::AF_INET as u8 {

@@ -707,6 +707,35 @@ const BPF_TCX_EGRESS: u32 = 47;
 /// Programs attached to `ifname`'s egress: TCX links (Linux 6.6+, via BPF_PROG_QUERY, which
 /// Debian's bpftool 7.1 cannot show) plus cls_bpf filters on a clsact qdisc, and XDP.
 /// Returns (xdp, egress).
+/// The ids of the cgroup BPF links process `pid` holds open (its fdinfo names each link's
+/// type and id).
+pub fn cgroup_links_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().eq(["link_type:", "cgroup"]))
+        })
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("link_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Whether a BPF link with this id exists anywhere on the host.
+pub fn link_exists(id: u32) -> bool {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    out.status.success()
+}
+
 pub fn attached_programs(ns: &Netns, ifname: &str) -> (usize, usize) {
     let net: Value =
         serde_json::from_str(&ns.exec(&["bpftool", "-j", "net", "show", "dev", ifname])).unwrap();

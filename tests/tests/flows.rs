@@ -173,8 +173,15 @@ fn server_pid_of(stats: &Value, local: &str, remote: &str) -> Value {
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn udp_ipv4_and_ipv6_datagrams_are_counted_to_the_byte() {
-    let p = Pair::new("u");
-    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    // The loader's choice of UDP hook, then the hooks on every sendmsg that stand in for it
+    // on other kernels (`--udp-hook per-send`).
+    udp_datagrams_counted_to_the_byte("u", &[]);
+    udp_datagrams_counted_to_the_byte("us", &["--udp-hook", "per-send"]);
+}
+
+fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
+    let p = Pair::new(name);
+    let d = Daemon::start(&p.a, &[&p.a_if], extra);
     for (to, listen, l3) in [
         ("198.18.0.2:7001", "198.18.0.2:7001", 20u64),
         ("[fd00:6e6d::2]:7002", "[fd00:6e6d::2]:7002", 40u64),
@@ -218,6 +225,87 @@ fn udp_ipv4_and_ipv6_datagrams_are_counted_to_the_byte() {
         assert_eq!(conn_counters(c), truth, "{c}");
         assert_eq!(c["pid"], pid, "{c}");
         assert_eq!(c["process"], "nmt-udp");
+        assert_eq!(c["type"], "UDP");
+    }
+}
+
+/// Connected UDP sockets (their datagrams carry no address): one opened and connected
+/// before the daemon started, one after. Both senders' flows are counted to the datagram
+/// and attributed to their processes, whichever hook this kernel gave the loader (on
+/// kernels where the cgroup hooks attach, the first was found at start through sock_diag
+/// and /proc, the second when it connected).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn connected_udp_senders_are_attributed_even_when_older_than_the_daemon() {
+    let p = Pair::new("uc");
+    let go = std::env::temp_dir().join(format!("{}-go", p.a.name));
+    let _ = std::fs::remove_file(&go);
+    let go_arg = go.to_str().unwrap().to_string();
+    let receivers: Vec<Peer> = ["198.18.0.2:7011", "[fd00:6e6d::2]:7012", "198.18.0.2:7013"]
+        .iter()
+        .map(|l| {
+            Peer::spawn(
+                &p.b,
+                &[
+                    "udp-recv",
+                    "--listen",
+                    l,
+                    "--count",
+                    "50",
+                    "--timeout-ms",
+                    "20000",
+                ],
+            )
+        })
+        .collect();
+    let sender = |to: &str, comm: &str| {
+        Peer::spawn(
+            &p.a,
+            &[
+                "udp-send",
+                "--connect",
+                "--to",
+                to,
+                "--count",
+                "50",
+                "--size",
+                "300",
+                "--comm",
+                comm,
+                "--after-file",
+                &go_arg,
+            ],
+        )
+    };
+    // Opened and connected before the daemon, sending after it started.
+    let early4 = sender("198.18.0.2:7011", "nmt-early4");
+    let early6 = sender("[fd00:6e6d::2]:7012", "nmt-early6");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let late = sender("198.18.0.2:7013", "nmt-late");
+    std::fs::write(&go, b"").unwrap();
+    let sent: Vec<(u32, String, &str, &str)> = [
+        (early4, "198.18.0.2:7011", "nmt-early4"),
+        (early6, "[fd00:6e6d::2]:7012", "nmt-early6"),
+        (late, "198.18.0.2:7013", "nmt-late"),
+    ]
+    .into_iter()
+    .map(|(peer, to, comm)| {
+        let (pid, local) = (peer.pid, peer.local.clone());
+        assert!(peer.finish().contains("sent=50"));
+        (pid, local, to, comm)
+    })
+    .collect();
+    for r in receivers {
+        assert!(r.finish().contains("received=50"));
+    }
+    let _ = std::fs::remove_file(&go);
+    let stats = d.fresh_stats(&p.a);
+    for (pid, local, to, comm) in sent {
+        // Connected, the socket has the real source address.
+        let c = find_conn(&stats, &local, to);
+        assert_eq!(u(&c["packets_sent"]), 50, "{c}");
+        assert_eq!(c["pid"], pid, "{c}");
+        assert_eq!(c["process"], comm, "{c}");
         assert_eq!(c["type"], "UDP");
     }
 }
@@ -354,17 +442,42 @@ fn status_and_flows_commands_say_what_is_active() {
             "{fallback}"
         );
         assert!(d.log_text().contains("fallback: kprobe unavailable"));
-        // UDP senders: the raw tracepoint (no record built per send) where BTF gives
-        // sk_protocol's offset, as it does on this kernel; the tracepoint is not attached.
-        let raw = hooks
-            .iter()
-            .find(|h| h["purpose"] == "udp_send" && h["kind"] == "raw_tracepoint")
-            .unwrap();
-        assert_eq!(raw["active"], true, "{raw}");
-        assert!(!active("udp_send", "tracepoint"), "{status}");
     }
+    // UDP senders: the cgroup hooks on connect() and addressed sends where the kernel lets
+    // such programs ask for the calling process (Linux 6.10+), and then no hook on every
+    // sendmsg; before that, the kprobe where the kernel has kprobes (the 6.1 guest).
+    let udp: Vec<&Value> = hooks
+        .iter()
+        .filter(|h| h["purpose"] == "udp_send")
+        .collect();
+    if kernel_version() >= (6, 10) {
+        assert!(active("udp_send", "cgroup_sock_addr"), "{status}");
+        assert_eq!(udp.len(), 1, "only the cgroup hooks tried: {status}");
+    } else {
+        assert!(!active("udp_send", "cgroup_sock_addr"), "{status}");
+        if kernel_has_kprobes {
+            assert!(active("udp_send", "kprobe"), "{status}");
+        }
+    }
+    // Chosen per-send, the loader does without the cgroup hierarchy: the raw tracepoint (no
+    // record built per send) where BTF gives sk_protocol's offset, as on this kernel, and
+    // the kprobe before it where there are kprobes.
+    drop(d);
+    let d = Daemon::start(&p.a, &[&p.a_if], &["--udp-hook", "per-send"]);
+    let status: Value =
+        serde_json::from_str(&p.a.exec(&[bin, "status", "--json", "--api", &d.api])).unwrap();
+    let hooks = status["hooks"].as_array().unwrap();
+    let active = |purpose: &str, kind: &str| {
+        hooks
+            .iter()
+            .any(|h| h["purpose"] == purpose && h["kind"] == kind && h["active"] == true)
+    };
+    assert!(!active("udp_send", "cgroup_sock_addr"), "{status}");
     if kernel_has_kprobes {
         assert!(active("udp_send", "kprobe"), "{status}");
+    } else {
+        assert!(active("udp_send", "raw_tracepoint"), "{status}");
+        assert!(!active("udp_send", "tracepoint"), "{status}");
     }
     assert_eq!(status["interfaces"][0]["name"], p.a_if.as_str());
 
@@ -426,6 +539,11 @@ fn sigterm_detaches_every_program() {
         (1, 1),
         "attached while running"
     );
+    // The UDP hooks on the cgroup hierarchy, where this kernel takes them (Linux 6.10+).
+    let cgroup_links = cgroup_links_of(d.child.as_ref().unwrap().id());
+    if kernel_version() >= (6, 10) {
+        assert_eq!(cgroup_links.len(), 4, "cgroup links {cgroup_links:?}");
+    }
     let st = d.stop();
     assert!(st.success(), "exit status {st}; log:\n{}", d.log_text());
     assert_eq!(
@@ -433,6 +551,9 @@ fn sigterm_detaches_every_program() {
         (0, 0),
         "left attached after SIGTERM"
     );
+    for id in cgroup_links {
+        assert!(!link_exists(id), "cgroup link {id} left after SIGTERM");
+    }
     assert!(d.log_text().contains("detached all programs"));
 }
 

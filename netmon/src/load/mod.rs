@@ -18,7 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
+        TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
@@ -127,6 +128,30 @@ impl std::str::FromStr for TcMode {
     }
 }
 
+/// How UDP senders are attributed to processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UdpHook {
+    /// The cgroup hooks on connect() and addressed sends where the kernel takes them (the
+    /// egress program then reads the socket's cookie; no program runs per datagram on a
+    /// connected socket), else a hook on every sendmsg.
+    #[default]
+    Auto,
+    /// A hook on every sendmsg (kprobe, raw tracepoint or tracepoint): nothing attached to
+    /// the cgroup hierarchy.
+    PerSend,
+}
+
+impl std::str::FromStr for UdpHook {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "per-send" => Ok(Self::PerSend),
+            _ => bail!("bad UDP hook `{s}`: use auto or per-send"),
+        }
+    }
+}
+
 /// Where the traffic programs count flows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -207,6 +232,7 @@ pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32)
 
 pub struct LoadOptions {
     pub tc_mode: TcMode,
+    pub udp_hook: UdpHook,
     pub flow_table: FlowTable,
     pub interfaces: Vec<String>,
     pub sizes: MapSizes,
@@ -371,7 +397,8 @@ pub fn load_and_attach(
         .default_map_pin_directory(&opts.pin_dir)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
-        .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
+        .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports)
+        .map_max_entries("NETMON_UDP_COOKIE", opts.sizes.ports);
     size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
     let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
@@ -394,7 +421,7 @@ pub fn load_and_attach(
         &mut hooks,
         &mut links,
     )?;
-    attach_attribution(&mut ebpf, &mut hooks, sk_protocol_known)?;
+    attach_attribution(&mut ebpf, &mut hooks, sk_protocol_known, opts.udp_hook)?;
     for h in &hooks {
         if h.active {
             info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
@@ -680,6 +707,83 @@ pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()>
     Ok(())
 }
 
+/// The cgroup hooks on UDP connect() and addressed sends (`netmon_udp_connect4` ...), on the
+/// root of the cgroup v2 hierarchy (so every process's sockets), beside any other program
+/// attached there; then the switch that has the egress program use what they record. On an
+/// error, those already attached come off again.
+fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
+    const PROGS: [&str; 4] = [
+        "netmon_udp_connect4",
+        "netmon_udp_connect6",
+        "netmon_udp_sendmsg4",
+        "netmon_udp_sendmsg6",
+    ];
+    let root = cgroup2_root()?;
+    let attached = (|| -> Result<()> {
+        for prog in PROGS {
+            let p: &mut CgroupSockAddr = typed(ebpf, prog)?;
+            p.load()
+                .with_context(|| format!("loading {prog} (verifier)"))?;
+            // A BPF link (Linux 5.7+, which these programs' helpers need anyway): it takes
+            // no flags and runs beside the other programs attached there.
+            p.attach(&root, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {prog} to the cgroup v2 root"))?;
+        }
+        let mut cfg: Array<&mut MapData, u64> = Array::try_from(
+            ebpf.map_mut("NETMON_CONFIG")
+                .context("eBPF object has no NETMON_CONFIG")?,
+        )?;
+        cfg.set(config::UDP_COOKIE_ACTIVE, 1, 0)
+            .context("enabling the UDP socket-cookie path")
+    })();
+    if attached.is_err() {
+        for prog in PROGS {
+            if let Ok(p) = typed::<CgroupSockAddr>(ebpf, prog) {
+                let _ = p.unload();
+            }
+        }
+    }
+    attached
+}
+
+/// The root of the cgroup v2 hierarchy, opened: where it is mounted, or else (a host that
+/// mounts only v1 hierarchies, or a mount namespace without /sys/fs/cgroup, as `ip netns
+/// exec` makes) mounted for a moment on a private directory and detached again at once (the
+/// open directory keeps its cgroup).
+fn cgroup2_root() -> Result<File> {
+    let mounted = crate::sockdiag::cgroup2_mount();
+    if let Some(dir) = mounted {
+        return File::open(&dir)
+            .with_context(|| format!("opening the cgroup v2 root {}", dir.display()));
+    }
+    let dir = std::env::temp_dir().join(format!("netmon-cgroup2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let target = c(&dir.to_string_lossy());
+    // SAFETY: NUL-terminated strings that outlive the calls.
+    let opened = unsafe {
+        if libc::mount(
+            c("cgroup2").as_ptr(),
+            target.as_ptr(),
+            c("cgroup2").as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            Err(anyhow!(
+                "no cgroup v2 hierarchy mounted, and mounting one failed: {}",
+                std::io::Error::last_os_error()
+            ))
+        } else {
+            let f = File::open(&dir).context("opening the cgroup v2 root just mounted");
+            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+            f
+        }
+    };
+    let _ = std::fs::remove_dir(&dir);
+    opened
+}
+
 pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<()> {
     let p: &mut TracePoint = typed(ebpf, prog)?;
     p.load()
@@ -694,13 +798,16 @@ pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -
 ///   (SYN_SENT in the caller's context, completed at ESTABLISHED);
 /// - listeners and accepted TCP: tracepoint `sock:inet_sock_set_state` (LISTEN, SYN_RECV ->
 ///   ESTABLISHED) on every kernel;
-/// - UDP senders: kprobe `udp_sendmsg`/`udpv6_sendmsg`, else raw tracepoint
+/// - UDP senders: cgroup `connect4`/`connect6`/`sendmsg4`/`sendmsg6` on the cgroup v2 root
+///   with the egress program asking the socket's cookie (no program per datagram sent on a
+///   connected socket), else kprobe `udp_sendmsg`/`udpv6_sendmsg`, else raw tracepoint
 ///   `sock_send_length` (needs `sk_protocol`'s offset from BTF), else tracepoint
-///   `sock:sock_send_length`.
+///   `sock:sock_send_length` (these three run on every sendmsg).
 fn attach_attribution(
     ebpf: &mut Ebpf,
     hooks: &mut Vec<Hook>,
     sk_protocol_known: bool,
+    udp_hook: UdpHook,
 ) -> Result<()> {
     let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state")
         .map_err(|e| format!("{e:#}"));
@@ -728,6 +835,14 @@ fn attach_attribution(
     });
 
     let mut udp = Chain::new(hooks, "udp_send");
+    udp.try_hook(
+        "cgroup_sock_addr",
+        "connect4,connect6,sendmsg4,sendmsg6",
+        || match udp_hook {
+            UdpHook::Auto => try_cgroup_udp(ebpf),
+            UdpHook::PerSend => bail!("not chosen (--udp-hook per-send)"),
+        },
+    );
     udp.try_hook("kprobe", "udp_sendmsg,udpv6_sendmsg", || {
         try_kprobe(
             ebpf,

@@ -99,7 +99,20 @@ fn main() {
                 None => "[::]:0".parse().unwrap(),
             };
             let s = UdpSocket::bind(bind).expect("bind");
+            // --connect: a connected socket (its sends carry no address); --after-file:
+            // socket ready, wait for the file before the first send.
+            let connected = args.iter().any(|a| a == "--connect");
+            if connected {
+                s.connect(to).expect("connect");
+            }
             ready(s.local_addr().unwrap());
+            if let Some(f) = arg(&args, "--after-file") {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !std::path::Path::new(&f).exists() {
+                    assert!(Instant::now() < deadline, "{f} never appeared");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             let count = num(&args, "--count", u64::MAX);
             let duration = Duration::from_millis(num(&args, "--duration-ms", u64::MAX / 4));
             let interval = Duration::from_micros(num(&args, "--interval-us", 0));
@@ -107,7 +120,11 @@ fn main() {
             let start = Instant::now();
             let mut sent = 0u64;
             while sent < count && start.elapsed() < duration {
-                s.send_to(&buf, to).expect("send");
+                if connected {
+                    s.send(&buf).expect("send");
+                } else {
+                    s.send_to(&buf, to).expect("send");
+                }
                 sent += 1;
                 if !interval.is_zero() {
                     std::thread::sleep(interval);
