@@ -443,22 +443,14 @@ fn status_and_flows_commands_say_what_is_active() {
         );
         assert!(d.log_text().contains("fallback: kprobe unavailable"));
     }
-    // UDP senders: the cgroup hooks on connect() and addressed sends where the kernel lets
-    // such programs ask for the calling process (Linux 6.10+), and then no hook on every
-    // sendmsg; before that, the kprobe where the kernel has kprobes (the 6.1 guest).
+    // UDP senders: the cgroup hooks on connect() and addressed sends on every kernel this
+    // suite runs on (6.1, 6.12 and this host's), and then no hook on every sendmsg.
     let udp: Vec<&Value> = hooks
         .iter()
         .filter(|h| h["purpose"] == "udp_send")
         .collect();
-    if kernel_version() >= (6, 10) {
-        assert!(active("udp_send", "cgroup_sock_addr"), "{status}");
-        assert_eq!(udp.len(), 1, "only the cgroup hooks tried: {status}");
-    } else {
-        assert!(!active("udp_send", "cgroup_sock_addr"), "{status}");
-        if kernel_has_kprobes {
-            assert!(active("udp_send", "kprobe"), "{status}");
-        }
-    }
+    assert!(active("udp_send", "cgroup_sock_addr"), "{status}");
+    assert_eq!(udp.len(), 1, "only the cgroup hooks tried: {status}");
     // Chosen per-send, the loader does without the cgroup hierarchy: the raw tracepoint (no
     // record built per send) where BTF gives sk_protocol's offset, as on this kernel, and
     // the kprobe before it where there are kprobes.
@@ -539,11 +531,9 @@ fn sigterm_detaches_every_program() {
         (1, 1),
         "attached while running"
     );
-    // The UDP hooks on the cgroup hierarchy, where this kernel takes them (Linux 6.10+).
+    // The UDP hooks on the cgroup hierarchy (connect and sendmsg, IPv4 and IPv6).
     let cgroup_links = cgroup_links_of(d.child.as_ref().unwrap().id());
-    if kernel_version() >= (6, 10) {
-        assert_eq!(cgroup_links.len(), 4, "cgroup links {cgroup_links:?}");
-    }
+    assert_eq!(cgroup_links.len(), 4, "cgroup links {cgroup_links:?}");
     let st = d.stop();
     assert!(st.success(), "exit status {st}; log:\n{}", d.log_text());
     assert_eq!(
