@@ -408,27 +408,35 @@ fn tc_main<const TAB: bool>(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     count_iface(ifindex, DIR_EGRESS, len as u64);
+    match tc_account::<TAB>(ctx, ifindex, len, true) {
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Pull => pull_and_continue::<TAB>(ctx, len),
+        // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
+        Verdict::Pass => TC_ACT_UNSPEC,
+    }
+}
+
+/// `account` for an egress frame, then, for a UDP frame that starts its flow (or its drain
+/// epoch), the sender from its socket's cookie.
+#[inline(always)]
+fn tc_account<const TAB: bool>(ctx: &TcContext, ifindex: u32, len: u32, may_pull: bool) -> Verdict {
     let packet = Packet {
         data: ctx.data(),
         end: ctx.data_end(),
     };
     let mut udp_port = 0;
-    match account::<TAB>(
+    let verdict = account::<TAB>(
         ifindex,
         DIR_EGRESS,
-        len as u64,
+        u64::from(len),
         &packet,
-        true,
+        may_pull,
         &mut udp_port,
-    ) {
-        Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Pull => pull_and_continue::<TAB>(ctx, len),
-        // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
-        Verdict::Pass => {
-            udp_owner_from_cookie(ctx, udp_port);
-            TC_ACT_UNSPEC
-        }
+    );
+    if verdict == Verdict::Pass {
+        udp_owner_from_cookie(ctx, udp_port);
     }
+    verdict
 }
 
 /// `netmon_tc_egress` when the headers were not in the skb's linear data and had to be
@@ -450,23 +458,9 @@ pub fn netmon_tc_tab_pulled(ctx: TcContext) -> i32 {
 fn tc_pulled<const TAB: bool>(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    let packet = Packet {
-        data: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let mut udp_port = 0;
-    if account::<TAB>(
-        ifindex,
-        DIR_EGRESS,
-        len as u64,
-        &packet,
-        false,
-        &mut udp_port,
-    ) == Verdict::Drop
-    {
+    if tc_account::<TAB>(ctx, ifindex, len, false) == Verdict::Drop {
         TC_ACT_SHOT
     } else {
-        udp_owner_from_cookie(ctx, udp_port);
         TC_ACT_UNSPEC
     }
 }
