@@ -139,6 +139,24 @@ mod tests {
         assert!(err.contains("intervall"), "{err}");
     }
 
+    /// The example in README.md's "Using it" parses, key for key, and its UDP hook choice is
+    /// one the loader takes.
+    #[test]
+    fn the_readme_example_config_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\ninterfaces = ")
+            .expect("README has the example config");
+        let body = &readme[start + "```toml\n".len()..];
+        let example = &body[..body.find("```").expect("the example ends")];
+        let cfg = FileConfig::parse(example, "README.md").unwrap();
+        assert_eq!(cfg.interfaces.unwrap(), vec!["eth0", "eth1"]);
+        let hook: crate::load::UdpHook = cfg.udp_hook.unwrap().parse().unwrap();
+        assert_eq!(hook, crate::load::UdpHook::Auto);
+        let err = "each-send".parse::<crate::load::UdpHook>().unwrap_err();
+        assert!(err.to_string().contains("`each-send`"), "{err}");
+    }
+
     #[test]
     fn listen_addresses() {
         assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
