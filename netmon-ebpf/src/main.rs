@@ -1461,6 +1461,7 @@ fn try_tcp_connect(ctx: &ProbeContext) -> Result<(), i32> {
 /// `record_udp_sender`.
 #[derive(Clone, Copy)]
 struct LastSender {
+    /// The socket's address (per-send hooks) or its cookie (cgroup hooks).
     sk: u64,
     pid: u32,
     sends: u32,
@@ -1606,7 +1607,10 @@ fn udp_sock_owner(ctx: &SockAddrContext) -> i32 {
         return 1;
     }
     if let Some(c) = NETMON_LAST_SENDER.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
+        // SAFETY: this CPU's slot. A hook run in a task that preempted this one on this CPU
+        // may write it too (cgroup programs run preemptible): at worst the cache then names
+        // a pair that was not recorded, and such a send goes unrecorded until the socket's
+        // next recheck (`SENDER_RECHECK`).
         unsafe {
             *c = LastSender {
                 sk: cookie,

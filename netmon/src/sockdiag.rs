@@ -596,4 +596,36 @@ mod tests {
             .expect("our UDP socket");
         assert_eq!(s.local_addr, v6lo);
     }
+
+    /// A connected UDP socket this process holds is found with its kernel cookie (as
+    /// SO_COOKIE gives it) and this process's PID and command name.
+    #[test]
+    fn finds_the_owner_of_our_own_udp_socket_by_cookie() {
+        use std::os::fd::AsRawFd as _;
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.connect("127.0.0.1:9").unwrap();
+        let mut cookie = 0u64;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt into a u64 of the stated length.
+        let r = unsafe {
+            libc::getsockopt(
+                u.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+        let owners = udp_socket_owners().unwrap();
+        let (_, owner) = owners
+            .iter()
+            .find(|(c, _)| *c == cookie)
+            .expect("our socket's cookie");
+        assert_eq!(owner.pid, std::process::id());
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let comm = comm.trim_end().as_bytes();
+        let n = comm.len().min(15);
+        assert_eq!(&owner.comm[..n], &comm[..n]);
+    }
 }
