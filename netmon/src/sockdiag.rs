@@ -452,9 +452,15 @@ impl SockDiag {
 /// matched against every process's open files in /proc (as `ss -p` does), once at start.
 /// The cgroup id is 0 (unknown) where no cgroup v2 hierarchy is mounted to look it up.
 pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
+    let mut udp = Vec::new();
+    let mut diag = SockDiag::new()?;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        diag.dump(family, IPPROTO_UDP, &mut udp)
+            .with_context(|| format!("sock_diag dump of UDP sockets (family {family})"))?;
+    }
     let mut by_inode = std::collections::HashMap::new();
-    for s in SockDiag::new()?.dump_all()? {
-        if s.proto == IPPROTO_UDP && s.inode != 0 {
+    for s in udp {
+        if s.inode != 0 {
             let cookie = u64::from(s.cookie[0]) | u64::from(s.cookie[1]) << 32;
             by_inode.insert(u64::from(s.inode), (cookie, s.uid));
         }
@@ -464,7 +470,7 @@ pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
         return Ok(out);
     }
     let now = crate::drain::monotonic_ns();
-    let cgroup2 = cgroup2_mount();
+    let cgroup2 = crate::load::cgroup2_mount();
     for entry in std::fs::read_dir("/proc")
         .context("reading /proc")?
         .flatten()
@@ -516,19 +522,6 @@ pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
         }
     }
     Ok(out)
-}
-
-/// Where the cgroup v2 hierarchy's root is mounted, if it is.
-pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // Fields: id parent major:minor root mount-point options... - fstype source options.
-    mountinfo.lines().find_map(|l| {
-        let (head, tail) = l.split_once(" - ")?;
-        let f: Vec<&str> = head.split(' ').collect();
-        (tail.split(' ').next() == Some("cgroup2") && f.get(3) == Some(&"/"))
-            .then(|| f.get(4).map(std::path::PathBuf::from))
-            .flatten()
-    })
 }
 
 /// A process's cgroup v2 id, as `bpf_get_current_cgroup_id` gives it: the inode number of

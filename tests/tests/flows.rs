@@ -402,11 +402,7 @@ fn status_and_flows_commands_say_what_is_active() {
     let (drains, full) = (u(&status["drains"]), u(&status["full_drains"]));
     assert!(drains >= 4 && full == 0, "full drains {full} of {drains}");
     let hooks = status["hooks"].as_array().unwrap();
-    let active = |purpose: &str, kind: &str| {
-        hooks
-            .iter()
-            .any(|h| h["purpose"] == purpose && h["kind"] == kind && h["active"] == true)
-    };
+    let active = |purpose: &str, kind: &str| hook_active(&status, purpose, kind);
     assert!(active("ingress", "xdp-driver"), "{status}");
     // TCX arrived in Linux 6.6; before it (Debian 12's 6.1 in `cargo xtask vm`) egress must
     // go through clsact, as it must when the suite forces it.
@@ -458,12 +454,7 @@ fn status_and_flows_commands_say_what_is_active() {
     let d = Daemon::start(&p.a, &[&p.a_if], &["--udp-hook", "per-send"]);
     let status: Value =
         serde_json::from_str(&p.a.exec(&[bin, "status", "--json", "--api", &d.api])).unwrap();
-    let hooks = status["hooks"].as_array().unwrap();
-    let active = |purpose: &str, kind: &str| {
-        hooks
-            .iter()
-            .any(|h| h["purpose"] == purpose && h["kind"] == kind && h["active"] == true)
-    };
+    let active = |purpose: &str, kind: &str| hook_active(&status, purpose, kind);
     assert!(!active("udp_send", "cgroup_sock_addr"), "{status}");
     if kernel_has_kprobes {
         assert!(active("udp_send", "kprobe"), "{status}");
@@ -500,6 +491,15 @@ fn status_and_flows_commands_say_what_is_active() {
     let json: Value =
         serde_json::from_str(&p.a.exec(&[bin, "flows", "--json", "--api", &d.api])).unwrap();
     find_conn(&json, &local, "198.18.0.2:5004");
+}
+
+/// Whether `netmon status --json` lists an active hook of this purpose and kind.
+fn hook_active(status: &Value, purpose: &str, kind: &str) -> bool {
+    status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["purpose"] == purpose && h["kind"] == kind && h["active"] == true)
 }
 
 #[test]

@@ -746,12 +746,25 @@ fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
     attached
 }
 
+/// Where the cgroup v2 hierarchy's root is mounted, if it is.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mount-point options... - fstype source options.
+    mountinfo.lines().find_map(|l| {
+        let (head, tail) = l.split_once(" - ")?;
+        let f: Vec<&str> = head.split(' ').collect();
+        (tail.split(' ').next() == Some("cgroup2") && f.get(3) == Some(&"/"))
+            .then(|| f.get(4).map(std::path::PathBuf::from))
+            .flatten()
+    })
+}
+
 /// The root of the cgroup v2 hierarchy, opened: where it is mounted, or else (a host that
 /// mounts only v1 hierarchies, or a mount namespace without /sys/fs/cgroup, as `ip netns
 /// exec` makes) mounted for a moment on a private directory and detached again at once (the
 /// open directory keeps its cgroup).
 fn cgroup2_root() -> Result<File> {
-    let mounted = crate::sockdiag::cgroup2_mount();
+    let mounted = cgroup2_mount();
     if let Some(dir) = mounted {
         return File::open(&dir)
             .with_context(|| format!("opening the cgroup v2 root {}", dir.display()));
