@@ -1519,26 +1519,49 @@ fn record_udp_sender_slow(sk: u64, pid: u32) -> Result<(), i32> {
     if port == 0 {
         return Ok(());
     }
+    if own_udp_port(port, pid, None) {
+        remember_sender(sk, pid);
+    }
+    Ok(())
+}
+
+/// Makes `pid` the owner of local UDP port `port`, unless it is already, with the record
+/// `owner` (None: the current process's, read only if it is written). False when the entry
+/// could not be written (counted).
+#[inline(always)]
+fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>) -> bool {
     let key = PortKey {
         proto: IPPROTO_UDP,
         _pad: 0,
         port,
     };
     // SAFETY: the value is read at once.
-    let known = unsafe { NETMON_PORT_OWNER.get(&key) }.is_some_and(|owner| owner.pid == pid);
-    if !known
-        && NETMON_PORT_OWNER
-            .insert(&key, &current_proc(), BPF_ANY as u64)
-            .is_err()
-    {
-        bump(counter::SOCK_INSERT_FAILED);
-        return Ok(());
+    let known = unsafe { NETMON_PORT_OWNER.get(&key) }.is_some_and(|o| o.pid == pid);
+    if known {
+        return true;
     }
+    let written = match owner {
+        Some(o) => NETMON_PORT_OWNER.insert(&key, o, BPF_ANY as u64),
+        None => NETMON_PORT_OWNER.insert(&key, &current_proc(), BPF_ANY as u64),
+    };
+    if written.is_err() {
+        bump(counter::SOCK_INSERT_FAILED);
+        return false;
+    }
+    true
+}
+
+/// Sets this CPU's last-sender cache (`sender_cached`) to socket `sk` (its address, or its
+/// cookie for the cgroup hooks) and `pid`. A hook run in a task that preempted this one on
+/// this CPU may write it too (cgroup programs and tracepoints run preemptible): at worst
+/// the cache then names a pair that was not recorded, and such a send goes unrecorded until
+/// the socket's next recheck (`SENDER_RECHECK`).
+#[inline(always)]
+fn remember_sender(sk: u64, pid: u32) {
     if let Some(c) = NETMON_LAST_SENDER.get_ptr_mut(0) {
-        // SAFETY: as above.
+        // SAFETY: this CPU's slot, written whole.
         unsafe { *c = LastSender { sk, pid, sends: 0 } };
     }
-    Ok(())
 }
 
 /// Raw tracepoint `sock_send_length(struct sock *sk, int ret, int flags)` (Linux 6.3+):
@@ -1606,19 +1629,7 @@ fn udp_sock_owner(ctx: &SockAddrContext) -> i32 {
         bump(counter::SOCK_INSERT_FAILED);
         return 1;
     }
-    if let Some(c) = NETMON_LAST_SENDER.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot. A hook run in a task that preempted this one on this CPU
-        // may write it too (cgroup programs run preemptible): at worst the cache then names
-        // a pair that was not recorded, and such a send goes unrecorded until the socket's
-        // next recheck (`SENDER_RECHECK`).
-        unsafe {
-            *c = LastSender {
-                sk: cookie,
-                pid,
-                sends: 0,
-            }
-        };
-    }
+    remember_sender(cookie, pid);
     1
 }
 
@@ -1660,20 +1671,7 @@ fn udp_owner_from_cookie(ctx: &TcContext, port: u16) {
     let Some(owner) = (unsafe { NETMON_UDP_COOKIE.get(&cookie) }).copied() else {
         return;
     };
-    let key = PortKey {
-        proto: IPPROTO_UDP,
-        _pad: 0,
-        port,
-    };
-    // SAFETY: as above.
-    let known = unsafe { NETMON_PORT_OWNER.get(&key) }.is_some_and(|o| o.pid == owner.pid);
-    if !known
-        && NETMON_PORT_OWNER
-            .insert(&key, &owner, BPF_ANY as u64)
-            .is_err()
-    {
-        bump(counter::SOCK_INSERT_FAILED);
-    }
+    own_udp_port(port, owner.pid, Some(&owner));
 }
 
 /// kprobe on `udp_sendmsg`/`udpv6_sendmsg(struct sock *sk, ...)`: kernels with kprobes.

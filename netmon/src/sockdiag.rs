@@ -240,12 +240,18 @@ impl SockDiag {
     pub fn dump_all(&mut self) -> Result<Vec<DiagSocket>> {
         let mut out = Vec::new();
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                self.dump(family, proto, &mut out)
-                    .with_context(|| format!("sock_diag dump (family {family}, proto {proto})"))?;
-            }
+            self.dump_proto(proto, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The sockets of one protocol, both families, appended to `out`.
+    fn dump_proto(&mut self, proto: u8, out: &mut Vec<DiagSocket>) -> Result<()> {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            self.dump(family, proto, out)
+                .with_context(|| format!("sock_diag dump (family {family}, proto {proto})"))?;
+        }
+        Ok(())
     }
 
     /// Sends one request (a fully initialised `#[repr(C)]` message) to the kernel.
@@ -453,11 +459,7 @@ impl SockDiag {
 /// The cgroup id is 0 (unknown) where no cgroup v2 hierarchy is mounted to look it up.
 pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
     let mut udp = Vec::new();
-    let mut diag = SockDiag::new()?;
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        diag.dump(family, IPPROTO_UDP, &mut udp)
-            .with_context(|| format!("sock_diag dump of UDP sockets (family {family})"))?;
-    }
+    SockDiag::new()?.dump_proto(IPPROTO_UDP, &mut udp)?;
     let mut by_inode = std::collections::HashMap::new();
     for s in udp {
         if s.inode != 0 {
