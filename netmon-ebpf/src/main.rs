@@ -35,7 +35,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_get_socket_cookie,
+        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_jiffies64,
         bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
@@ -299,13 +299,45 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// CLOCK_MONOTONIC at tick resolution (Linux 5.11+): a read of the timekeeper's last update,
-/// no clock-source access, so several times cheaper than `now_ns` on the packet path. Flow
-/// times only need to be good to a few milliseconds against a one-second drain.
+/// This CPU's last read of the coarse clock and the jiffies it was read in (`coarse_now_ns`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TickClock {
+    jiffies: u64,
+    ns: u64,
+}
+
+#[map]
+static NETMON_TICK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
+
+/// CLOCK_MONOTONIC at tick resolution (Linux 5.11+), the timekeeper's last update: flow
+/// times only need to be good to a few milliseconds against a one-second drain. The coarse
+/// clock changes once a tick, and so do the jiffies, which the verifier turns into one load
+/// (a 64-bit JIT inlines `bpf_jiffies64`); so the helper, a call into the kernel whose return
+/// costs ~18 ns on hosts with the Speculative-Return-Stack-Overflow mitigation (the AMD
+/// hosts' "Safe RET"), runs once per tick and CPU, and every other packet of the tick reads
+/// the value this CPU kept. A value kept by a CPU that read the jiffies of a tick before the
+/// timekeeper's update of it is at most that one tick old, as the coarse clock itself is.
 #[inline(always)]
 fn coarse_now_ns() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(t) = NETMON_TICK.get_ptr_mut(0) else {
+        // SAFETY: helper without preconditions.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's slot. A program that interrupts another on this CPU between the two
+    // stores below sees the older jiffies, not this tick's, and reads the clock itself.
+    unsafe {
+        if (*t).jiffies == jiffies {
+            return (*t).ns;
+        }
+        let ns = bpf_ktime_get_coarse_ns();
+        (*t).ns = ns;
+        compiler_fence(Ordering::SeqCst);
+        (*t).jiffies = jiffies;
+        ns
+    }
 }
 
 /// Adds a frame to an interface's totals.

@@ -1762,3 +1762,72 @@ fn per_cpu_table_fingerprint_collisions_keep_flows_apart() {
         "fingerprint word {word:#x}, fingerprint {fp:#x}"
     );
 }
+
+/// CLOCK_MONOTONIC_COARSE as the programs' `bpf_ktime_get_coarse_ns` reads it.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec for the kernel to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A flow's first and last times are the coarse monotonic clock of its packets, tick after
+/// tick: the programs keep the clock per CPU for the tick it was read in (`coarse_now_ns`)
+/// and must read it again once the jiffies move on. Packets 15 ms apart (more than a tick
+/// at any HZ): each last time lies between the clock read before the packet, less one tick
+/// (a CPU may read the jiffies of a tick before the timekeeper's update of it), and the clock
+/// read after it; each is later than the one before; the first time stays the first packet's.
+#[test]
+#[ignore = "privileged: needs root; run by `cargo xtask test`"]
+fn flow_times_follow_the_coarse_clock_tick_after_tick() {
+    use netmon::load::FlowTable;
+    use netmon_common::TabBucket;
+    require_root();
+    // The longest tick: HZ = 100.
+    const TICK_NS: u64 = 10_000_000;
+    let pins = PinDir::new("tick");
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let ebpf = load_tab_xdp(&mut loader);
+    let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
+    let table: aya::maps::Array<_, TabBucket<FlowKey4>> =
+        aya::maps::Array::try_from(ebpf.map("NETMON_TAB4").unwrap()).unwrap();
+    let pkt = udp4_frame([10, 9, 0, 1], [192, 0, 2, 1], &udp(40000, 53, &[0x5a; 20]));
+    let slot = || {
+        (0..table.len())
+            .flat_map(|b| table.get(&b, 0).unwrap().slots)
+            .find(|s| s.packets != 0)
+            .expect("the flow's slot")
+    };
+    pin_to_cpu(0);
+    let mut first = None;
+    let mut last = 0;
+    for round in 1..=6u64 {
+        let before = coarse_now_ns();
+        // Several packets per round: the later ones read the kept value.
+        for _ in 0..3 {
+            pass_once(x, &pkt);
+        }
+        let after = coarse_now_ns();
+        let s = slot();
+        assert_eq!(s.packets, 3 * round);
+        assert!(
+            before - TICK_NS <= s.last_seen_ns && s.last_seen_ns <= after,
+            "round {round}: last seen {} not in [{before} - 1 tick, {after}]",
+            s.last_seen_ns
+        );
+        assert!(
+            s.last_seen_ns > last,
+            "round {round}: the time did not move"
+        );
+        last = s.last_seen_ns;
+        assert_eq!(*first.get_or_insert(s.first_seen_ns), s.first_seen_ns);
+        std::thread::sleep(std::time::Duration::from_millis(15));
+    }
+}

@@ -79,14 +79,19 @@ fn read_object(path: &str) -> Vec<u8> {
 /// object, A and B, against each other in one process, their passes interleaved, so that a
 /// change to the kernel programs is judged on the same machine state. This host's cold
 /// per-packet figures move by 2x from one hour to the next (other tenants), far more than
-/// most changes do. Per object, the IPv4 XDP (or `NETMON_COMPARE_HOOK=tc`) existing-flow hit
+/// most changes do. Per object, the IPv4 XDP (or `NETMON_COMPARE_HOOK=tc`) program of the
+/// per-CPU tables (or `NETMON_COMPARE_TABLE=lru`: of the LRU maps), its existing-flow hit
 /// and new-flow insert as in section 1 (1,000 flows), and the hit on one cache-hot packet
 /// (`repeat` = 1,000): the program's own instructions, without the cache misses; and the drop
 /// of a pool of sources banned by 1,024 exact entries.
 fn compare(a: &str, b: &str) {
-    let (prog, empty, ingress) = match std::env::var("NETMON_COMPARE_HOOK").as_deref() {
-        Ok("tc") => ("netmon_tc_egress", "netmon_tc_empty", false),
-        _ => ("netmon_xdp", "netmon_xdp_empty", true),
+    // NETMON_COMPARE_TABLE=lru: the LRU maps' programs instead of the per-CPU tables'.
+    let lru = std::env::var("NETMON_COMPARE_TABLE").is_ok_and(|t| t == "lru");
+    let (prog, empty, ingress) = match (std::env::var("NETMON_COMPARE_HOOK").as_deref(), lru) {
+        (Ok("tc"), true) => ("netmon_tc_egress", "netmon_tc_empty", false),
+        (Ok("tc"), false) => (TAB_PROGRAMS[1], "netmon_tc_empty", false),
+        (_, true) => ("netmon_xdp", "netmon_xdp_empty", true),
+        (_, false) => (TAB_PROGRAMS[0], "netmon_xdp_empty", true),
     };
     let prefill = 1_000u32;
     // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
