@@ -363,7 +363,7 @@ walk with one line read; for this bench's addresses that is not clearly cheaper.
 with the statistics on (two clock reads per run included), under 2% of the 105 s of machine \
 CPU per GB that 64-byte datagrams cost on this host. On this host a single 5-s run moves by \
 up to 10% from the next with nothing changed: eight alternations of none and netmon after \
-this run (21:45 UTC, the bench's daemon and iperf3 settings) gave per-round ratios of \
+this run (21:35 UTC, the bench's daemon and iperf3 settings) gave per-round ratios of \
 82.8-109.8% with a median of 95.5%, and the TCP row above, 104.9%, is netmon faster than \
 nothing. The five rounds the bench runs resolve a few points at best; the earlier rounds' \
 figures moved between 91.4 and 95.1%.\n- **Drain of 1M flows** (target: 150 ms CPU per tick): \
