@@ -711,7 +711,7 @@ pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()>
 /// root of the cgroup v2 hierarchy (so every process's sockets), beside any other program
 /// attached there; then the switch that has the egress program use what they record. On an
 /// error, those already attached come off again.
-fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
+pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
     const PROGS: [&str; 4] = [
         "netmon_udp_connect4",
         "netmon_udp_connect6",

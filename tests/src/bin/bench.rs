@@ -867,6 +867,104 @@ fn verdict(median: f64, target: Option<f64>) -> String {
     }
 }
 
+/// New UDP flows from real sockets through the real egress path: the per-CPU tables' TC
+/// program attached to one end of a veth pair (as the daemon attaches it), with the cgroup
+/// hooks that record a UDP socket's owner by its cookie. Per pass, from that namespace, 1,024
+/// datagrams that each start a flow: `connected` false, one socket (bound to a new port each
+/// pass) sending to 1,024 ports of the other end, as a server answering many peers does;
+/// true, 1,024 sockets each connected to a port of its own and sending once, as clients do.
+/// A test run's frame has a socket made for the run, whose cookie its first ask generates;
+/// these sockets got theirs from the hooks, as a real sender's does. Cost per frame: the
+/// program's run time as kernel.bpf_stats records it (switched on for this), the empty
+/// program attached and driven the same way subtracted; median and p95 of the per-pass
+/// difference over `PASSES` passes.
+fn real_socket_rows(connected: bool) -> Vec<Row> {
+    let stats_were_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1");
+    let pair = Pair::new("rs");
+    let (a_if, a_v4, b_v4, a_v6, b_v6) = (
+        pair.a_if.clone(),
+        pair.a_v4,
+        pair.b_v4,
+        pair.a_v6,
+        pair.b_v6,
+    );
+    set_bpf_stats(true);
+    let diffs = pair.a.run(move || {
+        use aya::programs::{SchedClassifier, tc::TcAttachType};
+        let mut rig = Rig::new(DEFAULT_FLOWS);
+        netmon::load::try_cgroup_udp(&mut rig.ebpf).expect("attaching the cgroup UDP hooks");
+        // Kernels before TCX attach through a clsact qdisc.
+        let _ = aya::programs::tc::qdisc_add_clsact(&a_if);
+        let mut diffs = [Vec::new(), Vec::new()];
+        for pass in 0..PASSES {
+            for (f, (from, to)) in [(a_v4, b_v4), (a_v6, b_v6)].into_iter().enumerate() {
+                let from: std::net::IpAddr = from.parse().unwrap();
+                let to: std::net::IpAddr = to.parse().unwrap();
+                let mut mean = |prog: &str, port: u16| {
+                    let tc: &mut SchedClassifier =
+                        rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                    let link = tc
+                        .attach(&a_if, TcAttachType::Egress)
+                        .unwrap_or_else(|e| panic!("attaching {prog}: {e}"));
+                    let before = tc.info().unwrap();
+                    if connected {
+                        for k in 0..POOL as u16 {
+                            let sock = std::net::UdpSocket::bind((from, 0)).expect("bind");
+                            sock.connect((to, 10_000 + k)).expect("connect");
+                            sock.send(&[0x5a; 64]).expect("send");
+                        }
+                    } else {
+                        let sock = std::net::UdpSocket::bind((from, port)).expect("bind");
+                        for k in 0..POOL as u16 {
+                            sock.send_to(&[0x5a; 64], (to, 10_000 + k)).expect("send");
+                        }
+                    }
+                    let after = tc.info().unwrap();
+                    tc.detach(link).unwrap();
+                    let runs = after.run_count() - before.run_count();
+                    assert!(runs >= POOL as u64, "{prog} ran {runs} times");
+                    (after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64
+                };
+                // Source ports of their own per pass, family and program: every frame
+                // starts a flow.
+                let port = 20_000 + (pass * 4 + f * 2) as u16;
+                let (e, t) = if pass % 2 == 0 {
+                    let e = mean("netmon_tc_empty", port);
+                    (e, mean(TAB_PROGRAMS[1], port + 1))
+                } else {
+                    let t = mean(TAB_PROGRAMS[1], port + 1);
+                    (mean("netmon_tc_empty", port), t)
+                };
+                diffs[f].push(t - e);
+            }
+        }
+        diffs
+    });
+    set_bpf_stats(stats_were_on);
+    let case = if connected {
+        "new UDP flow from a real socket, each of 1,024 sockets connected to a port of its own \
+         and sending once (per-CPU table; over a veth pair, the program attached to its end, \
+         the owner found by the socket's cookie; kernel.bpf_stats run time)"
+    } else {
+        "new UDP flow from a real socket, one socket sending to 1,024 ports (per-CPU table; \
+         over a veth pair, the program attached to its end, the owner found by the socket's \
+         cookie; kernel.bpf_stats run time)"
+    };
+    [("IPv4", &diffs[0]), ("IPv6", &diffs[1])]
+        .into_iter()
+        .map(|(family, d)| Row {
+            case: case.into(),
+            family,
+            hook: "TC",
+            flows: "new each frame".into(),
+            median: median(d),
+            p95: percentile(d, 95.0),
+            target: Some(100.0),
+        })
+        .collect()
+}
+
 /// The case of a row from `versus_hot`.
 const HOT: &str = "one packet repeated (`repeat` = 1,000, its lines cached: the program's own \
                    work, not a target's measure)";
@@ -1127,6 +1225,11 @@ fn packets() -> String {
             }
         }
     }
+    if only.is_none() || only.as_ref().is_some_and(|o| o.iter().any(|c| c == "real")) {
+        eprintln!("  new UDP flows from real sockets");
+        rows.extend(real_socket_rows(false));
+        rows.extend(real_socket_rows(true));
+    }
     let mut md = String::from(
         "## 1. Per-packet cost in the kernel (BPF_PROG_TEST_RUN)\n\n\
          Each figure: the real XDP or TC program against the empty program (`netmon_xdp_empty`, \
@@ -1143,7 +1246,13 @@ fn packets() -> String {
          times in one test run (`repeat` = 1,000; the kernel's mean per run), against the \
          empty program likewise: the program's own work with everything it touches in the \
          caches. Those rows carry no target (the targets are for the pool); beside the pool's \
-         row they show how much of it is memory.\n\n",
+         row they show how much of it is memory. The last rows, \"new UDP flow from a real \
+         socket\", are not test runs: the egress program is attached to one end of a veth \
+         pair between two namespaces, with the cgroup hooks that record a UDP socket's owner, \
+         and sockets in that namespace send 1,024 datagrams that each start a flow (one \
+         socket to 1,024 ports, or 1,024 connected sockets once each), with kernel.bpf_stats \
+         on; the figure is the program's mean run time against the empty program's, \
+         attached and driven the same way, per pass (31 passes).\n\n",
     );
     for (family, hook, b) in &empty_ns {
         let _ = writeln!(
