@@ -319,7 +319,11 @@ pub struct SockKey {
     pub remote_addr: [u8; 16],
 }
 
-/// A local port with an owner: a TCP listener or a UDP socket that sent.
+/// Slots of `NETMON_UDP_PORTS`, the owners of UDP local ports indexed by the port.
+pub const UDP_PORT_SLOTS: u32 = 1 << 16;
+
+/// A local port with an owner: a TCP listener (`NETMON_PORT_OWNER`) or a UDP socket that
+/// sent (`NETMON_UDP_PORTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortKey {

@@ -315,6 +315,7 @@ impl Maps {
             owners: std::sync::Arc::new(Owners {
                 sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
                 port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
+                udp_ports: UdpPorts::take(ebpf)?,
             }),
             ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
@@ -466,6 +467,42 @@ impl Maps {
 pub struct Owners {
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
+    udp_ports: UdpPorts,
+}
+
+/// `NETMON_UDP_PORTS`, the owners of UDP local ports indexed by the port, mapped read-only:
+/// a lookup is a read of memory, no system call.
+struct UdpPorts {
+    mem: crate::mapmem::MapMemory,
+    _map: MapData,
+}
+
+impl UdpPorts {
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        const NAME: &str = "NETMON_UDP_PORTS";
+        let map = match take(ebpf, NAME)? {
+            aya::maps::Map::Array(m) => m,
+            _ => anyhow::bail!("{NAME} is not an array"),
+        };
+        let len = netmon_common::UDP_PORT_SLOTS as usize * size_of::<ProcInfo>();
+        let mem = crate::mapmem::MapMemory::new(map.fd().as_fd(), 0, len, false)
+            .with_context(|| format!("mapping {NAME}"))?;
+        Ok(Self { mem, _map: map })
+    }
+
+    /// The record of `port`'s owner, if one was written (a pid of 0: none).
+    fn get(&self, port: u16) -> Option<ProcInfo> {
+        // SAFETY: `port` < UDP_PORT_SLOTS slots of size_of::<ProcInfo>() bytes (a multiple
+        // of 8, the array's element size) are mapped; the programs write them meanwhile, so
+        // they are read volatile, the pid first (written last).
+        unsafe {
+            let slot = self.mem.ptr().cast::<ProcInfo>().add(usize::from(port));
+            if std::ptr::read_volatile(&raw const (*slot).pid) == 0 {
+                return None;
+            }
+            Some(std::ptr::read_volatile(slot))
+        }
+    }
 }
 
 /// The socket key a flow's owner is recorded under; `None` for flows no socket owns.
@@ -509,11 +546,24 @@ impl Owners {
         resolve(
             sk,
             |k| self.sock_proc.get(k, 0).ok(),
-            |k| self.port_owner.get(k, 0).ok(),
+            |k| self.port_owner(k, |k| self.port_owner.get(k, 0).ok()),
         )
     }
 
-    /// Both owner maps, copied in batches.
+    /// A local port's owner: a UDP port's from `NETMON_UDP_PORTS`, any other from `tcp`.
+    fn port_owner(
+        &self,
+        k: &PortKey,
+        tcp: impl FnOnce(&PortKey) -> Option<ProcInfo>,
+    ) -> Option<ProcInfo> {
+        if k.proto == IPPROTO_UDP {
+            self.udp_ports.get(k.port)
+        } else {
+            tcp(k)
+        }
+    }
+
+    /// The two owner hash maps, copied in batches (the UDP ports' array is read in place).
     fn copy(&self) -> io::Result<OwnerCopy> {
         use aya::maps::IterableMap as _;
         Ok(OwnerCopy {
@@ -522,6 +572,9 @@ impl Owners {
         })
     }
 
+    /// The hash maps only: a UDP port's slot in `NETMON_UDP_PORTS` always takes a record (it
+    /// keeps the port's last owner until another one sends from it), so that array cannot
+    /// fill.
     fn usage(&self) -> [(&'static str, usize, u32); 2] {
         use aya::maps::IterableMap as _;
         let cap = |m: &MapData| m.info().map(|i| i.max_entries()).unwrap_or(0);
@@ -564,9 +617,10 @@ struct OwnerCopy {
 }
 
 /// Owner lookups for one drain. The first `DIRECT` go to the kernel maps one at a time (up to
-/// two bpf calls each); a drain that asks for more (a full scan of a large table retries
-/// every flow without an owner) copies both owner maps once, in batches, and answers the
-/// rest from the copy. Both are the kernel's record at this drain.
+/// two bpf calls each; a UDP port's owner is a read of the mapped array); a drain that asks
+/// for more (a full scan of a large table retries every flow without an owner) copies the
+/// two owner hash maps once, in batches, and answers the rest from the copy. Both are the
+/// kernel's record at this drain.
 pub struct OwnerLookup<'a> {
     owners: &'a Owners,
     direct: usize,
@@ -600,7 +654,11 @@ impl<'a> OwnerLookup<'a> {
             }
         }
         match &self.copy {
-            Some(c) => resolve(&sk, |k| c.sock.get(k).copied(), |k| c.port.get(k).copied()),
+            Some(c) => resolve(
+                &sk,
+                |k| c.sock.get(k).copied(),
+                |k| self.owners.port_owner(k, |k| c.port.get(k).copied()),
+            ),
             None => {
                 self.direct += 1;
                 self.owners.sock_owner(&sk)

@@ -1377,17 +1377,12 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
         }
         for (any, dst) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
             let port = send_one_datagram(any, dst);
-            let owners: aya::maps::HashMap<_, netmon_common::PortKey, netmon_common::ProcInfo> =
-                aya::maps::HashMap::try_from(ebpf.map("NETMON_PORT_OWNER").unwrap()).unwrap();
-            let key = netmon_common::PortKey {
-                proto: 17,
-                _pad: 0,
-                port,
-            };
-            let owner = owners
-                .get(&key, 0)
-                .unwrap_or_else(|e| panic!("{prog}: no owner for UDP port {port} ({any}): {e}"));
-            assert_eq!(owner.pid, std::process::id(), "{prog}, {any}");
+            let owner = udp_port_owner(&ebpf, port);
+            assert_eq!(
+                owner.pid,
+                std::process::id(),
+                "{prog}, {any}: UDP port {port}"
+            );
         }
         checked.push(prog);
     }
@@ -1414,11 +1409,9 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
             format!("{e:#}").contains("netmon_no_such_kernel_function"),
             "{e:#}"
         );
-        send_one_datagram("127.0.0.1:0", "127.0.0.1:0");
-        let owners: aya::maps::HashMap<_, netmon_common::PortKey, netmon_common::ProcInfo> =
-            aya::maps::HashMap::try_from(ebpf.map("NETMON_PORT_OWNER").unwrap()).unwrap();
+        let port = send_one_datagram("127.0.0.1:0", "127.0.0.1:0");
         assert_eq!(
-            owners.keys().count(),
+            udp_port_owner(&ebpf, port).pid,
             0,
             "the kprobe on udp_sendmsg stayed attached after the failed attach"
         );
@@ -1426,6 +1419,13 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
     } else {
         eprintln!("partial kprobe attach: NOT CHECKED, this kernel has no kprobes");
     }
+}
+
+/// The record in `NETMON_UDP_PORTS` for UDP local port `port` (a pid of 0: none).
+fn udp_port_owner(ebpf: &Ebpf, port: u16) -> netmon_common::ProcInfo {
+    let ports: aya::maps::Array<_, netmon_common::ProcInfo> =
+        aya::maps::Array::try_from(ebpf.map("NETMON_UDP_PORTS").unwrap()).unwrap();
+    ports.get(&u32::from(port), 0).unwrap()
 }
 
 /// A drain that asks for more owners than it looks up one at a time (a full scan of a large
@@ -1489,19 +1489,24 @@ fn owners_from_the_batch_copy_are_the_records_written() {
             };
             socks.insert(sk, proc_info(100_000 + i), 0).unwrap();
         }
+        // TCP listeners' ports in the hash map, UDP senders' in the array indexed by port.
         let mut ports: HashMap<_, PortKey, ProcInfo> =
             HashMap::try_from(ebpf.map_mut("NETMON_PORT_OWNER").unwrap()).unwrap();
         for port in 10_000..10_300u16 {
-            for p in [IPPROTO_TCP, IPPROTO_UDP] {
-                let k = PortKey {
-                    proto: p,
-                    _pad: 0,
-                    port,
-                };
-                ports
-                    .insert(k, proc_info(50_000 + u32::from(port)), 0)
-                    .unwrap();
-            }
+            let k = PortKey {
+                proto: IPPROTO_TCP,
+                _pad: 0,
+                port,
+            };
+            ports
+                .insert(k, proc_info(50_000 + u32::from(port)), 0)
+                .unwrap();
+        }
+        let mut udp: aya::maps::Array<_, ProcInfo> =
+            aya::maps::Array::try_from(ebpf.map_mut("NETMON_UDP_PORTS").unwrap()).unwrap();
+        for port in 10_000..10_300u16 {
+            udp.set(u32::from(port), proc_info(50_000 + u32::from(port)), 0)
+                .unwrap();
         }
     }
     let maps = netmon::drain::Maps::take(&mut ebpf).expect("take the maps");

@@ -1294,6 +1294,7 @@ fn create_pinned(pin_dir: &Path) -> Result<()> {
         "NETMON_FLOWS6",
         "NETMON_SOCK_PROC",
         "NETMON_PORT_OWNER",
+        "NETMON_UDP_PORTS",
         "NETMON_SK_OWNER",
         "NETMON_IFACES",
     ] {
