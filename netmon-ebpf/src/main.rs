@@ -1711,12 +1711,49 @@ fn udp_owner_from_cookie(ctx: &TcContext, port: u16) {
     if cookie == 0 {
         return;
     }
+    // A socket that starts many flows from one port (a server answering many peers) is
+    // looked up once per drain epoch on each CPU.
+    let epoch = config(config::EPOCH) as u32;
+    let last = NETMON_UDP_OWNED.get_ptr_mut(0);
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            if (*l).cookie == cookie && (*l).port == u32::from(port) && (*l).epoch == epoch {
+                return;
+            }
+        }
+    }
     // SAFETY: the value is copied out at once.
     let Some(owner) = (unsafe { NETMON_UDP_COOKIE.get(&cookie) }).copied() else {
         return;
     };
-    own_udp_port(port, owner.pid, Some(&owner));
+    if own_udp_port(port, owner.pid, Some(&owner))
+        && let Some(l) = last
+    {
+        // SAFETY: this CPU's slot; a program that interrupts this one on this CPU and
+        // writes it too leaves a pair that was recorded either way.
+        unsafe {
+            *l = UdpOwned {
+                cookie,
+                port: u32::from(port),
+                epoch,
+            };
+        }
+    }
 }
+
+/// This CPU's last socket (by cookie) and UDP port whose owner `udp_owner_from_cookie`
+/// recorded, and the drain epoch it did so in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UdpOwned {
+    cookie: u64,
+    port: u32,
+    epoch: u32,
+}
+
+#[map]
+static NETMON_UDP_OWNED: PerCpuArray<UdpOwned> = PerCpuArray::with_max_entries(1, 0);
 
 /// kprobe on `udp_sendmsg`/`udpv6_sendmsg(struct sock *sk, ...)`: kernels with kprobes.
 #[kprobe]

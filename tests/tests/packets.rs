@@ -1836,3 +1836,72 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
         std::thread::sleep(std::time::Duration::from_millis(15));
     }
 }
+
+/// The egress program's owner path for UDP, with real sockets: the cgroup hooks record each
+/// socket's process by cookie, and the per-CPU tables' TC program, attached to a namespace's
+/// loopback, makes a new flow's process the owner of its local port. It keeps per CPU the
+/// last socket and port it did that for (`NETMON_UDP_OWNED`), so a port taken over by
+/// another process's socket within the same drain epoch and on the same CPU must still get
+/// the new owner: this process sends from a port, closes the socket, a child process binds
+/// the same port and sends, then this process again, all pinned to one CPU, the epoch never
+/// moving.
+#[test]
+#[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
+fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
+    use netmon::load::FlowTable;
+    require_root();
+    let ns = netmon_tests::Netns::new("udpown");
+    let pins = PinDir::new("udpown");
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
+    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
+    pin_to_cpu(0);
+    // Threads and children inherit the affinity of the thread that makes them.
+    let ebpf = ns.run(move || {
+        let _ = aya::programs::tc::qdisc_add_clsact("lo");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut("netmon_tc_tab")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.attach("lo", aya::programs::tc::TcAttachType::Egress)
+            .expect("attaching netmon_tc_tab to lo");
+        ebpf
+    });
+    const PORT: u16 = 40_111;
+    let send_here = |to: u16| {
+        ns.run(move || {
+            let s = std::net::UdpSocket::bind(("127.0.0.1", PORT)).expect("bind");
+            s.send_to(b"x", ("127.0.0.1", to)).expect("send");
+        })
+    };
+    let me = std::process::id();
+    send_here(9);
+    assert_eq!(udp_port_owner(&ebpf, PORT).pid, me, "the first sender");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(netmon_tests::testpeer_bin())
+        .args(["udp-send", "--to", "127.0.0.1:10", "--count", "1"])
+        .args(["--bind", &format!("127.0.0.1:{PORT}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("netmon-testpeer");
+    let child = out.id();
+    let out = out.wait_with_output().unwrap();
+    assert!(out.status.success(), "netmon-testpeer udp-send failed");
+    assert_eq!(
+        udp_port_owner(&ebpf, PORT).pid,
+        child,
+        "the port's new owner, in the same drain epoch on the same CPU"
+    );
+    send_here(11);
+    assert_eq!(
+        udp_port_owner(&ebpf, PORT).pid,
+        me,
+        "the port's owner again"
+    );
+}
