@@ -1579,7 +1579,7 @@ fn throughput() -> String {
     let p = Pair::new("bw");
     let monitors = ["none", "netmon", "bandwhich", "nethogs", "iftop"];
     const SECS: u32 = 5;
-    const REPS: usize = 5;
+    const REPS: usize = 7;
     let mut md = format!(
         "## 2. Throughput over veth between two namespaces\n\n\
          iperf3 from namespace A to B over one veth pair, {SECS} s per run, median of {REPS} \
@@ -1633,6 +1633,16 @@ fn throughput() -> String {
                 runs.entry(name).or_default().push(sample);
             }
         }
+        // netmon against none in the same round: the host's drift between rounds cancels.
+        let rate = |s: &Sample| if udp { s.pps } else { s.gbit_s };
+        let paired: Vec<f64> = match (runs.get("none"), runs.get("netmon")) {
+            (Some(none), Some(netmon)) => none
+                .iter()
+                .zip(netmon)
+                .map(|(n, m)| 100.0 * rate(m) / rate(n))
+                .collect(),
+            _ => Vec::new(),
+        };
         for name in monitors {
             let Some(samples) = runs.remove(name) else {
                 let _ = writeln!(md, "| {name} | not installed | | | |");
@@ -1677,13 +1687,19 @@ fn throughput() -> String {
         md += "\n";
         if let Some(r) = netmon_rate {
             let pct = 100.0 * r / base;
+            let pm = median(&paired);
+            let rounds: Vec<String> = paired.iter().map(|p| format!("{p:.1}%")).collect();
             let _ = writeln!(
                 md,
-                "With netmon: {pct:.1}% of the throughput with nothing attached (target: at least 95%: {}).\n",
-                if pct >= 95.0 {
+                "With netmon: {pct:.1}% of the throughput with nothing attached (the medians \
+                 above); round by round, netmon against none in the same round: {} (median \
+                 {pm:.1}%). Target: at least 95%, judged on that per-round median, in which the \
+                 host's drift from one round to the next cancels: {}.\n",
+                rounds.join(", "),
+                if pm >= 95.0 {
                     "met".to_string()
                 } else {
-                    format!("**missed by {:.1} points**", 95.0 - pct)
+                    format!("**missed by {:.1} points**", 95.0 - pm)
                 }
             );
         }
