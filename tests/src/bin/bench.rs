@@ -916,8 +916,7 @@ fn verdict(median: f64, target: Option<f64>) -> String {
 /// program attached and driven the same way subtracted; median and p95 of the per-pass
 /// difference over `PASSES` passes.
 fn real_socket_rows(connected: bool) -> Vec<Row> {
-    let stats_were_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .is_ok_and(|v| v.trim() == "1");
+    let stats_were_on = bpf_stats_on();
     let pair = Pair::new("rs");
     let (a_if, a_v4, b_v4, a_v6, b_v6) = (
         pair.a_if.clone(),
@@ -1498,6 +1497,11 @@ struct Sample {
 
 /// kernel.bpf_stats_enabled: run-time statistics for every BPF program, at the price of two
 /// clock reads per program run.
+/// Whether kernel.bpf_stats_enabled is on.
+fn bpf_stats_on() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
 fn set_bpf_stats(on: bool) {
     std::fs::write(
         "/proc/sys/kernel/bpf_stats_enabled",
@@ -1580,8 +1584,7 @@ fn throughput() -> String {
     unpin();
     // Restored at the end: an operator may run with the statistics on (netmon's program
     // run-time metrics need them).
-    let stats_were_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .is_ok_and(|v| v.trim() == "1");
+    let stats_were_on = bpf_stats_on();
     set_bpf_stats(false);
     let p = Pair::new("bw");
     let monitors = ["none", "netmon", "bandwhich", "nethogs", "iftop"];
