@@ -1770,16 +1770,7 @@ fn per_cpu_table_fingerprint_collisions_keep_flows_apart() {
 
 /// CLOCK_MONOTONIC_COARSE as the programs' `bpf_ktime_get_coarse_ns` reads it.
 fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec for the kernel to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    netmon::drain::clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// A flow's first and last times are the coarse monotonic clock of its packets, tick after
