@@ -224,11 +224,19 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let recover = format!(
-            "fix it, restore {}.bak (the previous version), or move it away to start with an \
-             empty drop list",
-            path.display()
-        );
+        // The previous version exists once the list has been saved twice.
+        let bak = self.dir.join(format!("{STATE_FILE}.bak"));
+        let recover = if bak.exists() {
+            format!(
+                "fix it, restore {} (the previous version), or move it away to start with an \
+                 empty drop list",
+                bak.display()
+            )
+        } else {
+            "fix it, or move it away to start with an empty drop list (there is no previous \
+             version to restore)"
+                .to_string()
+        };
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "drop-list state file {} is corrupt ({e}): {recover}",
@@ -400,7 +408,17 @@ mod tests {
         let store = Store::new(&dir);
         fs::write(store.state_path(), "{\"version\": 1, \"bans\": [").unwrap();
         let e = store.load().unwrap_err().to_string();
-        assert!(e.contains("is corrupt") && e.contains(".bak"), "{e}");
+        assert!(
+            e.contains("is corrupt") && e.contains("no previous version") && !e.contains(".bak"),
+            "{e}"
+        );
+        // Once a previous version exists, the error names it.
+        fs::write(dir.join("droplist.json.bak"), "{}").unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(
+            e.contains("is corrupt") && e.contains("droplist.json.bak"),
+            "{e}"
+        );
         fs::write(
             store.state_path(),
             "{\"version\": 7, \"generation\": 1, \"bans\": [], \"allows\": []}",
