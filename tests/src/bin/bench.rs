@@ -246,14 +246,26 @@ second method, the pool back to back within one test run (a program that rewrite
 source address from the pool and tail-calls the program measured), was tried and not kept: \
 its figures did not fall when the pool ran a second time (~260-300 ns at 1,000 flows, against \
 26-45 ns with 1 to 64 distinct flows cycled through the same run), for a reason not found \
-without performance counters, which these VMs do not expose.\n\nThe round before (22:51 \
-run):\n\n- New UDP flows from real sockets. Section 1's test runs give each frame a socket \
-made for the run; its last rows send from real sockets through the attached egress program \
-(with the cgroup hooks) and take its run time from kernel.bpf_stats, against the empty \
-program attached and driven the same way. They showed a cost the test runs could not: a new \
-connected socket's first frame made its process the owner of the local port with an insert \
-into `NETMON_PORT_OWNER`, an LRU hash, and cost the program 1,150-1,280 ns over the empty \
-program on this host (~800 with the map still empty; per-CPU LRU lists, \
+without performance counters, which these VMs do not expose.\n- A lead not yet run down, on \
+the rows from real sockets. With the bench's rig attaching the per-CPU tables' egress program \
+to the veth as those rows do, a connected socket sending 4,096 to 65,536 datagrams to one \
+port (a hit on one flow, frame after frame) cost the program 230-290 ns over the empty \
+program (01:05-01:40 UTC; the same from a Rust or a Python send loop, with or without a \
+listener, with the LRU maps shrunk as the daemon shrinks them, and per frame whether 4,096 or \
+65,536 were sent), where the same program attached by the daemon, under iperf3 or the same \
+Python loop, ran 106-109 ns per frame with the statistics on (the empty program: 60-66 in the \
+rig), ~45 over the empty program. Variant builds put the rig's extra cost in the reads of the \
+fingerprint word and the slot (both as slow as misses to memory; without the slot's stores, \
+the same), not in the parse (22-36 ns) or the clock (~12); TLB flushes during those runs were \
+rare (19,526 in 50 s, against ~24 million frames). Until the difference is found, the \"new \
+UDP flow from a real socket\" rows may overstate what the daemon's program pays.\n\nThe round \
+before (22:51 run):\n\n- New UDP flows from real sockets. Section 1's test runs give each \
+frame a socket made for the run; its last rows send from real sockets through the attached \
+egress program (with the cgroup hooks) and take its run time from kernel.bpf_stats, against \
+the empty program attached and driven the same way. They showed a cost the test runs could \
+not: a new connected socket's first frame made its process the owner of the local port with \
+an insert into `NETMON_PORT_OWNER`, an LRU hash, and cost the program 1,150-1,280 ns over the \
+empty program on this host (~800 with the map still empty; per-CPU LRU lists, \
 `BPF_F_NO_COMMON_LRU`, measured worse: 1,390-1,500). UDP ports' owners are now in an array \
 indexed by the port (`NETMON_UDP_PORTS`, 65,536 slots of 40 bytes): a compare and plain \
 stores, the pid last so that a first record is never read half-written; `NETMON_PORT_OWNER` \
