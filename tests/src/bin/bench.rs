@@ -1527,9 +1527,9 @@ struct Sample {
     pps: f64,
     gbit_s: f64,
     machine_cpu_s: f64,
-    monitor_cpu_s: f64,
-    /// The gigabytes moved while `monitor_cpu_s` was measured.
-    monitor_gbytes: f64,
+    /// The monitor's CPU seconds per GB moved; None for a netmon run without
+    /// kernel.bpf_stats_enabled, which does not record its programs' run time.
+    monitor_cpu_per_gb: Option<f64>,
 }
 
 /// kernel.bpf_stats_enabled: run-time statistics for every BPF program, at the price of two
@@ -1601,18 +1601,18 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
         (b, s["seconds"].as_f64().unwrap(), 0.0)
     };
     assert!(bytes > 0.0, "iperf3 moved nothing: {v}");
-    let monitor_cpu_s = if mon.name == "netmon" {
-        (cpu1 - cpu0) + (prog1 - prog0).as_secs_f64()
-    } else {
-        cpu1 - cpu0
-    };
+    let monitor_cpu_per_gb = match mon.name {
+        "netmon" if !bpf_stats_on() => None,
+        "netmon" => Some((cpu1 - cpu0) + (prog1 - prog0).as_secs_f64()),
+        _ => Some(cpu1 - cpu0),
+    }
+    .map(|cpu| cpu / (bytes / 1e9));
     Sample {
         gbytes: bytes / 1e9,
         pps: packets / seconds,
         gbit_s: bytes * 8.0 / seconds / 1e9,
         machine_cpu_s: m1 - m0,
-        monitor_cpu_s,
-        monitor_gbytes: bytes / 1e9,
+        monitor_cpu_per_gb,
     }
 }
 
@@ -1637,9 +1637,9 @@ fn throughput() -> String {
          watching, with netmon on A's end, and with the tools a user would otherwise run on \
          the same interface; median of the runs, which come in {REPS} rounds after one \
          warm-up run that is not kept: a round runs none and netmon in {PAIRS} pairs (each \
-         pair in the other order from the one before), then each other tool once. \"Monitor CPU\" is \
-         the monitor's own process (user + system) plus, for netmon, its kernel programs' \
-         run time, which only kernel.bpf_stats_enabled records: netmon's throughput and \
+         pair in the other order from the one before), then each other tool once. \
+         \"Monitor CPU\" is the monitor's own process (user + system) plus, for netmon, its \
+         kernel programs' run time, which only kernel.bpf_stats_enabled records: netmon's throughput and \
          machine CPU come from runs without those statistics (as netmon runs by default; \
          they add two clock reads to every program run), its monitor CPU from a second run \
          with them after the first pair's netmon run of each round; \"machine CPU\" is \
@@ -1671,20 +1671,14 @@ fn throughput() -> String {
         // this kind of host: a warm-up, not kept.
         let _ = iperf(&p, udp, SECS, &start_monitor("none", &p));
         // One run of `name`; for netmon with `cpu`, a second run with the statistics on for
-        // its monitor CPU (without, the sample carries no monitor CPU: monitor_gbytes 0).
+        // its monitor CPU.
         let mut run = |name: &'static str, cpu: bool| {
             let mon = start_monitor(name, &p);
             let mut sample = iperf(&p, udp, SECS, &mon);
-            if name == "netmon" {
-                if cpu {
-                    set_bpf_stats(true);
-                    let with_stats = iperf(&p, udp, SECS, &mon);
-                    set_bpf_stats(false);
-                    sample.monitor_cpu_s = with_stats.monitor_cpu_s;
-                    sample.monitor_gbytes = with_stats.monitor_gbytes;
-                } else {
-                    sample.monitor_gbytes = 0.0;
-                }
+            if name == "netmon" && cpu {
+                set_bpf_stats(true);
+                sample.monitor_cpu_per_gb = iperf(&p, udp, SECS, &mon).monitor_cpu_per_gb;
+                set_bpf_stats(false);
             }
             if let Some(pid) = mon.pid() {
                 assert!(netmon_tests::is_alive(pid), "{name} died during the run");
@@ -1742,8 +1736,7 @@ fn throughput() -> String {
             let ocpu = median(
                 &samples
                     .iter()
-                    .filter(|s| s.monitor_gbytes > 0.0)
-                    .map(|s| s.monitor_cpu_s / s.monitor_gbytes)
+                    .filter_map(|s| s.monitor_cpu_per_gb)
                     .collect::<Vec<_>>(),
             );
             if name == "none" {
@@ -1768,14 +1761,14 @@ fn throughput() -> String {
         if let Some(r) = netmon_rate {
             let pct = 100.0 * r / base;
             let pm = median(&paired);
-            let rounds: Vec<String> = paired.iter().map(|p| format!("{p:.1}%")).collect();
+            let pairs: Vec<String> = paired.iter().map(|p| format!("{p:.1}%")).collect();
             let _ = writeln!(
                 md,
                 "With netmon: {pct:.1}% of the throughput with nothing attached (the medians \
                  above); pair by pair, netmon against none in the same pair: {} (median \
                  {pm:.1}%). Target: at least 95%, judged on that per-pair median, in which the \
                  host's drift from one pair to the next cancels: {}.\n",
-                rounds.join(", "),
+                pairs.join(", "),
                 if pm >= 95.0 {
                     "met".to_string()
                 } else {
