@@ -192,6 +192,12 @@ impl Store {
         self.dir.join(STATE_FILE)
     }
 
+    /// The previous version of the state file, kept by `save` (there once the list has been
+    /// saved twice).
+    fn backup_path(&self) -> PathBuf {
+        self.dir.join(format!("{STATE_FILE}.bak"))
+    }
+
     pub fn audit_path(&self) -> PathBuf {
         self.dir.join(AUDIT_FILE)
     }
@@ -224,8 +230,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        // The previous version exists once the list has been saved twice.
-        let bak = self.dir.join(format!("{STATE_FILE}.bak"));
+        let bak = self.backup_path();
         let recover = if bak.exists() {
             format!(
                 "fix it, restore {} (the previous version), or move it away to start with an \
@@ -287,7 +292,7 @@ impl Store {
                 .with_context(|| format!("writing {}", tmp.display()))?;
         }
         if path.exists() {
-            let bak = self.dir.join(format!("{STATE_FILE}.bak"));
+            let bak = self.backup_path();
             fs::copy(&path, &bak).with_context(|| format!("backing up to {}", bak.display()))?;
         }
         fs::rename(&tmp, &path)
