@@ -942,20 +942,27 @@ fn verdict(median: f64, target: Option<f64>) -> String {
     }
 }
 
-/// New UDP flows from real sockets through the real egress path: the per-CPU tables' TC
-/// program attached to one end of a veth pair (as the daemon attaches it), with the cgroup
-/// hooks that record a UDP socket's owner by its cookie. Per pass, from that namespace, 1,024
-/// datagrams that each start a flow: `connected` false, one socket (bound to a new port each
-/// pass) sending to 1,024 ports of the other end, as a server answering many peers does;
-/// true, 1,024 sockets each connected to a port of its own and sending once, as clients do.
-/// A test run's frame has a socket made for the run, whose cookie its first ask generates;
-/// these sockets got theirs from the hooks, as a real sender's does. Cost per frame: the
-/// program's run time as kernel.bpf_stats records it (switched on for this), the empty
-/// program attached and driven the same way subtracted; median and p95 of the per-pass
-/// difference over `PASSES` passes.
-fn real_socket_rows(connected: bool) -> Vec<Row> {
+/// New UDP flows from real sockets through the real egress path, with the cgroup hooks that
+/// record a UDP socket's owner by its cookie. `by_daemon` false: the per-CPU tables' TC
+/// program attached by the bench to one end of a veth pair (as the daemon attaches it), the
+/// bench's cgroup hooks; true: `netmon run` itself on that end (its program, its hooks, its
+/// tables drained every second), the empty program attached beside it, ahead of it. Per
+/// pass, from that namespace, 1,024 datagrams that each start a flow: `connected` false, one
+/// socket (bound to a new port each pass) sending to 1,024 ports of the other end, as a
+/// server answering many peers does; true, 1,024 sockets each connected to a port of its own
+/// and sending once, as clients do. A test run's frame has a socket made for the run, whose
+/// cookie its first ask generates; these sockets got theirs from the hooks, as a real
+/// sender's does. Cost per frame: the program's run time as kernel.bpf_stats records it
+/// (switched on for this), the empty program's over frames sent the same way in the same
+/// pass subtracted; median and p95 of the per-pass difference over `PASSES` passes.
+fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
+    use aya::programs::{
+        SchedClassifier,
+        links::LinkOrder,
+        tc::{TcAttachOptions, TcAttachType},
+    };
     let stats_were_on = bpf_stats_on();
-    let pair = Pair::new("rs");
+    let pair = Pair::new(if by_daemon { "rd" } else { "rs" });
     let (a_if, a_v4, b_v4, a_v6, b_v6) = (
         pair.a_if.clone(),
         pair.a_v4,
@@ -964,10 +971,12 @@ fn real_socket_rows(connected: bool) -> Vec<Row> {
         pair.b_v6,
     );
     set_bpf_stats(true);
+    let daemon = by_daemon.then(|| Daemon::start(&pair.a, &[&pair.a_if], &["--interval", "1s"]));
     let diffs = pair.a.run(move || {
-        use aya::programs::{SchedClassifier, tc::TcAttachType};
         let mut rig = Rig::new(DEFAULT_FLOWS);
-        netmon::load::try_cgroup_udp(&mut rig.ebpf).expect("attaching the cgroup UDP hooks");
+        if !by_daemon {
+            netmon::load::try_cgroup_udp(&mut rig.ebpf).expect("attaching the cgroup UDP hooks");
+        }
         // Kernels before TCX attach through a clsact qdisc.
         let _ = aya::programs::tc::qdisc_add_clsact(&a_if);
         let mut diffs = [Vec::new(), Vec::new()];
@@ -976,12 +985,23 @@ fn real_socket_rows(connected: bool) -> Vec<Row> {
                 let from: std::net::IpAddr = from.parse().unwrap();
                 let to: std::net::IpAddr = to.parse().unwrap();
                 let mut mean = |prog: &str, port: u16| {
-                    let tc: &mut SchedClassifier =
-                        rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-                    let link = tc
-                        .attach(&a_if, TcAttachType::Egress)
-                        .unwrap_or_else(|e| panic!("attaching {prog}: {e}"));
-                    let before = tc.info().unwrap();
+                    // The daemon's program is attached already; the bench's copy of it is
+                    // loaded, never attached, so runs of that name are the daemon's.
+                    let link = (!by_daemon || prog != TAB_PROGRAMS[1]).then(|| {
+                        let tc: &mut SchedClassifier =
+                            rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                        // Ahead of the daemon's where TCX orders programs; kernels before
+                        // it (netlink) take the plain attach.
+                        let first = TcAttachOptions::TcxOrder(LinkOrder::first());
+                        if by_daemon {
+                            tc.attach_with_options(&a_if, TcAttachType::Egress, first)
+                                .or_else(|_| tc.attach(&a_if, TcAttachType::Egress))
+                        } else {
+                            tc.attach(&a_if, TcAttachType::Egress)
+                        }
+                        .unwrap_or_else(|e| panic!("attaching {prog}: {e}"))
+                    });
+                    let (runs0, time0) = prog_runs(prog);
                     if connected {
                         for k in 0..POOL as u16 {
                             let sock = std::net::UdpSocket::bind((from, 0)).expect("bind");
@@ -994,11 +1014,15 @@ fn real_socket_rows(connected: bool) -> Vec<Row> {
                             sock.send_to(&[0x5a; 64], (to, 10_000 + k)).expect("send");
                         }
                     }
-                    let after = tc.info().unwrap();
-                    tc.detach(link).unwrap();
-                    let runs = after.run_count() - before.run_count();
+                    let (runs1, time1) = prog_runs(prog);
+                    if let Some(link) = link {
+                        let tc: &mut SchedClassifier =
+                            rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                        tc.detach(link).unwrap();
+                    }
+                    let runs = runs1 - runs0;
                     assert!(runs >= POOL as u64, "{prog} ran {runs} times");
-                    (after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64
+                    (time1 - time0).as_nanos() as f64 / runs as f64
                 };
                 // Source ports of their own per pass, family and program: every frame
                 // starts a flow.
@@ -1015,20 +1039,27 @@ fn real_socket_rows(connected: bool) -> Vec<Row> {
         }
         diffs
     });
+    drop(daemon);
     set_bpf_stats(stats_were_on);
-    let case = if connected {
-        "new UDP flow from a real socket, each of 1,024 sockets connected to a port of its own \
-         and sending once (per-CPU table; over a veth pair, the program attached to its end, \
-         the owner found by the socket's cookie; kernel.bpf_stats run time)"
+    let senders = if connected {
+        "each of 1,024 sockets connected to a port of its own and sending once"
     } else {
-        "new UDP flow from a real socket, one socket sending to 1,024 ports (per-CPU table; \
-         over a veth pair, the program attached to its end, the owner found by the socket's \
-         cookie; kernel.bpf_stats run time)"
+        "one socket sending to 1,024 ports"
     };
+    let attached = if by_daemon {
+        "`netmon run` attached to its end (its program and hooks, its tables drained every \
+         second), the empty program ahead of it"
+    } else {
+        "the program attached to its end"
+    };
+    let case = format!(
+        "new UDP flow from a real socket, {senders} (per-CPU table; over a veth pair, \
+         {attached}, the owner found by the socket's cookie; kernel.bpf_stats run time)"
+    );
     [("IPv4", &diffs[0]), ("IPv6", &diffs[1])]
         .into_iter()
         .map(|(family, d)| Row {
-            case: case.into(),
+            case: case.clone(),
             family,
             hook: "TC",
             flows: "new each frame".into(),
@@ -1037,6 +1068,16 @@ fn real_socket_rows(connected: bool) -> Vec<Row> {
             target: Some(100.0),
         })
         .collect()
+}
+
+/// Runs and run time so far of the loaded programs named `prog` (kernel.bpf_stats).
+fn prog_runs(prog: &str) -> (u64, Duration) {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str() == Some(prog))
+        .fold((0, Duration::ZERO), |(n, t), p| {
+            (n + p.run_count(), t + p.run_time())
+        })
 }
 
 /// The case of a row from `versus_hot`.
@@ -1302,8 +1343,10 @@ fn packets() -> String {
     }
     if only.is_none() || only.as_ref().is_some_and(|o| o.iter().any(|c| c == "real")) {
         eprintln!("  new UDP flows from real sockets");
-        rows.extend(real_socket_rows(false));
-        rows.extend(real_socket_rows(true));
+        for by_daemon in [false, true] {
+            rows.extend(real_socket_rows(false, by_daemon));
+            rows.extend(real_socket_rows(true, by_daemon));
+        }
     }
     let mut md = String::from(
         "## 1. Per-packet cost in the kernel (BPF_PROG_TEST_RUN)\n\n\
