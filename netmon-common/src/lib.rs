@@ -758,6 +758,11 @@ assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, 
 assert_layout!(SockKey, 40, proto @ 0, local_port @ 2, remote_port @ 4, local_addr @ 8,
     remote_addr @ 24);
 assert_layout!(PortKey, 4, proto @ 0, port @ 2);
+// A slot's epoch and sequence number fill one 8-byte aligned word, epoch first: where
+// stores may be seen out of order, the programs publish a slot's rewrite by exchanging that
+// word (`WEAK_STORE_ORDER` in netmon-ebpf).
+assert_layout!(TabSlot<FlowKey4>, 64, key @ 32, epoch @ 56, seq @ 60);
+assert_layout!(TabSlot<FlowKey>, 88, key @ 32, epoch @ 80, seq @ 84);
 assert_layout!(BanKey4, 8, generation @ 0, addr @ 4);
 assert_layout!(BanKey6, 20, generation @ 0, addr @ 4);
 assert_layout!(BanValue, 40, expires_ns @ 0, packets @ 8, bytes @ 16, last_hit_ns @ 24,

@@ -494,12 +494,14 @@ impl UdpPorts {
     fn get(&self, port: u16) -> Option<ProcInfo> {
         // SAFETY: `port` < UDP_PORT_SLOTS slots of size_of::<ProcInfo>() bytes (a multiple
         // of 8, the array's element size) are mapped; the programs write them meanwhile, so
-        // they are read volatile, the pid first (written last).
+        // they are read volatile, the pid first (written last), the rest after an acquire
+        // fence (a compiler fence on x86; a barrier where loads may be reordered).
         unsafe {
             let slot = self.mem.ptr().cast::<ProcInfo>().add(usize::from(port));
             if std::ptr::read_volatile(&raw const (*slot).pid) == 0 {
                 return None;
             }
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
             Some(std::ptr::read_volatile(slot))
         }
     }

@@ -1588,13 +1588,52 @@ fn pass_once(x: &Xdp, pkt: &[u8]) {
 #[test]
 #[ignore = "privileged: needs root (BPF_PROG_TEST_RUN); run by `cargo xtask test`"]
 fn per_cpu_table_evictions_and_cpus_lose_no_count() {
-    use netmon::load::FlowTable;
     require_root();
+    evictions_and_cpus_lose_no_count(netmon::load::WEAK_STORE_ORDER);
+}
+
+/// The same with the programs' stores ordered as they are where the CPU may reorder them
+/// (`WEAK_STORE_ORDER` = 1: a slot's sequence word exchanged, its bucket's mark set by an
+/// atomic OR), which x86 does not need and so cannot show going wrong: that path must count
+/// exactly as the plain one, and must be in the program the kernel runs (larger than the
+/// plain one's, from which the verifier removes it).
+#[test]
+#[ignore = "privileged: needs root (BPF_PROG_TEST_RUN); run by `cargo xtask test`"]
+fn per_cpu_table_with_ordered_stores_loses_no_count() {
+    require_root();
+    let ordered = evictions_and_cpus_lose_no_count(1);
+    let plain = {
+        let pins = PinDir::new("tab-plain");
+        let mut loader = small_maps(&pins, 1024);
+        netmon::load::size_flow_maps(&mut loader, netmon::load::FlowTable::PerCpu, 256).unwrap();
+        loader.override_global("WEAK_STORE_ORDER", &0u32, true);
+        translated_size(&load_tab_xdp(&mut loader))
+    };
+    assert!(
+        ordered > plain,
+        "the ordered-store program ({ordered} bytes translated) is not larger than the plain \
+         one ({plain}): its atomic path was not kept"
+    );
+}
+
+/// Bytes of `netmon_xdp_tab` as the verifier left it.
+fn translated_size(ebpf: &Ebpf) -> u32 {
+    let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
+    x.info().unwrap().size_translated().unwrap()
+}
+
+/// `per_cpu_table_evictions_and_cpus_lose_no_count` with the programs' `WEAK_STORE_ORDER`
+/// set to `weak_store_order`; returns the size of the program the kernel ran.
+fn evictions_and_cpus_lose_no_count(weak_store_order: u32) -> u32 {
+    use netmon::load::FlowTable;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pins = PinDir::new("tab");
     let mut loader = small_maps(&pins, 1024);
     netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let order: &'static u32 = Box::leak(Box::new(weak_store_order));
+    loader.override_global("WEAK_STORE_ORDER", order, true);
     let mut ebpf = load_tab_xdp(&mut loader);
+    let size = translated_size(&ebpf);
     let mut tables = netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables");
     let mut config: aya::maps::Array<_, u64> =
         aya::maps::Array::try_from(ebpf.take_map("NETMON_CONFIG").unwrap()).unwrap();
@@ -1685,6 +1724,7 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
         &wrong[..wrong.len().min(5)]
     );
     assert_eq!(got.len(), sent.len());
+    size
 }
 
 /// Flows whose keys share a bucket and a fingerprint (`tab_place`) in the per-CPU table are

@@ -199,6 +199,16 @@ pub fn tab_buckets(flows: u32, ncpus: u32) -> u32 {
     (per_cpu.div_ceil(ways) as u32).next_power_of_two().max(64)
 }
 
+/// The programs' `WEAK_STORE_ORDER`: whether this CPU may make a program's stores visible to
+/// another CPU out of program order (every architecture netmon may run on but x86), so that
+/// the per-CPU tables' writers must order them with atomic instructions for the daemon's
+/// reads of the mapped tables.
+pub static WEAK_STORE_ORDER: u32 = if cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
+    0
+} else {
+    1
+};
+
 /// Sizes the flow store `table` uses for `flows` per family, and shrinks the other one to
 /// almost nothing (the object holds both; the kernel creates every map it declares).
 pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32) -> Result<()> {
@@ -218,6 +228,7 @@ pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32)
     // Leaked so it outlives the loader's borrow: one u32 per load.
     let buckets: &'static u32 = Box::leak(Box::new(buckets));
     loader
+        .override_global("WEAK_STORE_ORDER", &WEAK_STORE_ORDER, true)
         .map_max_entries("NETMON_FLOWS4", lru)
         .map_max_entries("NETMON_FLOWS6", lru)
         .override_global("TAB_BUCKETS", buckets, true)

@@ -1350,7 +1350,14 @@ fn packets() -> String {
     }
     if only.is_none() || only.as_ref().is_some_and(|o| o.iter().any(|c| c == "real")) {
         eprintln!("  new UDP flows from real sockets");
+        // The daemon runs the built-in object: with another one under test, its rows would
+        // not measure that build.
+        let other_object = std::env::var_os("NETMON_BENCH_OBJECT").is_some();
         for by_daemon in [false, true] {
+            if by_daemon && other_object {
+                eprintln!("  (NETMON_BENCH_OBJECT: the rows with netmon run attached skipped)");
+                continue;
+            }
             rows.extend(real_socket_rows(false, by_daemon));
             rows.extend(real_socket_rows(true, by_daemon));
         }
