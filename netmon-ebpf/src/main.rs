@@ -744,12 +744,11 @@ static TAB_BUCKETS: u32 = 64;
 /// other architecture but x86), set by the loader: a slot's rewrite then publishes its
 /// sequence number with fully ordered exchanges and a bucket's mark with a fully ordered
 /// atomic OR, so that a reader on another CPU that sees the mark sees the slot's counters,
-/// and one that sees an even sequence number sees the whole slot it stands for; a UDP
-/// port's owner record (`own_udp_port`) gets its pid, written last, by an exchange too. On x86 plain
-/// stores keep that order for free; the verifier knows this read-only value and removes the
-/// branch not taken (what stays is the compiler's register allocation for both: on x86,
-/// `netmon_tc_tab` translates to 26,384 bytes against 25,928 without this switch, and
-/// `netmon-bench compare` measured no difference between the two builds).
+/// and one that sees an even sequence number sees the whole slot it stands for; a UDP port's
+/// owner record (`own_udp_port`) gets its pid, written last, by an exchange too. On x86
+/// plain stores keep that order for free; the verifier knows this read-only value and
+/// removes the branch not taken (what stays is the compiler's register allocation for both
+/// paths: a few dozen instructions, no difference `netmon-bench compare` could measure).
 #[unsafe(no_mangle)]
 static WEAK_STORE_ORDER: u32 = 0;
 
@@ -889,7 +888,7 @@ fn tab_record<K: Copy>(
         let s = slots.add(victim);
         // An odd sequence number tells a reader the slot is being rewritten; the stores in
         // between stay between: compiler fences, and x86 keeps stores in order; elsewhere the
-        // sequence number goes out with the epoch, its word, by exchanges, which
+        // sequence number goes out with the epoch (the two fill one word) by exchanges, which
         // the BPF memory model makes fully ordered.
         let weak = global(&WEAK_STORE_ORDER) != 0;
         let word = (&raw mut (*s).epoch).cast::<u64>();
