@@ -946,48 +946,48 @@ fn epoch_seq(epoch: u32, seq: u32) -> u64 {
     u64::from(epoch) | u64::from(seq) << 32
 }
 
-/// `*dst = val` as one BPF atomic exchange (BPF_ATOMIC | BPF_XCHG, Linux 5.12+). Value-
-/// returning BPF atomics are fully ordered, as the kernel's `xchg()`: arm64 JITs this one to
-/// SWPAL (or an exclusive pair and a DMB), x86 to XCHG.
-#[inline(always)]
-unsafe fn xchg(dst: *mut u64, val: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: the caller guarantees `dst` is a valid, 8-byte aligned map value field.
-    unsafe {
-        core::arch::asm!(
-            "{val} = xchg_64({dst} + 0, {val})",
-            dst = in(reg) dst,
-            val = inout(reg) val => _,
-            options(nostack)
-        );
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above (host builds only type-check this).
-    unsafe {
-        core::ptr::write_volatile(dst, val);
-    }
+/// Defines `unsafe fn $name(dst: *mut u64, val: u64)`: the value-returning BPF atomic
+/// instruction `$insn` on the u64 at `dst` (a valid, 8-byte aligned map value field, which
+/// the caller guarantees), the value it returns discarded. Value-returning BPF atomics are
+/// fully ordered, as the kernel's `xchg()` (Linux 5.12+; arm64 JITs them to SWPAL/LDSETAL,
+/// or an exclusive pair and a DMB). Host builds, which only type-check this, run `$host`.
+macro_rules! fully_ordered_u64 {
+    ($(#[$doc:meta])* $name:ident, $insn:literal, |$dst:ident, $val:ident| $host:expr) => {
+        $(#[$doc])*
+        #[inline(always)]
+        unsafe fn $name($dst: *mut u64, $val: u64) {
+            #[cfg(target_arch = "bpf")]
+            // SAFETY: the caller guarantees `dst` is a valid, 8-byte aligned map value field.
+            unsafe {
+                core::arch::asm!(
+                    $insn,
+                    dst = in(reg) $dst,
+                    val = inout(reg) $val => _,
+                    options(nostack)
+                );
+            }
+            #[cfg(not(target_arch = "bpf"))]
+            // SAFETY: as above.
+            unsafe {
+                $host
+            }
+        }
+    };
 }
 
-/// `*dst |= val` as one fully ordered BPF atomic (BPF_ATOMIC | BPF_OR | BPF_FETCH, Linux
-/// 5.12+), as `xchg`.
-#[inline(always)]
-unsafe fn fetch_or(dst: *mut u64, val: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: the caller guarantees `dst` is a valid, 8-byte aligned map value field.
-    unsafe {
-        core::arch::asm!(
-            "{val} = atomic_fetch_or((u64 *)({dst} + 0), {val})",
-            dst = in(reg) dst,
-            val = inout(reg) val => _,
-            options(nostack)
-        );
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: as above.
-    unsafe {
-        *dst |= val;
-    }
-}
+fully_ordered_u64!(
+    /// `*dst = val` (BPF_ATOMIC | BPF_XCHG).
+    xchg,
+    "{val} = xchg_64({dst} + 0, {val})",
+    |dst, val| core::ptr::write_volatile(dst, val)
+);
+
+fully_ordered_u64!(
+    /// `*dst |= val` (BPF_ATOMIC | BPF_OR | BPF_FETCH).
+    fetch_or,
+    "{val} = atomic_fetch_or((u64 *)({dst} + 0), {val})",
+    |dst, val| *dst |= val
+);
 
 #[inline(always)]
 fn dropcfg(index: u32) -> u64 {
