@@ -629,11 +629,18 @@ fn status_mib(pid: u32, field: &str) -> f64 {
 /// Kernel run time of every loaded program whose name starts with `netmon_`
 /// (needs kernel.bpf_stats_enabled=1).
 fn netmon_prog_runtime() -> Duration {
+    prog_stats(|n| n.starts_with("netmon_")).1
+}
+
+/// Runs and run time so far of the loaded programs whose name `pick` accepts
+/// (kernel.bpf_stats).
+fn prog_stats(pick: impl Fn(&str) -> bool) -> (u64, Duration) {
     aya::programs::loaded_programs()
         .flatten()
-        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("netmon_")))
-        .map(|p| p.run_time())
-        .sum()
+        .filter(|p| p.name_as_str().is_some_and(&pick))
+        .fold((0, Duration::ZERO), |(n, t), p| {
+            (n + p.run_count(), t + p.run_time())
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1024,7 +1031,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                         }
                         .unwrap_or_else(|e| panic!("attaching {prog}: {e}"))
                     });
-                    let (runs0, time0) = prog_runs(prog);
+                    let (runs0, time0) = prog_stats(|n| n == prog);
                     if connected {
                         for k in 0..POOL as u16 {
                             let sock = std::net::UdpSocket::bind((from, 0)).expect("bind");
@@ -1037,7 +1044,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                             sock.send_to(&[0x5a; 64], (to, 10_000 + k)).expect("send");
                         }
                     }
-                    let (runs1, time1) = prog_runs(prog);
+                    let (runs1, time1) = prog_stats(|n| n == prog);
                     if let Some(link) = link {
                         let tc: &mut SchedClassifier =
                             rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
@@ -1091,16 +1098,6 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
             target: Some(100.0),
         })
         .collect()
-}
-
-/// Runs and run time so far of the loaded programs named `prog` (kernel.bpf_stats).
-fn prog_runs(prog: &str) -> (u64, Duration) {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str() == Some(prog))
-        .fold((0, Duration::ZERO), |(n, t), p| {
-            (n + p.run_count(), t + p.run_time())
-        })
 }
 
 /// The case of a row from `versus_hot`.
