@@ -254,45 +254,55 @@ branch; what stays is the compiler's register allocation for both paths (`netmon
 26,384 bytes translated against 25,928), and `netmon-bench compare` of the two builds, six \
 alternations per hook (04:04 UTC), measured no difference: the cache-hot hit 23-34 ns against \
 24-39 through TC and 41-45 against 40-47 through XDP, the pool's rows equally mixed. netmon \
-is still neither built nor run on arm64 here.\n\nThe round before (00:46 run):\n\n- \
-Throughput is judged on more pairs. The 95% target sits within this host's run-to-run noise: \
-a single 5-s run moves by 10% or more from the next with nothing changed (16 alternations of \
-3-s 64-byte UDP runs, none and netmon, 00:20 UTC: pair ratios of 85.8-109.7%, and 127.7% for \
-the first pair, whose none run was the first after the namespaces came up), so seven pairs \
-placed the median only to within several points of the true ratio. Each round now runs none \
-and netmon in three pairs, each pair in the other order from the one before, after a warm-up \
-run that is not kept, and the target is judged on the median of the 21 pairs' ratios. Pinning \
-iperf3's client and server to a CPU each was tried and not kept (eight runs each: a little \
-less spread for UDP, more for TCP).\n- Where the pool's cost goes on this host. The same \
-1,024 packets run again right after their pass (`netmon-bench compare`, IPv4 XDP, per-CPU \
-tables, 1,000 flows, 00:05-00:15 UTC) cost 34-155 ns over the empty program (quartiles; \
-median 54) against 293-330 for their pass in that comparison, which follows the other build's \
-passes: the first touch of a flow's lines after other work is most of the pool's figure. \
-Equally warm passes moved from 35 to 260 ns with the host's state: in a sequence of passes a \
-few milliseconds apart, the warm pass cost 35-50 ns where the empty program ran at its usual \
-80-83 ns and 110-260 where it ran at 95-110. A second method, the pool back to back within \
-one test run (a program that rewrites each run's source address from the pool and tail-calls \
-the program measured), was tried and not kept: its figures did not fall when the pool ran a \
-second time (~260-300 ns at 1,000 flows, against 26-45 ns with 1 to 64 distinct flows cycled \
-through the same run), for a reason not found without performance counters, which these VMs \
-do not expose.\nBefore that (22:51 run):\n\n- New UDP flows from real sockets. Section 1's \
-test runs give each frame a socket made for the run; its last rows send from real sockets \
-through the attached egress program (with the cgroup hooks) and take its run time from \
-kernel.bpf_stats, against the empty program attached and driven the same way. They showed a \
-cost the test runs could not: a new connected socket's first frame made its process the owner \
-of the local port with an insert into `NETMON_PORT_OWNER`, an LRU hash, and cost the program \
-1,150-1,280 ns over the empty program on this host (~800 with the map still empty; per-CPU \
-LRU lists, `BPF_F_NO_COMMON_LRU`, measured worse: 1,390-1,500). UDP ports' owners are now in \
-an array indexed by the port (`NETMON_UDP_PORTS`, 65,536 slots of 40 bytes): a compare and \
-plain stores, the pid last so that a first record is never read half-written; \
-`NETMON_PORT_OWNER` keeps the TCP listeners. The daemon reads a UDP port's owner through a \
-read-only mapping of the array (2.5 MiB of kernel memory, which the mapping puts in its RSS: \
-14.9 MiB with no flows in that run against 12.3 at 21:10). And the program keeps per CPU the \
-last socket (by cookie) and port whose owner it recorded, with the drain epoch \
-(`NETMON_UDP_OWNED`), so a socket that starts many flows from one port, as a server answering \
-many peers does, is looked up once per epoch. Alternating builds (21:59-22:05 UTC): one \
-socket sending to 1,024 ports 471-574 -> 365-440 ns with the array -> 256-368 with the kept \
-pair; 1,024 connected sockets 1,148-1,277 -> 555-719. In that run: 353-370 and 638-710 \
+is still neither built nor run on arm64 here.\n- Where a real sender's hit goes (05:00-05:10 \
+UTC, after this run; a script, the daemon as it runs by default, its program's \
+kernel.bpf_stats run time). 8,192 flows from real sockets sent again (one socket to 1,024 \
+ports, the same ports each time: every frame a hit) cost the egress program 298-523 ns per \
+frame with the default table (a 16 MiB part per CPU) and 217-462 with `--flow-map-size 16384` \
+(a 1 MiB part), in three alternations, against 106-156 for one flow sent to over and over; \
+30,720 such flows sent again cost 274-383 per frame, about what their first frames (new \
+flows) did. So the pool's figures are not an artifact of the test runs: a frame whose flow's \
+slot is out of the caches pays for it, the more so the more pages the table spreads its flows \
+over (the kernel maps BPF arrays with 4 KiB pages). A table sized to the flows actually \
+present, grown by the daemon as they come, would cut that; it is not built.\n\nThe round \
+before (00:46 run):\n\n- Throughput is judged on more pairs. The 95% target sits within this \
+host's run-to-run noise: a single 5-s run moves by 10% or more from the next with nothing \
+changed (16 alternations of 3-s 64-byte UDP runs, none and netmon, 00:20 UTC: pair ratios of \
+85.8-109.7%, and 127.7% for the first pair, whose none run was the first after the namespaces \
+came up), so seven pairs placed the median only to within several points of the true ratio. \
+Each round now runs none and netmon in three pairs, each pair in the other order from the one \
+before, after a warm-up run that is not kept, and the target is judged on the median of the \
+21 pairs' ratios. Pinning iperf3's client and server to a CPU each was tried and not kept \
+(eight runs each: a little less spread for UDP, more for TCP).\n- Where the pool's cost goes \
+on this host. The same 1,024 packets run again right after their pass (`netmon-bench \
+compare`, IPv4 XDP, per-CPU tables, 1,000 flows, 00:05-00:15 UTC) cost 34-155 ns over the \
+empty program (quartiles; median 54) against 293-330 for their pass in that comparison, which \
+follows the other build's passes: the first touch of a flow's lines after other work is most \
+of the pool's figure. Equally warm passes moved from 35 to 260 ns with the host's state: in a \
+sequence of passes a few milliseconds apart, the warm pass cost 35-50 ns where the empty \
+program ran at its usual 80-83 ns and 110-260 where it ran at 95-110. A second method, the \
+pool back to back within one test run (a program that rewrites each run's source address from \
+the pool and tail-calls the program measured), was tried and not kept: its figures did not \
+fall when the pool ran a second time (~260-300 ns at 1,000 flows, against 26-45 ns with 1 to \
+64 distinct flows cycled through the same run), for a reason not found without performance \
+counters, which these VMs do not expose.\nBefore that (22:51 run):\n\n- New UDP flows from \
+real sockets. Section 1's test runs give each frame a socket made for the run; its last rows \
+send from real sockets through the attached egress program (with the cgroup hooks) and take \
+its run time from kernel.bpf_stats, against the empty program attached and driven the same \
+way. They showed a cost the test runs could not: a new connected socket's first frame made \
+its process the owner of the local port with an insert into `NETMON_PORT_OWNER`, an LRU hash, \
+and cost the program 1,150-1,280 ns over the empty program on this host (~800 with the map \
+still empty; per-CPU LRU lists, `BPF_F_NO_COMMON_LRU`, measured worse: 1,390-1,500). UDP \
+ports' owners are now in an array indexed by the port (`NETMON_UDP_PORTS`, 65,536 slots of 40 \
+bytes): a compare and plain stores, the pid last so that a first record is never read \
+half-written; `NETMON_PORT_OWNER` keeps the TCP listeners. The daemon reads a UDP port's \
+owner through a read-only mapping of the array (2.5 MiB of kernel memory, which the mapping \
+puts in its RSS: 14.9 MiB with no flows in that run against 12.3 at 21:10). And the program \
+keeps per CPU the last socket (by cookie) and port whose owner it recorded, with the drain \
+epoch (`NETMON_UDP_OWNED`), so a socket that starts many flows from one port, as a server \
+answering many peers does, is looked up once per epoch. Alternating builds (21:59-22:05 UTC): \
+one socket sending to 1,024 ports 471-574 -> 365-440 ns with the array -> 256-368 with the \
+kept pair; 1,024 connected sockets 1,148-1,277 -> 555-719. In that run: 353-370 and 638-710 \
 (308-337 and 581-622 at 22:07; 320-379 and 449-537 at 00:46; 287-377 and 533-652 at 03:10; \
 313-384 and 640-720 in this run). What remains for a connected socket's first frame: the new \
 flow in a table whose lines a real send has left cold (~330 ns here with the owner path \
