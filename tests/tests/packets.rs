@@ -1602,13 +1602,8 @@ fn per_cpu_table_evictions_and_cpus_lose_no_count() {
 fn per_cpu_table_with_ordered_stores_loses_no_count() {
     require_root();
     let ordered = evictions_and_cpus_lose_no_count(1);
-    let plain = {
-        let pins = PinDir::new("tab-plain");
-        let mut loader = small_maps(&pins, 1024);
-        netmon::load::size_flow_maps(&mut loader, netmon::load::FlowTable::PerCpu, 256).unwrap();
-        loader.override_global("WEAK_STORE_ORDER", &0u32, true);
-        translated_size(&load_tab_xdp(&mut loader))
-    };
+    let pins = PinDir::new("tab-plain");
+    let plain = translated_size(&load_small_tab_xdp(&pins, 0));
     assert!(
         ordered > plain,
         "the ordered-store program ({ordered} bytes translated) is not larger than the plain \
@@ -1622,17 +1617,22 @@ fn translated_size(ebpf: &Ebpf) -> u32 {
     x.info().unwrap().size_translated().unwrap()
 }
 
+/// `netmon_xdp_tab` loaded with per-CPU tables of 256 flows and the programs'
+/// `WEAK_STORE_ORDER` set to `weak_store_order` (0 or 1).
+fn load_small_tab_xdp(pins: &PinDir, weak_store_order: u32) -> Ebpf {
+    static ORDERS: [u32; 2] = [0, 1];
+    let mut loader = small_maps(pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, netmon::load::FlowTable::PerCpu, 256).unwrap();
+    loader.override_global("WEAK_STORE_ORDER", &ORDERS[weak_store_order as usize], true);
+    load_tab_xdp(&mut loader)
+}
+
 /// `per_cpu_table_evictions_and_cpus_lose_no_count` with the programs' `WEAK_STORE_ORDER`
 /// set to `weak_store_order`; returns the size of the program the kernel ran.
 fn evictions_and_cpus_lose_no_count(weak_store_order: u32) -> u32 {
-    use netmon::load::FlowTable;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pins = PinDir::new("tab");
-    let mut loader = small_maps(&pins, 1024);
-    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
-    let order: &'static u32 = Box::leak(Box::new(weak_store_order));
-    loader.override_global("WEAK_STORE_ORDER", order, true);
-    let mut ebpf = load_tab_xdp(&mut loader);
+    let mut ebpf = load_small_tab_xdp(&pins, weak_store_order);
     let size = translated_size(&ebpf);
     let mut tables = netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables");
     let mut config: aya::maps::Array<_, u64> =
