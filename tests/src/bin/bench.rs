@@ -1027,19 +1027,20 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                 let mut mean = |prog: &str, port: u16| {
                     // The daemon's program is attached already; the bench's copy of it is
                     // loaded, never attached, so runs of that name are the daemon's.
-                    let link = (!by_daemon || prog != TAB_PROGRAMS[1]).then(|| {
+                    let attached = (!by_daemon || prog != TAB_PROGRAMS[1]).then(|| {
                         let tc: &mut SchedClassifier =
                             rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
                         // Ahead of the daemon's where TCX orders programs; kernels before
                         // it (netlink) take the plain attach.
                         let first = TcAttachOptions::TcxOrder(LinkOrder::first());
-                        if by_daemon {
+                        let link = if by_daemon {
                             tc.attach_with_options(&a_if, TcAttachType::Egress, first)
                                 .or_else(|_| tc.attach(&a_if, TcAttachType::Egress))
                         } else {
                             tc.attach(&a_if, TcAttachType::Egress)
                         }
-                        .unwrap_or_else(|e| panic!("attaching {prog}: {e}"))
+                        .unwrap_or_else(|e| panic!("attaching {prog}: {e}"));
+                        (tc, link)
                     });
                     let (runs0, time0) = prog_stats(|n| n == prog);
                     if connected {
@@ -1055,9 +1056,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                         }
                     }
                     let (runs1, time1) = prog_stats(|n| n == prog);
-                    if let Some(link) = link {
-                        let tc: &mut SchedClassifier =
-                            rig.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+                    if let Some((tc, link)) = attached {
                         tc.detach(link).unwrap();
                     }
                     let runs = runs1 - runs0;
