@@ -210,12 +210,43 @@ pub fn tab_hash(words: &[u32]) -> u32 {
 /// and userspace that writes the table as they would (benchmarks) does the same.
 #[inline(always)]
 pub fn tab_place(words: &[u32], cpu: u32, per_cpu: u32) -> (u32, u64) {
+    tab_place_live(words, cpu, per_cpu, per_cpu)
+}
+
+/// `tab_place` in a part whose first `live` buckets are in use (`live` a power of two, at
+/// most `per_cpu`; anything else is taken as `per_cpu`): the programs grow a CPU's part by
+/// doubling `live` (`NETMON_TABLIVE`), which leaves every key in its bucket `b` or moves it
+/// to `b + live`, a bucket never used before.
+#[inline(always)]
+pub fn tab_place_live(words: &[u32], cpu: u32, per_cpu: u32, live: u32) -> (u32, u64) {
     let h = tab_hash64(words);
+    // Not `is_power_of_two`: the BPF backend has no popcount instruction.
+    let mask = if live != 0 && live & (live - 1) == 0 && live <= per_cpu {
+        live - 1
+    } else {
+        per_cpu.wrapping_sub(1)
+    };
     let bucket = cpu
         .wrapping_mul(per_cpu)
-        .wrapping_add((h >> 32) as u32 & per_cpu.wrapping_sub(1));
+        .wrapping_add((h >> 32) as u32 & mask);
     (bucket, (h >> 16) & 0xffff | 1)
 }
+
+/// Buckets a CPU's part of a per-CPU flow table starts with in use (or all of them, where
+/// the part has fewer): 1,024 slots, 64 KiB of IPv4 slots. The programs double a part's
+/// buckets in use when a new flow finds its bucket full of flows seen in the last
+/// `TAB_GROW_MS`, up to the whole part, so that a host's flows are packed into as few pages
+/// and cache lines as their number needs.
+pub const TAB_START_BUCKETS: u32 = 256;
+
+/// Words of `NETMON_TABLIVE` per CPU (one cache line): CPU `c`'s IPv4 part's buckets in use at
+/// `c * TAB_LIVE_STRIDE`, its IPv6 part's at the next word; 0 for `TAB_START_BUCKETS`.
+pub const TAB_LIVE_STRIDE: u32 = 8;
+
+/// How recently (ms) the flows of a full bucket must all have been seen for a new flow there
+/// to grow the part rather than take the slot seen longest ago (the programs' `TAB_GROW_MS`,
+/// which tests lower).
+pub const TAB_GROW_MS: u32 = 10_000;
 
 /// Key of the per-interface totals map.
 #[repr(C)]
@@ -836,6 +867,34 @@ mod tests {
         assert_eq!(k.narrow(), None, "a family-4 key with a non-mapped address");
         k.remote_addr[0] = 0;
         assert!(k.narrow().is_some());
+    }
+
+    /// Doubling a part's buckets in use keeps every key in its bucket or moves it to the
+    /// bucket as far past it as there were buckets in use (never used before); a count of
+    /// buckets in use that is not a power of two at most the part's is taken as the part.
+    #[test]
+    fn flow_table_growth_moves_a_key_to_its_bucket_or_the_one_past_the_old_part() {
+        const PER_CPU: u32 = 1 << 14;
+        let mut moved = 0;
+        for i in 0..10_000u32 {
+            let words = [2, 0x0611_0004, 443 | i << 16, 0xc000_0201, 0x0a00_0000 + i];
+            let mut live = TAB_START_BUCKETS;
+            let (mut b, fp) = tab_place_live(&words, 3, PER_CPU, live);
+            while live < PER_CPU {
+                assert!((3 * PER_CPU..3 * PER_CPU + live).contains(&b));
+                let (b2, fp2) = tab_place_live(&words, 3, PER_CPU, live * 2);
+                assert_eq!(fp2, fp);
+                assert!(b2 == b || b2 == b + live, "{b} -> {b2} at {live}");
+                moved += u32::from(b2 != b);
+                (b, live) = (b2, live * 2);
+            }
+            assert_eq!((b, fp), tab_place(&words, 3, PER_CPU));
+            for odd in [0, 3, 3 * TAB_START_BUCKETS, 2 * PER_CPU] {
+                assert_eq!(tab_place_live(&words, 3, PER_CPU, odd), (b, fp));
+            }
+        }
+        // Six doublings per key: about half of them move it.
+        assert!((25_000..35_000).contains(&moved), "{moved} moves of 60,000");
     }
 
     /// Keys that differ only in the remote address or port (a scan, a busy server) spread

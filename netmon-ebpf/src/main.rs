@@ -53,8 +53,9 @@ use netmon_common::{
     BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue,
     DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS,
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
-    ProcInfo, RateValue, SockKey, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config,
-    counter, drop_slot, dropcfg, iface_slot, sock_offsets, tcp_state, tp_offsets, v4_mapped,
+    ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_START_BUCKETS, TAB_WAYS, TabBucket,
+    TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets,
+    tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -618,7 +619,7 @@ fn account<const TAB: bool>(
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
         let fresh = if TAB {
-            tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, &key, &pkt)
+            tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, 0, &key, &pkt)
         } else {
             record_flow(&NETMON_FLOWS4, &key, &pkt)
         };
@@ -638,7 +639,7 @@ fn account<const TAB: bool>(
             remote_addr: addr_bytes(remote_addr),
         };
         let fresh = if TAB {
-            tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, &key, &pkt)
+            tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, 1, &key, &pkt)
         } else {
             record_flow(&NETMON_FLOWS6, &key, &pkt)
         };
@@ -752,6 +753,22 @@ static TAB_BUCKETS: u32 = 64;
 #[unsafe(no_mangle)]
 static WEAK_STORE_ORDER: u32 = 0;
 
+/// How recently (ms) every flow of a full bucket must have been seen for a new flow there to
+/// grow its CPU's part of the table (`NETMON_TABLIVE`) rather than evict the one seen longest
+/// ago; the loader may lower it (tests).
+#[unsafe(no_mangle)]
+static TAB_GROW_MS: u32 = netmon_common::TAB_GROW_MS;
+
+/// Buckets in use of each CPU's part of `NETMON_TAB4` and `NETMON_TAB6`
+/// (`netmon_common::TAB_LIVE_STRIDE` words per CPU, one cache line: IPv4's, IPv6's; 0 until
+/// the part first grows, for `TAB_START_BUCKETS`). A key's bucket is its hash masked to the
+/// buckets in use (`tab_place_live`), so a host's flows fill as few pages and cache lines as
+/// their number needs rather than being scattered over the whole part; `tab_record` doubles
+/// it when a new flow meets a bucket full of active flows. Written by the programs alone,
+/// each CPU its own line, as the table; sized by the loader.
+#[map]
+static NETMON_TABLIVE: Array<u64> = Array::with_max_entries(64 * TAB_LIVE_STRIDE, 0);
+
 /// IPv4 flows: CPU `c`'s buckets are `c * TAB_BUCKETS ..`. Mappable, so the daemon reads it
 /// in place, without a system call per bucket.
 #[map]
@@ -801,13 +818,14 @@ fn same_key<K>(a: *const K, key: &K) -> bool {
 
 /// Adds a frame to `key`'s slot in this CPU's part of `map`, giving it a slot when it has
 /// none: no kernel hash lookup, no lock, no atomic instruction. `fps` is the table's
-/// fingerprint array, `dirty` its bitmap. True for the slot's first frame, or its first in
-/// the drain epoch.
+/// fingerprint array, `dirty` its bitmap, `family` its word in `NETMON_TABLIVE` (0 IPv4, 1
+/// IPv6). True for the slot's first frame, or its first in the drain epoch.
 #[inline(always)]
 fn tab_record<K: Copy>(
     map: &Array<TabBucket<K>>,
     fps: &Array<u64>,
     dirty: &Array<u64>,
+    family: u32,
     key: &K,
     pkt: &FlowPacket,
 ) -> bool {
@@ -817,8 +835,20 @@ fn tab_record<K: Copy>(
     };
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let (index, fp) = netmon_common::tab_place(words, cpu, global(&TAB_BUCKETS) as u32);
-    let (Some(b), Some(fw)) = (map.get_ptr_mut(index), fps.get_ptr_mut(index)) else {
+    let per_cpu = global(&TAB_BUCKETS) as u32;
+    let lv = NETMON_TABLIVE.get_ptr_mut(cpu * TAB_LIVE_STRIDE + family);
+    // SAFETY: this CPU's word; only this CPU's programs write it, and they do not
+    // interleave (below).
+    let live = match lv {
+        Some(l) => match unsafe { *l } as u32 {
+            0 => TAB_START_BUCKETS.min(per_cpu),
+            n => n,
+        },
+        // No word for this CPU: the whole part, which never grows.
+        None => per_cpu,
+    };
+    let (mut index, fp) = tab_place_live(words, cpu, per_cpu, live);
+    let (Some(mut b), Some(mut fw)) = (map.get_ptr_mut(index), fps.get_ptr_mut(index)) else {
         bump(counter::FLOW_INSERT_FAILED);
         return false;
     };
@@ -826,10 +856,10 @@ fn tab_record<K: Copy>(
     // write it, and they do not interleave on the packet path (XDP and TC run with
     // preemption and bottom halves off for the frame); the daemon only reads it.
     unsafe {
-        let slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
+        let mut slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
         // Only a way whose fingerprint matches can hold the flow: the others' slots are not
         // read.
-        let prints = *fw;
+        let mut prints = *fw;
         let mut free = TAB_WAYS;
         let mut way = 0;
         while way < TAB_WAYS {
@@ -855,22 +885,40 @@ fn tab_record<K: Copy>(
             }
             way += 1;
         }
+        let mut victim = 0;
+        if free == TAB_WAYS {
+            // Full: a copy left behind by a flow that moved goes, or else the slot seen
+            // longest ago, unless it was seen so recently that the part is too small for the
+            // flows it holds: then the part doubles, and a key whose bucket moves goes to its
+            // new one, never used before. (The flows of this bucket that move take a slot in
+            // theirs on their next frame, and leave copies here that the next new flows of
+            // this bucket take first.)
+            let oldest;
+            (victim, oldest) = victim_way(slots, cpu, per_cpu, live, index);
+            if let Some(l) = lv
+                && live < per_cpu
+                && pkt.now.saturating_sub(oldest) < global(&TAB_GROW_MS) as u64 * 1_000_000
+            {
+                *l = u64::from(live * 2);
+                let (moved, _) = tab_place_live(words, cpu, per_cpu, live * 2);
+                if moved != index
+                    && let (Some(b2), Some(fw2)) = (map.get_ptr_mut(moved), fps.get_ptr_mut(moved))
+                {
+                    (index, b, fw) = (moved, b2, fw2);
+                    slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
+                    prints = *fw;
+                    free = free_way(prints);
+                    if free == TAB_WAYS {
+                        victim = victim_way(slots, cpu, per_cpu, live * 2, index).0;
+                    }
+                }
+            }
+        }
         let (victim, seq) = if free < TAB_WAYS {
             // Never used: all zero, its sequence number too; written without being read.
             (free, 0u32)
         } else {
-            // Full: the slot seen longest ago goes, its last counters to the eviction ring.
-            let mut victim = 0;
-            let mut oldest = u64::MAX;
-            let mut way = 0;
-            while way < TAB_WAYS {
-                let s = slots.add(way);
-                if (*s).last_seen_ns < oldest {
-                    oldest = (*s).last_seen_ns;
-                    victim = way;
-                }
-                way += 1;
-            }
+            // The slot's last counters go to the eviction ring.
             let s = slots.add(victim);
             let gone = TabEvicted {
                 slot: *s,
@@ -915,6 +963,60 @@ fn tab_record<K: Copy>(
     }
     mark_dirty(dirty, index);
     true
+}
+
+/// The first way of a bucket whose fingerprint (in `prints`) is 0, never used; `TAB_WAYS`
+/// when there is none.
+#[inline(always)]
+fn free_way(prints: u64) -> usize {
+    let mut way = 0;
+    while way < TAB_WAYS {
+        if (prints >> (16 * way)) & 0xffff == 0 {
+            return way;
+        }
+        way += 1;
+    }
+    TAB_WAYS
+}
+
+/// The way of bucket `index` (at `slots`, in CPU `cpu`'s part of `per_cpu` buckets, `live`
+/// of them in use) that a new flow takes when the bucket is full: one holding a key whose
+/// bucket is another now (a copy a flow left behind when the part grew: it is no longer
+/// counted), with 0 as when it was seen; else the one seen longest ago, and when.
+///
+/// # Safety
+/// `slots` points at a live bucket's `TAB_WAYS` slots.
+#[inline(always)]
+unsafe fn victim_way<K>(
+    slots: *const TabSlot<K>,
+    cpu: u32,
+    per_cpu: u32,
+    live: u32,
+    index: u32,
+) -> (usize, u64) {
+    let mut victim = 0;
+    let mut oldest = u64::MAX;
+    let mut way = 0;
+    while way < TAB_WAYS {
+        // SAFETY: the caller's promise; a K is whole 32-bit words.
+        let (seen, words) = unsafe {
+            let s = slots.add(way);
+            let words = core::slice::from_raw_parts(
+                (&raw const (*s).key).cast::<u32>(),
+                size_of::<K>() / 4,
+            );
+            ((*s).last_seen_ns, words)
+        };
+        if tab_place_live(words, cpu, per_cpu, live).0 != index {
+            return (way, 0);
+        }
+        if seen < oldest {
+            oldest = seen;
+            victim = way;
+        }
+        way += 1;
+    }
+    (victim, oldest)
 }
 
 /// Sets bucket `index`'s bit in a dirty bitmap. A plain read-modify-write: the daemon swaps

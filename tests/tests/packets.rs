@@ -1632,99 +1632,175 @@ fn load_small_tab_xdp(pins: &PinDir, weak_store_order: u32) -> Ebpf {
 fn evictions_and_cpus_lose_no_count(weak_store_order: u32) -> u32 {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pins = PinDir::new("tab");
-    let mut ebpf = load_small_tab_xdp(&pins, weak_store_order);
+    let ebpf = load_small_tab_xdp(&pins, weak_store_order);
     let size = translated_size(&ebpf);
-    let mut tables = netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables");
-    let mut config: aya::maps::Array<_, u64> =
-        aya::maps::Array::try_from(ebpf.take_map("NETMON_CONFIG").unwrap()).unwrap();
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(ebpf.take_map("NETMON_COUNTERS").unwrap()).unwrap();
-    let x: &Xdp = ebpf.program("netmon_xdp_tab").unwrap().try_into().unwrap();
-    let run = |pkt: &[u8]| pass_once(x, pkt);
+    let mut t = TabRun::new(ebpf);
     const FLOWS: u32 = 2000;
-    let packet = |i: u32| {
-        udp4_frame(
-            [10, 9, (i >> 8) as u8, i as u8],
-            [192, 0, 2, 1],
-            &udp(40000, 53, &[0x5a; 20]),
-        )
-    };
-    // (packets, bytes) the program saw per flow; the daemon's tracker, fed as the daemon
-    // feeds it, holds what the reader handed on.
-    let mut sent = std::collections::HashMap::<[u8; 4], (u64, u64)>::new();
-    let mut tracker = netmon::aggregate::Tracker::default();
-    let mut epoch = 0;
-    let mut drain = |tables: &mut netmon::flowtab::Tables,
-                     tracker: &mut netmon::aggregate::Tracker| {
-        // As the daemon does: take the marks, advance the epoch, read.
-        tables.take_marked();
-        epoch += 1;
-        config.set(netmon_common::config::EPOCH, epoch, 0).unwrap();
-        let mut st = tracker.begin_tick(1.0);
-        tables
-            .drain(tracker, &mut st, |_| None)
-            .expect("reading the tables");
-        tracker.finish_tick(st, 0, u64::MAX, false, |_| None);
-    };
     pin_to_cpu(0);
     for round in 0..3u32 {
-        for i in 0..FLOWS {
-            // Flow i sends in rounds 0..=(i % 3): evicted between its packets or not.
-            if round > i % 3 {
-                continue;
-            }
-            let pkt = packet(i);
-            run(&pkt);
-            let e = sent.entry([10, 9, (i >> 8) as u8, i as u8]).or_default();
-            e.0 += 1;
-            e.1 += pkt.len() as u64;
+        // Flow i sends in rounds 0..=(i % 3): evicted between its packets or not.
+        for i in (0..FLOWS).filter(|i| round <= i % 3) {
+            t.send(i);
         }
         if round == 0 && cpus > 1 {
             // The first flows again, from another CPU: a slot in that CPU's part too.
             pin_to_cpu(1);
             for i in 0..50 {
-                let pkt = packet(i);
-                run(&pkt);
-                let e = sent.entry([10, 9, 0, i as u8]).or_default();
-                e.0 += 1;
-                e.1 += pkt.len() as u64;
+                t.send(i);
             }
             pin_to_cpu(0);
         }
-        drain(&mut tables, &mut tracker);
+        t.drain();
     }
-    // A last drain reads what the last round left marked.
-    drain(&mut tables, &mut tracker);
-    let got: std::collections::HashMap<[u8; 4], (u64, u64)> = tracker
-        .flows
-        .iter()
-        .map(|(k, e)| {
-            (
-                k.remote_addr[12..].try_into().unwrap(),
-                (e.packets, e.bytes),
-            )
-        })
-        .collect();
-    let evict_lost: u64 = counters.get(&counter::EVICT_LOST, 0).unwrap().iter().sum();
-    assert_eq!(evict_lost, 0, "eviction records did not fit in the ring");
-    let evictions = tables.take_evictions();
+    let evictions = t.check();
     assert!(
         evictions > u64::from(FLOWS) / 2,
         "only {evictions} evictions: the table was meant to overflow"
     );
-    let wrong: Vec<_> = sent
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(v))
-        .map(|(k, v)| (k, v, got.get(k)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} flows miscounted, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-    assert_eq!(got.len(), sent.len());
     size
+}
+
+/// `netmon_xdp_tab` fed UDP flows (flow `i` from 10.9.x.y, `i`'s low 16 bits) while the
+/// daemon's reader drains its tables as the daemon does, and what went through it per flow.
+struct TabRun {
+    ebpf: Ebpf,
+    tables: netmon::flowtab::Tables,
+    config: aya::maps::Array<aya::maps::MapData, u64>,
+    /// (packets, bytes) the program saw per flow's source address.
+    sent: std::collections::HashMap<[u8; 4], (u64, u64)>,
+    /// The daemon's tracker, fed as the daemon feeds it: what the reader handed on.
+    tracker: netmon::aggregate::Tracker,
+    epoch: u64,
+}
+
+impl TabRun {
+    fn new(mut ebpf: Ebpf) -> Self {
+        Self {
+            tables: netmon::flowtab::Tables::take(&mut ebpf).expect("map the tables"),
+            config: aya::maps::Array::try_from(ebpf.take_map("NETMON_CONFIG").unwrap()).unwrap(),
+            ebpf,
+            sent: std::collections::HashMap::new(),
+            tracker: netmon::aggregate::Tracker::default(),
+            epoch: 0,
+        }
+    }
+
+    /// One frame of flow `i`, on the calling thread's CPU.
+    fn send(&mut self, i: u32) {
+        let src = [10, 9, (i >> 8) as u8, i as u8];
+        let pkt = udp4_frame(src, [192, 0, 2, 1], &udp(40000, 53, &[0x5a; 20]));
+        let x: &Xdp = self
+            .ebpf
+            .program("netmon_xdp_tab")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        pass_once(x, &pkt);
+        let e = self.sent.entry(src).or_default();
+        e.0 += 1;
+        e.1 += pkt.len() as u64;
+    }
+
+    /// As the daemon does: take the marks, advance the epoch, read.
+    fn drain(&mut self) {
+        self.tables.take_marked();
+        self.epoch += 1;
+        self.config
+            .set(netmon_common::config::EPOCH, self.epoch, 0)
+            .unwrap();
+        let mut st = self.tracker.begin_tick(1.0);
+        self.tables
+            .drain(&mut self.tracker, &mut st, |_| None)
+            .expect("reading the tables");
+        self.tracker.finish_tick(st, 0, u64::MAX, false, |_| None);
+    }
+
+    /// Buckets in use of CPU `cpu`'s IPv4 part (`NETMON_TABLIVE`, 0 for the start).
+    fn live(&self, cpu: u32) -> u64 {
+        let live: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(self.ebpf.map("NETMON_TABLIVE").unwrap()).unwrap();
+        live.get(&(cpu * netmon_common::TAB_LIVE_STRIDE), 0)
+            .unwrap()
+    }
+
+    /// After a last drain (for what the last frames left marked): every flow holds exactly
+    /// the packets and bytes that went through the program, no eviction record was lost.
+    /// Returns the eviction records read.
+    fn check(mut self) -> u64 {
+        self.drain();
+        let got: std::collections::HashMap<[u8; 4], (u64, u64)> = self
+            .tracker
+            .flows
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.remote_addr[12..].try_into().unwrap(),
+                    (e.packets, e.bytes),
+                )
+            })
+            .collect();
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("NETMON_COUNTERS").unwrap()).unwrap();
+        let evict_lost: u64 = counters.get(&counter::EVICT_LOST, 0).unwrap().iter().sum();
+        assert_eq!(evict_lost, 0, "eviction records did not fit in the ring");
+        let wrong: Vec<_> = self
+            .sent
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .map(|(k, v)| (k, v, got.get(k)))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} flows miscounted, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        assert_eq!(got.len(), self.sent.len());
+        self.tables.take_evictions()
+    }
+}
+
+/// A CPU's part of the per-CPU table grows with the flows it holds (`NETMON_TABLIVE`):
+/// 3,000 flows, all active, through CPU 0's part of 16,384 buckets, which starts with 256 of
+/// them in use, take more of them but far from all, and lose no count while they move to
+/// their buckets in the larger part (drains between rounds; 1,000 of the flows new in the
+/// second). With `TAB_GROW_MS` = 0 (no flow is ever recent enough) the part stays at its
+/// start and evicts instead, losing no count either.
+#[test]
+#[ignore = "privileged: needs root (BPF_PROG_TEST_RUN); run by `cargo xtask test`"]
+fn per_cpu_table_grows_with_its_flows_and_loses_no_count() {
+    use netmon_common::TAB_START_BUCKETS;
+    require_root();
+    static WINDOWS: [u32; 2] = [netmon_common::TAB_GROW_MS, 0];
+    for window in &WINDOWS {
+        let pins = PinDir::new("tabgrow");
+        let mut loader = small_maps(&pins, 1024);
+        netmon::load::size_flow_maps(&mut loader, netmon::load::FlowTable::PerCpu, 65536).unwrap();
+        loader.override_global("TAB_GROW_MS", window, true);
+        let mut t = TabRun::new(load_tab_xdp(&mut loader));
+        pin_to_cpu(0);
+        for round in 0..3u32 {
+            for i in 0..if round == 0 { 2000 } else { 3000 } {
+                t.send(i);
+            }
+            t.drain();
+        }
+        let live = t.live(0);
+        let evictions = t.check();
+        eprintln!("TAB_GROW_MS {window}: {live} buckets in use, {evictions} evictions");
+        if *window == 0 {
+            assert_eq!(live, 0, "the part grew with TAB_GROW_MS = 0");
+            assert!(
+                evictions > 3000 / 2,
+                "only {evictions} evictions from {TAB_START_BUCKETS} buckets of 3,000 flows"
+            );
+        } else {
+            assert!(
+                live > u64::from(TAB_START_BUCKETS) && live <= 4096,
+                "{live} buckets in use of 16,384 for 3,000 flows"
+            );
+        }
+    }
 }
 
 /// Flows whose keys share a bucket and a fingerprint (`tab_place`) in the per-CPU table are

@@ -237,7 +237,8 @@ pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32)
         .map_max_entries("NETMON_TABFP4", ncpus * buckets)
         .map_max_entries("NETMON_TABFP6", ncpus * buckets)
         .map_max_entries("NETMON_MARK4", ncpus * buckets / 64)
-        .map_max_entries("NETMON_MARK6", ncpus * buckets / 64);
+        .map_max_entries("NETMON_MARK6", ncpus * buckets / 64)
+        .map_max_entries("NETMON_TABLIVE", ncpus * netmon_common::TAB_LIVE_STRIDE);
     Ok(())
 }
 

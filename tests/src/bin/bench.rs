@@ -115,7 +115,7 @@ fn compare(a: &str, b: &str) {
         .zip(["compare-a", "compare-b"])
         .map(|(o, pins)| {
             let mut rig = Rig::with_object(capacity, o, pins);
-            rig.prefill(prog, prefill, false, ingress);
+            rig.prefill_tab(prog, prefill, false, ingress);
             let (mut maps, _) = drop_maps(&mut rig.ebpf);
             maps.sync(&ban_state).expect("writing the bans");
             rig
@@ -758,6 +758,7 @@ impl Rig {
             .map_max_entries("NETMON_TABFP6", cpus * tab_buckets)
             .map_max_entries("NETMON_MARK4", cpus * tab_buckets / 64)
             .map_max_entries("NETMON_MARK6", cpus * tab_buckets / 64)
+            .map_max_entries("NETMON_TABLIVE", cpus * netmon_common::TAB_LIVE_STRIDE)
             .load(object)
             .expect("load the eBPF object");
         for name in ["netmon_xdp", "netmon_xdp_empty", "netmon_xdp_parse"] {
@@ -804,6 +805,32 @@ impl Rig {
         TAB_PROGRAMS.iter().all(|p| self.ebpf.program(p).is_some())
     }
 
+    /// Buckets in use of CPU 0's part of the family's per-CPU table (`NETMON_TABLIVE`; all
+    /// of them in objects without it).
+    fn tab_live(&self, v6: bool) -> u32 {
+        let Some(m) = self.ebpf.map("NETMON_TABLIVE") else {
+            return self.tab_buckets;
+        };
+        let live: aya::maps::Array<_, u64> = aya::maps::Array::try_from(m).unwrap();
+        match live.get(&u32::from(v6), 0).unwrap() {
+            0 => netmon_common::TAB_START_BUCKETS.min(self.tab_buckets),
+            n => n as u32,
+        }
+    }
+
+    /// `prefill` through a per-CPU table's program, again until its part stops growing: a
+    /// flow whose bucket moved as the part grew is in its new bucket by then, as a flow that
+    /// sent since would be.
+    fn prefill_tab(&self, prog: &str, n: u32, v6: bool, ingress: bool) {
+        for _ in 0..4 {
+            let live = self.tab_live(v6);
+            self.prefill(prog, n, v6, ingress);
+            if self.tab_live(v6) == live {
+                break;
+            }
+        }
+    }
+
     /// Flows in this CPU's part of the family's per-CPU table (the bench runs on CPU 0).
     fn tab_count(&self, v6: bool) -> usize {
         fn count<K: Copy + Default + PartialEq>(rig: &Rig, name: &str) -> usize
@@ -812,12 +839,24 @@ impl Rig {
         {
             let table: aya::maps::Array<_, TabBucket<K>> =
                 aya::maps::Array::try_from(rig.ebpf.map(name).unwrap()).unwrap();
-            (0..rig.tab_buckets)
-                .map(|i| {
-                    let b = table.get(&i, 0).unwrap();
-                    b.slots.iter().filter(|s| s.packets != 0).count()
-                })
-                .sum()
+            // Distinct keys: a flow whose bucket moved when the part grew may have left a
+            // copy behind.
+            let mut keys = std::collections::HashSet::new();
+            for i in 0..rig.tab_buckets {
+                for s in table.get(&i, 0).unwrap().slots {
+                    if s.packets != 0 {
+                        // SAFETY: a key is plain words; its bytes stand for it.
+                        let bytes = unsafe {
+                            std::slice::from_raw_parts(
+                                (&raw const s.key).cast::<u8>(),
+                                size_of::<K>(),
+                            )
+                        };
+                        keys.insert(bytes.to_vec());
+                    }
+                }
+            }
+            keys.len()
         }
         if v6 {
             count::<FlowKey>(self, "NETMON_TAB6")
@@ -1188,10 +1227,11 @@ fn packets() -> String {
                 let mut tab_flows = String::new();
                 if rig.has_tab() {
                     let tab = tab_prog;
-                    rig.prefill(tab, prefill, v6, ingress);
+                    rig.prefill_tab(tab, prefill, v6, ingress);
                     tab_flows = format!(
-                        "{} in {} slots (CPU 0's part)",
+                        "{} in {} slots in use of {} (CPU 0's part)",
                         rig.tab_count(v6),
+                        rig.tab_live(v6) as usize * TAB_WAYS,
                         rig.tab_buckets as usize * TAB_WAYS
                     );
                     rows.extend(store_rows(
