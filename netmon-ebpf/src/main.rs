@@ -982,7 +982,8 @@ fn free_way(prints: u64) -> usize {
 /// The way of bucket `index` (at `slots`, in CPU `cpu`'s part of `per_cpu` buckets, `live`
 /// of them in use) that a new flow takes when the bucket is full: one holding a key whose
 /// bucket is another now (a copy a flow left behind when the part grew: it is no longer
-/// counted), with 0 as when it was seen; else the one seen longest ago, and when.
+/// counted), with 0 as when it was seen, where the part can still grow; else the one seen
+/// longest ago, and when.
 ///
 /// # Safety
 /// `slots` points at a live bucket's `TAB_WAYS` slots.
@@ -1007,7 +1008,9 @@ unsafe fn victim_way<K>(
             );
             ((*s).last_seen_ns, words)
         };
-        if tab_place_live(words, cpu, per_cpu, live).0 != index {
+        // Only a part that can still grow asks: in a whole part, such copies are not
+        // seen again and go as the slots seen longest ago.
+        if live < per_cpu && tab_place_live(words, cpu, per_cpu, live).0 != index {
             return (way, 0);
         }
         if seen < oldest {
