@@ -765,9 +765,9 @@ static TAB_GROW_MS: u32 = netmon_common::TAB_GROW_MS;
 /// buckets in use (`tab_place_live`), so a host's flows fill as few pages and cache lines as
 /// their number needs rather than being scattered over the whole part; `tab_record` doubles
 /// it when a new flow meets a bucket full of active flows. Written by the programs alone,
-/// each CPU its own line, as the table; sized by the loader.
+/// each CPU its own line, as the table; sized by the loader; the daemon reads it mapped.
 #[map]
-static NETMON_TABLIVE: Array<u64> = Array::with_max_entries(64 * TAB_LIVE_STRIDE, 0);
+static NETMON_TABLIVE: Array<u64> = Array::with_max_entries(64 * TAB_LIVE_STRIDE, BPF_F_MMAPABLE);
 
 /// IPv4 flows: CPU `c`'s buckets are `c * TAB_BUCKETS ..`. Mappable, so the daemon reads it
 /// in place, without a system call per bucket.

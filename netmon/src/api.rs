@@ -65,6 +65,10 @@ pub struct MapUsage {
     pub name: String,
     pub entries: u64,
     pub capacity: u64,
+    /// The per-CPU flow tables' slots the programs use now (each CPU's part grows with its
+    /// flows: `netmon_map_in_use`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<u64>,
 }
 
 /// `GET /api/status`.

@@ -466,15 +466,19 @@ impl Drain {
         let active = tracker.flows.len();
         m.flows_active.set(active as i64);
         let (v4, v6) = tracker.flows_by_family();
+        let in_use = self.tables.as_ref().map(|t| t.slots_in_use());
         let flow_maps = [
-            ("flows4", v4, self.flow_capacity[0]),
-            ("flows6", v6, self.flow_capacity[1]),
+            ("flows4", v4, self.flow_capacity[0], in_use.map(|u| u[0])),
+            ("flows6", v6, self.flow_capacity[1], in_use.map(|u| u[1])),
         ];
-        for (map, entries, capacity) in flow_maps {
+        for (map, entries, capacity, in_use) in flow_maps {
             m.map_entries.with_label_values(&[map]).set(entries as i64);
             m.map_capacity
                 .with_label_values(&[map])
                 .set(i64::from(capacity));
+            if let Some(n) = in_use {
+                m.map_in_use.with_label_values(&[map]).set(n as i64);
+            }
         }
         // The socket maps are counted by walking their keys: every tenth drain is enough.
         if self.drains.is_multiple_of(10) {
@@ -534,10 +538,11 @@ impl Drain {
         status.uptime_seconds = self.started.elapsed().as_secs_f64();
         status.maps = flow_maps
             .iter()
-            .map(|&(map, entries, capacity)| MapUsage {
+            .map(|&(map, entries, capacity, in_use)| MapUsage {
                 name: map.into(),
                 entries: entries as u64,
                 capacity: u64::from(capacity),
+                in_use: in_use.map(|n| n as u64),
             })
             .collect();
         status.kernel_events = kernel_events;

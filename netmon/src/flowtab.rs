@@ -21,7 +21,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::MapData;
 
 use crate::mapmem::{MapMemory, page_size};
-use netmon_common::{FlowKey, FlowKey4, TAB_WAYS, TabBucket, TabEvicted, TabSlot};
+use netmon_common::{
+    FlowKey, FlowKey4, TAB_LIVE_STRIDE, TAB_START_BUCKETS, TAB_WAYS, TabBucket, TabEvicted, TabSlot,
+};
 
 use crate::aggregate::{FlowSample, NO_SLOT, Owner, Seen, TickState, Tracker};
 
@@ -373,6 +375,10 @@ pub struct Tables {
     evicted: aya::maps::RingBuf<MapData>,
     /// Eviction records read since `take_evictions`.
     evictions: u64,
+    /// `NETMON_TABLIVE` mapped read-only: each CPU's buckets in use, per family.
+    live: MapMemory,
+    /// CPUs with a part (and a line of `live`).
+    cpus: usize,
 }
 
 impl Tables {
@@ -400,6 +406,20 @@ impl Tables {
                 .max_entries() as usize)
         };
         let (b4, b6) = (buckets(&t4, "NETMON_TAB4")?, buckets(&t6, "NETMON_TAB6")?);
+        let live = data("NETMON_TABLIVE")?;
+        let cpus = buckets(&live, "NETMON_TABLIVE")? / TAB_LIVE_STRIDE as usize;
+        anyhow::ensure!(
+            cpus > 0 && b4 % cpus == 0 && b6 % cpus == 0,
+            "NETMON_TABLIVE has a line for {cpus} CPUs, which do not share the tables' \
+             {b4} and {b6} buckets"
+        );
+        let live = map_memory(
+            &live,
+            "NETMON_TABLIVE",
+            0,
+            cpus * TAB_LIVE_STRIDE as usize * 8,
+            false,
+        )?;
         Ok(Self {
             v4: Table::map(t4, &d4, "NETMON_TAB4", b4)?,
             v6: Table::map(t6, &d6, "NETMON_TAB6", b6)?,
@@ -408,6 +428,8 @@ impl Tables {
                     .context("eBPF object has no map NETMON_EVICTED")?,
             )?,
             evictions: 0,
+            live,
+            cpus,
         })
     }
 
@@ -430,6 +452,7 @@ impl Tables {
             v6,
             evicted,
             evictions,
+            ..
         } = self;
         let mut sink = Sink {
             tracker,
@@ -469,6 +492,45 @@ impl Tables {
     /// Slots of each family's table in all CPUs' parts: [IPv4, IPv6].
     pub fn capacity(&self) -> [usize; 2] {
         [self.v4.capacity(), self.v6.capacity()]
+    }
+
+    /// Buckets of CPU `cpu`'s part of each family's table the programs use now (the first
+    /// ones, as many as its flows needed so far: `NETMON_TABLIVE`): [IPv4, IPv6].
+    pub fn buckets_in_use(&self, cpu: usize) -> [usize; 2] {
+        assert!(cpu < self.cpus, "CPU {cpu} has no part");
+        let words = self.live.ptr().cast::<u64>();
+        [self.v4.buckets, self.v6.buckets]
+            .iter()
+            .enumerate()
+            .map(|(family, buckets)| {
+                // SAFETY: the mapping holds `TAB_LIVE_STRIDE` words per CPU (`cpu` is one);
+                // the programs write them, so the read is volatile.
+                let word = unsafe {
+                    std::ptr::read_volatile(words.add(cpu * TAB_LIVE_STRIDE as usize + family))
+                };
+                live_buckets(word as usize, buckets / self.cpus)
+            })
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("two families")
+    }
+
+    /// Slots of each family's table the programs use now, summed over the CPUs' parts:
+    /// [IPv4, IPv6].
+    pub fn slots_in_use(&self) -> [usize; 2] {
+        (0..self.cpus).fold([0, 0], |[v4, v6], cpu| {
+            let [b4, b6] = self.buckets_in_use(cpu);
+            [v4 + b4 * TAB_WAYS, v6 + b6 * TAB_WAYS]
+        })
+    }
+}
+
+/// Buckets in use of a part of `per_cpu` buckets whose `NETMON_TABLIVE` word is `word`, as
+/// the programs read it (`tab_record`): 0 for the start.
+pub fn live_buckets(word: usize, per_cpu: usize) -> usize {
+    match word {
+        0 => (TAB_START_BUCKETS as usize).min(per_cpu),
+        n => n.min(per_cpu),
     }
 }
 

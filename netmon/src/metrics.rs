@@ -116,6 +116,7 @@ pub struct Metrics {
     pub flows_expired: IntCounter,
     pub map_entries: IntGaugeVec,
     pub map_capacity: IntGaugeVec,
+    pub map_in_use: IntGaugeVec,
     pub hook_info: IntGaugeVec,
     pub drain_seconds: Histogram,
     pub build_info: IntGaugeVec,
@@ -220,6 +221,12 @@ impl Metrics {
             map_capacity: gv(
                 "netmon_map_capacity",
                 "max_entries of a kernel map.",
+                &["map"],
+            ),
+            map_in_use: gv(
+                "netmon_map_in_use",
+                "Slots of a per-CPU flow table its programs use now, summed over CPUs: each \
+                 CPU's part grows with its flows, up to its share of netmon_map_capacity.",
                 &["map"],
             ),
             hook_info: gv(

@@ -651,8 +651,9 @@ fn family_flows(p: &Pair, d: &Daemon) -> FamilyFlows {
     }
 }
 
-/// `status`'s usage of the flow store, name -> (entries, capacity).
-fn flow_store_usage(status: &Value) -> std::collections::BTreeMap<String, (u64, u64)> {
+/// `status`'s usage of the flow store, name -> (entries, capacity, slots in use: per-CPU
+/// tables only).
+fn flow_store_usage(status: &Value) -> std::collections::BTreeMap<String, (u64, u64, Option<u64>)> {
     let maps = status["maps"].as_array().unwrap();
     ["flows4", "flows6"]
         .into_iter()
@@ -661,7 +662,10 @@ fn flow_store_usage(status: &Value) -> std::collections::BTreeMap<String, (u64, 
                 .iter()
                 .find(|m| m["name"] == name)
                 .unwrap_or_else(|| panic!("no {name} in {status}"));
-            (name.to_string(), (u(&m["entries"]), u(&m["capacity"])))
+            (
+                name.to_string(),
+                (u(&m["entries"]), u(&m["capacity"]), m["in_use"].as_u64()),
+            )
         })
         .collect()
 }
@@ -707,9 +711,10 @@ fn lru_flow_maps_hold_each_family_and_idle_flows_leave_them() {
     );
     let f = family_flows(&p, &d);
     assert_eq!(f.status["flow_table"], "lru", "{}", f.status);
-    for (name, (entries, capacity)) in flow_store_usage(&f.status) {
+    for (name, (entries, capacity, in_use)) in flow_store_usage(&f.status) {
         assert_eq!(capacity, u64::from(SIZE), "{name}");
         assert!(entries >= 1, "{name}");
+        assert_eq!(in_use, None, "{name}");
     }
     assert!(f.stats["connections"].as_array().is_some());
     let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
@@ -778,7 +783,7 @@ where
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn per_cpu_tables_hold_each_family_and_count_every_packet() {
-    use netmon_common::{FlowKey, FlowKey4, TAB_WAYS};
+    use netmon_common::{FlowKey, FlowKey4, TAB_START_BUCKETS, TAB_WAYS};
     const SIZE: u32 = 3001;
     let p = Pair::new("tab");
     let d = Daemon::start(
@@ -790,13 +795,19 @@ fn per_cpu_tables_hold_each_family_and_count_every_packet() {
     assert_eq!(f.status["flow_table"], "per-cpu", "{}", f.status);
     let ncpus = aya::util::nr_cpus().unwrap() as u32;
     let per_cpu = netmon::load::tab_buckets(SIZE, ncpus);
-    for (name, (entries, capacity)) in flow_store_usage(&f.status) {
+    for (name, (entries, capacity, in_use)) in flow_store_usage(&f.status) {
         assert_eq!(
             capacity,
             u64::from(ncpus * per_cpu) * TAB_WAYS as u64,
             "{name}"
         );
         assert!(entries >= 1, "{name}");
+        // A flow or two per family: every CPU's part still uses the buckets it started with.
+        assert_eq!(
+            in_use,
+            Some(u64::from(ncpus * TAB_START_BUCKETS.min(per_cpu)) * TAB_WAYS as u64),
+            "{name}"
+        );
     }
     let v4 = table_slots::<FlowKey4>("NETMON_TAB4", ncpus * per_cpu, per_cpu, &f.v4);
     let v6 = table_slots::<FlowKey>("NETMON_TAB6", ncpus * per_cpu, per_cpu, &f.v6);
