@@ -2019,11 +2019,29 @@ struct DaemonTable {
 unsafe impl Send for DaemonTable {}
 
 impl DaemonTable {
-    /// The tables of the daemon started with `--flow-map-size flows`.
+    /// The tables of the daemon started with `--flow-map-size flows`, every CPU's part set
+    /// to use all its buckets (`NETMON_TABLIVE`), as a million flows grow them to: flows are
+    /// written where the programs look for them, spread over the whole table.
     fn find(flows: u32) -> Self {
         let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
         let per_cpu = netmon::load::tab_buckets(flows, cpus);
         let total = cpus * per_cpu;
+        let stride = netmon_common::TAB_LIVE_STRIDE;
+        let live = map_daemon_array(
+            "NETMON_TABLIVE",
+            cpus * stride,
+            (cpus * stride) as usize * 8,
+        );
+        for word in 0..cpus * stride {
+            // SAFETY: within the mapping; the programs read these words, so a volatile
+            // store of a whole word (each CPU's program sees the old count or the new one).
+            unsafe {
+                std::ptr::write_volatile(
+                    live.ptr().cast::<u64>().add(word as usize),
+                    u64::from(per_cpu),
+                );
+            }
+        }
         let table = map_daemon_array(
             "NETMON_TAB4",
             total,
@@ -2178,8 +2196,10 @@ fn drain() -> String {
         "## 3 and 4. Drain, daemon memory and scrape cost by number of flows\n\n\
          The running daemon (`--interval 1s`, `--flow-map-size 1048576`, the default per-CPU \
          flow tables) with IPv4 flows written into its table from the bench (flow i in CPU \
-         i mod n's part, its bucket marked, as if the programs had seen it; a flow whose \
-         bucket is full is left out, hence \"in the daemon's table\"), and on some rows \
+         i mod n's part, its bucket marked, as if the programs had seen it, every part set \
+         to use all its buckets, as a million flows grow it to, so flows of every row are \
+         spread over the whole table; a flow whose bucket is full is left out, hence \"in \
+         the daemon's table\"), and on some rows \
          traffic that touches a number of other flows every second: real UDP datagrams from \
          distinct source ports, sent over the veth from the peer namespace, or, for every \
          one of a million flows (more than this machine's veth moves), one more packet per \
