@@ -908,9 +908,12 @@ fn tab_record<K: Copy>(
                     slots = (&raw mut (*b).slots).cast::<TabSlot<K>>();
                     prints = *fw;
                     free = free_way(prints);
-                    if free == TAB_WAYS {
-                        victim = victim_way(slots, cpu, per_cpu, live * 2, index).0;
-                    }
+                }
+                if free == TAB_WAYS {
+                    // The key stays (or its new bucket is not empty, which only a writer
+                    // other than the programs makes): of this bucket, a flow whose bucket
+                    // the doubling moved goes first.
+                    victim = victim_way(slots, cpu, per_cpu, live * 2, index).0;
                 }
             }
         }

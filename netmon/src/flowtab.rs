@@ -499,20 +499,15 @@ impl Tables {
     pub fn buckets_in_use(&self, cpu: usize) -> [usize; 2] {
         assert!(cpu < self.cpus, "CPU {cpu} has no part");
         let words = self.live.ptr().cast::<u64>();
-        [self.v4.buckets, self.v6.buckets]
-            .iter()
-            .enumerate()
-            .map(|(family, buckets)| {
-                // SAFETY: the mapping holds `TAB_LIVE_STRIDE` words per CPU (`cpu` is one);
-                // the programs write them, so the read is volatile.
-                let word = unsafe {
-                    std::ptr::read_volatile(words.add(cpu * TAB_LIVE_STRIDE as usize + family))
-                };
-                live_buckets(word as usize, buckets / self.cpus)
-            })
-            .collect::<Vec<_>>()
-            .try_into()
-            .expect("two families")
+        let in_use = |family: usize, buckets: usize| {
+            // SAFETY: the mapping holds `TAB_LIVE_STRIDE` words per CPU (`cpu` is one); the
+            // programs write them, so the read is volatile.
+            let word = unsafe {
+                std::ptr::read_volatile(words.add(cpu * TAB_LIVE_STRIDE as usize + family))
+            };
+            live_buckets(word, buckets / self.cpus)
+        };
+        [in_use(0, self.v4.buckets), in_use(1, self.v6.buckets)]
     }
 
     /// Slots of each family's table the programs use now, summed over the CPUs' parts:
@@ -526,11 +521,13 @@ impl Tables {
 }
 
 /// Buckets in use of a part of `per_cpu` buckets whose `NETMON_TABLIVE` word is `word`, as
-/// the programs read it (`tab_record`): 0 for the start.
-pub fn live_buckets(word: usize, per_cpu: usize) -> usize {
-    match word {
-        0 => (TAB_START_BUCKETS as usize).min(per_cpu),
-        n => n.min(per_cpu),
+/// the programs read it (`tab_record`, `tab_place_live`): 0 for the start, a count that is
+/// not a power of two at most `per_cpu` for the whole part.
+pub fn live_buckets(word: u64, per_cpu: usize) -> usize {
+    match usize::try_from(word) {
+        Ok(0) => (TAB_START_BUCKETS as usize).min(per_cpu),
+        Ok(n) if n.is_power_of_two() && n <= per_cpu => n,
+        _ => per_cpu,
     }
 }
 
@@ -930,6 +927,21 @@ mod tests {
         assert_eq!(d.evicted(&gone), [(1, 3, 1)]);
         fake.add(1, 0, 2);
         assert_eq!(d.read(&mut t), [(1, 2, 1), (2, 1, 1)]);
+    }
+
+    /// A part's buckets in use as the daemon reports them are the ones the programs index:
+    /// the start (or the whole of a smaller part) before the first doubling, then the count
+    /// written, and the whole part for any count the programs would not take as one.
+    #[test]
+    fn buckets_in_use_are_read_as_the_programs_read_them() {
+        use netmon_common::TAB_START_BUCKETS;
+        let start = TAB_START_BUCKETS as usize;
+        assert_eq!(live_buckets(0, 1 << 16), start);
+        assert_eq!(live_buckets(0, start / 4), start / 4);
+        assert_eq!(live_buckets(4 * start as u64, 1 << 16), 4 * start);
+        for odd in [3 * start as u64, 1 << 17, u64::MAX] {
+            assert_eq!(live_buckets(odd, 1 << 16), 1 << 16, "{odd}");
+        }
     }
 
     #[test]

@@ -849,10 +849,8 @@ impl Rig {
             return self.tab_buckets;
         };
         let live: aya::maps::Array<_, u64> = aya::maps::Array::try_from(m).unwrap();
-        match live.get(&u32::from(v6), 0).unwrap() {
-            0 => netmon_common::TAB_START_BUCKETS.min(self.tab_buckets),
-            n => n as u32,
-        }
+        let word = live.get(&u32::from(v6), 0).unwrap();
+        netmon::flowtab::live_buckets(word, self.tab_buckets as usize) as u32
     }
 
     /// `prefill` through a per-CPU table's program, again until its part stops growing: a
