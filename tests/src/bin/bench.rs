@@ -877,7 +877,7 @@ impl Rig {
 
     /// Flows in this CPU's part of the family's per-CPU table (the bench runs on CPU 0).
     fn tab_count(&self, v6: bool) -> usize {
-        fn count<K: Copy + Default + PartialEq>(rig: &Rig, name: &str) -> usize
+        fn count<K: Copy + Eq + std::hash::Hash>(rig: &Rig, name: &str) -> usize
         where
             TabBucket<K>: aya::Pod,
         {
@@ -889,14 +889,7 @@ impl Rig {
             for i in 0..rig.tab_buckets {
                 for s in table.get(&i, 0).unwrap().slots {
                     if s.packets != 0 {
-                        // SAFETY: a key is plain words; its bytes stand for it.
-                        let bytes = unsafe {
-                            std::slice::from_raw_parts(
-                                (&raw const s.key).cast::<u8>(),
-                                size_of::<K>(),
-                            )
-                        };
-                        keys.insert(bytes.to_vec());
+                        keys.insert(s.key);
                     }
                 }
             }
