@@ -214,22 +214,37 @@ pub fn tab_place(words: &[u32], cpu: u32, per_cpu: u32) -> (u32, u64) {
 }
 
 /// `tab_place` in a part whose first `live` buckets are in use (`live` a power of two, at
-/// most `per_cpu`; anything else is taken as `per_cpu`): the programs grow a CPU's part by
+/// most `per_cpu`, as `tab_live_buckets` gives it): the programs grow a CPU's part by
 /// doubling `live` (`NETMON_TABLIVE`), which leaves every key in its bucket `b` or moves it
 /// to `b + live`, a bucket never used before.
 #[inline(always)]
 pub fn tab_place_live(words: &[u32], cpu: u32, per_cpu: u32, live: u32) -> (u32, u64) {
     let h = tab_hash64(words);
-    // Not `is_power_of_two`: the BPF backend has no popcount instruction.
-    let mask = if live != 0 && live & (live - 1) == 0 && live <= per_cpu {
-        live - 1
-    } else {
-        per_cpu.wrapping_sub(1)
-    };
     let bucket = cpu
         .wrapping_mul(per_cpu)
-        .wrapping_add((h >> 32) as u32 & mask);
+        .wrapping_add((h >> 32) as u32 & live.wrapping_sub(1));
     (bucket, (h >> 16) & 0xffff | 1)
+}
+
+/// Buckets in use of a part of `per_cpu` buckets (a power of two) whose `NETMON_TABLIVE`
+/// word is `word`: 0 for `TAB_START_BUCKETS` (or the whole of a smaller part), and anything
+/// that is not a power of two at most `per_cpu` for the whole part. The programs, the daemon
+/// and the benchmarks all read the word through this.
+#[inline(always)]
+pub fn tab_live_buckets(word: u64, per_cpu: u32) -> u32 {
+    if word == 0 {
+        return if TAB_START_BUCKETS < per_cpu {
+            TAB_START_BUCKETS
+        } else {
+            per_cpu
+        };
+    }
+    // Not `is_power_of_two`: the BPF backend has no popcount instruction.
+    if word & (word - 1) == 0 && word <= u64::from(per_cpu) {
+        word as u32
+    } else {
+        per_cpu
+    }
 }
 
 /// Buckets a CPU's part of a per-CPU flow table starts with in use (or all of them, where
@@ -889,12 +904,31 @@ mod tests {
                 (b, live) = (b2, live * 2);
             }
             assert_eq!((b, fp), tab_place(&words, 3, PER_CPU));
-            for odd in [0, 3, 3 * TAB_START_BUCKETS, 2 * PER_CPU] {
-                assert_eq!(tab_place_live(&words, 3, PER_CPU, odd), (b, fp));
+            for odd in [3, 3 * TAB_START_BUCKETS, 2 * PER_CPU] {
+                let live = tab_live_buckets(odd.into(), PER_CPU);
+                assert_eq!(tab_place_live(&words, 3, PER_CPU, live), (b, fp));
             }
+            let start = tab_live_buckets(0, PER_CPU);
+            assert_eq!(start, TAB_START_BUCKETS);
+            assert_eq!(tab_place_live(&words, 3, PER_CPU, start).1, fp);
         }
         // Six doublings per key: about half of them move it.
         assert!((25_000..35_000).contains(&moved), "{moved} moves of 60,000");
+    }
+
+    /// A part's `NETMON_TABLIVE` word is read the same everywhere: 0 for the start (or the
+    /// whole of a smaller part), then the count written, and the whole part for any count
+    /// that is not a power of two at most the part's.
+    #[test]
+    fn buckets_in_use_are_read_from_the_word_as_written() {
+        let start = TAB_START_BUCKETS;
+        assert_eq!(tab_live_buckets(0, 1 << 16), start);
+        assert_eq!(tab_live_buckets(0, start / 4), start / 4);
+        assert_eq!(tab_live_buckets(4 * u64::from(start), 1 << 16), 4 * start);
+        assert_eq!(tab_live_buckets(1 << 16, 1 << 16), 1 << 16);
+        for odd in [3 * u64::from(start), 1 << 17, 1 << 40, u64::MAX] {
+            assert_eq!(tab_live_buckets(odd, 1 << 16), 1 << 16, "{odd}");
+        }
     }
 
     /// Keys that differ only in the remote address or port (a scan, a busy server) spread

@@ -53,8 +53,8 @@ use netmon_common::{
     BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue,
     DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS,
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
-    ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_START_BUCKETS, TAB_WAYS, TabBucket,
-    TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets,
+    ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot,
+    ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets,
     tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
@@ -840,10 +840,7 @@ fn tab_record<K: Copy>(
     // SAFETY: this CPU's word; only this CPU's programs write it, and they do not
     // interleave (below).
     let live = match lv {
-        Some(l) => match unsafe { *l } as u32 {
-            0 => TAB_START_BUCKETS.min(per_cpu),
-            n => n,
-        },
+        Some(l) => tab_live_buckets(unsafe { *l }, per_cpu),
         // No word for this CPU: the whole part, which never grows.
         None => per_cpu,
     };

@@ -22,7 +22,7 @@ use aya::maps::MapData;
 
 use crate::mapmem::{MapMemory, page_size};
 use netmon_common::{
-    FlowKey, FlowKey4, TAB_LIVE_STRIDE, TAB_START_BUCKETS, TAB_WAYS, TabBucket, TabEvicted, TabSlot,
+    FlowKey, FlowKey4, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, tab_live_buckets,
 };
 
 use crate::aggregate::{FlowSample, NO_SLOT, Owner, Seen, TickState, Tracker};
@@ -505,7 +505,7 @@ impl Tables {
             let word = unsafe {
                 std::ptr::read_volatile(words.add(cpu * TAB_LIVE_STRIDE as usize + family))
             };
-            live_buckets(word, buckets / self.cpus)
+            tab_live_buckets(word, (buckets / self.cpus) as u32) as usize
         };
         [in_use(0, self.v4.buckets), in_use(1, self.v6.buckets)]
     }
@@ -517,17 +517,6 @@ impl Tables {
             let [b4, b6] = self.buckets_in_use(cpu);
             [v4 + b4 * TAB_WAYS, v6 + b6 * TAB_WAYS]
         })
-    }
-}
-
-/// Buckets in use of a part of `per_cpu` buckets whose `NETMON_TABLIVE` word is `word`, as
-/// the programs read it (`tab_record`, `tab_place_live`): 0 for the start, a count that is
-/// not a power of two at most `per_cpu` for the whole part.
-pub fn live_buckets(word: u64, per_cpu: usize) -> usize {
-    match usize::try_from(word) {
-        Ok(0) => (TAB_START_BUCKETS as usize).min(per_cpu),
-        Ok(n) if n.is_power_of_two() && n <= per_cpu => n,
-        _ => per_cpu,
     }
 }
 
@@ -927,21 +916,6 @@ mod tests {
         assert_eq!(d.evicted(&gone), [(1, 3, 1)]);
         fake.add(1, 0, 2);
         assert_eq!(d.read(&mut t), [(1, 2, 1), (2, 1, 1)]);
-    }
-
-    /// A part's buckets in use as the daemon reports them are the ones the programs index:
-    /// the start (or the whole of a smaller part) before the first doubling, then the count
-    /// written, and the whole part for any count the programs would not take as one.
-    #[test]
-    fn buckets_in_use_are_read_as_the_programs_read_them() {
-        use netmon_common::TAB_START_BUCKETS;
-        let start = TAB_START_BUCKETS as usize;
-        assert_eq!(live_buckets(0, 1 << 16), start);
-        assert_eq!(live_buckets(0, start / 4), start / 4);
-        assert_eq!(live_buckets(4 * start as u64, 1 << 16), 4 * start);
-        for odd in [3 * start as u64, 1 << 17, u64::MAX] {
-            assert_eq!(live_buckets(odd, 1 << 16), 1 << 16, "{odd}");
-        }
     }
 
     #[test]

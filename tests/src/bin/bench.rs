@@ -859,7 +859,7 @@ impl Rig {
         };
         let live: aya::maps::Array<_, u64> = aya::maps::Array::try_from(m).unwrap();
         let word = live.get(&u32::from(v6), 0).unwrap();
-        netmon::flowtab::live_buckets(word, self.tab_buckets as usize) as u32
+        netmon_common::tab_live_buckets(word, self.tab_buckets)
     }
 
     /// `prefill` through a per-CPU table's program, again until its part stops growing: a
