@@ -454,9 +454,9 @@ pub mod config {
     /// epoch pushes its key to the dirty ring, so a drain reads only the flows that changed.
     pub const EPOCH: u32 = 1;
     /// Non-zero when the cgroup hooks on UDP connect() and sendmsg() are attached: the
-    /// egress program then records a UDP flow's port owner from its socket's cookie
-    /// (`NETMON_UDP_COOKIE`), and no program runs on every datagram sent.
-    pub const UDP_COOKIE_ACTIVE: u32 = 2;
+    /// egress program then records a UDP flow's port owner from its socket's storage
+    /// (`NETMON_UDP_SK`), and no program runs on every datagram sent.
+    pub const UDP_SOCK_HOOKS_ACTIVE: u32 = 2;
     pub const COUNT: u32 = 8;
 }
 

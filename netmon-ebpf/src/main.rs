@@ -33,12 +33,13 @@ use aya_ebpf::{
         BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC,
         xdp_action,
     },
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_jiffies64,
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get,
     },
-    macros::{cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
+    macros::{btf_map, cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
         lpm_trie::Key,
@@ -135,12 +136,23 @@ static NETMON_PORT_OWNER: LruHashMap<PortKey, ProcInfo> = LruHashMap::with_max_e
 static NETMON_UDP_PORTS: Array<ProcInfo> =
     Array::with_max_entries(netmon_common::UDP_PORT_SLOTS, BPF_F_MMAPABLE);
 
-/// Socket cookie -> the process that last connected a UDP socket or sent from it with an
-/// address (the cgroup hooks `netmon_udp_connect4/6`, `netmon_udp_sendmsg4/6`). The egress
-/// program turns it into the socket's port owner on a flow's first packet of each drain
-/// epoch, so a stream of datagrams from a connected socket runs no program in the sender.
-#[map]
-static NETMON_UDP_COOKIE: LruHashMap<u64, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+/// A UDP socket's owner, kept on the socket itself (socket local storage): the process that
+/// last connected it or sent from it with an address (the cgroup hooks `netmon_udp_connect4/6`,
+/// `netmon_udp_sendmsg4/6` write it), and the local port and drain epoch the egress program
+/// last made that process the owner of the port in. The egress program reaches it from the
+/// frame's socket with two loads and no hashing, on a UDP flow's first packet of each drain
+/// epoch, so a stream of datagrams from a connected socket runs no program in the sender. A
+/// socket's storage goes with the socket.
+#[repr(C)]
+struct UdpSockOwner {
+    owner: ProcInfo,
+    /// The local port and drain epoch `owner` was last recorded for (port 0: never).
+    port: u32,
+    epoch: u32,
+}
+
+#[btf_map]
+static NETMON_UDP_SK: SkStorage<UdpSockOwner> = SkStorage::new();
 
 /// `struct sock *` -> the process that called connect(), between SYN_SENT (process context,
 /// source port not yet chosen) and ESTABLISHED (softirq, tuple complete).
@@ -475,7 +487,7 @@ fn tc_account<const TAB: bool>(ctx: &TcContext, ifindex: u32, len: u32, may_pull
         &mut udp_port,
     );
     if verdict == Verdict::Pass {
-        udp_owner_from_cookie(ctx, udp_port);
+        udp_owner_from_socket(ctx, udp_port);
     }
     verdict
 }
@@ -537,7 +549,7 @@ enum Verdict {
 /// frame), return `Verdict::Pull` before recording anything. `TAB`: the flow goes to the
 /// per-CPU flow tables, else to the kernel's LRU flow maps. `udp_port` is set to the local
 /// port of an outgoing UDP frame that is its flow's first, or first in the drain epoch (the
-/// egress program then asks whose socket sent it: `udp_owner_from_cookie`).
+/// egress program then asks whose socket sent it: `udp_owner_from_socket`).
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[inline(always)]
 fn account<const TAB: bool>(
@@ -1686,7 +1698,7 @@ fn try_tcp_connect(ctx: &ProbeContext) -> Result<(), i32> {
 /// `record_udp_sender`.
 #[derive(Clone, Copy)]
 struct LastSender {
-    /// The socket's address (per-send hooks) or its cookie (cgroup hooks).
+    /// The socket's address.
     sk: u64,
     pid: u32,
     sends: u32,
@@ -1789,9 +1801,9 @@ fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>) -> bool {
     true
 }
 
-/// Sets this CPU's last-sender cache (`sender_cached`) to socket `sk` (its address, or its
-/// cookie for the cgroup hooks) and `pid`. A hook run in a task that preempted this one on
-/// this CPU may write it too (cgroup programs and tracepoints run preemptible): at worst
+/// Sets this CPU's last-sender cache (`sender_cached`) to socket `sk` (its address) and
+/// `pid`. A hook run in a task that preempted this one on this CPU may write it too
+/// (tracepoints run preemptible): at worst
 /// the cache then names a pair that was not recorded, and such a send goes unrecorded until
 /// the socket's next recheck (`SENDER_RECHECK`).
 #[inline(always)]
@@ -1844,30 +1856,39 @@ pub fn netmon_sock_send(ctx: TracePointContext) -> u32 {
 /// cgroup `connect4`/`connect6` (a UDP socket connected: its sends then come without an
 /// address, and run no hook) and `sendmsg4`/`sendmsg6` (a send with an address, on an
 /// unconnected socket), attached to the cgroup v2 root so every process's sockets come here:
-/// the caller is remembered by socket cookie (`NETMON_UDP_COOKIE`), and the egress program
-/// makes it the owner of the port the socket's datagrams leave from. A stream of sends on one
-/// socket costs the per-CPU cache check (`sender_cached`), keyed by the cookie. Always 1: the
-/// call goes on.
+/// the caller goes into the socket's storage (`NETMON_UDP_SK`), and the egress program makes
+/// it the owner of the port the socket's datagrams leave from. A stream of addressed sends on
+/// one socket costs the storage's lookup and a compare. Always 1: the call goes on.
 #[inline(always)]
 fn udp_sock_owner(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel-provided context; `protocol` is readable in every sock_addr hook.
     if unsafe { (*ctx.sock_addr).protocol } != u32::from(IPPROTO_UDP) {
         return 1;
     }
-    // SAFETY: helper on the hook's own context (the socket's cookie, assigned on first use).
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if cookie == 0 || sender_cached(cookie, pid) {
+    // SAFETY: the hook's own socket.
+    let s = unsafe { NETMON_UDP_SK.get_ptr_mut(ctx) };
+    if s.is_null() {
+        let mut fresh = UdpSockOwner {
+            owner: current_proc(),
+            port: 0,
+            epoch: 0,
+        };
+        // SAFETY: as above; the storage is created with `fresh`'s bytes.
+        if unsafe { NETMON_UDP_SK.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) }.is_null() {
+            bump(counter::SOCK_INSERT_FAILED);
+        }
         return 1;
     }
-    if NETMON_UDP_COOKIE
-        .insert(&cookie, &current_proc(), BPF_ANY as u64)
-        .is_err()
-    {
-        bump(counter::SOCK_INSERT_FAILED);
-        return 1;
+    // SAFETY: the socket's storage, live while the socket is. Another process sharing the
+    // socket may write it at once: the egress program may then read a record mixed from
+    // the two, for one frame, as a reader of a port's slot may (`own_udp_port`).
+    unsafe {
+        if (*s).owner.pid != pid {
+            (*s).owner = current_proc();
+            (*s).port = 0;
+        }
     }
-    remember_sender(cookie, pid);
     1
 }
 
@@ -1893,61 +1914,46 @@ pub fn netmon_udp_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 /// An outgoing UDP frame from local port `port` (0: none), its flow's first or first in the
 /// drain epoch: when the cgroup hooks are on, the process they saw connect its socket or send
-/// from it becomes the port's owner. A frame without a socket (forwarded) or whose socket
-/// they never saw (opened and connected before the daemon started) records nothing.
+/// from it becomes the port's owner, once per socket, port and drain epoch. A frame without a
+/// socket (forwarded) or whose socket they never saw (opened and connected before the daemon
+/// started: the daemon records those ports' owners itself) records nothing.
 #[inline(always)]
-fn udp_owner_from_cookie(ctx: &TcContext, port: u16) {
-    if port == 0 || config(config::UDP_COOKIE_ACTIVE) == 0 {
+fn udp_owner_from_socket(ctx: &TcContext, port: u16) {
+    if port == 0 || config(config::UDP_SOCK_HOOKS_ACTIVE) == 0 {
         return;
     }
-    // SAFETY: helper on the program's own skb; 0 when it has no socket.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    if cookie == 0 {
+    // SAFETY: the program's own skb; `sk` is its socket or null.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
         return;
     }
-    // A socket that starts many flows from one port (a server answering many peers) is
-    // looked up once per drain epoch on each CPU.
+    // SAFETY: a helper on a socket the verifier has checked; null when the socket has no
+    // storage in the map (or is not a full socket), and nothing is created.
+    let s = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&NETMON_UDP_SK).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<UdpSockOwner>();
+    if s.is_null() {
+        return;
+    }
     let epoch = config(config::EPOCH) as u32;
-    let last = NETMON_UDP_OWNED.get_ptr_mut(0);
-    if let Some(l) = last {
-        // SAFETY: this CPU's slot.
-        unsafe {
-            if (*l).cookie == cookie && (*l).port == u32::from(port) && (*l).epoch == epoch {
-                return;
-            }
+    // SAFETY: the socket's storage, live for the program run. Frames of one socket on two
+    // CPUs at once may both record the port: the same owner, twice.
+    unsafe {
+        if (*s).port == u32::from(port) && (*s).epoch == epoch {
+            return;
         }
-    }
-    // SAFETY: the value is copied out at once.
-    let Some(owner) = (unsafe { NETMON_UDP_COOKIE.get(&cookie) }).copied() else {
-        return;
-    };
-    if own_udp_port(port, owner.pid, Some(&owner))
-        && let Some(l) = last
-    {
-        // SAFETY: this CPU's slot; a program that interrupts this one on this CPU and
-        // writes it too leaves a pair that was recorded either way.
-        unsafe {
-            *l = UdpOwned {
-                cookie,
-                port: u32::from(port),
-                epoch,
-            };
+        if own_udp_port(port, (*s).owner.pid, Some(&(*s).owner)) {
+            (*s).port = u32::from(port);
+            (*s).epoch = epoch;
         }
     }
 }
-
-/// This CPU's last socket (by cookie) and UDP port whose owner `udp_owner_from_cookie`
-/// recorded, and the drain epoch it did so in.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UdpOwned {
-    cookie: u64,
-    port: u32,
-    epoch: u32,
-}
-
-#[map]
-static NETMON_UDP_OWNED: PerCpuArray<UdpOwned> = PerCpuArray::with_max_entries(1, 0);
 
 /// kprobe on `udp_sendmsg`/`udpv6_sendmsg(struct sock *sk, ...)`: kernels with kprobes.
 #[kprobe]

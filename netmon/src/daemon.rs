@@ -854,8 +854,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
 
 /// Where UDP senders are attributed through the cgroup hooks on connect() and sendmsg(),
 /// the sockets opened before they were attached are found with their processes now
-/// (`sockdiag::udp_socket_owners`), so that a connected socket's datagrams are attributed as
-/// the per-send hooks would attribute them. A failure only costs those sockets their owner.
+/// (`sockdiag::udp_socket_owners`), and each becomes the owner of its local port
+/// (`NETMON_UDP_PORTS`), as the egress program would make it on the socket's first frame had
+/// the hooks seen it. A failure only costs those sockets their owner.
 fn seed_udp_owners(attached: &mut load::Attached) {
     if !attached
         .hooks
@@ -866,16 +867,17 @@ fn seed_udp_owners(attached: &mut load::Attached) {
     }
     let t0 = std::time::Instant::now();
     let seeded = crate::sockdiag::udp_socket_owners().and_then(|owners| {
-        let mut map: aya::maps::HashMap<&mut aya::maps::MapData, u64, netmon_common::ProcInfo> =
-            aya::maps::HashMap::try_from(
+        let mut ports: aya::maps::Array<&mut aya::maps::MapData, netmon_common::ProcInfo> =
+            aya::maps::Array::try_from(
                 attached
                     .ebpf
-                    .map_mut("NETMON_UDP_COOKIE")
-                    .context("eBPF object has no NETMON_UDP_COOKIE")?,
+                    .map_mut("NETMON_UDP_PORTS")
+                    .context("eBPF object has no NETMON_UDP_PORTS")?,
             )?;
-        for (cookie, owner) in &owners {
-            map.insert(cookie, owner, 0)
-                .context("writing NETMON_UDP_COOKIE")?;
+        for (port, owner) in &owners {
+            ports
+                .set(u32::from(*port), owner, 0)
+                .with_context(|| format!("writing NETMON_UDP_PORTS[{port}]"))?;
         }
         Ok(owners.len())
     });

@@ -452,19 +452,18 @@ impl SockDiag {
     }
 }
 
-/// The UDP sockets of this network namespace that a process holds open now, by socket
-/// cookie, with that process: what the cgroup hooks on connect() and sendmsg() never saw for
-/// sockets opened and connected before the daemon started. Socket inodes from sock_diag,
+/// The UDP sockets of this network namespace that a process holds open now with a local port,
+/// by that port, with that process: what the cgroup hooks on connect() and sendmsg() never
+/// saw for sockets opened and connected before the daemon started. Socket inodes from sock_diag,
 /// matched against every process's open files in /proc (as `ss -p` does), once at start.
 /// The cgroup id is 0 (unknown) where no cgroup v2 hierarchy is mounted to look it up.
-pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
+pub fn udp_socket_owners() -> Result<Vec<(u16, netmon_common::ProcInfo)>> {
     let mut udp = Vec::new();
     SockDiag::new()?.dump_proto(IPPROTO_UDP, &mut udp)?;
     let mut by_inode = std::collections::HashMap::new();
     for s in udp {
-        if s.inode != 0 {
-            let cookie = u64::from(s.cookie[0]) | u64::from(s.cookie[1]) << 32;
-            by_inode.insert(u64::from(s.inode), (cookie, s.uid));
+        if s.inode != 0 && s.local_port != 0 {
+            by_inode.insert(u64::from(s.inode), (s.local_port, s.uid));
         }
     }
     let mut out = Vec::new();
@@ -499,7 +498,7 @@ pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
             }) else {
                 continue;
             };
-            let Some(&(cookie, uid)) = by_inode.get(&inode) else {
+            let Some(&(port, uid)) = by_inode.get(&inode) else {
                 continue;
             };
             let info = proc_info.get_or_insert_with(|| {
@@ -520,7 +519,7 @@ pub fn udp_socket_owners() -> Result<Vec<(u64, netmon_common::ProcInfo)>> {
                     comm,
                 }
             });
-            out.push((cookie, *info));
+            out.push((port, *info));
         }
     }
     Ok(out)
@@ -592,31 +591,18 @@ mod tests {
         assert_eq!(s.local_addr, v6lo);
     }
 
-    /// A connected UDP socket this process holds is found with its kernel cookie (as
-    /// SO_COOKIE gives it) and this process's PID and command name.
+    /// A connected UDP socket this process holds is found by its local port, with this
+    /// process's PID and command name.
     #[test]
-    fn finds_the_owner_of_our_own_udp_socket_by_cookie() {
-        use std::os::fd::AsRawFd as _;
+    fn finds_the_owner_of_our_own_udp_socket_by_port() {
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
         u.connect("127.0.0.1:9").unwrap();
-        let mut cookie = 0u64;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: getsockopt into a u64 of the stated length.
-        let r = unsafe {
-            libc::getsockopt(
-                u.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+        let port = u.local_addr().unwrap().port();
         let owners = udp_socket_owners().unwrap();
         let (_, owner) = owners
             .iter()
-            .find(|(c, _)| *c == cookie)
-            .expect("our socket's cookie");
+            .find(|(p, _)| *p == port)
+            .expect("our socket's port");
         assert_eq!(owner.pid, std::process::id());
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         let comm = comm.trim_end().as_bytes();

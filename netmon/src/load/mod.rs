@@ -409,8 +409,7 @@ pub fn load_and_attach(
         .default_map_pin_directory(&opts.pin_dir)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
-        .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports)
-        .map_max_entries("NETMON_UDP_COOKIE", opts.sizes.ports);
+        .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
     size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
     let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
@@ -745,8 +744,8 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
             ebpf.map_mut("NETMON_CONFIG")
                 .context("eBPF object has no NETMON_CONFIG")?,
         )?;
-        cfg.set(config::UDP_COOKIE_ACTIVE, 1, 0)
-            .context("enabling the UDP socket-cookie path")
+        cfg.set(config::UDP_SOCK_HOOKS_ACTIVE, 1, 0)
+            .context("enabling the UDP socket-storage path")
     })();
     if attached.is_err() {
         for prog in PROGS {
@@ -824,7 +823,7 @@ pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -
 /// - listeners and accepted TCP: tracepoint `sock:inet_sock_set_state` (LISTEN, SYN_RECV ->
 ///   ESTABLISHED) on every kernel;
 /// - UDP senders: cgroup `connect4`/`connect6`/`sendmsg4`/`sendmsg6` on the cgroup v2 root
-///   with the egress program asking the socket's cookie (no program per datagram sent on a
+///   with the egress program reading the socket's storage (no program per datagram sent on a
 ///   connected socket), else kprobe `udp_sendmsg`/`udpv6_sendmsg`, else raw tracepoint
 ///   `sock_send_length` (needs `sk_protocol`'s offset from BTF), else tracepoint
 ///   `sock:sock_send_length` (these three run on every sendmsg).

@@ -826,12 +826,12 @@ impl Rig {
                 .unwrap_or_else(|e| panic!("loading {}: {e}", TAB_PROGRAMS[0]));
         }
         // As the daemon runs where the cgroup UDP hooks attach (the default): an outgoing
-        // UDP frame that starts a flow asks its socket's cookie for the sender (test runs
+        // UDP frame that starts a flow asks its socket's storage for the sender (test runs
         // give the skb a socket of their own, which no hook has seen).
         if let Some(m) = ebpf.map_mut("NETMON_CONFIG") {
             let mut cfg: aya::maps::Array<_, u64> = aya::maps::Array::try_from(m).unwrap();
-            cfg.set(netmon_common::config::UDP_COOKIE_ACTIVE, 1, 0)
-                .expect("setting the UDP cookie switch");
+            cfg.set(netmon_common::config::UDP_SOCK_HOOKS_ACTIVE, 1, 0)
+                .expect("setting the UDP socket-hooks switch");
         }
         let ring = aya::maps::RingBuf::try_from(ebpf.take_map("NETMON_DIRTY").unwrap()).unwrap();
         let evicted = ebpf
