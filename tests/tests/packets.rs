@@ -1945,13 +1945,13 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
 }
 
 /// The egress program's owner path for UDP, with real sockets: the cgroup hooks record each
-/// socket's process by cookie, and the per-CPU tables' TC program, attached to a namespace's
-/// loopback, makes a new flow's process the owner of its local port. It keeps per CPU the
-/// last socket and port it did that for (`NETMON_UDP_OWNED`), so a port taken over by
-/// another process's socket within the same drain epoch and on the same CPU must still get
-/// the new owner: this process sends from a port, closes the socket, a child process binds
-/// the same port and sends, then this process again, all pinned to one CPU, the epoch never
-/// moving.
+/// socket's process on the socket (`NETMON_UDP_SK`), and the per-CPU tables' TC program,
+/// attached to a namespace's loopback, makes a new flow's process the owner of its local
+/// port. It keeps on the socket the port and drain epoch it did that for, so a port taken
+/// over by another process's socket within the same drain epoch and on the same CPU must
+/// still get the new owner: this process sends from a port, closes the socket, a child
+/// process binds the same port and sends, then this process again, all pinned to one CPU,
+/// the epoch never moving.
 #[test]
 #[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
 fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
