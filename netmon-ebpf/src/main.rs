@@ -1756,17 +1756,18 @@ fn record_udp_sender_slow(sk: u64, pid: u32) -> Result<(), i32> {
     if port == 0 {
         return Ok(());
     }
-    if own_udp_port(port, pid, None) {
+    if own_udp_port(port, pid, None, true) {
         remember_sender(sk, pid);
     }
     Ok(())
 }
 
-/// Makes `pid` the owner of local UDP port `port`, unless it is already, with the record
-/// `owner` (None: the current process's, read only if it is written). False when the entry
-/// could not be written (counted).
+/// Makes `pid` the owner of local UDP port `port`, unless it is already (`check`; else the
+/// slot is written without being read first, for a caller that knows the pair is new to it),
+/// with the record `owner` (None: the current process's, read only if it is written). False
+/// when the entry could not be written (counted).
 #[inline(always)]
-fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>) -> bool {
+fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>, check: bool) -> bool {
     let Some(slot) = NETMON_UDP_PORTS.get_ptr_mut(u32::from(port)) else {
         bump(counter::SOCK_INSERT_FAILED);
         return false;
@@ -1777,7 +1778,7 @@ fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>) -> bool {
     // after a compiler fence on x86, which keeps stores in order, and elsewhere
     // (`WEAK_STORE_ORDER`) by a fully ordered exchange of the word of the pid and the uid.
     unsafe {
-        if (*slot).pid == pid {
+        if check && (*slot).pid == pid {
             return true;
         }
         let o = match owner {
@@ -1945,10 +1946,14 @@ fn udp_owner_from_socket(ctx: &TcContext, port: u16) {
     // SAFETY: the socket's storage, live for the program run. Frames of one socket on two
     // CPUs at once may both record the port: the same owner, twice.
     unsafe {
-        if (*s).port == u32::from(port) && (*s).epoch == epoch {
+        let same_port = (*s).port == u32::from(port);
+        if same_port && (*s).epoch == epoch {
             return;
         }
-        if own_udp_port(port, (*s).owner.pid, Some(&(*s).owner)) {
+        // A port this socket never recorded (its first frame, mostly) is written without
+        // reading its slot first: the slot is a cold line then, and a store does not wait
+        // for it as a load does.
+        if own_udp_port(port, (*s).owner.pid, Some(&(*s).owner), same_port) {
             (*s).port = u32::from(port);
             (*s).epoch = epoch;
         }

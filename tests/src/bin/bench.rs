@@ -1169,7 +1169,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
     };
     let case = format!(
         "new UDP flow from a real socket, {senders} (per-CPU table; over a veth pair, \
-         {attached}, the owner found by the socket's cookie; kernel.bpf_stats run time)"
+         {attached}, the owner read from the socket's storage; kernel.bpf_stats run time)"
     );
     [("IPv4", &diffs[0]), ("IPv6", &diffs[1])]
         .into_iter()
