@@ -140,9 +140,10 @@ static NETMON_UDP_PORTS: Array<ProcInfo> =
 /// last connected it or sent from it with an address (the cgroup hooks `netmon_udp_connect4/6`,
 /// `netmon_udp_sendmsg4/6` write it), and the local port and drain epoch the egress program
 /// last made that process the owner of the port in. The egress program reaches it from the
-/// frame's socket with two loads and no hashing, on a UDP flow's first packet of each drain
-/// epoch, so a stream of datagrams from a connected socket runs no program in the sender. A
-/// socket's storage goes with the socket.
+/// frame's socket (`bpf_sk_storage_get`: pointers followed, no cookie, no hashing), on a UDP
+/// flow's first packet of each drain epoch, so a stream of datagrams from a connected socket
+/// runs no program in the sender. A socket's storage goes with the socket: nothing fills up
+/// or is evicted however many sockets a host has.
 #[repr(C)]
 struct UdpSockOwner {
     owner: ProcInfo,
@@ -1804,9 +1805,9 @@ fn own_udp_port(port: u16, pid: u32, owner: Option<&ProcInfo>, check: bool) -> b
 
 /// Sets this CPU's last-sender cache (`sender_cached`) to socket `sk` (its address) and
 /// `pid`. A hook run in a task that preempted this one on this CPU may write it too
-/// (tracepoints run preemptible): at worst
-/// the cache then names a pair that was not recorded, and such a send goes unrecorded until
-/// the socket's next recheck (`SENDER_RECHECK`).
+/// (tracepoints run preemptible): at worst the cache then names a pair that was not
+/// recorded, and such a send goes unrecorded until the socket's next recheck
+/// (`SENDER_RECHECK`).
 #[inline(always)]
 fn remember_sender(sk: u64, pid: u32) {
     if let Some(c) = NETMON_LAST_SENDER.get_ptr_mut(0) {
