@@ -1944,6 +1944,87 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
     }
 }
 
+/// A UDP socket's owner is kept on the socket (`NETMON_UDP_SK`), so no number of sockets
+/// fills a table and pushes older sockets' owners out (the cookie-keyed LRU hash it replaced
+/// held 16,384): 17,000 sockets, all connected before any of them sends, each make this
+/// process the owner of their port with their first frame.
+#[test]
+#[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
+fn more_connected_udp_sockets_than_a_table_held_each_get_their_owner() {
+    use netmon::load::FlowTable;
+    const SOCKETS: usize = 17_000;
+    require_root();
+    // The sockets are open at once: the soft limit on open files is raised to what they
+    // need, within the hard limit, or past it where this process may raise that too.
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    let limit = unsafe {
+        let want = (SOCKETS + 512) as libc::rlim_t;
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < want {
+            l.rlim_cur = want;
+            l.rlim_max = l.rlim_max.max(want);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur
+    };
+    assert!(
+        limit as usize >= SOCKETS + 512,
+        "this test holds {SOCKETS} sockets open: RLIMIT_NOFILE is {limit}, and raising it \
+         failed: {}",
+        std::io::Error::last_os_error()
+    );
+    let ns = netmon_tests::Netns::new("udpmany");
+    let pins = PinDir::new("udpmany");
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
+    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
+    let ebpf = ns.run(move || {
+        let _ = aya::programs::tc::qdisc_add_clsact("lo");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut("netmon_tc_tab")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.attach("lo", aya::programs::tc::TcAttachType::Egress)
+            .expect("attaching netmon_tc_tab to lo");
+        ebpf
+    });
+    let ports = ns.run(|| {
+        let socks: Vec<std::net::UdpSocket> = (0..SOCKETS)
+            .map(|i| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0")
+                    .unwrap_or_else(|e| panic!("socket {i}: bind: {e}"));
+                s.connect("127.0.0.1:9").expect("connect");
+                s
+            })
+            .collect();
+        for s in &socks {
+            s.send(b"x").expect("send");
+        }
+        socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect::<Vec<u16>>()
+    });
+    let me = std::process::id();
+    let unowned: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|&p| udp_port_owner(&ebpf, p).pid != me)
+        .collect();
+    assert!(
+        unowned.is_empty(),
+        "{} of {SOCKETS} sockets' ports have another owner or none, e.g. {:?}",
+        unowned.len(),
+        &unowned[..unowned.len().min(5)]
+    );
+}
+
 /// The egress program's owner path for UDP, with real sockets: the cgroup hooks record each
 /// socket's process on the socket (`NETMON_UDP_SK`), and the per-CPU tables' TC program,
 /// attached to a namespace's loopback, makes a new flow's process the owner of its local
