@@ -132,8 +132,8 @@ impl std::str::FromStr for TcMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UdpHook {
     /// The cgroup hooks on connect() and addressed sends where the kernel takes them (the
-    /// egress program then reads the socket's cookie; no program runs per datagram on a
-    /// connected socket), else a hook on every sendmsg.
+    /// egress program then reads the owner they keep on the socket; no program runs per
+    /// datagram on a connected socket), else a hook on every sendmsg.
     #[default]
     Auto,
     /// A hook on every sendmsg (kprobe, raw tracepoint or tracepoint): nothing attached to
