@@ -1944,6 +1944,34 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
     }
 }
 
+/// The egress owner path for UDP with real sockets: a namespace `name` whose loopback's
+/// egress runs the per-CPU tables' TC program, the cgroup UDP hooks attached. The pin
+/// directory goes with the object.
+fn udp_owner_rig(name: &str) -> (netmon_tests::Netns, PinDir, Ebpf) {
+    use netmon::load::FlowTable;
+    let ns = netmon_tests::Netns::new(name);
+    let pins = PinDir::new(name);
+    let mut loader = small_maps(&pins, 1024);
+    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
+    let mut ebpf = loader
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
+    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
+    let ebpf = ns.run(move || {
+        let _ = aya::programs::tc::qdisc_add_clsact("lo");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut("netmon_tc_tab")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.attach("lo", aya::programs::tc::TcAttachType::Egress)
+            .expect("attaching netmon_tc_tab to lo");
+        ebpf
+    });
+    (ns, pins, ebpf)
+}
+
 /// A UDP socket's owner is kept on the socket (`NETMON_UDP_SK`), so no number of sockets
 /// fills a table and pushes older sockets' owners out (the cookie-keyed LRU hash it replaced
 /// held 16,384): 17,000 sockets, all connected before any of them sends, each make this
@@ -1951,7 +1979,6 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
 #[test]
 #[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
 fn more_connected_udp_sockets_than_a_table_held_each_get_their_owner() {
-    use netmon::load::FlowTable;
     const SOCKETS: usize = 17_000;
     require_root();
     // The sockets are open at once: the soft limit on open files is raised to what they
@@ -1974,26 +2001,7 @@ fn more_connected_udp_sockets_than_a_table_held_each_get_their_owner() {
          failed: {}",
         std::io::Error::last_os_error()
     );
-    let ns = netmon_tests::Netns::new("udpmany");
-    let pins = PinDir::new("udpmany");
-    let mut loader = small_maps(&pins, 1024);
-    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
-    let mut ebpf = loader
-        .load(netmon::load::EBPF_OBJECT)
-        .expect("load the eBPF object");
-    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
-    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
-    let ebpf = ns.run(move || {
-        let _ = aya::programs::tc::qdisc_add_clsact("lo");
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut("netmon_tc_tab")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        tc.attach("lo", aya::programs::tc::TcAttachType::Egress)
-            .expect("attaching netmon_tc_tab to lo");
-        ebpf
-    });
+    let (ns, _pins, ebpf) = udp_owner_rig("udpmany");
     let ports = ns.run(|| {
         let socks: Vec<std::net::UdpSocket> = (0..SOCKETS)
             .map(|i| {
@@ -2036,30 +2044,10 @@ fn more_connected_udp_sockets_than_a_table_held_each_get_their_owner() {
 #[test]
 #[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
 fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
-    use netmon::load::FlowTable;
     require_root();
-    let ns = netmon_tests::Netns::new("udpown");
-    let pins = PinDir::new("udpown");
-    let mut loader = small_maps(&pins, 1024);
-    netmon::load::size_flow_maps(&mut loader, FlowTable::PerCpu, 256).unwrap();
-    let mut ebpf = loader
-        .load(netmon::load::EBPF_OBJECT)
-        .expect("load the eBPF object");
-    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
-    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
-    pin_to_cpu(0);
     // Threads and children inherit the affinity of the thread that makes them.
-    let ebpf = ns.run(move || {
-        let _ = aya::programs::tc::qdisc_add_clsact("lo");
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut("netmon_tc_tab")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        tc.attach("lo", aya::programs::tc::TcAttachType::Egress)
-            .expect("attaching netmon_tc_tab to lo");
-        ebpf
-    });
+    pin_to_cpu(0);
+    let (ns, _pins, ebpf) = udp_owner_rig("udpown");
     const PORT: u16 = 40_111;
     let send_here = |to: u16| {
         ns.run(move || {
