@@ -620,7 +620,7 @@ pub struct BanValue {
 /// kernel hash lookup, their own index of part of `NETMON_BAN4`. `tag` is `banx4_tag`'s
 /// (address, kind, in use), 0 when empty (but for `BANX_OVERFLOW`); userspace writes
 /// `expires_ns` before the tag and clears the tag before anything else. Hit counters are per
-/// CPU, in `NETMON_BANHIT4` at the same index.
+/// CPU, in `NETMON_BANCNT4` (`ban_hits_index`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanSlot4 {
@@ -700,7 +700,8 @@ pub const fn banx_meta(kind: u8) -> u64 {
     (kind as u64) << 32 | 1 << 40
 }
 
-/// Per-CPU hit counters of one `NETMON_BANX4` or `NETMON_BANX6` slot.
+/// One CPU's hit counters of one `NETMON_BANX4` or `NETMON_BANX6` slot, in `NETMON_BANCNT4`
+/// or `NETMON_BANCNT6` at `ban_hits_index`. 32 bytes: never across a cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BanHits {
@@ -708,6 +709,22 @@ pub struct BanHits {
     pub bytes: u64,
     /// CLOCK_MONOTONIC nanoseconds (tick resolution) of this CPU's latest drop.
     pub last_hit_ns: u64,
+    pub _pad: u64,
+}
+
+/// Slots of `NETMON_BANX4` (both generations).
+pub const BANX4_SLOTS: u32 = 2 * BANX4_BUCKETS * BANX4_WAYS;
+/// Slots of `NETMON_BANX6` (both generations).
+pub const BANX6_SLOTS: u32 = 2 * BANX6_BUCKETS * BANX6_WAYS;
+
+/// Where CPU `cpu`'s counters of slot `slot` of an exact ban array with `slots` slots are in
+/// its counter array (`NETMON_BANCNT4`/`6`, `slots` entries per possible CPU, sized by the
+/// loader): CPU-major, so that CPUs never write the same cache line, and the program's
+/// lookup is one load of a plain array (a per-CPU array's is two dependent ones: its
+/// element's per-CPU pointer, then the element).
+#[inline(always)]
+pub const fn ban_hits_index(cpu: u32, slots: u32, slot: u32) -> u32 {
+    cpu * slots + slot
 }
 
 /// Key of the per-CPU drop counters.

@@ -50,13 +50,13 @@ use aya_ebpf::{
     },
 };
 use netmon_common::{
-    AF_INET, AF_INET6, BANX_KIND, BANX_OVERFLOW, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS,
-    BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue,
-    DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
-    ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot,
-    ban_kind, config, counter, drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets,
-    tab_place_live, tcp_state, tp_offsets, v4_mapped,
+    AF_INET, AF_INET6, BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS,
+    BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS,
+    DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue,
+    SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter,
+    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
+    tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -174,20 +174,20 @@ static NETMON_BAN4: HashMap<BanKey4, BanValue> = HashMap::pinned(262_144, BPF_F_
 /// whose bucket is full is found in NETMON_BAN4. Mappable: userspace writes slots with
 /// ordered stores (expiry, then tag).
 #[map]
-static NETMON_BANX4: Array<BanSlot4> =
-    Array::pinned(2 * BANX4_BUCKETS * BANX4_WAYS, BPF_F_MMAPABLE);
-/// NETMON_BANX4's hit counters, per CPU: a flood from a banned address drops on every CPU
-/// without the CPUs contending for one entry's counters.
+static NETMON_BANX4: Array<BanSlot4> = Array::pinned(BANX4_SLOTS, BPF_F_MMAPABLE);
+/// NETMON_BANX4's hit counters, one part per possible CPU (`ban_hits_index`; the loader
+/// sizes it, `BANX4_SLOTS` entries per CPU): a flood from a banned address drops on every
+/// CPU without the CPUs contending for one entry's counters. A plain array, not a per-CPU
+/// one: a per-CPU array's element is a separate allocation reached through a pointer, two
+/// dependent loads (cache misses, for a pool of banned sources) where this is one.
+/// Mappable: userspace reads and zeroes the counters in place.
 #[map]
-static NETMON_BANHIT4: PerCpuArray<BanHits> =
-    PerCpuArray::pinned(2 * BANX4_BUCKETS * BANX4_WAYS, 0);
+static NETMON_BANCNT4: Array<BanHits> = Array::pinned(BANX4_SLOTS, BPF_F_MMAPABLE);
 /// The same for exact IPv6 bans: 2-way buckets of 32-byte `BanSlot6`.
 #[map]
-static NETMON_BANX6: Array<BanSlot6> =
-    Array::pinned(2 * BANX6_BUCKETS * BANX6_WAYS, BPF_F_MMAPABLE);
+static NETMON_BANX6: Array<BanSlot6> = Array::pinned(BANX6_SLOTS, BPF_F_MMAPABLE);
 #[map]
-static NETMON_BANHIT6: PerCpuArray<BanHits> =
-    PerCpuArray::pinned(2 * BANX6_BUCKETS * BANX6_WAYS, 0);
+static NETMON_BANCNT6: Array<BanHits> = Array::pinned(BANX6_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
 /// Prefixes (longest match), key data `[generation, address...]`.
@@ -1235,11 +1235,12 @@ enum Exact {
 }
 
 /// A ban that matched: an entry of a ban map (with the time it was checked at), or slot
-/// `index` of NETMON_BANX4 or NETMON_BANX6, whose per-CPU counters are `hits`.
+/// `index` of NETMON_BANX4 or NETMON_BANX6 (`slots` slots), whose counters are in `hits`.
 enum Ban {
     Entry(*mut BanValue, u64),
     Fast {
-        hits: &'static PerCpuArray<BanHits>,
+        hits: &'static Array<BanHits>,
+        slots: u32,
         index: u32,
         kind: u8,
         now: u64,
@@ -1249,7 +1250,8 @@ enum Ban {
 /// A live ban in a slot whose tag matched: `None` when it has expired.
 #[inline(always)]
 fn fast_hit(
-    hits: &'static PerCpuArray<BanHits>,
+    hits: &'static Array<BanHits>,
+    slots: u32,
     index: u32,
     tag: u64,
     expires: *const u64,
@@ -1264,6 +1266,7 @@ fn fast_hit(
     }
     Exact::Hit(Ban::Fast {
         hits,
+        slots,
         index,
         kind: (tag >> 32) as u8,
         now,
@@ -1301,7 +1304,13 @@ fn banx6(generation: u8, a: &[u8; 16]) -> Exact {
                 }
                 compiler_fence(Ordering::SeqCst);
                 if same && core::ptr::read_volatile(&raw const (*s).tag) == tag {
-                    return fast_hit(&NETMON_BANHIT6, index, tag, &raw const (*s).expires_ns);
+                    return fast_hit(
+                        &NETMON_BANCNT6,
+                        BANX6_SLOTS,
+                        index,
+                        tag,
+                        &raw const (*s).expires_ns,
+                    );
                 }
             }
         }
@@ -1330,7 +1339,7 @@ fn banx4(generation: u8, a: [u8; 4]) -> Exact {
         // The kind and the overflow bit are in the tag: compared without them.
         if tag & !(BANX_KIND | BANX_OVERFLOW) == want {
             // SAFETY: as above.
-            return fast_hit(&NETMON_BANHIT4, index, tag, unsafe {
+            return fast_hit(&NETMON_BANCNT4, BANX4_SLOTS, index, tag, unsafe {
                 &raw const (*s).expires_ns
             });
         }
@@ -1448,7 +1457,7 @@ unsafe fn atomic_add(dst: *mut u64, val: u64) {
 }
 
 /// Counts a drop on the ban (an entry's counters atomically: any CPU may hit it; a
-/// NETMON_BANX4 slot's in this CPU's counters) and per interface and kind.
+/// NETMON_BANX4/6 slot's in this CPU's part of its counters) and per interface and kind.
 #[inline(always)]
 fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
     let kind = match ban {
@@ -1462,12 +1471,16 @@ fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
         },
         Ban::Fast {
             hits,
+            slots,
             index,
             kind,
             now,
         } => {
-            if let Some(h) = hits.get_ptr_mut(index) {
-                // SAFETY: this CPU's counters of the slot.
+            // SAFETY: helper without preconditions.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            if let Some(h) = hits.get_ptr_mut(netmon_common::ban_hits_index(cpu, slots, index)) {
+                // SAFETY: this CPU's counters of the slot: only this CPU's programs write
+                // them, and they do not interleave on the packet path.
                 unsafe {
                     (*h).packets += 1;
                     (*h).bytes += len;

@@ -637,6 +637,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             // The persisted drop list is in the kernel before any program is attached: no
             // window without the bans after a restart or a reboot.
             let mut maps = DropMaps::from_ebpf(ebpf)?;
+            maps.adopt_old_counters(&cfg.pin_dir);
             let state = list.apply_on_start(&mut maps)?;
             info!(
                 "drop list applied: {} bans, {} allow entries ({})",

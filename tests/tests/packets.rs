@@ -41,6 +41,7 @@ fn small_maps(pins: &PinDir, flows: u32) -> EbpfLoader<'_> {
         .map_max_entries("NETMON_SOCK_PROC", 1024)
         .map_max_entries("NETMON_PORT_OWNER", 1024)
         .map_max_entries("NETMON_SK_OWNER", 1024);
+    netmon::act::droplist::size_ban_counters(&mut loader).unwrap();
     loader
 }
 
@@ -845,7 +846,10 @@ fn drop_decisions_follow_the_list_in_force() {
     );
 
     // Per-entry hit counters: the exact v4 ban dropped one ingress and one egress packet.
-    let hits = maps.hits(1, &"198.18.0.2".parse().unwrap()).unwrap();
+    let hits = maps
+        .hits(1, &"198.18.0.2".parse().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(hits.packets, 2);
     assert_eq!(hits.bytes, 2 * from4([198, 18, 0, 2]).len() as u64);
     assert!(hits.last_hit_ns > 0);
@@ -855,8 +859,8 @@ fn drop_decisions_follow_the_list_in_force() {
 
 /// Exact IPv4 bans in the programs' own array (NETMON_BANX4) and past it: seven bans whose
 /// addresses share one 4-way bucket, one of them expired, so two of the six live ones are in
-/// the hash map only. Every live one drops, its
-/// hit counters are exactly the packets it dropped (per-CPU slot counters or the entry's),
+/// the hash map only. Every live one drops, its hit counters are exactly the packets it
+/// dropped, on every CPU in turn (the slot's counters, one part per CPU, or the entry's),
 /// an expired one passes, a removed one passes at once while its bucket-mates still drop,
 /// and an import into the other generation carries every ban's counters over. The same for
 /// IPv6 bans in NETMON_BANX6's 2-way buckets.
@@ -886,21 +890,27 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     maps.sync(&state).unwrap();
     let from4 = udp4_from;
     let len = from4(same[0]).len() as u64;
+    // Each packet on the next CPU: every CPU's part of the counters is written and summed.
+    let ncpus = aya::util::nr_cpus().unwrap();
+    let mut sent = 0;
     for (i, &a) in same.iter().enumerate() {
         for _ in 0..=i {
+            pin_to_cpu(sent % ncpus);
+            sent += 1;
             let want = if i == 6 { XDP_PASS } else { XDP_DROP };
             assert_eq!(p.run(DIR_INGRESS, &from4(a)), want, "{}", net(a));
         }
     }
-    let hits = |maps: &DropMaps, generation: u8, a: [u8; 4]| {
+    let hits = |maps: &mut DropMaps, generation: u8, a: [u8; 4]| {
         let v = maps
             .hits(generation, &net(a).parse().unwrap())
+            .unwrap()
             .unwrap_or_else(|| panic!("no entry for {}", net(a)));
         (v.packets, v.bytes)
     };
     for (i, &a) in same[..6].iter().enumerate() {
         let n = i as u64 + 1;
-        assert_eq!(hits(&maps, 1, a), (n, n * len), "{}", net(a));
+        assert_eq!(hits(&mut maps, 1, a), (n, n * len), "{}", net(a));
     }
     // The full bucket is marked (three bans are in the hash map alone, where a miss in it
     // sends the programs); another bucket is not.
@@ -935,7 +945,12 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         // i + 1 drops before the removal, one after it, one now.
         let n = i as u64 + 3;
         assert_eq!(p.run(DIR_INGRESS, &from4(a)), XDP_DROP, "{}", net(a));
-        assert_eq!(hits(&maps, 2, a), (n, n * len), "{} after the swap", net(a));
+        assert_eq!(
+            hits(&mut maps, 2, a),
+            (n, n * len),
+            "{} after the swap",
+            net(a)
+        );
     }
     assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
     // Five bans in the bucket in generation 2: full again. Generation 1, emptied, has its
@@ -966,10 +981,12 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     let len6 = from6(&same6[0]).len() as u64;
     for (i, a) in same6.iter().enumerate() {
         for _ in 0..=i {
+            pin_to_cpu(sent % ncpus);
+            sent += 1;
             assert_eq!(p.run(DIR_INGRESS, &from6(a)), XDP_DROP, "{}", net6(a));
         }
         let n = i as u64 + 1;
-        let v = maps.hits(2, &net6(a).parse().unwrap()).unwrap();
+        let v = maps.hits(2, &net6(a).parse().unwrap()).unwrap().unwrap();
         assert_eq!((v.packets, v.bytes), (n, n * len6), "{}", net6(a));
     }
     assert!(maps.exact_bucket_overflowed(2, &net6(&same6[0]).parse().unwrap()));
@@ -982,6 +999,82 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         XDP_PASS,
         "not banned"
     );
+}
+
+/// An upgrade without a reboot: the hit counters an older version kept in per-CPU arrays
+/// pinned as NETMON_BANHIT4/6 (24-byte counters at the slots' own indexes) are added to the
+/// exact bans' counters when the drop list is next opened, and the old pins are removed.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn hit_counters_pinned_by_an_older_version_are_carried_over() {
+    use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+    use netmon::act::droplist::DropMaps;
+    require_root();
+    let pins = PinDir::new("old-counters");
+    let (a4, a6) = (
+        [198, 18, 7, 9],
+        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+    );
+    let (n4, n6) = (
+        std::net::Ipv4Addr::from(a4).to_string(),
+        std::net::Ipv6Addr::from(a6).to_string(),
+    );
+    {
+        let mut maps = DropMaps::open(&pins.0).unwrap();
+        maps.write_ban(1, 2, &manual_ban(&n4, None)).unwrap();
+        maps.write_ban(1, 2, &manual_ban(&n6, None)).unwrap();
+    }
+    // The old maps, as an older netmon left them: the first slot of each ban's bucket (the
+    // one a ban takes in an empty bucket), some drops on every CPU.
+    let ncpus = aya::util::nr_cpus().unwrap();
+    let mut want = Vec::new();
+    for (name, slots, slot, seed) in [
+        (
+            "NETMON_BANHIT4",
+            netmon_common::BANX4_SLOTS,
+            netmon_common::banx4_bucket(1, a4),
+            3,
+        ),
+        (
+            "NETMON_BANHIT6",
+            netmon_common::BANX6_SLOTS,
+            netmon_common::banx6_bucket(1, &a6),
+            5,
+        ),
+    ] {
+        let mut old = PerCpuArray::<MapData, [u64; 3]>::create(slots, 0).unwrap();
+        let per_cpu: Vec<[u64; 3]> = (0..ncpus as u64)
+            .map(|c| [seed + c, (seed + c) * 100, 1_000 + c])
+            .collect();
+        want.push((
+            per_cpu.iter().map(|v| v[0]).sum::<u64>(),
+            per_cpu.iter().map(|v| v[1]).sum::<u64>(),
+            1_000 + ncpus as u64 - 1,
+        ));
+        old.set(slot, PerCpuValues::try_from(per_cpu).unwrap(), 0)
+            .unwrap();
+        old.pin(pins.0.join(name)).unwrap();
+    }
+    let mut maps = DropMaps::open(&pins.0).unwrap();
+    for (net, want) in [(&n4, want[0]), (&n6, want[1])] {
+        let v = maps.hits(1, &net.parse().unwrap()).unwrap().unwrap();
+        assert_eq!((v.packets, v.bytes, v.last_hit_ns), want, "{net}");
+    }
+    for name in ["NETMON_BANHIT4", "NETMON_BANHIT6"] {
+        assert!(!pins.0.join(name).exists(), "{name} removed");
+    }
+    let left: Vec<_> = std::fs::read_dir(&pins.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("adopting"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Opened again: nothing to carry, the counts are not added twice.
+    drop(maps);
+    let mut maps = DropMaps::open(&pins.0).unwrap();
+    let v = maps.hits(1, &n4.parse().unwrap()).unwrap().unwrap();
+    assert_eq!((v.packets, v.bytes), (want[0].0, want[0].1));
 }
 
 /// The IPv4 /16 and /24 filters in front of the drop list: once a full write (`sync`) has set

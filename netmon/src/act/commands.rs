@@ -300,13 +300,13 @@ impl DropList {
     /// Every entry with its kernel hit counters.
     pub fn list(&self) -> Result<Vec<Listed>> {
         let state = self.store().load()?;
-        let maps = DropMaps::open(&self.pin_dir)?;
+        let mut maps = DropMaps::open(&self.pin_dir)?;
         let now_mono = crate::drain::monotonic_ns();
         let now = now_ms();
         let mono_to_wall = |ns: u64| now.saturating_sub(now_mono.saturating_sub(ns) / 1_000_000);
         let mut out = Vec::new();
         for b in &state.bans {
-            let v = maps.hits(state.generation, &b.net).unwrap_or_default();
+            let v = maps.hits(state.generation, &b.net)?.unwrap_or_default();
             out.push(Listed {
                 list: "ban",
                 entry: b.net.to_string(),

@@ -14,13 +14,12 @@ use crate::drain::monotonic_ns;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
-    lpm_trie::Key, lpm_trie::LpmTrie,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key,
+    lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BANX_KIND, BANX_OVERFLOW, BANX4_BUCKETS, BANX4_WAYS, BANX6_BUCKETS, BANX6_WAYS, BanHits,
-    BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue,
-    dropcfg,
+    BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4,
+    BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
 };
 
 use super::{
@@ -32,9 +31,9 @@ use super::{
 pub const PINNED_MAPS: [&str; 18] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
-    "NETMON_BANHIT4",
+    "NETMON_BANCNT4",
     "NETMON_BANX6",
-    "NETMON_BANHIT6",
+    "NETMON_BANCNT6",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
     "NETMON_BANPFX6",
@@ -181,7 +180,7 @@ pub struct DropMaps {
     /// The filters in front of the lookups: IPv4 /16 and /24, IPv6 /32 (NETMON_BAN4_L16,
     /// NETMON_BAN4_L24, NETMON_BAN6_L32).
     filters: [BitFilter; 3],
-    /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANHIT4/6).
+    /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANCNT4/6).
     fast: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
@@ -190,7 +189,7 @@ pub struct DropMaps {
 /// NETMON_BANX4 and NETMON_BANX6: as many exact bans as fit in their buckets, each also in
 /// NETMON_BAN4 or NETMON_BAN6 (written there first, removed from here first, so the programs
 /// never drop on a slot whose entry is gone). Their hit counters are the entry's plus the
-/// slot's per-CPU ones (NETMON_BANHIT4/6); a slot's counters are zeroed when a ban takes it.
+/// slot's per-CPU ones (NETMON_BANCNT4/6); a slot's counters are zeroed when a ban takes it.
 /// A ban that finds no slot sets its bucket's `BANX_OVERFLOW` bit before its entry is
 /// written (`reserve`), so that once a generation is declared complete
 /// (`dropcfg::BANX_COMPLETE`) a miss in a bucket without the bit needs no hash lookup.
@@ -201,7 +200,7 @@ struct FastBans {
     /// The map itself: programs loaded after the maps were taken out of the object refer to
     /// it by this fd.
     _slots: MapData,
-    hits: PerCpuArray<MapData, BanHits>,
+    hits: BanCounters,
     /// Off: bans go to the hash map only (`DropMaps::set_fast`: benchmarks measure that
     /// path).
     enabled: bool,
@@ -211,9 +210,134 @@ struct FastBans {
     overflow_bits: bool,
 }
 
+/// NETMON_BANCNT4 or NETMON_BANCNT6: the hit counters of an exact ban array's slots, one
+/// `BanHits` per slot and possible CPU (`netmon_common::ban_hits_index`), written by the
+/// programs with plain adds (each CPU its own). Mapped on first use until `release`: a
+/// mapping of a BPF array has all its pages present at once (`slots` x 32 bytes per CPU),
+/// all of them in this process's RSS.
+struct BanCounters {
+    name: &'static str,
+    map: MapData,
+    slots: u32,
+    ncpus: u32,
+    view: Option<crate::mapmem::MapMemory>,
+}
+
+/// 64-bit words of a `BanHits`.
+const HIT_WORDS: usize = size_of::<BanHits>() / size_of::<u64>();
+
+impl BanCounters {
+    fn new(name: &'static str, map: Map, slots: usize) -> Result<Self> {
+        let Map::Array(map) = map else {
+            bail!("{name} is not an array");
+        };
+        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let info = map.info()?;
+        let want = ncpus * slots;
+        if info.max_entries() as usize != want || info.value_size() as usize != size_of::<BanHits>()
+        {
+            bail!(
+                "{name} has {} entries of {} bytes, {want} of {} expected ({slots} per possible \
+                 CPU; a loader must size it with netmon::act::droplist::size_ban_counters)",
+                info.max_entries(),
+                info.value_size(),
+                size_of::<BanHits>()
+            );
+        }
+        Ok(Self {
+            name,
+            map,
+            slots: slots as u32,
+            ncpus: ncpus as u32,
+            view: None,
+        })
+    }
+
+    /// Every CPU's counters, as words.
+    fn words(&mut self) -> Result<&[AtomicU64]> {
+        let total = (self.ncpus * self.slots) as usize * HIT_WORDS;
+        if self.view.is_none() {
+            let mem = crate::mapmem::MapMemory::new(
+                self.map.fd().as_fd(),
+                0,
+                total * size_of::<u64>(),
+                true,
+            )
+            .with_context(|| format!("mapping {}", self.name))?;
+            self.view = Some(mem);
+        }
+        let mem = self.view.as_ref().expect("mapped above");
+        // SAFETY: `total` aligned words at the mapping's start (the map's size checked in
+        // `new`), shared with the programs: atomics for every access.
+        Ok(unsafe { std::slice::from_raw_parts(mem.ptr().cast::<AtomicU64>(), total) })
+    }
+
+    /// CPU `cpu`'s counters of slot `i`.
+    fn cpu_words(words: &[AtomicU64], slots: u32, cpu: u32, i: u32) -> &[AtomicU64] {
+        let at = netmon_common::ban_hits_index(cpu, slots, i) as usize * HIT_WORDS;
+        &words[at..at + HIT_WORDS]
+    }
+
+    /// Slot `i`'s counters, summed over CPUs.
+    fn read(&mut self, i: u32) -> Result<BanHits> {
+        let (slots, ncpus) = (self.slots, self.ncpus);
+        let words = self.words()?;
+        let mut sum = BanHits::default();
+        for cpu in 0..ncpus {
+            let w = Self::cpu_words(words, slots, cpu, i);
+            sum.packets += w[0].load(Ordering::Relaxed);
+            sum.bytes += w[1].load(Ordering::Relaxed);
+            sum.last_hit_ns = sum.last_hit_ns.max(w[2].load(Ordering::Relaxed));
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes slot `i`'s counters on every CPU (before a ban takes the slot).
+    fn zero(&mut self, i: u32) -> Result<()> {
+        let (slots, ncpus) = (self.slots, self.ncpus);
+        let words = self.words()?;
+        for cpu in 0..ncpus {
+            for w in Self::cpu_words(words, slots, cpu, i) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `h` to slot `i`'s counters (the first CPU's).
+    fn add(&mut self, i: u32, h: BanHits) -> Result<()> {
+        let slots = self.slots;
+        let w = Self::cpu_words(self.words()?, slots, 0, i);
+        w[0].fetch_add(h.packets, Ordering::Relaxed);
+        w[1].fetch_add(h.bytes, Ordering::Relaxed);
+        w[2].fetch_max(h.last_hit_ns, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.view = None;
+    }
+}
+
+/// The hit counters' maps of versions before NETMON_BANCNT4/6 (IPv4, IPv6): per-CPU arrays
+/// of (packets, bytes, latest drop) at the slots' own indexes.
+const OLD_COUNTERS: [&str; 2] = ["NETMON_BANHIT4", "NETMON_BANHIT6"];
+
+/// Sizes NETMON_BANCNT4/6 for this machine's possible CPUs: every loader of the object that
+/// creates them (the maps are pinned: the first load on a boot does).
+pub fn size_ban_counters(loader: &mut aya::EbpfLoader<'_>) -> Result<()> {
+    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32;
+    loader
+        .map_max_entries("NETMON_BANCNT4", ncpus * BANX4_SLOTS)
+        .map_max_entries("NETMON_BANCNT6", ncpus * BANX6_SLOTS);
+    Ok(())
+}
+
 /// One family's slot array: `BanSlot4` (the address in the tag) or `BanSlot6`.
 struct Layout {
     name: &'static str,
+    /// Its hit counters' map.
+    counters: &'static str,
     /// Slots in both generations.
     slots: usize,
     ways: u32,
@@ -228,7 +352,8 @@ struct Layout {
 
 const LAYOUT4: Layout = Layout {
     name: "NETMON_BANX4",
-    slots: (2 * BANX4_BUCKETS * BANX4_WAYS) as usize,
+    counters: "NETMON_BANCNT4",
+    slots: BANX4_SLOTS as usize,
     ways: BANX4_WAYS,
     words: 2,
     tag_at: 0,
@@ -238,7 +363,8 @@ const LAYOUT4: Layout = Layout {
 
 const LAYOUT6: Layout = Layout {
     name: "NETMON_BANX6",
-    slots: (2 * BANX6_BUCKETS * BANX6_WAYS) as usize,
+    counters: "NETMON_BANCNT6",
+    slots: BANX6_SLOTS as usize,
     ways: BANX6_WAYS,
     words: 4,
     tag_at: 2,
@@ -261,6 +387,7 @@ fn v6_words(a: &[u8; 16]) -> [u64; 2] {
 
 impl FastBans {
     fn new(layout: &'static Layout, slots: Map, hits: Map, overflow_bits: bool) -> Result<Self> {
+        let hits = BanCounters::new(layout.counters, hits, layout.slots)?;
         let name = layout.name;
         let Map::Array(slots) = slots else {
             bail!("{name} is not an array");
@@ -284,10 +411,36 @@ impl FastBans {
             layout,
             mem,
             _slots: slots,
-            hits: PerCpuArray::try_from(hits)?,
+            hits,
             enabled: true,
             overflow_bits,
         })
+    }
+
+    /// Adds the counters of an older version's per-CPU map pinned at `path` (same slots) to
+    /// the slots' own; returns how many slots had any.
+    fn adopt(&mut self, path: &Path) -> Result<usize> {
+        let old: PerCpuArray<MapData, [u64; 3]> = PerCpuArray::try_from(Map::PerCpuArray(
+            MapData::from_pin(path).context("opening it")?,
+        ))
+        .context("not a per-CPU array of 24-byte counters")?;
+        let mut n = 0;
+        for i in 0..old.len().min(self.layout.slots as u32) {
+            let sum = old
+                .get(&i, 0)?
+                .iter()
+                .fold(BanHits::default(), |a, h| BanHits {
+                    packets: a.packets + h[0],
+                    bytes: a.bytes + h[1],
+                    last_hit_ns: a.last_hit_ns.max(h[2]),
+                    _pad: 0,
+                });
+            if sum.packets != 0 || sum.bytes != 0 {
+                self.hits.add(i, sum)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Slot `i`'s words: shared with the programs, which only read them.
@@ -344,20 +497,6 @@ impl FastBans {
         self.bucket(generation, addr).find(|&i| self.holds(i, addr))
     }
 
-    /// Slot `i`'s hit counters, summed over CPUs.
-    fn hits(&self, i: u32) -> BanHits {
-        self.hits
-            .get(&i, 0)
-            .map(|v| {
-                v.iter().fold(BanHits::default(), |a, h| BanHits {
-                    packets: a.packets + h.packets,
-                    bytes: a.bytes + h.bytes,
-                    last_hit_ns: a.last_hit_ns.max(h.last_hit_ns),
-                })
-            })
-            .unwrap_or_default()
-    }
-
     /// Before `addr`'s ban entry is written into the hash map: marks its bucket in
     /// `generation` overflowed when `put` will find no slot for it there (the bucket is
     /// full, or the arrays are off), so that the programs look the hash map up on a miss.
@@ -403,11 +542,7 @@ impl FastBans {
         let Some(i) = self.bucket(generation, addr).find(|&i| self.is_free(i)) else {
             return Ok(());
         };
-        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-        let zeros = PerCpuValues::try_from(vec![BanHits::default(); ncpus])?;
-        self.hits
-            .set(i, zeros, 0)
-            .with_context(|| format!("zeroing a slot's counters of {}", l.name))?;
+        self.hits.zero(i)?;
         let s = self.slot(i);
         s[l.expires_at].store(expires_ns, Ordering::SeqCst);
         if l.words == 4 {
@@ -668,7 +803,43 @@ impl DropMaps {
         for name in PINNED_MAPS {
             maps.insert(name, open_pinned(pin_dir, name)?);
         }
-        Self::from_maps(|n| maps.remove(n).expect("opened above"))
+        let mut maps = Self::from_maps(|n| maps.remove(n).expect("opened above"))?;
+        maps.adopt_old_counters(pin_dir);
+        Ok(maps)
+    }
+
+    /// Adds the hit counters that a previous version's pinned NETMON_BANHIT4/6 hold into
+    /// NETMON_BANCNT4/6, then removes those pins: an upgrade without a reboot keeps every
+    /// exact ban's hit counts. Failures are logged (the counts stay in the old pin, renamed),
+    /// never fatal: the drop list works without them.
+    pub fn adopt_old_counters(&mut self, pin_dir: &Path) {
+        for (f, name) in OLD_COUNTERS.into_iter().enumerate() {
+            let path = pin_dir.join(name);
+            // Renamed first, so that of two processes doing this at once only one adds (no dot
+            // in the name: bpffs refuses those).
+            let taken = pin_dir.join(format!("{name}_adopting_{}", std::process::id()));
+            match std::fs::rename(&path, &taken) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("cannot take over {}: {e}", path.display());
+                    continue;
+                }
+            }
+            match self.fast[f].adopt(&taken) {
+                Ok(n) => {
+                    tracing::info!("{name}: hit counters of {n} exact bans carried over");
+                    if let Err(e) = std::fs::remove_file(&taken) {
+                        tracing::warn!("removing {}: {e}", taken.display());
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "hit counters left in {} (a pin of an older netmon): {e:#}",
+                    taken.display()
+                ),
+            }
+        }
+        self.release_counters();
     }
 
     /// Takes the drop-list maps out of a loaded object (the daemon's programs share them).
@@ -717,13 +888,13 @@ impl DropMaps {
                 FastBans::new(
                     &LAYOUT4,
                     take("NETMON_BANX4"),
-                    take("NETMON_BANHIT4"),
+                    take("NETMON_BANCNT4"),
                     overflow_bits,
                 )?,
                 FastBans::new(
                     &LAYOUT6,
                     take("NETMON_BANX6"),
-                    take("NETMON_BANHIT6"),
+                    take("NETMON_BANCNT6"),
                     overflow_bits,
                 )?,
             ],
@@ -776,18 +947,35 @@ impl DropMaps {
     }
 
     /// The kernel's copy of a ban: expiry and hit counters (its entry's and, for an exact
-    /// IPv4 ban, its NETMON_BANX4 slot's).
-    pub fn hits(&self, generation: u8, net: &Net) -> Option<BanValue> {
-        let mut v = self.value(generation, net)?;
+    /// ban, its NETMON_BANX4/6 slot's). Maps the slots' counters until `release_counters`.
+    pub fn hits(&mut self, generation: u8, net: &Net) -> Result<Option<BanValue>> {
+        let Some(mut v) = self.value(generation, net) else {
+            return Ok(None);
+        };
         if let Some((f, a)) = fast_key(net)
             && let Some(i) = self.fast[f].find(generation, &a)
         {
-            let h = self.fast[f].hits(i);
+            let h = self.fast[f].hits.read(i)?;
             v.packets += h.packets;
             v.bytes += h.bytes;
             v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
         }
-        Some(v)
+        Ok(Some(v))
+    }
+
+    /// Unmaps the exact ban slots' counters (mapped by the calls that read or zero them),
+    /// which count in this process's RSS while mapped.
+    pub fn release_counters(&mut self) {
+        for f in &mut self.fast {
+            f.hits.release();
+        }
+    }
+
+    /// Runs `f`, then `release_counters` whatever it returned.
+    fn counting<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let r = f(self);
+        self.release_counters();
+        r
     }
 
     /// Whether the bucket of NETMON_BANX4/6 that `net` (an address) belongs to in
@@ -811,7 +999,7 @@ impl DropMaps {
     pub fn write_ban(&mut self, generation: u8, carry_from: u8, b: &BanEntry) -> Result<()> {
         // Before the entry: the filter must never say "no ban here" for it.
         self.cover(generation, &[b])?;
-        self.write_ban_entry(generation, &[generation, carry_from], b)
+        self.counting(|m| m.write_ban_entry(generation, &[generation, carry_from], b))
     }
 
     /// `write_ban` without the filter bits: for bulk writes that set them all first. The hit
@@ -820,16 +1008,18 @@ impl DropMaps {
     fn write_ban_entry(&mut self, generation: u8, carry: &[u8], b: &BanEntry) -> Result<()> {
         // From another generation, the entry's and its slot's counters together (its slot in
         // this generation starts at zero); in this one, the entry's (its slot keeps its own).
-        let old = carry
-            .iter()
-            .find_map(|&g| {
-                if g == generation {
-                    self.value(g, &b.net)
-                } else {
-                    self.hits(g, &b.net)
-                }
-            })
-            .unwrap_or_default();
+        let mut old = None;
+        for &g in carry {
+            old = if g == generation {
+                self.value(g, &b.net)
+            } else {
+                self.hits(g, &b.net)?
+            };
+            if old.is_some() {
+                break;
+            }
+        }
+        let old = old.unwrap_or_default();
         let v = BanValue {
             expires_ns: kernel_expiry(b.expires_ms, now_ms(), monotonic_ns()),
             kind: b.kind.code(),
@@ -1136,6 +1326,10 @@ impl DropMaps {
     /// removed, and the generation in force never changes, so there is no moment without the
     /// bans that stay.
     pub fn sync(&mut self, state: &State) -> Result<()> {
+        self.counting(|m| m.sync_entries(state))
+    }
+
+    fn sync_entries(&mut self, state: &State) -> Result<()> {
         let generation = state.generation;
         let other = 3 - generation;
         let now = now_ms();
@@ -1194,6 +1388,10 @@ impl DropMaps {
     /// in force, switches generations with one update, then removes the old one. At every
     /// moment one complete set is in force.
     pub fn swap(&mut self, old: &State, new: &mut State) -> Result<()> {
+        self.counting(|m| m.swap_entries(old, new))
+    }
+
+    fn swap_entries(&mut self, old: &State, new: &mut State) -> Result<()> {
         let from = old.generation;
         let to = 3 - from;
         let now = now_ms();
@@ -1289,6 +1487,7 @@ fn pkey6(generation: u8, net: &Net) -> Key<BanPrefix6> {
 fn create_pinned(pin_dir: &Path) -> Result<()> {
     let mut loader = aya::EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
+    size_ban_counters(&mut loader)?;
     for m in [
         "NETMON_FLOWS4",
         "NETMON_FLOWS6",

@@ -411,6 +411,7 @@ pub fn load_and_attach(
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
     size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
+    crate::act::droplist::size_ban_counters(&mut loader)?;
     let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
         warn!("{n}");

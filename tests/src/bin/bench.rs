@@ -830,7 +830,9 @@ impl Rig {
         // Both flow stores, each sized as the daemon sizes it for `flows`.
         let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
         let tab_buckets = netmon::load::tab_buckets(flows, cpus);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        netmon::act::droplist::size_ban_counters(&mut loader).expect("possible CPUs");
+        let mut ebpf = loader
             .default_map_pin_directory(&pins.0)
             .map_max_entries("NETMON_FLOWS4", flows)
             .map_max_entries("NETMON_FLOWS6", flows)
