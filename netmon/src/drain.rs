@@ -317,7 +317,7 @@ impl Maps {
                 port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
                 udp_ports: UdpPorts::take(ebpf)?,
             }),
-            ncpus: aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?,
+            ncpus: crate::mapmem::possible_cpus()?,
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
             config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
             epoch: 0,

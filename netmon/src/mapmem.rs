@@ -64,3 +64,9 @@ pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
 }
+
+/// The possible CPUs (`/sys/devices/system/cpu/possible`): how many copies a per-CPU map
+/// value has, and how many parts netmon's per-CPU-partitioned arrays have.
+pub fn possible_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
+}

@@ -231,7 +231,7 @@ impl BanCounters {
         let Map::Array(map) = map else {
             bail!("{name} is not an array");
         };
-        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let ncpus = crate::mapmem::possible_cpus()?;
         let info = map.info()?;
         let want = ncpus * slots;
         if info.max_entries() as usize != want || info.value_size() as usize != size_of::<BanHits>()
@@ -326,7 +326,7 @@ const OLD_COUNTERS: [&str; 2] = ["NETMON_BANHIT4", "NETMON_BANHIT6"];
 /// Sizes NETMON_BANCNT4/6 for this machine's possible CPUs: every loader of the object that
 /// creates them (the maps are pinned: the first load on a boot does).
 pub fn size_ban_counters(loader: &mut aya::EbpfLoader<'_>) -> Result<()> {
-    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32;
+    let ncpus = crate::mapmem::possible_cpus()? as u32;
     loader
         .map_max_entries("NETMON_BANCNT4", ncpus * BANX4_SLOTS)
         .map_max_entries("NETMON_BANCNT6", ncpus * BANX6_SLOTS);
@@ -1423,7 +1423,7 @@ impl DropMaps {
 
     /// Cumulative drops per interface, direction and kind, summed over CPUs.
     pub fn drops(&self) -> Result<Vec<(DropKey, IfaceStats)>> {
-        let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let ncpus = crate::mapmem::possible_cpus()?;
         let mut out: Vec<_> =
             crate::drain::stats_array(self.drop_slots.fd().as_fd(), DROP_SLOTS, ncpus)
                 .context("reading NETMON_DROP_SLOTS")?

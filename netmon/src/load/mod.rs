@@ -212,7 +212,7 @@ pub static WEAK_STORE_ORDER: u32 = if cfg!(any(target_arch = "x86_64", target_ar
 /// Sizes the flow store `table` uses for `flows` per family, and shrinks the other one to
 /// almost nothing (the object holds both; the kernel creates every map it declares).
 pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32) -> Result<()> {
-    let ncpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))? as u32;
+    let ncpus = crate::mapmem::possible_cpus()? as u32;
     // The other store's rings shrink to a page (the smallest ring buffer).
     let page = crate::mapmem::page_size() as u32;
     let (lru, dirty_ring, buckets, evicted_ring) = match table {
