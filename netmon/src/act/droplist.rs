@@ -282,14 +282,10 @@ impl BanCounters {
     fn read(&mut self, i: u32) -> Result<BanHits> {
         let (slots, ncpus) = (self.slots, self.ncpus);
         let words = self.words()?;
-        let mut sum = BanHits::default();
-        for cpu in 0..ncpus {
+        Ok(sum_hits((0..ncpus).map(|cpu| {
             let w = Self::cpu_words(words, slots, cpu, i);
-            sum.packets += w[0].load(Ordering::Relaxed);
-            sum.bytes += w[1].load(Ordering::Relaxed);
-            sum.last_hit_ns = sum.last_hit_ns.max(w[2].load(Ordering::Relaxed));
-        }
-        Ok(sum)
+            [0, 1, 2].map(|k| w[k].load(Ordering::Relaxed))
+        })))
     }
 
     /// Zeroes slot `i`'s counters on every CPU (before a ban takes the slot).
@@ -317,6 +313,19 @@ impl BanCounters {
     fn release(&mut self) {
         self.view = None;
     }
+}
+
+/// Per-CPU counters of one slot, each (packets, bytes, latest drop), summed: the latest drop
+/// is the latest of them. For this version's counters and an older version's alike.
+fn sum_hits(per_cpu: impl IntoIterator<Item = [u64; 3]>) -> BanHits {
+    per_cpu
+        .into_iter()
+        .fold(BanHits::default(), |a, h| BanHits {
+            packets: a.packets + h[0],
+            bytes: a.bytes + h[1],
+            last_hit_ns: a.last_hit_ns.max(h[2]),
+            _pad: 0,
+        })
 }
 
 /// The hit counters' maps of versions before NETMON_BANCNT4/6 (IPv4, IPv6): per-CPU arrays
@@ -426,15 +435,7 @@ impl FastBans {
         .context("not a per-CPU array of 24-byte counters")?;
         let mut n = 0;
         for i in 0..old.len().min(self.layout.slots as u32) {
-            let sum = old
-                .get(&i, 0)?
-                .iter()
-                .fold(BanHits::default(), |a, h| BanHits {
-                    packets: a.packets + h[0],
-                    bytes: a.bytes + h[1],
-                    last_hit_ns: a.last_hit_ns.max(h[2]),
-                    _pad: 0,
-                });
+            let sum = sum_hits(old.get(&i, 0)?.iter().copied());
             if sum.packets != 0 || sum.bytes != 0 {
                 self.hits.add(i, sum)?;
                 n += 1;
