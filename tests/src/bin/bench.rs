@@ -126,6 +126,7 @@ fn compare(a: &str, b: &str) {
     let mut new = [Vec::new(), Vec::new()];
     let mut hot = [Vec::new(), Vec::new()];
     let mut same = [Vec::new(), Vec::new()];
+    let mut hot_drop = [Vec::new(), Vec::new()];
     let one = flow_packet(5, false, ingress);
     // One packet of one flow, one syscall per run as in the pool: the cost of the machine
     // state a syscall leaves (caches, branch predictors), without the pool's distinct flows.
@@ -139,12 +140,17 @@ fn compare(a: &str, b: &str) {
             same[i].push(rig.pass(prog, &ones) - rig.pass(empty, &ones));
             hot[i].push(rig.run_repeated(prog, &one, 1000) - rig.run_repeated(empty, &one, 1000));
             drop[i].push(rig.pass(prog, &banned) - rig.pass(empty, &banned));
+            hot_drop[i].push(
+                rig.run_repeated(prog, &banned[0], 1000)
+                    - rig.run_repeated(empty, &banned[0], 1000),
+            );
         }
     }
     for (i, path) in [a, b].iter().enumerate() {
         eprintln!(
             "{}: {path}\n   hit {:.0} ns (p95 {:.0}), new flow {:.0} ns (p95 {:.0}), one flow \
-             a syscall apart {:.0} ns, hot hit {:.0} ns, banned drop {:.0} ns (p95 {:.0})",
+             a syscall apart {:.0} ns, hot hit {:.0} ns, banned drop {:.0} ns (p95 {:.0}), hot drop \
+             {:.0} ns",
             ["A", "B"][i],
             median(&hit[i]),
             percentile(&hit[i], 95.0),
@@ -154,6 +160,7 @@ fn compare(a: &str, b: &str) {
             median(&hot[i]),
             median(&drop[i]),
             percentile(&drop[i], 95.0),
+            median(&hot_drop[i]),
         );
     }
 }
