@@ -3,6 +3,8 @@
 //! packets run through the real XDP and TC programs in the kernel. Every one must pass
 //! (never dropped), be counted on the interface, and land in the right flow or counter.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
@@ -2172,5 +2174,119 @@ fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
         udp_port_owner(&ebpf, PORT).pid,
         me,
         "the port's owner again"
+    );
+}
+
+/// The instructions of a loaded program as the verifier left them
+/// (BPF_OBJ_GET_INFO_BY_FD with `xlated_prog_insns`): 8 bytes each.
+fn translated_insns(fd: std::os::fd::BorrowedFd<'_>, len: u32) -> Vec<[u8; 8]> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut insns = vec![[0u8; 8]; len as usize / 8];
+    // struct bpf_prog_info up to xlated_prog_insns: type, id, tag[8], jited_prog_len,
+    // xlated_prog_len (offset 20), jited_prog_insns, xlated_prog_insns (offset 32).
+    let mut info = [0u64; 5];
+    info[2] = u64::from(len) << 32;
+    info[4] = insns.as_mut_ptr() as u64;
+    // union bpf_attr's info: bpf_fd, info_len, info.
+    let mut attr = [0u64; 2];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | (size_of_val(&info) as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr and info are live, sized as passed; the kernel writes at most `len`
+    // bytes of instructions to `insns`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "BPF_OBJ_GET_INFO_BY_FD: {}",
+        std::io::Error::last_os_error()
+    );
+    insns
+}
+
+/// The packet programs reach every map through code the verifier specialised for that map:
+/// an inlined lookup or a direct call of the map's own function. It falls back to the
+/// generic helper (an indirect call through the map's ops, ~15-20 ns with this host's
+/// return-stack mitigation) only where one call site sees different maps on different paths,
+/// as one lookup of either family's ban counters once did. Ground truth: the programs as
+/// the kernel runs them, their helper calls resolved through /proc/kallsyms.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn packet_programs_never_call_the_generic_map_helpers() {
+    require_root();
+    let symbols = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let address = |name: &str| {
+        symbols
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (a, _, n) = (f.next()?, f.next()?, f.next()?);
+                (n == name).then(|| u64::from_str_radix(a, 16).unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} is not in /proc/kallsyms"))
+    };
+    let base = address("__bpf_call_base");
+    assert_ne!(
+        base, 0,
+        "/proc/kallsyms hides addresses (kernel.kptr_restrict)"
+    );
+    let generic: Vec<(&str, u64)> = [
+        "bpf_map_lookup_elem",
+        "bpf_map_update_elem",
+        "bpf_map_delete_elem",
+    ]
+    .map(|n| (n, address(n)))
+    .to_vec();
+    let pins = PinDir::new("generic");
+    let mut ebpf = small_maps(&pins, 1024)
+        .load(netmon::load::EBPF_OBJECT)
+        .expect("load the eBPF object");
+    for name in ["netmon_xdp_tab", "netmon_xdp"] {
+        let x: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        x.load()
+            .unwrap_or_else(|e| panic!("verifier rejects {name}: {e}"));
+    }
+    for table in [
+        netmon::load::FlowTable::PerCpu,
+        netmon::load::FlowTable::Lru,
+    ] {
+        netmon::load::load_tc(&mut ebpf, table).expect("verifier accepts the egress programs");
+    }
+    let mut checked = 0;
+    for (name, prog) in ebpf.programs() {
+        let Ok(fd) = prog.fd() else {
+            continue; // not loaded: not a packet program
+        };
+        let len = prog.info().unwrap().size_translated().unwrap();
+        let insns = translated_insns(fd.as_fd(), len);
+        let mut calls = 0;
+        for (i, insn) in insns.iter().enumerate() {
+            // BPF_JMP | BPF_CALL with src_reg 0: a kernel function, at __bpf_call_base + imm.
+            if insn[0] != 0x85 || insn[1] >> 4 != 0 {
+                continue;
+            }
+            calls += 1;
+            let imm = i32::from_le_bytes(insn[4..8].try_into().unwrap());
+            let target = base.wrapping_add_signed(imm.into());
+            if let Some((helper, _)) = generic.iter().find(|(_, a)| *a == target) {
+                panic!("{name}: instruction {i} calls the generic {helper}");
+            }
+        }
+        assert!(
+            calls > 0,
+            "{name}: no kernel calls seen: {len} bytes misread"
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked, 6,
+        "XDP and TC programs of both flow stores, and both continuations"
     );
 }
