@@ -79,11 +79,12 @@ fn read_object(path: &str) -> Vec<u8> {
 /// object, A and B, against each other in one process, their passes interleaved, so that a
 /// change to the kernel programs is judged on the same machine state. This host's cold
 /// per-packet figures move by 2x from one hour to the next (other tenants), far more than
-/// most changes do. Per object, the IPv4 XDP (or `NETMON_COMPARE_HOOK=tc`) program of the
-/// per-CPU tables (or `NETMON_COMPARE_TABLE=lru`: of the LRU maps), its existing-flow hit
-/// and new-flow insert as in section 1 (1,000 flows), and the hit on one cache-hot packet
-/// (`repeat` = 1,000): the program's own instructions, without the cache misses; and the drop
-/// of a pool of sources banned by 1,024 exact entries.
+/// most changes do. Per object, the XDP (or `NETMON_COMPARE_HOOK=tc`) program of the per-CPU
+/// tables (or `NETMON_COMPARE_TABLE=lru`: of the LRU maps), on IPv4 (or
+/// `NETMON_COMPARE_V6=1`: IPv6) packets: its existing-flow hit and new-flow insert as in
+/// section 1 (1,000 flows), and the hit on one cache-hot packet (`repeat` = 1,000): the
+/// program's own instructions, without the cache misses; and the drop of a pool of sources
+/// banned by 1,024 exact entries, and of one of them cache-hot.
 fn compare(a: &str, b: &str) {
     // NETMON_COMPARE_TABLE=lru: the LRU maps' programs instead of the per-CPU tables'.
     let lru = std::env::var("NETMON_COMPARE_TABLE").is_ok_and(|t| t == "lru");
@@ -93,6 +94,8 @@ fn compare(a: &str, b: &str) {
         (_, true) => ("netmon_xdp", "netmon_xdp_empty", true),
         (_, false) => (TAB_PROGRAMS[0], "netmon_xdp_empty", true),
     };
+    // NETMON_COMPARE_V6=1: IPv6 flows and bans instead of IPv4.
+    let v6 = std::env::var("NETMON_COMPARE_V6").is_ok_and(|v| v == "1");
     let prefill = 1_000u32;
     // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
     let capacity = std::env::var("NETMON_COMPARE_FLOWS")
@@ -103,11 +106,16 @@ fn compare(a: &str, b: &str) {
     // Addresses a pool of distinct sources banned by exact entries (none of them a
     // prefilled or new flow's).
     let banned: Vec<Vec<u8>> = (0..POOL as u32)
-        .map(|k| flow_packet(5_000_000 + k, false, ingress))
+        .map(|k| flow_packet(5_000_000 + k, v6, ingress))
         .collect();
     let mut ban_state = State::default();
     for k in 0..POOL as u32 {
-        let net = std::net::IpAddr::from(remote4(5_000_000 + k)).to_string();
+        let net = if v6 {
+            std::net::IpAddr::from(remote6(5_000_000 + k))
+        } else {
+            std::net::IpAddr::from(remote4(5_000_000 + k))
+        };
+        let net = net.to_string();
         ban_state.bans.push(ban(&net));
     }
     let rigs: Vec<Rig> = objects
@@ -115,7 +123,7 @@ fn compare(a: &str, b: &str) {
         .zip(["compare-a", "compare-b"])
         .map(|(o, pins)| {
             let mut rig = Rig::with_object(capacity, o, pins);
-            rig.prefill_tab(prog, prefill, false, ingress);
+            rig.prefill_tab(prog, prefill, v6, ingress);
             let (mut maps, _) = drop_maps(&mut rig.ebpf);
             maps.sync(&ban_state).expect("writing the bans");
             rig
@@ -127,13 +135,13 @@ fn compare(a: &str, b: &str) {
     let mut hot = [Vec::new(), Vec::new()];
     let mut same = [Vec::new(), Vec::new()];
     let mut hot_drop = [Vec::new(), Vec::new()];
-    let one = flow_packet(5, false, ingress);
+    let one = flow_packet(5, v6, ingress);
     // One packet of one flow, one syscall per run as in the pool: the cost of the machine
     // state a syscall leaves (caches, branch predictors), without the pool's distinct flows.
     let ones = vec![one.clone(); POOL];
     for pass in 0..PASSES {
-        let pool = hit_packets(prefill, false, ingress, pass);
-        let fresh = new_packets(prefill, false, ingress, pass);
+        let pool = hit_packets(prefill, v6, ingress, pass);
+        let fresh = new_packets(prefill, v6, ingress, pass);
         for (i, rig) in rigs.iter().enumerate() {
             hit[i].push(rig.pass(prog, &pool) - rig.pass(empty, &pool));
             new[i].push(rig.pass(prog, &fresh) - rig.pass(empty, &fresh));
