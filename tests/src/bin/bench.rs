@@ -84,7 +84,8 @@ fn read_object(path: &str) -> Vec<u8> {
 /// `NETMON_COMPARE_V6=1`: IPv6) packets: its existing-flow hit and new-flow insert as in
 /// section 1 (1,000 flows), and the hit on one cache-hot packet (`repeat` = 1,000): the
 /// program's own instructions, without the cache misses; and the drop of a pool of sources
-/// banned by 1,024 exact entries, and of one of them cache-hot.
+/// banned by 1,024 exact entries (`NETMON_COMPARE_BANS=hash`: in the hash maps alone), and of
+/// one of them cache-hot.
 fn compare(a: &str, b: &str) {
     // NETMON_COMPARE_TABLE=lru: the LRU maps' programs instead of the per-CPU tables'.
     let lru = std::env::var("NETMON_COMPARE_TABLE").is_ok_and(|t| t == "lru");
@@ -96,6 +97,9 @@ fn compare(a: &str, b: &str) {
     };
     // NETMON_COMPARE_V6=1: IPv6 flows and bans instead of IPv4.
     let v6 = std::env::var("NETMON_COMPARE_V6").is_ok_and(|v| v == "1");
+    // NETMON_COMPARE_BANS=hash: the bans in the hash maps alone, as for a ban whose array
+    // bucket is full.
+    let hashed = std::env::var("NETMON_COMPARE_BANS").is_ok_and(|v| v == "hash");
     let prefill = 1_000u32;
     // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
     let capacity = std::env::var("NETMON_COMPARE_FLOWS")
@@ -125,6 +129,7 @@ fn compare(a: &str, b: &str) {
             let mut rig = Rig::with_object(capacity, o, pins);
             rig.prefill_tab(prog, prefill, v6, ingress);
             let (mut maps, _) = drop_maps(&mut rig.ebpf);
+            maps.set_fast(!hashed);
             maps.sync(&ban_state).expect("writing the bans");
             rig
         })
