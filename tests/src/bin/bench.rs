@@ -84,8 +84,8 @@ fn read_object(path: &str) -> Vec<u8> {
 /// `NETMON_COMPARE_V6=1`: IPv6) packets: its existing-flow hit and new-flow insert as in
 /// section 1 (1,000 flows), and the hit on one cache-hot packet (`repeat` = 1,000): the
 /// program's own instructions, without the cache misses; and the drop of a pool of sources
-/// banned by 1,024 exact entries (`NETMON_COMPARE_BANS=hash`: in the hash maps alone), and of
-/// one of them cache-hot.
+/// banned by 1,024 exact entries (`NETMON_COMPARE_BANS=hash`: in the hash maps alone;
+/// `NETMON_COMPARE_BAN_LIST=N`: among N exact bans), and of one of them cache-hot.
 fn compare(a: &str, b: &str) {
     // NETMON_COMPARE_TABLE=lru: the LRU maps' programs instead of the per-CPU tables'.
     let lru = std::env::var("NETMON_COMPARE_TABLE").is_ok_and(|t| t == "lru");
@@ -112,8 +112,17 @@ fn compare(a: &str, b: &str) {
     let banned: Vec<Vec<u8>> = (0..POOL as u32)
         .map(|k| flow_packet(5_000_000 + k, v6, ingress))
         .collect();
+    // NETMON_COMPARE_BAN_LIST=N: N exact bans in all, the pool's 1,024 written first.
+    let list = std::env::var("NETMON_COMPARE_BAN_LIST")
+        .ok()
+        .map(|v| {
+            v.parse()
+                .expect("NETMON_COMPARE_BAN_LIST: a number of bans")
+        })
+        .unwrap_or(POOL as u32)
+        .max(POOL as u32);
     let mut ban_state = State::default();
-    for k in 0..POOL as u32 {
+    for k in (0..POOL as u32).chain(1_000_000..1_000_000 + list - POOL as u32) {
         let net = if v6 {
             std::net::IpAddr::from(remote6(5_000_000 + k))
         } else {
