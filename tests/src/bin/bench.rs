@@ -102,10 +102,7 @@ fn compare(a: &str, b: &str) {
     let hashed = std::env::var("NETMON_COMPARE_BANS").is_ok_and(|v| v == "hash");
     let prefill = 1_000u32;
     // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
-    let capacity = std::env::var("NETMON_COMPARE_FLOWS")
-        .ok()
-        .map(|v| v.parse().expect("NETMON_COMPARE_FLOWS: a number of flows"))
-        .unwrap_or(DEFAULT_FLOWS);
+    let capacity = env_count("NETMON_COMPARE_FLOWS", "flows", DEFAULT_FLOWS);
     let objects = [a, b].map(read_object);
     // Addresses a pool of distinct sources banned by exact entries (none of them a
     // prefilled or new flow's).
@@ -113,23 +110,10 @@ fn compare(a: &str, b: &str) {
         .map(|k| flow_packet(5_000_000 + k, v6, ingress))
         .collect();
     // NETMON_COMPARE_BAN_LIST=N: N exact bans in all, the pool's 1,024 written first.
-    let list = std::env::var("NETMON_COMPARE_BAN_LIST")
-        .ok()
-        .map(|v| {
-            v.parse()
-                .expect("NETMON_COMPARE_BAN_LIST: a number of bans")
-        })
-        .unwrap_or(POOL as u32)
-        .max(POOL as u32);
+    let list = env_count("NETMON_COMPARE_BAN_LIST", "bans", POOL as u32).max(POOL as u32);
     let mut ban_state = State::default();
     for k in (0..POOL as u32).chain(1_000_000..1_000_000 + list - POOL as u32) {
-        let net = if v6 {
-            std::net::IpAddr::from(remote6(5_000_000 + k))
-        } else {
-            std::net::IpAddr::from(remote4(5_000_000 + k))
-        };
-        let net = net.to_string();
-        ban_state.bans.push(ban(&net));
+        ban_state.bans.push(ban(&remote_net(5_000_000 + k, v6)));
     }
     let rigs: Vec<Rig> = objects
         .iter()
@@ -859,6 +843,23 @@ fn remote6(i: u32) -> [u8; 16] {
     a
 }
 
+/// The remote address of synthetic flow `i` (`remote4` or `remote6`), as a ban names it.
+fn remote_net(i: u32, v6: bool) -> String {
+    if v6 {
+        std::net::IpAddr::from(remote6(i)).to_string()
+    } else {
+        std::net::IpAddr::from(remote4(i)).to_string()
+    }
+}
+
+/// The number in environment variable `name` (`what` it counts, for the error), or `default`.
+fn env_count(name: &str, what: &str, default: u32) -> u32 {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("{name}: a number of {what}, not {v:?}: {e}"))
+    })
+}
+
 /// A 64-byte-payload UDP packet of synthetic flow `i`; the remote end is the source on
 /// ingress (XDP) and the destination on egress (TC).
 fn flow_packet(i: u32, v6: bool, ingress: bool) -> Vec<u8> {
@@ -1458,12 +1459,7 @@ fn packets() -> String {
                 let mut state = State::default();
                 for k in 0..POOL {
                     let i = ((k * 7919) % prefill as usize) as u32;
-                    let net = if v6 {
-                        std::net::IpAddr::from(remote6(i)).to_string()
-                    } else {
-                        std::net::IpAddr::from(remote4(i)).to_string()
-                    };
-                    state.bans.push(ban(&net));
+                    state.bans.push(ban(&remote_net(i, v6)));
                 }
                 maps.sync(&state).unwrap();
                 assert_ne!(
