@@ -483,7 +483,13 @@ pub mod dropcfg {
     /// The generation whose IPv6 /32 filter (`NETMON_BAN6_L32`) covers every IPv6 ban entry,
     /// as `BAN4_FILTER`. 0 (and absent, in maps pinned by a version without it): always look.
     pub const BAN6_FILTER: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// The generation whose wide exact ban arrays (`NETMON_BANW4`/`NETMON_BANW6`) index every
+    /// exact ban entry of it that has no slot in `NETMON_BANX4`/`NETMON_BANX6`, as
+    /// `BANX_COMPLETE` says for those: only then do the programs skip the hash lookup after a
+    /// miss in a wide bucket without `BANX_OVERFLOW`. 0 (and absent, in maps pinned by a
+    /// version without it): look every such miss up in the hash map.
+    pub const BANW_COMPLETE: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
     pub const L16_WORDS: u32 = 1024;
@@ -679,18 +685,7 @@ pub const BANX6_BUCKETS: u32 = 2048;
 /// The first `NETMON_BANX6` slot of `addr`'s bucket in `generation` (1 or 2).
 #[inline(always)]
 pub fn banx6_bucket(generation: u8, addr: &[u8; 16]) -> u32 {
-    let mut w = [0u32; 4];
-    let mut i = 0;
-    while i < 4 {
-        w[i] = u32::from_ne_bytes([
-            addr[4 * i],
-            addr[4 * i + 1],
-            addr[4 * i + 2],
-            addr[4 * i + 3],
-        ]);
-        i += 1;
-    }
-    let h = tab_hash(&w) & (BANX6_BUCKETS - 1);
+    let h = tab_hash(&addr_words(addr)) & (BANX6_BUCKETS - 1);
     ((generation as u32).wrapping_sub(1) & 1) * BANX6_BUCKETS * BANX6_WAYS + h * BANX6_WAYS
 }
 
@@ -716,6 +711,63 @@ pub struct BanHits {
 pub const BANX4_SLOTS: u32 = 2 * BANX4_BUCKETS * BANX4_WAYS;
 /// Slots of `NETMON_BANX6` (both generations).
 pub const BANX6_SLOTS: u32 = 2 * BANX6_BUCKETS * BANX6_WAYS;
+
+/// Ways of a `NETMON_BANW4` bucket: one cache line of slots, as `NETMON_BANX4`'s.
+pub const BANW4_WAYS: u32 = 4;
+/// Buckets of `NETMON_BANW4` per generation: 131,072 slots, for the exact IPv4 bans that
+/// find no slot in `NETMON_BANX4` (of 100,000 random addresses ~9.5% find none in either,
+/// simulated, and go to `NETMON_BAN4` alone).
+pub const BANW4_BUCKETS: u32 = 32768;
+/// Slots of `NETMON_BANW4` (both generations).
+pub const BANW4_SLOTS: u32 = 2 * BANW4_BUCKETS * BANW4_WAYS;
+/// Ways of a `NETMON_BANW6` bucket: one cache line of slots, as `NETMON_BANX6`'s.
+pub const BANW6_WAYS: u32 = 2;
+/// Buckets of `NETMON_BANW6` per generation: 65,536 slots (of 30,000 random addresses ~6%
+/// find no slot in either array, of 50,000 ~15%, simulated).
+pub const BANW6_BUCKETS: u32 = 32768;
+/// Slots of `NETMON_BANW6` (both generations).
+pub const BANW6_SLOTS: u32 = 2 * BANW6_BUCKETS * BANW6_WAYS;
+
+/// The first `NETMON_BANW4` slot of `addr`'s bucket in `generation` (1 or 2): a hash
+/// independent of `banx4_bucket`'s (murmur3's finalizer), so that the addresses that
+/// overflow one bucket of `NETMON_BANX4` spread over the whole of `NETMON_BANW4`.
+#[inline(always)]
+pub const fn banw4_bucket(generation: u8, addr: [u8; 4]) -> u32 {
+    let mut h = u32::from_ne_bytes(addr);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    ((generation as u32).wrapping_sub(1) & 1) * BANW4_BUCKETS * BANW4_WAYS
+        + (h & (BANW4_BUCKETS - 1)) * BANW4_WAYS
+}
+
+/// The first `NETMON_BANW6` slot of `addr`'s bucket in `generation` (1 or 2): the top bits
+/// of the hash whose bits 32.. place it in `NETMON_BANX6` (`banx6_bucket`), so independent of
+/// them.
+#[inline(always)]
+pub fn banw6_bucket(generation: u8, addr: &[u8; 16]) -> u32 {
+    let h = (tab_hash64(&addr_words(addr)) >> (64 - BANW6_BUCKETS.trailing_zeros())) as u32;
+    ((generation as u32).wrapping_sub(1) & 1) * BANW6_BUCKETS * BANW6_WAYS + h * BANW6_WAYS
+}
+
+/// An IPv6 address as four 32-bit words in memory order (the programs' view of it).
+#[inline(always)]
+fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    w
+}
 
 /// Where CPU `cpu`'s counters of slot `slot` of an exact ban array with `slots` slots are in
 /// its counter array (`NETMON_BANCNT4`/`6`, `slots` entries per possible CPU, sized by the

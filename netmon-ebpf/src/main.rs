@@ -50,13 +50,13 @@ use aya_ebpf::{
     },
 };
 use netmon_common::{
-    AF_INET, AF_INET6, BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS,
-    BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS,
-    DIR_INGRESS, DROP_SLOTS, DropKey, FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue,
-    SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter,
-    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
-    tp_offsets, v4_mapped,
+    AF_INET, AF_INET6, BANW4_SLOTS, BANW4_WAYS, BANW6_SLOTS, BANW6_WAYS, BANX_KIND, BANX_OVERFLOW,
+    BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
+    BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey,
+    FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
+    TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg,
+    iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -190,6 +190,20 @@ static NETMON_BANX6: Array<BanSlot6> = Array::pinned(BANX6_SLOTS, BPF_F_MMAPABLE
 static NETMON_BANCNT6: Array<BanHits> = Array::pinned(BANX6_SLOTS, BPF_F_MMAPABLE);
 #[map]
 static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
+/// The wide exact ban arrays: the exact bans that find no slot in `NETMON_BANX4`/`6` (whose
+/// bucket then carries `BANX_OVERFLOW`, which sends the programs here), as `BanSlot4`/`6`
+/// in buckets of their own hash (`banw4_bucket`, `banw6_bucket`), so that a list of tens of
+/// thousands of addresses still drops without a kernel hash lookup. Their hit counters
+/// (`NETMON_BANWCNT4`/`6`) are one `BanHits` per slot, shared by the CPUs (atomic adds), as a
+/// hash entry's are: per-CPU counters for this many slots would cost megabytes per CPU.
+#[map]
+static NETMON_BANW4: Array<BanSlot4> = Array::pinned(BANW4_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static NETMON_BANWCNT4: Array<BanHits> = Array::pinned(BANW4_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static NETMON_BANW6: Array<BanSlot6> = Array::pinned(BANW6_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static NETMON_BANWCNT6: Array<BanHits> = Array::pinned(BANW6_SLOTS, BPF_F_MMAPABLE);
 /// Prefixes (longest match), key data `[generation, address...]`.
 #[map]
 static NETMON_BANPFX4: LpmTrie<BanPrefix4, BanValue> = LpmTrie::pinned(262_144, 0);
@@ -1156,21 +1170,39 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
     }
 }
 
-/// Whether a miss in an exact ban array's bucket needs the hash lookup after it: unless
-/// `generation`'s arrays are complete (`dropcfg::BANX_COMPLETE`) and the bucket never
-/// overflowed, the entry may be in the hash map alone.
+/// Whether a miss in a wide exact ban array's bucket (`NETMON_BANW4`/`6`) needs the hash
+/// lookup after it: unless `generation`'s wide arrays are complete
+/// (`dropcfg::BANW_COMPLETE`) and the bucket never overflowed, the entry may be in the hash
+/// map alone.
 #[inline(always)]
-fn exact_may_be_hashed(generation: u8, overflowed: bool) -> bool {
-    overflowed || dropcfg(dropcfg::BANX_COMPLETE) != u64::from(generation)
+fn wide_may_be_hashed(generation: u8, overflowed: bool) -> bool {
+    overflowed || dropcfg(dropcfg::BANW_COMPLETE) != u64::from(generation)
 }
 
 /// `a`'s live ban entry in `generation`, exact or prefix, allow list aside.
 #[inline(always)]
 fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V4 != 0 {
-        match banx4(generation, a) {
+        let narrow = exact4(
+            &NETMON_BANX4,
+            &NETMON_BANCNT4,
+            Some(BANX4_SLOTS),
+            netmon_common::banx4_bucket(generation, a),
+            BANX4_WAYS,
+            a,
+        );
+        match narrow.or_wide(generation, || {
+            exact4(
+                &NETMON_BANW4,
+                &NETMON_BANWCNT4,
+                None,
+                netmon_common::banw4_bucket(generation, a),
+                BANW4_WAYS,
+                a,
+            )
+        }) {
             Exact::Hit(ban) => return Some(ban),
-            Exact::Miss { overflowed } if exact_may_be_hashed(generation, overflowed) => {
+            Exact::Miss { overflowed } if wide_may_be_hashed(generation, overflowed) => {
                 let key = BanKey4 {
                     generation,
                     addr: a,
@@ -1180,7 +1212,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
                     return Some(Ban::Entry(v, now));
                 }
             }
-            Exact::Miss { .. } => {}
+            _ => {}
         }
     }
     if flags & dropcfg::HAS_PREFIX_V4 != 0 {
@@ -1196,9 +1228,26 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
 #[inline(always)]
 fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V6 != 0 {
-        match banx6(generation, addr) {
+        let narrow = exact6(
+            &NETMON_BANX6,
+            &NETMON_BANCNT6,
+            Some(BANX6_SLOTS),
+            netmon_common::banx6_bucket(generation, addr),
+            BANX6_WAYS,
+            addr,
+        );
+        match narrow.or_wide(generation, || {
+            exact6(
+                &NETMON_BANW6,
+                &NETMON_BANWCNT6,
+                None,
+                netmon_common::banw6_bucket(generation, addr),
+                BANW6_WAYS,
+                addr,
+            )
+        }) {
             Exact::Hit(ban) => return Some(ban),
-            Exact::Miss { overflowed } if exact_may_be_hashed(generation, overflowed) => {
+            Exact::Miss { overflowed } if wide_may_be_hashed(generation, overflowed) => {
                 let key = BanKey6 {
                     generation,
                     addr: *addr,
@@ -1208,7 +1257,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
                     return Some(Ban::Entry(v, now));
                 }
             }
-            Exact::Miss { .. } => {}
+            _ => {}
         }
     }
     if flags & dropcfg::HAS_PREFIX_V6 != 0 {
@@ -1232,15 +1281,37 @@ enum Exact {
     Hit(Ban),
     /// None (or an expired one); `overflowed`: the bucket's `BANX_OVERFLOW` bit.
     Miss { overflowed: bool },
+    /// None, and no other map can hold one (`or_wide`).
+    Absent,
+}
+
+impl Exact {
+    /// After a miss in `NETMON_BANX4`/`6` (this), the wide array's answer (`wide`), where the
+    /// ban may be there: the bucket overflowed, or `generation`'s arrays are not complete
+    /// (`dropcfg::BANX_COMPLETE`).
+    #[inline(always)]
+    fn or_wide(self, generation: u8, wide: impl FnOnce() -> Exact) -> Exact {
+        match self {
+            Exact::Miss { overflowed }
+                if overflowed || dropcfg(dropcfg::BANX_COMPLETE) != u64::from(generation) =>
+            {
+                wide()
+            }
+            Exact::Miss { .. } => Exact::Absent,
+            hit => hit,
+        }
+    }
 }
 
 /// A ban that matched: an entry of a ban map (with the time it was checked at), or a slot of
-/// NETMON_BANX4 or NETMON_BANX6, with this CPU's counters of it (`hits`; None only if the
-/// loader sized the counters short).
+/// an exact ban array, with its counters (`hits`: this CPU's of a `NETMON_BANX4`/`6` slot,
+/// `shared` false; the slot's own of a `NETMON_BANW4`/`6` slot, which every CPU adds to,
+/// `shared` true; None only if the loader sized the counters short).
 enum Ban {
     Entry(*mut BanValue, u64),
     Fast {
         hits: Option<*mut BanHits>,
+        shared: bool,
         kind: u8,
         now: u64,
     },
@@ -1250,10 +1321,13 @@ enum Ban {
 /// looked up here, in code that names their map: where one lookup served both families'
 /// maps, the verifier could not inline it (a map pointer that differs between paths), and
 /// the generic helper's call cost the drop ~20 ns with everything in the caches.
+///
+/// `per_cpu`: the slots of the counters' map per CPU (`NETMON_BANCNT4`/`6`); None for the
+/// wide arrays' shared counters, one per slot.
 #[inline(always)]
 fn fast_hit(
     hits: &'static Array<BanHits>,
-    slots: u32,
+    per_cpu: Option<u32>,
     index: u32,
     tag: u64,
     expires: *const u64,
@@ -1266,25 +1340,39 @@ fn fast_hit(
         // An expired ban is in the hash map too, equally expired: nothing to look up.
         return Exact::Miss { overflowed: false };
     }
-    // SAFETY: helper without preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let at = match per_cpu {
+        // SAFETY: helper without preconditions.
+        Some(slots) => {
+            netmon_common::ban_hits_index(unsafe { bpf_get_smp_processor_id() }, slots, index)
+        }
+        None => index,
+    };
     Exact::Hit(Ban::Fast {
-        hits: hits.get_ptr_mut(netmon_common::ban_hits_index(cpu, slots, index)),
+        hits: hits.get_ptr_mut(at),
+        shared: per_cpu.is_none(),
         kind: (tag >> 32) as u8,
         now,
     })
 }
 
-/// `a`'s live slot in `generation`'s part of NETMON_BANX6, if it has one.
+/// `a`'s live slot in the bucket of `map` (NETMON_BANX6 or NETMON_BANW6) whose `ways` slots
+/// start at `first`, if it has one; `hits` and `per_cpu` its counters (`fast_hit`). Each
+/// call names its maps: the verifier inlines a lookup whose map is the same on every path.
 #[inline(always)]
-fn banx6(generation: u8, a: &[u8; 16]) -> Exact {
-    let first = netmon_common::banx6_bucket(generation, a);
+fn exact6(
+    map: &'static Array<BanSlot6>,
+    hits: &'static Array<BanHits>,
+    per_cpu: Option<u32>,
+    first: u32,
+    ways: u32,
+    a: &[u8; 16],
+) -> Exact {
     let want = a.as_ptr().cast::<u32>();
     let mut overflowed = true;
     let mut way = 0;
-    while way < BANX6_WAYS {
+    while way < ways {
         let index = first + way;
-        let Some(s) = NETMON_BANX6.get_ptr(index) else {
+        let Some(s) = map.get_ptr(index) else {
             return Exact::Miss { overflowed: true };
         };
         // SAFETY: a live map value; userspace writes the tag last and clears it first, and
@@ -1306,13 +1394,7 @@ fn banx6(generation: u8, a: &[u8; 16]) -> Exact {
                 }
                 compiler_fence(Ordering::SeqCst);
                 if same && core::ptr::read_volatile(&raw const (*s).tag) == tag {
-                    return fast_hit(
-                        &NETMON_BANCNT6,
-                        BANX6_SLOTS,
-                        index,
-                        tag,
-                        &raw const (*s).expires_ns,
-                    );
+                    return fast_hit(hits, per_cpu, index, tag, &raw const (*s).expires_ns);
                 }
             }
         }
@@ -1321,16 +1403,23 @@ fn banx6(generation: u8, a: &[u8; 16]) -> Exact {
     Exact::Miss { overflowed }
 }
 
-/// `a`'s live slot in `generation`'s part of NETMON_BANX4, if it has one.
+/// `a`'s live slot in the bucket of `map` (NETMON_BANX4 or NETMON_BANW4) whose `ways` slots
+/// start at `first`, as `exact6`.
 #[inline(always)]
-fn banx4(generation: u8, a: [u8; 4]) -> Exact {
-    let first = netmon_common::banx4_bucket(generation, a);
+fn exact4(
+    map: &'static Array<BanSlot4>,
+    hits: &'static Array<BanHits>,
+    per_cpu: Option<u32>,
+    first: u32,
+    ways: u32,
+    a: [u8; 4],
+) -> Exact {
     let want = netmon_common::banx4_tag(a, 0);
     let mut overflowed = true;
     let mut way = 0;
-    while way < BANX4_WAYS {
+    while way < ways {
         let index = first + way;
-        let Some(s) = NETMON_BANX4.get_ptr(index) else {
+        let Some(s) = map.get_ptr(index) else {
             return Exact::Miss { overflowed: true };
         };
         // SAFETY: a live map value; userspace writes it with ordered stores, the tag last.
@@ -1341,7 +1430,7 @@ fn banx4(generation: u8, a: [u8; 4]) -> Exact {
         // The kind and the overflow bit are in the tag: compared without them.
         if tag & !(BANX_KIND | BANX_OVERFLOW) == want {
             // SAFETY: as above.
-            return fast_hit(&NETMON_BANCNT4, BANX4_SLOTS, index, tag, unsafe {
+            return fast_hit(hits, per_cpu, index, tag, unsafe {
                 &raw const (*s).expires_ns
             });
         }
@@ -1471,13 +1560,24 @@ fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
             (*v).last_hit_ns = now;
             (*v).kind
         },
-        Ban::Fast { hits, kind, now } => {
+        Ban::Fast {
+            hits,
+            shared,
+            kind,
+            now,
+        } => {
             if let Some(h) = hits {
-                // SAFETY: this CPU's counters of the slot: only this CPU's programs write
-                // them, and they do not interleave on the packet path.
+                // SAFETY: a live, 8-byte aligned map value. Not shared: this CPU's counters
+                // of the slot, which only this CPU's programs write, and they do not
+                // interleave on the packet path. Shared: atomic adds, as a hash entry's.
                 unsafe {
-                    (*h).packets += 1;
-                    (*h).bytes += len;
+                    if shared {
+                        atomic_add(&raw mut (*h).packets, 1);
+                        atomic_add(&raw mut (*h).bytes, len);
+                    } else {
+                        (*h).packets += 1;
+                        (*h).bytes += len;
+                    }
                     (*h).last_hit_ns = now;
                 }
             }

@@ -861,11 +861,11 @@ fn drop_decisions_follow_the_list_in_force() {
 
 /// Exact IPv4 bans in the programs' own array (NETMON_BANX4) and past it: seven bans whose
 /// addresses share one 4-way bucket, one of them expired, so two of the six live ones are in
-/// the hash map only. Every live one drops, its hit counters are exactly the packets it
-/// dropped, on every CPU in turn (the slot's counters, one part per CPU, or the entry's),
-/// an expired one passes, a removed one passes at once while its bucket-mates still drop,
-/// and an import into the other generation carries every ban's counters over. The same for
-/// IPv6 bans in NETMON_BANX6's 2-way buckets.
+/// the wide array (NETMON_BANW4). Every live one drops, its hit counters are exactly the
+/// packets it dropped, on every CPU in turn (the slot's counters, one part per CPU, or the
+/// wide slot's shared ones), an expired one passes, a removed one passes at once while its
+/// bucket-mates still drop, and an import into the other generation carries every ban's
+/// counters over. The same for IPv6 bans in NETMON_BANX6's 2-way buckets.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
@@ -913,18 +913,26 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     for (i, &a) in same[..6].iter().enumerate() {
         let n = i as u64 + 1;
         assert_eq!(hits(&mut maps, 1, a), (n, n * len), "{}", net(a));
+        let array = maps.exact_array(1, &net(a).parse().unwrap()).unwrap();
+        let want = if i < 4 {
+            "NETMON_BANX4"
+        } else {
+            "NETMON_BANW4"
+        };
+        assert_eq!(array, Some(want), "{}", net(a));
     }
-    // The full bucket is marked (three bans are in the hash map alone, where a miss in it
-    // sends the programs); another bucket is not.
-    let overflowed = |maps: &DropMaps, generation: u8, a: [u8; 4]| {
-        maps.exact_bucket_overflowed(generation, &net(a).parse().unwrap())
+    // The full bucket is marked (two bans are in the wide array, where a miss in it sends
+    // the programs); another bucket is not.
+    let overflowed = |maps: &mut DropMaps, generation: u8, a: [u8; 4]| {
+        maps.exact_buckets_overflowed(generation, &net(a).parse().unwrap())
+            .unwrap()[0]
     };
-    assert!(overflowed(&maps, 1, same[0]));
+    assert!(overflowed(&mut maps, 1, same[0]));
     let elsewhere = (0u32..)
         .map(|i| [198, 18, 1, i as u8])
         .find(|&a| bucket(a) != target)
         .unwrap();
-    assert!(!overflowed(&maps, 1, elsewhere));
+    assert!(!overflowed(&mut maps, 1, elsewhere));
     assert_eq!(p.run(DIR_INGRESS, &from4(elsewhere)), XDP_PASS);
     // A removed ban (the first, in the array) passes at once; its bucket-mates still drop.
     maps.remove_ban(1, &net(same[0]).parse().unwrap()).unwrap();
@@ -957,10 +965,10 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
     assert_eq!(p.run(DIR_INGRESS, &from4(same[0])), XDP_PASS);
     // Five bans in the bucket in generation 2: full again. Generation 1, emptied, has its
     // overflow bits cleared with its slots.
-    assert!(overflowed(&maps, 2, same[1]));
-    assert!(!overflowed(&maps, 1, same[1]));
+    assert!(overflowed(&mut maps, 2, same[1]));
+    assert!(!overflowed(&mut maps, 1, same[1]));
 
-    // IPv6: three bans in one 2-way bucket of NETMON_BANX6 (one in the hash map only).
+    // IPv6: three bans in one 2-way bucket of NETMON_BANX6 (one in the wide array).
     let bucket6 = |a: &[u8; 16]| netmon_common::banx6_bucket(2, a);
     let addr6 = |i: u32| {
         let mut a = [0xfd, 0, 0x6e, 0x6d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -991,7 +999,15 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         let v = maps.hits(2, &net6(a).parse().unwrap()).unwrap().unwrap();
         assert_eq!((v.packets, v.bytes), (n, n * len6), "{}", net6(a));
     }
-    assert!(maps.exact_bucket_overflowed(2, &net6(&same6[0]).parse().unwrap()));
+    assert_eq!(
+        maps.exact_array(2, &net6(&same6[2]).parse().unwrap())
+            .unwrap(),
+        Some("NETMON_BANW6")
+    );
+    assert!(
+        maps.exact_buckets_overflowed(2, &net6(&same6[0]).parse().unwrap())
+            .unwrap()[0]
+    );
     maps.remove_ban(2, &net6(&same6[0]).parse().unwrap())
         .unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from6(&same6[0])), XDP_PASS);
@@ -1001,6 +1017,119 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
         XDP_PASS,
         "not banned"
     );
+}
+
+/// Addresses whose buckets are the same in both exact IPv4 ban arrays: the first 4 of a
+/// ban list take the NETMON_BANX4 bucket, the next 4 the NETMON_BANW4 one, and the rest are
+/// in the hash map alone. Found without a search: `banx4_bucket` is the top bits of a product
+/// by an odd constant, so the addresses of one bucket are the products of its values by the
+/// constant's inverse.
+fn addrs_in_both_buckets(n: usize) -> Vec<[u8; 4]> {
+    const K: u32 = 0x9e37_79b1;
+    let mut inv = K;
+    for _ in 0..5 {
+        inv = inv.wrapping_mul(2u32.wrapping_sub(K.wrapping_mul(inv)));
+    }
+    assert_eq!(K.wrapping_mul(inv), 1);
+    let target = netmon_common::banx4_bucket(1, [198, 18, 0, 2]);
+    let bits = netmon_common::BANX4_BUCKETS.trailing_zeros();
+    let h = (target / netmon_common::BANX4_WAYS) << (32 - bits);
+    let usable = |a: &[u8; 4]| (1..224).contains(&a[0]) && a[0] != 127;
+    let mut found = (0..1u32 << (32 - bits))
+        .map(|x| (h | x).wrapping_mul(inv).to_ne_bytes())
+        .filter(|a| usable(a) && netmon_common::banx4_bucket(1, *a) == target);
+    let first = found.next().unwrap();
+    let wide = netmon_common::banw4_bucket(1, first);
+    let out: Vec<[u8; 4]> = std::iter::once(first)
+        .chain(found.filter(|&a| netmon_common::banw4_bucket(1, a) == wide))
+        .take(n)
+        .collect();
+    assert_eq!(out.len(), n);
+    out
+}
+
+/// Exact IPv4 bans past both arrays: nine bans whose addresses share their NETMON_BANX4
+/// bucket and their NETMON_BANW4 bucket, so four are in each array and the ninth in the hash
+/// map alone (both buckets marked overflowed). Every one drops, each counts exactly the
+/// packets it dropped whichever CPU ran (per-CPU slot counters, shared wide ones, the hash
+/// entry's), an address of the same buckets without a ban passes, a rewritten ban (new
+/// expiry) keeps its place and its counters, and removing one from each place lets it pass
+/// at once while the others still drop.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn exact_bans_past_both_arrays_are_in_the_hash_map_and_drop() {
+    use netmon::act::state::State;
+    let (p, mut maps) = drop_list_progs();
+    let all = addrs_in_both_buckets(10);
+    let (same, unbanned) = (&all[..9], all[9]);
+    let net = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_string();
+    let state = State {
+        generation: 1,
+        bans: same.iter().map(|&a| manual_ban(&net(a), None)).collect(),
+        ..State::default()
+    };
+    maps.sync(&state).unwrap();
+    let place = |maps: &mut netmon::act::droplist::DropMaps, a: [u8; 4]| {
+        maps.exact_array(1, &net(a).parse().unwrap()).unwrap()
+    };
+    for (i, &a) in same.iter().enumerate() {
+        let want = match i {
+            0..4 => Some("NETMON_BANX4"),
+            4..8 => Some("NETMON_BANW4"),
+            _ => None,
+        };
+        assert_eq!(place(&mut maps, a), want, "{}", net(a));
+    }
+    assert_eq!(
+        maps.exact_buckets_overflowed(1, &net(same[8]).parse().unwrap())
+            .unwrap(),
+        [true, true]
+    );
+    let ncpus = aya::util::nr_cpus().unwrap();
+    let len = udp4_from(same[0]).len() as u64;
+    let mut sent = 0;
+    for (i, &a) in same.iter().enumerate() {
+        for _ in 0..=i {
+            pin_to_cpu(sent % ncpus);
+            sent += 1;
+            assert_eq!(p.run(DIR_INGRESS, &udp4_from(a)), XDP_DROP, "{}", net(a));
+        }
+    }
+    assert_eq!(p.run(DIR_INGRESS, &udp4_from(unbanned)), XDP_PASS);
+    let hits = |maps: &mut netmon::act::droplist::DropMaps, a: [u8; 4]| {
+        let v = maps.hits(1, &net(a).parse().unwrap()).unwrap().unwrap();
+        (v.packets, v.bytes)
+    };
+    for (i, &a) in same.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(hits(&mut maps, a), (n, n * len), "{}", net(a));
+    }
+    // A new expiry for a wide-array ban: same slot, same counters, still dropping.
+    let far = netmon::act::state::now_ms() + 3_600_000;
+    maps.write_ban(1, 2, &manual_ban(&net(same[5]), Some(far)))
+        .unwrap();
+    assert_eq!(place(&mut maps, same[5]), Some("NETMON_BANW4"));
+    assert_eq!(hits(&mut maps, same[5]), (6, 6 * len));
+    assert_eq!(p.run(DIR_INGRESS, &udp4_from(same[5])), XDP_DROP);
+    // Removed: one from each place.
+    for i in [0, 4, 8] {
+        maps.remove_ban(1, &net(same[i]).parse().unwrap()).unwrap();
+        assert_eq!(place(&mut maps, same[i]), None);
+        assert_eq!(
+            p.run(DIR_INGRESS, &udp4_from(same[i])),
+            XDP_PASS,
+            "{}",
+            net(same[i])
+        );
+    }
+    for &i in &[1, 2, 3, 5, 6, 7] {
+        assert_eq!(
+            p.run(DIR_INGRESS, &udp4_from(same[i])),
+            XDP_DROP,
+            "{}",
+            net(same[i])
+        );
+    }
 }
 
 /// An upgrade without a reboot: the hit counters an older version kept in per-CPU arrays

@@ -384,9 +384,7 @@ impl DropList {
             return Ok(Vec::new());
         }
         maps.set_flags(flags_for(&state, now) | flags_for_bans(&gone))?;
-        for b in &gone {
-            maps.remove_ban(state.generation, &b.net)?;
-        }
+        maps.remove_bans(state.generation, gone.iter().map(|b| &b.net))?;
         // Expired limits no longer act in the kernel: remove them after the flags say so.
         maps.set_flags(flags_for(&state, now))?;
         for l in &gone_limits {

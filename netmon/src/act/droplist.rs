@@ -18,8 +18,9 @@ use aya::maps::{
     lpm_trie::LpmTrie,
 };
 use netmon_common::{
-    BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4,
-    BanKey6, BanPrefix4, BanPrefix6, BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
+    BANW4_SLOTS, BANW4_WAYS, BANW6_SLOTS, BANW6_WAYS, BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS,
+    BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6,
+    BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
 };
 
 use super::{
@@ -28,12 +29,16 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 22] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANCNT4",
     "NETMON_BANX6",
     "NETMON_BANCNT6",
+    "NETMON_BANW4",
+    "NETMON_BANWCNT4",
+    "NETMON_BANW6",
+    "NETMON_BANWCNT6",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
     "NETMON_BANPFX6",
@@ -182,6 +187,9 @@ pub struct DropMaps {
     filters: [BitFilter; 3],
     /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANCNT4/6).
     fast: [FastBans; 2],
+    /// Its wide part, for the exact bans that find no slot there: IPv4, IPv6 (NETMON_BANW4/6,
+    /// NETMON_BANWCNT4/6).
+    wide: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
 }
@@ -192,14 +200,20 @@ pub struct DropMaps {
 /// slot's per-CPU ones (NETMON_BANCNT4/6); a slot's counters are zeroed when a ban takes it.
 /// A ban that finds no slot sets its bucket's `BANX_OVERFLOW` bit before its entry is
 /// written (`reserve`), so that once a generation is declared complete
-/// (`dropcfg::BANX_COMPLETE`) a miss in a bucket without the bit needs no hash lookup.
+/// (`dropcfg::BANX_COMPLETE`) a miss in a bucket without the bit needs no lookup after it.
+/// The wide arrays NETMON_BANW4/6, where the programs look next, work the same way for the
+/// bans that found no slot here (`dropcfg::BANW_COMPLETE`), with counters shared by the
+/// CPUs (NETMON_BANWCNT4/6); only a ban that finds no slot in either is in the hash map
+/// alone.
 struct FastBans {
     layout: &'static Layout,
-    /// The slots, mapped for the maps' life (128 or 256 KiB).
-    mem: crate::mapmem::MapMemory,
+    /// The slots: mapped for the maps' life (128 or 256 KiB), or, for the wide arrays (4 MiB
+    /// each), while they are written or read (`map_slots` to `release`), since a mapping
+    /// counts in this process's RSS.
+    mem: Option<crate::mapmem::MapMemory>,
     /// The map itself: programs loaded after the maps were taken out of the object refer to
     /// it by this fd.
-    _slots: MapData,
+    slots: MapData,
     hits: BanCounters,
     /// Off: bans go to the hash map only (`DropMaps::set_fast`: benchmarks measure that
     /// path).
@@ -212,9 +226,10 @@ struct FastBans {
 
 /// NETMON_BANCNT4 or NETMON_BANCNT6: the hit counters of an exact ban array's slots, one
 /// `BanHits` per slot and possible CPU (`netmon_common::ban_hits_index`), written by the
-/// programs with plain adds (each CPU its own). Mapped on first use until `release`: a
-/// mapping of a BPF array has all its pages present at once (`slots` x 32 bytes per CPU),
-/// all of them in this process's RSS.
+/// programs with plain adds (each CPU its own); or NETMON_BANWCNT4/6, one per slot, shared
+/// by the CPUs (`ncpus` 1 here). Mapped on first use until `release`: a mapping of a BPF
+/// array has all its pages present at once (`slots` x 32 bytes per CPU), all of them in
+/// this process's RSS.
 struct BanCounters {
     name: &'static str,
     map: MapData,
@@ -227,18 +242,23 @@ struct BanCounters {
 const HIT_WORDS: usize = size_of::<BanHits>() / size_of::<u64>();
 
 impl BanCounters {
-    fn new(name: &'static str, map: Map, slots: usize) -> Result<Self> {
+    fn new(name: &'static str, map: Map, slots: usize, per_cpu: bool) -> Result<Self> {
         let Map::Array(map) = map else {
             bail!("{name} is not an array");
         };
-        let ncpus = crate::mapmem::possible_cpus()?;
+        let ncpus = if per_cpu {
+            crate::mapmem::possible_cpus()?
+        } else {
+            1
+        };
         let info = map.info()?;
         let want = ncpus * slots;
         if info.max_entries() as usize != want || info.value_size() as usize != size_of::<BanHits>()
         {
             bail!(
                 "{name} has {} entries of {} bytes, {want} of {} expected ({slots} per possible \
-                 CPU; a loader must size it with netmon::act::droplist::size_ban_counters)",
+                 CPU, or in all for shared counters; a loader must size the per-CPU ones with \
+                 netmon::act::droplist::size_ban_counters)",
                 info.max_entries(),
                 info.value_size(),
                 size_of::<BanHits>()
@@ -347,6 +367,9 @@ struct Layout {
     name: &'static str,
     /// Its hit counters' map.
     counters: &'static str,
+    /// Whether those are per CPU (NETMON_BANCNT4/6) or one per slot (the wide arrays', which
+    /// are also mapped only while in use).
+    per_cpu: bool,
     /// Slots in both generations.
     slots: usize,
     ways: u32,
@@ -362,6 +385,7 @@ struct Layout {
 const LAYOUT4: Layout = Layout {
     name: "NETMON_BANX4",
     counters: "NETMON_BANCNT4",
+    per_cpu: true,
     slots: BANX4_SLOTS as usize,
     ways: BANX4_WAYS,
     words: 2,
@@ -373,12 +397,33 @@ const LAYOUT4: Layout = Layout {
 const LAYOUT6: Layout = Layout {
     name: "NETMON_BANX6",
     counters: "NETMON_BANCNT6",
+    per_cpu: true,
     slots: BANX6_SLOTS as usize,
     ways: BANX6_WAYS,
     words: 4,
     tag_at: 2,
     expires_at: 3,
     bucket: netmon_common::banx6_bucket,
+};
+
+const WIDE4: Layout = Layout {
+    name: "NETMON_BANW4",
+    counters: "NETMON_BANWCNT4",
+    per_cpu: false,
+    slots: BANW4_SLOTS as usize,
+    ways: BANW4_WAYS,
+    bucket: |g, a| netmon_common::banw4_bucket(g, v4_of(a)),
+    ..LAYOUT4
+};
+
+const WIDE6: Layout = Layout {
+    name: "NETMON_BANW6",
+    counters: "NETMON_BANWCNT6",
+    per_cpu: false,
+    slots: BANW6_SLOTS as usize,
+    ways: BANW6_WAYS,
+    bucket: netmon_common::banw6_bucket,
+    ..LAYOUT6
 };
 
 /// An IPv4 address in the first 4 of 16 bytes (`fast_key`).
@@ -396,7 +441,7 @@ fn v6_words(a: &[u8; 16]) -> [u64; 2] {
 
 impl FastBans {
     fn new(layout: &'static Layout, slots: Map, hits: Map, overflow_bits: bool) -> Result<Self> {
-        let hits = BanCounters::new(layout.counters, hits, layout.slots)?;
+        let hits = BanCounters::new(layout.counters, hits, layout.slots, layout.per_cpu)?;
         let name = layout.name;
         let Map::Array(slots) = slots else {
             bail!("{name} is not an array");
@@ -409,21 +454,43 @@ impl FastBans {
                 layout.slots
             );
         }
-        let mem = crate::mapmem::MapMemory::new(
-            slots.fd().as_fd(),
-            0,
-            layout.slots * layout.words * size_of::<u64>(),
-            true,
-        )
-        .with_context(|| format!("mapping {name}"))?;
-        Ok(Self {
+        let mut fast = Self {
             layout,
-            mem,
-            _slots: slots,
+            mem: None,
+            slots,
             hits,
             enabled: true,
             overflow_bits,
-        })
+        };
+        if layout.per_cpu {
+            fast.map_slots()?;
+        }
+        Ok(fast)
+    }
+
+    /// Maps the slots, if they are not mapped.
+    fn map_slots(&mut self) -> Result<()> {
+        if self.mem.is_none() {
+            let l = self.layout;
+            self.mem = Some(
+                crate::mapmem::MapMemory::new(
+                    self.slots.fd().as_fd(),
+                    0,
+                    l.slots * l.words * size_of::<u64>(),
+                    true,
+                )
+                .with_context(|| format!("mapping {}", l.name))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Unmaps the counters, and the slots of a wide array.
+    fn release(&mut self) {
+        self.hits.release();
+        if !self.layout.per_cpu {
+            self.mem = None;
+        }
     }
 
     /// Adds the counters of an older version's per-CPU map pinned at `path` (same slots) to
@@ -444,14 +511,17 @@ impl FastBans {
         Ok(n)
     }
 
-    /// Slot `i`'s words: shared with the programs, which only read them.
+    /// Slot `i`'s words: shared with the programs, which only read them. The slots must be
+    /// mapped (`map_slots`; the narrow arrays' always are).
     fn slot(&self, i: u32) -> &[AtomicU64] {
         let w = self.layout.words;
         assert!((i as usize) < self.layout.slots);
+        let mem = self
+            .mem
+            .as_ref()
+            .expect("map_slots before any slot is read");
         // SAFETY: within the mapping (its size checked in `new`); slots are aligned u64 words.
-        unsafe {
-            std::slice::from_raw_parts(self.mem.ptr().cast::<AtomicU64>().add(w * i as usize), w)
-        }
+        unsafe { std::slice::from_raw_parts(mem.ptr().cast::<AtomicU64>().add(w * i as usize), w) }
     }
 
     fn tag(&self, i: u32) -> u64 {
@@ -498,28 +568,38 @@ impl FastBans {
         self.bucket(generation, addr).find(|&i| self.holds(i, addr))
     }
 
-    /// Before `addr`'s ban entry is written into the hash map: marks its bucket in
-    /// `generation` overflowed when `put` will find no slot for it there (the bucket is
-    /// full, or the arrays are off), so that the programs look the hash map up on a miss.
-    fn reserve(&mut self, generation: u8, addr: &[u8; 16]) {
+    /// Before `addr`'s ban entry is written into the hash map: whether `put` will find a slot
+    /// for it in `generation`; where not (the bucket is full, or the arrays are off), marks
+    /// the bucket overflowed, so that the programs look further on a miss.
+    fn reserve(&mut self, generation: u8, addr: &[u8; 16]) -> Result<bool> {
         let mut bucket = self.bucket(generation, addr);
-        let Some(first) = bucket.clone().next().filter(|_| self.overflow_bits) else {
-            return;
+        let Some(first) = bucket.clone().next() else {
+            return Ok(false);
         };
+        self.map_slots()?;
         if self.enabled && bucket.any(|i| self.holds(i, addr) || self.is_free(i)) {
-            return;
+            return Ok(true);
         }
         let tag = self.tag(first);
-        if tag & BANX_OVERFLOW == 0 {
+        if self.overflow_bits && tag & BANX_OVERFLOW == 0 {
             self.slot(first)[self.layout.tag_at].store(tag | BANX_OVERFLOW, Ordering::SeqCst);
         }
+        Ok(false)
+    }
+
+    /// The slot holding `addr` in `generation`, if any, mapping the slots to look.
+    fn lookup(&mut self, generation: u8, addr: &[u8; 16]) -> Result<Option<u32>> {
+        self.map_slots()?;
+        Ok(self.find(generation, addr))
     }
 
     /// Whether `generation`'s bucket holding `addr` has overflowed (`reserve`).
-    fn overflowed(&self, generation: u8, addr: &[u8; 16]) -> bool {
-        self.bucket(generation, addr)
+    fn overflowed(&mut self, generation: u8, addr: &[u8; 16]) -> Result<bool> {
+        self.map_slots()?;
+        Ok(self
+            .bucket(generation, addr)
             .next()
-            .is_some_and(|first| self.tag(first) & BANX_OVERFLOW != 0)
+            .is_some_and(|first| self.tag(first) & BANX_OVERFLOW != 0))
     }
 
     /// Puts `addr`'s ban (`kind`, `expires_ns`) in `generation`'s slots: in place if it has
@@ -529,6 +609,7 @@ impl FastBans {
         if !self.enabled {
             return Ok(());
         }
+        self.map_slots()?;
         let l = self.layout;
         let tag = if l.words == 2 {
             netmon_common::banx4_tag(v4_of(addr), kind)
@@ -556,18 +637,20 @@ impl FastBans {
     }
 
     /// Takes `addr` out of `generation`'s slots (its bucket's overflow bit stays).
-    fn remove(&mut self, generation: u8, addr: &[u8; 16]) {
-        if let Some(i) = self.find(generation, addr) {
+    fn remove(&mut self, generation: u8, addr: &[u8; 16]) -> Result<()> {
+        if let Some(i) = self.lookup(generation, addr)? {
             self.set_tag(i, 0);
         }
+        Ok(())
     }
 
     /// Empties `generation`'s slots, overflow bits included: for a generation that holds no
     /// ban and is not declared complete.
-    fn clear(&mut self, generation: u8) {
+    fn clear(&mut self, generation: u8) -> Result<()> {
         if generation != 1 && generation != 2 {
-            return;
+            return Ok(());
         }
+        self.map_slots()?;
         let per_generation = self.layout.slots as u32 / 2;
         let first = (u32::from(generation) - 1) * per_generation;
         for i in first..first + per_generation {
@@ -575,6 +658,7 @@ impl FastBans {
                 self.slot(i)[self.layout.tag_at].store(0, Ordering::SeqCst);
             }
         }
+        Ok(())
     }
 }
 
@@ -899,6 +983,11 @@ impl DropMaps {
                     overflow_bits,
                 )?,
             ],
+            // Maps as old as the wide arrays all have the overflow bits.
+            wide: [
+                FastBans::new(&WIDE4, take("NETMON_BANW4"), take("NETMON_BANWCNT4"), true)?,
+                FastBans::new(&WIDE6, take("NETMON_BANW6"), take("NETMON_BANWCNT6"), true)?,
+            ],
             capacity,
         })
     }
@@ -948,27 +1037,30 @@ impl DropMaps {
     }
 
     /// The kernel's copy of a ban: expiry and hit counters (its entry's and, for an exact
-    /// ban, its NETMON_BANX4/6 slot's). Maps the slots' counters until `release_counters`.
+    /// ban, its slot's in NETMON_BANX4/6 or NETMON_BANW4/6). Maps the slots' counters until
+    /// `release_counters`.
     pub fn hits(&mut self, generation: u8, net: &Net) -> Result<Option<BanValue>> {
         let Some(mut v) = self.value(generation, net) else {
             return Ok(None);
         };
-        if let Some((f, a)) = fast_key(net)
-            && let Some(i) = self.fast[f].find(generation, &a)
-        {
-            let h = self.fast[f].hits.read(i)?;
-            v.packets += h.packets;
-            v.bytes += h.bytes;
-            v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
+        if let Some((f, a)) = fast_key(net) {
+            for arrays in [&mut self.fast[f], &mut self.wide[f]] {
+                if let Some(i) = arrays.lookup(generation, &a)? {
+                    let h = arrays.hits.read(i)?;
+                    v.packets += h.packets;
+                    v.bytes += h.bytes;
+                    v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
+                }
+            }
         }
         Ok(Some(v))
     }
 
-    /// Unmaps the exact ban slots' counters (mapped by the calls that read or zero them),
-    /// which count in this process's RSS while mapped.
+    /// Unmaps the exact ban slots' counters and the wide arrays' slots (mapped by the calls
+    /// that read or write them), which count in this process's RSS while mapped.
     pub fn release_counters(&mut self) {
-        for f in &mut self.fast {
-            f.hits.release();
+        for f in self.fast.iter_mut().chain(&mut self.wide) {
+            f.release();
         }
     }
 
@@ -979,18 +1071,43 @@ impl DropMaps {
         r
     }
 
-    /// Whether the bucket of NETMON_BANX4/6 that `net` (an address) belongs to in
-    /// `generation` has overflowed: some exact ban of it is in the hash map alone, where the
-    /// programs look after a miss there.
-    pub fn exact_bucket_overflowed(&self, generation: u8, net: &Net) -> bool {
-        fast_key(net).is_some_and(|(f, a)| self.fast[f].overflowed(generation, &a))
+    /// Whether the buckets that `net` (an address) belongs to in `generation` have
+    /// overflowed: of NETMON_BANX4/6 (some exact ban of it is in the wide array or the hash
+    /// map, where the programs look after a miss there) and of NETMON_BANW4/6 (some is in
+    /// the hash map alone).
+    pub fn exact_buckets_overflowed(&mut self, generation: u8, net: &Net) -> Result<[bool; 2]> {
+        let Some((f, a)) = fast_key(net) else {
+            return Ok([false; 2]);
+        };
+        self.counting(|m| {
+            Ok([
+                m.fast[f].overflowed(generation, &a)?,
+                m.wide[f].overflowed(generation, &a)?,
+            ])
+        })
     }
 
-    /// Whether exact bans written from now on go into NETMON_BANX4/6 as well as
-    /// NETMON_BAN4/6 (on by default; off, the programs find them in the hash maps alone, as
-    /// benchmarks measure that path).
+    /// Which exact ban array holds `net` (an address) in `generation`: NETMON_BANX4/6,
+    /// NETMON_BANW4/6, or neither (the hash map alone, or no ban).
+    pub fn exact_array(&mut self, generation: u8, net: &Net) -> Result<Option<&'static str>> {
+        let Some((f, a)) = fast_key(net) else {
+            return Ok(None);
+        };
+        self.counting(|m| {
+            for arrays in [&mut m.fast[f], &mut m.wide[f]] {
+                if arrays.lookup(generation, &a)?.is_some() {
+                    return Ok(Some(arrays.layout.name));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Whether exact bans written from now on go into the exact ban arrays (NETMON_BANX4/6,
+    /// NETMON_BANW4/6) as well as NETMON_BAN4/6 (on by default; off, the programs find them
+    /// in the hash maps alone, as benchmarks measure that path).
     pub fn set_fast(&mut self, on: bool) {
-        for f in &mut self.fast {
+        for f in self.fast.iter_mut().chain(&mut self.wide) {
             f.enabled = on;
         }
     }
@@ -1027,10 +1144,20 @@ impl DropMaps {
             prefix_len: b.net.prefix(),
             ..old
         };
-        let fast = fast_key(&b.net);
-        if let Some((f, a)) = fast {
-            self.fast[f].reserve(generation, &a);
-        }
+        // The array that will hold an exact ban: the one that does, else NETMON_BANX4/6 where
+        // its bucket has room, else the wide one (its bucket in NETMON_BANX4/6 marked
+        // overflowed first, and the wide bucket too where that has none).
+        let fast = match fast_key(&b.net) {
+            Some((f, a)) => {
+                let wide = self.wide[f].lookup(generation, &a)?.is_some()
+                    || !self.fast[f].reserve(generation, &a)?;
+                if wide {
+                    self.wide[f].reserve(generation, &a)?;
+                }
+                Some((f, a, wide))
+            }
+            None => None,
+        };
         let o = b.net.octets();
         let r = match (b.net.is_v4(), b.net.is_host()) {
             (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
@@ -1039,9 +1166,14 @@ impl DropMaps {
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
-        if let Some((f, a)) = fast {
-            let name = self.fast[f].layout.name;
-            self.fast[f]
+        if let Some((f, a, wide)) = fast {
+            let arrays = if wide {
+                &mut self.wide[f]
+            } else {
+                &mut self.fast[f]
+            };
+            let name = arrays.layout.name;
+            arrays
                 .put(generation, &a, v.kind, v.expires_ns)
                 .with_context(|| format!("writing the ban on {} into {name}", b.net))?;
         }
@@ -1084,6 +1216,9 @@ impl DropMaps {
     fn fast_complete(&mut self, generation: u8) -> Result<()> {
         self.set_cfg(dropcfg::BANX_COMPLETE, u64::from(generation), || {
             "enabling the exact ban arrays' overflow bits".into()
+        })?;
+        self.set_cfg(dropcfg::BANW_COMPLETE, u64::from(generation), || {
+            "enabling the wide exact ban arrays' overflow bits".into()
         })
     }
 
@@ -1113,14 +1248,18 @@ impl DropMaps {
         let complete = |cfg: &Array<MapData, u64>, at: u32| {
             cfg.get(&at, 0).unwrap_or(0) == u64::from(generation)
         };
-        if complete(&self.cfg, dropcfg::BANX_COMPLETE) {
-            self.set_cfg(dropcfg::BANX_COMPLETE, 0, || {
-                "disabling the exact ban arrays' overflow bits".into()
-            })?;
+        for (at, what) in [
+            (dropcfg::BANX_COMPLETE, "exact ban arrays'"),
+            (dropcfg::BANW_COMPLETE, "wide exact ban arrays'"),
+        ] {
+            if complete(&self.cfg, at) {
+                self.set_cfg(at, 0, || format!("disabling the {what} overflow bits"))?;
+            }
         }
-        for f in &mut self.fast {
-            f.clear(generation);
+        for f in self.fast.iter_mut().chain(&mut self.wide) {
+            f.clear(generation)?;
         }
+        self.release_counters();
         for i in 0..self.filters.len() {
             let (at, kind) = (self.filters[i].complete_at, self.filters[i].kind);
             if complete(&self.cfg, at) {
@@ -1132,8 +1271,28 @@ impl DropMaps {
     }
 
     pub fn remove_ban(&mut self, generation: u8, net: &Net) -> Result<()> {
+        self.remove_bans(generation, [net])
+    }
+
+    /// `remove_ban` for each of `nets`.
+    pub fn remove_bans<'a>(
+        &mut self,
+        generation: u8,
+        nets: impl IntoIterator<Item = &'a Net>,
+    ) -> Result<()> {
+        self.counting(|m| {
+            for net in nets {
+                m.remove_ban_entry(generation, net)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `remove_ban`, leaving the wide arrays mapped (for bulk removals).
+    fn remove_ban_entry(&mut self, generation: u8, net: &Net) -> Result<()> {
         if let Some((f, a)) = fast_key(net) {
-            self.fast[f].remove(generation, &a);
+            self.fast[f].remove(generation, &a)?;
+            self.wide[f].remove(generation, &a)?;
         }
         let o = net.octets();
         removed(match (net.is_v4(), net.is_host()) {
@@ -1252,13 +1411,13 @@ impl DropMaps {
     /// Removes every ban entry of `generation` (one pass over the ban maps).
     pub fn clear_generation(&mut self, generation: u8) -> Result<()> {
         let nets = self.ban_nets()?.remove(&generation).unwrap_or_default();
-        self.remove_generation(generation, &nets)
+        self.counting(|m| m.remove_generation(generation, &nets))
     }
 
     /// Removes `nets` from `generation`, and the generation's filters with them.
     fn remove_generation(&mut self, generation: u8, nets: &HashSet<Net>) -> Result<()> {
         for n in nets {
-            self.remove_ban(generation, n)?;
+            self.remove_ban_entry(generation, n)?;
         }
         if generation == 1 || generation == 2 {
             self.filters_clear(generation)?;
@@ -1367,7 +1526,7 @@ impl DropMaps {
         self.set_generation(generation)?;
         let wanted: HashSet<Net> = live.iter().map(|b| b.net).collect();
         for n in here.difference(&wanted) {
-            self.remove_ban(generation, n)?;
+            self.remove_ban_entry(generation, n)?;
         }
         let allowed: HashSet<Net> = state.allows.iter().map(|a| a.net).collect();
         for n in self.allow_keys().difference(&allowed) {
