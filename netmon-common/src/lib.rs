@@ -728,6 +728,26 @@ pub const BANW6_BUCKETS: u32 = 32768;
 /// Slots of `NETMON_BANW6` (both generations).
 pub const BANW6_SLOTS: u32 = 2 * BANW6_BUCKETS * BANW6_WAYS;
 
+/// One bucket of `NETMON_BANW4`, a map value: its slots (a cache line), then their hit
+/// counters, shared by the CPUs (atomic adds, as a hash entry's: per-CPU counters for this
+/// many slots would cost megabytes per CPU). A hit reads the counters next to the slots, in
+/// the same page (one TLB entry, not two). Slot `i` of the array is way `i % BANW4_WAYS` of
+/// bucket `i / BANW4_WAYS`. 192 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WideBucket4 {
+    pub slots: [BanSlot4; BANW4_WAYS as usize],
+    pub hits: [BanHits; BANW4_WAYS as usize],
+}
+
+/// One bucket of `NETMON_BANW6`, as `WideBucket4`. 128 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WideBucket6 {
+    pub slots: [BanSlot6; BANW6_WAYS as usize],
+    pub hits: [BanHits; BANW6_WAYS as usize],
+}
+
 /// The first `NETMON_BANW4` slot of `addr`'s bucket in `generation` (1 or 2): a hash
 /// independent of `banx4_bucket`'s (murmur3's finalizer), so that the addresses that
 /// overflow one bucket of `NETMON_BANX4` spread over the whole of `NETMON_BANW4`.
@@ -896,6 +916,8 @@ mod pod {
     unsafe impl aya::Pod for super::BanSlot4 {}
     unsafe impl aya::Pod for super::BanSlot6 {}
     unsafe impl aya::Pod for super::BanHits {}
+    unsafe impl aya::Pod for super::WideBucket4 {}
+    unsafe impl aya::Pod for super::WideBucket6 {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey4> {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey> {}
     unsafe impl aya::Pod for super::IfaceKey {}

@@ -55,8 +55,9 @@ use netmon_common::{
     BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey,
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
-    TAB_WAYS, TabBucket, TabEvicted, TabSlot, ban_kind, config, counter, drop_slot, dropcfg,
-    iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state, tp_offsets, v4_mapped,
+    TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter,
+    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
+    tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -191,19 +192,14 @@ static NETMON_BANCNT6: Array<BanHits> = Array::pinned(BANX6_SLOTS, BPF_F_MMAPABL
 #[map]
 static NETMON_BAN6: HashMap<BanKey6, BanValue> = HashMap::pinned(262_144, BPF_F_NO_PREALLOC);
 /// The wide exact ban arrays: the exact bans that find no slot in `NETMON_BANX4`/`6` (whose
-/// bucket then carries `BANX_OVERFLOW`, which sends the programs here), as `BanSlot4`/`6`
-/// in buckets of their own hash (`banw4_bucket`, `banw6_bucket`), so that a list of tens of
-/// thousands of addresses still drops without a kernel hash lookup. Their hit counters
-/// (`NETMON_BANWCNT4`/`6`) are one `BanHits` per slot, shared by the CPUs (atomic adds), as a
-/// hash entry's are: per-CPU counters for this many slots would cost megabytes per CPU.
+/// bucket then carries `BANX_OVERFLOW`, which sends the programs here), in buckets of their
+/// own hash (`banw4_bucket`, `banw6_bucket`) that hold their slots' hit counters too
+/// (`WideBucket4`/`6`), so that a list of tens of thousands of addresses still drops without
+/// a kernel hash lookup.
 #[map]
-static NETMON_BANW4: Array<BanSlot4> = Array::pinned(BANW4_SLOTS, BPF_F_MMAPABLE);
+static NETMON_BANW4: Array<WideBucket4> = Array::pinned(BANW4_SLOTS / BANW4_WAYS, BPF_F_MMAPABLE);
 #[map]
-static NETMON_BANWCNT4: Array<BanHits> = Array::pinned(BANW4_SLOTS, BPF_F_MMAPABLE);
-#[map]
-static NETMON_BANW6: Array<BanSlot6> = Array::pinned(BANW6_SLOTS, BPF_F_MMAPABLE);
-#[map]
-static NETMON_BANWCNT6: Array<BanHits> = Array::pinned(BANW6_SLOTS, BPF_F_MMAPABLE);
+static NETMON_BANW6: Array<WideBucket6> = Array::pinned(BANW6_SLOTS / BANW6_WAYS, BPF_F_MMAPABLE);
 /// Prefixes (longest match), key data `[generation, address...]`.
 #[map]
 static NETMON_BANPFX4: LpmTrie<BanPrefix4, BanValue> = LpmTrie::pinned(262_144, 0);
@@ -1183,24 +1179,27 @@ fn wide_may_be_hashed(generation: u8, overflowed: bool) -> bool {
 #[inline(always)]
 fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V4 != 0 {
+        let first = netmon_common::banx4_bucket(generation, a);
         let narrow = exact4(
-            &NETMON_BANX4,
-            &NETMON_BANCNT4,
-            Some(BANX4_SLOTS),
-            netmon_common::banx4_bucket(generation, a),
+            |way| NETMON_BANX4.get_ptr(first + way),
+            |way| {
+                // SAFETY: helper without preconditions.
+                let cpu = unsafe { bpf_get_smp_processor_id() };
+                let at = netmon_common::ban_hits_index(cpu, BANX4_SLOTS, first + way);
+                NETMON_BANCNT4.get_ptr_mut(at)
+            },
+            false,
             BANX4_WAYS,
             a,
         );
-        match narrow.or_wide(generation, || {
-            exact4(
-                &NETMON_BANW4,
-                &NETMON_BANWCNT4,
-                None,
-                netmon_common::banw4_bucket(generation, a),
-                BANW4_WAYS,
-                a,
-            )
-        }) {
+        let exact = match narrow {
+            Exact::Miss { overflowed } if narrow_may_be_past(generation, overflowed) => {
+                wide4(generation, a)
+            }
+            Exact::Miss { .. } => Exact::Absent,
+            hit => hit,
+        };
+        match exact {
             Exact::Hit(ban) => return Some(ban),
             Exact::Miss { overflowed } if wide_may_be_hashed(generation, overflowed) => {
                 let key = BanKey4 {
@@ -1209,7 +1208,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
                     ..zeroed()
                 };
                 if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
-                    return Some(Ban::Entry(v, now));
+                    return Some(Ban::entry(v, now));
                 }
             }
             _ => {}
@@ -1218,7 +1217,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
     if flags & dropcfg::HAS_PREFIX_V4 != 0 {
         let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
         if let Some(v) = NETMON_BANPFX4.get(key) {
-            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::entry(v, now));
         }
     }
     None
@@ -1228,24 +1227,27 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
 #[inline(always)]
 fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V6 != 0 {
+        let first = netmon_common::banx6_bucket(generation, addr);
         let narrow = exact6(
-            &NETMON_BANX6,
-            &NETMON_BANCNT6,
-            Some(BANX6_SLOTS),
-            netmon_common::banx6_bucket(generation, addr),
+            |way| NETMON_BANX6.get_ptr(first + way),
+            |way| {
+                // SAFETY: helper without preconditions.
+                let cpu = unsafe { bpf_get_smp_processor_id() };
+                let at = netmon_common::ban_hits_index(cpu, BANX6_SLOTS, first + way);
+                NETMON_BANCNT6.get_ptr_mut(at)
+            },
+            false,
             BANX6_WAYS,
             addr,
         );
-        match narrow.or_wide(generation, || {
-            exact6(
-                &NETMON_BANW6,
-                &NETMON_BANWCNT6,
-                None,
-                netmon_common::banw6_bucket(generation, addr),
-                BANW6_WAYS,
-                addr,
-            )
-        }) {
+        let exact = match narrow {
+            Exact::Miss { overflowed } if narrow_may_be_past(generation, overflowed) => {
+                wide6(generation, addr)
+            }
+            Exact::Miss { .. } => Exact::Absent,
+            hit => hit,
+        };
+        match exact {
             Exact::Hit(ban) => return Some(ban),
             Exact::Miss { overflowed } if wide_may_be_hashed(generation, overflowed) => {
                 let key = BanKey6 {
@@ -1254,7 +1256,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
                     ..zeroed()
                 };
                 if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
-                    return Some(Ban::Entry(v, now));
+                    return Some(Ban::entry(v, now));
                 }
             }
             _ => {}
@@ -1269,7 +1271,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
             i += 1;
         }
         if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::Entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::entry(v, now));
         }
     }
     None
@@ -1281,40 +1283,82 @@ enum Exact {
     Hit(Ban),
     /// None (or an expired one); `overflowed`: the bucket's `BANX_OVERFLOW` bit.
     Miss { overflowed: bool },
-    /// None, and no other map can hold one (`or_wide`).
+    /// None, and no other map can hold one (`narrow_may_be_past` said so).
     Absent,
 }
 
-impl Exact {
-    /// After a miss in `NETMON_BANX4`/`6` (this), the wide array's answer (`wide`), where the
-    /// ban may be there: the bucket overflowed, or `generation`'s arrays are not complete
-    /// (`dropcfg::BANX_COMPLETE`).
-    #[inline(always)]
-    fn or_wide(self, generation: u8, wide: impl FnOnce() -> Exact) -> Exact {
-        match self {
-            Exact::Miss { overflowed }
-                if overflowed || dropcfg(dropcfg::BANX_COMPLETE) != u64::from(generation) =>
-            {
-                wide()
-            }
-            Exact::Miss { .. } => Exact::Absent,
-            hit => hit,
-        }
-    }
+/// Whether, after a miss in a bucket of `NETMON_BANX4`/`6`, the ban may be in the wide array:
+/// the bucket overflowed, or `generation`'s arrays are not complete
+/// (`dropcfg::BANX_COMPLETE`).
+#[inline(always)]
+fn narrow_may_be_past(generation: u8, overflowed: bool) -> bool {
+    overflowed || dropcfg(dropcfg::BANX_COMPLETE) != u64::from(generation)
 }
 
-/// A ban that matched: an entry of a ban map (with the time it was checked at), or a slot of
-/// an exact ban array, with its counters (`hits`: this CPU's of a `NETMON_BANX4`/`6` slot,
-/// `shared` false; the slot's own of a `NETMON_BANW4`/`6` slot, which every CPU adds to,
-/// `shared` true; None only if the loader sized the counters short).
-enum Ban {
-    Entry(*mut BanValue, u64),
-    Fast {
-        hits: Option<*mut BanHits>,
-        shared: bool,
-        kind: u8,
-        now: u64,
-    },
+/// `a`'s live slot in its bucket of `NETMON_BANW4`, if it has one.
+#[inline(always)]
+fn wide4(generation: u8, a: [u8; 4]) -> Exact {
+    let at = netmon_common::banw4_bucket(generation, a) / BANW4_WAYS;
+    let Some(b) = NETMON_BANW4.get_ptr_mut(at) else {
+        return Exact::Miss { overflowed: true };
+    };
+    // SAFETY: `b` is a live map value; `way` < BANW4_WAYS, the length of both arrays.
+    exact4(
+        |way| Some(unsafe { (&raw const (*b).slots).cast::<BanSlot4>().add(way as usize) }),
+        |way| Some(unsafe { (&raw mut (*b).hits).cast::<BanHits>().add(way as usize) }),
+        true,
+        BANW4_WAYS,
+        a,
+    )
+}
+
+/// `a`'s live slot in its bucket of `NETMON_BANW6`, if it has one.
+#[inline(always)]
+fn wide6(generation: u8, a: &[u8; 16]) -> Exact {
+    let at = netmon_common::banw6_bucket(generation, a) / BANW6_WAYS;
+    let Some(b) = NETMON_BANW6.get_ptr_mut(at) else {
+        return Exact::Miss { overflowed: true };
+    };
+    // SAFETY: `b` is a live map value; `way` < BANW6_WAYS, the length of both arrays.
+    exact6(
+        |way| Some(unsafe { (&raw const (*b).slots).cast::<BanSlot6>().add(way as usize) }),
+        |way| Some(unsafe { (&raw mut (*b).hits).cast::<BanHits>().add(way as usize) }),
+        true,
+        BANW6_WAYS,
+        a,
+    )
+}
+
+/// A ban that matched, with the time it was checked at: an entry of a ban map, or a slot of
+/// an exact ban array with its counters (this CPU's of a `NETMON_BANX4`/`6` slot; the
+/// slot's own of a `NETMON_BANW4`/`6` slot, which every CPU adds to).
+struct Ban {
+    /// The ban map entry that matched; null for a slot of an exact ban array.
+    entry: *mut BanValue,
+    /// The slot's counters; null for an entry (or if the loader sized them short).
+    hits: *mut BanHits,
+    /// Whether other CPUs add to `hits` too (a wide array's slot).
+    shared: bool,
+    /// The slot's ban kind (an entry holds its own).
+    kind: u8,
+    /// When it was checked.
+    now: u64,
+}
+
+impl Ban {
+    /// Every field is set on every path, so that the compiler never carries an undefined
+    /// register into code the verifier checks: with an enum, it did (an unset payload field
+    /// of the other variant, spilled around a helper call: "R5 !read_ok").
+    #[inline(always)]
+    fn entry(v: *mut BanValue, now: u64) -> Ban {
+        Ban {
+            entry: v,
+            hits: core::ptr::null_mut(),
+            shared: false,
+            kind: 0,
+            now,
+        }
+    }
 }
 
 /// A live ban in a slot whose tag matched: `None` when it has expired. The counters are
@@ -1322,13 +1366,12 @@ enum Ban {
 /// maps, the verifier could not inline it (a map pointer that differs between paths), and
 /// the generic helper's call cost the drop ~20 ns with everything in the caches.
 ///
-/// `per_cpu`: the slots of the counters' map per CPU (`NETMON_BANCNT4`/`6`); None for the
-/// wide arrays' shared counters, one per slot.
+/// `hits`: the slot's counters (this CPU's of a narrow array's slot, or the wide bucket's
+/// `shared` ones), found only for a live ban.
 #[inline(always)]
 fn fast_hit(
-    hits: &'static Array<BanHits>,
-    per_cpu: Option<u32>,
-    index: u32,
+    hits: impl FnOnce() -> Option<*mut BanHits>,
+    shared: bool,
     tag: u64,
     expires: *const u64,
 ) -> Exact {
@@ -1340,30 +1383,24 @@ fn fast_hit(
         // An expired ban is in the hash map too, equally expired: nothing to look up.
         return Exact::Miss { overflowed: false };
     }
-    let at = match per_cpu {
-        // SAFETY: helper without preconditions.
-        Some(slots) => {
-            netmon_common::ban_hits_index(unsafe { bpf_get_smp_processor_id() }, slots, index)
-        }
-        None => index,
-    };
-    Exact::Hit(Ban::Fast {
-        hits: hits.get_ptr_mut(at),
-        shared: per_cpu.is_none(),
+    Exact::Hit(Ban {
+        entry: core::ptr::null_mut(),
+        hits: hits().unwrap_or(core::ptr::null_mut()),
+        shared,
         kind: (tag >> 32) as u8,
         now,
     })
 }
 
-/// `a`'s live slot in the bucket of `map` (NETMON_BANX6 or NETMON_BANW6) whose `ways` slots
-/// start at `first`, if it has one; `hits` and `per_cpu` its counters (`fast_hit`). Each
-/// call names its maps: the verifier inlines a lookup whose map is the same on every path.
+/// `a`'s live slot in a bucket of NETMON_BANX6 or NETMON_BANW6 (`ways` slots, way `w` at
+/// `slot(w)`), if it has one; `hits(w)` its counters, `shared` or not (`fast_hit`). Each
+/// call site names its maps: the verifier inlines a lookup whose map is the same on every
+/// path.
 #[inline(always)]
 fn exact6(
-    map: &'static Array<BanSlot6>,
-    hits: &'static Array<BanHits>,
-    per_cpu: Option<u32>,
-    first: u32,
+    slot: impl Fn(u32) -> Option<*const BanSlot6>,
+    hits: impl Fn(u32) -> Option<*mut BanHits>,
+    shared: bool,
     ways: u32,
     a: &[u8; 16],
 ) -> Exact {
@@ -1371,8 +1408,7 @@ fn exact6(
     let mut overflowed = true;
     let mut way = 0;
     while way < ways {
-        let index = first + way;
-        let Some(s) = map.get_ptr(index) else {
+        let Some(s) = slot(way) else {
             return Exact::Miss { overflowed: true };
         };
         // SAFETY: a live map value; userspace writes the tag last and clears it first, and
@@ -1394,7 +1430,7 @@ fn exact6(
                 }
                 compiler_fence(Ordering::SeqCst);
                 if same && core::ptr::read_volatile(&raw const (*s).tag) == tag {
-                    return fast_hit(hits, per_cpu, index, tag, &raw const (*s).expires_ns);
+                    return fast_hit(|| hits(way), shared, tag, &raw const (*s).expires_ns);
                 }
             }
         }
@@ -1403,14 +1439,12 @@ fn exact6(
     Exact::Miss { overflowed }
 }
 
-/// `a`'s live slot in the bucket of `map` (NETMON_BANX4 or NETMON_BANW4) whose `ways` slots
-/// start at `first`, as `exact6`.
+/// `a`'s live slot in a bucket of NETMON_BANX4 or NETMON_BANW4, as `exact6`.
 #[inline(always)]
 fn exact4(
-    map: &'static Array<BanSlot4>,
-    hits: &'static Array<BanHits>,
-    per_cpu: Option<u32>,
-    first: u32,
+    slot: impl Fn(u32) -> Option<*const BanSlot4>,
+    hits: impl Fn(u32) -> Option<*mut BanHits>,
+    shared: bool,
     ways: u32,
     a: [u8; 4],
 ) -> Exact {
@@ -1418,8 +1452,7 @@ fn exact4(
     let mut overflowed = true;
     let mut way = 0;
     while way < ways {
-        let index = first + way;
-        let Some(s) = map.get_ptr(index) else {
+        let Some(s) = slot(way) else {
             return Exact::Miss { overflowed: true };
         };
         // SAFETY: a live map value; userspace writes it with ordered stores, the tag last.
@@ -1430,7 +1463,7 @@ fn exact4(
         // The kind and the overflow bit are in the tag: compared without them.
         if tag & !(BANX_KIND | BANX_OVERFLOW) == want {
             // SAFETY: as above.
-            return fast_hit(hits, per_cpu, index, tag, unsafe {
+            return fast_hit(|| hits(way), shared, tag, unsafe {
                 &raw const (*s).expires_ns
             });
         }
@@ -1551,35 +1584,32 @@ unsafe fn atomic_add(dst: *mut u64, val: u64) {
 /// NETMON_BANX4/6 slot's in this CPU's part of its counters) and per interface and kind.
 #[inline(always)]
 fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
-    let kind = match ban {
-        // SAFETY: map values live for the program run and are 8-byte aligned; the kernel
-        // maps them writable.
-        Ban::Entry(v, now) => unsafe {
-            atomic_add(&raw mut (*v).packets, 1);
-            atomic_add(&raw mut (*v).bytes, len);
-            (*v).last_hit_ns = now;
-            (*v).kind
-        },
-        Ban::Fast {
-            hits,
-            shared,
-            kind,
-            now,
-        } => {
-            if let Some(h) = hits {
-                // SAFETY: a live, 8-byte aligned map value. Not shared: this CPU's counters
-                // of the slot, which only this CPU's programs write, and they do not
-                // interleave on the packet path. Shared: atomic adds, as a hash entry's.
-                unsafe {
-                    if shared {
-                        atomic_add(&raw mut (*h).packets, 1);
-                        atomic_add(&raw mut (*h).bytes, len);
-                    } else {
-                        (*h).packets += 1;
-                        (*h).bytes += len;
-                    }
-                    (*h).last_hit_ns = now;
+    let Ban {
+        entry,
+        hits,
+        shared,
+        kind,
+        now,
+    } = ban;
+    // SAFETY: map values live for the program run and are 8-byte aligned; the kernel maps
+    // them writable. A slot's counters that are not shared are this CPU's: only this CPU's
+    // programs write them, and they do not interleave on the packet path.
+    let kind = unsafe {
+        if !entry.is_null() {
+            atomic_add(&raw mut (*entry).packets, 1);
+            atomic_add(&raw mut (*entry).bytes, len);
+            (*entry).last_hit_ns = now;
+            (*entry).kind
+        } else {
+            if !hits.is_null() {
+                if shared {
+                    atomic_add(&raw mut (*hits).packets, 1);
+                    atomic_add(&raw mut (*hits).bytes, len);
+                } else {
+                    (*hits).packets += 1;
+                    (*hits).bytes += len;
                 }
+                (*hits).last_hit_ns = now;
             }
             kind
         }

@@ -29,16 +29,14 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 20] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANCNT4",
     "NETMON_BANX6",
     "NETMON_BANCNT6",
     "NETMON_BANW4",
-    "NETMON_BANWCNT4",
     "NETMON_BANW6",
-    "NETMON_BANWCNT6",
     "NETMON_BAN6",
     "NETMON_BANPFX4",
     "NETMON_BANPFX6",
@@ -187,8 +185,8 @@ pub struct DropMaps {
     filters: [BitFilter; 3],
     /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANCNT4/6).
     fast: [FastBans; 2],
-    /// Its wide part, for the exact bans that find no slot there: IPv4, IPv6 (NETMON_BANW4/6,
-    /// NETMON_BANWCNT4/6).
+    /// Its wide part, for the exact bans that find no slot there: IPv4, IPv6
+    /// (NETMON_BANW4/6).
     wide: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
@@ -203,18 +201,19 @@ pub struct DropMaps {
 /// (`dropcfg::BANX_COMPLETE`) a miss in a bucket without the bit needs no lookup after it.
 /// The wide arrays NETMON_BANW4/6, where the programs look next, work the same way for the
 /// bans that found no slot here (`dropcfg::BANW_COMPLETE`), with counters shared by the
-/// CPUs (NETMON_BANWCNT4/6); only a ban that finds no slot in either is in the hash map
-/// alone.
+/// CPUs in each bucket (`WideBucket4`/`6`); only a ban that finds no slot in either is in the
+/// hash map alone.
 struct FastBans {
     layout: &'static Layout,
-    /// The slots: mapped for the maps' life (128 or 256 KiB), or, for the wide arrays (4 MiB
-    /// each), while they are written or read (`map_slots` to `release`), since a mapping
-    /// counts in this process's RSS.
+    /// The slots: mapped for the maps' life (128 or 256 KiB), or, for the wide arrays (12 and
+    /// 8 MiB with their counters), while they are written or read (`map_slots` to
+    /// `release`), since a mapping counts in this process's RSS.
     mem: Option<crate::mapmem::MapMemory>,
     /// The map itself: programs loaded after the maps were taken out of the object refer to
     /// it by this fd.
     slots: MapData,
-    hits: BanCounters,
+    /// The per-CPU counters of a narrow array's slots (a wide array's are in its buckets).
+    hits: Option<BanCounters>,
     /// Off: bans go to the hash map only (`DropMaps::set_fast`: benchmarks measure that
     /// path).
     enabled: bool,
@@ -226,10 +225,9 @@ struct FastBans {
 
 /// NETMON_BANCNT4 or NETMON_BANCNT6: the hit counters of an exact ban array's slots, one
 /// `BanHits` per slot and possible CPU (`netmon_common::ban_hits_index`), written by the
-/// programs with plain adds (each CPU its own); or NETMON_BANWCNT4/6, one per slot, shared
-/// by the CPUs (`ncpus` 1 here). Mapped on first use until `release`: a mapping of a BPF
-/// array has all its pages present at once (`slots` x 32 bytes per CPU), all of them in
-/// this process's RSS.
+/// programs with plain adds (each CPU its own). Mapped on first use until `release`: a
+/// mapping of a BPF array has all its pages present at once (`slots` x 32 bytes per CPU),
+/// all of them in this process's RSS.
 struct BanCounters {
     name: &'static str,
     map: MapData,
@@ -242,23 +240,18 @@ struct BanCounters {
 const HIT_WORDS: usize = size_of::<BanHits>() / size_of::<u64>();
 
 impl BanCounters {
-    fn new(name: &'static str, map: Map, slots: usize, per_cpu: bool) -> Result<Self> {
+    fn new(name: &'static str, map: Map, slots: usize) -> Result<Self> {
         let Map::Array(map) = map else {
             bail!("{name} is not an array");
         };
-        let ncpus = if per_cpu {
-            crate::mapmem::possible_cpus()?
-        } else {
-            1
-        };
+        let ncpus = crate::mapmem::possible_cpus()?;
         let info = map.info()?;
         let want = ncpus * slots;
         if info.max_entries() as usize != want || info.value_size() as usize != size_of::<BanHits>()
         {
             bail!(
                 "{name} has {} entries of {} bytes, {want} of {} expected ({slots} per possible \
-                 CPU, or in all for shared counters; a loader must size the per-CPU ones with \
-                 netmon::act::droplist::size_ban_counters)",
+                 CPU; a loader must size it with netmon::act::droplist::size_ban_counters)",
                 info.max_entries(),
                 info.value_size(),
                 size_of::<BanHits>()
@@ -365,11 +358,10 @@ pub fn size_ban_counters(loader: &mut aya::EbpfLoader<'_>) -> Result<()> {
 /// One family's slot array: `BanSlot4` (the address in the tag) or `BanSlot6`.
 struct Layout {
     name: &'static str,
-    /// Its hit counters' map.
-    counters: &'static str,
-    /// Whether those are per CPU (NETMON_BANCNT4/6) or one per slot (the wide arrays', which
-    /// are also mapped only while in use).
-    per_cpu: bool,
+    /// Its per-CPU hit counters' map; None for a wide array, whose map values are whole
+    /// buckets (`WideBucket4`/`6`: the slots, then their shared counters), mapped only while
+    /// in use.
+    counters: Option<&'static str>,
     /// Slots in both generations.
     slots: usize,
     ways: u32,
@@ -384,8 +376,7 @@ struct Layout {
 
 const LAYOUT4: Layout = Layout {
     name: "NETMON_BANX4",
-    counters: "NETMON_BANCNT4",
-    per_cpu: true,
+    counters: Some("NETMON_BANCNT4"),
     slots: BANX4_SLOTS as usize,
     ways: BANX4_WAYS,
     words: 2,
@@ -396,8 +387,7 @@ const LAYOUT4: Layout = Layout {
 
 const LAYOUT6: Layout = Layout {
     name: "NETMON_BANX6",
-    counters: "NETMON_BANCNT6",
-    per_cpu: true,
+    counters: Some("NETMON_BANCNT6"),
     slots: BANX6_SLOTS as usize,
     ways: BANX6_WAYS,
     words: 4,
@@ -408,8 +398,7 @@ const LAYOUT6: Layout = Layout {
 
 const WIDE4: Layout = Layout {
     name: "NETMON_BANW4",
-    counters: "NETMON_BANWCNT4",
-    per_cpu: false,
+    counters: None,
     slots: BANW4_SLOTS as usize,
     ways: BANW4_WAYS,
     bucket: |g, a| netmon_common::banw4_bucket(g, v4_of(a)),
@@ -418,8 +407,7 @@ const WIDE4: Layout = Layout {
 
 const WIDE6: Layout = Layout {
     name: "NETMON_BANW6",
-    counters: "NETMON_BANWCNT6",
-    per_cpu: false,
+    counters: None,
     slots: BANW6_SLOTS as usize,
     ways: BANW6_WAYS,
     bucket: netmon_common::banw6_bucket,
@@ -439,19 +427,71 @@ fn v6_words(a: &[u8; 16]) -> [u64; 2] {
     ]
 }
 
+impl Layout {
+    fn wide(&self) -> bool {
+        self.counters.is_none()
+    }
+
+    /// The map's values: slots, or a wide array's buckets.
+    fn values(&self) -> usize {
+        if self.wide() {
+            self.slots / self.ways as usize
+        } else {
+            self.slots
+        }
+    }
+
+    /// 64-bit words per map value.
+    fn value_words(&self) -> usize {
+        if self.wide() {
+            self.ways as usize * (self.words + HIT_WORDS)
+        } else {
+            self.words
+        }
+    }
+
+    /// Where slot `i`'s words start in the mapped values.
+    fn slot_at(&self, i: u32) -> usize {
+        if self.wide() {
+            let ways = self.ways as usize;
+            let (b, w) = (i as usize / ways, i as usize % ways);
+            b * self.value_words() + w * self.words
+        } else {
+            i as usize * self.words
+        }
+    }
+
+    /// Where the counters of a wide array's slot `i` start in the mapped values.
+    fn hits_at(&self, i: u32) -> usize {
+        let ways = self.ways as usize;
+        let (b, w) = (i as usize / ways, i as usize % ways);
+        b * self.value_words() + ways * self.words + w * HIT_WORDS
+    }
+}
+
 impl FastBans {
-    fn new(layout: &'static Layout, slots: Map, hits: Map, overflow_bits: bool) -> Result<Self> {
-        let hits = BanCounters::new(layout.counters, hits, layout.slots, layout.per_cpu)?;
+    fn new(
+        layout: &'static Layout,
+        slots: Map,
+        hits: Option<Map>,
+        overflow_bits: bool,
+    ) -> Result<Self> {
+        let hits = match (layout.counters, hits) {
+            (Some(name), Some(map)) => Some(BanCounters::new(name, map, layout.slots)?),
+            _ => None,
+        };
         let name = layout.name;
         let Map::Array(slots) = slots else {
             bail!("{name} is not an array");
         };
-        let n = slots.info()?.max_entries() as usize;
-        if n != layout.slots {
+        let info = slots.info()?;
+        let (values, bytes) = (layout.values(), layout.value_words() * size_of::<u64>());
+        if info.max_entries() as usize != values || info.value_size() as usize != bytes {
             bail!(
-                "{name} has {n} slots, {} expected (pinned by another version of netmon? \
-                 remove it and start the daemon again)",
-                layout.slots
+                "{name} has {} entries of {} bytes, {values} of {bytes} expected (pinned by \
+                 another version of netmon? remove it and start the daemon again)",
+                info.max_entries(),
+                info.value_size(),
             );
         }
         let mut fast = Self {
@@ -462,7 +502,7 @@ impl FastBans {
             enabled: true,
             overflow_bits,
         };
-        if layout.per_cpu {
+        if !layout.wide() {
             fast.map_slots()?;
         }
         Ok(fast)
@@ -476,7 +516,7 @@ impl FastBans {
                 crate::mapmem::MapMemory::new(
                     self.slots.fd().as_fd(),
                     0,
-                    l.slots * l.words * size_of::<u64>(),
+                    l.values() * l.value_words() * size_of::<u64>(),
                     true,
                 )
                 .with_context(|| format!("mapping {}", l.name))?,
@@ -487,9 +527,54 @@ impl FastBans {
 
     /// Unmaps the counters, and the slots of a wide array.
     fn release(&mut self) {
-        self.hits.release();
-        if !self.layout.per_cpu {
+        if let Some(h) = &mut self.hits {
+            h.release();
+        }
+        if self.layout.wide() {
             self.mem = None;
+        }
+    }
+
+    /// A wide array's slot `i`'s counters: shared with the programs, which add to them.
+    fn wide_hits(&self, i: u32) -> &[AtomicU64] {
+        let at = self.layout.hits_at(i);
+        &self.words()[at..at + HIT_WORDS]
+    }
+
+    /// Slot `i`'s counters, summed over CPUs where they are per CPU.
+    fn read_hits(&mut self, i: u32) -> Result<BanHits> {
+        match &mut self.hits {
+            Some(h) => h.read(i),
+            None => Ok(sum_hits([
+                [0, 1, 2].map(|k| self.wide_hits(i)[k].load(Ordering::Relaxed))
+            ])),
+        }
+    }
+
+    /// Zeroes slot `i`'s counters (before a ban takes the slot).
+    fn zero_hits(&mut self, i: u32) -> Result<()> {
+        match &mut self.hits {
+            Some(h) => h.zero(i),
+            None => {
+                for w in self.wide_hits(i) {
+                    w.store(0, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The mapped values, as words.
+    fn words(&self) -> &[AtomicU64] {
+        let l = self.layout;
+        let mem = self
+            .mem
+            .as_ref()
+            .expect("map_slots before any slot is read");
+        // SAFETY: the mapping holds this many aligned words (the map's size checked in
+        // `new`), shared with the programs: atomics for every access.
+        unsafe {
+            std::slice::from_raw_parts(mem.ptr().cast::<AtomicU64>(), l.values() * l.value_words())
         }
     }
 
@@ -504,7 +589,10 @@ impl FastBans {
         for i in 0..old.len().min(self.layout.slots as u32) {
             let sum = sum_hits(old.get(&i, 0)?.iter().copied());
             if sum.packets != 0 || sum.bytes != 0 {
-                self.hits.add(i, sum)?;
+                self.hits
+                    .as_mut()
+                    .context("a wide array has no per-CPU counters")?
+                    .add(i, sum)?;
                 n += 1;
             }
         }
@@ -514,14 +602,9 @@ impl FastBans {
     /// Slot `i`'s words: shared with the programs, which only read them. The slots must be
     /// mapped (`map_slots`; the narrow arrays' always are).
     fn slot(&self, i: u32) -> &[AtomicU64] {
-        let w = self.layout.words;
         assert!((i as usize) < self.layout.slots);
-        let mem = self
-            .mem
-            .as_ref()
-            .expect("map_slots before any slot is read");
-        // SAFETY: within the mapping (its size checked in `new`); slots are aligned u64 words.
-        unsafe { std::slice::from_raw_parts(mem.ptr().cast::<AtomicU64>().add(w * i as usize), w) }
+        let at = self.layout.slot_at(i);
+        &self.words()[at..at + self.layout.words]
     }
 
     fn tag(&self, i: u32) -> u64 {
@@ -624,7 +707,7 @@ impl FastBans {
         let Some(i) = self.bucket(generation, addr).find(|&i| self.is_free(i)) else {
             return Ok(());
         };
-        self.hits.zero(i)?;
+        self.zero_hits(i)?;
         let s = self.slot(i);
         s[l.expires_at].store(expires_ns, Ordering::SeqCst);
         if l.words == 4 {
@@ -973,20 +1056,20 @@ impl DropMaps {
                 FastBans::new(
                     &LAYOUT4,
                     take("NETMON_BANX4"),
-                    take("NETMON_BANCNT4"),
+                    Some(take("NETMON_BANCNT4")),
                     overflow_bits,
                 )?,
                 FastBans::new(
                     &LAYOUT6,
                     take("NETMON_BANX6"),
-                    take("NETMON_BANCNT6"),
+                    Some(take("NETMON_BANCNT6")),
                     overflow_bits,
                 )?,
             ],
             // Maps as old as the wide arrays all have the overflow bits.
             wide: [
-                FastBans::new(&WIDE4, take("NETMON_BANW4"), take("NETMON_BANWCNT4"), true)?,
-                FastBans::new(&WIDE6, take("NETMON_BANW6"), take("NETMON_BANWCNT6"), true)?,
+                FastBans::new(&WIDE4, take("NETMON_BANW4"), None, true)?,
+                FastBans::new(&WIDE6, take("NETMON_BANW6"), None, true)?,
             ],
             capacity,
         })
@@ -1046,7 +1129,7 @@ impl DropMaps {
         if let Some((f, a)) = fast_key(net) {
             for arrays in [&mut self.fast[f], &mut self.wide[f]] {
                 if let Some(i) = arrays.lookup(generation, &a)? {
-                    let h = arrays.hits.read(i)?;
+                    let h = arrays.read_hits(i)?;
                     v.packets += h.packets;
                     v.bytes += h.bytes;
                     v.last_hit_ns = v.last_hit_ns.max(h.last_hit_ns);
