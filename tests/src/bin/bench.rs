@@ -30,6 +30,8 @@ use serde_json::Value;
 /// Distinct packets per pass: far more than fit in a cache line or two, fewer than a pass
 /// can afford to rebuild.
 const POOL: usize = 1024;
+/// Exact bans in section 1's large-list row.
+const LARGE_LIST: u32 = 100_000;
 /// Passes per figure; the median and p95 are over these.
 const PASSES: usize = 31;
 /// The daemon's default flow map size (netmon::load::MapSizes).
@@ -85,8 +87,7 @@ fn read_object(path: &str) -> Vec<u8> {
 /// section 1 (1,000 flows), and the hit on one cache-hot packet (`repeat` = 1,000): the
 /// program's own instructions, without the cache misses; and the drop of a pool of sources
 /// banned by 1,024 exact entries (`NETMON_COMPARE_BANS=hash`: in the hash maps alone;
-/// `NETMON_COMPARE_BAN_LIST=N`: written after N - 1,024 other exact bans), and of one of them
-/// cache-hot.
+/// `NETMON_COMPARE_BAN_LIST=N`: spread over N exact bans), and of one of them cache-hot.
 fn compare(a: &str, b: &str) {
     // NETMON_COMPARE_TABLE=lru: the LRU maps' programs instead of the per-CPU tables'.
     let lru = std::env::var("NETMON_COMPARE_TABLE").is_ok_and(|t| t == "lru");
@@ -110,13 +111,15 @@ fn compare(a: &str, b: &str) {
     let banned: Vec<Vec<u8>> = (0..POOL as u32)
         .map(|k| flow_packet(5_000_000 + k, v6, ingress))
         .collect();
-    // NETMON_COMPARE_BAN_LIST=N: N exact bans in all, the pool's 1,024 written last, where
-    // most bans of a large list are (past the narrow arrays' 4,096 slots).
+    // NETMON_COMPARE_BAN_LIST=N: N exact bans in all, the pool's 1,024 spread over them.
     let list = env_count("NETMON_COMPARE_BAN_LIST", "bans", POOL as u32).max(POOL as u32);
-    let mut ban_state = State::default();
-    for k in (1_000_000..1_000_000 + list - POOL as u32).chain(0..POOL as u32) {
-        ban_state.bans.push(ban(&remote_net(5_000_000 + k, v6)));
-    }
+    let pool_bans: Vec<BanEntry> = (0..POOL as u32)
+        .map(|k| ban(&remote_net(5_000_000 + k, v6)))
+        .collect();
+    let ban_state = State {
+        bans: among(&pool_bans, list, v6),
+        ..State::default()
+    };
     let rigs: Vec<Rig> = objects
         .iter()
         .zip(["compare-a", "compare-b"])
@@ -833,6 +836,40 @@ const LOCAL6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
 ];
 
+/// A list of `n` exact bans that holds `bans` spread evenly over it (one after every so many
+/// others), so that they are placed as its bans are: the later a ban is written, the fuller
+/// the buckets it meets. The others are addresses no synthetic flow has.
+fn among(bans: &[BanEntry], n: u32, v6: bool) -> Vec<BanEntry> {
+    let others = n as usize - bans.len();
+    let every = others / bans.len().max(1);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut mine = bans.iter();
+    for k in 0..others {
+        if every > 0
+            && k.is_multiple_of(every)
+            && let Some(b) = mine.next()
+        {
+            out.push(b.clone());
+        }
+        out.push(ban(&remote_net(2_000_000 + k as u32, v6)));
+    }
+    out.extend(mine.cloned());
+    out
+}
+
+/// `n` with its thousands grouped by commas (100,000).
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The remote address of synthetic flow `i`: 10.0.0.0/8 and 2001:db8:1::/48, which no
 /// generated ban covers.
 fn remote4(i: u32) -> [u8; 4] {
@@ -1503,6 +1540,35 @@ fn packets() -> String {
                          array bucket full)"
                     ),
                 );
+                // A large list: the pool's bans among 98,976 others, spread over it, so they
+                // are where its bans are (most past the narrow arrays' 4,096 slots).
+                maps.sync(&State::default()).unwrap();
+                let large = State {
+                    bans: among(&state.bans, LARGE_LIST, v6),
+                    ..State::default()
+                };
+                maps.sync(&large).unwrap();
+                let mut placed = [0usize; 3];
+                for b in &state.bans {
+                    match maps.exact_array(large.generation, &b.net).unwrap() {
+                        Some(a) if a.starts_with("NETMON_BANX") => placed[0] += 1,
+                        Some(_) => placed[1] += 1,
+                        None => placed[2] += 1,
+                    }
+                }
+                banned_row(
+                    &rig,
+                    format!(
+                        "banned {side} drop, {} exact bans (the pool's 1,024 spread over the \
+                         list: {} in NETMON_BANX{n}, {} in the wide array NETMON_BANW{n}, {} in \
+                         the hash map NETMON_BAN{n} only)",
+                        grouped(u64::from(LARGE_LIST)),
+                        placed[0],
+                        placed[1],
+                        placed[2]
+                    ),
+                );
+                maps.sync(&State::default()).unwrap();
                 rows.push(Row {
                     case: format!("banned {side} drop (NETMON_BANX{n}), {HOT}"),
                     family,
