@@ -605,8 +605,15 @@ fn run(cli: Cli) -> Result<()> {
             let opts = manual_options(ttl.as_deref(), reason, force)?;
             match (target, file) {
                 (_, Some(path)) => {
-                    let n = droplist().import(&path, &opts)?;
+                    let (n, [narrow, wide, hashed]) = droplist().import(&path, &opts)?;
                     println!("imported {n} entries from {}", path.display());
+                    if narrow + wide + hashed > 0 {
+                        println!(
+                            "single-address bans in force: {narrow} in the programs' arrays, \
+                             {wide} in the wide arrays, {hashed} in the kernel hash map alone \
+                             (dropped more slowly; README, known limits)"
+                        );
+                    }
                 }
                 (Some(t), None) => {
                     let e = droplist().ban(parse_net(&t)?, &opts)?;

@@ -425,6 +425,33 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
     eprintln!("import of 100,001 entries: {:?}", t.elapsed());
     assert!(out.contains("imported 100001 entries"), "{out}");
     assert_eq!(b_to_a(&p, 5), 0);
+    // Where its single addresses went, as the kernel arrays hold them.
+    let hosts: Vec<netmon::act::net::Net> = one
+        .iter()
+        .filter(|l| l.ends_with("/32"))
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut held = [0usize; 3];
+    let mut maps = netmon::act::droplist::DropMaps::open(&p.a.pin_dir).unwrap();
+    for place in maps.exact_arrays_in_force(&hosts).unwrap() {
+        held[match place {
+            Some("NETMON_BANX4") => 0,
+            Some("NETMON_BANW4") => 1,
+            None => 2,
+            Some(other) => panic!("an IPv4 address in {other}"),
+        }] += 1;
+    }
+    drop(maps);
+    assert!(
+        held[0] > 0 && held[1] > 0,
+        "{held:?}: a list this long fills the narrow arrays"
+    );
+    let want = format!(
+        "single-address bans in force: {} in the programs' arrays, {} in the wide arrays, {} in \
+         the kernel hash map alone",
+        held[0], held[1], held[2]
+    );
+    assert!(out.contains(&want), "{out}\nwant: {want}");
 
     // B hammers A for the whole second import; nothing may arrive.
     let stop = p.a.state_dir.with_extension("stop");

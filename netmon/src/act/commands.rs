@@ -252,8 +252,9 @@ impl DropList {
     }
 
     /// Replaces the imported set with the entries of `path`, atomically in the kernel.
-    /// Returns how many entries the new set has.
-    pub fn import(&self, path: &Path, opts: &BanOptions) -> Result<usize> {
+    /// Returns how many entries the list held, and where the single-address bans now in force
+    /// (the list's and the manual ones) are in the kernel (`DropMaps::exact_placement`).
+    pub fn import(&self, path: &Path, opts: &BanOptions) -> Result<(usize, [usize; 3])> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the list {}", path.display()))?;
         let mut nets = parse_list(&text, &path.display().to_string())?;
@@ -294,7 +295,7 @@ impl DropList {
         let mut rec = AuditRecord::new("import", path.display(), &opts.reason);
         rec.count = Some(count);
         store.audit(&rec)?;
-        Ok(count)
+        Ok((count, maps.exact_placement()))
     }
 
     /// Every entry with its kernel hit counters.

@@ -190,6 +190,9 @@ pub struct DropMaps {
     wide: [FastBans; 2],
     /// max_entries of ban4, ban6, pfx4, pfx6.
     capacity: [usize; 4],
+    /// Where the exact bans written since the last `sync` or `swap` began went
+    /// (`exact_placement`).
+    placed: [usize; 3],
 }
 
 /// NETMON_BANX4 and NETMON_BANX6: as many exact bans as fit in their buckets, each also in
@@ -413,6 +416,15 @@ const WIDE6: Layout = Layout {
     bucket: netmon_common::banw6_bucket,
     ..LAYOUT6
 };
+
+/// Where `write_ban_entry` puts a single-address ban besides the hash map (the index of its
+/// count in `DropMaps::placed`).
+#[derive(Clone, Copy)]
+enum Placement {
+    Narrow,
+    Wide,
+    HashOnly,
+}
 
 /// An IPv4 address in the first 4 of 16 bytes (`fast_key`).
 fn v4_of(a: &[u8; 16]) -> [u8; 4] {
@@ -1072,6 +1084,7 @@ impl DropMaps {
                 FastBans::new(&WIDE6, take("NETMON_BANW6"), None, true)?,
             ],
             capacity,
+            placed: [0; 3],
         })
     }
 
@@ -1170,20 +1183,44 @@ impl DropMaps {
         })
     }
 
+    /// Where the single-address bans that the last `sync` or `swap` wrote are (with those
+    /// `write_ban` wrote since): in NETMON_BANX4/6, in NETMON_BANW4/6, and in the hash maps
+    /// alone, whose bans cost a drop a kernel hash lookup more.
+    pub fn exact_placement(&self) -> [usize; 3] {
+        self.placed
+    }
+
     /// Which exact ban array holds `net` (an address) in `generation`: NETMON_BANX4/6,
     /// NETMON_BANW4/6, or neither (the hash map alone, or no ban).
     pub fn exact_array(&mut self, generation: u8, net: &Net) -> Result<Option<&'static str>> {
+        self.counting(|m| m.array_holding(generation, net))
+    }
+
+    /// `exact_array` in the generation in force for each of `nets`, under one mapping of the
+    /// wide arrays.
+    pub fn exact_arrays_in_force(&mut self, nets: &[Net]) -> Result<Vec<Option<&'static str>>> {
+        let generation = self
+            .cfg
+            .get(&dropcfg::GENERATION, 0)
+            .context("reading the generation in force")? as u8;
+        self.counting(|m| {
+            nets.iter()
+                .map(|n| m.array_holding(generation, n))
+                .collect()
+        })
+    }
+
+    /// `exact_array`, leaving the wide arrays mapped.
+    fn array_holding(&mut self, generation: u8, net: &Net) -> Result<Option<&'static str>> {
         let Some((f, a)) = fast_key(net) else {
             return Ok(None);
         };
-        self.counting(|m| {
-            for arrays in [&mut m.fast[f], &mut m.wide[f]] {
-                if arrays.lookup(generation, &a)?.is_some() {
-                    return Ok(Some(arrays.layout.name));
-                }
+        for arrays in [&mut self.fast[f], &mut self.wide[f]] {
+            if arrays.lookup(generation, &a)?.is_some() {
+                return Ok(Some(arrays.layout.name));
             }
-            Ok(None)
-        })
+        }
+        Ok(None)
     }
 
     /// Whether exact bans written from now on go into the exact ban arrays (NETMON_BANX4/6,
@@ -1229,15 +1266,20 @@ impl DropMaps {
         };
         // The array that will hold an exact ban: the one that does, else NETMON_BANX4/6 where
         // its bucket has room, else the wide one (its bucket in NETMON_BANX4/6 marked
-        // overflowed first, and the wide bucket too where that has none).
+        // overflowed first), else none (the wide bucket marked overflowed too).
         let fast = match fast_key(&b.net) {
             Some((f, a)) => {
-                let wide = self.wide[f].lookup(generation, &a)?.is_some()
-                    || !self.fast[f].reserve(generation, &a)?;
-                if wide {
-                    self.wide[f].reserve(generation, &a)?;
-                }
-                Some((f, a, wide))
+                let place = if self.wide[f].lookup(generation, &a)?.is_some() {
+                    Placement::Wide
+                } else if self.fast[f].reserve(generation, &a)? {
+                    Placement::Narrow
+                } else if self.wide[f].reserve(generation, &a)? {
+                    Placement::Wide
+                } else {
+                    Placement::HashOnly
+                };
+                self.placed[place as usize] += 1;
+                Some((f, a, place))
             }
             None => None,
         };
@@ -1249,11 +1291,11 @@ impl DropMaps {
             (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
         };
         r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
-        if let Some((f, a, wide)) = fast {
-            let arrays = if wide {
-                &mut self.wide[f]
-            } else {
-                &mut self.fast[f]
+        if let Some((f, a, place)) = fast {
+            let arrays = match place {
+                Placement::Narrow => &mut self.fast[f],
+                Placement::Wide => &mut self.wide[f],
+                Placement::HashOnly => return Ok(()),
             };
             let name = arrays.layout.name;
             arrays
@@ -1573,6 +1615,7 @@ impl DropMaps {
     }
 
     fn sync_entries(&mut self, state: &State) -> Result<()> {
+        self.placed = [0; 3];
         let generation = state.generation;
         let other = 3 - generation;
         let now = now_ms();
@@ -1635,6 +1678,7 @@ impl DropMaps {
     }
 
     fn swap_entries(&mut self, old: &State, new: &mut State) -> Result<()> {
+        self.placed = [0; 3];
         let from = old.generation;
         let to = 3 - from;
         let now = now_ms();
