@@ -641,11 +641,15 @@ pub const BANX4_WAYS: u32 = 4;
 /// full is only in `NETMON_BAN4`, where the programs look next.
 pub const BANX4_BUCKETS: u32 = 1024;
 
+/// The odd multiplier of `banx4_bucket`'s hash (Fibonacci hashing: the bucket is the
+/// product's top bits), which tests invert to list the addresses of one bucket.
+pub const BANX4_HASH_MUL: u32 = 0x9e37_79b1;
+
 /// The first `NETMON_BANX4` slot of `addr`'s bucket in `generation` (1 or 2).
 #[inline(always)]
 pub const fn banx4_bucket(generation: u8, addr: [u8; 4]) -> u32 {
     let a = u32::from_ne_bytes(addr);
-    let h = a.wrapping_mul(0x9e37_79b1) >> (32 - BANX4_BUCKETS.trailing_zeros());
+    let h = a.wrapping_mul(BANX4_HASH_MUL) >> (32 - BANX4_BUCKETS.trailing_zeros());
     ((generation as u32).wrapping_sub(1) & 1) * BANX4_BUCKETS * BANX4_WAYS + h * BANX4_WAYS
 }
 

@@ -1025,7 +1025,7 @@ fn exact_bans_drop_and_count_in_the_arrays_and_past_a_full_bucket() {
 /// by an odd constant, so the addresses of one bucket are the products of its values by the
 /// constant's inverse.
 fn addrs_in_both_buckets(n: usize) -> Vec<[u8; 4]> {
-    const K: u32 = 0x9e37_79b1;
+    const K: u32 = netmon_common::BANX4_HASH_MUL;
     let mut inv = K;
     for _ in 0..5 {
         inv = inv.wrapping_mul(2u32.wrapping_sub(K.wrapping_mul(inv)));
