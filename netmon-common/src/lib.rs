@@ -489,7 +489,13 @@ pub mod dropcfg {
     /// miss in a wide bucket without `BANX_OVERFLOW`. 0 (and absent, in maps pinned by a
     /// version without it): look every such miss up in the hash map.
     pub const BANW_COMPLETE: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// The generation whose IPv4 host filter (`NETMON_BAN4_W24` and `NETMON_BAN4_H32`)
+    /// covers every IPv4 ban entry of it: only then do the programs, where the /24 filter says
+    /// "look", skip the lookups for an address whose /24 no entry covers wholly and whose bit
+    /// in its /24's block is clear. 0 (and absent, in maps pinned by a version without it):
+    /// go by the /16 and /24 filters alone.
+    pub const BAN4_HOST_FILTER: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
     pub const L16_WORDS: u32 = 1024;
@@ -512,6 +518,25 @@ pub mod dropcfg {
         (
             (generation as u32).wrapping_sub(1) * L24_WORDS + (t24 >> 6),
             t24 & 63,
+        )
+    }
+
+    /// Words of `NETMON_BAN4_H32` per generation: `H32_BLOCKS` blocks of four words, a
+    /// block a bitmap of the 256 addresses of each /24 that hashes to it.
+    pub const H32_WORDS: u32 = 1 << 18;
+    /// Blocks of `NETMON_BAN4_H32` per generation.
+    pub const H32_BLOCKS: u32 = H32_WORDS / 4;
+
+    /// Index into `NETMON_BAN4_H32` of the word holding `a`'s bit in its /24's block, and
+    /// the bit in it. The block is picked by Fibonacci hashing of the /24 (consecutive /24s
+    /// land in blocks far apart); /24s that share a block share its bits, which can only make
+    /// the programs look where they need not.
+    pub const fn h32_slot(generation: u8, a: [u8; 4]) -> (u32, u32) {
+        let t24 = (a[0] as u32) << 16 | (a[1] as u32) << 8 | a[2] as u32;
+        let block = t24.wrapping_mul(0x9e37_79b1) >> (32 - H32_BLOCKS.trailing_zeros());
+        (
+            (generation as u32).wrapping_sub(1) * H32_WORDS + block * 4 + (a[3] as u32 >> 6),
+            a[3] as u32 & 63,
         )
     }
 

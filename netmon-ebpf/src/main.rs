@@ -218,6 +218,16 @@ static NETMON_BAN4_L16: Array<u64> = Array::pinned(2 * dropcfg::L16_WORDS, 0);
 /// userspace sets its bits with stores rather than a syscall per word.
 #[map]
 static NETMON_BAN4_L24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F_MMAPABLE);
+/// The IPv4 host filter, consulted where the /24 filter says "look" (the address's /24
+/// holds entries): one bit per /24 (`dropcfg::l24_slot`; 2 MiB per generation), set when an
+/// IPv4 ban entry of /24 or shorter covers the whole /24 ...
+#[map]
+static NETMON_BAN4_W24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F_MMAPABLE);
+/// ... and where none does, one bit per address in its /24's block (`dropcfg::h32_slot`;
+/// 2 MiB per generation), set for every address an entry of /25 to /32 covers. A clear bit
+/// lets the address skip the exact-match buckets and the prefix trie walk: one line instead.
+#[map]
+static NETMON_BAN4_H32: Array<u64> = Array::pinned(2 * dropcfg::H32_WORDS, BPF_F_MMAPABLE);
 /// The IPv6 counterpart (`dropcfg::l32_6_slot`; 256 KiB per generation): one bit per hashed
 /// IPv6 /32, set for every /32 an IPv6 ban entry overlaps (all of them for a prefix shorter
 /// than /16). A clear bit lets a packet skip the array's bucket and the prefix trie walk.
@@ -1473,8 +1483,9 @@ fn exact4(
 }
 
 /// Whether an IPv4 ban entry (exact or prefix) of `generation` may cover `a`: false only
-/// when that generation's /16 filter is complete and `a`'s /16 bit is clear, or its /24
-/// filter is complete and `a`'s /24 bit is clear.
+/// where one of that generation's complete filters proves none does: `a`'s /16 bit is
+/// clear, or its /24 bit is, or (the host filter) no entry covers its whole /24 and `a`'s bit
+/// in its /24's block is clear.
 #[inline(always)]
 fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
     let generation_u64 = u64::from(generation);
@@ -1487,11 +1498,24 @@ fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
         Some(_) => {}
         None => return true,
     }
-    if dropcfg(dropcfg::BAN4_L24_FILTER) != generation_u64 {
+    if dropcfg(dropcfg::BAN4_L24_FILTER) == generation_u64 {
+        let (word, bit) = dropcfg::l24_slot(generation, a);
+        match NETMON_BAN4_L24.get(word) {
+            Some(w) if (*w >> bit) & 1 == 0 => return false,
+            Some(_) => {}
+            None => return true,
+        }
+    }
+    if dropcfg(dropcfg::BAN4_HOST_FILTER) != generation_u64 {
         return true;
     }
     let (word, bit) = dropcfg::l24_slot(generation, a);
-    match NETMON_BAN4_L24.get(word) {
+    match NETMON_BAN4_W24.get(word) {
+        Some(w) if (*w >> bit) & 1 == 0 => {}
+        _ => return true,
+    }
+    let (word, bit) = dropcfg::h32_slot(generation, a);
+    match NETMON_BAN4_H32.get(word) {
         Some(w) => (*w >> bit) & 1 != 0,
         None => true,
     }

@@ -1208,13 +1208,16 @@ fn hit_counters_pinned_by_an_older_version_are_carried_over() {
     assert_eq!((v.packets, v.bytes), (want[0].0, want[0].1));
 }
 
-/// The IPv4 /16 and /24 filters in front of the drop list: once a full write (`sync`) has set
-/// the bits of every IPv4 entry, packets from a /16 or a /24 without entries skip the
-/// lookups, and the answer is the lookups' own in every case: a /24 drops its addresses and
-/// not its neighbours in the same /16, a /10 (shorter than both: 64 /16 bits, 16,384 /24
-/// bits) drops up to its last address and not past it, a prefix added afterwards drops at
-/// once (its bits are set before the entry), a removed one stops dropping; with the /24
-/// filter off, and with both off, the decisions are the same.
+/// The IPv4 /16, /24 and host filters in front of the drop list: once a full write (`sync`)
+/// has set the bits of every IPv4 entry, packets from a /16 or a /24 without entries, or
+/// from an address that no entry of its /24 covers, skip the lookups (an entry written
+/// behind the filters' back in such a /24 goes unseen while the host filter is in force),
+/// and the answer is the lookups' own in every case: a /24 drops its addresses and not its
+/// neighbours in the same /16, a /10 (shorter than both: 64 /16 bits, 16,384 /24 bits)
+/// drops up to its last address and not past it, a /27 drops its 32 addresses and not those
+/// next to it in its /24, a prefix added afterwards drops at once (its bits are set before
+/// the entry), a removed one stops dropping; with the host filter off, with the /24 filter
+/// off too, and with all off, the decisions are the same.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn the_prefix_filters_never_change_a_decision() {
@@ -1227,6 +1230,7 @@ fn the_prefix_filters_never_change_a_decision() {
             ban("203.0.113.0/24"),
             ban("100.64.0.0/10"),
             ban("198.18.0.2"),
+            ban("192.0.2.96/27"),
             ban("2001:db8:5::/48"),
             ban("2001:db8:7::1"),
             ban("3fff:1000::/20"),
@@ -1248,6 +1252,7 @@ fn the_prefix_filters_never_change_a_decision() {
     for (at, what) in [
         (netmon_common::dropcfg::BAN4_FILTER, "/16"),
         (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
+        (netmon_common::dropcfg::BAN4_HOST_FILTER, "host"),
         (netmon_common::dropcfg::BAN6_FILTER, "IPv6 /32"),
     ] {
         assert_eq!(
@@ -1273,8 +1278,53 @@ fn the_prefix_filters_never_change_a_decision() {
         ([100, 63, 255, 0], false),
         ([198, 18, 0, 0], true),
         ([198, 18, 1, 0], false),
+        ([192, 0, 2, 0], true),
     ] {
         assert_eq!(l24_bit(a), set, "/24 bit of {a:?}");
+    }
+    // The host filter as written: a whole /24's bit for the entries of /24 and shorter, the
+    // addresses' bits in their /24's block for those of /25 to /32, and no other (an address
+    // outside shares a bit only where its /24's block is one of theirs).
+    let w24 = pinned_array("NETMON_BAN4_W24");
+    for (a, set) in [
+        ([203, 0, 113, 0], true),
+        ([100, 100, 7, 0], true),
+        ([203, 0, 114, 0], false),
+        ([198, 18, 0, 0], false),
+        ([192, 0, 2, 0], false),
+    ] {
+        let (w, bit) = netmon_common::dropcfg::l24_slot(2, a);
+        assert_eq!(
+            (w24.get(&w, 0).unwrap() >> bit) & 1 == 1,
+            set,
+            "whole-/24 bit of {a:?}"
+        );
+    }
+    let h32 = pinned_array("NETMON_BAN4_H32");
+    let host = |a: [u8; 4]| netmon_common::dropcfg::h32_slot(2, a);
+    let covered: std::collections::HashSet<(u32, u32)> = (96..128)
+        .map(|h| [192, 0, 2, h])
+        .chain([[198, 18, 0, 2]])
+        .map(host)
+        .collect();
+    for a in [[192, 0, 2, 96], [192, 0, 2, 127], [198, 18, 0, 2]] {
+        let (w, bit) = host(a);
+        assert_eq!((h32.get(&w, 0).unwrap() >> bit) & 1, 1, "host bit of {a:?}");
+    }
+    for a in [
+        [192, 0, 2, 95],
+        [192, 0, 2, 128],
+        [198, 18, 0, 3],
+        [203, 0, 113, 5],
+        [100, 64, 0, 1],
+    ] {
+        let (w, bit) = host(a);
+        let want = u64::from(covered.contains(&(w, bit)));
+        assert_eq!(
+            (h32.get(&w, 0).unwrap() >> bit) & 1,
+            want,
+            "host bit of {a:?}"
+        );
     }
     // The IPv6 bits as written: those of 2001:db8::/32 and of the /20's 4,096 /32s, and no
     // other (a /32 outside shares a bit only where the hash puts it on one of theirs).
@@ -1304,7 +1354,10 @@ fn the_prefix_filters_never_change_a_decision() {
         assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, want, "bit of {top:x}");
     }
     let from4 = udp4_from;
-    let cases: [([u8; 4], u32); 8] = [
+    let cases: [([u8; 4], u32); 11] = [
+        ([192, 0, 2, 100], XDP_DROP),
+        ([192, 0, 2, 95], XDP_PASS),
+        ([192, 0, 2, 128], XDP_PASS),
         ([203, 0, 113, 50], XDP_DROP),
         ([203, 0, 114, 50], XDP_PASS),
         ([203, 1, 113, 50], XDP_PASS),
@@ -1334,6 +1387,37 @@ fn the_prefix_filters_never_change_a_decision() {
         }
     };
     check(&p, "filters on");
+    // A clear host bit skips the lookups: a prefix entry written into the trie behind the
+    // filters' back (no bits set), in a /24 that holds entries, goes unseen while the host
+    // filter is in force, and drops once it is off.
+    let mut pfx4: aya::maps::LpmTrie<_, netmon_common::BanPrefix4, netmon_common::BanValue> =
+        aya::maps::LpmTrie::try_from(
+            aya::maps::Map::from_map_data(
+                aya::maps::MapData::from_pin(p._pins.0.join("NETMON_BANPFX4")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let behind = aya::maps::lpm_trie::Key::new(8 + 28, [2, 192, 0, 2, 64]);
+    let value = netmon_common::BanValue {
+        prefix_len: 28,
+        ..Default::default()
+    };
+    pfx4.insert(&behind, value, 0).unwrap();
+    let unseen = from4([192, 0, 2, 70]);
+    assert_eq!(
+        p.run(DIR_INGRESS, &unseen),
+        XDP_PASS,
+        "host bit clear: not looked up"
+    );
+    maps.disable_host_filter().unwrap();
+    assert_eq!(
+        p.run(DIR_INGRESS, &unseen),
+        XDP_DROP,
+        "host filter off: looked up"
+    );
+    pfx4.remove(&behind).unwrap();
+    check(&p, "host filter off");
     maps.write_ban(2, 1, &ban("192.0.2.0/25")).unwrap();
     assert_eq!(
         p.run(DIR_INGRESS, &from4([192, 0, 2, 1])),
@@ -1357,11 +1441,12 @@ fn the_prefix_filters_never_change_a_decision() {
     maps.remove_ban(2, &"4000::/8".parse().unwrap()).unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from6("40ff::1")), XDP_PASS);
     maps.disable_l24_filter().unwrap();
-    assert_eq!(
-        cfg.get(&netmon_common::dropcfg::BAN4_L24_FILTER, 0)
-            .unwrap(),
-        0
-    );
+    for at in [
+        netmon_common::dropcfg::BAN4_L24_FILTER,
+        netmon_common::dropcfg::BAN4_HOST_FILTER,
+    ] {
+        assert_eq!(cfg.get(&at, 0).unwrap(), 0);
+    }
     check(&p, "/16 filter only");
     maps.disable_filters().unwrap();
     assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
@@ -1371,6 +1456,7 @@ fn the_prefix_filters_never_change_a_decision() {
     maps.sync(&state).unwrap();
     for at in [
         netmon_common::dropcfg::BAN4_L24_FILTER,
+        netmon_common::dropcfg::BAN4_HOST_FILTER,
         netmon_common::dropcfg::BAN6_FILTER,
     ] {
         assert_eq!(cfg.get(&at, 0).unwrap(), 2);

@@ -29,7 +29,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 22] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANCNT4",
@@ -49,6 +49,8 @@ pub const PINNED_MAPS: [&str; 20] = [
     "NETMON_RATE6",
     "NETMON_BAN4_L16",
     "NETMON_BAN4_L24",
+    "NETMON_BAN4_W24",
+    "NETMON_BAN4_H32",
     "NETMON_BAN6_L32",
 ];
 
@@ -180,9 +182,10 @@ pub struct DropMaps {
     drop_slots: MapData,
     rate4: HashMap<MapData, [u8; 4], RateValue>,
     rate6: HashMap<MapData, [u8; 16], RateValue>,
-    /// The filters in front of the lookups: IPv4 /16 and /24, IPv6 /32 (NETMON_BAN4_L16,
-    /// NETMON_BAN4_L24, NETMON_BAN6_L32).
-    filters: [BitFilter; 3],
+    /// The filters in front of the lookups: IPv4 /16 and /24, the IPv4 host filter's two
+    /// bitmaps, IPv6 /32 (NETMON_BAN4_L16, NETMON_BAN4_L24, NETMON_BAN4_W24, NETMON_BAN4_H32,
+    /// NETMON_BAN6_L32).
+    filters: [BitFilter; 5],
     /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANCNT4/6).
     fast: [FastBans; 2],
     /// Its wide part, for the exact bans that find no slot there: IPv4, IPv6
@@ -757,8 +760,9 @@ impl FastBans {
     }
 }
 
-/// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s, or
-/// hashed IPv6 /32s. A bit is set before any ban entry of that generation that overlaps the
+/// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s (of
+/// those, for the host filter, the /24s an entry covers wholly), IPv4 addresses in blocks
+/// of hashed /24s, or hashed IPv6 /32s. A bit is set before any ban entry of that generation that overlaps the
 /// prefix is inserted and stays until the generation is cleared, so a clear bit proves there
 /// is no entry there once the filter is declared complete (`complete_at` in NETMON_DROPCFG
 /// holds that generation).
@@ -773,8 +777,14 @@ struct BitFilter {
 #[derive(Clone, Copy)]
 enum FilterKind {
     /// IPv4 prefixes of this length (16 or 24), one bit each (`dropcfg::l16_slot`,
-    /// `l24_slot`).
+    /// `l24_slot`), set for every such prefix an entry overlaps.
     V4(u8),
+    /// IPv4 /24s, one bit each (`l24_slot`), set for every /24 an entry of /24 or shorter
+    /// covers: the host filter's first half.
+    V4Whole,
+    /// IPv4 addresses, one bit each in a block of their /24's hash (`dropcfg::h32_slot`),
+    /// set for every address an entry of /25 to /32 covers: the host filter's second half.
+    V4Hosts,
     /// IPv6 /32s, hashed to 2^21 bits (`dropcfg::l32_6_slot`).
     V6,
 }
@@ -783,25 +793,31 @@ impl FilterKind {
     fn name(self) -> String {
         match self {
             FilterKind::V4(bits) => format!("IPv4 /{bits}"),
+            FilterKind::V4Whole => "IPv4 whole-/24".into(),
+            FilterKind::V4Hosts => "IPv4 host".into(),
             FilterKind::V6 => "IPv6 /32".into(),
         }
     }
 
     /// Whether `net` is of the filter's family.
     fn family_of(self, net: &Net) -> bool {
-        matches!(self, FilterKind::V4(_)) == net.is_v4()
+        !matches!(self, FilterKind::V6) == net.is_v4()
     }
 
     /// Words per generation.
     fn words(self) -> u32 {
         match self {
             FilterKind::V4(bits) => 1 << (bits - 6),
+            FilterKind::V4Whole => dropcfg::L24_WORDS,
+            FilterKind::V4Hosts => dropcfg::H32_WORDS,
             FilterKind::V6 => dropcfg::L32_6_WORDS,
         }
     }
 
     /// Calls `f` with the word and bit of every prefix of the filter's length that `net`
-    /// overlaps, as the programs compute them (both sides share the slot functions). False,
+    /// overlaps (for the host filter's halves: every /24 it covers wholly, or every address
+    /// of a prefix of /25 to /32), as the programs compute them (both sides share the slot
+    /// functions). False,
     /// and no call, where that is more than the filter has bits (an IPv6 prefix shorter than
     /// /16: every bit).
     fn each_slot(self, generation: u8, net: &Net, mut f: impl FnMut((u32, u32))) -> bool {
@@ -822,6 +838,21 @@ impl FilterKind {
                     f(slot(generation, ((p << (32 - bits)) as u32).to_be_bytes()));
                 }
             }
+            FilterKind::V4Whole if len <= 24 => {
+                let first = top >> 8;
+                for p in first..first + (1u64 << (24 - len)) {
+                    f(dropcfg::l24_slot(
+                        generation,
+                        ((p << 8) as u32).to_be_bytes(),
+                    ));
+                }
+            }
+            FilterKind::V4Hosts if len > 24 => {
+                for a in top..top + (1u64 << (32 - len)) {
+                    f(dropcfg::h32_slot(generation, (a as u32).to_be_bytes()));
+                }
+            }
+            FilterKind::V4Whole | FilterKind::V4Hosts => {}
             FilterKind::V6 if len < 16 => return false,
             FilterKind::V6 => {
                 for p in top..top + (1u64 << 32u32.saturating_sub(len)) {
@@ -858,6 +889,7 @@ impl BitFilter {
         let complete_at = match kind {
             FilterKind::V4(16) => dropcfg::BAN4_FILTER,
             FilterKind::V4(_) => dropcfg::BAN4_L24_FILTER,
+            FilterKind::V4Whole | FilterKind::V4Hosts => dropcfg::BAN4_HOST_FILTER,
             FilterKind::V6 => dropcfg::BAN6_FILTER,
         };
         let slots = map.info()?.max_entries();
@@ -1062,6 +1094,8 @@ impl DropMaps {
             filters: [
                 BitFilter::new(take("NETMON_BAN4_L16"), FilterKind::V4(16))?,
                 BitFilter::new(take("NETMON_BAN4_L24"), FilterKind::V4(24))?,
+                BitFilter::new(take("NETMON_BAN4_W24"), FilterKind::V4Whole)?,
+                BitFilter::new(take("NETMON_BAN4_H32"), FilterKind::V4Hosts)?,
                 BitFilter::new(take("NETMON_BAN6_L32"), FilterKind::V6)?,
             ],
             fast: [
@@ -1358,13 +1392,22 @@ impl DropMaps {
         Ok(())
     }
 
-    /// Makes the programs go by the /16 filter alone, as a version without the /24 filter
-    /// did (benchmarks measure the /24 filter's share this way); the next full write turns it
-    /// back on.
+    /// Makes the programs go by the IPv4 /16 filter alone, as a version without the /24 and
+    /// host filters did (benchmarks measure their share this way); the next full write turns
+    /// them back on.
     pub fn disable_l24_filter(&mut self) -> Result<()> {
+        self.disable_host_filter()?;
         self.cfg
             .set(dropcfg::BAN4_L24_FILTER, 0, 0)
             .context("disabling the IPv4 /24 filter")
+    }
+
+    /// Makes the programs go by the IPv4 /16 and /24 filters alone, as a version without the
+    /// host filter did; the next full write turns it back on.
+    pub fn disable_host_filter(&mut self) -> Result<()> {
+        self.set_cfg(dropcfg::BAN4_HOST_FILTER, 0, || {
+            "disabling the IPv4 host filter".into()
+        })
     }
 
     /// Clears `generation`'s filters and exact ban arrays (after they stop counting as

@@ -910,9 +910,10 @@ fn grouped(n: u64) -> String {
 }
 
 /// The remote address of synthetic flow `i`: 10.0.0.0/8 and 2001:db8:1::/48, which no
-/// generated ban covers.
+/// generated ban covers. IPv4: 128 flows per /24, at hosts .0 to .127, so that the other
+/// half of each /24 is free for a ban that shares the /24 with them and covers none.
 fn remote4(i: u32) -> [u8; 4] {
-    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+    [10, (i >> 15) as u8, (i >> 7) as u8, (i & 127) as u8]
 }
 
 fn remote6(i: u32) -> [u8; 16] {
@@ -1646,10 +1647,10 @@ fn packets() -> String {
                     pass_ret,
                     "an unbanned packet dropped"
                 );
-                // IPv4 three times: the /16 filter skips the lookups (no ban in these
+                // IPv4 four times: the /16 filter skips the lookups (no ban in these
                 // addresses' /16); then with a ban elsewhere in their /16, the /24 filter
-                // does; then the same packets looked up, as for an address whose /24 holds
-                // entries.
+                // does; then with a ban in each of their /24s, the host filter does; then the
+                // same packets looked up, as for an address whose bit another entry set.
                 let cases: Vec<String> = if v6 {
                     vec!["allow-list miss, 100,000-prefix ban list, flow hit".into()]
                 } else {
@@ -1667,15 +1668,30 @@ fn packets() -> String {
                              filter skips the lookups)",
                             100.0 - s24
                         ),
-                        "allow-list miss, 100,000-prefix ban list, flow hit (looked up: a ban \
-                         in the address's /24)"
+                        format!(
+                            "allow-list miss, 100,000-prefix ban list, flow hit (a /32 ban in \
+                             the address's /24, none covering the address, as for {:.0}% of the \
+                             addresses in the /24s that hold bans: the host filter skips the \
+                             lookups)",
+                            host_share(&state)
+                        ),
+                        "allow-list miss, 100,000-prefix ban list, flow hit (looked up: the \
+                         /24 and host filters off, as for an address whose host bit another \
+                         entry set)"
                             .into(),
                     ]
                 };
                 for (i, case) in cases.iter().enumerate() {
                     match i {
                         1 => maps.write_ban(2, 1, &ban("10.0.128.0/24")).unwrap(),
-                        2 => maps.disable_l24_filter().unwrap(),
+                        2 => {
+                            // The pool's flows' /24s (128 flows each, `remote4`).
+                            for t in 0..prefill.div_ceil(128) {
+                                let host = std::net::Ipv4Addr::new(10, 0, t as u8, 200);
+                                maps.write_ban(2, 1, &ban(&host.to_string())).unwrap();
+                            }
+                        }
+                        3 => maps.disable_l24_filter().unwrap(),
                         _ => {}
                     }
                     let (m, p, _) = versus(&rig, prog, empty, |pass| hit_pool(pass + 1));
@@ -1788,6 +1804,43 @@ fn covered_share(state: &State) -> (f64, f64) {
         100.0 * hit as f64 / n as f64
     };
     (share(&s16, 16), share(&s24, 24))
+}
+
+/// Of the addresses that none of `state`'s IPv4 bans covers, in the /24s that hold one, the
+/// share (%) whose bit in the host filter (`dropcfg::h32_slot`, as the drop list sets it for
+/// the bans of /25 to /32) is clear, so that the programs skip their lookups; the others
+/// share a block with a /24 whose bans set their bit. (A /24 that a ban of /24 or shorter
+/// covers has no such address.)
+fn host_share(state: &State) -> f64 {
+    use netmon_common::dropcfg::{H32_WORDS, h32_slot};
+    let mut whole = std::collections::HashSet::new();
+    let mut fine: std::collections::HashMap<u32, [u64; 4]> = std::collections::HashMap::new();
+    let mut bits = vec![0u64; H32_WORDS as usize];
+    for b in &state.bans {
+        let o = b.net.octets();
+        let a = u32::from_be_bytes([o[0], o[1], o[2], o[3]]);
+        let len = u32::from(b.net.prefix());
+        if len <= 24 {
+            whole.extend((a >> 8)..(a >> 8) + (1 << (24 - len)));
+            continue;
+        }
+        for h in a..a + (1 << (32 - len)) {
+            fine.entry(h >> 8).or_default()[(h as usize & 255) >> 6] |= 1 << (h & 63);
+            let (w, bit) = h32_slot(1, h.to_be_bytes());
+            bits[w as usize] |= 1 << bit;
+        }
+    }
+    let (mut free, mut skipped) = (0u64, 0u64);
+    for (t24, covered) in fine.iter().filter(|(t24, _)| !whole.contains(*t24)) {
+        for h in 0..256u32 {
+            if covered[h as usize >> 6] >> (h & 63) & 1 == 0 {
+                free += 1;
+                let (w, bit) = h32_slot(1, (t24 << 8 | h).to_be_bytes());
+                skipped += bits[w as usize] >> bit & 1 ^ 1;
+            }
+        }
+    }
+    100.0 * skipped as f64 / free.max(1) as f64
 }
 
 fn flows_label(prefill: u32, capacity: u32) -> String {
