@@ -974,6 +974,34 @@ mod tests {
     use super::*;
     use std::vec;
 
+    /// The host filter's slots: an address's 256 neighbours in its /24 take the 256 bits of
+    /// one block (four consecutive words), each generation its own half of the map, and
+    /// consecutive /24s (a subnet's) blocks of their own.
+    #[test]
+    fn host_filter_slots_are_one_block_per_24() {
+        use dropcfg::{H32_BLOCKS, H32_WORDS, h32_slot};
+        for generation in [1u8, 2] {
+            let base = u32::from(generation - 1) * H32_WORDS;
+            let slots: std::collections::BTreeSet<_> = (0..=255u8)
+                .map(|h| h32_slot(generation, [198, 51, 100, h]))
+                .collect();
+            assert_eq!(slots.len(), 256);
+            let first = slots.first().unwrap().0;
+            assert_eq!(first % 4, 0, "a block starts at a multiple of four words");
+            assert!(
+                slots
+                    .iter()
+                    .all(|&(w, b)| w >= base && w < first + 4 && b < 64)
+            );
+            assert!(first >= base && first + 4 <= base + H32_WORDS);
+        }
+        let blocks: std::collections::BTreeSet<_> = (0..4096u32)
+            .map(|t| h32_slot(1, [10, (t >> 8) as u8, t as u8, 0]).0 / 4)
+            .collect();
+        assert_eq!(blocks.len(), 4096, "4,096 consecutive /24s, 4,096 blocks");
+        assert!(blocks.iter().all(|&b| b < H32_BLOCKS));
+    }
+
     #[test]
     fn flow_key4_widens_and_narrows_back() {
         let k4 = FlowKey4 {
