@@ -1261,44 +1261,35 @@ fn the_prefix_filters_never_change_a_decision() {
             "the {what} filter of generation 2 is complete and in force"
         );
     }
-    // The /24 bits as written: the banned /24 and every /24 of the /10, not their neighbours.
-    let l24 = pinned_array("NETMON_BAN4_L24");
-    let l24_bit = |a: [u8; 4]| {
-        let (w, bit) = netmon_common::dropcfg::l24_slot(2, a);
-        (l24.get(&w, 0).unwrap() >> bit) & 1 == 1
+    // A filter's bit, as the map holds it.
+    let bit_at = |map: &aya::maps::Array<_, u64>, (w, bit): (u32, u32)| {
+        (map.get(&w, 0).unwrap() >> bit) & 1 == 1
     };
-    for (a, set) in [
-        ([203, 0, 113, 0], true),
-        ([203, 0, 114, 0], false),
-        ([203, 0, 112, 0], false),
-        ([100, 64, 0, 0], true),
-        ([100, 100, 7, 0], true),
-        ([100, 127, 255, 0], true),
-        ([100, 128, 0, 0], false),
-        ([100, 63, 255, 0], false),
-        ([198, 18, 0, 0], true),
-        ([198, 18, 1, 0], false),
-        ([192, 0, 2, 0], true),
+    // The /24 bits as written: the banned /24 and every /24 of the /10, not their neighbours;
+    // of those, the host filter's whole-/24 bits only for the entries of /24 and shorter. The
+    // host filter's address bits are set in their /24's block for the entries of /25 to /32,
+    // and no other (an address outside shares a bit only where its /24's block is one of
+    // theirs).
+    let (l24, w24) = (
+        pinned_array("NETMON_BAN4_L24"),
+        pinned_array("NETMON_BAN4_W24"),
+    );
+    for (a, set, whole) in [
+        ([203, 0, 113, 0], true, true),
+        ([203, 0, 114, 0], false, false),
+        ([203, 0, 112, 0], false, false),
+        ([100, 64, 0, 0], true, true),
+        ([100, 100, 7, 0], true, true),
+        ([100, 127, 255, 0], true, true),
+        ([100, 128, 0, 0], false, false),
+        ([100, 63, 255, 0], false, false),
+        ([198, 18, 0, 0], true, false),
+        ([198, 18, 1, 0], false, false),
+        ([192, 0, 2, 0], true, false),
     ] {
-        assert_eq!(l24_bit(a), set, "/24 bit of {a:?}");
-    }
-    // The host filter as written: a whole /24's bit for the entries of /24 and shorter, the
-    // addresses' bits in their /24's block for those of /25 to /32, and no other (an address
-    // outside shares a bit only where its /24's block is one of theirs).
-    let w24 = pinned_array("NETMON_BAN4_W24");
-    for (a, set) in [
-        ([203, 0, 113, 0], true),
-        ([100, 100, 7, 0], true),
-        ([203, 0, 114, 0], false),
-        ([198, 18, 0, 0], false),
-        ([192, 0, 2, 0], false),
-    ] {
-        let (w, bit) = netmon_common::dropcfg::l24_slot(2, a);
-        assert_eq!(
-            (w24.get(&w, 0).unwrap() >> bit) & 1 == 1,
-            set,
-            "whole-/24 bit of {a:?}"
-        );
+        let at = netmon_common::dropcfg::l24_slot(2, a);
+        assert_eq!(bit_at(&l24, at), set, "/24 bit of {a:?}");
+        assert_eq!(bit_at(&w24, at), whole, "whole-/24 bit of {a:?}");
     }
     let h32 = pinned_array("NETMON_BAN4_H32");
     let host = |a: [u8; 4]| netmon_common::dropcfg::h32_slot(2, a);
@@ -1308,8 +1299,7 @@ fn the_prefix_filters_never_change_a_decision() {
         .map(host)
         .collect();
     for a in [[192, 0, 2, 96], [192, 0, 2, 127], [198, 18, 0, 2]] {
-        let (w, bit) = host(a);
-        assert_eq!((h32.get(&w, 0).unwrap() >> bit) & 1, 1, "host bit of {a:?}");
+        assert!(bit_at(&h32, host(a)), "host bit of {a:?}");
     }
     for a in [
         [192, 0, 2, 95],
@@ -1318,13 +1308,8 @@ fn the_prefix_filters_never_change_a_decision() {
         [203, 0, 113, 5],
         [100, 64, 0, 1],
     ] {
-        let (w, bit) = host(a);
-        let want = u64::from(covered.contains(&(w, bit)));
-        assert_eq!(
-            (h32.get(&w, 0).unwrap() >> bit) & 1,
-            want,
-            "host bit of {a:?}"
-        );
+        let want = covered.contains(&host(a));
+        assert_eq!(bit_at(&h32, host(a)), want, "host bit of {a:?}");
     }
     // The IPv6 bits as written: those of 2001:db8::/32 and of the /20's 4,096 /32s, and no
     // other (a /32 outside shares a bit only where the hash puts it on one of theirs).
@@ -1339,8 +1324,7 @@ fn the_prefix_filters_never_change_a_decision() {
         .map(at32)
         .collect();
     for top in [0x2001_0db8, 0x3fff_1000, 0x3fff_1abc, 0x3fff_1fff] {
-        let (w, bit) = at32(top);
-        assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, 1, "bit of {top:x}");
+        assert!(bit_at(&l32, at32(top)), "bit of {top:x}");
     }
     for top in [
         0x2001_0db9,
@@ -1349,9 +1333,8 @@ fn the_prefix_filters_never_change_a_decision() {
         0x2a01_0000,
         0x2600_1f18,
     ] {
-        let (w, bit) = at32(top);
-        let want = u64::from(covered.contains(&(w, bit)));
-        assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, want, "bit of {top:x}");
+        let want = covered.contains(&at32(top));
+        assert_eq!(bit_at(&l32, at32(top)), want, "bit of {top:x}");
     }
     let from4 = udp4_from;
     let cases: [([u8; 4], u32); 11] = [
@@ -1436,8 +1419,7 @@ fn the_prefix_filters_never_change_a_decision() {
     maps.write_ban(2, 1, &ban("4000::/8")).unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from6("40ff::1")), XDP_DROP);
     assert_eq!(p.run(DIR_INGRESS, &from6("2a01::1")), XDP_PASS);
-    let (w, bit) = at32(0x2a01_0000);
-    assert_eq!((l32.get(&w, 0).unwrap() >> bit) & 1, 1);
+    assert!(bit_at(&l32, at32(0x2a01_0000)), "every IPv6 bit set");
     maps.remove_ban(2, &"4000::/8".parse().unwrap()).unwrap();
     assert_eq!(p.run(DIR_INGRESS, &from6("40ff::1")), XDP_PASS);
     maps.disable_l24_filter().unwrap();
