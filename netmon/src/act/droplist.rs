@@ -762,10 +762,10 @@ impl FastBans {
 
 /// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s (of
 /// those, for the host filter, the /24s an entry covers wholly), IPv4 addresses in blocks
-/// of hashed /24s, or hashed IPv6 /32s. A bit is set before any ban entry of that generation that overlaps the
-/// prefix is inserted and stays until the generation is cleared, so a clear bit proves there
-/// is no entry there once the filter is declared complete (`complete_at` in NETMON_DROPCFG
-/// holds that generation).
+/// of hashed /24s, or hashed IPv6 /32s. A bit is set before any ban entry of that
+/// generation that it stands for is inserted and stays until the generation is cleared, so
+/// a clear bit proves there is no entry there once the filter is declared complete
+/// (`complete_at` in NETMON_DROPCFG holds that generation).
 struct BitFilter {
     words: FilterWords,
     kind: FilterKind,
@@ -817,9 +817,8 @@ impl FilterKind {
     /// Calls `f` with the word and bit of every prefix of the filter's length that `net`
     /// overlaps (for the host filter's halves: every /24 it covers wholly, or every address
     /// of a prefix of /25 to /32), as the programs compute them (both sides share the slot
-    /// functions). False,
-    /// and no call, where that is more than the filter has bits (an IPv6 prefix shorter than
-    /// /16: every bit).
+    /// functions). False, and no call, where that is more than the filter has bits (an IPv6
+    /// prefix shorter than /16: every bit).
     fn each_slot(self, generation: u8, net: &Net, mut f: impl FnMut((u32, u32))) -> bool {
         let o = net.octets();
         let top = u64::from(u32::from_be_bytes([o[0], o[1], o[2], o[3]]));

@@ -1702,8 +1702,8 @@ fn packets() -> String {
                         format!(
                             "allow-list miss, 100,000-prefix ban list, flow hit (a /32 ban in \
                              the address's /24, none covering the address, as for {:.0}% of the \
-                             addresses in the /24s that hold bans: the host filter skips the \
-                             lookups)",
+                             unbanned addresses in the /24s that hold bans: the host filter \
+                             skips the lookups)",
                             host_share(&state)
                         ),
                         "allow-list miss, 100,000-prefix ban list, flow hit (looked up: the \
