@@ -225,7 +225,8 @@ static NETMON_BAN4_L24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F
 static NETMON_BAN4_W24: Array<u64> = Array::pinned(2 * dropcfg::L24_WORDS, BPF_F_MMAPABLE);
 /// ... and where none does, one bit per address in its /24's block (`dropcfg::h32_slot`;
 /// 2 MiB per generation), set for every address an entry of /25 to /32 covers. A clear bit
-/// lets the address skip the exact-match buckets and the prefix trie walk: one line instead.
+/// (and a clear whole-/24 bit) lets the address skip the exact-match buckets and the prefix
+/// trie walk: two bitmap words instead.
 #[map]
 static NETMON_BAN4_H32: Array<u64> = Array::pinned(2 * dropcfg::H32_WORDS, BPF_F_MMAPABLE);
 /// The IPv6 counterpart (`dropcfg::l32_6_slot`; 256 KiB per generation): one bit per hashed
