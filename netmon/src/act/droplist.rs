@@ -837,14 +837,10 @@ impl FilterKind {
                     f(slot(generation, ((p << (32 - bits)) as u32).to_be_bytes()));
                 }
             }
+            // The /24s a prefix of /24 or shorter covers are those it overlaps: the /24
+            // filter's slots.
             FilterKind::V4Whole if len <= 24 => {
-                let first = top >> 8;
-                for p in first..first + (1u64 << (24 - len)) {
-                    f(dropcfg::l24_slot(
-                        generation,
-                        ((p << 8) as u32).to_be_bytes(),
-                    ));
-                }
+                return FilterKind::V4(24).each_slot(generation, net, f);
             }
             FilterKind::V4Hosts if len > 24 => {
                 for a in top..top + (1u64 << (32 - len)) {
