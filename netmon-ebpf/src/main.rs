@@ -1499,10 +1499,11 @@ fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
         Some(_) => {}
         None => return true,
     }
+    // The /24 filter's slot is the whole-/24 bitmap's too.
+    let (word24, bit24) = dropcfg::l24_slot(generation, a);
     if dropcfg(dropcfg::BAN4_L24_FILTER) == generation_u64 {
-        let (word, bit) = dropcfg::l24_slot(generation, a);
-        match NETMON_BAN4_L24.get(word) {
-            Some(w) if (*w >> bit) & 1 == 0 => return false,
+        match NETMON_BAN4_L24.get(word24) {
+            Some(w) if (*w >> bit24) & 1 == 0 => return false,
             Some(_) => {}
             None => return true,
         }
@@ -1510,9 +1511,8 @@ fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
     if dropcfg(dropcfg::BAN4_HOST_FILTER) != generation_u64 {
         return true;
     }
-    let (word, bit) = dropcfg::l24_slot(generation, a);
-    match NETMON_BAN4_W24.get(word) {
-        Some(w) if (*w >> bit) & 1 == 0 => {}
+    match NETMON_BAN4_W24.get(word24) {
+        Some(w) if (*w >> bit24) & 1 == 0 => {}
         _ => return true,
     }
     let (word, bit) = dropcfg::h32_slot(generation, a);
