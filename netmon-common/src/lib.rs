@@ -495,7 +495,12 @@ pub mod dropcfg {
     /// in its /24's block is clear. 0 (and absent, in maps pinned by a version without it):
     /// go by the /16 and /24 filters alone.
     pub const BAN4_HOST_FILTER: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// The generation whose IPv6 host filter (`NETMON_BAN6_HOST`) covers every IPv6 ban
+    /// entry of it: only then do the programs, where the /32 filter says "look", skip the
+    /// lookups for an address whose bits in its /32's block are all clear. 0 (and absent, in
+    /// maps pinned by a version without it): go by the /32 filter alone.
+    pub const BAN6_HOST_FILTER: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Words of `NETMON_BAN4_L16` per generation: one bit per IPv4 /16.
     pub const L16_WORDS: u32 = 1024;
@@ -552,6 +557,143 @@ pub mod dropcfg {
             (generation as u32).wrapping_sub(1) * L32_6_WORDS + (h >> 6),
             h & 63,
         )
+    }
+
+    /// Words of `NETMON_BAN6_HOST` per generation: `H6_BLOCKS` blocks of eight words (a
+    /// cache line), a block shared by the IPv6 /32s that hash to it (`h6_block`). A block's
+    /// first word holds a bit per /32 (hashed) that an entry of /32 or shorter covers wholly;
+    /// its other seven hold, hashed to 448 bits (`h6_bit`), a bit per prefix of each length of
+    /// `H6_LEVELS` that an entry covers or lies in (`h6_cover`).
+    pub const H6_WORDS: u32 = 1 << 18;
+    /// Blocks of `NETMON_BAN6_HOST` per generation.
+    pub const H6_BLOCKS: u32 = H6_WORDS / 8;
+    /// The prefix lengths that have bits in an IPv6 host filter block, beside whole /32s: an
+    /// address is looked up when the bit of its prefix of any of these lengths is set.
+    pub const H6_LEVELS: [u8; 5] = [40, 48, 56, 64, 128];
+
+    /// An IPv6 address as two 64-bit halves, most significant first.
+    #[inline(always)]
+    pub const fn h6_halves(a: &[u8; 16]) -> (u64, u64) {
+        let mut hi = 0u64;
+        let mut lo = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            hi = hi << 8 | a[i] as u64;
+            lo = lo << 8 | a[i + 8] as u64;
+            i += 1;
+        }
+        (hi, lo)
+    }
+
+    /// Index into `NETMON_BAN6_HOST` of the first word of `a`'s /32's block (Fibonacci hashing
+    /// of the /32, with another multiplier than `l32_6_slot`'s, so /32s that share a /32
+    /// filter bit seldom share a block too), and the bit in that word of `a`'s /32 as a whole.
+    #[inline(always)]
+    pub const fn h6_block(generation: u8, a: &[u8; 16]) -> (u32, u32) {
+        let top = (a[0] as u32) << 24 | (a[1] as u32) << 16 | (a[2] as u32) << 8 | a[3] as u32;
+        let h = top.wrapping_mul(0x85eb_ca6b);
+        let shift = 32 - H6_BLOCKS.trailing_zeros();
+        (
+            (generation as u32).wrapping_sub(1) * H6_WORDS + (h >> shift) * 8,
+            (h >> (shift - 6)) & 63,
+        )
+    }
+
+    /// The word (1 to 7, from its block's first) and bit of the prefix of length `level` (of
+    /// `H6_LEVELS`) of the address whose halves (`h6_halves`) are `hi` and `lo`.
+    #[inline(always)]
+    pub const fn h6_bit(hi: u64, lo: u64, level: u8) -> (u32, u32) {
+        let (hi, lo) = match level {
+            0..64 => (hi & !(u64::MAX >> level), 0),
+            64 => (hi, 0),
+            65..128 => (hi, lo & !(u64::MAX >> (level - 64))),
+            _ => (hi, lo),
+        };
+        let x = (hi ^ level as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo;
+        let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let bit = (x * 448) >> 32;
+        (1 + (bit >> 6) as u32, bit as u32 & 63)
+    }
+
+    /// How the IPv6 host filter stands for an entry of prefix length `len` (33 to 128; an
+    /// entry of /32 or shorter sets the whole-/32 bit of every /32 it covers).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum H6Cover {
+        /// By the bits of its prefixes of this level, longer than or as long as the entry,
+        /// at most 16 of them: exact.
+        Split(u8),
+        /// By the bit of the one prefix of this level, shorter than the entry, that holds it:
+        /// the addresses of that prefix outside the entry are looked up too.
+        Within(u8),
+        /// By its /32's whole bit (an entry of /33 to /35: no level within four bits of it
+        /// or above it).
+        Whole,
+    }
+
+    /// `H6Cover` for an entry of /33 to /128.
+    pub const fn h6_cover(len: u8) -> H6Cover {
+        let mut within = 0;
+        let mut i = 0;
+        while i < H6_LEVELS.len() {
+            let level = H6_LEVELS[i];
+            if level >= len && level - len <= 4 {
+                return H6Cover::Split(level);
+            }
+            if level <= len {
+                within = level;
+            }
+            i += 1;
+        }
+        if within == 0 {
+            H6Cover::Whole
+        } else {
+            H6Cover::Within(within)
+        }
+    }
+
+    /// Calls `f` with the word and bit (indexes into `NETMON_BAN6_HOST`) of every IPv6 host
+    /// filter bit that an entry `net`/`len` (/16 to /128) sets: the whole bit of every /32 an
+    /// entry of /32 or shorter covers, else the bits `h6_cover` names.
+    pub fn h6_each_slot(generation: u8, net: u128, len: u32, mut f: impl FnMut((u32, u32))) {
+        let whole = |a: u128| h6_block(generation, &a.to_be_bytes());
+        let level = |a: u128, level: u8| {
+            let a = a.to_be_bytes();
+            let (block, _) = h6_block(generation, &a);
+            let (hi, lo) = h6_halves(&a);
+            let (word, bit) = h6_bit(hi, lo, level);
+            (block + word, bit)
+        };
+        if len <= 32 {
+            let top = net >> 96;
+            for p in top..top + (1u128 << (32 - len)) {
+                f(whole(p << 96));
+            }
+            return;
+        }
+        match h6_cover(len as u8) {
+            H6Cover::Whole => f(whole(net)),
+            H6Cover::Within(l) => f(level(net, l)),
+            H6Cover::Split(l) => {
+                for i in 0..1u128 << (l as u32 - len) {
+                    f(level(net | i << (128 - l as u32), l));
+                }
+            }
+        }
+    }
+
+    /// The IPv6 host filter's bits for address `a` (indexes into `NETMON_BAN6_HOST`, and the
+    /// bit): its /32's whole bit, then its prefixes' of each of `H6_LEVELS`. The programs
+    /// skip the lookups when all are clear.
+    #[inline(always)]
+    pub fn h6_slots(generation: u8, a: &[u8; 16]) -> [(u32, u32); 1 + H6_LEVELS.len()] {
+        let (block, whole) = h6_block(generation, a);
+        let (hi, lo) = h6_halves(a);
+        let mut out = [(block, whole); 1 + H6_LEVELS.len()];
+        for (o, level) in out[1..].iter_mut().zip(H6_LEVELS) {
+            let (word, bit) = h6_bit(hi, lo, level);
+            *o = (block + word, bit);
+        }
+        out
     }
 
     pub const HAS_ALLOW_V4: u64 = 1 << 0;
@@ -1000,6 +1142,94 @@ mod tests {
             .collect();
         assert_eq!(blocks.len(), 4096, "4,096 consecutive /24s, 4,096 blocks");
         assert!(blocks.iter().all(|&b| b < H32_BLOCKS));
+    }
+
+    /// The IPv6 host filter's slots: every address of a /32 has its /32's block (eight words
+    /// at a multiple of eight, in its generation's half) and its bits in that block's last
+    /// seven words; a prefix's bit is the same for every address in it; `h6_cover`'s choices.
+    #[test]
+    fn ipv6_host_filter_slots() {
+        use dropcfg::{H6_LEVELS, H6_WORDS, H6Cover, h6_bit, h6_block, h6_cover, h6_halves};
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        for generation in [1u8, 2] {
+            let base = u32::from(generation - 1) * H6_WORDS;
+            for a in ["2001:db8::1", "2a00:1450:4001::5", "3fff:ffff::", "::1"] {
+                let a = v6(a);
+                let (block, whole) = h6_block(generation, &a);
+                assert!(block % 8 == 0 && block >= base && block + 8 <= base + H6_WORDS);
+                assert!(whole < 64);
+                let mut far = a;
+                far[4..].fill(0xff);
+                assert_eq!(
+                    h6_block(generation, &far),
+                    (block, whole),
+                    "one block a /32"
+                );
+                let (hi, lo) = h6_halves(&a);
+                for level in H6_LEVELS {
+                    let (word, bit) = h6_bit(hi, lo, level);
+                    assert!((1..8).contains(&word) && bit < 64);
+                }
+            }
+        }
+        let a = v6("2001:db8:1:2:3:4:5:6");
+        assert_eq!(
+            h6_halves(&a),
+            (0x2001_0db8_0001_0002, 0x0003_0004_0005_0006)
+        );
+        let (hi, lo) = h6_halves(&a);
+        for level in H6_LEVELS {
+            // The last address of the same prefix, and the first of the next.
+            let (same, next) = if level <= 64 {
+                let tail = u64::MAX.checked_shr(u32::from(level)).unwrap_or(0);
+                ((hi | tail, u64::MAX), ((hi | tail).wrapping_add(1), 0))
+            } else {
+                let tail = u64::MAX.checked_shr(u32::from(level) - 64).unwrap_or(0);
+                ((hi, lo | tail), (hi, (lo | tail).wrapping_add(1)))
+            };
+            assert_eq!(
+                h6_bit(same.0, same.1, level),
+                h6_bit(hi, lo, level),
+                "/{level}"
+            );
+            let others: std::collections::BTreeSet<_> = (0..64u64)
+                .map(|i| {
+                    let step = |(h, l): (u64, u64)| {
+                        if level <= 64 {
+                            (h.wrapping_add(i << (64 - u32::from(level).min(64))), l)
+                        } else {
+                            (h, l.wrapping_add(i << (128 - u32::from(level))))
+                        }
+                    };
+                    let (h, l) = step(next);
+                    h6_bit(h, l, level)
+                })
+                .collect();
+            assert!(
+                others.len() > 32,
+                "/{level}: neighbours spread over the block"
+            );
+        }
+        for (len, want) in [
+            (33, H6Cover::Whole),
+            (35, H6Cover::Whole),
+            (36, H6Cover::Split(40)),
+            (40, H6Cover::Split(40)),
+            (41, H6Cover::Within(40)),
+            (43, H6Cover::Within(40)),
+            (44, H6Cover::Split(48)),
+            (48, H6Cover::Split(48)),
+            (50, H6Cover::Within(48)),
+            (56, H6Cover::Split(56)),
+            (60, H6Cover::Split(64)),
+            (64, H6Cover::Split(64)),
+            (65, H6Cover::Within(64)),
+            (123, H6Cover::Within(64)),
+            (124, H6Cover::Split(128)),
+            (128, H6Cover::Split(128)),
+        ] {
+            assert_eq!(h6_cover(len), want, "/{len}");
+        }
     }
 
     #[test]

@@ -234,6 +234,14 @@ static NETMON_BAN4_H32: Array<u64> = Array::pinned(2 * dropcfg::H32_WORDS, BPF_F
 /// than /16). A clear bit lets a packet skip the array's bucket and the prefix trie walk.
 #[map]
 static NETMON_BAN6_L32: Array<u64> = Array::pinned(2 * dropcfg::L32_6_WORDS, BPF_F_MMAPABLE);
+/// The IPv6 host filter, consulted where the /32 filter says "look": a cache line per hashed
+/// /32 (`dropcfg::h6_block`; 32,768 blocks, 2 MiB per generation) holding a bit for the /32
+/// as a whole, set when an entry of /32 or shorter covers it, and hashed bits for the /40,
+/// /48, /56, /64 and /128 that entries longer than /32 cover or lie in (`dropcfg::h6_bit`,
+/// `dropcfg::h6_cover`). All of an address's bits clear: no entry covers it, and it skips
+/// the exact-match buckets and the prefix trie walk for that one line.
+#[map]
+static NETMON_BAN6_HOST: Array<u64> = Array::pinned(2 * dropcfg::H6_WORDS, BPF_F_MMAPABLE);
 /// Allow list: checked first, wins over every ban. Value: unused.
 #[map]
 static NETMON_ALLOW4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
@@ -1553,8 +1561,10 @@ fn ban4_may_match(generation: u8, a: [u8; 4]) -> bool {
     }
 }
 
-/// Whether an IPv6 ban entry of `generation` may cover `a`: false only when that
-/// generation's /32 filter is complete and the bit of `a`'s /32 is clear.
+/// Whether an IPv6 ban entry of `generation` may cover `a`: false only where one of that
+/// generation's complete filters proves none does: the bit of `a`'s /32 is clear, or (the
+/// host filter) every bit of `a` in its /32's block is: the /32's whole bit and those of its
+/// prefixes of each of `dropcfg::H6_LEVELS`.
 #[inline(always)]
 fn ban6_may_match(generation: u8, a: &[u8; 16]) -> bool {
     let generation_u64 = u64::from(generation);
@@ -1563,9 +1573,20 @@ fn ban6_may_match(generation: u8, a: &[u8; 16]) -> bool {
     }
     let (word, bit) = dropcfg::l32_6_slot(generation, a);
     match NETMON_BAN6_L32.get(word) {
-        Some(w) => (*w >> bit) & 1 != 0,
-        None => true,
+        Some(w) if (*w >> bit) & 1 == 0 => return false,
+        Some(_) => {}
+        None => return true,
     }
+    if dropcfg(dropcfg::BAN6_HOST_FILTER) != generation_u64 {
+        return true;
+    }
+    for (word, bit) in dropcfg::h6_slots(generation, a) {
+        match NETMON_BAN6_HOST.get(word) {
+            Some(w) if (*w >> bit) & 1 == 0 => {}
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Whether a packet from `src` is over its source's rate limit (and so is dropped and

@@ -1217,7 +1217,10 @@ fn hit_counters_pinned_by_an_older_version_are_carried_over() {
 /// drops up to its last address and not past it, a /27 drops its 32 addresses and not those
 /// next to it in its /24, a prefix added afterwards drops at once (its bits are set before
 /// the entry), a removed one stops dropping; with the host filter off, with the /24 filter
-/// off too, and with all off, the decisions are the same.
+/// off too, and with all off, the decisions are the same. The IPv6 /32 and host filters
+/// likewise: bits as written for a /48, a /128 and a /20's /32s, an entry written behind
+/// their back in a /32 that holds entries unseen while the host filter is in force, a /56
+/// added afterwards dropping at once.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn the_prefix_filters_never_change_a_decision() {
@@ -1254,6 +1257,7 @@ fn the_prefix_filters_never_change_a_decision() {
         (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
         (netmon_common::dropcfg::BAN4_HOST_FILTER, "host"),
         (netmon_common::dropcfg::BAN6_FILTER, "IPv6 /32"),
+        (netmon_common::dropcfg::BAN6_HOST_FILTER, "IPv6 host"),
     ] {
         assert_eq!(
             cfg.get(&at, 0).unwrap(),
@@ -1336,6 +1340,23 @@ fn the_prefix_filters_never_change_a_decision() {
         let want = covered.contains(&at32(top));
         assert_eq!(bit_at(&l32, at32(top)), want, "bit of {top:x}");
     }
+    // The IPv6 host filter's bits as written: the /48's bit at /48, the address's at /128,
+    // the /20's /32s' whole bits; none for an address whose /32 holds only those entries, but
+    // where its /32's block is shared with theirs.
+    let h6 = pinned_array("NETMON_BAN6_HOST");
+    let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    // An address's bits: its /32's whole bit, then its /40's, /48's, /56's, /64's and its own.
+    let bits6 = |a: &str| netmon_common::dropcfg::h6_slots(2, &v6(a));
+    assert!(bit_at(&h6, bits6("2001:db8:5:ffff::1")[2]), "/48 bit");
+    assert!(bit_at(&h6, bits6("2001:db8:7::1")[5]), "/128 bit");
+    for a in ["3fff:1000::", "3fff:1abc:1::2", "3fff:1fff::"] {
+        assert!(bit_at(&h6, bits6(a)[0]), "whole bit of {a}");
+    }
+    let unbanned6 = "2001:db8:9::5";
+    assert!(
+        bits6(unbanned6).into_iter().all(|at| !bit_at(&h6, at)),
+        "{unbanned6}: every host bit clear (the hashes put no entry's bit on its)"
+    );
     let from4 = udp4_from;
     let cases: [([u8; 4], u32); 11] = [
         ([192, 0, 2, 100], XDP_DROP),
@@ -1370,36 +1391,54 @@ fn the_prefix_filters_never_change_a_decision() {
         }
     };
     check(&p, "filters on");
+    // A ban written while the host filters are in force has its bits before it is looked up.
+    maps.write_ban(2, 1, &ban("2001:db8:a:100::/56")).unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from6("2001:db8:a:1ff::1")), XDP_DROP);
+    assert_eq!(p.run(DIR_INGRESS, &from6("2001:db8:a:200::1")), XDP_PASS);
+    maps.remove_ban(2, &"2001:db8:a:100::/56".parse().unwrap())
+        .unwrap();
+    assert_eq!(p.run(DIR_INGRESS, &from6("2001:db8:a:1ff::1")), XDP_PASS);
     // A clear host bit skips the lookups: a prefix entry written into the trie behind the
     // filters' back (no bits set), in a /24 that holds entries, goes unseen while the host
-    // filter is in force, and drops once it is off.
+    // filter is in force, and drops once it is off; the same in IPv6, a /64 in 2001:db8::/32,
+    // whose /32 bit the other entries set.
+    let pinned_trie = |name: &str| {
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(p._pins.0.join(name)).unwrap())
+            .unwrap()
+    };
     let mut pfx4: aya::maps::LpmTrie<_, netmon_common::BanPrefix4, netmon_common::BanValue> =
-        aya::maps::LpmTrie::try_from(
-            aya::maps::Map::from_map_data(
-                aya::maps::MapData::from_pin(p._pins.0.join("NETMON_BANPFX4")).unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        aya::maps::LpmTrie::try_from(pinned_trie("NETMON_BANPFX4")).unwrap();
+    let mut pfx6: aya::maps::LpmTrie<_, netmon_common::BanPrefix6, netmon_common::BanValue> =
+        aya::maps::LpmTrie::try_from(pinned_trie("NETMON_BANPFX6")).unwrap();
     let behind = aya::maps::lpm_trie::Key::new(8 + 28, [2, 192, 0, 2, 64]);
-    let value = netmon_common::BanValue {
-        prefix_len: 28,
+    let mut key6 = [0u8; 17];
+    key6[0] = 2;
+    key6[1..].copy_from_slice(&v6(unbanned6));
+    let behind6 = aya::maps::lpm_trie::Key::new(8 + 64, key6);
+    let value = |prefix_len| netmon_common::BanValue {
+        prefix_len,
         ..Default::default()
     };
-    pfx4.insert(&behind, value, 0).unwrap();
-    let unseen = from4([192, 0, 2, 70]);
-    assert_eq!(
-        p.run(DIR_INGRESS, &unseen),
-        XDP_PASS,
-        "host bit clear: not looked up"
-    );
+    pfx4.insert(&behind, value(28), 0).unwrap();
+    pfx6.insert(&behind6, value(64), 0).unwrap();
+    let unseen = [from4([192, 0, 2, 70]), from6(unbanned6)];
+    for frame in &unseen {
+        assert_eq!(
+            p.run(DIR_INGRESS, frame),
+            XDP_PASS,
+            "host bits clear: not looked up"
+        );
+    }
     maps.disable_host_filter().unwrap();
-    assert_eq!(
-        p.run(DIR_INGRESS, &unseen),
-        XDP_DROP,
-        "host filter off: looked up"
-    );
+    for frame in &unseen {
+        assert_eq!(
+            p.run(DIR_INGRESS, frame),
+            XDP_DROP,
+            "host filters off: looked up"
+        );
+    }
     pfx4.remove(&behind).unwrap();
+    pfx6.remove(&behind6).unwrap();
     check(&p, "host filter off");
     maps.write_ban(2, 1, &ban("192.0.2.0/25")).unwrap();
     assert_eq!(
@@ -1432,7 +1471,12 @@ fn the_prefix_filters_never_change_a_decision() {
     check(&p, "/16 filter only");
     maps.disable_filters().unwrap();
     assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
-    assert_eq!(cfg.get(&netmon_common::dropcfg::BAN6_FILTER, 0).unwrap(), 0);
+    for at in [
+        netmon_common::dropcfg::BAN6_FILTER,
+        netmon_common::dropcfg::BAN6_HOST_FILTER,
+    ] {
+        assert_eq!(cfg.get(&at, 0).unwrap(), 0);
+    }
     check(&p, "filters off");
     // A full write turns them back on, with the same decisions.
     maps.sync(&state).unwrap();
@@ -1440,6 +1484,7 @@ fn the_prefix_filters_never_change_a_decision() {
         netmon_common::dropcfg::BAN4_L24_FILTER,
         netmon_common::dropcfg::BAN4_HOST_FILTER,
         netmon_common::dropcfg::BAN6_FILTER,
+        netmon_common::dropcfg::BAN6_HOST_FILTER,
     ] {
         assert_eq!(cfg.get(&at, 0).unwrap(), 2);
     }

@@ -29,7 +29,7 @@ use super::{
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     "NETMON_BAN4",
     "NETMON_BANX4",
     "NETMON_BANCNT4",
@@ -52,6 +52,7 @@ pub const PINNED_MAPS: [&str; 22] = [
     "NETMON_BAN4_W24",
     "NETMON_BAN4_H32",
     "NETMON_BAN6_L32",
+    "NETMON_BAN6_HOST",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -183,9 +184,9 @@ pub struct DropMaps {
     rate4: HashMap<MapData, [u8; 4], RateValue>,
     rate6: HashMap<MapData, [u8; 16], RateValue>,
     /// The filters in front of the lookups: IPv4 /16 and /24, the IPv4 host filter's two
-    /// bitmaps, IPv6 /32 (NETMON_BAN4_L16, NETMON_BAN4_L24, NETMON_BAN4_W24, NETMON_BAN4_H32,
-    /// NETMON_BAN6_L32).
-    filters: [BitFilter; 5],
+    /// bitmaps, IPv6 /32, the IPv6 host filter (NETMON_BAN4_L16, NETMON_BAN4_L24,
+    /// NETMON_BAN4_W24, NETMON_BAN4_H32, NETMON_BAN6_L32, NETMON_BAN6_HOST).
+    filters: [BitFilter; 6],
     /// The programs' own index of exact bans: IPv4, IPv6 (NETMON_BANX4/6, NETMON_BANCNT4/6).
     fast: [FastBans; 2],
     /// Its wide part, for the exact bans that find no slot there: IPv4, IPv6
@@ -762,7 +763,7 @@ impl FastBans {
 
 /// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s (of
 /// those, for the host filter, the /24s an entry covers wholly), IPv4 addresses in blocks
-/// of hashed /24s, or hashed IPv6 /32s. A bit is set before any ban entry of that
+/// of hashed /24s, hashed IPv6 /32s, or IPv6 prefixes in blocks of hashed /32s. A bit is set before any ban entry of that
 /// generation that it stands for is inserted and stays until the generation is cleared, so
 /// a clear bit proves there is no entry there once the filter is declared complete
 /// (`complete_at` in NETMON_DROPCFG holds that generation).
@@ -787,6 +788,9 @@ enum FilterKind {
     V4Hosts,
     /// IPv6 /32s, hashed to 2^21 bits (`dropcfg::l32_6_slot`).
     V6,
+    /// IPv6 /32s and the prefixes of `dropcfg::H6_LEVELS` in them, hashed into a block per
+    /// hashed /32 (`dropcfg::h6_block`, `h6_bit`): the IPv6 host filter.
+    V6Hosts,
 }
 
 impl FilterKind {
@@ -796,12 +800,13 @@ impl FilterKind {
             FilterKind::V4Whole => "IPv4 whole-/24".into(),
             FilterKind::V4Hosts => "IPv4 host".into(),
             FilterKind::V6 => "IPv6 /32".into(),
+            FilterKind::V6Hosts => "IPv6 host".into(),
         }
     }
 
     /// Whether `net` is of the filter's family.
     fn family_of(self, net: &Net) -> bool {
-        !matches!(self, FilterKind::V6) == net.is_v4()
+        !matches!(self, FilterKind::V6 | FilterKind::V6Hosts) == net.is_v4()
     }
 
     /// Words per generation.
@@ -811,14 +816,16 @@ impl FilterKind {
             FilterKind::V4Whole => dropcfg::L24_WORDS,
             FilterKind::V4Hosts => dropcfg::H32_WORDS,
             FilterKind::V6 => dropcfg::L32_6_WORDS,
+            FilterKind::V6Hosts => dropcfg::H6_WORDS,
         }
     }
 
     /// Calls `f` with the word and bit of every prefix of the filter's length that `net`
-    /// overlaps (for the host filter's halves: every /24 it covers wholly, or every address
-    /// of a prefix of /25 to /32), as the programs compute them (both sides share the slot
-    /// functions). False, and no call, where that is more than the filter has bits (an IPv6
-    /// prefix shorter than /16: every bit).
+    /// overlaps (for the IPv4 host filter's halves: every /24 it covers wholly, or every
+    /// address of a prefix of /25 to /32; for the IPv6 host filter: the whole bit of every
+    /// /32 a prefix of /32 or shorter covers, else the bits `dropcfg::h6_cover` names), as the
+    /// programs compute them (both sides share the slot functions). False, and no call, where
+    /// that is more than the filter has bits (an IPv6 prefix shorter than /16: every bit).
     fn each_slot(self, generation: u8, net: &Net, mut f: impl FnMut((u32, u32))) -> bool {
         let o = net.octets();
         let top = u64::from(u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
@@ -848,13 +855,18 @@ impl FilterKind {
                 }
             }
             FilterKind::V4Whole | FilterKind::V4Hosts => {}
-            FilterKind::V6 if len < 16 => return false,
+            FilterKind::V6 | FilterKind::V6Hosts if len < 16 => return false,
             FilterKind::V6 => {
                 for p in top..top + (1u64 << 32u32.saturating_sub(len)) {
-                    let mut a = [0u8; 16];
-                    a[..4].copy_from_slice(&(p as u32).to_be_bytes());
-                    f(dropcfg::l32_6_slot(generation, &a));
+                    f(dropcfg::l32_6_slot(
+                        generation,
+                        &(u128::from(p) << 96).to_be_bytes(),
+                    ));
                 }
+            }
+            FilterKind::V6Hosts => {
+                let net = u128::from_be_bytes(o.as_slice().try_into().unwrap_or_default());
+                dropcfg::h6_each_slot(generation, net, len, f);
             }
         }
         true
@@ -886,6 +898,7 @@ impl BitFilter {
             FilterKind::V4(_) => dropcfg::BAN4_L24_FILTER,
             FilterKind::V4Whole | FilterKind::V4Hosts => dropcfg::BAN4_HOST_FILTER,
             FilterKind::V6 => dropcfg::BAN6_FILTER,
+            FilterKind::V6Hosts => dropcfg::BAN6_HOST_FILTER,
         };
         let slots = map.info()?.max_entries();
         let words = if matches!(kind, FilterKind::V4(16)) {
@@ -1092,6 +1105,7 @@ impl DropMaps {
                 BitFilter::new(take("NETMON_BAN4_W24"), FilterKind::V4Whole)?,
                 BitFilter::new(take("NETMON_BAN4_H32"), FilterKind::V4Hosts)?,
                 BitFilter::new(take("NETMON_BAN6_L32"), FilterKind::V6)?,
+                BitFilter::new(take("NETMON_BAN6_HOST"), FilterKind::V6Hosts)?,
             ],
             fast: [
                 FastBans::new(
@@ -1397,11 +1411,14 @@ impl DropMaps {
             .context("disabling the IPv4 /24 filter")
     }
 
-    /// Makes the programs go by the IPv4 /16 and /24 filters alone, as a version without the
-    /// host filter did; the next full write turns it back on.
+    /// Makes the programs go by the IPv4 /16 and /24 filters and the IPv6 /32 filter alone,
+    /// as a version without the host filters did; the next full write turns them back on.
     pub fn disable_host_filter(&mut self) -> Result<()> {
         self.set_cfg(dropcfg::BAN4_HOST_FILTER, 0, || {
             "disabling the IPv4 host filter".into()
+        })?;
+        self.set_cfg(dropcfg::BAN6_HOST_FILTER, 0, || {
+            "disabling the IPv6 host filter".into()
         })
     }
 

@@ -1683,8 +1683,29 @@ fn packets() -> String {
                 // addresses' /16); then with a ban elsewhere in their /16, the /24 filter
                 // does; then with a ban in each of their /24s, the host filter does; then the
                 // same packets looked up, as for an address whose bit another entry set.
+                // IPv6 three times: the /32 filter, the host filter (a ban in the pool's /64),
+                // looked up.
                 let cases: Vec<String> = if v6 {
-                    vec!["allow-list miss, 100,000-prefix ban list, flow hit".into()]
+                    let (s32, host) = host6_share(&state);
+                    let ban6 = std::net::Ipv6Addr::from(BAN6_IN_POOL);
+                    vec![
+                        format!(
+                            "allow-list miss, 100,000-prefix ban list, flow hit (no ban in the \
+                             address's /32, as for {:.2}% of the /32s this list is drawn from: \
+                             the /32 filter skips the lookups)",
+                            100.0 - s32
+                        ),
+                        format!(
+                            "allow-list miss, 100,000-prefix ban list, flow hit (a /128 ban, \
+                             {ban6}, in the address's /64, none covering it, as for {host:.0}% \
+                             of the unbanned addresses in the /32s that hold bans: the host \
+                             filter skips the lookups; {} of the pool's {prefill} addresses)",
+                            pool6_skipping(&state, prefill)
+                        ),
+                        "allow-list miss, 100,000-prefix ban list, flow hit (looked up: the \
+                         host filter off, as for an address whose bits other entries set)"
+                            .into(),
+                    ]
                 } else {
                     let (s16, s24) = covered_share(&state);
                     vec![
@@ -1715,6 +1736,11 @@ fn packets() -> String {
                 };
                 for (i, case) in cases.iter().enumerate() {
                     match i {
+                        1 if v6 => {
+                            let b = ban(&std::net::Ipv6Addr::from(BAN6_IN_POOL).to_string());
+                            maps.write_ban(2, 1, &b).unwrap();
+                        }
+                        2 if v6 => maps.disable_host_filter().unwrap(),
                         1 => maps.write_ban(2, 1, &ban("10.0.128.0/24")).unwrap(),
                         2 => {
                             // The pool's flows' /24s (128 flows each, `remote4`).
@@ -1766,7 +1792,9 @@ fn packets() -> String {
          entries, of which a CPU uses the first ones, as many as its flows made it grow to \
          (\"slots in use\"; the prefill runs until they stop growing), and the LRU maps (`netmon_xdp`, `netmon_tc_egress`; `--flow-table lru`). The \
          bench runs on CPU 0, so its flows are in CPU 0's part of the tables. The drop-list \
-         rows run the default programs. \"Parse only\" is `netmon_*_parse`: the same parser, \
+         rows run the default programs; the allow-list rows load 100,000 random prefixes (IPv4: \
+         /16 to /32 over unicast space outside the pool's 10/8; IPv6: /32 to /64 over 2000::/3 \
+         outside the pool's 2001:db8::/32) and an allow entry that misses. \"Parse only\" is `netmon_*_parse`: the same parser, \
          no maps. A row marked \"one packet repeated\" runs one packet of the pool 1,000 \
          times in one test run (`repeat` = 1,000; the kernel's mean per run), against the \
          empty program likewise: the program's own work with everything it touches in the \
@@ -1875,6 +1903,89 @@ fn host_share(state: &State) -> f64 {
     100.0 * skipped as f64 / free.max(1) as f64
 }
 
+/// The IPv6 address the benchmark bans in its flows' /64 (`remote6`'s, 2001:db8:1::/64),
+/// outside the flows themselves.
+const BAN6_IN_POOL: u128 = 0x2001_0db8_0001_0000_0000_0000_ffff_ffff;
+
+/// The bits of the IPv6 host filter (`NETMON_BAN6_HOST`, generation 1's half) that `bans`
+/// set, as the drop list sets them (`dropcfg::h6_each_slot`).
+fn host6_bits<'a>(bans: impl IntoIterator<Item = &'a BanEntry>) -> Vec<u64> {
+    let mut bits = vec![0u64; netmon_common::dropcfg::H6_WORDS as usize];
+    for b in bans.into_iter().filter(|b| !b.net.is_v4()) {
+        let o: [u8; 16] = b.net.octets().try_into().unwrap();
+        let len = u32::from(b.net.prefix());
+        netmon_common::dropcfg::h6_each_slot(1, u128::from_be_bytes(o), len, |(w, bit)| {
+            bits[w as usize] |= 1 << bit;
+        });
+    }
+    bits
+}
+
+/// Whether every bit of `a` in the host filter `bits` (`host6_bits`) is clear: the programs
+/// skip its lookups.
+fn host6_clear(bits: &[u64], a: &[u8; 16]) -> bool {
+    netmon_common::dropcfg::h6_slots(1, a)
+        .iter()
+        .all(|&(w, bit)| bits[w as usize] >> bit & 1 == 0)
+}
+
+/// For `state`'s IPv6 bans: the share (%) of the /32s `generated_prefixes` draws from
+/// (2000::/3) that hold one, and of the addresses in those /32s that none covers, the share
+/// (%) whose host filter bits are all clear, so that the programs skip their lookups (from a
+/// sample of 16 addresses a /32, at fixed pseudo-random places).
+fn host6_share(state: &State) -> (f64, f64) {
+    let v6: Vec<(u128, u32)> = state
+        .bans
+        .iter()
+        .filter(|b| !b.net.is_v4())
+        .map(|b| {
+            let o: [u8; 16] = b.net.octets().try_into().unwrap();
+            (u128::from_be_bytes(o), u32::from(b.net.prefix()))
+        })
+        .collect();
+    let bits = host6_bits(&state.bans);
+    let mut by_len: std::collections::BTreeMap<u32, std::collections::HashSet<u128>> =
+        std::collections::BTreeMap::new();
+    let mut tops = std::collections::HashSet::new();
+    for &(net, len) in &v6 {
+        by_len.entry(len).or_default().insert(net);
+        tops.insert(net >> 96);
+    }
+    let covered = |a: u128| {
+        by_len
+            .iter()
+            .any(|(&len, nets)| nets.contains(&(a & !(u128::MAX >> len))))
+    };
+    let (mut free, mut skipped) = (0u64, 0u64);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for &top in &tops {
+        for _ in 0..16 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = top << 96 | u128::from(x) << 32 | u128::from(x.rotate_left(17) as u32);
+            if !covered(a) {
+                free += 1;
+                skipped += u64::from(host6_clear(&bits, &a.to_be_bytes()));
+            }
+        }
+    }
+    (
+        100.0 * tops.len() as f64 / f64::from(1u32 << 29),
+        100.0 * skipped as f64 / free.max(1) as f64,
+    )
+}
+
+/// How many of the first `flows` synthetic IPv6 flows' remote addresses (`remote6`) skip the
+/// lookups once `BAN6_IN_POOL` is banned beside `state`'s bans.
+fn pool6_skipping(state: &State, flows: u32) -> usize {
+    let extra = ban(&std::net::Ipv6Addr::from(BAN6_IN_POOL).to_string());
+    let bits = host6_bits(state.bans.iter().chain([&extra]));
+    (0..flows)
+        .filter(|&i| host6_clear(&bits, &remote6(i)))
+        .count()
+}
+
 fn flows_label(prefill: u32, capacity: u32) -> String {
     format!("{prefill} in {capacity}")
 }
@@ -1905,7 +2016,11 @@ fn generated_prefixes(n: usize, v6: bool, seed: u64) -> Vec<String> {
         x ^= x << 17;
         if v6 {
             let len = 32 + (x % 33) as u32; // /32../64
-            let a = (0x2a00_u128 << 112) | ((x as u128) << 48);
+            // Global unicast, 2000::/3.
+            let a = u128::from(1 << 61 | x >> 3) << 64;
+            if a >> 96 == 0x2001_0db8 {
+                continue;
+            }
             let net = a & !(u128::MAX >> len);
             seen.insert(format!("{}/{len}", std::net::Ipv6Addr::from(net)));
         } else {
