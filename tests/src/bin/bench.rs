@@ -1129,6 +1129,17 @@ impl Rig {
         }
     }
 
+    /// The "flows in map" label of rows run on the per-CPU table: its flows, and the slots of
+    /// CPU 0's part in use and in all.
+    fn tab_label(&self, v6: bool) -> String {
+        format!(
+            "{} in {} slots in use of {} (CPU 0's part)",
+            self.tab_count(v6),
+            self.tab_live(v6) as usize * TAB_WAYS,
+            self.tab_buckets as usize * TAB_WAYS
+        )
+    }
+
     /// Flows in this CPU's part of the family's per-CPU table (the bench runs on CPU 0).
     fn tab_count(&self, v6: bool) -> usize {
         fn count<K: Copy + Eq + std::hash::Hash>(rig: &Rig, name: &str) -> usize
@@ -1515,16 +1526,10 @@ fn packets() -> String {
                     prefill,
                     empty,
                 };
-                let mut tab_flows = String::new();
                 if rig.has_tab() {
                     let tab = tab_prog;
                     rig.prefill_tab(tab, prefill, v6, ingress);
-                    tab_flows = format!(
-                        "{} in {} slots in use of {} (CPU 0's part)",
-                        rig.tab_count(v6),
-                        rig.tab_live(v6) as usize * TAB_WAYS,
-                        rig.tab_buckets as usize * TAB_WAYS
-                    );
+                    let tab_flows = rig.tab_label(v6);
                     rows.extend(store_rows(
                         &rig,
                         &c,
@@ -1558,13 +1563,17 @@ fn packets() -> String {
                     continue;
                 }
                 // The drop list, against existing flows, through the default flow store's
-                // program.
+                // program: in a rig of its own, its table holding the prefill alone, as the
+                // hit rows found it (the new-flow rows left 31,744 more flows in this one).
+                drop(rig);
+                let mut rig = Rig::new(capacity);
                 let (prog, flows) = if rig.has_tab() {
-                    (tab_prog, tab_flows)
+                    rig.prefill_tab(tab_prog, prefill, v6, ingress);
+                    (tab_prog, rig.tab_label(v6))
                 } else {
+                    rig.prefill(prog, prefill, v6, ingress);
                     (prog, flows)
                 };
-                let mut rig = rig;
                 let (mut maps, _) = drop_maps(&mut rig.ebpf);
                 let banned: Vec<Vec<u8>> = hit_pool(0);
                 let mut state = State::default();
