@@ -1760,53 +1760,55 @@ fn packets() -> String {
                 // same packets looked up, as for an address whose bit another entry set.
                 // IPv6 three times: the /32 filter, the host filter (a ban in the pool's /64),
                 // looked up.
+                let label = |what: String| {
+                    format!("allow-list miss, 100,000-prefix ban list, flow hit ({what})")
+                };
                 let cases: Vec<String> = if v6 {
                     let (s32, host) = host6_share(&state);
                     let ban6 = std::net::Ipv6Addr::from(BAN6_IN_POOL);
                     vec![
-                        format!(
-                            "allow-list miss, 100,000-prefix ban list, flow hit (no ban in the \
-                             address's /32, as for {:.2}% of the /32s this list is drawn from: \
-                             the /32 filter skips the lookups)",
+                        label(format!(
+                            "no ban in the address's /32, as for {:.2}% of the /32s this list \
+                             is drawn from: the /32 filter skips the lookups",
                             100.0 - s32
-                        ),
-                        format!(
-                            "allow-list miss, 100,000-prefix ban list, flow hit (a /128 ban, \
-                             {ban6}, in the address's /64, none covering it, as for {host:.0}% \
-                             of the unbanned addresses in the /32s that hold bans: the host \
-                             filter skips the lookups; {} of the pool's {prefill} addresses)",
+                        )),
+                        label(format!(
+                            "a /128 ban, {ban6}, in the address's /64, none covering it, as for \
+                             {host:.0}% of the unbanned addresses in the /32s that hold bans: \
+                             the host filter skips the lookups; {} of the pool's {prefill} \
+                             addresses",
                             pool6_skipping(&state, prefill)
+                        )),
+                        label(
+                            "looked up: the host filter off, as for an address whose bits other \
+                             entries set"
+                                .into(),
                         ),
-                        "allow-list miss, 100,000-prefix ban list, flow hit (looked up: the \
-                         host filter off, as for an address whose bits other entries set)"
-                            .into(),
                     ]
                 } else {
                     let (s16, s24) = covered_share(&state);
                     vec![
-                        format!(
-                            "allow-list miss, 100,000-prefix ban list, flow hit (no ban in the \
-                             address's /16, as for {:.0}% of the /16s this list is drawn from: \
-                             the /16 filter skips the lookups)",
+                        label(format!(
+                            "no ban in the address's /16, as for {:.0}% of the /16s this list \
+                             is drawn from: the /16 filter skips the lookups",
                             100.0 - s16
-                        ),
-                        format!(
-                            "allow-list miss, 100,000-prefix ban list, flow hit (a ban in the \
-                             /16, none in the address's /24, as for {:.0}% of the /24s: the /24 \
-                             filter skips the lookups)",
+                        )),
+                        label(format!(
+                            "a ban in the /16, none in the address's /24, as for {:.0}% of the \
+                             /24s: the /24 filter skips the lookups",
                             100.0 - s24
-                        ),
-                        format!(
-                            "allow-list miss, 100,000-prefix ban list, flow hit (a /32 ban in \
-                             the address's /24, none covering the address, as for {:.0}% of the \
-                             unbanned addresses in the /24s that hold bans: the host filter \
-                             skips the lookups)",
+                        )),
+                        label(format!(
+                            "a /32 ban in the address's /24, none covering the address, as for \
+                             {:.0}% of the unbanned addresses in the /24s that hold bans: the \
+                             host filter skips the lookups",
                             host_share(&state)
+                        )),
+                        label(
+                            "looked up: the /24 and host filters off, as for an address whose \
+                             host bit another entry set"
+                                .into(),
                         ),
-                        "allow-list miss, 100,000-prefix ban list, flow hit (looked up: the \
-                         /24 and host filters off, as for an address whose host bit another \
-                         entry set)"
-                            .into(),
                     ]
                 };
                 for (i, case) in cases.iter().enumerate() {
