@@ -1242,14 +1242,12 @@ fn the_prefix_filters_never_change_a_decision() {
     };
     maps.sync(&state).unwrap();
     // The pinned arrays as the CLI sees them, beside the programs' own handles.
+    let pinned_map = |name: &str| {
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(p._pins.0.join(name)).unwrap())
+            .unwrap()
+    };
     let pinned_array = |name: &str| -> aya::maps::Array<_, u64> {
-        aya::maps::Array::try_from(
-            aya::maps::Map::from_map_data(
-                aya::maps::MapData::from_pin(p._pins.0.join(name)).unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap()
+        aya::maps::Array::try_from(pinned_map(name)).unwrap()
     };
     let cfg = pinned_array("NETMON_DROPCFG");
     for (at, what) in [
@@ -1341,8 +1339,8 @@ fn the_prefix_filters_never_change_a_decision() {
         assert_eq!(bit_at(&l32, at32(top)), want, "bit of {top:x}");
     }
     // The IPv6 host filter's bits as written: the /48's bit at /48, the address's at /128,
-    // the /20's /32s' whole bits; none for an address whose /32 holds only those entries, but
-    // where its /32's block is shared with theirs.
+    // the /20's /32s' whole bits; and none of those of an unbanned address in a /32 that holds
+    // entries.
     let h6 = pinned_array("NETMON_BAN6_HOST");
     let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().octets();
     // An address's bits: its /32's whole bit, then its /40's, /48's, /56's, /64's and its own.
@@ -1355,7 +1353,7 @@ fn the_prefix_filters_never_change_a_decision() {
     let unbanned6 = "2001:db8:9::5";
     assert!(
         bits6(unbanned6).into_iter().all(|at| !bit_at(&h6, at)),
-        "{unbanned6}: every host bit clear (the hashes put no entry's bit on its)"
+        "{unbanned6}: every host bit clear (the hashes put no entry's bit on one of them)"
     );
     let from4 = udp4_from;
     let cases: [([u8; 4], u32); 11] = [
@@ -1402,14 +1400,10 @@ fn the_prefix_filters_never_change_a_decision() {
     // filters' back (no bits set), in a /24 that holds entries, goes unseen while the host
     // filter is in force, and drops once it is off; the same in IPv6, a /64 in 2001:db8::/32,
     // whose /32 bit the other entries set.
-    let pinned_trie = |name: &str| {
-        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(p._pins.0.join(name)).unwrap())
-            .unwrap()
-    };
     let mut pfx4: aya::maps::LpmTrie<_, netmon_common::BanPrefix4, netmon_common::BanValue> =
-        aya::maps::LpmTrie::try_from(pinned_trie("NETMON_BANPFX4")).unwrap();
+        aya::maps::LpmTrie::try_from(pinned_map("NETMON_BANPFX4")).unwrap();
     let mut pfx6: aya::maps::LpmTrie<_, netmon_common::BanPrefix6, netmon_common::BanValue> =
-        aya::maps::LpmTrie::try_from(pinned_trie("NETMON_BANPFX6")).unwrap();
+        aya::maps::LpmTrie::try_from(pinned_map("NETMON_BANPFX6")).unwrap();
     let behind = aya::maps::lpm_trie::Key::new(8 + 28, [2, 192, 0, 2, 64]);
     let mut key6 = [0u8; 17];
     key6[0] = 2;

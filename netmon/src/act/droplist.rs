@@ -763,10 +763,10 @@ impl FastBans {
 
 /// A bitmap over the prefixes of one length, one per generation: IPv4 /16s or /24s (of
 /// those, for the host filter, the /24s an entry covers wholly), IPv4 addresses in blocks
-/// of hashed /24s, hashed IPv6 /32s, or IPv6 prefixes in blocks of hashed /32s. A bit is set before any ban entry of that
-/// generation that it stands for is inserted and stays until the generation is cleared, so
-/// a clear bit proves there is no entry there once the filter is declared complete
-/// (`complete_at` in NETMON_DROPCFG holds that generation).
+/// of hashed /24s, hashed IPv6 /32s, or IPv6 prefixes in blocks of hashed /32s. A bit is
+/// set before any ban entry of that generation that it stands for is inserted and stays
+/// until the generation is cleared, so a clear bit proves there is no entry there once the
+/// filter is declared complete (`complete_at` in NETMON_DROPCFG holds that generation).
 struct BitFilter {
     words: FilterWords,
     kind: FilterKind,
