@@ -1422,6 +1422,23 @@ impl DropMaps {
         })
     }
 
+    /// Undoes `disable_filters`, `disable_l24_filter` and `disable_host_filter`: the programs
+    /// go by every filter of the generation in force again. Its bits are whole: every write
+    /// sets an entry's bits before the entry, filters in force or not (benchmarks alternate
+    /// the filtered and the looked-up state this way, pass by pass).
+    pub fn enable_filters(&mut self) -> Result<()> {
+        let generation = self
+            .cfg
+            .get(&dropcfg::GENERATION, 0)
+            .context("reading the drop list's generation")?;
+        match u8::try_from(generation) {
+            Ok(g @ 1..=2) => self.filters_complete(g),
+            _ => anyhow::bail!(
+                "no drop list in force (generation {generation}): no filters to enable"
+            ),
+        }
+    }
+
     /// Clears `generation`'s filters and exact ban arrays (after they stop counting as
     /// complete).
     fn filters_clear(&mut self, generation: u8) -> Result<()> {
