@@ -55,6 +55,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    started();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Setup => setup::ensure_all(),
@@ -82,8 +83,17 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// When this xtask started (`main` reads it first).
+fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
+/// Prints a step's heading with the seconds since this xtask started, so that a log shows
+/// where a run's time went.
 pub fn progress(msg: &str) {
-    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+    let at = started().elapsed().as_secs();
+    eprintln!("\x1b[1m==> [{at:>4} s] {msg}\x1b[0m");
 }
 
 /// Runs a command, failing with its command line when it does not succeed.
