@@ -549,9 +549,16 @@ pub mod dropcfg {
     /// that hash to it.
     pub const L32_6_WORDS: u32 = 1 << 15;
 
+    /// An IPv6 address's /32, as a number: what the /32 filter and the host filter's block
+    /// are indexed by.
+    #[inline(always)]
+    pub const fn top32(a: &[u8; 16]) -> u32 {
+        (a[0] as u32) << 24 | (a[1] as u32) << 16 | (a[2] as u32) << 8 | a[3] as u32
+    }
+
     /// Index into `NETMON_BAN6_L32` of the word holding `a`'s /32 (hashed), and the bit in it.
     pub const fn l32_6_slot(generation: u8, a: &[u8; 16]) -> (u32, u32) {
-        let top = (a[0] as u32) << 24 | (a[1] as u32) << 16 | (a[2] as u32) << 8 | a[3] as u32;
+        let top = top32(a);
         let h = top.wrapping_mul(0x9e37_79b1) >> (32 - (L32_6_WORDS.trailing_zeros() + 6));
         (
             (generation as u32).wrapping_sub(1) * L32_6_WORDS + (h >> 6),
@@ -590,7 +597,7 @@ pub mod dropcfg {
     /// filter bit seldom share a block too), and the bit in that word of `a`'s /32 as a whole.
     #[inline(always)]
     pub const fn h6_block(generation: u8, a: &[u8; 16]) -> (u32, u32) {
-        let top = (a[0] as u32) << 24 | (a[1] as u32) << 16 | (a[2] as u32) << 8 | a[3] as u32;
+        let top = top32(a);
         let h = top.wrapping_mul(0x85eb_ca6b);
         let shift = 32 - H6_BLOCKS.trailing_zeros();
         (
