@@ -1416,30 +1416,17 @@ fn the_prefix_filters_never_change_a_decision() {
     pfx4.insert(&behind, value(28), 0).unwrap();
     pfx6.insert(&behind6, value(64), 0).unwrap();
     let unseen = [from4([192, 0, 2, 70]), from6(unbanned6)];
-    for frame in &unseen {
-        assert_eq!(
-            p.run(DIR_INGRESS, frame),
-            XDP_PASS,
-            "host bits clear: not looked up"
-        );
-    }
+    let expect_unseen = |want: u32, what: &str| {
+        for frame in &unseen {
+            assert_eq!(p.run(DIR_INGRESS, frame), want, "{what}");
+        }
+    };
+    expect_unseen(XDP_PASS, "host bits clear: not looked up");
     maps.disable_host_filter().unwrap();
-    for frame in &unseen {
-        assert_eq!(
-            p.run(DIR_INGRESS, frame),
-            XDP_DROP,
-            "host filters off: looked up"
-        );
-    }
+    expect_unseen(XDP_DROP, "host filters off: looked up");
     // Back on (the bench alternates the two states pass by pass): unseen again.
     maps.enable_filters().unwrap();
-    for frame in &unseen {
-        assert_eq!(
-            p.run(DIR_INGRESS, frame),
-            XDP_PASS,
-            "host filters back on: not looked up"
-        );
-    }
+    expect_unseen(XDP_PASS, "host filters back on: not looked up");
     maps.disable_host_filter().unwrap();
     pfx4.remove(&behind).unwrap();
     pfx6.remove(&behind6).unwrap();
