@@ -102,7 +102,8 @@ fn compare(a: &str, b: &str) {
     // NETMON_COMPARE_BANS=hash: the bans in the hash maps alone, as for a ban whose array
     // bucket is full.
     let hashed = std::env::var("NETMON_COMPARE_BANS").is_ok_and(|v| v == "hash");
-    let prefill = 1_000u32;
+    // NETMON_COMPARE_PREFILL: flows in the table before the passes (default 1,000).
+    let prefill = env_count("NETMON_COMPARE_PREFILL", "flows", 1_000);
     // NETMON_COMPARE_FLOWS: the flow map's size (default: the daemon's).
     let capacity = env_count("NETMON_COMPARE_FLOWS", "flows", DEFAULT_FLOWS);
     let objects = [a, b].map(read_object);
