@@ -607,7 +607,8 @@ pub mod dropcfg {
     }
 
     /// The word (1 to 7, from its block's first) and bit of the prefix of length `level` (of
-    /// `H6_LEVELS`) of the address whose halves (`h6_halves`) are `hi` and `lo`.
+    /// `H6_LEVELS`) of the address whose halves (`h6_halves`) are `hi` and `lo`; `h6_slot`
+    /// gives the word's index in the map.
     #[inline(always)]
     pub const fn h6_bit(hi: u64, lo: u64, level: u8) -> (u32, u32) {
         let (hi, lo) = match level {
@@ -620,6 +621,15 @@ pub mod dropcfg {
         let x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
         let bit = (x * 448) >> 32;
         (1 + (bit >> 6) as u32, bit as u32 & 63)
+    }
+
+    /// Index into `NETMON_BAN6_HOST` of the word holding the bit of the prefix of length
+    /// `level` of the address whose block starts at `block` (`h6_block`) and whose halves are
+    /// `hi` and `lo`, and the bit.
+    #[inline(always)]
+    pub const fn h6_slot(block: u32, hi: u64, lo: u64, level: u8) -> (u32, u32) {
+        let (word, bit) = h6_bit(hi, lo, level);
+        (block + word, bit)
     }
 
     /// How the IPv6 host filter stands for an entry of prefix length `len` (33 to 128; an
@@ -667,8 +677,7 @@ pub mod dropcfg {
             let a = a.to_be_bytes();
             let (block, _) = h6_block(generation, &a);
             let (hi, lo) = h6_halves(&a);
-            let (word, bit) = h6_bit(hi, lo, level);
-            (block + word, bit)
+            h6_slot(block, hi, lo, level)
         };
         if len <= 32 {
             let top = net >> 96;
@@ -697,8 +706,7 @@ pub mod dropcfg {
         let (hi, lo) = h6_halves(a);
         let mut out = [(block, whole); 1 + H6_LEVELS.len()];
         for (o, level) in out[1..].iter_mut().zip(H6_LEVELS) {
-            let (word, bit) = h6_bit(hi, lo, level);
-            *o = (block + word, bit);
+            *o = h6_slot(block, hi, lo, level);
         }
         out
     }
