@@ -1338,7 +1338,7 @@ fn versus(
     versus_states(rig, prog, base, pool_for_pass, 1, |_| {})[0]
 }
 
-/// `versus` for `states` states of the maps, interleaved pass by pass so that the host's drift
+/// `versus` for `n` states of the maps, interleaved pass by pass so that the host's drift
 /// lands on all of them alike: in each pass, for each state in turn, `set_state(i)` puts the
 /// maps in state `i`, then the baseline and the program run the pass's pool (the states'
 /// order reversed every other pass). One (median, p95, baseline median) per state.
@@ -1347,10 +1347,9 @@ fn versus_states(
     prog: &str,
     base: &str,
     mut pool_for_pass: impl FnMut(usize) -> Vec<Vec<u8>>,
-    states: usize,
+    n: usize,
     mut set_state: impl FnMut(usize),
 ) -> Vec<(f64, f64, f64)> {
-    let n = states;
     let mut diffs = vec![Vec::with_capacity(PASSES); n];
     let mut bases = vec![Vec::with_capacity(PASSES); n];
     for pass in 0..PASSES {
