@@ -284,75 +284,82 @@ each order twice, 23:33 UTC; the new `NETMON_COMPARE_PREFILL` sets the flows): t
 100,000 flows 238-249 ns against 241-259, within the noise, and at 1,000 flows 173-188 against \
 165-173; a new flow 197-212 against 171-183 at 100,000 flows, since its slot, written without \
 being read, was now read first, the miss the fingerprint word had taken off the new flow's \
-path.\n\nThe round before (the 20:21 run; the kernel programs of the 17:23 run but for the IPv6 \
-host filter and the eviction copy):\n\n- An IPv6 address whose /32 holds ban entries, none of \
-them covering it, is no longer looked up. The /32 filter (`NETMON_BAN6_L32`, one bit per hashed \
-/32) spares the lookups to an address whose /32 holds no entry; where its /32 held one, the \
-programs looked the address up: the exact-match array's bucket and the prefix trie's walk. An \
-IPv6 host filter now comes between, as the IPv4 one did in the round before: a cache line per \
-hashed /32 (`NETMON_BAN6_HOST`, 32,768 blocks, 2 MiB per generation) holding a bit for the /32 \
-as a whole, set by entries of /32 or shorter, and, hashed into its other 448 bits, a bit for \
-every /40, /48, /56, /64 and /128 that an entry covers or lies in (an entry of another length \
-sets the bits of its sub-prefixes at the next of those lengths where they are at most 16, else \
-the bit of the one prefix that holds it; /33 to /35 set the whole bit). An address whose six \
-bits in that line are all clear is covered by no entry and skips the lookups. /32s that share a \
-block share its bits, and a /32 with many entries fills its own, which only costs lookups: of \
-the unbanned addresses in the /32s that hold entries of the benchmark's list, 77-78% skip them. \
-As the other filters, the bits are set before an entry is written, and a slot of \
-`NETMON_DROPCFG` says for which generation they are complete (maps pinned by an older version \
-lack it, and their programs look up as before). The IPv6 allow-list miss of section 1 now has \
-the rows the IPv4 one has, on the same 1,000 flows: where the /32 filter skips the lookups, 97 \
-ns over the empty program through XDP and 169 through TC; where the host filter does (a /128 ban \
-in the pool's /64, 2001:db8:1::ffff:ffff; 996 of the pool's 1,000 addresses skip), 220 and 117; \
-looked up (the host filter off), 223 and 241. The run is noisy there (the XDP pair 220 against \
-223); quick runs of those rows alone (IPv6, XDP and TC, 20:18 UTC, on a table holding the \
-prefill alone as in that run) measured 87 and 81 ns where the /32 filter skips, 108 and 107 \
-through the host filter, and 213 and 226 looked up. The IPv6 list of those rows is now drawn \
-over 2000::/3: drawn from 2a00::/16 alone, as before, it left the pool's addresses outside the \
-trie's first node, so that a lookup ended there and cost little more than the filter (quick \
-runs, 19:31 UTC: 125-180 ns looked up against 147-208 through the host filter, which then had \
-nothing to save). A test writes a /64 into the trie behind the filters' back in a /32 that holds \
-entries and checks that it goes unseen while the host filter is in force and drops once it is \
-off, and that a /56 added afterwards drops at once.\n- The packet programs make no BPF-to-BPF \
-calls. The egress program with the per-CPU tables copied an evicted slot (a new flow into a full \
-bucket: the rows at 1,000,000 flows) into the eviction ring's record with a struct copy, which \
-LLVM made a call of memmove, a function the object carries (compiler-builtins'): a call and a \
-return, which this host's return mitigation makes as dear as a helper's, for 64 or 88 bytes. The \
-slot is now copied a word at a time. The programs' own functions are now also always inlined: \
-with the IPv6 host filter, LLVM had made the per-CPU tables' XDP and TC entry points calls into \
-a function of their own. The test that reads the programs back as the kernel runs them now also \
-fails on any call of a function of the program; it fails on the 17:23 programs (the memmove) and \
-on a build without the inlining, and passes now. A new flow into full buckets at 1,000,000 flows \
-cost 268-343 ns over the empty program in that run (IPv4 317 through XDP and 268 through TC, \
-IPv6 327 and 343) against 291-413 at 17:23 (313, 413, 291, 413); different runs, on a host whose \
-rows move by that much between them.\n- The drop-list rows of section 1 run on a table holding \
-the 1,000 prefilled flows alone. They ran on the rig whose new-flow rows had just added 31,744 \
-flows to CPU 0's part of the table (growing it), while their label gave the table as the hit \
-rows found it, so their flow hits were hits in a larger table laid out otherwise: in quick runs \
-(19:35-20:15 UTC) the IPv6 rows where the /32 filter skips the lookups measured 132-195 ns \
-against hits of 61-80, and 81-87 against a hit of 83 once fixed. They now prefill a rig of their \
-own as the hit rows' was prefilled. The allow-list figures of the runs before this one are \
-therefore a flow hit in such a grown table plus the filters.\n\nBefore that (the 17:23 run; the \
-kernel programs of the 17:28 run but for the IPv4 host filter):\n\n- An IPv4 address whose /24 \
-holds ban entries, none of them covering it, is no longer looked up. The /16 and /24 filters \
-spare the lookups to an address whose /16 or /24 holds no ban entry; where its /24 held one, the \
-programs looked the address up: the exact-match array's bucket (and the wide array's and the \
-hash map's where those overflowed) and the prefix trie's walk, a kernel call through nodes \
-spread over memory (152-162 ns over the empty program in the 17:28 run). A host filter now comes \
-between: one bit per /24 that an entry of /24 or shorter covers wholly (`NETMON_BAN4_W24`, 2 MiB \
-per generation), then one bit per address in a 256-bit block picked by Fibonacci hashing of its \
-/24 (`NETMON_BAN4_H32`, 65,536 blocks, 2 MiB per generation), set for every address an entry of \
-/25 to /32 covers. Where the /24 is not wholly covered and the address's own bit is clear, no \
-entry covers the address: the lookups are skipped for two more bitmap words (the whole-/24 bit's \
-and the block's). /24s that share a block share its bits, which only costs lookups: of the \
-addresses in the /24s that hold entries of the benchmark's 100,000-prefix list, and that none of \
-them covers, 92% skip the lookups. As the other filters, the bits are set before an entry is \
-written and stay until the list is next written afresh, and a slot of `NETMON_DROPCFG` says for \
-which generation they are complete (maps pinned by an older version lack it, and the programs \
-then look up as before). Section 1 has a new row per hook: the pool's flows (now at hosts .0 to \
-.127 of their /24s, 128 a /24) with a /32 ban at host .200 of each of their eight /24s: in that \
-run 95-96 ns over the empty program (IPv4 96 through XDP and 95 through TC), against 197-214 for \
-the same packets looked up (the /24 and host filters off, the previous row's \"looked up\") and \
+path.\n- Measured and not kept: the rare branches marked cold (`core::hint::cold_path`: a full \
+bucket, a failed slot lookup, a parse error, a pull, an interface without a counter slot), so \
+that LLVM lays the hit path out in one run of fall-through code (77 fewer instructions in the \
+XDP section). Alternately with this run's programs (`netmon-bench compare`, IPv4, per-CPU \
+tables, 1,000 flows, eight alternations through XDP in both orders and two through TC, 00:10 \
+UTC): the hit 166-189 ns against 164-185, a new flow 128-149 against 133-150, the cache-hot hit \
+40-46 against 41-49, through TC slightly dearer: no difference this host resolves.\n\nThe round \
+before (the 20:21 run; the kernel programs of the 17:23 run but for the IPv6 host filter and the \
+eviction copy):\n\n- An IPv6 address whose /32 holds ban entries, none of them covering it, is \
+no longer looked up. The /32 filter (`NETMON_BAN6_L32`, one bit per hashed /32) spares the \
+lookups to an address whose /32 holds no entry; where its /32 held one, the programs looked the \
+address up: the exact-match array's bucket and the prefix trie's walk. An IPv6 host filter now \
+comes between, as the IPv4 one did in the round before: a cache line per hashed /32 \
+(`NETMON_BAN6_HOST`, 32,768 blocks, 2 MiB per generation) holding a bit for the /32 as a whole, \
+set by entries of /32 or shorter, and, hashed into its other 448 bits, a bit for every /40, /48, \
+/56, /64 and /128 that an entry covers or lies in (an entry of another length sets the bits of \
+its sub-prefixes at the next of those lengths where they are at most 16, else the bit of the one \
+prefix that holds it; /33 to /35 set the whole bit). An address whose six bits in that line are \
+all clear is covered by no entry and skips the lookups. /32s that share a block share its bits, \
+and a /32 with many entries fills its own, which only costs lookups: of the unbanned addresses \
+in the /32s that hold entries of the benchmark's list, 77-78% skip them. As the other filters, \
+the bits are set before an entry is written, and a slot of `NETMON_DROPCFG` says for which \
+generation they are complete (maps pinned by an older version lack it, and their programs look \
+up as before). The IPv6 allow-list miss of section 1 now has the rows the IPv4 one has, on the \
+same 1,000 flows: where the /32 filter skips the lookups, 97 ns over the empty program through \
+XDP and 169 through TC; where the host filter does (a /128 ban in the pool's /64, \
+2001:db8:1::ffff:ffff; 996 of the pool's 1,000 addresses skip), 220 and 117; looked up (the host \
+filter off), 223 and 241. The run is noisy there (the XDP pair 220 against 223); quick runs of \
+those rows alone (IPv6, XDP and TC, 20:18 UTC, on a table holding the prefill alone as in that \
+run) measured 87 and 81 ns where the /32 filter skips, 108 and 107 through the host filter, and \
+213 and 226 looked up. The IPv6 list of those rows is now drawn over 2000::/3: drawn from \
+2a00::/16 alone, as before, it left the pool's addresses outside the trie's first node, so that \
+a lookup ended there and cost little more than the filter (quick runs, 19:31 UTC: 125-180 ns \
+looked up against 147-208 through the host filter, which then had nothing to save). A test \
+writes a /64 into the trie behind the filters' back in a /32 that holds entries and checks that \
+it goes unseen while the host filter is in force and drops once it is off, and that a /56 added \
+afterwards drops at once.\n- The packet programs make no BPF-to-BPF calls. The egress program \
+with the per-CPU tables copied an evicted slot (a new flow into a full bucket: the rows at \
+1,000,000 flows) into the eviction ring's record with a struct copy, which LLVM made a call of \
+memmove, a function the object carries (compiler-builtins'): a call and a return, which this \
+host's return mitigation makes as dear as a helper's, for 64 or 88 bytes. The slot is now copied \
+a word at a time. The programs' own functions are now also always inlined: with the IPv6 host \
+filter, LLVM had made the per-CPU tables' XDP and TC entry points calls into a function of their \
+own. The test that reads the programs back as the kernel runs them now also fails on any call of \
+a function of the program; it fails on the 17:23 programs (the memmove) and on a build without \
+the inlining, and passes now. A new flow into full buckets at 1,000,000 flows cost 268-343 ns \
+over the empty program in that run (IPv4 317 through XDP and 268 through TC, IPv6 327 and 343) \
+against 291-413 at 17:23 (313, 413, 291, 413); different runs, on a host whose rows move by that \
+much between them.\n- The drop-list rows of section 1 run on a table holding the 1,000 prefilled \
+flows alone. They ran on the rig whose new-flow rows had just added 31,744 flows to CPU 0's part \
+of the table (growing it), while their label gave the table as the hit rows found it, so their \
+flow hits were hits in a larger table laid out otherwise: in quick runs (19:35-20:15 UTC) the \
+IPv6 rows where the /32 filter skips the lookups measured 132-195 ns against hits of 61-80, and \
+81-87 against a hit of 83 once fixed. They now prefill a rig of their own as the hit rows' was \
+prefilled. The allow-list figures of the runs before this one are therefore a flow hit in such a \
+grown table plus the filters.\n\nBefore that (the 17:23 run; the kernel programs of the 17:28 \
+run but for the IPv4 host filter):\n\n- An IPv4 address whose /24 holds ban entries, none of \
+them covering it, is no longer looked up. The /16 and /24 filters spare the lookups to an \
+address whose /16 or /24 holds no ban entry; where its /24 held one, the programs looked the \
+address up: the exact-match array's bucket (and the wide array's and the hash map's where those \
+overflowed) and the prefix trie's walk, a kernel call through nodes spread over memory (152-162 \
+ns over the empty program in the 17:28 run). A host filter now comes between: one bit per /24 \
+that an entry of /24 or shorter covers wholly (`NETMON_BAN4_W24`, 2 MiB per generation), then \
+one bit per address in a 256-bit block picked by Fibonacci hashing of its /24 \
+(`NETMON_BAN4_H32`, 65,536 blocks, 2 MiB per generation), set for every address an entry of /25 \
+to /32 covers. Where the /24 is not wholly covered and the address's own bit is clear, no entry \
+covers the address: the lookups are skipped for two more bitmap words (the whole-/24 bit's and \
+the block's). /24s that share a block share its bits, which only costs lookups: of the addresses \
+in the /24s that hold entries of the benchmark's 100,000-prefix list, and that none of them \
+covers, 92% skip the lookups. As the other filters, the bits are set before an entry is written \
+and stay until the list is next written afresh, and a slot of `NETMON_DROPCFG` says for which \
+generation they are complete (maps pinned by an older version lack it, and the programs then \
+look up as before). Section 1 has a new row per hook: the pool's flows (now at hosts .0 to .127 \
+of their /24s, 128 a /24) with a /32 ban at host .200 of each of their eight /24s: in that run \
+95-96 ns over the empty program (IPv4 96 through XDP and 95 through TC), against 197-214 for the \
+same packets looked up (the /24 and host filters off, the previous row's \"looked up\") and \
 82-83 where the /24 filter skips the lookups. A test writes a prefix into the trie behind the \
 filters' back, in a /24 that holds entries, and checks that it goes unseen while the host filter \
 is in force and drops once it is off.\n- Measured and not kept: BPF maps from the kernel's \
