@@ -84,7 +84,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// When this xtask started (`main` reads it first).
-fn started() -> std::time::Instant {
+pub fn started() -> std::time::Instant {
     static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *STARTED.get_or_init(std::time::Instant::now)
 }

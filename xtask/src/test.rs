@@ -6,10 +6,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, ebpf_object, is_root, progress, run_cmd, setup, workspace_root};
+use crate::{build, ebpf_object, is_root, progress, run_cmd, setup, started, workspace_root};
 
 pub fn run(filter: Option<&str>) -> Result<()> {
-    let started = std::time::Instant::now();
     setup::ensure_runtime_packages()?;
     let bin = build(false)?;
     let root = workspace_root();
@@ -113,7 +112,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     }
     progress(&format!(
         "test suite finished in {:.0} s",
-        started.elapsed().as_secs_f64()
+        started().elapsed().as_secs_f64()
     ));
     Ok(())
 }
