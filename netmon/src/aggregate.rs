@@ -33,6 +33,8 @@ pub struct Owner {
     pub pid: u32,
     pub uid: u32,
     pub cgroup_id: u64,
+    /// The cgroup's path in the v2 hierarchy (`cgroups`), where it could be named.
+    pub cgroup: Option<Arc<str>>,
     pub comm: String,
 }
 
@@ -43,6 +45,7 @@ impl From<ProcInfo> for Owner {
             pid: p.pid,
             uid: p.uid,
             cgroup_id: p.cgroup_id,
+            cgroup: crate::cgroups::path(p.cgroup_id),
             comm: String::from_utf8_lossy(&p.comm[..end]).into_owned(),
         }
     }
@@ -50,6 +53,19 @@ impl From<ProcInfo> for Owner {
 
 /// Process label for traffic whose socket owner is not known.
 pub const UNKNOWN_PROCESS: &str = "unknown";
+/// cgroup label for traffic whose socket owner is not known, or whose cgroup could not be
+/// named (removed before the daemon looked, or no cgroup v2 hierarchy).
+pub const UNKNOWN_CGROUP: &str = "unknown";
+
+/// The process and cgroup labels of traffic owned by `owner`.
+fn labels(owner: Option<&Arc<Owner>>) -> (&str, &str) {
+    owner.map_or((UNKNOWN_PROCESS, UNKNOWN_CGROUP), |o| {
+        (
+            o.comm.as_str(),
+            o.cgroup.as_deref().unwrap_or(UNKNOWN_CGROUP),
+        )
+    })
+}
 
 /// A flow as the daemon tracks it; its key is the table's key.
 #[derive(Debug, Clone)]
@@ -158,6 +174,8 @@ pub struct Tracker {
     /// flow's per-CPU table slot (`flowtab`) without hashing its key.
     pub flows: indexmap::IndexMap<FlowKey, FlowEntry, foldhash::fast::RandomState>,
     pub procs: BTreeMap<String, ProcTotals>,
+    /// Per cgroup path (the systemd unit, container or pod), as `procs`.
+    pub cgroups: BTreeMap<String, ProcTotals>,
     pub ifaces: BTreeMap<u32, IfaceTotals>,
     /// Flows that vanished from the kernel map without the daemon deleting them: LRU
     /// evictions under pressure.
@@ -189,6 +207,8 @@ pub struct TickOutput {
     /// Idle flows to delete from the kernel map.
     pub expired: Vec<FlowKey>,
     pub proc_deltas: BTreeMap<String, ProcDelta>,
+    /// Per cgroup path, as `proc_deltas`.
+    pub cgroup_deltas: BTreeMap<String, ProcDelta>,
     /// (protocol number, direction) -> (bytes, packets) moved during this tick.
     pub proto_deltas: BTreeMap<(u8, u8), (u64, u64)>,
     pub evicted: u64,
@@ -219,8 +239,7 @@ pub const SWEEP_EVERY: u64 = 10;
 fn settle(
     key: &FlowKey,
     e: &mut FlowEntry,
-    procs: &mut BTreeMap<String, ProcTotals>,
-    out: &mut TickOutput,
+    ledger: &mut Ledger<'_>,
     credits: &mut Credits,
     interval_s: f64,
     lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
@@ -241,15 +260,10 @@ fn settle(
     if !settled {
         return true;
     }
-    let name = e
-        .owner
-        .as_ref()
-        .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
     credits.add(
-        procs,
-        &mut out.proc_deltas,
+        ledger,
         interval_s,
-        name,
+        labels(e.owner.as_ref()),
         key.direction,
         e.pending_bytes,
         e.pending_packets,
@@ -260,35 +274,45 @@ fn settle(
     false
 }
 
-/// What a run of consecutive flows of one process credits it, added to the per-process maps
-/// when a flow of another process comes (or the drain ends): two ordered-map lookups by name
-/// per run instead of per flow.
+/// What a run of consecutive flows of one process (command name and cgroup) credits it,
+/// added to the per-process and per-cgroup maps when a flow of another process comes (or the
+/// drain ends): four ordered-map lookups by name per run instead of per flow.
 #[derive(Debug, Default)]
 struct Credits {
     name: String,
+    cgroup: String,
     open: bool,
     rx: (u64, u64),
     tx: (u64, u64),
     last_ns: u64,
 }
 
+/// Where a drain credits traffic: per command name and per cgroup path, the totals (the
+/// tracker's) and this drain's deltas (its output).
+struct Ledger<'a> {
+    procs: &'a mut BTreeMap<String, ProcTotals>,
+    cgroups: &'a mut BTreeMap<String, ProcTotals>,
+    out: &'a mut TickOutput,
+}
+
 impl Credits {
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
-        procs: &mut BTreeMap<String, ProcTotals>,
-        deltas: &mut BTreeMap<String, ProcDelta>,
+        ledger: &mut Ledger<'_>,
         interval_s: f64,
-        name: &str,
+        (name, cgroup): (&str, &str),
         direction: u8,
         bytes: u64,
         packets: u64,
         last_ns: u64,
     ) {
-        if !self.open || self.name != name {
-            self.flush(procs, deltas, interval_s);
+        if !self.open || self.name != name || self.cgroup != cgroup {
+            self.flush(ledger, interval_s);
             self.name.clear();
             self.name.push_str(name);
+            self.cgroup.clear();
+            self.cgroup.push_str(cgroup);
             self.open = true;
         }
         let d = if direction == DIR_INGRESS {
@@ -301,12 +325,7 @@ impl Credits {
         self.last_ns = self.last_ns.max(last_ns);
     }
 
-    fn flush(
-        &mut self,
-        procs: &mut BTreeMap<String, ProcTotals>,
-        deltas: &mut BTreeMap<String, ProcDelta>,
-        interval_s: f64,
-    ) {
+    fn flush(&mut self, ledger: &mut Ledger<'_>, interval_s: f64) {
         if !std::mem::take(&mut self.open) {
             return;
         }
@@ -315,16 +334,25 @@ impl Credits {
             (DIR_EGRESS, std::mem::take(&mut self.tx)),
         ] {
             if bytes > 0 || packets > 0 {
-                credit(
-                    procs,
-                    deltas,
-                    &self.name,
-                    direction,
-                    bytes,
-                    packets,
-                    interval_s,
-                    self.last_ns,
-                );
+                for (totals, deltas, label) in [
+                    (&mut *ledger.procs, &mut ledger.out.proc_deltas, &self.name),
+                    (
+                        &mut *ledger.cgroups,
+                        &mut ledger.out.cgroup_deltas,
+                        &self.cgroup,
+                    ),
+                ] {
+                    credit(
+                        totals,
+                        deltas,
+                        label,
+                        direction,
+                        bytes,
+                        packets,
+                        interval_s,
+                        self.last_ns,
+                    );
+                }
             }
         }
         self.last_ns = 0;
@@ -386,7 +414,7 @@ impl Tracker {
     /// Starts a drain; `interval_s` is the time since the previous one.
     pub fn begin_tick(&mut self, interval_s: f64) -> TickState {
         self.tick += 1;
-        for p in self.procs.values_mut() {
+        for p in self.procs.values_mut().chain(self.cgroups.values_mut()) {
             p.rx_rate = 0.0;
             p.tx_rate = 0.0;
         }
@@ -531,8 +559,11 @@ impl Tracker {
             settle(
                 &s.key,
                 e,
-                &mut self.procs,
-                out,
+                &mut Ledger {
+                    procs: &mut self.procs,
+                    cgroups: &mut self.cgroups,
+                    out,
+                },
                 &mut st.credits,
                 interval_s,
                 &mut lookup,
@@ -687,8 +718,11 @@ impl Tracker {
                 && !settle(
                     &k,
                     e,
-                    &mut self.procs,
-                    &mut out,
+                    &mut Ledger {
+                        procs: &mut self.procs,
+                        cgroups: &mut self.cgroups,
+                        out: &mut out,
+                    },
                     &mut credits,
                     interval_s,
                     &mut lookup,
@@ -715,19 +749,19 @@ impl Tracker {
         out.evicted = gone.len() as u64;
         self.generation += out.evicted + out.expired.len() as u64;
         self.evictions += out.evicted;
-        for k in &out.expired {
+        let expired = std::mem::take(&mut out.expired);
+        for k in &expired {
             if let Some(e) = self.remove_flow(k)
                 && (e.pending_bytes > 0 || e.pending_packets > 0)
             {
-                let name = e
-                    .owner
-                    .as_ref()
-                    .map_or(UNKNOWN_PROCESS, |o| o.comm.as_str());
                 credits.add(
-                    &mut self.procs,
-                    &mut out.proc_deltas,
+                    &mut Ledger {
+                        procs: &mut self.procs,
+                        cgroups: &mut self.cgroups,
+                        out: &mut out,
+                    },
                     interval_s,
-                    name,
+                    labels(e.owner.as_ref()),
                     k.direction,
                     e.pending_bytes,
                     e.pending_packets,
@@ -735,7 +769,15 @@ impl Tracker {
                 );
             }
         }
-        credits.flush(&mut self.procs, &mut out.proc_deltas, interval_s);
+        credits.flush(
+            &mut Ledger {
+                procs: &mut self.procs,
+                cgroups: &mut self.cgroups,
+                out: &mut out,
+            },
+            interval_s,
+        );
+        out.expired = expired;
         for b in &mut self.books {
             b.forget_pending(tick);
         }
@@ -851,6 +893,8 @@ pub struct Connection {
     pub process: Option<String>,
     pub uid: Option<u32>,
     pub cgroup_id: Option<u64>,
+    /// The owner's cgroup path (the systemd unit, container or pod it runs in).
+    pub cgroup: Option<String>,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub packets_sent: u64,
@@ -946,6 +990,7 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
         process: None,
         uid: None,
         cgroup_id: None,
+        cgroup: None,
         bytes_sent: 0,
         bytes_recv: 0,
         packets_sent: 0,
@@ -965,6 +1010,7 @@ fn set_owner(c: &mut Connection, o: &Owner) {
     c.process = Some(o.comm.clone());
     c.uid = Some(o.uid);
     c.cgroup_id = Some(o.cgroup_id);
+    c.cgroup = o.cgroup.as_deref().map(str::to_owned);
 }
 
 impl Tracker {
@@ -1080,32 +1126,48 @@ pub fn connections<'a>(
 impl Tracker {
     /// Per-process totals and rates, busiest first.
     pub fn processes(&self) -> Vec<ProcessRow> {
-        let mut rows: Vec<ProcessRow> = self
-            .procs
-            .iter()
-            .map(|(name, t)| ProcessRow {
-                process: name.clone(),
+        busiest(&self.procs, |process, traffic| ProcessRow {
+            process,
+            traffic,
+        })
+    }
+
+    /// Per-cgroup totals and rates, busiest first.
+    pub fn cgroups(&self) -> Vec<CgroupRow> {
+        busiest(&self.cgroups, |cgroup, traffic| CgroupRow {
+            cgroup,
+            traffic,
+        })
+    }
+}
+
+/// The rows of `totals`, busiest first (by the last interval's rate, then by bytes).
+fn busiest<R>(totals: &BTreeMap<String, ProcTotals>, row: impl Fn(String, Traffic) -> R) -> Vec<R> {
+    let mut rows: Vec<(String, Traffic)> = totals
+        .iter()
+        .map(|(name, t)| {
+            let traffic = Traffic {
                 bytes_sent: t.tx_bytes,
                 bytes_recv: t.rx_bytes,
                 packets_sent: t.tx_packets,
                 packets_recv: t.rx_packets,
                 send_rate: t.tx_rate,
                 recv_rate: t.rx_rate,
-            })
-            .collect();
-        rows.sort_by(|a, b| {
-            (b.send_rate + b.recv_rate)
-                .total_cmp(&(a.send_rate + a.recv_rate))
-                .then((b.bytes_sent + b.bytes_recv).cmp(&(a.bytes_sent + a.bytes_recv)))
-        });
-        rows
-    }
+            };
+            (name.clone(), traffic)
+        })
+        .collect();
+    rows.sort_by(|(_, a), (_, b)| {
+        (b.send_rate + b.recv_rate)
+            .total_cmp(&(a.send_rate + a.recv_rate))
+            .then((b.bytes_sent + b.bytes_recv).cmp(&(a.bytes_sent + a.bytes_recv)))
+    });
+    rows.into_iter().map(|(name, t)| row(name, t)).collect()
 }
 
-/// One process (by command name) in `/api/network-stats`.
+/// What a process or a cgroup moved, in `/api/network-stats`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ProcessRow {
-    pub process: String,
+pub struct Traffic {
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub packets_sent: u64,
@@ -1113,6 +1175,22 @@ pub struct ProcessRow {
     /// Bytes/s credited during the last interval.
     pub send_rate: f64,
     pub recv_rate: f64,
+}
+
+/// One process (by command name) in `/api/network-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessRow {
+    pub process: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// One cgroup (by path: a systemd unit, a container, a pod) in `/api/network-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupRow {
+    pub cgroup: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 #[cfg(test)]
@@ -1151,6 +1229,7 @@ mod tests {
             pid,
             uid: 0,
             cgroup_id: 1,
+            cgroup: None,
             comm: comm.into(),
         }
     }
@@ -1218,20 +1297,33 @@ mod tests {
                 "odd"
             }
         };
+        // The same command name in several cgroups, and one cgroup with both names.
+        let cgroup =
+            |k: &FlowKey| ["/a.slice/x.service", "/b.slice", "/"][k.local_port as usize % 3];
         let samples: Vec<FlowSample> = (0..40u16)
             .map(|i| sample(flow(i), 100 + u64::from(i), 1 + u64::from(i % 5), SEC))
             .collect();
-        let out = t.apply_flows(&samples, SEC, 1.0, 60 * SEC, |k| Some(owner(1, comm(k))));
+        let out = t.apply_flows(&samples, SEC, 1.0, 60 * SEC, |k| {
+            Some(Owner {
+                cgroup: Some(cgroup(k).into()),
+                ..owner(1, comm(k))
+            })
+        });
         let mut want_procs: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+        let mut want_cgroups = want_procs.clone();
         let mut want_protos: BTreeMap<(u8, u8), (u64, u64)> = BTreeMap::new();
         for s in &samples {
-            let w = want_procs.entry(comm(&s.key)).or_default();
-            if s.key.direction == DIR_INGRESS {
-                w.0 += s.bytes;
-                w.1 += s.packets;
-            } else {
-                w.2 += s.bytes;
-                w.3 += s.packets;
+            for w in [
+                want_procs.entry(comm(&s.key)).or_default(),
+                want_cgroups.entry(cgroup(&s.key)).or_default(),
+            ] {
+                if s.key.direction == DIR_INGRESS {
+                    w.0 += s.bytes;
+                    w.1 += s.packets;
+                } else {
+                    w.2 += s.bytes;
+                    w.3 += s.packets;
+                }
             }
             let p = want_protos
                 .entry((s.key.proto, s.key.direction))
@@ -1239,16 +1331,23 @@ mod tests {
             p.0 += s.bytes;
             p.1 += s.packets;
         }
-        for (name, &(rx_b, rx_p, tx_b, tx_p)) in &want_procs {
-            let d = &out.proc_deltas[*name];
-            assert_eq!(
-                (d.rx_bytes, d.rx_packets, d.tx_bytes, d.tx_packets),
-                (rx_b, rx_p, tx_b, tx_p),
-                "{name}"
-            );
-            let p = &t.procs[*name];
-            assert_eq!((p.rx_bytes, p.tx_bytes), (rx_b, tx_b), "{name}");
-            assert_eq!((p.rx_rate, p.tx_rate), (rx_b as f64, tx_b as f64), "{name}");
+        assert_eq!(want_cgroups.len(), 3);
+        for (want, deltas, totals) in [
+            (&want_procs, &out.proc_deltas, &t.procs),
+            (&want_cgroups, &out.cgroup_deltas, &t.cgroups),
+        ] {
+            assert_eq!(deltas.len(), want.len());
+            for (name, &(rx_b, rx_p, tx_b, tx_p)) in want {
+                let d = &deltas[*name];
+                assert_eq!(
+                    (d.rx_bytes, d.rx_packets, d.tx_bytes, d.tx_packets),
+                    (rx_b, rx_p, tx_b, tx_p),
+                    "{name}"
+                );
+                let p = &totals[*name];
+                assert_eq!((p.rx_bytes, p.tx_bytes), (rx_b, tx_b), "{name}");
+                assert_eq!((p.rx_rate, p.tx_rate), (rx_b as f64, tx_b as f64), "{name}");
+            }
         }
         assert_eq!(out.proto_deltas, want_protos);
     }
@@ -1414,6 +1513,7 @@ mod tests {
         }
         assert_eq!(lookups, EAGER_TRIES);
         assert_eq!(t.procs[UNKNOWN_PROCESS].rx_bytes, 100 * EAGER_TRIES as u64);
+        assert_eq!(t.cgroups[UNKNOWN_CGROUP].rx_bytes, 100 * EAGER_TRIES as u64);
         // Then only every RETRY_EVERY ticks.
         let mut more = 0;
         for i in 0..10 {
@@ -1640,10 +1740,13 @@ mod tests {
         assert_eq!(c.pid, None, "ICMP is not attributed");
         let p = t.processes();
         assert_eq!(p[0].process, "big");
-        assert_eq!((p[0].bytes_recv, p[0].recv_rate), (900, 900.0));
+        assert_eq!(
+            (p[0].traffic.bytes_recv, p[0].traffic.recv_rate),
+            (900, 900.0)
+        );
         assert_eq!(p[1].process, "small");
         assert_eq!(p[2].process, UNKNOWN_PROCESS, "the ICMP flow's bytes");
-        assert_eq!(p[2].bytes_sent, 98);
+        assert_eq!(p[2].traffic.bytes_sent, 98);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    aggregate::{self, Connection, ProcessRow, Tracker},
+    aggregate::{self, CgroupRow, Connection, ProcessRow, Tracker},
     load::Hook,
     load::Monitored,
     metrics::Metrics,
@@ -51,6 +51,8 @@ pub struct NetworkStats {
     pub connections: Vec<Connection>,
     /// Per command name: totals and rates, busiest first.
     pub processes: Vec<ProcessRow>,
+    /// Per cgroup path (systemd unit, container, pod): totals and rates, busiest first.
+    pub cgroups: Vec<CgroupRow>,
     pub total_bytes_sent: u64,
     pub total_bytes_recv: u64,
     pub packets_sent: u64,

@@ -35,7 +35,8 @@ pub struct FileConfig {
     pub flow_table: Option<String>,
     /// `auto` or `per-send`: how UDP senders are attributed.
     pub udp_hook: Option<String>,
-    /// Command names with a Prometheus series of their own; the rest are `process="other"`.
+    /// Command names (and as many cgroup paths) with a Prometheus series of their own; the
+    /// rest are `process="other"` (`cgroup="other"`).
     pub process_top_k: Option<usize>,
     /// A command name's series is removed after this long without traffic, e.g. `10m`.
     pub process_series_ttl: Option<String>,
@@ -70,7 +71,7 @@ pub struct RunConfig {
     pub tc_mode: crate::load::TcMode,
     pub udp_hook: crate::load::UdpHook,
     pub flow_table: crate::load::FlowTable,
-    pub process_series: crate::metrics::ProcessSeriesConfig,
+    pub process_series: crate::metrics::SeriesConfig,
     pub threat: crate::classify::config::ThreatConfig,
 }
 

@@ -248,7 +248,8 @@ struct Drain {
     started: Instant,
     drains: u64,
     /// Which command names have Prometheus series of their own.
-    process_series: crate::metrics::ProcessSeries,
+    process_series: crate::metrics::NamedSeries,
+    cgroup_series: crate::metrics::NamedSeries,
     /// The response thread (event log, policy, sinks).
     pipeline: Option<PipelineTx>,
     /// The feed set the feed thread publishes.
@@ -423,17 +424,31 @@ impl Drain {
                 .inc_by(packets.saturating_sub(prev.1));
             *prev = (bytes, packets);
         }
-        self.process_series.apply(
-            m,
-            out.proc_deltas.iter().map(|(name, d)| {
-                (
-                    name.as_str(),
-                    [d.rx_bytes, d.tx_bytes, d.rx_packets, d.tx_packets],
-                )
-            }),
-            Instant::now(),
-        );
-        m.process_series.set(self.process_series.named() as i64);
+        let now = Instant::now();
+        for (series, deltas, gauge) in [
+            (
+                &mut self.process_series,
+                &out.proc_deltas,
+                &m.process_series,
+            ),
+            (
+                &mut self.cgroup_series,
+                &out.cgroup_deltas,
+                &m.cgroup_series,
+            ),
+        ] {
+            series.apply(
+                m,
+                deltas.iter().map(|(name, d)| {
+                    (
+                        name.as_str(),
+                        [d.rx_bytes, d.tx_bytes, d.rx_packets, d.tx_packets],
+                    )
+                }),
+                now,
+            );
+            gauge.set(series.named() as i64);
+        }
         for (&(proto, dir), &(b, p)) in &out.proto_deltas {
             let name = crate::aggregate::proto_name(proto);
             m.proto_bytes
@@ -492,6 +507,7 @@ impl Drain {
 
         let mut stats = NetworkStats {
             processes: tracker.processes(),
+            cgroups: tracker.cgroups(),
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -779,7 +795,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         housekeeping: None,
         started: Instant::now(),
         drains: 0,
-        process_series: crate::metrics::ProcessSeries::new(cfg.process_series),
+        process_series: crate::metrics::NamedSeries::processes(cfg.process_series),
+        cgroup_series: crate::metrics::NamedSeries::cgroups(cfg.process_series),
         pipeline,
         feeds,
         feed_failures: HashMap::new(),

@@ -3,14 +3,16 @@
 //! The modules follow one packet's counters from the kernel to a Prometheus sample:
 //! [`load`] attaches the programs -> [`drain`] reads the kernel maps (and [`sockdiag`] the
 //! idle sockets) -> [`aggregate`] turns totals into deltas, rates, connections and process
-//! totals -> [`classify`] scores connections and detects attack patterns -> [`act`] (drop
-//! list, automatic response, alert sinks) -> [`metrics`] and [`api`] expose them ([`export`]
-//! writes flows and events for forensics). [`daemon`] runs that loop; [`client`] is the
-//! CLI's way to ask a running daemon.
+//! and cgroup totals ([`cgroups`] names the owners' cgroups) -> [`classify`] scores
+//! connections and detects attack patterns -> [`act`] (drop list, automatic response, alert
+//! sinks) -> [`metrics`] and [`api`] expose them ([`export`] writes flows and events for
+//! forensics). [`daemon`] runs that loop; [`client`] is the CLI's way to ask a running
+//! daemon.
 
 pub mod act;
 pub mod aggregate;
 pub mod api;
+pub mod cgroups;
 pub mod classify;
 pub mod client;
 pub mod config;

@@ -201,10 +201,12 @@ struct RunArgs {
     #[arg(long)]
     flow_table: Option<String>,
     /// Command names that get their own Prometheus series (the first K to move traffic);
-    /// the others are summed into process="other". Default 20.
+    /// the others are summed into process="other". Bounds the cgroup series likewise (K
+    /// paths, the rest cgroup="other"). Default 20.
     #[arg(long)]
     process_top_k: Option<usize>,
-    /// Remove a command name's series after it moved no traffic for this long. Default 10m.
+    /// Remove a command name's (or cgroup's) series after it moved no traffic for this long.
+    /// Default 10m.
     #[arg(long)]
     process_series_ttl: Option<String>,
     /// TOML file of risk-scoring weights, thresholds, detection windows, custom rules,
@@ -296,7 +298,7 @@ fn resolve(
             t.geoip.extend(args.geoip);
             t
         },
-        process_series: netmon::metrics::ProcessSeriesConfig {
+        process_series: netmon::metrics::SeriesConfig {
             top_k: args
                 .process_top_k
                 .or(file.process_top_k)

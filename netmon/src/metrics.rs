@@ -1,7 +1,8 @@
 //! Stage 5a: Prometheus metrics. Counters follow the kernel's cumulative totals (incremented
 //! by each drain's delta); labels are bounded: interface, direction, protocol, counter kind,
-//! and a command name for at most `top_k` processes (the rest are `process="other"`), never a
-//! PID or a flow. Per-flow detail is in the JSON API.
+//! and a command name for at most `top_k` processes (the rest are `process="other"`), and a
+//! cgroup path for at most `top_k` cgroups likewise, never a PID or a flow. Per-flow detail
+//! is in the JSON API.
 
 use std::{
     collections::HashMap,
@@ -15,19 +16,19 @@ use prometheus::{
 
 /// Command names with their own series unless configured otherwise.
 pub const DEFAULT_PROCESS_TOP_K: usize = 20;
-/// The `process` label of everything beyond the top K.
+/// The `process` (or `cgroup`) label of everything beyond the top K.
 pub const OTHER_PROCESS: &str = "other";
 
-/// How process series are bounded.
+/// How process (and cgroup) series are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessSeriesConfig {
-    /// At most this many command names have series of their own.
+pub struct SeriesConfig {
+    /// At most this many command names (and as many cgroups) have series of their own.
     pub top_k: usize,
     /// A name's series are removed after it moved no traffic for this long.
     pub ttl: Duration,
 }
 
-impl Default for ProcessSeriesConfig {
+impl Default for SeriesConfig {
     fn default() -> Self {
         Self {
             top_k: DEFAULT_PROCESS_TOP_K,
@@ -36,34 +37,47 @@ impl Default for ProcessSeriesConfig {
     }
 }
 
-/// Which command names have series of their own. A name keeps its slot while it moves
-/// traffic (so its counters stay monotonic) and loses it after `ttl` of silence; a new name
-/// takes a free slot, or is counted in `process="other"` while all K are taken. So the K
-/// slots go to the first names to move traffic, and a busy newcomer gets one as soon as an
-/// idle name's series expire.
+/// Which command names (or cgroup paths) have series of their own. A name keeps its slot
+/// while it moves traffic (so its counters stay monotonic) and loses it after `ttl` of
+/// silence; a new name takes a free slot, or is counted in `process="other"` (`cgroup=
+/// "other"`) while all K are taken. So the K slots go to the first names to move traffic,
+/// and a busy newcomer gets one as soon as an idle name's series expire.
 #[derive(Debug)]
-pub struct ProcessSeries {
-    cfg: ProcessSeriesConfig,
+pub struct NamedSeries {
+    cfg: SeriesConfig,
     named: HashMap<String, Instant>,
+    /// Whose series: the byte and packet counters they go to.
+    counters: fn(&Metrics) -> [&IntCounterVec; 2],
 }
 
-impl ProcessSeries {
-    pub fn new(cfg: ProcessSeriesConfig) -> Self {
+impl NamedSeries {
+    /// Series per command name: `netmon_process_{bytes,packets}_total`.
+    pub fn processes(cfg: SeriesConfig) -> Self {
+        Self::new(cfg, |m| [&m.proc_bytes, &m.proc_packets])
+    }
+
+    /// Series per cgroup path: `netmon_cgroup_{bytes,packets}_total`.
+    pub fn cgroups(cfg: SeriesConfig) -> Self {
+        Self::new(cfg, |m| [&m.cgroup_bytes, &m.cgroup_packets])
+    }
+
+    fn new(cfg: SeriesConfig, counters: fn(&Metrics) -> [&IntCounterVec; 2]) -> Self {
         Self {
             cfg,
             named: HashMap::new(),
+            counters,
         }
     }
 
     /// Adds one tick's per-name deltas `(name, rx_bytes, tx_bytes, rx_packets, tx_packets)`
-    /// to the process counters, then removes the series of names silent for longer than the
-    /// TTL.
+    /// to the counters, then removes the series of names silent for longer than the TTL.
     pub fn apply<'a>(
         &mut self,
         m: &Metrics,
         deltas: impl IntoIterator<Item = (&'a str, [u64; 4])>,
         now: Instant,
     ) {
+        let [bytes, packets] = (self.counters)(m);
         for (name, [rxb, txb, rxp, txp]) in deltas {
             if rxb == 0 && txb == 0 && rxp == 0 && txp == 0 {
                 continue;
@@ -78,8 +92,8 @@ impl ProcessSeries {
                 OTHER_PROCESS
             };
             for (dir, b, p) in [("rx", rxb, rxp), ("tx", txb, txp)] {
-                m.proc_bytes.with_label_values(&[label, dir]).inc_by(b);
-                m.proc_packets.with_label_values(&[label, dir]).inc_by(p);
+                bytes.with_label_values(&[label, dir]).inc_by(b);
+                packets.with_label_values(&[label, dir]).inc_by(p);
             }
         }
         let ttl = self.cfg.ttl;
@@ -87,8 +101,8 @@ impl ProcessSeries {
             let keep = now.duration_since(*seen) <= ttl;
             if !keep {
                 for dir in ["rx", "tx"] {
-                    let _ = m.proc_bytes.remove_label_values(&[name, dir]);
-                    let _ = m.proc_packets.remove_label_values(&[name, dir]);
+                    let _ = bytes.remove_label_values(&[name, dir]);
+                    let _ = packets.remove_label_values(&[name, dir]);
                 }
             }
             keep
@@ -110,6 +124,8 @@ pub struct Metrics {
     pub iface_packets: IntCounterVec,
     pub proc_bytes: IntCounterVec,
     pub proc_packets: IntCounterVec,
+    pub cgroup_bytes: IntCounterVec,
+    pub cgroup_packets: IntCounterVec,
     pub flows_active: IntGauge,
     pub kernel_events: IntCounterVec,
     pub flow_evictions: IntCounter,
@@ -130,6 +146,7 @@ pub struct Metrics {
     pub bpf_stats_enabled: IntGauge,
     pub scrape_seconds: Gauge,
     pub process_series: IntGauge,
+    pub cgroup_series: IntGauge,
     pub iface_speed: IntGaugeVec,
     pub threats: IntCounterVec,
     pub connections_by_risk: IntGaugeVec,
@@ -187,6 +204,17 @@ impl Metrics {
                 "netmon_process_packets_total",
                 "Frames of flows owned by processes with this command name.",
                 &["process", "direction"],
+            ),
+            cgroup_bytes: cv(
+                "netmon_cgroup_bytes_total",
+                "Frame bytes of flows owned by processes in this cgroup (v2 path: a systemd \
+                 unit, a container, a pod).",
+                &["cgroup", "direction"],
+            ),
+            cgroup_packets: cv(
+                "netmon_cgroup_packets_total",
+                "Frames of flows owned by processes in this cgroup.",
+                &["cgroup", "direction"],
             ),
             flows_active: reg(
                 &r,
@@ -368,6 +396,15 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            cgroup_series: reg(
+                &r,
+                IntGauge::new(
+                    "netmon_cgroup_series",
+                    "cgroups that currently have series of their own (at most \
+                     --process-top-k).",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info
@@ -448,7 +485,7 @@ mod tests {
     #[test]
     fn process_series_are_bounded_to_top_k_and_expire() {
         let m = Metrics::new();
-        let mut ps = ProcessSeries::new(ProcessSeriesConfig {
+        let mut ps = NamedSeries::processes(SeriesConfig {
             top_k: 2,
             ttl: Duration::from_secs(60),
         });
@@ -484,7 +521,7 @@ mod tests {
         assert_eq!(value(&text, &bytes("c")), Some(5.0));
         assert_eq!(value(&text, &bytes("other")), Some(31.0));
         // A process literally named "other" is never given a slot of its own.
-        let mut ps = ProcessSeries::new(ProcessSeriesConfig::default());
+        let mut ps = NamedSeries::processes(SeriesConfig::default());
         ps.apply(&m, [("other", [1, 0, 1, 0])], t0);
         assert_eq!(ps.named(), 0);
     }

@@ -10,7 +10,7 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -607,13 +607,44 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+        Self::start(ns, args, None)
+    }
+
+    /// `spawn`, the peer running in cgroup `cg` from its first instruction (it is moved there
+    /// between fork and exec).
+    pub fn spawn_in_cgroup(ns: &Netns, cg: &TestCgroup, args: &[&str]) -> Self {
+        Self::start(ns, args, Some(cg))
+    }
+
+    fn start(ns: &Netns, args: &[&str], cg: Option<&TestCgroup>) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
             .arg(testpeer_bin())
             .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn testpeer");
+            .stdout(Stdio::piped());
+        // Open until the spawn returns: the child writes to it between fork and exec.
+        let procs = cg.map(|cg| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(cg.dir.join("cgroup.procs"))
+                .expect("open the test cgroup's cgroup.procs")
+        });
+        if let Some(procs) = &procs {
+            let fd = procs.as_raw_fd();
+            // SAFETY: the closure only makes a write system call (async-signal-safe, no
+            // allocation) on a descriptor that stays open until the spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // "0": the writing process itself.
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn testpeer");
+        drop(procs);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -651,6 +682,56 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cgroup v2 directory made for a test below the hierarchy's root, removed on drop (with
+/// the hierarchy mounted for it on a directory of its own where none was mounted).
+pub struct TestCgroup {
+    /// Its directory here.
+    pub dir: PathBuf,
+    /// Its path in the hierarchy, as netmon names it (`/netmon-test-...`).
+    pub path: String,
+    /// Where the hierarchy was mounted for this test, if it was.
+    mounted: Option<PathBuf>,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let (root, mounted) = match netmon::load::cgroup2_mount() {
+            Some(root) => (root, None),
+            None => {
+                let at = std::env::temp_dir().join(format!("netmon-test-cgroup2-{name}"));
+                std::fs::create_dir_all(&at).unwrap();
+                sh(&["mount", "-t", "cgroup2", "cgroup2", &at.to_string_lossy()]);
+                (at.clone(), Some(at))
+            }
+        };
+        let leaf = format!("netmon-test-{name}-{}", std::process::id());
+        let dir = root.join(&leaf);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self {
+            dir,
+            path: format!("/{leaf}"),
+            mounted,
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Its processes are gone by now (peers are waited for); a cgroup empties a moment
+        // after its last process exits.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(at) = &self.mounted {
+            let _ = Command::new("umount").arg(at).status();
+            let _ = std::fs::remove_dir(at);
+        }
     }
 }
 

@@ -165,6 +165,67 @@ fn tcp_ipv6_accepted_connection_is_attributed_to_the_server() {
     assert_eq!(c["process"], "nmt-server");
 }
 
+/// Two clients with the same command name in two cgroups (as two containers running the
+/// same program): each connection names its client's cgroup, and each cgroup's totals, in
+/// the API and in Prometheus, are exactly its client's bytes on the veth.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn clients_in_two_cgroups_are_counted_to_their_cgroups() {
+    let p = Pair::new("cg");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let cgs = [TestCgroup::new("cga"), TestCgroup::new("cgb")];
+    let mut runs = Vec::new();
+    for (cg, (port, bytes)) in cgs.iter().zip([(5011, "300000"), (5012, "120000")]) {
+        let to = format!("198.18.0.2:{port}");
+        let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", &to, "--reply", "5000"]);
+        let before = p.a_quiet_counters();
+        let client = Peer::spawn_in_cgroup(
+            &p.a,
+            cg,
+            &[
+                "tcp-send", "--to", &to, "--bytes", bytes, "--comm", "nmt-cg",
+            ],
+        );
+        let local = client.local.clone();
+        client.finish();
+        server.finish();
+        runs.push((cg, local, to, p.a_quiet_counters() - before));
+    }
+    let stats = d.fresh_stats(&p.a);
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    let mut sent = 0;
+    for (cg, local, to, truth) in &runs {
+        let c = find_conn(&stats, local, to);
+        assert_eq!(c["cgroup"], cg.path.as_str(), "{c}");
+        assert_eq!(c["process"], "nmt-cg", "{c}");
+        assert_eq!(conn_counters(c), *truth, "{c}");
+        let row = stats["cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cgroup"] == cg.path.as_str())
+            .unwrap_or_else(|| panic!("no {} in {}", cg.path, stats["cgroups"]));
+        assert_eq!(u(&row["bytes_sent"]), truth.tx_bytes, "{row}");
+        assert_eq!(u(&row["bytes_recv"]), truth.rx_bytes, "{row}");
+        for (dir, want) in [("tx", truth.tx_bytes), ("rx", truth.rx_bytes)] {
+            let series = format!(
+                "netmon_cgroup_bytes_total{{cgroup=\"{}\",direction=\"{dir}\"}}",
+                cg.path
+            );
+            assert_eq!(metric(&text, &series), want, "{series}");
+        }
+        sent += truth.tx_bytes;
+    }
+    // One command name: the process series holds both.
+    assert_eq!(
+        metric(
+            &text,
+            "netmon_process_bytes_total{direction=\"tx\",process=\"nmt-cg\"}"
+        ),
+        sent
+    );
+}
+
 /// The pid in the table must be the server's; read separately to give a clear message.
 fn server_pid_of(stats: &Value, local: &str, remote: &str) -> Value {
     find_conn(stats, local, remote)["pid"].clone()

@@ -349,6 +349,23 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
         proc_rate / rate > 0.85 && proc_rate <= rate * 1.05,
         "nm-promtest {proc_rate:.0} B/s of interface {rate:.0} B/s"
     );
+    // The cgroup series carries the sender's cgroup, this test's own (the peer inherits it),
+    // with as much of the interface's bytes (the agent, spawned from here too, is in it).
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 path in /proc/self/cgroup");
+    let q = format!(
+        "rate(netmon_cgroup_bytes_total{{instance=\"{listen_a}\",cgroup=\"{own}\",direction=\"tx\"}}[10s])"
+    );
+    let r = prom.query(&p.b, &q, None);
+    assert_eq!(r.len(), 1, "cgroup series {own}: {r:?}");
+    let cgroup_rate = num(&r[0]);
+    assert!(
+        cgroup_rate / rate > 0.85 && cgroup_rate <= rate * 1.05,
+        "cgroup {own} {cgroup_rate:.0} B/s of interface {rate:.0} B/s"
+    );
     let procs = prom.query(
         &p.b,
         &format!("count by (process) (netmon_process_bytes_total{{instance=\"{listen_a}\"}})"),

@@ -775,7 +775,7 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
 /// mounts only v1 hierarchies, or a mount namespace without /sys/fs/cgroup, as `ip netns
 /// exec` makes) mounted for a moment on a private directory and detached again at once (the
 /// open directory keeps its cgroup).
-fn cgroup2_root() -> Result<File> {
+pub(crate) fn cgroup2_root() -> Result<File> {
     let mounted = cgroup2_mount();
     if let Some(dir) = mounted {
         return File::open(&dir)
