@@ -229,6 +229,9 @@ pub struct TickState {
     protos: Protos,
 }
 
+/// A cgroup's totals leave `Tracker::cgroups` after this long without traffic.
+pub const CGROUP_IDLE_NS: u64 = 3_600_000_000_000;
+
 /// Idle flows are looked for on full drains and every this many ticks.
 pub const SWEEP_EVERY: u64 = 10;
 
@@ -778,6 +781,13 @@ impl Tracker {
             interval_s,
         );
         out.expired = expired;
+        if full || tick.is_multiple_of(SWEEP_EVERY) {
+            // cgroups come and go (each container, pod or transient unit has a path of its
+            // own): one silent for `CGROUP_IDLE_NS` leaves the totals, which would otherwise
+            // grow with every cgroup the host ever ran.
+            self.cgroups
+                .retain(|_, c| now_ns.saturating_sub(c.last_active_ns) <= CGROUP_IDLE_NS);
+        }
         for b in &mut self.books {
             b.forget_pending(tick);
         }
@@ -1350,6 +1360,34 @@ mod tests {
             }
         }
         assert_eq!(out.proto_deltas, want_protos);
+    }
+
+    /// A cgroup silent for an hour leaves the totals (a command name stays).
+    #[test]
+    fn silent_cgroups_leave_the_totals() {
+        let mut t = Tracker::default();
+        let owned = |cg: &str| {
+            Some(Owner {
+                cgroup: Some(cg.into()),
+                ..owner(1, "app")
+            })
+        };
+        let (a, b) = (key(DIR_EGRESS, 41000), key(DIR_EGRESS, 41001));
+        t.apply_flows(&[sample(a, 100, 1, SEC)], SEC, 1.0, u64::MAX, |_| {
+            owned("/gone.scope")
+        });
+        let late = SEC + CGROUP_IDLE_NS;
+        t.apply_flows(&[sample(b, 100, 1, late)], late, 1.0, u64::MAX, |_| {
+            owned("/kept.scope")
+        });
+        assert!(
+            t.cgroups.contains_key("/gone.scope"),
+            "an hour exactly: kept"
+        );
+        t.apply_flows(&[], late + SEC, 1.0, u64::MAX, |_| None);
+        assert!(!t.cgroups.contains_key("/gone.scope"));
+        assert_eq!(t.cgroups["/kept.scope"].tx_bytes, 100);
+        assert_eq!(t.procs["app"].tx_bytes, 200);
     }
 
     /// Flows waiting for an owner that a drain did not read are retried in that drain's
