@@ -699,6 +699,27 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         let mut c = crate::classify::Classifier::new(cfg.threat.clone());
         c.set_geo(geo.clone());
         c.set_feeds(Arc::new(feeds0.clone()));
+        // The alerts of earlier runs, from the event log: listed again after a restart (or
+        // a crash), and this run's ids follow theirs.
+        let (earlier, bad) = crate::act::notify::EventLog::recent_alerts(
+            &event_log,
+            cfg.threat.alerts.log_keep,
+            crate::classify::ALERTS_KEPT,
+        );
+        if bad > 0 {
+            warn!(
+                "event log {} (or its rotated files): {bad} lines are not readable events, skipped",
+                event_log.display()
+            );
+        }
+        if !earlier.is_empty() {
+            info!(
+                "{} alerts of earlier runs listed again, from {}",
+                earlier.len(),
+                event_log.display()
+            );
+        }
+        c.restore(earlier);
         *shared.classifier.write().expect("lock not poisoned") = c;
     }
     let feeds = Arc::new(RwLock::new(Arc::new(feeds0)));

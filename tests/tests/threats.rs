@@ -10,7 +10,7 @@ use serde_json::Value;
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn a_port_scan_raises_an_alert_naming_the_source() {
     let p = Pair::new("scan");
-    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
     // A connect() scan of 200 closed ports: each SYN is answered by a RST.
     let target = p.a_v4.to_string();
     p.b.run(move || {
@@ -125,4 +125,27 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
             "{c}"
         );
     }
+
+    // The daemon is killed once the alert is in its event log; started again, it lists the
+    // alert as it was, with its id.
+    let log = p.a.state_dir.join("events.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"port_scan\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alert never reached {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill();
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let alerts = ns_json(&p.a, &d.api, "/api/alerts");
+    let again: Vec<&Value> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "port_scan")
+        .collect();
+    assert_eq!(again, [&alert], "after a restart: {alerts}");
 }

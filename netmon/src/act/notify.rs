@@ -222,6 +222,40 @@ impl EventLog {
         }
     }
 
+    /// The last `n` alerts in the log at `path` and its rotated files, oldest first, read from
+    /// the newest file back until there are `n`; and how many lines of the files read were
+    /// not events (a line cut short when the daemon was killed mid-write, an edit by hand),
+    /// which are skipped.
+    pub fn recent_alerts(path: &Path, keep: usize, n: usize) -> (Vec<Alert>, usize) {
+        let mut files = Vec::new();
+        let (mut found, mut bad) = (0, 0);
+        for f in Self::files(path, keep).iter().rev() {
+            if found >= n {
+                break;
+            }
+            let Ok(text) = std::fs::read_to_string(f) else {
+                bad += 1;
+                continue;
+            };
+            let mut alerts = Vec::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<Event>(line) {
+                    Ok(Event { alert: Some(a), .. }) => match serde_json::from_value::<Alert>(a) {
+                        Ok(a) => alerts.push(a),
+                        Err(_) => bad += 1,
+                    },
+                    Ok(_) => {}
+                    Err(_) => bad += 1,
+                }
+            }
+            found += alerts.len();
+            files.push(alerts);
+        }
+        let mut all: Vec<Alert> = files.into_iter().rev().flatten().collect();
+        all.drain(..all.len().saturating_sub(n));
+        (all, bad)
+    }
+
     /// The log files, oldest first: `path.keep` ... `path.1`, `path`.
     pub fn files(path: &Path, keep: usize) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = (1..=keep.max(16))
@@ -396,6 +430,63 @@ mod tests {
                 assert_eq!(back.kind(), "port_scan");
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The last alerts come back from the log, across its rotation, oldest first; action
+    /// events are not alerts, and a line cut short (a kill mid-write) is counted and skipped.
+    #[test]
+    fn recent_alerts_are_read_back_across_rotation() {
+        let dir = std::env::temp_dir().join(format!("netmon-evback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("events.jsonl");
+        let mut log = EventLog::open(&path, 1 << 20, 3).unwrap();
+        let numbered = |id: u64| Alert {
+            id,
+            ..alert("port_scan", "198.18.0.2", Level::High)
+        };
+        for id in 1..=3 {
+            log.append(&Event::alert(&numbered(id), "h")).unwrap();
+        }
+        let action = ActionRecord {
+            action: "ban".into(),
+            remote: "198.18.0.2".parse().unwrap(),
+            result: "done".into(),
+            detail: String::new(),
+            alert_id: 3,
+            alert_kind: "port_scan".into(),
+            ttl_seconds: Some(600),
+        };
+        log.append(&Event::action(action, Level::High, "h"))
+            .unwrap();
+        log.rotate().unwrap();
+        for id in 4..=5 {
+            log.append(&Event::alert(&numbered(id), "h")).unwrap();
+        }
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"time_ms\":17000000").unwrap();
+        drop(f);
+
+        let ids = |(a, bad): (Vec<Alert>, usize)| (a.iter().map(|a| a.id).collect::<Vec<_>>(), bad);
+        assert_eq!(
+            ids(EventLog::recent_alerts(&path, 3, 4)),
+            (vec![2, 3, 4, 5], 1)
+        );
+        assert_eq!(ids(EventLog::recent_alerts(&path, 3, 2)), (vec![4, 5], 1));
+        assert_eq!(
+            ids(EventLog::recent_alerts(&path, 3, 100)),
+            (vec![1, 2, 3, 4, 5], 1)
+        );
+        let back = EventLog::recent_alerts(&path, 3, 1).0;
+        assert_eq!(back[0].kind, "port_scan");
+        assert_eq!(back[0].remote, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(back[0].detail, "198.18.0.2: something");
+        // No log yet: nothing, nothing skipped.
+        assert_eq!(
+            ids(EventLog::recent_alerts(&dir.join("none.jsonl"), 3, 10)),
+            (vec![], 0)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

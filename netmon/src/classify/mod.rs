@@ -19,7 +19,7 @@ use std::{
 use netmon_common::{
     DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, tcp_flags,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::{
     config::ThreatConfig,
@@ -50,7 +50,7 @@ const FACTS_CACHED: usize = 200_000;
 
 /// Something an operator should know about: a pattern detected in a remote's traffic, a
 /// connection with an address a reputation feed lists, or a metric past its threshold.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Alert {
     pub id: u64,
     /// Wall-clock milliseconds since the epoch.
@@ -471,6 +471,20 @@ impl Classifier {
     pub fn alerts(&self) -> Vec<Alert> {
         self.alerts.iter().cloned().collect()
     }
+
+    /// Takes back alerts of an earlier run (oldest first, as the event log has them), before
+    /// any of this run's: the last `ALERTS_KEPT` are listed again, and this run's ids follow
+    /// the highest, so that an id (which action records refer to) stays one alert's.
+    pub fn restore(&mut self, earlier: Vec<Alert>) {
+        let skip = earlier.len().saturating_sub(ALERTS_KEPT);
+        for a in earlier.into_iter().skip(skip) {
+            self.next_id = self.next_id.max(a.id + 1);
+            if self.alerts.len() == ALERTS_KEPT {
+                self.alerts.pop_front();
+            }
+            self.alerts.push_back(a);
+        }
+    }
 }
 
 /// A flow key's address as an IpAddr (IPv4 keys hold IPv4-mapped addresses).
@@ -572,6 +586,32 @@ fn attempt(key: &FlowKey, flags: u8, at_ns: u64) -> Option<ConnEvent> {
 mod tests {
     use super::*;
     use netmon_common::{DIR_EGRESS, v4_mapped};
+
+    /// Alerts of an earlier run are listed first, at most `ALERTS_KEPT` of them, and this
+    /// run's ids follow the highest.
+    #[test]
+    fn restored_alerts_are_listed_and_ids_continue() {
+        let a = |id: u64| Alert {
+            id,
+            time_ms: id,
+            kind: "port_scan".into(),
+            severity: Level::High,
+            remote: None,
+            score: 50,
+            reasons: vec![],
+            detail: String::new(),
+        };
+        let mut c = Classifier::default();
+        c.restore((1..=ALERTS_KEPT as u64 + 5).map(a).collect());
+        let listed = c.alerts();
+        assert_eq!(listed.len(), ALERTS_KEPT);
+        assert_eq!(listed[0].id, 6);
+        assert_eq!(listed.last().unwrap().id, ALERTS_KEPT as u64 + 5);
+        let next = c.keep(a(0));
+        assert_eq!(next.id, ALERTS_KEPT as u64 + 6);
+        assert_eq!(c.alerts().last().unwrap().id, next.id);
+        assert_eq!(c.alerts()[0].id, 7, "the oldest made room");
+    }
 
     fn key(dir: u8, proto: u8, lport: u16, rport: u16) -> FlowKey {
         FlowKey {

@@ -87,7 +87,7 @@ pub struct Facts<'a> {
 }
 
 /// One contribution to a score.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
     /// Machine-readable: `known_malicious`, `unusual_port`, `port_scan`, `rule:NAME`, ...
     pub kind: String,
