@@ -1015,6 +1015,18 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
     }
 }
 
+/// Keeps the `n` busiest of `conns` (by the last interval's rate, then by bytes), busiest
+/// first.
+pub fn keep_busiest(conns: &mut Vec<Connection>, n: usize) {
+    let activity = |c: &Connection| (c.send_rate + c.recv_rate, c.bytes_sent + c.bytes_recv);
+    let busier = |a: &Connection, b: &Connection| busier_first(activity(a), activity(b));
+    if n < conns.len() {
+        conns.select_nth_unstable_by(n, busier);
+        conns.truncate(n);
+    }
+    conns.sort_by(busier);
+}
+
 fn set_owner(c: &mut Connection, o: &Owner) {
     c.pid = Some(o.pid);
     c.process = Some(o.comm.clone());
@@ -1151,6 +1163,11 @@ impl Tracker {
     }
 }
 
+/// Orders (rate, bytes) pairs busiest first: by rate, then by bytes.
+fn busier_first(a: (f64, u64), b: (f64, u64)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(b.1.cmp(&a.1))
+}
+
 /// The rows of `totals`, busiest first (by the last interval's rate, then by bytes).
 fn busiest<R>(totals: &BTreeMap<String, ProcTotals>, row: impl Fn(String, Traffic) -> R) -> Vec<R> {
     let mut rows: Vec<(String, Traffic)> = totals
@@ -1167,11 +1184,8 @@ fn busiest<R>(totals: &BTreeMap<String, ProcTotals>, row: impl Fn(String, Traffi
             (name.clone(), traffic)
         })
         .collect();
-    rows.sort_by(|(_, a), (_, b)| {
-        (b.send_rate + b.recv_rate)
-            .total_cmp(&(a.send_rate + a.recv_rate))
-            .then((b.bytes_sent + b.bytes_recv).cmp(&(a.bytes_sent + a.bytes_recv)))
-    });
+    let activity = |t: &Traffic| (t.send_rate + t.recv_rate, t.bytes_sent + t.bytes_recv);
+    rows.sort_by(|(_, a), (_, b)| busier_first(activity(a), activity(b)));
     rows.into_iter().map(|(name, t)| row(name, t)).collect()
 }
 
@@ -1744,6 +1758,34 @@ mod tests {
         assert_eq!(l.local_address, "[::]:22");
         assert_eq!(l.process.as_deref(), Some("sshd"));
         assert_eq!(l.bytes_sent + l.bytes_recv, 0);
+    }
+
+    /// `keep_busiest` keeps the N busiest by rate, then bytes, busiest first.
+    #[test]
+    fn the_busiest_connections_are_kept_in_order() {
+        let conn = |port: u16, rate: f64, bytes: u64| Connection {
+            send_rate: rate,
+            bytes_recv: bytes,
+            ..new_connection(IPPROTO_TCP, ([0; 16], port), ([0; 16], 80))
+        };
+        let all = vec![
+            conn(1, 0.0, 10),
+            conn(2, 5.0, 0),
+            conn(3, 0.0, 500),
+            conn(4, 9.0, 1),
+            conn(5, 5.0, 7),
+        ];
+        let ports = |c: &[Connection]| c.iter().map(|c| c.tuple.1).collect::<Vec<_>>();
+        for (n, want) in [
+            (0, vec![]),
+            (2, vec![4, 5]),
+            (4, vec![4, 5, 2, 3]),
+            (9, vec![4, 5, 2, 3, 1]),
+        ] {
+            let mut c = all.clone();
+            keep_busiest(&mut c, n);
+            assert_eq!(ports(&c), want, "n = {n}");
+        }
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::sync::{Arc, RwLock};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,9 @@ pub struct InterfaceStats {
 pub struct NetworkStats {
     pub interfaces: Vec<InterfaceStats>,
     pub connections: Vec<Connection>,
+    /// Connections in the table; `connections` holds the `limit` busiest of them when the
+    /// request gives one.
+    pub connections_total: usize,
     /// Per command name: totals and rates, busiest first.
     pub processes: Vec<ProcessRow>,
     /// Per cgroup path (systemd unit, container, pod): totals and rates, busiest first.
@@ -160,7 +163,16 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-async fn network_stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+/// `GET /api/network-stats?limit=N`: only the N busiest connections.
+#[derive(Debug, Default, Deserialize)]
+pub struct StatsQuery {
+    pub limit: Option<usize>,
+}
+
+async fn network_stats(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<StatsQuery>,
+) -> impl IntoResponse {
     // Off the async workers: with a million flows this takes a while, and the drain waits
     // only for the copy of the flow table.
     let built = tokio::task::spawn_blocking(move || {
@@ -179,6 +191,12 @@ async fn network_stats(State(s): State<Arc<Shared>>) -> impl IntoResponse {
             .map(crate::sockdiag::Lister::rows)
             .unwrap_or_default();
         stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
+        stats.connections_total = stats.connections.len();
+        if let Some(n) = q.limit {
+            // Before the scores and the serialization, which are most of a large table's
+            // cost.
+            aggregate::keep_busiest(&mut stats.connections, n);
+        }
         let c = s.classifier.read().expect("lock not poisoned");
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;

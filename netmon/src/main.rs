@@ -44,6 +44,10 @@ enum Cmd {
         /// JSON (the /api/network-stats document) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only the N busiest connections (by the last interval's rate, then bytes): the
+        /// daemon builds, scores and sends just those, which a host with many flows needs.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
         /// The daemon's API address.
         #[arg(long, default_value = DEFAULT_LISTEN)]
         api: String,
@@ -438,6 +442,11 @@ fn print_flows(v: &serde_json::Value) {
             print_reasons(&risk["reasons"]);
         }
     }
+    let shown = v["connections"].as_array().map_or(0, Vec::len);
+    let total = v["connections_total"].as_u64().unwrap_or(0);
+    if total > shown as u64 {
+        println!("({shown} busiest of {total} connections)");
+    }
 }
 
 fn print_status(v: &serde_json::Value) {
@@ -596,7 +605,13 @@ fn run(cli: Cli) -> Result<()> {
                 daemon::run(cfg, token).await
             })
         }
-        Cmd::Flows { json, api } => show(&api, "/api/network-stats", json, print_flows),
+        Cmd::Flows { json, top, api } => {
+            let path = match top {
+                Some(n) => format!("/api/network-stats?limit={n}"),
+                None => "/api/network-stats".into(),
+            };
+            show(&api, &path, json, print_flows)
+        }
         Cmd::Ban {
             target,
             file,

@@ -552,6 +552,40 @@ fn status_and_flows_commands_say_what_is_active() {
     let json: Value =
         serde_json::from_str(&p.a.exec(&[bin, "flows", "--json", "--api", &d.api])).unwrap();
     find_conn(&json, &local, "198.18.0.2:5004");
+
+    // --top N: the N busiest connections, the count of all beside them.
+    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.0.2:5005"]);
+    let client = Peer::spawn(
+        &p.a,
+        &["tcp-send", "--to", "198.18.0.2:5005", "--bytes", "300000"],
+    );
+    let big = client.local.clone();
+    client.finish();
+    server.finish();
+    let all = d.fresh_stats(&p.a);
+    let total = all["connections"].as_array().unwrap().len();
+    assert!(total >= 2, "{all}");
+    let top: Value =
+        serde_json::from_str(&p.a.exec(&[bin, "flows", "--top", "1", "--json", "--api", &d.api]))
+            .unwrap();
+    let conns = top["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{top}");
+    assert_eq!(conns[0]["local_address"], big.as_str(), "{top}");
+    // (Each API request leaves a TIME_WAIT socket behind, a row of its own.)
+    let total_then = u(&top["connections_total"]);
+    assert!(total_then >= total as u64, "{total_then} < {total}");
+    let table = p.a.exec(&[bin, "flows", "--top", "1", "--api", &d.api]);
+    assert!(table.contains(&big) && !table.contains(&local), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("(1 busiest of ") && l.ends_with(" connections)")),
+        "{table}"
+    );
+    // A limit that is not a number is refused, and says why.
+    let (code, body) = ns_get(&p.a, &d.api, "/api/network-stats?limit=many");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("limit"), "{body}");
 }
 
 /// Whether `netmon status --json` lists an active hook of this purpose and kind.
