@@ -337,18 +337,22 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
         "agent b rx {rx:.0} B/s vs {truth:.0}"
     );
 
+    // A series of one process or cgroup that must carry most of the interface's tx bytes.
+    let carries_most = |metric: &str, label: &str, value: &str| {
+        let q = format!(
+            "rate({metric}{{instance=\"{listen_a}\",{label}=\"{value}\",direction=\"tx\"}}[10s])"
+        );
+        let r = prom.query(&p.b, &q, None);
+        assert_eq!(r.len(), 1, "{q}: {r:?}");
+        let v = num(&r[0]);
+        assert!(
+            v / rate > 0.85 && v <= rate * 1.05,
+            "{label} {value}: {v:.0} B/s of interface {rate:.0} B/s"
+        );
+    };
     // The process series carries the sender's command name and most of the interface's bytes
     // (the rest: the agent's own /metrics replies, attributed to "netmon").
-    let q = format!(
-        "rate(netmon_process_bytes_total{{instance=\"{listen_a}\",process=\"nm-promtest\",direction=\"tx\"}}[10s])"
-    );
-    let r = prom.query(&p.b, &q, None);
-    assert_eq!(r.len(), 1, "process series nm-promtest: {r:?}");
-    let proc_rate = num(&r[0]);
-    assert!(
-        proc_rate / rate > 0.85 && proc_rate <= rate * 1.05,
-        "nm-promtest {proc_rate:.0} B/s of interface {rate:.0} B/s"
-    );
+    carries_most("netmon_process_bytes_total", "process", "nm-promtest");
     // The cgroup series carries the sender's cgroup, this test's own (the peer inherits it),
     // with as much of the interface's bytes (the agent, spawned from here too, is in it).
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
@@ -356,16 +360,7 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup v2 path in /proc/self/cgroup");
-    let q = format!(
-        "rate(netmon_cgroup_bytes_total{{instance=\"{listen_a}\",cgroup=\"{own}\",direction=\"tx\"}}[10s])"
-    );
-    let r = prom.query(&p.b, &q, None);
-    assert_eq!(r.len(), 1, "cgroup series {own}: {r:?}");
-    let cgroup_rate = num(&r[0]);
-    assert!(
-        cgroup_rate / rate > 0.85 && cgroup_rate <= rate * 1.05,
-        "cgroup {own} {cgroup_rate:.0} B/s of interface {rate:.0} B/s"
-    );
+    carries_most("netmon_cgroup_bytes_total", "cgroup", own);
     let procs = prom.query(
         &p.b,
         &format!("count by (process) (netmon_process_bytes_total{{instance=\"{listen_a}\"}})"),
