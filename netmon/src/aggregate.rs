@@ -918,6 +918,10 @@ pub struct Connection {
     /// Risk level, score and every reason with its points (`classify`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::classify::score::Assessment>,
+    /// What TCP measures of the connection, for a TCP socket of this host's: round-trip
+    /// time, its variation, segments sent and retransmitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_quality: Option<crate::sockdiag::TcpQuality>,
     /// Country and ASN of the remote, where GeoIP databases are configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geo: Option<crate::classify::geo::GeoInfo>,
@@ -963,6 +967,8 @@ pub struct SocketRow {
     pub inode: u32,
     pub uid: u32,
     pub owner: Option<Owner>,
+    /// What TCP measures of the connection (round-trip time, retransmissions).
+    pub quality: Option<crate::sockdiag::TcpQuality>,
 }
 
 type ConnKey = (u8, [u8; 16], u16, [u8; 16], u16);
@@ -1010,6 +1016,7 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
         duration: 0.0,
         tcp_flags: String::new(),
         risk: None,
+        tcp_quality: None,
         geo: None,
         tuple: (to_ip(remote.0), local.1, remote.1, proto),
     }
@@ -1136,6 +1143,7 @@ pub fn connections<'a>(
             (c, 0)
         });
         c.status = s.state.clone();
+        c.tcp_quality = s.quality;
         if c.pid.is_none()
             && let Some(o) = &s.owner
         {
@@ -1729,6 +1737,7 @@ mod tests {
             inode: 1,
             uid: 0,
             owner: Some(owner(1, "sshd")),
+            quality: None,
         };
         let established = SocketRow {
             local_addr: v4_mapped([198, 18, 0, 1]),
@@ -1737,6 +1746,12 @@ mod tests {
             remote_port: 80,
             state: "ESTABLISHED".into(),
             owner: None,
+            quality: Some(crate::sockdiag::TcpQuality {
+                rtt_us: 250,
+                rtt_var_us: 40,
+                retrans_segments: 3,
+                sent_segments: 120,
+            }),
             ..listener.clone()
         };
         let conns = t.connections(&[listener, established]);
@@ -1749,6 +1764,10 @@ mod tests {
         assert_eq!((c.bytes_sent, c.bytes_recv), (500, 700));
         assert_eq!((c.packets_sent, c.packets_recv), (5, 6));
         assert_eq!(c.status, "ESTABLISHED");
+        assert_eq!(
+            c.tcp_quality.map(|q| (q.rtt_us, q.retrans_segments)),
+            Some((250, 3))
+        );
         assert_eq!(c.pid, Some(99));
         assert_eq!(c.process.as_deref(), Some("client"));
         assert_eq!(c.kind, "TCP");

@@ -16,6 +16,10 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_NEW_SYN_RECV: u8 = 12;
+const TCP_LISTEN: u8 = 10;
+/// The attribute that carries `struct tcp_info`, asked for with bit `INET_DIAG_INFO - 1` of
+/// the request's `ext`.
+const INET_DIAG_INFO: u16 = 2;
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -85,6 +89,41 @@ pub struct DiagSocket {
     pub family: u8,
     pub ifindex: u32,
     pub cookie: [u32; 2],
+    /// What TCP measures of the connection (TCP sockets other than listeners).
+    pub quality: Option<TcpQuality>,
+}
+
+/// What TCP itself measures of a connection (`struct tcp_info`, include/uapi/linux/tcp.h,
+/// as `ss -ti` shows it): the path's round-trip time and how much it varies, and how many
+/// segments went out and how many of them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TcpQuality {
+    /// Smoothed round-trip time, microseconds (`tcpi_rtt`).
+    pub rtt_us: u32,
+    /// The round-trip time's mean deviation, microseconds (`tcpi_rttvar`): the jitter TCP
+    /// sees.
+    pub rtt_var_us: u32,
+    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`): its loss.
+    pub retrans_segments: u32,
+    /// Segments sent (`tcpi_segs_out`, Linux 4.2 and later).
+    pub sent_segments: u32,
+}
+
+impl TcpQuality {
+    /// From a `struct tcp_info` (the layout only grows at its end; older kernels' shorter
+    /// structs lack the later fields).
+    pub fn parse(info: &[u8]) -> Option<Self> {
+        let at = |off: usize| {
+            info.get(off..off + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        };
+        Some(Self {
+            rtt_us: at(68)?,
+            rtt_var_us: at(72)?,
+            retrans_segments: at(100)?,
+            sent_segments: at(136).unwrap_or(0),
+        })
+    }
 }
 
 /// Why a socket could not be destroyed.
@@ -196,6 +235,7 @@ impl Lister {
                         .owners
                         .sock_owner(&key)
                         .map(crate::aggregate::Owner::from),
+                    quality: s.quality,
                 }
             })
             .collect()
@@ -407,6 +447,12 @@ impl SockDiag {
             req: InetDiagReqV2 {
                 family,
                 protocol: proto,
+                // TCP sockets come with their tcp_info.
+                ext: if proto == IPPROTO_TCP {
+                    1 << (INET_DIAG_INFO - 1)
+                } else {
+                    0
+                },
                 states: u32::MAX,
                 ..Default::default()
             },
@@ -441,7 +487,12 @@ impl SockDiag {
                         let m: InetDiagMsg =
                             unsafe { std::ptr::read_unaligned(data[off + 16..].as_ptr().cast()) };
                         if m.state != TCP_NEW_SYN_RECV {
-                            out.push(to_socket(proto, &m));
+                            let mut s = to_socket(proto, &m);
+                            if proto == IPPROTO_TCP && m.state != TCP_LISTEN {
+                                let attrs = &data[off + 16 + size_of::<InetDiagMsg>()..off + len];
+                                s.quality = attr(attrs, INET_DIAG_INFO).and_then(TcpQuality::parse);
+                            }
+                            out.push(s);
                         }
                     }
                     _ => {}
@@ -538,6 +589,23 @@ fn cgroup_id(root: &std::path::Path, pid: u32) -> Option<u64> {
     )
 }
 
+/// The payload of the first attribute of type `kind` in a run of netlink attributes
+/// (`struct rtattr`: length, type, payload, padded to 4 bytes).
+fn attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let t = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if t == kind {
+            return Some(&attrs[4..len]);
+        }
+        attrs = attrs.get(len.div_ceil(4) * 4..)?;
+    }
+    None
+}
+
 fn to_socket(proto: u8, m: &InetDiagMsg) -> DiagSocket {
     let addr = |a: [u8; 16]| {
         if m.family == libc::AF_INET as u8 {
@@ -558,6 +626,7 @@ fn to_socket(proto: u8, m: &InetDiagMsg) -> DiagSocket {
         family: m.family,
         ifindex: m.id.ifindex,
         cookie: m.id.cookie,
+        quality: None,
     }
 }
 
@@ -589,6 +658,70 @@ mod tests {
             .find(|s| s.proto == IPPROTO_UDP && s.local_port == uport)
             .expect("our UDP socket");
         assert_eq!(s.local_addr, v6lo);
+    }
+
+    /// A TCP connection's quality in the dump is what its owner reads of it
+    /// (`getsockopt(TCP_INFO)`), once its data is acknowledged and it is idle.
+    #[test]
+    fn tcp_quality_is_what_the_socket_owner_reads() {
+        use std::{io::Write as _, os::fd::AsRawFd as _};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        c.write_all(&[7u8; 100_000]).unwrap();
+        let mut got = vec![0u8; 100_000];
+        std::io::Read::read_exact(&mut server, &mut got).unwrap();
+        let own = || {
+            // SAFETY: an all-zero tcp_info is valid; getsockopt fills at most `len` bytes.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+            let r = unsafe {
+                libc::getsockopt(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&raw mut info).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0);
+            info
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while own().tcpi_unacked != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "data never acknowledged"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let truth = own();
+        let port = c.local_addr().unwrap().port();
+        let socks = SockDiag::new().unwrap().dump_all().unwrap();
+        let s = socks
+            .iter()
+            .find(|s| s.proto == IPPROTO_TCP && s.local_port == port)
+            .expect("our client socket");
+        let q = s.quality.expect("a connected TCP socket's tcp_info");
+        assert_eq!(
+            q,
+            TcpQuality {
+                rtt_us: truth.tcpi_rtt,
+                rtt_var_us: truth.tcpi_rttvar,
+                retrans_segments: truth.tcpi_total_retrans,
+                sent_segments: truth.tcpi_segs_out,
+            }
+        );
+        assert!(q.rtt_us > 0 && q.sent_segments >= 2, "{q:?}");
+        let listener = socks
+            .iter()
+            .find(|s| {
+                s.proto == IPPROTO_TCP
+                    && s.local_port == l.local_addr().unwrap().port()
+                    && s.state == TCP_LISTEN
+            })
+            .expect("our listener");
+        assert_eq!(listener.quality, None);
     }
 
     /// A connected UDP socket this process holds is found by its local port, with this

@@ -662,6 +662,13 @@ impl Peer {
         }
     }
 
+    /// The next line of its output (blocks until it comes).
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line
+    }
+
     /// Waits for exit (30 s at most) and returns the rest of its output.
     pub fn finish(mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);

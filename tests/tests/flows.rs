@@ -226,6 +226,96 @@ fn clients_in_two_cgroups_are_counted_to_their_cgroups() {
     );
 }
 
+/// The namespace's count of retransmitted TCP segments (`Tcp: RetransSegs`).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// A TCP connection's quality in the connection table is what TCP measured of it, as the
+/// process that owns the socket reads it (`getsockopt(TCP_INFO)`): round-trip time, its
+/// variation, segments sent, and segments sent again after the receiving side dropped the
+/// first ones (as many as the namespace's own retransmission counter moved).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn tcp_quality_is_what_the_sockets_owner_measures() {
+    use std::time::Duration;
+    let p = Pair::new("tq");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    // The loss: a netmon on the other side, whose drop list drops what the client sends
+    // there while it bans the client (a drop on the sending side's own egress is no loss:
+    // the stack holds the data back and sends it later, as new).
+    let _db = Daemon::start(&p.b, &[&p.b_if], &[]);
+    let to = "198.18.0.2:5014";
+    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", to]);
+    let file = |name: &str| p.a.state_dir.join(name).to_str().unwrap().to_string();
+    let (send, read) = (file("quality-send"), file("quality-read"));
+    let before = retrans_segs(&p.a);
+    let mut client = Peer::spawn(
+        &p.a,
+        &[
+            "tcp-send",
+            "--to",
+            to,
+            "--bytes",
+            "200000",
+            "--after-file",
+            &send,
+            "--hold-file",
+            &read,
+        ],
+    );
+    // The client is banned on the server's side when it sends: its segments are dropped on
+    // arrival, and sent again until the ban is lifted.
+    p.b.netmon_ok(&["ban", "198.18.0.1"]);
+    std::fs::write(&send, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    p.b.netmon_ok(&["unban", "198.18.0.1"]);
+    // The owner's tcp_info once every byte is acknowledged, and again after the table is
+    // read (an idle connection's do not change in between, but if they did, the table's
+    // must be one of the two).
+    let owner_said = |line: String| {
+        move |k: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .parse()
+                .unwrap()
+        }
+    };
+    let first = owner_said(client.next_line());
+    let retrans = retrans_segs(&p.a) - before;
+    let stats = d.fresh_stats(&p.a);
+    let c = find_conn(&stats, &client.local, to).clone();
+    std::fs::write(&read, b"").unwrap();
+    let then = owner_said(client.next_line());
+    let q = &c["tcp_quality"];
+    for k in ["rtt_us", "rtt_var_us", "retrans_segments", "sent_segments"] {
+        assert!(
+            u(&q[k]) == first(k) || u(&q[k]) == then(k),
+            "{k}: table {} against the owner's {} and {}: {c}",
+            q[k],
+            first(k),
+            then(k)
+        );
+    }
+    assert!(retrans > 0, "the ban dropped nothing: {c}");
+    assert_eq!(u(&q["retrans_segments"]), retrans, "{c}");
+    assert!(
+        u(&q["rtt_us"]) > 0 && u(&q["sent_segments"]) > retrans,
+        "{c}"
+    );
+    client.finish();
+    let out = server.finish();
+    assert!(out.contains("received=200000"), "{out}");
+}
+
 /// The pid in the table must be the server's; read separately to give a clear message.
 fn server_pid_of(stats: &Value, local: &str, remote: &str) -> Value {
     find_conn(stats, local, remote)["pid"].clone()

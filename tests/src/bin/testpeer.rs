@@ -41,6 +41,35 @@ fn set_comm(args: &[String]) {
     }
 }
 
+/// Waits (30 s at most) until the file `f` exists: the test's go-ahead.
+fn wait_for_file(f: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::path::Path::new(f).exists() {
+        assert!(Instant::now() < deadline, "{f} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The socket's `struct tcp_info`, as its owner reads it.
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket and buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info
+}
+
 fn ready(local: SocketAddr) {
     println!("ready pid={} local={local}", std::process::id());
     std::io::stdout().flush().unwrap();
@@ -57,12 +86,39 @@ fn main() {
             let n = num(&args, "--bytes", 0) as usize;
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
             ready(s.local_addr().unwrap());
+            // --after-file F: connected, wait for F before sending.
+            if let Some(f) = arg(&args, "--after-file") {
+                wait_for_file(&f);
+            }
             let buf = vec![0x5au8; 64 * 1024];
             let mut left = n;
             while left > 0 {
                 let k = left.min(buf.len());
                 s.write_all(&buf[..k]).expect("write");
                 left -= k;
+            }
+            // --hold-file F: once every byte is acknowledged, say what TCP measured of the
+            // connection (its own tcp_info) and keep it open, idle, until F exists; then say
+            // it again.
+            if let Some(f) = arg(&args, "--hold-file") {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while tcp_info(&s).tcpi_unacked != 0 {
+                    assert!(Instant::now() < deadline, "data never acknowledged");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let say = |info: libc::tcp_info| {
+                    println!(
+                        "tcp_info rtt_us={} rtt_var_us={} retrans_segments={} sent_segments={}",
+                        info.tcpi_rtt,
+                        info.tcpi_rttvar,
+                        info.tcpi_total_retrans,
+                        info.tcpi_segs_out
+                    );
+                    std::io::stdout().flush().unwrap();
+                };
+                say(tcp_info(&s));
+                wait_for_file(&f);
+                say(tcp_info(&s));
             }
             s.shutdown(Shutdown::Write).unwrap();
             let mut sink = Vec::new();
@@ -107,11 +163,7 @@ fn main() {
             }
             ready(s.local_addr().unwrap());
             if let Some(f) = arg(&args, "--after-file") {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !std::path::Path::new(&f).exists() {
-                    assert!(Instant::now() < deadline, "{f} never appeared");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                wait_for_file(&f);
             }
             let count = num(&args, "--count", u64::MAX);
             let duration = Duration::from_millis(num(&args, "--duration-ms", u64::MAX / 4));
