@@ -2,7 +2,10 @@
 //! document's shape), `/api/status` (hooks, interfaces, maps), `/healthz`. Shutdown is a
 //! token passed in, so the server is tested on 127.0.0.1:0 without root or kernel programs.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    net::IpAddr,
+    sync::{Arc, RwLock},
+};
 
 use axum::{
     Json, Router,
@@ -17,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     aggregate::{self, CgroupRow, Connection, ProcessRow, Tracker},
+    anon::Anonymize,
     load::Hook,
     load::Monitored,
     metrics::Metrics,
@@ -140,6 +144,8 @@ pub struct Shared {
     /// Lists idle sockets (listeners, TIME_WAIT...) for the connection table; None until
     /// the daemon has its maps.
     pub sockets: std::sync::Mutex<Option<crate::sockdiag::Lister>>,
+    /// How the endpoints show remote addresses (`--anonymize`).
+    pub anonymize: Anonymize,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -198,10 +204,15 @@ async fn network_stats(
             aggregate::keep_busiest(&mut stats.connections, n);
         }
         let c = s.classifier.read().expect("lock not poisoned");
+        let anon = s.anonymize;
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;
-            let (risk, geo) =
+            let (mut risk, geo) =
                 c.assess_with_geo(remote, lport, rport, proto, conn.process.as_deref());
+            if anon != Anonymize::Off {
+                conn.remote_address = anon.address(&conn.remote_address);
+                anonymize_reasons(anon, &mut risk.reasons, remote);
+            }
             conn.risk = Some(risk);
             conn.geo = geo;
         }
@@ -229,13 +240,39 @@ async fn network_stats(
 
 /// The alerts kept (newest last), with their reasons.
 async fn alerts(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::Alert>> {
-    Json(s.classifier.read().expect("lock not poisoned").alerts())
+    let mut alerts = s.classifier.read().expect("lock not poisoned").alerts();
+    let anon = s.anonymize;
+    if anon != Anonymize::Off {
+        for a in &mut alerts {
+            if let Some(ip) = a.remote {
+                a.detail = anon.text(&a.detail, ip);
+                anonymize_reasons(anon, &mut a.reasons, ip);
+                a.remote = Some(anon.ip(ip));
+            }
+        }
+    }
+    Json(alerts)
 }
 
 /// Remote addresses with something against them (a detection, a feed listing), scored,
 /// riskiest first.
 async fn remotes(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::RemoteRisk>> {
-    Json(s.classifier.read().expect("lock not poisoned").remotes())
+    let mut remotes = s.classifier.read().expect("lock not poisoned").remotes();
+    let anon = s.anonymize;
+    if anon != Anonymize::Off {
+        for r in &mut remotes {
+            anonymize_reasons(anon, &mut r.reasons, r.remote);
+            r.remote = anon.ip(r.remote);
+        }
+    }
+    Json(remotes)
+}
+
+/// Reasons about `ip` with its mentions anonymized.
+fn anonymize_reasons(anon: Anonymize, reasons: &mut [crate::classify::score::Reason], ip: IpAddr) {
+    for r in reasons {
+        r.detail = anon.text(&r.detail, ip);
+    }
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Status> {

@@ -107,7 +107,7 @@ impl Resolver {
                 // Gone (or never a cgroup of this hierarchy).
                 Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return None,
                 Err(e) => {
-                    tracing::debug!("naming cgroups by handle: {e}; walking the hierarchy");
+                    tracing::info!("naming cgroups by handle: {e}; walking the hierarchy instead");
                     self.by_handle = false;
                 }
             }

@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub process_series_ttl: Option<String>,
     /// The threat configuration file (scoring, detection, custom rules).
     pub threat_config: Option<PathBuf>,
+    /// `off` or `prefix`: how the HTTP API shows remote addresses.
+    pub anonymize: Option<String>,
 }
 
 impl FileConfig {
@@ -73,6 +75,8 @@ pub struct RunConfig {
     pub flow_table: crate::load::FlowTable,
     pub process_series: crate::metrics::SeriesConfig,
     pub threat: crate::classify::config::ThreatConfig,
+    /// How the HTTP API shows remote addresses.
+    pub anonymize: crate::anon::Anonymize,
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.

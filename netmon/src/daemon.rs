@@ -249,6 +249,7 @@ struct Drain {
     drains: u64,
     /// Which command names have Prometheus series of their own.
     process_series: crate::metrics::NamedSeries,
+    /// Which cgroup paths do.
     cgroup_series: crate::metrics::NamedSeries,
     /// The response thread (event log, policy, sinks).
     pipeline: Option<PipelineTx>,
@@ -694,7 +695,10 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         prev: HashMap::new(),
     };
     drops.state_mtime = drops.mtime();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        anonymize: cfg.anonymize,
+        ..Shared::default()
+    });
     {
         let mut c = crate::classify::Classifier::new(cfg.threat.clone());
         c.set_geo(geo.clone());

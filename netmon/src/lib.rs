@@ -11,6 +11,7 @@
 
 pub mod act;
 pub mod aggregate;
+pub mod anon;
 pub mod api;
 pub mod cgroups;
 pub mod classify;

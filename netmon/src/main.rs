@@ -191,6 +191,11 @@ struct RunArgs {
     /// TOML file with the same settings (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How the HTTP API (connection table, remotes, alerts) shows remote addresses: off, or
+    /// prefix (IPv4 cut to its /24, IPv6 to its /48). Detection, the drop list and the
+    /// event log keep full addresses.
+    #[arg(long)]
+    anonymize: Option<String>,
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
     #[arg(long)]
     tc_attach: Option<String>,
@@ -302,6 +307,13 @@ fn resolve(
             t.geoip.extend(args.geoip);
             t
         },
+        anonymize: args
+            .anonymize
+            .or(file.anonymize)
+            .as_deref()
+            .unwrap_or("off")
+            .parse()
+            .context("--anonymize")?,
         process_series: netmon::metrics::SeriesConfig {
             top_k: args
                 .process_top_k

@@ -149,3 +149,86 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
         .collect();
     assert_eq!(again, [&alert], "after a restart: {alerts}");
 }
+
+/// With `--anonymize prefix` the API shows the scanner only by its /24: in the alert (its
+/// remote, detail and reasons), the remotes and the connection table, none of which holds
+/// the full address; the detection, the drop list's decisions and the event log, which keeps
+/// the full address for incident response, work as without it.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn anonymized_api_shows_the_scanner_only_by_its_network() {
+    let p = Pair::new("anon");
+    let d = Daemon::start(&p.a, &[&p.a_if], &["--anonymize", "prefix"]);
+    let target = p.a_v4.to_string();
+    p.b.run(move || {
+        for port in 1..=200u16 {
+            let _ = TcpStream::connect_timeout(
+                &format!("{target}:{port}").parse().unwrap(),
+                Duration::from_millis(200),
+            );
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        let alerts = ns_json(&p.a, &d.api, "/api/alerts");
+        if let Some(a) = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "port_scan")
+        {
+            break a.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no port-scan alert after the scan: {alerts}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let network = "198.18.0.0";
+    assert_eq!(p.b_v4, "198.18.0.2");
+    assert_eq!(alert["remote"], network, "{alert}");
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{network}: ")),
+        "{alert}"
+    );
+    let stats = d.fresh_stats(&p.a);
+    let scanner_rows = stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["remote_address"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("{network}:")))
+        })
+        .count();
+    assert!(scanner_rows > 0, "{stats}");
+    let remotes = ns_json(&p.a, &d.api, "/api/remotes");
+    assert!(
+        remotes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["remote"] == network),
+        "{remotes}"
+    );
+    for path in ["/api/alerts", "/api/remotes", "/api/network-stats"] {
+        let (_, body) = ns_get(&p.a, &d.api, path);
+        assert!(!body.contains(p.b_v4), "{path} holds {}: {body}", p.b_v4);
+    }
+    // The event log keeps the full address.
+    let log = p.a.state_dir.join("events.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(p.b_v4)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never named the scanner",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
