@@ -158,6 +158,8 @@ mod tests {
         assert_eq!(cfg.interfaces.unwrap(), vec!["eth0", "eth1"]);
         let hook: crate::load::UdpHook = cfg.udp_hook.unwrap().parse().unwrap();
         assert_eq!(hook, crate::load::UdpHook::Auto);
+        let anon: crate::anon::Anonymize = cfg.anonymize.unwrap().parse().unwrap();
+        assert_eq!(anon, crate::anon::Anonymize::Off);
         let err = "each-send".parse::<crate::load::UdpHook>().unwrap_err();
         assert!(err.to_string().contains("`each-send`"), "{err}");
     }
