@@ -226,6 +226,8 @@ struct Drain {
     /// Keys taken from the dirty ring this drain.
     dirty_keys: Vec<netmon_common::FlowKey>,
     prev_dirty_lost: u64,
+    /// The namespace's TCP segment counters at the last drain (sent, retransmitted).
+    prev_segments: Option<(u64, u64)>,
     /// Drains that read the whole flow map.
     full_scans: u64,
     /// (classifier, table) generations the last count of connections by risk was made at.
@@ -494,6 +496,27 @@ impl Drain {
                 .set(i64::from(capacity));
             if let Some(n) = in_use {
                 m.map_in_use.with_label_values(&[map]).set(n as i64);
+            }
+        }
+        // TCP's own quality counters: the namespace's segments sent and sent again, and,
+        // every tenth drain, the round-trip time of each established connection.
+        if let Some(now) = crate::sockdiag::tcp_segment_counters() {
+            let prev = self.prev_segments.get_or_insert(now);
+            for (kind, (new, old)) in [
+                ("sent", (now.0, prev.0)),
+                ("retransmitted", (now.1, prev.1)),
+            ] {
+                m.tcp_segments
+                    .with_label_values(&[kind])
+                    .inc_by(new.saturating_sub(old));
+            }
+            *prev = now;
+        }
+        if self.drains.is_multiple_of(10)
+            && let Some(lister) = shared.sockets.lock().expect("lock not poisoned").as_mut()
+        {
+            for rtt in lister.established_rtts() {
+                m.tcp_rtt.observe(f64::from(rtt) / 1e6);
             }
         }
         // The socket maps are counted by walking their keys: every tenth drain is enough.
@@ -803,6 +826,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         flow_bufs: Default::default(),
         dirty_keys: Vec::new(),
         prev_dirty_lost: 0,
+        prev_segments: None,
         full_scans: 0,
         recent: std::collections::VecDeque::with_capacity(RECENT_DRAINS),
         risk_inputs: None,

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub map_in_use: IntGaugeVec,
     pub hook_info: IntGaugeVec,
     pub drain_seconds: Histogram,
+    pub tcp_rtt: Histogram,
+    pub tcp_segments: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub dropped_packets: IntCounterVec,
     pub dropped_bytes: IntCounterVec,
@@ -261,6 +263,27 @@ impl Metrics {
                 "netmon_hook_info",
                 "Kernel hooks: 1 when active, 0 when unavailable.",
                 &["purpose", "kind", "target"],
+            ),
+            tcp_rtt: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "netmon_tcp_rtt_seconds",
+                        "Smoothed round-trip time of this host's established TCP connections, \
+                         as TCP measures it, each connection observed every tenth drain.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            tcp_segments: cv(
+                "netmon_tcp_segments_total",
+                "TCP segments this host's network namespace sent (kind=\"sent\") and sent \
+                 again (kind=\"retransmitted\"), from the kernel's own counters.",
+                &["kind"],
             ),
             drain_seconds: reg(
                 &r,
@@ -410,6 +433,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for kind in ["sent", "retransmitted"] {
+            m.tcp_segments.with_label_values(&[kind]);
+        }
         // Every kind and severity from the start, at 0, so rates have data before the first.
         for kind in crate::classify::ALERT_KINDS {
             for level in crate::classify::score::Level::ALL {

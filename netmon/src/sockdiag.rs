@@ -17,6 +17,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_NEW_SYN_RECV: u8 = 12;
 const TCP_LISTEN: u8 = 10;
+const TCP_ESTABLISHED: u8 = 1;
 /// The attribute that carries `struct tcp_info`, asked for with bit `INET_DIAG_INFO - 1` of
 /// the request's `ext`.
 const INET_DIAG_INFO: u16 = 2;
@@ -126,6 +127,20 @@ impl TcpQuality {
     }
 }
 
+/// This network namespace's TCP segment counters, `(OutSegs, RetransSegs)` of
+/// `/proc/net/snmp`: every segment sent, and those sent again.
+pub fn tcp_segment_counters() -> Option<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let values: Vec<&str> = values.split_whitespace().collect();
+    let get = |name: &str| {
+        let i = names.split_whitespace().position(|n| n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("OutSegs")?, get("RetransSegs")?))
+}
+
 /// Why a socket could not be destroyed.
 #[derive(Debug, thiserror::Error)]
 pub enum DestroyError {
@@ -182,6 +197,22 @@ impl Lister {
             owners,
             error: None,
         }
+    }
+
+    /// The round-trip times (microseconds) of the established TCP connections, as TCP
+    /// measures them; empty when sock_diag fails (logged by `rows`).
+    pub fn established_rtts(&mut self) -> Vec<u32> {
+        let mut sockets = Vec::new();
+        if let Some(diag) = self.diag.as_mut()
+            && diag.dump_proto(IPPROTO_TCP, &mut sockets).is_err()
+        {
+            return Vec::new();
+        }
+        sockets
+            .iter()
+            .filter(|s| s.state == TCP_ESTABLISHED)
+            .filter_map(|s| s.quality.map(|q| q.rtt_us))
+            .collect()
     }
 
     /// Every TCP and UDP socket, with the process the kernel hooks recorded for it. Empty
@@ -713,6 +744,9 @@ mod tests {
             }
         );
         assert!(q.rtt_us > 0 && q.sent_segments >= 2, "{q:?}");
+        // The namespace's counters hold this connection's segments.
+        let (sent, retrans) = tcp_segment_counters().expect("/proc/net/snmp");
+        assert!(sent >= u64::from(q.sent_segments) && retrans >= u64::from(q.retrans_segments));
         let listener = socks
             .iter()
             .find(|s| {

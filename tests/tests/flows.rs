@@ -293,6 +293,39 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
     let retrans = retrans_segs(&p.a) - before;
     let stats = d.fresh_stats(&p.a);
     let c = find_conn(&stats, &client.local, to).clone();
+    // Prometheus: the namespace's segments sent again since the daemon started (its own
+    // counter moved by this connection alone), and the held connection's round-trip time
+    // in the histogram, which takes a sample every tenth drain.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+        if metric(&text, "netmon_tcp_rtt_seconds_count") >= 1 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no round-trip time sampled"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        metric(&text, "netmon_tcp_segments_total{kind=\"retransmitted\"}"),
+        retrans
+    );
+    assert!(metric(&text, "netmon_tcp_segments_total{kind=\"sent\"}") >= first("sent_segments"));
+    let rtt_s = first("rtt_us") as f64 / 1e6;
+    let bucket = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("netmon_tcp_rtt_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, n) = l.split_once("\"} ")?;
+            Some((le.parse::<f64>().ok()?, n.parse::<u64>().ok()?))
+        })
+        .find(|&(le, _)| le >= rtt_s);
+    assert!(
+        bucket.is_some_and(|(_, n)| n >= 1),
+        "{rtt_s} s: {bucket:?}\n{text}"
+    );
     std::fs::write(&read, b"").unwrap();
     let then = owner_said(client.next_line());
     let q = &c["tcp_quality"];
