@@ -173,9 +173,10 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 }
 
 /// Lists the sockets of this namespace with their owners, when the connection table is
-/// asked for. Not on every drain: each TCP dump walks the kernel's whole established-socket
-/// hash (262,144 buckets on a 24 GiB machine) however few sockets there are, ~2 ms per
-/// family, a fixed cost a per-second drain would pay for a table nobody may read.
+/// asked for (and the TCP ones every tenth drain, for their round-trip times). Not on every
+/// drain: each TCP dump walks the kernel's whole established-socket hash (262,144 buckets
+/// on a 24 GiB machine) however few sockets there are, ~2 ms per family, a fixed cost a
+/// per-second drain would pay for a table nobody may read.
 pub struct Lister {
     diag: Option<SockDiag>,
     owners: std::sync::Arc<crate::drain::Owners>,
