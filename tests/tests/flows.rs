@@ -290,17 +290,32 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
         }
     };
     let first = owner_said(client.next_line());
+    // The RTT histogram as the connection went idle: samples from here on see it at the
+    // round-trip time its owner just read (earlier ones saw it recovering from the loss).
+    let histogram = |text: &str| -> Vec<(f64, u64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("netmon_tcp_rtt_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, n) = l.split_once("\"} ")?;
+                Some((le.parse::<f64>().ok()?, n.parse::<u64>().ok()?))
+            })
+            .collect()
+    };
+    let idle_from = histogram(&ns_get(&p.a, &d.api, "/metrics").1);
     let retrans = retrans_segs(&p.a) - before;
     let stats = d.fresh_stats(&p.a);
     let c = find_conn(&stats, &client.local, to).clone();
     // Prometheus: the namespace's segments sent again since the daemon started (its own
     // counter moved by this connection alone), and the held connection's round-trip time
-    // in the histogram, which takes a sample every tenth drain.
+    // in the histogram, which takes a sample every tenth drain: in a sample taken since it
+    // went idle, it lies in the bucket of the time its owner read.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let text = loop {
+    let count = |h: &[(f64, u64)]| h.last().map_or(0, |b| b.1);
+    let (text, idle) = loop {
         let (_, text) = ns_get(&p.a, &d.api, "/metrics");
-        if metric(&text, "netmon_tcp_rtt_seconds_count") >= 1 {
-            break text;
+        let h = histogram(&text);
+        if count(&h) > count(&idle_from) {
+            break (text, h);
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -314,17 +329,17 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
     );
     assert!(metric(&text, "netmon_tcp_segments_total{kind=\"sent\"}") >= first("sent_segments"));
     let rtt_s = first("rtt_us") as f64 / 1e6;
-    let bucket = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("netmon_tcp_rtt_seconds_bucket{le=\""))
-        .filter_map(|l| {
-            let (le, n) = l.split_once("\"} ")?;
-            Some((le.parse::<f64>().ok()?, n.parse::<u64>().ok()?))
-        })
-        .find(|&(le, _)| le >= rtt_s);
+    // Samples since, per bucket (not cumulative): the one holding rtt_s has one.
+    let since: Vec<(f64, u64)> = idle
+        .iter()
+        .zip(&idle_from)
+        .map(|(&(le, n), &(_, n0))| (le, n - n0))
+        .collect();
+    let k = since.iter().position(|&(le, _)| le >= rtt_s).unwrap();
+    let in_bucket = since[k].1 - if k > 0 { since[k - 1].1 } else { 0 };
     assert!(
-        bucket.is_some_and(|(_, n)| n >= 1),
-        "{rtt_s} s: {bucket:?}\n{text}"
+        in_bucket >= 1,
+        "{rtt_s} s: samples since idle {since:?}\n{text}"
     );
     std::fs::write(&read, b"").unwrap();
     let then = owner_said(client.next_line());
