@@ -707,6 +707,7 @@ mod tests {
             // SAFETY: an all-zero tcp_info is valid; getsockopt fills at most `len` bytes.
             let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
             let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: a connected socket and a buffer of `len` bytes.
             let r = unsafe {
                 libc::getsockopt(
                     c.as_raw_fd(),

@@ -6,12 +6,9 @@ use std::{net::TcpStream, time::Duration};
 use netmon_tests::*;
 use serde_json::Value;
 
-#[test]
-#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
-fn a_port_scan_raises_an_alert_naming_the_source() {
-    let p = Pair::new("scan");
-    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
-    // A connect() scan of 200 closed ports: each SYN is answered by a RST.
+/// A connect() scan of 200 closed ports of `p.a` from `p.b` (each SYN is answered by a RST);
+/// returns the port-scan alert `d` raises for it (10 s at most).
+fn scan_and_wait_for_alert(p: &Pair, d: &Daemon) -> Value {
     let target = p.a_v4.to_string();
     p.b.run(move || {
         for port in 1..=200u16 {
@@ -22,7 +19,7 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
         }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let alert = loop {
+    loop {
         let alerts = ns_json(&p.a, &d.api, "/api/alerts");
         if let Some(a) = alerts
             .as_array()
@@ -30,7 +27,7 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
             .iter()
             .find(|a| a["kind"] == "port_scan")
         {
-            break a.clone();
+            return a.clone();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -38,7 +35,29 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
             d.log_text()
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+/// Waits (10 s at most) until `p.a`'s daemon's event log holds `needle`.
+fn wait_for_event_log(p: &Pair, needle: &str) {
+    let log = p.a.state_dir.join("events.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never held {needle}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_port_scan_raises_an_alert_naming_the_source() {
+    let p = Pair::new("scan");
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let alert = scan_and_wait_for_alert(&p, &d);
     assert_eq!(alert["remote"], p.b_v4, "{alert}");
     assert_eq!(alert["severity"], "high", "{alert}");
     let detail = alert["detail"].as_str().unwrap();
@@ -128,16 +147,7 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
 
     // The daemon is killed once the alert is in its event log; started again, it lists the
     // alert as it was, with its id.
-    let log = p.a.state_dir.join("events.jsonl");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"port_scan\"")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the alert never reached {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_event_log(&p, "\"port_scan\"");
     d.kill();
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
     let alerts = ns_json(&p.a, &d.api, "/api/alerts");
@@ -159,32 +169,7 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
 fn anonymized_api_shows_the_scanner_only_by_its_network() {
     let p = Pair::new("anon");
     let d = Daemon::start(&p.a, &[&p.a_if], &["--anonymize", "prefix"]);
-    let target = p.a_v4.to_string();
-    p.b.run(move || {
-        for port in 1..=200u16 {
-            let _ = TcpStream::connect_timeout(
-                &format!("{target}:{port}").parse().unwrap(),
-                Duration::from_millis(200),
-            );
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let alert = loop {
-        let alerts = ns_json(&p.a, &d.api, "/api/alerts");
-        if let Some(a) = alerts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["kind"] == "port_scan")
-        {
-            break a.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no port-scan alert after the scan: {alerts}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let alert = scan_and_wait_for_alert(&p, &d);
     let network = "198.18.0.0";
     assert_eq!(p.b_v4, "198.18.0.2");
     assert_eq!(alert["remote"], network, "{alert}");
@@ -221,14 +206,5 @@ fn anonymized_api_shows_the_scanner_only_by_its_network() {
         assert!(!body.contains(p.b_v4), "{path} holds {}: {body}", p.b_v4);
     }
     // The event log keeps the full address.
-    let log = p.a.state_dir.join("events.jsonl");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(p.b_v4)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never named the scanner",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_event_log(&p, p.b_v4);
 }
