@@ -50,6 +50,16 @@ fn wait_for_file(f: &str) {
     }
 }
 
+/// Bytes in the socket's send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
+fn send_queue(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(r, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    n
+}
+
 /// The socket's `struct tcp_info`, as its owner reads it.
 fn tcp_info(s: &TcpStream) -> libc::tcp_info {
     use std::os::fd::AsRawFd as _;
@@ -97,12 +107,13 @@ fn main() {
                 s.write_all(&buf[..k]).expect("write");
                 left -= k;
             }
-            // --hold-file F: once every byte is acknowledged, say what TCP measured of the
-            // connection (its own tcp_info) and keep it open, idle, until F exists; then say
-            // it again.
+            // --hold-file F: once every byte is sent and acknowledged (none left in the send
+            // queue: with no data in flight TCP may still hold some back, paced), say what TCP
+            // measured of the connection (its own tcp_info) and keep it open, idle, until F
+            // exists; then say it again.
             if let Some(f) = arg(&args, "--hold-file") {
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while tcp_info(&s).tcpi_unacked != 0 {
+                while send_queue(&s) != 0 || tcp_info(&s).tcpi_unacked != 0 {
                     assert!(Instant::now() < deadline, "data never acknowledged");
                     std::thread::sleep(Duration::from_millis(10));
                 }
