@@ -38,6 +38,20 @@ fn scan_and_wait_for_alert(p: &Pair, d: &Daemon) -> Value {
     }
 }
 
+/// The connection rows of `/api/network-stats` whose remote address is `ip` (any port).
+fn rows_with_remote<'a>(stats: &'a Value, ip: &str) -> Vec<&'a Value> {
+    stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["remote_address"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(&format!("{ip}:")))
+        })
+        .collect()
+}
+
 /// Waits (10 s at most) until `p.a`'s daemon's event log holds `needle`.
 fn wait_for_event_log(p: &Pair, needle: &str) {
     let log = p.a.state_dir.join("events.jsonl");
@@ -122,16 +136,7 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
 
     // Connections with the scanner are high risk, with the reason and its points.
     let stats = d.fresh_stats(&p.a);
-    let from_scanner: Vec<&Value> = stats["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| {
-            c["remote_address"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(&format!("{}:", p.b_v4)))
-        })
-        .collect();
+    let from_scanner = rows_with_remote(&stats, p.b_v4);
     assert!(!from_scanner.is_empty(), "{stats}");
     for c in from_scanner {
         assert_eq!(c["risk"]["level"], "high", "{c}");
@@ -181,16 +186,7 @@ fn anonymized_api_shows_the_scanner_only_by_its_network() {
         "{alert}"
     );
     let stats = d.fresh_stats(&p.a);
-    let scanner_rows = stats["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| {
-            c["remote_address"]
-                .as_str()
-                .is_some_and(|r| r.starts_with(&format!("{network}:")))
-        })
-        .count();
+    let scanner_rows = rows_with_remote(&stats, network).len();
     assert!(scanner_rows > 0, "{stats}");
     let remotes = ns_json(&p.a, &d.api, "/api/remotes");
     assert!(
