@@ -971,7 +971,31 @@ pub struct SocketRow {
     pub quality: Option<crate::sockdiag::TcpQuality>,
 }
 
-type ConnKey = (u8, [u8; 16], u16, [u8; 16], u16);
+/// A connection's tuple: protocol, local address and port, remote address and port.
+pub type ConnKey = (u8, [u8; 16], u16, [u8; 16], u16);
+
+impl SocketRow {
+    pub fn tuple(&self) -> ConnKey {
+        (
+            self.proto,
+            self.local_addr,
+            self.local_port,
+            self.remote_addr,
+            self.remote_port,
+        )
+    }
+}
+
+/// The connection a flow belongs to (both directions of a tuple make one).
+fn flow_tuple(k: &FlowKey) -> ConnKey {
+    (
+        k.proto,
+        k.local_addr,
+        k.local_port,
+        k.remote_addr,
+        k.remote_port,
+    )
+}
 
 fn sockaddr(addr: [u8; 16], port: u16) -> String {
     SocketAddr::new(to_ip(addr), port).to_string()
@@ -1034,6 +1058,43 @@ pub fn keep_busiest(conns: &mut Vec<Connection>, n: usize) {
     conns.sort_by(busier);
 }
 
+/// What ranks a flow's connection among the others (`keep_busiest`): its tuple, its send
+/// and receive rates and its bytes. 64 bytes a flow, where a copy of the flow and its row
+/// in the connection table come to several hundred.
+pub type FlowActivity = (ConnKey, f64, f64, u64);
+
+/// The tuples (sorted) of the `n` connections that `keep_busiest` would keep of the table
+/// that `flows` (`Tracker::flow_activity`) and `sockets` make, and how many connections
+/// that table has in all: the rows worth building when only the busiest are asked for.
+pub fn busiest_tuples(
+    mut flows: Vec<FlowActivity>,
+    sockets: &[SocketRow],
+    n: usize,
+) -> (Vec<ConnKey>, usize) {
+    flows.extend(sockets.iter().map(|s| (s.tuple(), 0.0, 0.0, 0)));
+    // Stable, and summed in the table's order: each connection's rates come out exactly as
+    // `connections` adds them up, so the ranking is the same.
+    flows.sort_by_key(|a| a.0);
+    flows.dedup_by(|later, first| {
+        let same = later.0 == first.0;
+        if same {
+            first.1 += later.1;
+            first.2 += later.2;
+            first.3 += later.3;
+        }
+        same
+    });
+    let total = flows.len();
+    let activity = |f: &FlowActivity| (f.1 + f.2, f.3);
+    if n < flows.len() {
+        flows.select_nth_unstable_by(n, |a, b| busier_first(activity(a), activity(b)));
+        flows.truncate(n);
+    }
+    let mut tuples: Vec<ConnKey> = flows.into_iter().map(|f| f.0).collect();
+    tuples.sort_unstable();
+    (tuples, total)
+}
+
 fn set_owner(c: &mut Connection, o: &Owner) {
     c.pid = Some(o.pid);
     c.process = Some(o.comm.clone());
@@ -1056,16 +1117,43 @@ impl Tracker {
     pub fn flow_snapshot(&self) -> Vec<(FlowKey, FlowEntry)> {
         self.flows
             .iter()
+            .map(|(k, e)| self.flow_copy(k, e))
+            .collect()
+    }
+
+    /// `flow_snapshot` of the flows of these connections only (`tuples` sorted).
+    pub fn flow_snapshot_of(&self, tuples: &[ConnKey]) -> Vec<(FlowKey, FlowEntry)> {
+        self.flows
+            .iter()
+            .filter(|(k, _)| tuples.binary_search(&flow_tuple(k)).is_ok())
+            .map(|(k, e)| self.flow_copy(k, e))
+            .collect()
+    }
+
+    fn flow_copy(&self, k: &FlowKey, e: &FlowEntry) -> (FlowKey, FlowEntry) {
+        let (rate_bps, rate_pps) = self.current_rates(e);
+        (
+            *k,
+            FlowEntry {
+                rate_bps,
+                rate_pps,
+                ..e.clone()
+            },
+        )
+    }
+
+    /// Every flow's `FlowActivity`, in the table's order (which `busiest_tuples` keeps).
+    pub fn flow_activity(&self) -> Vec<FlowActivity> {
+        self.flows
+            .iter()
             .map(|(k, e)| {
-                let (rate_bps, rate_pps) = self.current_rates(e);
-                (
-                    *k,
-                    FlowEntry {
-                        rate_bps,
-                        rate_pps,
-                        ..e.clone()
-                    },
-                )
+                let (rate, _) = self.current_rates(e);
+                let (sent, recv) = if k.direction == DIR_INGRESS {
+                    (0.0, rate)
+                } else {
+                    (rate, 0.0)
+                };
+                (flow_tuple(k), sent, recv, e.bytes)
             })
             .collect()
     }
@@ -1079,14 +1167,7 @@ pub fn connections<'a>(
     // The TCP flags of each row, OR-ed over its flows.
     let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
     for (&k, e) in flows {
-        let ck = (
-            k.proto,
-            k.local_addr,
-            k.local_port,
-            k.remote_addr,
-            k.remote_port,
-        );
-        let (c, flags) = by_tuple.entry(ck).or_insert_with(|| {
+        let (c, flags) = by_tuple.entry(flow_tuple(&k)).or_insert_with(|| {
             (
                 new_connection(
                     k.proto,
@@ -1126,14 +1207,7 @@ pub fn connections<'a>(
         .to_string();
     }
     for s in sockets {
-        let ck = (
-            s.proto,
-            s.local_addr,
-            s.local_port,
-            s.remote_addr,
-            s.remote_port,
-        );
-        let (c, _) = by_tuple.entry(ck).or_insert_with(|| {
+        let (c, _) = by_tuple.entry(s.tuple()).or_insert_with(|| {
             let mut c = new_connection(
                 s.proto,
                 (s.local_addr, s.local_port),
@@ -1804,6 +1878,77 @@ mod tests {
             let mut c = all.clone();
             keep_busiest(&mut c, n);
             assert_eq!(ports(&c), want, "n = {n}");
+        }
+    }
+
+    /// Choosing the busiest tuples first (`busiest_tuples`, `flow_snapshot_of`) gives the
+    /// rows, order and total that building the whole table and keeping its busiest do.
+    #[test]
+    fn the_busiest_tuples_make_the_busiest_rows() {
+        let mut t = Tracker::default();
+        // 40 connections: even ports send and receive, odd ones only send; in the second
+        // drain a third of them are idle (rate 0, ranked by bytes).
+        let flows = |drain: u64| -> Vec<FlowSample> {
+            (0..40u16)
+                .flat_map(|i| {
+                    let moved = drain == 1 || i % 3 != 0;
+                    let bytes = 1_000 * u64::from(i + 1) * if moved { drain } else { 1 };
+                    let tx = sample(key(DIR_EGRESS, 1000 + i), bytes, drain, drain * SEC);
+                    let rx = sample(
+                        key(DIR_INGRESS, 1000 + i),
+                        bytes / 2 + 7,
+                        drain,
+                        drain * SEC,
+                    );
+                    if i % 2 == 0 { vec![tx, rx] } else { vec![tx] }
+                })
+                .collect()
+        };
+        for drain in 1..=2 {
+            t.apply_flows(&flows(drain), drain * SEC, 1.0, 60 * SEC, |_| {
+                Some(owner(7, "app"))
+            });
+        }
+        let socket = |lport: u16, state: &str| SocketRow {
+            proto: IPPROTO_TCP,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            local_port: lport,
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+            remote_port: 80,
+            state: state.into(),
+            inode: 1,
+            uid: 0,
+            owner: None,
+            quality: None,
+        };
+        // Sockets of two busy connections, and one with no traffic (a row of its own, last).
+        let sockets = vec![
+            socket(1003, "ESTABLISHED"),
+            socket(1030, "CLOSE_WAIT"),
+            socket(2000, "LISTEN"),
+        ];
+        let full = t.connections(&sockets);
+        assert_eq!(full.len(), 41);
+        let rows = |c: &[Connection]| {
+            c.iter()
+                .map(|c| (c.tuple.1, c.status.clone(), c.bytes_sent + c.bytes_recv))
+                .collect::<Vec<_>>()
+        };
+        for n in [0, 1, 5, 13, 40, 41, 100] {
+            let mut want = full.clone();
+            keep_busiest(&mut want, n);
+            let (tuples, total) = busiest_tuples(t.flow_activity(), &sockets, n);
+            assert_eq!(total, 41, "n = {n}");
+            assert_eq!(tuples.len(), n.min(41), "n = {n}");
+            let socks: Vec<SocketRow> = sockets
+                .iter()
+                .filter(|s| tuples.binary_search(&s.tuple()).is_ok())
+                .cloned()
+                .collect();
+            let snapshot = t.flow_snapshot_of(&tuples);
+            let mut got = connections(snapshot.iter().map(|(k, e)| (k, e)), &socks);
+            keep_busiest(&mut got, n);
+            assert_eq!(rows(&got), rows(&want), "n = {n}");
         }
     }
 

@@ -183,25 +183,33 @@ async fn network_stats(
     // only for the copy of the flow table.
     let built = tokio::task::spawn_blocking(move || {
         let mut stats = s.stats.read().expect("lock not poisoned").clone();
-        let flows = s
-            .table
-            .read()
-            .expect("lock not poisoned")
-            .tracker
-            .flow_snapshot();
-        let sockets = s
+        let table = || s.table.read().expect("lock not poisoned");
+        let mut sockets = s
             .sockets
             .lock()
             .expect("lock not poisoned")
             .as_mut()
             .map(crate::sockdiag::Lister::rows)
             .unwrap_or_default();
+        let flows = match q.limit {
+            None => table().tracker.flow_snapshot(),
+            Some(n) => {
+                // Rows only for the n busiest connections: the choice takes a few dozen
+                // bytes a flow, where a row of the whole table (its strings, its owner)
+                // takes hundreds.
+                let activity = table().tracker.flow_activity();
+                let (tuples, total) = aggregate::busiest_tuples(activity, &sockets, n);
+                stats.connections_total = total;
+                sockets.retain(|r| tuples.binary_search(&r.tuple()).is_ok());
+                table().tracker.flow_snapshot_of(&tuples)
+            }
+        };
         stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
-        stats.connections_total = stats.connections.len();
-        if let Some(n) = q.limit {
-            // Before the scores and the serialization, which are most of a large table's
-            // cost.
-            aggregate::keep_busiest(&mut stats.connections, n);
+        match q.limit {
+            // In order (the rows are those of the chosen tuples only), before the scores and
+            // the serialization, which are most of a large table's cost.
+            Some(n) => aggregate::keep_busiest(&mut stats.connections, n),
+            None => stats.connections_total = stats.connections.len(),
         }
         let c = s.classifier.read().expect("lock not poisoned");
         let anon = s.anonymize;

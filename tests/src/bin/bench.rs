@@ -2859,11 +2859,13 @@ fn drain() -> String {
          mark, reset through `/proc/PID/clear_refs`), which includes the daemon taking the \
          row's new flows in; the target is checked against the peak. The daemon maps the \
          table 1 MiB at a time while it reads it, so the table's kernel memory is not in \
-         its RSS. Scrape: one `GET /metrics` and one `GET /api/network-stats` from a client \
-         in the namespace, median of 5.\n\n",
+         its RSS. Scrape: one `GET /metrics`, one `GET /api/network-stats?limit=100` (the 100 \
+         busiest connections, as `netmon flows --top 100` asks) and one `GET \
+         /api/network-stats` (the whole connection table) from a client in the namespace, \
+         median of 5 each, with the daemon's peak RSS over each endpoint's 5 requests.\n\n",
     );
     let _ = writeln!(md, "Daemon RSS with no flows: {rss_idle:.1} MiB.\n");
-    md += "| flows in the map | touched per second | drain wall median (ms) | drain wall max (ms) | CPU per drain (ms) | target | RSS at the end, peak (MiB) | target | /metrics (ms, KiB) | /api/network-stats (ms, MiB) |\n|---:|---:|---:|---:|---:|---|---:|---|---:|---:|\n";
+    md += "| flows in the map | touched per second | drain wall median (ms) | drain wall max (ms) | CPU per drain (ms) | target | RSS at the end, peak (MiB) | target | /metrics (ms, KiB) | ?limit=100 (ms, KiB, peak RSS MiB) | /api/network-stats (ms, MiB, peak RSS MiB) |\n|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|\n";
     // Flows written so far, and how many of them found a slot.
     let (mut have, mut placed) = (0, 0);
     // NETMON_BENCH_DRAIN_MAX=100000: only the rows up to that many flows (a developer's aid).
@@ -2947,9 +2949,15 @@ fn drain() -> String {
         let metrics: Vec<(f64, usize)> = (0..5)
             .map(|_| timed_get(&p.a, &d.api, "/metrics"))
             .collect();
-        let stats: Vec<(f64, usize)> = (0..5)
-            .map(|_| timed_get(&p.a, &d.api, "/api/network-stats"))
-            .collect();
+        // Each endpoint's peak: the memory a request holds while it builds its answer.
+        let requests = |path: &str| {
+            settle_rss(pid);
+            reset_peak_rss(pid);
+            let times: Vec<(f64, usize)> = (0..5).map(|_| timed_get(&p.a, &d.api, path)).collect();
+            (times, peak_rss_mib(pid))
+        };
+        let (top, top_peak) = requests("/api/network-stats?limit=100");
+        let (stats, stats_peak) = requests("/api/network-stats");
         drop(traffic);
         if let Some(r) = rewriter {
             table = Some(r.stop());
@@ -2966,11 +2974,13 @@ fn drain() -> String {
         };
         let _ = writeln!(
             md,
-            "| {n} ({active} in the daemon's table) | {touched} | {:.1} | {:.1} | {cpu_tick_ms:.1} | {cpu_target} | {rss:.1}, {rss_peak:.1} | {rss_target} | {:.1}, {:.0} | {:.1}, {:.1} |",
+            "| {n} ({active} in the daemon's table) | {touched} | {:.1} | {:.1} | {cpu_tick_ms:.1} | {cpu_target} | {rss:.1}, {rss_peak:.1} | {rss_target} | {:.1}, {:.0} | {:.1}, {:.0}, {top_peak:.1} | {:.1}, {:.1}, {stats_peak:.1} |",
             median(&walls),
             walls.iter().copied().fold(0.0, f64::max),
             median(&metrics.iter().map(|m| m.0).collect::<Vec<_>>()),
             metrics[0].1 as f64 / 1024.0,
+            median(&top.iter().map(|m| m.0).collect::<Vec<_>>()),
+            top[0].1 as f64 / 1024.0,
             median(&stats.iter().map(|m| m.0).collect::<Vec<_>>()),
             stats[0].1 as f64 / 1048576.0,
         );
