@@ -56,8 +56,8 @@ use netmon_common::{
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
     TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter,
-    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
-    tp_offsets, v4_mapped,
+    drop_slot, dropcfg, iface_slot, skb_offsets, sock_offsets, tab_live_buckets, tab_place_live,
+    tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -124,6 +124,12 @@ static NETMON_CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 /// Socket 4-tuple -> owning process, written when a TCP connection is established.
 #[map]
 static NETMON_SOCK_PROC: LruHashMap<SockKey, ProcInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Socket 4-tuple -> segments it sent again (`tcp:tcp_retransmit_skb`); LRU, since sockets
+/// come and go: the daemon reads it whole every drain and counts what each entry moved.
+#[map]
+static NETMON_TCP_RETRANS: LruHashMap<SockKey, u64> =
+    LruHashMap::with_max_entries(netmon_common::TCP_RETRANS_ENTRIES, 0);
 
 /// Local port -> owner of TCP listeners (their accepted connections inherit it).
 #[map]
@@ -311,6 +317,28 @@ static TP_SS_DADDR: u32 = tp_offsets::SS_DADDR;
 static TP_SS_SADDR_V6: u32 = tp_offsets::SS_SADDR_V6;
 #[unsafe(no_mangle)]
 static TP_SS_DADDR_V6: u32 = tp_offsets::SS_DADDR_V6;
+#[unsafe(no_mangle)]
+static TP_RT_SKBADDR: u32 = tp_offsets::RT_SKBADDR;
+#[unsafe(no_mangle)]
+static TP_RT_SPORT: u32 = tp_offsets::RT_SPORT;
+#[unsafe(no_mangle)]
+static TP_RT_DPORT: u32 = tp_offsets::RT_DPORT;
+#[unsafe(no_mangle)]
+static TP_RT_FAMILY: u32 = tp_offsets::RT_FAMILY;
+#[unsafe(no_mangle)]
+static TP_RT_SADDR: u32 = tp_offsets::RT_SADDR;
+#[unsafe(no_mangle)]
+static TP_RT_DADDR: u32 = tp_offsets::RT_DADDR;
+#[unsafe(no_mangle)]
+static TP_RT_SADDR_V6: u32 = tp_offsets::RT_SADDR_V6;
+#[unsafe(no_mangle)]
+static TP_RT_DADDR_V6: u32 = tp_offsets::RT_DADDR_V6;
+#[unsafe(no_mangle)]
+static TP_RT_ERR: u32 = tp_offsets::RT_ERR;
+#[unsafe(no_mangle)]
+static SKB_OFF_CB: u32 = skb_offsets::CB;
+#[unsafe(no_mangle)]
+static TCP_SKB_CB_OFF_GSO_SEGS: u32 = skb_offsets::TCP_GSO_SEGS;
 #[unsafe(no_mangle)]
 static TP_SL_SK: u32 = tp_offsets::SL_SK;
 #[unsafe(no_mangle)]
@@ -1840,31 +1868,111 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// Where a TCP tracepoint's record keeps the socket's tuple (the loader-set offsets of its
+/// sport, dport, family, saddr, daddr, saddr_v6 and daddr_v6 fields).
+struct TpTuple {
+    sport: &'static u32,
+    dport: &'static u32,
+    family: &'static u32,
+    saddr: &'static u32,
+    daddr: &'static u32,
+    saddr_v6: &'static u32,
+    daddr_v6: &'static u32,
+}
+
 fn sock_key_from_tp(ctx: &TracePointContext) -> Result<SockKey, i32> {
-    let family: u16 = read_tp(ctx, &TP_SS_FAMILY)?;
+    tp_sock_key(
+        ctx,
+        &TpTuple {
+            sport: &TP_SS_SPORT,
+            dport: &TP_SS_DPORT,
+            family: &TP_SS_FAMILY,
+            saddr: &TP_SS_SADDR,
+            daddr: &TP_SS_DADDR,
+            saddr_v6: &TP_SS_SADDR_V6,
+            daddr_v6: &TP_SS_DADDR_V6,
+        },
+    )
+}
+
+#[inline(always)]
+fn tp_sock_key(ctx: &TracePointContext, at: &TpTuple) -> Result<SockKey, i32> {
+    let family: u16 = read_tp(ctx, at.family)?;
     let (local_addr, remote_addr) = if family == AF_INET {
-        let s: [u8; 4] = read_tp(ctx, &TP_SS_SADDR)?;
-        let d: [u8; 4] = read_tp(ctx, &TP_SS_DADDR)?;
+        let s: [u8; 4] = read_tp(ctx, at.saddr)?;
+        let d: [u8; 4] = read_tp(ctx, at.daddr)?;
         (v4_mapped(s), v4_mapped(d))
     } else {
         // AF_INET6, dual-stack sockets included: their v4 peers are already ::ffff:a.b.c.d.
         (
-            read_tp::<[u8; 16]>(ctx, &TP_SS_SADDR_V6)?,
-            read_tp::<[u8; 16]>(ctx, &TP_SS_DADDR_V6)?,
+            read_tp::<[u8; 16]>(ctx, at.saddr_v6)?,
+            read_tp::<[u8; 16]>(ctx, at.daddr_v6)?,
         )
     };
     Ok(SockKey {
         proto: IPPROTO_TCP,
         _pad: 0,
-        // Both are host order in this tracepoint (ntohs in its TP_fast_assign).
-        local_port: read_tp(ctx, &TP_SS_SPORT)?,
-        remote_port: read_tp(ctx, &TP_SS_DPORT)?,
+        // Both are host order in these tracepoints (ntohs in their TP_fast_assign).
+        local_port: read_tp(ctx, at.sport)?,
+        remote_port: read_tp(ctx, at.dport)?,
         _pad2: 0,
         local_addr,
         remote_addr,
     })
 }
 
+/// `tcp:tcp_retransmit_skb`: a TCP socket sent an skb of its write queue again (softirq or
+/// the socket's owner; the current task is unrelated). Counted by the socket's tuple, as
+/// many segments as the skb stands for, which is what the socket's `tcpi_total_retrans` and
+/// the namespace's `RetransSegs` add.
+#[tracepoint]
+pub fn netmon_tcp_retransmit(ctx: TracePointContext) -> u32 {
+    if try_tcp_retransmit(&ctx).is_err() {
+        bump(counter::PROBE_READ_FAILED);
+    }
+    0
+}
+
+fn try_tcp_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
+    // Linux 6.11+ reports failed attempts too (`err`); those sent nothing.
+    if global(&TP_RT_ERR) != tp_offsets::RT_ERR as usize && read_tp::<i32>(ctx, &TP_RT_ERR)? != 0 {
+        return Ok(());
+    }
+    let key = tp_sock_key(
+        ctx,
+        &TpTuple {
+            sport: &TP_RT_SPORT,
+            dport: &TP_RT_DPORT,
+            family: &TP_RT_FAMILY,
+            saddr: &TP_RT_SADDR,
+            daddr: &TP_RT_DADDR,
+            saddr_v6: &TP_RT_SADDR_V6,
+            daddr_v6: &TP_RT_DADDR_V6,
+        },
+    )?;
+    let skb: u64 = read_tp(ctx, &TP_RT_SKBADDR)?;
+    let segs: u16 = read_sk(skb + global(&SKB_OFF_CB) as u64, &TCP_SKB_CB_OFF_GSO_SEGS)?;
+    let segs = u64::from(segs.max(1));
+    for _ in 0..2 {
+        if let Some(n) = NETMON_TCP_RETRANS.get_ptr_mut(&key) {
+            // SAFETY: a map value, 8-byte aligned; other CPUs may add to it too.
+            unsafe { atomic_add(n, segs) };
+            return Ok(());
+        }
+        // Absent: insert, unless another CPU just did (then add to its entry).
+        if NETMON_TCP_RETRANS
+            .insert(&key, &segs, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    bump(counter::SOCK_INSERT_FAILED);
+    Ok(())
+}
+
+/// A field at `off` (a loader-set global) of the kernel object at `sk` (a socket, or an
+/// skb's control block).
 #[inline(always)]
 fn read_sk<T>(sk: u64, off: &'static u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address; offsets come from BTF.

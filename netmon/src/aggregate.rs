@@ -5,14 +5,14 @@
 //! unit-tested without root.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
 use netmon_common::{
     DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    ProcInfo, tcp_flags,
+    ProcInfo, SockKey, tcp_flags,
 };
 use serde::Serialize;
 
@@ -129,6 +129,8 @@ pub struct ProcTotals {
     /// Bytes/s credited during the last interval.
     pub rx_rate: f64,
     pub tx_rate: f64,
+    /// TCP segments its sockets sent again.
+    pub tcp_retransmits: u64,
     pub last_active_ns: u64,
 }
 
@@ -200,6 +202,47 @@ pub struct ProcDelta {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    pub tcp_retransmits: u64,
+}
+
+impl ProcDelta {
+    /// In `NamedSeries::apply`'s order.
+    pub fn counts(&self) -> [u64; 5] {
+        [
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+            self.tcp_retransmits,
+        ]
+    }
+}
+
+/// Turns the kernel's count of segments sent again per socket (`NETMON_TCP_RETRANS`, read
+/// whole each drain) into what each socket sent again since the previous drain.
+#[derive(Debug, Default)]
+pub struct RetransCounts {
+    prev: HashMap<SockKey, u64>,
+}
+
+impl RetransCounts {
+    /// The sockets that sent segments again since the last call, and how many. A socket
+    /// gone from the map (its entry evicted) is forgotten; one counting less than before was
+    /// evicted and counted afresh, and all of its count is new.
+    pub fn deltas(&mut self, now: HashMap<SockKey, u64>) -> Vec<(SockKey, u64)> {
+        let out = now
+            .iter()
+            .filter_map(|(k, &n)| {
+                let d = match self.prev.get(k) {
+                    Some(&p) if n >= p => n - p,
+                    _ => n,
+                };
+                (d > 0).then_some((*k, d))
+            })
+            .collect();
+        self.prev = now;
+        out
+    }
 }
 
 #[derive(Debug, Default)]
@@ -1228,6 +1271,32 @@ pub fn connections<'a>(
 }
 
 impl Tracker {
+    /// Credits `segs` TCP segments sent again by a socket of `owner` (None: not known) to
+    /// its command name and cgroup, in the totals and in this tick's `out`.
+    pub fn credit_retransmits(
+        &mut self,
+        out: &mut TickOutput,
+        owner: Option<&Owner>,
+        segs: u64,
+        now_ns: u64,
+    ) {
+        let (name, cgroup) = owner.map_or((UNKNOWN_PROCESS, UNKNOWN_CGROUP), |o| {
+            (
+                o.comm.as_str(),
+                o.cgroup.as_deref().unwrap_or(UNKNOWN_CGROUP),
+            )
+        });
+        for (totals, deltas, label) in [
+            (&mut self.procs, &mut out.proc_deltas, name),
+            (&mut self.cgroups, &mut out.cgroup_deltas, cgroup),
+        ] {
+            let t = totals.entry(label.to_string()).or_default();
+            t.tcp_retransmits += segs;
+            t.last_active_ns = t.last_active_ns.max(now_ns);
+            deltas.entry(label.to_string()).or_default().tcp_retransmits += segs;
+        }
+    }
+
     /// Per-process totals and rates, busiest first.
     pub fn processes(&self) -> Vec<ProcessRow> {
         busiest(&self.procs, |process, traffic| ProcessRow {
@@ -1262,6 +1331,7 @@ fn busiest<R>(totals: &BTreeMap<String, ProcTotals>, row: impl Fn(String, Traffi
                 packets_recv: t.rx_packets,
                 send_rate: t.tx_rate,
                 recv_rate: t.rx_rate,
+                tcp_retransmits: t.tcp_retransmits,
             };
             (name.clone(), traffic)
         })
@@ -1281,6 +1351,8 @@ pub struct Traffic {
     /// Bytes/s credited during the last interval.
     pub send_rate: f64,
     pub recv_rate: f64,
+    /// TCP segments its sockets sent again (lost, or taken for lost).
+    pub tcp_retransmits: u64,
 }
 
 /// One process (by command name) in `/api/network-stats`.
@@ -1950,6 +2022,54 @@ mod tests {
             keep_busiest(&mut got, n);
             assert_eq!(rows(&got), rows(&want), "n = {n}");
         }
+    }
+
+    /// A socket's segments sent again count once each, to its process and cgroup, across
+    /// drains; an entry that the LRU map evicted and counted afresh counts all it holds.
+    #[test]
+    fn retransmits_are_credited_once_to_the_sockets_owner() {
+        let sock = |port: u16| SockKey {
+            proto: IPPROTO_TCP,
+            local_port: port,
+            remote_port: 80,
+            ..Default::default()
+        };
+        let mut counts = RetransCounts::default();
+        let mut t = Tracker::default();
+        let owner = Owner {
+            cgroup: Some("/app.slice".into()),
+            ..owner(5, "app")
+        };
+        let mut drain = |now: &[(u16, u64)], want: &[(u16, u64)]| {
+            let mut got = counts.deltas(now.iter().map(|&(p, n)| (sock(p), n)).collect());
+            got.sort_by_key(|(k, _)| k.local_port);
+            let got: Vec<(u16, u64)> = got.iter().map(|(k, n)| (k.local_port, *n)).collect();
+            assert_eq!(got, want, "after {now:?}");
+            let mut out = TickOutput::default();
+            for (_, n) in &got {
+                t.credit_retransmits(&mut out, Some(&owner), *n, SEC);
+            }
+            out
+        };
+        let out = drain(&[(1, 3), (2, 1)], &[(1, 3), (2, 1)]);
+        assert_eq!(out.proc_deltas["app"].tcp_retransmits, 4);
+        assert_eq!(out.cgroup_deltas["/app.slice"].tcp_retransmits, 4);
+        // Unchanged: nothing; one more on socket 1; socket 2 evicted.
+        drain(&[(1, 3), (2, 1)], &[]);
+        drain(&[(1, 4)], &[(1, 1)]);
+        // Socket 2 back, counted afresh (its earlier count is in the totals already).
+        drain(&[(1, 4), (2, 2)], &[(2, 2)]);
+        // Evicted and counted afresh past where it was: only what it holds can be told.
+        drain(&[(1, 2)], &[(1, 2)]);
+        assert_eq!(t.procs["app"].tcp_retransmits, 9);
+        assert_eq!(t.cgroups["/app.slice"].tcp_retransmits, 9);
+        let rows = t.processes();
+        assert_eq!(rows[0].traffic.tcp_retransmits, 9);
+        // Without an owner: the unknown process and cgroup.
+        let mut out = TickOutput::default();
+        t.credit_retransmits(&mut out, None, 2, SEC);
+        assert_eq!(out.proc_deltas[UNKNOWN_PROCESS].tcp_retransmits, 2);
+        assert_eq!(out.cgroup_deltas[UNKNOWN_CGROUP].tcp_retransmits, 2);
     }
 
     #[test]

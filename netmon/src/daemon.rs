@@ -259,6 +259,8 @@ struct Drain {
     feeds: Arc<RwLock<Arc<Feeds>>>,
     /// Failures already counted per feed.
     feed_failures: HashMap<String, u64>,
+    /// What each TCP socket had sent again at the last drain.
+    retrans: crate::aggregate::RetransCounts,
 }
 
 impl Drain {
@@ -323,10 +325,21 @@ impl Drain {
                 maps.read_flows_by_key(&self.dirty_keys, &mut apply);
             }
         }
-        let out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
+        let mut out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
             owners.owner(k).map(Owner::from)
         });
         drop(owners);
+        // Segments sent again, to the process and cgroup of the socket (looked up now: the
+        // record stays while the socket lives, and a while after in the LRU map).
+        match maps.tcp_retransmits() {
+            Ok(counts) => {
+                for (key, segs) in self.retrans.deltas(counts) {
+                    let owner = maps.sock_owner(&key).map(Owner::from);
+                    tracker.credit_retransmits(&mut out, owner.as_ref(), segs, now);
+                }
+            }
+            Err(e) => warn!("{e:#}"),
+        }
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
             c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
@@ -442,12 +455,7 @@ impl Drain {
         ] {
             series.apply(
                 m,
-                deltas.iter().map(|(name, d)| {
-                    (
-                        name.as_str(),
-                        [d.rx_bytes, d.tx_bytes, d.rx_packets, d.tx_packets],
-                    )
-                }),
+                deltas.iter().map(|(name, d)| (name.as_str(), d.counts())),
                 now,
             );
             gauge.set(series.named() as i64);
@@ -849,6 +857,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         pipeline,
         feeds,
         feed_failures: HashMap::new(),
+        retrans: Default::default(),
     };
     let mut prog_stats = ProgStats::default();
 

@@ -193,6 +193,8 @@ pub struct Maps {
     dirty: aya::maps::RingBuf<MapData>,
     config: aya::maps::Array<MapData, u64>,
     epoch: u64,
+    /// NETMON_TCP_RETRANS: segments sent again per TCP socket tuple.
+    retrans: MapData,
 }
 
 /// The `elem` member of `union bpf_attr`.
@@ -321,6 +323,10 @@ impl Maps {
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
             config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
             epoch: 0,
+            retrans: match take(ebpf, "NETMON_TCP_RETRANS")? {
+                aya::maps::Map::LruHashMap(m) => m,
+                _ => anyhow::bail!("NETMON_TCP_RETRANS is not an LRU hash map"),
+            },
         })
     }
 
@@ -454,6 +460,17 @@ impl Maps {
     /// The process that owned the socket behind a flow (see `Owners::owner`).
     pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
         self.owners.owner(key)
+    }
+
+    /// The process that owns (or owned) a socket (see `Owners::sock_owner`).
+    pub fn sock_owner(&self, key: &SockKey) -> Option<ProcInfo> {
+        self.owners.sock_owner(key)
+    }
+
+    /// The segments each TCP socket has sent again, as the retransmit tracepoint counted
+    /// them (entries live until the LRU map needs their room), read in batches.
+    pub fn tcp_retransmits(&self) -> Result<std::collections::HashMap<SockKey, u64>> {
+        copy_map(&self.retrans).context("reading NETMON_TCP_RETRANS")
     }
 
     /// Owner lookups for one drain (see `OwnerLookup`).

@@ -422,17 +422,38 @@ fn human_bytes(b: f64) -> String {
     }
 }
 
+/// A TCP connection's smoothed round-trip time and the segments it sent again, as the
+/// `flows` table shows them ("-" where TCP measured nothing: UDP, ICMP, a closed socket).
+fn quality_columns(q: &serde_json::Value) -> (String, String) {
+    match (q["rtt_us"].as_u64(), q["retrans_segments"].as_u64()) {
+        (Some(rtt), Some(retrans)) => (format!("{:.2}ms", rtt as f64 / 1e3), retrans.to_string()),
+        _ => ("-".into(), "-".into()),
+    }
+}
+
 fn print_flows(v: &serde_json::Value) {
     println!(
-        "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} RISK",
-        "PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS", "SENT", "RECV", "TX/s", "RX/s"
+        "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} {:>9} {:>5} RISK",
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "PID",
+        "PROCESS",
+        "SENT",
+        "RECV",
+        "TX/s",
+        "RX/s",
+        "RTT",
+        "RETR"
     );
     for c in v["connections"].as_array().into_iter().flatten() {
         let s = |k: &str| c[k].as_str().unwrap_or("-").to_string();
         let n = |k: &str| c[k].as_f64().unwrap_or(0.0);
         let risk = &c["risk"];
+        let (rtt, retrans) = quality_columns(&c["tcp_quality"]);
         println!(
-            "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} {} {}",
+            "{:<6} {:<45} {:<45} {:<12} {:>7} {:<15} {:>9} {:>9} {:>10} {:>10} {rtt:>9} {retrans:>5} {} {}",
             s("type"),
             s("local_address"),
             s("remote_address"),

@@ -46,22 +46,27 @@ impl Default for SeriesConfig {
 pub struct NamedSeries {
     cfg: SeriesConfig,
     named: HashMap<String, Instant>,
-    /// Whose series: the byte and packet counters they go to.
-    counters: fn(&Metrics) -> [&IntCounterVec; 2],
+    /// Whose series: the byte and packet counters (by name and direction) and the TCP
+    /// retransmission counter (by name) they go to.
+    counters: fn(&Metrics) -> [&IntCounterVec; 3],
 }
 
 impl NamedSeries {
-    /// Series per command name: `netmon_process_{bytes,packets}_total`.
+    /// Series per command name: `netmon_process_{bytes,packets,tcp_retransmits}_total`.
     pub fn processes(cfg: SeriesConfig) -> Self {
-        Self::new(cfg, |m| [&m.proc_bytes, &m.proc_packets])
+        Self::new(cfg, |m| {
+            [&m.proc_bytes, &m.proc_packets, &m.proc_retransmits]
+        })
     }
 
-    /// Series per cgroup path: `netmon_cgroup_{bytes,packets}_total`.
+    /// Series per cgroup path: `netmon_cgroup_{bytes,packets,tcp_retransmits}_total`.
     pub fn cgroups(cfg: SeriesConfig) -> Self {
-        Self::new(cfg, |m| [&m.cgroup_bytes, &m.cgroup_packets])
+        Self::new(cfg, |m| {
+            [&m.cgroup_bytes, &m.cgroup_packets, &m.cgroup_retransmits]
+        })
     }
 
-    fn new(cfg: SeriesConfig, counters: fn(&Metrics) -> [&IntCounterVec; 2]) -> Self {
+    fn new(cfg: SeriesConfig, counters: fn(&Metrics) -> [&IntCounterVec; 3]) -> Self {
         Self {
             cfg,
             named: HashMap::new(),
@@ -69,19 +74,21 @@ impl NamedSeries {
         }
     }
 
-    /// Adds one tick's per-name deltas `(name, rx_bytes, tx_bytes, rx_packets, tx_packets)`
-    /// to the counters, then removes the series of names silent for longer than the TTL.
+    /// Adds one tick's per-name deltas `(name, [rx_bytes, tx_bytes, rx_packets, tx_packets,
+    /// tcp_retransmits])` to the counters, then removes the series of names silent for
+    /// longer than the TTL.
     pub fn apply<'a>(
         &mut self,
         m: &Metrics,
-        deltas: impl IntoIterator<Item = (&'a str, [u64; 4])>,
+        deltas: impl IntoIterator<Item = (&'a str, [u64; 5])>,
         now: Instant,
     ) {
-        let [bytes, packets] = (self.counters)(m);
-        for (name, [rxb, txb, rxp, txp]) in deltas {
-            if rxb == 0 && txb == 0 && rxp == 0 && txp == 0 {
+        let [bytes, packets, retransmits] = (self.counters)(m);
+        for (name, d) in deltas {
+            if d == [0; 5] {
                 continue;
             }
+            let [rxb, txb, rxp, txp, retrans] = d;
             let label = if let Some(seen) = self.named.get_mut(name) {
                 *seen = now;
                 name
@@ -95,6 +102,9 @@ impl NamedSeries {
                 bytes.with_label_values(&[label, dir]).inc_by(b);
                 packets.with_label_values(&[label, dir]).inc_by(p);
             }
+            // Present (at 0) for every name with traffic, so that a dashboard shows a
+            // process that loses nothing as such.
+            retransmits.with_label_values(&[label]).inc_by(retrans);
         }
         let ttl = self.cfg.ttl;
         self.named.retain(|name, seen| {
@@ -104,6 +114,7 @@ impl NamedSeries {
                     let _ = bytes.remove_label_values(&[name, dir]);
                     let _ = packets.remove_label_values(&[name, dir]);
                 }
+                let _ = retransmits.remove_label_values(&[name]);
             }
             keep
         });
@@ -126,6 +137,8 @@ pub struct Metrics {
     pub proc_packets: IntCounterVec,
     pub cgroup_bytes: IntCounterVec,
     pub cgroup_packets: IntCounterVec,
+    pub proc_retransmits: IntCounterVec,
+    pub cgroup_retransmits: IntCounterVec,
     pub flows_active: IntGauge,
     pub kernel_events: IntCounterVec,
     pub flow_evictions: IntCounter,
@@ -217,6 +230,17 @@ impl Metrics {
                 "netmon_cgroup_packets_total",
                 "Frames of flows owned by processes in this cgroup.",
                 &["cgroup", "direction"],
+            ),
+            proc_retransmits: cv(
+                "netmon_process_tcp_retransmits_total",
+                "TCP segments sent again by sockets of processes with this command name \
+                 (tcp:tcp_retransmit_skb).",
+                &["process"],
+            ),
+            cgroup_retransmits: cv(
+                "netmon_cgroup_tcp_retransmits_total",
+                "TCP segments sent again by sockets of processes in this cgroup.",
+                &["cgroup"],
             ),
             flows_active: reg(
                 &r,
@@ -522,10 +546,11 @@ mod tests {
         ps.apply(
             &m,
             [
-                ("a", [10, 0, 1, 0]),
-                ("b", [20, 0, 2, 0]),
-                ("c", [30, 0, 3, 0]),
-                ("d", [1, 0, 1, 0]),
+                ("a", [10, 0, 1, 0, 0]),
+                ("b", [20, 0, 2, 0, 0]),
+                ("c", [30, 0, 3, 0, 0]),
+                ("d", [1, 0, 1, 0, 4]),
+                ("a", [0, 0, 0, 0, 3]),
             ],
             t0,
         );
@@ -535,20 +560,27 @@ mod tests {
         assert_eq!(value(&text, &bytes("c")), None, "{text}");
         assert_eq!(value(&text, &bytes("other")), Some(31.0));
         assert_eq!(ps.named(), 2);
+        let retrans =
+            |name: &str| format!("netmon_process_tcp_retransmits_total{{process=\"{name}\"}}");
+        assert_eq!(value(&text, &retrans("a")), Some(3.0), "{text}");
+        assert_eq!(value(&text, &retrans("other")), Some(4.0), "{text}");
+        assert_eq!(value(&text, &retrans("b")), Some(0.0), "{text}");
+        assert_eq!(value(&text, &retrans("c")), None, "{text}");
 
         // b keeps moving traffic, a falls silent; after the TTL a's series are gone and the
         // next newcomer takes the free slot. "other" never goes backwards.
-        ps.apply(&m, [("b", [1, 0, 1, 0])], t0 + Duration::from_secs(61));
+        ps.apply(&m, [("b", [1, 0, 1, 0, 0])], t0 + Duration::from_secs(61));
         let text = m.render();
         assert_eq!(value(&text, &bytes("a")), None, "{text}");
+        assert_eq!(value(&text, &retrans("a")), None, "{text}");
         assert_eq!(value(&text, &bytes("b")), Some(21.0));
-        ps.apply(&m, [("c", [5, 0, 1, 0])], t0 + Duration::from_secs(62));
+        ps.apply(&m, [("c", [5, 0, 1, 0, 0])], t0 + Duration::from_secs(62));
         let text = m.render();
         assert_eq!(value(&text, &bytes("c")), Some(5.0));
         assert_eq!(value(&text, &bytes("other")), Some(31.0));
         // A process literally named "other" is never given a slot of its own.
         let mut ps = NamedSeries::processes(SeriesConfig::default());
-        ps.apply(&m, [("other", [1, 0, 1, 0])], t0);
+        ps.apply(&m, [("other", [1, 0, 1, 0, 0])], t0);
         assert_eq!(ps.named(), 0);
     }
 

@@ -269,6 +269,8 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
             &send,
             "--hold-file",
             &read,
+            "--comm",
+            "nmt-retrans",
         ],
     );
     // The client is banned on the server's side when it sends: its segments are dropped on
@@ -305,6 +307,18 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
     let retrans = retrans_segs(&p.a) - before;
     let stats = d.fresh_stats(&p.a);
     let c = find_conn(&stats, &client.local, to).clone();
+    // The process's own count, from the retransmit tracepoint: what its socket sent again.
+    let process = stats["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["process"] == "nmt-retrans")
+        .unwrap_or_else(|| panic!("no nmt-retrans in {}", stats["processes"]));
+    assert_eq!(
+        u(&process["tcp_retransmits"]),
+        first("retrans_segments"),
+        "{process}"
+    );
     // Prometheus: the namespace's segments sent again since the daemon started (its own
     // counter moved by this connection alone), and the held connection's round-trip time
     // in the histogram, which takes a sample every tenth drain: in a sample taken since it
@@ -327,6 +341,13 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
         metric(&text, "netmon_tcp_segments_total{kind=\"retransmitted\"}"),
         retrans
     );
+    assert_eq!(
+        metric(
+            &text,
+            "netmon_process_tcp_retransmits_total{process=\"nmt-retrans\"}"
+        ),
+        first("retrans_segments")
+    );
     assert!(metric(&text, "netmon_tcp_segments_total{kind=\"sent\"}") >= first("sent_segments"));
     let rtt_s = first("rtt_us") as f64 / 1e6;
     // Samples since, per bucket (not cumulative): the one holding rtt_s has one.
@@ -341,6 +362,9 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
         in_bucket >= 1,
         "{rtt_s} s: samples since idle {since:?}\n{text}"
     );
+    // `netmon flows` shows the same in its RTT (ms) and RETR columns.
+    let bin = netmon_bin();
+    let table = p.a.exec(&[bin.to_str().unwrap(), "flows", "--api", &d.api]);
     std::fs::write(&read, b"").unwrap();
     let then = owner_said(client.next_line());
     let q = &c["tcp_quality"];
@@ -359,6 +383,22 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
         u(&q["rtt_us"]) > 0 && u(&q["sent_segments"]) > retrans,
         "{c}"
     );
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.contains(&client.local) && l.contains(to))
+        .unwrap_or_else(|| panic!("no row for {} in:\n{table}", client.local))
+        .split_whitespace()
+        .collect();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let column = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    let rtt_ms = |us: u64| format!("{:.2}ms", us as f64 / 1e3);
+    assert!(
+        [rtt_ms(first("rtt_us")), rtt_ms(then("rtt_us"))].contains(&column("RTT").to_string()),
+        "{row:?} against the owner's {} and {} us",
+        first("rtt_us"),
+        then("rtt_us")
+    );
+    assert_eq!(column("RETR"), retrans.to_string(), "{row:?}");
     client.finish();
     let out = server.finish();
     assert!(out.contains("received=200000"), "{out}");

@@ -293,13 +293,47 @@ impl InterfaceLock {
 /// `notes`). Returns whether `sk_protocol`'s offset is known, which the raw tracepoint on
 /// UDP sends needs.
 pub fn kernel_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) -> bool {
-    let protocol = sock_offsets_globals(loader, notes);
+    let btf = btf::Btf::from_sys_fs();
+    let protocol = sock_offsets_globals(loader, btf.as_ref(), notes);
+    skb_offsets_globals(loader, btf.as_ref(), notes);
     tracepoint_globals(loader, notes);
     protocol
 }
 
-fn sock_offsets_globals(loader: &mut EbpfLoader<'_>, hooks_note: &mut Vec<String>) -> bool {
-    match btf::Btf::from_sys_fs().and_then(|b| Ok(btf::SockOffsets::from_btf(&b)?)) {
+/// `struct sk_buff`'s control block and `tcp_skb_cb`'s segment count, for the retransmit
+/// tracepoint; the x86_64 defaults where BTF does not give them.
+fn skb_offsets_globals(
+    loader: &mut EbpfLoader<'_>,
+    btf: Result<&btf::Btf, &anyhow::Error>,
+    notes: &mut Vec<String>,
+) {
+    let found = btf.map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|b| {
+        Ok([
+            b.member_offset("sk_buff", "cb")?,
+            b.member_offset("tcp_skb_cb", "tcp_gso_segs")?,
+        ])
+    });
+    match found {
+        Ok(vals) => {
+            let vals: &'static [u32; 2] = Box::leak(Box::new(vals));
+            loader.override_global("SKB_OFF_CB", &vals[0], true);
+            loader.override_global("TCP_SKB_CB_OFF_GSO_SEGS", &vals[1], true);
+        }
+        Err(e) => notes.push(format!(
+            "struct sk_buff offsets from BTF unavailable ({e:#}); using the x86_64 defaults"
+        )),
+    }
+}
+
+fn sock_offsets_globals(
+    loader: &mut EbpfLoader<'_>,
+    btf: Result<&btf::Btf, &anyhow::Error>,
+    hooks_note: &mut Vec<String>,
+) -> bool {
+    match btf
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|b| Ok(btf::SockOffsets::from_btf(b)?))
+    {
         Ok(o) => {
             // Leaked so they outlive the loader's borrow; a handful of u32s, once.
             let vals: &'static [u32; 8] = Box::leak(Box::new([
@@ -359,6 +393,26 @@ fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
             ("TP_SS_SADDR_V6", f.offset("saddr_v6", 16)?),
             ("TP_SS_DADDR_V6", f.offset("daddr_v6", 16)?),
         ])
+    }) {
+        Ok(pairs) => set(pairs),
+        Err(e) => notes.push(format!("{e:#}")),
+    }
+    match tracefs::Format::read("tcp", "tcp_retransmit_skb").and_then(|f| {
+        let mut pairs = vec![
+            ("TP_RT_SKBADDR", f.offset("skbaddr", 8)?),
+            ("TP_RT_SPORT", f.offset("sport", 2)?),
+            ("TP_RT_DPORT", f.offset("dport", 2)?),
+            ("TP_RT_FAMILY", f.offset("family", 2)?),
+            ("TP_RT_SADDR", f.offset("saddr", 4)?),
+            ("TP_RT_DADDR", f.offset("daddr", 4)?),
+            ("TP_RT_SADDR_V6", f.offset("saddr_v6", 16)?),
+            ("TP_RT_DADDR_V6", f.offset("daddr_v6", 16)?),
+        ];
+        // Linux 6.11+: the event fires for failed attempts too, with their error.
+        if let Ok(err) = f.offset("err", 4) {
+            pairs.push(("TP_RT_ERR", err));
+        }
+        Ok(pairs)
     }) {
         Ok(pairs) => set(pairs),
         Err(e) => notes.push(format!("{e:#}")),
@@ -883,6 +937,10 @@ fn attach_attribution(
     });
     udp.try_hook("tracepoint", "sock:sock_send_length", || {
         try_tracepoint(ebpf, "netmon_sock_send", "sock", "sock_send_length")
+    });
+
+    Chain::new(hooks, "tcp_retransmit").try_hook("tracepoint", "tcp:tcp_retransmit_skb", || {
+        try_tracepoint(ebpf, "netmon_tcp_retransmit", "tcp", "tcp_retransmit_skb")
     });
     Ok(())
 }
