@@ -1037,7 +1037,7 @@ pub mod tp_offsets {
     pub const SL_FAMILY: u32 = 16;
     pub const SL_PROTOCOL: u32 = 18;
     /// `tcp:tcp_retransmit_skb` (Linux 4.16+).
-    pub const RT_SKBADDR: u32 = 8;
+    pub const RT_SKADDR: u32 = 16;
     pub const RT_SPORT: u32 = 28;
     pub const RT_DPORT: u32 = 30;
     pub const RT_FAMILY: u32 = 32;
@@ -1045,22 +1045,15 @@ pub mod tp_offsets {
     pub const RT_DADDR: u32 = 38;
     pub const RT_SADDR_V6: u32 = 42;
     pub const RT_DADDR_V6: u32 = 58;
-    /// `err` (Linux 6.11+, where the event fires for failed attempts too): no default, the
-    /// loader sets it where the format has it.
-    pub const RT_ERR: u32 = u32::MAX;
 }
 
-/// Offsets into `struct sk_buff`, from BTF; defaults are x86_64's.
-pub mod skb_offsets {
-    /// `cb`, the control block; TCP keeps `struct tcp_skb_cb` there.
-    pub const CB: u32 = 40;
-    /// `tcp_gso_segs` in `struct tcp_skb_cb`: the segments an skb of a TCP socket's write
-    /// queue stands for (`tcp_skb_pcount`).
-    pub const TCP_GSO_SEGS: u32 = 8;
-}
+/// `total_retrans` in `struct tcp_sock`: the segments the socket has sent again, as TCP
+/// counts them for `tcpi_total_retrans`. Its place depends on the kernel's configuration:
+/// no default, the loader sets it from BTF and attaches the retransmit tracepoint only then.
+pub const TCP_SOCK_OFF_TOTAL_RETRANS_UNKNOWN: u32 = u32::MAX;
 
-/// Segments a TCP socket sent again (`tcp:tcp_retransmit_skb`), by the socket's tuple:
-/// counted by the kernel, read by the daemon each drain.
+/// Sockets in `NETMON_TCP_RETRANS`: each TCP socket that sent segments again, by its tuple,
+/// with its `total_retrans` at its latest retransmission; read by the daemon each drain.
 pub const TCP_RETRANS_ENTRIES: u32 = 16_384;
 
 /// TCP states as numbered by the kernel (`include/net/tcp_states.h`).

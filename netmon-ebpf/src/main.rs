@@ -56,8 +56,8 @@ use netmon_common::{
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
     TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter,
-    drop_slot, dropcfg, iface_slot, skb_offsets, sock_offsets, tab_live_buckets, tab_place_live,
-    tcp_state, tp_offsets, v4_mapped,
+    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
+    tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -125,8 +125,9 @@ static NETMON_CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 #[map]
 static NETMON_SOCK_PROC: LruHashMap<SockKey, ProcInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// Socket 4-tuple -> segments it sent again (`tcp:tcp_retransmit_skb`); LRU, since sockets
-/// come and go: the daemon reads it whole every drain and counts what each entry moved.
+/// Socket 4-tuple -> the segments it has sent again, TCP's own count (`total_retrans`, as
+/// of its latest retransmission); LRU, since sockets come and go: the daemon reads it whole
+/// every drain and counts what each entry moved.
 #[map]
 static NETMON_TCP_RETRANS: LruHashMap<SockKey, u64> =
     LruHashMap::with_max_entries(netmon_common::TCP_RETRANS_ENTRIES, 0);
@@ -318,7 +319,7 @@ static TP_SS_SADDR_V6: u32 = tp_offsets::SS_SADDR_V6;
 #[unsafe(no_mangle)]
 static TP_SS_DADDR_V6: u32 = tp_offsets::SS_DADDR_V6;
 #[unsafe(no_mangle)]
-static TP_RT_SKBADDR: u32 = tp_offsets::RT_SKBADDR;
+static TP_RT_SKADDR: u32 = tp_offsets::RT_SKADDR;
 #[unsafe(no_mangle)]
 static TP_RT_SPORT: u32 = tp_offsets::RT_SPORT;
 #[unsafe(no_mangle)]
@@ -333,12 +334,9 @@ static TP_RT_DADDR: u32 = tp_offsets::RT_DADDR;
 static TP_RT_SADDR_V6: u32 = tp_offsets::RT_SADDR_V6;
 #[unsafe(no_mangle)]
 static TP_RT_DADDR_V6: u32 = tp_offsets::RT_DADDR_V6;
+/// `struct tcp_sock`'s `total_retrans`, from BTF (no default: see netmon-common).
 #[unsafe(no_mangle)]
-static TP_RT_ERR: u32 = tp_offsets::RT_ERR;
-#[unsafe(no_mangle)]
-static SKB_OFF_CB: u32 = skb_offsets::CB;
-#[unsafe(no_mangle)]
-static TCP_SKB_CB_OFF_GSO_SEGS: u32 = skb_offsets::TCP_GSO_SEGS;
+static TCP_SOCK_OFF_TOTAL_RETRANS: u32 = netmon_common::TCP_SOCK_OFF_TOTAL_RETRANS_UNKNOWN;
 #[unsafe(no_mangle)]
 static TP_SL_SK: u32 = tp_offsets::SL_SK;
 #[unsafe(no_mangle)]
@@ -1921,10 +1919,11 @@ fn tp_sock_key(ctx: &TracePointContext, at: &TpTuple) -> Result<SockKey, i32> {
     })
 }
 
-/// `tcp:tcp_retransmit_skb`: a TCP socket sent an skb of its write queue again (softirq or
-/// the socket's owner; the current task is unrelated). Counted by the socket's tuple, as
-/// many segments as the skb stands for, which is what the socket's `tcpi_total_retrans` and
-/// the namespace's `RetransSegs` add.
+/// `tcp:tcp_retransmit_skb`: a TCP socket sent (or, on newer kernels, tried to send) an
+/// skb of its write queue again, in softirq or the owner's context (the current task is
+/// unrelated). Records the socket's own count of segments sent again, `total_retrans`, which
+/// TCP has updated by then: the count `tcpi_total_retrans` and the namespace's
+/// `RetransSegs` add up, failed sends included, which no count of these events matches.
 #[tracepoint]
 pub fn netmon_tcp_retransmit(ctx: TracePointContext) -> u32 {
     if try_tcp_retransmit(&ctx).is_err() {
@@ -1934,10 +1933,6 @@ pub fn netmon_tcp_retransmit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
-    // Linux 6.11+ reports failed attempts too (`err`); those sent nothing.
-    if global(&TP_RT_ERR) != tp_offsets::RT_ERR as usize && read_tp::<i32>(ctx, &TP_RT_ERR)? != 0 {
-        return Ok(());
-    }
     let key = tp_sock_key(
         ctx,
         &TpTuple {
@@ -1950,24 +1945,15 @@ fn try_tcp_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
             daddr_v6: &TP_RT_DADDR_V6,
         },
     )?;
-    let skb: u64 = read_tp(ctx, &TP_RT_SKBADDR)?;
-    let segs: u16 = read_sk(skb + global(&SKB_OFF_CB) as u64, &TCP_SKB_CB_OFF_GSO_SEGS)?;
-    let segs = u64::from(segs.max(1));
-    for _ in 0..2 {
-        if let Some(n) = NETMON_TCP_RETRANS.get_ptr_mut(&key) {
-            // SAFETY: a map value, 8-byte aligned; other CPUs may add to it too.
-            unsafe { atomic_add(n, segs) };
-            return Ok(());
-        }
-        // Absent: insert, unless another CPU just did (then add to its entry).
-        if NETMON_TCP_RETRANS
-            .insert(&key, &segs, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return Ok(());
-        }
+    let sk: u64 = read_tp(ctx, &TP_RT_SKADDR)?;
+    let total: u32 = read_sk(sk, &TCP_SOCK_OFF_TOTAL_RETRANS)?;
+    // Under the socket's lock: one writer per socket at a time.
+    if NETMON_TCP_RETRANS
+        .insert(&key, &u64::from(total), BPF_ANY as u64)
+        .is_err()
+    {
+        bump(counter::SOCK_INSERT_FAILED);
     }
-    bump(counter::SOCK_INSERT_FAILED);
     Ok(())
 }
 

@@ -218,29 +218,42 @@ impl ProcDelta {
     }
 }
 
-/// Turns the kernel's count of segments sent again per socket (`NETMON_TCP_RETRANS`, read
-/// whole each drain) into what each socket sent again since the previous drain.
+/// Turns TCP's own count of the segments each socket sent again (`NETMON_TCP_RETRANS`: a
+/// socket's `total_retrans` as of its latest retransmission, read whole each drain) into
+/// what each socket sent again since the previous drain.
 #[derive(Debug, Default)]
 pub struct RetransCounts {
-    prev: HashMap<SockKey, u64>,
+    /// Per socket: its count when last read, and the drain it was last in the map at.
+    prev: HashMap<SockKey, (u64, u64)>,
+    drains: u64,
 }
 
+/// Drains a socket gone from the map is remembered for: the LRU map evicts the sockets that
+/// retransmitted longest ago, and one that then retransmits again comes back with its whole
+/// count, of which only what is past the remembered one is new.
+const RETRANS_FORGET_DRAINS: u64 = 600;
+
 impl RetransCounts {
-    /// The sockets that sent segments again since the last call, and how many. A socket
-    /// gone from the map (its entry evicted) is forgotten; one counting less than before was
-    /// evicted and counted afresh, and all of its count is new.
+    /// The sockets whose count moved since the last call, and by how much. A socket seen
+    /// for the first time brings its whole count (one older than the daemon, what it sent
+    /// again before); a count smaller than the one remembered is another socket of the same
+    /// tuple (its port reused), and all of it is new.
     pub fn deltas(&mut self, now: HashMap<SockKey, u64>) -> Vec<(SockKey, u64)> {
-        let out = now
-            .iter()
-            .filter_map(|(k, &n)| {
-                let d = match self.prev.get(k) {
-                    Some(&p) if n >= p => n - p,
-                    _ => n,
-                };
-                (d > 0).then_some((*k, d))
-            })
-            .collect();
-        self.prev = now;
+        self.drains += 1;
+        let drain = self.drains;
+        let mut out = Vec::new();
+        for (k, n) in now {
+            let d = match self.prev.get(&k) {
+                Some(&(p, _)) if n >= p => n - p,
+                _ => n,
+            };
+            if d > 0 {
+                out.push((k, d));
+            }
+            self.prev.insert(k, (n, drain));
+        }
+        self.prev
+            .retain(|_, &mut (_, seen)| drain - seen <= RETRANS_FORGET_DRAINS);
         out
     }
 }
@@ -2025,7 +2038,7 @@ mod tests {
     }
 
     /// A socket's segments sent again count once each, to its process and cgroup, across
-    /// drains; an entry that the LRU map evicted and counted afresh counts all it holds.
+    /// drains, evictions from the kernel's map and a tuple's next socket.
     #[test]
     fn retransmits_are_credited_once_to_the_sockets_owner() {
         let sock = |port: u16| SockKey {
@@ -2054,17 +2067,22 @@ mod tests {
         let out = drain(&[(1, 3), (2, 1)], &[(1, 3), (2, 1)]);
         assert_eq!(out.proc_deltas["app"].tcp_retransmits, 4);
         assert_eq!(out.cgroup_deltas["/app.slice"].tcp_retransmits, 4);
-        // Unchanged: nothing; one more on socket 1; socket 2 evicted.
+        // Unchanged: nothing; one more on socket 1; socket 2 evicted from the map.
         drain(&[(1, 3), (2, 1)], &[]);
         drain(&[(1, 4)], &[(1, 1)]);
-        // Socket 2 back, counted afresh (its earlier count is in the totals already).
-        drain(&[(1, 4), (2, 2)], &[(2, 2)]);
-        // Evicted and counted afresh past where it was: only what it holds can be told.
-        drain(&[(1, 2)], &[(1, 2)]);
-        assert_eq!(t.procs["app"].tcp_retransmits, 9);
-        assert_eq!(t.cgroups["/app.slice"].tcp_retransmits, 9);
+        // Socket 2 back with its whole count: only what is past the remembered 1 is new.
+        drain(&[(1, 4), (2, 3)], &[(2, 2)]);
+        // A smaller count: the tuple's next socket, all of it new.
+        drain(&[(1, 2), (2, 3)], &[(1, 2)]);
+        // Forgotten after RETRANS_FORGET_DRAINS drains out of the map: its count is new.
+        for _ in 0..=RETRANS_FORGET_DRAINS {
+            drain(&[(1, 2)], &[]);
+        }
+        drain(&[(1, 2), (2, 3)], &[(2, 3)]);
+        assert_eq!(t.procs["app"].tcp_retransmits, 12);
+        assert_eq!(t.cgroups["/app.slice"].tcp_retransmits, 12);
         let rows = t.processes();
-        assert_eq!(rows[0].traffic.tcp_retransmits, 9);
+        assert_eq!(rows[0].traffic.tcp_retransmits, 12);
         // Without an owner: the unknown process and cgroup.
         let mut out = TickOutput::default();
         t.credit_retransmits(&mut out, None, 2, SEC);

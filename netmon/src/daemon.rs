@@ -331,8 +331,10 @@ impl Drain {
         drop(owners);
         // Segments sent again, to the process and cgroup of the socket (looked up now: the
         // record stays while the socket lives, and a while after in the LRU map).
+        let mut retrans_sockets = 0;
         match maps.tcp_retransmits() {
             Ok(counts) => {
+                retrans_sockets = counts.len();
                 for (key, segs) in self.retrans.deltas(counts) {
                     let owner = maps.sock_owner(&key).map(Owner::from);
                     tracker.credit_retransmits(&mut out, owner.as_ref(), segs, now);
@@ -593,6 +595,19 @@ impl Drain {
                 in_use: in_use.map(|n| n as u64),
             })
             .collect();
+        // Read whole every drain anyway: full, it loses what evicted sockets sent again.
+        status.maps.push(MapUsage {
+            name: "tcp_retrans".into(),
+            entries: retrans_sockets as u64,
+            capacity: u64::from(netmon_common::TCP_RETRANS_ENTRIES),
+            in_use: None,
+        });
+        m.map_entries
+            .with_label_values(&["tcp_retrans"])
+            .set(retrans_sockets as i64);
+        m.map_capacity
+            .with_label_values(&["tcp_retrans"])
+            .set(i64::from(netmon_common::TCP_RETRANS_ENTRIES));
         status.kernel_events = kernel_events;
         status.flows_active = active as u64;
         status.flow_evictions = tracker.evictions;

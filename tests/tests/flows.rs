@@ -319,6 +319,18 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
         first("retrans_segments"),
         "{process}"
     );
+    // The kernel's per-socket record of them is in the status's map list.
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    let map = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tcp_retrans")
+        .unwrap_or_else(|| panic!("no tcp_retrans in {}", status["maps"]));
+    assert!(
+        u(&map["entries"]) >= 1 && u(&map["capacity"]) == 16_384,
+        "{map}"
+    );
     // Prometheus: the namespace's segments sent again since the daemon started (its own
     // counter moved by this connection alone), and the held connection's round-trip time
     // in the histogram, which takes a sample every tenth drain: in a sample taken since it

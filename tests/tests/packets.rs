@@ -1690,7 +1690,8 @@ fn every_udp_sender_hook_this_kernel_has_records_the_sending_process() {
         let pins = PinDir::new("udpsend");
         let mut loader = small_maps(&pins, 1024);
         let mut notes = Vec::new();
-        let sk_protocol_known = netmon::load::kernel_globals(&mut loader, &mut notes);
+        let sk_protocol_known =
+            netmon::load::kernel_globals(&mut loader, &mut notes).sk_protocol_known;
         let mut ebpf = loader
             .load(netmon::load::EBPF_OBJECT)
             .expect("load the eBPF object");

@@ -292,36 +292,49 @@ impl InterfaceLock {
 /// tracepoint record offsets from tracefs (defaults where either is unavailable, said in
 /// `notes`). Returns whether `sk_protocol`'s offset is known, which the raw tracepoint on
 /// UDP sends needs.
-pub fn kernel_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) -> bool {
+pub fn kernel_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) -> KernelFacts {
     let btf = btf::Btf::from_sys_fs();
-    let protocol = sock_offsets_globals(loader, btf.as_ref(), notes);
-    skb_offsets_globals(loader, btf.as_ref(), notes);
+    let facts = KernelFacts {
+        sk_protocol_known: sock_offsets_globals(loader, btf.as_ref(), notes),
+        total_retrans_known: tcp_sock_globals(loader, btf.as_ref(), notes),
+    };
     tracepoint_globals(loader, notes);
-    protocol
+    facts
 }
 
-/// `struct sk_buff`'s control block and `tcp_skb_cb`'s segment count, for the retransmit
-/// tracepoint; the x86_64 defaults where BTF does not give them.
-fn skb_offsets_globals(
+/// Which of the kernel offsets without a default BTF gave: the hooks that read them are
+/// attached only where it did.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFacts {
+    /// `struct sock`'s `sk_protocol` (the raw tracepoint on UDP sends).
+    pub sk_protocol_known: bool,
+    /// `struct tcp_sock`'s `total_retrans` (the retransmit tracepoint).
+    pub total_retrans_known: bool,
+}
+
+/// `struct tcp_sock`'s `total_retrans`, which the retransmit tracepoint reads; returns
+/// whether BTF gave it (the tracepoint is attached only then).
+fn tcp_sock_globals(
     loader: &mut EbpfLoader<'_>,
     btf: Result<&btf::Btf, &anyhow::Error>,
     notes: &mut Vec<String>,
-) {
-    let found = btf.map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|b| {
-        Ok([
-            b.member_offset("sk_buff", "cb")?,
-            b.member_offset("tcp_skb_cb", "tcp_gso_segs")?,
-        ])
-    });
-    match found {
-        Ok(vals) => {
-            let vals: &'static [u32; 2] = Box::leak(Box::new(vals));
-            loader.override_global("SKB_OFF_CB", &vals[0], true);
-            loader.override_global("TCP_SKB_CB_OFF_GSO_SEGS", &vals[1], true);
+) -> bool {
+    match btf
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|b| Ok(b.member_offset("tcp_sock", "total_retrans")?))
+    {
+        Ok(off) => {
+            let off: &'static u32 = Box::leak(Box::new(off));
+            loader.override_global("TCP_SOCK_OFF_TOTAL_RETRANS", off, true);
+            true
         }
-        Err(e) => notes.push(format!(
-            "struct sk_buff offsets from BTF unavailable ({e:#}); using the x86_64 defaults"
-        )),
+        Err(e) => {
+            notes.push(format!(
+                "struct tcp_sock's total_retrans offset from BTF unavailable ({e:#}); TCP \
+                 retransmissions are not counted per process"
+            ));
+            false
+        }
     }
 }
 
@@ -398,8 +411,8 @@ fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
         Err(e) => notes.push(format!("{e:#}")),
     }
     match tracefs::Format::read("tcp", "tcp_retransmit_skb").and_then(|f| {
-        let mut pairs = vec![
-            ("TP_RT_SKBADDR", f.offset("skbaddr", 8)?),
+        Ok(vec![
+            ("TP_RT_SKADDR", f.offset("skaddr", 8)?),
             ("TP_RT_SPORT", f.offset("sport", 2)?),
             ("TP_RT_DPORT", f.offset("dport", 2)?),
             ("TP_RT_FAMILY", f.offset("family", 2)?),
@@ -407,12 +420,7 @@ fn tracepoint_globals(loader: &mut EbpfLoader<'_>, notes: &mut Vec<String>) {
             ("TP_RT_DADDR", f.offset("daddr", 4)?),
             ("TP_RT_SADDR_V6", f.offset("saddr_v6", 16)?),
             ("TP_RT_DADDR_V6", f.offset("daddr_v6", 16)?),
-        ];
-        // Linux 6.11+: the event fires for failed attempts too, with their error.
-        if let Ok(err) = f.offset("err", 4) {
-            pairs.push(("TP_RT_ERR", err));
-        }
-        Ok(pairs)
+        ])
     }) {
         Ok(pairs) => set(pairs),
         Err(e) => notes.push(format!("{e:#}")),
@@ -466,7 +474,7 @@ pub fn load_and_attach(
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
     size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
     crate::act::droplist::size_ban_counters(&mut loader)?;
-    let sk_protocol_known = kernel_globals(&mut loader, &mut notes);
+    let facts = kernel_globals(&mut loader, &mut notes);
     for n in &notes {
         warn!("{n}");
     }
@@ -487,7 +495,7 @@ pub fn load_and_attach(
         &mut hooks,
         &mut links,
     )?;
-    attach_attribution(&mut ebpf, &mut hooks, sk_protocol_known, opts.udp_hook)?;
+    attach_attribution(&mut ebpf, &mut hooks, facts, opts.udp_hook)?;
     for h in &hooks {
         if h.active {
             info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
@@ -885,7 +893,7 @@ pub fn try_tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -
 fn attach_attribution(
     ebpf: &mut Ebpf,
     hooks: &mut Vec<Hook>,
-    sk_protocol_known: bool,
+    facts: KernelFacts,
     udp_hook: UdpHook,
 ) -> Result<()> {
     let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state")
@@ -930,7 +938,7 @@ fn attach_attribution(
         )
     });
     udp.try_hook("raw_tracepoint", "sock_send_length", || {
-        if !sk_protocol_known {
+        if !facts.sk_protocol_known {
             anyhow::bail!("BTF does not give struct sock's sk_protocol offset");
         }
         try_raw_tracepoint(ebpf, "netmon_sock_send_raw", "sock_send_length")
@@ -940,6 +948,9 @@ fn attach_attribution(
     });
 
     Chain::new(hooks, "tcp_retransmit").try_hook("tracepoint", "tcp:tcp_retransmit_skb", || {
+        if !facts.total_retrans_known {
+            bail!("BTF does not give struct tcp_sock's total_retrans offset");
+        }
         try_tracepoint(ebpf, "netmon_tcp_retransmit", "tcp", "tcp_retransmit_skb")
     });
     Ok(())
