@@ -1957,8 +1957,7 @@ fn try_tcp_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A field at `off` (a loader-set global) of the kernel object at `sk` (a socket, or an
-/// skb's control block).
+/// A field at `off` (a loader-set global, from BTF) of the socket at `sk`.
 #[inline(always)]
 fn read_sk<T>(sk: u64, off: &'static u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address; offsets come from BTF.
