@@ -178,6 +178,8 @@ pub struct Tracker {
     pub procs: BTreeMap<String, ProcTotals>,
     /// Per cgroup path (the systemd unit, container or pod), as `procs`.
     pub cgroups: BTreeMap<String, ProcTotals>,
+    /// Per application protocol (`service_of`): a few dozen at most.
+    pub services: BTreeMap<String, ProcTotals>,
     pub ifaces: BTreeMap<u32, IfaceTotals>,
     /// Flows that vanished from the kernel map without the daemon deleting them: LRU
     /// evictions under pressure.
@@ -267,6 +269,8 @@ pub struct TickOutput {
     pub cgroup_deltas: BTreeMap<String, ProcDelta>,
     /// (protocol number, direction) -> (bytes, packets) moved during this tick.
     pub proto_deltas: BTreeMap<(u8, u8), (u64, u64)>,
+    /// Per application protocol (`service_of`), as `proc_deltas`.
+    pub service_deltas: BTreeMap<String, ProcDelta>,
     pub evicted: u64,
     /// Flows the kernel map held at this drain.
     pub seen: usize,
@@ -283,6 +287,7 @@ pub struct TickState {
     interval_s: f64,
     credits: Credits,
     protos: Protos,
+    services: Services,
 }
 
 /// A cgroup's totals leave `Tracker::cgroups` after this long without traffic.
@@ -418,6 +423,89 @@ impl Credits {
     }
 }
 
+/// The application protocol of traffic no well-known port names.
+pub const OTHER_SERVICE: &str = "other";
+
+/// The application protocol a TCP or UDP port is registered for (IANA's well-known and
+/// common registered ports), as the seed's protocol distribution (HTTP, HTTPS, FTP, SSH...)
+/// names them.
+fn service_port(proto: u8, port: u16) -> Option<&'static str> {
+    let tcp = proto == IPPROTO_TCP;
+    Some(match port {
+        20 | 21 if tcp => "ftp",
+        22 if tcp => "ssh",
+        23 if tcp => "telnet",
+        25 if tcp => "smtp",
+        53 => "dns",
+        67 | 68 if !tcp => "dhcp",
+        69 if !tcp => "tftp",
+        80 if tcp => "http",
+        110 if tcp => "pop3",
+        123 if !tcp => "ntp",
+        143 if tcp => "imap",
+        161 | 162 if !tcp => "snmp",
+        179 if tcp => "bgp",
+        389 => "ldap",
+        // QUIC (HTTP/3) over UDP as well.
+        443 => "https",
+        445 if tcp => "smb",
+        465 | 587 if tcp => "smtp-submission",
+        514 if !tcp => "syslog",
+        636 if tcp => "ldaps",
+        853 => "dns-over-tls",
+        993 if tcp => "imaps",
+        995 if tcp => "pop3s",
+        1194 => "openvpn",
+        2049 => "nfs",
+        3306 if tcp => "mysql",
+        3389 => "rdp",
+        5432 if tcp => "postgresql",
+        5672 if tcp => "amqp",
+        6379 if tcp => "redis",
+        8080 if tcp => "http-alt",
+        9092 if tcp => "kafka",
+        27017 if tcp => "mongodb",
+        51820 if !tcp => "wireguard",
+        _ => return None,
+    })
+}
+
+/// The application protocol of a flow: the service its lower well-known port names (a
+/// server's port is the registered one, a client's ephemeral), else `other` (ICMP, ports
+/// no entry names, flows recorded without ports).
+pub fn service_of(proto: u8, local_port: u16, remote_port: u16) -> &'static str {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return OTHER_SERVICE;
+    }
+    let (lo, hi) = (local_port.min(remote_port), local_port.max(remote_port));
+    service_port(proto, lo)
+        .or_else(|| service_port(proto, hi))
+        .unwrap_or(OTHER_SERVICE)
+}
+
+/// One drain's traffic per (service, direction): a short list searched by the name's
+/// address (a drain sees few services), so that a flow costs no map lookup.
+#[derive(Debug, Default)]
+struct Services {
+    seen: Vec<(&'static str, u8, u64, u64)>,
+}
+
+impl Services {
+    fn add(&mut self, service: &'static str, direction: u8, bytes: u64, packets: u64) {
+        match self
+            .seen
+            .iter_mut()
+            .find(|(s, d, ..)| std::ptr::eq(*s, service) && *d == direction)
+        {
+            Some(e) => {
+                e.2 += bytes;
+                e.3 += packets;
+            }
+            None => self.seen.push((service, direction, bytes, packets)),
+        }
+    }
+}
+
 /// Protocol totals of a run of consecutive flows of one (protocol, direction), added to the
 /// drain's map when another comes (or the drain ends).
 #[derive(Debug, Default)]
@@ -473,7 +561,12 @@ impl Tracker {
     /// Starts a drain; `interval_s` is the time since the previous one.
     pub fn begin_tick(&mut self, interval_s: f64) -> TickState {
         self.tick += 1;
-        for p in self.procs.values_mut().chain(self.cgroups.values_mut()) {
+        for p in self
+            .procs
+            .values_mut()
+            .chain(self.cgroups.values_mut())
+            .chain(self.services.values_mut())
+        {
             p.rx_rate = 0.0;
             p.tx_rate = 0.0;
         }
@@ -482,6 +575,7 @@ impl Tracker {
             interval_s: if interval_s > 0.0 { interval_s } else { 1.0 },
             credits: Credits::default(),
             protos: Protos::default(),
+            services: Services::default(),
         }
     }
 
@@ -604,6 +698,12 @@ impl Tracker {
             st.protos.add(
                 &mut out.proto_deltas,
                 (s.key.proto, s.key.direction),
+                db,
+                dp,
+            );
+            st.services.add(
+                service_of(s.key.proto, s.key.local_port, s.key.remote_port),
+                s.key.direction,
                 db,
                 dp,
             );
@@ -754,8 +854,21 @@ impl Tracker {
             interval_s,
             mut credits,
             mut protos,
+            services,
         } = st;
         protos.flush(&mut out.proto_deltas);
+        for (service, direction, bytes, packets) in services.seen {
+            credit(
+                &mut self.services,
+                &mut out.service_deltas,
+                service,
+                direction,
+                bytes,
+                packets,
+                interval_s,
+                now_ns,
+            );
+        }
         // The flows still waiting that this drain did not see: looked up by key when few,
         // found in one pass over the table when many (a burst of new flows waits for owners
         // for a few drains; a lookup per flow would miss the cache for each).
@@ -1325,6 +1438,14 @@ impl Tracker {
             traffic,
         })
     }
+
+    /// Per application protocol totals and rates, busiest first.
+    pub fn services(&self) -> Vec<ServiceRow> {
+        busiest(&self.services, |service, traffic| ServiceRow {
+            service,
+            traffic,
+        })
+    }
 }
 
 /// Orders (rate, bytes) pairs busiest first: by rate, then by bytes.
@@ -1372,6 +1493,15 @@ pub struct Traffic {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessRow {
     pub process: String,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// One application protocol (`service_of`: http, https, ssh, dns...) in
+/// `/api/network-stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRow {
+    pub service: String,
     #[serde(flatten)]
     pub traffic: Traffic,
 }
@@ -2088,6 +2218,71 @@ mod tests {
         t.credit_retransmits(&mut out, None, 2, SEC);
         assert_eq!(out.proc_deltas[UNKNOWN_PROCESS].tcp_retransmits, 2);
         assert_eq!(out.cgroup_deltas[UNKNOWN_CGROUP].tcp_retransmits, 2);
+    }
+
+    /// A flow counts to the application protocol of its lower well-known port, in the
+    /// drain's deltas, the totals and the rows.
+    #[test]
+    fn flows_count_to_their_application_protocol() {
+        for (proto, local, remote, want) in [
+            (IPPROTO_TCP, 40000, 443, "https"),
+            (IPPROTO_TCP, 22, 51000, "ssh"),
+            (IPPROTO_TCP, 80, 3306, "http"),
+            (IPPROTO_UDP, 53, 53, "dns"),
+            (IPPROTO_UDP, 40000, 443, "https"),
+            (IPPROTO_UDP, 40000, 22, OTHER_SERVICE),
+            (IPPROTO_TCP, 40000, 8081, OTHER_SERVICE),
+            (IPPROTO_TCP, 0, 0, OTHER_SERVICE),
+            (IPPROTO_ICMP, 0, 0, OTHER_SERVICE),
+        ] {
+            assert_eq!(
+                service_of(proto, local, remote),
+                want,
+                "{proto} {local} {remote}"
+            );
+        }
+        let mut t = Tracker::default();
+        let web = key(DIR_EGRESS, 40000);
+        let web_in = key(DIR_INGRESS, 40000);
+        let tls = FlowKey {
+            remote_port: 443,
+            ..key(DIR_EGRESS, 40001)
+        };
+        let out = t.apply_flows(
+            &[
+                sample(web, 1000, 10, SEC),
+                sample(web_in, 300, 3, SEC),
+                sample(tls, 700, 7, SEC),
+            ],
+            SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert_eq!(out.service_deltas["http"].tx_bytes, 1000);
+        assert_eq!(out.service_deltas["http"].rx_bytes, 300);
+        assert_eq!(out.service_deltas["https"].tx_packets, 7);
+        let out = t.apply_flows(
+            &[sample(web, 1500, 15, 2 * SEC), sample(tls, 700, 7, SEC)],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| None,
+        );
+        assert_eq!(out.service_deltas["http"].tx_bytes, 500);
+        assert!(!out.service_deltas.contains_key("https"), "{out:?}");
+        let rows = t.services();
+        assert_eq!(rows[0].service, "http");
+        assert_eq!(
+            (rows[0].traffic.bytes_sent, rows[0].traffic.bytes_recv),
+            (1500, 300)
+        );
+        assert_eq!(rows[0].traffic.send_rate, 500.0);
+        assert_eq!(
+            (rows[1].service.as_str(), rows[1].traffic.bytes_sent),
+            ("https", 700)
+        );
+        assert_eq!(rows[1].traffic.send_rate, 0.0);
     }
 
     #[test]

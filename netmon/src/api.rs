@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    aggregate::{self, CgroupRow, Connection, ProcessRow, Tracker},
+    aggregate::{self, CgroupRow, Connection, ProcessRow, ServiceRow, Tracker},
     anon::Anonymize,
     load::Hook,
     load::Monitored,
@@ -60,6 +60,9 @@ pub struct NetworkStats {
     pub processes: Vec<ProcessRow>,
     /// Per cgroup path (systemd unit, container, pod): totals and rates, busiest first.
     pub cgroups: Vec<CgroupRow>,
+    /// Per application protocol (by well-known port: http, https, ssh, dns...), busiest
+    /// first.
+    pub services: Vec<ServiceRow>,
     pub total_bytes_sent: u64,
     pub total_bytes_recv: u64,
     pub packets_sent: u64,

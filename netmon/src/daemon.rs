@@ -462,6 +462,19 @@ impl Drain {
             );
             gauge.set(series.named() as i64);
         }
+        for (service, d) in &out.service_deltas {
+            for (dir, b, p) in [
+                (DIR_INGRESS, d.rx_bytes, d.rx_packets),
+                (DIR_EGRESS, d.tx_bytes, d.tx_packets),
+            ] {
+                m.service_bytes
+                    .with_label_values(&[service.as_str(), dir_label(dir)])
+                    .inc_by(b);
+                m.service_packets
+                    .with_label_values(&[service.as_str(), dir_label(dir)])
+                    .inc_by(p);
+            }
+        }
         for (&(proto, dir), &(b, p)) in &out.proto_deltas {
             let name = crate::aggregate::proto_name(proto);
             m.proto_bytes
@@ -542,6 +555,7 @@ impl Drain {
         let mut stats = NetworkStats {
             processes: tracker.processes(),
             cgroups: tracker.cgroups(),
+            services: tracker.services(),
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())

@@ -156,6 +156,8 @@ pub struct Metrics {
     pub banlist_entries: IntGaugeVec,
     pub proto_bytes: IntCounterVec,
     pub proto_packets: IntCounterVec,
+    pub service_bytes: IntCounterVec,
+    pub service_packets: IntCounterVec,
     pub prog_run_seconds: CounterVec,
     pub prog_runs: IntCounterVec,
     pub bpf_stats_enabled: IntGauge,
@@ -352,6 +354,17 @@ impl Metrics {
                 "netmon_protocol_packets_total",
                 "Frames of IP traffic per transport protocol.",
                 &["protocol", "direction"],
+            ),
+            service_bytes: cv(
+                "netmon_service_bytes_total",
+                "Frame bytes of TCP and UDP traffic per application protocol, by the \
+                 connection's well-known port (http, https, ssh, dns...; other).",
+                &["service", "direction"],
+            ),
+            service_packets: cv(
+                "netmon_service_packets_total",
+                "Frames of TCP and UDP traffic per application protocol.",
+                &["service", "direction"],
             ),
             prog_run_seconds: reg(
                 &r,
