@@ -462,27 +462,24 @@ impl Drain {
             );
             gauge.set(series.named() as i64);
         }
-        for (service, d) in &out.service_deltas {
-            for (dir, b, p) in [
-                (DIR_INGRESS, d.rx_bytes, d.rx_packets),
-                (DIR_EGRESS, d.tx_bytes, d.tx_packets),
-            ] {
-                m.service_bytes
-                    .with_label_values(&[service.as_str(), dir_label(dir)])
-                    .inc_by(b);
-                m.service_packets
-                    .with_label_values(&[service.as_str(), dir_label(dir)])
-                    .inc_by(p);
-            }
-        }
-        for (&(proto, dir), &(b, p)) in &out.proto_deltas {
-            let name = crate::aggregate::proto_name(proto);
-            m.proto_bytes
-                .with_label_values(&[name.as_str(), dir_label(dir)])
-                .inc_by(b);
-            m.proto_packets
-                .with_label_values(&[name.as_str(), dir_label(dir)])
+        // One label's bytes and packets in one direction, to a pair of counter families.
+        let count = |[bytes, packets]: [&prometheus::IntCounterVec; 2],
+                     label: &str,
+                     dir: u8,
+                     (b, p): (u64, u64)| {
+            bytes.with_label_values(&[label, dir_label(dir)]).inc_by(b);
+            packets
+                .with_label_values(&[label, dir_label(dir)])
                 .inc_by(p);
+        };
+        for (service, d) in &out.service_deltas {
+            let families = [&m.service_bytes, &m.service_packets];
+            count(families, service, DIR_INGRESS, (d.rx_bytes, d.rx_packets));
+            count(families, service, DIR_EGRESS, (d.tx_bytes, d.tx_packets));
+        }
+        for (&(proto, dir), &moved) in &out.proto_deltas {
+            let name = crate::aggregate::proto_name(proto);
+            count([&m.proto_bytes, &m.proto_packets], &name, dir, moved);
         }
         if let Some(tx) = &self.housekeeping {
             // Full means the thread is still on the previous tick: skip, do not queue.
