@@ -120,8 +120,12 @@ enum Cmd {
     },
     /// Remove an allow entry.
     Disallow { target: String },
-    /// Every drop-list entry with its hit counters.
+    /// Every drop-list entry with its hit counters; with ADDR or CIDR, only the entries
+    /// that share an address with it (those that cover an address, or lie inside or around
+    /// a prefix): which of a long imported list drops a given address.
     List {
+        /// An address or prefix: list only the entries that overlap it.
+        matching: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -723,8 +727,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("removed {n} from the allow list");
             Ok(())
         }
-        Cmd::List { json } => {
-            let rows = droplist().list()?;
+        Cmd::List { matching, json } => {
+            let only = matching.as_deref().map(parse_net).transpose()?;
+            let rows = droplist().list(only.as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -100,8 +100,17 @@ fn listing(ns: &Netns) -> Vec<Value> {
         .clone()
 }
 
+/// `netmon list E --json`: the entries that share an address with `e`.
+fn listing_of(ns: &Netns, e: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ns.netmon_ok(&["list", e, "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 fn entry(ns: &Netns, e: &str) -> Option<Value> {
-    listing(ns).into_iter().find(|r| r["entry"] == e)
+    listing_of(ns, e).into_iter().find(|r| r["entry"] == e)
 }
 
 fn tcp_probe(from: &Netns, to: &str) -> String {
@@ -522,6 +531,32 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
     );
     let audit = std::fs::read_to_string(p.a.state_dir.join("audit.log")).unwrap();
     assert_eq!(audit.matches("\"action\":\"import\"").count(), 2);
+
+    // `netmon list ADDR|CIDR` picks out of the 100,001 exactly the entries the list file
+    // says overlap it: an address inside the shortest prefix (every entry covering it), and
+    // that prefix (the entries inside it too).
+    let nets: Vec<netmon::act::net::Net> = two.iter().map(|l| l.parse().unwrap()).collect();
+    let widest = *nets.iter().min_by_key(|n| n.prefix()).unwrap();
+    let inside = match widest.addr() {
+        std::net::IpAddr::V4(a) => std::net::Ipv4Addr::from(u32::from(a) | 0x1d),
+        std::net::IpAddr::V6(_) => unreachable!("an IPv4 list"),
+    };
+    for query in [inside.to_string(), widest.to_string()] {
+        let q: netmon::act::net::Net = query.parse().unwrap();
+        let mut want: Vec<String> = nets
+            .iter()
+            .filter(|n| n.overlaps(&q))
+            .map(|n| n.to_string())
+            .collect();
+        let mut got: Vec<String> = listing_of(&p.a, &query)
+            .iter()
+            .map(|r| r["entry"].as_str().unwrap().to_string())
+            .collect();
+        want.sort();
+        got.sort();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "netmon list {query}");
+    }
 }
 
 #[test]

@@ -298,15 +298,17 @@ impl DropList {
         Ok((count, maps.exact_placement()))
     }
 
-    /// Every entry with its kernel hit counters.
-    pub fn list(&self) -> Result<Vec<Listed>> {
+    /// Every entry with its kernel hit counters; with `only`, the entries that share an
+    /// address with it (the kernel counters are read for those alone).
+    pub fn list(&self, only: Option<&Net>) -> Result<Vec<Listed>> {
+        let wanted = |n: &Net| only.is_none_or(|o| o.overlaps(n));
         let state = self.store().load()?;
         let mut maps = DropMaps::open(&self.pin_dir)?;
         let now_mono = crate::drain::monotonic_ns();
         let now = now_ms();
         let mono_to_wall = |ns: u64| now.saturating_sub(now_mono.saturating_sub(ns) / 1_000_000);
         let mut out = Vec::new();
-        for b in &state.bans {
+        for b in state.bans.iter().filter(|b| wanted(&b.net)) {
             let v = maps.hits(state.generation, &b.net)?.unwrap_or_default();
             out.push(Listed {
                 list: "ban",
@@ -325,7 +327,7 @@ impl DropList {
                 burst: None,
             });
         }
-        for l in &state.limits {
+        for l in state.limits.iter().filter(|l| wanted(&l.net)) {
             let v = maps.limit_hits(&l.net).unwrap_or_default();
             out.push(Listed {
                 list: "limit",
@@ -344,7 +346,7 @@ impl DropList {
                 burst: Some(l.burst),
             });
         }
-        for a in &state.allows {
+        for a in state.allows.iter().filter(|a| wanted(&a.net)) {
             out.push(Listed {
                 list: "allow",
                 entry: a.net.to_string(),
