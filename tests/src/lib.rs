@@ -95,6 +95,9 @@ impl Drop for PinDir {
 pub struct Netns {
     pub name: String,
     pub pin_dir: PathBuf,
+    /// A directory of the test's own files (the daemon's log, lists, the state directory),
+    /// removed with the namespace: a passing suite leaves nothing in the temporary directory.
+    pub scratch: PathBuf,
     pub state_dir: PathBuf,
 }
 
@@ -106,9 +109,12 @@ impl Netns {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         sh(&["ip", "netns", "add", &name]);
+        let scratch = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&scratch).unwrap();
         let ns = Self {
             pin_dir: test_bpffs().join(&name),
-            state_dir: std::env::temp_dir().join(format!("{name}-state")),
+            state_dir: scratch.join("state"),
+            scratch,
             name,
         };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -188,7 +194,7 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
@@ -452,7 +458,7 @@ impl Daemon {
             .and_then(|i| extra.get(i + 1))
             .map_or("127.0.0.1:9743", |a| *a)
             .to_string();
-        let log = std::env::temp_dir().join(format!("{}-netmon.log", ns.name));
+        let log = ns.scratch.join("netmon.log");
         let logf = File::create(&log).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name])

@@ -594,7 +594,7 @@ fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn connected_udp_senders_are_attributed_even_when_older_than_the_daemon() {
     let p = Pair::new("uc");
-    let go = std::env::temp_dir().join(format!("{}-go", p.a.name));
+    let go = p.a.scratch.join("go");
     let _ = std::fs::remove_file(&go);
     let go_arg = go.to_str().unwrap().to_string();
     let receivers: Vec<Peer> = ["198.18.0.2:7011", "[fd00:6e6d::2]:7012", "198.18.0.2:7013"]

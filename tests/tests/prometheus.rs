@@ -99,7 +99,7 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(ns: &Netns, targets: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("{}-prometheus", ns.name));
+        let dir = ns.scratch.join("prometheus");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let rules = dir.join("netmon-rules.yml");

@@ -136,10 +136,13 @@ pub fn build(release: bool) -> Result<PathBuf> {
         "building netmon ({})",
         if release { "release" } else { "debug" }
     ));
+    // The same packages as `cargo test` selects (netmon-ebpf is built above, for its own
+    // target): with the same set, cargo resolves the same features, and the test build
+    // reuses every dependency instead of building syn, tracing and the rest a second time.
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .env("NETMON_EBPF_OBJ", ebpf_object())
-        .args(["build", "--workspace", "--bins"]);
+        .args(["build", "--workspace", "--exclude", "netmon-ebpf", "--bins"]);
     if release {
         cmd.arg("--release");
     }

@@ -3030,7 +3030,7 @@ fn droplist() -> String {
     eprintln!("== drop-list import");
     unpin();
     let ns = Netns::new("imp");
-    let dir = std::env::temp_dir().join(format!("{}-lists", ns.name));
+    let dir = ns.scratch.join("lists");
     std::fs::create_dir_all(&dir).unwrap();
     let mut times = Vec::new();
     for round in 0..4u64 {
