@@ -41,11 +41,22 @@ pub struct InterfaceStats {
     /// Device error and drop counters (rx + tx), from the kernel's interface statistics.
     pub errors: u64,
     pub drops: u64,
+    /// The same per direction.
+    pub errors_recv: u64,
+    pub errors_sent: u64,
+    pub drops_recv: u64,
+    pub drops_sent: u64,
     /// Bytes/s and packets/s over the last interval.
     pub send_rate: f64,
     pub recv_rate: f64,
     pub packets_sent_rate: f64,
     pub packets_recv_rate: f64,
+    /// The send and receive rates as a fraction of the link speed; absent where the driver
+    /// reports no speed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utilization_sent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utilization_recv: Option<f64>,
 }
 
 /// `GET /api/network-stats`.

@@ -32,6 +32,17 @@ fn dir_label(direction: u8) -> &'static str {
     if direction == DIR_INGRESS { "rx" } else { "tx" }
 }
 
+/// What a Prometheus counter that follows a kernel total gains when the total goes from
+/// `prev` (None: first seen) to `now`: all of it at first, so the counter starts equal to
+/// the kernel's; all of `now` again when the total went back (the device was recreated
+/// under the same name and counts from zero), never a negative step.
+fn counter_step(prev: Option<u64>, now: u64) -> u64 {
+    match prev {
+        Some(p) if now >= p => now - p,
+        _ => now,
+    }
+}
+
 /// The drop list, as the daemon follows it: the kernel maps its programs use, the state
 /// file (re-read when the CLI changes it), and the counters last exported. It runs on its
 /// own thread: expiring bans or re-reading a 100,000-entry list must not delay the drain.
@@ -240,6 +251,8 @@ struct Drain {
     names: HashMap<u32, String>,
     /// Previous cumulative values, to turn kernel totals into counter increments.
     prev_iface: HashMap<(u32, u8), (u64, u64)>,
+    /// Each interface's device error and drop counters at the last drain.
+    prev_link: HashMap<u32, iface::DevCounters>,
     prev_counters: [u64; counter::COUNT as usize],
     prev_evictions: u64,
     prev_expired: u64,
@@ -563,11 +576,31 @@ impl Drain {
         for (ifindex, name) in &self.names {
             let t = tracker.ifaces.get(ifindex).cloned().unwrap_or_default();
             let f = iface::link_facts(name);
+            let link_bps = f.speed * 125_000;
             if f.speed > 0 {
                 m.iface_speed
                     .with_label_values(&[name.as_str()])
-                    .set((f.speed * 125_000) as i64);
+                    .set(link_bps as i64);
             }
+            let dev = f.counters.unwrap_or_default();
+            if let Some(now) = f.counters {
+                let prev = self.prev_link.insert(*ifindex, now);
+                for (metric, dir, get) in [
+                    (
+                        &m.iface_errors,
+                        "rx",
+                        (|c| c.rx_errors) as fn(&iface::DevCounters) -> u64,
+                    ),
+                    (&m.iface_errors, "tx", |c| c.tx_errors),
+                    (&m.iface_drops, "rx", |c| c.rx_dropped),
+                    (&m.iface_drops, "tx", |c| c.tx_dropped),
+                ] {
+                    metric
+                        .with_label_values(&[name.as_str(), dir])
+                        .inc_by(counter_step(prev.as_ref().map(get), get(&now)));
+                }
+            }
+            let utilization = |rate: f64| (f.speed > 0).then(|| rate / link_bps as f64);
             stats.total_bytes_sent += t.tx_bytes;
             stats.total_bytes_recv += t.rx_bytes;
             stats.packets_sent += t.tx_packets;
@@ -582,12 +615,18 @@ impl Drain {
                 bytes_recv: t.rx_bytes,
                 packets_sent: t.tx_packets,
                 packets_recv: t.rx_packets,
-                errors: f.errors_in + f.errors_out,
-                drops: f.drops_in + f.drops_out,
+                errors: dev.rx_errors + dev.tx_errors,
+                drops: dev.rx_dropped + dev.tx_dropped,
+                errors_recv: dev.rx_errors,
+                errors_sent: dev.tx_errors,
+                drops_recv: dev.rx_dropped,
+                drops_sent: dev.tx_dropped,
                 send_rate: t.tx_bytes_rate,
                 recv_rate: t.rx_bytes_rate,
                 packets_sent_rate: t.tx_packets_rate,
                 packets_recv_rate: t.rx_packets_rate,
+                utilization_sent: utilization(t.tx_bytes_rate),
+                utilization_recv: utilization(t.rx_bytes_rate),
             });
         }
         stats.interfaces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -872,6 +911,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             .map(|i| (i.ifindex, i.name.clone()))
             .collect(),
         prev_iface: HashMap::new(),
+        prev_link: HashMap::new(),
         prev_counters: [0; counter::COUNT as usize],
         prev_evictions: 0,
         prev_expired: 0,
@@ -989,5 +1029,24 @@ fn seed_udp_owners(attached: &mut load::Attached) {
             t0.elapsed()
         ),
         Err(e) => warn!("UDP sockets open before the hooks are not attributed: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_step;
+
+    #[test]
+    fn counters_that_follow_kernel_totals_start_equal_and_survive_resets() {
+        // Kernel totals 5, 9, 9, 2 (device recreated), 7: the counter reads 5, 9, 9, 11, 16.
+        let mut prev = None;
+        let mut counter = 0;
+        let mut seen = Vec::new();
+        for now in [5, 9, 9, 2, 7] {
+            counter += counter_step(prev, now);
+            prev = Some(now);
+            seen.push(counter);
+        }
+        assert_eq!(seen, [5, 9, 9, 11, 16]);
     }
 }

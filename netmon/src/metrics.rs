@@ -165,6 +165,8 @@ pub struct Metrics {
     pub process_series: IntGauge,
     pub cgroup_series: IntGauge,
     pub iface_speed: IntGaugeVec,
+    pub iface_errors: IntCounterVec,
+    pub iface_drops: IntCounterVec,
     pub threats: IntCounterVec,
     pub connections_by_risk: IntGaugeVec,
     pub automatic_bans: IntCounter,
@@ -446,6 +448,18 @@ impl Metrics {
                 "Link speed the kernel reports for a monitored interface (absent where the \
                  driver reports none).",
                 &["interface"],
+            ),
+            iface_errors: cv(
+                "netmon_interface_errors_total",
+                "Frames a monitored interface could not receive or send (the kernel's \
+                 rx_errors/tx_errors of the device).",
+                &["interface", "direction"],
+            ),
+            iface_drops: cv(
+                "netmon_interface_drops_total",
+                "Frames the kernel dropped on a monitored interface (rx_dropped/tx_dropped of \
+                 the device; netmon's own drop-list drops are netmon_dropped_packets_total).",
+                &["interface", "direction"],
             ),
             process_series: reg(
                 &r,

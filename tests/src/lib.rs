@@ -329,18 +329,22 @@ impl Pair {
         }
     }
 
+    /// One of `a`'s device counters (`rx_bytes`, `tx_dropped`, ...) as /sys/class/net
+    /// reports it.
+    pub fn a_stat(&self, name: &str) -> u64 {
+        self.a
+            .exec(&[
+                "cat",
+                &format!("/sys/class/net/{}/statistics/{name}", self.a_if),
+            ])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// `a`'s veth counters exactly as /sys/class/net reports them.
     pub fn a_raw_counters(&self) -> IfCounters {
-        let f = |n: &str| -> u64 {
-            self.a
-                .exec(&[
-                    "cat",
-                    &format!("/sys/class/net/{}/statistics/{n}", self.a_if),
-                ])
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let f = |n: &str| self.a_stat(n);
         IfCounters {
             rx_bytes: f("rx_bytes"),
             rx_packets: f("rx_packets"),

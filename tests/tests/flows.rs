@@ -416,6 +416,88 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
     assert!(out.contains("received=200000"), "{out}");
 }
 
+/// The device's own error and drop counters and its speed, as the kernel reports them, in
+/// the interface's API row and in Prometheus: frames sent while the peer's end is down are
+/// dropped by the veth driver (its tx_dropped), and the row's utilization is its rate over
+/// the link speed the driver reports (veth says 10 Gb/s).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn interface_errors_drops_and_utilization_are_the_kernels() {
+    let p = Pair::new("ifx");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let before = p.a_stat("tx_dropped");
+    p.b.exec(&["ip", "link", "set", &p.b_if, "down"]);
+    let sent = Peer::spawn(
+        &p.a,
+        &[
+            "udp-send",
+            "--to",
+            "198.18.0.2:7300",
+            "--count",
+            "40",
+            "--size",
+            "300",
+        ],
+    )
+    .finish();
+    assert!(sent.contains("sent=40"), "{sent}");
+    // Nothing else moves on the link now: the kernel's counters are final.
+    let stats = d.fresh_stats(&p.a);
+    let row = find_iface(&stats, &p.a_if).clone();
+    let truth = |n: &str| p.a_stat(n);
+    assert!(
+        truth("tx_dropped") - before >= 40,
+        "the veth dropped what it could not deliver"
+    );
+    for (field, stat) in [
+        ("drops_sent", "tx_dropped"),
+        ("drops_recv", "rx_dropped"),
+        ("errors_sent", "tx_errors"),
+        ("errors_recv", "rx_errors"),
+    ] {
+        assert_eq!(u(&row[field]), truth(stat), "{field} against {stat}: {row}");
+    }
+    assert_eq!(u(&row["drops"]), truth("tx_dropped") + truth("rx_dropped"));
+    let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+    for (name, dir, stat) in [
+        ("drops", "tx", "tx_dropped"),
+        ("drops", "rx", "rx_dropped"),
+        ("errors", "tx", "tx_errors"),
+        ("errors", "rx", "rx_errors"),
+    ] {
+        let series = format!(
+            "netmon_interface_{name}_total{{direction=\"{dir}\",interface=\"{}\"}}",
+            p.a_if
+        );
+        assert_eq!(metric(&text, &series), truth(stat), "{series}");
+    }
+    let speed: u64 =
+        p.a.exec(&["cat", &format!("/sys/class/net/{}/speed", p.a_if)])
+            .trim()
+            .parse()
+            .unwrap();
+    assert_eq!(u(&row["speed"]), speed);
+    let link = speed as f64 * 125_000.0;
+    for (util, rate) in [
+        ("utilization_sent", "send_rate"),
+        ("utilization_recv", "recv_rate"),
+    ] {
+        let want = row[rate].as_f64().unwrap() / link;
+        let got = row[util].as_f64().expect("veth reports a speed");
+        assert!((got - want).abs() <= want * 1e-9, "{util} {got} vs {want}");
+    }
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "netmon_interface_speed_bytes_per_second{{interface=\"{}\"}}",
+                p.a_if
+            )
+        ),
+        speed * 125_000
+    );
+}
+
 /// Traffic counts to its application protocol, told by the well-known port: a TCP
 /// connection to port 443 (https) and UDP datagrams to port 53 (dns) are all the link
 /// carries, so the two services' totals are those two connections' counts and add up to the

@@ -49,34 +49,48 @@ pub fn ifindex(name: &str) -> Result<u32> {
 }
 
 /// What the kernel reports about an interface, for the API's `interfaces` list.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct LinkFacts {
     pub is_up: bool,
-    /// Mb/s; 0 where the driver reports none (veth, virtual devices).
+    /// Mb/s; 0 where the driver reports none (loopback, some virtual devices; veth says
+    /// 10,000).
     pub speed: u64,
     pub mtu: u32,
-    pub errors_in: u64,
-    pub errors_out: u64,
-    pub drops_in: u64,
-    pub drops_out: u64,
+    /// The device's own error and drop counters; None when they cannot be read (the
+    /// interface has gone).
+    pub counters: Option<DevCounters>,
+}
+
+/// The kernel's error and drop counters of a device since it was created (`ip -s link`):
+/// frames the driver or the stack could not receive or send, not netmon's drop list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DevCounters {
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
 }
 
 pub fn link_facts(name: &str) -> LinkFacts {
     let base = format!("/sys/class/net/{name}");
-    let num = |f: &str| -> u64 {
+    let read = |f: &str| -> Option<u64> {
         read_trimmed(format!("{base}/{f}"))
             .and_then(|s| s.parse::<i64>().ok())
             .map(|v| v.max(0) as u64)
-            .unwrap_or(0)
     };
+    let counters = (|| {
+        Some(DevCounters {
+            rx_errors: read("statistics/rx_errors")?,
+            tx_errors: read("statistics/tx_errors")?,
+            rx_dropped: read("statistics/rx_dropped")?,
+            tx_dropped: read("statistics/tx_dropped")?,
+        })
+    })();
     LinkFacts {
         is_up: flags(name).is_some_and(|f| f & IFF_UP != 0),
-        speed: num("speed"),
-        mtu: num("mtu") as u32,
-        errors_in: num("statistics/rx_errors"),
-        errors_out: num("statistics/tx_errors"),
-        drops_in: num("statistics/rx_dropped"),
-        drops_out: num("statistics/tx_dropped"),
+        speed: read("speed").unwrap_or(0),
+        mtu: read("mtu").unwrap_or(0) as u32,
+        counters,
     }
 }
 
