@@ -18,6 +18,11 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// ICMP or ICMPv6: flows without ports, keyed by type and code instead.
+pub const fn is_icmp(proto: u8) -> bool {
+    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
+}
+
 /// TCP flag bits as they appear in byte 13 of the TCP header (`FlowStats::tcp_flags`).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;

@@ -39,14 +39,17 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
         bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get,
     },
-    macros::{btf_map, cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint, tracepoint, xdp},
+    macros::{
+        btf_map, cgroup_sock, cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint,
+        tracepoint, xdp,
+    },
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
         lpm_trie::Key,
     },
     programs::{
-        ProbeContext, RawTracePointContext, SockAddrContext, TcContext, TracePointContext,
-        XdpContext,
+        ProbeContext, RawTracePointContext, SockAddrContext, SockContext, TcContext,
+        TracePointContext, XdpContext,
     },
 };
 use netmon_common::{
@@ -56,8 +59,8 @@ use netmon_common::{
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
     TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter,
-    drop_slot, dropcfg, iface_slot, sock_offsets, tab_live_buckets, tab_place_live, tcp_state,
-    tp_offsets, v4_mapped,
+    drop_slot, dropcfg, iface_slot, is_icmp, sock_offsets, tab_live_buckets, tab_place_live,
+    tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -162,6 +165,12 @@ struct UdpSockOwner {
 
 #[btf_map]
 static NETMON_UDP_SK: SkStorage<UdpSockOwner> = SkStorage::new();
+
+/// The process that created an ICMP socket (a ping socket or a raw ICMP/ICMPv6 one), kept
+/// with the socket by `netmon_icmp_sock`. The egress program copies it to `NETMON_SOCK_PROC`
+/// under the addresses of an ICMP flow the socket starts (`icmp_owner_from_socket`).
+#[btf_map]
+static NETMON_ICMP_SK: SkStorage<ProcInfo> = SkStorage::new();
 
 /// `struct sock *` -> the process that called connect(), between SYN_SENT (process context,
 /// source port not yet chosen) and ESTABLISHED (softirq, tuple complete).
@@ -493,7 +502,7 @@ fn xdp_main<const TAB: bool>(ctx: &XdpContext) -> u32 {
     bump(counter::XDP_PACKETS);
     let len = (packet.end - packet.data) as u64;
     count_iface(ifindex, DIR_INGRESS, len);
-    if account::<TAB>(ifindex, DIR_INGRESS, len, &packet, false, &mut 0) == Verdict::Drop {
+    if account::<TAB>(ifindex, DIR_INGRESS, len, &packet, false, &mut 0, None) == Verdict::Drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -549,11 +558,75 @@ fn tc_account<const TAB: bool>(ctx: &TcContext, ifindex: u32, len: u32, may_pull
         &packet,
         may_pull,
         &mut udp_port,
+        Some(ctx),
     );
     if verdict == Verdict::Pass {
         udp_owner_from_socket(ctx, udp_port);
     }
     verdict
+}
+
+/// An outgoing ICMP frame that starts its flow (or its drain epoch) from a socket whose
+/// creator `netmon_icmp_sock` recorded: that process becomes the owner of the flow's two
+/// addresses for the protocol (`NETMON_SOCK_PROC`, ports 0), so the requests and the replies
+/// between them are its. A frame of a socket created before the daemon, or of none
+/// (forwarded, or the kernel's own replies), records nothing.
+#[inline(always)]
+fn icmp_owner_from_socket(ctx: &TcContext, proto: u8, local: &Addr, remote: &Addr) {
+    // SAFETY: the program's own skb; `sk` is its socket or null.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: a helper on a socket the verifier has checked; null when the socket has no
+    // storage in the map (or is not a full socket), and nothing is created.
+    let owner = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&NETMON_ICMP_SK).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<ProcInfo>();
+    if owner.is_null() {
+        return;
+    }
+    let key = SockKey {
+        proto,
+        local_addr: addr_bytes(*local),
+        remote_addr: addr_bytes(*remote),
+        ..zeroed()
+    };
+    // SAFETY: the socket's storage, live for the program run.
+    insert_sock(&key, unsafe { &*owner });
+}
+
+/// cgroup `sock_create`, on the cgroup v2 root: the process creating an ICMP or ICMPv6
+/// socket (ping's datagram socket, or a raw one) goes into the socket's storage
+/// (`NETMON_ICMP_SK`); other sockets cost the protocol's compare. Always 1: the socket is
+/// created.
+#[cgroup_sock(sock_create)]
+pub fn netmon_icmp_sock(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel-provided bpf_sock of the socket being created.
+    let proto = unsafe { (*ctx.sock).protocol };
+    if proto == u32::from(IPPROTO_ICMP) || proto == u32::from(IPPROTO_ICMPV6) {
+        let mut owner = current_proc();
+        // SAFETY: the hook's own socket (the context); the storage is created with
+        // `owner`'s bytes.
+        let s = unsafe {
+            bpf_sk_storage_get(
+                core::ptr::from_ref(&NETMON_ICMP_SK).cast_mut().cast(),
+                ctx.sock.cast(),
+                (&raw mut owner).cast(),
+                u64::from(aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE),
+            )
+        };
+        if s.is_null() {
+            bump(counter::SOCK_INSERT_FAILED);
+        }
+    }
+    1
 }
 
 /// `netmon_tc_egress` when the headers were not in the skb's linear data and had to be
@@ -615,7 +688,10 @@ enum Verdict {
 /// frame), return `Verdict::Pull` before recording anything. `TAB`: the flow goes to the
 /// per-CPU flow tables, else to the kernel's LRU flow maps. `udp_port` is set to the local
 /// port of an outgoing UDP frame that is its flow's first, or first in the drain epoch (the
-/// egress program then asks whose socket sent it: `udp_owner_from_socket`).
+/// egress program then asks whose socket sent it: `udp_owner_from_socket`). `egress`: the
+/// egress program's context (None on ingress), through which an outgoing ICMP frame that
+/// starts its flow, or its drain epoch, records its socket's creator
+/// (`icmp_owner_from_socket`).
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[inline(always)]
 fn account<const TAB: bool>(
@@ -625,6 +701,7 @@ fn account<const TAB: bool>(
     packet: &Packet,
     may_pull: bool,
     udp_port: &mut u16,
+    egress: Option<&TcContext>,
 ) -> Verdict {
     let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     let mut p = Parsed::new();
@@ -684,7 +761,7 @@ fn account<const TAB: bool>(
         tcp_flags: p.tcp_flags,
         epoch,
     };
-    if p.family == 4 {
+    let fresh = if p.family == 4 {
         let key = FlowKey4 {
             ifindex,
             direction,
@@ -696,13 +773,10 @@ fn account<const TAB: bool>(
             local_addr: local_addr[3].to_ne_bytes(),
             remote_addr: remote_addr[3].to_ne_bytes(),
         };
-        let fresh = if TAB {
+        if TAB {
             tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, 0, &key, &pkt)
         } else {
             record_flow(&NETMON_FLOWS4, &key, &pkt)
-        };
-        if fresh && p.proto == IPPROTO_UDP && direction == DIR_EGRESS {
-            *udp_port = local_port;
         }
     } else {
         let key = FlowKey {
@@ -716,13 +790,17 @@ fn account<const TAB: bool>(
             local_addr: addr_bytes(local_addr),
             remote_addr: addr_bytes(remote_addr),
         };
-        let fresh = if TAB {
+        if TAB {
             tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, 1, &key, &pkt)
         } else {
             record_flow(&NETMON_FLOWS6, &key, &pkt)
-        };
-        if fresh && p.proto == IPPROTO_UDP && direction == DIR_EGRESS {
+        }
+    };
+    if fresh && let Some(ctx) = egress {
+        if p.proto == IPPROTO_UDP {
             *udp_port = local_port;
+        } else if is_icmp(p.proto) {
+            icmp_owner_from_socket(ctx, p.proto, &local_addr, &remote_addr);
         }
     }
     Verdict::Pass

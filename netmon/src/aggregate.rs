@@ -11,8 +11,8 @@ use std::{
 };
 
 use netmon_common::{
-    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    ProcInfo, SockKey, tcp_flags,
+    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, SockKey, is_icmp,
+    tcp_flags,
 };
 use serde::Serialize;
 
@@ -309,7 +309,8 @@ fn settle(
     lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
     generation: &mut u64,
 ) -> bool {
-    let attributable = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
+    // ICMP too: the owner of an ICMP socket is recorded under the flow's addresses.
+    let attributable = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP || is_icmp(key.proto);
     if e.owner.is_none() && attributable {
         if should_try(e.attrib_tries) {
             e.owner = lookup(key).map(Arc::new);
@@ -1170,10 +1171,6 @@ fn sockaddr(addr: [u8; 16], port: u16) -> String {
     SocketAddr::new(to_ip(addr), port).to_string()
 }
 
-fn is_icmp(proto: u8) -> bool {
-    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
-}
-
 fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) -> Connection {
     let (local_address, remote_address, icmp) = if is_icmp(proto) {
         // ICMP has no ports: the key's remote "port" is type << 8 | code.
@@ -1516,7 +1513,7 @@ pub struct CgroupRow {
 
 #[cfg(test)]
 mod tests {
-    use netmon_common::{DIR_EGRESS, v4_mapped};
+    use netmon_common::{DIR_EGRESS, IPPROTO_ICMP, v4_mapped};
 
     use super::*;
 
@@ -2286,7 +2283,7 @@ mod tests {
     }
 
     #[test]
-    fn icmp_rows_have_no_ports_and_processes_sort_by_rate() {
+    fn icmp_rows_have_no_ports_take_their_sockets_owner_and_processes_sort_by_rate() {
         let mut t = Tracker::default();
         let ping = FlowKey {
             proto: IPPROTO_ICMP,
@@ -2305,7 +2302,11 @@ mod tests {
             SEC,
             1.0,
             60 * SEC,
-            |k| Some(owner(1, if k.local_port == 1 { "small" } else { "big" })),
+            |k| match k.local_port {
+                _ if is_icmp(k.proto) => Some(owner(3, "ping")),
+                1 => Some(owner(1, "small")),
+                _ => Some(owner(1, "big")),
+            },
         );
         let conns = t.connections(&[]);
         let c = conns.iter().find(|c| c.kind == "ICMP").unwrap();
@@ -2314,7 +2315,7 @@ mod tests {
             ("198.18.0.1", "198.18.0.2")
         );
         assert_eq!(c.icmp_type_code.as_deref(), Some("8/0"));
-        assert_eq!(c.pid, None, "ICMP is not attributed");
+        assert_eq!(c.pid, Some(3), "the ICMP socket's owner");
         let p = t.processes();
         assert_eq!(p[0].process, "big");
         assert_eq!(
@@ -2322,7 +2323,7 @@ mod tests {
             (900, 900.0)
         );
         assert_eq!(p[1].process, "small");
-        assert_eq!(p[2].process, UNKNOWN_PROCESS, "the ICMP flow's bytes");
+        assert_eq!(p[2].process, "ping", "the ICMP flow's bytes");
         assert_eq!(p[2].traffic.bytes_sent, 98);
     }
 

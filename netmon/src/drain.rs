@@ -16,7 +16,7 @@ use aya::{
 };
 use netmon_common::{
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats,
-    PortKey, ProcInfo, SockKey, config, counter,
+    PortKey, ProcInfo, SockKey, config, counter, is_icmp,
 };
 
 use crate::aggregate::FlowSample;
@@ -524,12 +524,15 @@ impl UdpPorts {
     }
 }
 
-/// The socket key a flow's owner is recorded under; `None` for flows no socket owns.
+/// The socket key a flow's owner is recorded under; `None` for flows no socket owns. An
+/// ICMP flow's is its two addresses (ports 0), whatever its type and code: the egress
+/// program records the owner of an ICMP socket there for the requests and their replies.
 fn sock_key(key: &FlowKey) -> Option<SockKey> {
-    (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP).then(|| SockKey {
+    let icmp = is_icmp(key.proto);
+    (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP || icmp).then(|| SockKey {
         proto: key.proto,
-        local_port: key.local_port,
-        remote_port: key.remote_port,
+        local_port: if icmp { 0 } else { key.local_port },
+        remote_port: if icmp { 0 } else { key.remote_port },
         local_addr: key.local_addr,
         remote_addr: key.remote_addr,
         ..Default::default()
@@ -542,6 +545,9 @@ fn resolve(
     by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
     by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
 ) -> Option<ProcInfo> {
+    if is_icmp(sk.proto) {
+        return by_sock(sk);
+    }
     if sk.remote_port != 0
         && let Some(p) = by_sock(sk)
     {

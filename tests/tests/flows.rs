@@ -667,6 +667,63 @@ fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
     }
 }
 
+/// Pings belong to the process that pings: five echo requests from a raw ICMP socket (IPv4)
+/// and five from a ping socket (ICMPv6, SOCK_DGRAM), each answered by the peer's kernel.
+/// The requests' flow and the replies' flow both carry the pinger's PID and command name,
+/// and its process row counts them exactly as the veth's counters.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn pings_are_attributed_to_the_pinging_process() {
+    let p = Pair::new("png");
+    // Ping sockets for root in this namespace (the kernel's default allows no group).
+    p.a.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 0"]);
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    for (to, raw, comm, request, reply) in [
+        ("198.18.0.2", true, "nmt-ping4", "8/0", "0/0"),
+        ("fd00:6e6d::2", false, "nmt-ping6", "128/0", "129/0"),
+    ] {
+        let before = p.a_quiet_counters();
+        let mut args = vec!["icmp-echo", "--to", to, "--count", "5", "--comm", comm];
+        if raw {
+            args.push("--raw");
+        }
+        let ping = Peer::spawn(&p.a, &args);
+        let pid = ping.pid;
+        let out = ping.finish();
+        assert!(out.contains("sent=5 received=5"), "{out}");
+        let truth = p.a_quiet_counters() - before;
+        let stats = d.fresh_stats(&p.a);
+        let local = if raw { "198.18.0.1" } else { "fd00:6e6d::1" };
+        for (type_code, sent, recv) in [(request, 5, 0), (reply, 0, 5)] {
+            let c = stats["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| {
+                    c["local_address"] == local
+                        && c["remote_address"] == to
+                        && c["icmp_type_code"] == type_code
+                })
+                .unwrap_or_else(|| panic!("no ICMP {type_code} {local} -> {to}: {stats}"));
+            assert_eq!(
+                (u(&c["packets_sent"]), u(&c["packets_recv"])),
+                (sent, recv),
+                "{c}"
+            );
+            assert_eq!(c["pid"], pid, "{c}");
+            assert_eq!(c["process"], comm, "{c}");
+        }
+        let row = stats["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["process"] == comm)
+            .unwrap_or_else(|| panic!("no {comm} in {}", stats["processes"]));
+        assert_eq!(conn_counters(row), truth, "{row}");
+        assert_eq!((truth.tx_packets, truth.rx_packets), (5, 5));
+    }
+}
+
 /// Connected UDP sockets (their datagrams carry no address): one opened and connected
 /// before the daemon started, one after. Both senders' flows are counted to the datagram
 /// and attributed to their processes, whichever hook this kernel gave the loader (on
@@ -884,6 +941,8 @@ fn status_and_flows_commands_say_what_is_active() {
         .filter(|h| h["purpose"] == "udp_send")
         .collect();
     assert!(active("udp_send", "cgroup_sock_addr"), "{status}");
+    // ICMP sockets' creators: the cgroup sock_create hook, on every kernel this suite runs on.
+    assert!(active("icmp_owner", "cgroup_sock"), "{status}");
     assert_eq!(udp.len(), 1, "only the cgroup hooks tried: {status}");
     // Chosen per-send, the loader does without the cgroup hierarchy: the raw tracepoint (no
     // record built per send) where BTF gives sk_protocol's offset, as on this kernel, and
@@ -1003,9 +1062,10 @@ fn sigterm_detaches_every_program() {
         (1, 1),
         "attached while running"
     );
-    // The UDP hooks on the cgroup hierarchy (connect and sendmsg, IPv4 and IPv6).
+    // The hooks on the cgroup hierarchy: UDP's (connect and sendmsg, IPv4 and IPv6) and
+    // ICMP's (sock_create).
     let cgroup_links = cgroup_links_of(d.child.as_ref().unwrap().id());
-    assert_eq!(cgroup_links.len(), 4, "cgroup links {cgroup_links:?}");
+    assert_eq!(cgroup_links.len(), 5, "cgroup links {cgroup_links:?}");
     let st = d.stop();
     assert!(st.success(), "exit status {st}; log:\n{}", d.log_text());
     assert_eq!(

@@ -18,8 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
-        TcAttachType, TracePoint, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, RawTracePoint,
+        SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
@@ -953,6 +953,23 @@ fn attach_attribution(
         }
         try_tracepoint(ebpf, "netmon_tcp_retransmit", "tcp", "tcp_retransmit_skb")
     });
+
+    Chain::new(hooks, "icmp_owner")
+        .try_hook("cgroup_sock", "sock_create", || try_cgroup_icmp(ebpf));
+    Ok(())
+}
+
+/// The cgroup `sock_create` hook that records who creates each ICMP socket
+/// (`netmon_icmp_sock`), on the root of the cgroup v2 hierarchy beside any other program
+/// attached there; the egress program hands that owner to the ICMP flows the socket starts.
+pub fn try_cgroup_icmp(ebpf: &mut Ebpf) -> Result<()> {
+    const PROG: &str = "netmon_icmp_sock";
+    let root = cgroup2_root()?;
+    let p: &mut CgroupSock = typed(ebpf, PROG)?;
+    p.load()
+        .with_context(|| format!("loading {PROG} (verifier)"))?;
+    p.attach(&root, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching {PROG} to the cgroup v2 root"))?;
     Ok(())
 }
 

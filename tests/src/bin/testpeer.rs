@@ -80,6 +80,132 @@ fn tcp_info(s: &TcpStream) -> libc::tcp_info {
     info
 }
 
+/// The Internet checksum (RFC 1071) of `b`.
+fn inet_checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends `count` ICMP echo requests to `to`, each waiting up to 1 s for its reply; returns
+/// the replies received.
+fn icmp_echo(to: std::net::IpAddr, count: u64, raw: bool) -> u64 {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let (family, proto, request, reply) = match to {
+        std::net::IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+        std::net::IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
+    };
+    let kind = if raw {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, kind, proto) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor we own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: SO_RCVTIMEO with a timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let (sa, sa_len) = socket_addr(SocketAddr::new(to, 0));
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut received = 0;
+    for seq in 0..count {
+        let mut msg = vec![request, 0, 0, 0];
+        msg.extend_from_slice(&id.to_be_bytes());
+        msg.extend_from_slice(&(seq as u16).to_be_bytes());
+        msg.extend_from_slice(&[0x42; 56]);
+        if raw && family == libc::AF_INET {
+            // The kernel fills the checksum in for ping sockets and ICMPv6, not here.
+            let c = inet_checksum(&msg);
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        // SAFETY: a valid buffer and socket address.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const sa).cast(),
+                sa_len,
+            )
+        };
+        assert_eq!(
+            n,
+            msg.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 1500];
+            // SAFETY: a valid buffer.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                break;
+            }
+            let got = &buf[..n as usize];
+            // A raw IPv4 socket's datagrams start with the IP header.
+            let icmp = if raw && family == libc::AF_INET {
+                &got[usize::from(got[0] & 0xf) * 4..]
+            } else {
+                got
+            };
+            // A ping socket's replies carry its own identifier, not ours.
+            if icmp.len() >= 8
+                && icmp[0] == reply
+                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq as u16
+                && (!raw || u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+            {
+                received += 1;
+                break;
+            }
+        }
+    }
+    received
+}
+
+/// `a` as a sockaddr_storage and its length.
+fn socket_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut ss).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut ss).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
 fn ready(local: SocketAddr) {
     println!("ready pid={} local={local}", std::process::id());
     std::io::stdout().flush().unwrap();
@@ -233,6 +359,21 @@ fn main() {
                 Err(e) => println!("failed: {e}"),
             }
         }
+        "icmp-echo" => {
+            // --count echo requests to --to (an address, no port), one at a time, each waiting
+            // up to 1 s for its reply; from a raw socket with --raw, else from a ping socket
+            // (SOCK_DGRAM, which net.ipv4.ping_group_range must allow).
+            let to: std::net::IpAddr = arg(&args, "--to")
+                .expect("missing --to")
+                .parse()
+                .expect("--to wants an IP address");
+            let count = num(&args, "--count", 1);
+            let raw = args.iter().any(|a| a == "--raw");
+            println!("ready pid={} local=-", std::process::id());
+            std::io::stdout().flush().unwrap();
+            let received = icmp_echo(to, count, raw);
+            println!("sent={count} received={received}");
+        }
         "sleep-listen" => {
             // A listener that carries no traffic, for the connection table's LISTEN rows.
             let l = TcpListener::bind(addr(&args, "--listen")).expect("bind");
@@ -241,7 +382,8 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: netmon-testpeer tcp-send|tcp-serve|udp-send|udp-recv|sleep-listen ..."
+                "usage: netmon-testpeer tcp-send|tcp-serve|udp-send|udp-recv|tcp-probe|icmp-echo|\
+                 sleep-listen ..."
             );
             std::process::exit(2);
         }
