@@ -566,6 +566,28 @@ fn tc_account<const TAB: bool>(ctx: &TcContext, ifindex: u32, len: u32, may_pull
     verdict
 }
 
+/// The storage `map` keeps on the socket that sent the frame of `ctx` (looked up, never
+/// created); null where the frame has no socket (forwarded), the socket is not a full one, or
+/// it has no storage in `map`.
+#[inline(always)]
+fn frame_sock_storage<T>(ctx: &TcContext, map: &SkStorage<T>) -> *mut T {
+    // SAFETY: the program's own skb; `sk` is its socket or null.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a helper on a socket the verifier has checked; nothing is created.
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<T>()
+}
+
 /// An outgoing ICMP frame that starts its flow (or its drain epoch) from a socket whose
 /// creator `netmon_icmp_sock` recorded: that process becomes the owner of the flow's two
 /// addresses for the protocol (`NETMON_SOCK_PROC`, ports 0), so the requests and the replies
@@ -573,33 +595,25 @@ fn tc_account<const TAB: bool>(ctx: &TcContext, ifindex: u32, len: u32, may_pull
 /// (forwarded, or the kernel's own replies), records nothing.
 #[inline(always)]
 fn icmp_owner_from_socket(ctx: &TcContext, proto: u8, local: &Addr, remote: &Addr) {
-    // SAFETY: the program's own skb; `sk` is its socket or null.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: a helper on a socket the verifier has checked; null when the socket has no
-    // storage in the map (or is not a full socket), and nothing is created.
-    let owner = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&NETMON_ICMP_SK).cast_mut().cast(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            0,
-        )
-    }
-    .cast::<ProcInfo>();
+    let owner = frame_sock_storage(ctx, &NETMON_ICMP_SK);
     if owner.is_null() {
         return;
     }
-    let key = SockKey {
-        proto,
-        local_addr: addr_bytes(*local),
-        remote_addr: addr_bytes(*remote),
-        ..zeroed()
+    // The first word (protocol, ports 0, padding) as one 64-bit store: zeros field by field
+    // are merged into a call of memset, a function of the program.
+    let mut key = core::mem::MaybeUninit::<SockKey>::uninit();
+    let k = key.as_mut_ptr();
+    // SAFETY: writes of a SockKey's every byte (the layout is asserted in netmon-common: the
+    // protocol, a pad byte, two ports and a pad word, then the two 16-byte addresses), so it
+    // is initialised when read.
+    let key = unsafe {
+        k.cast::<u64>().write(u64::from(proto));
+        (&raw mut (*k).local_addr).write(addr_bytes(*local));
+        (&raw mut (*k).remote_addr).write(addr_bytes(*remote));
+        key.assume_init_ref()
     };
     // SAFETY: the socket's storage, live for the program run.
-    insert_sock(&key, unsafe { &*owner });
+    insert_sock(key, unsafe { &*owner });
 }
 
 /// cgroup `sock_create`, on the cgroup v2 root: the process creating an ICMP or ICMPv6
@@ -2309,22 +2323,7 @@ fn udp_owner_from_socket(ctx: &TcContext, port: u16) {
     if port == 0 || config(config::UDP_SOCK_HOOKS_ACTIVE) == 0 {
         return;
     }
-    // SAFETY: the program's own skb; `sk` is its socket or null.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: a helper on a socket the verifier has checked; null when the socket has no
-    // storage in the map (or is not a full socket), and nothing is created.
-    let s = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&NETMON_UDP_SK).cast_mut().cast(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            0,
-        )
-    }
-    .cast::<UdpSockOwner>();
+    let s = frame_sock_storage(ctx, &NETMON_UDP_SK);
     if s.is_null() {
         return;
     }
