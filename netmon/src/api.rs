@@ -160,6 +160,8 @@ pub struct Shared {
     pub sockets: std::sync::Mutex<Option<crate::sockdiag::Lister>>,
     /// How the endpoints show remote addresses (`--anonymize`).
     pub anonymize: Anonymize,
+    /// The bearer token every request but /healthz must bring (`--api-token-file`).
+    pub api_token: Option<String>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -170,7 +172,43 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/remotes", get(remotes))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
         .with_state(shared)
+}
+
+/// With a token configured, every request but /healthz (which says only "ok") must bring
+/// `Authorization: Bearer <token>`; others get 401 and a `WWW-Authenticate` challenge.
+async fn require_token(
+    State(s): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(token) = &s.api_token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if req.uri().path() == "/healthz" || given.is_some_and(|g| same_token(g, token)) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"netmon\"")],
+        "this netmon asks for its API token: Authorization: Bearer <token>\n",
+    )
+        .into_response()
+}
+
+/// Token equality that takes as long wherever the first difference is (a length
+/// difference aside): no early exit for a guesser to time.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -320,6 +358,62 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::client;
+
+    #[tokio::test]
+    async fn a_token_guards_everything_but_healthz() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let shared = Arc::new(Shared {
+            api_token: Some(token.into()),
+            ..Shared::default()
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, shared, stop.clone()));
+        let ask = |token: Option<&str>, path: &'static str| {
+            let api = client::Api {
+                addr: addr.clone(),
+                token: token.map(str::to_string),
+            };
+            tokio::task::spawn_blocking(move || api.get(path).unwrap())
+        };
+        for path in [
+            "/metrics",
+            "/api/status",
+            "/api/network-stats",
+            "/api/alerts",
+        ] {
+            let (code, body) = ask(None, path).await.unwrap();
+            assert_eq!(code, 401, "{path} without a token: {body}");
+            let (code, _) = ask(Some("0123456789abcdef0123456789abcdeX"), path)
+                .await
+                .unwrap();
+            assert_eq!(code, 401, "{path} with another token");
+            let (code, body) = ask(Some(token), path).await.unwrap();
+            assert_eq!(code, 200, "{path} with the token: {body}");
+        }
+        assert_eq!(ask(None, "/healthz").await.unwrap().0, 200);
+        // The CLI's error says what to do.
+        let api = client::Api {
+            addr: addr.clone(),
+            token: None,
+        };
+        let e = tokio::task::spawn_blocking(move || api.get_json("/api/status").unwrap_err())
+            .await
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--api-token-file"), "{e}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abc", "abd"));
+        assert!(!same_token("abc", "abcd"));
+        assert!(!same_token("", "a"));
+    }
 
     #[tokio::test]
     async fn endpoints_on_an_ephemeral_port() {

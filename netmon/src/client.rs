@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.0 GET, for the CLI commands that ask a running daemon
-//! (`netmon flows`, `netmon status`). No TLS: the API listens on loopback by default.
+//! (`netmon flows`, `netmon status`), with the daemon's bearer token when it asks for one.
+//! No TLS: the API listens on loopback by default.
 
 use std::{
     io::{Read as _, Write as _},
@@ -9,8 +10,44 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Returns (status code, body).
+/// A running daemon's API: its address and the token it asks for, if any.
+pub struct Api {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// Returns (status code, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        request(&self.addr, path, self.token.as_deref())
+    }
+
+    /// GET a JSON document, failing on non-200 (and saying what to do about a 401).
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (code, body) = self.get(path)?;
+        let addr = &self.addr;
+        match code {
+            200 => {
+                serde_json::from_str(&body).with_context(|| format!("parsing the JSON of {path}"))
+            }
+            401 if self.token.is_none() => bail!(
+                "netmon at {addr} asks for a token: give the file the daemon reads with \
+                 --api-token-file (or set NETMON_API_TOKEN_FILE)"
+            ),
+            401 => {
+                bail!("netmon at {addr} refused the token (not the one its --api-token-file holds)")
+            }
+            _ => bail!("netmon at {addr} answered {code} for {path}: {body}"),
+        }
+    }
+}
+
+/// Returns (status code, body), without a token.
 pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
+    request(addr, path, None)
+}
+
+fn request(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     let sa = addr
         .to_socket_addrs()
         .with_context(|| format!("bad address `{addr}`"))?
@@ -20,9 +57,12 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
         format!("cannot reach netmon at {addr}: is `netmon run` running (and --api right)?")
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)
@@ -37,13 +77,4 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("no status code in the response from {addr}"))?;
     Ok((code, body.to_string()))
-}
-
-/// GET a JSON document, failing on non-200.
-pub fn get_json(addr: &str, path: &str) -> Result<serde_json::Value> {
-    let (code, body) = get(addr, path)?;
-    if code != 200 {
-        bail!("netmon at {addr} answered {code} for {path}: {body}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("parsing the JSON of {path}"))
 }

@@ -44,6 +44,9 @@ pub struct FileConfig {
     pub threat_config: Option<PathBuf>,
     /// `off` or `prefix`: how the HTTP API shows remote addresses.
     pub anonymize: Option<String>,
+    /// A file holding the token every API and /metrics request must bring as
+    /// `Authorization: Bearer <token>`.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -77,6 +80,29 @@ pub struct RunConfig {
     pub threat: crate::classify::config::ThreatConfig,
     /// How the HTTP API shows remote addresses.
     pub anonymize: crate::anon::Anonymize,
+    /// The bearer token the API asks of every request but /healthz; None: no check.
+    pub api_token: Option<String>,
+}
+
+/// The shortest token `--api-token-file` takes: 16 bytes, so a guess is hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The API token in `path`: its first line, surrounding whitespace removed. An unreadable
+/// file, or a token shorter than MIN_TOKEN_LEN or with whitespace inside, is an error that
+/// names the file.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!(
+            "the API token file {} must hold one token of at least {MIN_TOKEN_LEN} printable \
+             characters without spaces (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token.to_string())
 }
 
 /// `500ms`, `1s`, `2m`, `1h`, or a plain number of seconds.
@@ -162,6 +188,33 @@ mod tests {
         assert_eq!(anon, crate::anon::Anonymize::Off);
         let err = "each-send".parse::<crate::load::UdpHook>().unwrap_err();
         assert!(err.to_string().contains("`each-send`"), "{err}");
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_the_first_line_and_checked() {
+        let dir = std::env::temp_dir().join(format!("netmon-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let good = "0123456789abcdef0123";
+        assert_eq!(
+            read_token(&file("ok", &format!("  {good}\n"))).unwrap(),
+            good
+        );
+        for (name, text) in [
+            ("short", "abc\n"),
+            ("empty", ""),
+            ("space", "0123456789 abcdef01\n"),
+        ] {
+            let e = read_token(&file(name, text)).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("at least 16"), "{e}");
+        }
+        let e = format!("{:#}", read_token(&dir.join("missing")).unwrap_err());
+        assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -793,6 +793,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared {
         anonymize: cfg.anonymize,
+        api_token: cfg.api_token.clone(),
         ..Shared::default()
     });
     {

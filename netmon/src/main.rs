@@ -48,31 +48,30 @@ enum Cmd {
         /// daemon builds, scores and sends just those, which a host with many flows needs.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
-        /// The daemon's API address.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Say which hooks and interfaces the running daemon has active.
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Print the remote addresses with detections or feed listings, riskiest first, with
     /// their scores and reasons.
     Remotes {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Print the running daemon's alerts (patterns detected in traffic), oldest first.
     Alerts {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Drop packets from and to an address or prefix, in the kernel; or, with --file, replace
     /// the imported set with a list (plain, FireHOL netset, Spamhaus DROP/EDROP).
@@ -155,9 +154,33 @@ enum Cmd {
         /// Write here instead of standard output.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        api: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
+}
+
+/// Where the commands that ask a running daemon find its API.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The daemon's API address.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    api: String,
+    /// The token file the daemon was given (`netmon run --api-token-file`), when it has one.
+    #[arg(long, env = "NETMON_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Result<client::Api> {
+        Ok(client::Api {
+            addr: self.api.clone(),
+            token: self
+                .api_token_file
+                .as_deref()
+                .map(config::read_token)
+                .transpose()?,
+        })
+    }
 }
 
 /// `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
@@ -230,6 +253,11 @@ struct RunArgs {
     /// the threat configuration's `geoip`).
     #[arg(long)]
     geoip: Vec<PathBuf>,
+    /// A file holding a token (one line, 16+ characters): every request but /healthz must
+    /// then bring `Authorization: Bearer <token>` (Prometheus: `authorization:
+    /// credentials_file`; the CLI: the same option or variable).
+    #[arg(long, env = "NETMON_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
 }
 
 fn resolve(
@@ -318,6 +346,11 @@ fn resolve(
             .unwrap_or("off")
             .parse()
             .context("--anonymize")?,
+        api_token: args
+            .api_token_file
+            .or(file.api_token_file)
+            .map(|p| config::read_token(&p))
+            .transpose()?,
         process_series: netmon::metrics::SeriesConfig {
             top_k: args
                 .process_top_k
@@ -335,8 +368,8 @@ fn resolve(
 }
 
 /// Asks the running daemon for `path` and prints it as JSON or with `print`.
-fn show(api: &str, path: &str, json: bool, print: fn(&serde_json::Value)) -> Result<()> {
-    let v = client::get_json(api, path)?;
+fn show(api: &ApiArgs, path: &str, json: bool, print: fn(&serde_json::Value)) -> Result<()> {
+    let v = api.client()?.get_json(path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -806,7 +839,7 @@ fn run(cli: Cli) -> Result<()> {
                     log.display()
                 );
             }
-            let flows = match client::get_json(&api, "/api/network-stats") {
+            let flows = match api.client().and_then(|a| a.get_json("/api/network-stats")) {
                 Ok(v) => v["connections"].as_array().cloned().unwrap_or_default(),
                 Err(e) => {
                     eprintln!("warning: no flows exported: {e:#}");

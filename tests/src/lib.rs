@@ -416,11 +416,25 @@ pub fn try_ns_get(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    try_ns_get_with(ns, addr, path, timeout, None)
+}
+
+/// `try_ns_get` with `Authorization: Bearer <token>` when a token is given.
+pub fn try_ns_get_with(
+    ns: &Netns,
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let (addr, path) = (addr.to_string(), path.to_string());
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     ns.run(move || {
         let mut s = TcpStream::connect(&addr)?;
         s.set_read_timeout(Some(timeout))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
         let bad = || std::io::Error::other(format!("malformed HTTP response: {resp:?}"));
@@ -445,6 +459,9 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub api: String,
     pub log: PathBuf,
+    /// The API token, when `extra` gave the daemon `--api-token-file`: the harness's own
+    /// requests bring it.
+    pub token: Option<String>,
     ns_name: String,
 }
 
@@ -490,12 +507,41 @@ impl Daemon {
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
         let child = cmd.spawn().expect("spawn netmon");
+        let token = extra
+            .iter()
+            .position(|a| *a == "--api-token-file")
+            .and_then(|i| extra.get(i + 1))
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .expect("the token file")
+                    .trim()
+                    .to_string()
+            });
         Self {
             child: Some(child),
             api,
             log,
+            token,
             ns_name: ns.name.clone(),
         }
+    }
+
+    /// GET `path` from this daemon's API, with its token if it has one.
+    pub fn get(&self, ns: &Netns, path: &str) -> (u16, String) {
+        try_ns_get_with(
+            ns,
+            &self.api,
+            path,
+            Duration::from_secs(10),
+            self.token.as_deref(),
+        )
+        .unwrap_or_else(|e| panic!("GET {path} from {}: {e}", self.api))
+    }
+
+    fn json(&self, ns: &Netns, path: &str) -> Value {
+        let (code, body) = self.get(ns, path);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
     pub fn log_text(&self) -> String {
@@ -509,12 +555,18 @@ impl Daemon {
     pub fn wait_ready(&self, ns: &Netns) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let drains = try_ns_get(ns, &self.api, "/api/status", Duration::from_secs(1))
-                .ok()
-                .and_then(|(code, body)| (code == 200).then_some(body))
-                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                .and_then(|v| v["drains"].as_u64())
-                .unwrap_or(0);
+            let drains = try_ns_get_with(
+                ns,
+                &self.api,
+                "/api/status",
+                Duration::from_secs(1),
+                self.token.as_deref(),
+            )
+            .ok()
+            .and_then(|(code, body)| (code == 200).then_some(body))
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|v| v["drains"].as_u64())
+            .unwrap_or(0);
             if drains >= 1 {
                 return;
             }
@@ -530,9 +582,7 @@ impl Daemon {
     }
 
     pub fn drains(&self, ns: &Netns) -> u64 {
-        ns_json(ns, &self.api, "/api/status")["drains"]
-            .as_u64()
-            .unwrap_or(0)
+        self.json(ns, "/api/status")["drains"].as_u64().unwrap_or(0)
     }
 
     /// Waits for two further drains (so everything before the call is in the snapshot)
@@ -548,7 +598,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        ns_json(ns, &self.api, "/api/network-stats")
+        self.json(ns, "/api/network-stats")
     }
 
     /// The daemon's PID (`ip netns exec` execs it, so it is the child's).

@@ -98,7 +98,8 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(ns: &Netns, targets: &[&str]) -> Self {
+    /// Scrapes `targets` as job `netmon`, bringing the token in `token_file` if one is given.
+    fn start(ns: &Netns, targets: &[&str], token_file: Option<&std::path::Path>) -> Self {
         let dir = ns.scratch.join("prometheus");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -109,13 +110,21 @@ impl Prometheus {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let auth = token_file
+            .map(|f| {
+                format!(
+                    "    authorization:\n      credentials_file: {}\n",
+                    f.display()
+                )
+            })
+            .unwrap_or_default();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: netmon\n    static_configs:\n      - targets: [{targets}]\n",
+                 scrape_configs:\n  - job_name: netmon\n{auth}    static_configs:\n      - targets: [{targets}]\n",
                 rules.display()
             ),
         )
@@ -263,9 +272,47 @@ fn variable_as_promql(q: &str) -> String {
 fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
     let p = Pair::new("prom");
     let listen_a = format!("{}:9743", p.a_v4);
-    let da = Daemon::start(&p.a, &[&p.a_if], &["--listen", &listen_a]);
-    let db = Daemon::start(&p.b, &[&p.b_if], &[]);
-    let prom = Prometheus::start(&p.b, &[&listen_a, "127.0.0.1:9743"]);
+    // Both agents ask for a token (one agent listens beyond loopback, as a fleet's do), and
+    // Prometheus brings it from a credentials file.
+    let token_file = p.b.scratch.join("api-token");
+    std::fs::write(&token_file, "5f1c0a9e3b7d42c6a8e1f0b2d4c6e8a0\n").unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let da = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--listen", &listen_a, "--api-token-file", token_arg],
+    );
+    let db = Daemon::start(&p.b, &[&p.b_if], &["--api-token-file", token_arg]);
+    // Without the token (or with another) nothing but /healthz answers.
+    for path in ["/metrics", "/api/network-stats"] {
+        let (code, body) = ns_get(&p.b, &listen_a, path);
+        assert_eq!(code, 401, "{path} without the token: {body}");
+        let (code, _) = try_ns_get_with(
+            &p.b,
+            &listen_a,
+            path,
+            Duration::from_secs(5),
+            Some("5f1c0a9e3b7d42c6a8e1f0b2d4c6e8a1"),
+        )
+        .unwrap();
+        assert_eq!(code, 401, "{path} with another token");
+        assert_eq!(da.get(&p.b, path).0, 200, "{path} with the token");
+    }
+    assert_eq!(ns_get(&p.b, &listen_a, "/healthz").0, 200);
+    // The CLI asks with the same file, and without it says what is missing.
+    let err = p.b.netmon_err(&["status", "--api", &listen_a]);
+    assert!(err.contains("--api-token-file"), "{err}");
+    let status: Value = serde_json::from_str(&p.b.netmon_ok(&[
+        "status",
+        "--json",
+        "--api",
+        &listen_a,
+        "--api-token-file",
+        token_arg,
+    ]))
+    .unwrap();
+    assert!(status["drains"].as_u64().unwrap() >= 1, "{status}");
+    let prom = Prometheus::start(&p.b, &[&listen_a, "127.0.0.1:9743"], Some(&token_file));
 
     // Steady traffic: 1,000-byte datagrams every 500 us from a to b for 25 s, sent by a
     // process whose command name the process series must carry.
@@ -434,7 +481,7 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
     );
 
     // `promtool check metrics` is clean on a live scrape.
-    let (code, text) = ns_get(&p.a, &listen_a, "/metrics");
+    let (code, text) = da.get(&p.a, "/metrics");
     assert_eq!(code, 200);
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(
