@@ -183,6 +183,56 @@ fn icmp_echo(to: std::net::IpAddr, count: u64, raw: bool) -> u64 {
     received
 }
 
+/// Sends `count` broadcast frames of `ethertype` (60 bytes, the minimum) out of `iface`.
+fn eth_send(iface: &str, ethertype: u16, count: u64) -> u64 {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex != 0, "no interface {iface}");
+    // SAFETY: plain socket(2); protocol 0: this socket receives nothing.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor we own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is valid.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.resize(60, 0x5a);
+    let mut sent = 0;
+    for _ in 0..count {
+        // SAFETY: a valid buffer and link-layer address.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+        sent += 1;
+    }
+    sent
+}
+
 /// `a` as a sockaddr_storage and its length.
 fn socket_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid.
@@ -374,6 +424,22 @@ fn main() {
             let received = icmp_echo(to, count, raw);
             println!("sent={count} received={received}");
         }
+        "eth-send" => {
+            // --count broadcast Ethernet frames of --ethertype (hex) out of --iface, through
+            // a packet socket: frames no protocol of the receiving host takes.
+            let iface = arg(&args, "--iface").expect("missing --iface");
+            let ethertype = u16::from_str_radix(
+                arg(&args, "--ethertype")
+                    .unwrap_or_else(|| "88b5".into())
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .expect("--ethertype wants hex");
+            let count = num(&args, "--count", 1);
+            println!("ready pid={} local=-", std::process::id());
+            std::io::stdout().flush().unwrap();
+            println!("sent={}", eth_send(&iface, ethertype, count));
+        }
         "sleep-listen" => {
             // A listener that carries no traffic, for the connection table's LISTEN rows.
             let l = TcpListener::bind(addr(&args, "--listen")).expect("bind");
@@ -383,7 +449,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: netmon-testpeer tcp-send|tcp-serve|udp-send|udp-recv|tcp-probe|icmp-echo|\
-                 sleep-listen ..."
+                 eth-send|sleep-listen ..."
             );
             std::process::exit(2);
         }
