@@ -344,14 +344,28 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Serves until `shutdown` is cancelled.
+/// Serves the endpoints on `listener` until `shutdown`: plain HTTP, or HTTPS with `tls`.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let stop = async move { shutdown.cancelled().await };
+    match tls {
+        None => {
+            axum::serve(listener, router(shared))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(config) => {
+            let listener =
+                crate::tls::TlsListener::new(listener, config).map_err(std::io::Error::other)?;
+            axum::serve(listener, router(shared))
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,11 +383,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, shared, stop.clone()));
+        let server = tokio::spawn(serve(listener, shared, stop.clone(), None));
         let ask = |token: Option<&str>, path: &'static str| {
             let api = client::Api {
                 addr: addr.clone(),
                 token: token.map(str::to_string),
+                ..Default::default()
             };
             tokio::task::spawn_blocking(move || api.get(path).unwrap())
         };
@@ -396,7 +411,7 @@ mod tests {
         // The CLI's error says what to do.
         let api = client::Api {
             addr: addr.clone(),
-            token: None,
+            ..Default::default()
         };
         let e = tokio::task::spawn_blocking(move || api.get_json("/api/status").unwrap_err())
             .await
@@ -428,7 +443,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, shared, token.clone()));
+        let server = tokio::spawn(serve(listener, shared, token.clone(), None));
 
         let get = move |path: &'static str| {
             tokio::task::spawn_blocking(move || client::get(&addr.to_string(), path))

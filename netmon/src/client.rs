@@ -1,6 +1,6 @@
 //! A minimal blocking HTTP/1.0 GET, for the CLI commands that ask a running daemon
-//! (`netmon flows`, `netmon status`), with the daemon's bearer token when it asks for one.
-//! No TLS: the API listens on loopback by default.
+//! (`netmon flows`, `netmon status`), with the daemon's bearer token when it asks for one,
+//! over TLS when the daemon serves HTTPS (`--api-ca`).
 
 use std::{
     io::{Read as _, Write as _},
@@ -10,16 +10,19 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// A running daemon's API: its address and the token it asks for, if any.
+/// A running daemon's API: its address, the token it asks for, if any, and for HTTPS the
+/// TLS settings that trust its certificate.
+#[derive(Clone, Default)]
 pub struct Api {
     pub addr: String,
     pub token: Option<String>,
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Api {
     /// Returns (status code, body).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        request(&self.addr, path, self.token.as_deref())
+        request(&self.addr, path, self.token.as_deref(), self.tls.clone())
     }
 
     /// GET a JSON document, failing on non-200 (and saying what to do about a 401).
@@ -42,12 +45,17 @@ impl Api {
     }
 }
 
-/// Returns (status code, body), without a token.
+/// Returns (status code, body), without a token, over plain HTTP.
 pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    request(addr, path, None)
+    request(addr, path, None, None)
 }
 
-fn request(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+fn request(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<(u16, String)> {
     let sa = addr
         .to_socket_addrs()
         .with_context(|| format!("bad address `{addr}`"))?
@@ -60,16 +68,31 @@ fn request(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String)>
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .with_context(|| format!("reading the response from {addr}"))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let resp = match tls {
+        Some(config) => {
+            // The host as the certificate must name it: `[::1]:9743` -> `::1`.
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            crate::tls::exchange(config, host, s, req.as_bytes())?
+        }
+        None => {
+            s.write_all(req.as_bytes())?;
+            let mut resp = Vec::new();
+            s.read_to_end(&mut resp)
+                .with_context(|| format!("reading the response from {addr}"))?;
+            resp
+        }
+    };
     let text = String::from_utf8_lossy(&resp);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("malformed HTTP response from {addr}");
+        bail!(
+            "malformed HTTP response from {addr} (a daemon that serves HTTPS, `--tls-cert`, \
+             wants --api-ca)"
+        );
     };
     let code = head
         .split_whitespace()

@@ -47,6 +47,9 @@ pub struct FileConfig {
     /// A file holding the token every API and /metrics request must bring as
     /// `Authorization: Bearer <token>`.
     pub api_token_file: Option<PathBuf>,
+    /// HTTPS: the certificate (PEM, chain after it) and its private key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -82,6 +85,21 @@ pub struct RunConfig {
     pub anonymize: crate::anon::Anonymize,
     /// The bearer token the API asks of every request but /healthz; None: no check.
     pub api_token: Option<String>,
+    /// HTTPS for the API and /metrics; None: plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+/// The HTTPS settings from a certificate and a key file: both or neither.
+pub fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => crate::tls::server_config(&c, &k).map(Some),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it goes with)"),
+    }
 }
 
 /// The shortest token `--api-token-file` takes: 16 bytes, so a guess is hopeless.
@@ -214,6 +232,41 @@ mod tests {
         }
         let e = format!("{:#}", read_token(&dir.join("missing")).unwrap_err());
         assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_errors_name_them() {
+        let e = tls_files(Some("/x/cert.pem".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = tls_files(None, Some("/x/key.pem".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--tls-cert"), "{e}");
+        assert!(tls_files(None, None).unwrap().is_none());
+        let e = format!(
+            "{:#}",
+            tls_files(
+                Some("/nonexistent/cert.pem".into()),
+                Some("/x/key.pem".into())
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("/nonexistent/cert.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("netmon-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = format!(
+            "{:#}",
+            tls_files(Some(empty.clone()), Some(empty)).unwrap_err()
+        );
+        assert!(
+            e.contains("empty.pem") && e.contains("no certificate"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -928,7 +928,12 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     };
     let mut prog_stats = ProgStats::default();
 
-    let server = tokio::spawn(api::serve(listener, shared.clone(), shutdown.clone()));
+    let server = tokio::spawn(api::serve(
+        listener,
+        shared.clone(),
+        shutdown.clone(),
+        cfg.tls.clone(),
+    ));
     let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel(1);
     let housekeeping = match drops.spawn(shared.clone(), drain.names.clone(), tick_rx) {
         Ok(h) => {

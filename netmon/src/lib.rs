@@ -25,6 +25,7 @@ pub mod load;
 pub mod mapmem;
 pub mod metrics;
 pub mod sockdiag;
+pub mod tls;
 
 /// Gives the heap's free memory back to the kernel (glibc keeps it otherwise); a no-op
 /// elsewhere.

@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to the interfaces and serve metrics and the API (needs root).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the running daemon's connection table.
     Flows {
         /// JSON (the /api/network-stats document) instead of a table.
@@ -168,6 +168,10 @@ struct ApiArgs {
     /// The token file the daemon was given (`netmon run --api-token-file`), when it has one.
     #[arg(long, env = "NETMON_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+    /// For a daemon that serves HTTPS (`--tls-cert`): the certificate to trust (its own, or
+    /// the authority that signed it), PEM.
+    #[arg(long, env = "NETMON_API_CA")]
+    api_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
@@ -178,6 +182,11 @@ impl ApiArgs {
                 .api_token_file
                 .as_deref()
                 .map(config::read_token)
+                .transpose()?,
+            tls: self
+                .api_ca
+                .as_deref()
+                .map(netmon::tls::client_config)
                 .transpose()?,
         })
     }
@@ -258,6 +267,13 @@ struct RunArgs {
     /// credentials_file`; the CLI: the same option or variable).
     #[arg(long, env = "NETMON_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
+    /// Serve the API and /metrics over HTTPS with this certificate (PEM; its chain after
+    /// it), with --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn resolve(
@@ -351,6 +367,10 @@ fn resolve(
             .or(file.api_token_file)
             .map(|p| config::read_token(&p))
             .transpose()?,
+        tls: config::tls_files(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        )?,
         process_series: netmon::metrics::SeriesConfig {
             top_k: args
                 .process_top_k
@@ -656,7 +676,7 @@ fn run(cli: Cli) -> Result<()> {
                 // Plain text into log files and journald; colour only on a terminal.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            let cfg = resolve(args, cli.pin_dir.clone(), cli.state_dir.clone())?;
+            let cfg = resolve(*args, cli.pin_dir.clone(), cli.state_dir.clone())?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
                 let token = CancellationToken::new();

@@ -459,9 +459,9 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub api: String,
     pub log: PathBuf,
-    /// The API token, when `extra` gave the daemon `--api-token-file`: the harness's own
-    /// requests bring it.
-    pub token: Option<String>,
+    /// How the harness asks this daemon: with the token of `--api-token-file` and over TLS
+    /// trusting its `--tls-cert` (self-signed), when `extra` gave it those.
+    pub client: netmon::client::Api,
     ns_name: String,
 }
 
@@ -507,35 +507,38 @@ impl Daemon {
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
         let child = cmd.spawn().expect("spawn netmon");
-        let token = extra
-            .iter()
-            .position(|a| *a == "--api-token-file")
-            .and_then(|i| extra.get(i + 1))
-            .map(|f| {
-                std::fs::read_to_string(f)
-                    .expect("the token file")
-                    .trim()
-                    .to_string()
-            });
+        let given = |opt: &str| {
+            extra
+                .iter()
+                .position(|a| *a == opt)
+                .and_then(|i| extra.get(i + 1))
+                .map(std::path::Path::new)
+        };
+        let client = netmon::client::Api {
+            addr: api.clone(),
+            token: given("--api-token-file")
+                .map(|f| netmon::config::read_token(f).expect("the token file")),
+            tls: given("--tls-cert")
+                .map(|c| netmon::tls::client_config(c).expect("the certificate")),
+        };
         Self {
             child: Some(child),
             api,
             log,
-            token,
+            client,
             ns_name: ns.name.clone(),
         }
     }
 
-    /// GET `path` from this daemon's API, with its token if it has one.
+    /// GET `path` from this daemon's API, with its token and over TLS if it has them.
     pub fn get(&self, ns: &Netns, path: &str) -> (u16, String) {
-        try_ns_get_with(
-            ns,
-            &self.api,
-            path,
-            Duration::from_secs(10),
-            self.token.as_deref(),
-        )
-        .unwrap_or_else(|e| panic!("GET {path} from {}: {e}", self.api))
+        self.try_get(ns, path)
+            .unwrap_or_else(|e| panic!("GET {path} from {}: {e:#}", self.api))
+    }
+
+    fn try_get(&self, ns: &Netns, path: &str) -> anyhow::Result<(u16, String)> {
+        let (client, path) = (self.client.clone(), path.to_string());
+        ns.run(move || client.get(&path))
     }
 
     fn json(&self, ns: &Netns, path: &str) -> Value {
@@ -555,18 +558,13 @@ impl Daemon {
     pub fn wait_ready(&self, ns: &Netns) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let drains = try_ns_get_with(
-                ns,
-                &self.api,
-                "/api/status",
-                Duration::from_secs(1),
-                self.token.as_deref(),
-            )
-            .ok()
-            .and_then(|(code, body)| (code == 200).then_some(body))
-            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-            .and_then(|v| v["drains"].as_u64())
-            .unwrap_or(0);
+            let drains = self
+                .try_get(ns, "/api/status")
+                .ok()
+                .and_then(|(code, body)| (code == 200).then_some(body))
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .and_then(|v| v["drains"].as_u64())
+                .unwrap_or(0);
             if drains >= 1 {
                 return;
             }

@@ -98,8 +98,13 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Scrapes `targets` as job `netmon`, bringing the token in `token_file` if one is given.
-    fn start(ns: &Netns, targets: &[&str], token_file: Option<&std::path::Path>) -> Self {
+    /// Scrapes `targets` as job `netmon`; with `secured` (a token file and a certificate),
+    /// over HTTPS trusting the certificate, bringing the token.
+    fn start(
+        ns: &Netns,
+        targets: &[&str],
+        secured: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Self {
         let dir = ns.scratch.join("prometheus");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -110,11 +115,13 @@ impl Prometheus {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let auth = token_file
-            .map(|f| {
+        let auth = secured
+            .map(|(token, ca)| {
                 format!(
-                    "    authorization:\n      credentials_file: {}\n",
-                    f.display()
+                    "    scheme: https\n    tls_config:\n      ca_file: {}\n    \
+                     authorization:\n      credentials_file: {}\n",
+                    ca.display(),
+                    token.display()
                 )
             })
             .unwrap_or_default();
@@ -272,36 +279,87 @@ fn variable_as_promql(q: &str) -> String {
 fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
     let p = Pair::new("prom");
     let listen_a = format!("{}:9743", p.a_v4);
-    // Both agents ask for a token (one agent listens beyond loopback, as a fleet's do), and
-    // Prometheus brings it from a credentials file.
+    // Both agents serve HTTPS with a certificate for their addresses and ask for a token
+    // (one agent listens beyond loopback, as a fleet's do); Prometheus trusts the
+    // certificate and brings the token from a credentials file.
+    let (cert, key) = (p.b.scratch.join("cert.pem"), p.b.scratch.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=netmon-test"])
+        .args(["-addext", "subjectAltName=IP:198.18.0.1,IP:127.0.0.1"])
+        // Not a CA: rustls refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let token_file = p.b.scratch.join("api-token");
     std::fs::write(&token_file, "5f1c0a9e3b7d42c6a8e1f0b2d4c6e8a0\n").unwrap();
-    let token_arg = token_file.to_str().unwrap();
+    let (token_arg, cert_arg, key_arg) = (
+        token_file.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let secured = [
+        "--api-token-file",
+        token_arg,
+        "--tls-cert",
+        cert_arg,
+        "--tls-key",
+        key_arg,
+    ];
     let da = Daemon::start(
         &p.a,
         &[&p.a_if],
-        &["--listen", &listen_a, "--api-token-file", token_arg],
+        &[&["--listen", listen_a.as_str()][..], &secured].concat(),
     );
-    let db = Daemon::start(&p.b, &[&p.b_if], &["--api-token-file", token_arg]);
-    // Without the token (or with another) nothing but /healthz answers.
+    let db = Daemon::start(&p.b, &[&p.b_if], &secured);
+    // Without the token (or with another) nothing but /healthz answers; plain HTTP gets no
+    // answer at all.
+    let ask = |token: Option<&str>, path: &str| {
+        let client = netmon::client::Api {
+            token: token.map(str::to_string),
+            ..da.client.clone()
+        };
+        let path = path.to_string();
+        p.b.run(move || client.get(&path).unwrap())
+    };
     for path in ["/metrics", "/api/network-stats"] {
-        let (code, body) = ns_get(&p.b, &listen_a, path);
+        let (code, body) = ask(None, path);
         assert_eq!(code, 401, "{path} without the token: {body}");
-        let (code, _) = try_ns_get_with(
-            &p.b,
-            &listen_a,
-            path,
-            Duration::from_secs(5),
-            Some("5f1c0a9e3b7d42c6a8e1f0b2d4c6e8a1"),
-        )
-        .unwrap();
+        let (code, _) = ask(Some("5f1c0a9e3b7d42c6a8e1f0b2d4c6e8a1"), path);
         assert_eq!(code, 401, "{path} with another token");
         assert_eq!(da.get(&p.b, path).0, 200, "{path} with the token");
+        assert!(
+            !matches!(
+                try_ns_get(&p.b, &listen_a, path, Duration::from_secs(3)),
+                Ok((200, _))
+            ),
+            "{path} answered plain HTTP"
+        );
     }
-    assert_eq!(ns_get(&p.b, &listen_a, "/healthz").0, 200);
-    // The CLI asks with the same file, and without it says what is missing.
-    let err = p.b.netmon_err(&["status", "--api", &listen_a]);
+    assert_eq!(ask(None, "/healthz").0, 200);
+    // The CLI asks with the same files, and without them says what is missing.
+    let err =
+        p.b.netmon_err(&["status", "--api", &listen_a, "--api-ca", cert_arg]);
     assert!(err.contains("--api-token-file"), "{err}");
+    let err =
+        p.b.netmon_err(&["status", "--api", &listen_a, "--api-token-file", token_arg]);
+    assert!(err.contains("--api-ca"), "{err}");
     let status: Value = serde_json::from_str(&p.b.netmon_ok(&[
         "status",
         "--json",
@@ -309,10 +367,16 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
         &listen_a,
         "--api-token-file",
         token_arg,
+        "--api-ca",
+        cert_arg,
     ]))
     .unwrap();
     assert!(status["drains"].as_u64().unwrap() >= 1, "{status}");
-    let prom = Prometheus::start(&p.b, &[&listen_a, "127.0.0.1:9743"], Some(&token_file));
+    let prom = Prometheus::start(
+        &p.b,
+        &[&listen_a, "127.0.0.1:9743"],
+        Some((&token_file, &cert)),
+    );
 
     // Steady traffic: 1,000-byte datagrams every 500 us from a to b for 25 s, sent by a
     // process whose command name the process series must carry.

@@ -40,10 +40,11 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     .context("clippy found problems")?;
 
     // Prometheus and promtool for tests/tests/prometheus.rs, and a real SMTP server
-    // (aiosmtpd) for the email sink in tests/tests/response.rs: real parts, not mocks.
+    // (aiosmtpd) for the email sink in tests/tests/response.rs: real parts, not mocks;
+    // openssl makes the certificate the Prometheus test's agents serve HTTPS with.
     crate::setup::apt_install(
-        &["prometheus", "python3-aiosmtpd"],
-        "the Prometheus and alert-sink tests (prometheus, promtool, aiosmtpd)",
+        &["prometheus", "python3-aiosmtpd", "openssl"],
+        "the Prometheus and alert-sink tests (prometheus, promtool, aiosmtpd, openssl)",
     )?;
 
     progress(if privileged {
