@@ -137,23 +137,7 @@ fn icmp_echo(to: std::net::IpAddr, count: u64, raw: bool) -> u64 {
             let c = inet_checksum(&msg);
             msg[2..4].copy_from_slice(&c.to_be_bytes());
         }
-        // SAFETY: a valid buffer and socket address.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&raw const sa).cast(),
-                sa_len,
-            )
-        };
-        assert_eq!(
-            n,
-            msg.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
+        send_whole(&fd, &msg, &sa, sa_len);
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             let mut buf = [0u8; 1500];
@@ -183,9 +167,32 @@ fn icmp_echo(to: std::net::IpAddr, count: u64, raw: bool) -> u64 {
     received
 }
 
+/// sendto(2) of all of `buf` to the socket address `to` (`len` bytes of it), or a panic that
+/// says why not.
+fn send_whole<A>(fd: &std::os::fd::OwnedFd, buf: &[u8], to: &A, len: libc::socklen_t) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid buffer, and a socket address of at least `len` bytes.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            core::ptr::from_ref(to).cast(),
+            len,
+        )
+    };
+    assert_eq!(
+        n,
+        buf.len() as isize,
+        "sendto: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Sends `count` broadcast frames of `ethertype` (60 bytes, the minimum) out of `iface`.
 fn eth_send(iface: &str, ethertype: u16, count: u64) -> u64 {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{FromRawFd as _, OwnedFd};
     let name = std::ffi::CString::new(iface).unwrap();
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -211,22 +218,11 @@ fn eth_send(iface: &str, ethertype: u16, count: u64) -> u64 {
     frame.resize(60, 0x5a);
     let mut sent = 0;
     for _ in 0..count {
-        // SAFETY: a valid buffer and link-layer address.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            n,
-            frame.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
+        send_whole(
+            &fd,
+            &frame,
+            &to,
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         );
         sent += 1;
     }
