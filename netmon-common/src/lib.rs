@@ -23,6 +23,12 @@ pub const fn is_icmp(proto: u8) -> bool {
     proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
 }
 
+/// TCP, UDP, ICMP and ICMPv6: the protocols whose sockets' owners the hooks record, so that
+/// their flows can be attributed.
+pub const fn has_socket_owner(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || is_icmp(proto)
+}
+
 /// TCP flag bits as they appear in byte 13 of the TCP header (`FlowStats::tcp_flags`).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;

@@ -11,8 +11,8 @@ use std::{
 };
 
 use netmon_common::{
-    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, SockKey, is_icmp,
-    tcp_flags,
+    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, SockKey,
+    has_socket_owner, is_icmp, tcp_flags,
 };
 use serde::Serialize;
 
@@ -309,8 +309,7 @@ fn settle(
     lookup: &mut impl FnMut(&FlowKey) -> Option<Owner>,
     generation: &mut u64,
 ) -> bool {
-    // ICMP too: the owner of an ICMP socket is recorded under the flow's addresses.
-    let attributable = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP || is_icmp(key.proto);
+    let attributable = has_socket_owner(key.proto);
     if e.owner.is_none() && attributable {
         if should_try(e.attrib_tries) {
             e.owner = lookup(key).map(Arc::new);

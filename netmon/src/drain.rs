@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use netmon_common::{
-    FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, IfaceKey, IfaceStats,
-    PortKey, ProcInfo, SockKey, config, counter, is_icmp,
+    FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
+    ProcInfo, SockKey, config, counter, has_socket_owner, is_icmp,
 };
 
 use crate::aggregate::FlowSample;
@@ -529,7 +529,7 @@ impl UdpPorts {
 /// program records the owner of an ICMP socket there for the requests and their replies.
 fn sock_key(key: &FlowKey) -> Option<SockKey> {
     let icmp = is_icmp(key.proto);
-    (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP || icmp).then(|| SockKey {
+    has_socket_owner(key.proto).then(|| SockKey {
         proto: key.proto,
         local_port: if icmp { 0 } else { key.local_port },
         remote_port: if icmp { 0 } else { key.remote_port },
