@@ -446,7 +446,11 @@ mod tests {
         let server = tokio::spawn(serve(listener, shared, token.clone(), None));
 
         let get = move |path: &'static str| {
-            tokio::task::spawn_blocking(move || client::get(&addr.to_string(), path))
+            let api = client::Api {
+                addr: addr.to_string(),
+                ..Default::default()
+            };
+            tokio::task::spawn_blocking(move || api.get(path))
         };
         let (code, body) = get("/healthz").await.unwrap().unwrap();
         assert_eq!((code, body.as_str()), (200, "ok\n"));

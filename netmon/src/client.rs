@@ -45,11 +45,6 @@ impl Api {
     }
 }
 
-/// Returns (status code, body), without a token, over plain HTTP.
-pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
-    request(addr, path, None, None)
-}
-
 fn request(
     addr: &str,
     path: &str,
