@@ -416,25 +416,11 @@ pub fn try_ns_get(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    try_ns_get_with(ns, addr, path, timeout, None)
-}
-
-/// `try_ns_get` with `Authorization: Bearer <token>` when a token is given.
-pub fn try_ns_get_with(
-    ns: &Netns,
-    addr: &str,
-    path: &str,
-    timeout: Duration,
-    token: Option<&str>,
-) -> std::io::Result<(u16, String)> {
     let (addr, path) = (addr.to_string(), path.to_string());
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
     ns.run(move || {
         let mut s = TcpStream::connect(&addr)?;
         s.set_read_timeout(Some(timeout))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n")?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
         let bad = || std::io::Error::other(format!("malformed HTTP response: {resp:?}"));
