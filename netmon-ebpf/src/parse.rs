@@ -99,7 +99,9 @@ impl Packet {
     }
 }
 
-/// What the parser learnt about a packet, in wire orientation (source/destination).
+/// What the parser learnt about a packet, in wire orientation (source/destination). Whole
+/// 32-bit words without padding (`reset`).
+#[repr(C)]
 pub struct Parsed {
     pub family: u8,
     pub proto: u8,
@@ -112,9 +114,18 @@ pub struct Parsed {
     pub dport: u16,
     /// ICMP/ICMPv6 `type << 8 | code`.
     pub icmp: u16,
+    /// Zero; makes the padding a field (`reset` writes whole words).
+    pad: u16,
     /// A counter the caller bumps although the packet was recorded (fragment, truncated L4...).
     pub note: u32,
 }
+
+const PARSED_WORDS: usize = size_of::<Parsed>() / 4;
+const _: () = assert!(size_of::<Parsed>() == 4 * PARSED_WORDS, "whole words");
+/// `Parsed::new()` as words (it has no padding: a transmute of padding would not compile).
+const NEW_WORDS: [u32; PARSED_WORDS] =
+    // SAFETY: a Parsed is PARSED_WORDS words without padding, every bit pattern a u32.
+    unsafe { core::mem::transmute::<Parsed, [u32; PARSED_WORDS]>(Parsed::new()) };
 
 impl Parsed {
     #[inline(always)]
@@ -129,7 +140,25 @@ impl Parsed {
             sport: 0,
             dport: 0,
             icmp: 0,
+            pad: 0,
             note: NOTE_NONE,
+        }
+    }
+
+    /// Makes `*p` a `Parsed::new()`, one volatile store per word. A plain store of a whole
+    /// struct behind a pointer becomes a memset call, a BPF-to-BPF call the packet programs
+    /// do not make.
+    ///
+    /// # Safety
+    /// `p` is valid for writes and 4-byte aligned.
+    #[inline(always)]
+    pub unsafe fn reset(p: *mut Parsed) {
+        let w = p.cast::<u32>();
+        let mut i = 0;
+        while i < PARSED_WORDS {
+            // SAFETY: word `i` of the struct, per the caller's promise.
+            unsafe { core::ptr::write_volatile(w.add(i), NEW_WORDS[i]) };
+            i += 1;
         }
     }
 

@@ -619,7 +619,7 @@ it was read in. Every packet read `bpf_ktime_get_coarse_ns` (a flow's times, a b
 last hit, rate limits), a helper call whose return, on this host, costs ~18 ns on a cache-hot \
 packet and ~40 ns on the first run after a syscall. The coarse clock moves once a tick, as the \
 jiffies do, and the verifier turns `bpf_jiffies64` into one load on a 64-bit JIT: the programs now \
-keep the clock's value per CPU with the jiffies it was read at (`NETMON_TICK`) and call the helper \
+keep the clock's value per CPU with the jiffies it was read at (`NETMON_CPU`) and call the helper \
 only when the tick has moved on, so once per tick and CPU. Alternating builds on this host \
 (`netmon-bench compare`, IPv4, per-CPU tables, 1,000 flows, 20:59 UTC): the cache-hot hit 55-59 -> \
 41-45 ns through XDP and 36 -> 23 through TC, a flow's first run after a syscall 91-104 -> 56-70, \
