@@ -689,38 +689,41 @@ flows. Earlier rounds: a 20-byte IPv4 flow key; an IPv6 extension-header walk wi
 header kind; aligned 32-bit header reads and integer padding (no memset/memcpy on the packet \
 path); per-CPU array slots for interface and drop counters; the coarse kernel clock; the whole \
 parse before the drop list (the verifier checks the rest once: 928,131 -> 71,684 processed \
-instructions for `netmon_xdp` over the rounds); the IPv4 /16 and /24 filters; header pulls on \
-egress only when needed, by tail call; a raw-tracepoint UDP-sender hook with a per-CPU cache of \
-the last socket. Tried and not kept: the kernel's per-CPU LRU hash (an insert writes every CPU's \
-value), a plain hash without preallocation, a per-CPU direct-mapped cache in front of the LRU map, \
-per-CPU LRU lists, an owner lane for the atomic adds, no dirty-ring push, single-hash insert in \
-the daemon's table; the flow key hashed in two interleaved chains (a new IPv6 flow ~10 ns cheaper \
-in alternate builds on the Intel host, but keys that differ only in the remote address then spread \
-only as well as chance, where the single chain spreads them evenly, its last multiply being \
-Fibonacci hashing of that word: a full run with it, 15:37 UTC, lost 2% of its 100,000 prefilled \
-flows to full buckets, and a new flow there cost 118-120 ns against 68-90); and, in the 19:26 \
-round on this host type, a \"referenced\" bit per way in the fingerprint word, so that a new flow \
-into a full bucket reads only the slot it evicts instead of every way's (no change measurable: the \
-four ways are adjacent lines of one page, read in parallel, and the cost is that page's walk and \
-first miss), and two hash lanes with the key's last word alone in the final multiply (spread as \
-even as the single chain; no change measurable within this host's noise).\n\n- **Existing-flow \
-hit** (target: empty + 50 ns): missed in this run at 1,000 flows (IPv4 59 through XDP and 64 \
-through TC, IPv6 63 and 79; 57-72 at 22:38, 76-86 at 20:21, 59-74 at 17:23, 44-64 at 17:28, where \
-the IPv4 XDP row met it with 44; 46-66 at 14:27, where XDP met it for both families with 46 and \
-47; 42-135 at 12:48, where IPv4 through XDP met it with 42; 39-76 at 11:39, where the IPv4 XDP row \
-met it with 39; 55-390 at 09:13, whose IPv6 TC row came in a slow moment of the host; 41-127 at \
-07:11, where the IPv4 XDP row met it with 41, 79-133 at 06:17, 60-284 at 04:10, before the growing \
-parts, 65-301 at 03:10, 66-235 at 00:46, 159-338 at 22:51; the 22:07 run met it for IPv4 XDP, 50, \
-and the 21:10 run measured 74-145), 156-194 at 100,000 (136-202 at 22:38, 179-228 at 20:21, \
-192-258 at 17:23, 188-269 at 17:28, 213-272 at 14:27, 214-337 at 12:48, 216-267 at 11:39, 239-268 \
-at 09:13) and 211-259 at 1,000,000 (191-303, 324-400, 288-363, 304-369, 255-438, 325-436, 312-372, \
-370-422), while the same hit on one cache-hot packet costs 29-40 ns but for the IPv6 XDP row, 68 \
-(27-44 at 22:38, 27-57 at 20:21, 29-58 at 17:23, 20-29 at 17:28, 21-34 at 14:27, 22-47 at 12:48, \
-21-31 at 11:39, 26-35 at 09:13, 22-49 at 07:11, 25-51 at 06:17, 34-47 at 04:10) (within the target \
-in this run but for that row, and at 22:38; at 20:21 but for IPv4 and IPv6 through XDP, 53 and 57, \
-on this host instance, which is slower throughout: the empty program 96-106 ns per run against \
-79-81 at 17:28), and the pool run again right after its pass mostly 34-155 (above); on the Intel \
-host (15:01 run) met at 1,000 flows (39-50 ns) and missed at 100,000 (203-251) and 1,000,000 \
+instructions for `netmon_xdp` over the rounds), and into a per-CPU map entry rather than the stack \
+(2026-12-05, after this run: the verifier does not track a map value's contents, so the parser's \
+~30 exits, each with its own constants, become one state per family: `netmon_xdp` 109,735 -> \
+36,420, `netmon_tc_tab` 217,415 -> 63,058; no per-packet change measurable); the IPv4 /16 and /24 \
+filters; header pulls on egress only when needed, by tail call; a raw-tracepoint UDP-sender hook \
+with a per-CPU cache of the last socket. Tried and not kept: the kernel's per-CPU LRU hash (an \
+insert writes every CPU's value), a plain hash without preallocation, a per-CPU direct-mapped \
+cache in front of the LRU map, per-CPU LRU lists, an owner lane for the atomic adds, no dirty-ring \
+push, single-hash insert in the daemon's table; the flow key hashed in two interleaved chains (a \
+new IPv6 flow ~10 ns cheaper in alternate builds on the Intel host, but keys that differ only in \
+the remote address then spread only as well as chance, where the single chain spreads them evenly, \
+its last multiply being Fibonacci hashing of that word: a full run with it, 15:37 UTC, lost 2% of \
+its 100,000 prefilled flows to full buckets, and a new flow there cost 118-120 ns against 68-90); \
+and, in the 19:26 round on this host type, a \"referenced\" bit per way in the fingerprint word, \
+so that a new flow into a full bucket reads only the slot it evicts instead of every way's (no \
+change measurable: the four ways are adjacent lines of one page, read in parallel, and the cost is \
+that page's walk and first miss), and two hash lanes with the key's last word alone in the final \
+multiply (spread as even as the single chain; no change measurable within this host's noise).\n\n- \
+**Existing-flow hit** (target: empty + 50 ns): missed in this run at 1,000 flows (IPv4 59 through \
+XDP and 64 through TC, IPv6 63 and 79; 57-72 at 22:38, 76-86 at 20:21, 59-74 at 17:23, 44-64 at \
+17:28, where the IPv4 XDP row met it with 44; 46-66 at 14:27, where XDP met it for both families \
+with 46 and 47; 42-135 at 12:48, where IPv4 through XDP met it with 42; 39-76 at 11:39, where the \
+IPv4 XDP row met it with 39; 55-390 at 09:13, whose IPv6 TC row came in a slow moment of the host; \
+41-127 at 07:11, where the IPv4 XDP row met it with 41, 79-133 at 06:17, 60-284 at 04:10, before \
+the growing parts, 65-301 at 03:10, 66-235 at 00:46, 159-338 at 22:51; the 22:07 run met it for \
+IPv4 XDP, 50, and the 21:10 run measured 74-145), 156-194 at 100,000 (136-202 at 22:38, 179-228 at \
+20:21, 192-258 at 17:23, 188-269 at 17:28, 213-272 at 14:27, 214-337 at 12:48, 216-267 at 11:39, \
+239-268 at 09:13) and 211-259 at 1,000,000 (191-303, 324-400, 288-363, 304-369, 255-438, 325-436, \
+312-372, 370-422), while the same hit on one cache-hot packet costs 29-40 ns but for the IPv6 XDP \
+row, 68 (27-44 at 22:38, 27-57 at 20:21, 29-58 at 17:23, 20-29 at 17:28, 21-34 at 14:27, 22-47 at \
+12:48, 21-31 at 11:39, 26-35 at 09:13, 22-49 at 07:11, 25-51 at 06:17, 34-47 at 04:10) (within the \
+target in this run but for that row, and at 22:38; at 20:21 but for IPv4 and IPv6 through XDP, 53 \
+and 57, on this host instance, which is slower throughout: the empty program 96-106 ns per run \
+against 79-81 at 17:28), and the pool run again right after its pass mostly 34-155 (above); on the \
+Intel host (15:01 run) met at 1,000 flows (39-50 ns) and missed at 100,000 (203-251) and 1,000,000 \
 (297-361). The program's work for a hit is the parse (19-25 ns in this run, 22-25 at 22:38, the \
 \"parse only\" rows), the key's hash, the fingerprint word, a key compare and plain adds; with a \
 table that fits in the cache (1,024 buckets per CPU; 09:34 run, Intel host) the hit was 32-33 ns. \
