@@ -22,7 +22,53 @@ pub struct Api {
 impl Api {
     /// Returns (status code, body).
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        request(&self.addr, path, self.token.as_deref(), self.tls.clone())
+        let addr = self.addr.as_str();
+        let sa = addr
+            .to_socket_addrs()
+            .with_context(|| format!("bad address `{addr}`"))?
+            .next()
+            .with_context(|| format!("`{addr}` resolves to nothing"))?;
+        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3)).with_context(|| {
+            format!("cannot reach netmon at {addr}: is `netmon run` running (and --api right)?")
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = self
+            .token
+            .as_deref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        let resp = match self.tls.clone() {
+            Some(config) => {
+                // The host as the certificate must name it: `[::1]:9743` -> `::1`.
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                crate::tls::exchange(config, host, s, req.as_bytes())?
+            }
+            None => {
+                s.write_all(req.as_bytes())?;
+                let mut resp = Vec::new();
+                s.read_to_end(&mut resp)
+                    .with_context(|| format!("reading the response from {addr}"))?;
+                resp
+            }
+        };
+        let text = String::from_utf8_lossy(&resp);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            bail!(
+                "malformed HTTP response from {addr} (a daemon that serves HTTPS, `--tls-cert`, \
+                 wants --api-ca)"
+            );
+        };
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status code in the response from {addr}"))?;
+        Ok((code, body.to_string()))
     }
 
     /// GET a JSON document, failing on non-200 (and saying what to do about a 401).
@@ -43,56 +89,4 @@ impl Api {
             _ => bail!("netmon at {addr} answered {code} for {path}: {body}"),
         }
     }
-}
-
-fn request(
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-) -> Result<(u16, String)> {
-    let sa = addr
-        .to_socket_addrs()
-        .with_context(|| format!("bad address `{addr}`"))?
-        .next()
-        .with_context(|| format!("`{addr}` resolves to nothing"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3)).with_context(|| {
-        format!("cannot reach netmon at {addr}: is `netmon run` running (and --api right)?")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    let resp = match tls {
-        Some(config) => {
-            // The host as the certificate must name it: `[::1]:9743` -> `::1`.
-            let host = addr
-                .rsplit_once(':')
-                .map_or(addr, |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            crate::tls::exchange(config, host, s, req.as_bytes())?
-        }
-        None => {
-            s.write_all(req.as_bytes())?;
-            let mut resp = Vec::new();
-            s.read_to_end(&mut resp)
-                .with_context(|| format!("reading the response from {addr}"))?;
-            resp
-        }
-    };
-    let text = String::from_utf8_lossy(&resp);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!(
-            "malformed HTTP response from {addr} (a daemon that serves HTTPS, `--tls-cert`, \
-             wants --api-ca)"
-        );
-    };
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status code in the response from {addr}"))?;
-    Ok((code, body.to_string()))
 }
