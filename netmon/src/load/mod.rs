@@ -833,11 +833,23 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     })
 }
 
+/// The root of the cgroup v2 hierarchy, opened once per process (the cgroup hooks and the
+/// cgroup-path resolver each get a duplicate of the descriptor).
+pub(crate) fn cgroup2_root() -> Result<File> {
+    static ROOT: std::sync::OnceLock<Result<File, String>> = std::sync::OnceLock::new();
+    match ROOT.get_or_init(|| open_cgroup2_root().map_err(|e| format!("{e:#}"))) {
+        Ok(root) => root
+            .try_clone()
+            .context("duplicating the cgroup v2 root's descriptor"),
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
 /// The root of the cgroup v2 hierarchy, opened: where it is mounted, or else (a host that
 /// mounts only v1 hierarchies, or a mount namespace without /sys/fs/cgroup, as `ip netns
 /// exec` makes) mounted for a moment on a private directory and detached again at once (the
 /// open directory keeps its cgroup).
-pub(crate) fn cgroup2_root() -> Result<File> {
+fn open_cgroup2_root() -> Result<File> {
     let mounted = cgroup2_mount();
     if let Some(dir) = mounted {
         return File::open(&dir)
