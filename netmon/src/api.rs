@@ -349,7 +349,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::CertFiles>>,
 ) -> std::io::Result<()> {
     let stop = async move { shutdown.cancelled().await };
     match tls {
@@ -358,9 +358,9 @@ pub async fn serve(
                 .with_graceful_shutdown(stop)
                 .await
         }
-        Some(config) => {
+        Some(certs) => {
             let listener =
-                crate::tls::TlsListener::new(listener, config).map_err(std::io::Error::other)?;
+                crate::tls::TlsListener::new(listener, certs).map_err(std::io::Error::other)?;
             axum::serve(listener, router(shared))
                 .with_graceful_shutdown(stop)
                 .await

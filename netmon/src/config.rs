@@ -86,17 +86,17 @@ pub struct RunConfig {
     /// The bearer token the API asks of every request but /healthz; None: no check.
     pub api_token: Option<String>,
     /// HTTPS for the API and /metrics; None: plain HTTP.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<std::sync::Arc<crate::tls::CertFiles>>,
 }
 
 /// The HTTPS settings from a certificate and a key file: both or neither.
 pub fn tls_files(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
-) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+) -> Result<Option<std::sync::Arc<crate::tls::CertFiles>>> {
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(c), Some(k)) => crate::tls::server_config(&c, &k).map(Some),
+        (Some(c), Some(k)) => crate::tls::CertFiles::load(&c, &k).map(Some),
         (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
         (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it goes with)"),
     }

@@ -4,13 +4,18 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::Path,
-    sync::Arc,
-    time::Duration,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, pki_types::ServerName};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    pki_types::ServerName,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
@@ -34,9 +39,9 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The server side: `cert` (PEM, the chain after the certificate) and its private `key`
-/// (PEM: PKCS#8, PKCS#1 or SEC1). Errors name the file, or say the two do not match.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+/// The certificate chain in `cert` (PEM, the chain after the certificate) with its private
+/// `key` (PEM: PKCS#8, PKCS#1 or SEC1). Errors name the file, or say the two do not match.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey> {
     let certs = certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
         format!(
@@ -44,18 +49,113 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
             key.display()
         )
     })?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "the key does not go with the certificate {}, or is of a kind TLS cannot use",
-                cert.display()
-            )
-        })?;
-    Ok(Arc::new(config))
+    CertifiedKey::from_der(certs, key, &provider()).with_context(|| {
+        format!(
+            "the key does not go with the certificate {}, or is of a kind TLS cannot use",
+            cert.display()
+        )
+    })
+}
+
+/// What tells a file's new version from the one read: its inode (a renewal that renames a
+/// new file into place, or swaps a symlink, as Kubernetes secrets do), size and time.
+type Stamp = Option<(u64, u64, SystemTime)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// The server's certificate and key (`--tls-cert`/`--tls-key`), read again when either file
+/// changes, so a renewal (certbot, cert-manager) needs no restart: the listener checks every
+/// `CertFiles::CHECK`, and new handshakes get the new pair. A pair that does not load (a key
+/// not yet written beside its new certificate, a corrupt file) leaves the last good one in
+/// service, and is tried again once either file changes again.
+#[derive(Debug)]
+pub struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Both files' stamps when last read, whether the pair loaded or not.
+    read: Mutex<[Stamp; 2]>,
+}
+
+impl CertFiles {
+    /// How often the listener looks for new files.
+    pub const CHECK: Duration = Duration::from_secs(5);
+
+    /// Reads the pair; an error names the file or says the two do not match.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>> {
+        let stamps = [stamp(cert), stamp(key)];
+        let pair = certified_key(cert, key)?;
+        Ok(Arc::new(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(Arc::new(pair)),
+            read: Mutex::new(stamps),
+        }))
+    }
+
+    /// Reads the pair again if either file changed since it was last read: Ok(true) when
+    /// the new pair is now served; an error when it does not load (the old one stays).
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let stamps = [stamp(&self.cert), stamp(&self.key)];
+        {
+            let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+            if *read == stamps {
+                return Ok(false);
+            }
+            *read = stamps;
+        }
+        let pair = certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
+        Ok(true)
+    }
+
+    /// The certificate chain now served.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cert
+            .clone()
+    }
+
+    /// A server configuration that serves this pair, as it is at each handshake.
+    fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>> {
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(Arc::new(config))
+    }
+
+    fn reload_logged(&self) {
+        match self.reload_if_changed() {
+            Ok(true) => tracing::info!(
+                "TLS certificate {} reloaded: new connections get it",
+                self.cert.display()
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "TLS certificate files changed but do not load, still serving the previous \
+                 certificate: {e:#}"
+            ),
+        }
+    }
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
 }
 
 /// A TCP listener whose connections come out TLS-handshaken, for `axum::serve`. Each
@@ -67,13 +167,24 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: tokio::net::TcpListener, config: Arc<ServerConfig>) -> Result<Self> {
+    /// Serves `certs`, and checks every `CertFiles::CHECK` whether their files changed.
+    pub fn new(listener: tokio::net::TcpListener, certs: Arc<CertFiles>) -> Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
+        let acceptor = TlsAcceptor::from(certs.server_config()?);
+        let mut check = tokio::time::interval(CertFiles::CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(async move {
             while !tx.is_closed() {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = check.tick() => {
+                        // Reading two small files; rare, and only when they changed.
+                        certs.reload_logged();
+                        continue;
+                    }
+                };
+                let (tcp, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         // Out of descriptors and the like: wait rather than spin.
@@ -159,4 +270,121 @@ pub fn exchange(
         Err(e) => return Err(e).with_context(|| format!("reading the TLS response from {host}")),
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Api;
+
+    /// A directory removed with its contents when the test ends, passed or not.
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and its key, written to `dir/{name}.crt` and
+    /// `dir/{name}.key` by openssl (which `cargo xtask test` installs).
+    fn make_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={name}")])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl (cargo xtask test installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (cert, key)
+    }
+
+    /// Puts `from` at `to` as a renewal does: a new file renamed into place.
+    fn replace(from: &Path, to: &Path) {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+
+    /// A blocking GET of `/` over HTTPS, trusting only the certificate at `ca`.
+    fn status_trusting(addr: SocketAddr, ca: &Path) -> Result<u16> {
+        let api = Api {
+            addr: addr.to_string(),
+            token: None,
+            tls: Some(client_config(ca)?),
+        };
+        Ok(api.get("/")?.0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
+        let dir = Dir(std::env::temp_dir().join(format!("netmon-tls-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (old_cert, old_key) = make_pair(&dir.0, "old");
+        let (new_cert, new_key) = make_pair(&dir.0, "new");
+        // The files the daemon is given, which the renewal replaces.
+        let (cert, key) = (dir.0.join("served.crt"), dir.0.join("served.key"));
+        replace(&old_cert, &cert);
+        replace(&old_key, &key);
+        let certs = CertFiles::load(&cert, &key).unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let tls = TlsListener::new(listener, certs.clone()).unwrap();
+        tokio::spawn(async move { axum::serve(tls, app).await });
+
+        let get = |ca: PathBuf| tokio::task::spawn_blocking(move || status_trusting(addr, &ca));
+        assert_eq!(get(old_cert.clone()).await.unwrap().unwrap(), 200);
+        assert!(
+            get(new_cert.clone()).await.unwrap().is_err(),
+            "a client that trusts only the new certificate must not get through yet"
+        );
+
+        // The renewal: the key first, then its certificate. The listener sees the change
+        // within CertFiles::CHECK; in between (a key without its certificate) the old pair
+        // stays.
+        replace(&new_key, &key);
+        replace(&new_cert, &cert);
+        let deadline = std::time::Instant::now() + CertFiles::CHECK * 3;
+        while get(new_cert.clone()).await.unwrap().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewed certificate was not served within {:?}",
+                CertFiles::CHECK * 3
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            get(old_cert.clone()).await.unwrap().is_err(),
+            "the old certificate must no longer be served"
+        );
+
+        // A certificate replaced by something that is not one: an error that names the file,
+        // and the last good pair stays. (`watcher` is checked by hand; the served `certs` is
+        // also checked by its listener, which may try the bad file first.)
+        let watcher = CertFiles::load(&cert, &key).unwrap();
+        std::fs::write(dir.0.join("bad.crt"), "not a certificate\n").unwrap();
+        replace(&dir.0.join("bad.crt"), &cert);
+        let err = format!("{:#}", watcher.reload_if_changed().unwrap_err());
+        assert!(err.contains("served.crt"), "{err}");
+        // Unchanged since that attempt: nothing to read again.
+        assert!(!watcher.reload_if_changed().unwrap());
+        assert_eq!(watcher.chain(), certificates(&new_cert).unwrap());
+        let _ = certs.reload_if_changed();
+        assert_eq!(get(new_cert.clone()).await.unwrap().unwrap(), 200);
+    }
 }
