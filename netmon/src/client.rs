@@ -40,13 +40,7 @@ impl Api {
         let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         let resp = match self.tls.clone() {
             Some(config) => {
-                // The host as the certificate must name it: `[::1]:9743` -> `::1`.
-                let host = addr
-                    .rsplit_once(':')
-                    .map_or(addr, |(h, _)| h)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                crate::tls::exchange(config, host, s, req.as_bytes())?
+                crate::tls::exchange(config, crate::tls::host_of(addr), s, req.as_bytes())?
             }
             None => {
                 s.write_all(req.as_bytes())?;

@@ -228,13 +228,14 @@ impl axum::serve::Listener for TlsListener {
 }
 
 /// The client side: trusts the certificates in the PEM file `ca` (the daemon's own
-/// certificate, or the authority that signed it).
+/// certificate, or the authority that signed it; for the email sink, the system's bundle by
+/// default). Certificates in it that cannot be anchors are passed over; a file with none
+/// that can is an error that names it.
 pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    for c in certificates(ca)? {
-        roots
-            .add(c)
-            .with_context(|| format!("a certificate of {} cannot be trusted", ca.display()))?;
+    let (added, _ignored) = roots.add_parsable_certificates(certificates(ca)?);
+    if added == 0 {
+        bail!("no certificate in {} can be trusted", ca.display());
     }
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -242,6 +243,27 @@ pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The host part of `host:port` as a certificate names it: `[::1]:9743` -> `::1`.
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// A TLS client session to `host` (a name or an IP address, as the certificate names it)
+/// on `tcp`; the handshake happens on first use.
+pub fn client_stream(
+    config: Arc<ClientConfig>,
+    host: &str,
+    tcp: TcpStream,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let name = ServerName::try_from(host.to_string())
+        .with_context(|| format!("`{host}` is not a name a certificate can carry"))?;
+    let conn = rustls::ClientConnection::new(config, name).context("starting TLS")?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// Sends `request` over TLS on `tcp` to `host` (a name or an IP address, as the certificate
@@ -252,10 +274,7 @@ pub fn exchange(
     tcp: TcpStream,
     request: &[u8],
 ) -> Result<Vec<u8>> {
-    let name = ServerName::try_from(host.to_string())
-        .with_context(|| format!("`{host}` is not a name a certificate can carry"))?;
-    let conn = rustls::ClientConnection::new(config, name).context("starting TLS")?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = client_stream(config, host, tcp)?;
     tls.write_all(request).with_context(|| {
         format!(
             "TLS with {host} (does its certificate name it, and, if self-signed, say \

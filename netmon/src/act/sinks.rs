@@ -1,8 +1,8 @@
 //! Alert sinks, each on its own thread behind a bounded queue: a webhook (HTTP POST of the
 //! event as JSON, retried with exponential backoff), syslog (RFC 5424 over UDP, TCP with
-//! octet-counting framing per RFC 6587, or a unix socket such as /dev/log) and email (plain
-//! SMTP, RFC 5321, to a relay). A full queue drops the event and counts it; nothing here
-//! ever waits on the drain loop's thread.
+//! octet-counting framing per RFC 6587, or a unix socket such as /dev/log) and email (SMTP,
+//! RFC 5321: plain to a local relay, or over STARTTLS or implicit TLS with AUTH PLAIN). A full
+//! queue drops the event and counts it; nothing here ever waits on the drain loop's thread.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use super::notify::Event;
 use crate::{
     classify::{
-        config::{AlertsConfig, EmailConfig, SyslogConfig, SyslogTarget, WebhookConfig},
+        config::{AlertsConfig, EmailConfig, EmailTls, SyslogConfig, SyslogTarget, WebhookConfig},
         score::Level,
     },
     metrics::Metrics,
@@ -258,54 +258,201 @@ impl Sink for Syslog {
 struct Email {
     cfg: EmailConfig,
     host: String,
+    /// The trust anchors for the server's certificate, with `tls` set.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The password for AUTH, with `username` set.
+    password: Option<String>,
 }
 
-/// Reads one SMTP reply (possibly multi-line) and checks its code class.
-fn smtp_reply(r: &mut BufReader<TcpStream>, want: char, what: &str) -> Result<()> {
+/// The password in `path`: its first line, without the line end (spaces are the
+/// password's). An unreadable or empty file is an error that names it.
+fn read_password(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the SMTP password file {}", path.display()))?;
+    let first = text.lines().next().unwrap_or("");
+    if first.is_empty() {
+        bail!(
+            "the SMTP password file {} has no password on its first line",
+            path.display()
+        );
+    }
+    Ok(first.to_string())
+}
+
+/// Where Debian, Ubuntu and their kin keep the system's trusted certificates (package
+/// ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Email {
+    /// The sink for `cfg`: the trust anchors and password read now, so that a missing or
+    /// bad file stops the daemon's start with an error that names it.
+    fn new(cfg: &EmailConfig, host: &str) -> Result<Self> {
+        let tls = match cfg.tls {
+            EmailTls::None => None,
+            EmailTls::Starttls | EmailTls::Implicit => {
+                let ca = cfg
+                    .ca_file
+                    .clone()
+                    .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+                Some(crate::tls::client_config(&ca).with_context(|| {
+                    format!(
+                        "alerts.email: the certificates to trust for the SMTP server (ca_file, \
+                         default {SYSTEM_CA_BUNDLE})"
+                    )
+                })?)
+            }
+        };
+        let password = cfg
+            .password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            host: host.to_string(),
+            tls,
+            password,
+        })
+    }
+}
+
+/// Reads one SMTP reply (possibly multi-line) and checks its code class; returns the text of
+/// its lines (after the code).
+fn smtp_reply<S: std::io::Read>(
+    r: &mut BufReader<S>,
+    want: char,
+    what: &str,
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
     loop {
         let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
+        if r
+            .read_line(&mut line)
+            .with_context(|| format!("reading the SMTP server's reply to {what}"))?
+            == 0
+        {
             bail!("the SMTP server closed the connection after {what}");
         }
-        if line.len() < 4 {
+        if line.len() < 4 || !line.is_char_boundary(4) {
             bail!("malformed SMTP reply to {what}: {line:?}");
         }
+        lines.push(line[4..].trim_end().to_string());
         if line.as_bytes()[3] == b'-' {
             continue;
         }
         if !line.starts_with(want) {
             bail!("the SMTP server refused {what}: {}", line.trim_end());
         }
-        return Ok(());
+        return Ok(lines);
     }
+}
+
+/// Sends one SMTP command line and reads its reply.
+fn smtp_command<S: std::io::Read + std::io::Write>(
+    r: &mut BufReader<S>,
+    line: &str,
+    want: char,
+    what: &str,
+) -> Result<Vec<String>> {
+    write!(r.get_mut(), "{line}\r\n")?;
+    r.get_mut().flush()?;
+    smtp_reply(r, want, what)
+}
+
+/// Whether an EHLO reply's lines name the extension `ext` (its first word).
+fn offers(ehlo: &[String], ext: &str) -> bool {
+    ehlo.iter().skip(1).any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case(ext))
+    })
 }
 
 impl Email {
     fn send_once(&self, ev: &Event) -> Result<()> {
-        let sa = self
-            .cfg
-            .server
+        let server = &self.cfg.server;
+        let sa = server
             .to_socket_addrs()
-            .with_context(|| format!("resolving the SMTP server {}", self.cfg.server))?
+            .with_context(|| format!("resolving the SMTP server {server}"))?
             .next()
-            .with_context(|| format!("{} resolves to nothing", self.cfg.server))?;
+            .with_context(|| format!("{server} resolves to nothing"))?;
         let s = TcpStream::connect_timeout(&sa, self.cfg.timeout)
-            .with_context(|| format!("connecting to the SMTP server {}", self.cfg.server))?;
+            .with_context(|| format!("connecting to the SMTP server {server}"))?;
         s.set_read_timeout(Some(self.cfg.timeout))?;
         s.set_write_timeout(Some(self.cfg.timeout))?;
-        let mut w = s.try_clone()?;
-        let mut r = BufReader::new(s);
-        smtp_reply(&mut r, '2', "the greeting")?;
-        write!(w, "EHLO {}\r\n", self.host)?;
-        smtp_reply(&mut r, '2', "EHLO")?;
-        write!(w, "MAIL FROM:<{}>\r\n", self.cfg.from)?;
-        smtp_reply(&mut r, '2', "MAIL FROM")?;
-        for to in &self.cfg.to {
-            write!(w, "RCPT TO:<{to}>\r\n")?;
-            smtp_reply(&mut r, '2', &format!("RCPT TO {to}"))?;
+        let tls = |tcp| {
+            let config = self.tls.clone().expect("TLS settings read with the config");
+            crate::tls::client_stream(config, crate::tls::host_of(server), tcp)
+        };
+        let result = match self.cfg.tls {
+            EmailTls::None => self.session(BufReader::new(s), true, ev),
+            EmailTls::Implicit => self.session(BufReader::new(tls(s)?), true, ev),
+            EmailTls::Starttls => {
+                let mut r = BufReader::new(s);
+                smtp_reply(&mut r, '2', "the greeting")?;
+                let ehlo = smtp_command(&mut r, &format!("EHLO {}", self.host), '2', "EHLO")?;
+                if !offers(&ehlo, "STARTTLS") {
+                    bail!(
+                        "the SMTP server {server} does not offer STARTTLS (alerts.email.tls = \
+                         \"starttls\"): nothing was sent"
+                    );
+                }
+                smtp_command(&mut r, "STARTTLS", '2', "STARTTLS")?;
+                // Anything read past the reply came before TLS, from anyone on the path
+                // (RFC 3207 section 5): it must not be taken as the server's.
+                if !r.buffer().is_empty() {
+                    bail!("the SMTP server {server} sent more after agreeing to STARTTLS");
+                }
+                self.session(BufReader::new(tls(r.into_inner())?), false, ev)
+            }
+        };
+        result.with_context(|| match self.cfg.tls {
+            EmailTls::None => format!("the SMTP session with {server}"),
+            // The certificate must name the server's host and chain to one in ca_file.
+            _ => format!("the SMTP session with {server} over TLS"),
+        })
+    }
+
+    /// The session from the greeting (`greeting`: not yet read) to QUIT, on a stream that
+    /// is already TLS where the config asks for it.
+    fn session<S: std::io::Read + std::io::Write>(
+        &self,
+        mut r: BufReader<S>,
+        greeting: bool,
+        ev: &Event,
+    ) -> Result<()> {
+        if greeting {
+            smtp_reply(&mut r, '2', "the greeting")?;
         }
-        write!(w, "DATA\r\n")?;
-        smtp_reply(&mut r, '3', "DATA")?;
+        let ehlo = smtp_command(&mut r, &format!("EHLO {}", self.host), '2', "EHLO")?;
+        if let (Some(user), Some(password)) = (&self.cfg.username, &self.password) {
+            if !offers(&ehlo, "AUTH") {
+                bail!("the SMTP server does not offer AUTH, and alerts.email names a username");
+            }
+            // AUTH PLAIN (RFC 4616): authorization identity (empty), user, password.
+            let token = base64_encode(format!("\0{user}\0{password}").as_bytes());
+            smtp_command(
+                &mut r,
+                &format!("AUTH PLAIN {token}"),
+                '2',
+                &format!("AUTH PLAIN as {user}"),
+            )?;
+        }
+        smtp_command(
+            &mut r,
+            &format!("MAIL FROM:<{}>", self.cfg.from),
+            '2',
+            "MAIL FROM",
+        )?;
+        for to in &self.cfg.to {
+            smtp_command(
+                &mut r,
+                &format!("RCPT TO:<{to}>"),
+                '2',
+                &format!("RCPT TO {to}"),
+            )?;
+        }
+        smtp_command(&mut r, "DATA", '3', "DATA")?;
         let subject: String = format!("[netmon {}] {}", self.host, ev.summary())
             .chars()
             .filter(|c| !c.is_control())
@@ -330,12 +477,33 @@ impl Email {
             msg.push_str(line);
             msg.push_str("\r\n");
         }
-        msg.push_str(".\r\n");
-        w.write_all(msg.as_bytes())?;
-        smtp_reply(&mut r, '2', "the message")?;
-        let _ = write!(w, "QUIT\r\n");
+        msg.push('.');
+        smtp_command(&mut r, &msg, '2', "the message")?;
+        let _ = write!(r.get_mut(), "QUIT\r\n").and_then(|()| r.get_mut().flush());
         Ok(())
     }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+fn base64_encode(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `Tue, 01 Dec 2026 07:09:00 +0000` from unix milliseconds.
@@ -427,10 +595,7 @@ impl Sinks {
             }));
         }
         if let Some(e) = &cfg.email {
-            sinks.push(Box::new(Email {
-                cfg: e.clone(),
-                host: host.to_string(),
-            }));
+            sinks.push(Box::new(Email::new(e, host)?));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
@@ -667,6 +832,216 @@ mod tests {
         assert_eq!(
             rfc2822(1_796_108_940_000),
             "Tue, 01 Dec 2026 07:09:00 +0000"
+        );
+    }
+
+    /// aiosmtpd (Debian's python3-aiosmtpd, which `cargo xtask test` installs) on loopback
+    /// with the certificate `cert`, requiring AUTH as `user`/`password` and storing what it
+    /// accepts in the Maildir `maildir`. `mode`: "starttls" (required before anything),
+    /// "tls" (implicit TLS) or "plain" (no STARTTLS offered).
+    const SMTP_SERVER: &str = r#"
+import sys, ssl
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+mode, port, cert, key, user, password, maildir = sys.argv[1:8]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+def auth(server, session, envelope, mechanism, data):
+    ok = (isinstance(data, LoginPassword) and data.login == user.encode()
+          and data.password == password.encode())
+    return AuthResult(success=ok, handled=False)
+kw = dict(hostname="127.0.0.1", port=int(port), authenticator=auth, auth_required=True)
+if mode == "starttls":
+    c = Controller(Mailbox(maildir), tls_context=ctx, require_starttls=True, **kw)
+elif mode == "tls":
+    c = Controller(Mailbox(maildir), ssl_context=ctx, auth_require_tls=False, **kw)
+else:
+    c = Controller(Mailbox(maildir), auth_require_tls=False, **kw)
+c.start()
+print("ready", flush=True)
+sys.stdin.read()
+c.stop()
+"#;
+
+    struct Smtp {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Drop for Smtp {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn smtp_server(mode: &str, dir: &std::path::Path, maildir: &std::path::Path) -> Smtp {
+        use std::process::{Command, Stdio};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", SMTP_SERVER, mode, &port.to_string()])
+            .arg(dir.join("smtp.crt"))
+            .arg(dir.join("smtp.key"))
+            .args(["netmon", "s3cret pass"])
+            .arg(maildir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (Debian package python3-aiosmtpd)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        let server = Smtp { child, port };
+        assert_eq!(ready.trim(), "ready", "the SMTP server did not start");
+        server
+    }
+
+    /// Messages the server stored.
+    fn mails(maildir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(maildir.join("new"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The email sink against a real SMTP server: STARTTLS and implicit TLS with AUTH PLAIN
+    /// deliver (the server refuses mail before TLS and without AUTH), a wrong password, a
+    /// server without STARTTLS and a certificate the sink does not trust deliver nothing
+    /// and say why, and a missing password file stops the sink's start naming it.
+    #[test]
+    fn email_over_starttls_and_tls_with_auth() {
+        let dir = std::env::temp_dir().join(format!("netmon-smtp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone());
+        for name in ["smtp", "other"] {
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+                .args(["-subj", "/CN=netmon-test-smtp"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+                .arg("-keyout")
+                .arg(dir.join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.join(format!("{name}.crt")))
+                .output()
+                .expect("run openssl (cargo xtask test installs it)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let password_file = dir.join("password");
+        std::fs::write(&password_file, "s3cret pass\n").unwrap();
+        let config = |port: u16, tls: EmailTls| EmailConfig {
+            server: format!("127.0.0.1:{port}"),
+            from: "netmon@example.test".into(),
+            to: vec!["ops@example.test".into()],
+            min_severity: Level::Low,
+            timeout: Duration::from_secs(5),
+            tls,
+            ca_file: Some(dir.join("smtp.crt")),
+            username: Some("netmon".into()),
+            password_file: Some(password_file.clone()),
+        };
+        let ev = alert_event();
+
+        for (mode, tls) in [
+            ("starttls", EmailTls::Starttls),
+            ("tls", EmailTls::Implicit),
+        ] {
+            let maildir = dir.join(format!("mail-{mode}"));
+            let server = smtp_server(mode, &dir, &maildir);
+            let sink = Email::new(&config(server.port, tls), "h").unwrap();
+            sink.send_once(&ev)
+                .unwrap_or_else(|e| panic!("{mode}: {e:#}"));
+            let got = mails(&maildir);
+            assert_eq!(got.len(), 1, "{mode}: {got:?}");
+            assert!(
+                got[0].contains("Subject: [netmon h] "),
+                "{mode}: {}",
+                got[0]
+            );
+            assert!(
+                got[0].contains("198.18.0.2: 30 ports tried"),
+                "{mode}: {}",
+                got[0]
+            );
+
+            // A wrong password: refused at AUTH, nothing stored.
+            let wrong = dir.join("wrong");
+            std::fs::write(&wrong, "not it\n").unwrap();
+            let mut cfg = config(server.port, tls);
+            cfg.password_file = Some(wrong);
+            let err = format!(
+                "{:#}",
+                Email::new(&cfg, "h").unwrap().send_once(&ev).unwrap_err()
+            );
+            assert!(
+                err.contains("refused AUTH PLAIN as netmon"),
+                "{mode}: {err}"
+            );
+
+            // A certificate the sink does not trust: no session, nothing stored.
+            let mut cfg = config(server.port, tls);
+            cfg.ca_file = Some(dir.join("other.crt"));
+            let err = format!(
+                "{:#}",
+                Email::new(&cfg, "h").unwrap().send_once(&ev).unwrap_err()
+            );
+            assert!(err.contains("invalid peer certificate"), "{mode}: {err}");
+            assert_eq!(mails(&maildir).len(), 1, "{mode}");
+        }
+
+        // A server that does not offer STARTTLS gets nothing, not even the envelope.
+        let maildir = dir.join("mail-plain");
+        let server = smtp_server("plain", &dir, &maildir);
+        let sink = Email::new(&config(server.port, EmailTls::Starttls), "h").unwrap();
+        let err = format!("{:#}", sink.send_once(&ev).unwrap_err());
+        assert!(err.contains("does not offer STARTTLS"), "{err}");
+        assert!(mails(&maildir).is_empty());
+
+        // A password file that is not there: the sink does not start, and says which file.
+        let mut cfg = config(server.port, EmailTls::Starttls);
+        cfg.password_file = Some(dir.join("missing"));
+        let err = format!("{:#}", Email::new(&cfg, "h").err().unwrap());
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn base64_is_rfc_4648s() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+        // RFC 4616's example credentials.
+        assert_eq!(
+            base64_encode(b"\0tim\0tanstaaftanstaaf"),
+            "AHRpbQB0YW5zdGFhZnRhbnN0YWFm"
         );
     }
 }

@@ -295,14 +295,33 @@ pub struct SyslogConfig {
     pub app_name: String,
 }
 
+/// How the email sink protects its SMTP session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmailTls {
+    /// Plain SMTP, as to a local relay (the default).
+    None,
+    /// Plain SMTP upgraded by STARTTLS (RFC 3207) before anything else is said; a server
+    /// that does not offer it gets nothing.
+    Starttls,
+    /// TLS from the first byte (RFC 8314's implicit TLS, port 465).
+    Implicit,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmailConfig {
-    /// SMTP server `host:port` (plain SMTP, as to a local relay).
+    /// SMTP server `host:port`.
     pub server: String,
     pub from: String,
     pub to: Vec<String>,
     pub min_severity: Level,
     pub timeout: Duration,
+    pub tls: EmailTls,
+    /// The certificates trusted for the server's (PEM); None: the system's bundle.
+    pub ca_file: Option<PathBuf>,
+    /// AUTH PLAIN (RFC 4954) as this user, with the password in `password_file`'s first
+    /// line; only over TLS.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// Alert when a metric stays above (or below) a value for a while.
@@ -437,6 +456,10 @@ struct RawEmail {
     to: Spanned<Vec<String>>,
     min_severity: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    ca_file: Option<PathBuf>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -788,7 +811,50 @@ impl ThreatConfig {
                         "alerts.email: `to` names no recipient".into(),
                     ));
                 }
+                let tls = match e.tls.as_ref().map(|t| (t, t.get_ref().as_str())) {
+                    None | Some((_, "none")) => EmailTls::None,
+                    Some((_, "starttls")) => EmailTls::Starttls,
+                    Some((_, "tls")) => EmailTls::Implicit,
+                    Some((t, other)) => {
+                        return Err(err(
+                            t.span().start,
+                            format!(
+                                "alerts.email: tls = \"{other}\": give \"none\" (plain SMTP, as \
+                                 to a local relay), \"starttls\" (port 587) or \"tls\" (port 465)"
+                            ),
+                        ));
+                    }
+                };
+                match (&e.username, &e.password_file) {
+                    (Some(u), _) if tls == EmailTls::None => {
+                        return Err(err(
+                            u.span().start,
+                            "alerts.email: `username` needs `tls` (\"starttls\" or \"tls\"): \
+                             a password is never sent in the clear"
+                                .into(),
+                        ));
+                    }
+                    (Some(u), None) => {
+                        return Err(err(
+                            u.span().start,
+                            "alerts.email: `username` needs `password_file` (the password on \
+                             its first line)"
+                                .into(),
+                        ));
+                    }
+                    (None, Some(p)) => {
+                        return Err(err(
+                            p.span().start,
+                            "alerts.email: `password_file` needs `username`".into(),
+                        ));
+                    }
+                    _ => {}
+                }
                 Some(EmailConfig {
+                    tls,
+                    ca_file: e.ca_file.clone(),
+                    username: e.username.as_ref().map(|u| u.get_ref().clone()),
+                    password_file: e.password_file.as_ref().map(|p| p.get_ref().clone()),
                     server: e.server.get_ref().clone(),
                     from: e.from.clone(),
                     to: e.to.get_ref().clone(),
@@ -1009,7 +1075,19 @@ for = "10s"
             SyslogTarget::Unix("/dev/log".into())
         );
         assert_eq!(c.alerts.email.as_ref().unwrap().min_severity, Level::High);
+        assert_eq!(c.alerts.email.as_ref().unwrap().tls, EmailTls::None);
         assert_eq!(c.alerts.thresholds[0].for_, Duration::from_secs(10));
+        let c = ThreatConfig::parse(
+            "[alerts.email]\nserver = \"h:587\"\nfrom = \"a\"\nto = [\"b\"]\n\
+             tls = \"starttls\"\nusername = \"u\"\npassword_file = \"/p\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let e = c.alerts.email.unwrap();
+        assert_eq!(
+            (e.tls, e.username.as_deref(), e.password_file, e.ca_file),
+            (EmailTls::Starttls, Some("u"), Some("/p".into()), None)
+        );
     }
 
     #[test]
@@ -1061,6 +1139,23 @@ for = "10s"
                 "[alerts.email]\nserver = \"h:25\"\nfrom = \"a\"\nto = []\n",
                 4,
                 "no recipient",
+            ),
+            (
+                "[alerts.email]\nserver = \"h:25\"\nfrom = \"a\"\nto = [\"b\"]\ntls = \"ssl\"\n",
+                5,
+                "\"starttls\" (port 587) or \"tls\" (port 465)",
+            ),
+            (
+                "[alerts.email]\nserver = \"h:25\"\nfrom = \"a\"\nto = [\"b\"]\n\
+                 username = \"u\"\npassword_file = \"/p\"\n",
+                5,
+                "never sent in the clear",
+            ),
+            (
+                "[alerts.email]\nserver = \"h:587\"\nfrom = \"a\"\nto = [\"b\"]\n\
+                 tls = \"starttls\"\nusername = \"u\"\n",
+                6,
+                "needs `password_file`",
             ),
         ] {
             let e = ThreatConfig::parse(text, "t.toml").unwrap_err().to_string();
