@@ -326,8 +326,7 @@ fn smtp_reply<S: std::io::Read>(
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();
-        if r
-            .read_line(&mut line)
+        if r.read_line(&mut line)
             .with_context(|| format!("reading the SMTP server's reply to {what}"))?
             == 0
         {
