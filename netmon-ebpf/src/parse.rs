@@ -100,7 +100,7 @@ impl Packet {
 }
 
 /// What the parser learnt about a packet, in wire orientation (source/destination). Whole
-/// 32-bit words without padding (`reset`).
+/// 64-bit words without padding (`reset`).
 #[repr(C)]
 pub struct Parsed {
     pub family: u8,
@@ -120,12 +120,16 @@ pub struct Parsed {
     pub note: u32,
 }
 
-const PARSED_WORDS: usize = size_of::<Parsed>() / 4;
-const _: () = assert!(size_of::<Parsed>() == 4 * PARSED_WORDS, "whole words");
-/// `Parsed::new()` as words (it has no padding: a transmute of padding would not compile).
-const NEW_WORDS: [u32; PARSED_WORDS] =
-    // SAFETY: a Parsed is PARSED_WORDS words without padding, every bit pattern a u32.
-    unsafe { core::mem::transmute::<Parsed, [u32; PARSED_WORDS]>(Parsed::new()) };
+const PARSED_WORDS: usize = size_of::<Parsed>() / 8;
+const _: () = assert!(
+    size_of::<Parsed>() == 8 * PARSED_WORDS,
+    "whole 64-bit words"
+);
+/// `Parsed::new()` as 64-bit words (it has no padding: a transmute of padding would not
+/// compile).
+const NEW_WORDS: [u64; PARSED_WORDS] =
+    // SAFETY: a Parsed is PARSED_WORDS words without padding, every bit pattern a u64.
+    unsafe { core::mem::transmute::<Parsed, [u64; PARSED_WORDS]>(Parsed::new()) };
 
 impl Parsed {
     #[inline(always)]
@@ -145,15 +149,15 @@ impl Parsed {
         }
     }
 
-    /// Makes `*p` a `Parsed::new()`, one volatile store per word. A plain store of a whole
-    /// struct behind a pointer becomes a memset call, a BPF-to-BPF call the packet programs
-    /// do not make.
+    /// Makes `*p` a `Parsed::new()`, one volatile store per 64-bit word. A plain store of a
+    /// whole struct behind a pointer becomes a memset call, a BPF-to-BPF call the packet
+    /// programs do not make.
     ///
     /// # Safety
-    /// `p` is valid for writes and 4-byte aligned.
+    /// `p` is valid for writes and 8-byte aligned.
     #[inline(always)]
     pub unsafe fn reset(p: *mut Parsed) {
-        let w = p.cast::<u32>();
+        let w = p.cast::<u64>();
         let mut i = 0;
         while i < PARSED_WORDS {
             // SAFETY: word `i` of the struct, per the caller's promise.

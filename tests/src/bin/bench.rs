@@ -692,7 +692,9 @@ parse before the drop list (the verifier checks the rest once: 928,131 -> 71,684
 instructions for `netmon_xdp` over the rounds), and into a per-CPU map entry rather than the stack \
 (2026-12-05, after this run: the verifier does not track a map value's contents, so the parser's \
 ~30 exits, each with its own constants, become one state per family: `netmon_xdp` 109,735 -> \
-36,420, `netmon_tc_tab` 217,415 -> 63,058; no per-packet change measurable); the IPv4 /16 and /24 \
+34,449, `netmon_tc_tab` 217,415 -> 87,719; no per-packet change measurable in alternating builds, \
+`netmon-bench compare`, once the parse is read back field by field where used rather than whole); \
+the IPv4 /16 and /24 \
 filters; header pulls on egress only when needed, by tail call; a raw-tracepoint UDP-sender hook \
 with a per-CPU cache of the last socket. Tried and not kept: the kernel's per-CPU LRU hash (an \
 insert writes every CPU's value), a plain hash without preallocation, a per-CPU direct-mapped \
