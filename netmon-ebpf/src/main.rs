@@ -760,7 +760,7 @@ fn account<const TAB: bool>(
     // SAFETY: no instructions.
     unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
     // SAFETY: as above.
-    let p = unsafe { &*(&raw const (*cpu).parsed) };
+    let p = unsafe { &(*cpu).parsed };
     if cut && p.note == counter::TRUNCATED_L4 {
         return Verdict::Pull;
     }
