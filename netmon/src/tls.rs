@@ -291,22 +291,34 @@ pub fn exchange(
     Ok(resp)
 }
 
+/// For the unit tests that need certificates and a scratch directory.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::client::Api;
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
 
-    /// A directory removed with its contents when the test ends, passed or not.
-    struct Dir(PathBuf);
-    impl Drop for Dir {
+    /// A directory under the system's temporary one, removed with its contents when the
+    /// test ends, passed or not.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir().join(format!("netmon-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+    }
+
+    impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
     /// A self-signed certificate for 127.0.0.1 and its key, written to `dir/{name}.crt` and
-    /// `dir/{name}.key` by openssl (which `cargo xtask test` installs).
-    fn make_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    /// `dir/{name}.key` by openssl (which `cargo xtask test` installs). Not a CA: rustls
+    /// refuses a CA certificate as a server's own.
+    pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let (cert, key) = (
             dir.join(format!("{name}.crt")),
             dir.join(format!("{name}.key")),
@@ -330,6 +342,13 @@ mod tests {
         );
         (cert, key)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{TempDir, self_signed as make_pair};
+    use super::*;
+    use crate::client::Api;
 
     /// Puts `from` at `to` as a renewal does: a new file renamed into place.
     fn replace(from: &Path, to: &Path) {
@@ -350,8 +369,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
-        let dir = Dir(std::env::temp_dir().join(format!("netmon-tls-{}", std::process::id())));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = TempDir::new("tls");
         let (old_cert, old_key) = make_pair(&dir.0, "old");
         let (new_cert, new_key) = make_pair(&dir.0, "new");
         // The files the daemon is given, which the renewal replaces.

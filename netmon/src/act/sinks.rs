@@ -918,34 +918,10 @@ c.stop()
     /// and say why, and a missing password file stops the sink's start naming it.
     #[test]
     fn email_over_starttls_and_tls_with_auth() {
-        let dir = std::env::temp_dir().join(format!("netmon-smtp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        struct Cleanup(std::path::PathBuf);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let _cleanup = Cleanup(dir.clone());
+        let tmp = crate::tls::test_support::TempDir::new("smtp");
+        let dir = tmp.0.clone();
         for name in ["smtp", "other"] {
-            let out = std::process::Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-                .args(["-subj", "/CN=netmon-test-smtp"])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-                .arg("-keyout")
-                .arg(dir.join(format!("{name}.key")))
-                .arg("-out")
-                .arg(dir.join(format!("{name}.crt")))
-                .output()
-                .expect("run openssl (cargo xtask test installs it)");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::tls::test_support::self_signed(&dir, name);
         }
         let password_file = dir.join("password");
         std::fs::write(&password_file, "s3cret pass\n").unwrap();
