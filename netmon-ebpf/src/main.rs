@@ -395,6 +395,9 @@ struct CpuScratch {
     parsed: Parsed,
 }
 
+// `Parsed::reset` writes 64-bit words: the map value is 8-byte aligned, and so is this.
+const _: () = assert!(core::mem::offset_of!(CpuScratch, parsed) % 8 == 0);
+
 #[map]
 static NETMON_CPU: PerCpuArray<CpuScratch> = PerCpuArray::with_max_entries(1, 0);
 
