@@ -113,12 +113,11 @@ impl CertFiles {
         Ok(true)
     }
 
-    /// The certificate chain now served.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+    /// The pair now served.
+    pub fn served(&self) -> Arc<CertifiedKey> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .cert
             .clone()
     }
 
@@ -149,12 +148,7 @@ impl CertFiles {
 
 impl ResolvesServerCert for CertFiles {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.served())
     }
 }
 
@@ -420,7 +414,7 @@ mod tests {
         assert!(err.contains("served.crt"), "{err}");
         // Unchanged since that attempt: nothing to read again.
         assert!(!watcher.reload_if_changed().unwrap());
-        assert_eq!(watcher.chain(), certificates(&new_cert).unwrap());
+        assert_eq!(watcher.served().cert, certificates(&new_cert).unwrap());
         let _ = certs.reload_if_changed();
         assert_eq!(get(new_cert.clone()).await.unwrap().unwrap(), 200);
     }
