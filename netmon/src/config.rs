@@ -210,8 +210,8 @@ mod tests {
 
     #[test]
     fn api_tokens_are_read_from_the_first_line_and_checked() {
-        let dir = std::env::temp_dir().join(format!("netmon-token-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::test_support::TempDir::new("token-test");
+        let dir = &tmp.0;
         let file = |name: &str, text: &str| {
             let p = dir.join(name);
             std::fs::write(&p, text).unwrap();
@@ -232,7 +232,6 @@ mod tests {
         }
         let e = format!("{:#}", read_token(&dir.join("missing")).unwrap_err());
         assert!(e.contains("missing") && e.contains("No such file"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -255,9 +254,8 @@ mod tests {
             .unwrap_err()
         );
         assert!(e.contains("/nonexistent/cert.pem"), "{e}");
-        let dir = std::env::temp_dir().join(format!("netmon-tls-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty.pem");
+        let tmp = crate::test_support::TempDir::new("tls-test");
+        let empty = tmp.0.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = format!(
             "{:#}",
@@ -267,7 +265,6 @@ mod tests {
             e.contains("empty.pem") && e.contains("no certificate"),
             "{e}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

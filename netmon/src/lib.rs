@@ -25,6 +25,8 @@ pub mod load;
 pub mod mapmem;
 pub mod metrics;
 pub mod sockdiag;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod tls;
 
 /// Gives the heap's free memory back to the kernel (glibc keeps it otherwise); a no-op

@@ -918,10 +918,10 @@ c.stop()
     /// and say why, and a missing password file stops the sink's start naming it.
     #[test]
     fn email_over_starttls_and_tls_with_auth() {
-        let tmp = crate::tls::test_support::TempDir::new("smtp");
+        let tmp = crate::test_support::TempDir::new("smtp");
         let dir = tmp.0.clone();
         for name in ["smtp", "other"] {
-            crate::tls::test_support::self_signed(&dir, name);
+            crate::test_support::self_signed(&dir, name);
         }
         let password_file = dir.join("password");
         std::fs::write(&password_file, "s3cret pass\n").unwrap();
