@@ -158,10 +158,11 @@ pub struct Shared {
     /// Lists idle sockets (listeners, TIME_WAIT...) for the connection table; None until
     /// the daemon has its maps.
     pub sockets: std::sync::Mutex<Option<crate::sockdiag::Lister>>,
-    /// How the endpoints show remote addresses (`--anonymize`).
-    pub anonymize: Anonymize,
-    /// The bearer token every request but /healthz must bring (`--api-token-file`).
-    pub api_token: Option<String>,
+    /// How the endpoints show remote addresses (`--anonymize`; a reload may change it).
+    pub anonymize: RwLock<Anonymize>,
+    /// The bearer token every request but /healthz must bring (`--api-token-file`; a reload
+    /// may change it).
+    pub api_token: RwLock<Option<String>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -186,7 +187,7 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let Some(token) = &s.api_token else {
+    let Some(token) = s.api_token.read().expect("lock not poisoned").clone() else {
         return next.run(req).await;
     };
     let given = req
@@ -194,7 +195,7 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if req.uri().path() == "/healthz" || given.is_some_and(|g| same_token(g, token)) {
+    if req.uri().path() == "/healthz" || given.is_some_and(|g| same_token(g, &token)) {
         return next.run(req).await;
     }
     (
@@ -264,7 +265,7 @@ async fn network_stats(
             None => stats.connections_total = stats.connections.len(),
         }
         let c = s.classifier.read().expect("lock not poisoned");
-        let anon = s.anonymize;
+        let anon = *s.anonymize.read().expect("lock not poisoned");
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;
             let (mut risk, geo) =
@@ -301,7 +302,7 @@ async fn network_stats(
 /// The alerts kept (newest last), with their reasons.
 async fn alerts(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::Alert>> {
     let mut alerts = s.classifier.read().expect("lock not poisoned").alerts();
-    let anon = s.anonymize;
+    let anon = *s.anonymize.read().expect("lock not poisoned");
     if anon != Anonymize::Off {
         for a in &mut alerts {
             if let Some(ip) = a.remote {
@@ -318,7 +319,7 @@ async fn alerts(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::Alert
 /// riskiest first.
 async fn remotes(State(s): State<Arc<Shared>>) -> Json<Vec<crate::classify::RemoteRisk>> {
     let mut remotes = s.classifier.read().expect("lock not poisoned").remotes();
-    let anon = s.anonymize;
+    let anon = *s.anonymize.read().expect("lock not poisoned");
     if anon != Anonymize::Off {
         for r in &mut remotes {
             anonymize_reasons(anon, &mut r.reasons, r.remote);
@@ -377,7 +378,7 @@ mod tests {
     async fn a_token_guards_everything_but_healthz() {
         let token = "0123456789abcdef0123456789abcdef";
         let shared = Arc::new(Shared {
-            api_token: Some(token.into()),
+            api_token: RwLock::new(Some(token.into())),
             ..Shared::default()
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

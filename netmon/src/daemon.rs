@@ -14,15 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    act::{
-        commands::DropList,
-        droplist::DropMaps,
-        respond::{Pipeline, PipelineTx},
-        state::now_ms,
-    },
+    act::{commands::DropList, droplist::DropMaps, state::now_ms},
     aggregate::Owner,
     api::{self, InterfaceStats, MapUsage, NetworkStats, Shared, Status},
-    classify::feeds::{FeedRefresher, Feeds},
     config::RunConfig,
     drain::{Maps, monotonic_ns},
     load::{self, LoadOptions, iface},
@@ -266,10 +260,8 @@ struct Drain {
     process_series: crate::metrics::NamedSeries,
     /// Which cgroup paths do.
     cgroup_series: crate::metrics::NamedSeries,
-    /// The response thread (event log, policy, sinks).
-    pipeline: Option<PipelineTx>,
-    /// The feed set the feed thread publishes.
-    feeds: Arc<RwLock<Arc<Feeds>>>,
+    /// The feed and response threads, and the threat configuration in force.
+    threat: crate::reload::ThreatSide,
     /// Failures already counted per feed.
     feed_failures: HashMap<String, u64>,
     /// What each TCP socket had sent again at the last drain.
@@ -357,7 +349,7 @@ impl Drain {
         }
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
-            c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
+            c.set_feeds(self.threat.feeds.read().expect("lock not poisoned").clone());
             for (k, flags) in &out.new_flows {
                 c.observe_new_flow(k, *flags, now);
             }
@@ -378,7 +370,7 @@ impl Drain {
                     .threats
                     .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
                     .inc();
-                if let Some(p) = &self.pipeline {
+                if let Some(p) = &self.threat.pipeline {
                     p.send(a);
                 }
             }
@@ -701,8 +693,59 @@ fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Trac
     counts
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
+/// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
+/// delayed rather than bunched.
+async fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(interval);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t.tick().await;
+    t
+}
+
+/// Puts the settings of `new` that apply while running in force (the threat configuration,
+/// `anonymize`, the API token, `interval`, `idle_timeout`) and records them in `running`;
+/// the others are named in a warning and wait for a restart. An error (the new threat
+/// configuration's files do not load) changes nothing.
+fn reload(
+    running: &mut RunConfig,
+    new: RunConfig,
+    drain: &mut Drain,
+    shared: &Arc<Shared>,
+) -> Result<()> {
+    let later = crate::reload::restart_only_changes(running, &new);
+    if new.threat != running.threat {
+        drain
+            .threat
+            .replace(&new.threat, &running.pin_dir, &running.state_dir, shared)?;
+        running.threat = new.threat;
+    }
+    *shared.anonymize.write().expect("lock not poisoned") = new.anonymize;
+    *shared.api_token.write().expect("lock not poisoned") = new.api_token.clone();
+    running.anonymize = new.anonymize;
+    running.api_token = new.api_token;
+    running.interval = new.interval;
+    running.idle_timeout = new.idle_timeout;
+    drain.idle_ns = new.idle_timeout.as_nanos() as u64;
+    if !later.is_empty() {
+        warn!(
+            "SIGHUP: {} changed; that takes a restart (netmon keeps running with the old value)",
+            later.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the daemon until `shutdown` is cancelled. On SIGHUP it calls `reread` for the
+/// configuration as the command line and its files now say, and applies it (`reload`).
+pub async fn run(
+    cfg: RunConfig,
+    shutdown: CancellationToken,
+    reread: impl Fn() -> Result<RunConfig>,
+) -> Result<()> {
+    // Installed first: from here a SIGHUP (whose default action ends the process) is a
+    // reload, taken once the loop runs.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let interfaces = if cfg.interfaces.is_empty() {
         let found = iface::default_interfaces();
         if found.is_empty() {
@@ -722,17 +765,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
 
     // The threat side's inputs are checked before anything is attached: a wrong path fails
     // the start with nothing left behind.
-    let geo =
-        Arc::new(crate::classify::geo::Geo::open(&cfg.threat.geoip).context("--geoip / geoip")?);
-    let (refresher, feeds0) =
-        FeedRefresher::start(cfg.threat.feeds.clone(), Some(cfg.state_dir.join("feeds")))
-            .context("loading the reputation feeds")?;
-    let event_log = cfg
-        .threat
-        .alerts
-        .log
-        .clone()
-        .unwrap_or_else(|| cfg.state_dir.join("events.jsonl"));
+    let opened = crate::reload::Opened::open(&cfg.threat, &cfg.state_dir)?;
+    let event_log = opened.event_log.clone();
 
     let list = DropList::new(&cfg.pin_dir, &cfg.state_dir);
     let mut drop_maps = None;
@@ -792,14 +826,14 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     };
     drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared {
-        anonymize: cfg.anonymize,
-        api_token: cfg.api_token.clone(),
+        anonymize: RwLock::new(cfg.anonymize),
+        api_token: RwLock::new(cfg.api_token.clone()),
         ..Shared::default()
     });
     {
         let mut c = crate::classify::Classifier::new(cfg.threat.clone());
-        c.set_geo(geo.clone());
-        c.set_feeds(Arc::new(feeds0.clone()));
+        c.set_geo(opened.geo.clone());
+        c.set_feeds(Arc::new(opened.feeds.clone()));
         // The alerts of earlier runs, from the event log: listed again after a restart (or
         // a crash), and this run's ids follow theirs.
         let (earlier, bad) = crate::act::notify::EventLog::recent_alerts(
@@ -823,42 +857,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         c.restore(earlier);
         *shared.classifier.write().expect("lock not poisoned") = c;
     }
-    let feeds = Arc::new(RwLock::new(Arc::new(feeds0)));
-    let feeds_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let feed_thread = if cfg.threat.feeds.is_empty() {
-        None
-    } else {
-        match refresher.spawn(
-            feeds.clone(),
-            shared.feed_status.clone(),
-            feeds_stop.clone(),
-        ) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                warn!("cannot start the feed thread, feeds will not refresh: {e}");
-                None
-            }
-        }
-    };
-    let (pipeline, pipeline_thread, sink_names) = match Pipeline::new(
-        &cfg.threat,
-        DropList::new(&cfg.pin_dir, &cfg.state_dir),
-        &event_log,
-        shared.clone(),
-    )
-    .and_then(|p| {
-        let names = p.sink_names();
-        let (tx, h) = p.spawn()?;
-        Ok((tx, h, names))
-    }) {
-        Ok((tx, h, names)) => (Some(tx), Some(h), names),
-        Err(e) => {
-            // Alerts still reach the log, the API and the metrics; responses and sinks wait
-            // for a restart.
-            warn!("the response thread is not running (no event log, actions or sinks): {e:#}");
-            (None, None, Vec::new())
-        }
-    };
+    let pipeline = opened.pipeline(&cfg.pin_dir, &cfg.state_dir, &shared);
+    let threat = crate::reload::ThreatSide::start(opened, pipeline, &shared);
     for h in &attached.hooks {
         shared
             .metrics
@@ -866,25 +866,14 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             .with_label_values(&[h.purpose.as_str(), h.kind.as_str(), h.target.as_str()])
             .set(i64::from(h.active));
     }
-    let base_status = Status {
+    let mut base_status = Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         listen: listen.to_string(),
         interfaces: attached.interfaces.clone(),
         hooks: attached.hooks.clone(),
         flow_table: cfg.flow_table,
-        threat: crate::api::ThreatStatus {
-            feeds: Vec::new(),
-            geoip: geo
-                .dbs
-                .iter()
-                .map(|d| format!("{} ({})", d.path, d.database_type()))
-                .collect(),
-            sinks: sink_names.iter().map(|s| s.to_string()).collect(),
-            event_log: event_log.display().to_string(),
-            dry_run: cfg.threat.response.dry_run,
-            policy_lines: cfg.threat.response.policy.len(),
-        },
+        threat: threat.status(),
         ..Default::default()
     };
     *shared.status.write().expect("lock not poisoned") = base_status.clone();
@@ -921,8 +910,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         drains: 0,
         process_series: crate::metrics::NamedSeries::processes(cfg.process_series),
         cgroup_series: crate::metrics::NamedSeries::cgroups(cfg.process_series),
-        pipeline,
-        feeds,
+        threat,
         feed_failures: HashMap::new(),
         retrans: Default::default(),
     };
@@ -957,9 +945,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
+    let mut ticker = ticker(cfg.interval).await;
+    let mut running = cfg;
+    shared.metrics.config_last_reload_successful.set(1);
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
@@ -970,6 +958,34 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 }
                 prog_stats.update(&attached.ebpf, &shared.metrics);
             }
+            Some(()) = hangup.recv() => {
+                let interval = running.interval;
+                let applied = tokio::task::block_in_place(|| {
+                    reread().and_then(|new| reload(&mut running, new, &mut drain, &shared))
+                });
+                let ok = match applied {
+                    Ok(()) => {
+                        base_status.threat = drain.threat.status();
+                        // In /api/status at once, not from the next drain on.
+                        let mut st = shared.status.write().expect("lock not poisoned");
+                        let feeds = std::mem::take(&mut st.threat.feeds);
+                        st.threat = crate::api::ThreatStatus { feeds, ..base_status.threat.clone() };
+                        drop(st);
+                        info!("SIGHUP: configuration reloaded");
+                        true
+                    }
+                    Err(e) => {
+                        warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e:#}");
+                        false
+                    }
+                };
+                let m = &shared.metrics;
+                m.config_reloads.with_label_values(&[if ok { "applied" } else { "failed" }]).inc();
+                m.config_last_reload_successful.set(i64::from(ok));
+                if running.interval != interval {
+                    ticker = self::ticker(running.interval).await;
+                }
+            }
         }
     };
     shutdown.cancel();
@@ -978,18 +994,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         Err(_) => warn!("API server did not stop within 5 s"),
         _ => {}
     }
+    drain.threat.stop();
     drop(drain);
-    feeds_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(h) = pipeline_thread
-        && h.join().is_err()
-    {
-        warn!("the response thread panicked");
-    }
-    if let Some(h) = feed_thread
-        && h.join().is_err()
-    {
-        warn!("the feed thread panicked");
-    }
     if let Some(h) = housekeeping
         && h.join().is_err()
     {

@@ -6,7 +6,7 @@
 //! and cgroup totals ([`cgroups`] names the owners' cgroups) -> [`classify`] scores
 //! connections and detects attack patterns -> [`act`] (drop list, automatic response, alert
 //! sinks) -> [`metrics`] and [`api`] expose them ([`export`] writes flows and events for
-//! forensics). [`daemon`] runs that loop; [`client`] is the CLI's way to ask a running
+//! forensics). [`daemon`] runs that loop ([`reload`] applies a changed configuration to it); [`client`] is the CLI's way to ask a running
 //! daemon.
 
 pub mod act;
@@ -24,6 +24,7 @@ pub mod flowtab;
 pub mod load;
 pub mod mapmem;
 pub mod metrics;
+pub mod reload;
 pub mod sockdiag;
 #[cfg(test)]
 pub(crate) mod test_support;

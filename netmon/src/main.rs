@@ -206,7 +206,7 @@ fn parse_endpoint(s: &str) -> Result<(std::net::IpAddr, Option<u16>)> {
     }
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct RunArgs {
     /// Interface to monitor; repeat for several. Default: every up, non-loopback interface.
     #[arg(long = "iface", short = 'i')]
@@ -676,7 +676,9 @@ fn run(cli: Cli) -> Result<()> {
                 // Plain text into log files and journald; colour only on a terminal.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            let cfg = resolve(*args, cli.pin_dir.clone(), cli.state_dir.clone())?;
+            let cfg = resolve((*args).clone(), cli.pin_dir.clone(), cli.state_dir.clone())?;
+            // SIGHUP: the same command line, its files read again.
+            let reread = || resolve((*args).clone(), cli.pin_dir.clone(), cli.state_dir.clone());
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
                 let token = CancellationToken::new();
@@ -692,7 +694,7 @@ fn run(cli: Cli) -> Result<()> {
                     tracing::info!("signal received, detaching");
                     t.cancel();
                 });
-                daemon::run(cfg, token).await
+                daemon::run(cfg, token, reread).await
             })
         }
         Cmd::Flows { json, top, api } => {

@@ -174,6 +174,8 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     pub feed_entries: IntGaugeVec,
     pub feed_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -479,6 +481,21 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            config_reloads: cv(
+                "netmon_config_reloads_total",
+                "Configuration reloads asked for with SIGHUP, by result: applied, or failed \
+                 (the configuration did not load; the running one stays).",
+                &["result"],
+            ),
+            config_last_reload_successful: reg(
+                &r,
+                IntGauge::new(
+                    "netmon_config_last_reload_successful",
+                    "0 while the configuration's last reload failed (the daemon runs with \
+                     the one before), else 1.",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         m.build_info
@@ -494,6 +511,9 @@ impl Metrics {
                     .with_label_values(&[kind, level.as_str()])
                     .inc_by(0);
             }
+        }
+        for result in ["applied", "failed"] {
+            m.config_reloads.with_label_values(&[result]);
         }
         for level in crate::classify::score::Level::ALL {
             m.connections_by_risk

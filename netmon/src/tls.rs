@@ -113,6 +113,11 @@ impl CertFiles {
         Ok(true)
     }
 
+    /// The certificate's and the key's paths.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+
     /// The pair now served.
     pub fn served(&self) -> Arc<CertifiedKey> {
         self.current

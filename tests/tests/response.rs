@@ -1123,3 +1123,139 @@ fn a_url_feed_is_fetched_cached_and_kept_when_its_server_goes_away() {
         d.log_text()
     );
 }
+
+/// SIGHUP re-reads the configuration (`--config`, the threat configuration and the token
+/// file it names): a rule's name and points, the response's dry run and the API token
+/// change without a restart, on a connection held open across the reloads; a setting only a
+/// restart applies is named in a warning. A threat configuration that no longer loads is
+/// refused with its file and line, the metrics say so, and the daemon keeps scoring by the
+/// one before.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
+    let p = Pair::new("hup");
+    let threat = |rule: &str, add: i32, dry_run: bool| {
+        format!(
+            "[response]\ndry_run = {dry_run}\n[[rules]]\nname = \"{rule}\"\ncidr = \"{}/32\"\nadd = {add}\n",
+            p.b_v4
+        )
+    };
+    let threat_file = threat_config(&p.a, &threat("before", 5, false));
+    let token_file = p.a.state_dir.join("api-token");
+    let (token_before, token_after) = ("0123456789abcdef-before", "0123456789abcdef-after");
+    std::fs::write(&token_file, format!("{token_before}\n")).unwrap();
+    let main_file = p.a.state_dir.join("netmon.toml");
+    let main = |flow_map_size: u32| {
+        format!(
+            "threat_config = \"{}\"\napi_token_file = \"{}\"\nflow_map_size = {flow_map_size}\n",
+            threat_file.display(),
+            token_file.display()
+        )
+    };
+    std::fs::write(&main_file, main(65536)).unwrap();
+    // The token comes from the config file, which the harness does not read.
+    let mut d = Daemon::spawn(&p.a, &[&p.a_if], &["--config", main_file.to_str().unwrap()]);
+    d.client.token = Some(token_before.into());
+    d.wait_ready(&p.a);
+    let (srv, client) = held_connection(&p);
+    let (local, remote) = (
+        srv.local_addr().unwrap().to_string(),
+        client.local_addr().unwrap().to_string(),
+    );
+    // The rules' reasons on the held connection, as (kind, points).
+    let rule_reasons = |d: &Daemon| -> Vec<(String, i64)> {
+        let stats = d.fresh_stats(&p.a);
+        find_conn(&stats, &local, &remote)["risk"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"].as_str().unwrap().starts_with("rule:"))
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().into(),
+                    r["points"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let status = |d: &Daemon| -> Value {
+        let (code, body) = d.get(&p.a, "/api/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let metrics = |d: &Daemon| d.get(&p.a, "/metrics").1;
+    let hup = |d: &Daemon, n: usize, what: &str| {
+        sh(&["kill", "-HUP", &d.pid().to_string()]);
+        wait_for(
+            10,
+            what,
+            || d.log_text(),
+            || (d.log_text().matches("SIGHUP: ").count() >= n).then_some(()),
+        );
+    };
+    assert_eq!(rule_reasons(&d), [("rule:before".to_string(), 5)]);
+    assert_eq!(status(&d)["threat"]["dry_run"], false);
+
+    // A new rule, dry run, token and flow map size; SIGHUP.
+    std::fs::write(&threat_file, threat("after", 7, true)).unwrap();
+    std::fs::write(&token_file, format!("{token_after}\n")).unwrap();
+    std::fs::write(&main_file, main(131072)).unwrap();
+    hup(&d, 2, "the reload and the restart-only warning");
+    let log = d.log_text();
+    assert!(log.contains("SIGHUP: configuration reloaded"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("SIGHUP: flow_map_size") && l.contains("takes a restart")),
+        "{log}"
+    );
+    // The old token is refused now, the new one admitted.
+    assert_eq!(d.get(&p.a, "/api/status").0, 401);
+    d.client.token = Some(token_after.into());
+    assert_eq!(status(&d)["threat"]["dry_run"], true);
+    assert_eq!(rule_reasons(&d), [("rule:after".to_string(), 7)]);
+    let m = metrics(&d);
+    assert!(
+        m.lines()
+            .any(|l| l == "netmon_config_reloads_total{result=\"applied\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l == "netmon_config_last_reload_successful 1"),
+        "{m}"
+    );
+
+    // A threat configuration that does not load: refused with its file and line.
+    std::fs::write(
+        &threat_file,
+        "[[rules]]\nname = \"bad\"\ncidr = \"10.0.0.0/33\"\nadd = 1\n",
+    )
+    .unwrap();
+    hup(&d, 3, "the refused reload");
+    let log = d.log_text();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: the configuration was not reloaded"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        refused.contains(&format!("{}:3:", threat_file.display())),
+        "{refused}"
+    );
+    assert!(is_alive(d.pid()));
+    assert_eq!(rule_reasons(&d), [("rule:after".to_string(), 7)]);
+    assert_eq!(status(&d)["threat"]["dry_run"], true);
+    let m = metrics(&d);
+    assert!(
+        m.lines()
+            .any(|l| l == "netmon_config_reloads_total{result=\"failed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l == "netmon_config_last_reload_successful 0"),
+        "{m}"
+    );
+    // And SIGTERM still ends it cleanly.
+    assert!(d.stop().success(), "{}", d.log_text());
+    drop((srv, client));
+}

@@ -134,6 +134,22 @@ impl Classifier {
         }
     }
 
+    /// Scores, detects and alerts by `cfg` from now on (a reload). Detections in progress
+    /// start over when the detection settings changed, and threshold alerts when their
+    /// list did; the alerts raised so far, and which remotes were alerted on, are kept.
+    pub fn reconfigure(&mut self, cfg: ThreatConfig) {
+        if cfg.detection != self.cfg.detection {
+            self.detector = Detector::new(cfg.detection.clone());
+            self.by_remote.clear();
+        }
+        if cfg.alerts.thresholds != self.cfg.alerts.thresholds {
+            self.thresholds = Thresholds::new(cfg.alerts.thresholds.len());
+        }
+        self.cfg = cfg;
+        self.generation += 1;
+        self.facts.lock().expect("lock not poisoned").clear();
+    }
+
     /// Changes whenever a connection's level may have changed for reasons outside the
     /// connection itself (see `generation`).
     pub fn generation(&self) -> u64 {

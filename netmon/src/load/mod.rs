@@ -38,7 +38,7 @@ const TC_PRIO: u16 = 0x4e4d;
 const TC_HANDLE: TcHandle = TcHandle::new(0, 0x4e4d);
 
 /// Map sizes; every one is a `max_entries` in the kernel.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MapSizes {
     /// Entries of each flow map: the IPv4 one and the IPv6 one.
     pub flows: u32,
