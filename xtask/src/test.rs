@@ -41,10 +41,12 @@ pub fn run(filter: Option<&str>) -> Result<()> {
 
     // Prometheus and promtool for tests/tests/prometheus.rs, and a real SMTP server
     // (aiosmtpd) for the email sink in tests/tests/response.rs: real parts, not mocks;
-    // openssl makes the certificate the Prometheus test's agents serve HTTPS with.
+    // openssl makes the certificate the Prometheus test's agents serve HTTPS with;
+    // systemd-analyze checks the shipped unit.
     crate::setup::apt_install(
-        &["prometheus", "python3-aiosmtpd", "openssl"],
-        "the Prometheus and alert-sink tests (prometheus, promtool, aiosmtpd, openssl)",
+        &["prometheus", "python3-aiosmtpd", "openssl", "systemd"],
+        "the Prometheus, alert-sink and unit tests (prometheus, promtool, aiosmtpd, openssl, \
+         systemd-analyze)",
     )?;
 
     progress(if privileged {
