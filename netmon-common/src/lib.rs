@@ -389,6 +389,17 @@ pub struct PortKey {
     pub port: u16,
 }
 
+/// A TCP listener's port in its network namespace (`NETMON_LISTEN_NS`): `net` is the
+/// namespace's `struct net` address as the kernel's socket holds it, an identity only (never
+/// followed), so that containers listening on the same port are told apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NsPortKey {
+    pub net: u64,
+    pub port: PortKey,
+    pub _pad: u32,
+}
+
 /// Indexes of the kernel-side event counters (`NETMON_COUNTERS`, a per-CPU array of u64).
 /// Every parse failure, map-full and fallback path bumps one of these.
 pub mod counter {
@@ -1115,6 +1126,7 @@ assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, 
 assert_layout!(SockKey, 40, proto @ 0, local_port @ 2, remote_port @ 4, local_addr @ 8,
     remote_addr @ 24);
 assert_layout!(PortKey, 4, proto @ 0, port @ 2);
+assert_layout!(NsPortKey, 16, net @ 0, port @ 8);
 // A slot's epoch and sequence number fill one 8-byte aligned word, epoch first: where
 // stores may be seen out of order, the programs publish a slot's rewrite by exchanging that
 // word (`WEAK_STORE_ORDER` in netmon-ebpf).
@@ -1147,6 +1159,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProcInfo {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::NsPortKey {}
     unsafe impl aya::Pod for super::BanKey4 {}
     unsafe impl aya::Pod for super::BanKey6 {}
     unsafe impl aya::Pod for super::BanValue {}

@@ -57,10 +57,10 @@ use netmon_common::{
     BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
     BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey,
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, IfaceKey, IfaceStats, PortKey, ProcInfo, RateValue, SockKey, TAB_LIVE_STRIDE,
-    TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter,
-    drop_slot, dropcfg, iface_slot, is_icmp, sock_offsets, tab_live_buckets, tab_place_live,
-    tcp_state, tp_offsets, v4_mapped,
+    IPPROTO_UDP, IfaceKey, IfaceStats, NsPortKey, PortKey, ProcInfo, RateValue, SockKey,
+    TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind,
+    config, counter, drop_slot, dropcfg, iface_slot, is_icmp, sock_offsets, tab_live_buckets,
+    tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -135,9 +135,17 @@ static NETMON_SOCK_PROC: LruHashMap<SockKey, ProcInfo> = LruHashMap::with_max_en
 static NETMON_TCP_RETRANS: LruHashMap<SockKey, u64> =
     LruHashMap::with_max_entries(netmon_common::TCP_RETRANS_ENTRIES, 0);
 
-/// Local port -> owner of TCP listeners (their accepted connections inherit it).
+/// Local port -> owner of TCP listeners (their accepted connections inherit it), the last
+/// to listen on the port in any network namespace: the daemon's fallback for a flow without
+/// a socket record.
 #[map]
 static NETMON_PORT_OWNER: LruHashMap<PortKey, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// (network namespace, local port) -> owner of TCP listeners: where an accepted connection
+/// finds its server, so that two containers listening on one port are told apart. Written
+/// beside `NETMON_PORT_OWNER` when BTF gave the socket's namespace field (`SK_OFF_NET`).
+#[map]
+static NETMON_LISTEN_NS: LruHashMap<NsPortKey, ProcInfo> = LruHashMap::with_max_entries(16384, 0);
 
 /// UDP local port -> the process that last sent from it, indexed by the port: a new UDP
 /// flow's owner is plain stores into its slot, with no hash, lock or LRU list (an insert
@@ -304,6 +312,9 @@ static SK_OFF_V6_RCV_SADDR: u32 = sock_offsets::V6_RCV_SADDR;
 /// BTF gave the offset.
 #[unsafe(no_mangle)]
 static SK_OFF_PROTOCOL: u32 = sock_offsets::UNKNOWN;
+/// `skc_net.net`, the socket's network namespace (`NETMON_LISTEN_NS`); UNKNOWN without BTF.
+#[unsafe(no_mangle)]
+static SK_OFF_NET: u32 = sock_offsets::UNKNOWN;
 
 #[unsafe(no_mangle)]
 static TP_SS_SKADDR: u32 = tp_offsets::SS_SKADDR;
@@ -1949,9 +1960,17 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
                 _pad: 0,
                 port,
             };
+            let owner = current_proc();
             if NETMON_PORT_OWNER
-                .insert(&key, &current_proc(), BPF_ANY as u64)
+                .insert(&key, &owner, BPF_ANY as u64)
                 .is_err()
+            {
+                bump(counter::SOCK_INSERT_FAILED);
+            }
+            if let Some(net) = sock_net(skaddr)?
+                && NETMON_LISTEN_NS
+                    .insert(&ns_port(net, key), &owner, BPF_ANY as u64)
+                    .is_err()
             {
                 bump(counter::SOCK_INSERT_FAILED);
             }
@@ -1965,14 +1984,21 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
                 insert_sock(&key, &owner);
                 let _ = NETMON_SK_OWNER.remove(&skaddr);
             } else if old == tcp_state::SYN_RECV {
-                // Passive open: the accepting server is the listener's owner.
+                // Passive open: the accepting server is the owner of the listener in the
+                // socket's namespace (of the last one on the port where BTF gave no
+                // namespace: the listener of another namespace on the same port is then
+                // taken for it).
                 let pkey = PortKey {
                     proto: IPPROTO_TCP,
                     _pad: 0,
                     port: key.local_port,
                 };
-                // SAFETY: the value is copied out at once.
-                match unsafe { NETMON_PORT_OWNER.get(&pkey) } {
+                // SAFETY: the values are copied out at once.
+                let listener = match sock_net(skaddr)? {
+                    Some(net) => unsafe { NETMON_LISTEN_NS.get(&ns_port(net, pkey)) },
+                    None => unsafe { NETMON_PORT_OWNER.get(&pkey) },
+                };
+                match listener {
                     Some(owner) => {
                         let owner = *owner;
                         insert_sock(&key, &owner);
@@ -1989,6 +2015,21 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
         _ => {}
     }
     Ok(())
+}
+
+/// The network namespace of the socket at `sk` (its `struct net` address), where the loader
+/// found the field in BTF.
+#[inline(always)]
+fn sock_net(sk: u64) -> Result<Option<u64>, i32> {
+    if global(&SK_OFF_NET) == sock_offsets::UNKNOWN as usize {
+        return Ok(None);
+    }
+    read_sk::<u64>(sk, &SK_OFF_NET).map(Some)
+}
+
+#[inline(always)]
+fn ns_port(net: u64, port: PortKey) -> NsPortKey {
+    NsPortKey { net, port, _pad: 0 }
 }
 
 /// Where a TCP tracepoint's record keeps the socket's tuple (the loader-set offsets of its

@@ -165,6 +165,55 @@ fn tcp_ipv6_accepted_connection_is_attributed_to_the_server() {
     assert_eq!(c["process"], "nmt-server");
 }
 
+/// Two listeners on one port in two network namespaces (as two containers serving on the
+/// same port): a connection accepted by the first belongs to its server, although the other
+/// listened later and so holds the port's namespace-blind record.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn accepted_connection_finds_the_listener_of_its_own_namespace() {
+    let p = Pair::new("lns");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let server = Peer::spawn(
+        &p.a,
+        &[
+            "tcp-serve",
+            "--listen",
+            "198.18.0.1:5004",
+            "--comm",
+            "nmt-server-a",
+        ],
+    );
+    let other = Peer::spawn(
+        &p.b,
+        &[
+            "sleep-listen",
+            "--listen",
+            "0.0.0.0:5004",
+            "--comm",
+            "nmt-server-b",
+            "--ms",
+            "30000",
+        ],
+    );
+    let client = Peer::spawn(
+        &p.b,
+        &["tcp-send", "--to", "198.18.0.1:5004", "--bytes", "1000"],
+    );
+    let remote = client.local.clone();
+    client.finish();
+    let server_pid = server.pid;
+    let out = server.finish();
+    assert!(out.contains("received=1000"), "{out}");
+    let stats = d.fresh_stats(&p.a);
+    let c = find_conn(&stats, "198.18.0.1:5004", &remote);
+    assert_eq!(
+        (&c["pid"], &c["process"]),
+        (&server_pid.into(), &"nmt-server-a".into()),
+        "the listener in b is pid {}: {c}",
+        other.pid
+    );
+}
+
 /// Two clients with the same command name in two cgroups (as two containers running the
 /// same program): each connection names its client's cgroup, and each cgroup's totals, in
 /// the API and in Prometheus, are exactly its client's bytes on the veth.

@@ -1852,6 +1852,7 @@ fn create_pinned(pin_dir: &Path) -> Result<()> {
         "NETMON_FLOWS6",
         "NETMON_SOCK_PROC",
         "NETMON_PORT_OWNER",
+        "NETMON_LISTEN_NS",
         "NETMON_UDP_PORTS",
         "NETMON_SK_OWNER",
         "NETMON_IFACES",

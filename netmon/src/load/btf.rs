@@ -185,16 +185,36 @@ impl Btf {
 
     /// Byte offset of `member` in struct `strukt`, searching anonymous nested members.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        self.member_path_offset(strukt, &[member])
+    }
+
+    /// Byte offset of `path[last]` in struct `strukt`, each step a member of the previous
+    /// one's type (typedefs followed: `["skc_net", "net"]` through `possible_net_t`), each
+    /// searched through anonymous nested members.
+    pub fn member_path_offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
         let id = *self
             .structs_by_name
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
-        let bits = self
-            .find_member(&self.types[id as usize], member, 0)
-            .ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_string(),
-                member: member.to_string(),
-            })?;
+        let no_member = |member: &str| BtfError::NoMember {
+            strukt: strukt.to_string(),
+            member: member.to_string(),
+        };
+        let mut t = &self.types[id as usize];
+        let mut bits = 0;
+        for (i, member) in path.iter().enumerate() {
+            let (at, type_id) = self
+                .find_member(t, member, bits)
+                .ok_or_else(|| no_member(member))?;
+            bits = at;
+            if i + 1 < path.len() {
+                t = self
+                    .resolve(type_id)
+                    .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+                    .ok_or_else(|| no_member(path[i + 1]))?;
+            }
+        }
+        let member = path.last().copied().unwrap_or_default();
         if bits % 8 != 0 {
             return Err(BtfError::Bitfield {
                 strukt: strukt.to_string(),
@@ -204,7 +224,8 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    fn find_member(&self, t: &Type, member: &str, base_bits: u32) -> Option<u32> {
+    /// The bit offset (from `base_bits`) and type of `member` in `t`.
+    fn find_member(&self, t: &Type, member: &str, base_bits: u32) -> Option<(u32, u32)> {
         for m in &t.members {
             let bit_off = if t.kind_flag {
                 m.offset & 0x00ff_ffff
@@ -213,7 +234,7 @@ impl Btf {
             };
             if m.name_off != 0 {
                 if self.name(m.name_off) == member {
-                    return Some(base_bits + bit_off);
+                    return Some((base_bits + bit_off, m.type_id));
                 }
             } else if let Some(inner) = self.resolve(m.type_id)
                 && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
@@ -239,6 +260,9 @@ pub struct SockOffsets {
     /// `sk_protocol`, in `struct sock` past `sock_common` (the layout there depends on the
     /// kernel's configuration); `None` where BTF does not give it as a whole field.
     pub protocol: Option<u32>,
+    /// `skc_net.net`, the socket's network namespace; `None` where BTF does not have it (a
+    /// kernel without network namespaces has an empty `possible_net_t`).
+    pub net: Option<u32>,
 }
 
 impl SockOffsets {
@@ -255,6 +279,10 @@ impl SockOffsets {
             v6_daddr: f("skc_v6_daddr")?,
             v6_rcv_saddr: f("skc_v6_rcv_saddr")?,
             protocol: btf.member_offset("sock", "sk_protocol").ok(),
+            net: btf
+                .member_path_offset("sock_common", &["skc_net", "net"])
+                .map(|o| base + o)
+                .ok(),
         })
     }
 }
@@ -350,5 +378,7 @@ mod tests {
             "sock_common's head has been stable since Linux 4.x; saw {off:?}"
         );
         assert!(off.v6_daddr >= 24 && off.v6_rcv_saddr == off.v6_daddr + 16);
+        // CONFIG_NET_NS: possible_net_t holds the pointer, 8-byte aligned in sock_common.
+        assert!(off.net.is_some_and(|n| n % 8 == 0), "{off:?}");
     }
 }

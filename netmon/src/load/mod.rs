@@ -349,7 +349,7 @@ fn sock_offsets_globals(
     {
         Ok(o) => {
             // Leaked so they outlive the loader's borrow; a handful of u32s, once.
-            let vals: &'static [u32; 8] = Box::leak(Box::new([
+            let vals: &'static [u32; 9] = Box::leak(Box::new([
                 o.daddr,
                 o.rcv_saddr,
                 o.dport,
@@ -358,6 +358,7 @@ fn sock_offsets_globals(
                 o.v6_daddr,
                 o.v6_rcv_saddr,
                 o.protocol.unwrap_or(netmon_common::sock_offsets::UNKNOWN),
+                o.net.unwrap_or(netmon_common::sock_offsets::UNKNOWN),
             ]));
             for (name, v) in [
                 "SK_OFF_DADDR",
@@ -368,6 +369,7 @@ fn sock_offsets_globals(
                 "SK_OFF_V6_DADDR",
                 "SK_OFF_V6_RCV_SADDR",
                 "SK_OFF_PROTOCOL",
+                "SK_OFF_NET",
             ]
             .into_iter()
             .zip(vals.iter())
@@ -471,6 +473,7 @@ pub fn load_and_attach(
         .default_map_pin_directory(&opts.pin_dir)
         .map_max_entries("NETMON_SOCK_PROC", opts.sizes.sockets)
         .map_max_entries("NETMON_PORT_OWNER", opts.sizes.ports)
+        .map_max_entries("NETMON_LISTEN_NS", opts.sizes.ports)
         .map_max_entries("NETMON_SK_OWNER", opts.sizes.ports);
     size_flow_maps(&mut loader, opts.flow_table, opts.sizes.flows)?;
     crate::act::droplist::size_ban_counters(&mut loader)?;
