@@ -718,6 +718,8 @@ fn reload(
             .threat
             .replace(&new.threat, &running.pin_dir, &running.state_dir, shared)?;
         running.threat = new.threat;
+    } else {
+        drain.threat.reopen_geo(shared)?;
     }
     *shared.anonymize.write().expect("lock not poisoned") = new.anonymize;
     *shared.api_token.write().expect("lock not poisoned") = new.api_token.clone();

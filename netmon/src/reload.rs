@@ -186,9 +186,26 @@ impl ThreatSide {
         self.stop_feeds();
     }
 
-    /// Puts `new` in force. What it names is opened first (GeoIP databases and feeds when
-    /// they changed, the event log, the sinks), so a configuration that does not load is an
-    /// error that leaves the running one as it was. Then the response thread finishes its
+    /// Reads the GeoIP databases again (a reload with the threat configuration unchanged:
+    /// the files may have been updated in place, as a monthly database is); a database that
+    /// does not load is an error and the ones in use stay.
+    pub fn reopen_geo(&mut self, shared: &Shared) -> Result<()> {
+        if self.cfg.geoip.is_empty() {
+            return Ok(());
+        }
+        self.geo = open_geo(&self.cfg)?;
+        shared
+            .classifier
+            .write()
+            .expect("lock not poisoned")
+            .set_geo(self.geo.clone());
+        Ok(())
+    }
+
+    /// Puts `new` in force. What it names is opened first (the GeoIP databases, read again
+    /// whether or not their paths changed; the feeds when they changed; the event log, the
+    /// sinks), so a configuration that does not load is an error that leaves the running
+    /// one as it was. Then the response thread finishes its
     /// queue and a new one starts; changed feeds are refreshed by a new feed thread; and the
     /// classifier scores with the new weights, rules and thresholds from the next drain (its
     /// detections start over when the detection settings changed).
@@ -199,9 +216,7 @@ impl ThreatSide {
         state_dir: &Path,
         shared: &Arc<Shared>,
     ) -> Result<()> {
-        let geo = (new.geoip != self.cfg.geoip)
-            .then(|| open_geo(new))
-            .transpose()?;
+        let geo = open_geo(new)?;
         let feeds = (new.feeds != self.cfg.feeds)
             .then(|| load_feeds(new, state_dir))
             .transpose()?;
@@ -212,9 +227,7 @@ impl ThreatSide {
         self.stop_pipeline();
         self.cfg = new.clone();
         self.event_log = event_log;
-        if let Some(geo) = &geo {
-            self.geo = geo.clone();
-        }
+        self.geo = geo.clone();
         if let Some((refresher, mut feeds)) = feeds {
             self.stop_feeds();
             feeds.generation = self.feeds.read().expect("lock not poisoned").generation + 1;
@@ -237,9 +250,7 @@ impl ThreatSide {
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
             c.reconfigure(self.cfg.clone());
-            if let Some(geo) = geo {
-                c.set_geo(geo);
-            }
+            c.set_geo(geo);
             c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
         }
         self.start_pipeline(Ok(pipeline));

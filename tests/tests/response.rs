@@ -1125,18 +1125,29 @@ fn a_url_feed_is_fetched_cached_and_kept_when_its_server_goes_away() {
 }
 
 /// SIGHUP re-reads the configuration (`--config`, the threat configuration and the token
-/// file it names): a rule's name and points, the response's dry run and the API token
-/// change without a restart, on a connection held open across the reloads; a setting only a
-/// restart applies is named in a warning. A threat configuration that no longer loads is
+/// file it names, the GeoIP database): a rule's name and points, the response's dry run,
+/// the API token and the remote's country (the database rewritten in place, with and
+/// without a changed configuration) change without a restart, on a connection held open
+/// across the reloads; a setting only a restart applies is named in a warning. A threat configuration that no longer loads is
 /// refused with its file and line, the metrics say so, and the daemon keeps scoring by the
 /// one before.
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     let p = Pair::new("hup");
+    std::fs::create_dir_all(&p.a.state_dir).unwrap();
+    // A country database that places b's network, rewritten in place between reloads.
+    let geo = p.a.state_dir.join("country.mmdb");
+    let place = |country: &str| {
+        let mut w = netmon_tests::mmdb::Writer::new("GeoLite2-Country");
+        w.insert("198.18.0.0/24", netmon_tests::mmdb::country(country));
+        std::fs::write(&geo, w.build()).unwrap();
+    };
+    place("XA");
     let threat = |rule: &str, add: i32, dry_run: bool| {
         format!(
-            "[response]\ndry_run = {dry_run}\n[[rules]]\nname = \"{rule}\"\ncidr = \"{}/32\"\nadd = {add}\n",
+            "geoip = [\"{}\"]\n[response]\ndry_run = {dry_run}\n[[rules]]\nname = \"{rule}\"\ncidr = \"{}/32\"\nadd = {add}\n",
+            geo.display(),
             p.b_v4
         )
     };
@@ -1162,10 +1173,11 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
         srv.local_addr().unwrap().to_string(),
         client.local_addr().unwrap().to_string(),
     );
-    // The rules' reasons on the held connection, as (kind, points).
-    let rule_reasons = |d: &Daemon| -> Vec<(String, i64)> {
+    // The rules' reasons on the held connection, as (kind, points), and its remote's country.
+    let scored = |d: &Daemon| -> (Vec<(String, i64)>, Value) {
         let stats = d.fresh_stats(&p.a);
-        find_conn(&stats, &local, &remote)["risk"]["reasons"]
+        let c = find_conn(&stats, &local, &remote);
+        let rules = c["risk"]["reasons"]
             .as_array()
             .unwrap()
             .iter()
@@ -1176,8 +1188,10 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
                     r["points"].as_i64().unwrap(),
                 )
             })
-            .collect()
+            .collect();
+        (rules, c["geo"]["country"].clone())
     };
+    let rule = |name: &str, points: i64| vec![(format!("rule:{name}"), points)];
     let status = |d: &Daemon| -> Value {
         let (code, body) = d.get(&p.a, "/api/status");
         assert_eq!(code, 200, "{body}");
@@ -1193,10 +1207,11 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
             || (d.log_text().matches("SIGHUP: ").count() >= n).then_some(()),
         );
     };
-    assert_eq!(rule_reasons(&d), [("rule:before".to_string(), 5)]);
+    assert_eq!(scored(&d), (rule("before", 5), "XA".into()));
     assert_eq!(status(&d)["threat"]["dry_run"], false);
 
-    // A new rule, dry run, token and flow map size; SIGHUP.
+    // A new rule, dry run, token, flow map size and database; SIGHUP.
+    place("XB");
     std::fs::write(&threat_file, threat("after", 7, true)).unwrap();
     std::fs::write(&token_file, format!("{token_after}\n")).unwrap();
     std::fs::write(&main_file, main(131072)).unwrap();
@@ -1212,11 +1227,16 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     assert_eq!(d.get(&p.a, "/api/status").0, 401);
     d.client.token = Some(token_after.into());
     assert_eq!(status(&d)["threat"]["dry_run"], true);
-    assert_eq!(rule_reasons(&d), [("rule:after".to_string(), 7)]);
+    assert_eq!(scored(&d), (rule("after", 7), "XB".into()));
+
+    // The database file alone updated in place (the configuration as it was): read again.
+    place("XC");
+    hup(&d, 4, "the second reload");
+    assert_eq!(scored(&d), (rule("after", 7), "XC".into()));
     let m = metrics(&d);
     assert!(
         m.lines()
-            .any(|l| l == "netmon_config_reloads_total{result=\"applied\"} 1"),
+            .any(|l| l == "netmon_config_reloads_total{result=\"applied\"} 2"),
         "{m}"
     );
     assert!(
@@ -1231,7 +1251,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
         "[[rules]]\nname = \"bad\"\ncidr = \"10.0.0.0/33\"\nadd = 1\n",
     )
     .unwrap();
-    hup(&d, 3, "the refused reload");
+    hup(&d, 5, "the refused reload");
     let log = d.log_text();
     let refused = log
         .lines()
@@ -1242,7 +1262,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
         "{refused}"
     );
     assert!(is_alive(d.pid()));
-    assert_eq!(rule_reasons(&d), [("rule:after".to_string(), 7)]);
+    assert_eq!(scored(&d), (rule("after", 7), "XC".into()));
     assert_eq!(status(&d)["threat"]["dry_run"], true);
     let m = metrics(&d);
     assert!(
