@@ -1197,7 +1197,23 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
-    let metrics = |d: &Daemon| d.get(&p.a, "/metrics").1;
+    // The reload metrics: applied, failed, whether the last one succeeded.
+    let reloads = |d: &Daemon| {
+        let (_, m) = d.get(&p.a, "/metrics");
+        [
+            "netmon_config_reloads_total{result=\"applied\"}",
+            "netmon_config_reloads_total{result=\"failed\"}",
+            "netmon_config_last_reload_successful",
+        ]
+        .map(|series| {
+            m.lines().find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+    };
     let hup = |d: &Daemon, n: usize, what: &str| {
         sh(&["kill", "-HUP", &d.pid().to_string()]);
         wait_for(
@@ -1209,6 +1225,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     };
     assert_eq!(scored(&d), (rule("before", 5), "XA".into()));
     assert_eq!(status(&d)["threat"]["dry_run"], false);
+    assert_eq!(reloads(&d), [Some(0.0), Some(0.0), Some(1.0)]);
 
     // A new rule, dry run, token, flow map size and database; SIGHUP.
     place("XB");
@@ -1233,17 +1250,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     place("XC");
     hup(&d, 4, "the second reload");
     assert_eq!(scored(&d), (rule("after", 7), "XC".into()));
-    let m = metrics(&d);
-    assert!(
-        m.lines()
-            .any(|l| l == "netmon_config_reloads_total{result=\"applied\"} 2"),
-        "{m}"
-    );
-    assert!(
-        m.lines()
-            .any(|l| l == "netmon_config_last_reload_successful 1"),
-        "{m}"
-    );
+    assert_eq!(reloads(&d), [Some(2.0), Some(0.0), Some(1.0)]);
 
     // A threat configuration that does not load: refused with its file and line.
     std::fs::write(
@@ -1264,17 +1271,7 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     assert!(is_alive(d.pid()));
     assert_eq!(scored(&d), (rule("after", 7), "XC".into()));
     assert_eq!(status(&d)["threat"]["dry_run"], true);
-    let m = metrics(&d);
-    assert!(
-        m.lines()
-            .any(|l| l == "netmon_config_reloads_total{result=\"failed\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.lines()
-            .any(|l| l == "netmon_config_last_reload_successful 0"),
-        "{m}"
-    );
+    assert_eq!(reloads(&d), [Some(2.0), Some(1.0), Some(0.0)]);
     // And SIGTERM still ends it cleanly.
     assert!(d.stop().success(), "{}", d.log_text());
     drop((srv, client));
