@@ -737,6 +737,38 @@ fn reload(
     Ok(())
 }
 
+/// SIGHUP: the configuration read again (`reread`) and applied (`reload`); the outcome goes
+/// to the log, `/api/status` (at once, not from the next drain on) and the reload metrics.
+fn on_hangup(
+    reread: &impl Fn() -> Result<RunConfig>,
+    running: &mut RunConfig,
+    drain: &mut Drain,
+    shared: &Arc<Shared>,
+    base_status: &mut Status,
+) {
+    let ok = match reread().and_then(|new| reload(running, new, drain, shared)) {
+        Ok(()) => {
+            base_status.threat = drain.threat.status();
+            let mut st = shared.status.write().expect("lock not poisoned");
+            st.threat = crate::api::ThreatStatus {
+                feeds: std::mem::take(&mut st.threat.feeds),
+                ..base_status.threat.clone()
+            };
+            info!("SIGHUP: configuration reloaded");
+            true
+        }
+        Err(e) => {
+            warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e:#}");
+            false
+        }
+    };
+    let m = &shared.metrics;
+    m.config_reloads
+        .with_label_values(&[if ok { "applied" } else { "failed" }])
+        .inc();
+    m.config_last_reload_successful.set(i64::from(ok));
+}
+
 /// Runs the daemon until `shutdown` is cancelled. On SIGHUP it calls `reread` for the
 /// configuration as the command line and its files now say, and applies it (`reload`).
 pub async fn run(
@@ -962,28 +994,9 @@ pub async fn run(
             }
             Some(()) = hangup.recv() => {
                 let interval = running.interval;
-                let applied = tokio::task::block_in_place(|| {
-                    reread().and_then(|new| reload(&mut running, new, &mut drain, &shared))
+                tokio::task::block_in_place(|| {
+                    on_hangup(&reread, &mut running, &mut drain, &shared, &mut base_status)
                 });
-                let ok = match applied {
-                    Ok(()) => {
-                        base_status.threat = drain.threat.status();
-                        // In /api/status at once, not from the next drain on.
-                        let mut st = shared.status.write().expect("lock not poisoned");
-                        let feeds = std::mem::take(&mut st.threat.feeds);
-                        st.threat = crate::api::ThreatStatus { feeds, ..base_status.threat.clone() };
-                        drop(st);
-                        info!("SIGHUP: configuration reloaded");
-                        true
-                    }
-                    Err(e) => {
-                        warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e:#}");
-                        false
-                    }
-                };
-                let m = &shared.metrics;
-                m.config_reloads.with_label_values(&[if ok { "applied" } else { "failed" }]).inc();
-                m.config_last_reload_successful.set(i64::from(ok));
                 if running.interval != interval {
                     ticker = self::ticker(running.interval).await;
                 }

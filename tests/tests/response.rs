@@ -1128,9 +1128,9 @@ fn a_url_feed_is_fetched_cached_and_kept_when_its_server_goes_away() {
 /// file it names, the GeoIP database): a rule's name and points, the response's dry run,
 /// the API token and the remote's country (the database rewritten in place, with and
 /// without a changed configuration) change without a restart, on a connection held open
-/// across the reloads; a setting only a restart applies is named in a warning. A threat configuration that no longer loads is
-/// refused with its file and line, the metrics say so, and the daemon keeps scoring by the
-/// one before.
+/// across the reloads; a setting only a restart applies is named in a warning. A threat
+/// configuration that no longer loads is refused with its file and line, the metrics say
+/// so, and the daemon keeps scoring by the one before.
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
