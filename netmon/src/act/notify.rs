@@ -398,8 +398,8 @@ mod tests {
 
     #[test]
     fn the_log_rotates_by_size_and_keeps_n_files() {
-        let dir = std::env::temp_dir().join(format!("netmon-evlog-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::test_support::TempDir::new("evlog");
+        let dir = tmp.0.join("log");
         let path = dir.join("events.jsonl");
         let mut log = EventLog::open(&path, 4096, 2).unwrap();
         let ev = Event::alert(&alert("port_scan", "198.18.0.2", Level::High), "h");
@@ -430,15 +430,14 @@ mod tests {
                 assert_eq!(back.kind(), "port_scan");
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The last alerts come back from the log, across its rotation, oldest first; action
     /// events are not alerts, and a line cut short (a kill mid-write) is counted and skipped.
     #[test]
     fn recent_alerts_are_read_back_across_rotation() {
-        let dir = std::env::temp_dir().join(format!("netmon-evback-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::test_support::TempDir::new("evback");
+        let dir = tmp.0.join("log");
         let path = dir.join("events.jsonl");
         let mut log = EventLog::open(&path, 1 << 20, 3).unwrap();
         let numbered = |id: u64| Alert {
@@ -487,6 +486,5 @@ mod tests {
             ids(EventLog::recent_alerts(&dir.join("none.jsonl"), 3, 10)),
             (vec![], 0)
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -741,8 +741,8 @@ mod tests {
             "{msg}"
         );
 
-        let dir = std::env::temp_dir().join(format!("netmon-syslog-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::test_support::TempDir::new("syslog");
+        let dir = &tmp.0;
         let path = dir.join("log.sock");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
@@ -758,7 +758,6 @@ mod tests {
         let mut buf = [0u8; 2048];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], rfc5424(&ev, 4, "netmon").as_bytes());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A webhook endpoint that fails twice and then accepts gets the event on the third

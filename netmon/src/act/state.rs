@@ -365,10 +365,12 @@ pub fn current_uid() -> u32 {
 mod tests {
     use super::*;
 
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("netmon-state-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A state directory that does not exist yet, inside a scratch directory removed when
+    /// the test ends.
+    fn tmpdir(tag: &str) -> (crate::test_support::TempDir, PathBuf) {
+        let t = crate::test_support::TempDir::new(&format!("state-{tag}"));
+        let d = t.0.join("state");
+        (t, d)
     }
 
     fn ban(net: &str, expires: Option<u64>) -> BanEntry {
@@ -384,7 +386,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_backup() {
-        let dir = tmpdir("rt");
+        let (_tmp, dir) = tmpdir("rt");
         let store = Store::new(&dir);
         assert_eq!(
             store.load().unwrap(),
@@ -403,12 +405,11 @@ mod tests {
                 .unwrap();
         assert_eq!(bak.bans.len(), 1, "the previous version is kept");
         assert!(!dir.join("droplist.json.tmp").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn corrupt_and_future_files_are_refused_with_a_way_out() {
-        let dir = tmpdir("bad");
+        let (_tmp, dir) = tmpdir("bad");
         fs::create_dir_all(&dir).unwrap();
         let store = Store::new(&dir);
         fs::write(store.state_path(), "{\"version\": 1, \"bans\": [").unwrap();
@@ -441,12 +442,11 @@ mod tests {
         .unwrap();
         let e = store.load().unwrap_err().to_string();
         assert!(e.contains("host bits"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn audit_lines_append() {
-        let dir = tmpdir("audit");
+        let (_tmp, dir) = tmpdir("audit");
         let store = Store::new(&dir);
         fs::create_dir_all(&dir).unwrap();
         store
@@ -463,7 +463,6 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].action, "ban");
         assert_eq!(lines[1].entry, "203.0.113.7");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

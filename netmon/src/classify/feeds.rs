@@ -512,8 +512,8 @@ mod tests {
 
     #[test]
     fn a_broken_refresh_keeps_the_last_good_feed() {
-        let dir = std::env::temp_dir().join(format!("netmon-feed-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::test_support::TempDir::new("feed-test");
+        let dir = &tmp.0;
         let path = dir.join("bad.txt");
         std::fs::write(&path, "203.0.113.0/24\n").unwrap();
         let cfg = FeedConfig {
@@ -555,6 +555,5 @@ mod tests {
         let e = FeedRefresher::start(vec![cfg], None).err().unwrap();
         let e = format!("{e:#}");
         assert!(e.contains("bad.txt") && e.contains("threat.toml:3"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
