@@ -121,6 +121,22 @@ pub struct Status {
     /// Whether the last drain read the whole flow map.
     pub last_drain_full: bool,
     pub threat: ThreatStatus,
+    /// The last SIGHUP's outcome; None before the first.
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// What the last configuration reload (SIGHUP) did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// When it was asked for, unix milliseconds.
+    pub at_ms: u64,
+    /// Whether the configuration loaded and is in force; if not, the one before still is.
+    pub applied: bool,
+    /// Why it did not load (the file and line where there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Settings that changed and take a restart (by their configuration-file names).
+    pub restart_needed: Vec<String>,
 }
 
 /// The threat side's configuration and health, for `/api/status`.

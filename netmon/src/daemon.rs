@@ -711,7 +711,7 @@ fn reload(
     new: RunConfig,
     drain: &mut Drain,
     shared: &Arc<Shared>,
-) -> Result<()> {
+) -> Result<Vec<&'static str>> {
     let later = crate::reload::restart_only_changes(running, &new);
     if new.threat != running.threat {
         drain
@@ -734,11 +734,12 @@ fn reload(
             later.join(", ")
         );
     }
-    Ok(())
+    Ok(later)
 }
 
 /// SIGHUP: the configuration read again (`reread`) and applied (`reload`); the outcome goes
-/// to the log, `/api/status` (at once, not from the next drain on) and the reload metrics.
+/// to the log, `/api/status` (`last_reload`, and the threat side; at once, not from the next
+/// drain on) and the reload metrics.
 fn on_hangup(
     reread: &impl Fn() -> Result<RunConfig>,
     running: &mut RunConfig,
@@ -746,22 +747,32 @@ fn on_hangup(
     shared: &Arc<Shared>,
     base_status: &mut Status,
 ) {
-    let ok = match reread().and_then(|new| reload(running, new, drain, shared)) {
-        Ok(()) => {
+    let mut outcome = crate::api::ReloadStatus {
+        at_ms: now_ms(),
+        ..Default::default()
+    };
+    match reread().and_then(|new| reload(running, new, drain, shared)) {
+        Ok(later) => {
             base_status.threat = drain.threat.status();
-            let mut st = shared.status.write().expect("lock not poisoned");
-            st.threat = crate::api::ThreatStatus {
-                feeds: std::mem::take(&mut st.threat.feeds),
-                ..base_status.threat.clone()
-            };
+            outcome.applied = true;
+            outcome.restart_needed = later.iter().map(|s| s.to_string()).collect();
             info!("SIGHUP: configuration reloaded");
-            true
         }
         Err(e) => {
             warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e:#}");
-            false
+            outcome.error = Some(format!("{e:#}"));
         }
-    };
+    }
+    let ok = outcome.applied;
+    base_status.last_reload = Some(outcome);
+    {
+        let mut st = shared.status.write().expect("lock not poisoned");
+        st.threat = crate::api::ThreatStatus {
+            feeds: std::mem::take(&mut st.threat.feeds),
+            ..base_status.threat.clone()
+        };
+        st.last_reload = base_status.last_reload.clone();
+    }
     let m = &shared.metrics;
     m.config_reloads
         .with_label_values(&[if ok { "applied" } else { "failed" }])

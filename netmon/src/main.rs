@@ -547,6 +547,31 @@ fn print_status(v: &serde_json::Value) {
         v["uptime_seconds"].as_f64().unwrap_or(0.0),
         v["listen"].as_str().unwrap_or("?")
     );
+    let r = &v["last_reload"];
+    if let Some(at) = r["at_ms"].as_u64() {
+        let when = netmon::act::state::rfc3339(at);
+        match r["error"].as_str() {
+            Some(e) => {
+                println!("last reload ({when}): NOT APPLIED, the configuration before runs: {e}")
+            }
+            None => {
+                let later: Vec<_> = r["restart_needed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                if later.is_empty() {
+                    println!("last reload ({when}): applied");
+                } else {
+                    println!(
+                        "last reload ({when}): applied; {} changed and take a restart",
+                        later.join(", ")
+                    );
+                }
+            }
+        }
+    }
     let ifs: Vec<_> = v["interfaces"]
         .as_array()
         .into_iter()

@@ -1225,7 +1225,17 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     };
     assert_eq!(scored(&d), (rule("before", 5), "XA".into()));
     assert_eq!(status(&d)["threat"]["dry_run"], false);
+    assert_eq!(status(&d)["last_reload"], Value::Null);
     assert_eq!(reloads(&d), [Some(0.0), Some(0.0), Some(1.0)]);
+    // `netmon status`'s line on the last reload, asked with the token in force.
+    let token_path = token_file.to_str().unwrap();
+    let cli_reload_line = || {
+        p.a.netmon_ok(&["status", "--api", &d.api, "--api-token-file", token_path])
+            .lines()
+            .find(|l| l.starts_with("last reload"))
+            .map(str::to_string)
+    };
+    assert_eq!(cli_reload_line(), None);
 
     // A new rule, dry run, token, flow map size and database; SIGHUP.
     place("XB");
@@ -1243,7 +1253,25 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     // The old token is refused now, the new one admitted.
     assert_eq!(d.get(&p.a, "/api/status").0, 401);
     d.client.token = Some(token_after.into());
-    assert_eq!(status(&d)["threat"]["dry_run"], true);
+    let st = status(&d);
+    assert_eq!(st["threat"]["dry_run"], true);
+    let r = &st["last_reload"];
+    assert_eq!(
+        (&r["applied"], &r["error"], &r["restart_needed"]),
+        (
+            &true.into(),
+            &Value::Null,
+            &serde_json::json!(["flow_map_size/socket_map_size/port_map_size"])
+        ),
+        "{st}"
+    );
+    let line = cli_reload_line().unwrap();
+    assert!(
+        line.contains(
+            "applied; flow_map_size/socket_map_size/port_map_size changed and take a restart"
+        ),
+        "{line}"
+    );
     assert_eq!(scored(&d), (rule("after", 7), "XB".into()));
 
     // The database file alone updated in place (the configuration as it was): read again.
@@ -1270,7 +1298,21 @@ fn sighup_reloads_the_configuration_and_a_bad_one_leaves_the_running_one() {
     );
     assert!(is_alive(d.pid()));
     assert_eq!(scored(&d), (rule("after", 7), "XC".into()));
-    assert_eq!(status(&d)["threat"]["dry_run"], true);
+    let st = status(&d);
+    assert_eq!(st["threat"]["dry_run"], true);
+    let r = &st["last_reload"];
+    assert_eq!(r["applied"], false, "{st}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("{}:3:", threat_file.display()))),
+        "{st}"
+    );
+    let line = cli_reload_line().unwrap();
+    assert!(
+        line.contains("NOT APPLIED") && line.contains("10.0.0.0/33"),
+        "{line}"
+    );
     assert_eq!(reloads(&d), [Some(2.0), Some(1.0), Some(0.0)]);
     // And SIGTERM still ends it cleanly.
     assert!(d.stop().success(), "{}", d.log_text());
