@@ -878,7 +878,7 @@ pub async fn run(
     {
         let mut c = crate::classify::Classifier::new(cfg.threat.clone());
         c.set_geo(opened.geo.clone());
-        c.set_feeds(Arc::new(opened.feeds.clone()));
+        c.set_feeds(opened.feeds.clone());
         // The alerts of earlier runs, from the event log: listed again after a restart (or
         // a crash), and this run's ids follow theirs.
         let (earlier, bad) = crate::act::notify::EventLog::recent_alerts(

@@ -32,7 +32,8 @@ pub struct Opened {
     pub cfg: ThreatConfig,
     pub event_log: PathBuf,
     pub geo: Arc<Geo>,
-    pub feeds: Feeds,
+    /// The feed set as loaded: shared by the classifier and the feed thread's slot.
+    pub feeds: Arc<Feeds>,
     refresher: FeedRefresher,
 }
 
@@ -46,7 +47,7 @@ impl Opened {
             cfg: cfg.clone(),
             event_log: event_log_path(cfg, state_dir),
             geo,
-            feeds,
+            feeds: Arc::new(feeds),
             refresher,
         })
     }
@@ -119,7 +120,7 @@ impl ThreatSide {
             cfg: opened.cfg,
             event_log: opened.event_log,
             geo: opened.geo,
-            feeds: Arc::new(RwLock::new(Arc::new(opened.feeds))),
+            feeds: Arc::new(RwLock::new(opened.feeds)),
             feed_thread: None,
             pipeline: None,
             pipeline_thread: None,
@@ -205,10 +206,10 @@ impl ThreatSide {
     /// Puts `new` in force. What it names is opened first (the GeoIP databases, read again
     /// whether or not their paths changed; the feeds when they changed; the event log, the
     /// sinks), so a configuration that does not load is an error that leaves the running
-    /// one as it was. Then the response thread finishes its
-    /// queue and a new one starts; changed feeds are refreshed by a new feed thread; and the
-    /// classifier scores with the new weights, rules and thresholds from the next drain (its
-    /// detections start over when the detection settings changed).
+    /// one as it was. Then the response thread finishes its queue and a new one starts;
+    /// changed feeds are refreshed by a new feed thread; and the classifier scores with the
+    /// new weights, rules and thresholds from the next drain (its detections start over when
+    /// the detection settings changed).
     pub fn replace(
         &mut self,
         new: &ThreatConfig,
