@@ -702,46 +702,94 @@ async fn ticker(interval: Duration) -> tokio::time::Interval {
     t
 }
 
-/// Puts the settings of `new` that apply while running in force (the threat configuration,
-/// `anonymize`, the API token, `interval`, `idle_timeout`) and records them in `running`;
-/// the others are named in a warning and wait for a restart. An error (the new threat
-/// configuration's files do not load) changes nothing.
+/// Puts a prepared reload in force (nothing here fails or waits: see `reload::Prepared`):
+/// the settings that apply while running (the threat configuration, `anonymize`, the API
+/// token, `interval`, `idle_timeout`) are recorded in `running`; returns the names of the
+/// others that changed, which wait for a restart.
 fn reload(
     running: &mut RunConfig,
-    new: RunConfig,
+    prepared: crate::reload::Prepared,
     drain: &mut Drain,
     shared: &Arc<Shared>,
-) -> Result<Vec<&'static str>> {
+) -> Vec<&'static str> {
+    let crate::reload::Prepared { new, threat } = prepared;
     let later = crate::reload::restart_only_changes(running, &new);
-    if new.threat != running.threat {
-        drain
-            .threat
-            .replace(&new.threat, &running.pin_dir, &running.state_dir, shared)?;
-        running.threat = new.threat;
-    } else {
-        drain.threat.reopen_geo(shared)?;
-    }
+    drain.threat.apply(&new.threat, threat, shared);
     *shared.anonymize.write().expect("lock not poisoned") = new.anonymize;
     *shared.api_token.write().expect("lock not poisoned") = new.api_token.clone();
+    running.threat = new.threat;
     running.anonymize = new.anonymize;
     running.api_token = new.api_token;
     running.interval = new.interval;
     running.idle_timeout = new.idle_timeout;
     drain.idle_ns = new.idle_timeout.as_nanos() as u64;
-    if !later.is_empty() {
-        warn!(
-            "SIGHUP: {} changed; that takes a restart (netmon keeps running with the old value)",
-            later.join(", ")
-        );
-    }
-    Ok(later)
+    later
 }
 
-/// SIGHUP: the configuration read again (`reread`) and applied (`reload`); the outcome goes
-/// to the log, `/api/status` (`last_reload`, and the threat side; at once, not from the next
-/// drain on) and the reload metrics.
-fn on_hangup(
-    reread: &impl Fn() -> Result<RunConfig>,
+/// The configuration read again for a reload.
+pub type Reread = Arc<dyn Fn() -> Result<RunConfig> + Send + Sync>;
+
+/// SIGHUP's work off the drain loop: one reload made ready at a time on a thread of its
+/// own (the configuration read again and what it names opened), handed to the loop, which
+/// puts it in force; a SIGHUP while one is being made is taken once it is done.
+struct Reloads {
+    reread: Reread,
+    tx: tokio::sync::mpsc::UnboundedSender<Result<crate::reload::Prepared>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<crate::reload::Prepared>>,
+    busy: bool,
+    again: bool,
+}
+
+impl Reloads {
+    fn new(reread: Reread) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            reread,
+            tx,
+            rx,
+            busy: false,
+            again: false,
+        }
+    }
+
+    /// A SIGHUP: starts making a reload ready against `running`, or, while one is, notes
+    /// that another is asked for.
+    fn asked(&mut self, running: &RunConfig, shared: &Arc<Shared>) {
+        if self.busy {
+            self.again = true;
+            return;
+        }
+        let (reread, tx, shared) = (self.reread.clone(), self.tx.clone(), shared.clone());
+        let running = running.clone();
+        let spawned = std::thread::Builder::new()
+            .name("netmon-reload".into())
+            .spawn(move || {
+                let r =
+                    reread().and_then(|new| crate::reload::Prepared::open(&running, new, &shared));
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            // Taken by the loop as a reload that failed.
+            let _ = self.tx.send(Err(
+                anyhow::Error::new(e).context("starting the reload thread")
+            ));
+        }
+        self.busy = true;
+    }
+
+    /// The reload made ready has been taken: starts the one asked for meanwhile, if any.
+    fn done(&mut self, running: &RunConfig, shared: &Arc<Shared>) {
+        self.busy = false;
+        if std::mem::take(&mut self.again) {
+            self.asked(running, shared);
+        }
+    }
+}
+
+/// A reload made ready (or the error that stopped it) put in force (`reload`); the outcome
+/// goes to the log, `/api/status` (`last_reload`) and the reload metrics.
+fn on_prepared(
+    prepared: Result<crate::reload::Prepared>,
     running: &mut RunConfig,
     drain: &mut Drain,
     shared: &Arc<Shared>,
@@ -751,24 +799,30 @@ fn on_hangup(
         at_ms: now_ms(),
         ..Default::default()
     };
-    match reread().and_then(|new| reload(running, new, drain, shared)) {
-        Ok(later) => {
+    let later = match prepared {
+        Ok(p) => {
+            let later = reload(running, p, drain, shared);
             base_status.threat = drain.threat.status();
             outcome.applied = true;
             outcome.restart_needed = later.iter().map(|s| s.to_string()).collect();
-            info!("SIGHUP: configuration reloaded");
+            later
         }
         Err(e) => {
-            warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e:#}");
             outcome.error = Some(format!("{e:#}"));
+            Vec::new()
         }
-    }
+    };
     let ok = outcome.applied;
+    let error = outcome.error.clone();
     base_status.last_reload = Some(outcome);
     {
         let mut st = shared.status.write().expect("lock not poisoned");
         st.threat = crate::api::ThreatStatus {
-            feeds: std::mem::take(&mut st.threat.feeds),
+            feeds: shared
+                .feed_status
+                .read()
+                .expect("lock not poisoned")
+                .clone(),
             ..base_status.threat.clone()
         };
         st.last_reload = base_status.last_reload.clone();
@@ -778,15 +832,24 @@ fn on_hangup(
         .with_label_values(&[if ok { "applied" } else { "failed" }])
         .inc();
     m.config_last_reload_successful.set(i64::from(ok));
+    // Logged once the status says it: a reader of the log finds the status in step.
+    match error {
+        None => {
+            if !later.is_empty() {
+                warn!(
+                    "SIGHUP: {} changed; that takes a restart (netmon keeps running with the old value)",
+                    later.join(", ")
+                );
+            }
+            info!("SIGHUP: configuration reloaded");
+        }
+        Some(e) => warn!("SIGHUP: the configuration was not reloaded, the running one stays: {e}"),
+    }
 }
 
 /// Runs the daemon until `shutdown` is cancelled. On SIGHUP it calls `reread` for the
-/// configuration as the command line and its files now say, and applies it (`reload`).
-pub async fn run(
-    cfg: RunConfig,
-    shutdown: CancellationToken,
-    reread: impl Fn() -> Result<RunConfig>,
-) -> Result<()> {
+/// configuration as the command line and its files now say, and applies it (`Reloads`).
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) -> Result<()> {
     // Installed first: from here a SIGHUP (whose default action ends the process) is a
     // reload, taken once the loop runs.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -992,6 +1055,7 @@ pub async fn run(
     );
     let mut ticker = ticker(cfg.interval).await;
     let mut running = cfg;
+    let mut reloads = Reloads::new(reread);
     shared.metrics.config_last_reload_successful.set(1);
     let result = loop {
         tokio::select! {
@@ -1003,11 +1067,11 @@ pub async fn run(
                 }
                 prog_stats.update(&attached.ebpf, &shared.metrics);
             }
-            Some(()) = hangup.recv() => {
+            Some(()) = hangup.recv() => reloads.asked(&running, &shared),
+            Some(prepared) = reloads.rx.recv() => {
                 let interval = running.interval;
-                tokio::task::block_in_place(|| {
-                    on_hangup(&reread, &mut running, &mut drain, &shared, &mut base_status)
-                });
+                on_prepared(prepared, &mut running, &mut drain, &shared, &mut base_status);
+                reloads.done(&running, &shared);
                 if running.interval != interval {
                     ticker = self::ticker(running.interval).await;
                 }

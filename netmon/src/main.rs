@@ -703,7 +703,10 @@ fn run(cli: Cli) -> Result<()> {
                 .init();
             let cfg = resolve((*args).clone(), cli.pin_dir.clone(), cli.state_dir.clone())?;
             // SIGHUP: the same command line, its files read again.
-            let reread = || resolve((*args).clone(), cli.pin_dir.clone(), cli.state_dir.clone());
+            let (pin_dir, state_dir) = (cli.pin_dir.clone(), cli.state_dir.clone());
+            let reread: daemon::Reread = std::sync::Arc::new(move || {
+                resolve((*args).clone(), pin_dir.clone(), state_dir.clone())
+            });
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(async {
                 let token = CancellationToken::new();

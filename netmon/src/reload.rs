@@ -63,6 +63,62 @@ impl Opened {
     }
 }
 
+/// A reload made ready: the configuration as its files now say, and what its threat side
+/// needs opened. Made on a thread of its own ([`Prepared::open`]: reading GeoIP databases,
+/// fetching feeds over the network, starting sinks take time the drain loop does not
+/// have), then put in force by the drain loop at once (`ThreatSide::apply`).
+pub struct Prepared {
+    pub new: RunConfig,
+    pub threat: NextThreat,
+}
+
+/// The threat side of a [`Prepared`] reload.
+pub enum NextThreat {
+    /// The threat configuration is unchanged: its GeoIP databases read again (they may have
+    /// been updated in place, as a monthly database is; `None`: it has none).
+    Geo(Option<Arc<Geo>>),
+    /// It changed: the GeoIP databases opened (read again whether or not their paths
+    /// changed), the feeds loaded when they changed, the event log and the sinks opened.
+    Replace {
+        geo: Arc<Geo>,
+        feeds: Option<(FeedRefresher, Feeds)>,
+        event_log: PathBuf,
+        pipeline: Box<Pipeline>,
+    },
+}
+
+impl Prepared {
+    /// Opens what `new` needs beside `running` (the configuration in force); an error (a
+    /// file that does not load, named) leaves nothing to put in force, so the running
+    /// configuration stays as it was. The pin and state directories are `running`'s: those
+    /// change only with a restart.
+    pub fn open(running: &RunConfig, new: RunConfig, shared: &Arc<Shared>) -> Result<Self> {
+        let t = &new.threat;
+        let threat = if *t == running.threat {
+            NextThreat::Geo(if t.geoip.is_empty() {
+                None
+            } else {
+                Some(open_geo(t)?)
+            })
+        } else {
+            let geo = open_geo(t)?;
+            let feeds = (t.feeds != running.threat.feeds)
+                .then(|| load_feeds(t, &running.state_dir))
+                .transpose()?;
+            let event_log = event_log_path(t, &running.state_dir);
+            let pipeline = pipeline(t, &event_log, &running.pin_dir, &running.state_dir, shared)
+                .context("opening the event log and the alert sinks")?;
+            NextThreat::Replace {
+                geo,
+                feeds,
+                event_log,
+                pipeline: Box::new(pipeline),
+            }
+        };
+        Ok(Self { new, threat })
+    }
+}
+
 fn open_geo(cfg: &ThreatConfig) -> Result<Arc<Geo>> {
     Ok(Arc::new(Geo::open(&cfg.geoip).context("--geoip / geoip")?))
 }
@@ -105,6 +161,8 @@ pub struct ThreatSide {
     /// The feed set the feed thread publishes.
     pub feeds: Arc<RwLock<Arc<Feeds>>>,
     feed_thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+    /// Feed threads told to stop by a reload that started none (joined at `stop`).
+    retired: Vec<JoinHandle<()>>,
     /// The response thread (event log, policy, sinks).
     pub pipeline: Option<PipelineTx>,
     pipeline_thread: Option<JoinHandle<()>>,
@@ -122,31 +180,50 @@ impl ThreatSide {
             geo: opened.geo,
             feeds: Arc::new(RwLock::new(opened.feeds)),
             feed_thread: None,
+            retired: Vec::new(),
             pipeline: None,
             pipeline_thread: None,
             sink_names: Vec::new(),
         };
-        side.start_feeds(opened.refresher, shared);
-        side.start_pipeline(pipeline);
+        side.start_feeds(opened.refresher, shared, None);
+        side.start_pipeline(pipeline, None);
         side
     }
 
-    fn start_feeds(&mut self, refresher: FeedRefresher, shared: &Shared) {
+    /// Starts the feed thread for `self.cfg`'s feeds; `after`, the thread it replaces
+    /// (told to stop), is joined by the new one before its first refresh, so the two never
+    /// fetch at once. With no feeds there is no new thread, and `after` is kept to be joined
+    /// at [`stop`](Self::stop).
+    fn start_feeds(
+        &mut self,
+        refresher: FeedRefresher,
+        shared: &Shared,
+        after: Option<JoinHandle<()>>,
+    ) {
         *shared.feed_status.write().expect("lock not poisoned") = refresher.status.clone();
         if self.cfg.feeds.is_empty() {
+            self.retired.extend(after);
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        match refresher.spawn(self.feeds.clone(), shared.feed_status.clone(), stop.clone()) {
+        match refresher.spawn(
+            self.feeds.clone(),
+            shared.feed_status.clone(),
+            stop.clone(),
+            after,
+        ) {
             Ok(h) => self.feed_thread = Some((h, stop)),
             Err(e) => warn!("cannot start the feed thread, feeds will not refresh: {e}"),
         }
     }
 
-    fn start_pipeline(&mut self, pipeline: Result<Pipeline>) {
+    /// Starts the response thread; `after`, the one it replaces (its queue closed), is
+    /// joined by the new one before it handles an alert, so the alerts reach the event log
+    /// and the sinks in the order they were raised.
+    fn start_pipeline(&mut self, pipeline: Result<Pipeline>, after: Option<JoinHandle<()>>) {
         let started = pipeline.and_then(|p| {
             let names = p.sink_names();
-            let (tx, h) = p.spawn()?;
+            let (tx, h) = p.spawn(after)?;
             Ok((tx, h, names))
         });
         match started {
@@ -162,75 +239,72 @@ impl ThreatSide {
         }
     }
 
-    /// Ends the response thread once it has handled what is queued.
-    fn stop_pipeline(&mut self) {
+    /// Closes the response thread's queue; the thread ends once it has handled what is
+    /// queued (the caller joins it, or hands it to the next one).
+    fn close_pipeline(&mut self) -> Option<JoinHandle<()>> {
         self.pipeline = None;
-        if let Some(h) = self.pipeline_thread.take()
-            && h.join().is_err()
-        {
-            warn!("the response thread panicked");
-        }
+        self.pipeline_thread.take()
     }
 
-    fn stop_feeds(&mut self) {
-        if let Some((h, stop)) = self.feed_thread.take() {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            if h.join().is_err() {
-                warn!("the feed thread panicked");
+    /// Tells the feed thread to stop (it does at its next check, and publishes nothing
+    /// more: see `FeedRefresher::spawn`).
+    fn close_feeds(&mut self) -> Option<JoinHandle<()>> {
+        let (h, stop) = self.feed_thread.take()?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(h)
+    }
+
+    /// Ends every thread of the threat side: the response thread after the alerts queued,
+    /// the feed thread after the fetch under way, and those they replaced.
+    pub fn stop(&mut self) {
+        let threads = [
+            ("response", self.close_pipeline()),
+            ("feed", self.close_feeds()),
+        ];
+        let retired = std::mem::take(&mut self.retired).into_iter();
+        for (what, h) in threads
+            .into_iter()
+            .chain(retired.map(|h| ("feed", Some(h))))
+        {
+            if let Some(h) = h
+                && h.join().is_err()
+            {
+                warn!("the {what} thread panicked");
             }
         }
     }
 
-    /// Ends both threads (the response thread after the alerts queued).
-    pub fn stop(&mut self) {
-        self.stop_pipeline();
-        self.stop_feeds();
-    }
-
-    /// Reads the GeoIP databases again (a reload with the threat configuration unchanged:
-    /// the files may have been updated in place, as a monthly database is); a database that
-    /// does not load is an error and the ones in use stay.
-    pub fn reopen_geo(&mut self, shared: &Shared) -> Result<()> {
-        if self.cfg.geoip.is_empty() {
-            return Ok(());
-        }
-        self.geo = open_geo(&self.cfg)?;
-        shared
-            .classifier
-            .write()
-            .expect("lock not poisoned")
-            .set_geo(self.geo.clone());
-        Ok(())
-    }
-
-    /// Puts `new` in force. What it names is opened first (the GeoIP databases, read again
-    /// whether or not their paths changed; the feeds when they changed; the event log, the
-    /// sinks), so a configuration that does not load is an error that leaves the running
-    /// one as it was. Then the response thread finishes its queue and a new one starts;
-    /// changed feeds are refreshed by a new feed thread; and the classifier scores with the
-    /// new weights, rules and thresholds from the next drain (its detections start over when
-    /// the detection settings changed).
-    pub fn replace(
-        &mut self,
-        new: &ThreatConfig,
-        pin_dir: &Path,
-        state_dir: &Path,
-        shared: &Arc<Shared>,
-    ) -> Result<()> {
-        let geo = open_geo(new)?;
-        let feeds = (new.feeds != self.cfg.feeds)
-            .then(|| load_feeds(new, state_dir))
-            .transpose()?;
-        let event_log = event_log_path(new, state_dir);
-        let pipeline = pipeline(new, &event_log, pin_dir, state_dir, shared)
-            .context("opening the event log and the alert sinks")?;
-        // Nothing below fails: the new configuration is in force from here on.
-        self.stop_pipeline();
-        self.cfg = new.clone();
+    /// Puts a prepared threat side in force. Nothing here fails or waits: what could fail
+    /// was opened by [`Prepared::open`], and the threads replaced finish on their own (each
+    /// new one joins the one before it). The classifier scores with the new weights, rules,
+    /// thresholds and databases from the next drain (its detections start over when the
+    /// detection settings changed); changed feeds are refreshed by a new feed thread.
+    pub fn apply(&mut self, cfg: &ThreatConfig, next: NextThreat, shared: &Arc<Shared>) {
+        self.retired.retain(|h| !h.is_finished());
+        let (geo, feeds, event_log, pipeline) = match next {
+            NextThreat::Geo(None) => return,
+            NextThreat::Geo(Some(geo)) => {
+                self.geo = geo.clone();
+                shared
+                    .classifier
+                    .write()
+                    .expect("lock not poisoned")
+                    .set_geo(geo);
+                return;
+            }
+            NextThreat::Replace {
+                geo,
+                feeds,
+                event_log,
+                pipeline,
+            } => (geo, feeds, event_log, pipeline),
+        };
+        let before = self.close_pipeline();
+        self.cfg = cfg.clone();
         self.event_log = event_log;
         self.geo = geo.clone();
         if let Some((refresher, mut feeds)) = feeds {
-            self.stop_feeds();
+            let replaced = self.close_feeds();
             feeds.generation = self.feeds.read().expect("lock not poisoned").generation + 1;
             *self.feeds.write().expect("lock not poisoned") = Arc::new(feeds);
             let kept: Vec<&str> = self.cfg.feeds.iter().map(|f| f.name.as_str()).collect();
@@ -246,7 +320,7 @@ impl ThreatSide {
                         .remove_label_values(&[&old.name]);
                 }
             }
-            self.start_feeds(refresher, shared);
+            self.start_feeds(refresher, shared, replaced);
         }
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
@@ -254,8 +328,7 @@ impl ThreatSide {
             c.set_geo(geo);
             c.set_feeds(self.feeds.read().expect("lock not poisoned").clone());
         }
-        self.start_pipeline(Ok(pipeline));
-        Ok(())
+        self.start_pipeline(Ok(*pipeline), before);
     }
 
     /// The threat side's part of `/api/status` (its `feeds` are the feed thread's, filled

@@ -1009,6 +1009,11 @@ struct FeedServer {
 
 impl FeedServer {
     fn start(ns: &Netns, body: String) -> Self {
+        Self::start_slow(ns, body, Duration::ZERO)
+    }
+
+    /// Answers each request `delay` after it came (counted in `requests` on arrival).
+    fn start_slow(ns: &Netns, body: String, delay: Duration) -> Self {
         let l = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
@@ -1026,6 +1031,7 @@ impl FeedServer {
                 let mut line = String::new();
                 while r.read_line(&mut line).unwrap_or(0) > 0 && !line.ends_with("\r\n\r\n") {}
                 *n.lock().unwrap() += 1;
+                std::thread::sleep(delay);
                 let mut s = s;
                 let _ = write!(
                     s,
@@ -1050,6 +1056,81 @@ impl Drop for FeedServer {
             let _ = t.join();
         }
     }
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_reload_waiting_for_a_slow_feed_leaves_the_drains_running() {
+    // A reload that adds a URL feed fetches it before anything changes (a feed that does
+    // not load refuses the reload); while the fetch waits on a slow server the daemon keeps
+    // draining and answering, and a second SIGHUP meanwhile is taken after it.
+    let p = Pair::new("aslow");
+    let delay = Duration::from_secs(6);
+    let server = FeedServer::start_slow(&p.a, format!("# slow feed\n{}\n", p.b_v4), delay);
+    let cfg = threat_config(&p.a, "");
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    let status = || ns_json(&p.a, &d.api, "/api/status");
+    let reloaded = || {
+        d.log_text()
+            .matches("SIGHUP: configuration reloaded")
+            .count()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[feeds]]\nname = \"slow-feed\"\nurl = \"http://127.0.0.1:{}/feed.txt\"\nrefresh = \"1h\"\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    sh(&["kill", "-HUP", &d.pid().to_string()]);
+    wait_for(
+        5,
+        "the reload's request for the feed",
+        || d.log_text(),
+        || (*server.requests.lock().unwrap() >= 1).then_some(()),
+    );
+    let asked = Instant::now();
+    sh(&["kill", "-HUP", &d.pid().to_string()]);
+    let before = status()["drains"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = status()["drains"].as_u64().unwrap();
+    // Still within the server's delay: the reload is waiting, the drains (every 200 ms)
+    // are not.
+    assert!(asked.elapsed() < delay - Duration::from_secs(1));
+    assert_eq!(reloaded(), 0, "{}", d.log_text());
+    assert!(
+        after >= before + 5,
+        "{} drains in 2 s while the reload waited",
+        after - before
+    );
+    assert_eq!(status()["threat"]["feeds"], serde_json::json!([]));
+    // The feed arrives: the reload is put in force, then the second SIGHUP's (the
+    // configuration as now in force: nothing fetched again).
+    wait_for(
+        15,
+        "both reloads",
+        || d.log_text(),
+        || (reloaded() == 2).then_some(()),
+    );
+    assert!(asked.elapsed() >= delay - Duration::from_millis(500));
+    let f = status()["threat"]["feeds"][0].clone();
+    assert_eq!(
+        (&f["name"], &f["entries"], &f["error"]),
+        (&"slow-feed".into(), &1.into(), &Value::Null),
+        "{f}"
+    );
+    assert_eq!(*server.requests.lock().unwrap(), 1);
+    assert_eq!(status()["last_reload"]["applied"], true);
+    // Traffic from the listed peer is scored by the new feed.
+    udp_arrivals(&p, 1);
+    let a = alert_of(&p, &d, "known_malicious");
+    assert!(a["detail"].as_str().unwrap().contains("slow-feed"), "{a}");
+    drop(server);
 }
 
 #[test]

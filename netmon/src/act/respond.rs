@@ -415,13 +415,24 @@ impl Pipeline {
         }
     }
 
-    /// Runs on a thread of its own until the sender is dropped; returns the sender.
-    pub fn spawn(mut self) -> std::io::Result<(PipelineTx, std::thread::JoinHandle<()>)> {
+    /// Runs on a thread of its own until the sender is dropped; returns the sender. The
+    /// thread first joins `after` (the response thread this one replaces, its queue closed),
+    /// so alerts are handled in the order they were raised; what arrives meanwhile waits in
+    /// this one's queue.
+    pub fn spawn(
+        mut self,
+        after: Option<std::thread::JoinHandle<()>>,
+    ) -> std::io::Result<(PipelineTx, std::thread::JoinHandle<()>)> {
         let (tx, rx): (SyncSender<Alert>, Receiver<Alert>) = std::sync::mpsc::sync_channel(QUEUE);
         let shared = self.shared.clone();
         let h = std::thread::Builder::new()
             .name("netmon-response".into())
             .spawn(move || {
+                if let Some(h) = after
+                    && h.join().is_err()
+                {
+                    tracing::warn!("the response thread replaced by a reload panicked");
+                }
                 while let Ok(a) = rx.recv() {
                     self.handle(&a);
                 }

@@ -394,18 +394,29 @@ impl FeedRefresher {
         out
     }
 
-    /// Runs until `stop` is set, publishing into `feeds` and `status`.
+    /// Runs until `stop` is set, publishing into `feeds` and `status`. The thread first
+    /// joins `after` (the feed thread this one replaces, told to stop), so the two never
+    /// fetch at once. Once `stop` is set it publishes nothing more: what it loaded after a
+    /// reload replaced it is dropped, not written over the reload's feeds (the check is made
+    /// under the lock the reload writes with).
     pub fn spawn(
         mut self,
         feeds: Arc<std::sync::RwLock<Arc<Feeds>>>,
         status: Arc<std::sync::RwLock<Vec<FeedStatus>>>,
         stop: Arc<std::sync::atomic::AtomicBool>,
+        after: Option<std::thread::JoinHandle<()>>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        use std::sync::atomic::Ordering::Relaxed;
         *status.write().expect("lock not poisoned") = self.status.clone();
         std::thread::Builder::new()
             .name("netmon-feeds".into())
             .spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(h) = after
+                    && h.join().is_err()
+                {
+                    tracing::warn!("the feed thread replaced by a reload panicked");
+                }
+                while !stop.load(Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
                     let now = std::time::Instant::now();
                     if !self.next.iter().any(|n| now >= *n) {
@@ -413,9 +424,17 @@ impl FeedRefresher {
                     }
                     let current = feeds.read().expect("lock not poisoned").clone();
                     if let Some(new) = self.refresh_due(&current, now) {
-                        *feeds.write().expect("lock not poisoned") = Arc::new(new);
+                        let mut slot = feeds.write().expect("lock not poisoned");
+                        if stop.load(Relaxed) {
+                            break;
+                        }
+                        *slot = Arc::new(new);
                     }
-                    *status.write().expect("lock not poisoned") = self.status.clone();
+                    let mut slot = status.write().expect("lock not poisoned");
+                    if stop.load(Relaxed) {
+                        break;
+                    }
+                    *slot = self.status.clone();
                 }
             })
     }
