@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod export;
+pub mod files;
 pub mod flowtab;
 pub mod load;
 pub mod mapmem;

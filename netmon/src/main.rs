@@ -898,7 +898,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let mut out: Box<dyn std::io::Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p)
+                    netmon::files::create(p)
                         .with_context(|| format!("creating {}", p.display()))?,
                 )),
                 None => Box::new(std::io::stdout().lock()),

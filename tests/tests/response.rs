@@ -6,6 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
     path::PathBuf,
     process::{Child, Command},
     sync::{
@@ -230,6 +231,14 @@ ban_ttl = "10m"
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0]["action"]["result"], "done");
     assert_eq!(bans[0]["action"]["ttl_seconds"], 600);
+    // The files that hold the addresses, as the daemon made them: its owner's alone.
+    for f in ["audit.log", "events.jsonl", "droplist.json"] {
+        let mode = std::fs::metadata(p.a.state_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}: {mode:o}");
+    }
     let kills = action_events(&p.a, "kill");
     assert_eq!(kills[0]["action"]["result"], "done", "{kills:?}");
     assert!(

@@ -7,7 +7,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -132,14 +132,11 @@ pub struct EventLog {
 impl EventLog {
     pub fn open(path: &Path, max_bytes: u64, keep: usize) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| {
+            crate::files::private_dir(dir).with_context(|| {
                 format!("creating the directory of the event log {}", path.display())
             })?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let file = crate::files::append(path)
             .with_context(|| format!("opening the event log {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
@@ -160,6 +157,7 @@ impl EventLog {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file = None;
+        let mode = crate::files::mode_of(&self.path);
         if self.keep == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
@@ -172,12 +170,12 @@ impl EventLog {
             }
             std::fs::rename(&self.path, Self::rotated(&self.path, 1))?;
         }
-        self.file = Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?,
-        );
+        // The new file keeps the mode of the one it follows.
+        let file = crate::files::append(&self.path)?;
+        if let Some(mode) = mode {
+            file.set_permissions(mode)?;
+        }
+        self.file = Some(file);
         self.size = 0;
         Ok(())
     }
@@ -191,12 +189,7 @@ impl EventLog {
                 self.rotate()?;
             }
             if self.file.is_none() {
-                self.file = Some(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&self.path)?,
-                );
+                self.file = Some(crate::files::append(&self.path)?);
             }
             let f = self.file.as_mut().expect("opened above");
             f.write_all(&line)?;
@@ -430,6 +423,27 @@ mod tests {
                 assert_eq!(back.kind(), "port_scan");
             }
         }
+
+        // Owner-only (crate::files); a file after a rotation takes the mode of the one it
+        // follows, which the operator may have opened to a log shipper's group.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let len = || std::fs::metadata(&path).unwrap().len();
+        // Until the file shrinks: it rotated.
+        let mut last = len();
+        loop {
+            log.append(&ev).unwrap();
+            if len() < last {
+                break;
+            }
+            last = len();
+        }
+        assert_eq!(
+            (mode(&path), mode(&dir.join("events.jsonl.1"))),
+            (0o640, 0o640)
+        );
     }
 
     /// The last alerts come back from the log, across its rotation, oldest first; action
@@ -463,7 +477,10 @@ mod tests {
             log.append(&Event::alert(&numbered(id), "h")).unwrap();
         }
         drop(log);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"time_ms\":17000000").unwrap();
         drop(f);
 

@@ -202,10 +202,16 @@ impl Store {
         self.dir.join(AUDIT_FILE)
     }
 
+    /// Creates the state directory if it is missing (owner-only, as the files in it:
+    /// `crate::files`).
+    fn make_dir(&self) -> Result<()> {
+        crate::files::private_dir(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))
+    }
+
     /// Takes the exclusive lock that serialises every change (CLI and daemon).
     pub fn lock(&self) -> Result<Lock> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        self.make_dir()?;
         let path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -279,14 +285,18 @@ impl Store {
     /// Writes the state atomically: a reader sees the old file or the new one, never a mix,
     /// and a crash leaves one of them whole.
     pub fn save(&self, state: &State) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        self.make_dir()?;
         let path = self.state_path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(state).context("serialising the drop list")?;
         {
-            let mut f =
-                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut f = crate::files::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            // The new version keeps the mode of the one it replaces (0600 for the first).
+            if let Some(mode) = crate::files::mode_of(&path) {
+                f.set_permissions(mode)
+                    .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+            }
             f.write_all(&json)
                 .and_then(|()| f.sync_all())
                 .with_context(|| format!("writing {}", tmp.display()))?;
@@ -306,12 +316,8 @@ impl Store {
     /// Appends one line to the audit log.
     pub fn audit(&self, record: &AuditRecord) -> Result<()> {
         let path = self.audit_path();
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        self.make_dir()?;
+        let mut f = crate::files::append(&path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
         let mut line = serde_json::to_vec(record).context("serialising an audit record")?;
         line.push(b'\n');
@@ -405,6 +411,18 @@ mod tests {
                 .unwrap();
         assert_eq!(bak.bans.len(), 1, "the previous version is kept");
         assert!(!dir.join("droplist.json.tmp").exists());
+
+        // Owner-only (crate::files), and a mode the operator set is kept by the rewrite.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode(&dir), mode(&store.state_path())), (0o700, 0o600));
+        fs::set_permissions(store.state_path(), fs::Permissions::from_mode(0o640)).unwrap();
+        store.save(&s).unwrap();
+        assert_eq!(mode(&store.state_path()), 0o640);
+        store
+            .audit(&AuditRecord::new("ban", "203.0.113.7", "x"))
+            .unwrap();
+        assert_eq!(mode(&store.audit_path()), 0o600);
     }
 
     #[test]

@@ -237,7 +237,9 @@ pub fn load(cfg: &FeedConfig, cache: Option<&Path>) -> Result<Feed> {
     let text = fetch(&cfg.location)?;
     let nets = parse_feed(&text, &cfg.location.to_string())?;
     if let (Location::Url(_), Some(dir)) = (&cfg.location, cache) {
-        let _ = std::fs::create_dir_all(dir);
+        // Inside the state directory, which this may be the first to create: owner-only,
+        // as `crate::files` makes it.
+        let _ = crate::files::private_dir(dir);
         let path = dir.join(format!("{}.txt", cfg.name));
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, &text)
