@@ -391,6 +391,8 @@ impl Drop for Proc {
 struct HttpSink {
     port: u16,
     bodies: Arc<Mutex<Vec<String>>>,
+    /// Each request's header lines, names in lower case, in the order of `bodies`.
+    heads: Arc<Mutex<Vec<Vec<String>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -401,8 +403,9 @@ impl HttpSink {
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, st) = (bodies.clone(), stop.clone());
+        let (b, h, st) = (bodies.clone(), heads.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let Ok((s, _)) = l.accept() else {
@@ -413,17 +416,24 @@ impl HttpSink {
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut len = 0;
+                let mut head = Vec::new();
                 loop {
                     let mut line = String::new();
                     if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let line = match line.split_once(':') {
+                        Some((n, v)) => format!("{}:{}", n.to_ascii_lowercase(), v.trim_end()),
+                        None => line.trim_end().to_string(),
+                    };
+                    if let Some(v) = line.strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap();
                     }
+                    head.push(line);
                 }
                 let mut body = vec![0; len];
                 r.read_exact(&mut body).unwrap();
+                h.lock().unwrap().push(head);
                 b.lock().unwrap().push(String::from_utf8(body).unwrap());
                 let mut s = s;
                 let _ = s.write_all(
@@ -435,6 +445,7 @@ impl HttpSink {
         Self {
             port,
             bodies,
+            heads,
             stop,
             thread: Some(thread),
         }
@@ -456,9 +467,11 @@ impl Drop for HttpSink {
 
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
-fn alerts_reach_webhook_syslog_and_email_and_a_dead_sink_stalls_nothing() {
+fn alerts_reach_webhook_syslog_email_and_sms_and_a_dead_sink_stalls_nothing() {
     let p = Pair::new("asink");
     let mut hook = HttpSink::start(&p.a);
+    // An SMS gateway with Twilio's Messages API, on the namespace's loopback.
+    let gateway = HttpSink::start(&p.a);
     let syslog = p.a.run(|| UdpSocket::bind("127.0.0.1:0").unwrap());
     syslog
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -490,6 +503,8 @@ fn alerts_reach_webhook_syslog_and_email_and_a_dead_sink_stalls_nothing() {
     wait_for(10, "aiosmtpd listening", String::new, || {
         p.a.run(move || TcpStream::connect(("127.0.0.1", smtp_port)).ok())
     });
+    let token_file = p.a.state_dir.join("sms-token");
+    std::fs::write(&token_file, "s3cret tok\n").unwrap();
     let cfg = threat_config(
         &p.a,
         &format!(
@@ -507,6 +522,13 @@ server = "127.0.0.1:{smtp_port}"
 from = "netmon@test.invalid"
 to = ["ops@test.invalid"]
 min_severity = "medium"
+[alerts.sms]
+url = "http://127.0.0.1:{gw}/2010-04-01/Accounts/AC1/Messages.json"
+account = "AC1"
+token_file = "{token}"
+from = "+15550100000"
+to = ["+15550100001"]
+min_severity = "medium"
 [[alerts.threshold]]
 name = "rx-flood"
 metric = "netmon_interface_bytes_total"
@@ -516,7 +538,9 @@ above = 100000
 for = "1s"
 severity = "medium"
 "#,
-            hook.port
+            hook.port,
+            gw = gateway.port,
+            token = token_file.display(),
         ),
     );
     let d = Daemon::start(
@@ -527,7 +551,7 @@ severity = "medium"
     let status = ns_json(&p.a, &d.api, "/api/status");
     assert_eq!(
         status["threat"]["sinks"],
-        serde_json::json!(["webhook", "syslog", "email"]),
+        serde_json::json!(["webhook", "syslog", "email", "sms"]),
         "{status}"
     );
 
@@ -589,6 +613,34 @@ severity = "medium"
     };
     let mail = wait_for(15, "the email", || d.log_text(), mail_with("port_scan"));
     assert!(mail.contains("To: ops@test.invalid"), "{mail}");
+    // SMS: a form POST to the account's Messages resource, basic authentication with the
+    // account and the token file's first line ("AC1:s3cret tok" in base64).
+    let sms = |kind: &'static str| {
+        let gateway = &gateway;
+        move || {
+            let bodies = gateway.bodies.lock().unwrap();
+            let i = bodies
+                .iter()
+                .position(|b| b.contains(&format!("+{kind}+alert")))?;
+            Some((bodies[i].clone(), gateway.heads.lock().unwrap()[i].clone()))
+        }
+    };
+    let (form, head) = wait_for(15, "the SMS", || d.log_text(), sms("port_scan"));
+    assert_eq!(
+        head[0],
+        "POST /2010-04-01/Accounts/AC1/Messages.json HTTP/1.1"
+    );
+    for h in [
+        "authorization: Basic QUMxOnMzY3JldCB0b2s=",
+        "content-type: application/x-www-form-urlencoded",
+    ] {
+        assert!(head.iter().any(|l| l == h), "{h}: {head:?}");
+    }
+    assert!(
+        form.starts_with("To=%2B15550100001&From=%2B15550100000&Body=netmon+")
+            && form.contains(p.b_v4),
+        "{form}"
+    );
     // Every alert so far went out once by webhook.
     let alerts_so_far = ns_json(&p.a, &d.api, "/api/alerts")
         .as_array()
@@ -638,6 +690,7 @@ severity = "medium"
         || d.log_text(),
         mail_with("threshold"),
     );
+    wait_for(15, "the threshold SMS", || d.log_text(), sms("threshold"));
     wait_for(
         15,
         "the webhook failure counted",

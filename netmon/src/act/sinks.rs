@@ -1,7 +1,8 @@
 //! Alert sinks, each on its own thread behind a bounded queue: a webhook (HTTP POST of the
 //! event as JSON, retried with exponential backoff), syslog (RFC 5424 over UDP, TCP with
 //! octet-counting framing per RFC 6587, or a unix socket such as /dev/log) and email (SMTP,
-//! RFC 5321: plain to a local relay, or over STARTTLS or implicit TLS with AUTH PLAIN). A full
+//! RFC 5321: plain to a local relay, or over STARTTLS or implicit TLS with AUTH PLAIN) and text
+//! messages (an SMS gateway with Twilio's Messages API: a form POST per recipient). A full
 //! queue drops the event and counts it; nothing here ever waits on the drain loop's thread.
 
 use std::{
@@ -21,7 +22,10 @@ use anyhow::{Context as _, Result, bail};
 use super::notify::Event;
 use crate::{
     classify::{
-        config::{AlertsConfig, EmailConfig, EmailTls, SyslogConfig, SyslogTarget, WebhookConfig},
+        config::{
+            AlertsConfig, EmailConfig, EmailTls, SmsConfig, SyslogConfig, SyslogTarget,
+            WebhookConfig,
+        },
         score::Level,
     },
     metrics::Metrics,
@@ -264,15 +268,16 @@ struct Email {
     password: Option<String>,
 }
 
-/// The password in `path`: its first line, without the line end (spaces are the
-/// password's). An unreadable or empty file is an error that names it.
-fn read_password(path: &std::path::Path) -> Result<String> {
+/// The secret in `path` (`what`: the SMTP password, the SMS gateway's token): its first line,
+/// without the line end (spaces are the secret's). An unreadable or empty file is an error
+/// that names it.
+fn read_secret(path: &std::path::Path, what: &str) -> Result<String> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the SMTP password file {}", path.display()))?;
+        .with_context(|| format!("reading the {what} file {}", path.display()))?;
     let first = text.lines().next().unwrap_or("");
     if first.is_empty() {
         bail!(
-            "the SMTP password file {} has no password on its first line",
+            "the {what} file {} has no {what} on its first line",
             path.display()
         );
     }
@@ -305,7 +310,7 @@ impl Email {
         let password = cfg
             .password_file
             .as_deref()
-            .map(read_password)
+            .map(|p| read_secret(p, "SMTP password"))
             .transpose()?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -532,6 +537,88 @@ impl Sink for Email {
     }
 }
 
+/// Text messages through an SMS gateway (`SmsConfig`).
+struct Sms {
+    cfg: SmsConfig,
+    /// The `Authorization` header: basic, the account and the token.
+    auth: String,
+    host: String,
+    agent: ureq::Agent,
+}
+
+/// The most of an event's text a message carries: two SMS segments of 160 GSM characters.
+const SMS_MAX_CHARS: usize = 320;
+
+impl Sms {
+    fn new(cfg: &SmsConfig, host: &str) -> Result<Self> {
+        let token = read_secret(&cfg.token_file, "SMS token")?;
+        let auth = format!(
+            "Basic {}",
+            base64_encode(format!("{}:{token}", cfg.account).as_bytes())
+        );
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .build()
+            .new_agent();
+        Ok(Self {
+            cfg: cfg.clone(),
+            auth,
+            host: host.to_string(),
+            agent,
+        })
+    }
+
+    /// The message: the host and the event's summary, cut to `SMS_MAX_CHARS` characters.
+    fn text(&self, ev: &Event) -> String {
+        let full = format!("netmon {}: {}", self.host, ev.summary());
+        if full.chars().count() <= SMS_MAX_CHARS {
+            return full;
+        }
+        let mut cut: String = full.chars().take(SMS_MAX_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+impl Sink for Sms {
+    fn name(&self) -> &'static str {
+        "sms"
+    }
+
+    fn wants(&self, ev: &Event) -> bool {
+        ev.severity >= self.cfg.min_severity
+    }
+
+    /// One message per recipient, each retried on its own; an error names the recipients
+    /// that did not get it (the others did).
+    fn deliver(&mut self, ev: &Event, stop: &AtomicBool) -> Result<()> {
+        let text = self.text(ev);
+        let mut failed = Vec::new();
+        for to in &self.cfg.to {
+            let sent = with_retries(stop, self.cfg.retries, || {
+                self.agent
+                    .post(&self.cfg.url)
+                    .header("Authorization", &self.auth)
+                    .header("User-Agent", concat!("netmon/", env!("CARGO_PKG_VERSION")))
+                    .send_form([
+                        ("To", to.as_str()),
+                        ("From", &self.cfg.from),
+                        ("Body", &text),
+                    ])
+                    .map(|_| ())
+                    .with_context(|| format!("POST {}", self.cfg.url))
+            });
+            if let Err(e) = sent {
+                failed.push(format!("{to} ({e:#})"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("SMS not sent to {}", failed.join(", "));
+        }
+        Ok(())
+    }
+}
+
 struct Handle {
     name: &'static str,
     tx: SyncSender<Event>,
@@ -595,6 +682,9 @@ impl Sinks {
         }
         if let Some(e) = &cfg.email {
             sinks.push(Box::new(Email::new(e, host)?));
+        }
+        if let Some(m) = &cfg.sms {
+            sinks.push(Box::new(Sms::new(m, host)?));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
@@ -696,8 +786,171 @@ mod tests {
         assert_eq!(sd_escape(r#"a"b]c\"#), r#"a\"b\]c\\"#);
     }
 
-    fn alert_event() -> Event {
-        let a = crate::classify::Alert {
+    /// One HTTP request as a test server read it.
+    struct Request {
+        /// `METHOD PATH`.
+        line: String,
+        /// Names in lower case.
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Request {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Accepts one connection on `l`, reads its request, answers `status` (no body).
+    fn http_exchange(l: &std::net::TcpListener, status: &str) -> Request {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut first = String::new();
+        r.read_line(&mut first).unwrap();
+        let line = first.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            let (n, v) = h.split_once(':').unwrap();
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let len = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        let mut s = s;
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        Request {
+            line,
+            headers,
+            body,
+        }
+    }
+
+    /// An `application/x-www-form-urlencoded` body, decoded.
+    fn form(body: &[u8]) -> Vec<(String, String)> {
+        let dec = |s: &str| {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'+' => out.push(b' '),
+                    b'%' => {
+                        out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                        i += 2;
+                    }
+                    c => out.push(c),
+                }
+                i += 1;
+            }
+            String::from_utf8(out).unwrap()
+        };
+        std::str::from_utf8(body)
+            .unwrap()
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (dec(k), dec(v))
+            })
+            .collect()
+    }
+
+    /// A real HTTP server on loopback as the gateway: one form POST per recipient with the
+    /// account's basic authentication, a recipient whose first attempt fails retried, the
+    /// text cut to two segments; a gateway that is gone names every recipient missed.
+    #[test]
+    fn sms_posts_a_form_per_recipient_with_basic_auth() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let path = "/2010-04-01/Accounts/AC0123/Messages.json";
+        let url = format!("http://{}{path}", l.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            ["201 Created", "500 Oops", "201 Created"].map(|status| http_exchange(&l, status))
+        });
+        let tmp = crate::test_support::TempDir::new("sms");
+        let token_file = tmp.0.join("token");
+        std::fs::write(&token_file, "s3cret tok\nignored\n").unwrap();
+        let cfg = SmsConfig {
+            url,
+            account: "AC0123".into(),
+            token_file,
+            from: "+15550100000".into(),
+            to: vec!["+15550100001".into(), "+15550100002".into()],
+            min_severity: Level::Medium,
+            timeout: Duration::from_secs(5),
+            retries: 1,
+        };
+        let mut sms = Sms::new(&cfg, "gw1").unwrap();
+        let ev = alert_event();
+        assert!(sms.wants(&ev));
+        sms.deliver(&ev, &AtomicBool::new(false)).unwrap();
+        let reqs = server.join().unwrap();
+        let auth = format!("Basic {}", base64_encode(b"AC0123:s3cret tok"));
+        let text = format!("netmon gw1: {}", ev.summary());
+        assert!(
+            text.contains("port_scan") && text.contains("30 ports tried"),
+            "{text}"
+        );
+        for (r, to) in reqs
+            .iter()
+            .zip(["+15550100001", "+15550100002", "+15550100002"])
+        {
+            assert_eq!(r.line, format!("POST {path}"));
+            assert_eq!(r.header("authorization"), Some(auth.as_str()));
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/x-www-form-urlencoded")
+            );
+            assert_eq!(
+                form(&r.body),
+                [("To", to), ("From", "+15550100000"), ("Body", &text)]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            );
+        }
+        // A low alert is below this sink's min_severity; a long detail is cut.
+        let mut low = ev.clone();
+        low.severity = Level::Low;
+        assert!(!sms.wants(&low));
+        let long = crate::classify::Alert {
+            detail: "x".repeat(1000),
+            ..alert()
+        };
+        let cut = sms.text(&Event::alert(&long, "h"));
+        assert_eq!(cut.chars().count(), SMS_MAX_CHARS);
+        assert!(
+            cut.starts_with("netmon gw1: ") && cut.ends_with('…'),
+            "{cut}"
+        );
+        // The gateway gone: both recipients named.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sms.cfg.url = format!("http://{}{path}", gone.local_addr().unwrap());
+        sms.cfg.retries = 0;
+        drop(gone);
+        let e = format!(
+            "{:#}",
+            sms.deliver(&ev, &AtomicBool::new(false)).unwrap_err()
+        );
+        assert!(
+            e.starts_with("SMS not sent to +15550100001 (") && e.contains(", +15550100002 ("),
+            "{e}"
+        );
+    }
+
+    fn alert() -> crate::classify::Alert {
+        crate::classify::Alert {
             id: 9,
             time_ms: 1_796_108_940_123,
             kind: "port_scan".into(),
@@ -706,8 +959,11 @@ mod tests {
             score: 30,
             reasons: vec![],
             detail: "198.18.0.2: 30 ports tried".into(),
-        };
-        Event::alert(&a, "h")
+        }
+    }
+
+    fn alert_event() -> Event {
+        Event::alert(&alert(), "h")
     }
 
     /// Real listeners on loopback and in a temporary directory: TCP gets octet-counted
@@ -769,29 +1025,9 @@ mod tests {
         let server = std::thread::spawn(move || {
             let mut bodies = Vec::new();
             for i in 0..3 {
-                let (s, _) = l.accept().unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut len = 0;
-                loop {
-                    let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; len];
-                std::io::Read::read_exact(&mut r, &mut body).unwrap();
                 let status = if i < 2 { "503 Busy" } else { "204 No Content" };
-                let mut s = s;
-                write!(
-                    s,
-                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                .unwrap();
-                bodies.push((std::time::Instant::now(), body));
+                let req = http_exchange(&l, status);
+                bodies.push((std::time::Instant::now(), req.body));
             }
             bodies
         });

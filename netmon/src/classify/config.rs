@@ -251,6 +251,7 @@ pub struct AlertsConfig {
     pub webhook: Option<WebhookConfig>,
     pub syslog: Option<SyslogConfig>,
     pub email: Option<EmailConfig>,
+    pub sms: Option<SmsConfig>,
     pub thresholds: Vec<ThresholdRule>,
 }
 
@@ -266,6 +267,7 @@ impl Default for AlertsConfig {
             webhook: None,
             syslog: None,
             email: None,
+            sms: None,
             thresholds: Vec::new(),
         }
     }
@@ -322,6 +324,49 @@ pub struct EmailConfig {
     /// line; only over TLS.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+/// Text messages through an SMS gateway with Twilio's Messages API: per recipient, a form POST
+/// of `To`, `From` and `Body` to `url` with HTTP basic authentication (`account` and the
+/// token in `token_file`'s first line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmsConfig {
+    pub url: String,
+    pub account: String,
+    pub token_file: PathBuf,
+    /// A phone number (E.164) or an alphanumeric sender ID.
+    pub from: String,
+    /// Phone numbers (E.164).
+    pub to: Vec<String>,
+    pub min_severity: Level,
+    pub timeout: Duration,
+    /// Attempts after the first, per recipient, with exponential backoff from 1 s.
+    pub retries: u32,
+}
+
+/// An E.164 phone number: `+` and 7 to 15 digits.
+fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `url` (http or https) names this host's loopback: the one place an SMS gateway's
+/// credentials may go without TLS (a local relay).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Alert when a metric stays above (or below) a value for a while.
@@ -428,6 +473,7 @@ struct RawAlerts {
     webhook: Option<RawWebhook>,
     syslog: Option<RawSyslog>,
     email: Option<RawEmail>,
+    sms: Option<RawSms>,
     #[serde(default)]
     threshold: Vec<RawThreshold>,
 }
@@ -460,6 +506,19 @@ struct RawEmail {
     ca_file: Option<PathBuf>,
     username: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSms {
+    url: Spanned<String>,
+    account: Spanned<String>,
+    token_file: PathBuf,
+    from: Spanned<String>,
+    to: Spanned<Vec<String>>,
+    min_severity: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -869,6 +928,80 @@ impl ThreatConfig {
             }
             None => None,
         };
+        let sms = match &ra.sms {
+            Some(m) => {
+                let url = m.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(
+                        m.url.span().start,
+                        format!("alerts.sms: url `{url}` is not http(s)://"),
+                    ));
+                }
+                if url.starts_with("http://") && !is_loopback_url(url) {
+                    return Err(err(
+                        m.url.span().start,
+                        format!(
+                            "alerts.sms: url `{url}` is plain http to another host: the \
+                             gateway's token is never sent in the clear (use https://, or \
+                             http:// to a relay on this host's loopback)"
+                        ),
+                    ));
+                }
+                if m.account.get_ref().is_empty() || m.account.get_ref().contains(':') {
+                    return Err(err(
+                        m.account.span().start,
+                        "alerts.sms: `account` (the basic-auth user, Twilio's account SID) is \
+                         empty or holds a `:`"
+                            .into(),
+                    ));
+                }
+                let from = m.from.get_ref();
+                let sender_id = (1..=11).contains(&from.len())
+                    && from.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
+                    && from.bytes().any(|b| b.is_ascii_alphabetic());
+                if !is_e164(from) && !sender_id {
+                    return Err(err(
+                        m.from.span().start,
+                        format!(
+                            "alerts.sms: from = \"{from}\": give a phone number in E.164 form \
+                             (+ and 7 to 15 digits) or an alphanumeric sender ID (up to 11 \
+                             letters, digits and spaces)"
+                        ),
+                    ));
+                }
+                if m.to.get_ref().is_empty() {
+                    return Err(err(
+                        m.to.span().start,
+                        "alerts.sms: `to` names no recipient".into(),
+                    ));
+                }
+                if let Some(bad) = m.to.get_ref().iter().find(|n| !is_e164(n)) {
+                    return Err(err(
+                        m.to.span().start,
+                        format!(
+                            "alerts.sms: to: \"{bad}\" is not a phone number in E.164 form (+ \
+                             and 7 to 15 digits, as +15551234567)"
+                        ),
+                    ));
+                }
+                Some(SmsConfig {
+                    url: url.clone(),
+                    account: m.account.get_ref().clone(),
+                    token_file: m.token_file.clone(),
+                    from: from.clone(),
+                    to: m.to.get_ref().clone(),
+                    min_severity: m
+                        .min_severity
+                        .as_ref()
+                        .map(|l| level(l, "alerts.sms: min_severity"))
+                        .transpose()?
+                        .unwrap_or(Level::High),
+                    timeout: dur(&m.timeout, "alerts.sms: timeout", Duration::from_secs(10))?,
+                    retries: m.retries.unwrap_or(3),
+                })
+            }
+            None => None,
+        };
         let mut thresholds = Vec::new();
         for t in &ra.threshold {
             let name = t.name.get_ref().clone();
@@ -922,6 +1055,7 @@ impl ThreatConfig {
             webhook,
             syslog,
             email,
+            sms,
             thresholds,
         };
         if raw.thresholds.medium > raw.thresholds.high {
@@ -1088,6 +1222,41 @@ for = "10s"
             (e.tls, e.username.as_deref(), e.password_file, e.ca_file),
             (EmailTls::Starttls, Some("u"), Some("/p".into()), None)
         );
+        let sms = |url: &str, from: &str| {
+            ThreatConfig::parse(
+                &format!(
+                    "[alerts.sms]\nurl = \"{url}\"\naccount = \"AC1\"\n\
+                     token_file = \"/etc/netmon/sms-token\"\nfrom = \"{from}\"\n\
+                     to = [\"+15550100001\"]\n"
+                ),
+                "t.toml",
+            )
+            .unwrap()
+            .alerts
+            .sms
+            .unwrap()
+        };
+        let m = sms(
+            "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json",
+            "NETMON",
+        );
+        assert_eq!(
+            (m.min_severity, m.retries, m.timeout, m.to),
+            (
+                Level::High,
+                3,
+                Duration::from_secs(10),
+                vec!["+15550100001".to_string()]
+            )
+        );
+        // Plain http only to this host's loopback.
+        for url in [
+            "http://127.0.0.1:8080/sms",
+            "http://[::1]/sms",
+            "http://localhost/x",
+        ] {
+            assert_eq!(sms(url, "+15550100000").url, url);
+        }
     }
 
     #[test]
@@ -1156,6 +1325,30 @@ for = "10s"
                  tls = \"starttls\"\nusername = \"u\"\n",
                 6,
                 "needs `password_file`",
+            ),
+            (
+                "[alerts.sms]\nurl = \"http://gw.example/sms\"\naccount = \"a\"\n\
+                 token_file = \"/t\"\nfrom = \"+15550100000\"\nto = [\"+15550100001\"]\n",
+                2,
+                "never sent in the clear",
+            ),
+            (
+                "[alerts.sms]\nurl = \"https://gw.example/sms\"\naccount = \"a\"\n\
+                 token_file = \"/t\"\nfrom = \"+1555\"\nto = [\"+15550100001\"]\n",
+                5,
+                "E.164",
+            ),
+            (
+                "[alerts.sms]\nurl = \"https://gw.example/sms\"\naccount = \"a\"\n\
+                 token_file = \"/t\"\nfrom = \"netmon\"\nto = [\"5550100001\"]\n",
+                6,
+                "\"5550100001\" is not a phone number",
+            ),
+            (
+                "[alerts.sms]\nurl = \"https://gw.example/sms\"\naccount = \"a:b\"\n\
+                 token_file = \"/t\"\nfrom = \"netmon\"\nto = [\"+15550100001\"]\n",
+                3,
+                "holds a `:`",
             ),
         ] {
             let e = ThreatConfig::parse(text, "t.toml").unwrap_err().to_string();
