@@ -1,6 +1,7 @@
 //! Alert sinks, each on its own thread behind a bounded queue: a webhook (HTTP POST of the
 //! event as JSON, retried with exponential backoff), syslog (RFC 5424 over UDP, TCP with
-//! octet-counting framing per RFC 6587, or a unix socket such as /dev/log) and email (SMTP,
+//! octet-counting framing per RFC 6587, TLS per RFC 5425, or a unix socket such as /dev/log)
+//! and email (SMTP,
 //! RFC 5321: plain to a local relay, or over STARTTLS or implicit TLS with AUTH PLAIN) and text
 //! messages (an SMS gateway with Twilio's Messages API: a form POST per recipient). A full
 //! queue drops the event and counts it; nothing here ever waits on the drain loop's thread.
@@ -179,6 +180,7 @@ enum SyslogConn {
     None,
     Udp(UdpSocket),
     Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     UnixDgram(UnixDatagram),
     UnixStream(UnixStream),
 }
@@ -186,9 +188,50 @@ enum SyslogConn {
 struct Syslog {
     cfg: SyslogConfig,
     conn: SyslogConn,
+    /// The trust anchors for a `tls://` server's certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TCP connection to `addr` for syslog, with 5-s timeouts.
+fn syslog_tcp(addr: &str, scheme: &str) -> Result<TcpStream> {
+    let sa = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving syslog address {addr}"))?
+        .next()
+        .with_context(|| format!("syslog address {addr} resolves to nothing"))?;
+    let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .with_context(|| format!("connecting to syslog at {scheme}://{addr}"))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
 }
 
 impl Syslog {
+    /// The sink for `cfg`; for a `tls://` address the trust anchors are read now, so that a
+    /// missing or bad file stops the daemon's start with an error that names it.
+    fn new(cfg: &SyslogConfig) -> Result<Self> {
+        let tls = match cfg.target {
+            SyslogTarget::Tls(_) => {
+                let ca = cfg
+                    .ca_file
+                    .clone()
+                    .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+                Some(crate::tls::client_config(&ca).with_context(|| {
+                    format!(
+                        "alerts.syslog: the certificates to trust for the syslog server \
+                         (ca_file, default {SYSTEM_CA_BUNDLE})"
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            conn: SyslogConn::None,
+            tls,
+        })
+    }
+
     fn connect(&mut self) -> Result<()> {
         self.conn = match &self.cfg.target {
             SyslogTarget::Udp(a) => {
@@ -202,16 +245,22 @@ impl Syslog {
                 s.connect(sa)?;
                 SyslogConn::Udp(s)
             }
-            SyslogTarget::Tcp(a) => {
-                let sa = a
-                    .to_socket_addrs()
-                    .with_context(|| format!("resolving syslog address {a}"))?
-                    .next()
-                    .with_context(|| format!("syslog address {a} resolves to nothing"))?;
-                let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
-                    .with_context(|| format!("connecting to syslog at tcp://{a}"))?;
-                s.set_write_timeout(Some(Duration::from_secs(5)))?;
-                SyslogConn::Tcp(s)
+            SyslogTarget::Tcp(a) => SyslogConn::Tcp(syslog_tcp(a, "tcp")?),
+            SyslogTarget::Tls(a) => {
+                let config = self.tls.clone().expect("TLS settings read with the config");
+                let mut s = crate::tls::client_stream(
+                    config,
+                    crate::tls::host_of(a),
+                    syslog_tcp(a, "tls")?,
+                )?;
+                // The handshake now, so that a server the sink does not trust is an error
+                // here, before any message is written.
+                while s.conn.is_handshaking() {
+                    s.conn
+                        .complete_io(&mut s.sock)
+                        .with_context(|| format!("the TLS handshake with syslog at tls://{a}"))?;
+                }
+                SyslogConn::Tls(Box::new(s))
             }
             SyslogTarget::Unix(p) => {
                 let d = UnixDatagram::unbound()?;
@@ -237,6 +286,10 @@ impl Syslog {
             SyslogConn::UnixDgram(s) => s.send(msg.as_bytes()).map(|_| ()),
             // Octet counting (RFC 6587 3.4.1): "LEN SP MSG".
             SyslogConn::Tcp(s) => s.write_all(format!("{} {msg}", msg.len()).as_bytes()),
+            // RFC 5425: the same octet counting, inside TLS.
+            SyslogConn::Tls(s) => s
+                .write_all(format!("{} {msg}", msg.len()).as_bytes())
+                .and_then(|()| s.flush()),
             SyslogConn::UnixStream(s) => s.write_all(format!("{msg}\n").as_bytes()),
             SyslogConn::None => unreachable!("connected above"),
         };
@@ -675,10 +728,7 @@ impl Sinks {
             sinks.push(Box::new(Webhook::new(w.clone())));
         }
         if let Some(s) = &cfg.syslog {
-            sinks.push(Box::new(Syslog {
-                cfg: s.clone(),
-                conn: SyslogConn::None,
-            }));
+            sinks.push(Box::new(Syslog::new(s)?));
         }
         if let Some(e) = &cfg.email {
             sinks.push(Box::new(Email::new(e, host)?));
@@ -974,14 +1024,13 @@ mod tests {
         let stop = AtomicBool::new(false);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let mut sink = Syslog {
-            cfg: SyslogConfig {
-                target: SyslogTarget::Tcp(addr),
-                facility: 1,
-                app_name: "netmon".into(),
-            },
-            conn: SyslogConn::None,
-        };
+        let mut sink = Syslog::new(&SyslogConfig {
+            target: SyslogTarget::Tcp(addr),
+            facility: 1,
+            app_name: "netmon".into(),
+            ca_file: None,
+        })
+        .unwrap();
         let ev = alert_event();
         sink.deliver(&ev, &stop).unwrap();
         sink.deliver(&ev, &stop).unwrap();
@@ -1002,18 +1051,108 @@ mod tests {
         let path = dir.join("log.sock");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
-        let mut sink = Syslog {
-            cfg: SyslogConfig {
-                target: SyslogTarget::Unix(path.clone()),
-                facility: 4,
-                app_name: "netmon".into(),
-            },
-            conn: SyslogConn::None,
-        };
+        let mut sink = Syslog::new(&SyslogConfig {
+            target: SyslogTarget::Unix(path.clone()),
+            facility: 4,
+            app_name: "netmon".into(),
+            ca_file: None,
+        })
+        .unwrap();
         sink.deliver(&ev, &stop).unwrap();
         let mut buf = [0u8; 2048];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], rfc5424(&ev, 4, "netmon").as_bytes());
+    }
+
+    /// OpenSSL's s_server as a syslog server over TLS (RFC 5425): the sink's frames arrive
+    /// octet-counted in the session, over a certificate from `ca_file`; a server whose
+    /// certificate the sink does not trust gets no session, and the error says why.
+    #[test]
+    fn syslog_over_tls_to_openssl_s_server() {
+        use std::{
+            io::Read as _,
+            process::{Command, Stdio},
+            sync::Mutex,
+        };
+        let tmp = crate::test_support::TempDir::new("syslog-tls");
+        let dir = tmp.0.clone();
+        for name in ["syslog", "other"] {
+            crate::test_support::self_signed(&dir, name);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Its stdin stays open (EOF would end it); what it receives goes to its stdout.
+        let mut server = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .arg("-cert")
+            .arg(dir.join("syslog.crt"))
+            .arg("-key")
+            .arg(dir.join("syslog.key"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl (cargo xtask test installs it)");
+        let out = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let (mut stdout, out) = (server.stdout.take().unwrap(), out.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let wait = |what: &str, pred: &dyn Fn(&str) -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !pred(&out.lock().unwrap()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: {}",
+                    out.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait("s_server listening", &|o| o.contains("ACCEPT"));
+        let cfg = |ca: &str| SyslogConfig {
+            target: SyslogTarget::Tls(format!("127.0.0.1:{port}")),
+            facility: 4,
+            app_name: "netmon".into(),
+            ca_file: Some(dir.join(ca)),
+        };
+        let stop = AtomicBool::new(false);
+        let ev = alert_event();
+        let msg = rfc5424(&ev, 4, "netmon");
+        let frame = format!("{} {msg}", msg.len());
+
+        // Not trusted: no session, nothing sent.
+        let mut untrusted = Syslog::new(&cfg("other.crt")).unwrap();
+        let e = format!("{:#}", untrusted.send_once(&msg).unwrap_err());
+        assert!(
+            e.contains("TLS handshake with syslog at tls://127.0.0.1:")
+                && e.contains("invalid peer certificate"),
+            "{e}"
+        );
+        drop(untrusted);
+
+        let mut sink = Syslog::new(&cfg("syslog.crt")).unwrap();
+        sink.deliver(&ev, &stop).unwrap();
+        sink.deliver(&ev, &stop).unwrap();
+        drop(sink);
+        wait("both frames", &|o| o.contains(&format!("{frame}{frame}")));
+        let _ = server.kill();
+        let _ = server.wait();
+        reader.join().unwrap();
+
+        // A trust file that is not there stops the sink's start, naming it.
+        let e = format!("{:#}", Syslog::new(&cfg("missing.crt")).err().unwrap());
+        assert!(e.contains("missing.crt"), "{e}");
     }
 
     /// A webhook endpoint that fails twice and then accepts gets the event on the third

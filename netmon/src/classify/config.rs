@@ -281,11 +281,13 @@ pub struct WebhookConfig {
     pub retries: u32,
 }
 
-/// Syslog transport (RFC 5424 messages; TCP with octet-counting framing, RFC 6587).
+/// Syslog transport (RFC 5424 messages; TCP with octet-counting framing, RFC 6587; TLS as
+/// RFC 5425, the same framing inside a TLS session).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyslogTarget {
     Udp(String),
     Tcp(String),
+    Tls(String),
     Unix(PathBuf),
 }
 
@@ -295,6 +297,9 @@ pub struct SyslogConfig {
     /// RFC 5424 facility number (default 4, security/auth).
     pub facility: u8,
     pub app_name: String,
+    /// With `Tls`: the certificates trusted for the server's (PEM); None: the system's
+    /// bundle.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How the email sink protects its SMTP session.
@@ -492,6 +497,7 @@ struct RawSyslog {
     address: Spanned<String>,
     facility: Option<u8>,
     app_name: Option<String>,
+    ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -838,13 +844,15 @@ impl ThreatConfig {
                     SyslogTarget::Udp(r.to_string())
                 } else if let Some(r) = a.strip_prefix("tcp://") {
                     SyslogTarget::Tcp(r.to_string())
+                } else if let Some(r) = a.strip_prefix("tls://") {
+                    SyslogTarget::Tls(r.to_string())
                 } else if let Some(r) = a.strip_prefix("unix://") {
                     SyslogTarget::Unix(PathBuf::from(r))
                 } else {
                     return Err(err(
                         sl.address.span().start,
                         format!(
-                            "alerts.syslog: address `{a}` (expected udp://HOST:PORT, tcp://HOST:PORT or unix:///dev/log)"
+                            "alerts.syslog: address `{a}` (expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or unix:///dev/log)"
                         ),
                     ));
                 };
@@ -854,10 +862,19 @@ impl ThreatConfig {
                         "alerts.syslog: facility is 0-23".into(),
                     ));
                 }
+                if let Some(ca) = &sl.ca_file
+                    && !matches!(target, SyslogTarget::Tls(_))
+                {
+                    return Err(err(
+                        ca.span().start,
+                        "alerts.syslog: ca_file is for a tls:// address".into(),
+                    ));
+                }
                 Some(SyslogConfig {
                     target,
                     facility: sl.facility.unwrap_or(4),
                     app_name: sl.app_name.clone().unwrap_or_else(|| "netmon".into()),
+                    ca_file: sl.ca_file.as_ref().map(|c| c.get_ref().clone()),
                 })
             }
             None => None,
@@ -1212,6 +1229,19 @@ for = "10s"
         assert_eq!(c.alerts.email.as_ref().unwrap().tls, EmailTls::None);
         assert_eq!(c.alerts.thresholds[0].for_, Duration::from_secs(10));
         let c = ThreatConfig::parse(
+            "[alerts.syslog]\naddress = \"tls://siem.example:6514\"\nca_file = \"/ca.pem\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let sl = c.alerts.syslog.unwrap();
+        assert_eq!(
+            (sl.target, sl.ca_file),
+            (
+                SyslogTarget::Tls("siem.example:6514".into()),
+                Some("/ca.pem".into())
+            )
+        );
+        let c = ThreatConfig::parse(
             "[alerts.email]\nserver = \"h:587\"\nfrom = \"a\"\nto = [\"b\"]\n\
              tls = \"starttls\"\nusername = \"u\"\npassword_file = \"/p\"\n",
             "t.toml",
@@ -1297,6 +1327,11 @@ for = "10s"
                 "[alerts.syslog]\naddress = \"127.0.0.1:514\"\n",
                 2,
                 "udp://",
+            ),
+            (
+                "[alerts.syslog]\naddress = \"tcp://h:514\"\nca_file = \"/ca.pem\"\n",
+                3,
+                "ca_file is for a tls:// address",
             ),
             ("[alerts]\nwebhok = 1\n", 2, "webhok"),
             (
