@@ -85,15 +85,26 @@ trait Sink: Send {
 struct Webhook {
     cfg: WebhookConfig,
     agent: ureq::Agent,
+    /// The `Authorization` header's value, read from `authorization_file` at start.
+    authorization: Option<String>,
 }
 
 impl Webhook {
-    fn new(cfg: WebhookConfig) -> Self {
+    fn new(cfg: WebhookConfig) -> Result<Self> {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout))
             .build()
             .new_agent();
-        Self { cfg, agent }
+        let authorization = cfg
+            .authorization_file
+            .as_deref()
+            .map(|p| read_secret(p, "webhook authorization"))
+            .transpose()?;
+        Ok(Self {
+            cfg,
+            agent,
+            authorization,
+        })
     }
 }
 
@@ -105,11 +116,15 @@ impl Sink for Webhook {
     fn deliver(&mut self, ev: &Event, stop: &AtomicBool) -> Result<()> {
         let body = serde_json::to_vec(ev).expect("events serialize");
         with_retries(stop, self.cfg.retries, || {
-            self.agent
+            let mut req = self
+                .agent
                 .post(&self.cfg.url)
                 .header("Content-Type", "application/json")
-                .header("User-Agent", concat!("netmon/", env!("CARGO_PKG_VERSION")))
-                .send(&body[..])
+                .header("User-Agent", concat!("netmon/", env!("CARGO_PKG_VERSION")));
+            if let Some(a) = &self.authorization {
+                req = req.header("Authorization", a);
+            }
+            req.send(&body[..])
                 .map(|_| ())
                 .with_context(|| format!("POST {}", self.cfg.url))
         })
@@ -725,7 +740,7 @@ impl Sinks {
     pub fn start(cfg: &AlertsConfig, host: &str, shared: Arc<crate::api::Shared>) -> Result<Self> {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if let Some(w) = &cfg.webhook {
-            sinks.push(Box::new(Webhook::new(w.clone())));
+            sinks.push(Box::new(Webhook::new(w.clone())?));
         }
         if let Some(s) = &cfg.syslog {
             sinks.push(Box::new(Syslog::new(s)?));
@@ -1166,16 +1181,22 @@ mod tests {
             for i in 0..3 {
                 let status = if i < 2 { "503 Busy" } else { "204 No Content" };
                 let req = http_exchange(&l, status);
+                assert_eq!(req.header("authorization"), Some("Splunk 0f1e-2d3c"));
                 bodies.push((std::time::Instant::now(), req.body));
             }
             bodies
         });
         let stop = AtomicBool::new(false);
+        let tmp = crate::test_support::TempDir::new("webhook");
+        let auth_file = tmp.0.join("auth");
+        std::fs::write(&auth_file, "Splunk 0f1e-2d3c\n").unwrap();
         let mut hook = Webhook::new(WebhookConfig {
             url,
             timeout: Duration::from_secs(5),
             retries: 2,
-        });
+            authorization_file: Some(auth_file),
+        })
+        .unwrap();
         let ev = alert_event();
         let t0 = std::time::Instant::now();
         hook.deliver(&ev, &stop).unwrap();
@@ -1194,7 +1215,9 @@ mod tests {
             url: url.clone(),
             timeout: Duration::from_secs(1),
             retries: 1,
-        });
+            authorization_file: None,
+        })
+        .unwrap();
         let e = hook.deliver(&ev, &stop).unwrap_err();
         assert!(format!("{e:#}").contains(&url), "{e:#}");
     }

@@ -279,6 +279,9 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Attempts after the first, with exponential backoff from 1 s.
     pub retries: u32,
+    /// A file whose first line is the `Authorization` header's value (`Bearer TOKEN`,
+    /// `Splunk TOKEN`, `ApiKey KEY`, ...), for collectors that ask for one.
+    pub authorization_file: Option<PathBuf>,
 }
 
 /// Syslog transport (RFC 5424 messages; TCP with octet-counting framing, RFC 6587; TLS as
@@ -489,6 +492,7 @@ struct RawWebhook {
     url: Spanned<String>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
+    authorization_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -825,7 +829,21 @@ impl ThreatConfig {
                         format!("alerts.webhook: url `{url}` is not http(s)://"),
                     ));
                 }
+                if w.authorization_file.is_some()
+                    && url.starts_with("http://")
+                    && !is_loopback_url(url)
+                {
+                    return Err(err(
+                        w.url.span().start,
+                        format!(
+                            "alerts.webhook: url `{url}` is plain http to another host, and \
+                             authorization_file would send its credentials in the clear (use \
+                             https://, or http:// to a relay on this host's loopback)"
+                        ),
+                    ));
+                }
                 Some(WebhookConfig {
+                    authorization_file: w.authorization_file.clone(),
                     url: url.clone(),
                     timeout: dur(
                         &w.timeout,
@@ -1327,6 +1345,12 @@ for = "10s"
                 "[alerts.syslog]\naddress = \"127.0.0.1:514\"\n",
                 2,
                 "udp://",
+            ),
+            (
+                "[alerts.webhook]\nurl = \"http://siem.example/hook\"\n\
+                 authorization_file = \"/etc/netmon/auth\"\n",
+                2,
+                "in the clear",
             ),
             (
                 "[alerts.syslog]\naddress = \"tcp://h:514\"\nca_file = \"/ca.pem\"\n",
