@@ -237,6 +237,8 @@ struct Drain {
     full_scans: u64,
     /// (classifier, table) generations the last count of connections by risk was made at.
     risk_inputs: Option<(u64, u64)>,
+    /// The countries `netmon_connections_by_country` has series for.
+    countries: HashMap<String, usize>,
     /// Wall times of the last RECENT_DRAINS drains, in seconds.
     recent: std::collections::VecDeque<f64>,
     last_ns: u64,
@@ -383,7 +385,7 @@ impl Drain {
                 || (self.drains.is_multiple_of(RISK_EVERY) && self.risk_inputs != Some(inputs))
             {
                 self.risk_inputs = Some(inputs);
-                let counts = risk_counts(&c, tracker);
+                let (counts, countries) = risk_counts(&c, tracker);
                 for (level, n) in crate::classify::score::Level::ALL.iter().zip(counts) {
                     shared
                         .metrics
@@ -391,6 +393,19 @@ impl Drain {
                         .with_label_values(&[level.as_str()])
                         .set(n as i64);
                 }
+                // A country no connection is from any more loses its series.
+                let by_country = &shared.metrics.connections_by_country;
+                for gone in self
+                    .countries
+                    .keys()
+                    .filter(|k| !countries.contains_key(*k))
+                {
+                    let _ = by_country.remove_label_values(&[gone]);
+                }
+                for (cc, n) in &countries {
+                    by_country.with_label_values(&[cc]).set(*n as i64);
+                }
+                self.countries = countries;
             }
         }
         {
@@ -677,20 +692,41 @@ impl Drain {
 /// `netmon_connections_by_risk` is recomputed every this many drains.
 const RISK_EVERY: u64 = 10;
 
-/// Connections by risk level: low, medium, high. A connection is its egress flow, or its
-/// ingress flow when nothing went out (both directions of a tuple count once, without a
-/// set of every tuple, and without a lookup per flow: see `FlowEntry::egress_twin`).
-fn risk_counts(c: &crate::classify::Classifier, tracker: &crate::aggregate::Tracker) -> [usize; 3] {
+/// Connections by risk level (low, medium, high) and by the remote's country (`unknown`
+/// where GeoIP does not say). A connection is its egress flow, or its ingress flow when
+/// nothing went out (both directions of a tuple count once, without a set of every tuple,
+/// and without a lookup per flow: see `FlowEntry::egress_twin`).
+fn risk_counts(
+    c: &crate::classify::Classifier,
+    tracker: &crate::aggregate::Tracker,
+) -> ([usize; 3], HashMap<String, usize>) {
     let mut counts = [0usize; 3];
+    let mut countries: HashMap<String, usize> = HashMap::new();
     for (k, e) in &tracker.flows {
         if k.direction == DIR_INGRESS && e.egress_twin {
             continue;
         }
         let remote = crate::classify::key_ip(k.family, k.remote_addr);
         let process = e.owner.as_ref().map(|o| o.comm.as_str());
-        counts[c.level(remote, k.local_port, k.remote_port, k.proto, process) as usize] += 1;
+        let (level, ()) = c.level_and_country(
+            remote,
+            k.local_port,
+            k.remote_port,
+            k.proto,
+            process,
+            |cc| {
+                let cc = cc.unwrap_or("unknown");
+                match countries.get_mut(cc) {
+                    Some(n) => *n += 1,
+                    None => {
+                        countries.insert(cc.to_string(), 1);
+                    }
+                }
+            },
+        );
+        counts[level as usize] += 1;
     }
-    counts
+    (counts, countries)
 }
 
 /// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
@@ -1001,6 +1037,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
         full_scans: 0,
         recent: std::collections::VecDeque::with_capacity(RECENT_DRAINS),
         risk_inputs: None,
+        countries: HashMap::new(),
         last_ns: monotonic_ns(),
         idle_ns: cfg.idle_timeout.as_nanos() as u64,
         names: attached

@@ -169,6 +169,7 @@ pub struct Metrics {
     pub iface_drops: IntCounterVec,
     pub threats: IntCounterVec,
     pub connections_by_risk: IntGaugeVec,
+    pub connections_by_country: IntGaugeVec,
     pub automatic_bans: IntCounter,
     pub response_actions: IntCounterVec,
     pub notifications: IntCounterVec,
@@ -414,6 +415,13 @@ impl Metrics {
                 "netmon_connections_by_risk",
                 "Connections in the connection table by risk level.",
                 &["level"],
+            ),
+            connections_by_country: gv(
+                "netmon_connections_by_country",
+                "Connections in the connection table by the remote's country (ISO 3166-1 \
+                 alpha-2) as the GeoIP databases say; \"unknown\" where they do not know it \
+                 (private addresses, or no --geoip database).",
+                &["country"],
             ),
             automatic_bans: reg(
                 &r,

@@ -857,6 +857,34 @@ add = 5
         || d.log_text(),
         || (metric(&p, &d, "netmon_connections_by_risk{level=\"high\"}")? >= 1.0).then_some(()),
     );
+    // Connections by country: the peer's address is in XA by the test's database, and
+    // every row of the connection table with it (the checked TCP connection among them)
+    // is counted there; the table has no other country.
+    wait_for(
+        5,
+        "the peer's connections counted under its country",
+        || d.log_text(),
+        || {
+            let stats = ns_json(&p.a, &d.api, "/api/network-stats");
+            let rows = stats["connections"].as_array().unwrap();
+            let peer = rows
+                .iter()
+                .filter(|c| {
+                    c["remote_address"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with(&format!("{}:", p.b_v4)))
+                })
+                .count();
+            assert!(peer >= 1, "{stats}");
+            assert!(
+                rows.iter()
+                    .all(|c| c["geo"]["country"].is_null() || c["geo"]["country"] == "XA"),
+                "{stats}"
+            );
+            let xa = metric(&p, &d, "netmon_connections_by_country{country=\"XA\"}")?;
+            (xa == peer as f64).then_some(())
+        },
+    );
     assert_eq!(
         metric(&p, &d, "netmon_feed_entries{feed=\"test-drop\"}"),
         Some(3.0)

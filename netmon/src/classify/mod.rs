@@ -394,6 +394,27 @@ impl Classifier {
         )
     }
 
+    /// `level`, and the remote's country as the GeoIP databases say (None: unknown), with
+    /// one look at the remote's cached facts.
+    pub fn level_and_country<T>(
+        &self,
+        remote: IpAddr,
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+        process: Option<&str>,
+        country: impl FnOnce(Option<&str>) -> T,
+    ) -> (Level, T) {
+        self.with_connection(
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process,
+            |cfg, f, rf| (score::level(cfg, f), country(rf.geo.country.as_deref())),
+        )
+    }
+
     /// The level `assess` would give, without building its reasons.
     pub fn level(
         &self,
