@@ -1280,8 +1280,14 @@ impl Tracker {
     /// (owners are shared), so the drain waits only for the copy. Rates are the current
     /// ones (zero for a flow the last drain did not see move).
     pub fn flow_snapshot(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.flow_snapshot_where(&TupleFilter::default())
+    }
+
+    /// `flow_snapshot` of the flows whose connection `f` admits.
+    pub fn flow_snapshot_where(&self, f: &TupleFilter) -> Vec<(FlowKey, FlowEntry)> {
         self.flows
             .iter()
+            .filter(|(k, _)| f.admits(&flow_tuple(k)))
             .map(|(k, e)| self.flow_copy(k, e))
             .collect()
     }
@@ -1309,8 +1315,14 @@ impl Tracker {
 
     /// Every flow's `FlowActivity`, in the table's order (which `busiest_tuples` keeps).
     pub fn flow_activity(&self) -> Vec<FlowActivity> {
+        self.flow_activity_where(&TupleFilter::default())
+    }
+
+    /// `flow_activity` of the flows whose connection `f` admits.
+    pub fn flow_activity_where(&self, f: &TupleFilter) -> Vec<FlowActivity> {
         self.flows
             .iter()
+            .filter(|(k, _)| f.admits(&flow_tuple(k)))
             .map(|(k, e)| {
                 let (rate, _) = self.current_rates(e);
                 let (sent, recv) = if k.direction == DIR_INGRESS {
@@ -1321,6 +1333,38 @@ impl Tracker {
                 (flow_tuple(k), sent, recv, e.bytes)
             })
             .collect()
+    }
+}
+
+/// What a connection's tuple must be for a request to want it (`/api/network-stats`'s
+/// `remote`, `port` and `proto`): every criterion given holds. The same for every flow of
+/// a connection, so the flows can be chosen before the rows are built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TupleFilter {
+    /// The remote address is in this network.
+    pub remote: Option<crate::act::net::Net>,
+    /// The local or the remote port is this (never an ICMP connection).
+    pub port: Option<u16>,
+    /// The protocol number; ICMP (1) stands for ICMPv6 (58) too.
+    pub proto: Option<u8>,
+}
+
+impl TupleFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn admits(&self, t: &ConnKey) -> bool {
+        let &(proto, _, local_port, remote, remote_port) = t;
+        self.remote
+            .as_ref()
+            .is_none_or(|n| n.contains(to_ip(remote)))
+            && self
+                .port
+                .is_none_or(|p| !is_icmp(proto) && (local_port == p || remote_port == p))
+            && self
+                .proto
+                .is_none_or(|p| p == proto || (is_icmp(p) && is_icmp(proto)))
     }
 }
 

@@ -64,8 +64,8 @@ pub struct InterfaceStats {
 pub struct NetworkStats {
     pub interfaces: Vec<InterfaceStats>,
     pub connections: Vec<Connection>,
-    /// Connections in the table; `connections` holds the `limit` busiest of them when the
-    /// request gives one.
+    /// Connections in the table (those the request's criteria admit, when it gives any);
+    /// `connections` holds the `limit` busiest of them when the request gives one.
     pub connections_total: usize,
     /// Per command name: totals and rates, busiest first.
     pub processes: Vec<ProcessRow>,
@@ -238,16 +238,84 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// `GET /api/network-stats?limit=N`: only the N busiest connections.
+/// `GET /api/network-stats?limit=N&remote=CIDR&port=N&proto=P&process=NAME&level=L`: only
+/// the connections every given criterion admits (the remote address in CIDR, either port
+/// N, protocol tcp, udp or icmp (ICMPv6 too), owned by a process of that command name, at
+/// risk level L or above), and of those the N busiest.
 #[derive(Debug, Default, Deserialize)]
 pub struct StatsQuery {
     pub limit: Option<usize>,
+    pub remote: Option<String>,
+    pub port: Option<u16>,
+    pub proto: Option<String>,
+    pub process: Option<String>,
+    pub level: Option<String>,
+}
+
+/// A `StatsQuery`'s criteria, checked.
+#[derive(Debug, Default)]
+pub struct ConnFilter {
+    /// What the flows' tuples must be, checked before the rows are built.
+    pub tuple: aggregate::TupleFilter,
+    /// The row's owner, and its risk level at least.
+    pub process: Option<String>,
+    pub level: Option<crate::classify::score::Level>,
+}
+
+impl ConnFilter {
+    /// The criteria of `q`; an error names the parameter and says what it takes.
+    pub fn of(q: &StatsQuery) -> Result<Self, String> {
+        let remote = q
+            .remote
+            .as_deref()
+            .map(|r| {
+                r.parse::<crate::act::net::Net>()
+                    .map_err(|e| format!("remote={r}: {e} (an address or a CIDR prefix)"))
+            })
+            .transpose()?;
+        let proto = q
+            .proto
+            .as_deref()
+            .map(|p| match p.to_ascii_lowercase().as_str() {
+                "tcp" => Ok(netmon_common::IPPROTO_TCP),
+                "udp" => Ok(netmon_common::IPPROTO_UDP),
+                "icmp" | "icmpv6" => Ok(netmon_common::IPPROTO_ICMP),
+                _ => Err(format!("proto={p}: give tcp, udp or icmp")),
+            })
+            .transpose()?;
+        let level = q
+            .level
+            .as_deref()
+            .map(|l| {
+                crate::classify::score::Level::parse(l)
+                    .ok_or_else(|| format!("level={l}: give low, medium or high"))
+            })
+            .transpose()?;
+        Ok(Self {
+            tuple: aggregate::TupleFilter {
+                remote,
+                port: q.port,
+                proto,
+            },
+            process: q.process.clone(),
+            level,
+        })
+    }
+
+    /// Whether the rows can be chosen from the flows' activity alone (no row criterion).
+    fn by_tuple_only(&self) -> bool {
+        self.process.is_none() && self.level.is_none()
+    }
 }
 
 async fn network_stats(
     State(s): State<Arc<Shared>>,
     Query(q): Query<StatsQuery>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
+    let filter = match ConnFilter::of(&q) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
     // Off the async workers: with a million flows this takes a while, and the drain waits
     // only for the copy of the flow table.
     let built = tokio::task::spawn_blocking(move || {
@@ -260,13 +328,17 @@ async fn network_stats(
             .as_mut()
             .map(crate::sockdiag::Lister::rows)
             .unwrap_or_default();
-        let flows = match q.limit {
-            None => table().tracker.flow_snapshot(),
+        sockets.retain(|r| filter.tuple.admits(&r.tuple()));
+        // With a limit and no row criterion, the rows are chosen from the flows' activity;
+        // otherwise every row the tuple criteria admit is built, and the rest chosen after.
+        let chosen_first = q.limit.filter(|_| filter.by_tuple_only());
+        let flows = match chosen_first {
+            None => table().tracker.flow_snapshot_where(&filter.tuple),
             Some(n) => {
                 // Rows only for the n busiest connections: the choice takes a few dozen
                 // bytes a flow, where a row of the whole table (its strings, its owner)
                 // takes hundreds.
-                let activity = table().tracker.flow_activity();
+                let activity = table().tracker.flow_activity_where(&filter.tuple);
                 let (tuples, total) = aggregate::busiest_tuples(activity, &sockets, n);
                 stats.connections_total = total;
                 sockets.retain(|r| tuples.binary_search(&r.tuple()).is_ok());
@@ -274,13 +346,24 @@ async fn network_stats(
             }
         };
         stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
-        match q.limit {
-            // In order (the rows are those of the chosen tuples only), before the scores and
-            // the serialization, which are most of a large table's cost.
-            Some(n) => aggregate::keep_busiest(&mut stats.connections, n),
-            None => stats.connections_total = stats.connections.len(),
+        if let Some(p) = &filter.process {
+            stats.connections.retain(|c| c.process.as_ref() == Some(p));
         }
         let c = s.classifier.read().expect("lock not poisoned");
+        if let Some(min) = filter.level {
+            stats.connections.retain(|conn| {
+                let (remote, lport, rport, proto) = conn.tuple;
+                c.level(remote, lport, rport, proto, conn.process.as_deref()) >= min
+            });
+        }
+        if chosen_first.is_none() {
+            stats.connections_total = stats.connections.len();
+        }
+        if let Some(n) = q.limit {
+            // In order (the rows are those of the chosen tuples only), before the scores and
+            // the serialization, which are most of a large table's cost.
+            aggregate::keep_busiest(&mut stats.connections, n);
+        }
         let anon = *s.anonymize.read().expect("lock not poisoned");
         for conn in &mut stats.connections {
             let (remote, lport, rport, proto) = conn.tuple;

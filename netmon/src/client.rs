@@ -84,3 +84,30 @@ impl Api {
         }
     }
 }
+
+/// `s` as a URL query value: every byte but the unreserved ones (RFC 3986 section 2.3)
+/// percent-encoded.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_escaped() {
+        assert_eq!(super::query_escape("10.0.0.0/8"), "10.0.0.0%2F8");
+        assert_eq!(super::query_escape("fe80::1"), "fe80%3A%3A1");
+        assert_eq!(
+            super::query_escape("kworker/0:1 x&y=é"),
+            "kworker%2F0%3A1%20x%26y%3D%C3%A9"
+        );
+    }
+}

@@ -138,7 +138,8 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => bail!("bad duration unit in `{s}`: use ms, s, m or h"),
+        "d" => n * 86_400.0,
+        _ => bail!("bad duration unit in `{s}`: use ms, s, m, h or d"),
     };
     if !(secs.is_finite() && secs > 0.0) {
         bail!("duration `{s}` must be positive");
@@ -162,6 +163,10 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("0s").is_err());
         assert!(
             parse_duration("1y")

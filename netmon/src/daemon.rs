@@ -998,7 +998,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
                 event_log.display()
             );
         }
-        c.restore(earlier);
+        // Not those past the event log's retention, which its response thread removes.
+        let not_before = cfg
+            .threat
+            .alerts
+            .log_max_age
+            .map_or(0, |age| now_ms().saturating_sub(age.as_millis() as u64));
+        c.restore(earlier, not_before);
         *shared.classifier.write().expect("lock not poisoned") = c;
     }
     let pipeline = opened.pipeline(&cfg.pin_dir, &cfg.state_dir, &shared);

@@ -35,6 +35,42 @@ struct Cli {
     state_dir: Option<PathBuf>,
 }
 
+/// `netmon flows`'s criteria: the daemon sends only the connections they all admit.
+#[derive(clap::Args, Debug, Default)]
+struct FlowFilter {
+    /// Only connections with a remote address in this prefix (or this address).
+    #[arg(long, value_name = "ADDR|CIDR")]
+    remote: Option<String>,
+    /// Only connections with this port at either end.
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Only this protocol: tcp, udp or icmp (ICMPv6 too).
+    #[arg(long, value_name = "PROTO")]
+    proto: Option<String>,
+    /// Only connections owned by a process of this command name.
+    #[arg(long, value_name = "NAME")]
+    process: Option<String>,
+    /// Only connections at this risk level or above: low, medium or high.
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<String>,
+}
+
+impl FlowFilter {
+    /// The criteria as `/api/network-stats` query parameters.
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("remote", self.remote.clone()),
+            ("port", self.port.map(|p| p.to_string())),
+            ("proto", self.proto.clone()),
+            ("process", self.process.clone()),
+            ("level", self.level.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to the interfaces and serve metrics and the API (needs root).
@@ -48,6 +84,8 @@ enum Cmd {
         /// daemon builds, scores and sends just those, which a host with many flows needs.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
+        #[command(flatten)]
+        filter: FlowFilter,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -725,10 +763,23 @@ fn run(cli: Cli) -> Result<()> {
                 daemon::run(cfg, token, reread).await
             })
         }
-        Cmd::Flows { json, top, api } => {
-            let path = match top {
-                Some(n) => format!("/api/network-stats?limit={n}"),
-                None => "/api/network-stats".into(),
+        Cmd::Flows {
+            json,
+            top,
+            filter,
+            api,
+        } => {
+            let mut query: Vec<(&str, String)> =
+                top.map(|n| ("limit", n.to_string())).into_iter().collect();
+            query.extend(filter.query());
+            let path = if query.is_empty() {
+                "/api/network-stats".to_string()
+            } else {
+                let q: Vec<String> = query
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", netmon::client::query_escape(v)))
+                    .collect();
+                format!("/api/network-stats?{}", q.join("&"))
             };
             show(&api, &path, json, print_flows)
         }

@@ -1421,3 +1421,149 @@ fn per_cpu_tables_hold_each_family_and_count_every_packet() {
     let v4 = table_slots::<FlowKey4>("NETMON_TAB4", ncpus * per_cpu, per_cpu, &f.v4);
     assert_eq!(v4.iter().map(|s| s.1).sum::<u64>(), 7, "{v4:?}");
 }
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn the_connection_table_is_filtered_by_remote_port_protocol_process_and_level() {
+    let _ = PRIV;
+    let p = Pair::new("filt");
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    // Three connections of known processes: TCP to two ports, UDP to a third.
+    let mut made = Vec::new();
+    for (port, comm) in [(7101, "nmt-tcp-a"), (7102, "nmt-tcp-b")] {
+        let listen = format!("198.18.0.2:{port}");
+        let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", &listen, "--reply", "100"]);
+        let client = Peer::spawn(
+            &p.a,
+            &[
+                "tcp-send", "--to", &listen, "--bytes", "5000", "--comm", comm,
+            ],
+        );
+        made.push((client.local.clone(), listen, "TCP", comm));
+        client.finish();
+        server.finish();
+    }
+    let to = "198.18.0.2:7103";
+    let rx = Peer::spawn(
+        &p.b,
+        &[
+            "udp-recv",
+            "--listen",
+            to,
+            "--count",
+            "3",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    let tx = Peer::spawn(
+        &p.a,
+        &[
+            "udp-send",
+            "--to",
+            to,
+            "--count",
+            "3",
+            "--size",
+            "100",
+            "--comm",
+            "nmt-udp-c",
+        ],
+    );
+    let port = tx.local.rsplit(':').next().unwrap().to_string();
+    made.push((
+        format!("198.18.0.1:{port}"),
+        to.to_string(),
+        "UDP",
+        "nmt-udp-c",
+    ));
+    tx.finish();
+    assert!(rx.finish().contains("received=3"));
+    let all = d.fresh_stats(&p.a);
+    for (local, remote, kind, comm) in &made {
+        let c = find_conn(&all, local, remote);
+        assert_eq!(
+            (&c["type"], &c["process"]),
+            (&(*kind).into(), &(*comm).into()),
+            "{c}"
+        );
+    }
+
+    // The rows a query returns, as (local, remote); and its connections_total.
+    let rows = |query: &str| -> (Vec<(String, String)>, u64) {
+        let v = ns_json(&p.a, &d.api, &format!("/api/network-stats?{query}"));
+        let mut r: Vec<(String, String)> = v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let s = |f: &str| c[f].as_str().unwrap().to_string();
+                (s("local_address"), s("remote_address"))
+            })
+            .collect();
+        r.sort();
+        (r, v["connections_total"].as_u64().unwrap())
+    };
+    let of = |idx: &[usize]| -> Vec<(String, String)> {
+        let mut r: Vec<_> = idx
+            .iter()
+            .map(|&i| (made[i].0.clone(), made[i].1.clone()))
+            .collect();
+        r.sort();
+        r
+    };
+    // Each criterion against the rows the table holds that meet it.
+    let (peer, n) = rows("remote=198.18.0.2");
+    assert!(of(&[0, 1, 2]).iter().all(|m| peer.contains(m)), "{peer:?}");
+    assert!(
+        peer.iter().all(|(_, r)| r.starts_with("198.18.0.2")),
+        "{peer:?}"
+    );
+    assert_eq!(n as usize, peer.len());
+    assert_eq!(rows("remote=198.18.0.0%2F24&port=7102"), (of(&[1]), 1));
+    assert_eq!(rows("port=7103&proto=udp"), (of(&[2]), 1));
+    assert_eq!(
+        rows("proto=tcp&remote=198.18.0.2&process=nmt-tcp-a"),
+        (of(&[0]), 1)
+    );
+    assert_eq!(rows("process=nmt-udp-c"), (of(&[2]), 1));
+    assert_eq!(rows("process=nmt-tcp-b&limit=5"), (of(&[1]), 1));
+    assert_eq!(rows("remote=203.0.113.0%2F24").0, vec![]);
+    assert_eq!(rows("port=7101&proto=udp").0, vec![]);
+    // With a limit, the busiest of those admitted: the TCP connection that moved most.
+    let (top, total) = rows("remote=198.18.0.2&proto=tcp&limit=1");
+    assert_eq!((top.len(), total), (1, 2));
+    // Nothing here is scored high; everything is at least low.
+    assert_eq!(rows("level=high&remote=198.18.0.2").0, vec![]);
+    assert_eq!(rows("level=low&remote=198.18.0.2").0, peer);
+    // A bad criterion is refused and named.
+    for (query, says) in [
+        ("remote=198.18.0.1%2F8", "remote=198.18.0.1/8"),
+        ("proto=sctp", "proto=sctp: give tcp, udp or icmp"),
+        ("level=severe", "level=severe: give low, medium or high"),
+    ] {
+        let (code, body) = ns_get(&p.a, &d.api, &format!("/api/network-stats?{query}"));
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
+    // The CLI's flags make the same request.
+    let text = p.a.netmon_ok(&[
+        "flows",
+        "--api",
+        &d.api,
+        "--remote",
+        "198.18.0.0/24",
+        "--process",
+        "nmt-tcp-b",
+    ]);
+    assert!(
+        text.contains(&made[1].0) && !text.contains(&made[0].0),
+        "{text}"
+    );
+    let out = p.a.netmon(&["flows", "--api", &d.api, "--proto", "sctp"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("proto=sctp: give tcp, udp or icmp"),
+        "{out:?}"
+    );
+}

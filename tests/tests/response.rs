@@ -1150,6 +1150,84 @@ impl Drop for FeedServer {
 
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn events_past_the_retention_leave_the_event_log_and_the_alert_list() {
+    // An event log from earlier runs: an alert 40 days old and one a day old.
+    let p = Pair::new("aretn");
+    std::fs::create_dir_all(&p.a.state_dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let day = 86_400_000;
+    let event = |id: u64, t: u64, remote: &str| {
+        serde_json::json!({
+            "time_ms": t, "time": "-", "host": "h", "event": "alert", "severity": "high",
+            "alert": {
+                "id": id, "time_ms": t, "kind": "host_sweep", "severity": "high",
+                "remote": remote, "score": 60, "reasons": [], "detail": "earlier sweep"
+            }
+        })
+        .to_string()
+    };
+    let log = p.a.state_dir.join("events.jsonl");
+    std::fs::write(
+        &log,
+        format!(
+            "{}\n{}\n",
+            event(7, now - 40 * day, "198.51.100.7"),
+            event(8, now - day, "198.51.100.8")
+        ),
+    )
+    .unwrap();
+    let cfg = threat_config(&p.a, "[alerts]\nlog_max_age = \"30d\"\n");
+    let d = Daemon::start(
+        &p.a,
+        &[&p.a_if],
+        &["--threat-config", cfg.to_str().unwrap()],
+    );
+    // The old one leaves the file at the response thread's start, and was never listed.
+    wait_for(
+        10,
+        "the old event removed",
+        || d.log_text(),
+        || {
+            d.log_text()
+                .contains("event log: 1 events older than")
+                .then_some(())
+        },
+    );
+    let ids = |v: Vec<Value>| -> Vec<u64> {
+        v.iter()
+            .map(|e| e["alert"]["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(events(&p.a)), [8]);
+    let listed = ns_json(&p.a, &d.api, "/api/alerts");
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["id"].as_u64().unwrap(), a["remote"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [(8, "198.51.100.8")],
+        "{listed}"
+    );
+    // A new alert takes the next id after the removed ones too, and is logged after 8.
+    scan(&p, 1..=200);
+    let a = alert_of(&p, &d, "port_scan");
+    assert!(a["id"].as_u64().unwrap() >= 9, "{a}");
+    wait_for(
+        10,
+        "the new alert in the event log",
+        || d.log_text(),
+        || (events(&p.a).len() >= 2).then_some(()),
+    );
+    assert_eq!(ids(events(&p.a))[0], 8);
+}
+
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn a_reload_waiting_for_a_slow_feed_leaves_the_drains_running() {
     // A reload that adds a URL feed fetches it before anything changes (a feed that does
     // not load refuses the reload); while the fetch waits on a slow server the daemon keeps

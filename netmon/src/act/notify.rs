@@ -249,6 +249,65 @@ impl EventLog {
         (all, bad)
     }
 
+    /// Removes every event older than `cutoff_ms` (unix milliseconds) from the log and its
+    /// rotated files: a file whose events are all older goes, a file that starts before it
+    /// is rewritten with the rest (atomically, in its own mode). Events are appended in time
+    /// order, so the walk stops at the first file that starts at or after the cutoff. A line
+    /// that is no event (cut short by a kill) goes with the event before it. Returns how
+    /// many events were removed.
+    pub fn expire(&mut self, cutoff_ms: u64) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for f in Self::files(&self.path, self.keep) {
+            let text = match std::fs::read_to_string(&f) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // The byte offset of the first line at or after the cutoff.
+            let mut keep_from = None;
+            let mut old = 0;
+            let mut at = 0;
+            for line in text.split_inclusive('\n') {
+                if let Ok(ev) = serde_json::from_str::<Event>(line.trim_end()) {
+                    if ev.time_ms >= cutoff_ms {
+                        keep_from = Some(at);
+                        break;
+                    }
+                    old += 1;
+                }
+                at += line.len();
+            }
+            removed += old;
+            let current = f == self.path;
+            match keep_from {
+                Some(0) => break,
+                None => {
+                    if current {
+                        self.file = None;
+                        self.size = 0;
+                    }
+                    std::fs::remove_file(&f)?;
+                }
+                Some(from) => {
+                    let tmp = f.with_extension("expire.tmp");
+                    let mut out = crate::files::create(&tmp)?;
+                    if let Some(mode) = crate::files::mode_of(&f) {
+                        out.set_permissions(mode)?;
+                    }
+                    out.write_all(&text.as_bytes()[from..])?;
+                    out.sync_all()?;
+                    if current {
+                        self.file = None;
+                        self.size = (text.len() - from) as u64;
+                    }
+                    std::fs::rename(&tmp, &f)?;
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The log files, oldest first: `path.keep` ... `path.1`, `path`.
     pub fn files(path: &Path, keep: usize) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = (1..=keep.max(16))
@@ -444,6 +503,72 @@ mod tests {
             (mode(&path), mode(&dir.join("events.jsonl.1"))),
             (0o640, 0o640)
         );
+    }
+
+    /// `expire` removes exactly the events before the cutoff: whole files that hold only
+    /// older ones, and the older lines of the file that straddles it (rewritten in its own
+    /// mode); the log takes events after it, also once every event was removed.
+    #[test]
+    fn events_past_the_retention_are_removed_file_by_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = crate::test_support::TempDir::new("expire");
+        let path = tmp.0.join("events.jsonl");
+        let mut log = EventLog::open(&path, 4096, 3).unwrap();
+        let ev = |t: u64| {
+            let a = Alert {
+                time_ms: t,
+                ..alert("port_scan", "198.18.0.2", Level::High)
+            };
+            Event::alert(&a, "h")
+        };
+        for i in 0..40 {
+            log.append(&ev(1_000_000 + i * 1000)).unwrap();
+        }
+        let times = || -> Vec<u64> {
+            EventLog::files(&path, 3)
+                .iter()
+                .flat_map(|f| {
+                    std::fs::read_to_string(f)
+                        .unwrap()
+                        .lines()
+                        .map(|l| serde_json::from_str::<Event>(l).unwrap().time_ms)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let files = EventLog::files(&path, 3);
+        assert_eq!(files.len(), 4, "{files:?}");
+        for f in &files {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        let before = times();
+        // Inside the second-oldest file: the oldest goes, the second is rewritten.
+        let first_of = |f: &Path| {
+            let text = std::fs::read_to_string(f).unwrap();
+            serde_json::from_str::<Event>(text.lines().next().unwrap())
+                .unwrap()
+                .time_ms
+        };
+        let cutoff = first_of(&files[1]) + 2500;
+        let old = before.iter().filter(|t| **t < cutoff).count();
+        assert_eq!(log.expire(cutoff).unwrap(), old);
+        let after = times();
+        assert_eq!(after, before[old..]);
+        assert_eq!(EventLog::files(&path, 3).len(), 3);
+        assert_eq!(first_of(&EventLog::files(&path, 3)[0]), cutoff - 500);
+        for f in EventLog::files(&path, 3) {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o640, "{}", f.display());
+        }
+        // Nothing more to remove; the log goes on.
+        assert_eq!(log.expire(cutoff).unwrap(), 0);
+        log.append(&ev(2_000_000)).unwrap();
+        assert_eq!(times().last(), Some(&2_000_000));
+        // Everything old: every file goes, including the one being written; then a new one.
+        assert_eq!(log.expire(3_000_000).unwrap(), after.len() + 1);
+        assert!(EventLog::files(&path, 3).is_empty());
+        log.append(&ev(3_000_001)).unwrap();
+        assert_eq!(times(), [3_000_001]);
     }
 
     /// The last alerts come back from the log, across its rotation, oldest first; action

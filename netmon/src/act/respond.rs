@@ -11,7 +11,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        mpsc::{Receiver, SyncSender, TrySendError},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     time::{Duration, Instant},
 };
@@ -315,11 +315,17 @@ enum Outcome {
 /// Alerts the response thread keeps queued before new ones are dropped (counted).
 const QUEUE: usize = 1024;
 
+/// How often the response thread removes the events past `alerts.log_max_age`.
+const EXPIRY_EVERY: Duration = Duration::from_secs(600);
+
 /// The response thread: for each alert, the event log, the policy's actions, and the sinks
 /// (through the dedup/rate-limit gate).
 pub struct Pipeline {
     responder: Responder,
     log: Option<EventLog>,
+    /// `alerts.log_max_age`: events older are removed, at the thread's start and every
+    /// `EXPIRY_EVERY`.
+    log_max_age: Option<Duration>,
     gate: Gate,
     sinks: Sinks,
     host: String,
@@ -362,6 +368,7 @@ impl Pipeline {
         Ok(Self {
             responder: Responder::new(cfg.response.clone(), droplist),
             log: Some(log),
+            log_max_age: cfg.alerts.log_max_age,
             gate: Gate::new(&cfg.alerts),
             sinks: Sinks::start(&cfg.alerts, &host, shared.clone())?,
             host,
@@ -389,6 +396,23 @@ impl Pipeline {
                 .notifications
                 .with_label_values(&["gate", "suppressed"])
                 .inc(),
+        }
+    }
+
+    /// Removes the event log's events older than `log_max_age`, if set (logged; a failure is
+    /// a warning, and the next round tries again).
+    fn expire_old_events(&mut self) {
+        let (Some(age), Some(log)) = (self.log_max_age, self.log.as_mut()) else {
+            return;
+        };
+        let cutoff = crate::act::state::now_ms().saturating_sub(age.as_millis() as u64);
+        match log.expire(cutoff) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "event log: {n} events older than {} removed (alerts.log_max_age)",
+                crate::act::state::rfc3339(cutoff)
+            ),
+            Err(e) => tracing::warn!("event log: removing the events past log_max_age: {e}"),
         }
     }
 
@@ -433,8 +457,17 @@ impl Pipeline {
                 {
                     tracing::warn!("the response thread replaced by a reload panicked");
                 }
-                while let Ok(a) = rx.recv() {
-                    self.handle(&a);
+                let mut expired_at = None;
+                loop {
+                    if expired_at.is_none_or(|t: Instant| t.elapsed() >= EXPIRY_EVERY) {
+                        self.expire_old_events();
+                        expired_at = Some(Instant::now());
+                    }
+                    match rx.recv_timeout(EXPIRY_EVERY) {
+                        Ok(a) => self.handle(&a),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 self.sinks.stop(Duration::from_secs(3));
             })?;

@@ -242,6 +242,9 @@ pub struct AlertsConfig {
     /// Rotated past this size, keeping `log_keep` old files.
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// Events older than this are removed from the log and its rotated files (the addresses
+    /// in them are personal data: a retention period); None: kept until rotated out.
+    pub log_max_age: Option<Duration>,
     /// The same alert (kind, subject, severity) is sent to the sinks once per this window.
     pub dedup: Duration,
     /// At most this many notifications per alert key (kind, subject) per hour.
@@ -261,6 +264,7 @@ impl Default for AlertsConfig {
             log: None,
             log_max_bytes: 16 << 20,
             log_keep: 5,
+            log_max_age: None,
             dedup: Duration::from_secs(300),
             max_per_key_per_hour: 12,
             min_severity: Level::Low,
@@ -475,6 +479,7 @@ struct RawAlerts {
     log: Option<PathBuf>,
     log_max_bytes: Option<u64>,
     log_keep: Option<usize>,
+    log_max_age: Option<Spanned<String>>,
     dedup: Option<Spanned<String>>,
     max_per_key_per_hour: Option<usize>,
     min_severity: Option<Spanned<String>>,
@@ -1079,6 +1084,19 @@ impl ThreatConfig {
             log: ra.log.clone(),
             log_max_bytes: ra.log_max_bytes.unwrap_or(da.log_max_bytes).max(4096),
             log_keep: ra.log_keep.unwrap_or(da.log_keep),
+            log_max_age: match &ra.log_max_age {
+                None => None,
+                Some(v) => {
+                    let age = dur(&ra.log_max_age, "alerts.log_max_age", Duration::ZERO)?;
+                    if age < Duration::from_secs(60) {
+                        return Err(err(
+                            v.span().start,
+                            "alerts.log_max_age: at least 1m".into(),
+                        ));
+                    }
+                    Some(age)
+                }
+            },
             dedup: dur(&ra.dedup, "alerts.dedup", da.dedup)?,
             max_per_key_per_hour: ra.max_per_key_per_hour.unwrap_or(da.max_per_key_per_hour),
             min_severity: ra

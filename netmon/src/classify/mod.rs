@@ -512,10 +512,15 @@ impl Classifier {
     /// Takes back alerts of an earlier run (oldest first, as the event log has them), before
     /// any of this run's: the last `ALERTS_KEPT` are listed again, and this run's ids follow
     /// the highest, so that an id (which action records refer to) stays one alert's.
-    pub fn restore(&mut self, earlier: Vec<Alert>) {
+    /// Lists `earlier` alerts again (the last `ALERTS_KEPT`), but for those older than
+    /// `not_before_ms` (the event log's retention), whose ids are still never used again.
+    pub fn restore(&mut self, earlier: Vec<Alert>, not_before_ms: u64) {
         let skip = earlier.len().saturating_sub(ALERTS_KEPT);
         for a in earlier.into_iter().skip(skip) {
             self.next_id = self.next_id.max(a.id + 1);
+            if a.time_ms < not_before_ms {
+                continue;
+            }
             if self.alerts.len() == ALERTS_KEPT {
                 self.alerts.pop_front();
             }
@@ -639,7 +644,7 @@ mod tests {
             detail: String::new(),
         };
         let mut c = Classifier::default();
-        c.restore((1..=ALERTS_KEPT as u64 + 5).map(a).collect());
+        c.restore((1..=ALERTS_KEPT as u64 + 5).map(a).collect(), 0);
         let listed = c.alerts();
         assert_eq!(listed.len(), ALERTS_KEPT);
         assert_eq!(listed[0].id, 6);
@@ -648,6 +653,17 @@ mod tests {
         assert_eq!(next.id, ALERTS_KEPT as u64 + 6);
         assert_eq!(c.alerts().last().unwrap().id, next.id);
         assert_eq!(c.alerts()[0].id, 7, "the oldest made room");
+
+        // Past the retention (time before 100): not listed, and their ids not used again.
+        let mut c = Classifier::default();
+        c.restore((90..=110).map(a).collect(), 100);
+        let ids: Vec<u64> = c.alerts().iter().map(|a| a.id).collect();
+        assert_eq!(ids, (100..=110).collect::<Vec<_>>());
+        assert_eq!(c.keep(a(0)).id, 111);
+        let mut c = Classifier::default();
+        c.restore((1..=5).map(a).collect(), 100);
+        assert!(c.alerts().is_empty());
+        assert_eq!(c.keep(a(0)).id, 6);
     }
 
     fn key(dir: u8, proto: u8, lport: u16, rport: u16) -> FlowKey {
