@@ -1099,6 +1099,20 @@ pub struct Connection {
     pub tuple: (std::net::IpAddr, u16, u16, u8),
 }
 
+impl Connection {
+    /// The row as the classifier scores it.
+    pub fn scored(&self) -> crate::classify::Conn<'_> {
+        let (remote, local_port, remote_port, proto) = self.tuple;
+        crate::classify::Conn {
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process: self.process.as_deref(),
+        }
+    }
+}
+
 pub fn proto_name(proto: u8) -> String {
     match proto {
         1 => "ICMP".into(),

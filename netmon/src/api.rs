@@ -351,10 +351,9 @@ async fn network_stats(
         }
         let c = s.classifier.read().expect("lock not poisoned");
         if let Some(min) = filter.level {
-            stats.connections.retain(|conn| {
-                let (remote, lport, rport, proto) = conn.tuple;
-                c.level(remote, lport, rport, proto, conn.process.as_deref()) >= min
-            });
+            stats
+                .connections
+                .retain(|conn| c.level(conn.scored()) >= min);
         }
         if chosen_first.is_none() {
             stats.connections_total = stats.connections.len();
@@ -366,9 +365,8 @@ async fn network_stats(
         }
         let anon = *s.anonymize.read().expect("lock not poisoned");
         for conn in &mut stats.connections {
-            let (remote, lport, rport, proto) = conn.tuple;
-            let (mut risk, geo) =
-                c.assess_with_geo(remote, lport, rport, proto, conn.process.as_deref());
+            let remote = conn.tuple.0;
+            let (mut risk, geo) = c.assess_with_geo(conn.scored());
             if anon != Anonymize::Off {
                 conn.remote_address = anon.address(&conn.remote_address);
                 anonymize_reasons(anon, &mut risk.reasons, remote);

@@ -706,24 +706,22 @@ fn risk_counts(
         if k.direction == DIR_INGRESS && e.egress_twin {
             continue;
         }
-        let remote = crate::classify::key_ip(k.family, k.remote_addr);
-        let process = e.owner.as_ref().map(|o| o.comm.as_str());
-        let (level, ()) = c.level_and_country(
-            remote,
-            k.local_port,
-            k.remote_port,
-            k.proto,
-            process,
-            |cc| {
-                let cc = cc.unwrap_or("unknown");
-                match countries.get_mut(cc) {
-                    Some(n) => *n += 1,
-                    None => {
-                        countries.insert(cc.to_string(), 1);
-                    }
+        let conn = crate::classify::Conn {
+            remote: crate::classify::key_ip(k.family, k.remote_addr),
+            local_port: k.local_port,
+            remote_port: k.remote_port,
+            proto: k.proto,
+            process: e.owner.as_ref().map(|o| o.comm.as_str()),
+        };
+        let (level, ()) = c.level_and_country(conn, |cc| {
+            let cc = cc.unwrap_or("unknown");
+            match countries.get_mut(cc) {
+                Some(n) => *n += 1,
+                None => {
+                    countries.insert(cc.to_string(), 1);
                 }
-            },
-        );
+            }
+        });
         counts[level as usize] += 1;
     }
     (counts, countries)

@@ -521,7 +521,7 @@ mod tests {
             };
             Event::alert(&a, "h")
         };
-        for i in 0..40 {
+        for i in 0..80 {
             log.append(&ev(1_000_000 + i * 1000)).unwrap();
         }
         let times = || -> Vec<u64> {
@@ -555,7 +555,7 @@ mod tests {
         let after = times();
         assert_eq!(after, before[old..]);
         assert_eq!(EventLog::files(&path, 3).len(), 3);
-        assert_eq!(first_of(&EventLog::files(&path, 3)[0]), cutoff - 500);
+        assert_eq!(first_of(&EventLog::files(&path, 3)[0]), cutoff + 500);
         for f in EventLog::files(&path, 3) {
             let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o640, "{}", f.display());

@@ -76,10 +76,22 @@ fn with_retries(
 
 trait Sink: Send {
     fn name(&self) -> &'static str;
-    fn wants(&self, _ev: &Event) -> bool {
-        true
+    /// The least severity this sink is told of (the sinks' common minimum is applied before).
+    fn min_severity(&self) -> Level {
+        Level::Low
+    }
+    fn wants(&self, ev: &Event) -> bool {
+        ev.severity >= self.min_severity()
     }
     fn deliver(&mut self, ev: &Event, stop: &AtomicBool) -> Result<()>;
+}
+
+/// An HTTP client whose every request, connection included, ends within `timeout`.
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent()
 }
 
 struct Webhook {
@@ -91,10 +103,7 @@ struct Webhook {
 
 impl Webhook {
     fn new(cfg: WebhookConfig) -> Result<Self> {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(cfg.timeout))
-            .build()
-            .new_agent();
+        let agent = http_agent(cfg.timeout);
         let authorization = cfg
             .authorization_file
             .as_deref()
@@ -313,6 +322,23 @@ impl Syslog {
             return Err(e).context("sending to syslog");
         }
         Ok(())
+    }
+}
+
+impl Drop for Syslog {
+    /// Ends a TLS session cleanly: close_notify, then whatever the server sent (its session
+    /// tickets, which nothing reads) drained until it closes (at most 1 s). Closed with that
+    /// data unread, the socket would reset the connection, and a server that had not yet
+    /// read the last messages could lose them.
+    fn drop(&mut self) {
+        if let SyslogConn::Tls(s) = &mut self.conn {
+            s.conn.send_close_notify();
+            let _ = s.conn.complete_io(&mut s.sock);
+            let _ = s.sock.shutdown(std::net::Shutdown::Write);
+            let _ = s.sock.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 4096];
+            while matches!(std::io::Read::read(&mut s.sock, &mut buf), Ok(1..)) {}
+        }
     }
 }
 
@@ -596,8 +622,8 @@ impl Sink for Email {
         "email"
     }
 
-    fn wants(&self, ev: &Event) -> bool {
-        ev.severity >= self.cfg.min_severity
+    fn min_severity(&self) -> Level {
+        self.cfg.min_severity
     }
 
     fn deliver(&mut self, ev: &Event, stop: &AtomicBool) -> Result<()> {
@@ -624,10 +650,7 @@ impl Sms {
             "Basic {}",
             base64_encode(format!("{}:{token}", cfg.account).as_bytes())
         );
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(cfg.timeout))
-            .build()
-            .new_agent();
+        let agent = http_agent(cfg.timeout);
         Ok(Self {
             cfg: cfg.clone(),
             auth,
@@ -653,8 +676,8 @@ impl Sink for Sms {
         "sms"
     }
 
-    fn wants(&self, ev: &Event) -> bool {
-        ev.severity >= self.cfg.min_severity
+    fn min_severity(&self) -> Level {
+        self.cfg.min_severity
     }
 
     /// One message per recipient, each retried on its own; an error names the recipients
@@ -1094,14 +1117,18 @@ mod tests {
         for name in ["syslog", "other"] {
             crate::test_support::self_signed(&dir, name);
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Its stdin stays open (EOF would end it); what it receives goes to its stdout.
+        // On a port of the kernel's choosing, which it names ("ACCEPT 127.0.0.1:PORT"); its
+        // stdin stays open (EOF would end it); what it receives goes to its stdout.
+        // Killed when the test ends, passed or not.
+        struct Server(std::process::Child);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
         let mut server = Command::new("openssl")
-            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args(["s_server", "-accept", "127.0.0.1:0"])
             .arg("-cert")
             .arg(dir.join("syslog.crt"))
             .arg("-key")
@@ -1110,10 +1137,11 @@ mod tests {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
+            .map(Server)
             .expect("openssl (cargo xtask test installs it)");
         let out = Arc::new(Mutex::new(String::new()));
         let reader = {
-            let (mut stdout, out) = (server.stdout.take().unwrap(), out.clone());
+            let (mut stdout, out) = (server.0.stdout.take().unwrap(), out.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = stdout.read(&mut buf) {
@@ -1134,7 +1162,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(20));
             }
         };
-        wait("s_server listening", &|o| o.contains("ACCEPT"));
+        wait("s_server listening", &|o| o.contains("ACCEPT 127.0.0.1:"));
+        let port: u16 = {
+            let o = out.lock().unwrap();
+            let at = o.find("ACCEPT 127.0.0.1:").unwrap() + "ACCEPT 127.0.0.1:".len();
+            o[at..].lines().next().unwrap().trim().parse().unwrap()
+        };
         let cfg = |ca: &str| SyslogConfig {
             target: SyslogTarget::Tls(format!("127.0.0.1:{port}")),
             facility: 4,
@@ -1161,8 +1194,7 @@ mod tests {
         sink.deliver(&ev, &stop).unwrap();
         drop(sink);
         wait("both frames", &|o| o.contains(&format!("{frame}{frame}")));
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         reader.join().unwrap();
 
         // A trust file that is not there stops the sink's start, naming it.

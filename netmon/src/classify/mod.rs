@@ -87,6 +87,17 @@ struct RemoteFacts {
     feeds_gen: u64,
 }
 
+/// One connection as the classifier scores it: the remote address, both ports, the
+/// protocol and the owning process's command name, if known.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn<'a> {
+    pub remote: IpAddr,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub process: Option<&'a str>,
+}
+
 pub struct Classifier {
     pub cfg: ThreatConfig,
     detector: Detector,
@@ -351,98 +362,50 @@ impl Classifier {
 
     /// Scores one connection: its own facts plus what is known of its remote (feeds, GeoIP,
     /// what its traffic showed), the remote's part cached.
-    pub fn assess(
-        &self,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-        proto: u8,
-        process: Option<&str>,
-    ) -> Assessment {
-        self.with_connection(
-            remote,
-            local_port,
-            remote_port,
-            proto,
-            process,
-            |cfg, f, _| score::assess(cfg, f),
-        )
+    pub fn assess(&self, conn: Conn<'_>) -> Assessment {
+        self.with_connection(conn, |cfg, f, _| score::assess(cfg, f))
     }
 
     /// `assess` and what GeoIP says of the remote (None when nothing), with one look at the
     /// remote's cached facts: for the connection table.
-    pub fn assess_with_geo(
-        &self,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-        proto: u8,
-        process: Option<&str>,
-    ) -> (Assessment, Option<GeoInfo>) {
-        self.with_connection(
-            remote,
-            local_port,
-            remote_port,
-            proto,
-            process,
-            |cfg, f, rf| {
-                (
-                    score::assess(cfg, f),
-                    (!rf.geo.is_empty()).then(|| rf.geo.clone()),
-                )
-            },
-        )
+    pub fn assess_with_geo(&self, conn: Conn<'_>) -> (Assessment, Option<GeoInfo>) {
+        self.with_connection(conn, |cfg, f, rf| {
+            (
+                score::assess(cfg, f),
+                (!rf.geo.is_empty()).then(|| rf.geo.clone()),
+            )
+        })
     }
 
-    /// `level`, and the remote's country as the GeoIP databases say (None: unknown), with
-    /// one look at the remote's cached facts.
+    /// `level`, and what `country` makes of the remote's country as the GeoIP databases
+    /// say (None: unknown), with one look at the remote's cached facts.
     pub fn level_and_country<T>(
         &self,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-        proto: u8,
-        process: Option<&str>,
+        conn: Conn<'_>,
         country: impl FnOnce(Option<&str>) -> T,
     ) -> (Level, T) {
-        self.with_connection(
-            remote,
-            local_port,
-            remote_port,
-            proto,
-            process,
-            |cfg, f, rf| (score::level(cfg, f), country(rf.geo.country.as_deref())),
-        )
+        self.with_connection(conn, |cfg, f, rf| {
+            (score::level(cfg, f), country(rf.geo.country.as_deref()))
+        })
     }
 
     /// The level `assess` would give, without building its reasons.
-    pub fn level(
-        &self,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-        proto: u8,
-        process: Option<&str>,
-    ) -> Level {
-        self.with_connection(
-            remote,
-            local_port,
-            remote_port,
-            proto,
-            process,
-            |cfg, f, _| score::level(cfg, f),
-        )
+    pub fn level(&self, conn: Conn<'_>) -> Level {
+        self.with_connection(conn, |cfg, f, _| score::level(cfg, f))
     }
 
     fn with_connection<T>(
         &self,
-        remote: IpAddr,
-        local_port: u16,
-        remote_port: u16,
-        proto: u8,
-        process: Option<&str>,
+        conn: Conn<'_>,
         score: impl FnOnce(&ThreatConfig, &Facts<'_>, &RemoteFacts) -> T,
     ) -> T {
+        let Conn {
+            remote,
+            local_port,
+            remote_port,
+            proto,
+            process,
+        } = conn;
         let direction = direction_of(local_port, remote_port);
         let service_port = match direction {
             Direction::Inbound => local_port,
@@ -720,13 +683,13 @@ mod tests {
         assert!(a.detail.contains("30 ports"), "{}", a.detail);
         // Still scanning: no second alert; connections from it carry the reason.
         assert!(c.tick(3, 2000).is_empty());
-        let s = c.assess(
-            "198.18.0.2".parse().unwrap(),
-            6667,
-            40001,
-            IPPROTO_TCP,
-            None,
-        );
+        let s = c.assess(Conn {
+            remote: "198.18.0.2".parse().unwrap(),
+            local_port: 6667,
+            remote_port: 40001,
+            proto: IPPROTO_TCP,
+            process: None,
+        });
         assert_eq!(s.level, Level::High);
         assert!(s.reasons.iter().any(|r| r.kind == "port_scan"));
         assert!(s.reasons.iter().any(|r| r.kind == "unusual_port"));
