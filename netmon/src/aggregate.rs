@@ -36,6 +36,10 @@ pub struct Owner {
     /// The cgroup's path in the v2 hierarchy (`cgroups`), where it could be named.
     pub cgroup: Option<Arc<str>>,
     pub comm: String,
+    /// Found as the owner of the flow's local port (a listener, a UDP sender), not by the
+    /// socket's own record.
+    #[serde(skip)]
+    pub by_port: bool,
 }
 
 impl From<ProcInfo> for Owner {
@@ -47,6 +51,7 @@ impl From<ProcInfo> for Owner {
             cgroup_id: p.cgroup_id,
             cgroup: crate::cgroups::path(p.cgroup_id),
             comm: String::from_utf8_lossy(&p.comm[..end]).into_owned(),
+            by_port: false,
         }
     }
 }
@@ -151,6 +156,11 @@ pub struct IfaceTotals {
 /// the connection is established, which may be a tick after its first packet), then
 /// occasionally, so that unattributable flows do not cost a lookup every second.
 const EAGER_TRIES: u32 = 5;
+/// Drains in which a TCP flow takes only its socket's own record, not the local port's
+/// owner: an accepted connection's record is written when the handshake completes, which a
+/// drain may fall between its first packet and; the port's owner (the last to listen on the
+/// port, in any network namespace) is the fallback once that has had its chance.
+const TCP_EXACT_TRIES: u32 = 2;
 const RETRY_EVERY: u32 = 30;
 
 fn should_try(tries: u32) -> bool {
@@ -312,7 +322,11 @@ fn settle(
     let attributable = has_socket_owner(key.proto);
     if e.owner.is_none() && attributable {
         if should_try(e.attrib_tries) {
-            e.owner = lookup(key).map(Arc::new);
+            e.owner = lookup(key)
+                .filter(|o| {
+                    !(o.by_port && key.proto == IPPROTO_TCP && e.attrib_tries < TCP_EXACT_TRIES)
+                })
+                .map(Arc::new);
             *generation += u64::from(e.owner.is_some());
         }
         e.attrib_tries += 1;
@@ -1606,6 +1620,7 @@ mod tests {
             cgroup_id: 1,
             cgroup: None,
             comm: comm.into(),
+            by_port: false,
         }
     }
 
@@ -1895,6 +1910,67 @@ mod tests {
         assert_eq!(out.proc_deltas["server"].rx_bytes, 200);
         assert_eq!(out.proc_deltas["server"].rx_packets, 3);
         assert!(!t.procs.contains_key(UNKNOWN_PROCESS));
+    }
+
+    /// A TCP flow takes its socket's own record; the local port's owner (the last to listen
+    /// on the port, maybe in another network namespace) only once the record has had
+    /// `TCP_EXACT_TRIES` drains to appear.
+    #[test]
+    fn a_tcp_flow_waits_for_its_own_socket_record_before_the_ports_owner() {
+        let by_port = |pid, comm: &str| Owner {
+            by_port: true,
+            ..owner(pid, comm)
+        };
+        let k = key(DIR_INGRESS, 8080);
+        // The record comes at the second drain: it is the owner, not the port's.
+        let mut t = Tracker::default();
+        let out = t.apply_flows(&[sample(k, 74, 1, SEC)], SEC, 1.0, 60 * SEC, |_| {
+            Some(by_port(9, "other-ns"))
+        });
+        assert!(
+            out.proc_deltas.is_empty(),
+            "held for the socket's own record"
+        );
+        let out = t.apply_flows(
+            &[sample(k, 200, 3, 2 * SEC)],
+            2 * SEC,
+            1.0,
+            60 * SEC,
+            |_| Some(owner(7, "server")),
+        );
+        assert_eq!(out.proc_deltas["server"].rx_bytes, 200);
+        assert!(!t.procs.contains_key("other-ns"));
+        // No record ever (a socket older than the daemon): the port's owner after that.
+        let mut t = Tracker::default();
+        for i in 1..=u64::from(TCP_EXACT_TRIES) {
+            let out = t.apply_flows(
+                &[sample(k, 100 * i, i, i * SEC)],
+                i * SEC,
+                1.0,
+                60 * SEC,
+                |_| Some(by_port(9, "listener")),
+            );
+            assert!(out.proc_deltas.is_empty(), "drain {i}");
+        }
+        let n = u64::from(TCP_EXACT_TRIES) + 1;
+        let out = t.apply_flows(
+            &[sample(k, 100 * n, n, n * SEC)],
+            n * SEC,
+            1.0,
+            60 * SEC,
+            |_| Some(by_port(9, "listener")),
+        );
+        assert_eq!(out.proc_deltas["listener"].rx_bytes, 100 * n);
+        // UDP takes its port's owner at once (it is how UDP senders are known).
+        let mut t = Tracker::default();
+        let u = FlowKey {
+            proto: IPPROTO_UDP,
+            ..k
+        };
+        let out = t.apply_flows(&[sample(u, 50, 1, SEC)], SEC, 1.0, 60 * SEC, |_| {
+            Some(by_port(5, "dns"))
+        });
+        assert_eq!(out.proc_deltas["dns"].rx_bytes, 50);
     }
 
     #[test]

@@ -33,6 +33,16 @@ impl std::str::FromStr for Anonymize {
 }
 
 impl Anonymize {
+    /// The longest prefix of a family's addresses the API shows (`None`: the whole
+    /// address): a query may not ask about more of an address than that, or it could tell
+    /// an individual address from its answers.
+    pub fn shown_prefix(self, v4: bool) -> Option<u8> {
+        match self {
+            Self::Off => None,
+            Self::Prefix => Some(if v4 { 24 } else { 48 }),
+        }
+    }
+
     /// `ip` as the API shows it.
     pub fn ip(self, ip: IpAddr) -> IpAddr {
         match (self, ip) {

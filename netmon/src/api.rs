@@ -316,6 +316,22 @@ async fn network_stats(
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    // Anonymized, the table shows remote networks, not addresses: a narrower remote filter
+    // would tell whether one address is connected.
+    let anon = *s.anonymize.read().expect("lock not poisoned");
+    if let Some(n) = &filter.tuple.remote
+        && let Some(max) = anon.shown_prefix(n.is_v4())
+        && n.prefix() > max
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "remote={n}: this daemon anonymizes remote addresses to their /{max} \
+                 (--anonymize prefix): ask for a prefix of that length or shorter"
+            ),
+        )
+            .into_response();
+    }
     // Off the async workers: with a million flows this takes a while, and the drain waits
     // only for the copy of the flow table.
     let built = tokio::task::spawn_blocking(move || {

@@ -304,14 +304,14 @@ impl Drain {
         // Each flow goes from the kernel straight into the table. The connection table is
         // built from it on request (api.rs), not every tick.
         if let Some(t) = &mut self.tables {
-            t.drain(tracker, &mut st, |k| owners.owner(k).map(Owner::from))
+            t.drain(tracker, &mut st, |k| owners.owner(k))
                 .context("reading the per-CPU flow tables")?;
             // Slots given to other flows: the kernel's evictions, as with the LRU maps (the
             // flows stay in the daemon's table until they idle out).
             tracker.evictions += t.take_evictions();
         } else {
             let mut apply = |s: &crate::aggregate::FlowSample| {
-                tracker.apply_sample(&mut st, s, |k| owners.owner(k).map(Owner::from));
+                tracker.apply_sample(&mut st, s, |k| owners.owner(k));
             };
             if full {
                 maps.read_flows(&mut self.flow_bufs, &mut apply)?;
@@ -332,9 +332,7 @@ impl Drain {
                 maps.read_flows_by_key(&self.dirty_keys, &mut apply);
             }
         }
-        let mut out = tracker.finish_tick(st, now, self.idle_ns, full, |k| {
-            owners.owner(k).map(Owner::from)
-        });
+        let mut out = tracker.finish_tick(st, now, self.idle_ns, full, |k| owners.owner(k));
         drop(owners);
         // Segments sent again, to the process and cgroup of the socket (looked up now: the
         // record stays while the socket lives, and a while after in the LRU map).

@@ -539,25 +539,27 @@ fn sock_key(key: &FlowKey) -> Option<SockKey> {
     })
 }
 
-/// The exact 4-tuple first, then the owner of the local port (listener, UDP sender).
+/// The exact 4-tuple first, then the owner of the local port (listener, UDP sender); true
+/// when it is the port's.
 fn resolve(
     sk: &SockKey,
     by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
     by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
-) -> Option<ProcInfo> {
+) -> Option<(ProcInfo, bool)> {
     if is_icmp(sk.proto) {
-        return by_sock(sk);
+        return by_sock(sk).map(|p| (p, false));
     }
     if sk.remote_port != 0
         && let Some(p) = by_sock(sk)
     {
-        return Some(p);
+        return Some((p, false));
     }
     by_port(&PortKey {
         proto: sk.proto,
         _pad: 0,
         port: sk.local_port,
     })
+    .map(|p| (p, true))
 }
 
 impl Owners {
@@ -568,6 +570,11 @@ impl Owners {
     }
 
     pub fn sock_owner(&self, sk: &SockKey) -> Option<ProcInfo> {
+        self.resolve(sk).map(|(p, _)| p)
+    }
+
+    /// `sock_owner`, and whether it is the local port's owner rather than the socket's own.
+    fn resolve(&self, sk: &SockKey) -> Option<(ProcInfo, bool)> {
         resolve(
             sk,
             |k| self.sock_proc.get(k, 0).ok(),
@@ -665,7 +672,17 @@ impl<'a> OwnerLookup<'a> {
         }
     }
 
-    pub fn owner(&mut self, key: &FlowKey) -> Option<ProcInfo> {
+    /// The owner of `key`'s socket, marked `by_port` when it is the local port's owner (a
+    /// listener, a UDP sender) rather than the socket's own record.
+    pub fn owner(&mut self, key: &FlowKey) -> Option<crate::aggregate::Owner> {
+        let (p, by_port) = self.resolve(key)?;
+        Some(crate::aggregate::Owner {
+            by_port,
+            ..p.into()
+        })
+    }
+
+    fn resolve(&mut self, key: &FlowKey) -> Option<(ProcInfo, bool)> {
         let sk = sock_key(key)?;
         if self.copy.is_none() && !self.copy_failed && self.direct >= Self::DIRECT {
             match self.owners.copy() {
@@ -686,7 +703,7 @@ impl<'a> OwnerLookup<'a> {
             ),
             None => {
                 self.direct += 1;
-                self.owners.sock_owner(&sk)
+                self.owners.resolve(&sk)
             }
         }
     }

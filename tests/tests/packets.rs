@@ -1850,18 +1850,30 @@ fn owners_from_the_batch_copy_are_the_records_written() {
     let (mut exact, mut by_port, mut none) = (0, 0, 0);
     for i in 0..FLOWS {
         let k = flow(i);
+        // The owner, and whether it is the local port's (not the socket's own record).
         let want = if i.is_multiple_of(3) {
             exact += 1;
-            Some(proc_info(100_000 + i))
+            Some((proc_info(100_000 + i), false))
         } else if k.local_port < 10_300 {
             by_port += 1;
-            Some(proc_info(50_000 + u32::from(k.local_port)))
+            Some((proc_info(50_000 + u32::from(k.local_port)), true))
         } else {
             none += 1;
             None
         };
-        assert_eq!(lookup.owner(&k), want, "flow {i} ({k:?})");
-        assert_eq!(maps.owner(&k), want, "flow {i}, looked up directly");
+        assert_eq!(
+            lookup.owner(&k),
+            want.map(|(p, by_port)| netmon::aggregate::Owner {
+                by_port,
+                ..p.into()
+            }),
+            "flow {i} ({k:?})"
+        );
+        assert_eq!(
+            maps.owner(&k),
+            want.map(|(p, _)| p),
+            "flow {i}, looked up directly"
+        );
     }
     assert!(lookup.copied(), "{FLOWS} lookups in one drain use the copy");
     let icmp = FlowKey {

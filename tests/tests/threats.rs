@@ -201,6 +201,19 @@ fn anonymized_api_shows_the_scanner_only_by_its_network() {
         let (_, body) = ns_get(&p.a, &d.api, path);
         assert!(!body.contains(p.b_v4), "{path} holds {}: {body}", p.b_v4);
     }
+    // A filter may ask about the networks shown, not about one address (whose rows, or
+    // their absence, would tell whether it is connected).
+    let by_remote = |q: &str| ns_get(&p.a, &d.api, &format!("/api/network-stats?remote={q}"));
+    let (code, body) = by_remote(p.b_v4);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("anonymizes remote addresses to their /24"),
+        "{body}"
+    );
+    let (code, body) = by_remote("198.18.0.0%2F24");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows_with_remote(&v, network).len(), scanner_rows, "{v}");
     // The event log keeps the full address.
     wait_for_event_log(&p, p.b_v4);
 }
