@@ -700,6 +700,7 @@ fn risk_counts(
 ) -> ([usize; 3], HashMap<String, usize>) {
     let mut counts = [0usize; 3];
     let mut countries: HashMap<String, usize> = HashMap::new();
+    let geo = c.has_geo();
     for (k, e) in &tracker.flows {
         if k.direction == DIR_INGRESS && e.egress_twin {
             continue;
@@ -711,16 +712,24 @@ fn risk_counts(
             proto: k.proto,
             process: e.owner.as_ref().map(|o| o.comm.as_str()),
         };
-        let (level, ()) = c.level_and_country(conn, |cc| {
-            let cc = cc.unwrap_or("unknown");
-            match countries.get_mut(cc) {
-                Some(n) => *n += 1,
-                None => {
-                    countries.insert(cc.to_string(), 1);
+        // Without a GeoIP database every country is unknown: no lookup per connection.
+        let level = if geo {
+            c.level_and_country(conn, |cc| {
+                let cc = cc.unwrap_or("unknown");
+                match countries.get_mut(cc) {
+                    Some(n) => *n += 1,
+                    None => {
+                        countries.insert(cc.to_string(), 1);
+                    }
                 }
-            }
-        });
+            })
+        } else {
+            c.level(conn)
+        };
         counts[level as usize] += 1;
+    }
+    if !geo && counts.iter().sum::<usize>() > 0 {
+        countries.insert("unknown".into(), counts.iter().sum());
     }
     (counts, countries)
 }

@@ -168,6 +168,11 @@ impl Classifier {
     }
 
     /// Uses these databases for countries and ASNs from now on.
+    /// Whether any GeoIP database is loaded (without one every remote's country is unknown).
+    pub fn has_geo(&self) -> bool {
+        !self.geo.dbs.is_empty()
+    }
+
     pub fn set_geo(&mut self, geo: Arc<Geo>) {
         self.geo = geo;
         self.generation += 1;
@@ -377,15 +382,12 @@ impl Classifier {
         })
     }
 
-    /// `level`, and what `country` makes of the remote's country as the GeoIP databases
-    /// say (None: unknown), with one look at the remote's cached facts.
-    pub fn level_and_country<T>(
-        &self,
-        conn: Conn<'_>,
-        country: impl FnOnce(Option<&str>) -> T,
-    ) -> (Level, T) {
+    /// `level`, with the remote's country as the GeoIP databases say (None: unknown) given
+    /// to `country`, in one look at the remote's cached facts.
+    pub fn level_and_country(&self, conn: Conn<'_>, country: impl FnOnce(Option<&str>)) -> Level {
         self.with_connection(conn, |cfg, f, rf| {
-            (score::level(cfg, f), country(rf.geo.country.as_deref()))
+            country(rf.geo.country.as_deref());
+            score::level(cfg, f)
         })
     }
 
