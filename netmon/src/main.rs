@@ -84,6 +84,14 @@ enum Cmd {
         /// daemon builds, scores and sends just those, which a host with many flows needs.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
+        /// Ask again every SECONDS (1 when not given) until interrupted: on a terminal the
+        /// screen is redrawn, otherwise the tables (or JSON documents, one a line) follow
+        /// each other.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many tables.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
         #[command(flatten)]
         filter: FlowFilter,
         #[command(flatten)]
@@ -436,6 +444,41 @@ fn show(api: &ApiArgs, path: &str, json: bool, print: fn(&serde_json::Value)) ->
     Ok(())
 }
 
+/// `netmon flows --watch`: the table every `secs` seconds, `count` times or until interrupted.
+fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u64>) -> Result<()> {
+    if !(secs.is_finite() && secs >= 0.1) {
+        anyhow::bail!("--watch {secs}: give an interval of at least 0.1 seconds");
+    }
+    let client = api.client()?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown = 0;
+    loop {
+        let v = client.get_json(path)?;
+        if json {
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            if tty {
+                // Cursor home, clear the screen: the table is redrawn in place.
+                print!("\x1b[H\x1b[2J");
+            }
+            println!(
+                "netmon flows at {} (every {secs} s; Ctrl-C to stop)",
+                netmon::act::state::rfc3339(netmon::act::state::now_ms())
+            );
+            print_flows(&v);
+            if !tty {
+                println!();
+            }
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+    }
+}
+
 fn print_alerts(v: &serde_json::Value) {
     let alerts = v.as_array().map(Vec::as_slice).unwrap_or(&[]);
     if alerts.is_empty() {
@@ -766,6 +809,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Flows {
             json,
             top,
+            watch,
+            count,
             filter,
             api,
         } => {
@@ -781,7 +826,10 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 format!("/api/network-stats?{}", q.join("&"))
             };
-            show(&api, &path, json, print_flows)
+            match watch {
+                None => show(&api, &path, json, print_flows),
+                Some(secs) => watch_flows(&api, &path, json, secs, count),
+            }
         }
         Cmd::Ban {
             target,

@@ -1566,4 +1566,31 @@ fn the_connection_table_is_filtered_by_remote_port_protocol_process_and_level() 
         String::from_utf8_lossy(&out.stderr).contains("proto=sctp: give tcp, udp or icmp"),
         "{out:?}"
     );
+    // --watch asks again every interval: three tables 0.2 s apart, each with the row.
+    let t0 = std::time::Instant::now();
+    let text = p.a.netmon_ok(&[
+        "flows",
+        "--api",
+        &d.api,
+        "--process",
+        "nmt-tcp-b",
+        "--watch",
+        "0.2",
+        "--count",
+        "3",
+    ]);
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(text.matches("netmon flows at ").count(), 3, "{text}");
+    assert_eq!(text.matches(made[1].0.as_str()).count(), 3, "{text}");
+    assert!(!text.contains(&made[0].0), "{text}");
+    let out = p.a.netmon(&["flows", "--api", &d.api, "--watch", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 0.1 seconds"),
+        "{out:?}"
+    );
 }
