@@ -597,6 +597,31 @@ impl ThreatConfig {
             }
         })?;
         let err = |at: usize, msg: String| anyhow::anyhow!("{file}:{}: {msg}", line_of(text, at));
+        // An http(s) URL; with `secret` (what the requests carry), plain http only to this
+        // host's loopback, so that it is never sent in the clear.
+        let http_url = |u: &Spanned<String>, what: &str, secret: Option<&str>| {
+            let url = u.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(
+                    u.span().start,
+                    format!("{what}: url `{url}` is not http(s)://"),
+                ));
+            }
+            if let Some(secret) = secret
+                && url.starts_with("http://")
+                && !is_loopback_url(url)
+            {
+                return Err(err(
+                    u.span().start,
+                    format!(
+                        "{what}: url `{url}` is plain http to another host: {secret} is never \
+                         sent in the clear (use https://, or http:// to a relay on this host's \
+                         loopback)"
+                    ),
+                ));
+            }
+            Ok(url.clone())
+        };
         let d = DetectionConfig::default();
         let rd = raw.detection;
         let window = match rd.window {
@@ -728,16 +753,7 @@ impl ThreatConfig {
             }
             let location = match (&f.path, &f.url) {
                 (Some(p), None) => Location::File(p.clone()),
-                (None, Some(u)) => {
-                    let url = u.get_ref();
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(err(
-                            u.span().start,
-                            format!("feed {name}: url `{url}` is not http(s)://"),
-                        ));
-                    }
-                    Location::Url(url.clone())
-                }
+                (None, Some(u)) => Location::Url(http_url(u, &format!("feed {name}"), None)?),
                 _ => {
                     return Err(err(
                         at,
@@ -827,29 +843,14 @@ impl ThreatConfig {
         let da = AlertsConfig::default();
         let webhook = match &ra.webhook {
             Some(w) => {
-                let url = w.url.get_ref();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(
-                        w.url.span().start,
-                        format!("alerts.webhook: url `{url}` is not http(s)://"),
-                    ));
-                }
-                if w.authorization_file.is_some()
-                    && url.starts_with("http://")
-                    && !is_loopback_url(url)
-                {
-                    return Err(err(
-                        w.url.span().start,
-                        format!(
-                            "alerts.webhook: url `{url}` is plain http to another host, and \
-                             authorization_file would send its credentials in the clear (use \
-                             https://, or http:// to a relay on this host's loopback)"
-                        ),
-                    ));
-                }
+                let secret = w
+                    .authorization_file
+                    .as_ref()
+                    .map(|_| "the authorization_file's credential");
+                let url = http_url(&w.url, "alerts.webhook", secret)?;
                 Some(WebhookConfig {
                     authorization_file: w.authorization_file.clone(),
-                    url: url.clone(),
+                    url,
                     timeout: dur(
                         &w.timeout,
                         "alerts.webhook: timeout",
@@ -970,23 +971,7 @@ impl ThreatConfig {
         };
         let sms = match &ra.sms {
             Some(m) => {
-                let url = m.url.get_ref();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(
-                        m.url.span().start,
-                        format!("alerts.sms: url `{url}` is not http(s)://"),
-                    ));
-                }
-                if url.starts_with("http://") && !is_loopback_url(url) {
-                    return Err(err(
-                        m.url.span().start,
-                        format!(
-                            "alerts.sms: url `{url}` is plain http to another host: the \
-                             gateway's token is never sent in the clear (use https://, or \
-                             http:// to a relay on this host's loopback)"
-                        ),
-                    ));
-                }
+                let url = http_url(&m.url, "alerts.sms", Some("the gateway's token"))?;
                 if m.account.get_ref().is_empty() || m.account.get_ref().contains(':') {
                     return Err(err(
                         m.account.span().start,
@@ -1025,7 +1010,7 @@ impl ThreatConfig {
                     ));
                 }
                 Some(SmsConfig {
-                    url: url.clone(),
+                    url,
                     account: m.account.get_ref().clone(),
                     token_file: m.token_file.clone(),
                     from: from.clone(),
