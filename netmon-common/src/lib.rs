@@ -754,16 +754,21 @@ pub mod ban_kind {
 }
 
 /// A per-source rate limit (NETMON_RATE4/6, keyed by the source address), enforced on
-/// ingress as GCRA (the "virtual scheduling" form of a token bucket): a packet arriving at
-/// `now` passes when `tat_ns - now <= burst_ns`, and then moves `tat_ns` on by `interval_ns`.
-/// One u64 of state per source; CPUs race on it without atomics, so the limit is
-/// approximate under a flood spread over CPUs (it errs towards letting a few more through).
+/// ingress as GCRA (the "virtual scheduling" form of a token bucket), in packets or in bytes
+/// (`unit`). Packets: a packet arriving at `now` passes when `tat_ns - now <= burst_ns`, and
+/// then moves `tat_ns` on by `interval_ns`. Bytes (a bandwidth): a packet of `len` bytes
+/// costs `len * interval_ns >> RATE_BYTE_SHIFT` ns, and passes when `tat_ns - now` plus its
+/// cost is at most `burst_ns` (the burst in bytes times the ns per byte), which it then adds
+/// to `tat_ns`. One u64 of state per source; CPUs race on it without atomics, so the limit
+/// is approximate under a flood spread over CPUs (it errs towards letting a few more through).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateValue {
-    /// Nanoseconds per packet (1e9 / packets per second).
+    /// Packets: nanoseconds per packet (1e9 / packets per second). Bytes: nanoseconds per
+    /// byte in units of 2^-`RATE_BYTE_SHIFT` ns (2^16 * 1e9 / bytes per second).
     pub interval_ns: u64,
-    /// (burst - 1) * interval_ns: how far ahead of now `tat_ns` may run.
+    /// Packets: (burst - 1) * interval_ns, how far ahead of now `tat_ns` may run. Bytes: the
+    /// burst in bytes times the nanoseconds per byte.
     pub burst_ns: u64,
     /// Theoretical arrival time of the next packet (CLOCK_MONOTONIC, coarse).
     pub tat_ns: u64,
@@ -775,8 +780,21 @@ pub struct RateValue {
     pub last_hit_ns: u64,
     /// `ban_kind::*` of who set it (manual or auto); drops count as `ban_kind::RATELIMIT`.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// `rate_unit::*`: what the rate counts. (A padding byte before versions with
+    /// bandwidth limits, whose programs read every limit as packets.)
+    pub unit: u8,
+    pub _pad: [u8; 6],
 }
+
+/// What a `RateValue` counts.
+pub mod rate_unit {
+    pub const PACKETS: u8 = 0;
+    pub const BYTES: u8 = 1;
+}
+
+/// Fractional bits of a bandwidth limit's nanoseconds per byte (`RateValue::interval_ns`):
+/// 100 Gbit/s is 0.08 ns a byte.
+pub const RATE_BYTE_SHIFT: u32 = 16;
 
 /// Exact-address ban key (hash map). `generation` selects the set in force.
 #[repr(C)]
@@ -1137,7 +1155,7 @@ assert_layout!(BanKey6, 20, generation @ 0, addr @ 4);
 assert_layout!(BanValue, 40, expires_ns @ 0, packets @ 8, bytes @ 16, last_hit_ns @ 24,
     kind @ 32);
 assert_layout!(RateValue, 64, interval_ns @ 0, burst_ns @ 8, tat_ns @ 16, expires_ns @ 24,
-    packets @ 32, bytes @ 40, last_hit_ns @ 48, kind @ 56);
+    packets @ 32, bytes @ 40, last_hit_ns @ 48, kind @ 56, unit @ 57);
 assert_layout!(DropKey, 8, ifindex @ 0, direction @ 4, kind @ 5);
 
 #[cfg(feature = "user")]

@@ -57,10 +57,10 @@ use netmon_common::{
     BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
     BanPrefix6, BanSlot4, BanSlot6, BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey,
     FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, IfaceKey, IfaceStats, NsPortKey, PortKey, ProcInfo, RateValue, SockKey,
-    TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind,
-    config, counter, drop_slot, dropcfg, iface_slot, is_icmp, sock_offsets, tab_live_buckets,
-    tab_place_live, tcp_state, tp_offsets, v4_mapped,
+    IPPROTO_UDP, IfaceKey, IfaceStats, NsPortKey, PortKey, ProcInfo, RATE_BYTE_SHIFT, RateValue,
+    SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot, WideBucket4, WideBucket6,
+    ban_kind, config, counter, drop_slot, dropcfg, iface_slot, is_icmp, rate_unit, sock_offsets,
+    tab_live_buckets, tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
 
@@ -1785,14 +1785,23 @@ fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64) -> bool
         }
         let tat = (*v).tat_ns;
         let tat = if tat > now { tat } else { now };
-        if tat - now > (*v).burst_ns {
+        let interval = (*v).interval_ns;
+        // A packet takes its interval; a byte limit's packet its length's worth, which must
+        // fit in the burst with it.
+        let (cost, ahead) = if (*v).unit == rate_unit::BYTES {
+            let c = (len * interval) >> RATE_BYTE_SHIFT;
+            (c, tat - now + c)
+        } else {
+            (interval, tat - now)
+        };
+        if ahead > (*v).burst_ns {
             atomic_add(&raw mut (*v).packets, 1);
             atomic_add(&raw mut (*v).bytes, len);
             (*v).last_hit_ns = now;
             count_drop(ifindex, DIR_INGRESS, ban_kind::RATELIMIT, len);
             return true;
         }
-        (*v).tat_ns = tat + (*v).interval_ns;
+        (*v).tat_ns = tat + cost;
     }
     false
 }

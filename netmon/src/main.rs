@@ -8,6 +8,7 @@ use netmon::{
     act::{
         commands::{BanOptions, DropList, Listed},
         net::Net,
+        state::{Rate, parse_bandwidth},
     },
     client,
     config::{
@@ -139,15 +140,24 @@ enum Cmd {
     },
     /// Lift a ban.
     Unban { target: String },
-    /// Limit the packets one source address may send to this host, in the kernel (XDP):
-    /// `--pps` per second, bursts of `--burst`; the excess is dropped and counted.
+    /// Limit what one source address may send to this host, in the kernel (XDP): `--pps`
+    /// packets per second with bursts of `--burst`, or `--bandwidth` (e.g. 2mbit) with bursts
+    /// of `--burst-bytes`; the excess is dropped and counted.
+    #[command(group(clap::ArgGroup::new("rate").required(true).args(["pps", "bandwidth"])))]
     Limit {
         target: String,
         #[arg(long)]
-        pps: u32,
-        /// Default: the same as --pps.
-        #[arg(long)]
+        pps: Option<u32>,
+        /// Packets. Default: the same as --pps.
+        #[arg(long, requires = "pps")]
         burst: Option<u32>,
+        /// Bits per second: bit, kbit, mbit, gbit or tbit (SI), e.g. 500kbit, 10mbit.
+        #[arg(long, conflicts_with = "pps")]
+        bandwidth: Option<String>,
+        /// Bytes, at least a full frame (1514). Default: 100 ms of --bandwidth, at least
+        /// 16384.
+        #[arg(long, requires = "bandwidth")]
+        burst_bytes: Option<u64>,
         #[arg(long)]
         ttl: Option<String>,
         #[arg(long, default_value = "")]
@@ -724,9 +734,9 @@ fn print_list(rows: &[Listed]) {
             r.dropped_bytes,
             r.last_hit.as_deref().unwrap_or("-"),
             r.added,
-            match (r.pps, r.burst) {
-                (Some(p), Some(b)) => format!("{p}/s burst {b}: {}", r.reason),
-                _ => r.reason.clone(),
+            match r.rate {
+                Some(rate) => format!("{rate}: {}", r.reason),
+                None => r.reason.clone(),
             },
             r.uid
         );
@@ -868,17 +878,25 @@ fn run(cli: Cli) -> Result<()> {
             target,
             pps,
             burst,
+            bandwidth,
+            burst_bytes,
             ttl,
             reason,
             force,
         } => {
+            let rate = match (pps, bandwidth) {
+                (Some(pps), _) => Rate::packets(pps, burst.unwrap_or(pps))?,
+                (None, Some(b)) => {
+                    Rate::bandwidth(parse_bandwidth(&b).context("--bandwidth")?, burst_bytes)?
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
             let opts = manual_options(ttl.as_deref(), reason, force)?;
-            let e = droplist().limit(parse_net(&target)?, pps, burst.unwrap_or(pps), &opts)?;
+            let e = droplist().limit(parse_net(&target)?, rate, &opts)?;
             println!(
-                "limited {} to {}/s (burst {}){}",
+                "limited {} to {}{}",
                 e.net,
-                e.pps,
-                e.burst,
+                e.rate,
                 e.expires_ms
                     .map(|ms| format!(" until {}", netmon::act::state::rfc3339(ms)))
                     .unwrap_or_default()

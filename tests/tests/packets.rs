@@ -1491,21 +1491,24 @@ fn the_prefix_filters_never_change_a_decision() {
 
 /// Per-source rate limits in the kernel (GCRA): with 1 packet/s and a burst of 5, a burst of
 /// packets from the limited source (all within well under a second) lets exactly 5 through;
-/// other sources, egress, allow entries and expired limits are untouched; every drop counted.
+/// with a bandwidth of 1,000 bytes/s and a burst of ten and a half frames, ten; other
+/// sources, egress, allow entries and expired limits are untouched; every drop counted.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn rate_limits_let_the_burst_through_and_drop_the_rest() {
-    use netmon::act::state::{Kind, LimitEntry};
+    use netmon::act::state::{Kind, LimitEntry, Rate};
     let (p, mut maps) = drop_list_progs();
-    let limit = |net: &str, pps: u32, burst: u32, expires_ms: Option<u64>| LimitEntry {
+    let limit_at = |net: &str, rate: Rate, expires_ms: Option<u64>| LimitEntry {
         net: net.parse().unwrap(),
-        pps,
-        burst,
+        rate,
         kind: Kind::Manual,
         reason: String::new(),
         uid: 0,
         added_ms: 0,
         expires_ms,
+    };
+    let limit = |net: &str, pps: u32, burst: u32, expires_ms: Option<u64>| {
+        limit_at(net, Rate::Packets { pps, burst }, expires_ms)
     };
     let from4 = udp4_from;
     let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
@@ -1547,6 +1550,32 @@ fn rate_limits_let_the_burst_through_and_drop_the_rest() {
         .count();
     assert_eq!(passed6, 2);
 
+    // Bytes: 1,000 a second, a burst of ten and a half frames. The half frame is 20 ms and
+    // more of the rate: the test runs take well under that, so exactly ten pass.
+    let frame = from4([198, 18, 0, 5]).len() as u64;
+    let rate = Rate::bandwidth(1_000, Some((10 * frame + frame / 2).max(1_514))).unwrap();
+    let Rate::Bytes { burst_bytes, .. } = rate else {
+        unreachable!("a bandwidth")
+    };
+    maps.write_limit(&limit_at("198.18.0.5", rate, None))
+        .unwrap();
+    let verdicts: Vec<u32> = (0..2 * burst_bytes / frame)
+        .map(|_| p.run(DIR_INGRESS, &from4([198, 18, 0, 5])))
+        .collect();
+    let fit = burst_bytes / frame;
+    assert_eq!(
+        verdicts.iter().filter(|v| **v == XDP_PASS).count() as u64,
+        fit,
+        "a burst of {burst_bytes} bytes in {frame}-byte frames: {verdicts:?}"
+    );
+    assert!(
+        verdicts[..fit as usize].iter().all(|v| *v == XDP_PASS),
+        "{verdicts:?}"
+    );
+    let bw_hits = maps.limit_hits(&"198.18.0.5".parse().unwrap()).unwrap();
+    assert_eq!(bw_hits.packets, verdicts.len() as u64 - fit);
+    assert_eq!(bw_hits.bytes, bw_hits.packets * frame);
+
     let hits = maps.limit_hits(&"198.18.0.2".parse().unwrap()).unwrap();
     assert_eq!(hits.packets, 15);
     assert_eq!(hits.bytes, 15 * from4([198, 18, 0, 2]).len() as u64);
@@ -1559,7 +1588,7 @@ fn rate_limits_let_the_burst_through_and_drop_the_rest() {
         .sum();
     assert_eq!(
         rl,
-        15 + 8,
+        15 + 8 + bw_hits.packets,
         "every rate-limit drop counted with reason ratelimit"
     );
 }

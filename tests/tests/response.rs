@@ -95,6 +95,11 @@ fn action_events(ns: &Netns, action: &str) -> Vec<Value> {
 
 /// Datagrams `b` sends to a fresh UDP socket of `a`, and how many of them arrive.
 fn udp_arrivals(p: &Pair, n: usize) -> usize {
+    udp_arrivals_of(p, n, b"are you there")
+}
+
+/// `udp_arrivals` with datagrams of `payload`.
+fn udp_arrivals_of(p: &Pair, n: usize, payload: &'static [u8]) -> usize {
     let a_addr: SocketAddr = format!("{}:0", p.a_v4).parse().unwrap();
     let sock = p.a.run(move || UdpSocket::bind(a_addr).unwrap());
     let to = sock.local_addr().unwrap();
@@ -104,11 +109,11 @@ fn udp_arrivals(p: &Pair, n: usize) -> usize {
     p.b.run(move || {
         let s = UdpSocket::bind(b_addr).unwrap();
         for _ in 0..n {
-            s.send_to(b"are you there", to).unwrap();
+            s.send_to(payload, to).unwrap();
         }
     });
     let mut got = 0;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 2048];
     while sock.recv_from(&mut buf).is_ok() {
         got += 1;
     }
@@ -1057,6 +1062,61 @@ rate_burst = 3
     assert!(e.contains("at least 1"), "{e}");
     p.a.netmon_ok(&["unlimit", p.b_v4]);
     assert_eq!(udp_arrivals(&p, 30), 30, "after unlimit");
+
+    // A bandwidth: 8 kbit/s (1,000 bytes a second) with bursts of three and a half 1,042-byte
+    // frames (1,000 bytes of UDP payload): three of ten arrive. The half frame is half a
+    // second of the rate, far more than the ten sends take.
+    const PAYLOAD: &[u8] = &[7u8; 1000];
+    let frame = 14 + 20 + 8 + PAYLOAD.len();
+    let burst = 3 * frame + frame / 2;
+    let out = p.a.netmon_ok(&[
+        "limit",
+        p.b_v4,
+        "--bandwidth",
+        "8kbit",
+        "--burst-bytes",
+        &burst.to_string(),
+    ]);
+    assert_eq!(
+        out.trim(),
+        format!("limited {} to 8 kbit/s (burst {burst} bytes)", p.b_v4)
+    );
+    assert_eq!(
+        udp_arrivals_of(&p, 10, PAYLOAD),
+        3,
+        "three frames' burst at 8 kbit/s"
+    );
+    let list: Value = serde_json::from_str(&p.a.netmon_ok(&["list", "--json"])).unwrap();
+    let e = &list[0];
+    assert_eq!(
+        (
+            &e["list"],
+            &e["bytes_per_sec"],
+            &e["burst_bytes"],
+            &e["dropped_packets"]
+        ),
+        (&"limit".into(), &1000.into(), &burst.into(), &7.into()),
+        "{list}"
+    );
+    assert_eq!(e["dropped_bytes"], 7 * frame, "{list}");
+    assert!(e.get("pps").is_none(), "{list}");
+    // Refused: no unit, a burst smaller than a frame, both kinds of rate.
+    let e = p.a.netmon_err(&["limit", p.b_v4, "--bandwidth", "8000"]);
+    assert!(e.contains("give the bandwidth's unit"), "{e}");
+    let e = p.a.netmon_err(&[
+        "limit",
+        p.b_v4,
+        "--bandwidth",
+        "1mbit",
+        "--burst-bytes",
+        "100",
+    ]);
+    assert!(e.contains("at least 1514 bytes"), "{e}");
+    let e =
+        p.a.netmon_err(&["limit", p.b_v4, "--pps", "5", "--bandwidth", "1mbit"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    p.a.netmon_ok(&["unlimit", p.b_v4]);
+    assert_eq!(udp_arrivals_of(&p, 10, PAYLOAD), 10, "after unlimit");
 
     // By policy: a scan gets the source limited to 1/s with bursts of 3, for 10 minutes.
     scan(&p, 1..=200);

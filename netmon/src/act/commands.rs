@@ -15,8 +15,8 @@ use super::{
     droplist::{DropMaps, flags_for},
     net::{Net, danger, own_addresses, parse_list},
     state::{
-        AllowEntry, AuditRecord, BanEntry, ImportInfo, Kind, LimitEntry, State, Store, current_uid,
-        now_ms, rfc3339,
+        AllowEntry, AuditRecord, BanEntry, ImportInfo, Kind, LimitEntry, Rate, State, Store,
+        current_uid, now_ms, rfc3339,
     },
 };
 
@@ -58,11 +58,9 @@ pub struct Listed {
     pub dropped_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_hit: Option<String>,
-    /// Rate limits only: packets per second and burst.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
+    /// Rate limits only: `pps` and `burst`, or `bytes_per_sec` and `burst_bytes`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 fn family(n: &Net) -> &'static str {
@@ -138,14 +136,10 @@ impl DropList {
         Ok(entry)
     }
 
-    /// Limits packets from `net` (a single address) to `pps` per second with bursts of
-    /// `burst`, in the kernel (ingress).
-    pub fn limit(&self, net: Net, pps: u32, burst: u32, opts: &BanOptions) -> Result<LimitEntry> {
+    /// Limits what `net` (a single address) sends to `rate`, in the kernel (ingress).
+    pub fn limit(&self, net: Net, rate: Rate, opts: &BanOptions) -> Result<LimitEntry> {
         if !net.is_host() {
             bail!("{net}: rate limits are per source address; give a single address, not a prefix");
-        }
-        if pps == 0 || burst == 0 {
-            bail!("--pps and --burst must be at least 1 (to stop everything, use `netmon ban`)");
         }
         Self::check_danger(&[net], opts.force)?;
         let store = self.store();
@@ -154,8 +148,7 @@ impl DropList {
         let now = now_ms();
         let entry = LimitEntry {
             net,
-            pps,
-            burst,
+            rate,
             kind: opts.kind,
             reason: opts.reason.clone(),
             uid: current_uid(),
@@ -175,11 +168,7 @@ impl DropList {
         } else {
             "limit"
         };
-        let mut rec = AuditRecord::new(
-            action,
-            net,
-            &format!("{pps}/s burst {burst}; {}", opts.reason),
-        );
+        let mut rec = AuditRecord::new(action, net, &format!("{rate}; {}", opts.reason));
         rec.expires = entry.expires_ms.map(rfc3339);
         store.audit(&rec)?;
         Ok(entry)
@@ -323,8 +312,7 @@ impl DropList {
                 dropped_packets: v.packets,
                 dropped_bytes: v.bytes,
                 last_hit: (v.last_hit_ns != 0).then(|| rfc3339(mono_to_wall(v.last_hit_ns))),
-                pps: None,
-                burst: None,
+                rate: None,
             });
         }
         for l in state.limits.iter().filter(|l| wanted(&l.net)) {
@@ -342,8 +330,7 @@ impl DropList {
                 dropped_packets: v.packets,
                 dropped_bytes: v.bytes,
                 last_hit: (v.last_hit_ns != 0).then(|| rfc3339(mono_to_wall(v.last_hit_ns))),
-                pps: Some(l.pps),
-                burst: Some(l.burst),
+                rate: Some(l.rate),
             });
         }
         for a in state.allows.iter().filter(|a| wanted(&a.net)) {
@@ -360,8 +347,7 @@ impl DropList {
                 dropped_packets: 0,
                 dropped_bytes: 0,
                 last_hit: None,
-                pps: None,
-                burst: None,
+                rate: None,
             });
         }
         Ok(out)

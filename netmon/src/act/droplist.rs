@@ -20,12 +20,12 @@ use aya::maps::{
 use netmon_common::{
     BANW4_SLOTS, BANW4_WAYS, BANW6_SLOTS, BANW6_WAYS, BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS,
     BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6,
-    BanValue, DROP_SLOTS, DropKey, IfaceStats, RateValue, dropcfg,
+    BanValue, DROP_SLOTS, DropKey, IfaceStats, RATE_BYTE_SHIFT, RateValue, dropcfg, rate_unit,
 };
 
 use super::{
     net::Net,
-    state::{BanEntry, LimitEntry, State, now_ms},
+    state::{BanEntry, LimitEntry, Rate, State, now_ms},
 };
 
 /// The maps the drop list owns, pinned by these names under the pin directory.
@@ -873,6 +873,35 @@ impl FilterKind {
     }
 }
 
+/// A rate as the programs read it (`RateValue`): its interval, its burst in nanoseconds and
+/// its unit.
+fn rate_words(rate: Rate) -> (u64, u64, u8) {
+    const SEC_NS: u64 = 1_000_000_000;
+    match rate {
+        Rate::Packets { pps, burst } => {
+            let interval = SEC_NS / u64::from(pps.max(1));
+            (
+                interval,
+                interval * u64::from(burst.max(1) - 1),
+                rate_unit::PACKETS,
+            )
+        }
+        Rate::Bytes {
+            bytes_per_sec,
+            burst_bytes,
+        } => {
+            let per_sec = u128::from(bytes_per_sec.max(1));
+            let interval = (u128::from(SEC_NS) << RATE_BYTE_SHIFT) / per_sec;
+            let burst = u128::from(burst_bytes) * u128::from(SEC_NS) / per_sec;
+            (
+                u64::try_from(interval).unwrap_or(u64::MAX),
+                u64::try_from(burst).unwrap_or(u64::MAX),
+                rate_unit::BYTES,
+            )
+        }
+    }
+}
+
 /// How a filter's words are reached.
 enum FilterWords {
     /// The IPv4 /16 filter (1,024 words per generation): a lookup and an update per word. Its
@@ -1514,12 +1543,13 @@ impl DropMaps {
     /// Writes one rate limit, keeping the drop counters (and the bucket) it already has.
     pub fn write_limit(&mut self, l: &LimitEntry) -> Result<()> {
         let old = self.limit_hits(&l.net).unwrap_or_default();
-        let interval_ns = 1_000_000_000 / u64::from(l.pps.max(1));
+        let (interval_ns, burst_ns, unit) = rate_words(l.rate);
         let v = RateValue {
             interval_ns,
-            burst_ns: interval_ns * u64::from(l.burst.max(1) - 1),
+            burst_ns,
             expires_ns: kernel_expiry(l.expires_ms, now_ms(), monotonic_ns()),
             kind: l.kind.code(),
+            unit,
             ..old
         };
         let o = l.net.octets();

@@ -23,7 +23,7 @@ use super::{
     net::Net,
     notify::{ActionRecord, Event, EventLog, Gate},
     sinks::Sinks,
-    state::{Kind, now_ms},
+    state::{Kind, Rate, now_ms},
 };
 use crate::{
     api::Shared,
@@ -40,13 +40,13 @@ pub struct Planned {
     pub action: Action,
     /// For bans and rate limits.
     pub ttl: Duration,
-    /// For rate limits: packets per second and burst.
-    pub pps: u32,
-    pub burst: u32,
+    /// For rate limits.
+    pub rate: Rate,
 }
 
 /// The actions the policy gives an alert, each once: a ban or limit gets the longest TTL of
-/// the lines that ask for it, a limit the strictest rate.
+/// the lines that ask for it, a limit the strictest rate of those in the first line's unit
+/// (packets or bytes: a limit counts one of them).
 pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<Planned> {
     let mut out: Vec<Planned> = Vec::new();
     for p in &cfg.policy {
@@ -59,20 +59,43 @@ pub fn plan(cfg: &ResponseConfig, alert: &Alert) -> Vec<Planned> {
             match out.iter_mut().find(|x| x.action == a) {
                 Some(x) => {
                     x.ttl = x.ttl.max(p.ban_ttl);
-                    x.pps = x.pps.min(p.rate_pps);
-                    x.burst = x.burst.min(p.rate_burst);
+                    x.rate = stricter(x.rate, p.rate);
                 }
                 None => out.push(Planned {
                     action: a,
                     ttl: p.ban_ttl,
-                    pps: p.rate_pps,
-                    burst: p.rate_burst,
+                    rate: p.rate,
                 }),
             }
         }
     }
     out.sort();
     out
+}
+
+/// The stricter of two rates in one unit, each part the lesser; of two in different units,
+/// the first.
+fn stricter(a: Rate, b: Rate) -> Rate {
+    match (a, b) {
+        (Rate::Packets { pps, burst }, Rate::Packets { pps: p, burst: b }) => Rate::Packets {
+            pps: pps.min(p),
+            burst: burst.min(b),
+        },
+        (
+            Rate::Bytes {
+                bytes_per_sec,
+                burst_bytes,
+            },
+            Rate::Bytes {
+                bytes_per_sec: r,
+                burst_bytes: b,
+            },
+        ) => Rate::Bytes {
+            bytes_per_sec: bytes_per_sec.min(r),
+            burst_bytes: burst_bytes.min(b),
+        },
+        (a, _) => a,
+    }
 }
 
 /// At most `max` bans in any 60 s.
@@ -148,13 +171,7 @@ impl Responder {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for Planned {
-            action,
-            ttl,
-            pps,
-            burst,
-        } in actions
-        {
+        for Planned { action, ttl, rate } in actions {
             let rec = |result: &str, detail: String| ActionRecord {
                 action: action.as_str().into(),
                 remote,
@@ -171,7 +188,7 @@ impl Responder {
             let r = match action {
                 Action::Ban => self.ban(remote, ttl, alert),
                 Action::Kill => self.kill(remote),
-                Action::RateLimit => self.limit(remote, ttl, pps, burst, alert),
+                Action::RateLimit => self.limit(remote, ttl, rate, alert),
             };
             out.push(match r {
                 Outcome::Done(d) => rec("done", d),
@@ -222,14 +239,7 @@ impl Responder {
         }
     }
 
-    fn limit(
-        &mut self,
-        remote: IpAddr,
-        ttl: Duration,
-        pps: u32,
-        burst: u32,
-        alert: &Alert,
-    ) -> Outcome {
+    fn limit(&mut self, remote: IpAddr, ttl: Duration, rate: Rate, alert: &Alert) -> Outcome {
         let now = now_ms();
         match self.droplist.load_state() {
             Ok(state) => {
@@ -237,24 +247,21 @@ impl Responder {
                     return Outcome::Skipped(format!("banned already by {}", b.net));
                 }
                 if let Some(l) = state.live_limits(now).find(|l| l.net.contains(remote)) {
-                    return Outcome::Skipped(format!(
-                        "rate limited already ({}/s, burst {})",
-                        l.pps, l.burst
-                    ));
+                    return Outcome::Skipped(format!("rate limited already ({})", l.rate));
                 }
             }
             Err(e) => return Outcome::Failed(format!("reading the drop list: {e:#}")),
         }
         if self.cfg.dry_run {
             return Outcome::DryRun(format!(
-                "would limit {remote} to {pps}/s (burst {burst}) for {} s (dry run)",
+                "would limit {remote} to {rate} for {} s (dry run)",
                 ttl.as_secs()
             ));
         }
         let opts = auto_options(ttl, alert);
-        match self.droplist.limit(Net::host(remote), pps, burst, &opts) {
+        match self.droplist.limit(Net::host(remote), rate, &opts) {
             Ok(_) => Outcome::Done(format!(
-                "limited {remote} to {pps} packets/s (burst {burst}) for {} s",
+                "limited {remote} to {rate} for {} s",
                 ttl.as_secs()
             )),
             Err(e) => Outcome::Failed(format!("{e:#}")),
@@ -520,27 +527,69 @@ mod tests {
                     kinds: vec![],
                     actions: vec![Action::Ban, Action::RateLimit],
                     ban_ttl: Duration::from_secs(600),
-                    rate_pps: 10,
-                    rate_burst: 20,
+                    rate: Rate::Packets { pps: 10, burst: 20 },
                 },
                 PolicyRule {
                     level: None,
                     kinds: vec!["port_scan".into()],
                     actions: vec![Action::Ban, Action::Kill, Action::RateLimit],
                     ban_ttl: Duration::from_secs(3600),
-                    rate_pps: 50,
-                    rate_burst: 5,
+                    rate: Rate::Packets { pps: 50, burst: 5 },
+                },
+                PolicyRule {
+                    level: None,
+                    kinds: vec!["host_sweep".into(), "syn_flood".into()],
+                    actions: vec![Action::RateLimit],
+                    ban_ttl: Duration::from_secs(60),
+                    rate: Rate::Bytes {
+                        bytes_per_sec: 125_000,
+                        burst_bytes: 20_000,
+                    },
+                },
+                PolicyRule {
+                    level: None,
+                    kinds: vec!["syn_flood".into()],
+                    actions: vec![Action::RateLimit],
+                    ban_ttl: Duration::from_secs(60),
+                    rate: Rate::Bytes {
+                        bytes_per_sec: 250_000,
+                        burst_bytes: 10_000,
+                    },
                 },
             ],
             ..Default::default()
         };
-        assert!(plan(&cfg, &alert("host_sweep", Level::Medium)).is_empty());
+        assert!(plan(&cfg, &alert("login_bruteforce", Level::Medium)).is_empty());
         let p = |a, ttl, pps, burst| Planned {
             action: a,
             ttl: Duration::from_secs(ttl),
-            pps,
-            burst,
+            rate: Rate::Packets { pps, burst },
         };
+        assert_eq!(
+            plan(&cfg, &alert("login_bruteforce", Level::High)),
+            vec![
+                p(Action::Ban, 600, 10, 20),
+                p(Action::RateLimit, 600, 10, 20)
+            ]
+        );
+        // A bandwidth line alone, and two: the lesser rate and the lesser burst.
+        let bw = |ttl, bytes_per_sec, burst_bytes| Planned {
+            action: Action::RateLimit,
+            ttl: Duration::from_secs(ttl),
+            rate: Rate::Bytes {
+                bytes_per_sec,
+                burst_bytes,
+            },
+        };
+        assert_eq!(
+            plan(&cfg, &alert("host_sweep", Level::Medium)),
+            vec![bw(60, 125_000, 20_000)]
+        );
+        assert_eq!(
+            plan(&cfg, &alert("syn_flood", Level::Medium)),
+            vec![bw(60, 125_000, 10_000)]
+        );
+        // Packets first, then bytes: the packet rate stands (a limit counts one unit).
         assert_eq!(
             plan(&cfg, &alert("host_sweep", Level::High)),
             vec![

@@ -63,13 +63,14 @@ pub struct AllowEntry {
     pub added_ms: u64,
 }
 
-/// A per-source rate limit: packets per second from one address, with a burst.
+/// A per-source rate limit: packets or bytes per second from one address, with a burst.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitEntry {
     /// A single address (the kernel keys limits by source address).
     pub net: Net,
-    pub pps: u32,
-    pub burst: u32,
+    /// In the state file as `pps` and `burst`, or `bytes_per_sec` and `burst_bytes`.
+    #[serde(flatten)]
+    pub rate: Rate,
     pub kind: Kind,
     #[serde(default)]
     pub reason: String,
@@ -77,6 +78,123 @@ pub struct LimitEntry {
     pub added_ms: u64,
     #[serde(default)]
     pub expires_ms: Option<u64>,
+}
+
+/// What a rate limit lets through from its source: packets per second with a burst of
+/// packets, or a bandwidth, bytes per second with a burst of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Rate {
+    Packets {
+        pps: u32,
+        burst: u32,
+    },
+    Bytes {
+        bytes_per_sec: u64,
+        burst_bytes: u64,
+    },
+}
+
+impl Rate {
+    /// The slowest bandwidth limit: 8 kbit/s (the kernel's cost of a packet, its length
+    /// times the fixed-point nanoseconds per byte, stays within 64 bits for any frame).
+    pub const MIN_BYTES_PER_SEC: u64 = 1_000;
+    /// The fastest: 1 Tbit/s.
+    pub const MAX_BYTES_PER_SEC: u64 = 125_000_000_000;
+    /// The smallest burst of a bandwidth limit: a frame longer than the burst never passes.
+    pub const MIN_BURST_BYTES: u64 = 1_514;
+
+    /// A bandwidth limit of `bytes_per_sec` with a burst of `burst_bytes`, or by default 100 ms
+    /// of the rate and at least 16 KiB; refused outside the bounds above.
+    pub fn bandwidth(bytes_per_sec: u64, burst_bytes: Option<u64>) -> Result<Self> {
+        if !(Self::MIN_BYTES_PER_SEC..=Self::MAX_BYTES_PER_SEC).contains(&bytes_per_sec) {
+            bail!(
+                "a bandwidth limit must be from 8kbit to 1000gbit per second, not {} bit/s",
+                bytes_per_sec.saturating_mul(8)
+            );
+        }
+        let burst_bytes = burst_bytes.unwrap_or((bytes_per_sec / 10).max(16_384));
+        if burst_bytes < Self::MIN_BURST_BYTES {
+            bail!(
+                "a bandwidth limit's burst must be at least {} bytes (a full Ethernet frame, \
+                 which would otherwise never pass), not {burst_bytes}",
+                Self::MIN_BURST_BYTES
+            );
+        }
+        Ok(Self::Bytes {
+            bytes_per_sec,
+            burst_bytes,
+        })
+    }
+
+    /// A packet limit; refused for a rate or burst of 0.
+    pub fn packets(pps: u32, burst: u32) -> Result<Self> {
+        if pps == 0 || burst == 0 {
+            bail!("--pps and --burst must be at least 1 (to stop everything, use `netmon ban`)");
+        }
+        Ok(Self::Packets { pps, burst })
+    }
+}
+
+/// `1/s (burst 5)`, `1 Mbit/s (burst 16384 bytes)`.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Packets { pps, burst } => write!(f, "{pps}/s (burst {burst})"),
+            Self::Bytes {
+                bytes_per_sec,
+                burst_bytes,
+            } => write!(
+                f,
+                "{} (burst {burst_bytes} bytes)",
+                bits_per_sec(bytes_per_sec)
+            ),
+        }
+    }
+}
+
+/// A bandwidth in bits per second, in the largest SI unit that keeps it whole or to three
+/// decimals: `8 kbit/s`, `1.5 Mbit/s`.
+pub fn bits_per_sec(bytes_per_sec: u64) -> String {
+    let bits = bytes_per_sec as f64 * 8.0;
+    let (v, unit) = [
+        (1e12, "Tbit/s"),
+        (1e9, "Gbit/s"),
+        (1e6, "Mbit/s"),
+        (1e3, "kbit/s"),
+    ]
+    .into_iter()
+    .find(|(scale, _)| bits >= *scale)
+    .map_or((bits, "bit/s"), |(scale, u)| (bits / scale, u));
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s} {unit}")
+}
+
+/// A bandwidth as `tc` writes one, in bits per second: a number and `bit`, `kbit`, `mbit`,
+/// `gbit` or `tbit` (SI: 1kbit is 1,000 bit/s; `/s` may follow). The unit is required: a
+/// bare number could be bits or bytes. Returns bytes per second (rounded down).
+pub fn parse_bandwidth(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix("/s").unwrap_or(&t);
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "" => bail!("{s:?}: give the bandwidth's unit, e.g. 500kbit, 10mbit, 1gbit"),
+        u => bail!("{s:?}: unknown unit {u:?} (bit, kbit, mbit, gbit or tbit per second)"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v > 0.0)
+        .with_context(|| format!("{s:?}: not a bandwidth (e.g. 500kbit, 10mbit, 1gbit)"))?;
+    Ok((v * scale / 8.0) as u64)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,6 +506,76 @@ mod tests {
             added_ms: 1,
             expires_ms: expires,
         }
+    }
+
+    #[test]
+    fn rates_parse_show_and_keep_the_state_files_of_packet_limits() {
+        assert_eq!(parse_bandwidth("8kbit").unwrap(), 1_000);
+        assert_eq!(parse_bandwidth(" 10Mbit/s ").unwrap(), 1_250_000);
+        assert_eq!(parse_bandwidth("2.5gbit").unwrap(), 312_500_000);
+        assert_eq!(parse_bandwidth("1tbit").unwrap(), 125_000_000_000);
+        assert_eq!(parse_bandwidth("800bit").unwrap(), 100);
+        for (bad, why) in [
+            ("1000", "give the bandwidth's unit"),
+            ("1mb", "unknown unit \"mb\""),
+            ("mbit", "not a bandwidth"),
+            ("-1mbit", "not a bandwidth"),
+            ("0kbit", "not a bandwidth"),
+            ("1.2.3mbit", "not a bandwidth"),
+        ] {
+            let e = format!("{:#}", parse_bandwidth(bad).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(Rate::bandwidth(999, None).is_err());
+        assert!(Rate::bandwidth(Rate::MAX_BYTES_PER_SEC + 1, None).is_err());
+        assert!(Rate::bandwidth(1_000, Some(1_513)).is_err());
+        // The default burst: 100 ms of the rate, at least 16 KiB.
+        assert_eq!(
+            Rate::bandwidth(1_250_000, None).unwrap(),
+            Rate::Bytes {
+                bytes_per_sec: 1_250_000,
+                burst_bytes: 125_000
+            }
+        );
+        assert_eq!(
+            Rate::bandwidth(1_000, None).unwrap(),
+            Rate::Bytes {
+                bytes_per_sec: 1_000,
+                burst_bytes: 16_384
+            }
+        );
+        assert!(Rate::packets(0, 1).is_err() && Rate::packets(1, 0).is_err());
+        assert_eq!(
+            Rate::Packets { pps: 1, burst: 5 }.to_string(),
+            "1/s (burst 5)"
+        );
+        assert_eq!(
+            Rate::bandwidth(187_500, Some(2_000)).unwrap().to_string(),
+            "1.5 Mbit/s (burst 2000 bytes)"
+        );
+        assert_eq!(bits_per_sec(1_000), "8 kbit/s");
+        assert_eq!(bits_per_sec(100), "800 bit/s");
+        assert_eq!(bits_per_sec(125_000_000_000), "1 Tbit/s");
+
+        // A limit as versions before bandwidth limits wrote it reads as a packet limit, and
+        // each kind is written back in its own fields.
+        let old = r#"{"net":"198.51.100.7","pps":5,"burst":10,"kind":"auto","reason":"r","uid":0,"added_ms":1}"#;
+        let l: LimitEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(l.rate, Rate::Packets { pps: 5, burst: 10 });
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            old.replace('}', r#","expires_ms":null}"#)
+        );
+        let bw = LimitEntry {
+            rate: Rate::bandwidth(125_000, Some(20_000)).unwrap(),
+            ..l
+        };
+        let text = serde_json::to_string(&bw).unwrap();
+        assert!(
+            text.contains(r#""bytes_per_sec":125000,"burst_bytes":20000"#) && !text.contains("pps"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<LimitEntry>(&text).unwrap(), bw);
     }
 
     #[test]

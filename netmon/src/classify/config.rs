@@ -11,7 +11,10 @@ use super::{
     feeds::{FeedConfig, Location},
     score::{Direction, Facts, Level},
 };
-use crate::act::net::Net;
+use crate::act::{
+    net::Net,
+    state::{Rate, parse_bandwidth},
+};
 
 /// Points per reason. The defaults are the seed's: known-malicious +50, unusual port +20,
 /// high frequency +15, and for the patterns detected from traffic, what makes one pattern
@@ -229,9 +232,9 @@ pub struct PolicyRule {
     pub actions: Vec<Action>,
     /// TTL of the bans and rate limits this line makes.
     pub ban_ttl: Duration,
-    /// Packets per second and burst of the rate limits this line makes.
-    pub rate_pps: u32,
-    pub rate_burst: u32,
+    /// The rate of the rate limits this line makes: `rate_pps` and `rate_burst`, or
+    /// `rate_bandwidth` and `rate_burst_bytes`.
+    pub rate: Rate,
 }
 
 /// Where alerts go and how often: `[alerts]`.
@@ -471,6 +474,50 @@ struct RawPolicy {
     ban_ttl: Option<Spanned<String>>,
     rate_pps: Option<u32>,
     rate_burst: Option<u32>,
+    rate_bandwidth: Option<Spanned<String>>,
+    rate_burst_bytes: Option<Spanned<u64>>,
+}
+
+/// A policy line's rate limit: packets (`rate_pps`, default 100, and `rate_burst`, default
+/// the rate) or a bandwidth (`rate_bandwidth`, e.g. "1mbit", and `rate_burst_bytes`), not
+/// both. Errors carry the offending key's position.
+fn policy_rate(p: &RawPolicy) -> Result<Rate, (usize, String)> {
+    let Some(bw) = &p.rate_bandwidth else {
+        if let Some(b) = &p.rate_burst_bytes {
+            return Err((
+                b.span().start,
+                "response.policy: rate_burst_bytes is the burst of a rate_bandwidth; give \
+                 rate_bandwidth too, or rate_burst (packets) for rate_pps"
+                    .into(),
+            ));
+        }
+        let pps = p.rate_pps.unwrap_or(100).max(1);
+        return Ok(Rate::Packets {
+            pps,
+            burst: p.rate_burst.unwrap_or(pps).max(1),
+        });
+    };
+    if p.rate_pps.is_some() || p.rate_burst.is_some() {
+        return Err((
+            bw.span().start,
+            "response.policy: give rate_pps (and rate_burst) or rate_bandwidth (and \
+             rate_burst_bytes), not both: a limit counts packets or bytes"
+                .into(),
+        ));
+    }
+    let bytes = parse_bandwidth(bw.get_ref()).map_err(|e| {
+        (
+            bw.span().start,
+            format!("response.policy: rate_bandwidth {e:#}"),
+        )
+    })?;
+    Rate::bandwidth(bytes, p.rate_burst_bytes.as_ref().map(|b| *b.get_ref())).map_err(|e| {
+        let at = p
+            .rate_burst_bytes
+            .as_ref()
+            .map_or(bw.span().start, |b| b.span().start);
+        (at, format!("response.policy: {e:#}"))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -835,8 +882,7 @@ impl ThreatConfig {
                     "response.policy: ban_ttl",
                     Duration::from_secs(3600),
                 )?,
-                rate_pps: p.rate_pps.unwrap_or(100).max(1),
-                rate_burst: p.rate_burst.or(p.rate_pps).unwrap_or(100).max(1),
+                rate: policy_rate(p).map_err(|(at, msg)| err(at, msg))?,
             });
         }
         let ra = &raw.alerts;
@@ -1237,8 +1283,35 @@ for = "10s"
         let p = &c.response.policy[0];
         assert_eq!(p.actions, vec![Action::Ban, Action::RateLimit]);
         assert_eq!(
-            (p.ban_ttl, p.rate_pps, p.rate_burst),
-            (Duration::from_secs(7200), 5, 5)
+            (p.ban_ttl, p.rate),
+            (
+                Duration::from_secs(7200),
+                Rate::Packets { pps: 5, burst: 5 }
+            )
+        );
+        let c2 = ThreatConfig::parse(
+            "[[response.policy]]\nkinds = [\"syn_flood\"]\nactions = [\"ratelimit\"]\n\
+             rate_bandwidth = \"2.5mbit\"\n[[response.policy]]\nkinds = [\"port_scan\"]\n\
+             actions = [\"ratelimit\"]\nrate_bandwidth = \"1gbit/s\"\nrate_burst_bytes = 9000\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c2.response
+                .policy
+                .iter()
+                .map(|p| p.rate)
+                .collect::<Vec<_>>(),
+            vec![
+                Rate::Bytes {
+                    bytes_per_sec: 312_500,
+                    burst_bytes: 31_250
+                },
+                Rate::Bytes {
+                    bytes_per_sec: 125_000_000,
+                    burst_bytes: 9_000
+                }
+            ]
         );
         assert_eq!(c.alerts.min_severity, Level::Medium);
         assert_eq!(c.alerts.webhook.as_ref().unwrap().retries, 5);
@@ -1343,6 +1416,33 @@ for = "10s"
                 "[[response.policy]]\nlevel = \"high\"\nban_ttl = \"1y\"\nactions = []\n",
                 3,
                 "unit",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nactions = []\nrate_pps = 5\n\
+                 rate_bandwidth = \"1mbit\"\n",
+                5,
+                "not both",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nactions = []\nrate_bandwidth = \"1mb\"\n",
+                4,
+                "unknown unit \"mb\"",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nactions = []\nrate_bandwidth = \"1kbit\"\n",
+                4,
+                "from 8kbit",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nactions = []\n\
+                 rate_bandwidth = \"1mbit\"\nrate_burst_bytes = 100\n",
+                5,
+                "at least 1514 bytes",
+            ),
+            (
+                "[[response.policy]]\nlevel = \"high\"\nactions = []\nrate_burst_bytes = 9000\n",
+                4,
+                "give rate_bandwidth too",
             ),
             (
                 "[alerts.syslog]\naddress = \"127.0.0.1:514\"\n",
