@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `auto`, `driver` or `skb`.
+    pub xdp_attach: Option<String>,
     /// `auto`, `tcx` or `clsact`.
     pub tc_attach: Option<String>,
     /// `per-cpu` or `lru`: where the programs count flows.
@@ -76,6 +78,7 @@ pub struct RunConfig {
     pub run_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    pub xdp_attach: crate::load::XdpAttach,
     pub tc_mode: crate::load::TcMode,
     pub udp_hook: crate::load::UdpHook,
     pub flow_table: crate::load::FlowTable,

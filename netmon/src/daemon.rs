@@ -921,6 +921,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
     let mut drop_maps = None;
     let mut attached = load::load_and_attach(
         &LoadOptions {
+            xdp_attach: cfg.xdp_attach,
             tc_mode: cfg.tc_mode,
             udp_hook: cfg.udp_hook,
             flow_table: cfg.flow_table,

@@ -288,6 +288,11 @@ struct RunArgs {
     /// event log keep full addresses.
     #[arg(long)]
     anonymize: Option<String>,
+    /// How to attach the ingress (XDP) program: auto (generic mode on a veth, whose peer
+    /// native XDP would leave without TSO; native mode elsewhere where the driver has it,
+    /// else generic), driver (native only), skb (generic only).
+    #[arg(long)]
+    xdp_attach: Option<String>,
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.
     #[arg(long)]
     tc_attach: Option<String>,
@@ -382,6 +387,13 @@ fn resolve(
         state_dir: state_dir
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        xdp_attach: args
+            .xdp_attach
+            .or(file.xdp_attach)
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .context("--xdp-attach")?,
         tc_mode: args
             .tc_attach
             .or(file.tc_attach)

@@ -367,6 +367,7 @@ pub fn restart_only_changes(running: &RunConfig, new: &RunConfig) -> Vec<&'stati
         ("run_dir", running.run_dir != new.run_dir),
         ("pin_dir", running.pin_dir != new.pin_dir),
         ("state_dir", running.state_dir != new.state_dir),
+        ("xdp_attach", running.xdp_attach != new.xdp_attach),
         ("tc_attach", running.tc_mode != new.tc_mode),
         ("udp_hook", running.udp_hook != new.udp_hook),
         ("flow_table", running.flow_table != new.flow_table),

@@ -317,16 +317,30 @@ impl Pair {
     }
 
     /// `a`'s veth counters from the kernel, in frame bytes (Ethernet header included), the
-    /// unit netmon and physical NICs count in. veth's tx_bytes are frame bytes already; its
-    /// rx_bytes, once XDP is attached, are counted by veth_xdp_rcv() after
+    /// unit netmon and physical NICs count in. veth's tx_bytes are frame bytes already, and
+    /// so are its rx_bytes without XDP or with XDP in generic mode (netmon's default on a
+    /// veth); with native XDP (`--xdp-attach driver`) veth_xdp_rcv() counts them after
     /// __dev_forward_skb()'s eth_type_trans() pulled the 14-byte Ethernet header, so each
-    /// received packet is short by exactly that header.
+    /// received packet is short by exactly that header, which is added back.
     pub fn a_counters(&self) -> IfCounters {
         let raw = self.a_raw_counters();
+        if !self.a_native_xdp() {
+            return raw;
+        }
         IfCounters {
             rx_bytes: raw.rx_bytes + ETH_HLEN * raw.rx_packets,
             ..raw
         }
+    }
+
+    /// Whether `a`'s end runs an XDP program in native (driver) mode, as `ip link` says.
+    pub fn a_native_xdp(&self) -> bool {
+        let out = self
+            .a
+            .exec(&["ip", "-j", "link", "show", "dev", &self.a_if]);
+        let links: Value = serde_json::from_str(&out).expect("ip -j link show");
+        // XDP_ATTACHED_DRV.
+        links[0]["xdp"]["mode"] == 1
     }
 
     /// One of `a`'s device counters (`rx_bytes`, `tx_dropped`, ...) as /sys/class/net

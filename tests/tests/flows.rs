@@ -948,7 +948,8 @@ fn status_and_flows_commands_say_what_is_active() {
     assert!(drains >= 4 && full == 0, "full drains {full} of {drains}");
     let hooks = status["hooks"].as_array().unwrap();
     let active = |purpose: &str, kind: &str| hook_active(&status, purpose, kind);
-    assert!(active("ingress", "xdp-driver"), "{status}");
+    // A veth end: generic XDP (native XDP there would turn TSO off on the peer).
+    assert!(active("ingress", "xdp-skb"), "{status}");
     // TCX arrived in Linux 6.6; before it (Debian 12's 6.1 in `cargo xtask vm`) egress must
     // go through clsact, as it must when the suite forces it.
     let forced_clsact = std::env::var("NETMON_TEST_TC_ATTACH").is_ok_and(|m| m == "clsact");
@@ -1075,6 +1076,72 @@ fn status_and_flows_commands_say_what_is_active() {
 }
 
 /// Whether `netmon status --json` lists an active hook of this purpose and kind.
+/// On a veth end netmon attaches XDP in generic mode by default, so the peer keeps TCP
+/// segmentation offload: native XDP on one end turns it off on the other (the kernel's veth
+/// driver), which cut TCP into the monitored end to ~30% of its throughput on this host.
+/// `--xdp-attach driver` asks for native mode, and the peer's TSO goes off while it lasts;
+/// `--xdp-attach skb` is generic mode. Each as the status endpoint says and as the kernel
+/// shows it (the peer's TSO flag, read with ETHTOOL_GTSO in its namespace).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn xdp_on_a_veth_is_generic_so_that_its_peer_keeps_tso() {
+    use netmon::load::iface::{driver, tso_enabled};
+    let p = Pair::new("xmode");
+    let peer_tso = || {
+        let i = p.b_if.clone();
+        p.b.run(move || tso_enabled(&i))
+    };
+    let a_if = p.a_if.clone();
+    assert_eq!(p.a.run(move || driver(&a_if)).as_deref(), Some("veth"));
+    assert_eq!(peer_tso(), Some(true), "the peer's TSO before netmon");
+    let kind_of = |d: &Daemon| {
+        let status: Value = serde_json::from_str(&p.a.exec(&[
+            netmon_bin().to_str().unwrap(),
+            "status",
+            "--json",
+            "--api",
+            &d.api,
+        ]))
+        .unwrap();
+        let hook = status["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["purpose"] == "ingress" && h["target"] == p.a_if.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("no ingress hook on {}: {status}", p.a_if));
+        (
+            hook["kind"].as_str().unwrap().to_string(),
+            hook["note"].to_string(),
+        )
+    };
+    for (args, kind, tso) in [
+        (&[][..], "xdp-skb", true),
+        (&["--xdp-attach", "driver"][..], "xdp-driver", false),
+        (&["--xdp-attach", "skb"][..], "xdp-skb", true),
+    ] {
+        let mut d = Daemon::start(&p.a, &[&p.a_if], args);
+        let (k, note) = kind_of(&d);
+        assert_eq!(k, kind, "{args:?}: {note}");
+        if args.is_empty() {
+            assert!(note.contains("veth"), "{note}");
+        }
+        assert_eq!(
+            peer_tso(),
+            Some(tso),
+            "{args:?}: the peer's TSO while netmon runs"
+        );
+        d.stop();
+        assert_eq!(
+            peer_tso(),
+            Some(true),
+            "{args:?}: the peer's TSO after netmon"
+        );
+    }
+    let e = p.a.netmon_err(&["run", "--xdp-attach", "native"]);
+    assert!(e.contains("use auto, driver or skb"), "{e}");
+}
+
 fn hook_active(status: &Value, purpose: &str, kind: &str) -> bool {
     status["hooks"]
         .as_array()

@@ -1,4 +1,5 @@
-//! Network interfaces: discovery, and the facts `/sys/class/net` keeps about them.
+//! Network interfaces: discovery, and the facts `/sys/class/net` and the ethtool ioctl keep
+//! about them.
 
 use std::path::Path;
 
@@ -100,4 +101,68 @@ pub fn netns_inode() -> u64 {
     std::fs::metadata("/proc/self/ns/net")
         .map(|m| m.ino())
         .unwrap_or(0)
+}
+
+/// `SIOCETHTOOL`'s command of `data` (a struct beginning with the u32 command) on `name`, in
+/// this process's network namespace; false where the device does not answer.
+fn ethtool<T>(name: &str, data: &mut T) -> bool {
+    if name.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: ifreq is plain data; all zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(data).cast();
+    // SAFETY: SIOCETHTOOL reads the command from `data` and writes at most a `T` there (the
+    // callers' types are the kernel's structs for their commands).
+    let r = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    // SAFETY: the fd opened above.
+    unsafe { libc::close(fd) };
+    r == 0
+}
+
+/// The interface's driver as ethtool names it (`veth`, `virtio_net`, `mlx5_core`...), where
+/// the device answers `ETHTOOL_GDRVINFO`.
+pub fn driver(name: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    if !ethtool(name, &mut info) {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Whether the interface segments TCP itself (TSO, `ETHTOOL_GTSO`), as `ethtool -k` shows it.
+pub fn tso_enabled(name: &str) -> Option<bool> {
+    /// `struct ethtool_value`.
+    #[repr(C)]
+    struct Value {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_GTSO: u32 = 0x1e;
+    let mut v = Value {
+        cmd: ETHTOOL_GTSO,
+        data: 0,
+    };
+    ethtool(name, &mut v).then_some(v.data != 0)
 }

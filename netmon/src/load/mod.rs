@@ -128,6 +128,34 @@ impl std::str::FromStr for TcMode {
     }
 }
 
+/// How the ingress (XDP) program is attached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// Generic (skb) mode on a veth, native (driver) mode elsewhere where the driver has it,
+    /// else generic. Native XDP on a veth end turns TSO off on its peer and moves the end's
+    /// receive to a NAPI ring: TCP into that end fell to ~30% of its throughput (an empty
+    /// XDP program, this project's veth benchmark pair), against no measurable loss in
+    /// generic mode.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: refused where the driver has none.
+    Driver,
+    /// Generic (skb) mode everywhere.
+    Skb,
+}
+
+impl std::str::FromStr for XdpAttach {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "driver" => Ok(Self::Driver),
+            "skb" => Ok(Self::Skb),
+            _ => bail!("bad XDP attach mode `{s}`: use auto, driver or skb"),
+        }
+    }
+}
+
 /// How UDP senders are attributed to processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum UdpHook {
@@ -243,6 +271,7 @@ pub fn size_flow_maps(loader: &mut EbpfLoader<'_>, table: FlowTable, flows: u32)
 }
 
 pub struct LoadOptions {
+    pub xdp_attach: XdpAttach,
     pub tc_mode: TcMode,
     pub udp_hook: UdpHook,
     pub flow_table: FlowTable,
@@ -493,8 +522,7 @@ pub fn load_and_attach(
         &mut ebpf,
         &interfaces,
         &link_dir,
-        opts.tc_mode,
-        opts.flow_table,
+        opts,
         &mut hooks,
         &mut links,
     )?;
@@ -522,6 +550,27 @@ struct Links {
     pin_paths: Vec<PathBuf>,
     pinned: Vec<PinnedLink>,
     tc: Vec<SchedClassifierLink>,
+}
+
+/// `xdp` attached to `name` in generic (skb) mode; `native` is why native mode was not used,
+/// where it was tried.
+fn attach_skb(
+    xdp: &mut Xdp,
+    name: &str,
+    native: Option<aya::programs::ProgramError>,
+) -> Result<aya::programs::xdp::XdpLinkId> {
+    xdp.attach(name, XdpMode::Skb).map_err(|e| {
+        anyhow!(e).context(match native {
+            Some(native) => format!(
+                "attaching XDP to `{name}` (native mode failed too: {native}); is another XDP \
+                 program attached?"
+            ),
+            None => format!(
+                "attaching XDP to `{name}` in generic (skb) mode; is another XDP program \
+                 attached?"
+            ),
+        })
+    })
 }
 
 /// Pins a fresh link, so that it outlives this process until a clean stop.
@@ -573,11 +622,11 @@ fn attach_traffic(
     ebpf: &mut Ebpf,
     ifaces: &[Monitored],
     link_dir: &Path,
-    tc_mode: TcMode,
-    table: FlowTable,
+    opts: &LoadOptions,
     hooks: &mut Vec<Hook>,
     links: &mut Links,
 ) -> Result<()> {
+    let (xdp_attach, tc_mode, table) = (opts.xdp_attach, opts.tc_mode, opts.flow_table);
     let netns = iface::netns_inode();
     let (xdp_name, tc_name, _, _) = table.programs();
     let xdp: &mut Xdp = typed(ebpf, xdp_name)?;
@@ -591,21 +640,39 @@ fn attach_traffic(
             links.pin_paths.push(pin);
             ("xdp-link", "took over the pinned link of a previous netmon")
         } else {
-            // Native (driver) mode first; generic (skb) mode works on every device.
-            let (id, kind) = match xdp.attach(&i.name, XdpMode::Driver) {
-                Ok(id) => (id, "xdp-driver"),
-                Err(native) => match xdp.attach(&i.name, XdpMode::Skb) {
-                    Ok(id) => (id, "xdp-skb"),
-                    Err(e) => {
+            let veth = iface::driver(&i.name).is_some_and(|d| d == "veth");
+            let native_first = match xdp_attach {
+                XdpAttach::Auto => !veth,
+                XdpAttach::Driver => true,
+                XdpAttach::Skb => false,
+            };
+            let (id, kind, note) = if native_first {
+                match xdp.attach(&i.name, XdpMode::Driver) {
+                    Ok(id) => (id, "xdp-driver", ""),
+                    Err(e) if xdp_attach == XdpAttach::Driver => {
                         return Err(anyhow!(e)).with_context(|| {
                             format!(
-                                "attaching XDP to `{}` (native mode failed too: {native}); \
-                                 is another XDP program attached?",
+                                "attaching XDP to `{}` in native (driver) mode, as \
+                                 --xdp-attach driver asks (auto or skb would use generic mode \
+                                 where the driver has none)",
                                 i.name
                             )
                         });
                     }
-                },
+                    Err(native) => (
+                        attach_skb(xdp, &i.name, Some(native))?,
+                        "xdp-skb",
+                        "the driver has no native XDP",
+                    ),
+                }
+            } else if veth && xdp_attach == XdpAttach::Auto {
+                (
+                    attach_skb(xdp, &i.name, None)?,
+                    "xdp-skb",
+                    "a veth: native XDP would turn TSO off on its peer",
+                )
+            } else {
+                (attach_skb(xdp, &i.name, None)?, "xdp-skb", "")
             };
             match FdLink::try_from(xdp.take_link(id)?) {
                 Ok(fd) => pin_link(fd, pin, links),
@@ -613,7 +680,7 @@ fn attach_traffic(
                 // support: it needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
                 Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
             }
-            (kind, "")
+            (kind, note)
         };
         hooks.push(Hook {
             purpose: "ingress".into(),

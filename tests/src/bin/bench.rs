@@ -1699,7 +1699,9 @@ fn set_bpf_stats(on: bool) {
 
 /// One iperf3 run from A to B; the monitor's CPU (process, plus its kernel programs for
 /// netmon) and the machine's CPU over the same interval.
-fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
+/// One iperf3 run between the pair; `reverse`: B sends to A (`-R`), into the end the monitor
+/// watches.
+fn iperf(p: &Pair, udp: bool, reverse: bool, secs: u32, mon: &Monitor) -> Sample {
     let mut server = Command::new("ip")
         .args([
             "netns", "exec", &p.b.name, "iperf3", "-s", "-1", "-B", p.b_v4,
@@ -1721,6 +1723,9 @@ fn iperf(p: &Pair, udp: bool, secs: u32, mon: &Monitor) -> Sample {
     ];
     if udp {
         args.extend(["-u", "-b", "0", "-l", "64"]);
+    }
+    if reverse {
+        args.push("-R");
     }
     let out = Command::new("ip").args(&args).output().expect("iperf3 -c");
     let (cpu1, prog1, m1) = (
@@ -1783,9 +1788,11 @@ fn throughput() -> String {
     const PAIRS: usize = 3;
     let mut md = format!(
         "## 2. Throughput over veth between two namespaces\n\n\
-         iperf3 from namespace A to B over one veth pair, {SECS} s per run, with nothing \
-         watching, with netmon on A's end, and with the tools a user would otherwise run on \
-         the same interface; median of the runs, which come in {REPS} rounds after one \
+         iperf3 from namespace A to B over one veth pair (and, in the last table, from B to \
+         A: into the end the monitors watch, where netmon's ingress program runs on every \
+         packet), {SECS} s per run, with nothing watching, with netmon on A's end (its XDP \
+         program in generic mode, as it attaches on a veth by default), and with the tools a \
+         user would otherwise run on the same interface; median of the runs, which come in {REPS} rounds after one \
          warm-up run that is not kept: a round runs none and netmon in {PAIRS} pairs (each \
          pair in the other order from the one before), then each other tool once. \
          \"Monitor CPU\" is the monitor's own process (user + system) plus, for netmon, its \
@@ -1795,9 +1802,14 @@ fn throughput() -> String {
          with them after the first pair's netmon run of each round; \"machine CPU\" is \
          every CPU's busy time over the run (iperf3 itself included).\n\n"
     );
-    for &(udp, title) in &[
-        (false, "TCP (iperf3 default 128 KiB writes)"),
-        (true, "UDP, 64-byte datagrams (iperf3 -u -b 0 -l 64)"),
+    for &(udp, reverse, title) in &[
+        (false, false, "TCP (iperf3 default 128 KiB writes)"),
+        (true, false, "UDP, 64-byte datagrams (iperf3 -u -b 0 -l 64)"),
+        (
+            false,
+            true,
+            "TCP into the watched end (iperf3 -R: B sends, A's end receives)",
+        ),
     ] {
         eprintln!("  {title}");
         let _ = write!(
@@ -1819,15 +1831,15 @@ fn throughput() -> String {
         let mut runs: std::collections::BTreeMap<&str, Vec<Sample>> = Default::default();
         // The first run after the namespaces came up is slower than the ones after it on
         // this kind of host: a warm-up, not kept.
-        let _ = iperf(&p, udp, SECS, &start_monitor("none", &p));
+        let _ = iperf(&p, udp, reverse, SECS, &start_monitor("none", &p));
         // One run of `name`; for netmon with `cpu`, a second run with the statistics on for
         // its monitor CPU.
         let mut run = |name: &'static str, cpu: bool| {
             let mon = start_monitor(name, &p);
-            let mut sample = iperf(&p, udp, SECS, &mon);
+            let mut sample = iperf(&p, udp, reverse, SECS, &mon);
             if name == "netmon" && cpu {
                 set_bpf_stats(true);
-                sample.monitor_cpu_per_gb = iperf(&p, udp, SECS, &mon).monitor_cpu_per_gb;
+                sample.monitor_cpu_per_gb = iperf(&p, udp, reverse, SECS, &mon).monitor_cpu_per_gb;
                 set_bpf_stats(false);
             }
             if let Some(pid) = mon.pid() {
