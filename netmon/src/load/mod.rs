@@ -106,6 +106,31 @@ impl Attached {
     }
 }
 
+/// `FromStr` for a setting's enum from its names, refusing any other name with the list of
+/// those it takes: `named_settings!(TcMode, "TC attach mode", "auto" => Auto, ...)`.
+macro_rules! named_settings {
+    ($ty:ident, $what:literal, $($name:literal => $variant:ident),+ $(,)?) => {
+        impl std::str::FromStr for $ty {
+            type Err = anyhow::Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($name => Ok(Self::$variant),)+
+                    _ => bail!("bad {} `{s}`: use {}", $what, one_of(&[$($name),+])),
+                }
+            }
+        }
+    };
+}
+
+/// `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 /// How the egress program is attached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TcMode {
@@ -116,17 +141,7 @@ pub enum TcMode {
     Clsact,
 }
 
-impl std::str::FromStr for TcMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "tcx" => Ok(Self::Tcx),
-            "clsact" => Ok(Self::Clsact),
-            _ => bail!("bad TC attach mode `{s}`: use auto, tcx or clsact"),
-        }
-    }
-}
+named_settings!(TcMode, "TC attach mode", "auto" => Auto, "tcx" => Tcx, "clsact" => Clsact);
 
 /// How the ingress (XDP) program is attached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,17 +159,7 @@ pub enum XdpAttach {
     Skb,
 }
 
-impl std::str::FromStr for XdpAttach {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "driver" => Ok(Self::Driver),
-            "skb" => Ok(Self::Skb),
-            _ => bail!("bad XDP attach mode `{s}`: use auto, driver or skb"),
-        }
-    }
-}
+named_settings!(XdpAttach, "XDP attach mode", "auto" => Auto, "driver" => Driver, "skb" => Skb);
 
 /// How UDP senders are attributed to processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,16 +174,7 @@ pub enum UdpHook {
     PerSend,
 }
 
-impl std::str::FromStr for UdpHook {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "per-send" => Ok(Self::PerSend),
-            _ => bail!("bad UDP hook `{s}`: use auto or per-send"),
-        }
-    }
-}
+named_settings!(UdpHook, "UDP hook", "auto" => Auto, "per-send" => PerSend);
 
 /// Where the traffic programs count flows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -204,16 +200,7 @@ impl FlowTable {
     }
 }
 
-impl std::str::FromStr for FlowTable {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "lru" => Ok(Self::Lru),
-            "per-cpu" => Ok(Self::PerCpu),
-            _ => bail!("bad flow table `{s}`: use per-cpu or lru"),
-        }
-    }
-}
+named_settings!(FlowTable, "flow table", "per-cpu" => PerCpu, "lru" => Lru);
 
 /// Buckets per CPU of the per-CPU flow tables for `flows` (the flow-map size, per family)
 /// on `ncpus` possible CPUs: each CPU gets room for twice its share of the flows (a flow
@@ -1131,4 +1118,30 @@ pub fn load_tc(ebpf: &mut aya::Ebpf, table: FlowTable) -> Result<()> {
     tail.set(slot, &pulled, 0)
         .with_context(|| format!("putting {pulled_name} in NETMON_TC_TAIL"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_take_their_names_and_name_the_others() {
+        assert_eq!("skb".parse::<XdpAttach>().unwrap(), XdpAttach::Skb);
+        assert_eq!("clsact".parse::<TcMode>().unwrap(), TcMode::Clsact);
+        assert_eq!("per-send".parse::<UdpHook>().unwrap(), UdpHook::PerSend);
+        assert_eq!("lru".parse::<FlowTable>().unwrap(), FlowTable::Lru);
+        let e = |r: Result<XdpAttach>| r.unwrap_err().to_string();
+        assert_eq!(
+            e("native".parse()),
+            "bad XDP attach mode `native`: use auto, driver or skb"
+        );
+        assert_eq!(
+            "x".parse::<UdpHook>().unwrap_err().to_string(),
+            "bad UDP hook `x`: use auto or per-send"
+        );
+        assert_eq!(
+            "x".parse::<FlowTable>().unwrap_err().to_string(),
+            "bad flow table `x`: use per-cpu or lru"
+        );
+    }
 }
