@@ -627,7 +627,9 @@ fn attach_traffic(
             links.pin_paths.push(pin);
             ("xdp-link", "took over the pinned link of a previous netmon")
         } else {
-            let veth = iface::driver(&i.name).is_some_and(|d| d == "veth");
+            // Only `auto` asks what the device is.
+            let veth = xdp_attach == XdpAttach::Auto
+                && iface::driver(&i.name).is_some_and(|d| d == "veth");
             let native_first = match xdp_attach {
                 XdpAttach::Auto => !veth,
                 XdpAttach::Driver => true,
@@ -652,7 +654,7 @@ fn attach_traffic(
                         "the driver has no native XDP",
                     ),
                 }
-            } else if veth && xdp_attach == XdpAttach::Auto {
+            } else if veth {
                 (
                     attach_skb(xdp, &i.name, None)?,
                     "xdp-skb",
