@@ -145,7 +145,9 @@ enum Cmd {
     /// of `--burst-bytes`; the excess is dropped and counted.
     #[command(group(clap::ArgGroup::new("rate").required(true).args(["pps", "bandwidth"])))]
     Limit {
+        /// A single source address.
         target: String,
+        /// Packets per second.
         #[arg(long)]
         pps: Option<u32>,
         /// Packets. Default: the same as --pps.
