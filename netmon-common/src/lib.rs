@@ -274,23 +274,13 @@ pub const TAB_LIVE_STRIDE: u32 = 8;
 /// which tests lower).
 pub const TAB_GROW_MS: u32 = 10_000;
 
-/// Key of the per-interface totals map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct IfaceKey {
-    pub ifindex: u32,
-    pub direction: u8,
-    pub _pad: u8,
-    pub _pad2: u16,
-}
-
-/// Interfaces with an index below this have their totals in a per-CPU array slot (no hash
-/// lookup on the packet path); the rest go to the per-interface hash map.
+/// Interfaces with an index below this have their drop counts in per-CPU array slots (no
+/// hash lookup on the packet path); the rest go to the drop hash map.
 pub const IFACE_SLOT_IFINDEXES: u32 = 256;
-/// Entries of the per-CPU interface array: one per (ifindex, direction).
+/// Interface slots: one per (ifindex, direction).
 pub const IFACE_SLOTS: u32 = IFACE_SLOT_IFINDEXES * 2;
 
-/// The array slot of an interface and direction, if its index is small enough to have one.
+/// The slot of an interface and direction, if its index is small enough to have one.
 #[inline(always)]
 pub const fn iface_slot(ifindex: u32, direction: u8) -> Option<u32> {
     if ifindex < IFACE_SLOT_IFINDEXES {
@@ -300,25 +290,13 @@ pub const fn iface_slot(ifindex: u32, direction: u8) -> Option<u32> {
     }
 }
 
-impl IfaceKey {
-    /// The key an `iface_slot` stands for.
-    pub const fn from_slot(slot: u32) -> Self {
-        Self {
-            ifindex: slot / 2,
-            direction: (slot % 2) as u8,
-            _pad: 0,
-            _pad2: 0,
-        }
-    }
-}
-
 impl DropKey {
     /// The key a `drop_slot` stands for.
     pub const fn from_slot(slot: u32) -> Self {
-        let iface = IfaceKey::from_slot(slot / DROP_KINDS);
+        let iface = slot / DROP_KINDS;
         Self {
-            ifindex: iface.ifindex,
-            direction: iface.direction,
+            ifindex: iface / 2,
+            direction: (iface % 2) as u8,
             kind: (slot % DROP_KINDS) as u8,
             _pad: 0,
         }
@@ -339,12 +317,52 @@ pub const fn drop_slot(ifindex: u32, direction: u8, kind: u8) -> Option<u32> {
     }
 }
 
-/// Per-CPU totals of one interface and direction: every frame the hook saw, IP or not.
+/// Per-CPU totals of frames and their bytes: the drops of one interface, direction and ban
+/// kind (`NETMON_DROP_SLOTS`, `NETMON_DROPS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceStats {
     pub bytes: u64,
     pub packets: u64,
+}
+
+/// 64-bit words of the packet programs' parse of the frame they are accounting (the eBPF
+/// side's `Parsed`), which `CpuState` holds.
+pub const PARSED_WORDS: usize = 6;
+
+/// `CpuState::packets` index of the frames the XDP (ingress) program saw.
+pub const HOOK_XDP: usize = 0;
+/// `CpuState::packets` index of the frames the TC (egress) program saw.
+pub const HOOK_TC: usize = 1;
+
+/// One CPU's state for the packet programs: the one entry of the per-CPU array
+/// `NETMON_CPU`, looked up once per frame, so that what every frame touches of it is one map
+/// lookup and neighbouring words (a per-CPU array's entries are separate allocations, each
+/// reached through a pointer of its own: a counter and the scratch space in two such arrays
+/// cost a frame two lookups and their lines).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuState {
+    /// The jiffies of the tick in which `ns` was read: the packet programs keep the coarse
+    /// clock per CPU and tick.
+    pub jiffies: u64,
+    /// The coarse clock (CLOCK_MONOTONIC, ns) as read in tick `jiffies`.
+    pub ns: u64,
+    /// Frames seen, by hook (`HOOK_XDP`, `HOOK_TC`): the `counter::XDP_PACKETS` and
+    /// `counter::TC_PACKETS` events.
+    pub packets: [u64; 2],
+    /// Scratch space: the frame being accounted's parse. Not meaningful to userspace.
+    pub parsed: [u64; PARSED_WORDS],
+}
+
+impl CpuState {
+    /// A CPU's state before its first frame.
+    pub const ZERO: Self = Self {
+        jiffies: 0,
+        ns: 0,
+        packets: [0; 2],
+        parsed: [0; PARSED_WORDS],
+    };
 }
 
 /// Who owned a socket, recorded in the kernel at the moment the socket was connected,
@@ -1138,7 +1156,6 @@ assert_layout!(FlowKey4, 20, ifindex @ 0, direction @ 4, proto @ 5, family @ 6, 
     local_port @ 8, remote_port @ 10, local_addr @ 12, remote_addr @ 16);
 assert_layout!(FlowStats, 40, bytes @ 0, packets @ 8, first_seen_ns @ 16, last_seen_ns @ 24,
     tcp_flags @ 32, epoch @ 36);
-assert_layout!(IfaceKey, 8, ifindex @ 0, direction @ 4);
 assert_layout!(IfaceStats, 16, bytes @ 0, packets @ 8);
 assert_layout!(ProcInfo, 40, pid @ 0, uid @ 4, cgroup_id @ 8, recorded_ns @ 16, comm @ 24);
 assert_layout!(SockKey, 40, proto @ 0, local_port @ 2, remote_port @ 4, local_addr @ 8,
@@ -1157,6 +1174,7 @@ assert_layout!(BanValue, 40, expires_ns @ 0, packets @ 8, bytes @ 16, last_hit_n
 assert_layout!(RateValue, 64, interval_ns @ 0, burst_ns @ 8, tat_ns @ 16, expires_ns @ 24,
     packets @ 32, bytes @ 40, last_hit_ns @ 48, kind @ 56, unit @ 57);
 assert_layout!(DropKey, 8, ifindex @ 0, direction @ 4, kind @ 5);
+assert_layout!(CpuState, 80, jiffies @ 0, ns @ 8, packets @ 16, parsed @ 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -1172,7 +1190,6 @@ mod pod {
     unsafe impl aya::Pod for super::WideBucket6 {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey4> {}
     unsafe impl aya::Pod for super::TabBucket<super::FlowKey> {}
-    unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceStats {}
     unsafe impl aya::Pod for super::ProcInfo {}
     unsafe impl aya::Pod for super::SockKey {}
@@ -1183,6 +1200,7 @@ mod pod {
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::RateValue {}
     unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::CpuState {}
 }
 
 #[cfg(test)]

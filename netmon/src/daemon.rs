@@ -37,6 +37,40 @@ fn counter_step(prev: Option<u64>, now: u64) -> u64 {
     }
 }
 
+/// A monitored interface's traffic since the daemon attached to it, from the device's own
+/// counters (`ip -s link`'s; netmon's programs count flows, not interfaces).
+#[derive(Debug, Default)]
+struct IfaceTraffic {
+    /// rx bytes, rx packets, tx bytes, tx packets at the last reading: the baseline, at
+    /// the start.
+    last: Option<[u64; 4]>,
+    /// The same since the baseline.
+    total: [u64; 4],
+}
+
+impl IfaceTraffic {
+    /// The baseline of interface `name` (none where its counters cannot be read: then the
+    /// first reading is).
+    fn start(name: &str) -> Self {
+        let mut t = Self::default();
+        t.read(iface::link_facts(name).counters.as_ref());
+        t
+    }
+
+    /// Adds what the device's counters moved since the last reading (a counter that went
+    /// back was reset, the device created again: all of its value is new).
+    fn read(&mut self, counters: Option<&iface::DevCounters>) {
+        let Some(c) = counters else { return };
+        let now = [c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets];
+        if let Some(last) = self.last {
+            for ((total, last), now) in self.total.iter_mut().zip(last).zip(now) {
+                *total += counter_step(Some(last), now);
+            }
+        }
+        self.last = Some(now);
+    }
+}
+
 /// The drop list, as the daemon follows it: the kernel maps its programs use, the state
 /// file (re-read when the CLI changes it), and the counters last exported. It runs on its
 /// own thread: expiring bans or re-reading a 100,000-entry list must not delay the drain.
@@ -245,6 +279,8 @@ struct Drain {
     idle_ns: u64,
     /// ifindex -> name of the monitored interfaces.
     names: HashMap<u32, String>,
+    /// Each monitored interface's traffic since the start, by ifindex.
+    traffic: HashMap<u32, IfaceTraffic>,
     /// Previous cumulative values, to turn kernel totals into counter increments.
     prev_iface: HashMap<(u32, u8), (u64, u64)>,
     /// Each interface's device error and drop counters at the last drain.
@@ -436,13 +472,19 @@ impl Drain {
                 .context("removing idle flows")?;
         }
 
-        let ifaces: Vec<_> = self
-            .maps
-            .read_ifaces()
-            .context("reading interface totals")?
-            .into_iter()
-            .map(|(k, s)| (k.ifindex, k.direction, s.bytes, s.packets))
+        let links: Vec<(u32, String, iface::LinkFacts)> = self
+            .names
+            .iter()
+            .map(|(&ifindex, name)| (ifindex, name.clone(), iface::link_facts(name)))
             .collect();
+        let mut ifaces = Vec::with_capacity(2 * links.len());
+        for (ifindex, _, f) in &links {
+            let t = self.traffic.entry(*ifindex).or_default();
+            t.read(f.counters.as_ref());
+            let [rx_bytes, rx_packets, tx_bytes, tx_packets] = t.total;
+            ifaces.push((*ifindex, DIR_INGRESS, rx_bytes, rx_packets));
+            ifaces.push((*ifindex, DIR_EGRESS, tx_bytes, tx_packets));
+        }
         tracker.apply_ifaces(&ifaces, interval_s);
         let m = &shared.metrics;
         for &(ifindex, dir, bytes, packets) in &ifaces {
@@ -578,9 +620,8 @@ impl Drain {
             interval_seconds: interval_s,
             ..Default::default()
         };
-        for (ifindex, name) in &self.names {
-            let t = tracker.ifaces.get(ifindex).cloned().unwrap_or_default();
-            let f = iface::link_facts(name);
+        for (ifindex, name, f) in links {
+            let t = tracker.ifaces.get(&ifindex).cloned().unwrap_or_default();
             let link_bps = f.speed * 125_000;
             if f.speed > 0 {
                 m.iface_speed
@@ -589,7 +630,7 @@ impl Drain {
             }
             let dev = f.counters.unwrap_or_default();
             if let Some(now) = f.counters {
-                let prev = self.prev_link.insert(*ifindex, now);
+                let prev = self.prev_link.insert(ifindex, now);
                 for (metric, dir, get) in [
                     (
                         &m.iface_errors,
@@ -612,7 +653,7 @@ impl Drain {
             stats.packets_recv += t.rx_packets;
             stats.interfaces.push(InterfaceStats {
                 name: name.clone(),
-                ifindex: *ifindex,
+                ifindex,
                 is_up: f.is_up,
                 speed: f.speed,
                 mtu: f.mtu,
@@ -946,6 +987,12 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
             Ok(())
         },
     )?;
+    // The interfaces' traffic counts from here: the device counters' baseline.
+    let traffic: HashMap<u32, IfaceTraffic> = attached
+        .interfaces
+        .iter()
+        .map(|i| (i.ifindex, IfaceTraffic::start(&i.name)))
+        .collect();
     seed_udp_owners(&mut attached);
     // Taken only now: attaching still writes NETMON_CONFIG (the kprobe switch).
     let maps = match Maps::take(&mut attached.ebpf).and_then(|m| {
@@ -1057,6 +1104,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
             .iter()
             .map(|i| (i.ifindex, i.name.clone()))
             .collect(),
+        traffic,
         prev_iface: HashMap::new(),
         prev_link: HashMap::new(),
         prev_counters: [0; counter::COUNT as usize],
@@ -1199,5 +1247,35 @@ mod tests {
             seen.push(counter);
         }
         assert_eq!(seen, [5, 9, 9, 11, 16]);
+    }
+
+    #[test]
+    fn interface_traffic_counts_from_the_baseline_and_survives_resets() {
+        use super::{IfaceTraffic, iface::DevCounters};
+        let dev = |rx_bytes, tx_packets| DevCounters {
+            rx_bytes,
+            rx_packets: rx_bytes / 100,
+            tx_bytes: 3 * tx_packets,
+            tx_packets,
+            ..DevCounters::default()
+        };
+        // The device had moved traffic before the daemon started: the baseline, not counted.
+        let mut t = IfaceTraffic::default();
+        t.read(Some(&dev(10_000, 40)));
+        assert_eq!(t.total, [0; 4]);
+        t.read(Some(&dev(10_500, 50)));
+        assert_eq!(t.total, [500, 5, 30, 10]);
+        // Unreadable (the interface is gone): nothing moves, nothing is lost.
+        t.read(None);
+        assert_eq!(t.total, [500, 5, 30, 10]);
+        // Created again: its counters start over, and all they hold is new.
+        t.read(Some(&dev(200, 2)));
+        assert_eq!(t.total, [700, 7, 36, 12]);
+        // Unreadable at the start: the first reading is the baseline.
+        let mut late = IfaceTraffic::default();
+        late.read(None);
+        late.read(Some(&dev(900, 9)));
+        late.read(Some(&dev(1_000, 10)));
+        assert_eq!(late.total, [100, 1, 3, 1]);
     }
 }

@@ -12,10 +12,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuArray},
 };
 use netmon_common::{
-    FlowKey, FlowKey4, FlowStats, IFACE_SLOTS, IPPROTO_UDP, IfaceKey, IfaceStats, PortKey,
+    CpuState, FlowKey, FlowKey4, FlowStats, HOOK_TC, HOOK_XDP, IPPROTO_UDP, IfaceStats, PortKey,
     ProcInfo, SockKey, config, counter, has_socket_owner, is_icmp,
 };
 
@@ -185,11 +185,10 @@ pub struct Maps {
     /// NETMON_FLOWS4 (IPv4 flows, `FlowKey4`) and NETMON_FLOWS6 (IPv6 flows, `FlowKey`).
     flows4: MapData,
     flows6: MapData,
-    ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
-    iface_slots: MapData,
+    /// NETMON_CPU: per CPU, the frames each hook saw.
+    cpu: PerCpuArray<MapData, CpuState>,
     counters: PerCpuArray<MapData, u64>,
     owners: std::sync::Arc<Owners>,
-    ncpus: usize,
     dirty: aya::maps::RingBuf<MapData>,
     config: aya::maps::Array<MapData, u64>,
     epoch: u64,
@@ -298,6 +297,17 @@ fn delete_batched<K>(map: &MapData, name: &str, keys: &[K]) -> Result<usize> {
     Ok(deleted)
 }
 
+/// Adds the frames each hook saw, in the CPUs' states, to their event counters.
+pub fn add_hook_packets<'a>(
+    counters: &mut [u64; counter::COUNT as usize],
+    per_cpu: impl IntoIterator<Item = &'a CpuState>,
+) {
+    for state in per_cpu {
+        counters[counter::XDP_PACKETS as usize] += state.packets[HOOK_XDP];
+        counters[counter::TC_PACKETS as usize] += state.packets[HOOK_TC];
+    }
+}
+
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
     ebpf.take_map(name)
         .with_context(|| format!("eBPF object has no map {name}"))
@@ -308,18 +318,13 @@ impl Maps {
         Ok(Self {
             flows4: lru_map(ebpf, FLOWS4)?,
             flows6: lru_map(ebpf, FLOWS6)?,
-            ifaces: PerCpuHashMap::try_from(take(ebpf, "NETMON_IFACES")?)?,
-            iface_slots: match take(ebpf, "NETMON_IFACE_SLOTS")? {
-                aya::maps::Map::PerCpuArray(m) => m,
-                _ => anyhow::bail!("NETMON_IFACE_SLOTS is not a per-CPU array"),
-            },
+            cpu: PerCpuArray::try_from(take(ebpf, "NETMON_CPU")?)?,
             counters: PerCpuArray::try_from(take(ebpf, "NETMON_COUNTERS")?)?,
             owners: std::sync::Arc::new(Owners {
                 sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
                 port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
                 udp_ports: UdpPorts::take(ebpf)?,
             }),
-            ncpus: crate::mapmem::possible_cpus()?,
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
             config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
             epoch: 0,
@@ -429,30 +434,17 @@ impl Maps {
         [&self.flows4, &self.flows6].map(|m| m.info().map(|i| i.max_entries()).unwrap_or(0))
     }
 
-    /// Per-interface totals, summed over CPUs: the array slots (one batch lookup) and the
-    /// hash map for interfaces with large indexes.
-    pub fn read_ifaces(&self) -> Result<Vec<(IfaceKey, IfaceStats)>> {
-        let mut out: Vec<_> = stats_array(self.iface_slots.fd().as_fd(), IFACE_SLOTS, self.ncpus)
-            .context("reading NETMON_IFACE_SLOTS")?
-            .into_iter()
-            .map(|(slot, s)| (IfaceKey::from_slot(slot), s))
-            .collect();
-        out.extend(
-            self.ifaces
-                .iter()
-                .flatten()
-                .map(|(k, per_cpu)| (k, sum_stats(per_cpu.iter()))),
-        );
-        Ok(out)
-    }
-
-    /// The kernel event counters, summed over CPUs.
+    /// The kernel event counters, summed over CPUs (the frames each hook saw are in the
+    /// CPUs' state).
     pub fn read_counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             if let Ok(v) = self.counters.get(&(i as u32), 0) {
                 *slot = v.iter().sum();
             }
+        }
+        if let Ok(per_cpu) = self.cpu.get(&0, 0) {
+            add_hook_packets(&mut out, per_cpu.iter());
         }
         out
     }

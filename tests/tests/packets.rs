@@ -7,16 +7,20 @@ use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use netmon_common::{
-    DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowKey4, FlowStats, IfaceKey,
-    IfaceStats, counter, v4_mapped,
+    CpuState, DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowKey4, FlowStats, counter,
+    v4_mapped,
 };
 use netmon_tests::{PinDir, packet::*, require_root};
 
 const XDP_PASS: u32 = 2;
+/// The device a test run's frame comes in on or goes out of: the loopback device of the
+/// caller's namespace (`bpf_prog_test_run_xdp`'s rxq, `bpf_prog_test_run_skb`'s skb->dev),
+/// whose index is 1 in every namespace.
+const TEST_RUN_IFINDEX: u32 = 1;
 /// TC_ACT_UNSPEC (-1): the monitor never decides a packet's fate.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -114,24 +118,15 @@ impl Progs {
     fn reset(&mut self) {
         self.clear_flows::<FlowKey4>("NETMON_FLOWS4");
         self.clear_flows::<FlowKey>("NETMON_FLOWS6");
-        let mut ifaces: PerCpuHashMap<_, IfaceKey, IfaceStats> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut("NETMON_IFACES").unwrap()).unwrap();
-        let keys: Vec<IfaceKey> = ifaces.keys().map(|k| k.unwrap()).collect();
-        for k in &keys {
-            ifaces.remove(k).unwrap();
-        }
         let ncpus = aya::util::nr_cpus().unwrap();
-        let mut slots: PerCpuArray<_, IfaceStats> =
-            PerCpuArray::try_from(self.ebpf.map_mut("NETMON_IFACE_SLOTS").unwrap()).unwrap();
-        for i in 0..netmon_common::IFACE_SLOTS {
-            let zero = IfaceStats {
-                bytes: 0,
-                packets: 0,
-            };
-            slots
-                .set(i, PerCpuValues::try_from(vec![zero; ncpus]).unwrap(), 0)
-                .unwrap();
-        }
+        let mut cpu: PerCpuArray<_, CpuState> =
+            PerCpuArray::try_from(self.ebpf.map_mut("NETMON_CPU").unwrap()).unwrap();
+        cpu.set(
+            0,
+            PerCpuValues::try_from(vec![CpuState::ZERO; ncpus]).unwrap(),
+            0,
+        )
+        .unwrap();
         let mut counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map_mut("NETMON_COUNTERS").unwrap()).unwrap();
         for i in 0..counter::COUNT {
@@ -173,38 +168,19 @@ impl Progs {
         out
     }
 
-    /// Interface totals as the daemon reads them: the per-CPU array slots, then the hash
-    /// map that takes interfaces with large indexes.
-    fn ifaces(&self) -> Vec<(IfaceKey, IfaceStats)> {
-        let aya::maps::Map::PerCpuArray(slots) = self.ebpf.map("NETMON_IFACE_SLOTS").unwrap()
-        else {
-            panic!("NETMON_IFACE_SLOTS is a per-CPU array");
-        };
-        let ncpus = aya::util::nr_cpus().unwrap();
-        let mut out: Vec<_> = netmon::drain::stats_array(
-            std::os::fd::AsFd::as_fd(slots.fd()),
-            netmon_common::IFACE_SLOTS,
-            ncpus,
-        )
-        .unwrap()
-        .into_iter()
-        .map(|(slot, s)| (IfaceKey::from_slot(slot), s))
-        .collect();
-        let m: PerCpuHashMap<_, IfaceKey, IfaceStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("NETMON_IFACES").unwrap()).unwrap();
-        out.extend(m.iter().map(|r| {
-            let (k, v) = r.unwrap();
-            (k, netmon::drain::sum_stats(v.iter()))
-        }));
-        out
-    }
-
+    /// The event counters as the daemon reads them (the frames each hook saw are in the
+    /// CPUs' state).
     fn counters(&self) -> Vec<u64> {
         let m: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("NETMON_COUNTERS").unwrap()).unwrap();
-        (0..counter::COUNT)
-            .map(|i| m.get(&i, 0).unwrap().iter().sum())
-            .collect()
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, c) in out.iter_mut().enumerate() {
+            *c = m.get(&(i as u32), 0).unwrap().iter().sum();
+        }
+        let cpu: PerCpuArray<_, CpuState> =
+            PerCpuArray::try_from(self.ebpf.map("NETMON_CPU").unwrap()).unwrap();
+        netmon::drain::add_hook_packets(&mut out, cpu.get(&0, 0).unwrap().iter());
+        out.to_vec()
     }
 }
 
@@ -262,12 +238,6 @@ fn check(p: &mut Progs, name: &str, pkt: &[u8], e: Expect) {
         };
         assert_eq!(ret, want, "{name} dir {direction}: packet must pass");
 
-        let ifaces = p.ifaces();
-        assert_eq!(ifaces.len(), 1, "{name}: {ifaces:?}");
-        let (ik, is) = ifaces[0];
-        assert_eq!(ik.direction, direction, "{name}");
-        assert_eq!((is.bytes, is.packets), (pkt.len() as u64, 1), "{name}");
-
         let counters = p.counters();
         let hook = if direction == DIR_INGRESS {
             counter::XDP_PACKETS
@@ -303,7 +273,7 @@ fn check(p: &mut Progs, name: &str, pkt: &[u8], e: Expect) {
                     (lport, rport)
                 };
                 let want = FlowKey {
-                    ifindex: ik.ifindex,
+                    ifindex: TEST_RUN_IFINDEX,
                     direction,
                     proto,
                     family,
@@ -643,7 +613,6 @@ fn random_garbage_is_passed_and_conserved() {
         seed
     };
     let n = 3000u64;
-    let mut bytes = 0u64;
     for i in 0..n {
         let len = 14 + (rnd() % 200) as usize;
         let mut pkt: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
@@ -676,11 +645,7 @@ fn random_garbage_is_passed_and_conserved() {
             TC_ACT_UNSPEC
         };
         assert_eq!(p.run(dir, &pkt), want, "packet {i} {pkt:02x?}");
-        bytes += len as u64;
     }
-    let ifaces = p.ifaces();
-    assert_eq!(ifaces.iter().map(|(_, s)| s.packets).sum::<u64>(), n);
-    assert_eq!(ifaces.iter().map(|(_, s)| s.bytes).sum::<u64>(), bytes);
     let c = p.counters();
     assert_eq!(
         c[counter::XDP_PACKETS as usize] + c[counter::TC_PACKETS as usize],
@@ -1676,9 +1641,14 @@ fn the_pulled_continuation_records_frames_as_egress_does() {
     let want = strip(p.flows());
     assert_eq!(want.len(), 2, "{want:?}");
     assert_eq!(strip(via_pulled.flows()), want);
-    assert!(
-        via_pulled.ifaces().iter().all(|(_, s)| s.packets == 0),
-        "the continuation does not count the frame per interface again"
+    let c = via_pulled.counters();
+    assert_eq!(
+        (
+            c[counter::XDP_PACKETS as usize],
+            c[counter::TC_PACKETS as usize]
+        ),
+        (0, 0),
+        "the continuation does not count the frame for its hook again"
     );
     assert_eq!(
         p.counters()[counter::PULL_TAIL_CALL_FAILED as usize],

@@ -1885,7 +1885,6 @@ fn create_pinned(pin_dir: &Path) -> Result<()> {
         "NETMON_LISTEN_NS",
         "NETMON_UDP_PORTS",
         "NETMON_SK_OWNER",
-        "NETMON_IFACES",
     ] {
         loader.map_max_entries(m, 1);
     }

@@ -57,15 +57,19 @@ pub struct LinkFacts {
     /// 10,000).
     pub speed: u64,
     pub mtu: u32,
-    /// The device's own error and drop counters; None when they cannot be read (the
-    /// interface has gone).
+    /// The device's own counters; None when they cannot be read (the interface has gone).
     pub counters: Option<DevCounters>,
 }
 
-/// The kernel's error and drop counters of a device since it was created (`ip -s link`):
-/// frames the driver or the stack could not receive or send, not netmon's drop list.
+/// The kernel's counters of a device since it was created (`ip -s link`): what it received
+/// and sent, in frame bytes as the driver counts them, and the frames the driver or the
+/// stack could not receive or send (errors, drops: not netmon's drop list).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DevCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub rx_errors: u64,
     pub tx_errors: u64,
     pub rx_dropped: u64,
@@ -81,6 +85,10 @@ pub fn link_facts(name: &str) -> LinkFacts {
     };
     let counters = (|| {
         Some(DevCounters {
+            rx_bytes: read("statistics/rx_bytes")?,
+            rx_packets: read("statistics/rx_packets")?,
+            tx_bytes: read("statistics/tx_bytes")?,
+            tx_packets: read("statistics/tx_packets")?,
             rx_errors: read("statistics/rx_errors")?,
             tx_errors: read("statistics/tx_errors")?,
             rx_dropped: read("statistics/rx_dropped")?,
