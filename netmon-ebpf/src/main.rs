@@ -712,14 +712,14 @@ enum Verdict {
 }
 
 /// Records a frame in its flow (the caller has counted it for its hook in `cpu`, this CPU's
-/// state, where the parse goes too), or says to drop it. `may_pull`: when the headers run past the packet's linear data (`len` is the whole
-/// frame), return `Verdict::Pull` before recording anything. `TAB`: the flow goes to the
-/// per-CPU flow tables, else to the kernel's LRU flow maps. `udp_port` is set to the local
-/// port of an outgoing UDP frame that is its flow's first, or first in the drain epoch (the
-/// egress program then asks whose socket sent it: `udp_owner_from_socket`). `egress`: the
-/// egress program's context (None on ingress), through which an outgoing ICMP frame that
-/// starts its flow, or its drain epoch, records its socket's creator
-/// (`icmp_owner_from_socket`).
+/// state, where the parse goes too), or says to drop it. `may_pull`: when the headers run
+/// past the packet's linear data (`len` is the whole frame), return `Verdict::Pull` before
+/// recording anything. `TAB`: the flow goes to the per-CPU flow tables, else to the
+/// kernel's LRU flow maps. `udp_port` is set to the local port of an outgoing UDP frame that
+/// is its flow's first, or first in the drain epoch (the egress program then asks whose
+/// socket sent it: `udp_owner_from_socket`). `egress`: the egress program's context (None on
+/// ingress), through which an outgoing ICMP frame that starts its flow, or its drain epoch,
+/// records its socket's creator (`icmp_owner_from_socket`).
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[expect(
     clippy::too_many_arguments,
