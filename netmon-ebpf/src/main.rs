@@ -62,7 +62,7 @@ use netmon_common::{
     WideBucket4, WideBucket6, ban_kind, config, counter, drop_slot, dropcfg, is_icmp, rate_unit,
     sock_offsets, tab_live_buckets, tab_place_live, tcp_state, tp_offsets, v4_mapped,
 };
-use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse};
+use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_fast};
 
 // ---------------------------------------------------------------------------------------------
 // Maps. Sizes are defaults; the daemon sets them from its configuration before load.
@@ -751,16 +751,21 @@ fn account<const TAB: bool>(
     // 8-byte aligned words, a Parsed's size (asserted above). Only `account` uses it, and
     // the packet programs on one CPU do not interleave (they run with bottom halves off).
     let parsed = unsafe { (&raw mut (*cpu).parsed).cast::<Parsed>() };
-    let out = unsafe {
-        Parsed::reset(parsed);
-        &mut *parsed
-    };
-    if let Err(c) = parse(packet, out) {
-        if cut && c == counter::TRUNCATED_L3 {
-            return Verdict::Pull;
+    // The common frame first, in one pass (`parse_fast`); every other frame, and one whose
+    // headers are not all in the linear data, through the general parser.
+    // SAFETY: as above.
+    if !unsafe { parse_fast(packet, parsed) } {
+        let out = unsafe {
+            Parsed::reset(parsed);
+            &mut *parsed
+        };
+        if let Err(c) = parse(packet, out) {
+            if cut && c == counter::TRUNCATED_L3 {
+                return Verdict::Pull;
+            }
+            bump(c);
+            return Verdict::Pass;
         }
-        bump(c);
-        return Verdict::Pass;
     }
     // The compiler must load what it uses of the parse from the map value, never forward
     // the parser's values: an empty asm block that, for all it knows, writes memory.
@@ -2465,8 +2470,15 @@ pub fn netmon_tc_parse(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn parse_only(data: usize, end: usize) {
+    let packet = Packet { data, end };
     let mut p = Parsed::new();
-    let r = parse(&Packet { data, end }, &mut p);
+    // As `account` parses: the common frame in one pass, the others by the general parser.
+    // SAFETY: a Parsed on the stack (8-byte aligned: its repr).
+    let r = if unsafe { parse_fast(&packet, &raw mut p) } {
+        Ok(())
+    } else {
+        parse(&packet, &mut p)
+    };
     // Keep the parse: its result is otherwise unused and would be optimised away. By value,
     // field by field: a reference would make the struct live in memory, zeroed by a memset
     // call (a byte loop) that the real programs do not make.

@@ -100,8 +100,8 @@ impl Packet {
 }
 
 /// What the parser learnt about a packet, in wire orientation (source/destination). Whole
-/// 64-bit words without padding (`reset`).
-#[repr(C)]
+/// 64-bit words without padding, 8-byte aligned (`reset`, `parse_fast` write it as words).
+#[repr(C, align(8))]
 pub struct Parsed {
     pub family: u8,
     pub proto: u8,
@@ -171,6 +171,99 @@ impl Parsed {
         self.flags |= FLOW_FLAG_NO_PORTS;
         self.note = note;
     }
+}
+
+/// The common frame parsed in one pass, straight into `*out` as its PARSED_WORDS words:
+/// untagged Ethernet, then IPv4 without options and not a fragment, or IPv6 without
+/// extension headers, then a TCP or UDP header whose fields `parse` reads, all inside the
+/// packet. True when it was that frame and `*out` holds what `parse` would have written;
+/// false, with `*out` untouched, for every other frame, which `parse` then takes from the
+/// start. The general parser resets the struct, then stores field by field as it learns
+/// them, and branches on VLAN tags, options, fragments, extension headers and protocols
+/// without ports; here one bounds check covers the headers, and the parse is six stores.
+///
+/// # Safety
+/// `out` is valid for writes and 8-byte aligned.
+#[inline(always)]
+pub unsafe fn parse_fast(p: &Packet, out: *mut Parsed) -> bool {
+    let Some(ethertype) = p.load::<u16>(12) else {
+        return false;
+    };
+    let w = out.cast::<u64>();
+    // Word 5: ICMP 0, pad 0, note NOTE_NONE.
+    let word5 = u64::from(NOTE_NONE) << 32;
+    if ethertype == ETH_P_IP.to_be() {
+        // The fixed header and the transport header's ports word, in one bounds check.
+        let Some(h) = p.words::<{ (IPV4_MIN_HLEN + 4) / 4 }>(ETH_HLEN) else {
+            return false;
+        };
+        // Version 4, IHL 5; no fragment offset (RFC 791; the flags may be anything).
+        if byte(h[0], 0) != 0x45 || h[1] & 0xff1f_0000 != 0 {
+            return false;
+        }
+        let proto = byte(h[2], 1);
+        let Some(tcp_flags) = l4_flags(p, proto, ETH_HLEN + IPV4_MIN_HLEN) else {
+            return false;
+        };
+        let mapped = u64::from(v4_mapped_words(0)[2]);
+        // SAFETY: the caller's promise; the words of a Parsed in its field order (family,
+        // proto, flags, tcp_flags, src[0]; src[1], src[2]; src[3], dst[0]; dst[1], dst[2];
+        // dst[3], sport, dport; icmp, pad, note), asserted by the tests of `parse`.
+        unsafe {
+            core::ptr::write_volatile(w, 4 | u64::from(proto) << 8 | u64::from(tcp_flags) << 24);
+            core::ptr::write_volatile(w.add(1), mapped << 32);
+            core::ptr::write_volatile(w.add(2), u64::from(h[3]));
+            core::ptr::write_volatile(w.add(3), mapped << 32);
+            core::ptr::write_volatile(w.add(4), u64::from(h[4]) | ports_word(h[5]));
+            core::ptr::write_volatile(w.add(5), word5);
+        }
+        true
+    } else if ethertype == ETH_P_IPV6.to_be() {
+        let Some(h) = p.words::<{ (IPV6_HLEN + 4) / 4 }>(ETH_HLEN) else {
+            return false;
+        };
+        let proto = byte(h[1], 2);
+        if byte(h[0], 0) >> 4 != 6 {
+            return false;
+        }
+        let Some(tcp_flags) = l4_flags(p, proto, ETH_HLEN + IPV6_HLEN) else {
+            return false;
+        };
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(
+                w,
+                6 | u64::from(proto) << 8 | u64::from(tcp_flags) << 24 | u64::from(h[2]) << 32,
+            );
+            core::ptr::write_volatile(w.add(1), u64::from(h[3]) | u64::from(h[4]) << 32);
+            core::ptr::write_volatile(w.add(2), u64::from(h[5]) | u64::from(h[6]) << 32);
+            core::ptr::write_volatile(w.add(3), u64::from(h[7]) | u64::from(h[8]) << 32);
+            core::ptr::write_volatile(w.add(4), u64::from(h[9]) | ports_word(h[10]));
+            core::ptr::write_volatile(w.add(5), word5);
+        }
+        true
+    } else {
+        false
+    }
+}
+
+/// For `parse_fast`: the TCP flags (0 for UDP) of the header at `l4`, whose ports word the
+/// caller has read; None for another protocol, or a TCP header cut before its flags.
+#[inline(always)]
+fn l4_flags(p: &Packet, proto: u8, l4: usize) -> Option<u8> {
+    match proto {
+        IPPROTO_UDP => Some(0),
+        IPPROTO_TCP => p.words::<4>(l4).map(|h| byte(h[3], 1)),
+        _ => None,
+    }
+}
+
+/// Word 4's upper half in `parse_fast`: the source port (bytes 4-5 of the word) and the
+/// destination port (6-7), each in host order as `Parsed` keeps them, from the transport
+/// header's first word.
+#[inline(always)]
+fn ports_word(w: u32) -> u64 {
+    u64::from(be16(w, 0)) << 32 | u64::from(be16(w, 1)) << 48
 }
 
 /// Where the transport header starts, once the network layer is parsed.

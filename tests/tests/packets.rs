@@ -308,6 +308,50 @@ fn well_formed_packets_land_in_the_right_flow() {
             ..v4(Some((6, 0, 40000, 443)), None)
         },
     );
+    // The frames the programs' one-pass parser takes (untagged, IPv4 without options or IPv6
+    // without extension headers, TCP or UDP): the other cases go through the general one.
+    check(
+        &mut p,
+        "ipv4 udp, don't fragment",
+        &eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                V4 {
+                    proto: 17,
+                    frag: 0x4000,
+                    ..v4h()
+                },
+                &udp(33000, 53, b"query"),
+            ),
+        ),
+        v4(Some((17, 0, 33000, 53)), None),
+    );
+    check(
+        &mut p,
+        "ipv4 udp without payload (42 bytes)",
+        &eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(V4 { proto: 17, ..v4h() }, &udp(1, 65535, b"")),
+        ),
+        v4(Some((17, 0, 1, 65535)), None),
+    );
+    check(
+        &mut p,
+        "ipv6 udp",
+        &eth(&[], ETH_P_IPV6, &ipv6(17, &udp(546, 547, b"solicit"))),
+        v6(Some((17, 0, 546, 547)), None),
+    );
+    check(
+        &mut p,
+        "ipv6 tcp syn-ack",
+        &eth(&[], ETH_P_IPV6, &ipv6(6, &tcp(443, 50000, 0x12, b""))),
+        Expect {
+            tcp_flags: 0x12,
+            ..v6(Some((6, 0, 443, 50000)), None)
+        },
+    );
     check(
         &mut p,
         "802.1Q ipv4 udp",
@@ -457,6 +501,23 @@ fn fragments_and_unknown_protocols_are_recorded_without_ports() {
             ),
         ),
         v4(Some((17, np, 0, 0)), Some(counter::FRAGMENT)),
+    );
+    check(
+        &mut p,
+        "ipv4 non-first fragment, more to come, offset in its high bits only",
+        &eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                V4 {
+                    proto: 6,
+                    frag: 0x2000 | 0x1000,
+                    ..V4::default()
+                },
+                &tcp(1, 2, 0x02, b""),
+            ),
+        ),
+        v4(Some((6, np, 0, 0)), Some(counter::FRAGMENT)),
     );
     check(
         &mut p,
