@@ -800,10 +800,11 @@ fn account<const TAB: bool>(
         bump(p.note);
     }
     let now = coarse_now_in(Some(cpu));
-    let (local_addr, remote_addr, local_port, remote_port) = if direction == DIR_INGRESS {
-        (p.dst, p.src, p.dport, p.sport)
+    let ingress = direction == DIR_INGRESS;
+    let (local_port, remote_port) = if ingress {
+        (p.dport, p.sport)
     } else {
-        (p.src, p.dst, p.sport, p.dport)
+        (p.sport, p.dport)
     };
     let remote_port = if p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6 {
         p.icmp
@@ -817,7 +818,14 @@ fn account<const TAB: bool>(
         tcp_flags: p.tcp_flags,
         epoch,
     };
+    // Each family's key reads the address words it needs, no more: an IPv4 key the last
+    // word of each, an IPv6 key all eight.
     let fresh = if p.family == 4 {
+        let (local_addr, remote_addr) = if ingress {
+            (p.dst[3], p.src[3])
+        } else {
+            (p.src[3], p.dst[3])
+        };
         let key = FlowKey4 {
             ifindex,
             direction,
@@ -826,8 +834,8 @@ fn account<const TAB: bool>(
             flags: p.flags,
             local_port,
             remote_port,
-            local_addr: local_addr[3].to_ne_bytes(),
-            remote_addr: remote_addr[3].to_ne_bytes(),
+            local_addr: local_addr.to_ne_bytes(),
+            remote_addr: remote_addr.to_ne_bytes(),
         };
         if TAB {
             tab_record(&NETMON_TAB4, &NETMON_TABFP4, &NETMON_MARK4, 0, &key, &pkt)
@@ -835,6 +843,11 @@ fn account<const TAB: bool>(
             record_flow(&NETMON_FLOWS4, &key, &pkt)
         }
     } else {
+        let (local_addr, remote_addr) = if ingress {
+            (&p.dst, &p.src)
+        } else {
+            (&p.src, &p.dst)
+        };
         let key = FlowKey {
             ifindex,
             direction,
@@ -843,8 +856,8 @@ fn account<const TAB: bool>(
             flags: p.flags,
             local_port,
             remote_port,
-            local_addr: addr_bytes(local_addr),
-            remote_addr: addr_bytes(remote_addr),
+            local_addr: addr_bytes(*local_addr),
+            remote_addr: addr_bytes(*remote_addr),
         };
         if TAB {
             tab_record(&NETMON_TAB6, &NETMON_TABFP6, &NETMON_MARK6, 1, &key, &pkt)
@@ -853,10 +866,15 @@ fn account<const TAB: bool>(
         }
     };
     if fresh && let Some(ctx) = egress {
-        if p.proto == IPPROTO_UDP {
+        // Read from the parse again, here only: values kept from before the flow's update
+        // would live in registers (or the stack) across all of it on every frame.
+        // SAFETY: as above; nothing has written the parse since.
+        let (proto, src, dst) = unsafe { ((*parsed).proto, (*parsed).src, (*parsed).dst) };
+        if proto == IPPROTO_UDP {
             *udp_port = local_port;
-        } else if is_icmp(p.proto) {
-            icmp_owner_from_socket(ctx, p.proto, &local_addr, &remote_addr);
+        } else if is_icmp(proto) {
+            // Egress: the local end is the source.
+            icmp_owner_from_socket(ctx, proto, &src, &dst);
         }
     }
     Verdict::Pass
