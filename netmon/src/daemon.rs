@@ -58,16 +58,20 @@ impl IfaceTraffic {
     }
 
     /// Adds what the device's counters moved since the last reading (a counter that went
-    /// back was reset, the device created again: all of its value is new).
-    fn read(&mut self, counters: Option<&iface::DevCounters>) {
-        let Some(c) = counters else { return };
+    /// back was reset, the device created again: all of its value is new), and returns it,
+    /// in `total`'s order (all zero for the baseline, or an unreadable device).
+    fn read(&mut self, counters: Option<&iface::DevCounters>) -> [u64; 4] {
+        let mut step = [0; 4];
+        let Some(c) = counters else { return step };
         let now = [c.rx_bytes, c.rx_packets, c.tx_bytes, c.tx_packets];
         if let Some(last) = self.last {
-            for ((total, last), now) in self.total.iter_mut().zip(last).zip(now) {
-                *total += counter_step(Some(last), now);
+            for (i, (last, now)) in last.into_iter().zip(now).enumerate() {
+                step[i] = counter_step(Some(last), now);
+                self.total[i] += step[i];
             }
         }
         self.last = Some(now);
+        step
     }
 }
 
@@ -281,8 +285,6 @@ struct Drain {
     names: HashMap<u32, String>,
     /// Each monitored interface's traffic since the start, by ifindex.
     traffic: HashMap<u32, IfaceTraffic>,
-    /// Previous cumulative values, to turn kernel totals into counter increments.
-    prev_iface: HashMap<(u32, u8), (u64, u64)>,
     /// Each interface's device error and drop counters at the last drain.
     prev_link: HashMap<u32, iface::DevCounters>,
     prev_counters: [u64; counter::COUNT as usize],
@@ -477,31 +479,28 @@ impl Drain {
             .iter()
             .map(|(&ifindex, name)| (ifindex, name.clone(), iface::link_facts(name)))
             .collect();
+        let m = &shared.metrics;
         let mut ifaces = Vec::with_capacity(2 * links.len());
-        for (ifindex, _, f) in &links {
+        for (ifindex, name, f) in &links {
             let t = self.traffic.entry(*ifindex).or_default();
-            t.read(f.counters.as_ref());
+            let step = t.read(f.counters.as_ref());
             let [rx_bytes, rx_packets, tx_bytes, tx_packets] = t.total;
             ifaces.push((*ifindex, DIR_INGRESS, rx_bytes, rx_packets));
             ifaces.push((*ifindex, DIR_EGRESS, tx_bytes, tx_packets));
+            // The Prometheus counters gain what the totals did.
+            for (dir, bytes, packets) in [
+                (DIR_INGRESS, step[0], step[1]),
+                (DIR_EGRESS, step[2], step[3]),
+            ] {
+                m.iface_bytes
+                    .with_label_values(&[name.as_str(), dir_label(dir)])
+                    .inc_by(bytes);
+                m.iface_packets
+                    .with_label_values(&[name.as_str(), dir_label(dir)])
+                    .inc_by(packets);
+            }
         }
         tracker.apply_ifaces(&ifaces, interval_s);
-        let m = &shared.metrics;
-        for &(ifindex, dir, bytes, packets) in &ifaces {
-            let name = self
-                .names
-                .get(&ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("if{ifindex}"));
-            let prev = self.prev_iface.entry((ifindex, dir)).or_default();
-            m.iface_bytes
-                .with_label_values(&[name.as_str(), dir_label(dir)])
-                .inc_by(bytes.saturating_sub(prev.0));
-            m.iface_packets
-                .with_label_values(&[name.as_str(), dir_label(dir)])
-                .inc_by(packets.saturating_sub(prev.1));
-            *prev = (bytes, packets);
-        }
         let now = Instant::now();
         for (series, deltas, gauge) in [
             (
@@ -1105,7 +1104,6 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
             .map(|i| (i.ifindex, i.name.clone()))
             .collect(),
         traffic,
-        prev_iface: HashMap::new(),
         prev_link: HashMap::new(),
         prev_counters: [0; counter::COUNT as usize],
         prev_evictions: 0,
@@ -1260,21 +1258,22 @@ mod tests {
             ..DevCounters::default()
         };
         // The device had moved traffic before the daemon started: the baseline, not counted.
+        // Each reading returns what it added (the metrics' increments).
         let mut t = IfaceTraffic::default();
-        t.read(Some(&dev(10_000, 40)));
+        assert_eq!(t.read(Some(&dev(10_000, 40))), [0; 4]);
         assert_eq!(t.total, [0; 4]);
-        t.read(Some(&dev(10_500, 50)));
+        assert_eq!(t.read(Some(&dev(10_500, 50))), [500, 5, 30, 10]);
         assert_eq!(t.total, [500, 5, 30, 10]);
         // Unreadable (the interface is gone): nothing moves, nothing is lost.
-        t.read(None);
+        assert_eq!(t.read(None), [0; 4]);
         assert_eq!(t.total, [500, 5, 30, 10]);
         // Created again: its counters start over, and all they hold is new.
-        t.read(Some(&dev(200, 2)));
+        assert_eq!(t.read(Some(&dev(200, 2))), [200, 2, 6, 2]);
         assert_eq!(t.total, [700, 7, 36, 12]);
         // Unreadable at the start: the first reading is the baseline.
         let mut late = IfaceTraffic::default();
         late.read(None);
-        late.read(Some(&dev(900, 9)));
+        assert_eq!(late.read(Some(&dev(900, 9))), [0; 4]);
         late.read(Some(&dev(1_000, 10)));
         assert_eq!(late.total, [100, 1, 3, 1]);
     }
