@@ -208,7 +208,8 @@ pub unsafe fn parse_fast(p: &Packet, out: *mut Parsed) -> bool {
         let mapped = u64::from(v4_mapped_words(0)[2]);
         // SAFETY: the caller's promise; the words of a Parsed in its field order (family,
         // proto, flags, tcp_flags, src[0]; src[1], src[2]; src[3], dst[0]; dst[1], dst[2];
-        // dst[3], sport, dport; icmp, pad, note), asserted by the tests of `parse`.
+        // dst[3], sport, dport; icmp, pad, note), which tests/tests/packets.rs checks with
+        // frames of both parsers run through the programs.
         unsafe {
             core::ptr::write_volatile(w, 4 | u64::from(proto) << 8 | u64::from(tcp_flags) << 24);
             core::ptr::write_volatile(w.add(1), mapped << 32);
