@@ -387,7 +387,7 @@ fn now_ns() -> u64 {
 }
 
 /// This CPU's state for the packet programs (`netmon_common::CpuState`): its last read of
-/// the coarse clock and the jiffies it was read in (`coarse_now_ns`), the frames each hook
+/// the coarse clock and the jiffies it was read in (`coarse_now_in`), the frames each hook
 /// saw (which the daemon reads) and the frame being accounted's parse (`account`).
 #[map]
 static NETMON_CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -405,20 +405,13 @@ const _: () = assert!(core::mem::offset_of!(CpuState, parsed) % 8 == 0);
 /// hosts' "Safe RET"), runs once per tick and CPU, and every other packet of the tick reads
 /// the value this CPU kept. A value kept by a CPU that read the jiffies of a tick before the
 /// timekeeper's update of it is at most that one tick old, as the coarse clock itself is.
+///
+/// `t`: this CPU's state (`NETMON_CPU`'s entry), which the caller has looked up; the packet
+/// programs read the clock once per frame (`account`).
 #[inline(always)]
-fn coarse_now_ns() -> u64 {
-    coarse_now_in(NETMON_CPU.get_ptr_mut(0))
-}
-
-/// `coarse_now_ns` with this CPU's scratch state already looked up.
-#[inline(always)]
-fn coarse_now_in(scratch: Option<*mut CpuState>) -> u64 {
+fn coarse_now_in(t: *mut CpuState) -> u64 {
     // SAFETY: helper without preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
-    let Some(t) = scratch else {
-        // SAFETY: helper without preconditions.
-        return unsafe { bpf_ktime_get_coarse_ns() };
-    };
     // SAFETY: this CPU's slot. A program that interrupts another on this CPU between the two
     // stores below sees the older jiffies, not this tick's, and reads the clock itself.
     unsafe {
@@ -744,9 +737,9 @@ fn account<const TAB: bool>(
     // options, IPv6 extension headers, a protocol without ports) and checks the rest of the
     // program once per family instead of once per path. (On the stack, the constants each
     // path left there, its family, a protocol's zero ports, a note, kept those states apart:
-    // netmon_tc_tab took 217,415 processed instructions, now ~88,000; the daemon's start
-    // pays the verifier a third of the time it did.) A banned packet pays for the transport
-    // header's one bounds check and load as well as the addresses.
+    // netmon_tc_tab took 217,415 processed instructions, ~88,000 without them; the daemon's
+    // start pays the verifier a third of the time it did.) A banned packet pays for the
+    // transport header's one bounds check and load as well as the addresses.
     // SAFETY: `cpu` is this CPU's entry (the caller's lookup); `parsed` is PARSED_WORDS
     // 8-byte aligned words, a Parsed's size (asserted above). Only `account` uses it, and
     // the packet programs on one CPU do not interleave (they run with bottom halves off).
@@ -778,6 +771,11 @@ fn account<const TAB: bool>(
     }
     // Ingress drops what comes from a banned source, egress what goes to a banned
     // destination: a banned host can neither reach this host nor be reached.
+    // The clock is read once per frame, here: a ban's expiry and last hit, a rate limit and
+    // the flow all take this reading. (Read where each used it, its two outcomes, the kept
+    // value or the helper's, were explored again at every read: netmon_tc_tab took ~56,000
+    // processed instructions, ~36,000 since.)
+    let now = coarse_now_in(cpu);
     let flags = dropcfg(dropcfg::FLAGS);
     if flags != 0 {
         let peer = if direction == DIR_INGRESS {
@@ -785,13 +783,13 @@ fn account<const TAB: bool>(
         } else {
             &p.dst
         };
-        if let Some(ban) = banned(flags, p.family, peer) {
+        if let Some(ban) = banned(flags, p.family, peer, now) {
             record_drop(ban, ifindex, direction, len);
             return Verdict::Drop;
         }
         if direction == DIR_INGRESS
             && flags & (dropcfg::HAS_RATE_V4 | dropcfg::HAS_RATE_V6) != 0
-            && over_rate(flags, p.family, &p.src, ifindex, len)
+            && over_rate(flags, p.family, &p.src, ifindex, len, now)
         {
             return Verdict::Drop;
         }
@@ -799,7 +797,6 @@ fn account<const TAB: bool>(
     if p.note != NOTE_NONE {
         bump(p.note);
     }
-    let now = coarse_now_in(Some(cpu));
     let ingress = direction == DIR_INGRESS;
     let (local_port, remote_port) = if ingress {
         (p.dport, p.sport)
@@ -1356,8 +1353,7 @@ fn dropcfg(index: u32) -> u64 {
 /// clock-source access); a ban ends at most one tick late. CLOCK_MONOTONIC stops in
 /// suspend, so there a running daemon's wall-clock expiry is what removes the entry on time.
 #[inline(always)]
-fn live(v: *mut BanValue) -> Option<(*mut BanValue, u64)> {
-    let now = coarse_now_ns();
+fn live(v: *mut BanValue, now: u64) -> Option<(*mut BanValue, u64)> {
     // SAFETY: `v` points at a map value the kernel keeps alive for this program run.
     let expires = unsafe { (*v).expires_ns };
     (expires == 0 || now < expires).then_some((v, now))
@@ -1367,7 +1363,7 @@ fn live(v: *mut BanValue) -> Option<(*mut BanValue, u64)> {
 /// list's `dropcfg::FLAGS`, non-zero. The allow list is consulted only against a ban found:
 /// it only matters there, and most addresses have none, so they skip its trie.
 #[inline(always)]
-fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
+fn banned(flags: u64, family: u8, words: &Addr, now: u64) -> Option<Ban> {
     let generation = dropcfg(dropcfg::GENERATION) as u8;
     if family == 4 {
         let a = words[3].to_ne_bytes();
@@ -1376,7 +1372,7 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
         if !ban4_may_match(generation, a) {
             return None;
         }
-        let ban = ban4(flags, generation, a)?;
+        let ban = ban4(flags, generation, a, now)?;
         if flags & dropcfg::HAS_ALLOW_V4 != 0 && NETMON_ALLOW4.get(Key::new(32, a)).is_some() {
             return None;
         }
@@ -1386,7 +1382,7 @@ fn banned(flags: u64, family: u8, words: &Addr) -> Option<Ban> {
         if !ban6_may_match(generation, addr) {
             return None;
         }
-        let ban = ban6(flags, generation, addr)?;
+        let ban = ban6(flags, generation, addr, now)?;
         if flags & dropcfg::HAS_ALLOW_V6 != 0 && NETMON_ALLOW6.get(Key::new(128, *addr)).is_some() {
             return None;
         }
@@ -1405,7 +1401,7 @@ fn wide_may_be_hashed(generation: u8, overflowed: bool) -> bool {
 
 /// `a`'s live ban entry in `generation`, exact or prefix, allow list aside.
 #[inline(always)]
-fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
+fn ban4(flags: u64, generation: u8, a: [u8; 4], now: u64) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V4 != 0 {
         let first = netmon_common::banx4_bucket(generation, a);
         let narrow = exact4(
@@ -1419,10 +1415,11 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
             false,
             BANX4_WAYS,
             a,
+            now,
         );
         let exact = match narrow {
             Exact::Miss { overflowed } if narrow_may_be_past(generation, overflowed) => {
-                wide4(generation, a)
+                wide4(generation, a, now)
             }
             Exact::Miss { .. } => Exact::Absent,
             hit => hit,
@@ -1435,7 +1432,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
                     addr: a,
                     ..zeroed()
                 };
-                if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(live) {
+                if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(|v| live(v, now)) {
                     return Some(Ban::entry(v, now));
                 }
             }
@@ -1445,7 +1442,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
     if flags & dropcfg::HAS_PREFIX_V4 != 0 {
         let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
         if let Some(v) = NETMON_BANPFX4.get(key) {
-            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut(), now).map(|(v, now)| Ban::entry(v, now));
         }
     }
     None
@@ -1453,7 +1450,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4]) -> Option<Ban> {
 
 /// `addr`'s live ban entry in `generation`, exact or prefix, allow list aside.
 #[inline(always)]
-fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
+fn ban6(flags: u64, generation: u8, addr: &[u8; 16], now: u64) -> Option<Ban> {
     if flags & dropcfg::HAS_EXACT_V6 != 0 {
         let first = netmon_common::banx6_bucket(generation, addr);
         let narrow = exact6(
@@ -1467,10 +1464,11 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
             false,
             BANX6_WAYS,
             addr,
+            now,
         );
         let exact = match narrow {
             Exact::Miss { overflowed } if narrow_may_be_past(generation, overflowed) => {
-                wide6(generation, addr)
+                wide6(generation, addr, now)
             }
             Exact::Miss { .. } => Exact::Absent,
             hit => hit,
@@ -1483,7 +1481,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
                     addr: *addr,
                     ..zeroed()
                 };
-                if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(live) {
+                if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(|v| live(v, now)) {
                     return Some(Ban::entry(v, now));
                 }
             }
@@ -1499,7 +1497,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16]) -> Option<Ban> {
             i += 1;
         }
         if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-            return live(core::ptr::from_ref(v).cast_mut()).map(|(v, now)| Ban::entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut(), now).map(|(v, now)| Ban::entry(v, now));
         }
     }
     None
@@ -1525,7 +1523,7 @@ fn narrow_may_be_past(generation: u8, overflowed: bool) -> bool {
 
 /// `a`'s live slot in its bucket of `NETMON_BANW4`, if it has one.
 #[inline(always)]
-fn wide4(generation: u8, a: [u8; 4]) -> Exact {
+fn wide4(generation: u8, a: [u8; 4], now: u64) -> Exact {
     let at = netmon_common::banw4_bucket(generation, a) / BANW4_WAYS;
     let Some(b) = NETMON_BANW4.get_ptr_mut(at) else {
         return Exact::Miss { overflowed: true };
@@ -1537,12 +1535,13 @@ fn wide4(generation: u8, a: [u8; 4]) -> Exact {
         true,
         BANW4_WAYS,
         a,
+        now,
     )
 }
 
 /// `a`'s live slot in its bucket of `NETMON_BANW6`, if it has one.
 #[inline(always)]
-fn wide6(generation: u8, a: &[u8; 16]) -> Exact {
+fn wide6(generation: u8, a: &[u8; 16], now: u64) -> Exact {
     let at = netmon_common::banw6_bucket(generation, a) / BANW6_WAYS;
     let Some(b) = NETMON_BANW6.get_ptr_mut(at) else {
         return Exact::Miss { overflowed: true };
@@ -1554,6 +1553,7 @@ fn wide6(generation: u8, a: &[u8; 16]) -> Exact {
         true,
         BANW6_WAYS,
         a,
+        now,
     )
 }
 
@@ -1602,11 +1602,11 @@ fn fast_hit(
     shared: bool,
     tag: u64,
     expires: *const u64,
+    now: u64,
 ) -> Exact {
     compiler_fence(Ordering::SeqCst);
     // SAFETY: a live map value.
     let expires = unsafe { core::ptr::read_volatile(expires) };
-    let now = coarse_now_ns();
     if expires != 0 && now >= expires {
         // An expired ban is in the hash map too, equally expired: nothing to look up.
         return Exact::Miss { overflowed: false };
@@ -1631,6 +1631,7 @@ fn exact6(
     shared: bool,
     ways: u32,
     a: &[u8; 16],
+    now: u64,
 ) -> Exact {
     let want = a.as_ptr().cast::<u32>();
     let mut overflowed = true;
@@ -1658,7 +1659,7 @@ fn exact6(
                 }
                 compiler_fence(Ordering::SeqCst);
                 if same && core::ptr::read_volatile(&raw const (*s).tag) == tag {
-                    return fast_hit(|| hits(way), shared, tag, &raw const (*s).expires_ns);
+                    return fast_hit(|| hits(way), shared, tag, &raw const (*s).expires_ns, now);
                 }
             }
         }
@@ -1675,6 +1676,7 @@ fn exact4(
     shared: bool,
     ways: u32,
     a: [u8; 4],
+    now: u64,
 ) -> Exact {
     let want = netmon_common::banx4_tag(a, 0);
     let mut overflowed = true;
@@ -1691,9 +1693,14 @@ fn exact4(
         // The kind and the overflow bit are in the tag: compared without them.
         if tag & !(BANX_KIND | BANX_OVERFLOW) == want {
             // SAFETY: as above.
-            return fast_hit(|| hits(way), shared, tag, unsafe {
-                &raw const (*s).expires_ns
-            });
+            return fast_hit(
+                || hits(way),
+                shared,
+                tag,
+                // SAFETY: as above.
+                unsafe { &raw const (*s).expires_ns },
+                now,
+            );
         }
         way += 1;
     }
@@ -1770,7 +1777,7 @@ fn ban6_may_match(generation: u8, a: &[u8; 16]) -> bool {
 /// Whether a packet from `src` is over its source's rate limit (and so is dropped and
 /// counted). GCRA: see `netmon_common::RateValue`. Allow entries win here too.
 #[inline(always)]
-fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64) -> bool {
+fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64, now: u64) -> bool {
     let v = if family == 4 {
         let a = src[3].to_ne_bytes();
         if flags & dropcfg::HAS_RATE_V4 == 0
@@ -1791,7 +1798,6 @@ fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64) -> bool
     let Some(v) = v else {
         return false;
     };
-    let now = coarse_now_ns();
     // SAFETY: `v` points at a map value the kernel keeps alive for this program run, 8-byte
     // aligned and writable.
     unsafe {

@@ -2294,7 +2294,7 @@ fn coarse_now_ns() -> u64 {
 }
 
 /// A flow's first and last times are the coarse monotonic clock of its packets, tick after
-/// tick: the programs keep the clock per CPU for the tick it was read in (`coarse_now_ns`)
+/// tick: the programs keep the clock per CPU for the tick it was read in (`coarse_now_in`)
 /// and must read it again once the jiffies move on. Packets 15 ms apart (more than a tick
 /// at any HZ): each last time lies between the clock read before the packet, less one tick
 /// (a CPU may read the jiffies of a tick before the timekeeper's update of it), and the clock
