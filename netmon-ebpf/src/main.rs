@@ -1347,16 +1347,16 @@ fn dropcfg(index: u32) -> u64 {
     NETMON_DROPCFG.get(index).copied().unwrap_or(0)
 }
 
-/// An entry that has not expired, with the time it was checked at. TTLs are enforced here,
+/// The entry, unless it has expired at `now` (the frame's clock reading). TTLs are enforced here,
 /// against the kernel clock, so an expired ban stops dropping even while no daemon is
 /// running to remove it. The coarse clock costs a few ns where a precise read costs ~30 (a
 /// clock-source access); a ban ends at most one tick late. CLOCK_MONOTONIC stops in
 /// suspend, so there a running daemon's wall-clock expiry is what removes the entry on time.
 #[inline(always)]
-fn live(v: *mut BanValue, now: u64) -> Option<(*mut BanValue, u64)> {
+fn live(v: *mut BanValue, now: u64) -> Option<*mut BanValue> {
     // SAFETY: `v` points at a map value the kernel keeps alive for this program run.
     let expires = unsafe { (*v).expires_ns };
-    (expires == 0 || now < expires).then_some((v, now))
+    (expires == 0 || now < expires).then_some(v)
 }
 
 /// The ban entry that matches `addr`, unless an allow entry covers it. `flags`: the drop
@@ -1432,7 +1432,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4], now: u64) -> Option<Ban> {
                     addr: a,
                     ..zeroed()
                 };
-                if let Some((v, now)) = NETMON_BAN4.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+                if let Some(v) = NETMON_BAN4.get_ptr_mut(&key).and_then(|v| live(v, now)) {
                     return Some(Ban::entry(v, now));
                 }
             }
@@ -1442,7 +1442,7 @@ fn ban4(flags: u64, generation: u8, a: [u8; 4], now: u64) -> Option<Ban> {
     if flags & dropcfg::HAS_PREFIX_V4 != 0 {
         let key = Key::new(8 + 32, [generation, a[0], a[1], a[2], a[3]]);
         if let Some(v) = NETMON_BANPFX4.get(key) {
-            return live(core::ptr::from_ref(v).cast_mut(), now).map(|(v, now)| Ban::entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut(), now).map(|v| Ban::entry(v, now));
         }
     }
     None
@@ -1481,7 +1481,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16], now: u64) -> Option<Ban> {
                     addr: *addr,
                     ..zeroed()
                 };
-                if let Some((v, now)) = NETMON_BAN6.get_ptr_mut(&key).and_then(|v| live(v, now)) {
+                if let Some(v) = NETMON_BAN6.get_ptr_mut(&key).and_then(|v| live(v, now)) {
                     return Some(Ban::entry(v, now));
                 }
             }
@@ -1497,7 +1497,7 @@ fn ban6(flags: u64, generation: u8, addr: &[u8; 16], now: u64) -> Option<Ban> {
             i += 1;
         }
         if let Some(v) = NETMON_BANPFX6.get(Key::new(8 + 128, data)) {
-            return live(core::ptr::from_ref(v).cast_mut(), now).map(|(v, now)| Ban::entry(v, now));
+            return live(core::ptr::from_ref(v).cast_mut(), now).map(|v| Ban::entry(v, now));
         }
     }
     None
