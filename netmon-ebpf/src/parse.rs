@@ -190,8 +190,8 @@ pub unsafe fn parse_fast(p: &Packet, out: *mut Parsed) -> bool {
         return false;
     };
     let w = out.cast::<u64>();
-    // Word 5: ICMP 0, pad 0, note NOTE_NONE.
-    let word5 = u64::from(NOTE_NONE) << 32;
+    // Word 5 (ICMP, pad, note) as `Parsed::new()` has it: a frame with ports has no note.
+    let word5 = NEW_WORDS[5];
     if ethertype == ETH_P_IP.to_be() {
         // The fixed header and the transport header's ports word, in one bounds check.
         let Some(h) = p.words::<{ (IPV4_MIN_HLEN + 4) / 4 }>(ETH_HLEN) else {
