@@ -66,19 +66,20 @@ pub fn ipv4(h: V4, payload: &[u8]) -> Vec<u8> {
 /// An Ethernet frame carrying an IPv4 datagram from `src` to `dst` with a UDP segment (as
 /// `udp` builds it): the packet the drop-list tests and the benchmarks send most.
 pub fn udp4_frame(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> Vec<u8> {
-    eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(
-            V4 {
-                src,
-                dst,
-                proto: 17,
-                ..V4::default()
-            },
-            segment,
-        ),
+    udp4_frame_with(
+        V4 {
+            src,
+            dst,
+            ..V4::default()
+        },
+        segment,
     )
+}
+
+/// An untagged Ethernet frame of an IPv4 datagram with header fields `h` (its protocol set
+/// to UDP) and a UDP segment.
+pub fn udp4_frame_with(h: V4, segment: &[u8]) -> Vec<u8> {
+    eth(&[], ETH_P_IP, &ipv4(V4 { proto: 17, ..h }, segment))
 }
 
 pub const V6_SRC: [u8; 16] = [0xfd, 0, 0x6e, 0x6d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];

@@ -293,15 +293,6 @@ fn check(p: &mut Progs, name: &str, pkt: &[u8], e: Expect) {
 
 const PRIV: &str = "privileged: loads eBPF programs; run by `cargo xtask test`";
 
-/// An untagged Ethernet frame of IPv4 (`h`, its protocol set to UDP) and a UDP datagram.
-fn eth_udp4(h: V4, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(V4 { proto: 17, ..h }, &udp(sport, dport, payload)),
-    )
-}
-
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn well_formed_packets_land_in_the_right_flow() {
@@ -322,21 +313,19 @@ fn well_formed_packets_land_in_the_right_flow() {
     check(
         &mut p,
         "ipv4 udp, don't fragment",
-        &eth_udp4(
+        &udp4_frame_with(
             V4 {
                 frag: 0x4000,
                 ..v4h()
             },
-            33000,
-            53,
-            b"query",
+            &udp(33000, 53, b"query"),
         ),
         v4(Some((17, 0, 33000, 53)), None),
     );
     check(
         &mut p,
         "ipv4 udp without payload (42 bytes)",
-        &eth_udp4(v4h(), 1, 65535, b""),
+        &udp4_frame_with(v4h(), &udp(1, 65535, b"")),
         v4(Some((17, 0, 1, 65535)), None),
     );
     check(
@@ -380,28 +369,24 @@ fn well_formed_packets_land_in_the_right_flow() {
     check(
         &mut p,
         "ipv4 with 40 bytes of options, udp",
-        &eth_udp4(
+        &udp4_frame_with(
             V4 {
                 options: 40,
                 ..v4h()
             },
-            1000,
-            2000,
-            b"x",
+            &udp(1000, 2000, b"x"),
         ),
         v4(Some((17, 0, 1000, 2000)), None),
     );
     check(
         &mut p,
         "ipv4 first fragment keeps its ports",
-        &eth_udp4(
+        &udp4_frame_with(
             V4 {
                 frag: 0x2000,
                 ..v4h()
             },
-            7,
-            9,
-            &[0; 64],
+            &udp(7, 9, &[0; 64]),
         ),
         v4(Some((17, 0, 7, 9)), None),
     );
