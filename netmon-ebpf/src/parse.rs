@@ -254,7 +254,9 @@ pub unsafe fn parse_fast(p: &Packet, out: *mut Parsed) -> bool {
 fn l4_flags(p: &Packet, proto: u8, l4: usize) -> Option<u8> {
     match proto {
         IPPROTO_UDP => Some(0),
-        IPPROTO_TCP => p.words::<4>(l4).map(|h| byte(h[3], 1)),
+        // The flags (byte 13) read alone, not the four words up to them; the header must
+        // reach byte 16, as `parse_l4` asks.
+        IPPROTO_TCP => p.load::<[u8; 4]>(l4 + 12).map(|w| w[1]),
         _ => None,
     }
 }
