@@ -504,7 +504,9 @@ pub mod config {
 pub mod dropcfg {
     /// The generation (1 or 2) of ban entries in force; 0: drop list empty.
     pub const GENERATION: u32 = 0;
-    /// `HAS_*` bits: which drop-list maps hold entries, so the fast path skips empty ones.
+    /// `HAS_*` bits: which drop-list maps hold entries, so the fast path skips empty ones;
+    /// with them the generation in force and which of its filters and indexes are complete,
+    /// copied from the other slots (`control_word`): the one slot the programs read.
     pub const FLAGS: u32 = 1;
     /// The generation whose IPv4 /16 filter (`NETMON_BAN4_L16`) covers every IPv4 ban
     /// entry: only then do the programs skip the lookups for a /16 with no bit set.
@@ -759,6 +761,51 @@ pub mod dropcfg {
     pub const HAS_PREFIX_V6: u64 = 1 << 5;
     pub const HAS_RATE_V4: u64 = 1 << 6;
     pub const HAS_RATE_V6: u64 = 1 << 7;
+    /// The `HAS_*` bits of `FLAGS`.
+    pub const HAS_MASK: u64 = 0xff;
+
+    /// The slots that name the generation whose filter or index is complete: beside the
+    /// `HAS_*` bits, `FLAGS` carries the generation in force (`generation_of`) and, for it,
+    /// a bit per slot of these that names it (`complete`). The programs read that one word
+    /// (one lookup, and a consistent view of every slot at once); the daemon writes it after
+    /// each change to them (`control_word`).
+    pub const COMPLETE_SLOTS: [u32; 7] = [
+        BAN4_FILTER,
+        BAN4_L24_FILTER,
+        BANX_COMPLETE,
+        BAN6_FILTER,
+        BANW_COMPLETE,
+        BAN4_HOST_FILTER,
+        BAN6_HOST_FILTER,
+    ];
+    const GENERATION_SHIFT: u32 = 8;
+    const COMPLETE_SHIFT: u32 = 16;
+
+    /// `FLAGS` for the `HAS_*` bits `has`, `generation` in force, and the slots of
+    /// `COMPLETE_SLOTS` whose value is `generation` (`complete`: their bits, `complete_bit`).
+    pub const fn control_word(has: u64, generation: u8, complete: u64) -> u64 {
+        has & HAS_MASK | (generation as u64) << GENERATION_SHIFT | complete
+    }
+
+    /// The bit of `FLAGS` that says slot `slot` (of `COMPLETE_SLOTS`) names the generation in
+    /// force.
+    pub const fn complete_bit(slot: u32) -> u64 {
+        1 << (COMPLETE_SHIFT + slot)
+    }
+
+    /// The generation in force, as `FLAGS` (`word`) gives it: 0 when the drop list is
+    /// empty, or `FLAGS` was written by a version that kept it in `GENERATION` alone.
+    #[inline(always)]
+    pub const fn generation_of(word: u64) -> u8 {
+        (word >> GENERATION_SHIFT) as u8
+    }
+
+    /// Whether `FLAGS` (`word`) says the generation in force has slot `slot`'s filter or
+    /// index complete.
+    #[inline(always)]
+    pub const fn complete(word: u64, slot: u32) -> bool {
+        word & complete_bit(slot) != 0
+    }
 }
 
 /// Why an entry is banned; the `reason` label of the drop metrics.
@@ -1207,6 +1254,28 @@ mod pod {
 mod tests {
     extern crate std;
     use super::*;
+
+    #[test]
+    fn the_control_word_keeps_the_flags_generation_and_complete_slots_apart() {
+        use dropcfg::*;
+        let done = complete_bit(BANX_COMPLETE) | complete_bit(BAN6_HOST_FILTER);
+        let word = control_word(HAS_EXACT_V4 | HAS_RATE_V6, 2, done);
+        assert_eq!(word & HAS_MASK, HAS_EXACT_V4 | HAS_RATE_V6);
+        assert_eq!(generation_of(word), 2);
+        for slot in COMPLETE_SLOTS {
+            let want = slot == BANX_COMPLETE || slot == BAN6_HOST_FILTER;
+            assert_eq!(complete(word, slot), want, "slot {slot}");
+            // No complete bit is a HAS_* bit or the generation's.
+            assert_eq!(
+                complete_bit(slot) & (HAS_MASK | 0xff << 8),
+                0,
+                "slot {slot}"
+            );
+        }
+        // Bits beyond HAS_MASK in what a caller passes as flags do not leak.
+        assert_eq!(control_word(u64::MAX, 0, 0), HAS_MASK);
+        assert_eq!(generation_of(control_word(HAS_MASK, 0, 0)), 0);
+    }
     use std::vec;
 
     /// The host filter's slots: an address's 256 neighbours in its /24 take the 256 bits of

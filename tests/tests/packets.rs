@@ -1257,17 +1257,34 @@ fn the_prefix_filters_never_change_a_decision() {
         aya::maps::Array::try_from(pinned_map(name)).unwrap()
     };
     let cfg = pinned_array("NETMON_DROPCFG");
+    // What the programs go by: the control word (FLAGS), which carries the generation in
+    // force and, for it, whether each slot names it.
+    let word_says = |at: u32| {
+        let word = cfg.get(&netmon_common::dropcfg::FLAGS, 0).unwrap();
+        assert_eq!(
+            netmon_common::dropcfg::generation_of(word),
+            2,
+            "the control word's generation"
+        );
+        netmon_common::dropcfg::complete(word, at)
+    };
     for (at, what) in [
         (netmon_common::dropcfg::BAN4_FILTER, "/16"),
         (netmon_common::dropcfg::BAN4_L24_FILTER, "/24"),
         (netmon_common::dropcfg::BAN4_HOST_FILTER, "host"),
         (netmon_common::dropcfg::BAN6_FILTER, "IPv6 /32"),
         (netmon_common::dropcfg::BAN6_HOST_FILTER, "IPv6 host"),
+        (netmon_common::dropcfg::BANX_COMPLETE, "exact array"),
+        (netmon_common::dropcfg::BANW_COMPLETE, "wide exact array"),
     ] {
         assert_eq!(
             cfg.get(&at, 0).unwrap(),
             2,
             "the {what} filter of generation 2 is complete and in force"
+        );
+        assert!(
+            word_says(at),
+            "the control word: the {what} filter complete"
         );
     }
     // A filter's bit, as the map holds it.
@@ -1465,7 +1482,9 @@ fn the_prefix_filters_never_change_a_decision() {
         netmon_common::dropcfg::BAN4_HOST_FILTER,
     ] {
         assert_eq!(cfg.get(&at, 0).unwrap(), 0);
+        assert!(!word_says(at), "the control word: slot {at} off");
     }
+    assert!(word_says(netmon_common::dropcfg::BAN4_FILTER));
     check(&p, "/16 filter only");
     maps.disable_filters().unwrap();
     assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
@@ -1474,6 +1493,15 @@ fn the_prefix_filters_never_change_a_decision() {
         netmon_common::dropcfg::BAN6_HOST_FILTER,
     ] {
         assert_eq!(cfg.get(&at, 0).unwrap(), 0);
+    }
+    for at in [
+        netmon_common::dropcfg::BAN4_FILTER,
+        netmon_common::dropcfg::BAN4_L24_FILTER,
+        netmon_common::dropcfg::BAN4_HOST_FILTER,
+        netmon_common::dropcfg::BAN6_FILTER,
+        netmon_common::dropcfg::BAN6_HOST_FILTER,
+    ] {
+        assert!(!word_says(at), "the control word: slot {at} off");
     }
     check(&p, "filters off");
     // `enable_filters` turns them back on, and so does a full write, with the same decisions.
@@ -1486,6 +1514,7 @@ fn the_prefix_filters_never_change_a_decision() {
             netmon_common::dropcfg::BAN6_HOST_FILTER,
         ] {
             assert_eq!(cfg.get(&at, 0).unwrap(), 2, "{what}: slot {at}");
+            assert!(word_says(at), "{what}: the control word, slot {at}");
         }
         check(&p, what);
     };

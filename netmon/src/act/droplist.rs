@@ -1392,7 +1392,38 @@ impl DropMaps {
         if at >= self.cfg.len() {
             return Ok(());
         }
-        self.cfg.set(at, value, 0).with_context(what)
+        self.cfg.set(at, value, 0).with_context(what)?;
+        self.publish(None)
+    }
+
+    /// Writes `dropcfg::FLAGS`, the one slot the programs read: the `HAS_*` bits `has` (None:
+    /// those it holds), the generation in force and which of its filters and indexes are
+    /// complete, as the other slots say now (`dropcfg::control_word`). One array update,
+    /// which the programs see whole: every change to a slot is followed by this, so they go
+    /// by the slots as they were before it or after it, never a mix.
+    fn publish(&mut self, has: Option<u64>) -> Result<()> {
+        let read = |cfg: &Array<MapData, u64>, at: u32| {
+            cfg.get(&at, 0)
+                .with_context(|| format!("reading NETMON_DROPCFG slot {at}"))
+        };
+        let has = match has {
+            Some(h) => h,
+            None => read(&self.cfg, dropcfg::FLAGS)?,
+        };
+        let generation = read(&self.cfg, dropcfg::GENERATION)?;
+        // 1 or 2; anything else is no drop list in force.
+        let g = u8::try_from(generation).unwrap_or(0);
+        let mut complete = 0;
+        if g != 0 {
+            for at in dropcfg::COMPLETE_SLOTS {
+                if at < self.cfg.len() && read(&self.cfg, at)? == generation {
+                    complete |= dropcfg::complete_bit(at);
+                }
+            }
+        }
+        self.cfg
+            .set(dropcfg::FLAGS, dropcfg::control_word(has, g, complete), 0)
+            .context("updating the drop-list flags")
     }
 
     /// Declares `generation`'s filters complete (every ban entry of it has its bits set), so
@@ -1435,9 +1466,9 @@ impl DropMaps {
     /// them back on.
     pub fn disable_l24_filter(&mut self) -> Result<()> {
         self.disable_host_filter()?;
-        self.cfg
-            .set(dropcfg::BAN4_L24_FILTER, 0, 0)
-            .context("disabling the IPv4 /24 filter")
+        self.set_cfg(dropcfg::BAN4_L24_FILTER, 0, || {
+            "disabling the IPv4 /24 filter".into()
+        })
     }
 
     /// Makes the programs go by the IPv4 /16 and /24 filters and the IPv6 /32 filter alone,
@@ -1622,17 +1653,18 @@ impl DropMaps {
         .with_context(|| format!("removing the allow entry {net} from the kernel map"))
     }
 
+    /// Sets the `HAS_*` bits (`dropcfg::FLAGS`): which maps the programs look in.
     pub fn set_flags(&mut self, flags: u64) -> Result<()> {
-        self.cfg
-            .set(dropcfg::FLAGS, flags, 0)
-            .context("updating the drop-list flags")
+        self.publish(Some(flags))
     }
 
-    /// Puts `generation` in force: one array update, atomic for the programs.
+    /// Puts `generation` in force: for the programs, with its filters' completeness, in one
+    /// array update (`publish`).
     pub fn set_generation(&mut self, generation: u8) -> Result<()> {
         self.cfg
             .set(dropcfg::GENERATION, u64::from(generation), 0)
-            .context("switching the drop-list generation")
+            .context("switching the drop-list generation")?;
+        self.publish(None)
     }
 
     /// Removes every ban entry of `generation` (one pass over the ban maps).
@@ -1769,7 +1801,7 @@ impl DropMaps {
     }
 
     fn current_flags(&self) -> u64 {
-        self.cfg.get(&dropcfg::FLAGS, 0).unwrap_or(0)
+        self.cfg.get(&dropcfg::FLAGS, 0).unwrap_or(0) & dropcfg::HAS_MASK
     }
 
     /// Replaces the whole ban set with `new` (an import): writes it into the generation not
