@@ -835,6 +835,10 @@ fn verdict(median: f64, target: Option<f64>) -> String {
     match target {
         None => "–".into(),
         Some(t) if median <= t => format!("met (≤ {t:.0} ns)"),
+        // Under a nanosecond over, a whole number would read "missed by 0".
+        Some(t) if median - t < 1.0 => {
+            format!("**missed by {:.1} ns** (target ≤ {t:.0} ns)", median - t)
+        }
         Some(t) => format!("**missed by {:.0} ns** (target ≤ {t:.0} ns)", median - t),
     }
 }
