@@ -1254,6 +1254,7 @@ mod pod {
 mod tests {
     extern crate std;
     use super::*;
+    use std::vec;
 
     #[test]
     fn the_control_word_keeps_the_flags_generation_and_complete_slots_apart() {
@@ -1267,7 +1268,7 @@ mod tests {
             assert_eq!(complete(word, slot), want, "slot {slot}");
             // No complete bit is a HAS_* bit or the generation's.
             assert_eq!(
-                complete_bit(slot) & (HAS_MASK | 0xff << 8),
+                complete_bit(slot) & control_word(HAS_MASK, u8::MAX, 0),
                 0,
                 "slot {slot}"
             );
@@ -1276,7 +1277,6 @@ mod tests {
         assert_eq!(control_word(u64::MAX, 0, 0), HAS_MASK);
         assert_eq!(generation_of(control_word(HAS_MASK, 0, 0)), 0);
     }
-    use std::vec;
 
     /// The host filter's slots: an address's 256 neighbours in its /24 take the 256 bits of
     /// one block (four consecutive words), each generation its own half of the map, and

@@ -1486,33 +1486,23 @@ fn the_prefix_filters_never_change_a_decision() {
     }
     assert!(word_says(netmon_common::dropcfg::BAN4_FILTER));
     check(&p, "/16 filter only");
-    maps.disable_filters().unwrap();
-    assert_eq!(cfg.get(&netmon_common::dropcfg::BAN4_FILTER, 0).unwrap(), 0);
-    for at in [
-        netmon_common::dropcfg::BAN6_FILTER,
-        netmon_common::dropcfg::BAN6_HOST_FILTER,
-    ] {
-        assert_eq!(cfg.get(&at, 0).unwrap(), 0);
-    }
-    for at in [
+    // Every filter's slot: the generation whose filter is complete, or 0.
+    let filters = [
         netmon_common::dropcfg::BAN4_FILTER,
         netmon_common::dropcfg::BAN4_L24_FILTER,
         netmon_common::dropcfg::BAN4_HOST_FILTER,
         netmon_common::dropcfg::BAN6_FILTER,
         netmon_common::dropcfg::BAN6_HOST_FILTER,
-    ] {
+    ];
+    maps.disable_filters().unwrap();
+    for at in filters {
+        assert_eq!(cfg.get(&at, 0).unwrap(), 0);
         assert!(!word_says(at), "the control word: slot {at} off");
     }
     check(&p, "filters off");
     // `enable_filters` turns them back on, and so does a full write, with the same decisions.
     let all_on = |what: &str| {
-        for at in [
-            netmon_common::dropcfg::BAN4_FILTER,
-            netmon_common::dropcfg::BAN4_L24_FILTER,
-            netmon_common::dropcfg::BAN4_HOST_FILTER,
-            netmon_common::dropcfg::BAN6_FILTER,
-            netmon_common::dropcfg::BAN6_HOST_FILTER,
-        ] {
+        for at in filters {
             assert_eq!(cfg.get(&at, 0).unwrap(), 2, "{what}: slot {at}");
             assert!(word_says(at), "{what}: the control word, slot {at}");
         }
