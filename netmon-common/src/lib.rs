@@ -188,21 +188,60 @@ pub struct TabEvicted<K> {
 }
 
 /// A multiply-xor hash of a key's 32-bit words (the key types are multiples of 4 bytes with
-/// no padding), the same in the programs and in userspace: its high half picks a key's
-/// bucket in the per-CPU flow table (and an IPv6 ban's in `NETMON_BANX6`), bits 16-31 make
-/// its fingerprint there. One chain, the last word (the remote address's last 32 bits) in
-/// the last multiply: keys that differ there alone (a subnet's hosts, a scan) land as evenly
-/// as Fibonacci hashing puts consecutive numbers. Two interleaved chains (half the dependent
-/// multiplies for an IPv6 key's eleven words: a new IPv6 flow ~10 ns cheaper) spread such
-/// keys only as well as chance: with it the benchmark lost 2% of its 100,000 flows to full
-/// buckets while prefilling, and a new flow there cost 118-120 ns against 68-90 (the
-/// evictions it then makes): not kept.
+/// no padding), the same in the programs and in userspace: its high half picks an IPv6
+/// ban's bucket in `NETMON_BANX6` and its place in the wide array (the per-CPU flow tables
+/// use `flow_hash64`). One chain, the last word in the last multiply.
 #[inline(always)]
 pub fn tab_hash64(words: &[u32]) -> u64 {
     let mut h: u64 = 0;
     let mut i = 0;
     while i < words.len() {
         h = (h ^ u64::from(words[i])).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        i += 1;
+    }
+    h
+}
+
+/// `flow_hash64`'s multipliers: odd, otherwise random, the last one the golden ratio's
+/// (Fibonacci hashing's, 2^32 / phi); a key of `n` words takes the last `n`. 32 bits each,
+/// sign-extended: a BPF multiply takes such a constant as its immediate, where a 64-bit one
+/// costs a load of its own (the code grew, and a pool's hit through TC cost ~8 ns more).
+const FLOW_MULS: [i32; 11] = [
+    0x1C9B_878F,
+    0x2C48_5DC1,
+    0x756A_B4AB,
+    0x01D3_77BB,
+    0x27F5_6209,
+    0x0B57_D3C1,
+    0x38DE_ADD5,
+    0xFE5C_F18Fu32 as i32,
+    0xAF17_9099u32 as i32,
+    0x8418_970Du32 as i32,
+    0x9E37_79B9u32 as i32,
+];
+
+/// The per-CPU flow tables' hash of a key's 32-bit words (at most 11: an IPv6 `FlowKey`),
+/// the same in the programs and in userspace: the sum of each word times a multiplier of
+/// its own (`FLOW_MULS`). Its high half picks the key's bucket, bits 16-31 make its
+/// fingerprint (`tab_place_live`). The products do not wait for one another, so the bucket
+/// is known a few cycles after the key's last word, where a chain of multiplies (`tab_hash64`)
+/// takes one multiply's latency per word: eleven for an IPv6 key. And keys that differ in
+/// the last word alone (the remote address's last 32 bits: a subnet's hosts, a scan) land as
+/// evenly as Fibonacci hashing puts consecutive numbers, the chain's property: that word's
+/// product is added to the same sum for all of them, and no mixing step follows. (Two
+/// interleaved chains, tried before, spread such keys only as well as chance: the
+/// benchmark's prefill of 100,000 flows then lost 2% of them to full buckets.)
+#[inline(always)]
+pub fn flow_hash64(words: &[u32]) -> u64 {
+    let first = FLOW_MULS.len().saturating_sub(words.len());
+    let mut h: u64 = 0;
+    let mut i = 0;
+    while i < words.len() {
+        let m = match FLOW_MULS.get(first + i) {
+            Some(m) => *m,
+            None => FLOW_MULS[FLOW_MULS.len() - 1],
+        };
+        h = h.wrapping_add(u64::from(words[i]).wrapping_mul(i64::from(m) as u64));
         i += 1;
     }
     h
@@ -230,7 +269,7 @@ pub fn tab_place(words: &[u32], cpu: u32, per_cpu: u32) -> (u32, u64) {
 /// to `b + live`, a bucket never used before.
 #[inline(always)]
 pub fn tab_place_live(words: &[u32], cpu: u32, per_cpu: u32, live: u32) -> (u32, u64) {
-    let h = tab_hash64(words);
+    let h = flow_hash64(words);
     let bucket = cpu
         .wrapping_mul(per_cpu)
         .wrapping_add((h >> 32) as u32 & live.wrapping_sub(1));
@@ -1478,45 +1517,99 @@ mod tests {
         }
     }
 
-    /// Keys that differ only in the remote address or port (a scan, a busy server) spread
-    /// evenly over a CPU's buckets, and keys that share a bucket rarely share a fingerprint.
+    /// Keys that differ only in the remote address or port (a scan, a busy server, clients
+    /// behind one address), or in the local port, spread evenly over a CPU's buckets, IPv4
+    /// and IPv6 keys alike, and keys that share a bucket rarely share a fingerprint.
     #[test]
     fn flow_table_places_spread_keys_and_fingerprints() {
         const BUCKETS: u32 = 1024;
-        let mut load = vec![0u32; BUCKETS as usize];
-        let mut prints = std::collections::HashSet::new();
-        let mut shared = 0;
-        let n = 100_000u32;
-        for i in 0..n {
-            let key = FlowKey4 {
+        let v4 = |local_port: u16, remote_port: u16, remote: u32| {
+            FlowKey4 {
                 ifindex: 2,
                 direction: DIR_EGRESS,
                 proto: IPPROTO_TCP,
                 family: 4,
-                local_port: 443,
-                remote_port: (i % 7 * 1000) as u16,
+                local_port,
+                remote_port,
                 local_addr: [192, 0, 2, 1],
-                remote_addr: (0x0a00_0000 + i / 7).to_be_bytes(),
+                remote_addr: remote.to_be_bytes(),
+                ..Default::default()
+            }
+            .words()
+            .to_vec()
+        };
+        let v6 = |remote_port: u16, net: u32, host: u32| {
+            let mut remote = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            remote[4..8].copy_from_slice(&net.to_be_bytes());
+            remote[12..].copy_from_slice(&host.to_be_bytes());
+            let key = FlowKey {
+                ifindex: 2,
+                direction: DIR_INGRESS,
+                proto: IPPROTO_UDP,
+                family: 6,
+                local_port: 53,
+                remote_port,
+                local_addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                remote_addr: remote,
                 ..Default::default()
             };
-            let (bucket, fp) = tab_place(&key.words(), 1, BUCKETS);
-            assert!((BUCKETS..2 * BUCKETS).contains(&bucket), "CPU 1's part");
-            assert!(fp != 0 && fp <= 0xffff);
-            load[(bucket - BUCKETS) as usize] += 1;
-            shared += u32::from(!prints.insert((bucket, fp)));
+            // SAFETY: a FlowKey is eleven 32-bit words without padding (repr(C)).
+            unsafe { core::mem::transmute::<FlowKey, [u32; 11]>(key) }.to_vec()
+        };
+        let n = 100_000u32;
+        let sets: [(&str, std::vec::Vec<std::vec::Vec<u32>>); 5] = [
+            (
+                "IPv4, remote addresses and ports",
+                (0..n)
+                    .map(|i| v4(443, (i % 7 * 1000) as u16, 0x0a00_0000 + i / 7))
+                    .collect(),
+            ),
+            (
+                "IPv4, 100 clients' ports",
+                (0..n)
+                    .map(|i| v4(443, (20_000 + i / 100) as u16, 0xc633_6400 + i % 100))
+                    .collect(),
+            ),
+            (
+                "IPv4, a scan of local ports",
+                (0..n)
+                    .map(|i| v4(i as u16, 5555, 0xcb00_7100 + (i >> 16)))
+                    .collect(),
+            ),
+            (
+                "IPv6, remote /32s and ports",
+                (0..n)
+                    .map(|i| v6((i % 7 * 1000) as u16, i / 7, 1))
+                    .collect(),
+            ),
+            (
+                "IPv6, a subnet's hosts",
+                (0..n).map(|i| v6(40_000, 1, i)).collect(),
+            ),
+        ];
+        for (what, keys) in sets {
+            let mut load = vec![0u32; BUCKETS as usize];
+            let mut prints = std::collections::HashSet::new();
+            let mut shared = 0;
+            for words in &keys {
+                let (bucket, fp) = tab_place(words, 1, BUCKETS);
+                assert!((BUCKETS..2 * BUCKETS).contains(&bucket), "CPU 1's part");
+                assert!(fp != 0 && fp <= 0xffff);
+                load[(bucket - BUCKETS) as usize] += 1;
+                shared += u32::from(!prints.insert((bucket, fp)));
+            }
+            let mean = n / BUCKETS;
+            let (min, max) = (load.iter().min().unwrap(), load.iter().max().unwrap());
+            assert!(
+                *min > mean / 2 && *max < mean * 3 / 2,
+                "{what}: bucket loads {min}..{max}"
+            );
+            // ~98 keys a bucket, 2^15 fingerprints (the low bit is always set): ~150 pairs
+            // for a uniform hash. A shared fingerprint only costs a key compare in that slot.
+            assert!(
+                shared < 400,
+                "{what}: {shared} keys share a bucket and a fingerprint"
+            );
         }
-        let mean = n / BUCKETS;
-        let (min, max) = (load.iter().min().unwrap(), load.iter().max().unwrap());
-        assert!(
-            *min > mean / 2 && *max < mean * 3 / 2,
-            "bucket loads {min}..{max}"
-        );
-        // ~98 keys a bucket, 2^15 fingerprints (the low bit is always set): ~150 pairs for
-        // a uniform hash (230 measured). A shared fingerprint only costs a key compare in
-        // that slot.
-        assert!(
-            shared < 400,
-            "{shared} keys share a bucket and a fingerprint"
-        );
     }
 }
