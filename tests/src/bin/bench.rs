@@ -821,6 +821,7 @@ fn store_rows(
     ]
 }
 
+#[derive(Clone)]
 struct Row {
     case: String,
     family: &'static str,
@@ -829,6 +830,109 @@ struct Row {
     median: f64,
     p95: f64,
     target: Option<f64>,
+}
+
+/// One configuration of section 1: a family, a hook (its programs, and what its programs
+/// return for a frame they pass) and the flows prefilled.
+#[derive(Clone, Copy)]
+struct Config {
+    v6: bool,
+    family: &'static str,
+    ingress: bool,
+    hook: &'static str,
+    prog: &'static str,
+    empty: &'static str,
+    parse_prog: &'static str,
+    pass_ret: u32,
+    prefill: u32,
+}
+
+/// The prefill of the configurations measured in rounds (`measure_in_rounds`): the rows
+/// nearest their targets, and the only ones with the drop-list rows.
+const ROUND_FLOWS: u32 = 1_000;
+
+/// Rounds of the configurations at `ROUND_FLOWS`.
+const ROUNDS: usize = 3;
+
+/// Every configuration's rows and empty-program time (`config_rows`): once for most, and
+/// `ROUNDS` times for those at `ROUND_FLOWS`, the rounds spread over the section (each round
+/// runs them all in turn, and the other configurations run between the rounds), so that a
+/// stretch of the host's noise lands on one round of a row, not on the row.
+fn measure_in_rounds(configs: &[Config]) -> Vec<Vec<(Vec<Row>, Option<f64>)>> {
+    let mut out: Vec<Vec<_>> = configs.iter().map(|_| Vec::new()).collect();
+    let (small, large): (Vec<usize>, Vec<usize>) =
+        (0..configs.len()).partition(|&i| configs[i].prefill == ROUND_FLOWS);
+    let mut between = large.chunks(large.len().div_ceil(ROUNDS - 1).max(1));
+    for round in 1..=ROUNDS {
+        if !small.is_empty() {
+            eprintln!("  round {round}/{ROUNDS} of the configurations at {ROUND_FLOWS} flows");
+        }
+        for &i in &small {
+            out[i].push(config_rows(&configs[i]));
+        }
+        // The last round takes whatever is left (nothing, when there are rounds to share).
+        let rest: Vec<usize> = if round < ROUNDS {
+            between.next().unwrap_or(&[]).to_vec()
+        } else {
+            between.by_ref().flatten().copied().collect()
+        };
+        for i in rest {
+            out[i].push(config_rows(&configs[i]));
+        }
+    }
+    out
+}
+
+/// One configuration's rows from its rounds (`measure_in_rounds`): of each row, the round
+/// whose median is the middle one, with that round's p95 and label; each round's median
+/// goes to `md` (a row of the rounds' table). The empty program's time: the median of the rounds'.
+fn middle_round(runs: Vec<(Vec<Row>, Option<f64>)>, md: &mut String) -> (Vec<Row>, Option<f64>) {
+    if runs.len() == 1 {
+        return runs.into_iter().next().expect("one run");
+    }
+    let n = runs[0].0.len();
+    // The same rows in every round; a label may carry a share estimated from a sample (the
+    // addresses a filter spares), which moves by a point from one round to the next.
+    let shape = |case: &str| -> String { case.chars().filter(|c| !c.is_ascii_digit()).collect() };
+    for (rows, _) in &runs {
+        assert_eq!(
+            rows.len(),
+            n,
+            "the rounds of a configuration measured different rows"
+        );
+        for (a, b) in rows.iter().zip(&runs[0].0) {
+            assert!(
+                shape(&a.case) == shape(&b.case) && a.family == b.family && a.hook == b.hook,
+                "the rounds of a configuration measured different rows: {} {} {:?} against {:?}",
+                a.family,
+                a.hook,
+                a.case,
+                b.case
+            );
+        }
+    }
+    let mut rows = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|&a, &b| runs[a].0[j].median.total_cmp(&runs[b].0[j].median));
+        let row = &runs[order[runs.len() / 2]].0[j];
+        let medians: Vec<String> = runs
+            .iter()
+            .map(|(r, _)| format!("{:.0}", r[j].median))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            row.case,
+            row.family,
+            row.hook,
+            medians.join(" | ")
+        );
+        rows.push(row.clone());
+    }
+    let baselines: Vec<f64> = runs.iter().filter_map(|(_, b)| *b).collect();
+    let baseline = (!baselines.is_empty()).then(|| median(&baselines));
+    (rows, baseline)
 }
 
 fn verdict(median: f64, target: Option<f64>) -> String {
@@ -976,14 +1080,13 @@ const HOT: &str = "one packet repeated (`repeat` = 1,000, its lines cached: the 
 
 fn packets() -> String {
     eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");
-    let mut rows = Vec::new();
-    let mut empty_ns = Vec::new();
     // NETMON_BENCH_PACKETS="IPv4 XDP 1000,IPv6 TC 100000": only these configurations ("real":
     // the rows from real sockets; a developer's quick comparison; BENCHMARKS.md is always
     // written from all of them).
     let only: Option<Vec<String>> = std::env::var("NETMON_BENCH_PACKETS")
         .ok()
         .map(|v| v.split(',').map(|c| c.trim().to_string()).collect());
+    let mut configs = Vec::new();
     for &(v6, family) in &[(false, "IPv4"), (true, "IPv6")] {
         for &(ingress, hook, prog, empty, parse_prog, pass_ret) in &[
             (
@@ -1008,310 +1111,28 @@ fn packets() -> String {
                 if only.as_ref().is_some_and(|o| !o.contains(&config)) {
                     continue;
                 }
-                eprintln!("  {family} {hook}, {prefill} flows");
-                let capacity = DEFAULT_FLOWS.max(prefill);
-                let rig = Rig::new(capacity);
-                rig.prefill(prog, prefill, v6, ingress);
-                let have = rig.flow_count();
-                assert!(
-                    have >= prefill as usize * 99 / 100,
-                    "prefill left {have} of {prefill} flows"
-                );
-                let flows = flows_label(prefill, capacity);
-                // Existing flows, a different random-ish sample each pass.
-                let hit_pool = |pass: usize| hit_packets(prefill, v6, ingress, pass);
-                if prefill == 1_000 {
-                    let (m, p, b) = versus(&rig, parse_prog, empty, hit_pool);
-                    empty_ns.push((family, hook, b));
-                    rows.push(Row {
-                        case: "parse only".into(),
-                        family,
-                        hook,
-                        flows: "–".into(),
-                        median: m,
-                        p95: p,
-                        target: None,
-                    });
-                }
-                let tab_prog = if ingress {
-                    TAB_PROGRAMS[0]
-                } else {
-                    TAB_PROGRAMS[1]
-                };
-                let c = Case {
-                    family,
-                    hook,
+                configs.push(Config {
                     v6,
-                    ingress,
-                    prefill,
-                    empty,
-                };
-                if rig.has_tab() {
-                    let tab = tab_prog;
-                    rig.prefill_tab(tab, prefill, v6, ingress);
-                    let tab_flows = rig.tab_label(v6);
-                    rows.extend(store_rows(
-                        &rig,
-                        &c,
-                        tab,
-                        "per-CPU table, the default",
-                        (prefill >= capacity).then_some("buckets full: eviction"),
-                        &tab_flows,
-                    ));
-                    if prefill == 1_000 {
-                        let (median, p95) = versus_hot(&rig, tab, empty, &hit_pool(0)[0]);
-                        rows.push(Row {
-                            case: format!("existing-flow hit (per-CPU table), {HOT}"),
-                            family,
-                            hook,
-                            flows: tab_flows.clone(),
-                            median,
-                            p95,
-                            target: None,
-                        });
-                    }
-                }
-                rows.extend(store_rows(
-                    &rig,
-                    &c,
-                    prog,
-                    "LRU map, `--flow-table lru`",
-                    (prefill >= capacity).then_some("map full: LRU eviction"),
-                    &flows,
-                ));
-                if prefill != 1_000 {
-                    continue;
-                }
-                // The drop list, against existing flows, through the default flow store's
-                // program: in a rig of its own, its table holding the prefill alone, as the
-                // hit rows found it (the new-flow rows left 31,744 more flows in this one).
-                drop(rig);
-                let mut rig = Rig::new(capacity);
-                let (prog, flows) = if rig.has_tab() {
-                    rig.prefill_tab(tab_prog, prefill, v6, ingress);
-                    (tab_prog, rig.tab_label(v6))
-                } else {
-                    rig.prefill(prog, prefill, v6, ingress);
-                    (prog, flows)
-                };
-                let (mut maps, _) = drop_maps(&mut rig.ebpf);
-                let banned: Vec<Vec<u8>> = hit_pool(0);
-                let mut state = State::default();
-                for k in 0..POOL {
-                    let i = ((k * 7919) % prefill as usize) as u32;
-                    state.bans.push(ban(&remote_net(i, v6)));
-                }
-                maps.sync(&state).unwrap();
-                assert_ne!(
-                    rig.run(prog, &banned[0]).0,
-                    pass_ret,
-                    "a banned packet passed"
-                );
-                let side = if ingress { "source" } else { "destination" };
-                let n = if v6 { 6 } else { 4 };
-                let mut banned_row = |rig: &Rig, case: String| {
-                    let (m, p, _) = versus(rig, prog, empty, |_| banned.clone());
-                    rows.push(Row {
-                        case,
-                        family,
-                        hook,
-                        flows: "–".into(),
-                        median: m,
-                        p95: p,
-                        target: Some(30.0),
-                    });
-                };
-                banned_row(
-                    &rig,
-                    format!(
-                        "banned {side} drop (exact entry in the programs' array, NETMON_BANX{n})"
-                    ),
-                );
-                let hot_ban = versus_hot(&rig, prog, empty, &banned[0]);
-                // The same bans in the kernel hash map only, as for a ban whose array bucket
-                // is full.
-                maps.sync(&State::default()).unwrap();
-                maps.set_fast(false);
-                maps.sync(&state).unwrap();
-                maps.set_fast(true);
-                banned_row(
-                    &rig,
-                    format!(
-                        "banned {side} drop (exact entry in the hash map NETMON_BAN{n} only: its \
-                         array bucket full)"
-                    ),
-                );
-                // A large list: the pool's bans among 98,976 others, spread over it, so they
-                // are where its bans are (most past the narrow arrays' 4,096 slots).
-                maps.sync(&State::default()).unwrap();
-                let large = State {
-                    bans: among(&state.bans, LARGE_LIST, v6),
-                    ..State::default()
-                };
-                maps.sync(&large).unwrap();
-                let mut placed = [0usize; 3];
-                for b in &state.bans {
-                    match maps.exact_array(large.generation, &b.net).unwrap() {
-                        Some(a) if a.starts_with("NETMON_BANX") => placed[0] += 1,
-                        Some(_) => placed[1] += 1,
-                        None => placed[2] += 1,
-                    }
-                }
-                banned_row(
-                    &rig,
-                    format!(
-                        "banned {side} drop, {} exact bans (the pool's 1,024 spread over the \
-                         list: {} in NETMON_BANX{n}, {} in the wide array NETMON_BANW{n}, {} in \
-                         the hash map NETMON_BAN{n} only)",
-                        grouped(u64::from(LARGE_LIST)),
-                        placed[0],
-                        placed[1],
-                        placed[2]
-                    ),
-                );
-                maps.sync(&State::default()).unwrap();
-                rows.push(Row {
-                    case: format!("banned {side} drop (NETMON_BANX{n}), {HOT}"),
                     family,
+                    ingress,
                     hook,
-                    flows: "–".into(),
-                    median: hot_ban.0,
-                    p95: hot_ban.1,
-                    target: None,
-                });
-                // 100,000 prefixes that cover none of the pool, and an allow entry that
-                // misses: the full lookup chain, then the flow hit.
-                let mut state = State {
-                    generation: 2,
-                    ..State::default()
-                };
-                state.bans = generated_prefixes(100_000, v6, 1)
-                    .into_iter()
-                    .map(|n| ban(&n))
-                    .collect();
-                state.allows.push(AllowEntry {
-                    net: if v6 {
-                        "2001:db8:2::/48"
-                    } else {
-                        "192.0.2.128/25"
-                    }
-                    .parse()
-                    .unwrap(),
-                    reason: String::new(),
-                    uid: 0,
-                    added_ms: 0,
-                });
-                maps.sync(&state).unwrap();
-                let pool = hit_pool(1);
-                assert_eq!(
-                    rig.run(prog, &pool[0]).0,
+                    prog,
+                    empty,
+                    parse_prog,
                     pass_ret,
-                    "an unbanned packet dropped"
-                );
-                // IPv4 four times: the /16 filter skips the lookups (no ban in these
-                // addresses' /16); then with a ban elsewhere in their /16, the /24 filter
-                // does; then with a ban in each of their /24s, the host filter does; then the
-                // same packets looked up, as for an address whose bit another entry set.
-                // IPv6 three times: the /32 filter, the host filter (a ban in the pool's /64),
-                // looked up.
-                let label = |what: String| {
-                    format!("allow-list miss, 100,000-prefix ban list, flow hit ({what})")
-                };
-                let cases: Vec<String> = if v6 {
-                    let (s32, host) = host6_share(&state);
-                    let ban6 = std::net::Ipv6Addr::from(BAN6_IN_POOL);
-                    vec![
-                        label(format!(
-                            "no ban in the address's /32, as for {:.2}% of the /32s this list \
-                             is drawn from: the /32 filter skips the lookups",
-                            100.0 - s32
-                        )),
-                        label(format!(
-                            "a /128 ban, {ban6}, in the address's /64, none covering it, as for \
-                             {host:.0}% of the unbanned addresses in the /32s that hold bans: \
-                             the host filter skips the lookups; {} of the pool's {prefill} \
-                             addresses",
-                            pool6_skipping(&state, prefill)
-                        )),
-                        label(
-                            "looked up: the host filter off, as for an address whose bits other \
-                             entries set"
-                                .into(),
-                        ),
-                    ]
-                } else {
-                    let (s16, s24) = covered_share(&state);
-                    vec![
-                        label(format!(
-                            "no ban in the address's /16, as for {:.0}% of the /16s this list \
-                             is drawn from: the /16 filter skips the lookups",
-                            100.0 - s16
-                        )),
-                        label(format!(
-                            "a ban in the /16, none in the address's /24, as for {:.0}% of the \
-                             /24s: the /24 filter skips the lookups",
-                            100.0 - s24
-                        )),
-                        label(format!(
-                            "a /32 ban in the address's /24, none covering the address, as for \
-                             {:.0}% of the unbanned addresses in the /24s that hold bans: the \
-                             host filter skips the lookups",
-                            host_share(&state)
-                        )),
-                        label(
-                            "looked up: the /24 and host filters off, as for an address whose \
-                             host bit another entry set"
-                                .into(),
-                        ),
-                    ]
-                };
-                // The last two (through the host filter, looked up: the same entries, the
-                // filters' completion slots set or cleared) are measured pass by pass in
-                // turn, so that their difference is the lookups', not the host's drift.
-                let paired = cases.len() - 2;
-                let mut measured = Vec::with_capacity(cases.len());
-                for i in 0..=paired {
-                    match i {
-                        1 if v6 => {
-                            let b = ban(&std::net::Ipv6Addr::from(BAN6_IN_POOL).to_string());
-                            maps.write_ban(2, 1, &b).unwrap();
-                        }
-                        1 => maps.write_ban(2, 1, &ban("10.0.128.0/24")).unwrap(),
-                        2 => {
-                            // The pool's flows' /24s (128 flows each, `remote4`).
-                            for t in 0..prefill.div_ceil(128) {
-                                let host = std::net::Ipv4Addr::new(10, 0, t as u8, 200);
-                                maps.write_ban(2, 1, &ban(&host.to_string())).unwrap();
-                            }
-                        }
-                        _ => {}
-                    }
-                    let pool = |pass| hit_pool(pass + 1);
-                    if i < paired {
-                        measured.push(versus(&rig, prog, empty, pool));
-                        continue;
-                    }
-                    measured.extend(versus_states(&rig, prog, empty, pool, 2, |state| {
-                        match state {
-                            0 => maps.enable_filters(),
-                            _ if v6 => maps.disable_host_filter(),
-                            _ => maps.disable_l24_filter(),
-                        }
-                        .unwrap()
-                    }));
-                }
-                for (case, (m, p, _)) in cases.into_iter().zip(measured) {
-                    rows.push(Row {
-                        case,
-                        family,
-                        hook,
-                        flows: flows.clone(),
-                        median: m,
-                        p95: p,
-                        target: Some(50.0),
-                    });
-                }
+                    prefill,
+                });
             }
+        }
+    }
+    let mut rows = Vec::new();
+    let mut empty_ns = Vec::new();
+    let mut rounds_md = String::new();
+    for (c, runs) in configs.iter().zip(measure_in_rounds(&configs)) {
+        let (r, baseline) = middle_round(runs, &mut rounds_md);
+        rows.extend(r);
+        if let Some(b) = baseline {
+            empty_ns.push((c.family, c.hook, b));
         }
     }
     if only.is_none() || only.as_ref().is_some_and(|o| o.iter().any(|c| c == "real")) {
@@ -1334,7 +1155,13 @@ fn packets() -> String {
          `netmon_tc_empty`, built alongside) on the same packets, measured back to back in one \
          pass; a pass runs a pool of 1,024 distinct 106-byte (IPv4) or 126-byte (IPv6) UDP \
          packets of different flows once each (`repeat` = 1, the kernel's own timing); median \
-         and p95 of the per-pass difference over 31 passes. Both flow stores are measured, \
+         and p95 of the per-pass difference over 31 passes. The configurations at 1,000 flows \
+         (each family and hook), whose rows are the nearest their targets, are measured in \
+         three rounds spread over the section (each round runs the four of them in turn, and \
+         the configurations at 100,000 flows and more run between the rounds), 31 passes per \
+         row in each: a row shows the round whose median is the middle of the three, with that \
+         round's p95, so that a stretch of the host's noise lands on one round of a row rather \
+         than on the row, and each round's median is in the table after the rows. Both flow stores are measured, \
          each prefilled through its own programs: the per-CPU tables (`netmon_xdp_tab`, \
          `netmon_tc_tab`; the default), with as many slots per CPU as the LRU map has \
          entries, of which a CPU uses the first ones, as many as its flows made it grow to \
@@ -1378,7 +1205,339 @@ fn packets() -> String {
             verdict(r.median, r.target)
         );
     }
+    if !rounds_md.is_empty() {
+        let _ = write!(
+            md,
+            "\nEach round's median (ns) of the rows at {} flows; the table above shows, of each \
+             row, the middle one, with that round's p95:\n\n| case | family | hook |{}\n|---|---|---|{}\n{rounds_md}",
+            grouped(u64::from(ROUND_FLOWS)),
+            (1..=ROUNDS)
+                .map(|r| format!(" round {r} |"))
+                .collect::<String>(),
+            "---:|".repeat(ROUNDS),
+        );
+    }
     md + "\n"
+}
+
+/// The rows of one configuration of section 1 (its family, hook and prefilled flows), and
+/// the empty program's time per run where it measured it (the configurations at
+/// `ROUND_FLOWS`).
+fn config_rows(c: &Config) -> (Vec<Row>, Option<f64>) {
+    let Config {
+        v6,
+        family,
+        ingress,
+        hook,
+        prog,
+        empty,
+        parse_prog,
+        pass_ret,
+        prefill,
+    } = *c;
+    let mut rows = Vec::new();
+    let mut baseline = None;
+    eprintln!("  {family} {hook}, {prefill} flows");
+    let capacity = DEFAULT_FLOWS.max(prefill);
+    let rig = Rig::new(capacity);
+    rig.prefill(prog, prefill, v6, ingress);
+    let have = rig.flow_count();
+    assert!(
+        have >= prefill as usize * 99 / 100,
+        "prefill left {have} of {prefill} flows"
+    );
+    let flows = flows_label(prefill, capacity);
+    // Existing flows, a different random-ish sample each pass.
+    let hit_pool = |pass: usize| hit_packets(prefill, v6, ingress, pass);
+    if prefill == ROUND_FLOWS {
+        let (m, p, b) = versus(&rig, parse_prog, empty, hit_pool);
+        baseline = Some(b);
+        rows.push(Row {
+            case: "parse only".into(),
+            family,
+            hook,
+            flows: "–".into(),
+            median: m,
+            p95: p,
+            target: None,
+        });
+    }
+    let tab_prog = if ingress {
+        TAB_PROGRAMS[0]
+    } else {
+        TAB_PROGRAMS[1]
+    };
+    let c = Case {
+        family,
+        hook,
+        v6,
+        ingress,
+        prefill,
+        empty,
+    };
+    if rig.has_tab() {
+        let tab = tab_prog;
+        rig.prefill_tab(tab, prefill, v6, ingress);
+        let tab_flows = rig.tab_label(v6);
+        rows.extend(store_rows(
+            &rig,
+            &c,
+            tab,
+            "per-CPU table, the default",
+            (prefill >= capacity).then_some("buckets full: eviction"),
+            &tab_flows,
+        ));
+        if prefill == ROUND_FLOWS {
+            let (median, p95) = versus_hot(&rig, tab, empty, &hit_pool(0)[0]);
+            rows.push(Row {
+                case: format!("existing-flow hit (per-CPU table), {HOT}"),
+                family,
+                hook,
+                flows: tab_flows.clone(),
+                median,
+                p95,
+                target: None,
+            });
+        }
+    }
+    rows.extend(store_rows(
+        &rig,
+        &c,
+        prog,
+        "LRU map, `--flow-table lru`",
+        (prefill >= capacity).then_some("map full: LRU eviction"),
+        &flows,
+    ));
+    if prefill != ROUND_FLOWS {
+        return (rows, baseline);
+    }
+    // The drop list, against existing flows, through the default flow store's
+    // program: in a rig of its own, its table holding the prefill alone, as the
+    // hit rows found it (the new-flow rows left 31,744 more flows in this one).
+    drop(rig);
+    let mut rig = Rig::new(capacity);
+    let (prog, flows) = if rig.has_tab() {
+        rig.prefill_tab(tab_prog, prefill, v6, ingress);
+        (tab_prog, rig.tab_label(v6))
+    } else {
+        rig.prefill(prog, prefill, v6, ingress);
+        (prog, flows)
+    };
+    let (mut maps, _) = drop_maps(&mut rig.ebpf);
+    let banned: Vec<Vec<u8>> = hit_pool(0);
+    let mut state = State::default();
+    for k in 0..POOL {
+        let i = ((k * 7919) % prefill as usize) as u32;
+        state.bans.push(ban(&remote_net(i, v6)));
+    }
+    maps.sync(&state).unwrap();
+    assert_ne!(
+        rig.run(prog, &banned[0]).0,
+        pass_ret,
+        "a banned packet passed"
+    );
+    let side = if ingress { "source" } else { "destination" };
+    let n = if v6 { 6 } else { 4 };
+    let mut banned_row = |rig: &Rig, case: String| {
+        let (m, p, _) = versus(rig, prog, empty, |_| banned.clone());
+        rows.push(Row {
+            case,
+            family,
+            hook,
+            flows: "–".into(),
+            median: m,
+            p95: p,
+            target: Some(30.0),
+        });
+    };
+    banned_row(
+        &rig,
+        format!("banned {side} drop (exact entry in the programs' array, NETMON_BANX{n})"),
+    );
+    let hot_ban = versus_hot(&rig, prog, empty, &banned[0]);
+    // The same bans in the kernel hash map only, as for a ban whose array bucket
+    // is full.
+    maps.sync(&State::default()).unwrap();
+    maps.set_fast(false);
+    maps.sync(&state).unwrap();
+    maps.set_fast(true);
+    banned_row(
+        &rig,
+        format!(
+            "banned {side} drop (exact entry in the hash map NETMON_BAN{n} only: its \
+             array bucket full)"
+        ),
+    );
+    // A large list: the pool's bans among 98,976 others, spread over it, so they
+    // are where its bans are (most past the narrow arrays' 4,096 slots).
+    maps.sync(&State::default()).unwrap();
+    let large = State {
+        bans: among(&state.bans, LARGE_LIST, v6),
+        ..State::default()
+    };
+    maps.sync(&large).unwrap();
+    let mut placed = [0usize; 3];
+    for b in &state.bans {
+        match maps.exact_array(large.generation, &b.net).unwrap() {
+            Some(a) if a.starts_with("NETMON_BANX") => placed[0] += 1,
+            Some(_) => placed[1] += 1,
+            None => placed[2] += 1,
+        }
+    }
+    banned_row(
+        &rig,
+        format!(
+            "banned {side} drop, {} exact bans (the pool's 1,024 spread over the \
+             list: {} in NETMON_BANX{n}, {} in the wide array NETMON_BANW{n}, {} in \
+             the hash map NETMON_BAN{n} only)",
+            grouped(u64::from(LARGE_LIST)),
+            placed[0],
+            placed[1],
+            placed[2]
+        ),
+    );
+    maps.sync(&State::default()).unwrap();
+    rows.push(Row {
+        case: format!("banned {side} drop (NETMON_BANX{n}), {HOT}"),
+        family,
+        hook,
+        flows: "–".into(),
+        median: hot_ban.0,
+        p95: hot_ban.1,
+        target: None,
+    });
+    // 100,000 prefixes that cover none of the pool, and an allow entry that
+    // misses: the full lookup chain, then the flow hit.
+    let mut state = State {
+        generation: 2,
+        ..State::default()
+    };
+    state.bans = generated_prefixes(100_000, v6, 1)
+        .into_iter()
+        .map(|n| ban(&n))
+        .collect();
+    state.allows.push(AllowEntry {
+        net: if v6 {
+            "2001:db8:2::/48"
+        } else {
+            "192.0.2.128/25"
+        }
+        .parse()
+        .unwrap(),
+        reason: String::new(),
+        uid: 0,
+        added_ms: 0,
+    });
+    maps.sync(&state).unwrap();
+    let pool = hit_pool(1);
+    assert_eq!(
+        rig.run(prog, &pool[0]).0,
+        pass_ret,
+        "an unbanned packet dropped"
+    );
+    // IPv4 four times: the /16 filter skips the lookups (no ban in these
+    // addresses' /16); then with a ban elsewhere in their /16, the /24 filter
+    // does; then with a ban in each of their /24s, the host filter does; then the
+    // same packets looked up, as for an address whose bit another entry set.
+    // IPv6 three times: the /32 filter, the host filter (a ban in the pool's /64),
+    // looked up.
+    let label =
+        |what: String| format!("allow-list miss, 100,000-prefix ban list, flow hit ({what})");
+    let cases: Vec<String> = if v6 {
+        let (s32, host) = host6_share(&state);
+        let ban6 = std::net::Ipv6Addr::from(BAN6_IN_POOL);
+        vec![
+            label(format!(
+                "no ban in the address's /32, as for {:.2}% of the /32s this list \
+                 is drawn from: the /32 filter skips the lookups",
+                100.0 - s32
+            )),
+            label(format!(
+                "a /128 ban, {ban6}, in the address's /64, none covering it, as for \
+                 {host:.0}% of the unbanned addresses in the /32s that hold bans: \
+                 the host filter skips the lookups; {} of the pool's {prefill} \
+                 addresses",
+                pool6_skipping(&state, prefill)
+            )),
+            label(
+                "looked up: the host filter off, as for an address whose bits other \
+                 entries set"
+                    .into(),
+            ),
+        ]
+    } else {
+        let (s16, s24) = covered_share(&state);
+        vec![
+            label(format!(
+                "no ban in the address's /16, as for {:.0}% of the /16s this list \
+                 is drawn from: the /16 filter skips the lookups",
+                100.0 - s16
+            )),
+            label(format!(
+                "a ban in the /16, none in the address's /24, as for {:.0}% of the \
+                 /24s: the /24 filter skips the lookups",
+                100.0 - s24
+            )),
+            label(format!(
+                "a /32 ban in the address's /24, none covering the address, as for \
+                 {:.0}% of the unbanned addresses in the /24s that hold bans: the \
+                 host filter skips the lookups",
+                host_share(&state)
+            )),
+            label(
+                "looked up: the /24 and host filters off, as for an address whose \
+                 host bit another entry set"
+                    .into(),
+            ),
+        ]
+    };
+    // The last two (through the host filter, looked up: the same entries, the
+    // filters' completion slots set or cleared) are measured pass by pass in
+    // turn, so that their difference is the lookups', not the host's drift.
+    let paired = cases.len() - 2;
+    let mut measured = Vec::with_capacity(cases.len());
+    for i in 0..=paired {
+        match i {
+            1 if v6 => {
+                let b = ban(&std::net::Ipv6Addr::from(BAN6_IN_POOL).to_string());
+                maps.write_ban(2, 1, &b).unwrap();
+            }
+            1 => maps.write_ban(2, 1, &ban("10.0.128.0/24")).unwrap(),
+            2 => {
+                // The pool's flows' /24s (128 flows each, `remote4`).
+                for t in 0..prefill.div_ceil(128) {
+                    let host = std::net::Ipv4Addr::new(10, 0, t as u8, 200);
+                    maps.write_ban(2, 1, &ban(&host.to_string())).unwrap();
+                }
+            }
+            _ => {}
+        }
+        let pool = |pass| hit_pool(pass + 1);
+        if i < paired {
+            measured.push(versus(&rig, prog, empty, pool));
+            continue;
+        }
+        measured.extend(versus_states(&rig, prog, empty, pool, 2, |state| {
+            match state {
+                0 => maps.enable_filters(),
+                _ if v6 => maps.disable_host_filter(),
+                _ => maps.disable_l24_filter(),
+            }
+            .unwrap()
+        }));
+    }
+    for (case, (m, p, _)) in cases.into_iter().zip(measured) {
+        rows.push(Row {
+            case,
+            family,
+            hook,
+            flows: flows.clone(),
+            median: m,
+            p95: p,
+            target: Some(50.0),
+        });
+    }
+    (rows, baseline)
 }
 
 /// Whether `generated_prefixes` may draw an IPv4 prefix at `a`: unicast, outside 0/8, 10/8
