@@ -862,6 +862,7 @@ fn measure_in_rounds(configs: &[Config]) -> Vec<Vec<(Vec<Row>, Option<f64>)>> {
     let mut out: Vec<Vec<_>> = configs.iter().map(|_| Vec::new()).collect();
     let (small, large): (Vec<usize>, Vec<usize>) =
         (0..configs.len()).partition(|&i| configs[i].prefill == ROUND_FLOWS);
+    // The large configurations in ROUNDS - 1 chunks, one between each two rounds.
     let mut between = large.chunks(large.len().div_ceil(ROUNDS - 1).max(1));
     for round in 1..=ROUNDS {
         if !small.is_empty() {
@@ -870,13 +871,8 @@ fn measure_in_rounds(configs: &[Config]) -> Vec<Vec<(Vec<Row>, Option<f64>)>> {
         for &i in &small {
             out[i].push(config_rows(&configs[i]));
         }
-        // The last round takes whatever is left (nothing, when there are rounds to share).
-        let rest: Vec<usize> = if round < ROUNDS {
-            between.next().unwrap_or(&[]).to_vec()
-        } else {
-            between.by_ref().flatten().copied().collect()
-        };
-        for i in rest {
+        // At most ROUNDS - 1 chunks: each runs after a round but the last.
+        for &i in between.next().unwrap_or(&[]) {
             out[i].push(config_rows(&configs[i]));
         }
     }
