@@ -973,7 +973,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
     );
     set_bpf_stats(true);
     let daemon = by_daemon.then(|| Daemon::start(&pair.a, &[&pair.a_if], &["--interval", "1s"]));
-    let diffs = pair.a.run(move || {
+    let (diffs, hooks) = pair.a.run(move || {
         let mut rig = Rig::new(DEFAULT_FLOWS);
         if !by_daemon {
             netmon::load::try_cgroup_udp(&mut rig.ebpf).expect("attaching the cgroup UDP hooks");
@@ -981,6 +981,8 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
         // Kernels before TCX attach through a clsact qdisc.
         let _ = aya::programs::tc::qdisc_add_clsact(&a_if);
         let mut diffs = [Vec::new(), Vec::new()];
+        // The bench's own cgroup connect hook, per connect (connected sockets only).
+        let mut hooks = [Vec::new(), Vec::new()];
         for pass in 0..PASSES {
             for (f, (from, to)) in [(a_v4, b_v4), (a_v6, b_v6)].into_iter().enumerate() {
                 let from: std::net::IpAddr = from.parse().unwrap();
@@ -1005,10 +1007,18 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                     });
                     let (runs0, time0) = prog_stats(|n| n == prog);
                     if connected {
+                        let before = prog_stats(is_connect_hook);
                         for k in 0..POOL as u16 {
                             let sock = std::net::UdpSocket::bind((from, 0)).expect("bind");
                             sock.connect((to, 10_000 + k)).expect("connect");
                             sock.send(&[0x5a; 64]).expect("send");
+                        }
+                        let after = prog_stats(is_connect_hook);
+                        if !by_daemon && after.0 > before.0 {
+                            hooks[f].push(
+                                (after.1 - before.1).as_nanos() as f64
+                                    / (after.0 - before.0) as f64,
+                            );
                         }
                     } else {
                         let sock = std::net::UdpSocket::bind((from, port)).expect("bind");
@@ -1037,7 +1047,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                 diffs[f].push(t - e);
             }
         }
-        diffs
+        (diffs, hooks)
     });
     drop(daemon);
     set_bpf_stats(stats_were_on);
@@ -1056,7 +1066,7 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
         "new UDP flow from a real socket, {senders} (per-CPU table; over a veth pair, \
          {attached}, the owner read from the socket's storage; kernel.bpf_stats run time)"
     );
-    [("IPv4", &diffs[0]), ("IPv6", &diffs[1])]
+    let mut rows: Vec<Row> = [("IPv4", &diffs[0]), ("IPv6", &diffs[1])]
         .into_iter()
         .map(|(family, d)| Row {
             case: case.clone(),
@@ -1067,7 +1077,35 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
             p95: percentile(d, 95.0),
             target: Some(100.0),
         })
-        .collect()
+        .collect();
+    // Where the socket's owner is recorded, once per socket: what it costs there, beside
+    // what its first frame costs the egress program.
+    for (family, h) in [("IPv4", &hooks[0]), ("IPv6", &hooks[1])] {
+        if !h.is_empty() {
+            rows.push(Row {
+                case: CONNECT_HOOK.into(),
+                family,
+                hook: "cgroup connect",
+                flows: "–".into(),
+                median: median(h),
+                p95: percentile(h, 95.0),
+                target: None,
+            });
+        }
+    }
+    rows
+}
+
+/// The case of the connect hook's rows (`real_socket_rows`).
+const CONNECT_HOOK: &str = "the UDP socket's connect hook, once per socket of the row above \
+                            (`netmon_udp_connect4/6`: the owner written into the socket's \
+                            storage, which it creates; its whole run time per connect, \
+                            kernel.bpf_stats, no empty program subtracted: not a target's \
+                            measure)";
+
+/// Programs named as the cgroup connect hooks are (the kernel keeps 15 bytes of a name).
+fn is_connect_hook(name: &str) -> bool {
+    "netmon_udp_connect4".starts_with(name) && name.len() >= "netmon_udp_conn".len()
 }
 
 /// The case of a row from `versus_hot`.
@@ -1179,7 +1217,11 @@ fn packets() -> String {
          and sockets in that namespace send 1,024 datagrams that each start a flow (one \
          socket to 1,024 ports, or 1,024 connected sockets once each), with kernel.bpf_stats \
          on; the figure is the program's mean run time against the empty program's, \
-         attached and driven the same way, per pass (31 passes).\n\n",
+         attached and driven the same way, per pass (31 passes). After the rows of connected \
+         sockets driven by the bench, its cgroup connect hook's own run time per connect \
+         (the hook that writes the socket's owner into the socket's storage, creating it): what \
+         netmon adds to each UDP socket's connect, beside what the socket's first frame costs \
+         the egress program.\n\n",
     );
     for (family, hook, b) in &empty_ns {
         let _ = writeln!(
