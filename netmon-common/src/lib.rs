@@ -29,6 +29,26 @@ pub const fn has_socket_owner(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP || is_icmp(proto)
 }
 
+/// Whether an IPv4 address, as the 32-bit word a socket hook reads (network order in
+/// memory), is in 127.0.0.0/8.
+pub const fn is_loopback4(word: u32) -> bool {
+    word.to_ne_bytes()[0] == 127
+}
+
+/// Whether an IPv6 address, as the four 32-bit words a socket hook reads (network order in
+/// memory), is ::1 or an IPv4-mapped address in 127.0.0.0/8.
+pub const fn is_loopback6(w: [u32; 4]) -> bool {
+    if w[0] != 0 || w[1] != 0 {
+        return false;
+    }
+    let (third, last) = (w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    match third {
+        [0, 0, 0, 0] => matches!(last, [0, 0, 0, 1]),
+        [0, 0, 0xff, 0xff] => last[0] == 127,
+        _ => false,
+    }
+}
+
 /// TCP flag bits as they appear in byte 13 of the TCP header (`FlowStats::tcp_flags`).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -536,6 +556,11 @@ pub mod config {
     /// egress program then records a UDP flow's port owner from its socket's storage
     /// (`NETMON_UDP_SK`), and no program runs on every datagram sent.
     pub const UDP_SOCK_HOOKS_ACTIVE: u32 = 2;
+    /// Non-zero when the daemon watches a loopback interface. Otherwise the cgroup UDP
+    /// hooks record nothing for a connect or send to a loopback address (127.0.0.0/8, ::1,
+    /// ::ffff:127.0.0.0/104): its frames never reach a watched interface, and the record's
+    /// socket storage costs the connect ~1 µs.
+    pub const LOOPBACK_WATCHED: u32 = 3;
     pub const COUNT: u32 = 8;
 }
 
@@ -1294,6 +1319,50 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec;
+
+    /// The words a socket hook reads for an address: its bytes in memory, as 32-bit loads.
+    fn words6(a: std::net::Ipv6Addr) -> [u32; 4] {
+        let o = a.octets();
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        })
+    }
+
+    #[test]
+    fn loopback_destinations_are_told_from_the_others() {
+        let v4 = |s: &str| {
+            is_loopback4(u32::from_ne_bytes(
+                s.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+            ))
+        };
+        for a in ["127.0.0.1", "127.0.0.53", "127.255.255.254"] {
+            assert!(v4(a), "{a}");
+        }
+        for a in [
+            "126.255.255.255",
+            "128.0.0.1",
+            "10.0.0.127",
+            "0.0.0.0",
+            "192.0.2.1",
+        ] {
+            assert!(!v4(a), "{a}");
+        }
+        let v6 = |s: &str| is_loopback6(words6(s.parse().unwrap()));
+        for a in ["::1", "::ffff:127.0.0.1", "::ffff:127.1.2.3"] {
+            assert!(v6(a), "{a}");
+        }
+        for a in [
+            "::",
+            "::2",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "2001:db8::1",
+            "fe80::1",
+            "1::1",
+        ] {
+            assert!(!v6(a), "{a}");
+        }
+    }
 
     #[test]
     fn the_control_word_keeps_the_flags_generation_and_complete_slots_apart() {

@@ -2353,9 +2353,10 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
 }
 
 /// The egress owner path for UDP with real sockets: a namespace `name` whose loopback's
-/// egress runs the per-CPU tables' TC program, the cgroup UDP hooks attached. The pin
-/// directory goes with the object.
-fn udp_owner_rig(name: &str) -> (netmon_tests::Netns, PinDir, Ebpf) {
+/// egress runs the per-CPU tables' TC program, the cgroup UDP hooks attached, told that a
+/// loopback interface is watched or not (`watch_loopback`; a daemon watching the namespace's
+/// loopback says it is). The pin directory goes with the object.
+fn udp_owner_rig(name: &str, watch_loopback: bool) -> (netmon_tests::Netns, PinDir, Ebpf) {
     use netmon::load::FlowTable;
     let ns = netmon_tests::Netns::new(name);
     let pins = PinDir::new(name);
@@ -2365,7 +2366,8 @@ fn udp_owner_rig(name: &str) -> (netmon_tests::Netns, PinDir, Ebpf) {
         .load(netmon::load::EBPF_OBJECT)
         .expect("load the eBPF object");
     netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
-    netmon::load::try_cgroup_udp(&mut ebpf).expect("attaching the cgroup UDP hooks");
+    netmon::load::try_cgroup_udp(&mut ebpf, watch_loopback)
+        .expect("attaching the cgroup UDP hooks");
     let ebpf = ns.run(move || {
         let _ = aya::programs::tc::qdisc_add_clsact("lo");
         let tc: &mut SchedClassifier = ebpf
@@ -2409,7 +2411,7 @@ fn more_connected_udp_sockets_than_a_table_held_each_get_their_owner() {
          failed: {}",
         std::io::Error::last_os_error()
     );
-    let (ns, _pins, ebpf) = udp_owner_rig("udpmany");
+    let (ns, _pins, ebpf) = udp_owner_rig("udpmany", true);
     let ports = ns.run(|| {
         let socks: Vec<std::net::UdpSocket> = (0..SOCKETS)
             .map(|i| {
@@ -2455,7 +2457,7 @@ fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
     require_root();
     // Threads and children inherit the affinity of the thread that makes them.
     pin_to_cpu(0);
-    let (ns, _pins, ebpf) = udp_owner_rig("udpown");
+    let (ns, _pins, ebpf) = udp_owner_rig("udpown", true);
     const PORT: u16 = 40_111;
     let send_here = |to: u16| {
         ns.run(move || {
@@ -2488,6 +2490,89 @@ fn a_udp_port_taken_over_by_another_process_gets_the_new_owner() {
         me,
         "the port's owner again"
     );
+}
+
+/// While no loopback interface is watched, the cgroup UDP hooks record no owner for a
+/// connect or send to a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104), whose
+/// frames a daemon never sees then, and still do for any other address, a local one over
+/// loopback included; once the daemon says loopback is watched, they record those too. The
+/// egress program on the namespace's loopback is the probe: a socket's first frame makes
+/// its process the owner of its port only where the hooks recorded one on the socket.
+#[test]
+#[ignore = "privileged: attaches eBPF programs; run by `cargo xtask test`"]
+fn udp_sockets_to_loopback_addresses_get_owners_only_while_loopback_is_watched() {
+    use std::net::{SocketAddr, UdpSocket};
+    require_root();
+    let (ns, _pins, mut ebpf) = udp_owner_rig("udplo", false);
+    // A local address that is not a loopback one, on the namespace's own loopback.
+    ns.exec(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    let has_v6 = ns.run(|| UdpSocket::bind("[::1]:0").is_ok());
+    // Each case: the address the socket binds, where it sends, and whether it connects
+    // first; every socket binds a port of its own, so no port is read for a record an
+    // earlier case left. Every socket's first frame leaves through the namespace's loopback.
+    let mut next_port = 41_000u16;
+    let mut send = |bind: &'static str, to: &'static str, connect: bool| -> u16 {
+        next_port += 1;
+        let port = next_port;
+        ns.run(move || {
+            let bind: std::net::IpAddr = bind.parse().unwrap();
+            let s = UdpSocket::bind((bind, port)).expect("bind");
+            let to: SocketAddr = to.parse().unwrap();
+            if connect {
+                s.connect(to).expect("connect");
+                s.send(b"x").expect("send");
+            } else {
+                s.send_to(b"x", to).expect("send_to");
+            }
+        });
+        port
+    };
+    let me = std::process::id();
+    let mut loopback = vec![
+        ("connect to 127.0.0.1", "127.0.0.1", "127.0.0.1:9", true),
+        ("send to 127.0.0.53", "0.0.0.0", "127.0.0.53:9", false),
+    ];
+    if has_v6 {
+        loopback.push(("connect to ::1", "::", "[::1]:9", true));
+        loopback.push(("send to ::1", "::", "[::1]:9", false));
+        loopback.push((
+            "connect to ::ffff:127.0.0.1",
+            "::",
+            "[::ffff:127.0.0.1]:9",
+            true,
+        ));
+    } else {
+        eprintln!("the namespace has no ::1: the IPv6 cases are not run");
+    }
+    let other = [
+        ("connect to 192.0.2.1", "0.0.0.0", "192.0.2.1:9", true),
+        ("send to 192.0.2.1", "0.0.0.0", "192.0.2.1:9", false),
+    ];
+    for &(what, bind, to, connect) in &loopback {
+        let port = send(bind, to, connect);
+        assert_eq!(
+            udp_port_owner(&ebpf, port).pid,
+            0,
+            "{what}, loopback not watched: port {port} got an owner"
+        );
+    }
+    for &(what, bind, to, connect) in &other {
+        let port = send(bind, to, connect);
+        assert_eq!(
+            udp_port_owner(&ebpf, port).pid,
+            me,
+            "{what}, loopback not watched: port {port}'s owner"
+        );
+    }
+    netmon::load::set_config(&mut ebpf, netmon_common::config::LOOPBACK_WATCHED, 1).unwrap();
+    for &(what, bind, to, connect) in &loopback {
+        let port = send(bind, to, connect);
+        assert_eq!(
+            udp_port_owner(&ebpf, port).pid,
+            me,
+            "{what}, loopback watched: port {port}'s owner"
+        );
+    }
 }
 
 /// The instructions of a loaded program as the verifier left them

@@ -39,6 +39,11 @@ pub fn default_interfaces() -> Vec<String> {
         .collect()
 }
 
+/// Whether interface `name` is a loopback (`IFF_LOOPBACK`).
+pub fn is_loopback(name: &str) -> bool {
+    flags(name).is_some_and(|f| f & IFF_LOOPBACK != 0)
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     match read_trimmed(format!("/sys/class/net/{name}/ifindex")).and_then(|s| s.parse().ok()) {
         Some(i) => Ok(i),

@@ -513,7 +513,8 @@ pub fn load_and_attach(
         &mut hooks,
         &mut links,
     )?;
-    attach_attribution(&mut ebpf, &mut hooks, facts, opts.udp_hook)?;
+    let watch_loopback = interfaces.iter().any(|i| iface::is_loopback(&i.name));
+    attach_attribution(&mut ebpf, &mut hooks, facts, opts.udp_hook, watch_loopback)?;
     for h in &hooks {
         if h.active {
             info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
@@ -843,8 +844,10 @@ pub fn try_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, name: &str) -> Result<()>
 /// The cgroup hooks on UDP connect() and addressed sends (`netmon_udp_connect4` ...), on the
 /// root of the cgroup v2 hierarchy (so every process's sockets), beside any other program
 /// attached there; then the switch that has the egress program use what they record. On an
-/// error, those already attached come off again.
-pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
+/// error, those already attached come off again. `watch_loopback`: a loopback interface is
+/// watched, so connects and sends to loopback addresses are recorded too
+/// (`config::LOOPBACK_WATCHED`; set before the hooks run).
+pub fn try_cgroup_udp(ebpf: &mut Ebpf, watch_loopback: bool) -> Result<()> {
     const PROGS: [&str; 4] = [
         "netmon_udp_connect4",
         "netmon_udp_connect6",
@@ -853,6 +856,8 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
     ];
     let root = cgroup2_root()?;
     let attached = (|| -> Result<()> {
+        set_config(ebpf, config::LOOPBACK_WATCHED, u64::from(watch_loopback))
+            .context("telling the UDP hooks whether loopback is watched")?;
         for prog in PROGS {
             let p: &mut CgroupSockAddr = typed(ebpf, prog)?;
             p.load()
@@ -862,11 +867,7 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
             p.attach(&root, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {prog} to the cgroup v2 root"))?;
         }
-        let mut cfg: Array<&mut MapData, u64> = Array::try_from(
-            ebpf.map_mut("NETMON_CONFIG")
-                .context("eBPF object has no NETMON_CONFIG")?,
-        )?;
-        cfg.set(config::UDP_SOCK_HOOKS_ACTIVE, 1, 0)
+        set_config(ebpf, config::UDP_SOCK_HOOKS_ACTIVE, 1)
             .context("enabling the UDP socket-storage path")
     })();
     if attached.is_err() {
@@ -877,6 +878,16 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     attached
+}
+
+/// Writes slot `index` of `NETMON_CONFIG` (`netmon_common::config`).
+pub fn set_config(ebpf: &mut Ebpf, index: u32, value: u64) -> Result<()> {
+    let mut cfg: Array<&mut MapData, u64> = Array::try_from(
+        ebpf.map_mut("NETMON_CONFIG")
+            .context("eBPF object has no NETMON_CONFIG")?,
+    )?;
+    cfg.set(index, value, 0)
+        .with_context(|| format!("writing NETMON_CONFIG[{index}]"))
 }
 
 /// Where the cgroup v2 hierarchy's root is mounted, if it is.
@@ -966,6 +977,7 @@ fn attach_attribution(
     hooks: &mut Vec<Hook>,
     facts: KernelFacts,
     udp_hook: UdpHook,
+    watch_loopback: bool,
 ) -> Result<()> {
     let state_tp = try_tracepoint(ebpf, "netmon_sock_state", "sock", "inet_sock_set_state")
         .map_err(|e| format!("{e:#}"));
@@ -979,11 +991,7 @@ fn attach_attribution(
     // set, the kprobe comes off again and the tracepoint below does the whole job.
     connect.try_hook("kprobe", "tcp_connect", || {
         try_kprobe_then(ebpf, "netmon_tcp_connect", &["tcp_connect"], |ebpf| {
-            let mut cfg: Array<&mut MapData, u64> = Array::try_from(
-                ebpf.map_mut("NETMON_CONFIG")
-                    .context("eBPF object has no NETMON_CONFIG")?,
-            )?;
-            cfg.set(config::KPROBE_CONNECT_ACTIVE, 1, 0)
+            set_config(ebpf, config::KPROBE_CONNECT_ACTIVE, 1)
                 .context("enabling the tcp_connect kprobe path")
         })
     });
@@ -997,7 +1005,7 @@ fn attach_attribution(
         "cgroup_sock_addr",
         "connect4,connect6,sendmsg4,sendmsg6",
         || match udp_hook {
-            UdpHook::Auto => try_cgroup_udp(ebpf),
+            UdpHook::Auto => try_cgroup_udp(ebpf, watch_loopback),
             UdpHook::PerSend => bail!("not chosen (--udp-hook per-send)"),
         },
     );

@@ -976,7 +976,9 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
     let (diffs, hooks) = pair.a.run(move || {
         let mut rig = Rig::new(DEFAULT_FLOWS);
         if !by_daemon {
-            netmon::load::try_cgroup_udp(&mut rig.ebpf).expect("attaching the cgroup UDP hooks");
+            // The sockets send over the veth pair, not loopback.
+            netmon::load::try_cgroup_udp(&mut rig.ebpf, false)
+                .expect("attaching the cgroup UDP hooks");
         }
         // Kernels before TCX attach through a clsact qdisc.
         let _ = aya::programs::tc::qdisc_add_clsact(&a_if);
