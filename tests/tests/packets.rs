@@ -2548,30 +2548,26 @@ fn udp_sockets_to_loopback_addresses_get_owners_only_while_loopback_is_watched()
         ("connect to 192.0.2.1", "0.0.0.0", "192.0.2.1:9", true),
         ("send to 192.0.2.1", "0.0.0.0", "192.0.2.1:9", false),
     ];
-    for &(what, bind, to, connect) in &loopback {
-        let port = send(bind, to, connect);
-        assert_eq!(
-            udp_port_owner(&ebpf, port).pid,
-            0,
-            "{what}, loopback not watched: port {port} got an owner"
-        );
-    }
-    for &(what, bind, to, connect) in &other {
-        let port = send(bind, to, connect);
-        assert_eq!(
-            udp_port_owner(&ebpf, port).pid,
-            me,
-            "{what}, loopback not watched: port {port}'s owner"
-        );
-    }
-    netmon::load::set_config(&mut ebpf, netmon_common::config::LOOPBACK_WATCHED, 1).unwrap();
-    for &(what, bind, to, connect) in &loopback {
-        let port = send(bind, to, connect);
-        assert_eq!(
-            udp_port_owner(&ebpf, port).pid,
-            me,
-            "{what}, loopback watched: port {port}'s owner"
-        );
+    // Who owns each case's port after its first frame, in turn: the loopback cases while
+    // loopback is not watched, the others then, the loopback cases once it is.
+    let phases = [
+        ("loopback not watched", &loopback[..], 0),
+        ("loopback not watched", &other[..], me),
+        ("loopback watched", &loopback[..], me),
+    ];
+    for (i, (when, cases, owner)) in phases.into_iter().enumerate() {
+        if i == 2 {
+            netmon::load::set_config(&mut ebpf, netmon_common::config::LOOPBACK_WATCHED, 1)
+                .unwrap();
+        }
+        for &(what, bind, to, connect) in cases {
+            let port = send(bind, to, connect);
+            assert_eq!(
+                udp_port_owner(&ebpf, port).pid,
+                owner,
+                "{what}, {when}: port {port}'s owner (0: none)"
+            );
+        }
     }
 }
 
