@@ -717,6 +717,48 @@ fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
     }
 }
 
+/// A daemon watching a namespace's loopback (`--iface lo`) attributes UDP senders to
+/// loopback addresses: the cgroup hooks skip such destinations only while no loopback
+/// interface is watched, and the daemon tells them this one is. A connected sender and one
+/// whose datagrams carry the address, each to its own port on 127.0.0.1.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn udp_senders_over_a_watched_loopback_are_attributed() {
+    let p = Pair::new("ulo");
+    let d = Daemon::start(&p.a, &["lo"], &[]);
+    for (port, connect, comm) in [(7031, true, "nmt-loc"), (7032, false, "nmt-lot")] {
+        let to = format!("127.0.0.1:{port}");
+        let rx = Peer::spawn(
+            &p.a,
+            &[
+                "udp-recv",
+                "--listen",
+                &to,
+                "--count",
+                "20",
+                "--timeout-ms",
+                "5000",
+            ],
+        );
+        let mut args = vec![
+            "udp-send", "--to", &to, "--count", "20", "--size", "100", "--comm", comm,
+        ];
+        if connect {
+            args.push("--connect");
+        }
+        let tx = Peer::spawn(&p.a, &args);
+        let (pid, local) = (tx.pid, tx.local.clone());
+        tx.finish();
+        assert!(rx.finish().contains("received=20"));
+        let stats = d.fresh_stats(&p.a);
+        let local_port = local.rsplit(':').next().unwrap();
+        let c = find_conn(&stats, &format!("127.0.0.1:{local_port}"), &to);
+        assert_eq!(u(&c["packets_sent"]), 20, "{c}");
+        assert_eq!(c["pid"], pid, "{c}");
+        assert_eq!(c["process"], comm, "{c}");
+    }
+}
+
 /// Pings belong to the process that pings: five echo requests from a raw ICMP socket (IPv4)
 /// and five from a ping socket (ICMPv6, SOCK_DGRAM), each answered by the peer's kernel.
 /// The requests' flow and the replies' flow both carry the pinger's PID and command name,
