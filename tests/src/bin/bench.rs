@@ -1009,18 +1009,21 @@ fn real_socket_rows(connected: bool, by_daemon: bool) -> Vec<Row> {
                     });
                     let (runs0, time0) = prog_stats(|n| n == prog);
                     if connected {
-                        let before = prog_stats(is_connect_hook);
+                        // The bench's hooks only: the daemon's carry the same names.
+                        let before = (!by_daemon).then(|| prog_stats(is_connect_hook));
                         for k in 0..POOL as u16 {
                             let sock = std::net::UdpSocket::bind((from, 0)).expect("bind");
                             sock.connect((to, 10_000 + k)).expect("connect");
                             sock.send(&[0x5a; 64]).expect("send");
                         }
-                        let after = prog_stats(is_connect_hook);
-                        if !by_daemon && after.0 > before.0 {
-                            hooks[f].push(
-                                (after.1 - before.1).as_nanos() as f64
-                                    / (after.0 - before.0) as f64,
-                            );
+                        if let Some(before) = before {
+                            let after = prog_stats(is_connect_hook);
+                            if after.0 > before.0 {
+                                hooks[f].push(
+                                    (after.1 - before.1).as_nanos() as f64
+                                        / (after.0 - before.0) as f64,
+                                );
+                            }
                         }
                     } else {
                         let sock = std::net::UdpSocket::bind((from, port)).expect("bind");
