@@ -389,10 +389,18 @@ pub struct IfaceStats {
 /// side's `Parsed`), which `CpuState` holds.
 pub const PARSED_WORDS: usize = 6;
 
-/// `CpuState::packets` index of the frames the XDP (ingress) program saw.
+/// `CpuState::packets` index of the frames the ingress program saw (XDP, or the TC ingress
+/// hook where netmon attaches there).
 pub const HOOK_XDP: usize = 0;
 /// `CpuState::packets` index of the frames the TC (egress) program saw.
 pub const HOOK_TC: usize = 1;
+
+/// The `NETMON_TC_TAIL` slot of the program that continues a TC program after a pull: the
+/// egress programs' in 0 (LRU flow maps) and 1 (per-CPU tables, `tab`), the ingress
+/// programs' at TC ingress in 2 and 3.
+pub const fn tc_tail_slot(tab: bool, ingress: bool) -> u32 {
+    tab as u32 + 2 * ingress as u32
+}
 
 /// One CPU's state for the packet programs: the one entry of the per-CPU array
 /// `NETMON_CPU`, looked up once per frame, so that what every frame touches of it is one map
@@ -506,7 +514,8 @@ pub mod counter {
     pub const PROBE_READ_FAILED: u32 = 11;
     /// A TCP connection became established with no known owner (e.g. opened before netmon).
     pub const SOCK_OWNER_UNKNOWN: u32 = 12;
-    /// Packets seen by the XDP program / TC program (for self-checks and cost accounting).
+    /// Packets seen by the ingress program (XDP, or at TC ingress) / the TC egress program
+    /// (for self-checks and cost accounting).
     pub const XDP_PACKETS: u32 = 13;
     pub const TC_PACKETS: u32 = 14;
     /// A flow key did not fit in the dirty ring: the daemon's next drain reads the whole map.

@@ -84,9 +84,11 @@ static NETMON_FLOWS4: LruHashMap<FlowKey4, FlowStats> = LruHashMap::with_max_ent
 
 /// Slot 0: `netmon_tc_pulled`, which `netmon_tc_egress` tail-calls after pulling headers
 /// that were not in the skb's linear data; slot 1: `netmon_tc_tab_pulled`, the same for
-/// `netmon_tc_tab`. Filled by the loader (the slot of the program it attaches).
+/// `netmon_tc_tab`; slots 2 and 3 the same for the ingress programs at TC ingress
+/// (`netmon_common::tc_tail_slot`). Filled by the loader (the slots of the programs it
+/// attaches).
 #[map]
-static NETMON_TC_TAIL: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static NETMON_TC_TAIL: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 /// Keys of the flows touched in the current drain epoch, each pushed once per epoch (on its
 /// first packet after the daemon advanced `config::EPOCH`), so that a drain reads only what
@@ -509,7 +511,7 @@ const TC_PULL_LEN: u32 = 192;
 #[classifier]
 #[inline(always)]
 pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
-    tc_main::<false>(&ctx)
+    tc_main::<false, false>(&ctx)
 }
 
 /// `netmon_tc_egress` with the per-CPU flow table as its flow store; its continuation after a
@@ -517,31 +519,53 @@ pub fn netmon_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 #[inline(always)]
 pub fn netmon_tc_tab(ctx: TcContext) -> i32 {
-    tc_main::<true>(&ctx)
+    tc_main::<true, false>(&ctx)
 }
 
-/// Egress: `TAB` picks the flow store (see `account`).
+/// The ingress program at the TC ingress hook, for an interface where XDP would run in
+/// generic mode (a veth; a driver without native XDP): generic XDP copies every frame whose
+/// skb lacks XDP's 256 bytes of headroom, or is cloned or paged, into a new head before the
+/// program runs (4x the program's own cost for a 64-byte datagram into a veth end), and its
+/// switch, once on, runs on every frame every device receives. At TC ingress the program
+/// reads the skb as it is. Counted and dropped as `netmon_xdp` does; its frames are the
+/// ingress hook's (`HOOK_XDP`).
+#[classifier]
 #[inline(always)]
-fn tc_main<const TAB: bool>(ctx: &TcContext) -> i32 {
+pub fn netmon_tc_ingress(ctx: TcContext) -> i32 {
+    tc_main::<false, true>(&ctx)
+}
+
+/// `netmon_tc_ingress` with the per-CPU flow table as its flow store; its continuation
+/// after a pull is `netmon_tci_tab_pulled`.
+#[classifier]
+#[inline(always)]
+pub fn netmon_tci_tab(ctx: TcContext) -> i32 {
+    tc_main::<true, true>(&ctx)
+}
+
+/// Egress, or with `INGRESS` the ingress program at TC ingress: `TAB` picks the flow store
+/// (see `account`).
+#[inline(always)]
+fn tc_main<const TAB: bool, const INGRESS: bool>(ctx: &TcContext) -> i32 {
     // A per-CPU array's entry 0 always exists.
     let Some(cpu) = NETMON_CPU.get_ptr_mut(0) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    count_frame(cpu, HOOK_TC);
-    match tc_account::<TAB>(cpu, ctx, ifindex, len, true) {
+    count_frame(cpu, if INGRESS { HOOK_XDP } else { HOOK_TC });
+    match tc_account::<TAB, INGRESS>(cpu, ctx, ifindex, len, true) {
         Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Pull => pull_and_continue::<TAB>(ctx, len),
+        Verdict::Pull => pull_and_continue::<TAB, INGRESS>(ctx, len),
         // TC_ACT_UNSPEC (TCX_NEXT): let the next program, or the default action, decide.
         Verdict::Pass => TC_ACT_UNSPEC,
     }
 }
 
 /// `account` for an egress frame, then, for a UDP frame that starts its flow (or its drain
-/// epoch), the sender from its socket's cookie.
+/// epoch), the sender from its socket's storage; with `INGRESS`, for a frame received.
 #[inline(always)]
-fn tc_account<const TAB: bool>(
+fn tc_account<const TAB: bool, const INGRESS: bool>(
     cpu: *mut CpuState,
     ctx: &TcContext,
     ifindex: u32,
@@ -553,6 +577,18 @@ fn tc_account<const TAB: bool>(
         end: ctx.data_end(),
     };
     let mut udp_port = 0;
+    if INGRESS {
+        return account::<TAB>(
+            cpu,
+            ifindex,
+            DIR_INGRESS,
+            u64::from(len),
+            &packet,
+            may_pull,
+            &mut udp_port,
+            None,
+        );
+    }
     let verdict = account::<TAB>(
         cpu,
         ifindex,
@@ -653,25 +689,39 @@ pub fn netmon_icmp_sock(ctx: SockContext) -> i32 {
 #[classifier]
 #[inline(always)]
 pub fn netmon_tc_pulled(ctx: TcContext) -> i32 {
-    tc_pulled::<false>(&ctx)
+    tc_pulled::<false, false>(&ctx)
 }
 
 /// `netmon_tc_pulled` for `netmon_tc_tab`.
 #[classifier]
 #[inline(always)]
 pub fn netmon_tc_tab_pulled(ctx: TcContext) -> i32 {
-    tc_pulled::<true>(&ctx)
+    tc_pulled::<true, false>(&ctx)
+}
+
+/// `netmon_tc_pulled` for `netmon_tc_ingress`.
+#[classifier]
+#[inline(always)]
+pub fn netmon_tci_pulled(ctx: TcContext) -> i32 {
+    tc_pulled::<false, true>(&ctx)
+}
+
+/// `netmon_tc_pulled` for `netmon_tci_tab`.
+#[classifier]
+#[inline(always)]
+pub fn netmon_tci_tab_pulled(ctx: TcContext) -> i32 {
+    tc_pulled::<true, true>(&ctx)
 }
 
 #[inline(always)]
-fn tc_pulled<const TAB: bool>(ctx: &TcContext) -> i32 {
+fn tc_pulled<const TAB: bool, const INGRESS: bool>(ctx: &TcContext) -> i32 {
     // SAFETY: ctx.skb.skb is the kernel-provided __sk_buff.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     // A per-CPU array's entry 0 always exists.
     let Some(cpu) = NETMON_CPU.get_ptr_mut(0) else {
         return TC_ACT_UNSPEC;
     };
-    if tc_account::<TAB>(cpu, ctx, ifindex, len, false) == Verdict::Drop {
+    if tc_account::<TAB, INGRESS>(cpu, ctx, ifindex, len, false) == Verdict::Drop {
         TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
@@ -684,12 +734,13 @@ fn tc_pulled<const TAB: bool>(ctx: &TcContext) -> i32 {
 /// linear, so pulling every packet would copy every segment's head (hundreds of ns each).
 /// A failed pull only means the next program parses less; the packet goes out either way.
 #[inline(always)]
-fn pull_and_continue<const TAB: bool>(ctx: &TcContext, len: u32) -> i32 {
+fn pull_and_continue<const TAB: bool, const INGRESS: bool>(ctx: &TcContext, len: u32) -> i32 {
     let want = if len < TC_PULL_LEN { len } else { TC_PULL_LEN };
     let _ = ctx.pull_data(want);
-    // SAFETY: slot 0 holds netmon_tc_pulled and slot 1 netmon_tc_tab_pulled, classifiers
-    // like this one; the call does not return when it succeeds.
-    unsafe { NETMON_TC_TAIL.tail_call(ctx, u32::from(TAB)) };
+    // SAFETY: slots 0 and 1 hold netmon_tc_pulled and netmon_tc_tab_pulled, 2 and 3
+    // netmon_tci_pulled and netmon_tci_tab_pulled (`tc_tail_slot`), classifiers like this
+    // one; the call does not return when it succeeds.
+    unsafe { NETMON_TC_TAIL.tail_call(ctx, netmon_common::tc_tail_slot(TAB, INGRESS)) };
     bump(counter::PULL_TAIL_CALL_FAILED);
     TC_ACT_UNSPEC
 }

@@ -290,9 +290,10 @@ struct RunArgs {
     /// event log keep full addresses.
     #[arg(long)]
     anonymize: Option<String>,
-    /// How to attach the ingress (XDP) program: auto (generic mode on a veth, whose peer
-    /// native XDP would leave without TSO; native mode elsewhere where the driver has it,
-    /// else generic), driver (native only), skb (generic only).
+    /// How to attach the ingress program: auto (native XDP where the driver has it, except
+    /// on a veth, whose peer native XDP would leave without TSO; elsewhere the TC ingress
+    /// hook, where generic XDP would copy frames), driver (native XDP only), skb (generic
+    /// XDP), tc (the TC ingress hook, TCX or clsact as --tc-attach says).
     #[arg(long)]
     xdp_attach: Option<String>,
     /// How to attach the egress program: auto (TCX on 6.6+, else clsact), tcx, clsact.

@@ -318,8 +318,8 @@ impl Pair {
 
     /// `a`'s veth counters from the kernel, in frame bytes (Ethernet header included), the
     /// unit netmon and physical NICs count in. veth's tx_bytes are frame bytes already, and
-    /// so are its rx_bytes without XDP or with XDP in generic mode (netmon's default on a
-    /// veth); with native XDP (`--xdp-attach driver`) veth_xdp_rcv() counts them after
+    /// so are its rx_bytes without XDP (netmon's default on a veth: the TC ingress hook) or
+    /// with XDP in generic mode; with native XDP (`--xdp-attach driver`) veth_xdp_rcv() counts them after
     /// __dev_forward_skb()'s eth_type_trans() pulled the 14-byte Ethernet header, so each
     /// received packet is short by exactly that header, which is added back.
     pub fn a_counters(&self) -> IfCounters {
@@ -495,9 +495,15 @@ impl Daemon {
         if !extra.contains(&"--interval") {
             cmd.args(["--interval", "200ms"]);
         }
-        // The suite runs once per egress attach mode (`cargo xtask test` sets this).
+        // The suite runs once per egress attach mode, the second time with generic XDP as
+        // the ingress hook (`cargo xtask test` sets these), unless a test asks for its own.
         if let Ok(mode) = std::env::var("NETMON_TEST_TC_ATTACH") {
             cmd.args(["--tc-attach", &mode]);
+        }
+        if let Ok(mode) = std::env::var("NETMON_TEST_XDP_ATTACH")
+            && !extra.contains(&"--xdp-attach")
+        {
+            cmd.args(["--xdp-attach", &mode]);
         }
         if listen_at.is_none() {
             cmd.args(["--listen", &api]);
@@ -848,11 +854,9 @@ struct QueryAttr {
 }
 
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 
-/// Programs attached to `ifname`'s egress: TCX links (Linux 6.6+, via BPF_PROG_QUERY, which
-/// Debian's bpftool 7.1 cannot show) plus cls_bpf filters on a clsact qdisc, and XDP.
-/// Returns (xdp, egress).
 /// The ids of the cgroup BPF links process `pid` holds open (its fdinfo names each link's
 /// type and id).
 pub fn cgroup_links_of(pid: u32) -> Vec<u32> {
@@ -882,43 +886,53 @@ pub fn link_exists(id: u32) -> bool {
     out.status.success()
 }
 
+/// The programs attached to `ifname` in `ns`, as the kernel lists them: (ingress: XDP, TC
+/// ingress filters and TCX ingress programs; egress: TC egress filters and TCX egress
+/// programs). TCX links are counted through BPF_PROG_QUERY (Linux 6.6+), which Debian's
+/// bpftool 7.1 cannot show; cls_bpf filters on a clsact qdisc through `tc`.
 pub fn attached_programs(ns: &Netns, ifname: &str) -> (usize, usize) {
     let net: Value =
         serde_json::from_str(&ns.exec(&["bpftool", "-j", "net", "show", "dev", ifname])).unwrap();
     let xdp = net[0]["xdp"].as_array().map(|a| a.len()).unwrap_or(0);
-    let tc_filters = ns
-        .exec(&["tc", "filter", "show", "dev", ifname, "egress"])
-        .lines()
-        // `tc` prints a "pref N bpf chain 0" header and then one line per filter.
-        .filter(|l| l.contains("bpf") && l.contains("handle"))
-        .count();
+    let tc_filters = |side: &str| {
+        ns.exec(&["tc", "filter", "show", "dev", ifname, side])
+            .lines()
+            // `tc` prints a "pref N bpf chain 0" header and then one line per filter.
+            .filter(|l| l.contains("bpf") && l.contains("handle"))
+            .count()
+    };
     let ifindex: u32 = ns
         .exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])
         .trim()
         .parse()
         .unwrap();
-    let tcx = ns.run(move || {
-        let mut ids = [0u32; 64];
-        let mut attr = QueryAttr {
-            target_ifindex: ifindex,
-            attach_type: BPF_TCX_EGRESS,
-            prog_ids: ids.as_mut_ptr() as u64,
-            count: ids.len() as u32,
-            ..Default::default()
-        };
-        // SAFETY: valid attr and buffer of `count` ids.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_QUERY,
-                &mut attr as *mut QueryAttr,
-                std::mem::size_of::<QueryAttr>() as u32,
-            )
-        };
-        // EINVAL: a kernel without TCX.
-        if r < 0 { 0 } else { attr.count as usize }
-    });
-    (xdp, tcx + tc_filters)
+    let tcx = |attach_type: u32| {
+        ns.run(move || {
+            let mut ids = [0u32; 64];
+            let mut attr = QueryAttr {
+                target_ifindex: ifindex,
+                attach_type,
+                prog_ids: ids.as_mut_ptr() as u64,
+                count: ids.len() as u32,
+                ..Default::default()
+            };
+            // SAFETY: valid attr and buffer of `count` ids.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_QUERY,
+                    &mut attr as *mut QueryAttr,
+                    std::mem::size_of::<QueryAttr>() as u32,
+                )
+            };
+            // EINVAL: a kernel without TCX.
+            if r < 0 { 0 } else { attr.count as usize }
+        })
+    };
+    (
+        xdp + tc_filters("ingress") + tcx(BPF_TCX_INGRESS),
+        tc_filters("egress") + tcx(BPF_TCX_EGRESS),
+    )
 }
 
 /// The running kernel's (major, minor), from uname(2): ground truth for which attach

@@ -364,7 +364,10 @@ fn bans_survive_sigkill_and_the_next_daemon_takes_over() {
         .iter()
         .filter(|h| h["note"].as_str().unwrap_or("").contains("took over"))
         .count();
-    assert_eq!(took_over, 2, "XDP and TC links taken over: {status}");
+    assert_eq!(
+        took_over, 2,
+        "ingress and egress links taken over: {status}"
+    );
     assert_eq!(b_to_a(&p, 10), 0, "after");
     assert_eq!(b_to_a6(&p, 10), 0);
     assert_eq!(

@@ -990,16 +990,23 @@ fn status_and_flows_commands_say_what_is_active() {
     assert!(drains >= 4 && full == 0, "full drains {full} of {drains}");
     let hooks = status["hooks"].as_array().unwrap();
     let active = |purpose: &str, kind: &str| hook_active(&status, purpose, kind);
-    // A veth end: generic XDP (native XDP there would turn TSO off on the peer).
-    assert!(active("ingress", "xdp-skb"), "{status}");
     // TCX arrived in Linux 6.6; before it (Debian 12's 6.1 in `cargo xtask vm`) egress must
     // go through clsact, as it must when the suite forces it.
     let forced_clsact = std::env::var("NETMON_TEST_TC_ATTACH").is_ok_and(|m| m == "clsact");
-    if kernel_version() >= (6, 6) && !forced_clsact {
-        assert!(active("egress", "tcx"), "{status}");
+    let tc_kind = if kernel_version() >= (6, 6) && !forced_clsact {
+        "tcx"
     } else {
-        assert!(active("egress", "tc-clsact"), "{status}");
-    }
+        "tc-clsact"
+    };
+    // A veth end: the TC ingress hook (native XDP there would turn TSO off on the peer,
+    // generic XDP copies frames), unless the suite forces generic XDP.
+    let ingress = if std::env::var("NETMON_TEST_XDP_ATTACH").is_ok_and(|m| m == "skb") {
+        "xdp-skb"
+    } else {
+        tc_kind
+    };
+    assert!(active("ingress", ingress), "{status}");
+    assert!(active("egress", tc_kind), "{status}");
     assert!(active("tcp_listen_accept", "tracepoint"), "{status}");
     let kernel_has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if kernel_has_kprobes {
@@ -1117,16 +1124,18 @@ fn status_and_flows_commands_say_what_is_active() {
     assert!(body.contains("limit"), "{body}");
 }
 
-/// Whether `netmon status --json` lists an active hook of this purpose and kind.
-/// On a veth end netmon attaches XDP in generic mode by default, so the peer keeps TCP
-/// segmentation offload: native XDP on one end turns it off on the other (the kernel's veth
-/// driver), which cut TCP into the monitored end to ~30% of its throughput on this host.
-/// `--xdp-attach driver` asks for native mode, and the peer's TSO goes off while it lasts;
-/// `--xdp-attach skb` is generic mode. Each as the status endpoint says and as the kernel
-/// shows it (the peer's TSO flag, read with ETHTOOL_GTSO in its namespace).
+/// On a veth end netmon attaches its ingress program at the TC ingress hook by default, so
+/// the peer keeps TCP segmentation offload (native XDP on one end turns it off on the other,
+/// the kernel's veth driver, which cut TCP into the monitored end to ~30% of its throughput
+/// on this host) and no frame is copied (generic XDP copies every frame short of its
+/// headroom). `--xdp-attach driver` asks for native mode, and the peer's TSO goes off while
+/// it lasts; `--xdp-attach skb` is generic mode; `--xdp-attach tc` the TC ingress hook.
+/// Each as the status endpoint says and as the kernel shows it (the peer's TSO flag, read
+/// with ETHTOOL_GTSO in its namespace), and the attached program's type as the kernel lists
+/// the interface's programs.
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
-fn xdp_on_a_veth_is_generic_so_that_its_peer_keeps_tso() {
+fn ingress_on_a_veth_is_tc_so_that_its_peer_keeps_tso() {
     use netmon::load::iface::{driver, tso_enabled};
     let p = Pair::new("xmode");
     let peer_tso = || {
@@ -1157,16 +1166,71 @@ fn xdp_on_a_veth_is_generic_so_that_its_peer_keeps_tso() {
             hook["note"].to_string(),
         )
     };
+    // The suite's second pass forces clsact for the egress program; the ingress hook at TC
+    // follows it.
+    let forced_clsact = std::env::var("NETMON_TEST_TC_ATTACH").is_ok_and(|m| m == "clsact");
+    let tc_kind = if kernel_version() >= (6, 6) && !forced_clsact {
+        "tcx"
+    } else {
+        "tc-clsact"
+    };
+    // What the kernel has on `a`'s ingress: its XDP mode as `ip link` shows it, and the names
+    // of the programs on its TC ingress hook (TCX, or the clsact qdisc's filters).
+    let on_ingress = || {
+        let link = p.a.exec(&["ip", "-d", "link", "show", "dev", &p.a_if]);
+        let xdp = if link.contains("xdpgeneric") {
+            "xdp-skb"
+        } else if link.contains(" xdp") {
+            "xdp-driver"
+        } else {
+            ""
+        };
+        let i = p.a_if.clone();
+        let mut tc: Vec<String> = p.a.run(move || {
+            use aya::programs::{SchedClassifier, TcAttachType};
+            SchedClassifier::query_tcx(&i, TcAttachType::Ingress)
+                .map(|(_, progs)| {
+                    progs
+                        .iter()
+                        .filter_map(|p| p.name_as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        // A filter's line: `... handle 0x4e4d netmon_tci_tab direct-action ... name
+        // netmon_tci_tab tag ...`: the program's name after `name`.
+        let filters =
+            p.a.exec(&["tc", "filter", "show", "dev", &p.a_if, "ingress"]);
+        let words: Vec<&str> = filters.split_whitespace().collect();
+        tc.extend(
+            words
+                .windows(2)
+                .filter(|w| w[0] == "name")
+                .map(|w| w[1].to_string()),
+        );
+        (xdp, tc)
+    };
     for (args, kind, tso) in [
-        (&[][..], "xdp-skb", true),
+        (&["--xdp-attach", "auto"][..], tc_kind, true),
         (&["--xdp-attach", "driver"][..], "xdp-driver", false),
         (&["--xdp-attach", "skb"][..], "xdp-skb", true),
+        (&["--xdp-attach", "tc"][..], tc_kind, true),
     ] {
         let mut d = Daemon::start(&p.a, &[&p.a_if], args);
         let (k, note) = kind_of(&d);
         assert_eq!(k, kind, "{args:?}: {note}");
-        if args.is_empty() {
+        if args[1] == "auto" {
             assert!(note.contains("veth"), "{note}");
+        }
+        let (xdp, tc) = on_ingress();
+        if kind.starts_with("xdp") {
+            assert_eq!((xdp, tc.len()), (kind, 0), "{args:?}: {tc:?}");
+        } else {
+            assert_eq!(
+                (xdp, &tc[..]),
+                ("", &["netmon_tci_tab".to_string()][..]),
+                "{args:?}"
+            );
         }
         assert_eq!(
             peer_tso(),
@@ -1179,9 +1243,14 @@ fn xdp_on_a_veth_is_generic_so_that_its_peer_keeps_tso() {
             Some(true),
             "{args:?}: the peer's TSO after netmon"
         );
+        assert_eq!(
+            on_ingress(),
+            ("", vec![]),
+            "{args:?}: detached on a clean stop"
+        );
     }
     let e = p.a.netmon_err(&["run", "--xdp-attach", "native"]);
-    assert!(e.contains("use auto, driver or skb"), "{e}");
+    assert!(e.contains("use auto, driver, skb or tc"), "{e}");
 }
 
 fn hook_active(status: &Value, purpose: &str, kind: &str) -> bool {

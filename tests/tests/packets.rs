@@ -77,39 +77,43 @@ impl Progs {
             .expect("load the eBPF object");
         let x: &mut Xdp = ebpf.program_mut("netmon_xdp").unwrap().try_into().unwrap();
         x.load().expect("verifier accepts netmon_xdp");
-        if tail {
-            netmon::load::load_tc(&mut ebpf, netmon::load::FlowTable::Lru)
-                .expect("verifier accepts the egress programs");
-        } else {
-            let t: &mut SchedClassifier = ebpf
-                .program_mut("netmon_tc_egress")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            t.load().expect("verifier accepts netmon_tc_egress");
+        for (ingress, name) in [(false, "netmon_tc_egress"), (true, "netmon_tc_ingress")] {
+            if tail {
+                netmon::load::load_tc(&mut ebpf, netmon::load::FlowTable::Lru, ingress)
+                    .expect("verifier accepts the TC programs");
+            } else {
+                let t: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+                t.load()
+                    .unwrap_or_else(|e| panic!("verifier rejects {name}: {e}"));
+            }
         }
         Self { ebpf, _pins: pins }
     }
 
     fn run(&self, direction: u8, pkt: &[u8]) -> u32 {
+        self.run_prog(
+            if direction == DIR_INGRESS {
+                "netmon_xdp"
+            } else {
+                "netmon_tc_egress"
+            },
+            pkt,
+        )
+    }
+
+    /// `pkt` through the loaded program `name` (XDP or TC).
+    fn run_prog(&self, name: &str, pkt: &[u8]) -> u32 {
         let opts = TestRunOptions {
             data_in: Some(pkt),
             repeat: 1,
             ..Default::default()
         };
-        let r = if direction == DIR_INGRESS {
-            let x: &Xdp = self.ebpf.program("netmon_xdp").unwrap().try_into().unwrap();
-            x.test_run(opts)
-        } else {
-            let t: &SchedClassifier = self
-                .ebpf
-                .program("netmon_tc_egress")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            t.test_run(opts)
+        let r = match self.ebpf.program(name).unwrap() {
+            aya::programs::Program::Xdp(x) => x.test_run(opts),
+            aya::programs::Program::SchedClassifier(t) => t.test_run(opts),
+            _ => panic!("{name} is not a packet program"),
         };
-        r.unwrap_or_else(|e| panic!("test_run of {} bytes: {e}", pkt.len()))
+        r.unwrap_or_else(|e| panic!("{name}: test_run of {} bytes: {e}", pkt.len()))
             .return_value
     }
 
@@ -220,23 +224,30 @@ fn v6(flow: Option<(u8, u8, u16, u16)>, counter: Option<u32>) -> Expect {
     }
 }
 
-/// Runs `pkt` through XDP (ingress) and TC (egress), each on emptied maps, and checks all of
-/// it. The programs are loaded once per test, not once per packet: under the VM step's
-/// emulation each load (the verifier's walk of both programs) costs seconds.
+/// The packet programs `check` runs every frame through, with the direction each records
+/// it in: XDP and the TC ingress program (netmon's ingress hook where XDP would be generic)
+/// for ingress, TC for egress.
+const CHECKED: [(&str, u8); 3] = [
+    ("netmon_xdp", DIR_INGRESS),
+    ("netmon_tc_ingress", DIR_INGRESS),
+    ("netmon_tc_egress", DIR_EGRESS),
+];
+
+/// Runs `pkt` through XDP and TC ingress (ingress) and TC (egress), each on emptied maps,
+/// and checks all of it. The programs are loaded once per test, not once per packet: under
+/// the VM step's emulation each load (the verifier's walk of the programs) costs seconds.
 fn check(p: &mut Progs, name: &str, pkt: &[u8], e: Expect) {
-    for direction in [DIR_INGRESS, DIR_EGRESS] {
-        if direction == DIR_EGRESS && skb_test_run_refuses(pkt) {
-            eprintln!("{name}: egress not run: the kernel's skb test run refuses it");
+    for (prog, direction) in CHECKED {
+        let xdp = prog == "netmon_xdp";
+        if !xdp && skb_test_run_refuses(pkt) {
+            eprintln!("{name}: {prog} not run: the kernel's skb test run refuses it");
             continue;
         }
         p.reset();
-        let ret = p.run(direction, pkt);
-        let want = if direction == DIR_INGRESS {
-            XDP_PASS
-        } else {
-            TC_ACT_UNSPEC
-        };
-        assert_eq!(ret, want, "{name} dir {direction}: packet must pass");
+        let ret = p.run_prog(prog, pkt);
+        let want = if xdp { XDP_PASS } else { TC_ACT_UNSPEC };
+        assert_eq!(ret, want, "{name} {prog}: packet must pass");
+        let name = &format!("{name} ({prog})");
 
         let counters = p.counters();
         let hook = if direction == DIR_INGRESS {
@@ -777,7 +788,8 @@ fn udp6_from(src: [u8; 16]) -> Vec<u8> {
 }
 
 /// The drop decision itself, in the kernel: exact and prefix bans, allow entries, expired
-/// entries, the generation in force, IPv4 and IPv6, XDP (source) and TC (destination).
+/// entries, the generation in force, IPv4 and IPv6, XDP and TC ingress (source) and TC
+/// egress (destination).
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn drop_decisions_follow_the_list_in_force() {
@@ -788,9 +800,22 @@ fn drop_decisions_follow_the_list_in_force() {
     let from4 = udp4_from;
     let to4 = |dst: [u8; 4]| udp4_frame(V4::default().src, dst, &udp(1, 2, b"x"));
     let flags = |maps: &mut DropMaps| maps.set_flags(u64::MAX).unwrap();
+    // Every ingress frame through XDP and through the TC ingress program, which must decide
+    // alike; XDP's verdict.
+    let ingress = |pkt: &[u8]| {
+        let x = p.run(DIR_INGRESS, pkt);
+        let t = p.run_prog("netmon_tc_ingress", pkt);
+        let same = if x == XDP_DROP {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_UNSPEC
+        };
+        assert_eq!(t, same, "TC ingress decides as XDP does");
+        x
+    };
 
     // Nothing in force: everything passes.
-    assert_eq!(p.run(DIR_INGRESS, &from4([198, 18, 0, 2])), XDP_PASS);
+    assert_eq!(ingress(&from4([198, 18, 0, 2])), XDP_PASS);
     maps.write_ban(1, 2, &ban("198.18.0.2", None)).unwrap();
     maps.write_ban(1, 2, &ban("203.0.113.0/24", None)).unwrap();
     maps.write_ban(1, 2, &ban("2001:db8::/32", None)).unwrap();
@@ -799,23 +824,11 @@ fn drop_decisions_follow_the_list_in_force() {
     flags(&mut maps);
     maps.set_generation(1).unwrap();
 
-    assert_eq!(
-        p.run(DIR_INGRESS, &from4([198, 18, 0, 2])),
-        XDP_DROP,
-        "exact"
-    );
-    assert_eq!(p.run(DIR_INGRESS, &from4([198, 18, 0, 3])), XDP_PASS);
-    assert_eq!(
-        p.run(DIR_INGRESS, &from4([203, 0, 113, 50])),
-        XDP_DROP,
-        "prefix"
-    );
-    assert_eq!(p.run(DIR_INGRESS, &from4([203, 0, 114, 50])), XDP_PASS);
-    assert_eq!(
-        p.run(DIR_INGRESS, &from4([192, 0, 2, 7])),
-        XDP_PASS,
-        "expired"
-    );
+    assert_eq!(ingress(&from4([198, 18, 0, 2])), XDP_DROP, "exact");
+    assert_eq!(ingress(&from4([198, 18, 0, 3])), XDP_PASS);
+    assert_eq!(ingress(&from4([203, 0, 113, 50])), XDP_DROP, "prefix");
+    assert_eq!(ingress(&from4([203, 0, 114, 50])), XDP_PASS);
+    assert_eq!(ingress(&from4([192, 0, 2, 7])), XDP_PASS, "expired");
     assert_eq!(
         p.run(DIR_EGRESS, &to4([198, 18, 0, 2])),
         TC_ACT_SHOT,
@@ -830,40 +843,42 @@ fn drop_decisions_follow_the_list_in_force() {
     let mut db8 = [0u8; 16];
     db8[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
     db8[15] = 9;
-    assert_eq!(p.run(DIR_INGRESS, &v6(db8)), XDP_DROP, "v6 prefix");
-    assert_eq!(p.run(DIR_INGRESS, &v6(V6_SRC)), XDP_DROP, "v6 exact");
-    assert_eq!(p.run(DIR_INGRESS, &v6(V6_DST)), XDP_PASS);
+    assert_eq!(ingress(&v6(db8)), XDP_DROP, "v6 prefix");
+    assert_eq!(ingress(&v6(V6_SRC)), XDP_DROP, "v6 exact");
+    assert_eq!(ingress(&v6(V6_DST)), XDP_PASS);
 
     // Allow wins over a covering ban.
     maps.write_allow(&"203.0.113.50".parse().unwrap()).unwrap();
-    assert_eq!(
-        p.run(DIR_INGRESS, &from4([203, 0, 113, 50])),
-        XDP_PASS,
-        "allowed"
-    );
-    assert_eq!(p.run(DIR_INGRESS, &from4([203, 0, 113, 51])), XDP_DROP);
+    assert_eq!(ingress(&from4([203, 0, 113, 50])), XDP_PASS, "allowed");
+    assert_eq!(ingress(&from4([203, 0, 113, 51])), XDP_DROP);
 
     // Entries of the other generation are ignored until it is put in force.
     maps.write_ban(2, 1, &ban("198.51.100.1", None)).unwrap();
-    assert_eq!(p.run(DIR_INGRESS, &from4([198, 51, 100, 1])), XDP_PASS);
+    assert_eq!(ingress(&from4([198, 51, 100, 1])), XDP_PASS);
     maps.set_generation(2).unwrap();
-    assert_eq!(p.run(DIR_INGRESS, &from4([198, 51, 100, 1])), XDP_DROP);
+    assert_eq!(ingress(&from4([198, 51, 100, 1])), XDP_DROP);
     assert_eq!(
-        p.run(DIR_INGRESS, &from4([198, 18, 0, 2])),
+        ingress(&from4([198, 18, 0, 2])),
         XDP_PASS,
         "gen 1 out of force"
     );
 
-    // Per-entry hit counters: the exact v4 ban dropped one ingress and one egress packet.
+    // Per-entry hit counters: the exact v4 ban dropped one ingress packet through each
+    // ingress program and one egress packet.
     let hits = maps
         .hits(1, &"198.18.0.2".parse().unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!(hits.packets, 2);
-    assert_eq!(hits.bytes, 2 * from4([198, 18, 0, 2]).len() as u64);
+    assert_eq!(hits.packets, 3);
+    assert_eq!(hits.bytes, 3 * from4([198, 18, 0, 2]).len() as u64);
     assert!(hits.last_hit_ns > 0);
     let drops: u64 = maps.drops().unwrap().iter().map(|(_, s)| s.packets).sum();
-    assert_eq!(drops, 7, "every drop counted per interface and kind");
+    assert_eq!(
+        drops,
+        2 * 6 + 1,
+        "every drop counted per interface and kind: six ingress frames through two programs, \
+         one egress"
+    );
 }
 
 /// Exact IPv4 bans in the programs' own array (NETMON_BANX4) and past it: seven bans whose
@@ -1619,54 +1634,20 @@ fn rate_limits_let_the_burst_through_and_drop_the_rest() {
     );
 }
 
-/// Egress frames whose headers are not in the skb's linear data are pulled and continue in
-/// `netmon_tc_pulled` by tail call. BPF_PROG_TEST_RUN only builds linear skbs, so the pull
-/// itself is not reachable here; what is checked: the loader put `netmon_tc_pulled` in the
-/// tail-call slot, and that program records a frame exactly as `netmon_tc_egress` does
-/// (flow key, bytes, packets, flags), without counting it per interface a second time.
+/// TC frames whose headers are not in the skb's linear data are pulled and continue in
+/// `netmon_tc_pulled` (egress) or `netmon_tci_pulled` (ingress) by tail call.
+/// BPF_PROG_TEST_RUN only builds linear skbs, so the pull itself is not reachable here; what
+/// is checked: the loader put each continuation in its tail-call slot, and it records a frame
+/// exactly as the program it continues does (flow key, bytes, packets, flags), without
+/// counting it for its hook a second time.
 #[test]
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
-fn the_pulled_continuation_records_frames_as_egress_does() {
+fn the_pulled_continuations_record_frames_as_the_programs_they_continue() {
     let _ = PRIV;
     let p = Progs::with_tail(1024);
     let aya::maps::Map::ProgramArray(tail) = p.ebpf.map("NETMON_TC_TAIL").unwrap() else {
         panic!("NETMON_TC_TAIL is a program array");
     };
-    let pulled: &SchedClassifier = p
-        .ebpf
-        .program("netmon_tc_pulled")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let pulled_id = pulled.info().unwrap().id();
-    // The slot's program is the one loaded as netmon_tc_pulled: a lookup of a program array
-    // from userspace returns the program's id.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(tail.fd()));
-    let (key, mut id) = (0u32, 0u32);
-    // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key pointer, value pointer.
-    let attr: [u64; 4] = [
-        fd as u64,
-        &key as *const u32 as u64,
-        &mut id as *mut u32 as u64,
-        0,
-    ];
-    // SAFETY: bpf(2) with a valid attr of the size passed; key and value outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            1, // BPF_MAP_LOOKUP_ELEM
-            attr.as_ptr(),
-            size_of_val(&attr) as u32,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "reading NETMON_TC_TAIL[0]: {}",
-        std::io::Error::last_os_error()
-    );
-    assert_eq!(id, pulled_id, "NETMON_TC_TAIL[0] is netmon_tc_pulled");
-
     let frames = [
         eth(
             &[],
@@ -1675,47 +1656,75 @@ fn the_pulled_continuation_records_frames_as_egress_does() {
         ),
         eth(&[], ETH_P_IPV6, &ipv6(17, &udp(5353, 53, b"query"))),
     ];
-    let via_pulled = Progs::with_tail(1024);
-    for f in &frames {
-        assert_eq!(p.run(DIR_EGRESS, f), TC_ACT_UNSPEC);
-        let t: &SchedClassifier = via_pulled
-            .ebpf
-            .program("netmon_tc_pulled")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let r = t
-            .test_run(TestRunOptions {
-                data_in: Some(f),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, TC_ACT_UNSPEC);
+    for (main, ingress) in [("netmon_tc_egress", false), ("netmon_tc_ingress", true)] {
+        let (pulled_name, slot) = netmon::load::FlowTable::Lru.tc_pulled(ingress);
+        let pulled: &SchedClassifier = p.ebpf.program(pulled_name).unwrap().try_into().unwrap();
+        let pulled_id = pulled.info().unwrap().id();
+        // The slot's program is the one loaded under that name: a lookup of a program array
+        // from userspace returns the program's id.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(tail.fd()));
+        let (key, mut id) = (slot, 0u32);
+        // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key pointer, value pointer.
+        let attr: [u64; 4] = [
+            fd as u64,
+            &key as *const u32 as u64,
+            &mut id as *mut u32 as u64,
+            0,
+        ];
+        // SAFETY: bpf(2) with a valid attr of the size passed; key and value outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                1, // BPF_MAP_LOOKUP_ELEM
+                attr.as_ptr(),
+                size_of_val(&attr) as u32,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "reading NETMON_TC_TAIL[{slot}]: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(id, pulled_id, "NETMON_TC_TAIL[{slot}] is {pulled_name}");
+
+        let mut direct = Progs::with_tail(1024);
+        let via_pulled = Progs::with_tail(1024);
+        direct.reset();
+        for f in &frames {
+            assert_eq!(direct.run_prog(main, f), TC_ACT_UNSPEC);
+            assert_eq!(via_pulled.run_prog(pulled_name, f), TC_ACT_UNSPEC);
+        }
+        let strip = |mut v: Vec<(FlowKey, FlowStats)>| {
+            v.sort_by_key(|(k, _)| (k.family, k.proto, k.local_port));
+            v.into_iter()
+                .map(|(k, s)| (k, s.bytes, s.packets, s.tcp_flags))
+                .collect::<Vec<_>>()
+        };
+        let want = strip(direct.flows());
+        assert_eq!(want.len(), 2, "{main}: {want:?}");
+        let dir = if ingress { DIR_INGRESS } else { DIR_EGRESS };
+        assert!(want.iter().all(|(k, ..)| k.direction == dir), "{want:?}");
+        assert_eq!(
+            strip(via_pulled.flows()),
+            want,
+            "{pulled_name} against {main}"
+        );
+        let c = via_pulled.counters();
+        assert_eq!(
+            (
+                c[counter::XDP_PACKETS as usize],
+                c[counter::TC_PACKETS as usize]
+            ),
+            (0, 0),
+            "{pulled_name} does not count the frame for its hook again"
+        );
+        assert_eq!(
+            direct.counters()[counter::PULL_TAIL_CALL_FAILED as usize],
+            0,
+            "linear frames are never pulled"
+        );
     }
-    let strip = |mut v: Vec<(FlowKey, FlowStats)>| {
-        v.sort_by_key(|(k, _)| (k.family, k.proto, k.local_port));
-        v.into_iter()
-            .map(|(k, s)| (k, s.bytes, s.packets, s.tcp_flags))
-            .collect::<Vec<_>>()
-    };
-    let want = strip(p.flows());
-    assert_eq!(want.len(), 2, "{want:?}");
-    assert_eq!(strip(via_pulled.flows()), want);
-    let c = via_pulled.counters();
-    assert_eq!(
-        (
-            c[counter::XDP_PACKETS as usize],
-            c[counter::TC_PACKETS as usize]
-        ),
-        (0, 0),
-        "the continuation does not count the frame for its hook again"
-    );
-    assert_eq!(
-        p.counters()[counter::PULL_TAIL_CALL_FAILED as usize],
-        0,
-        "linear frames are never pulled"
-    );
 }
 
 /// Sends one datagram from a socket bound to `from` to one bound to `to` (loopback), checks
@@ -2365,7 +2374,8 @@ fn udp_owner_rig(name: &str, watch_loopback: bool) -> (netmon_tests::Netns, PinD
     let mut ebpf = loader
         .load(netmon::load::EBPF_OBJECT)
         .expect("load the eBPF object");
-    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu).expect("loading the egress programs");
+    netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu, false)
+        .expect("loading the egress programs");
     netmon::load::try_cgroup_udp(&mut ebpf, watch_loopback)
         .expect("attaching the cgroup UDP hooks");
     let ebpf = ns.run(move || {
@@ -2658,7 +2668,10 @@ fn packet_programs_never_call_the_generic_map_helpers() {
         netmon::load::FlowTable::PerCpu,
         netmon::load::FlowTable::Lru,
     ] {
-        netmon::load::load_tc(&mut ebpf, table).expect("verifier accepts the egress programs");
+        for ingress in [false, true] {
+            netmon::load::load_tc(&mut ebpf, table, ingress)
+                .expect("verifier accepts the TC programs");
+        }
     }
     let mut checked = 0;
     for (name, prog) in ebpf.programs() {
@@ -2693,7 +2706,7 @@ fn packet_programs_never_call_the_generic_map_helpers() {
         checked += 1;
     }
     assert_eq!(
-        checked, 6,
-        "XDP and TC programs of both flow stores, and both continuations"
+        checked, 10,
+        "XDP, TC egress and TC ingress programs of both flow stores, and their continuations"
     );
 }

@@ -77,14 +77,16 @@ pub fn run(filter: Option<&str>) -> Result<()> {
 
     if privileged {
         // The end-to-end suites again with the egress program on a clsact qdisc, the path
-        // kernels before 6.6 take (this kernel has both).
-        progress("running the end-to-end tests again with --tc-attach clsact");
+        // kernels before 6.6 take (this kernel has both), and the ingress program as generic
+        // XDP (on a veth netmon attaches it at TC ingress; native XDP where a driver has it).
+        progress("running the end-to-end tests again with --tc-attach clsact --xdp-attach skb");
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&root)
             .env("NETMON_EBPF_OBJ", ebpf_object())
             .env("NETMON_BIN", &bin)
             .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
             .env("NETMON_TEST_TC_ATTACH", "clsact")
+            .env("NETMON_TEST_XDP_ATTACH", "skb")
             .args([
                 "test",
                 "-p",
@@ -98,7 +100,8 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         if let Some(f) = filter {
             cmd.arg(f);
         }
-        run_cmd(&mut cmd).context("the end-to-end tests failed with --tc-attach clsact")?;
+        run_cmd(&mut cmd)
+            .context("the end-to-end tests failed with --tc-attach clsact --xdp-attach skb")?;
     }
     if privileged {
         // The same suites on the kernels in vm::KERNELS (kprobes, no TCX), in qemu.

@@ -61,7 +61,7 @@ impl Default for MapSizes {
 pub struct Hook {
     /// What the hook does, e.g. `tcp_connect`, `ingress`.
     pub purpose: String,
-    /// `xdp-driver`, `xdp-skb`, `tcx`, `tc-clsact`, `kprobe`, `tracepoint`.
+    /// `xdp-driver`, `xdp-skb`, `tcx`, `tc-clsact` (ingress too), `kprobe`, `tracepoint`.
     pub kind: String,
     /// Function, tracepoint or interface it is attached to.
     pub target: String,
@@ -143,23 +143,29 @@ pub enum TcMode {
 
 named_settings!(TcMode, "TC attach mode", "auto" => Auto, "tcx" => Tcx, "clsact" => Clsact);
 
-/// How the ingress (XDP) program is attached.
+/// How the ingress program is attached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum XdpAttach {
-    /// Generic (skb) mode on a veth, native (driver) mode elsewhere where the driver has it,
-    /// else generic. Native XDP on a veth end turns TSO off on its peer and moves the end's
+    /// XDP in native (driver) mode where the driver has it, except on a veth; elsewhere the
+    /// TC ingress hook. Native XDP on a veth end turns TSO off on its peer and moves the end's
     /// receive to a NAPI ring: TCP into that end fell to ~30% of its throughput (an empty
-    /// XDP program, this project's veth benchmark pair), against no measurable loss in
-    /// generic mode.
+    /// XDP program, this project's veth benchmark pair). Generic XDP, where the driver has
+    /// no native mode, copies every frame whose skb lacks XDP's 256 bytes of headroom (or is
+    /// cloned or paged) into a new head before the program sees it, and its switch runs on
+    /// every frame of every device: 64-byte datagrams into a veth end ran at ~91% of their
+    /// rate with it, the copy costing ~4x the program. The TC ingress hook reads the skb as
+    /// it is.
     #[default]
     Auto,
     /// Native (driver) mode only: refused where the driver has none.
     Driver,
     /// Generic (skb) mode everywhere.
     Skb,
+    /// The TC ingress hook everywhere (TCX or clsact, as `--tc-attach` says).
+    Tc,
 }
 
-named_settings!(XdpAttach, "XDP attach mode", "auto" => Auto, "driver" => Driver, "skb" => Skb);
+named_settings!(XdpAttach, "XDP attach mode", "auto" => Auto, "driver" => Driver, "skb" => Skb, "tc" => Tc);
 
 /// How UDP senders are attributed to processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,12 +197,27 @@ pub enum FlowTable {
 }
 
 impl FlowTable {
-    /// (XDP program, TC program, TC continuation after a pull, its NETMON_TC_TAIL slot).
-    pub fn programs(self) -> (&'static str, &'static str, &'static str, u32) {
+    /// (XDP program, TC egress program, TC ingress program).
+    pub fn programs(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Lru => ("netmon_xdp", "netmon_tc_egress", "netmon_tc_pulled", 0),
-            Self::PerCpu => ("netmon_xdp_tab", "netmon_tc_tab", "netmon_tc_tab_pulled", 1),
+            Self::Lru => ("netmon_xdp", "netmon_tc_egress", "netmon_tc_ingress"),
+            Self::PerCpu => ("netmon_xdp_tab", "netmon_tc_tab", "netmon_tci_tab"),
         }
+    }
+
+    /// The continuation after a pull of the TC egress (or `ingress`) program, and its
+    /// NETMON_TC_TAIL slot.
+    pub fn tc_pulled(self, ingress: bool) -> (&'static str, u32) {
+        let name = match (self, ingress) {
+            (Self::Lru, false) => "netmon_tc_pulled",
+            (Self::PerCpu, false) => "netmon_tc_tab_pulled",
+            (Self::Lru, true) => "netmon_tci_pulled",
+            (Self::PerCpu, true) => "netmon_tci_tab_pulled",
+        };
+        (
+            name,
+            netmon_common::tc_tail_slot(self == Self::PerCpu, ingress),
+        )
     }
 }
 
@@ -540,24 +561,10 @@ struct Links {
     tc: Vec<SchedClassifierLink>,
 }
 
-/// `xdp` attached to `name` in generic (skb) mode; `native` is why native mode was not used,
-/// where it was tried.
-fn attach_skb(
-    xdp: &mut Xdp,
-    name: &str,
-    native: Option<aya::programs::ProgramError>,
-) -> Result<aya::programs::xdp::XdpLinkId> {
-    xdp.attach(name, XdpMode::Skb).map_err(|e| {
-        anyhow!(e).context(match native {
-            Some(native) => format!(
-                "attaching XDP to `{name}` (native mode failed too: {native}); is another XDP \
-                 program attached?"
-            ),
-            None => format!(
-                "attaching XDP to `{name}` in generic (skb) mode; is another XDP program \
-                 attached?"
-            ),
-        })
+/// `xdp` attached to `name` in generic (skb) mode.
+fn attach_skb(xdp: &mut Xdp, name: &str) -> Result<aya::programs::xdp::XdpLinkId> {
+    xdp.attach(name, XdpMode::Skb).with_context(|| {
+        format!("attaching XDP to `{name}` in generic (skb) mode; is another XDP program attached?")
     })
 }
 
@@ -616,73 +623,6 @@ fn attach_traffic(
 ) -> Result<()> {
     let (xdp_attach, tc_mode, table) = (opts.xdp_attach, opts.tc_mode, opts.flow_table);
     let netns = iface::netns_inode();
-    let (xdp_name, tc_name, _, _) = table.programs();
-    let xdp: &mut Xdp = typed(ebpf, xdp_name)?;
-    xdp.load().context("loading the XDP program (verifier)")?;
-    for i in ifaces {
-        let pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
-        let (kind, note) = if let Some(link) = pinned_link::<XdpLink>(&pin) {
-            // A previous netmon died with its link pinned: swap our program in, atomically.
-            xdp.attach_to_link(link)
-                .with_context(|| format!("taking over the pinned XDP link of `{}`", i.name))?;
-            links.pin_paths.push(pin);
-            ("xdp-link", "took over the pinned link of a previous netmon")
-        } else {
-            // Only `auto` asks what the device is.
-            let veth = xdp_attach == XdpAttach::Auto
-                && iface::driver(&i.name).is_some_and(|d| d == "veth");
-            let native_first = match xdp_attach {
-                XdpAttach::Auto => !veth,
-                XdpAttach::Driver => true,
-                XdpAttach::Skb => false,
-            };
-            let (id, kind, note) = if native_first {
-                match xdp.attach(&i.name, XdpMode::Driver) {
-                    Ok(id) => (id, "xdp-driver", ""),
-                    Err(e) if xdp_attach == XdpAttach::Driver => {
-                        return Err(anyhow!(e)).with_context(|| {
-                            format!(
-                                "attaching XDP to `{}` in native (driver) mode, as \
-                                 --xdp-attach driver asks (auto or skb would use generic mode \
-                                 where the driver has none)",
-                                i.name
-                            )
-                        });
-                    }
-                    Err(native) => (
-                        attach_skb(xdp, &i.name, Some(native))?,
-                        "xdp-skb",
-                        "the driver has no native XDP",
-                    ),
-                }
-            } else if veth {
-                (
-                    attach_skb(xdp, &i.name, None)?,
-                    "xdp-skb",
-                    "a veth: native XDP would turn TSO off on its peer",
-                )
-            } else {
-                (attach_skb(xdp, &i.name, None)?, "xdp-skb", "")
-            };
-            match FdLink::try_from(xdp.take_link(id)?) {
-                Ok(fd) => pin_link(fd, pin, links),
-                // Only a netlink attachment (kernels before 5.9, which netmon does not
-                // support: it needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
-                Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
-            }
-            (kind, note)
-        };
-        hooks.push(Hook {
-            purpose: "ingress".into(),
-            kind: kind.into(),
-            target: i.name.clone(),
-            active: true,
-            note: note.into(),
-        });
-    }
-
-    load_tc(ebpf, table)?;
-    let tc_prog: &mut SchedClassifier = typed(ebpf, tc_name)?;
     let tcx = match tc_mode {
         TcMode::Tcx => true,
         TcMode::Clsact => false,
@@ -691,89 +631,232 @@ fn attach_traffic(
             .unwrap_or(false),
     };
     for i in ifaces {
-        let pin = link_dir.join(format!("{netns}-{}-tc", i.name));
-        if let Some(link) = pinned_link::<SchedClassifierLink>(&pin) {
-            tc_prog
-                .attach_to_link(link)
-                .with_context(|| format!("taking over the pinned TC link of `{}`", i.name))?;
-            links.pin_paths.push(pin);
-            hooks.push(Hook {
-                purpose: "egress".into(),
-                kind: "tcx".into(),
-                target: i.name.clone(),
-                active: true,
-                note: "took over the pinned link of a previous netmon".into(),
-            });
-            continue;
-        }
-        if !tcx {
-            // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
-            if let Err(e) = tc::qdisc_add_clsact(&i.name)
-                && !matches!(&e, tc::TcError::AlreadyAttached)
-                && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
-            {
-                return Err(anyhow!(e))
-                    .with_context(|| format!("adding the clsact qdisc to `{}`", i.name));
-            }
-            // A cls_bpf filter outlives a killed daemon (it is not an fd). netmon's sits at a
-            // fixed priority and handle, so the next daemon replaces its program in place
-            // (netlink change without NLM_F_CREATE) instead of adding a second filter.
-            let existing = SchedClassifierLink::attached(
-                &i.name,
-                TcAttachType::Egress,
-                TC_PRIO,
-                TC_HANDLE,
-                None,
-            )
-            .ok()
-            .and_then(|l| tc_prog.attach_to_link(l).ok());
-            let (id, note) = match existing {
-                Some(id) => (id, "took over the clsact filter of a previous netmon"),
-                None => (
-                    tc_prog
-                        .attach_with_options(
-                            &i.name,
-                            TcAttachType::Egress,
-                            TcAttachOptions::Netlink(NlOptions {
-                                priority: TC_PRIO,
-                                handle: TC_HANDLE,
-                                ..Default::default()
-                            }),
-                        )
-                        .with_context(|| {
-                            format!("attaching the TC egress program to `{}`", i.name)
-                        })?,
-                    "",
-                ),
-            };
-            links.tc.push(tc_prog.take_link(id)?);
-            hooks.push(Hook {
-                purpose: "egress".into(),
-                kind: "tc-clsact".into(),
-                target: i.name.clone(),
-                active: true,
-                note: note.into(),
-            });
-            continue;
-        }
-        let id = tc_prog
-            .attach_with_options(
-                &i.name,
-                TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .with_context(|| format!("attaching the TC egress program to `{}` (TCX)", i.name))?;
-        // A TCX attachment is always a bpf_link.
-        pin_link(FdLink::try_from(tc_prog.take_link(id)?)?, pin, links);
+        let (kind, note) = attach_ingress(ebpf, i, link_dir, netns, xdp_attach, table, tcx, links)?;
         hooks.push(Hook {
-            purpose: "egress".into(),
-            kind: "tcx".into(),
+            purpose: "ingress".into(),
+            kind: kind.into(),
             target: i.name.clone(),
             active: true,
-            note: String::new(),
+            note,
+        });
+    }
+    load_tc(ebpf, table, false)?;
+    let (_, tc_name, _) = table.programs();
+    for i in ifaces {
+        let pin = link_dir.join(format!("{netns}-{}-tc", i.name));
+        let (kind, note) = attach_tc(ebpf, tc_name, i, TcAttachType::Egress, tcx, pin, links)?;
+        hooks.push(Hook {
+            purpose: "egress".into(),
+            kind: kind.into(),
+            target: i.name.clone(),
+            active: true,
+            note: note.into(),
         });
     }
     Ok(())
+}
+
+/// Attaches the ingress program to `i`: XDP in native mode where its driver has it (not on a
+/// veth, whose peer native XDP would leave without TSO), else the TC ingress program, as
+/// `mode` asks; a link a previous netmon left pinned is taken over as it is. Returns the
+/// hook's kind and note.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the interface's attachment facts, passed as attach_traffic has them"
+)]
+fn attach_ingress(
+    ebpf: &mut Ebpf,
+    i: &Monitored,
+    link_dir: &Path,
+    netns: u64,
+    mode: XdpAttach,
+    table: FlowTable,
+    tcx: bool,
+    links: &mut Links,
+) -> Result<(&'static str, String)> {
+    let (xdp_name, _, tc_in_name) = table.programs();
+    let xdp_pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
+    let tc_pin = link_dir.join(format!("{netns}-{}-tcin", i.name));
+    if let Some(link) = pinned_link::<XdpLink>(&xdp_pin) {
+        // A previous netmon died with its link pinned: swap our program in, atomically.
+        let xdp = loaded_xdp(ebpf, xdp_name)?;
+        xdp.attach_to_link(link)
+            .with_context(|| format!("taking over the pinned XDP link of `{}`", i.name))?;
+        links.pin_paths.push(xdp_pin);
+        return Ok((
+            "xdp-link",
+            "took over the pinned link of a previous netmon".into(),
+        ));
+    }
+    let tc_ingress = |ebpf: &mut Ebpf, links: &mut Links, why: String| {
+        load_tc(ebpf, table, true)?;
+        let (kind, took_over) = attach_tc(
+            ebpf,
+            tc_in_name,
+            i,
+            TcAttachType::Ingress,
+            tcx,
+            tc_pin.clone(),
+            links,
+        )?;
+        let note = if took_over.is_empty() {
+            why
+        } else {
+            took_over.to_string()
+        };
+        Ok::<_, anyhow::Error>((kind, note))
+    };
+    if pinned_link::<SchedClassifierLink>(&tc_pin).is_some() {
+        // A previous netmon's TC ingress link: taken over where it is (`attach_tc`).
+        return tc_ingress(ebpf, links, String::new());
+    }
+    // Only `auto` asks what the device is.
+    let veth = mode == XdpAttach::Auto && iface::driver(&i.name).is_some_and(|d| d == "veth");
+    if !tcx && mode != XdpAttach::Tc && !veth {
+        // Before TCX, a killed netmon's TC ingress filter stays attached (it is not an fd):
+        // it is taken over where it is, as a pinned link is, rather than left counting and
+        // dropping beside XDP.
+        load_tc(ebpf, table, true)?;
+        let prog: &mut SchedClassifier = typed(ebpf, tc_in_name)?;
+        if let Some(id) = take_over_clsact(prog, &i.name, TcAttachType::Ingress) {
+            links.tc.push(prog.take_link(id)?);
+            return Ok((
+                "tc-clsact",
+                "took over the clsact filter of a previous netmon".into(),
+            ));
+        }
+    }
+    let (id, kind, note) = match mode {
+        XdpAttach::Tc => return tc_ingress(ebpf, links, String::new()),
+        XdpAttach::Auto if veth => {
+            return tc_ingress(
+                ebpf,
+                links,
+                "a veth: native XDP would turn TSO off on its peer, generic XDP copies frames"
+                    .into(),
+            );
+        }
+        XdpAttach::Auto | XdpAttach::Driver => {
+            let xdp = loaded_xdp(ebpf, xdp_name)?;
+            match xdp.attach(&i.name, XdpMode::Driver) {
+                Ok(id) => (id, "xdp-driver", ""),
+                Err(e) if mode == XdpAttach::Driver => {
+                    return Err(anyhow!(e)).with_context(|| {
+                        format!(
+                            "attaching XDP to `{}` in native (driver) mode, as --xdp-attach \
+                             driver asks (auto would use the TC ingress hook where the driver \
+                             has none, skb generic XDP)",
+                            i.name
+                        )
+                    });
+                }
+                Err(native) => {
+                    return tc_ingress(
+                        ebpf,
+                        links,
+                        format!("the driver has no native XDP ({native})"),
+                    );
+                }
+            }
+        }
+        XdpAttach::Skb => {
+            let xdp = loaded_xdp(ebpf, xdp_name)?;
+            (attach_skb(xdp, &i.name)?, "xdp-skb", "")
+        }
+    };
+    let xdp = loaded_xdp(ebpf, xdp_name)?;
+    match FdLink::try_from(xdp.take_link(id)?) {
+        Ok(fd) => pin_link(fd, xdp_pin, links),
+        // Only a netlink attachment (kernels before 5.9, which netmon does not support: it
+        // needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
+        Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
+    }
+    Ok((kind, note.into()))
+}
+
+/// A cls_bpf filter outlives a killed daemon (it is not an fd). netmon's sits at a fixed
+/// priority and handle, so the next daemon replaces its program in place (netlink change
+/// without NLM_F_CREATE) instead of adding a second filter: the link, if `iface` has that
+/// filter at `at`.
+fn take_over_clsact(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    at: TcAttachType,
+) -> Option<aya::programs::tc::SchedClassifierLinkId> {
+    SchedClassifierLink::attached(iface, at, TC_PRIO, TC_HANDLE, None)
+        .ok()
+        .and_then(|l| prog.attach_to_link(l).ok())
+}
+
+/// The XDP program `name`, loaded (the verifier runs on the first call only).
+fn loaded_xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let xdp: &mut Xdp = typed(ebpf, name)?;
+    if xdp.fd().is_err() {
+        xdp.load().context("loading the XDP program (verifier)")?;
+    }
+    Ok(xdp)
+}
+
+/// Attaches the loaded TC program `prog` to `i` at `at` (egress, or ingress), through TCX
+/// (`tcx`; its link pinned at `pin`) or the clsact qdisc; a link a previous netmon left
+/// pinned, or its clsact filter, is taken over. Returns the hook's kind, and a note when it
+/// took one over.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    i: &Monitored,
+    at: TcAttachType,
+    tcx: bool,
+    pin: PathBuf,
+    links: &mut Links,
+) -> Result<(&'static str, &'static str)> {
+    let side = match at {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    let tc_prog: &mut SchedClassifier = typed(ebpf, prog)?;
+    if let Some(link) = pinned_link::<SchedClassifierLink>(&pin) {
+        tc_prog
+            .attach_to_link(link)
+            .with_context(|| format!("taking over the pinned TC {side} link of `{}`", i.name))?;
+        links.pin_paths.push(pin);
+        return Ok(("tcx", "took over the pinned link of a previous netmon"));
+    }
+    if !tcx {
+        // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
+        if let Err(e) = tc::qdisc_add_clsact(&i.name)
+            && !matches!(&e, tc::TcError::AlreadyAttached)
+            && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+        {
+            return Err(anyhow!(e))
+                .with_context(|| format!("adding the clsact qdisc to `{}`", i.name));
+        }
+        let (id, note) = match take_over_clsact(tc_prog, &i.name, at) {
+            Some(id) => (id, "took over the clsact filter of a previous netmon"),
+            None => (
+                tc_prog
+                    .attach_with_options(
+                        &i.name,
+                        at,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: TC_PRIO,
+                            handle: TC_HANDLE,
+                            ..Default::default()
+                        }),
+                    )
+                    .with_context(|| format!("attaching the TC {side} program to `{}`", i.name))?,
+                "",
+            ),
+        };
+        links.tc.push(tc_prog.take_link(id)?);
+        return Ok(("tc-clsact", note));
+    }
+    let id = tc_prog
+        .attach_with_options(&i.name, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching the TC {side} program to `{}` (TCX)", i.name))?;
+    // A TCX attachment is always a bpf_link.
+    pin_link(FdLink::try_from(tc_prog.take_link(id)?)?, pin, links);
+    Ok(("tcx", ""))
 }
 
 /// The program `prog` of the object as its type, e.g. `&mut TracePoint`.
@@ -1106,11 +1189,18 @@ impl<'h> Chain<'h> {
 /// Loads the egress programs of `table`'s flow store: `netmon_tc_egress` (or `netmon_tc_tab`),
 /// and its continuation `netmon_tc_pulled` (`netmon_tc_tab_pulled`) in its slot of
 /// NETMON_TC_TAIL (egress frames whose headers had to be pulled into the linear data
-/// continue there). Not attached: the caller attaches the first.
-pub fn load_tc(ebpf: &mut aya::Ebpf, table: FlowTable) -> Result<()> {
-    let (_, tc_name, pulled_name, slot) = table.programs();
+/// continue there); with `ingress`, the TC ingress programs likewise (`netmon_tc_ingress` or
+/// `netmon_tci_tab`, and `netmon_tci_pulled` or `netmon_tci_tab_pulled`). Programs loaded
+/// already are kept. Not attached: the caller attaches the first.
+pub fn load_tc(ebpf: &mut aya::Ebpf, table: FlowTable, ingress: bool) -> Result<()> {
+    let (_, egress_name, ingress_name) = table.programs();
+    let tc_name = if ingress { ingress_name } else { egress_name };
+    let (pulled_name, slot) = table.tc_pulled(ingress);
     for name in [pulled_name, tc_name] {
         let prog: &mut SchedClassifier = typed(ebpf, name)?;
+        if prog.fd().is_ok() {
+            continue;
+        }
         prog.load()
             .with_context(|| format!("loading the TC program {name} (verifier)"))?;
     }
@@ -1143,7 +1233,7 @@ mod tests {
         let e = |r: Result<XdpAttach>| r.unwrap_err().to_string();
         assert_eq!(
             e("native".parse()),
-            "bad XDP attach mode `native`: use auto, driver or skb"
+            "bad XDP attach mode `native`: use auto, driver, skb or tc"
         );
         assert_eq!(
             "x".parse::<UdpHook>().unwrap_err().to_string(),

@@ -558,9 +558,10 @@ impl Rig {
             let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        netmon::load::load_tc(&mut ebpf, FlowTable::Lru).expect("loading the egress programs");
+        netmon::load::load_tc(&mut ebpf, FlowTable::Lru, false)
+            .expect("loading the egress programs");
         if ebpf.program(TAB_PROGRAMS[1]).is_some() {
-            netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu)
+            netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu, false)
                 .expect("loading the per-CPU table's egress programs");
         }
         for name in ["netmon_tc_empty", "netmon_tc_parse"] {
@@ -1994,10 +1995,10 @@ fn throughput() -> String {
     const PAIRS: usize = 3;
     let mut md = format!(
         "## 2. Throughput over veth between two namespaces\n\n\
-         iperf3 from namespace A to B over one veth pair (and, in the last table, from B to \
-         A: into the end the monitors watch, where netmon's ingress program runs on every \
-         packet), {SECS} s per run, with nothing watching, with netmon on A's end (its XDP \
-         program in generic mode, as it attaches on a veth by default), and with the tools a \
+         iperf3 from namespace A to B over one veth pair (and, in the last two tables, from B \
+         to A: into the end the monitors watch, where netmon's ingress program runs on every \
+         packet), {SECS} s per run, with nothing watching, with netmon on A's end (its \
+         ingress program at the TC ingress hook, as it attaches on a veth by default), and with the tools a \
          user would otherwise run on the same interface; median of the runs, which come in {REPS} rounds after one \
          warm-up run that is not kept: a round runs none and netmon in {PAIRS} pairs (each \
          pair in the other order from the one before), then each other tool once. \
@@ -2015,6 +2016,11 @@ fn throughput() -> String {
             false,
             true,
             "TCP into the watched end (iperf3 -R: B sends, A's end receives)",
+        ),
+        (
+            true,
+            true,
+            "UDP, 64-byte datagrams into the watched end (iperf3 -u -b 0 -l 64 -R)",
         ),
     ] {
         eprintln!("  {title}");
