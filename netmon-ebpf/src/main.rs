@@ -685,7 +685,7 @@ pub fn netmon_icmp_sock(ctx: SockContext) -> i32 {
 /// `netmon_tc_egress` when the headers were not in the skb's linear data and had to be
 /// pulled: entered by tail call (a program of its own, verified on its own: a second inlined
 /// copy of the accounting path would double what the verifier explores), the frame already
-/// counted per interface.
+/// counted for its hook.
 #[classifier]
 #[inline(always)]
 pub fn netmon_tc_pulled(ctx: TcContext) -> i32 {

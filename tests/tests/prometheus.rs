@@ -507,10 +507,14 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
     }
 
     // The fleet recording rule sums both agents: at the time of its latest sample, the job
-    // series equals the sum of the two instance series evaluated at the same time.
+    // series equals the sum of the two instance series evaluated at the same time. Waited
+    // for until both instance series exist: an agent's rate needs two scrapes in its window,
+    // and the job series is there as soon as one agent's is.
     let job = prom.wait_for(
         &p.b,
-        "job:netmon_interface_bytes:rate1m{direction=\"rx\"} > 0",
+        "job:netmon_interface_bytes:rate1m{direction=\"rx\"} > 0 and on (job, direction) \
+         count by (job, direction) (instance:netmon_interface_bytes:rate1m{direction=\"rx\"}) \
+         == 2",
         20,
     );
     let t = job[0]["value"][0].as_f64().unwrap();
