@@ -1644,10 +1644,10 @@ fn rate_limits_let_the_burst_through_and_drop_the_rest() {
 #[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
 fn the_pulled_continuations_record_frames_as_the_programs_they_continue() {
     let _ = PRIV;
-    let p = Progs::with_tail(1024);
-    let aya::maps::Map::ProgramArray(tail) = p.ebpf.map("NETMON_TC_TAIL").unwrap() else {
-        panic!("NETMON_TC_TAIL is a program array");
-    };
+    // Each frame straight through the program, and through its continuation on maps of
+    // their own.
+    let mut direct = Progs::with_tail(1024);
+    let mut via_pulled = Progs::with_tail(1024);
     let frames = [
         eth(
             &[],
@@ -1658,7 +1658,15 @@ fn the_pulled_continuations_record_frames_as_the_programs_they_continue() {
     ];
     for (main, ingress) in [("netmon_tc_egress", false), ("netmon_tc_ingress", true)] {
         let (pulled_name, slot) = netmon::load::FlowTable::Lru.tc_pulled(ingress);
-        let pulled: &SchedClassifier = p.ebpf.program(pulled_name).unwrap().try_into().unwrap();
+        let aya::maps::Map::ProgramArray(tail) = direct.ebpf.map("NETMON_TC_TAIL").unwrap() else {
+            panic!("NETMON_TC_TAIL is a program array");
+        };
+        let pulled: &SchedClassifier = direct
+            .ebpf
+            .program(pulled_name)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let pulled_id = pulled.info().unwrap().id();
         // The slot's program is the one loaded under that name: a lookup of a program array
         // from userspace returns the program's id.
@@ -1688,9 +1696,8 @@ fn the_pulled_continuations_record_frames_as_the_programs_they_continue() {
         );
         assert_eq!(id, pulled_id, "NETMON_TC_TAIL[{slot}] is {pulled_name}");
 
-        let mut direct = Progs::with_tail(1024);
-        let via_pulled = Progs::with_tail(1024);
         direct.reset();
+        via_pulled.reset();
         for f in &frames {
             assert_eq!(direct.run_prog(main, f), TC_ACT_UNSPEC);
             assert_eq!(via_pulled.run_prog(pulled_name, f), TC_ACT_UNSPEC);
