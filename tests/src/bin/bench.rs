@@ -81,8 +81,9 @@ fn read_object(path: &str) -> Vec<u8> {
 /// object, A and B, against each other in one process, their passes interleaved, so that a
 /// change to the kernel programs is judged on the same machine state. This host's cold
 /// per-packet figures move by 2x from one hour to the next (other tenants), far more than
-/// most changes do. Per object, the XDP (or `NETMON_COMPARE_HOOK=tc`) program of the per-CPU
-/// tables (or `NETMON_COMPARE_TABLE=lru`: of the LRU maps), on IPv4 (or
+/// most changes do. Per object, the XDP program (or `NETMON_COMPARE_HOOK=tc`: the egress
+/// program; `tci`: the ingress program at the TC ingress hook) of the per-CPU tables (or
+/// `NETMON_COMPARE_TABLE=lru`: of the LRU maps), on IPv4 (or
 /// `NETMON_COMPARE_V6=1`: IPv6) packets: its existing-flow hit and new-flow insert as in
 /// section 1 (1,000 flows), and the hit on one cache-hot packet (`repeat` = 1,000): the
 /// program's own instructions, without the cache misses; and the drop of a pool of sources
@@ -96,6 +97,8 @@ fn compare(a: &str, b: &str) {
     let (prog, empty, ingress) = match (std::env::var("NETMON_COMPARE_HOOK").as_deref(), lru) {
         (Ok("tc"), true) => ("netmon_tc_egress", "netmon_tc_empty", false),
         (Ok("tc"), false) => (TAB_PROGRAMS[1], "netmon_tc_empty", false),
+        (Ok("tci"), true) => (TCI_PROGRAMS[0], "netmon_tc_empty", true),
+        (Ok("tci"), false) => (TCI_PROGRAMS[1], "netmon_tc_empty", true),
         (_, true) => ("netmon_xdp", "netmon_xdp_empty", true),
         (_, false) => (TAB_PROGRAMS[0], "netmon_xdp_empty", true),
     };
@@ -521,6 +524,9 @@ struct Rig {
 /// The per-CPU flow tables' programs (design prototype), where the object has them.
 const TAB_PROGRAMS: [&str; 2] = ["netmon_xdp_tab", "netmon_tc_tab"];
 
+/// The ingress program at the TC ingress hook: the LRU maps' and the per-CPU tables'.
+const TCI_PROGRAMS: [&str; 2] = ["netmon_tc_ingress", "netmon_tci_tab"];
+
 impl Rig {
     /// The built-in object, or the one at NETMON_BENCH_OBJECT (a developer's A/B of two
     /// builds with the table's own method; BENCHMARKS.md is always from the built-in one).
@@ -563,6 +569,14 @@ impl Rig {
         if ebpf.program(TAB_PROGRAMS[1]).is_some() {
             netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu, false)
                 .expect("loading the per-CPU table's egress programs");
+        }
+        // The ingress programs at the TC ingress hook (a veth; a driver without native XDP),
+        // where the object has them.
+        if ebpf.program(TCI_PROGRAMS[0]).is_some() {
+            netmon::load::load_tc(&mut ebpf, FlowTable::Lru, true)
+                .expect("loading the TC ingress programs");
+            netmon::load::load_tc(&mut ebpf, FlowTable::PerCpu, true)
+                .expect("loading the per-CPU table's TC ingress programs");
         }
         for name in ["netmon_tc_empty", "netmon_tc_parse"] {
             let p: &mut aya::programs::SchedClassifier =
@@ -846,6 +860,8 @@ struct Config {
     parse_prog: &'static str,
     pass_ret: u32,
     prefill: u32,
+    /// The per-CPU tables' program of the hook (`prog` is the LRU maps').
+    tab_prog: &'static str,
 }
 
 /// The prefill of the configurations measured in rounds (`measure_in_rounds`): the rows
@@ -1128,25 +1144,42 @@ fn packets() -> String {
         .map(|v| v.split(',').map(|c| c.trim().to_string()).collect());
     let mut configs = Vec::new();
     for &(v6, family) in &[(false, "IPv4"), (true, "IPv6")] {
-        for &(ingress, hook, prog, empty, parse_prog, pass_ret) in &[
+        // The TC ingress program (a veth's ingress, or a driver's without native XDP) at
+        // ROUND_FLOWS only: its flows are in the tables of the other two, whose rows at more
+        // flows show what memory costs there.
+        for &(ingress, hook, prog, tab_prog, empty, parse_prog, pass_ret, prefills) in &[
             (
                 true,
                 "XDP",
                 "netmon_xdp",
+                TAB_PROGRAMS[0],
                 "netmon_xdp_empty",
                 "netmon_xdp_parse",
                 2u32,
+                &[ROUND_FLOWS, 100_000, 1_000_000][..],
             ),
             (
                 false,
                 "TC",
                 "netmon_tc_egress",
+                TAB_PROGRAMS[1],
                 "netmon_tc_empty",
                 "netmon_tc_parse",
                 u32::MAX,
+                &[ROUND_FLOWS, 100_000, 1_000_000][..],
+            ),
+            (
+                true,
+                "TC ingress",
+                TCI_PROGRAMS[0],
+                TCI_PROGRAMS[1],
+                "netmon_tc_empty",
+                "netmon_tc_parse",
+                u32::MAX,
+                &[ROUND_FLOWS][..],
             ),
         ] {
-            for &prefill in &[1_000u32, 100_000, 1_000_000] {
+            for &prefill in prefills {
                 let config = format!("{family} {hook} {prefill}");
                 if only.as_ref().is_some_and(|o| !o.contains(&config)) {
                     continue;
@@ -1161,6 +1194,7 @@ fn packets() -> String {
                     parse_prog,
                     pass_ret,
                     prefill,
+                    tab_prog,
                 });
             }
         }
@@ -1197,7 +1231,7 @@ fn packets() -> String {
          packets of different flows once each (`repeat` = 1, the kernel's own timing); median \
          and p95 of the per-pass difference over 31 passes. The configurations at 1,000 flows \
          (each family and hook), whose rows are the nearest their targets, are measured in \
-         three rounds spread over the section (each round runs the four of them in turn, and \
+         three rounds spread over the section (each round runs the six of them in turn, and \
          the configurations at 100,000 flows and more run between the rounds), 31 passes per \
          row in each: a row shows the round whose median is the middle of the three, with that \
          round's p95, so that a stretch of the host's noise lands on one round of a row rather \
@@ -1205,8 +1239,13 @@ fn packets() -> String {
          each prefilled through its own programs: the per-CPU tables (`netmon_xdp_tab`, \
          `netmon_tc_tab`; the default), with as many slots per CPU as the LRU map has \
          entries, of which a CPU uses the first ones, as many as its flows made it grow to \
-         (\"slots in use\"; the prefill runs until they stop growing), and the LRU maps (`netmon_xdp`, `netmon_tc_egress`; `--flow-table lru`). The \
-         bench runs on CPU 0, so its flows are in CPU 0's part of the tables. The drop-list \
+         (\"slots in use\"; the prefill runs until they stop growing), and the LRU maps (`netmon_xdp`, `netmon_tc_egress`; `--flow-table lru`). \
+         \"TC\" is the egress program; \"TC ingress\" the ingress program where netmon \
+         attaches it at the TC ingress hook instead of XDP (a veth, a driver without native \
+         XDP: `netmon_tci_tab`; `netmon_tc_ingress` for the LRU maps), the egress program's \
+         accounting for the other direction, without the sender's owner, measured at 1,000 \
+         flows only (its flows are in the tables of the other two, whose rows at more flows \
+         show what memory costs there). The bench runs on CPU 0, so its flows are in CPU 0's part of the tables. The drop-list \
          rows run the default programs; the allow-list rows load 100,000 random prefixes (IPv4: \
          /16 to /32 over unicast space outside the pool's 10/8; IPv6: /32 to /64 over 2000::/3 \
          outside the pool's 2001:db8::/32) and an allow entry that misses; the last two allow-list \
@@ -1278,6 +1317,7 @@ fn config_rows(c: &Config) -> (Vec<Row>, Option<f64>) {
         parse_prog,
         pass_ret,
         prefill,
+        tab_prog,
     } = *c;
     let mut rows = Vec::new();
     let mut baseline = None;
@@ -1306,11 +1346,6 @@ fn config_rows(c: &Config) -> (Vec<Row>, Option<f64>) {
             target: None,
         });
     }
-    let tab_prog = if ingress {
-        TAB_PROGRAMS[0]
-    } else {
-        TAB_PROGRAMS[1]
-    };
     let c = Case {
         family,
         hook,
