@@ -577,29 +577,17 @@ fn tc_account<const TAB: bool, const INGRESS: bool>(
         end: ctx.data_end(),
     };
     let mut udp_port = 0;
-    if INGRESS {
-        return account::<TAB>(
-            cpu,
-            ifindex,
-            DIR_INGRESS,
-            u64::from(len),
-            &packet,
-            may_pull,
-            &mut udp_port,
-            None,
-        );
-    }
     let verdict = account::<TAB>(
         cpu,
         ifindex,
-        DIR_EGRESS,
+        if INGRESS { DIR_INGRESS } else { DIR_EGRESS },
         u64::from(len),
         &packet,
         may_pull,
         &mut udp_port,
-        Some(ctx),
+        (!INGRESS).then_some(ctx),
     );
-    if verdict == Verdict::Pass {
+    if !INGRESS && verdict == Verdict::Pass {
         udp_owner_from_socket(ctx, udp_port);
     }
     verdict
