@@ -1300,45 +1300,42 @@ impl Tracker {
     /// The connection table: flows merged per 4-tuple, joined with the sockets that carry
     /// no traffic (listeners, TIME_WAIT...).
     pub fn connections(&self, sockets: &[SocketRow]) -> Vec<Connection> {
-        let flows = self.flow_snapshot();
-        connections(flows.iter().map(|(k, e)| (k, e)), sockets)
+        let mut parts = self.flow_parts_where(&TupleFilter::default());
+        let mut sockets = sockets.to_vec();
+        connection_rows(&mut parts, &mut sockets).collect()
     }
 
-    /// A copy of the flow table for building the connection table outside the drain: cheap
-    /// (owners are shared), so the drain waits only for the copy. Rates are the current
-    /// ones (zero for a flow the last drain did not see move).
-    pub fn flow_snapshot(&self) -> Vec<(FlowKey, FlowEntry)> {
-        self.flow_snapshot_where(&TupleFilter::default())
+    /// What the connection table takes of each flow whose connection `f` admits, in the
+    /// table's order: a copy for building the rows outside the drain, cheap (owners are
+    /// shared, ~100 bytes a flow), so that the drain waits only for the copy. Rates are the
+    /// current ones (zero for a flow the last drain did not see move).
+    pub fn flow_parts_where(&self, f: &TupleFilter) -> Vec<FlowPart> {
+        self.flow_parts(|k| f.admits(&flow_tuple(k)))
     }
 
-    /// `flow_snapshot` of the flows whose connection `f` admits.
-    pub fn flow_snapshot_where(&self, f: &TupleFilter) -> Vec<(FlowKey, FlowEntry)> {
+    /// `flow_parts_where` of the flows of these connections only (`tuples` sorted).
+    pub fn flow_parts_of(&self, tuples: &[ConnKey]) -> Vec<FlowPart> {
+        self.flow_parts(|k| tuples.binary_search(&flow_tuple(k)).is_ok())
+    }
+
+    fn flow_parts(&self, want: impl Fn(&FlowKey) -> bool) -> Vec<FlowPart> {
         self.flows
             .iter()
-            .filter(|(k, _)| f.admits(&flow_tuple(k)))
-            .map(|(k, e)| self.flow_copy(k, e))
+            .filter(|(k, _)| want(k))
+            .enumerate()
+            .map(|(order, (k, e))| FlowPart {
+                tuple: flow_tuple(k),
+                ingress: k.direction == DIR_INGRESS,
+                tcp_flags: e.tcp_flags,
+                order: order as u32,
+                bytes: e.bytes,
+                packets: e.packets,
+                rate_bps: self.current_rates(e).0,
+                first_ns: e.first_ns,
+                last_ns: e.last_ns,
+                owner: e.owner.clone(),
+            })
             .collect()
-    }
-
-    /// `flow_snapshot` of the flows of these connections only (`tuples` sorted).
-    pub fn flow_snapshot_of(&self, tuples: &[ConnKey]) -> Vec<(FlowKey, FlowEntry)> {
-        self.flows
-            .iter()
-            .filter(|(k, _)| tuples.binary_search(&flow_tuple(k)).is_ok())
-            .map(|(k, e)| self.flow_copy(k, e))
-            .collect()
-    }
-
-    fn flow_copy(&self, k: &FlowKey, e: &FlowEntry) -> (FlowKey, FlowEntry) {
-        let (rate_bps, rate_pps) = self.current_rates(e);
-        (
-            *k,
-            FlowEntry {
-                rate_bps,
-                rate_pps,
-                ..e.clone()
-            },
-        )
     }
 
     /// Every flow's `FlowActivity`, in the table's order (which `busiest_tuples` keeps).
@@ -1362,6 +1359,23 @@ impl Tracker {
             })
             .collect()
     }
+}
+
+/// What a connection's row takes of one of its flows (`Tracker::flow_parts_where`).
+#[derive(Clone, Debug)]
+pub struct FlowPart {
+    pub tuple: ConnKey,
+    pub ingress: bool,
+    pub tcp_flags: u8,
+    /// Its place in the copy: a connection's flows are summed in the table's order.
+    order: u32,
+    pub bytes: u64,
+    pub packets: u64,
+    /// Bytes/s over the last interval.
+    pub rate_bps: f64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub owner: Option<Arc<Owner>>,
 }
 
 /// What a connection's tuple must be for a request to want it (`/api/network-stats`'s
@@ -1396,72 +1410,92 @@ impl TupleFilter {
     }
 }
 
-/// The connection table of `flows` and `sockets` (see `Tracker::connections`).
-pub fn connections<'a>(
-    flows: impl Iterator<Item = (&'a FlowKey, &'a FlowEntry)>,
-    sockets: &[SocketRow],
-) -> Vec<Connection> {
-    // The TCP flags of each row, OR-ed over its flows.
-    let mut by_tuple: BTreeMap<ConnKey, (Connection, u8)> = BTreeMap::new();
-    for (&k, e) in flows {
-        let (c, flags) = by_tuple.entry(flow_tuple(&k)).or_insert_with(|| {
-            (
-                new_connection(
-                    k.proto,
-                    (k.local_addr, k.local_port),
-                    (k.remote_addr, k.remote_port),
-                ),
-                0,
-            )
-        });
-        if k.direction == DIR_INGRESS {
-            c.bytes_recv += e.bytes;
-            c.packets_recv += e.packets;
-            c.recv_rate += e.rate_bps;
-        } else {
-            c.bytes_sent += e.bytes;
-            c.packets_sent += e.packets;
-            c.send_rate += e.rate_bps;
-        }
-        c.duration = c
-            .duration
-            .max(e.last_ns.saturating_sub(e.first_ns) as f64 / 1e9);
-        *flags |= e.tcp_flags;
-        if c.pid.is_none()
-            && let Some(o) = &e.owner
-        {
-            set_owner(c, o);
-        }
+/// The connection table of `parts` and `sockets` (see `Tracker::connections`), one row at
+/// a time, in tuple order: `parts` and `sockets` are sorted by tuple first (a connection's
+/// flows, and its sockets, keep their order), so that a row is built, written out and
+/// freed before the next, and a table of a million connections is never in memory whole.
+pub fn connection_rows<'a>(
+    parts: &'a mut [FlowPart],
+    sockets: &'a mut [SocketRow],
+) -> ConnectionRows<'a> {
+    parts.sort_unstable_by(|a, b| a.tuple.cmp(&b.tuple).then(a.order.cmp(&b.order)));
+    sockets.sort_by_key(SocketRow::tuple);
+    ConnectionRows {
+        parts: parts.iter().peekable(),
+        sockets: sockets.iter().peekable(),
     }
-    for (c, flags) in by_tuple.values_mut() {
-        c.tcp_flags = flags_string(*flags);
-        // Without a socket (closed, or not in this namespace) the state is inferred.
-        c.status = match c.kind.as_str() {
-            "TCP" if *flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => "CLOSED",
-            "TCP" => "UNKNOWN",
-            _ => "NONE",
+}
+
+/// `connection_rows`' iterator.
+pub struct ConnectionRows<'a> {
+    parts: std::iter::Peekable<std::slice::Iter<'a, FlowPart>>,
+    sockets: std::iter::Peekable<std::slice::Iter<'a, SocketRow>>,
+}
+
+impl Iterator for ConnectionRows<'_> {
+    type Item = Connection;
+
+    fn next(&mut self) -> Option<Connection> {
+        let tuple = match (
+            self.parts.peek().map(|p| p.tuple),
+            self.sockets.peek().map(|s| s.tuple()),
+        ) {
+            (None, None) => return None,
+            (Some(f), Some(s)) => f.min(s),
+            (Some(t), None) | (None, Some(t)) => t,
+        };
+        let (proto, local_addr, local_port, remote_addr, remote_port) = tuple;
+        let mut c = new_connection(proto, (local_addr, local_port), (remote_addr, remote_port));
+        // The TCP flags of the row, OR-ed over its flows.
+        let mut flags = 0;
+        let mut flows = 0;
+        while let Some(p) = self.parts.next_if(|p| p.tuple == tuple) {
+            flows += 1;
+            if p.ingress {
+                c.bytes_recv += p.bytes;
+                c.packets_recv += p.packets;
+                c.recv_rate += p.rate_bps;
+            } else {
+                c.bytes_sent += p.bytes;
+                c.packets_sent += p.packets;
+                c.send_rate += p.rate_bps;
+            }
+            c.duration = c
+                .duration
+                .max(p.last_ns.saturating_sub(p.first_ns) as f64 / 1e9);
+            flags |= p.tcp_flags;
+            if c.pid.is_none()
+                && let Some(o) = &p.owner
+            {
+                set_owner(&mut c, o);
+            }
         }
-        .to_string();
-    }
-    for s in sockets {
-        let (c, _) = by_tuple.entry(s.tuple()).or_insert_with(|| {
-            let mut c = new_connection(
-                s.proto,
-                (s.local_addr, s.local_port),
-                (s.remote_addr, s.remote_port),
-            );
-            c.uid = Some(s.uid);
-            (c, 0)
-        });
-        c.status = s.state.clone();
-        c.tcp_quality = s.quality;
-        if c.pid.is_none()
-            && let Some(o) = &s.owner
-        {
-            set_owner(c, o);
+        if flows > 0 {
+            c.tcp_flags = flags_string(flags);
+            // Without a socket (closed, or not in this namespace) the state is inferred.
+            c.status = match c.kind.as_str() {
+                "TCP" if flags & (tcp_flags::RST | tcp_flags::FIN) != 0 => "CLOSED",
+                "TCP" => "UNKNOWN",
+                _ => "NONE",
+            }
+            .to_string();
         }
+        let mut socket_only = flows == 0;
+        while let Some(s) = self.sockets.next_if(|s| s.tuple() == tuple) {
+            if socket_only {
+                c.uid = Some(s.uid);
+                socket_only = false;
+            }
+            c.status = s.state.clone();
+            c.tcp_quality = s.quality;
+            if c.pid.is_none()
+                && let Some(o) = &s.owner
+            {
+                set_owner(&mut c, o);
+            }
+        }
+        Some(c)
     }
-    by_tuple.into_values().map(|(c, _)| c).collect()
 }
 
 impl Tracker {
@@ -2198,6 +2232,59 @@ mod tests {
         assert_eq!(l.bytes_sent + l.bytes_recv, 0);
     }
 
+    /// The rows come one per tuple, in tuple order, whatever order the flows and sockets
+    /// are in: a socket without traffic makes a row between the flows' rows, a tuple's flows
+    /// on two interfaces and its two sockets make one row.
+    #[test]
+    fn connection_rows_come_in_tuple_order() {
+        let mut t = Tracker::default();
+        let on = |ifindex: u32, k: FlowKey| FlowKey { ifindex, ..k };
+        t.apply_flows(
+            &[
+                sample(key(DIR_EGRESS, 3000), 30, 1, SEC),
+                sample(on(7, key(DIR_EGRESS, 1000)), 5, 1, SEC),
+                sample(key(DIR_EGRESS, 1000), 10, 1, SEC),
+                sample(key(DIR_INGRESS, 1000), 20, 2, SEC),
+            ],
+            SEC,
+            1.0,
+            60 * SEC,
+            |k| Some(owner(k.ifindex, "app")),
+        );
+        let socket = |lport: u16, state: &str| SocketRow {
+            proto: IPPROTO_TCP,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            local_port: lport,
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+            remote_port: 80,
+            state: state.into(),
+            inode: 1,
+            uid: 33,
+            owner: None,
+            quality: None,
+        };
+        let sockets = [
+            socket(3000, "TIME_WAIT"),
+            socket(2000, "SYN_SENT"),
+            socket(3000, "ESTABLISHED"),
+        ];
+        let rows: Vec<(u16, u64, u64, String, Option<u32>)> = t
+            .connections(&sockets)
+            .into_iter()
+            .map(|c| (c.tuple.1, c.bytes_sent, c.bytes_recv, c.status, c.pid))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                // The first of its flows in the table's order with an owner gives it.
+                (1000, 15, 20, "UNKNOWN".to_string(), Some(7)),
+                (2000, 0, 0, "SYN_SENT".to_string(), None),
+                (3000, 30, 0, "ESTABLISHED".to_string(), Some(2)),
+            ]
+        );
+        assert_eq!(t.connections(&sockets)[1].uid, Some(33));
+    }
+
     /// `keep_busiest` keeps the N busiest by rate, then bytes, busiest first.
     #[test]
     fn the_busiest_connections_are_kept_in_order() {
@@ -2226,7 +2313,7 @@ mod tests {
         }
     }
 
-    /// Choosing the busiest tuples first (`busiest_tuples`, `flow_snapshot_of`) gives the
+    /// Choosing the busiest tuples first (`busiest_tuples`, `flow_parts_of`) gives the
     /// rows, order and total that building the whole table and keeping its busiest do.
     #[test]
     fn the_busiest_tuples_make_the_busiest_rows() {
@@ -2285,13 +2372,13 @@ mod tests {
             let (tuples, total) = busiest_tuples(t.flow_activity(), &sockets, n);
             assert_eq!(total, 41, "n = {n}");
             assert_eq!(tuples.len(), n.min(41), "n = {n}");
-            let socks: Vec<SocketRow> = sockets
+            let mut socks: Vec<SocketRow> = sockets
                 .iter()
                 .filter(|s| tuples.binary_search(&s.tuple()).is_ok())
                 .cloned()
                 .collect();
-            let snapshot = t.flow_snapshot_of(&tuples);
-            let mut got = connections(snapshot.iter().map(|(k, e)| (k, e)), &socks);
+            let mut parts = t.flow_parts_of(&tuples);
+            let mut got: Vec<Connection> = connection_rows(&mut parts, &mut socks).collect();
             keep_busiest(&mut got, n);
             assert_eq!(rows(&got), rows(&want), "n = {n}");
         }

@@ -3,6 +3,7 @@
 //! token passed in, so the server is tested on 127.0.0.1:0 without root or kernel programs.
 
 use std::{
+    io::Write as _,
     net::IpAddr,
     sync::{Arc, RwLock},
 };
@@ -59,11 +60,19 @@ pub struct InterfaceStats {
     pub utilization_recv: Option<f64>,
 }
 
-/// `GET /api/network-stats`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What the drain publishes of `GET /api/network-stats`: all but the connection table, whose
+/// rows are built from the flow table when the document is asked for
+/// (`write_network_stats`). The document: `interfaces`, `connections` (the rows), then the
+/// summary's fields.
+#[derive(Debug, Clone, Default)]
 pub struct NetworkStats {
     pub interfaces: Vec<InterfaceStats>,
-    pub connections: Vec<Connection>,
+    pub summary: Summary,
+}
+
+/// The fields of `/api/network-stats` after `connections`, in the document's order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
     /// Connections in the table (those the request's criteria admit, when it gives any);
     /// `connections` holds the `limit` busiest of them when the request gives one.
     pub connections_total: usize,
@@ -333,82 +342,208 @@ async fn network_stats(
             .into_response();
     }
     // Off the async workers: with a million flows this takes a while, and the drain waits
-    // only for the copy of the flow table.
-    let built = tokio::task::spawn_blocking(move || {
-        let mut stats = s.stats.read().expect("lock not poisoned").clone();
-        let table = || s.table.read().expect("lock not poisoned");
-        let mut sockets = s
-            .sockets
-            .lock()
-            .expect("lock not poisoned")
-            .as_mut()
-            .map(crate::sockdiag::Lister::rows)
-            .unwrap_or_default();
-        sockets.retain(|r| filter.tuple.admits(&r.tuple()));
-        // With a limit and no row criterion, the rows are chosen from the flows' activity;
-        // otherwise every row the tuple criteria admit is built, and the rest chosen after.
-        let chosen_first = q.limit.filter(|_| filter.by_tuple_only());
-        let flows = match chosen_first {
-            None => table().tracker.flow_snapshot_where(&filter.tuple),
-            Some(n) => {
-                // Rows only for the n busiest connections: the choice takes a few dozen
-                // bytes a flow, where a row of the whole table (its strings, its owner)
-                // takes hundreds.
-                let activity = table().tracker.flow_activity_where(&filter.tuple);
-                let (tuples, total) = aggregate::busiest_tuples(activity, &sockets, n);
-                stats.connections_total = total;
-                sockets.retain(|r| tuples.binary_search(&r.tuple()).is_ok());
-                table().tracker.flow_snapshot_of(&tuples)
-            }
+    // only for the copy of the flow table. The document goes out as it is written, a chunk
+    // at a time, each row built and assessed just before: a table of a million
+    // connections is never in memory whole, neither its rows nor its text.
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            buf: Vec::with_capacity(STREAM_CHUNK),
+            tx,
         };
-        stats.connections = aggregate::connections(flows.iter().map(|(k, e)| (k, e)), &sockets);
-        if let Some(p) = &filter.process {
-            stats.connections.retain(|c| c.process.as_ref() == Some(p));
+        let written = write_network_stats(&s, &q, &filter, &mut out).and_then(|()| out.flush());
+        if let Err(e) = written
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            // Sent as the body's error, which ends the response without its end (hyper
+            // closes the connection): the client sees a cut document, not a complete one.
+            tracing::warn!("writing /api/network-stats: {e}");
+            let _ = out.tx.blocking_send(Err(e));
         }
-        let c = s.classifier.read().expect("lock not poisoned");
-        if let Some(min) = filter.level {
-            stats
-                .connections
-                .retain(|conn| c.level(conn.scored()) >= min);
-        }
-        if chosen_first.is_none() {
-            stats.connections_total = stats.connections.len();
-        }
-        if let Some(n) = q.limit {
-            // In order (the rows are those of the chosen tuples only), before the scores and
-            // the serialization, which are most of a large table's cost.
-            aggregate::keep_busiest(&mut stats.connections, n);
-        }
-        let anon = *s.anonymize.read().expect("lock not poisoned");
-        for conn in &mut stats.connections {
-            let remote = conn.tuple.0;
-            let (mut risk, geo) = c.assess_with_geo(conn.scored());
-            if anon != Anonymize::Off {
-                conn.remote_address = anon.address(&conn.remote_address);
-                anonymize_reasons(anon, &mut risk.reasons, remote);
-            }
-            conn.risk = Some(risk);
-            conn.geo = geo;
-        }
-        drop(c);
-        // Serialized here, so that the table's many small allocations are freed and given
-        // back before the response goes out: with a million flows they come to over a GiB,
-        // which the heap would otherwise keep resident until the drain's next trim.
-        let body = serde_json::to_vec(&stats);
-        drop(stats);
-        drop(flows);
         crate::trim_heap();
-        body
-    })
-    .await
-    .expect("the connection table builder does not panic");
-    match built {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("serializing the connection table: {e}"),
-        )
-            .into_response(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::new(ChunkBody(rx)),
+    )
+        .into_response()
+}
+
+/// Bytes of the `/api/network-stats` document sent at a time.
+const STREAM_CHUNK: usize = 64 * 1024;
+/// Chunks written ahead of what the client has taken: past them, the builder waits for a
+/// slow client with this much of the document in memory, not all of it.
+const STREAM_AHEAD: usize = 4;
+
+/// Gathers what is written into chunks of `STREAM_CHUNK` bytes and passes each to the
+/// response; an error `BrokenPipe` once the client has gone.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK));
+        self.tx.blocking_send(Ok(chunk.into())).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+/// A response body of the chunks a `ChunkWriter` passes.
+struct ChunkBody(tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>);
+
+impl axum::body::HttpBody for ChunkBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::io::Result<http_body::Frame<Self::Data>>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(http_body::Frame::data)))
+    }
+}
+
+/// Rows assessed at a time, under one hold of the classifier's lock (never held while the
+/// document waits for the client).
+const ROW_BATCH: usize = 512;
+
+/// Writes the `/api/network-stats` document for `q` (`filter` its criteria) to `w`.
+fn write_network_stats(
+    s: &Shared,
+    q: &StatsQuery,
+    filter: &ConnFilter,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let NetworkStats {
+        interfaces,
+        mut summary,
+    } = s.stats.read().expect("lock not poisoned").clone();
+    let table = || s.table.read().expect("lock not poisoned");
+    let mut sockets = s
+        .sockets
+        .lock()
+        .expect("lock not poisoned")
+        .as_mut()
+        .map(crate::sockdiag::Lister::rows)
+        .unwrap_or_default();
+    sockets.retain(|r| filter.tuple.admits(&r.tuple()));
+    // With a limit and no row criterion, the rows are chosen from the flows' activity;
+    // otherwise every row the tuple criteria admit is built, and the rest chosen after.
+    let chosen_first = q.limit.filter(|_| filter.by_tuple_only());
+    let mut parts = match chosen_first {
+        None => table().tracker.flow_parts_where(&filter.tuple),
+        Some(n) => {
+            // Rows only for the n busiest connections: the choice takes a few dozen bytes a
+            // flow, where a row (its strings, its owner) takes hundreds.
+            let activity = table().tracker.flow_activity_where(&filter.tuple);
+            let (tuples, total) = aggregate::busiest_tuples(activity, &sockets, n);
+            summary.connections_total = total;
+            sockets.retain(|r| tuples.binary_search(&r.tuple()).is_ok());
+            table().tracker.flow_parts_of(&tuples)
+        }
+    };
+    let anon = *s.anonymize.read().expect("lock not poisoned");
+    let mut rows = aggregate::connection_rows(&mut parts, &mut sockets)
+        .filter(|c| filter.process.is_none() || c.process == filter.process);
+    // The next batch of rows the criteria admit, with the classifier's lock held (for the
+    // level, and to assess them once `assess` is given).
+    let mut next_batch = |assess: bool| {
+        let batch: Vec<Connection> = rows.by_ref().take(ROW_BATCH).collect();
+        let done = batch.len() < ROW_BATCH;
+        let c = s.classifier.read().expect("lock not poisoned");
+        let mut batch: Vec<Connection> = batch
+            .into_iter()
+            .filter(|conn| filter.level.is_none_or(|min| c.level(conn.scored()) >= min))
+            .collect();
+        if assess {
+            assess_rows(&c, anon, &mut batch);
+        }
+        (batch, done)
+    };
+    w.write_all(b"{\"interfaces\":")?;
+    serde_json::to_writer(&mut *w, &interfaces)?;
+    w.write_all(b",\"connections\":[")?;
+    let mut first = true;
+    let mut write_rows = |w: &mut dyn std::io::Write, batch: &[Connection]| {
+        for conn in batch {
+            if !std::mem::take(&mut first) {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, conn)?;
+        }
+        std::io::Result::Ok(())
+    };
+    let mut admitted = 0;
+    match q.limit {
+        None => loop {
+            let (batch, done) = next_batch(true);
+            admitted += batch.len();
+            write_rows(w, &batch)?;
+            if done {
+                break;
+            }
+        },
+        Some(n) => {
+            // The n busiest, kept as the batches come (never more than twice n, or a
+            // batch, at once), then assessed: only the rows sent are.
+            let mut kept = Vec::new();
+            loop {
+                let (batch, done) = next_batch(false);
+                admitted += batch.len();
+                kept.extend(batch);
+                if kept.len() >= 2 * n.max(ROW_BATCH) {
+                    aggregate::keep_busiest(&mut kept, n);
+                }
+                if done {
+                    break;
+                }
+            }
+            aggregate::keep_busiest(&mut kept, n);
+            assess_rows(
+                &s.classifier.read().expect("lock not poisoned"),
+                anon,
+                &mut kept,
+            );
+            write_rows(w, &kept)?;
+        }
+    }
+    if chosen_first.is_none() {
+        summary.connections_total = admitted;
+    }
+    // The summary's fields, after the rows: its object without the opening brace.
+    let tail = serde_json::to_vec(&summary)?;
+    w.write_all(b"],")?;
+    w.write_all(&tail[1..])
+}
+
+/// Gives each row its risk assessment and GeoIP facts, its remote address anonymized as
+/// `anon` says.
+fn assess_rows(c: &crate::classify::Classifier, anon: Anonymize, rows: &mut [Connection]) {
+    for conn in rows {
+        let remote = conn.tuple.0;
+        let (mut risk, geo) = c.assess_with_geo(conn.scored());
+        if anon != Anonymize::Off {
+            conn.remote_address = anon.address(&conn.remote_address);
+            anonymize_reasons(anon, &mut risk.reasons, remote);
+        }
+        conn.risk = Some(risk);
+        conn.geo = geo;
     }
 }
 
@@ -536,6 +671,209 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    /// A table of `n` TCP connections from 198.18.0.1 (local ports 1000 up) to two remotes:
+    /// every connection sends, every third also receives, with rates that differ in the
+    /// second drain; the owner's command name is one of three.
+    fn table_of(n: u16) -> Shared {
+        use netmon_common::{DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_TCP, v4_mapped};
+        const SEC: u64 = 1_000_000_000;
+        let key = |dir: u8, i: u16| FlowKey {
+            ifindex: 2,
+            direction: dir,
+            proto: IPPROTO_TCP,
+            family: 4,
+            flags: 0,
+            local_port: 1000 + i,
+            remote_port: 443,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            remote_addr: v4_mapped([198, 18, 0, 2 + (i % 2) as u8]),
+        };
+        let mut t = Tracker::default();
+        for drain in 1..=2u64 {
+            let samples: Vec<aggregate::FlowSample> = (0..n)
+                .flat_map(|i| {
+                    let bytes = u64::from(i) * 100 * drain.pow(u32::from(i % 5 == 0)) + 60;
+                    let sample = |dir| aggregate::FlowSample {
+                        key: key(dir, i),
+                        bytes,
+                        packets: bytes / 60,
+                        first_ns: 1_000,
+                        last_ns: drain * SEC,
+                        tcp_flags: netmon_common::tcp_flags::ACK,
+                    };
+                    let rx = (i % 3 == 0).then(|| sample(DIR_INGRESS));
+                    [Some(sample(DIR_EGRESS)), rx].into_iter().flatten()
+                })
+                .collect();
+            t.apply_flows(&samples, drain * SEC, 1.0, 60 * SEC, |k| {
+                Some(aggregate::Owner {
+                    pid: u32::from(k.local_port),
+                    uid: 0,
+                    cgroup_id: 1,
+                    cgroup: None,
+                    comm: ["web", "db", "cron"][usize::from(k.local_port % 3)].into(),
+                    by_port: false,
+                })
+            });
+        }
+        let shared = Shared::default();
+        shared.table.write().unwrap().tracker = t;
+        *shared.stats.write().unwrap() = NetworkStats {
+            interfaces: vec![InterfaceStats {
+                name: "veth0".into(),
+                bytes_sent: 77,
+                ..Default::default()
+            }],
+            summary: Summary {
+                total_bytes_sent: 77,
+                timestamp: 1234.5,
+                interval_seconds: 1.0,
+                ..Default::default()
+            },
+        };
+        shared
+    }
+
+    /// The document `write_network_stats` writes for `query`.
+    fn document(shared: &Shared, query: &str) -> String {
+        let q: StatsQuery = serde_json::from_value(url_query(query).into_iter().collect()).unwrap();
+        let mut out = Vec::new();
+        write_network_stats(shared, &q, &ConnFilter::of(&q).unwrap(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// `a=1&b=x` as pairs, numbers as numbers.
+    fn url_query(q: &str) -> Vec<(String, serde_json::Value)> {
+        q.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                let v = v.parse::<u64>().map_or_else(|_| v.into(), Into::into);
+                (k.to_string(), v)
+            })
+            .collect()
+    }
+
+    /// The document written a row at a time is the whole table, in the table's order, each
+    /// row assessed, its fields in the seed document's order; with a limit, the busiest
+    /// rows in order and the count of all; with a process, that process's rows alone.
+    #[test]
+    fn the_network_stats_document_holds_the_whole_table() {
+        // Rows enough for several batches of assessment and chunks of the response.
+        let n = 3000;
+        let shared = table_of(n);
+        let mut all = shared.table.read().unwrap().tracker.connections(&[]);
+        assess_rows(&shared.classifier.read().unwrap(), Anonymize::Off, &mut all);
+        let rows = |doc: &serde_json::Value| -> Vec<serde_json::Value> {
+            doc["connections"].as_array().unwrap().clone()
+        };
+        let want_rows = |conns: &[Connection]| -> Vec<serde_json::Value> {
+            conns
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap())
+                .collect()
+        };
+        let text = document(&shared, "");
+        assert!(text.len() > 4 * STREAM_CHUNK, "{} bytes", text.len());
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(rows(&doc).len(), usize::from(n));
+        assert_eq!(rows(&doc), want_rows(&all));
+        assert_eq!(doc["connections_total"], n);
+        assert_eq!(doc["interfaces"][0]["name"], "veth0");
+        assert_eq!(doc["total_bytes_sent"], 77);
+        assert!(
+            doc["connections"][0]["risk"]["level"].is_string(),
+            "{}",
+            doc["connections"][0]
+        );
+        // The seed document's order of fields (the last mention of each: rows have
+        // packets_sent too).
+        let at = |field: &str| text.rfind(&format!("\"{field}\":")).unwrap();
+        let order = [
+            "interfaces",
+            "connections",
+            "connections_total",
+            "processes",
+            "cgroups",
+            "services",
+            "total_bytes_sent",
+            "total_bytes_recv",
+            "packets_sent",
+            "packets_recv",
+            "timestamp",
+            "interval_seconds",
+        ];
+        assert!(text.starts_with("{\"interfaces\":"), "{}", &text[..40]);
+        assert!(
+            order.windows(2).all(|w| at(w[0]) < at(w[1])),
+            "{}",
+            &text[text.len() - 300..]
+        );
+
+        let mut busiest = all.clone();
+        aggregate::keep_busiest(&mut busiest, 25);
+        let doc: serde_json::Value = serde_json::from_str(&document(&shared, "limit=25")).unwrap();
+        assert_eq!(rows(&doc), want_rows(&busiest));
+        assert_eq!(doc["connections_total"], n);
+
+        // A row criterion: every row is built and chosen, in batches, before the busiest.
+        let db: Vec<Connection> = all
+            .iter()
+            .filter(|c| c.process.as_deref() == Some("db"))
+            .cloned()
+            .collect();
+        let doc: serde_json::Value =
+            serde_json::from_str(&document(&shared, "process=db")).unwrap();
+        assert_eq!(rows(&doc), want_rows(&db));
+        assert_eq!(doc["connections_total"], db.len());
+        let mut busiest_db = db.clone();
+        aggregate::keep_busiest(&mut busiest_db, 700);
+        let doc: serde_json::Value =
+            serde_json::from_str(&document(&shared, "process=db&limit=700")).unwrap();
+        assert_eq!(rows(&doc), want_rows(&busiest_db));
+        assert_eq!(doc["connections_total"], db.len());
+    }
+
+    /// Over HTTP the document comes in chunks, as written; a client that goes away in the
+    /// middle leaves the server serving.
+    #[tokio::test]
+    async fn the_network_stats_document_is_streamed() {
+        let shared = Arc::new(table_of(3000));
+        let want = document(&shared, "");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, shared, stop.clone(), None));
+        let get = move || {
+            let api = client::Api {
+                addr: addr.to_string(),
+                ..Default::default()
+            };
+            tokio::task::spawn_blocking(move || api.get("/api/network-stats").unwrap())
+        };
+        // A client that reads the start of the document and hangs up.
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /api/network-stats HTTP/1.0\r\n\r\n")
+                .unwrap();
+            let mut start = [0; 1024];
+            s.read_exact(&mut start).unwrap();
+            assert!(
+                start.starts_with(b"HTTP/1.0 200"),
+                "{}",
+                String::from_utf8_lossy(&start)
+            );
+        })
+        .await
+        .unwrap();
+        let (code, body) = get().await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body, want);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn token_comparison() {
         assert!(same_token("abc", "abc"));
@@ -547,7 +885,7 @@ mod tests {
     #[tokio::test]
     async fn endpoints_on_an_ephemeral_port() {
         let shared = Arc::new(Shared::default());
-        shared.stats.write().unwrap().total_bytes_recv = 1234;
+        shared.stats.write().unwrap().summary.total_bytes_recv = 1234;
         shared.status.write().unwrap().version = "9.9.9".into();
         shared
             .metrics

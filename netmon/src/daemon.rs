@@ -609,15 +609,18 @@ impl Drain {
         }
 
         let mut stats = NetworkStats {
-            processes: tracker.processes(),
-            cgroups: tracker.cgroups(),
-            services: tracker.services(),
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            interval_seconds: interval_s,
-            ..Default::default()
+            interfaces: Vec::new(),
+            summary: api::Summary {
+                processes: tracker.processes(),
+                cgroups: tracker.cgroups(),
+                services: tracker.services(),
+                timestamp: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                interval_seconds: interval_s,
+                ..Default::default()
+            },
         };
         for (ifindex, name, f) in links {
             let t = tracker.ifaces.get(&ifindex).cloned().unwrap_or_default();
@@ -646,10 +649,10 @@ impl Drain {
                 }
             }
             let utilization = |rate: f64| (f.speed > 0).then(|| rate / link_bps as f64);
-            stats.total_bytes_sent += t.tx_bytes;
-            stats.total_bytes_recv += t.rx_bytes;
-            stats.packets_sent += t.tx_packets;
-            stats.packets_recv += t.rx_packets;
+            stats.summary.total_bytes_sent += t.tx_bytes;
+            stats.summary.total_bytes_recv += t.rx_bytes;
+            stats.summary.packets_sent += t.tx_packets;
+            stats.summary.packets_recv += t.rx_packets;
             stats.interfaces.push(InterfaceStats {
                 name: name.clone(),
                 ifindex,
