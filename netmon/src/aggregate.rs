@@ -1310,32 +1310,36 @@ impl Tracker {
     /// shared, ~100 bytes a flow), so that the drain waits only for the copy. Rates are the
     /// current ones (zero for a flow the last drain did not see move).
     pub fn flow_parts_where(&self, f: &TupleFilter) -> Vec<FlowPart> {
-        self.flow_parts(|k| f.admits(&flow_tuple(k)))
+        self.flow_parts(self.flows.len(), |k| f.admits(&flow_tuple(k)))
     }
 
     /// `flow_parts_where` of the flows of these connections only (`tuples` sorted).
     pub fn flow_parts_of(&self, tuples: &[ConnKey]) -> Vec<FlowPart> {
-        self.flow_parts(|k| tuples.binary_search(&flow_tuple(k)).is_ok())
+        // A connection has a flow each way, more where it crosses more interfaces.
+        self.flow_parts(2 * tuples.len(), |k| {
+            tuples.binary_search(&flow_tuple(k)).is_ok()
+        })
     }
 
-    fn flow_parts(&self, want: impl Fn(&FlowKey) -> bool) -> Vec<FlowPart> {
-        self.flows
-            .iter()
-            .filter(|(k, _)| want(k))
-            .enumerate()
-            .map(|(order, (k, e))| FlowPart {
-                tuple: flow_tuple(k),
-                ingress: k.direction == DIR_INGRESS,
-                tcp_flags: e.tcp_flags,
-                order: order as u32,
-                bytes: e.bytes,
-                packets: e.packets,
-                rate_bps: self.current_rates(e).0,
-                first_ns: e.first_ns,
-                last_ns: e.last_ns,
-                owner: e.owner.clone(),
-            })
-            .collect()
+    /// `room`: as many as the copy will hold, or more. Given at the start, not grown by
+    /// doubling: a large vector's pages are mapped as they are written, so room a filter
+    /// leaves unused costs no memory.
+    fn flow_parts(&self, room: usize, want: impl Fn(&FlowKey) -> bool) -> Vec<FlowPart> {
+        let mut parts = Vec::with_capacity(room);
+        let chosen = self.flows.iter().filter(|(k, _)| want(k));
+        parts.extend(chosen.enumerate().map(|(order, (k, e))| FlowPart {
+            tuple: flow_tuple(k),
+            ingress: k.direction == DIR_INGRESS,
+            tcp_flags: e.tcp_flags,
+            order: order as u32,
+            bytes: e.bytes,
+            packets: e.packets,
+            rate_bps: self.current_rates(e).0,
+            first_ns: e.first_ns,
+            last_ns: e.last_ns,
+            owner: e.owner.clone(),
+        }));
+        parts
     }
 
     /// Every flow's `FlowActivity`, in the table's order (which `busiest_tuples` keeps).
@@ -1345,19 +1349,19 @@ impl Tracker {
 
     /// `flow_activity` of the flows whose connection `f` admits.
     pub fn flow_activity_where(&self, f: &TupleFilter) -> Vec<FlowActivity> {
-        self.flows
-            .iter()
-            .filter(|(k, _)| f.admits(&flow_tuple(k)))
-            .map(|(k, e)| {
-                let (rate, _) = self.current_rates(e);
-                let (sent, recv) = if k.direction == DIR_INGRESS {
-                    (0.0, rate)
-                } else {
-                    (rate, 0.0)
-                };
-                (flow_tuple(k), sent, recv, e.bytes)
-            })
-            .collect()
+        // Room for every flow (see `flow_parts`).
+        let mut activity = Vec::with_capacity(self.flows.len());
+        let chosen = self.flows.iter().filter(|(k, _)| f.admits(&flow_tuple(k)));
+        activity.extend(chosen.map(|(k, e)| {
+            let (rate, _) = self.current_rates(e);
+            let (sent, recv) = if k.direction == DIR_INGRESS {
+                (0.0, rate)
+            } else {
+                (rate, 0.0)
+            };
+            (flow_tuple(k), sent, recv, e.bytes)
+        }));
+        activity
     }
 }
 
