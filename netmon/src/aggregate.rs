@@ -1662,6 +1662,22 @@ mod tests {
         }
     }
 
+    /// A TCP socket from 198.18.0.1:`lport` to 198.18.0.2:80 in `state`.
+    fn socket(lport: u16, state: &str) -> SocketRow {
+        SocketRow {
+            proto: IPPROTO_TCP,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            local_port: lport,
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+            remote_port: 80,
+            state: state.into(),
+            inode: 1,
+            uid: 0,
+            owner: None,
+            quality: None,
+        }
+    }
+
     const SEC: u64 = 1_000_000_000;
 
     /// One drain of per-CPU table deltas: `(sample, owner known)` per slot that grew.
@@ -2255,21 +2271,12 @@ mod tests {
             60 * SEC,
             |k| Some(owner(k.ifindex, "app")),
         );
-        let socket = |lport: u16, state: &str| SocketRow {
-            proto: IPPROTO_TCP,
-            local_addr: v4_mapped([198, 18, 0, 1]),
-            local_port: lport,
-            remote_addr: v4_mapped([198, 18, 0, 2]),
-            remote_port: 80,
-            state: state.into(),
-            inode: 1,
-            uid: 33,
-            owner: None,
-            quality: None,
-        };
         let sockets = [
             socket(3000, "TIME_WAIT"),
-            socket(2000, "SYN_SENT"),
+            SocketRow {
+                uid: 33,
+                ..socket(2000, "SYN_SENT")
+            },
             socket(3000, "ESTABLISHED"),
         ];
         let rows: Vec<(u16, u64, u64, String, Option<u32>)> = t
@@ -2345,18 +2352,6 @@ mod tests {
                 Some(owner(7, "app"))
             });
         }
-        let socket = |lport: u16, state: &str| SocketRow {
-            proto: IPPROTO_TCP,
-            local_addr: v4_mapped([198, 18, 0, 1]),
-            local_port: lport,
-            remote_addr: v4_mapped([198, 18, 0, 2]),
-            remote_port: 80,
-            state: state.into(),
-            inode: 1,
-            uid: 0,
-            owner: None,
-            quality: None,
-        };
         // Sockets of two busy connections, and one with no traffic (a row of its own, last).
         let sockets = vec![
             socket(1003, "ESTABLISHED"),
