@@ -461,11 +461,14 @@ fn write_network_stats(
     let anon = *s.anonymize.read().expect("lock not poisoned");
     let mut rows = aggregate::connection_rows(&mut parts, &mut sockets)
         .filter(|c| filter.process.is_none() || c.process == filter.process);
-    // The next batch of rows the criteria admit, with the classifier's lock held (for the
-    // level, and to assess them once `assess` is given).
+    // The next batch of rows the criteria admit, under the classifier's lock when it is
+    // needed: for a level criterion, and to assess the rows when `assess` is given.
     let mut next_batch = |assess: bool| {
         let batch: Vec<Connection> = rows.by_ref().take(ROW_BATCH).collect();
         let done = batch.len() < ROW_BATCH;
+        if !assess && filter.level.is_none() {
+            return (batch, done);
+        }
         let c = s.classifier.read().expect("lock not poisoned");
         let mut batch: Vec<Connection> = batch
             .into_iter()

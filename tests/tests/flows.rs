@@ -1430,9 +1430,32 @@ fn flow_store_usage(status: &Value) -> std::collections::BTreeMap<String, (u64, 
         .collect()
 }
 
-/// Waits until the daemon has removed both flows for being idle.
-fn wait_expired(p: &Pair, d: &Daemon, done: impl Fn() -> bool) -> Value {
+/// A daemon whose flows do not go idle until `expire_idle_flows` says so: its idle timeout
+/// comes from a config file, ten minutes at first. (A short one from the start makes what a
+/// test reads before the expiry a race with the sweep: on a slow machine, e.g. the qemu
+/// guests of `cargo xtask vm`, sending the second family's datagrams took over a second.)
+fn daemon_with_idle_flows(p: &Pair, extra: &[&str]) -> Daemon {
+    let config = p.a.scratch.join("idle.toml");
+    std::fs::write(&config, "idle_timeout = \"10m\"\n").unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Daemon::start(&p.a, &[&p.a_if], &args)
+}
+
+/// Lowers the idle timeout of a `daemon_with_idle_flows` to one second (SIGHUP), then waits
+/// until the daemon has expired two flows and `done` holds; returns its status.
+fn expire_idle_flows(p: &Pair, d: &Daemon, done: impl Fn() -> bool) -> Value {
+    std::fs::write(p.a.scratch.join("idle.toml"), "idle_timeout = \"1s\"\n").unwrap();
+    sh(&["kill", "-HUP", &d.pid().to_string()]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.log_text().contains("SIGHUP: configuration reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload was not taken; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     loop {
         let status = ns_json(&p.a, &d.api, "/api/status");
         if u(&status["flows_expired"]) >= 2 && done() {
@@ -1457,17 +1480,9 @@ fn lru_flow_maps_hold_each_family_and_idle_flows_leave_them() {
     // A size no other test's daemon uses, to find this daemon's maps.
     const SIZE: u32 = 3001;
     let p = Pair::new("fam");
-    let d = Daemon::start(
-        &p.a,
-        &[&p.a_if],
-        &[
-            "--idle-timeout",
-            "1s",
-            "--flow-map-size",
-            &SIZE.to_string(),
-            "--flow-table",
-            "lru",
-        ],
+    let d = daemon_with_idle_flows(
+        &p,
+        &["--flow-map-size", &SIZE.to_string(), "--flow-table", "lru"],
     );
     let f = family_flows(&p, &d);
     assert_eq!(f.status["flow_table"], "lru", "{}", f.status);
@@ -1497,8 +1512,9 @@ fn lru_flow_maps_hold_each_family_and_idle_flows_leave_them() {
         "{v6:?}"
     );
 
-    // Idle for over a second: the daemon's sweep deletes both flows from their maps.
-    let status = wait_expired(&p, &d, || {
+    // Idle for over the timeout, lowered to a second: the daemon's sweep deletes both flows
+    // from their maps.
+    let status = expire_idle_flows(&p, &d, || {
         let v4 = kernel_flow_keys::<FlowKey4>("NETMON_FLOWS4", SIZE);
         let v6 = kernel_flow_keys::<FlowKey>("NETMON_FLOWS6", SIZE);
         !v4.iter().any(|(k, _)| *k == f.v4) && !v6.iter().any(|(k, _)| *k == f.v6)
@@ -1546,11 +1562,7 @@ fn per_cpu_tables_hold_each_family_and_count_every_packet() {
     use netmon_common::{FlowKey, FlowKey4, TAB_START_BUCKETS, TAB_WAYS};
     const SIZE: u32 = 3001;
     let p = Pair::new("tab");
-    let d = Daemon::start(
-        &p.a,
-        &[&p.a_if],
-        &["--idle-timeout", "1s", "--flow-map-size", &SIZE.to_string()],
-    );
+    let d = daemon_with_idle_flows(&p, &["--flow-map-size", &SIZE.to_string()]);
     let f = family_flows(&p, &d);
     assert_eq!(f.status["flow_table"], "per-cpu", "{}", f.status);
     let ncpus = aya::util::nr_cpus().unwrap() as u32;
@@ -1593,7 +1605,7 @@ fn per_cpu_tables_hold_each_family_and_count_every_packet() {
         let c = find_conn(&f.stats, &local, remote);
         assert_eq!(u(&c["packets_sent"]), 7, "{c}");
     }
-    let status = wait_expired(&p, &d, || true);
+    let status = expire_idle_flows(&p, &d, || true);
     assert_eq!(u(&status["full_drains"]), 0, "{status}");
     // Forgotten by the daemon, still in the kernel: a new flow takes the slot when needed.
     let v4 = table_slots::<FlowKey4>("NETMON_TAB4", ncpus * per_cpu, per_cpu, &f.v4);
