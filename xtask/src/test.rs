@@ -49,6 +49,27 @@ pub fn run(filter: Option<&str>) -> Result<()> {
          systemd-analyze)",
     )?;
 
+    // The privileged suites on the kernels in vm::KERNELS (kprobes; 6.1 without TCX), in
+    // qemu: the guests boot in the background while the host's suites run (qemu at nice
+    // 10 takes the CPU they leave), and are waited for at the end.
+    let guests = if privileged {
+        progress("preparing the privileged suites in qemu on other kernels (cargo xtask vm)");
+        match crate::vm::prepare(&bin, filter)? {
+            Ok(guests) => {
+                progress("the qemu guests boot in the background; their lines start with [vm]");
+                Some(std::thread::spawn(move || {
+                    guests.run(crate::vm::Echo::Summary)
+                }))
+            }
+            Err(why) => {
+                eprintln!("SKIPPED: the VM step: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     progress(if privileged {
         "running all tests (privileged included)"
     } else {
@@ -73,9 +94,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     if privileged {
         cmd.arg("--include-ignored");
     }
-    run_cmd(&mut cmd).context("the test suite failed")?;
+    let host = run_cmd(&mut cmd).context("the test suite failed");
 
-    if privileged {
+    let rerun = if privileged && host.is_ok() {
         // The end-to-end suites again with the egress program on a clsact qdisc, the path
         // kernels before 6.6 take (this kernel has both), and the ingress program as generic
         // XDP (on a veth netmon attaches it at TC ingress; native XDP where a driver has it).
@@ -101,14 +122,19 @@ pub fn run(filter: Option<&str>) -> Result<()> {
             cmd.arg(f);
         }
         run_cmd(&mut cmd)
-            .context("the end-to-end tests failed with --tc-attach clsact --xdp-attach skb")?;
-    }
-    if privileged {
-        // The same suites on the kernels in vm::KERNELS (kprobes, no TCX), in qemu.
-        progress("running the privileged suites in qemu on other kernels (cargo xtask vm)");
-        if let crate::vm::Outcome::Skipped(why) = crate::vm::run(&bin, filter)? {
-            eprintln!("SKIPPED: the VM step: {why}");
-        }
+            .context("the end-to-end tests failed with --tc-attach clsact --xdp-attach skb")
+    } else {
+        Ok(())
+    };
+    let vm = guests.map(|g| {
+        progress("the host's suites are done; waiting for the qemu guests");
+        g.join().expect("the VM thread panicked")
+    });
+    // The host's failure first: it is the one a developer can reproduce here.
+    host?;
+    rerun?;
+    if let Some(vm) = vm {
+        vm?;
     }
     if !privileged {
         eprintln!(
