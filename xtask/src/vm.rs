@@ -388,7 +388,8 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, echo: Echo) -> Result<Boot> {
         // step (rep movsq/stosq, vector loops) instead of byte-wise rep movsb/stosb, which
         // TCG emulates one byte per iteration: the packets and flows suites took 16-18%
         // less time so (two interleaved pairs on 6.1, 2026-12-07).
-        .args(["-accel", "tcg", "-cpu", "max,-erms,-fsrm", "-m", "2048", "-smp", "2"])
+        .args(["-accel", "tcg", "-cpu", "max,-erms,-fsrm"])
+        .args(["-m", "2048", "-smp", "2"])
         .args(["-nographic", "-nic", "none", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
