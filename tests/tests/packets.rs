@@ -2316,7 +2316,7 @@ fn coarse_now_ns() -> u64 {
 /// A flow's first and last times are the coarse monotonic clock of its packets, tick after
 /// tick: the programs keep the clock per CPU for the tick it was read in (`coarse_now_in`)
 /// and must read it again once the jiffies move on. Packets 15 ms apart (more than a tick
-/// at any HZ): each last time lies between the clock read before the packet, less one tick
+/// at any HZ), and at least until the coarse clock has moved: each last time lies between the clock read before the packet, less one tick
 /// (a CPU may read the jiffies of a tick before the timekeeper's update of it), and the clock
 /// read after it; each is later than the one before; the first time stays the first packet's.
 #[test]
@@ -2364,7 +2364,17 @@ fn flow_times_follow_the_coarse_clock_tick_after_tick() {
         );
         last = s.last_seen_ns;
         assert_eq!(*first.get_or_insert(s.first_seen_ns), s.first_seen_ns);
+        // 15 ms, then until the coarse clock has moved past `after`: a tick late (in a
+        // starved qemu guest, one was) must not pass for a program that kept an old time.
         std::thread::sleep(std::time::Duration::from_millis(15));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while coarse_now_ns() <= after {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the coarse clock stood still for 5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 

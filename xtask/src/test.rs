@@ -49,6 +49,20 @@ pub fn run(filter: Option<&str>) -> Result<()> {
          systemd-analyze)",
     )?;
 
+    // Every test executable built first: the guests below must not boot while the
+    // compiler takes both CPUs (a guest starved that long saw its clock tick late).
+    progress("building the tests");
+    let test_cmd = || {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .env("NETMON_EBPF_OBJ", ebpf_object())
+            .env("NETMON_BIN", &bin)
+            .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
+            .args(["test", "--workspace", "--exclude", "netmon-ebpf"]);
+        cmd
+    };
+    run_cmd(test_cmd().arg("--no-run")).context("building the tests")?;
+
     // The privileged suites on the kernels in vm::KERNELS (kprobes; 6.1 without TCX), in
     // qemu: the guests boot in the background while the host's suites run (qemu at nice
     // 10 takes the CPU they leave), and are waited for at the end.
@@ -75,19 +89,8 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     } else {
         "running unprivileged tests; privileged tests need root and are SKIPPED"
     });
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
-        .env("NETMON_EBPF_OBJ", ebpf_object())
-        .env("NETMON_BIN", &bin)
-        .env("NETMON_TESTPEER", bin.with_file_name("netmon-testpeer"))
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "netmon-ebpf",
-            "--no-fail-fast",
-        ])
-        .arg("--");
+    let mut cmd = test_cmd();
+    cmd.args(["--no-fail-fast", "--"]);
     if let Some(f) = filter {
         cmd.arg(f);
     }
