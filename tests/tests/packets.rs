@@ -2316,9 +2316,10 @@ fn coarse_now_ns() -> u64 {
 /// A flow's first and last times are the coarse monotonic clock of its packets, tick after
 /// tick: the programs keep the clock per CPU for the tick it was read in (`coarse_now_in`)
 /// and must read it again once the jiffies move on. Packets 15 ms apart (more than a tick
-/// at any HZ), and at least until the coarse clock has moved: each last time lies between the clock read before the packet, less one tick
-/// (a CPU may read the jiffies of a tick before the timekeeper's update of it), and the clock
-/// read after it; each is later than the one before; the first time stays the first packet's.
+/// at any HZ), and at least until the coarse clock has moved: each last time lies between
+/// the clock read before the packet, less one tick (a CPU may read the jiffies of a tick
+/// before the timekeeper's update of it), and the clock read after it; each is later than
+/// the one before; the first time stays the first packet's.
 #[test]
 #[ignore = "privileged: needs root; run by `cargo xtask test`"]
 fn flow_times_follow_the_coarse_clock_tick_after_tick() {
