@@ -117,8 +117,78 @@ impl Netns {
             scratch,
             name,
         };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns.set_up("lo");
         ns
+    }
+
+    /// Brings a link of this namespace up (SIOCSIFFLAGS from a thread inside it).
+    pub fn set_up(&self, dev: &str) {
+        let name = dev.to_string();
+        let r = self.run(move || {
+            // SAFETY: a zeroed ifreq with a NUL-terminated name (checked below) is valid for
+            // SIOCGIFFLAGS/SIOCSIFFLAGS; the socket is closed before returning.
+            unsafe {
+                let mut req: libc::ifreq = std::mem::zeroed();
+                assert!(name.len() < req.ifr_name.len(), "interface name {name:?}");
+                for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+                    *d = s as libc::c_char;
+                }
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+                if r == 0 {
+                    req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                    r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+                }
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                if r == 0 { Ok(()) } else { Err(e) }
+            }
+        });
+        r.unwrap_or_else(|e| panic!("set {dev} up in {}: {e}", self.name));
+    }
+
+    /// Runs `ip -n <this namespace> args...`: one process, where `exec(&["ip", ...])` is two
+    /// (the VM step's emulated guests spend ~50 ms on each).
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `ip -n <this namespace> -batch -` on `commands`, one per line: one process.
+    pub fn ip_batch(&self, commands: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ip -batch");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(commands.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch failed on\n{commands}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One of this namespace's links as `ip -j -s link show` describes it: its operstate,
+    /// its XDP program and its counters (`stats64`, the kernel's dev_get_stats(), the
+    /// figures /sys/class/net/<dev>/statistics reads too), all in one read.
+    pub fn link(&self, dev: &str) -> Value {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", dev]);
+        let mut links: Value = serde_json::from_str(&out).expect("ip -j link show");
+        links[0].take()
     }
 
     /// Runs the netmon CLI in this namespace with this namespace's drop-list directories.
@@ -162,8 +232,15 @@ impl Netns {
         sh(&full)
     }
 
+    /// Sets a sysctl of this namespace, written from a thread inside it (/proc/sys/net is
+    /// the writing thread's namespace's): no process started.
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+        let (path, v) = (
+            format!("/proc/sys/{}", key.replace('.', "/")),
+            value.to_string(),
+        );
+        self.run(move || std::fs::write(&path, v))
+            .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.name));
     }
 
     /// Runs `f` on a thread that has entered this namespace (setns), e.g. to reach a
@@ -249,9 +326,15 @@ impl Pair {
                 ns.sysctl(k, v);
             }
         }
+        // Fixed, locally administered MACs: the static neighbours below need no read-back.
+        // Distinct interface indexes: a veth whose index equals its peer's (2 and 2, each
+        // the first link of a fresh namespace) has its carrier change queued as a non-urgent
+        // link event (linkwatch_urgent_event()), up to a second late; the emulated guests of
+        // the VM step waited ~0.9 s for it per pair.
+        let (a_mac, b_mac) = ("02:6e:6d:00:00:01", "02:6e:6d:00:00:02");
         sh(&[
-            "ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
-            "netns", &b.name,
+            "ip", "link", "add", &a_if, "address", a_mac, "index", "10", "netns", &a.name, "type",
+            "veth", "peer", "name", &b_if, "address", b_mac, "index", "11", "netns", &b.name,
         ]);
         let p = Self {
             a,
@@ -263,51 +346,26 @@ impl Pair {
             a_v6: "fd00:6e6d::1",
             b_v6: "fd00:6e6d::2",
         };
-        let mac = |ns: &Netns, ifname: &str| -> String {
-            ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")])
-                .trim()
-                .to_string()
-        };
-        let (a_mac, b_mac) = (mac(&p.a, &p.a_if), mac(&p.b, &p.b_if));
         for (ns, ifname, v4, v6, peer_v4, peer_v6, peer_mac) in [
-            (&p.a, &p.a_if, p.a_v4, p.a_v6, p.b_v4, p.b_v6, &b_mac),
-            (&p.b, &p.b_if, p.b_v4, p.b_v6, p.a_v4, p.a_v6, &a_mac),
+            (&p.a, &p.a_if, p.a_v4, p.a_v6, p.b_v4, p.b_v6, b_mac),
+            (&p.b, &p.b_if, p.b_v4, p.b_v6, p.a_v4, p.a_v6, a_mac),
         ] {
-            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            ns.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                ifname,
-                "nodad",
-            ]);
-            ns.exec(&["ip", "link", "set", ifname, "up"]);
+            let mut batch = format!(
+                "addr add {v4}/24 dev {ifname}\n\
+                 addr add {v6}/64 dev {ifname} nodad\n\
+                 link set {ifname} up\n"
+            );
             for peer in [peer_v4, peer_v6] {
-                ns.exec(&[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    peer,
-                    "lladdr",
-                    peer_mac,
-                    "nud",
-                    "permanent",
-                    "dev",
-                    ifname,
-                ]);
+                batch +=
+                    &format!("neigh replace {peer} lladdr {peer_mac} nud permanent dev {ifname}\n");
             }
+            ns.ip_batch(&batch);
         }
         // The carrier comes up when linkwatch runs (up to a second later); that is when the
         // last MLD reports go out. Wait for it, then for a quiet link.
         let deadline = Instant::now() + Duration::from_secs(10);
         for (ns, ifname) in [(&p.a, &p.a_if), (&p.b, &p.b_if)] {
-            while ns
-                .exec(&["cat", &format!("/sys/class/net/{ifname}/operstate")])
-                .trim()
-                != "up"
-            {
+            while ns.link(ifname)["operstate"] != "UP" {
                 assert!(Instant::now() < deadline, "{ifname} never came up");
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -323,24 +381,16 @@ impl Pair {
     /// __dev_forward_skb()'s eth_type_trans() pulled the 14-byte Ethernet header, so each
     /// received packet is short by exactly that header, which is added back.
     pub fn a_counters(&self) -> IfCounters {
-        let raw = self.a_raw_counters();
-        if !self.a_native_xdp() {
+        let link = self.a.link(&self.a_if);
+        let raw = IfCounters::of(&link);
+        // XDP_ATTACHED_DRV: native XDP, as `ip link` says.
+        if link["xdp"]["mode"] != 1 {
             return raw;
         }
         IfCounters {
             rx_bytes: raw.rx_bytes + ETH_HLEN * raw.rx_packets,
             ..raw
         }
-    }
-
-    /// Whether `a`'s end runs an XDP program in native (driver) mode, as `ip link` says.
-    pub fn a_native_xdp(&self) -> bool {
-        let out = self
-            .a
-            .exec(&["ip", "-j", "link", "show", "dev", &self.a_if]);
-        let links: Value = serde_json::from_str(&out).expect("ip -j link show");
-        // XDP_ATTACHED_DRV.
-        links[0]["xdp"]["mode"] == 1
     }
 
     /// One of `a`'s device counters (`rx_bytes`, `tx_dropped`, ...) as /sys/class/net
@@ -356,15 +406,9 @@ impl Pair {
             .unwrap()
     }
 
-    /// `a`'s veth counters exactly as /sys/class/net reports them.
+    /// `a`'s veth counters exactly as the kernel reports them (/sys/class/net's figures).
     pub fn a_raw_counters(&self) -> IfCounters {
-        let f = |n: &str| self.a_stat(n);
-        IfCounters {
-            rx_bytes: f("rx_bytes"),
-            rx_packets: f("rx_packets"),
-            tx_bytes: f("tx_bytes"),
-            tx_packets: f("tx_packets"),
-        }
+        IfCounters::of(&self.a.link(&self.a_if))
     }
 
     /// Waits until `a`'s counters stop moving (no packet for 300 ms) and returns them.
@@ -389,6 +433,23 @@ pub struct IfCounters {
     pub rx_packets: u64,
     pub tx_bytes: u64,
     pub tx_packets: u64,
+}
+
+impl IfCounters {
+    /// The counters of a link as [`Netns::link`] returns it.
+    fn of(link: &Value) -> Self {
+        let n = |dir: &str, what: &str| {
+            link["stats64"][dir][what]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no stats64.{dir}.{what} in {link}"))
+        };
+        Self {
+            rx_bytes: n("rx", "bytes"),
+            rx_packets: n("rx", "packets"),
+            tx_bytes: n("tx", "bytes"),
+            tx_packets: n("tx", "packets"),
+        }
+    }
 }
 
 impl std::ops::Sub for IfCounters {

@@ -197,16 +197,8 @@ fn a_banned_peer_can_neither_reach_nor_be_reached() {
 fn an_allowed_prefix_inside_a_banned_range_still_passes() {
     let p = Pair::new("allow");
     let _d = Daemon::start(&p.a, &[&p.a_if], &[]);
-    p.b.exec(&["ip", "addr", "add", "198.18.0.3/24", "dev", &p.b_if]);
-    p.b.exec(&[
-        "ip",
-        "addr",
-        "add",
-        "fd00:6e6d::3/64",
-        "dev",
-        &p.b_if,
-        "nodad",
-    ]);
+    p.b.ip(&["addr", "add", "198.18.0.3/24", "dev", &p.b_if]);
+    p.b.ip(&["addr", "add", "fd00:6e6d::3/64", "dev", &p.b_if, "nodad"]);
     let from = |bind: &str, to: &str, n| udp(&p.b, Some(bind), &p.a, to, to, n);
 
     p.a.netmon_ok(&["ban", "198.18.0.2/31"]);

@@ -1177,7 +1177,7 @@ fn ingress_on_a_veth_is_tc_so_that_its_peer_keeps_tso() {
     // What the kernel has on `a`'s ingress: its XDP mode as `ip link` shows it, and the names
     // of the programs on its TC ingress hook (TCX, or the clsact qdisc's filters).
     let on_ingress = || {
-        let link = p.a.exec(&["ip", "-d", "link", "show", "dev", &p.a_if]);
+        let link = p.a.ip(&["-d", "link", "show", "dev", &p.a_if]);
         let xdp = if link.contains("xdpgeneric") {
             "xdp-skb"
         } else if link.contains(" xdp") {

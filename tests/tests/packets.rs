@@ -2533,7 +2533,7 @@ fn udp_sockets_to_loopback_addresses_get_owners_only_while_loopback_is_watched()
     require_root();
     let (ns, _pins, mut ebpf) = udp_owner_rig("udplo", false);
     // A local address that is not a loopback one, on the namespace's own loopback.
-    ns.exec(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
     let has_v6 = ns.run(|| UdpSocket::bind("[::1]:0").is_ok());
     // Each case: the address the socket binds, where it sends, and whether it connects
     // first; every socket binds a port of its own, so no port is read for a record an
