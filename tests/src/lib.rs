@@ -361,8 +361,8 @@ impl Pair {
             }
             ns.ip_batch(&batch);
         }
-        // The carrier comes up when linkwatch runs (up to a second later); that is when the
-        // last MLD reports go out. Wait for it, then for a quiet link.
+        // The carrier comes up when linkwatch runs (at once for these ends, see above); that
+        // is when the last MLD reports go out. Wait for it, then for a quiet link.
         let deadline = Instant::now() + Duration::from_secs(10);
         for (ns, ifname) in [(&p.a, &p.a_if), (&p.b, &p.b_if)] {
             while ns.link(ifname)["operstate"] != "UP" {
