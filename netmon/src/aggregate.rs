@@ -231,13 +231,24 @@ impl ProcDelta {
 }
 
 /// Turns TCP's own count of the segments each socket sent again (`NETMON_TCP_RETRANS`: a
-/// socket's `total_retrans` as of its latest retransmission, read whole each drain) into
-/// what each socket sent again since the previous drain.
+/// socket's `total_retrans` as of its latest reported retransmission, read whole each drain;
+/// and, every tenth drain, the count sock_diag's `tcp_info` gives for each established
+/// connection) into what each socket sent again since the previous drain.
 #[derive(Debug, Default)]
 pub struct RetransCounts {
-    /// Per socket: its count when last read, and the drain it was last in the map at.
-    prev: HashMap<SockKey, (u64, u64)>,
+    prev: HashMap<SockKey, Counted>,
     drains: u64,
+}
+
+/// What is known of one socket's count.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    /// Its count in the map when last read.
+    map: u64,
+    /// What has been credited for it: the map's count, or sock_diag's where that is more.
+    counted: u64,
+    /// The drain it was last seen at, in the map or in sock_diag's list.
+    drain: u64,
 }
 
 /// Drains a socket gone from the map is remembered for: the LRU map evicts the sockets that
@@ -246,27 +257,52 @@ pub struct RetransCounts {
 const RETRANS_FORGET_DRAINS: u64 = 600;
 
 impl RetransCounts {
-    /// The sockets whose count moved since the last call, and by how much. A socket seen
-    /// for the first time brings its whole count (one older than the daemon, what it sent
-    /// again before); a count smaller than the one remembered is another socket of the same
-    /// tuple (its port reused), and all of it is new.
-    pub fn deltas(&mut self, now: HashMap<SockKey, u64>) -> Vec<(SockKey, u64)> {
+    /// The sockets whose count moved since the last call, and by how much, from the map's
+    /// counts `now` and sock_diag's `listed` (empty on most drains). A socket seen for the
+    /// first time brings its whole count (one older than the daemon, what it sent again
+    /// before); a map count smaller than the map's last one is another socket of the same
+    /// tuple (its port reused), and all of it is new. sock_diag's count can be ahead of the
+    /// map's: TCP counts an attempt its qdisc or device refuses, which the tracepoint reports
+    /// only on kernels whose event has an `err` field (not 6.1 or 6.12), so the map's count
+    /// misses refused attempts after the last reported one; what sock_diag adds is credited
+    /// once, and the lagging map adds nothing until it passes it.
+    pub fn deltas(
+        &mut self,
+        now: HashMap<SockKey, u64>,
+        listed: &[(SockKey, u64)],
+    ) -> Vec<(SockKey, u64)> {
         self.drains += 1;
         let drain = self.drains;
-        let mut out = Vec::new();
-        for (k, n) in now {
-            let d = match self.prev.get(&k) {
-                Some(&(p, _)) if n >= p => n - p,
-                _ => n,
-            };
-            if d > 0 {
-                out.push((k, d));
+        let fresh = Counted {
+            map: 0,
+            counted: 0,
+            drain,
+        };
+        // One entry per socket: one in the map and in sock_diag's list can move in both.
+        let mut out: HashMap<SockKey, u64> = HashMap::new();
+        let mut credit = |k: SockKey, c: &mut Counted, n: u64| {
+            if n > c.counted {
+                *out.entry(k).or_default() += n - c.counted;
+                c.counted = n;
             }
-            self.prev.insert(k, (n, drain));
+            c.drain = drain;
+        };
+        for (k, n) in now {
+            let c = self.prev.entry(k).or_insert(fresh);
+            if n < c.map {
+                *c = fresh;
+            }
+            c.map = n;
+            credit(k, c, n);
+        }
+        // Only sockets that sent something again: a server's many other connections are not
+        // remembered.
+        for &(k, n) in listed.iter().filter(|(_, n)| *n > 0) {
+            credit(k, self.prev.entry(k).or_insert(fresh), n);
         }
         self.prev
-            .retain(|_, &mut (_, seen)| drain - seen <= RETRANS_FORGET_DRAINS);
-        out
+            .retain(|_, c| drain - c.drain <= RETRANS_FORGET_DRAINS);
+        out.into_iter().collect()
     }
 }
 
@@ -2400,7 +2436,7 @@ mod tests {
             ..owner(5, "app")
         };
         let mut drain = |now: &[(u16, u64)], want: &[(u16, u64)]| {
-            let mut got = counts.deltas(now.iter().map(|&(p, n)| (sock(p), n)).collect());
+            let mut got = counts.deltas(now.iter().map(|&(p, n)| (sock(p), n)).collect(), &[]);
             got.sort_by_key(|(k, _)| k.local_port);
             let got: Vec<(u16, u64)> = got.iter().map(|(k, n)| (k.local_port, *n)).collect();
             assert_eq!(got, want, "after {now:?}");
@@ -2434,6 +2470,48 @@ mod tests {
         t.credit_retransmits(&mut out, None, 2, SEC);
         assert_eq!(out.proc_deltas[UNKNOWN_PROCESS].tcp_retransmits, 2);
         assert_eq!(out.cgroup_deltas[UNKNOWN_CGROUP].tcp_retransmits, 2);
+    }
+
+    /// sock_diag's count of a socket (TCP's `tcpi_total_retrans`) ahead of the map's, as
+    /// when an attempt its device refused went unreported after the last reported one: what
+    /// it adds is credited once, and the map adds only what passes it.
+    #[test]
+    fn a_sockets_count_from_sock_diag_ahead_of_the_maps_is_credited_once() {
+        let sock = |port: u16| SockKey {
+            proto: IPPROTO_TCP,
+            local_port: port,
+            ..Default::default()
+        };
+        let mut counts = RetransCounts::default();
+        let drain = |counts: &mut RetransCounts,
+                     map: &[(u16, u64)],
+                     listed: &[(u16, u64)]|
+         -> Vec<(u16, u64)> {
+            let listed: Vec<(SockKey, u64)> = listed.iter().map(|&(p, n)| (sock(p), n)).collect();
+            let mut got: Vec<(u16, u64)> = counts
+                .deltas(map.iter().map(|&(p, n)| (sock(p), n)).collect(), &listed)
+                .into_iter()
+                .map(|(k, n)| (k.local_port, n))
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(drain(&mut counts, &[(1, 16)], &[(1, 17)]), [(1, 17)]);
+        // The map still behind: nothing; its next reported retransmission: what is new.
+        assert_eq!(drain(&mut counts, &[(1, 16)], &[]), []);
+        assert_eq!(drain(&mut counts, &[(1, 16)], &[(1, 17)]), []);
+        assert_eq!(drain(&mut counts, &[(1, 19)], &[]), [(1, 2)]);
+        // Listed only (every attempt refused, or older than the daemon): all of it; then in
+        // the map at that count: nothing.
+        assert_eq!(drain(&mut counts, &[], &[(2, 3)]), [(2, 3)]);
+        assert_eq!(drain(&mut counts, &[(2, 3)], &[(2, 3)]), []);
+        // Moving in both in one drain: one entry.
+        assert_eq!(drain(&mut counts, &[(2, 4)], &[(2, 6)]), [(2, 3)]);
+        // Connections that never sent anything again are not remembered.
+        drain(&mut counts, &[], &[(3, 0), (4, 0)]);
+        assert_eq!(counts.prev.len(), 2);
+        // The tuple's next socket: a map count below the map's last, all of it new.
+        assert_eq!(drain(&mut counts, &[(1, 5)], &[]), [(1, 5)]);
     }
 
     /// A flow counts to the application protocol of its lower well-known port, in the

@@ -314,6 +314,21 @@ impl Drain {
         let now = monotonic_ns();
         let interval_s = now.saturating_sub(self.last_ns) as f64 / 1e9;
         self.last_ns = now;
+        // Every tenth drain, the established TCP connections as sock_diag lists them, with
+        // TCP's own measure of each: their round-trip times for the histogram, and their
+        // retransmission counts, which can be ahead of the tracepoint's (see
+        // `RetransCounts`). Listed before the table is locked: requests wait less.
+        let established = if self.drains.is_multiple_of(10) {
+            shared
+                .sockets
+                .lock()
+                .expect("lock not poisoned")
+                .as_mut()
+                .map(crate::sockdiag::Lister::established)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
 
         let mut table = shared.table.write().expect("lock not poisoned");
         let table = &mut *table;
@@ -374,16 +389,18 @@ impl Drain {
         drop(owners);
         // Segments sent again, to the process and cgroup of the socket (looked up now: the
         // record stays while the socket lives, and a while after in the LRU map).
-        let mut retrans_sockets = 0;
-        match maps.tcp_retransmits() {
-            Ok(counts) => {
-                retrans_sockets = counts.len();
-                for (key, segs) in self.retrans.deltas(counts) {
-                    let owner = maps.sock_owner(&key).map(Owner::from);
-                    tracker.credit_retransmits(&mut out, owner.as_ref(), segs, now);
-                }
-            }
-            Err(e) => warn!("{e:#}"),
+        let counts = maps.tcp_retransmits().unwrap_or_else(|e| {
+            warn!("{e:#}");
+            Default::default()
+        });
+        let retrans_sockets = counts.len();
+        let listed: Vec<_> = established
+            .iter()
+            .map(|(k, q)| (*k, u64::from(q.retrans_segments)))
+            .collect();
+        for (key, segs) in self.retrans.deltas(counts, &listed) {
+            let owner = maps.sock_owner(&key).map(Owner::from);
+            tracker.credit_retransmits(&mut out, owner.as_ref(), segs, now);
         }
         {
             let mut c = shared.classifier.write().expect("lock not poisoned");
@@ -591,12 +608,8 @@ impl Drain {
             }
             *prev = now;
         }
-        if self.drains.is_multiple_of(10)
-            && let Some(lister) = shared.sockets.lock().expect("lock not poisoned").as_mut()
-        {
-            for rtt in lister.established_rtts() {
-                m.tcp_rtt.observe(f64::from(rtt) / 1e6);
-            }
+        for (_, q) in &established {
+            m.tcp_rtt.observe(f64::from(q.rtt_us) / 1e6);
         }
         // The socket maps are counted by walking their keys: every tenth drain is enough.
         if self.drains.is_multiple_of(10) {

@@ -94,6 +94,20 @@ pub struct DiagSocket {
     pub quality: Option<TcpQuality>,
 }
 
+impl DiagSocket {
+    /// The socket's key in the kernel hooks' maps (owners, retransmission counts).
+    pub fn key(&self) -> netmon_common::SockKey {
+        netmon_common::SockKey {
+            proto: self.proto,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local_addr: self.local_addr,
+            remote_addr: self.remote_addr,
+            ..Default::default()
+        }
+    }
+}
+
 /// What TCP itself measures of a connection (`struct tcp_info`, include/uapi/linux/tcp.h,
 /// as `ss -ti` shows it): the path's round-trip time and how much it varies, and how many
 /// segments went out and how many of them again.
@@ -200,9 +214,9 @@ impl Lister {
         }
     }
 
-    /// The round-trip times (microseconds) of the established TCP connections, as TCP
-    /// measures them; empty when sock_diag fails (logged by `rows`).
-    pub fn established_rtts(&mut self) -> Vec<u32> {
+    /// The established TCP connections with what TCP measures of them (round-trip time,
+    /// segments sent again); empty when sock_diag fails (logged by `rows`).
+    pub fn established(&mut self) -> Vec<(netmon_common::SockKey, TcpQuality)> {
         let mut sockets = Vec::new();
         if let Some(diag) = self.diag.as_mut()
             && diag.dump_proto(IPPROTO_TCP, &mut sockets).is_err()
@@ -212,7 +226,7 @@ impl Lister {
         sockets
             .iter()
             .filter(|s| s.state == TCP_ESTABLISHED)
-            .filter_map(|s| s.quality.map(|q| q.rtt_us))
+            .filter_map(|s| Some((s.key(), s.quality?)))
             .collect()
     }
 
@@ -242,14 +256,7 @@ impl Lister {
         sockets
             .into_iter()
             .map(|s| {
-                let key = netmon_common::SockKey {
-                    proto: s.proto,
-                    local_port: s.local_port,
-                    remote_port: s.remote_port,
-                    local_addr: s.local_addr,
-                    remote_addr: s.remote_addr,
-                    ..Default::default()
-                };
+                let key = s.key();
                 crate::aggregate::SocketRow {
                     proto: s.proto,
                     local_addr: s.local_addr,
