@@ -759,7 +759,17 @@ fn print_list(rows: &[Listed]) {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run(_)) {
+        // A command's output read by `head` and the like: end when the reader goes away, as
+        // Unix tools do, where Rust's ignored SIGPIPE made the next print panic. The daemon
+        // keeps it ignored: its sockets report EPIPE instead.
+        // SAFETY: sets the default disposition, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain on one line, without a backtrace: this is for people.

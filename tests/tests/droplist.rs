@@ -553,6 +553,39 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
         assert!(!want.is_empty());
         assert_eq!(got, want, "netmon list {query}");
     }
+
+    // The whole list (~17 MB of text) read by a reader that stops after a line, as `| head`
+    // does: the command ends on SIGPIPE, as Unix tools do, not with a panic on a print.
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut list = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.a.name])
+        .arg(netmon_bin())
+        .arg("list")
+        .env("NETMON_PIN_DIR", &p.a.pin_dir)
+        .env("NETMON_STATE_DIR", &p.a.state_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(list.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("LIST"), "{first}");
+    let out = list.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
