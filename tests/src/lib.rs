@@ -191,17 +191,21 @@ impl Netns {
         links[0].take()
     }
 
-    /// Runs the netmon CLI in this namespace with this namespace's drop-list directories.
-    pub fn netmon(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
+    /// The netmon CLI in this namespace with this namespace's drop-list directories.
+    pub fn netmon_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
             .arg(netmon_bin())
             .args(args)
             .env("NETMON_PIN_DIR", &self.pin_dir)
             .env("NETMON_STATE_DIR", &self.state_dir)
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .expect("run netmon")
+            .env_remove("RUST_BACKTRACE");
+        cmd
+    }
+
+    /// Runs the netmon CLI in this namespace with this namespace's drop-list directories.
+    pub fn netmon(&self, args: &[&str]) -> std::process::Output {
+        self.netmon_cmd(args).output().expect("run netmon")
     }
 
     /// Runs the netmon CLI and returns its stdout, panicking with its stderr on failure.

@@ -558,16 +558,12 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
     // does: the command ends on SIGPIPE, as Unix tools do, not with a panic on a print.
     use std::io::BufRead as _;
     use std::os::unix::process::ExitStatusExt as _;
-    let mut list = std::process::Command::new("ip")
-        .args(["netns", "exec", &p.a.name])
-        .arg(netmon_bin())
-        .arg("list")
-        .env("NETMON_PIN_DIR", &p.a.pin_dir)
-        .env("NETMON_STATE_DIR", &p.a.state_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut list =
+        p.a.netmon_cmd(&["list"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     let mut first = String::new();
     std::io::BufReader::new(list.stdout.take().unwrap())
         .read_line(&mut first)
