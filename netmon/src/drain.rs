@@ -23,7 +23,6 @@ use crate::aggregate::FlowSample;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
@@ -38,29 +37,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-/// Writes `keys.len()` entries with one BPF_MAP_UPDATE_BATCH, `values[i]` under `keys[i]`
-/// (a map with plain, not per-CPU, values). The benchmarks fill the daemon's flow map with it.
-pub fn update_batch<K: Copy, V: Copy>(
-    map: std::os::fd::BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> io::Result<()> {
-    if keys.is_empty() || values.len() != keys.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "values must hold one value per key",
-        ));
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
 
 fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
@@ -88,21 +64,31 @@ fn read_batched<K: Copy + Default, V: Copy + Default>(
     keys: &mut Vec<K>,
     vals: &mut Vec<V>,
     chunk: &mut usize,
+    f: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    // A hash map's position between batches is a bucket number.
+    read_batched_from::<K, V, u64>(map, keys, vals, chunk, f)
+}
+
+/// `read_batched` for any map with plain values, `T` its position between batches: a hash
+/// map's is a bucket number (a u64 holds it), the other maps' (an LPM trie's) the last key
+/// read (`T` = `K`).
+pub(crate) fn read_batched_from<K: Copy + Default, V: Copy + Default, T: Copy + Default>(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &mut Vec<K>,
+    vals: &mut Vec<V>,
+    chunk: &mut usize,
     mut f: impl FnMut(&K, &V),
 ) -> io::Result<()> {
-    let mut in_token = 0u64;
-    let mut out_token = 0u64;
+    let mut in_token = T::default();
+    let mut out_token = T::default();
     let mut first = true;
     loop {
         keys.resize(*chunk, K::default());
         vals.resize(*chunk, V::default());
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &mut in_token as *mut u64 as u64
-            },
-            out_batch: &mut out_token as *mut u64 as u64,
+            in_batch: if first { 0 } else { &raw mut in_token as u64 },
+            out_batch: &raw mut out_token as u64,
             keys: keys.as_mut_ptr() as u64,
             values: vals.as_mut_ptr() as u64,
             count: *chunk as u32,
@@ -271,8 +257,10 @@ fn lookup_elem<K, V: Default>(map: &MapData, key: &K) -> Option<V> {
     (r == 0).then_some(v)
 }
 
-/// Removes `keys` from a hash map with BPF_MAP_DELETE_BATCH; returns how many were deleted.
-fn delete_batched<K>(map: &MapData, name: &str, keys: &[K]) -> Result<usize> {
+/// Removes `keys` from a map (a hash map, an LPM trie) with BPF_MAP_DELETE_BATCH, a few
+/// thousand per system call; keys it does not hold are skipped. Returns how many were
+/// deleted.
+pub(crate) fn delete_batched<K>(map: &MapData, name: &str, keys: &[K]) -> Result<usize> {
     let mut deleted = 0;
     for chunk in keys.chunks(4096) {
         let mut attr = BatchAttr {
