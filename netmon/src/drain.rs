@@ -23,6 +23,7 @@ use crate::aggregate::FlowSample;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
@@ -255,6 +256,33 @@ fn lookup_elem<K, V: Default>(map: &MapData, key: &K) -> Option<V> {
         )
     };
     (r == 0).then_some(v)
+}
+
+/// Writes `values[i]` under `keys[i]` (a map with plain, not per-CPU, values: a hash map, an
+/// LPM trie) with BPF_MAP_UPDATE_BATCH, a few thousand per system call. On an error, how
+/// many entries were written before the one the kernel refused (all those after it are not
+/// written either), and the error.
+pub(crate) fn update_batched<K, V>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), (usize, io::Error)> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut written = 0;
+    for (k, v) in keys.chunks(4096).zip(values.chunks(4096)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(()) => written += k.len(),
+            Err(e) => return Err((written + (attr.count as usize).min(k.len()), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Removes `keys` from a map (a hash map, an LPM trie) with BPF_MAP_DELETE_BATCH, a few

@@ -519,6 +519,20 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
             .unwrap()
     };
     assert_eq!(entries("exact") + entries("prefix"), 100_001);
+    // The kernel's maps hold the second set, every entry of it, in one generation: the first
+    // set's is gone.
+    let maps = netmon::act::droplist::DropMaps::open(&p.a.pin_dir).unwrap();
+    let mut held = maps.ban_nets().unwrap();
+    drop(maps);
+    assert_eq!(held.len(), 1, "entries of generations {:?}", held.keys());
+    let held = held.drain().next().unwrap().1;
+    let want: std::collections::HashSet<netmon::act::net::Net> =
+        two.iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(held.len(), want.len());
+    assert!(
+        held == want,
+        "the kernel's entries are not the second list's"
+    );
     let e = entry(&p.a, "198.18.0.2").expect("the second set's exact entry");
     assert_eq!(e["kind"], "import");
     assert!(

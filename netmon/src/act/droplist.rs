@@ -197,6 +197,84 @@ pub struct DropMaps {
     /// Where the exact bans written since the last `sync` or `swap` began went
     /// (`exact_placement`).
     placed: [usize; 3],
+    /// While a swap writes the generation not in force: its hash map and trie entries on
+    /// their way in, a batch at a time (`write_pending`).
+    pending: Option<Pending>,
+}
+
+/// Ban entries bound for the hash maps and tries of a generation not in force, written with
+/// BPF_MAP_UPDATE_BATCH (`DropMaps::write_pending`): an import of 100,000 entries made a
+/// system call per entry. Their exact ban array slots are written at once: the programs
+/// read neither before the generation is put in force.
+#[derive(Default)]
+struct Pending {
+    ban4: Batch<BanKey4>,
+    ban6: Batch<BanKey6>,
+    pfx4: Batch<Key<BanPrefix4>>,
+    pfx6: Batch<Key<BanPrefix6>>,
+}
+
+impl Pending {
+    /// Entries held: `write_ban_entry` writes them out past `PENDING_MAX`.
+    fn len(&self) -> usize {
+        self.ban4.keys.len() + self.ban6.keys.len() + self.pfx4.keys.len() + self.pfx6.keys.len()
+    }
+}
+
+/// Entries a swap holds before writing them out (their memory, ~90 bytes each, bounded).
+const PENDING_MAX: usize = 16_384;
+
+/// One map's pending entries: keys, values and, to name a failing entry, their networks.
+struct Batch<K> {
+    keys: Vec<K>,
+    values: Vec<BanValue>,
+    nets: Vec<Net>,
+}
+
+impl<K> Default for Batch<K> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            nets: Vec::new(),
+        }
+    }
+}
+
+impl<K: aya::Pod> Batch<K> {
+    fn push(&mut self, key: K, value: BanValue, net: Net) {
+        self.keys.push(key);
+        self.values.push(value);
+        self.nets.push(net);
+    }
+
+    /// Writes the entries into `map` with BPF_MAP_UPDATE_BATCH and, from the first one the
+    /// kernel refused (or, where it has no batch update for the map, all), one at a time with
+    /// `insert`, whose error names the ban. Empties the batch.
+    fn write<M: aya::maps::IterableMap<K, BanValue>>(
+        &mut self,
+        map: &mut M,
+        mut insert: impl FnMut(&mut M, &K, &BanValue) -> Result<(), MapError>,
+    ) -> Result<()> {
+        let done = match crate::drain::update_batched(map.map(), &self.keys, &self.values) {
+            Ok(()) => self.keys.len(),
+            Err((written, _)) => written,
+        };
+        for ((k, v), net) in self
+            .keys
+            .iter()
+            .zip(&self.values)
+            .zip(&self.nets)
+            .skip(done)
+        {
+            insert(map, k, v)
+                .with_context(|| format!("writing the ban on {net} into the kernel map"))?;
+        }
+        self.keys.clear();
+        self.values.clear();
+        self.nets.clear();
+        Ok(())
+    }
 }
 
 /// NETMON_BANX4 and NETMON_BANX6: as many exact bans as fit in their buckets, each also in
@@ -1175,6 +1253,7 @@ impl DropMaps {
             ],
             capacity,
             placed: [0; 3],
+            pending: None,
         })
     }
 
@@ -1374,13 +1453,25 @@ impl DropMaps {
             None => None,
         };
         let o = b.net.octets();
-        let r = match (b.net.is_v4(), b.net.is_host()) {
-            (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
-            (false, true) => self.ban6.insert(key6(generation, &o), v, 0),
-            (true, false) => self.pfx4.insert(&pkey4(generation, &b.net), v, 0),
-            (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
-        };
-        r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
+        if let Some(p) = &mut self.pending {
+            match (b.net.is_v4(), b.net.is_host()) {
+                (true, true) => p.ban4.push(key4(generation, &o), v, b.net),
+                (false, true) => p.ban6.push(key6(generation, &o), v, b.net),
+                (true, false) => p.pfx4.push(pkey4(generation, &b.net), v, b.net),
+                (false, false) => p.pfx6.push(pkey6(generation, &b.net), v, b.net),
+            }
+            if p.len() >= PENDING_MAX {
+                self.write_pending()?;
+            }
+        } else {
+            let r = match (b.net.is_v4(), b.net.is_host()) {
+                (true, true) => self.ban4.insert(key4(generation, &o), v, 0),
+                (false, true) => self.ban6.insert(key6(generation, &o), v, 0),
+                (true, false) => self.pfx4.insert(&pkey4(generation, &b.net), v, 0),
+                (false, false) => self.pfx6.insert(&pkey6(generation, &b.net), v, 0),
+            };
+            r.with_context(|| format!("writing the ban on {} into the kernel map", b.net))?;
+        }
         if let Some((f, a, place)) = fast {
             let arrays = match place {
                 Placement::Narrow => &mut self.fast[f],
@@ -1393,6 +1484,21 @@ impl DropMaps {
                 .with_context(|| format!("writing the ban on {} into {name}", b.net))?;
         }
         Ok(())
+    }
+
+    /// Writes the pending hash map and trie entries (`Pending`), if any.
+    fn write_pending(&mut self) -> Result<()> {
+        let Some(mut p) = self.pending.take() else {
+            return Ok(());
+        };
+        let r = (|| {
+            p.ban4.write(&mut self.ban4, |m, k, v| m.insert(k, v, 0))?;
+            p.ban6.write(&mut self.ban6, |m, k, v| m.insert(k, v, 0))?;
+            p.pfx4.write(&mut self.pfx4, |m, k, v| m.insert(k, v, 0))?;
+            p.pfx6.write(&mut self.pfx6, |m, k, v| m.insert(k, v, 0))
+        })();
+        self.pending = Some(p);
+        r
     }
 
     /// Sets the filter bits of `generation` that the entries of `bans` overlap.
@@ -1713,10 +1819,10 @@ impl DropMaps {
         Ok(())
     }
 
-    /// Every ban entry in the kernel maps, by generation: one pass over the four maps, read
-    /// a few thousand entries per system call. Keys that are no network (netmon never writes
-    /// one) are left alone, as before.
-    fn ban_nets(&self) -> Result<std::collections::HashMap<u8, HashSet<Net>>> {
+    /// Every ban entry in the kernel maps (hash maps and tries), by generation: one pass over
+    /// the four maps, read a few thousand entries per system call. Keys that are no network
+    /// (netmon never writes one) are left alone, as before.
+    pub fn ban_nets(&self) -> Result<std::collections::HashMap<u8, HashSet<Net>>> {
         use aya::maps::IterableMap as _;
         use std::net::{Ipv4Addr, Ipv6Addr};
         let mut out: std::collections::HashMap<u8, HashSet<Net>> = Default::default();
@@ -1852,14 +1958,18 @@ impl DropMaps {
         // In address order, so that consecutive trie inserts walk the same nodes (an
         // import's order says nothing of which ban came first).
         live.sort_unstable_by_key(|b| b.net);
-        for b in &live {
+        self.pending = Some(Pending::default());
+        let written = live.iter().try_for_each(|b| {
             let carry: &[u8] = if in_force.contains(&b.net) {
                 &[from]
             } else {
                 &[]
             };
-            self.write_ban_entry(to, carry, b)?;
-        }
+            self.write_ban_entry(to, carry, b)
+        });
+        let written = written.and_then(|()| self.write_pending());
+        self.pending = None;
+        written?;
         self.cover(to, &live)?;
         self.filters_complete(to)?;
         self.fast_complete(to)?;
