@@ -221,7 +221,8 @@ impl Pending {
     }
 }
 
-/// Entries a swap holds before writing them out (their memory, ~90 bytes each, bounded).
+/// Entries a swap holds before writing them out (under 100 bytes each: their memory stays
+/// bounded).
 const PENDING_MAX: usize = 16_384;
 
 /// One map's pending entries: keys, values and, to name a failing entry, their networks.
