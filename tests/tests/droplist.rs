@@ -526,8 +526,8 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
     drop(maps);
     assert_eq!(held.len(), 1, "entries of generations {:?}", held.keys());
     let held = held.drain().next().unwrap().1;
-    let want: std::collections::HashSet<netmon::act::net::Net> =
-        two.iter().map(|l| l.parse().unwrap()).collect();
+    let nets: Vec<netmon::act::net::Net> = two.iter().map(|l| l.parse().unwrap()).collect();
+    let want: std::collections::HashSet<netmon::act::net::Net> = nets.iter().copied().collect();
     assert_eq!(held.len(), want.len());
     assert!(
         held == want,
@@ -545,7 +545,6 @@ fn a_second_bulk_import_swaps_without_letting_anything_through() {
     // `netmon list ADDR|CIDR` picks out of the 100,001 exactly the entries the list file
     // says overlap it: an address inside the shortest prefix (every entry covering it), and
     // that prefix (the entries inside it too).
-    let nets: Vec<netmon::act::net::Net> = two.iter().map(|l| l.parse().unwrap()).collect();
     let widest = *nets.iter().min_by_key(|n| n.prefix()).unwrap();
     let inside = match widest.addr() {
         std::net::IpAddr::V4(a) => std::net::Ipv4Addr::from(u32::from(a) | 0x1d),
