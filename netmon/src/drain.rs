@@ -26,6 +26,10 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
+/// Entries per BPF_MAP_*_BATCH call (a reader's first buffer; it grows where a hash bucket
+/// holds more).
+pub(crate) const BATCH: usize = 4096;
+
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]
@@ -207,7 +211,7 @@ impl Default for FlowBufs {
             keys4: Vec::new(),
             keys6: Vec::new(),
             vals: Vec::new(),
-            chunk: 4096,
+            chunk: BATCH,
         }
     }
 }
@@ -269,7 +273,7 @@ pub(crate) fn update_batched<K, V>(
 ) -> Result<(), (usize, io::Error)> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut written = 0;
-    for (k, v) in keys.chunks(4096).zip(values.chunks(4096)) {
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let mut attr = BatchAttr {
             keys: k.as_ptr() as u64,
             values: v.as_ptr() as u64,
@@ -290,7 +294,7 @@ pub(crate) fn update_batched<K, V>(
 /// deleted.
 pub(crate) fn delete_batched<K>(map: &MapData, name: &str, keys: &[K]) -> Result<usize> {
     let mut deleted = 0;
-    for chunk in keys.chunks(4096) {
+    for chunk in keys.chunks(BATCH) {
         let mut attr = BatchAttr {
             keys: chunk.as_ptr() as u64,
             count: chunk.len() as u32,
@@ -638,7 +642,7 @@ fn copy_map<K: Copy + Default + Eq + std::hash::Hash, V: Copy + Default>(
     map: &MapData,
 ) -> io::Result<std::collections::HashMap<K, V>> {
     let mut out = std::collections::HashMap::new();
-    let (mut keys, mut vals, mut chunk) = (Vec::new(), Vec::new(), 4096);
+    let (mut keys, mut vals, mut chunk) = (Vec::new(), Vec::new(), BATCH);
     read_batched(
         map.fd().as_fd(),
         &mut keys,

@@ -2006,7 +2006,7 @@ impl DropMaps {
 /// a `K`: a trie's is its last key read, a hash map's a bucket number (4 bytes; every ban
 /// key is longer).
 fn read_keys<K: Copy + Default>(map: &MapData, name: &str, mut f: impl FnMut(&K)) -> Result<()> {
-    let (mut keys, mut vals, mut chunk) = (Vec::new(), Vec::<BanValue>::new(), 4096);
+    let (mut keys, mut vals, mut chunk) = (Vec::new(), Vec::<BanValue>::new(), crate::drain::BATCH);
     crate::drain::read_batched_from::<K, BanValue, K>(
         map.fd().as_fd(),
         &mut keys,
