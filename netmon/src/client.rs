@@ -85,6 +85,43 @@ impl Api {
     }
 }
 
+/// Where the CLI finds the daemon's API, from `--api`: `ADDR:PORT` (`[V6]:PORT`), or a URL
+/// of it as the daemon's log prints it (`http://ADDR:PORT`, `https://ADDR:PORT`, a trailing
+/// `/` allowed). Returns the address and whether the URL said HTTPS (`None`: no scheme).
+pub fn parse_api(s: &str) -> Result<(String, Option<bool>)> {
+    let lower = s.to_ascii_lowercase();
+    let (rest, https) = if lower.starts_with("http://") {
+        (&s["http://".len()..], Some(false))
+    } else if lower.starts_with("https://") {
+        (&s["https://".len()..], Some(true))
+    } else {
+        (s, None)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let example = crate::config::DEFAULT_LISTEN;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        bail!(
+            "bad API address `{s}`: give the daemon's ADDR:PORT (its --listen) or \
+             http(s)://ADDR:PORT, e.g. {example}"
+        );
+    }
+    let host_port = rest
+        .rsplit_once(':')
+        .filter(|(h, p)| {
+            let bracketed = h.starts_with('[') && h.ends_with(']') && h.len() > 2;
+            (bracketed || (!h.is_empty() && !h.contains(':'))) && p.parse::<u16>().is_ok()
+        })
+        .is_some();
+    if !host_port {
+        bail!(
+            "bad API address `{s}`: no port (an IPv6 address goes in brackets, [::1]:9743); \
+             the daemon listens on {example} unless --listen says otherwise"
+        );
+    }
+    Ok((rest.to_string(), https))
+}
+
 /// `s` as a URL query value: every byte but the unreserved ones (RFC 3986 section 2.3)
 /// percent-encoded.
 pub fn query_escape(s: &str) -> String {
@@ -101,6 +138,43 @@ pub fn query_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_api_address_may_be_a_url() {
+        let ok = |s: &str| super::parse_api(s).unwrap();
+        let plain = |a: &str| (a.to_string(), None);
+        assert_eq!(ok("127.0.0.1:9743"), plain("127.0.0.1:9743"));
+        assert_eq!(ok("[::1]:9743"), plain("[::1]:9743"));
+        assert_eq!(ok("localhost:9743"), plain("localhost:9743"));
+        assert_eq!(
+            ok("http://127.0.0.1:9911/"),
+            ("127.0.0.1:9911".to_string(), Some(false))
+        );
+        assert_eq!(
+            ok("HTTPS://[2001:db8::1]:443"),
+            ("[2001:db8::1]:443".to_string(), Some(true))
+        );
+        for (bad, says) in [
+            ("127.0.0.1", "no port"),
+            ("http://127.0.0.1", "no port"),
+            ("::1", "no port"),
+            ("::1:9743", "no port"),
+            ("127.0.0.1:99999", "no port"),
+            (
+                "http://127.0.0.1:9743/metrics",
+                "give the daemon's ADDR:PORT",
+            ),
+            ("http://user@127.0.0.1:9743", "give the daemon's ADDR:PORT"),
+            ("ftp://127.0.0.1:9743", "give the daemon's ADDR:PORT"),
+            ("", "give the daemon's ADDR:PORT"),
+        ] {
+            let e = super::parse_api(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains(&format!("`{bad}`")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn query_values_are_escaped() {
         assert_eq!(super::query_escape("10.0.0.0/8"), "10.0.0.0%2F8");

@@ -946,7 +946,7 @@ fn on_prepared(
 
 /// Runs the daemon until `shutdown` is cancelled. On SIGHUP it calls `reread` for the
 /// configuration as the command line and its files now say, and applies it (`Reloads`).
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) -> Result<()> {
+pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread) -> Result<()> {
     // Installed first: from here a SIGHUP (whose default action ends the process) is a
     // reload, taken once the loop runs.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -967,6 +967,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
         .await
         .with_context(|| format!("binding the API to {} (--listen)", cfg.listen))?;
     let listen = listener.local_addr()?;
+    // Its clients' connections (Prometheus's scrapes, the CLI) score no "unusual port".
+    cfg.threat.api_port = Some(listen.port());
 
     // The threat side's inputs are checked before anything is attached: a wrong path fails
     // the start with nothing left behind.
@@ -1155,14 +1157,15 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken, reread: Reread) ->
         }
     };
     info!(
-        "netmon {} monitoring {} (API on http://{listen})",
+        "netmon {} monitoring {} (API on {}://{listen})",
         env!("CARGO_PKG_VERSION"),
         attached
             .interfaces
             .iter()
             .map(|i| i.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if cfg.tls.is_some() { "https" } else { "http" },
     );
     let mut ticker = ticker(cfg.interval).await;
     let mut running = cfg;

@@ -220,8 +220,9 @@ enum Cmd {
 /// Where the commands that ask a running daemon find its API.
 #[derive(clap::Args)]
 struct ApiArgs {
-    /// The daemon's API address.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    /// The daemon's API address: ADDR:PORT (its --listen), or http(s)://ADDR:PORT as its log
+    /// prints it.
+    #[arg(long, env = "NETMON_API", default_value = DEFAULT_LISTEN)]
     api: String,
     /// The token file the daemon was given (`netmon run --api-token-file`), when it has one.
     #[arg(long, env = "NETMON_API_TOKEN_FILE")]
@@ -234,8 +235,22 @@ struct ApiArgs {
 
 impl ApiArgs {
     fn client(&self) -> Result<client::Api> {
+        let (addr, https) = client::parse_api(&self.api)?;
+        match (https, &self.api_ca) {
+            (Some(true), None) => anyhow::bail!(
+                "`{}` serves HTTPS: give --api-ca FILE (or NETMON_API_CA), the daemon's \
+                 certificate or the authority that signed it",
+                self.api
+            ),
+            (Some(false), Some(_)) => anyhow::bail!(
+                "`{}` says plain HTTP, but --api-ca is for a daemon that serves HTTPS: give \
+                 https://{addr}, or leave --api-ca out",
+                self.api
+            ),
+            _ => {}
+        }
         Ok(client::Api {
-            addr: self.api.clone(),
+            addr,
             token: self
                 .api_token_file
                 .as_deref()

@@ -92,7 +92,9 @@ impl Prepared {
     /// file that does not load, named) leaves nothing to put in force, so the running
     /// configuration stays as it was. The pin and state directories are `running`'s: those
     /// change only with a restart.
-    pub fn open(running: &RunConfig, new: RunConfig, shared: &Arc<Shared>) -> Result<Self> {
+    pub fn open(running: &RunConfig, mut new: RunConfig, shared: &Arc<Shared>) -> Result<Self> {
+        // The API stays where it was bound (`listen` changes with a restart).
+        new.threat.api_port = running.threat.api_port;
         let t = &new.threat;
         let threat = if *t == running.threat {
             NextThreat::Geo(if t.geoip.is_empty() {

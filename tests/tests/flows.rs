@@ -1108,9 +1108,32 @@ fn status_and_flows_commands_say_what_is_active() {
         row.starts_with("TCP") && row.contains("netmon-testpee"),
         "{row}"
     );
+    // --api also takes the URL the daemon's log prints.
+    let url = format!("http://{}/", d.api);
     let json: Value =
-        serde_json::from_str(&p.a.exec(&[bin, "flows", "--json", "--api", &d.api])).unwrap();
-    find_conn(&json, &local, "198.18.0.2:5004");
+        serde_json::from_str(&p.a.exec(&[bin, "flows", "--json", "--api", &url])).unwrap();
+    let kinds = |c: &Value| -> Vec<String> {
+        c["risk"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let peer = find_conn(&json, &local, "198.18.0.2:5004");
+    assert!(kinds(peer).contains(&"unusual_port".to_string()), "{peer}");
+    // The daemon's own API port is not unusual: the connection of the request that asked
+    // (and of those before it) scores nothing for its port.
+    let own: Vec<&Value> = json["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["local_address"] == d.api.as_str() && c["status"] != "LISTEN")
+        .collect();
+    assert!(!own.is_empty(), "no API connection in {json}");
+    for c in own {
+        assert!(!kinds(c).contains(&"unusual_port".to_string()), "{c}");
+    }
 
     // --top N: the N busiest connections, the count of all beside them.
     let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.0.2:5005"]);

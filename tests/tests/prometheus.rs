@@ -372,6 +372,32 @@ fn prometheus_scrapes_two_agents_and_rates_rules_and_dashboard_hold() {
     ]))
     .unwrap();
     assert!(status["drains"].as_u64().unwrap() >= 1, "{status}");
+    // The URL the daemon's log prints works too; its scheme must agree with --api-ca.
+    let log = da.log_text();
+    assert!(
+        log.contains(&format!("(API on https://{listen_a})")),
+        "{log}"
+    );
+    let url = format!("https://{listen_a}/");
+    let status: Value = serde_json::from_str(&p.b.netmon_ok(&[
+        "status",
+        "--json",
+        "--api",
+        &url,
+        "--api-token-file",
+        token_arg,
+        "--api-ca",
+        cert_arg,
+    ]))
+    .unwrap();
+    assert_eq!(status["listen"], listen_a.as_str(), "{status}");
+    let err =
+        p.b.netmon_err(&["status", "--api", &url, "--api-token-file", token_arg]);
+    assert!(err.contains("serves HTTPS: give --api-ca"), "{err}");
+    let plain = format!("http://{listen_a}");
+    let err =
+        p.b.netmon_err(&["status", "--api", &plain, "--api-ca", cert_arg]);
+    assert!(err.contains("says plain HTTP"), "{err}");
     let prom = Prometheus::start(
         &p.b,
         &[&listen_a, "127.0.0.1:9743"],

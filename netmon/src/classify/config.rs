@@ -164,6 +164,9 @@ pub struct ThreatConfig {
     pub thresholds: Thresholds,
     /// Service ports that are not unusual.
     pub expected_ports: BTreeSet<u16>,
+    /// The running daemon's own API port (set when it binds, never read from a file): the
+    /// connections of its clients (Prometheus, the CLI) are not unusual either.
+    pub api_port: Option<u16>,
     pub unusual_countries: Vec<String>,
     pub unusual_asns: Vec<u32>,
     pub detection: DetectionConfig,
@@ -405,6 +408,7 @@ impl Default for ThreatConfig {
             weights: Weights::default(),
             thresholds: Thresholds::default(),
             expected_ports: [22, 25, 53, 80, 123, 443, 465, 587, 853, 993, 995].into(),
+            api_port: None,
             unusual_countries: Vec::new(),
             unusual_asns: Vec::new(),
             detection: DetectionConfig::default(),
@@ -1156,6 +1160,7 @@ impl ThreatConfig {
                 .expected_ports
                 .map(|p| p.into_iter().collect())
                 .unwrap_or_else(|| ThreatConfig::default().expected_ports),
+            api_port: None,
             unusual_countries: raw.unusual_countries,
             unusual_asns: raw.unusual_asns,
             detection: DetectionConfig {
