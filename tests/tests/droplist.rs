@@ -652,6 +652,17 @@ fn bad_input_is_refused_and_changes_nothing() {
             "reading the list /nonexistent/list",
         ),
         (vec!["unban", "192.0.2.99"], "192.0.2.99 is not banned"),
+        // Under `ip netns exec` /sys/fs/bpf has no bpffs: one mounted there would be a new,
+        // empty instance that no daemon sees, so the ban would drop nothing.
+        (
+            vec![
+                "ban",
+                "192.0.2.1",
+                "--pin-dir",
+                "/sys/fs/bpf/netmon-private",
+            ],
+            "no bpffs on /sys/fs/bpf in this mount namespace",
+        ),
         (
             vec!["disallow", "192.0.2.0/24"],
             "192.0.2.0/24 is not on the allow list",
@@ -675,6 +686,16 @@ fn bad_input_is_refused_and_changes_nothing() {
     // --force is the way through for a deliberate self-covering ban.
     ns.netmon_ok(&["ban", "198.18.0.1", "--force"]);
     ns.netmon_ok(&["unban", "198.18.0.1"]);
+
+    // The daemon refuses a pin directory on a bpffs of its own likewise, before attaching.
+    let mut d = Daemon::spawn(ns, &[&p.a_if], &["--pin-dir", "/sys/fs/bpf/netmon-private"]);
+    assert!(!d.child.as_mut().unwrap().wait().unwrap().success());
+    let log = d.log_text();
+    assert!(
+        log.contains("no bpffs on /sys/fs/bpf in this mount namespace"),
+        "{log}"
+    );
+    assert_eq!(attached_programs(ns, &p.a_if), (0, 0), "{log}");
 
     // A corrupt or unknown-version state file: the daemon refuses to start, saying how to
     // recover, rather than run with no bans.

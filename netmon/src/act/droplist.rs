@@ -68,9 +68,27 @@ fn is_bpffs(p: &Path) -> bool {
     }
 }
 
+/// Whether this process was started in a mount namespace of its own, as under `ip netns
+/// exec` (or `unshare -m`): one that its parent's (else PID 1's, where the parent's cannot be
+/// read) is not. A filesystem it mounts is then seen by no process outside it. `false`
+/// where that cannot be told.
+fn in_private_mount_namespace() -> bool {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    // SAFETY: no preconditions.
+    let parent = unsafe { libc::getppid() }.to_string();
+    let Some(me) = ns("self") else {
+        return false;
+    };
+    ns(&parent)
+        .or_else(|| ns("1"))
+        .is_some_and(|other| other != me)
+}
+
 /// Makes sure `pin_dir` exists on a bpffs, mounting /sys/fs/bpf when that is where it
-/// belongs and nothing is mounted there (not mounted at boot on some machines, and absent
-/// under `ip netns exec`, which remounts /sys).
+/// belongs and nothing is mounted there (not mounted at boot on some machines). Refused in
+/// a mount namespace of its own (`ip netns exec` remounts /sys, so /sys/fs/bpf has no bpffs
+/// there): every bpffs mount is a new, empty instance, so maps pinned on one would be this
+/// process's alone, and a ban written there would reach no daemon.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let mut probe = pin_dir.to_path_buf();
     while !probe.exists() {
@@ -81,6 +99,17 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     if !is_bpffs(&probe) {
         let sysfs_bpf = Path::new("/sys/fs/bpf");
         if pin_dir.starts_with(sysfs_bpf) && !is_bpffs(sysfs_bpf) {
+            if in_private_mount_namespace() {
+                bail!(
+                    "no bpffs on /sys/fs/bpf in this mount namespace (`ip netns exec` remounts \
+                     /sys): a drop list pinned at {} would be this command's alone, out of \
+                     reach of the daemon and of the CLI in any other. Mount a bpffs where both \
+                     see it (e.g. `mount -t bpf bpf /run/netmon-bpf` outside the namespace) and \
+                     give its directory as --pin-dir (or NETMON_PIN_DIR) to `netmon run` and to \
+                     the CLI",
+                    pin_dir.display()
+                );
+            }
             std::fs::create_dir_all(sysfs_bpf).ok();
             let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
             let (src, tgt, fs) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
