@@ -151,7 +151,10 @@ fn evaluate(cfg: &ThreatConfig, f: &Facts<'_>, explain: bool) -> Assessment {
             format!("{} is listed in the reputation feed {feed}", f.remote)
         });
     }
-    if !cfg.expected_ports.contains(&f.service_port) && f.service_port != 0 {
+    if !cfg.expected_ports.contains(&f.service_port)
+        && cfg.api_port != Some(f.service_port)
+        && f.service_port != 0
+    {
         t.add("unusual_port", w.unusual_port, || {
             format!("port {} is not among the expected services", f.service_port)
         });
@@ -280,6 +283,17 @@ mod tests {
             a.reasons.iter().map(|r| r.points).collect::<Vec<_>>(),
             vec![20, 15]
         );
+    }
+
+    #[test]
+    fn the_daemons_own_api_port_is_not_unusual() {
+        let mut cfg = ThreatConfig::default();
+        assert_eq!(assess(&cfg, &facts(&[], &[], 9911)).score, 20);
+        cfg.api_port = Some(9911);
+        let a = assess(&cfg, &facts(&[], &[], 9911));
+        assert_eq!((a.score, a.reasons.len()), (0, 0), "{a:?}");
+        // Any other port still is.
+        assert_eq!(assess(&cfg, &facts(&[], &[], 9912)).score, 20);
     }
 
     #[test]
