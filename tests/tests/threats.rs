@@ -87,6 +87,42 @@ fn a_port_scan_raises_an_alert_naming_the_source() {
             .any(|r| r["kind"] == "port_scan" && r["points"].as_i64() == Some(50)),
         "{alert}"
     );
+    // The scan's counts are the scan's: 200 ports, 200 connections (a SYN and the RST
+    // that refused it are two flows of one connection), 200 refused. Waited for, as the
+    // alert may come from a drain before the scan's last attempts.
+    let want = [
+        "200 ports tried on this host",
+        "200 new connections",
+        "200 refused or unreachable connections",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let remotes = ns_json(&p.a, &d.api, "/api/remotes");
+        let details: Vec<String> = remotes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["remote"] == p.b_v4)
+            .flat_map(|r| r["reasons"].as_array().unwrap().iter())
+            .map(|r| r["detail"].as_str().unwrap().to_string())
+            .collect();
+        if details.iter().any(|d| d.contains(want[0])) {
+            for w in want {
+                assert!(details.iter().any(|d| d.contains(w)), "{w}: {details:?}");
+            }
+            // Each SYN was refused with a reset: nothing was left half open (no SYN flood).
+            assert!(
+                !details.iter().any(|d| d.contains("half-open")),
+                "{details:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scanner's detections never counted 200 ports: {remotes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // One alert per kind while the scan is in the window, not one per port or per drain.
     let alerts = ns_json(&p.a, &d.api, "/api/alerts");
     let scans = alerts

@@ -6,7 +6,7 @@
 //! events: no maps, no sockets.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
@@ -68,6 +68,18 @@ impl ConnEvent {
             IPPROTO_TCP => self.tcp_flags & tcp_flags::RST != 0,
             IPPROTO_ICMP => self.icmp >> 8 == 3,
             IPPROTO_ICMPV6 => self.icmp >> 8 == 1,
+            _ => false,
+        }
+    }
+
+    /// An answer that refused an attempt (a TCP reset without SYN, ICMP destination
+    /// unreachable), a flow of its own beside the attempt's but not another connection.
+    fn refusal(&self) -> bool {
+        match self.proto {
+            IPPROTO_TCP => {
+                self.tcp_flags & tcp_flags::RST != 0 && self.tcp_flags & tcp_flags::SYN == 0
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => self.failed(),
             _ => false,
         }
     }
@@ -234,13 +246,14 @@ impl Detector {
         );
         found(
             DetectionKind::SynFlood,
-            q.iter().filter(|e| e.half_open()).count(),
+            half_open(q),
             c.syn_half_open,
             "half-open connections (SYN, no ACK)",
         );
+        // A refused attempt is two flows, the attempt and the answer: one connection.
         found(
             DetectionKind::HighFrequency,
-            q.len(),
+            q.iter().filter(|e| !e.refusal()).count(),
             c.high_frequency_connections,
             "new connections",
         );
@@ -248,7 +261,9 @@ impl Detector {
             DetectionKind::LoginBruteforce,
             q.iter()
                 .filter(|e| {
-                    e.direction == Direction::Inbound && c.login_ports.contains(&e.local_port)
+                    e.direction == Direction::Inbound
+                        && c.login_ports.contains(&e.local_port)
+                        && !e.refusal()
                 })
                 .count(),
             c.login_attempts,
@@ -262,6 +277,20 @@ impl Detector {
         );
         out
     }
+}
+
+/// Inbound TCP attempts that never got past SYN and were not refused: a SYN that this
+/// host answered with a reset (a closed port, as a scan finds) left nothing half open.
+fn half_open(q: &[&ConnEvent]) -> usize {
+    let conn = |e: &ConnEvent| (e.local, e.local_port, e.remote_port);
+    let refused: HashSet<_> = q
+        .iter()
+        .filter(|e| e.proto == IPPROTO_TCP && e.direction == Direction::Inbound && e.refusal())
+        .map(|e| conn(e))
+        .collect();
+    q.iter()
+        .filter(|e| e.half_open() && !refused.contains(&conn(e)))
+        .count()
 }
 
 #[cfg(test)]
@@ -354,6 +383,85 @@ mod tests {
             "{:?}",
             det.detections(&remote)
         );
+    }
+
+    #[test]
+    fn a_refused_attempt_is_one_connection() {
+        // Ten SYNs to a closed SSH port, each answered by this host's RST: twenty flows (the
+        // remote's SYN, the reset back), ten connections, ten login attempts, ten refused.
+        let cfg = DetectionConfig {
+            high_frequency_connections: 10,
+            login_attempts: 10,
+            failed_connections: 10,
+            ..DetectionConfig::default()
+        };
+        let mut det = Detector::new(cfg.clone());
+        for _ in 0..10 {
+            det.observe(ev(SEC, 22, tcp_flags::SYN));
+            det.observe(ev(SEC, 22, tcp_flags::RST | tcp_flags::ACK));
+        }
+        let remote: IpAddr = "198.18.0.2".parse().unwrap();
+        let details: Vec<String> = det
+            .detections(&remote)
+            .into_iter()
+            .map(|d| d.detail)
+            .collect();
+        for want in [
+            "10 new connections",
+            "10 connections to login ports",
+            "10 refused or unreachable connections",
+        ] {
+            assert!(
+                details.iter().any(|d| d.contains(want)),
+                "{want}: {details:?}"
+            );
+        }
+        // One more than there were is not reached; and refused SYNs left nothing half open.
+        let mut det = Detector::new(DetectionConfig {
+            high_frequency_connections: 11,
+            login_attempts: 11,
+            syn_half_open: 5,
+            ..cfg
+        });
+        for _ in 0..10 {
+            det.observe(ev(SEC, 22, tcp_flags::SYN));
+            det.observe(ev(SEC, 22, tcp_flags::RST | tcp_flags::ACK));
+        }
+        assert_eq!(
+            kinds(&det.detections(&remote)),
+            vec![DetectionKind::FailedConnections]
+        );
+        // Five SYNs to an open port that no ACK followed are (and make fifteen connections).
+        for _ in 0..5 {
+            det.observe(ev(SEC, 8080, tcp_flags::SYN));
+        }
+        let d = det.detections(&remote);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                DetectionKind::SynFlood,
+                DetectionKind::HighFrequency,
+                DetectionKind::FailedConnections
+            ]
+        );
+        assert!(d[0].detail.contains(": 5 half-open"), "{d:?}");
+        // An outbound datagram refused by ICMP port unreachable: one connection too.
+        let mut det = Detector::new(DetectionConfig {
+            high_frequency_connections: 2,
+            ..DetectionConfig::default()
+        });
+        det.observe(ConnEvent {
+            proto: IPPROTO_UDP,
+            direction: Direction::Outbound,
+            ..ev(SEC, 40000, 0)
+        });
+        det.observe(ConnEvent {
+            proto: IPPROTO_ICMP,
+            icmp: 3 << 8 | 3,
+            direction: Direction::Outbound,
+            ..ev(SEC, 0, 0)
+        });
+        assert!(det.detections(&remote).is_empty());
     }
 
     #[test]
