@@ -2,7 +2,7 @@
 //! on shutdown every program is detached (dropping `Attached` closes every link).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -309,6 +309,19 @@ struct Drain {
 }
 
 impl Drain {
+    /// Counts `i`'s traffic from now (an interface that appeared after the start).
+    fn iface_added(&mut self, i: &load::Monitored) {
+        self.names.insert(i.ifindex, i.name.clone());
+        self.traffic.insert(i.ifindex, IfaceTraffic::start(&i.name));
+    }
+
+    /// Stops listing interface `ifindex`, which has gone.
+    fn iface_gone(&mut self, ifindex: u32) {
+        self.names.remove(&ifindex);
+        self.traffic.remove(&ifindex);
+        self.prev_link.remove(&ifindex);
+    }
+
     fn tick(&mut self, shared: &Shared, base_status: &Status) -> Result<()> {
         let t0 = Instant::now();
         let now = monotonic_ns();
@@ -792,6 +805,130 @@ fn risk_counts(
 
 /// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
 /// delayed rather than bunched.
+/// Sets `netmon_hook_info` to the hooks in `hooks`, removing the series of those in `old`
+/// that are no longer among them (an interface's, when it has gone).
+fn publish_hooks(metrics: &crate::metrics::Metrics, old: &[load::Hook], hooks: &[load::Hook]) {
+    let labels = |h: &load::Hook| [h.purpose.clone(), h.kind.clone(), h.target.clone()];
+    for h in old {
+        if !hooks.iter().any(|n| labels(n) == labels(h)) {
+            let l = labels(h);
+            let _ = metrics.hook_info.remove_label_values(&[
+                l[0].as_str(),
+                l[1].as_str(),
+                l[2].as_str(),
+            ]);
+        }
+    }
+    for h in hooks {
+        metrics
+            .hook_info
+            .with_label_values(&[h.purpose.as_str(), h.kind.as_str(), h.target.as_str()])
+            .set(i64::from(h.active));
+    }
+}
+
+/// Interfaces that come and go while the daemon runs. Without `--iface`, every interface
+/// that is up and not a loopback is monitored, those that appear (or come up) later too;
+/// named ones are attached again when they come back. Looked at after a drain when the
+/// kernel sent a link notification since the one before.
+struct InterfaceWatch {
+    events: iface::LinkEvents,
+    /// `--iface`'s names; empty: the default set.
+    named: Vec<String>,
+    /// Interfaces (name, ifindex) that could not be attached: not tried again while that
+    /// name has that index.
+    refused: HashSet<(String, u32)>,
+    /// Not looked yet: the first look does not wait for a notification (an interface may
+    /// have come between the start's and the subscription).
+    first: bool,
+}
+
+impl InterfaceWatch {
+    fn new(named: Vec<String>) -> Self {
+        let events = iface::LinkEvents::open().unwrap_or_else(|e| {
+            warn!(
+                "cannot subscribe to link notifications ({e}): the interfaces are looked at \
+                 after every drain"
+            );
+            iface::LinkEvents::always()
+        });
+        Self {
+            events,
+            named,
+            refused: HashSet::new(),
+            first: true,
+        }
+    }
+
+    /// Forgets the monitored interfaces that have gone (their name no longer has their
+    /// index) and attaches to those that are wanted and not monitored; `status` and the hook
+    /// metrics follow.
+    fn look(
+        &mut self,
+        attached: &mut load::Attached,
+        drain: &mut Drain,
+        status: &mut Status,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let first = std::mem::take(&mut self.first);
+        if !self.events.changed() && !first {
+            return;
+        }
+        let old_hooks = attached.hooks.clone();
+        let gone: Vec<u32> = attached
+            .interfaces
+            .iter()
+            .filter(|i| iface::ifindex(&i.name).ok() != Some(i.ifindex))
+            .map(|i| i.ifindex)
+            .collect();
+        for ifindex in gone {
+            if let Some(i) = attached.forget_interface(ifindex) {
+                warn!(
+                    "interface {} (ifindex {}) is gone; monitored again if it comes back",
+                    i.name, i.ifindex
+                );
+                drain.iface_gone(ifindex);
+            }
+        }
+        let wanted = if self.named.is_empty() {
+            iface::default_interfaces()
+        } else {
+            self.named.clone()
+        };
+        for name in wanted {
+            let Ok(ifindex) = iface::ifindex(&name) else {
+                continue;
+            };
+            if attached.interfaces.iter().any(|i| i.ifindex == ifindex)
+                || self.refused.contains(&(name.clone(), ifindex))
+            {
+                continue;
+            }
+            match attached.attach_interface(&name) {
+                Ok(i) => {
+                    info!("interface {name} (ifindex {ifindex}) appeared: monitored");
+                    drain.iface_added(i);
+                }
+                Err(e) => {
+                    warn!("interface {name} (ifindex {ifindex}) is not monitored: {e:#}");
+                    self.refused.insert((name, ifindex));
+                }
+            }
+        }
+        if attached.hooks.len() != old_hooks.len()
+            || attached
+                .hooks
+                .iter()
+                .zip(&old_hooks)
+                .any(|(a, b)| a.target != b.target || a.purpose != b.purpose)
+        {
+            status.interfaces = attached.interfaces.clone();
+            status.hooks = attached.hooks.clone();
+            publish_hooks(metrics, &old_hooks, &attached.hooks);
+        }
+    }
+}
+
 async fn ticker(interval: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval(interval);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1079,13 +1216,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
     }
     let pipeline = opened.pipeline(&cfg.pin_dir, &cfg.state_dir, &shared);
     let threat = crate::reload::ThreatSide::start(opened, pipeline, &shared);
-    for h in &attached.hooks {
-        shared
-            .metrics
-            .hook_info
-            .with_label_values(&[h.purpose.as_str(), h.kind.as_str(), h.target.as_str()])
-            .set(i64::from(h.active));
-    }
+    publish_hooks(&shared.metrics, &[], &attached.hooks);
     let mut base_status = Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -1168,6 +1299,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         if cfg.tls.is_some() { "https" } else { "http" },
     );
     let mut ticker = ticker(cfg.interval).await;
+    let mut watch = InterfaceWatch::new(cfg.interfaces.clone());
     let mut running = cfg;
     let mut reloads = Reloads::new(reread);
     shared.metrics.config_last_reload_successful.set(1);
@@ -1179,6 +1311,9 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
                     shutdown.cancel();
                     break Err(e.context("draining the kernel maps"));
                 }
+                tokio::task::block_in_place(|| {
+                    watch.look(&mut attached, &mut drain, &mut base_status, &shared.metrics)
+                });
                 prog_stats.update(&attached.ebpf, &shared.metrics);
             }
             Some(()) = hangup.recv() => reloads.asked(&running, &shared),

@@ -120,6 +120,112 @@ fn tcp_probe(from: &Netns, to: &str) -> String {
         .to_string()
 }
 
+/// Without --iface, an interface that appears while the daemon runs is monitored, and its
+/// traffic filtered, as those of the start; one that goes is forgotten (the daemon runs on),
+/// and when one of that name comes back it is attached again.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn an_interface_that_comes_later_is_monitored_and_filtered() {
+    let p = Pair::new("late");
+    let mut d = Daemon::start(&p.a, &[], &[]);
+    let monitored = |d: &Daemon| -> Vec<String> {
+        ns_json(&p.a, &d.api, "/api/status")["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let wait_for = |d: &Daemon, want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while monitored(d).contains(&"nml0".to_string()) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nml0 {} monitored after 10 s: {:?}\n{}",
+                if want { "not" } else { "still" },
+                monitored(d),
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(monitored(&d), vec![p.a_if.clone()]);
+    // A second link between the namespaces, made after the start.
+    let (a, b) = (p.a.name.as_str(), p.b.name.as_str());
+    let add = || {
+        sh(&[
+            "ip", "-n", a, "link", "add", "nml0", "type", "veth", "peer", "name", "nml1",
+        ]);
+        sh(&["ip", "-n", a, "link", "set", "nml1", "netns", b]);
+        sh(&["ip", "-n", a, "addr", "add", "198.19.7.1/30", "dev", "nml0"]);
+        sh(&["ip", "-n", b, "addr", "add", "198.19.7.2/30", "dev", "nml1"]);
+        sh(&["ip", "-n", a, "link", "set", "nml0", "up"]);
+        sh(&["ip", "-n", b, "link", "set", "nml1", "up"]);
+    };
+    let to_a = |port: u16, n: u64| {
+        let at = format!("198.19.7.1:{port}");
+        udp(&p.b, None, &p.a, &at, &at, n)
+    };
+    add();
+    wait_for(&d, true);
+    // Its traffic is counted: the flow of 20 datagrams that arrived through it.
+    assert_eq!(to_a(7110, 20), 20);
+    let stats = d.fresh_stats(&p.a);
+    let flow = stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["local_address"] == "198.19.7.1:7110"
+                && c["remote_address"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("198.19.7.2:"))
+        })
+        .unwrap_or_else(|| panic!("no flow through nml0 in {stats}"));
+    assert_eq!(flow["packets_recv"], 20, "{flow}");
+    let status = ns_json(&p.a, &d.api, "/api/status");
+    for purpose in ["ingress", "egress"] {
+        assert!(
+            status["hooks"].as_array().unwrap().iter().any(|h| {
+                h["purpose"] == purpose && h["target"] == "nml0" && h["active"] == true
+            }),
+            "{status}"
+        );
+    }
+    // A ban drops what comes in through it.
+    p.a.netmon_ok(&["ban", "198.19.7.2"]);
+    assert_eq!(to_a(7111, 20), 0);
+    // It goes: forgotten, and the daemon runs on.
+    sh(&["ip", "-n", a, "link", "del", "nml0"]);
+    wait_for(&d, false);
+    assert!(d.drains(&p.a) > 0);
+    // One of the same name comes back: attached again, the ban in force on it.
+    add();
+    wait_for(&d, true);
+    assert_eq!(to_a(7112, 20), 0);
+    p.a.netmon_ok(&["unban", "198.19.7.2"]);
+    assert_eq!(to_a(7113, 20), 20);
+    // Killed with its links pinned, then the interface gone and back before the next start:
+    // those pins hold links the kernel detached with the device. The next daemon replaces
+    // them (it failed to start on them before) and the ban is in force on the new device.
+    p.a.netmon_ok(&["ban", "198.19.7.2"]);
+    d.kill();
+    sh(&["ip", "-n", a, "link", "del", "nml0"]);
+    add();
+    let d = Daemon::start(&p.a, &[], &[]);
+    assert!(
+        monitored(&d).contains(&"nml0".to_string()),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("cannot be taken over"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(to_a(7114, 20), 0);
+}
+
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn a_banned_peer_can_neither_reach_nor_be_reached() {
@@ -695,6 +801,14 @@ fn bad_input_is_refused_and_changes_nothing() {
         log.contains("no bpffs on /sys/fs/bpf in this mount namespace"),
         "{log}"
     );
+    assert_eq!(attached_programs(ns, &p.a_if), (0, 0), "{log}");
+
+    // A start that fails after attaching to an interface (native XDP on the veth, then on
+    // the loopback, which has none) leaves nothing attached to either.
+    let mut d = Daemon::spawn(ns, &[&p.a_if, "lo"], &["--xdp-attach", "driver"]);
+    assert!(!d.child.as_mut().unwrap().wait().unwrap().success());
+    let log = d.log_text();
+    assert!(log.contains("attaching XDP to `lo` in native"), "{log}");
     assert_eq!(attached_programs(ns, &p.a_if), (0, 0), "{log}");
 
     // A corrupt or unknown-version state file: the daemon refuses to start, saying how to

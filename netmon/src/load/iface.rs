@@ -179,3 +179,85 @@ pub fn tso_enabled(name: &str) -> Option<bool> {
     };
     ethtool(name, &mut v).then_some(v.data != 0)
 }
+
+/// Notice of interfaces added, removed or changed (their flags: up, down) in this network
+/// namespace: a netlink socket subscribed to the kernel's link notifications, read without
+/// blocking. Nothing is parsed: any notification means "look again" (`changed`).
+pub struct LinkEvents {
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl LinkEvents {
+    /// Subscribes; where that fails (said in the log by the caller), `changed` is always true,
+    /// so the caller looks every time.
+    pub fn open() -> Result<Self, std::io::Error> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2); the descriptor is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just returned to this process.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a zeroed sockaddr_nl is valid; its family and groups set below.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: bind with a valid sockaddr_nl of its size.
+        let r = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&raw const sa).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { fd: Some(fd) })
+    }
+
+    /// A watcher that cannot tell: `changed` is always true.
+    pub fn always() -> Self {
+        Self { fd: None }
+    }
+
+    /// Whether any link notification came since the last call (or the socket's buffer
+    /// overflowed, which loses some: then something did change). Reads them all.
+    pub fn changed(&self) -> bool {
+        let Some(fd) = &self.fd else {
+            return true;
+        };
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        loop {
+            // SAFETY: recv into a buffer of its length on an owned descriptor.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                changed = true;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // ENOBUFS: notifications were lost.
+                Some(libc::ENOBUFS) => changed = true,
+                _ => {}
+            }
+            return changed;
+        }
+    }
+}

@@ -85,24 +85,53 @@ pub struct Attached {
     pub ebpf: Ebpf,
     pub hooks: Vec<Hook>,
     pub interfaces: Vec<Monitored>,
-    pin_paths: Vec<PathBuf>,
-    _pinned: Vec<PinnedLink>,
-    /// clsact links (kernels before TCX) cannot be pinned; kept alive here.
-    _tc_links: Vec<SchedClassifierLink>,
-    _locks: Vec<InterfaceLock>,
+    /// Each monitored interface's links and lock, in the order of `interfaces`.
+    links: Vec<Links>,
+    /// How the traffic programs are attached, for interfaces that come later.
+    how: TrafficAttach,
 }
 
 impl Attached {
     /// Unpins and detaches every program.
     pub fn detach(self) {
-        for p in &self.pin_paths {
-            if let Err(e) = std::fs::remove_file(p)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!("could not unpin {}: {e}", p.display());
-            }
+        for l in &self.links {
+            l.unpin();
         }
         drop(self);
+    }
+
+    /// Attaches the traffic programs to `name`, an interface that appeared (or came back)
+    /// after the start, as to those of the start: its hooks join `hooks`. An interface
+    /// that another netmon monitors, or that refuses the programs, is an error and nothing
+    /// of it stays attached.
+    pub fn attach_interface(&mut self, name: &str) -> Result<&Monitored> {
+        let i = Monitored {
+            name: name.to_string(),
+            ifindex: iface::ifindex(name)?,
+        };
+        let mut hooks = Vec::new();
+        let links = self.how.attach(&mut self.ebpf, &i, &mut hooks)?;
+        for h in &hooks {
+            info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
+        }
+        self.hooks.extend(hooks);
+        self.links.push(links);
+        self.interfaces.push(i);
+        Ok(self.interfaces.last().expect("pushed"))
+    }
+
+    /// Forgets the interface `ifindex`, which is gone (the kernel detached its programs with
+    /// it): unpins its links, releases its lock and drops its hooks.
+    pub fn forget_interface(&mut self, ifindex: u32) -> Option<Monitored> {
+        let at = self.interfaces.iter().position(|i| i.ifindex == ifindex)?;
+        let i = self.interfaces.remove(at);
+        let links = self.links.remove(at);
+        links.unpin();
+        drop(links);
+        self.hooks.retain(|h| {
+            !(h.target == i.name && matches!(h.purpose.as_str(), "ingress" | "egress"))
+        });
+        Some(i)
     }
 }
 
@@ -491,10 +520,10 @@ pub fn load_and_attach(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let locks = opts
+    let mut locks = opts
         .interfaces
         .iter()
-        .map(|i| InterfaceLock::acquire(&opts.run_dir, i))
+        .map(|i| InterfaceLock::acquire(&opts.run_dir, i).map(Some))
         .collect::<Result<Vec<_>>>()?;
 
     let mut notes = Vec::new();
@@ -525,17 +554,24 @@ pub fn load_and_attach(
     before_attach(&mut ebpf)?;
 
     let mut hooks = Vec::new();
-    let mut links = Links::default();
-    attach_traffic(
-        &mut ebpf,
-        &interfaces,
-        &link_dir,
-        opts,
-        &mut hooks,
-        &mut links,
-    )?;
-    let watch_loopback = interfaces.iter().any(|i| iface::is_loopback(&i.name));
-    attach_attribution(&mut ebpf, &mut hooks, facts, opts.udp_hook, watch_loopback)?;
+    let how = TrafficAttach::new(opts, link_dir);
+    load_tc(&mut ebpf, opts.flow_table, false)?;
+    let mut links = Vec::with_capacity(interfaces.len());
+    let attached = (|| {
+        for (i, lock) in interfaces.iter().zip(&mut locks) {
+            links.push(how.attach_locked(&mut ebpf, i, &mut hooks, lock.take())?);
+        }
+        let watch_loopback = interfaces.iter().any(|i| iface::is_loopback(&i.name));
+        attach_attribution(&mut ebpf, &mut hooks, facts, opts.udp_hook, watch_loopback)
+    })();
+    if let Err(e) = attached {
+        // A start that fails leaves nothing attached: the links made are unpinned (and
+        // detached as they are dropped).
+        for l in &links {
+            l.unpin();
+        }
+        return Err(e);
+    }
     for h in &hooks {
         if h.active {
             info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
@@ -547,18 +583,32 @@ pub fn load_and_attach(
         ebpf,
         hooks,
         interfaces,
-        pin_paths: links.pin_paths,
-        _pinned: links.pinned,
-        _tc_links: links.tc,
-        _locks: locks,
+        links,
+        how,
     })
 }
 
+/// One interface's links (pinned, or clsact filters, which cannot be) and its lock.
 #[derive(Default)]
 struct Links {
     pin_paths: Vec<PathBuf>,
     pinned: Vec<PinnedLink>,
+    /// clsact links (kernels before TCX) cannot be pinned; kept alive here.
     tc: Vec<SchedClassifierLink>,
+    _lock: Option<InterfaceLock>,
+}
+
+impl Links {
+    /// Removes the pins, so that dropping the links detaches them.
+    fn unpin(&self) {
+        for p in &self.pin_paths {
+            if let Err(e) = std::fs::remove_file(p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("could not unpin {}: {e}", p.display());
+            }
+        }
+    }
 }
 
 /// `xdp` attached to `name` in generic (skb) mode.
@@ -599,6 +649,18 @@ fn pinned_link<T: TryFrom<FdLink>>(path: &Path) -> Option<T> {
     }
 }
 
+/// Removes the pin of a link that cannot be taken over: one that a previous netmon left on
+/// an interface that has gone since (the kernel detached it with the device), whose name a
+/// new interface now has.
+fn remove_defunct_pin(path: &Path, e: &dyn std::fmt::Display) {
+    warn!(
+        "removing {}: a link of a previous netmon that cannot be taken over ({e}); its \
+         interface has gone since",
+        path.display()
+    );
+    std::fs::remove_file(path).ok();
+}
+
 /// Kernels before 5.11 charge maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
     let rlim = libc::rlimit {
@@ -613,47 +675,100 @@ fn raise_memlock_limit() {
     }
 }
 
-fn attach_traffic(
-    ebpf: &mut Ebpf,
-    ifaces: &[Monitored],
-    link_dir: &Path,
-    opts: &LoadOptions,
-    hooks: &mut Vec<Hook>,
-    links: &mut Links,
-) -> Result<()> {
-    let (xdp_attach, tc_mode, table) = (opts.xdp_attach, opts.tc_mode, opts.flow_table);
-    let netns = iface::netns_inode();
-    let tcx = match tc_mode {
-        TcMode::Tcx => true,
-        TcMode::Clsact => false,
-        TcMode::Auto => aya::util::KernelVersion::current()
-            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-            .unwrap_or(false),
-    };
-    for i in ifaces {
-        let (kind, note) = attach_ingress(ebpf, i, link_dir, netns, xdp_attach, table, tcx, links)?;
-        hooks.push(Hook {
-            purpose: "ingress".into(),
-            kind: kind.into(),
-            target: i.name.clone(),
-            active: true,
-            note,
-        });
+/// How the traffic programs (ingress and egress) are attached to an interface: the same for
+/// those of the start and those that come later.
+struct TrafficAttach {
+    link_dir: PathBuf,
+    run_dir: PathBuf,
+    netns: u64,
+    xdp_attach: XdpAttach,
+    table: FlowTable,
+    tcx: bool,
+}
+
+impl TrafficAttach {
+    fn new(opts: &LoadOptions, link_dir: PathBuf) -> Self {
+        let tcx = match opts.tc_mode {
+            TcMode::Tcx => true,
+            TcMode::Clsact => false,
+            TcMode::Auto => aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false),
+        };
+        Self {
+            link_dir,
+            run_dir: opts.run_dir.clone(),
+            netns: iface::netns_inode(),
+            xdp_attach: opts.xdp_attach,
+            table: opts.flow_table,
+            tcx,
+        }
     }
-    load_tc(ebpf, table, false)?;
-    let (_, tc_name, _) = table.programs();
-    for i in ifaces {
-        let pin = link_dir.join(format!("{netns}-{}-tc", i.name));
-        let (kind, note) = attach_tc(ebpf, tc_name, i, TcAttachType::Egress, tcx, pin, links)?;
-        hooks.push(Hook {
-            purpose: "egress".into(),
-            kind: kind.into(),
-            target: i.name.clone(),
-            active: true,
-            note: note.into(),
-        });
+
+    /// `attach_locked` with `i`'s lock taken first.
+    fn attach(&self, ebpf: &mut Ebpf, i: &Monitored, hooks: &mut Vec<Hook>) -> Result<Links> {
+        let lock = InterfaceLock::acquire(&self.run_dir, &i.name)?;
+        self.attach_locked(ebpf, i, hooks, Some(lock))
     }
-    Ok(())
+
+    /// Attaches the ingress and the egress program to `i` (the egress program loaded
+    /// already), adding their hooks to `hooks`; on an error, what was attached to `i` is
+    /// detached again.
+    fn attach_locked(
+        &self,
+        ebpf: &mut Ebpf,
+        i: &Monitored,
+        hooks: &mut Vec<Hook>,
+        lock: Option<InterfaceLock>,
+    ) -> Result<Links> {
+        let mut links = Links {
+            _lock: lock,
+            ..Links::default()
+        };
+        let (ingress, egress) = match self.attach_both(ebpf, i, &mut links) {
+            Ok(kinds) => kinds,
+            Err(e) => {
+                links.unpin();
+                return Err(e);
+            }
+        };
+        for (purpose, (kind, note)) in [("ingress", ingress), ("egress", egress)] {
+            hooks.push(Hook {
+                purpose: purpose.into(),
+                kind: kind.into(),
+                target: i.name.clone(),
+                active: true,
+                note,
+            });
+        }
+        Ok(links)
+    }
+
+    #[expect(
+        clippy::type_complexity,
+        reason = "the two hooks' (kind, note), named by their places"
+    )]
+    fn attach_both(
+        &self,
+        ebpf: &mut Ebpf,
+        i: &Monitored,
+        links: &mut Links,
+    ) -> Result<((&'static str, String), (&'static str, String))> {
+        let ingress = attach_ingress(
+            ebpf,
+            i,
+            &self.link_dir,
+            self.netns,
+            self.xdp_attach,
+            self.table,
+            self.tcx,
+            links,
+        )?;
+        let (_, tc_name, _) = self.table.programs();
+        let pin = self.link_dir.join(format!("{}-{}-tc", self.netns, i.name));
+        let (kind, note) = attach_tc(ebpf, tc_name, i, TcAttachType::Egress, self.tcx, pin, links)?;
+        Ok((ingress, (kind, note.into())))
+    }
 }
 
 /// Attaches the ingress program to `i`: XDP in native mode where its driver has it (not on a
@@ -680,13 +795,16 @@ fn attach_ingress(
     if let Some(link) = pinned_link::<XdpLink>(&xdp_pin) {
         // A previous netmon died with its link pinned: swap our program in, atomically.
         let xdp = loaded_xdp(ebpf, xdp_name)?;
-        xdp.attach_to_link(link)
-            .with_context(|| format!("taking over the pinned XDP link of `{}`", i.name))?;
-        links.pin_paths.push(xdp_pin);
-        return Ok((
-            "xdp-link",
-            "took over the pinned link of a previous netmon".into(),
-        ));
+        match xdp.attach_to_link(link) {
+            Ok(_) => {
+                links.pin_paths.push(xdp_pin);
+                return Ok((
+                    "xdp-link",
+                    "took over the pinned link of a previous netmon".into(),
+                ));
+            }
+            Err(e) => remove_defunct_pin(&xdp_pin, &e),
+        }
     }
     let tc_ingress = |ebpf: &mut Ebpf, links: &mut Links, why: String| {
         load_tc(ebpf, table, true)?;
@@ -816,11 +934,13 @@ fn attach_tc(
     };
     let tc_prog: &mut SchedClassifier = typed(ebpf, prog)?;
     if let Some(link) = pinned_link::<SchedClassifierLink>(&pin) {
-        tc_prog
-            .attach_to_link(link)
-            .with_context(|| format!("taking over the pinned TC {side} link of `{}`", i.name))?;
-        links.pin_paths.push(pin);
-        return Ok(("tcx", "took over the pinned link of a previous netmon"));
+        match tc_prog.attach_to_link(link) {
+            Ok(_) => {
+                links.pin_paths.push(pin);
+                return Ok(("tcx", "took over the pinned link of a previous netmon"));
+            }
+            Err(e) => remove_defunct_pin(&pin, &e),
+        }
     }
     if !tcx {
         // Pre-TCX kernels attach through the clsact qdisc; it may already exist.
@@ -1196,6 +1316,11 @@ pub fn load_tc(ebpf: &mut aya::Ebpf, table: FlowTable, ingress: bool) -> Result<
     let (_, egress_name, ingress_name) = table.programs();
     let tc_name = if ingress { ingress_name } else { egress_name };
     let (pulled_name, slot) = table.tc_pulled(ingress);
+    let loaded = |ebpf: &Ebpf, name: &str| ebpf.program(name).is_some_and(|p| p.fd().is_ok());
+    if loaded(ebpf, pulled_name) && loaded(ebpf, tc_name) {
+        // Loaded, and the tail call's slot set, for an earlier interface.
+        return Ok(());
+    }
     for name in [pulled_name, tc_name] {
         let prog: &mut SchedClassifier = typed(ebpf, name)?;
         if prog.fd().is_ok() {
