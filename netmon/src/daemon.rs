@@ -883,11 +883,20 @@ impl InterfaceWatch {
             .collect();
         for ifindex in gone {
             if let Some(i) = attached.forget_interface(ifindex) {
-                warn!(
+                let what = format!(
                     "interface {} (ifindex {}) is gone; monitored again if it comes back",
                     i.name, i.ifindex
                 );
+                // One of the default set (a container's veth) comes and goes as a matter of
+                // course; one named on the command line is worth a warning.
+                if self.named.is_empty() {
+                    info!("{what}");
+                } else {
+                    warn!("{what}");
+                }
                 drain.iface_gone(ifindex);
+                // Its speed is no more; its counters stay (they only ever grow).
+                let _ = metrics.iface_speed.remove_label_values(&[i.name.as_str()]);
             }
         }
         let wanted = if self.named.is_empty() {

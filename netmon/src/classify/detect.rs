@@ -72,6 +72,11 @@ impl ConnEvent {
         }
     }
 
+    /// ICMP or ICMPv6: no ports (a port scan does not count them).
+    fn is_icmp(&self) -> bool {
+        matches!(self.proto, IPPROTO_ICMP | IPPROTO_ICMPV6)
+    }
+
     /// An answer that refused an attempt (a TCP reset without SYN, ICMP destination
     /// unreachable), a flow of its own beside the attempt's but not another connection.
     fn refusal(&self) -> bool {
@@ -219,12 +224,12 @@ impl Detector {
         // Ports: inbound attempts on this host's ports, outbound ones on the remote's.
         let inbound_ports: BTreeSet<u16> = q
             .iter()
-            .filter(|e| e.direction == Direction::Inbound && e.proto != IPPROTO_ICMP)
+            .filter(|e| e.direction == Direction::Inbound && !e.is_icmp())
             .map(|e| e.local_port)
             .collect();
         let outbound_ports: BTreeSet<u16> = q
             .iter()
-            .filter(|e| e.direction == Direction::Outbound && e.proto != IPPROTO_ICMP)
+            .filter(|e| e.direction == Direction::Outbound && !e.is_icmp())
             .map(|e| e.remote_port)
             .collect();
         let (ports, way) = if inbound_ports.len() >= outbound_ports.len() {
@@ -315,6 +320,16 @@ mod tests {
         }
     }
 
+    /// ICMP port unreachable from the remote: an outbound attempt refused.
+    fn port_unreachable(at: u64) -> ConnEvent {
+        ConnEvent {
+            proto: IPPROTO_ICMP,
+            icmp: 3 << 8 | 3,
+            direction: Direction::Outbound,
+            ..ev(at, 0, 0)
+        }
+    }
+
     fn kinds(d: &[Detection]) -> Vec<DetectionKind> {
         d.iter().map(|d| d.kind).collect()
     }
@@ -326,6 +341,12 @@ mod tests {
         for p in 1..=19 {
             det.observe(ev(SEC, p, tcp_flags::SYN | tcp_flags::ACK));
         }
+        // Pings (ICMPv6 echo requests, as ICMP's) have no port to count.
+        det.observe(ConnEvent {
+            proto: IPPROTO_ICMPV6,
+            icmp: 128 << 8,
+            ..ev(SEC, 0, 0)
+        });
         assert!(kinds(&det.detections(&remote)).is_empty());
         det.observe(ev(2 * SEC, 20, tcp_flags::SYN | tcp_flags::ACK));
         let d = det.detections(&remote);
@@ -364,12 +385,7 @@ mod tests {
                 proto: IPPROTO_UDP,
                 ..ev(SEC, 53, 0)
             });
-            det.observe(ConnEvent {
-                proto: IPPROTO_ICMP,
-                icmp: 3 << 8 | 3,
-                direction: Direction::Outbound,
-                ..ev(SEC, 0, 0)
-            });
+            det.observe(port_unreachable(SEC));
         }
         let k = kinds(&det.detections(&remote));
         assert_eq!(
@@ -455,12 +471,7 @@ mod tests {
             direction: Direction::Outbound,
             ..ev(SEC, 40000, 0)
         });
-        det.observe(ConnEvent {
-            proto: IPPROTO_ICMP,
-            icmp: 3 << 8 | 3,
-            direction: Direction::Outbound,
-            ..ev(SEC, 0, 0)
-        });
+        det.observe(port_unreachable(SEC));
         assert!(det.detections(&remote).is_empty());
     }
 
