@@ -803,8 +803,6 @@ fn risk_counts(
     (counts, countries)
 }
 
-/// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
-/// delayed rather than bunched.
 /// Sets `netmon_hook_info` to the hooks in `hooks`, removing the series of those in `old`
 /// that are no longer among them (an interface's, when it has gone).
 fn publish_hooks(metrics: &crate::metrics::Metrics, old: &[load::Hook], hooks: &[load::Hook]) {
@@ -875,6 +873,7 @@ impl InterfaceWatch {
             return;
         }
         let old_hooks = attached.hooks.clone();
+        let mut changed = false;
         let gone: Vec<u32> = attached
             .interfaces
             .iter()
@@ -895,6 +894,7 @@ impl InterfaceWatch {
                     warn!("{what}");
                 }
                 drain.iface_gone(ifindex);
+                changed = true;
                 // Its speed is no more; its counters stay (they only ever grow).
                 let _ = metrics.iface_speed.remove_label_values(&[i.name.as_str()]);
             }
@@ -917,6 +917,7 @@ impl InterfaceWatch {
                 Ok(i) => {
                     info!("interface {name} (ifindex {ifindex}) appeared: monitored");
                     drain.iface_added(i);
+                    changed = true;
                 }
                 Err(e) => {
                     warn!("interface {name} (ifindex {ifindex}) is not monitored: {e:#}");
@@ -924,13 +925,7 @@ impl InterfaceWatch {
                 }
             }
         }
-        if attached.hooks.len() != old_hooks.len()
-            || attached
-                .hooks
-                .iter()
-                .zip(&old_hooks)
-                .any(|(a, b)| a.target != b.target || a.purpose != b.purpose)
-        {
+        if changed {
             status.interfaces = attached.interfaces.clone();
             status.hooks = attached.hooks.clone();
             publish_hooks(metrics, &old_hooks, &attached.hooks);
@@ -938,6 +933,8 @@ impl InterfaceWatch {
     }
 }
 
+/// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
+/// delayed rather than bunched.
 async fn ticker(interval: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval(interval);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

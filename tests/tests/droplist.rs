@@ -205,6 +205,27 @@ fn an_interface_that_comes_later_is_monitored_and_filtered() {
     assert_eq!(to_a(7112, 20), 0);
     p.a.netmon_ok(&["unban", "198.19.7.2"]);
     assert_eq!(to_a(7113, 20), 20);
+    // Gone and back at once (one look sees both): the new device is the one monitored.
+    sh(&["ip", "-n", a, "link", "del", "nml0"]);
+    add();
+    let now: u64 =
+        p.a.exec(&["cat", "/sys/class/net/nml0/ifindex"])
+            .trim()
+            .parse()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns_json(&p.a, &d.api, "/api/status")["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == "nml0" && i["ifindex"] == now)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nml0's new index {now} never listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Killed with its links pinned, then the interface gone and back before the next start:
     // those pins hold links the kernel detached with the device. The next daemon replaces
     // them (it failed to start on them before) and the ban is in force on the new device.
