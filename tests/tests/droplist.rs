@@ -256,6 +256,98 @@ fn an_interface_that_comes_later_is_monitored_and_filtered() {
     assert_eq!(to_a(7114, 20), 0);
 }
 
+/// A tmpfs of 64 KiB mounted over a directory, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        sh(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "tmpfs",
+            at.to_str().unwrap(),
+        ]);
+        Self(at)
+    }
+
+    /// Fills what is left of it.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        while f.write_all(&[0; 4096]).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// With the state directory's disk full, every change is refused and changes nothing in the
+/// kernel either: what drops is what `netmon list` shows, and `netmon unban` can lift it.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_full_disk_refuses_changes_and_leaves_the_kernel_as_the_state_file_says() {
+    let p = Pair::new("full");
+    let disk = SmallDisk::mount(p.a.scratch.join("small"));
+    let dir: &'static str = disk.0.to_str().unwrap().to_string().leak();
+    let cli = |args: &[&'static str]| [args, &["--state-dir", dir][..]].concat();
+    let _d = Daemon::start(&p.a, &[&p.a_if], &["--state-dir", dir]);
+    p.a.netmon_ok(&cli(&["ban", p.b_v4]));
+    assert_eq!(b_to_a(&p, 10), 0);
+    disk.fill();
+    let kernel = || -> std::collections::HashSet<String> {
+        let maps = netmon::act::droplist::DropMaps::open(&p.a.pin_dir).unwrap();
+        let held = maps.ban_nets().unwrap();
+        held.into_values()
+            .flatten()
+            .map(|n| n.to_string())
+            .collect()
+    };
+    let before = kernel();
+    assert_eq!(before, [p.b_v4.to_string()].into());
+    let list = p.a.scratch.join("list.txt");
+    std::fs::write(&list, "203.0.113.0/24\n198.51.100.7\n2001:db8::/48\n").unwrap();
+    let list: &'static str = list.to_str().unwrap().to_string().leak();
+    for args in [
+        vec!["ban", "203.0.113.9"],
+        vec!["ban", p.b_v4, "--ttl", "1h"],
+        vec!["ban", "--file", list],
+        vec!["unban", p.b_v4],
+        vec!["allow", p.b_v4],
+        vec!["limit", "203.0.113.9", "--pps", "10"],
+    ] {
+        let err = p.a.netmon_err(&cli(&args));
+        assert!(
+            err.contains("nothing changed") && err.contains("No space left on device"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(kernel(), before, "{args:?} changed the kernel's bans");
+    }
+    // No partial file is left taking room.
+    assert!(!disk.0.join("droplist.json.tmp").exists());
+    // The peer is still banned, without expiry, and nothing else is listed.
+    let list: Value = serde_json::from_str(&p.a.netmon_ok(&cli(&["list", "--json"]))).unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(rows[0]["entry"], p.b_v4, "{list}");
+    assert!(rows[0]["expires"].is_null(), "{list}");
+    assert_eq!(b_to_a(&p, 10), 0, "the ban (not allowed) still drops");
+    // With room again, the unban goes through.
+    disk.free();
+    p.a.netmon_ok(&cli(&["unban", p.b_v4]));
+    assert!(kernel().is_empty());
+    assert_eq!(b_to_a(&p, 10), 10);
+}
+
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn a_banned_peer_can_neither_reach_nor_be_reached() {

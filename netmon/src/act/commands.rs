@@ -79,6 +79,32 @@ impl DropList {
         Store::new(&self.store_dir)
     }
 
+    /// Saves `new`, the state after a change already made in `maps`. Where the save fails
+    /// (a full disk), the kernel's drop list is put back as `old`, still the state file's,
+    /// says: what drops is always what `netmon list` shows and `netmon unban` can lift.
+    fn commit(store: &Store, maps: &mut DropMaps, old: &State, new: &State) -> Result<()> {
+        let Err(e) = store.save(new) else {
+            return Ok(());
+        };
+        Err(match maps.sync(old) {
+            Ok(()) => e.context(
+                "nothing changed: the state file could not be saved, so the kernel's drop list \
+                 was put back as the file has it",
+            ),
+            Err(undo) => e.context(format!(
+                "the state file could not be saved, and putting the kernel's drop list back \
+                 as the file has it failed too ({undo:#}); `netmon run` does at its start"
+            )),
+        })
+    }
+
+    /// Appends `rec` to the audit log, after the change it records was made and saved.
+    fn record(store: &Store, rec: &AuditRecord) -> Result<()> {
+        store
+            .audit(rec)
+            .context("the change is made and saved, but the audit log could not record it")
+    }
+
     fn check_danger(nets: &[Net], force: bool) -> Result<()> {
         if force {
             return Ok(());
@@ -113,6 +139,7 @@ impl DropList {
             expires_ms: opts.ttl.map(|t| now + t.as_millis() as u64),
         };
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         let existing = state.bans.iter().position(|b| b.net == net);
         if existing.is_none() {
             maps.check_capacity(std::slice::from_ref(&entry), &state.bans)?;
@@ -124,7 +151,7 @@ impl DropList {
         }
         maps.set_flags(flags_for(&state, now))?;
         maps.set_generation(state.generation)?;
-        store.save(&state)?;
+        Self::commit(&store, &mut maps, &old, &state)?;
         let action = if opts.kind == Kind::Auto {
             "auto-ban"
         } else {
@@ -132,7 +159,7 @@ impl DropList {
         };
         let mut rec = AuditRecord::new(action, net, &opts.reason);
         rec.expires = entry.expires_ms.map(rfc3339);
-        store.audit(&rec)?;
+        Self::record(&store, &rec)?;
         Ok(entry)
     }
 
@@ -156,13 +183,14 @@ impl DropList {
             expires_ms: opts.ttl.map(|t| now + t.as_millis() as u64),
         };
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         maps.write_limit(&entry)?;
         match state.limits.iter().position(|l| l.net == net) {
             Some(i) => state.limits[i] = entry.clone(),
             None => state.limits.push(entry.clone()),
         }
         maps.set_flags(flags_for(&state, now))?;
-        store.save(&state)?;
+        Self::commit(&store, &mut maps, &old, &state)?;
         let action = if opts.kind == Kind::Auto {
             "auto-limit"
         } else {
@@ -170,7 +198,7 @@ impl DropList {
         };
         let mut rec = AuditRecord::new(action, net, &format!("{rate}; {}", opts.reason));
         rec.expires = entry.expires_ms.map(rfc3339);
-        store.audit(&rec)?;
+        Self::record(&store, &rec)?;
         Ok(entry)
     }
 
@@ -182,11 +210,12 @@ impl DropList {
             bail!("{net} has no rate limit (see `netmon list`)");
         };
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         let removed = state.limits.remove(i);
         maps.set_flags(flags_for(&state, now_ms()))?;
         maps.remove_limit(&net)?;
-        store.save(&state)?;
-        store.audit(&AuditRecord::new("unlimit", net, &removed.reason))
+        Self::commit(&store, &mut maps, &old, &state)?;
+        Self::record(&store, &AuditRecord::new("unlimit", net, &removed.reason))
     }
 
     pub fn unban(&self, net: Net) -> Result<()> {
@@ -197,11 +226,12 @@ impl DropList {
             bail!("{net} is not banned (see `netmon list`)");
         };
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         maps.remove_ban(state.generation, &net)?;
         let removed = state.bans.remove(i);
         maps.set_flags(flags_for(&state, now_ms()))?;
-        store.save(&state)?;
-        store.audit(&AuditRecord::new("unban", net, &removed.reason))
+        Self::commit(&store, &mut maps, &old, &state)?;
+        Self::record(&store, &AuditRecord::new("unban", net, &removed.reason))
     }
 
     pub fn allow(&self, net: Net, reason: &str) -> Result<()> {
@@ -209,6 +239,7 @@ impl DropList {
         let _lock = store.lock()?;
         let mut state = store.load()?;
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         maps.write_allow(&net)?;
         let entry = AllowEntry {
             net,
@@ -221,8 +252,8 @@ impl DropList {
             None => state.allows.push(entry),
         }
         maps.set_flags(flags_for(&state, now_ms()))?;
-        store.save(&state)?;
-        store.audit(&AuditRecord::new("allow", net, reason))
+        Self::commit(&store, &mut maps, &old, &state)?;
+        Self::record(&store, &AuditRecord::new("allow", net, reason))
     }
 
     pub fn disallow(&self, net: Net) -> Result<()> {
@@ -233,11 +264,12 @@ impl DropList {
             bail!("{net} is not on the allow list (see `netmon list`)");
         };
         let mut maps = DropMaps::open(&self.pin_dir)?;
+        let old = state.clone();
         state.allows.remove(i);
         maps.set_flags(flags_for(&state, now_ms()))?;
         maps.remove_allow(&net)?;
-        store.save(&state)?;
-        store.audit(&AuditRecord::new("disallow", net, ""))
+        Self::commit(&store, &mut maps, &old, &state)?;
+        Self::record(&store, &AuditRecord::new("disallow", net, ""))
     }
 
     /// Replaces the imported set with the entries of `path`, atomically in the kernel.
@@ -280,10 +312,10 @@ impl DropList {
         // The old set stays in force while the new one is written next to it.
         maps.check_capacity(&new.bans, &old.bans)?;
         maps.swap(&old, &mut new)?;
-        store.save(&new)?;
+        Self::commit(&store, &mut maps, &old, &new)?;
         let mut rec = AuditRecord::new("import", path.display(), &opts.reason);
         rec.count = Some(count);
-        store.audit(&rec)?;
+        Self::record(&store, &rec)?;
         Ok((count, maps.exact_placement()))
     }
 

@@ -411,7 +411,7 @@ impl Store {
         let path = self.state_path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(state).context("serialising the drop list")?;
-        {
+        let written = (|| {
             let mut f = crate::files::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             // The new version keeps the mode of the one it replaces (0600 for the first).
@@ -421,8 +421,13 @@ impl Store {
             }
             f.write_all(&json)
                 .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing {}", tmp.display()))?;
+                .with_context(|| format!("writing {}", tmp.display()))
+        })();
+        if written.is_err() {
+            // A partial file (a full disk) would only take room.
+            let _ = fs::remove_file(&tmp);
         }
+        written?;
         if path.exists() {
             let bak = self.backup_path();
             fs::copy(&path, &bak).with_context(|| format!("backing up to {}", bak.display()))?;
