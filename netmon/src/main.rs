@@ -809,17 +809,34 @@ fn bound_heap() {
     }
 }
 
+/// After a drop-list command: says so on stderr when no loaded program uses the drop list
+/// the command wrote or read (no daemon runs with that pin directory), which then drops
+/// nothing.
+fn note_unenforced(list: &DropList, pin_dir: &std::path::Path) {
+    if list.enforced() == Some(false) {
+        eprintln!(
+            "note: no loaded program uses the drop list at {}: it drops nothing until `netmon \
+             run` starts with that pin directory (a daemon that runs pinned its drop list \
+             elsewhere: give the CLI its --pin-dir, or NETMON_PIN_DIR)",
+            pin_dir.display()
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let pin_dir = cli
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     let droplist = || {
         DropList::new(
-            cli.pin_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            pin_dir.clone(),
             cli.state_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
         )
     };
+    let note = || note_unenforced(&droplist(), &pin_dir);
     match cli.cmd {
         Cmd::Run(args) => {
             bound_heap();
@@ -912,6 +929,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => unreachable!("clap requires one"),
             }
+            note();
             Ok(())
         }
         Cmd::Limit {
@@ -941,6 +959,7 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|ms| format!(" until {}", netmon::act::state::rfc3339(ms)))
                     .unwrap_or_default()
             );
+            note();
             Ok(())
         }
         Cmd::Unlimit { target } => {
@@ -959,6 +978,7 @@ fn run(cli: Cli) -> Result<()> {
             let n = parse_net(&target)?;
             droplist().allow(n, &reason)?;
             println!("allowed {n}");
+            note();
             Ok(())
         }
         Cmd::Disallow { target } => {
@@ -975,6 +995,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_list(&rows);
             }
+            note();
             Ok(())
         }
         Cmd::Alerts { json, api } => show(&api, "/api/alerts", json, print_alerts),

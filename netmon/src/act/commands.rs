@@ -75,6 +75,11 @@ impl DropList {
         }
     }
 
+    /// Whether a loaded program enforces this drop list (`droplist::enforced`).
+    pub fn enforced(&self) -> Option<bool> {
+        super::droplist::enforced(&self.pin_dir)
+    }
+
     fn store(&self) -> Store {
         Store::new(&self.store_dir)
     }

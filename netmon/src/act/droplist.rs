@@ -132,6 +132,43 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         .with_context(|| format!("creating the pin directory {}", pin_dir.display()))
 }
 
+/// Whether a loaded program uses the drop list pinned at `pin_dir` (a running daemon's, or
+/// one a killed daemon left attached): if none does, the list drops nothing. `None` where
+/// that cannot be told (nothing pinned there, or the programs cannot be listed).
+pub fn enforced(pin_dir: &Path) -> Option<bool> {
+    let id = aya::maps::MapInfo::from_pin(pin_dir.join("NETMON_DROPCFG"))
+        .ok()?
+        .id();
+    for p in aya::programs::loaded_programs() {
+        match p {
+            Ok(p) => {
+                if p.map_ids()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|ids| ids.contains(&id))
+                {
+                    return Some(true);
+                }
+            }
+            Err(e) if listing_refused(&e) => return None,
+            // Unloaded since it was listed.
+            Err(_) => {}
+        }
+    }
+    Some(false)
+}
+
+/// The error of a program listing that the kernel refused (BPF_PROG_GET_NEXT_ID: some
+/// containers and sandboxes), not of one program unloaded while listed.
+fn listing_refused(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::SyscallError(s) if s.call == "bpf_prog_get_next_id")
+}
+
+/// Whether this process may list the loaded programs, which `enforced` needs.
+pub fn programs_listable() -> bool {
+    !aya::programs::loaded_programs().any(|p| p.as_ref().is_err_and(listing_refused))
+}
+
 /// Which maps hold entries, for `dropcfg::FLAGS`.
 pub fn flags_for(state: &State, now_ms: u64) -> u64 {
     let mut f = 0;
