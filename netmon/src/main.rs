@@ -493,7 +493,29 @@ fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut shown = 0;
     loop {
-        let v = client.get_json(path)?;
+        let v = match client.get_json(path) {
+            Ok(v) => v,
+            // Once it has answered, a daemon that stops answering is restarting (or gone for
+            // a while): said, and asked again, rather than ending the watch.
+            Err(e) if shown > 0 && unreachable(&e) => {
+                let line = format!(
+                    "netmon flows at {}: {e:#}; asking again every {secs} s",
+                    netmon::act::state::rfc3339(netmon::act::state::now_ms())
+                );
+                if json {
+                    eprintln!("{line}");
+                } else {
+                    if tty {
+                        print!("\x1b[H\x1b[2J");
+                    }
+                    println!("{line}");
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                }
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if json {
             println!("{}", serde_json::to_string(&v)?);
         } else {
@@ -517,6 +539,13 @@ fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u
         }
         std::thread::sleep(std::time::Duration::from_secs_f64(secs));
     }
+}
+
+/// Whether `e` is the daemon not answering at all (refused, reset, timed out: an I/O error),
+/// not an answer it gave (a status, a body).
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some())
 }
 
 fn print_alerts(v: &serde_json::Value) {

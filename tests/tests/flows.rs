@@ -1830,3 +1830,53 @@ fn the_connection_table_is_filtered_by_remote_port_protocol_process_and_level() 
         "{out:?}"
     );
 }
+
+/// `netmon flows --watch` rides out a daemon restart: while the daemon does not answer it
+/// says so and asks again, and it goes on with the tables once the next daemon answers.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn flows_watch_rides_out_a_daemon_restart() {
+    use std::io::BufRead as _;
+    let p = Pair::new("wat");
+    let mut d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let mut child =
+        p.a.netmon_cmd(&["flows", "--api", &d.api, "--watch", "0.3", "--count", "6"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let mut lines = Vec::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    let found = l.contains(needle);
+                    lines.push(l);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?} in:\n{}", lines.join("\n")),
+            }
+        }
+    };
+    wait_for("Ctrl-C to stop)");
+    d.stop();
+    wait_for("asking again every 0.3 s");
+    let _d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    let text = lines.join("\n");
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("Ctrl-C to stop)").count(), 6, "{text}");
+    assert!(text.contains("cannot reach netmon"), "{text}");
+}
