@@ -111,9 +111,7 @@ impl Attached {
         };
         let mut hooks = Vec::new();
         let links = self.how.attach(&mut self.ebpf, &i, &mut hooks)?;
-        for h in &hooks {
-            info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
-        }
+        log_hooks(&hooks);
         self.hooks.extend(hooks);
         self.links.push(links);
         self.interfaces.push(i);
@@ -572,13 +570,7 @@ pub fn load_and_attach(
         }
         return Err(e);
     }
-    for h in &hooks {
-        if h.active {
-            info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
-        } else {
-            warn!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook inactive");
-        }
-    }
+    log_hooks(&hooks);
     Ok(Attached {
         ebpf,
         hooks,
@@ -586,6 +578,17 @@ pub fn load_and_attach(
         links,
         how,
     })
+}
+
+/// Logs each hook, active (info) or not (a warning, with why).
+fn log_hooks(hooks: &[Hook]) {
+    for h in hooks {
+        if h.active {
+            info!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook active");
+        } else {
+            warn!(purpose = %h.purpose, kind = %h.kind, target = %h.target, note = %h.note, "hook inactive");
+        }
+    }
 }
 
 /// One interface's links (pinned, or clsact filters, which cannot be) and its lock.
