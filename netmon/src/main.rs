@@ -491,6 +491,12 @@ fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u
     }
     let client = api.client()?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // On a terminal each screen replaces the last: cursor home, clear the screen.
+    let clear = || {
+        if tty {
+            print!("\x1b[H\x1b[2J");
+        }
+    };
     let mut shown = 0;
     loop {
         let v = match client.get_json(path) {
@@ -505,9 +511,7 @@ fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u
                 if json {
                     eprintln!("{line}");
                 } else {
-                    if tty {
-                        print!("\x1b[H\x1b[2J");
-                    }
+                    clear();
                     println!("{line}");
                     std::io::Write::flush(&mut std::io::stdout())?;
                 }
@@ -519,10 +523,7 @@ fn watch_flows(api: &ApiArgs, path: &str, json: bool, secs: f64, count: Option<u
         if json {
             println!("{}", serde_json::to_string(&v)?);
         } else {
-            if tty {
-                // Cursor home, clear the screen: the table is redrawn in place.
-                print!("\x1b[H\x1b[2J");
-            }
+            clear();
             println!(
                 "netmon flows at {} (every {secs} s; Ctrl-C to stop)",
                 netmon::act::state::rfc3339(netmon::act::state::now_ms())
