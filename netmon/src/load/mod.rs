@@ -757,16 +757,7 @@ impl TrafficAttach {
         i: &Monitored,
         links: &mut Links,
     ) -> Result<((&'static str, String), (&'static str, String))> {
-        let ingress = attach_ingress(
-            ebpf,
-            i,
-            &self.link_dir,
-            self.netns,
-            self.xdp_attach,
-            self.table,
-            self.tcx,
-            links,
-        )?;
+        let ingress = self.attach_ingress(ebpf, i, links)?;
         let (_, tc_name, _) = self.table.programs();
         let pin = self.link_dir.join(format!("{}-{}-tc", self.netns, i.name));
         let (kind, note) = attach_tc(ebpf, tc_name, i, TcAttachType::Egress, self.tcx, pin, links)?;
@@ -774,125 +765,126 @@ impl TrafficAttach {
     }
 }
 
-/// Attaches the ingress program to `i`: XDP in native mode where its driver has it (not on a
-/// veth, whose peer native XDP would leave without TSO), else the TC ingress program, as
-/// `mode` asks; a link a previous netmon left pinned is taken over as it is. Returns the
-/// hook's kind and note.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the interface's attachment facts, passed as attach_traffic has them"
-)]
-fn attach_ingress(
-    ebpf: &mut Ebpf,
-    i: &Monitored,
-    link_dir: &Path,
-    netns: u64,
-    mode: XdpAttach,
-    table: FlowTable,
-    tcx: bool,
-    links: &mut Links,
-) -> Result<(&'static str, String)> {
-    let (xdp_name, _, tc_in_name) = table.programs();
-    let xdp_pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
-    let tc_pin = link_dir.join(format!("{netns}-{}-tcin", i.name));
-    if let Some(link) = pinned_link::<XdpLink>(&xdp_pin) {
-        // A previous netmon died with its link pinned: swap our program in, atomically.
-        let xdp = loaded_xdp(ebpf, xdp_name)?;
-        match xdp.attach_to_link(link) {
-            Ok(_) => {
-                links.pin_paths.push(xdp_pin);
+impl TrafficAttach {
+    /// Attaches the ingress program to `i`: XDP in native mode where its driver has it (not on
+    /// a veth, whose peer native XDP would leave without TSO), else the TC ingress program, as
+    /// `xdp_attach` asks; a link a previous netmon left pinned is taken over as it is. Returns
+    /// the hook's kind and note.
+    fn attach_ingress(
+        &self,
+        ebpf: &mut Ebpf,
+        i: &Monitored,
+        links: &mut Links,
+    ) -> Result<(&'static str, String)> {
+        let (link_dir, netns, mode, table, tcx) = (
+            &self.link_dir,
+            self.netns,
+            self.xdp_attach,
+            self.table,
+            self.tcx,
+        );
+        let (xdp_name, _, tc_in_name) = table.programs();
+        let xdp_pin = link_dir.join(format!("{netns}-{}-xdp", i.name));
+        let tc_pin = link_dir.join(format!("{netns}-{}-tcin", i.name));
+        if let Some(link) = pinned_link::<XdpLink>(&xdp_pin) {
+            // A previous netmon died with its link pinned: swap our program in, atomically.
+            let xdp = loaded_xdp(ebpf, xdp_name)?;
+            match xdp.attach_to_link(link) {
+                Ok(_) => {
+                    links.pin_paths.push(xdp_pin);
+                    return Ok((
+                        "xdp-link",
+                        "took over the pinned link of a previous netmon".into(),
+                    ));
+                }
+                Err(e) => remove_defunct_pin(&xdp_pin, &e),
+            }
+        }
+        let tc_ingress = |ebpf: &mut Ebpf, links: &mut Links, why: String| {
+            load_tc(ebpf, table, true)?;
+            let (kind, took_over) = attach_tc(
+                ebpf,
+                tc_in_name,
+                i,
+                TcAttachType::Ingress,
+                tcx,
+                tc_pin.clone(),
+                links,
+            )?;
+            let note = if took_over.is_empty() {
+                why
+            } else {
+                took_over.to_string()
+            };
+            Ok::<_, anyhow::Error>((kind, note))
+        };
+        if pinned_link::<SchedClassifierLink>(&tc_pin).is_some() {
+            // A previous netmon's TC ingress link: taken over where it is (`attach_tc`).
+            return tc_ingress(ebpf, links, String::new());
+        }
+        // Only `auto` asks what the device is.
+        let veth = mode == XdpAttach::Auto && iface::driver(&i.name).is_some_and(|d| d == "veth");
+        if !tcx && mode != XdpAttach::Tc && !veth {
+            // Before TCX, a killed netmon's TC ingress filter stays attached (it is not an fd):
+            // it is taken over where it is, as a pinned link is, rather than left counting and
+            // dropping beside XDP.
+            load_tc(ebpf, table, true)?;
+            let prog: &mut SchedClassifier = typed(ebpf, tc_in_name)?;
+            if let Some(id) = take_over_clsact(prog, &i.name, TcAttachType::Ingress) {
+                links.tc.push(prog.take_link(id)?);
                 return Ok((
-                    "xdp-link",
-                    "took over the pinned link of a previous netmon".into(),
+                    "tc-clsact",
+                    "took over the clsact filter of a previous netmon".into(),
                 ));
             }
-            Err(e) => remove_defunct_pin(&xdp_pin, &e),
         }
-    }
-    let tc_ingress = |ebpf: &mut Ebpf, links: &mut Links, why: String| {
-        load_tc(ebpf, table, true)?;
-        let (kind, took_over) = attach_tc(
-            ebpf,
-            tc_in_name,
-            i,
-            TcAttachType::Ingress,
-            tcx,
-            tc_pin.clone(),
-            links,
-        )?;
-        let note = if took_over.is_empty() {
-            why
-        } else {
-            took_over.to_string()
-        };
-        Ok::<_, anyhow::Error>((kind, note))
-    };
-    if pinned_link::<SchedClassifierLink>(&tc_pin).is_some() {
-        // A previous netmon's TC ingress link: taken over where it is (`attach_tc`).
-        return tc_ingress(ebpf, links, String::new());
-    }
-    // Only `auto` asks what the device is.
-    let veth = mode == XdpAttach::Auto && iface::driver(&i.name).is_some_and(|d| d == "veth");
-    if !tcx && mode != XdpAttach::Tc && !veth {
-        // Before TCX, a killed netmon's TC ingress filter stays attached (it is not an fd):
-        // it is taken over where it is, as a pinned link is, rather than left counting and
-        // dropping beside XDP.
-        load_tc(ebpf, table, true)?;
-        let prog: &mut SchedClassifier = typed(ebpf, tc_in_name)?;
-        if let Some(id) = take_over_clsact(prog, &i.name, TcAttachType::Ingress) {
-            links.tc.push(prog.take_link(id)?);
-            return Ok((
-                "tc-clsact",
-                "took over the clsact filter of a previous netmon".into(),
-            ));
-        }
-    }
-    let (id, kind, note) = match mode {
-        XdpAttach::Tc => return tc_ingress(ebpf, links, String::new()),
-        XdpAttach::Auto if veth => {
-            return tc_ingress(
-                ebpf,
-                links,
-                "a veth: native XDP would turn TSO off on its peer, generic XDP copies frames"
-                    .into(),
-            );
-        }
-        XdpAttach::Auto | XdpAttach::Driver => {
-            let xdp = loaded_xdp(ebpf, xdp_name)?;
-            match xdp.attach(&i.name, XdpMode::Driver) {
-                Ok(id) => (id, "xdp-driver", ""),
-                Err(e) if mode == XdpAttach::Driver => {
-                    return Err(anyhow!(e)).with_context(|| {
-                        format!(
-                            "attaching XDP to `{}` in native (driver) mode, as --xdp-attach \
-                             driver asks (auto would use the TC ingress hook where the driver \
-                             has none, skb generic XDP)",
-                            i.name
-                        )
-                    });
-                }
-                Err(native) => {
-                    return tc_ingress(
-                        ebpf,
-                        links,
-                        format!("the driver has no native XDP ({native})"),
-                    );
+        let (id, kind, note) = match mode {
+            XdpAttach::Tc => return tc_ingress(ebpf, links, String::new()),
+            XdpAttach::Auto if veth => {
+                return tc_ingress(
+                    ebpf,
+                    links,
+                    "a veth: native XDP would turn TSO off on its peer, generic XDP copies frames"
+                        .into(),
+                );
+            }
+            XdpAttach::Auto | XdpAttach::Driver => {
+                let xdp = loaded_xdp(ebpf, xdp_name)?;
+                match xdp.attach(&i.name, XdpMode::Driver) {
+                    Ok(id) => (id, "xdp-driver", ""),
+                    Err(e) if mode == XdpAttach::Driver => {
+                        return Err(anyhow!(e)).with_context(|| {
+                            format!(
+                                "attaching XDP to `{}` in native (driver) mode, as --xdp-attach \
+                                 driver asks (auto would use the TC ingress hook where the driver \
+                                 has none, skb generic XDP)",
+                                i.name
+                            )
+                        });
+                    }
+                    Err(native) => {
+                        return tc_ingress(
+                            ebpf,
+                            links,
+                            format!("the driver has no native XDP ({native})"),
+                        );
+                    }
                 }
             }
+            XdpAttach::Skb => {
+                let xdp = loaded_xdp(ebpf, xdp_name)?;
+                (attach_skb(xdp, &i.name)?, "xdp-skb", "")
+            }
+        };
+        let xdp = loaded_xdp(ebpf, xdp_name)?;
+        match FdLink::try_from(xdp.take_link(id)?) {
+            Ok(fd) => pin_link(fd, xdp_pin, links),
+            // Only a netlink attachment (kernels before 5.9, which netmon does not support: it
+            // needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
+            Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
         }
-        XdpAttach::Skb => {
-            let xdp = loaded_xdp(ebpf, xdp_name)?;
-            (attach_skb(xdp, &i.name)?, "xdp-skb", "")
-        }
-    };
-    let xdp = loaded_xdp(ebpf, xdp_name)?;
-    match FdLink::try_from(xdp.take_link(id)?) {
-        Ok(fd) => pin_link(fd, xdp_pin, links),
-        // Only a netlink attachment (kernels before 5.9, which netmon does not support: it
-        // needs 5.8's bpf_ktime_get_boot_ns and bpf_link) is not an fd.
-        Err(_) => warn!("XDP on `{}` is not a bpf_link and cannot be pinned", i.name),
+        Ok((kind, note.into()))
     }
-    Ok((kind, note.into()))
 }
 
 /// A cls_bpf filter outlives a killed daemon (it is not an fd). netmon's sits at a fixed
