@@ -1164,7 +1164,9 @@ fn tab_record<K: Copy>(
             (victim, oldest) = victim_way(slots, cpu, per_cpu, live, index);
             if let Some(l) = lv
                 && live < per_cpu
-                && pkt.now.saturating_sub(oldest) < global(&TAB_GROW_MS) as u64 * 1_000_000
+                // Seen after the window's start (0 until the window has passed since boot):
+                // a copy's 0 never is, however recently the host booted.
+                && oldest > pkt.now.saturating_sub(global(&TAB_GROW_MS) as u64 * 1_000_000)
             {
                 *l = u64::from(live * 2);
                 let (moved, _) = tab_place_live(words, cpu, per_cpu, live * 2);
@@ -1273,8 +1275,8 @@ fn free_way(prints: u64) -> usize {
 /// The way of bucket `index` (at `slots`, in CPU `cpu`'s part of `per_cpu` buckets, `live`
 /// of them in use) that a new flow takes when the bucket is full: one holding a key whose
 /// bucket is another now (a copy a flow left behind when the part grew: it is no longer
-/// counted), with 0 as when it was seen, where the part can still grow; else the one seen
-/// longest ago, and when.
+/// counted), with 0 as when it was seen (never recent, which the part does not grow for),
+/// where the part can still grow; else the one seen longest ago, and when.
 ///
 /// # Safety
 /// `slots` points at a live bucket's `TAB_WAYS` slots.
