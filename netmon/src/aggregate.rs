@@ -1014,9 +1014,12 @@ impl Tracker {
         out
     }
 
-    /// Applies the per-interface cumulative totals read from the kernel.
+    /// Applies the per-interface cumulative totals read from the kernel; an interface with
+    /// none (gone) leaves the table.
     pub fn apply_ifaces(&mut self, totals: &[(u32, u8, u64, u64)], interval_s: f64) {
         let interval_s = if interval_s > 0.0 { interval_s } else { 1.0 };
+        self.ifaces
+            .retain(|ifindex, _| totals.iter().any(|t| t.0 == *ifindex));
         for t in self.ifaces.values_mut() {
             t.rx_bytes_rate = 0.0;
             t.tx_bytes_rate = 0.0;
@@ -2634,6 +2637,9 @@ mod tests {
         assert_eq!(i.rx_bytes_rate, 1000.0);
         assert_eq!(i.rx_packets_rate, 10.0);
         assert_eq!(i.tx_bytes_rate, 0.0);
+        // Gone: out of the table.
+        t.apply_ifaces(&[(4, DIR_INGRESS, 10, 1), (4, DIR_EGRESS, 0, 0)], 1.0);
+        assert_eq!(t.ifaces.keys().collect::<Vec<_>>(), [&4]);
     }
 
     #[test]

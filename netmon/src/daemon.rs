@@ -85,6 +85,11 @@ struct Drops {
     state_mtime: Option<std::time::SystemTime>,
     prev: HashMap<netmon_common::DropKey, (u64, u64)>,
     counts: std::collections::BTreeMap<(&'static str, &'static str), i64>,
+    /// The monitored interfaces at the last tick, by ifindex: those the drop series are
+    /// exported for.
+    names: Arc<HashMap<u32, String>>,
+    /// Those of them that went: their series go after the series TTL.
+    gone: crate::metrics::GoneNames,
 }
 
 impl Drops {
@@ -94,25 +99,26 @@ impl Drops {
             .ok()
     }
 
-    /// Runs `tick` after every drain (each message on `ticks`) until the drain loop drops
-    /// its sender. A drain that finds the thread still busy does not queue another tick.
+    /// Runs `tick` after every drain (each message on `ticks`: the monitored interfaces
+    /// then) until the drain loop drops its sender. A drain that finds the thread still busy
+    /// does not queue another tick.
     fn spawn(
         mut self,
         shared: Arc<Shared>,
-        names: HashMap<u32, String>,
-        ticks: std::sync::mpsc::Receiver<()>,
+        ticks: std::sync::mpsc::Receiver<Arc<HashMap<u32, String>>>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("netmon-droplist".into())
             .spawn(move || {
-                while ticks.recv().is_ok() {
-                    self.tick(&shared.metrics, &names);
+                while let Ok(names) = ticks.recv() {
+                    self.tick(&shared.metrics, names);
                 }
             })
     }
 
-    /// Expires bans whose TTL passed, re-reads a changed state file, exports the metrics.
-    fn tick(&mut self, m: &crate::metrics::Metrics, names: &HashMap<u32, String>) {
+    /// Expires bans whose TTL passed, re-reads a changed state file, exports the metrics
+    /// of the interfaces monitored now (`names`), forgets those of interfaces gone.
+    fn tick(&mut self, m: &crate::metrics::Metrics, names: Arc<HashMap<u32, String>>) {
         if self.state.next_expiry().is_some_and(|e| e <= now_ms()) {
             match self.list.expire(&mut self.maps) {
                 Ok(gone) => {
@@ -134,6 +140,19 @@ impl Drops {
                 Err(e) => warn!("re-reading the drop list: {e:#}"),
             }
         }
+        let before = std::mem::replace(&mut self.names, names);
+        let names = &self.names;
+        let now = Instant::now();
+        self.gone.update(before.values(), names, now);
+        for name in self.gone.expired(now) {
+            for dir in [DIR_INGRESS, DIR_EGRESS] {
+                for reason in ban_kind::NAMES {
+                    let labels = [name.as_str(), dir_label(dir), reason];
+                    let _ = m.dropped_packets.remove_label_values(&labels);
+                    let _ = m.dropped_bytes.remove_label_values(&labels);
+                }
+            }
+        }
         // Every (interface, direction, reason) series exists from the start, at 0, so that
         // rate() and dashboards have data before the first drop.
         for name in names.values() {
@@ -149,11 +168,21 @@ impl Drops {
             warn!("reading the drop counters: {e:#}");
             Vec::new()
         });
+        // Interfaces whose kernel counts go: gone since the last tick (after their last
+        // drops are exported), or before it (no daemon of this pin directory saw them go).
+        let mut forget = std::collections::BTreeSet::new();
         for (k, s) in drops {
-            let name = names
-                .get(&k.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("if{}", k.ifindex));
+            let Some(name) = names.get(&k.ifindex).or_else(|| before.get(&k.ifindex)) else {
+                // Not monitored here (another instance's interface, one of a run with other
+                // interfaces): not exported, and left alone while it exists.
+                if iface::index_gone(k.ifindex) {
+                    forget.insert(k.ifindex);
+                }
+                continue;
+            };
+            if !names.contains_key(&k.ifindex) {
+                forget.insert(k.ifindex);
+            }
             let reason = ban_kind::NAMES
                 .get(k.kind as usize)
                 .copied()
@@ -167,6 +196,12 @@ impl Drops {
                 .with_label_values(&labels)
                 .inc_by(s.bytes.saturating_sub(prev.1));
             *prev = (s.packets, s.bytes);
+        }
+        for ifindex in forget {
+            match self.maps.forget_drops(ifindex) {
+                Ok(()) => self.prev.retain(|k, _| k.ifindex != ifindex),
+                Err(e) => warn!("forgetting the drops of a gone interface: {e:#}"),
+            }
         }
         if self.state.next_expiry().is_some_and(|e| e <= now_ms()) {
             // Expired in the kernel already, not yet removed from the state file.
@@ -218,6 +253,14 @@ fn entry_counts(
         *counts.entry((fam(l.net.is_v4()), "limit")).or_default() += 1;
     }
     counts
+}
+
+/// ifindex -> name of `interfaces`.
+fn monitored_names(interfaces: &[load::Monitored]) -> HashMap<u32, String> {
+    interfaces
+        .iter()
+        .map(|i| (i.ifindex, i.name.clone()))
+        .collect()
 }
 
 /// The kernel's own accounting of netmon's programs (run time and count), which it keeps only
@@ -283,6 +326,8 @@ struct Drain {
     idle_ns: u64,
     /// ifindex -> name of the monitored interfaces.
     names: HashMap<u32, String>,
+    /// Those that went: their series go after the series TTL.
+    gone_ifaces: crate::metrics::GoneNames,
     /// Each monitored interface's traffic since the start, by ifindex.
     traffic: HashMap<u32, IfaceTraffic>,
     /// Each interface's device error and drop counters at the last drain.
@@ -290,8 +335,8 @@ struct Drain {
     prev_counters: [u64; counter::COUNT as usize],
     prev_evictions: u64,
     prev_expired: u64,
-    /// Wakes the drop-list thread after each drain.
-    housekeeping: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Wakes the drop-list thread after each drain, with the interfaces monitored then.
+    housekeeping: Option<std::sync::mpsc::SyncSender<Arc<HashMap<u32, String>>>>,
     /// max_entries of the IPv4 and the IPv6 flow map.
     flow_capacity: [u32; 2],
     started: Instant,
@@ -311,15 +356,37 @@ struct Drain {
 impl Drain {
     /// Counts `i`'s traffic from now (an interface that appeared after the start).
     fn iface_added(&mut self, i: &load::Monitored) {
+        let before: Vec<String> = self.names.values().cloned().collect();
         self.names.insert(i.ifindex, i.name.clone());
+        self.gone_ifaces
+            .update(&before, &self.names, Instant::now());
         self.traffic.insert(i.ifindex, IfaceTraffic::start(&i.name));
     }
 
     /// Stops listing interface `ifindex`, which has gone.
     fn iface_gone(&mut self, ifindex: u32) {
+        let before: Vec<String> = self.names.values().cloned().collect();
         self.names.remove(&ifindex);
+        self.gone_ifaces
+            .update(&before, &self.names, Instant::now());
         self.traffic.remove(&ifindex);
         self.prev_link.remove(&ifindex);
+    }
+
+    /// Removes the series of interfaces gone for longer than the series TTL.
+    fn expire_iface_series(&mut self, m: &crate::metrics::Metrics) {
+        for name in self.gone_ifaces.expired(Instant::now()) {
+            for dir in ["rx", "tx"] {
+                for family in [
+                    &m.iface_bytes,
+                    &m.iface_packets,
+                    &m.iface_errors,
+                    &m.iface_drops,
+                ] {
+                    let _ = family.remove_label_values(&[name.as_str(), dir]);
+                }
+            }
+        }
     }
 
     fn tick(&mut self, shared: &Shared, base_status: &Status) -> Result<()> {
@@ -531,6 +598,7 @@ impl Drain {
             }
         }
         tracker.apply_ifaces(&ifaces, interval_s);
+        self.expire_iface_series(m);
         let now = Instant::now();
         for (series, deltas, gauge) in [
             (
@@ -572,7 +640,7 @@ impl Drain {
         }
         if let Some(tx) = &self.housekeeping {
             // Full means the thread is still on the previous tick: skip, do not queue.
-            let _ = tx.try_send(());
+            let _ = tx.try_send(Arc::new(self.names.clone()));
         }
         let counters = self.maps.read_counters();
         let mut kernel_events = std::collections::BTreeMap::new();
@@ -1180,6 +1248,8 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         counts: entry_counts(&state, now_ms()),
         state,
         prev: HashMap::new(),
+        names: Arc::new(monitored_names(&attached.interfaces)),
+        gone: crate::metrics::GoneNames::new(cfg.process_series.ttl),
     };
     drops.state_mtime = drops.mtime();
     let shared = Arc::new(Shared {
@@ -1253,11 +1323,8 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         countries: HashMap::new(),
         last_ns: monotonic_ns(),
         idle_ns: cfg.idle_timeout.as_nanos() as u64,
-        names: attached
-            .interfaces
-            .iter()
-            .map(|i| (i.ifindex, i.name.clone()))
-            .collect(),
+        names: monitored_names(&attached.interfaces),
+        gone_ifaces: crate::metrics::GoneNames::new(cfg.process_series.ttl),
         traffic,
         prev_link: HashMap::new(),
         prev_counters: [0; counter::COUNT as usize],
@@ -1281,7 +1348,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         cfg.tls.clone(),
     ));
     let (tick_tx, tick_rx) = std::sync::mpsc::sync_channel(1);
-    let housekeeping = match drops.spawn(shared.clone(), drain.names.clone(), tick_rx) {
+    let housekeeping = match drops.spawn(shared.clone(), tick_rx) {
         Ok(h) => {
             drain.housekeeping = Some(tick_tx);
             Some(h)

@@ -289,6 +289,29 @@ pub(crate) fn update_batched<K, V>(
     Ok(())
 }
 
+/// Sets entries `slots` of a per-CPU array of `value_size`-byte values to zero on every
+/// one of `ncpus` CPUs, in one BPF_MAP_UPDATE_BATCH.
+pub(crate) fn zero_per_cpu_slots(
+    map: &MapData,
+    slots: &[u32],
+    value_size: usize,
+    ncpus: usize,
+) -> io::Result<()> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    // Each CPU's value is padded to 8 bytes in the buffer.
+    let zeros = vec![0u8; slots.len() * ncpus * value_size.next_multiple_of(8)];
+    let mut attr = BatchAttr {
+        keys: slots.as_ptr() as u64,
+        values: zeros.as_ptr() as u64,
+        count: slots.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+}
+
 /// Removes `keys` from a map (a hash map, an LPM trie) with BPF_MAP_DELETE_BATCH, a few
 /// thousand per system call; keys it does not hold are skipped. Returns how many were
 /// deleted.

@@ -329,8 +329,8 @@ struct RunArgs {
     /// paths, the rest cgroup="other"). Default 20.
     #[arg(long)]
     process_top_k: Option<usize>,
-    /// Remove a command name's (or cgroup's) series after it moved no traffic for this long.
-    /// Default 10m.
+    /// Remove a command name's (or cgroup's) series after it moved no traffic for this long,
+    /// and a gone interface's this long after it went. Default 10m.
     #[arg(long)]
     process_series_ttl: Option<String>,
     /// TOML file of risk-scoring weights, thresholds, detection windows, custom rules,

@@ -126,6 +126,55 @@ impl NamedSeries {
     }
 }
 
+/// Interfaces (by name) that went, and when: their series stay for `ttl`, so that scrapes
+/// see their last counts, and then go, unless an interface of that name came back meanwhile.
+/// On a host whose containers come and go, each with a veth of its own name, series would
+/// otherwise pile up without end.
+#[derive(Debug)]
+pub struct GoneNames {
+    ttl: Duration,
+    gone: HashMap<String, Instant>,
+}
+
+impl GoneNames {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            gone: HashMap::new(),
+        }
+    }
+
+    /// Names in `before` but not in `after` went `now`; those in `after` are there.
+    pub fn update<'a>(
+        &mut self,
+        before: impl IntoIterator<Item = &'a String>,
+        after: &HashMap<u32, String>,
+        now: Instant,
+    ) {
+        for name in before {
+            if !after.values().any(|n| n == name) {
+                self.gone.entry(name.clone()).or_insert(now);
+            }
+        }
+        for name in after.values() {
+            self.gone.remove(name);
+        }
+    }
+
+    /// The names gone for longer than the TTL (forgotten here): their series are to go.
+    pub fn expired(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        self.gone.retain(|name, since| {
+            let keep = now.duration_since(*since) <= self.ttl;
+            if !keep {
+                out.push(name.clone());
+            }
+            keep
+        });
+        out
+    }
+}
+
 /// Samples by metric family name: (labels, value) per series.
 pub type Samples = HashMap<String, Vec<(Vec<(String, String)>, f64)>>;
 
@@ -580,6 +629,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gone_names_expire_after_the_ttl_unless_back() {
+        let mut g = GoneNames::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let names = |list: &[(u32, &str)]| -> HashMap<u32, String> {
+            list.iter().map(|(i, n)| (*i, n.to_string())).collect()
+        };
+        let start = names(&[(2, "eth0"), (5, "veth1"), (6, "veth2")]);
+        // veth1 goes; veth2 goes and comes back under another index.
+        let later = names(&[(2, "eth0"), (7, "veth2")]);
+        g.update(start.values(), &later, t0);
+        assert!(g.expired(t0 + Duration::from_secs(10)).is_empty());
+        assert_eq!(g.expired(t0 + Duration::from_secs(11)), ["veth1"]);
+        assert!(g.expired(t0 + Duration::from_secs(12)).is_empty(), "once");
+        // Gone, then back within the TTL: it stays.
+        let without = names(&[(2, "eth0")]);
+        g.update(later.values(), &without, t0);
+        g.update(without.values(), &later, t0 + Duration::from_secs(1));
+        assert!(g.expired(t0 + Duration::from_secs(60)).is_empty());
+    }
 
     /// The value of one series in a rendered exposition, or None if it is absent.
     fn value(text: &str, series: &str) -> Option<f64> {

@@ -120,6 +120,26 @@ fn tcp_probe(from: &Netns, to: &str) -> String {
         .to_string()
 }
 
+/// Makes a link between `p`'s namespaces after its daemon started: `{name}0` in A
+/// (198.19.`net`.1/30, interface index `index` if given) to `{name}1` in B (.2), both up.
+fn late_link(p: &Pair, name: &str, net: u8, index: Option<u32>) {
+    let (a, b) = (p.a.name.as_str(), p.b.name.as_str());
+    let (here, there) = (format!("{name}0"), format!("{name}1"));
+    let index = index.map(|i| i.to_string());
+    let mut add = vec!["ip", "-n", a, "link", "add", &here];
+    if let Some(i) = &index {
+        add.extend(["index", i]);
+    }
+    add.extend(["type", "veth", "peer", "name", &there]);
+    sh(&add);
+    sh(&["ip", "-n", a, "link", "set", &there, "netns", b]);
+    let addr = |host: u8| format!("198.19.{net}.{host}/30");
+    sh(&["ip", "-n", a, "addr", "add", &addr(1), "dev", &here]);
+    sh(&["ip", "-n", b, "addr", "add", &addr(2), "dev", &there]);
+    sh(&["ip", "-n", a, "link", "set", &here, "up"]);
+    sh(&["ip", "-n", b, "link", "set", &there, "up"]);
+}
+
 /// Without --iface, an interface that appears while the daemon runs is monitored, and its
 /// traffic filtered, as those of the start; one that goes is forgotten (the daemon runs on),
 /// and when one of that name comes back it is attached again.
@@ -151,17 +171,8 @@ fn an_interface_that_comes_later_is_monitored_and_filtered() {
     };
     assert_eq!(monitored(&d), vec![p.a_if.clone()]);
     // A second link between the namespaces, made after the start.
-    let (a, b) = (p.a.name.as_str(), p.b.name.as_str());
-    let add = || {
-        sh(&[
-            "ip", "-n", a, "link", "add", "nml0", "type", "veth", "peer", "name", "nml1",
-        ]);
-        sh(&["ip", "-n", a, "link", "set", "nml1", "netns", b]);
-        sh(&["ip", "-n", a, "addr", "add", "198.19.7.1/30", "dev", "nml0"]);
-        sh(&["ip", "-n", b, "addr", "add", "198.19.7.2/30", "dev", "nml1"]);
-        sh(&["ip", "-n", a, "link", "set", "nml0", "up"]);
-        sh(&["ip", "-n", b, "link", "set", "nml1", "up"]);
-    };
+    let a = p.a.name.as_str();
+    let add = || late_link(&p, "nml", 7, None);
     let to_a = |port: u16, n: u64| {
         let at = format!("198.19.7.1:{port}");
         udp(&p.b, None, &p.a, &at, &at, n)
@@ -254,6 +265,138 @@ fn an_interface_that_comes_later_is_monitored_and_filtered() {
         d.log_text()
     );
     assert_eq!(to_a(7114, 20), 0);
+}
+
+/// `f`'s answer once it has one, asked every 100 ms; fails naming `what` after `secs`.
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "after {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of series `series` (name and labels) in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Interfaces that go leave nothing behind, as a container host's veths come and go by the
+/// thousand: the kernel's drop counts of a gone interface are removed (they would hold
+/// their places in the pinned map until it is full), its Prometheus series stay for the
+/// series TTL, so that a scrape sees their last counts, and then go; none is exported under
+/// another name meanwhile. One of the same name and index that comes back counts from zero.
+/// Both kinds of drop counter: an index below 256 has array slots, one above a hash entry.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_gone_interface_leaves_no_counts_or_series_behind() {
+    let p = Pair::new("gone");
+    let d = Daemon::start(&p.a, &[], &["--process-series-ttl", "3s"]);
+    // (name prefix, 198.19.N.0/30, interface index)
+    let links = [("ngl", 8u8, None), ("ngh", 9u8, Some(300u32))];
+    let metrics = || ns_get(&p.a, &d.api, "/metrics").1;
+    let drops = |name: &str| {
+        format!(
+            "netmon_dropped_packets_total{{direction=\"rx\",interface=\"{name}0\",reason=\"manual\"}}"
+        )
+    };
+    let bytes = |name: &str| {
+        format!("netmon_interface_bytes_total{{direction=\"rx\",interface=\"{name}0\"}}")
+    };
+    // Comes, drops exactly what the peer sent from the banned address, which the series
+    // says; the ban is in force from before the link exists.
+    let come_and_drop = |name: &str, net: u8, index: Option<u32>| {
+        late_link(&p, name, net, index);
+        wait_for(&format!("{name}0 monitored"), 10, || {
+            ns_json(&p.a, &d.api, "/api/status")["hooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["target"] == format!("{name}0").as_str() && h["purpose"] == "ingress")
+                .then_some(())
+        });
+        let at = format!("198.19.{net}.1:7120");
+        assert_eq!(
+            udp(&p.b, None, &p.a, &at, &at, 20),
+            0,
+            "{name}0 let through"
+        );
+        wait_for(&format!("20 drops of {name}0 in the metrics"), 10, || {
+            (sample(&metrics(), &drops(name)) == Some(20)).then_some(())
+        });
+        p.a.exec(&["cat", &format!("/sys/class/net/{name}0/ifindex")])
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    for (_, net, _) in links {
+        p.a.netmon_ok(&["ban", &format!("198.19.{net}.2")]);
+    }
+    let mut ifindexes = Vec::new();
+    for (name, net, index) in links {
+        ifindexes.push(come_and_drop(name, net, index));
+    }
+    assert!(ifindexes[0] < 256 && ifindexes[1] == 300, "{ifindexes:?}");
+    let maps = netmon::act::droplist::DropMaps::open(&p.a.pin_dir).unwrap();
+    let counted = |ifindex: u32| -> u64 {
+        maps.drops()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ifindex == ifindex)
+            .map(|(_, s)| s.packets)
+            .sum()
+    };
+    assert_eq!(
+        ifindexes.iter().map(|&i| counted(i)).collect::<Vec<_>>(),
+        [20, 20]
+    );
+    let gone_at = Instant::now();
+    for (name, _, _) in links {
+        sh(&["ip", "-n", &p.a.name, "link", "del", &format!("{name}0")]);
+    }
+    wait_for(
+        "the kernel's drop counts of the gone interfaces removed",
+        10,
+        || ifindexes.iter().all(|&i| counted(i) == 0).then_some(()),
+    );
+    // Their series stay for the TTL (3 s), then go; none under another name.
+    let text = metrics();
+    if gone_at.elapsed() < Duration::from_secs(2) {
+        for (name, _, _) in links {
+            assert_eq!(sample(&text, &drops(name)), Some(20), "{text}");
+            assert!(sample(&text, &bytes(name)).is_some(), "{text}");
+        }
+    } else {
+        eprintln!("SKIPPED (in part): too slow here to see the series within their TTL");
+    }
+    wait_for("the gone interfaces' series removed", 10, || {
+        let text = metrics();
+        let left: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                links
+                    .iter()
+                    .any(|(name, _, _)| l.contains(&format!("\"{name}0\"")))
+            })
+            .collect();
+        left.is_empty().then_some(())
+    });
+    let text = metrics();
+    assert!(!text.contains("interface=\"if"), "{text}");
+    // Back under the same name and index: its drops count from zero.
+    for (name, net, index) in links {
+        if index.is_some() {
+            assert_eq!(come_and_drop(name, net, index), 300);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(sample(&metrics(), &drops("ngh")), Some(20));
+    assert_eq!(counted(300), 20);
 }
 
 /// The CLI says when no loaded program uses the drop list it wrote: no daemon runs with its

@@ -20,7 +20,8 @@ use aya::maps::{
 use netmon_common::{
     BANW4_SLOTS, BANW4_WAYS, BANW6_SLOTS, BANW6_WAYS, BANX_KIND, BANX_OVERFLOW, BANX4_SLOTS,
     BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4, BanPrefix6,
-    BanValue, DROP_SLOTS, DropKey, IfaceStats, RATE_BYTE_SHIFT, RateValue, dropcfg, rate_unit,
+    BanValue, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS, DropKey, IfaceStats, RATE_BYTE_SHIFT, RateValue,
+    ban_kind, dropcfg, rate_unit,
 };
 
 use super::{
@@ -2046,6 +2047,39 @@ impl DropMaps {
         self.set_flags(flags_for(new, now) | flags_for(old, now))?;
         self.remove_generation(from, &in_force)?;
         self.set_flags(flags_for(new, now))
+    }
+
+    /// Removes what the kernel counted for interface `ifindex`, which is gone: its slots
+    /// of NETMON_DROP_SLOTS back to zero (for an interface that may get its index later),
+    /// its entries of NETMON_DROPS deleted (which would otherwise hold their places in the
+    /// map, pinned across restarts, until it is full and the drops of new interfaces go
+    /// uncounted: a container host's veths come and go by the thousand). No program runs
+    /// for a gone interface, so none writes them meanwhile.
+    pub fn forget_drops(&mut self, ifindex: u32) -> Result<()> {
+        let mut slots = Vec::new();
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for kind in 0..ban_kind::NAMES.len() as u8 {
+                let key = DropKey {
+                    ifindex,
+                    direction,
+                    kind,
+                    _pad: 0,
+                };
+                match netmon_common::drop_slot(ifindex, direction, kind) {
+                    Some(slot) => slots.push(slot),
+                    None => removed(self.drops.remove(&key)).with_context(|| {
+                        format!("removing interface {ifindex}'s drops from NETMON_DROPS")
+                    })?,
+                }
+            }
+        }
+        crate::drain::zero_per_cpu_slots(
+            &self.drop_slots,
+            &slots,
+            size_of::<IfaceStats>(),
+            crate::mapmem::possible_cpus()?,
+        )
+        .with_context(|| format!("zeroing interface {ifindex}'s NETMON_DROP_SLOTS"))
     }
 
     /// Cumulative drops per interface, direction and kind, summed over CPUs.

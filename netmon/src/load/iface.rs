@@ -54,6 +54,15 @@ pub fn ifindex(name: &str) -> Result<u32> {
     }
 }
 
+/// Whether interface index `ifindex` names no interface in this network namespace (false
+/// where that cannot be told: the question's socket was refused).
+pub fn index_gone(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname writes at most.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    name.is_null() && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
+}
+
 /// What the kernel reports about an interface, for the API's `interfaces` list.
 #[derive(Debug, Clone, Default)]
 pub struct LinkFacts {
