@@ -274,19 +274,27 @@ pub(crate) fn update_batched<K, V>(
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut written = 0;
     for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let mut attr = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        match bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        match update_batch(map, k, v) {
             Ok(()) => written += k.len(),
-            Err(e) => return Err((written + (attr.count as usize).min(k.len()), e)),
+            Err((n, e)) => return Err((written + n, e)),
         }
     }
     Ok(())
+}
+
+/// One BPF_MAP_UPDATE_BATCH of `keys` with the values at `values` (the map's value size
+/// each, or for a per-CPU map each CPU's, padded to 8 bytes); on an error, how many were
+/// written before the refused one, and the error.
+fn update_batch<K, V>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), (usize, io::Error)> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+        .map_err(|e| ((attr.count as usize).min(keys.len()), e))
 }
 
 /// Sets entries `slots` of a per-CPU array of `value_size`-byte values to zero on every
@@ -300,16 +308,8 @@ pub(crate) fn zero_per_cpu_slots(
     if slots.is_empty() {
         return Ok(());
     }
-    // Each CPU's value is padded to 8 bytes in the buffer.
     let zeros = vec![0u8; slots.len() * ncpus * value_size.next_multiple_of(8)];
-    let mut attr = BatchAttr {
-        keys: slots.as_ptr() as u64,
-        values: zeros.as_ptr() as u64,
-        count: slots.len() as u32,
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr)
+    update_batch(map, slots, &zeros).map_err(|(_, e)| e)
 }
 
 /// Removes `keys` from a map (a hash map, an LPM trie) with BPF_MAP_DELETE_BATCH, a few
