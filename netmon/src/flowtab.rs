@@ -379,6 +379,11 @@ pub struct Tables {
     live: MapMemory,
     /// CPUs with a part (and a line of `live`).
     cpus: usize,
+    /// `NETMON_MARK4`, `NETMON_MARK6` and `NETMON_TABLIVE`, only mapped here, kept open: a
+    /// program loaded after the start (XDP, or the TC ingress program, for an interface
+    /// that appears later) was relocated against their descriptors when the object was, and
+    /// found them closed, or another file's ("fd 43 is not pointing to valid bpf_map").
+    _mapped: [MapData; 3],
 }
 
 impl Tables {
@@ -406,15 +411,15 @@ impl Tables {
                 .max_entries() as usize)
         };
         let (b4, b6) = (buckets(&t4, "NETMON_TAB4")?, buckets(&t6, "NETMON_TAB6")?);
-        let live = data("NETMON_TABLIVE")?;
-        let cpus = buckets(&live, "NETMON_TABLIVE")? / TAB_LIVE_STRIDE as usize;
+        let live_map = data("NETMON_TABLIVE")?;
+        let cpus = buckets(&live_map, "NETMON_TABLIVE")? / TAB_LIVE_STRIDE as usize;
         anyhow::ensure!(
             cpus > 0 && b4 % cpus == 0 && b6 % cpus == 0,
             "NETMON_TABLIVE has a line for {cpus} CPUs, which do not share the tables' \
              {b4} and {b6} buckets"
         );
         let live = map_memory(
-            &live,
+            &live_map,
             "NETMON_TABLIVE",
             0,
             cpus * TAB_LIVE_STRIDE as usize * 8,
@@ -423,6 +428,7 @@ impl Tables {
         Ok(Self {
             v4: Table::map(t4, &d4, "NETMON_TAB4", b4)?,
             v6: Table::map(t6, &d6, "NETMON_TAB6", b6)?,
+            _mapped: [d4, d6, live_map],
             evicted: aya::maps::RingBuf::try_from(
                 ebpf.take_map("NETMON_EVICTED")
                     .context("eBPF object has no map NETMON_EVICTED")?,
