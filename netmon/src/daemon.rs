@@ -907,10 +907,14 @@ struct InterfaceWatch {
     /// Not looked yet: the first look does not wait for a notification (an interface may
     /// have come between the start's and the subscription).
     first: bool,
+    /// The default set's interfaces left out at the last look, as stacked on others (each
+    /// said in the log when it first is).
+    stacked: HashSet<String>,
 }
 
 impl InterfaceWatch {
-    fn new(named: Vec<String>) -> Self {
+    /// `stacked`: those the start left out (and said so).
+    fn new(named: Vec<String>, stacked: HashSet<String>) -> Self {
         let events = iface::LinkEvents::open().unwrap_or_else(|e| {
             warn!(
                 "cannot subscribe to link notifications ({e}): the interfaces are looked at \
@@ -923,6 +927,7 @@ impl InterfaceWatch {
             named,
             refused: HashSet::new(),
             first: true,
+            stacked,
         }
     }
 
@@ -948,8 +953,17 @@ impl InterfaceWatch {
             .filter(|i| iface::ifindex(&i.name).ok() != Some(i.ifindex))
             .map(|i| i.ifindex)
             .collect();
+        // Detached, its counting stopped; its speed is no more (its counters' series stay
+        // for the series TTL).
+        let mut forget = |attached: &mut load::Attached, ifindex: u32| {
+            let i = attached.forget_interface(ifindex)?;
+            drain.iface_gone(ifindex);
+            let _ = metrics.iface_speed.remove_label_values(&[i.name.as_str()]);
+            changed = true;
+            Some(i)
+        };
         for ifindex in gone {
-            if let Some(i) = attached.forget_interface(ifindex) {
+            if let Some(i) = forget(attached, ifindex) {
                 let what = format!(
                     "interface {} (ifindex {}) is gone; monitored again if it comes back",
                     i.name, i.ifindex
@@ -961,14 +975,24 @@ impl InterfaceWatch {
                 } else {
                     warn!("{what}");
                 }
-                drain.iface_gone(ifindex);
-                changed = true;
-                // Its speed is no more; its counters stay (they only ever grow).
-                let _ = metrics.iface_speed.remove_label_values(&[i.name.as_str()]);
             }
         }
         let wanted = if self.named.is_empty() {
-            iface::default_interfaces()
+            let (wanted, stacked) = iface::default_set();
+            let mut now_stacked = HashSet::new();
+            for (name, below) in stacked {
+                // Stacked since it was attached (a bridge that got a port, a bond a slave):
+                // counted below it from now on.
+                if let Some(i) = attached.interfaces.iter().find(|i| i.name == name) {
+                    forget(attached, i.ifindex);
+                }
+                if !self.stacked.contains(&name) {
+                    info!("{}", stacked_note(&name, &below));
+                }
+                now_stacked.insert(name);
+            }
+            self.stacked = now_stacked;
+            wanted
         } else {
             self.named.clone()
         };
@@ -999,6 +1023,15 @@ impl InterfaceWatch {
             publish_hooks(metrics, &old_hooks, &attached.hooks);
         }
     }
+}
+
+/// The log's note on an interface of the default set left out for the devices `below` it.
+fn stacked_note(name: &str, below: &[String]) -> String {
+    format!(
+        "interface {name} is not monitored itself: its frames pass {}, below it, and are \
+         counted there (monitored again if nothing below it is up)",
+        below.join(", ")
+    )
 }
 
 /// The drain's clock: a first tick one `interval` from now, ticks late by a slow drain
@@ -1162,8 +1195,13 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
     // reload, taken once the loop runs.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    let mut stacked_at_start = HashSet::new();
     let interfaces = if cfg.interfaces.is_empty() {
-        let found = iface::default_interfaces();
+        let (found, stacked) = iface::default_set();
+        for (name, below) in stacked {
+            info!("{}", stacked_note(&name, &below));
+            stacked_at_start.insert(name);
+        }
         if found.is_empty() {
             anyhow::bail!(
                 "no interface is up besides loopback; name one with --iface (have: {})",
@@ -1372,7 +1410,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         if cfg.tls.is_some() { "https" } else { "http" },
     );
     let mut ticker = ticker(cfg.interval).await;
-    let mut watch = InterfaceWatch::new(cfg.interfaces.clone());
+    let mut watch = InterfaceWatch::new(cfg.interfaces.clone(), stacked_at_start);
     let mut running = cfg;
     let mut reloads = Reloads::new(reread);
     shared.metrics.config_last_reload_successful.set(1);

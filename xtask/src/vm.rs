@@ -24,8 +24,9 @@ pub const KERNELS: &[&str] = &["linux-image-cloud-amd64", "linux-image-6.12-clou
 /// loads only plain ELF modules.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
 /// Modules the tests need that Debian's cloud kernel builds as modules, in load order (the
-/// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first). The diag modules
-/// give sock_diag, which lists idle sockets.
+/// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first, bridge stp and
+/// llc). The diag modules give sock_diag, which lists idle sockets; bridge, a container
+/// host's bridge.
 const MODULES: &[&str] = &[
     "drivers/net/veth.ko",
     "net/sched/sch_ingress.ko",
@@ -33,6 +34,9 @@ const MODULES: &[&str] = &[
     "net/ipv4/inet_diag.ko",
     "net/ipv4/tcp_diag.ko",
     "net/ipv4/udp_diag.ko",
+    "net/llc/llc.ko",
+    "net/802/stp.ko",
+    "net/bridge/bridge.ko",
 ];
 /// Per boot: TCG is slow (on a 2-CPU host the three suites take ~2.5 min alone, ~3 while
 /// the host's suites run alongside, CI of 2026-12-07); this only catches a hung guest.

@@ -31,12 +31,53 @@ pub fn all_names() -> Vec<String> {
     names
 }
 
-/// Every interface that is up and not a loopback: the default set to monitor.
-pub fn default_interfaces() -> Vec<String> {
-    all_names()
+/// The devices directly below interface `name` (a bridge's or bond's ports, a VLAN's,
+/// macvlan's or ipvlan's parent, a VRF's members): its `lower_*` entries in sysfs.
+pub fn lower_devices(name: &str) -> Vec<String> {
+    let mut lower: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{name}"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let f = e.file_name();
+                    f.to_str()?.strip_prefix("lower_").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lower.sort();
+    lower
+}
+
+/// The default set to monitor: every interface that is up and not a loopback, except one
+/// stacked on another of them (a bridge with a port that is up, a bond, a VLAN or macvlan
+/// on an interface that is up). Every frame of such a device passes the one below it,
+/// where netmon counts it (and enforces the drop list): monitoring both counted each frame
+/// twice in the connections, processes and protocols (a container's traffic on its veth
+/// and again on the bridge). Those left out come second, each with the devices below it.
+pub fn default_set() -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let up: Vec<String> = all_names()
         .into_iter()
         .filter(|n| flags(n).is_some_and(|f| f & IFF_UP != 0 && f & IFF_LOOPBACK == 0))
-        .collect()
+        .collect();
+    let mut monitored = Vec::new();
+    let mut stacked = Vec::new();
+    for name in &up {
+        let below: Vec<String> = lower_devices(name)
+            .into_iter()
+            .filter(|l| up.contains(l))
+            .collect();
+        if below.is_empty() {
+            monitored.push(name.clone());
+        } else {
+            stacked.push((name.clone(), below));
+        }
+    }
+    (monitored, stacked)
+}
+
+/// `default_set`'s interfaces to monitor.
+pub fn default_interfaces() -> Vec<String> {
+    default_set().0
 }
 
 /// Whether interface `name` is a loopback (`IFF_LOOPBACK`).
