@@ -945,6 +945,10 @@ impl InterfaceWatch {
         if !self.events.changed() && !first {
             return;
         }
+        drain
+            .maps
+            .owners()
+            .set_local(crate::drain::LocalAddrs::new(iface::local_addresses()));
         let old_hooks = attached.hooks.clone();
         let mut changed = false;
         let gone: Vec<u32> = attached

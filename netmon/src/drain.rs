@@ -367,6 +367,7 @@ impl Maps {
                 sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
                 port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
                 udp_ports: UdpPorts::take(ebpf)?,
+                local: Default::default(),
             }),
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
             config: aya::maps::Array::try_from(take(ebpf, "NETMON_CONFIG")?)?,
@@ -520,6 +521,35 @@ pub struct Owners {
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
     udp_ports: UdpPorts,
+    /// The daemon's namespace's addresses, as it last read them.
+    local: std::sync::RwLock<std::sync::Arc<LocalAddrs>>,
+}
+
+/// The addresses a frame may be for this host, by which a local port's owner may own it
+/// (IPv4 ones mapped into IPv6): the namespace's interface addresses and broadcast
+/// addresses, and every loopback and multicast address. Empty (not read yet, or unreadable):
+/// every address, as before there was a check.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalAddrs(std::collections::HashSet<[u8; 16]>);
+
+impl LocalAddrs {
+    pub fn new(addrs: impl IntoIterator<Item = [u8; 16]>) -> Self {
+        Self(addrs.into_iter().collect())
+    }
+
+    pub fn admits(&self, a: &[u8; 16]) -> bool {
+        if self.0.is_empty() || self.0.contains(a) {
+            return true;
+        }
+        match a {
+            // IPv4-mapped: 127/8, 224/4 and the limited broadcast address.
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b, ..] => {
+                *b == 127 || *b & 0xf0 == 224 || a[12..] == [255; 4]
+            }
+            // ::1 and ff00::/8.
+            _ => a[0] == 0xff || *a == std::net::Ipv6Addr::LOCALHOST.octets(),
+        }
+    }
 }
 
 /// `NETMON_UDP_PORTS`, the owners of UDP local ports indexed by the port, mapped read-only:
@@ -575,9 +605,13 @@ fn sock_key(key: &FlowKey) -> Option<SockKey> {
 }
 
 /// The exact 4-tuple first, then the owner of the local port (listener, UDP sender); true
-/// when it is the port's.
+/// when it is the port's. The port's owner only where the flow's local address is one this
+/// host takes traffic for (`LocalAddrs`): a frame the host forwards (a container's, seen on
+/// the bridge port with its destination as the local side) belongs to no local port, and a
+/// host process that happened to use its port number took it.
 fn resolve(
     sk: &SockKey,
+    local: &LocalAddrs,
     by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
     by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
 ) -> Option<(ProcInfo, bool)> {
@@ -588,6 +622,9 @@ fn resolve(
         && let Some(p) = by_sock(sk)
     {
         return Some((p, false));
+    }
+    if !local.admits(&sk.local_addr) {
+        return None;
     }
     by_port(&PortKey {
         proto: sk.proto,
@@ -605,13 +642,28 @@ impl Owners {
     }
 
     pub fn sock_owner(&self, sk: &SockKey) -> Option<ProcInfo> {
-        self.resolve(sk).map(|(p, _)| p)
+        self.resolve(sk, &self.local()).map(|(p, _)| p)
+    }
+
+    /// The namespace's addresses as last set (`set_local`).
+    pub fn local(&self) -> std::sync::Arc<LocalAddrs> {
+        self.local.read().expect("lock not poisoned").clone()
+    }
+
+    /// Sets the namespace's addresses (read again whenever an interface or an address
+    /// changed).
+    pub fn set_local(&self, local: LocalAddrs) {
+        let mut l = self.local.write().expect("lock not poisoned");
+        if **l != local {
+            *l = std::sync::Arc::new(local);
+        }
     }
 
     /// `sock_owner`, and whether it is the local port's owner rather than the socket's own.
-    fn resolve(&self, sk: &SockKey) -> Option<(ProcInfo, bool)> {
+    fn resolve(&self, sk: &SockKey, local: &LocalAddrs) -> Option<(ProcInfo, bool)> {
         resolve(
             sk,
+            local,
             |k| self.sock_proc.get(k, 0).ok(),
             |k| self.port_owner(k, |k| self.port_owner.get(k, 0).ok()),
         )
@@ -690,6 +742,7 @@ struct OwnerCopy {
 /// kernel's record at this drain.
 pub struct OwnerLookup<'a> {
     owners: &'a Owners,
+    local: std::sync::Arc<LocalAddrs>,
     direct: usize,
     copy: Option<OwnerCopy>,
     copy_failed: bool,
@@ -701,6 +754,7 @@ impl<'a> OwnerLookup<'a> {
     pub fn new(owners: &'a Owners) -> Self {
         Self {
             owners,
+            local: owners.local(),
             direct: 0,
             copy: None,
             copy_failed: false,
@@ -733,12 +787,13 @@ impl<'a> OwnerLookup<'a> {
         match &self.copy {
             Some(c) => resolve(
                 &sk,
+                &self.local,
                 |k| c.sock.get(k).copied(),
                 |k| self.owners.port_owner(k, |k| c.port.get(k).copied()),
             ),
             None => {
                 self.direct += 1;
-                self.owners.resolve(&sk)
+                self.owners.resolve(&sk, &self.local)
             }
         }
     }
@@ -765,4 +820,65 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let r = unsafe { libc::clock_gettime(clock, &mut ts) };
     debug_assert_eq!(r, 0, "clock_gettime({clock})");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets()
+    }
+
+    fn v6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn local_addrs_admit_the_hosts_loopback_multicast_and_broadcast_addresses() {
+        let local = LocalAddrs::new([v4([10, 78, 0, 1]), v4([10, 78, 0, 255]), v6("fd00::1")]);
+        for a in [
+            v4([10, 78, 0, 1]),
+            v4([10, 78, 0, 255]),
+            v4([127, 0, 0, 2]),
+            v4([224, 0, 0, 251]),
+            v4([239, 1, 2, 3]),
+            v4([255, 255, 255, 255]),
+            v6("fd00::1"),
+            v6("::1"),
+            v6("ff02::fb"),
+        ] {
+            assert!(local.admits(&a), "{a:?}");
+        }
+        for a in [v4([10, 78, 0, 2]), v4([10, 77, 0, 2]), v6("fd00::2")] {
+            assert!(!local.admits(&a), "{a:?}");
+        }
+        // Not read (yet): every address.
+        assert!(LocalAddrs::default().admits(&v4([10, 77, 0, 2])));
+    }
+
+    #[test]
+    fn a_ports_owner_owns_only_flows_to_a_local_address() {
+        let owner = ProcInfo {
+            pid: 7,
+            ..Default::default()
+        };
+        let local = LocalAddrs::new([v4([10, 78, 0, 1])]);
+        let key = |addr| SockKey {
+            proto: IPPROTO_UDP,
+            local_port: 7300,
+            remote_port: 7301,
+            local_addr: addr,
+            remote_addr: v4([10, 77, 0, 2]),
+            ..Default::default()
+        };
+        let by_port = |_: &PortKey| Some(owner);
+        let mine = resolve(&key(v4([10, 78, 0, 1])), &local, |_| None, by_port);
+        assert_eq!(mine.map(|(p, port)| (p.pid, port)), Some((7, true)));
+        let forwarded = resolve(&key(v4([10, 78, 0, 2])), &local, |_| None, by_port);
+        assert!(forwarded.is_none());
+        // The socket's own record holds whatever the address.
+        let own = resolve(&key(v4([10, 78, 0, 2])), &local, |_| Some(owner), by_port);
+        assert_eq!(own.map(|(p, port)| (p.pid, port)), Some((7, false)));
+    }
 }

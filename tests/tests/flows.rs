@@ -746,7 +746,9 @@ fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
 /// come bridge br0 and its port cH (a veth to "container" C): the port is monitored, the
 /// bridge not, and the log says why. H forwards 300 datagrams from C to O (a burst the veths'
 /// backlogs hold): the rows say 300 received (at cH) and 300 sent (through eH), not 600
-/// received, and so do the processes' totals. Once no port of it is up the bridge is
+/// received, and so do the processes' totals; a process of H's that sent from the port
+/// number they go to is not their owner (their local side is no address of H's). Once no
+/// port of it is up the bridge is
 /// monitored, through the XDP program loaded only then (which failed on map descriptors
 /// closed after the start), and when one is up again it is left again.
 #[test]
@@ -804,6 +806,27 @@ fn a_bridge_is_counted_through_its_ports_once() {
     // one holds a few).
     let echo = Peer::spawn(&c, &["icmp-echo", "--to", "10.78.0.2", "--raw"]).finish();
     assert!(echo.contains("received=1"), "{echo}");
+    // A process of H's sends one datagram from port 7300, the port the container's go to:
+    // it owns the port number on H, not the forwarded datagrams to O's (whose local side,
+    // as H's hooks see them, is O's address).
+    let host = Peer::spawn(
+        &h,
+        &[
+            "udp-send",
+            "--to",
+            "10.78.0.2:7399",
+            "--bind",
+            "10.78.0.1:7300",
+            "--count",
+            "1",
+            "--size",
+            "10",
+            "--comm",
+            "nmt-hostport",
+        ],
+    );
+    let host_pid = host.pid;
+    assert!(host.finish().contains("sent=1"));
     let rx = Peer::spawn(
         &o,
         &[
@@ -845,6 +868,13 @@ fn a_bridge_is_counted_through_its_ports_once() {
         (300, 300 * frame),
         "{into}"
     );
+    assert_ne!(into["pid"], host_pid, "{into}");
+    let mine = find_conn(&stats, "10.78.0.1:7300", "10.78.0.2:7399");
+    assert_eq!(
+        (&mine["pid"], u(&mine["packets_sent"])),
+        (&host_pid.into(), 1),
+        "{mine}"
+    );
     let out = find_conn(&stats, container, outside);
     assert_eq!(
         (u(&out["packets_sent"]), u(&out["bytes_sent"])),
@@ -862,6 +892,12 @@ fn a_bridge_is_counted_through_its_ports_once() {
         let (rx, tx) = (sum("packets_recv"), sum("packets_sent"));
         if rx >= 300 && tx >= 300 {
             assert!(rx < 330 && tx < 330, "{procs:?}");
+            let hostport = procs.iter().find(|p| p["process"] == "nmt-hostport");
+            assert_eq!(
+                hostport.map(|p| (u(&p["packets_sent"]), u(&p["packets_recv"]))),
+                Some((1, 0)),
+                "{procs:?}"
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{procs:?}");

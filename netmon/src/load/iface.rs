@@ -62,9 +62,11 @@ pub fn default_set() -> (Vec<String>, Vec<(String, Vec<String>)>) {
     let mut monitored = Vec::new();
     let mut stacked = Vec::new();
     for name in &up {
+        // (sysfs links only devices of one namespace; `l != name` guards the set against
+        // a device of another that bears this one's name all the same.)
         let below: Vec<String> = lower_devices(name)
             .into_iter()
-            .filter(|l| up.contains(l))
+            .filter(|l| l != name && up.contains(l))
             .collect();
         if below.is_empty() {
             monitored.push(name.clone());
@@ -102,6 +104,49 @@ pub fn index_gone(ifindex: u32) -> bool {
     // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname writes at most.
     let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     name.is_null() && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
+}
+
+/// This network namespace's addresses and IPv4 broadcast addresses, IPv4 ones mapped into
+/// IPv6 (getifaddrs(3)); empty where they cannot be read.
+pub fn local_addresses() -> Vec<[u8; 16]> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list this function frees below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, live until freeifaddrs.
+        let ifa = unsafe { &*p };
+        for sa in [ifa.ifa_addr, ifa.ifa_ifu] {
+            if sa.is_null() {
+                continue;
+            }
+            // SAFETY: a socket address of the family it names; the casts read only that
+            // family's struct.
+            unsafe {
+                match i32::from((*sa).sa_family) {
+                    libc::AF_INET => {
+                        let a = (*sa.cast::<libc::sockaddr_in>())
+                            .sin_addr
+                            .s_addr
+                            .to_ne_bytes();
+                        out.push(std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets());
+                    }
+                    // (ifa_ifu is a point-to-point peer's or a broadcast address: IPv4 only.)
+                    libc::AF_INET6 if sa == ifa.ifa_addr => {
+                        out.push((*sa.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// What the kernel reports about an interface, for the API's `interfaces` list.
@@ -230,9 +275,10 @@ pub fn tso_enabled(name: &str) -> Option<bool> {
     ethtool(name, &mut v).then_some(v.data != 0)
 }
 
-/// Notice of interfaces added, removed or changed (their flags: up, down) in this network
-/// namespace: a netlink socket subscribed to the kernel's link notifications, read without
-/// blocking. Nothing is parsed: any notification means "look again" (`changed`).
+/// Notice of interfaces added, removed or changed (their flags: up, down), and of addresses
+/// added or removed, in this network namespace: a netlink socket subscribed to the kernel's
+/// link and address notifications, read without blocking. Nothing is parsed: any
+/// notification means "look again" (`changed`).
 pub struct LinkEvents {
     fd: Option<std::os::fd::OwnedFd>,
 }
@@ -258,7 +304,9 @@ impl LinkEvents {
         // SAFETY: a zeroed sockaddr_nl is valid; its family and groups set below.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = libc::RTMGRP_LINK as u32;
+        // Links, and addresses (what a flow's local address is checked against).
+        sa.nl_groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
         // SAFETY: bind with a valid sockaddr_nl of its size.
         let r = unsafe {
             libc::bind(
