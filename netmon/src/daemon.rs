@@ -356,19 +356,19 @@ struct Drain {
 impl Drain {
     /// Counts `i`'s traffic from now (an interface that appeared after the start).
     fn iface_added(&mut self, i: &load::Monitored) {
-        let before: Vec<String> = self.names.values().cloned().collect();
         self.names.insert(i.ifindex, i.name.clone());
-        self.gone_ifaces
-            .update(&before, &self.names, Instant::now());
+        self.gone_ifaces.back(&i.name);
         self.traffic.insert(i.ifindex, IfaceTraffic::start(&i.name));
     }
 
-    /// Stops listing interface `ifindex`, which has gone.
+    /// Stops listing interface `ifindex`, which has gone (or is no longer monitored: stacked
+    /// on another).
     fn iface_gone(&mut self, ifindex: u32) {
-        let before: Vec<String> = self.names.values().cloned().collect();
-        self.names.remove(&ifindex);
-        self.gone_ifaces
-            .update(&before, &self.names, Instant::now());
+        if let Some(name) = self.names.remove(&ifindex)
+            && !self.names.values().any(|n| *n == name)
+        {
+            self.gone_ifaces.went(&name, Instant::now());
+        }
         self.traffic.remove(&ifindex);
         self.prev_link.remove(&ifindex);
     }

@@ -153,12 +153,24 @@ impl GoneNames {
     ) {
         for name in before {
             if !after.values().any(|n| n == name) {
-                self.gone.entry(name.clone()).or_insert(now);
+                self.went(name, now);
             }
         }
         for name in after.values() {
-            self.gone.remove(name);
+            self.back(name);
         }
+    }
+
+    /// `name` went `now` (unless it went before: its series go a TTL after the first time).
+    pub fn went(&mut self, name: &str, now: Instant) {
+        if !self.gone.contains_key(name) {
+            self.gone.insert(name.to_string(), now);
+        }
+    }
+
+    /// An interface of that name is there (again): its series stay.
+    pub fn back(&mut self, name: &str) {
+        self.gone.remove(name);
     }
 
     /// The names gone for longer than the TTL (forgotten here): their series are to go.

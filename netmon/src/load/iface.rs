@@ -119,7 +119,17 @@ pub fn local_addresses() -> Vec<[u8; 16]> {
     while !p.is_null() {
         // SAFETY: a node of the list getifaddrs returned, live until freeifaddrs.
         let ifa = unsafe { &*p };
-        for sa in [ifa.ifa_addr, ifa.ifa_ifu] {
+        // ifa_ifu is the broadcast address where IFF_BROADCAST is set, else a
+        // point-to-point peer's (not this host's).
+        let broadcast = ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0;
+        for sa in [
+            ifa.ifa_addr,
+            if broadcast {
+                ifa.ifa_ifu
+            } else {
+                std::ptr::null_mut()
+            },
+        ] {
             if sa.is_null() {
                 continue;
             }
@@ -134,7 +144,7 @@ pub fn local_addresses() -> Vec<[u8; 16]> {
                             .to_ne_bytes();
                         out.push(std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets());
                     }
-                    // (ifa_ifu is a point-to-point peer's or a broadcast address: IPv4 only.)
+                    // (A broadcast address is IPv4's alone.)
                     libc::AF_INET6 if sa == ifa.ifa_addr => {
                         out.push((*sa.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr);
                     }
