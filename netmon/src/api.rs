@@ -111,6 +111,9 @@ pub struct Status {
     pub uptime_seconds: f64,
     pub listen: String,
     pub interfaces: Vec<Monitored>,
+    /// Interfaces of the default set left out as stacked on others that are monitored
+    /// (`iface::default_set`).
+    pub stacked: Vec<Stacked>,
     pub hooks: Vec<Hook>,
     /// Where the programs count flows (`--flow-table`).
     pub flow_table: crate::load::FlowTable,
@@ -132,6 +135,14 @@ pub struct Status {
     pub threat: ThreatStatus,
     /// The last SIGHUP's outcome; None before the first.
     pub last_reload: Option<ReloadStatus>,
+}
+
+/// An interface left out of the default set: its frames pass the devices `below` it, where
+/// they are counted.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Stacked {
+    pub name: String,
+    pub below: Vec<String>,
 }
 
 /// What the last configuration reload (SIGHUP) did.

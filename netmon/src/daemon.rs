@@ -909,12 +909,12 @@ struct InterfaceWatch {
     first: bool,
     /// The default set's interfaces left out at the last look, as stacked on others (each
     /// said in the log when it first is).
-    stacked: HashSet<String>,
+    stacked: Vec<api::Stacked>,
 }
 
 impl InterfaceWatch {
     /// `stacked`: those the start left out (and said so).
-    fn new(named: Vec<String>, stacked: HashSet<String>) -> Self {
+    fn new(named: Vec<String>, stacked: Vec<api::Stacked>) -> Self {
         let events = iface::LinkEvents::open().unwrap_or_else(|e| {
             warn!(
                 "cannot subscribe to link notifications ({e}): the interfaces are looked at \
@@ -983,18 +983,19 @@ impl InterfaceWatch {
         }
         let wanted = if self.named.is_empty() {
             let (wanted, stacked) = iface::default_set();
-            let mut now_stacked = HashSet::new();
+            let mut now_stacked = Vec::new();
             for (name, below) in stacked {
                 // Stacked since it was attached (a bridge that got a port, a bond a slave):
                 // counted below it from now on.
                 if let Some(i) = attached.interfaces.iter().find(|i| i.name == name) {
                     forget(attached, i.ifindex);
                 }
-                if !self.stacked.contains(&name) {
+                if !self.stacked.iter().any(|s| s.name == name) {
                     info!("{}", stacked_note(&name, &below));
                 }
-                now_stacked.insert(name);
+                now_stacked.push(api::Stacked { name, below });
             }
+            status.stacked.clone_from(&now_stacked);
             self.stacked = now_stacked;
             wanted
         } else {
@@ -1199,12 +1200,12 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
     // reload, taken once the loop runs.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let mut stacked_at_start = HashSet::new();
+    let mut stacked_at_start = Vec::new();
     let interfaces = if cfg.interfaces.is_empty() {
         let (found, stacked) = iface::default_set();
         for (name, below) in stacked {
             info!("{}", stacked_note(&name, &below));
-            stacked_at_start.insert(name);
+            stacked_at_start.push(api::Stacked { name, below });
         }
         if found.is_empty() {
             anyhow::bail!(
@@ -1340,6 +1341,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         pid: std::process::id(),
         listen: listen.to_string(),
         interfaces: attached.interfaces.clone(),
+        stacked: stacked_at_start.clone(),
         hooks: attached.hooks.clone(),
         flow_table: cfg.flow_table,
         threat: threat.status(),

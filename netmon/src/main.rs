@@ -730,6 +730,19 @@ fn print_status(v: &serde_json::Value) {
         .filter_map(|i| i["name"].as_str())
         .collect();
     println!("interfaces: {}", ifs.join(", "));
+    for st in v["stacked"].as_array().into_iter().flatten() {
+        let below: Vec<_> = st["below"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_str())
+            .collect();
+        println!(
+            "  not {}: stacked on {}, where its frames are counted",
+            st["name"].as_str().unwrap_or("?"),
+            below.join(", ")
+        );
+    }
     println!("hooks:");
     for h in v["hooks"].as_array().into_iter().flatten() {
         println!(

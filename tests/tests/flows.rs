@@ -802,6 +802,17 @@ fn a_bridge_is_counted_through_its_ports_once() {
         "{}",
         d.log_text()
     );
+    let status = ns_json(&h, &d.api, "/api/status");
+    assert_eq!(
+        status["stacked"],
+        serde_json::json!([{"name": "br0", "below": ["cH"]}]),
+        "{status}"
+    );
+    let text = h.netmon_ok(&["status"]);
+    assert!(
+        text.contains("  not br0: stacked on cH, where its frames are counted"),
+        "{text}"
+    );
     // One echo first, so that no datagram waits for a neighbour's address (the queue for
     // one holds a few).
     let echo = Peer::spawn(&c, &["icmp-echo", "--to", "10.78.0.2", "--raw"]).finish();
@@ -906,6 +917,10 @@ fn a_bridge_is_counted_through_its_ports_once() {
     // No port up: the bridge is monitored; a port up again: it is not.
     h.ip(&["link", "set", "cH", "nomaster"]);
     wait_for(&["br0", "cH", "eH"]);
+    assert_eq!(
+        ns_json(&h, &d.api, "/api/status")["stacked"],
+        serde_json::json!([])
+    );
     h.ip(&["link", "set", "cH", "master", "br0"]);
     wait_for(&["cH", "eH"]);
 }
