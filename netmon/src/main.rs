@@ -602,14 +602,7 @@ fn print_remotes(v: &serde_json::Value) {
                 .as_u64()
                 .map(|a| format!("AS{a}"))
                 .unwrap_or_else(|| "-".into()),
-            r["feeds"]
-                .as_array()
-                .map(|f| f
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default(),
+            json_strs(&r["feeds"]).join(","),
         );
         print_reasons(&r["reasons"]);
     }
@@ -690,6 +683,15 @@ fn print_flows(v: &serde_json::Value) {
     }
 }
 
+/// The strings of JSON array `v` (none where it is not one).
+fn json_strs(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect()
+}
+
 fn print_status(v: &serde_json::Value) {
     println!(
         "netmon {} (pid {}), up {:.0}s, API on {}",
@@ -706,12 +708,7 @@ fn print_status(v: &serde_json::Value) {
                 println!("last reload ({when}): NOT APPLIED, the configuration before runs: {e}")
             }
             None => {
-                let later: Vec<_> = r["restart_needed"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str())
-                    .collect();
+                let later = json_strs(&r["restart_needed"]);
                 if later.is_empty() {
                     println!("last reload ({when}): applied");
                 } else {
@@ -731,16 +728,10 @@ fn print_status(v: &serde_json::Value) {
         .collect();
     println!("interfaces: {}", ifs.join(", "));
     for st in v["stacked"].as_array().into_iter().flatten() {
-        let below: Vec<_> = st["below"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| b.as_str())
-            .collect();
         println!(
             "  not {}: stacked on {}, where its frames are counted",
             st["name"].as_str().unwrap_or("?"),
-            below.join(", ")
+            json_strs(&st["below"]).join(", ")
         );
     }
     println!("hooks:");
