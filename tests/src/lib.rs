@@ -1027,3 +1027,25 @@ pub fn loaded_map(name: &str, max_entries: u32) -> aya::maps::MapInfo {
             panic!("no {name} of {max_entries} entries loaded (sizes loaded: {same_name:?})")
         })
 }
+
+/// Polls `f` every 100 ms until it returns Some, for at most `secs`; then panics saying it
+/// waited for `what`, with `log()` (a daemon's log, say).
+pub fn wait_for<T>(
+    secs: u64,
+    what: &str,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {secs} s\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -267,18 +267,6 @@ fn an_interface_that_comes_later_is_monitored_and_filtered() {
     assert_eq!(to_a(7114, 20), 0);
 }
 
-/// `f`'s answer once it has one, asked every 100 ms; fails naming `what` after `secs`.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "after {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The value of series `series` (name and labels) in a Prometheus exposition.
 fn sample(text: &str, series: &str) -> Option<u64> {
     text.lines()
@@ -312,23 +300,33 @@ fn a_gone_interface_leaves_no_counts_or_series_behind() {
     // says; the ban is in force from before the link exists.
     let come_and_drop = |name: &str, net: u8, index: Option<u32>| {
         late_link(&p, name, net, index);
-        wait_for(&format!("{name}0 monitored"), 10, || {
-            ns_json(&p.a, &d.api, "/api/status")["hooks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["target"] == format!("{name}0").as_str() && h["purpose"] == "ingress")
-                .then_some(())
-        });
+        wait_for(
+            10,
+            &format!("{name}0 monitored"),
+            || d.log_text(),
+            || {
+                ns_json(&p.a, &d.api, "/api/status")["hooks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| {
+                        h["target"] == format!("{name}0").as_str() && h["purpose"] == "ingress"
+                    })
+                    .then_some(())
+            },
+        );
         let at = format!("198.19.{net}.1:7120");
         assert_eq!(
             udp(&p.b, None, &p.a, &at, &at, 20),
             0,
             "{name}0 let through"
         );
-        wait_for(&format!("20 drops of {name}0 in the metrics"), 10, || {
-            (sample(&metrics(), &drops(name)) == Some(20)).then_some(())
-        });
+        wait_for(
+            10,
+            &format!("20 drops of {name}0 in the metrics"),
+            || d.log_text(),
+            || (sample(&metrics(), &drops(name)) == Some(20)).then_some(()),
+        );
         p.a.exec(&["cat", &format!("/sys/class/net/{name}0/ifindex")])
             .trim()
             .parse::<u32>()
@@ -360,8 +358,9 @@ fn a_gone_interface_leaves_no_counts_or_series_behind() {
         sh(&["ip", "-n", &p.a.name, "link", "del", &format!("{name}0")]);
     }
     wait_for(
-        "the kernel's drop counts of the gone interfaces removed",
         10,
+        "the kernel's drop counts of the gone interfaces removed",
+        || d.log_text(),
         || ifindexes.iter().all(|&i| counted(i) == 0).then_some(()),
     );
     // Their series stay for the TTL (3 s), then go; none under another name.
@@ -374,18 +373,23 @@ fn a_gone_interface_leaves_no_counts_or_series_behind() {
     } else {
         eprintln!("SKIPPED (in part): too slow here to see the series within their TTL");
     }
-    wait_for("the gone interfaces' series removed", 10, || {
-        let text = metrics();
-        let left: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                links
-                    .iter()
-                    .any(|(name, _, _)| l.contains(&format!("\"{name}0\"")))
-            })
-            .collect();
-        left.is_empty().then_some(())
-    });
+    wait_for(
+        10,
+        "the gone interfaces' series removed",
+        || d.log_text(),
+        || {
+            let text = metrics();
+            let left: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    links
+                        .iter()
+                        .any(|(name, _, _)| l.contains(&format!("\"{name}0\"")))
+                })
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
     let text = metrics();
     assert!(!text.contains("interface=\"if"), "{text}");
     // Back under the same name and index: its drops count from zero.
@@ -430,14 +434,12 @@ fn the_cli_says_when_no_program_enforces_its_drop_list() {
     // programs its tail-call array held stay loaded until the kernel frees the array, in a
     // work item after the process is gone: a few seconds at most on a busy host.)
     d.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while noted(&["list"]) != listable {
-        assert!(
-            Instant::now() < deadline,
-            "still enforced 10 s after the stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        10,
+        "the note after the stop",
+        || d.log_text(),
+        || (noted(&["list"]) == listable).then_some(()),
+    );
     assert_eq!(noted(&["ban", "203.0.113.12"]), listable);
     let _ = std::fs::remove_dir_all(other);
 }

@@ -775,17 +775,13 @@ fn a_bridge_is_counted_through_its_ports_once() {
         names.sort();
         names
     };
-    let wait_for = |want: &[&str]| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while monitored() != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not {want:?} after 10 s: {:?}\n{}",
-                monitored(),
-                d.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+    let until_monitored = |want: &[&str]| {
+        wait_for(
+            10,
+            &format!("{want:?} monitored"),
+            || format!("{:?}\n{}", monitored(), d.log_text()),
+            || (monitored() == want).then_some(()),
+        )
     };
     assert_eq!(monitored(), ["eH"], "{}", d.log_text());
     h.ip_batch(&format!(
@@ -795,7 +791,7 @@ fn a_bridge_is_counted_through_its_ports_once() {
         c = c.name
     ));
     c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
-    wait_for(&["cH", "eH"]);
+    until_monitored(&["cH", "eH"]);
     assert!(
         d.log_text()
             .contains("interface br0 is not monitored itself: its frames pass cH"),
@@ -916,13 +912,13 @@ fn a_bridge_is_counted_through_its_ports_once() {
     }
     // No port up: the bridge is monitored; a port up again: it is not.
     h.ip(&["link", "set", "cH", "nomaster"]);
-    wait_for(&["br0", "cH", "eH"]);
+    until_monitored(&["br0", "cH", "eH"]);
     assert_eq!(
         ns_json(&h, &d.api, "/api/status")["stacked"],
         serde_json::json!([])
     );
     h.ip(&["link", "set", "cH", "master", "br0"]);
-    wait_for(&["cH", "eH"]);
+    until_monitored(&["cH", "eH"]);
 }
 
 /// A daemon watching a namespace's loopback (`--iface lo`) attributes UDP senders to

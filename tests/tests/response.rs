@@ -40,27 +40,6 @@ fn scan(p: &Pair, ports: std::ops::RangeInclusive<u16>) {
     });
 }
 
-/// Polls `f` until it returns Some, for at most `secs`; panics with `what` and `log`.
-fn wait_for<T>(
-    secs: u64,
-    what: &str,
-    log: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {secs} s\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn alert_of(p: &Pair, d: &Daemon, kind: &str) -> Value {
     wait_for(
         15,
