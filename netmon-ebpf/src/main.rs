@@ -440,19 +440,19 @@ fn count_frame(cpu: *mut CpuState, hook: usize) {
 
 /// Adds a frame to `key`'s per-CPU totals in `map`, creating the entry on first use.
 #[inline(always)]
-fn add_to_stats<K>(map: &PerCpuHashMap<K, IfaceStats>, key: &K, len: u64) {
+fn add_to_stats<K>(map: &PerCpuHashMap<K, IfaceStats>, key: &K, len: u64, frames: u64) {
     match map.get_ptr_mut(key) {
         Some(s) => {
             // SAFETY: this CPU's slot; programs on one CPU do not interleave here.
             unsafe {
                 (*s).bytes += len;
-                (*s).packets += 1;
+                (*s).packets += frames;
             }
         }
         None => {
             let s = IfaceStats {
                 bytes: len,
-                packets: 1,
+                packets: frames,
             };
             if map.insert(key, &s, BPF_ANY as u64).is_err() {
                 bump(counter::IFACE_INSERT_FAILED);
@@ -585,7 +585,7 @@ fn tc_account<const TAB: bool, const INGRESS: bool>(
         &packet,
         may_pull,
         &mut udp_port,
-        (!INGRESS).then_some(ctx),
+        Some(ctx),
     );
     if !INGRESS && verdict == Verdict::Pass {
         udp_owner_from_socket(ctx, udp_port);
@@ -749,9 +749,10 @@ enum Verdict {
 /// recording anything. `TAB`: the flow goes to the per-CPU flow tables, else to the
 /// kernel's LRU flow maps. `udp_port` is set to the local port of an outgoing UDP frame that
 /// is its flow's first, or first in the drain epoch (the egress program then asks whose
-/// socket sent it: `udp_owner_from_socket`). `egress`: the egress program's context (None on
-/// ingress), through which an outgoing ICMP frame that starts its flow, or its drain epoch,
-/// records its socket's creator (`icmp_owner_from_socket`).
+/// socket sent it: `udp_owner_from_socket`). `tc`: the TC program's context (None for XDP):
+/// a GSO or GRO skb counts as the frames it stands for (`wire_frames`), and through the
+/// egress program's an outgoing ICMP frame that starts its flow, or its drain epoch, records
+/// its socket's creator (`icmp_owner_from_socket`).
 #[must_use = "the caller must drop or pull the packet when this says so"]
 #[expect(
     clippy::too_many_arguments,
@@ -766,7 +767,7 @@ fn account<const TAB: bool>(
     packet: &Packet,
     may_pull: bool,
     udp_port: &mut u16,
-    egress: Option<&TcContext>,
+    tc: Option<&TcContext>,
 ) -> Verdict {
     let cut = may_pull && ((packet.end - packet.data) as u64) < len;
     // The whole parse comes first, the drop list after it: once parsed, no packet pointer or
@@ -808,6 +809,14 @@ fn account<const TAB: bool>(
     if cut && p.note == counter::TRUNCATED_L4 {
         return Verdict::Pull;
     }
+    let ingress = direction == DIR_INGRESS;
+    let wire = match tc {
+        Some(ctx) => wire_frames(ctx, ingress, len, p),
+        None => Wire {
+            bytes: len,
+            frames: 1,
+        },
+    };
     // Ingress drops what comes from a banned source, egress what goes to a banned
     // destination: a banned host can neither reach this host nor be reached.
     // The clock is read once per frame, here: a ban's expiry and last hit, a rate limit and
@@ -827,12 +836,12 @@ fn account<const TAB: bool>(
             &p.dst
         };
         if let Some(ban) = banned(flags, p.family, peer, now) {
-            record_drop(ban, ifindex, direction, len);
+            record_drop(ban, ifindex, direction, wire);
             return Verdict::Drop;
         }
         if direction == DIR_INGRESS
             && flags & (dropcfg::HAS_RATE_V4 | dropcfg::HAS_RATE_V6) != 0
-            && over_rate(flags, p.family, &p.src, ifindex, len, now)
+            && over_rate(flags, p.family, &p.src, ifindex, wire, now)
         {
             return Verdict::Drop;
         }
@@ -840,7 +849,6 @@ fn account<const TAB: bool>(
     if p.note != NOTE_NONE {
         bump(p.note);
     }
-    let ingress = direction == DIR_INGRESS;
     let (local_port, remote_port) = if ingress {
         (p.dport, p.sport)
     } else {
@@ -853,7 +861,8 @@ fn account<const TAB: bool>(
     };
     let epoch = config(config::EPOCH) as u32;
     let pkt = FlowPacket {
-        len,
+        len: wire.bytes,
+        frames: wire.frames,
         now,
         tcp_flags: p.tcp_flags,
         epoch,
@@ -905,7 +914,10 @@ fn account<const TAB: bool>(
             record_flow(&NETMON_FLOWS6, &key, &pkt)
         }
     };
-    if fresh && let Some(ctx) = egress {
+    if fresh
+        && !ingress
+        && let Some(ctx) = tc
+    {
         // Read from the parse again, here only: values kept from before the flow's update
         // would live in registers (or the stack) across all of it on every frame.
         // SAFETY: as above; nothing has written the parse since.
@@ -923,10 +935,94 @@ fn account<const TAB: bool>(
 /// One frame as a flow entry counts it.
 #[derive(Clone, Copy)]
 struct FlowPacket {
+    /// Bytes on the wire (`Wire`).
     len: u64,
+    /// Frames on the wire: 1, or a GSO/GRO skb's segments.
+    frames: u64,
     now: u64,
     tcp_flags: u8,
     epoch: u32,
+}
+
+/// A frame as the wire carries it. An skb can stand for many: TCP (and UDP with
+/// `UDP_SEGMENT`) hands the device one GSO skb of up to 64 KiB that the NIC, or the stack in
+/// software after the egress hook, cuts into segments, each with the headers again; GRO merges
+/// received segments into one skb before the TC ingress hook. A NIC's counters, and the peer,
+/// see the segments.
+#[derive(Clone, Copy)]
+struct Wire {
+    bytes: u64,
+    frames: u64,
+}
+
+/// The frames and bytes a TC program's skb of `len` bytes stands for (`Wire`). Egress: the
+/// kernel's own count, made for the queue's accounting before the egress hook runs
+/// (`wire_len`: the skb's length plus the headers of every segment after the first; the
+/// segment count in `gso_segs`). Ingress: a GRO skb's `gso_segs`, each segment with the
+/// headers the skb begins with (Ethernet, IPv4 or IPv6, TCP or UDP: read here, a GRO skb's
+/// only cost), or, where the sender left the count out (a tap's frames from a guest, whose
+/// virtio header gives the segment size only), the count that size gives. Every frame pays
+/// a word of the skb on egress (`wire_len` is in its control block) and one of its shared
+/// info at TC ingress (`gso_size`, at the end of the data, a line the stack has touched).
+#[inline(always)]
+fn wire_frames(ctx: &TcContext, ingress: bool, len: u64, p: &Parsed) -> Wire {
+    let plain = Wire {
+        bytes: len,
+        frames: 1,
+    };
+    let skb = ctx.skb.skb;
+    if !ingress {
+        // SAFETY: the program's own __sk_buff.
+        let wire = u64::from(unsafe { (*skb).wire_len });
+        if wire <= len {
+            return plain;
+        }
+        // SAFETY: as above.
+        let segs = u64::from(unsafe { (*skb).gso_segs });
+        return Wire {
+            bytes: wire,
+            frames: if segs > 1 { segs } else { 1 },
+        };
+    }
+    // SAFETY: as above.
+    let size = u64::from(unsafe { (*skb).gso_size });
+    if size == 0 {
+        return plain;
+    }
+    // The headers each segment had: the IPv4 header's length and the TCP header's are in the
+    // frame; anything else (a VLAN tag still in the frame, IPv6 extension headers) is
+    // counted in frames, not in header bytes.
+    let l3 = parse::ETH_HLEN;
+    let Ok(h) = ctx.load::<[u8; 10]>(l3 - 2) else {
+        return plain;
+    };
+    let ethertype = u16::from_be_bytes([h[0], h[1]]);
+    let ip = match (p.family, ethertype) {
+        (4, 0x0800) => usize::from(h[2] & 0x0f) * 4,
+        (6, 0x86dd) if h[8] == p.proto => 40,
+        _ => 0,
+    };
+    let l4 = match p.proto {
+        IPPROTO_TCP if ip != 0 => match ctx.load::<u8>(l3 + ip + 12) {
+            Ok(off) => usize::from(off >> 4) * 4,
+            Err(_) => 0,
+        },
+        IPPROTO_UDP if ip != 0 => 8,
+        _ => 0,
+    };
+    let hdr = if l4 == 0 { 0 } else { (l3 + ip + l4) as u64 };
+    // SAFETY: as above.
+    let mut segs = u64::from(unsafe { (*skb).gso_segs });
+    if segs == 0 && hdr != 0 && len > hdr {
+        segs = (len - hdr).div_ceil(size);
+    }
+    if segs <= 1 {
+        return plain;
+    }
+    Wire {
+        bytes: len + (segs - 1) * hdr,
+        frames: segs,
+    }
 }
 
 /// Adds a frame to `key`'s entry in `map`, creating it (and pushing the key to the dirty
@@ -939,7 +1035,7 @@ fn record_flow<K>(map: &LruHashMap<K, FlowStats>, key: &K, pkt: &FlowPacket) -> 
     }
     let s = FlowStats {
         bytes: pkt.len,
-        packets: 1,
+        packets: pkt.frames,
         first_seen_ns: pkt.now,
         last_seen_ns: pkt.now,
         tcp_flags: pkt.tcp_flags,
@@ -976,6 +1072,7 @@ fn push_dirty<K>(key: &K) {
 fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) -> bool {
     let FlowPacket {
         len,
+        frames,
         now,
         tcp_flags,
         epoch,
@@ -983,7 +1080,7 @@ fn update_flow<K>(s: *mut FlowStats, key: &K, pkt: &FlowPacket) -> bool {
     // SAFETY: `s` points at a live, 8-byte aligned map value for this program run.
     let first_in_epoch = unsafe {
         atomic_add(&raw mut (*s).bytes, len);
-        atomic_add(&raw mut (*s).packets, 1);
+        atomic_add(&raw mut (*s).packets, frames);
         (*s).last_seen_ns = now;
         if tcp_flags & !(*s).tcp_flags != 0 {
             (*s).tcp_flags |= tcp_flags;
@@ -1135,7 +1232,7 @@ fn tab_record<K: Copy>(
                 let s = slots.add(way);
                 if same_key(&raw const (*s).key, key) {
                     (*s).bytes += pkt.len;
-                    (*s).packets += 1;
+                    (*s).packets += pkt.frames;
                     (*s).last_seen_ns = pkt.now;
                     if pkt.tcp_flags & !(*s).tcp_flags != 0 {
                         (*s).tcp_flags |= pkt.tcp_flags;
@@ -1226,7 +1323,7 @@ fn tab_record<K: Copy>(
         compiler_fence(Ordering::SeqCst);
         (*s).key = *key;
         (*s).bytes = pkt.len;
-        (*s).packets = 1;
+        (*s).packets = pkt.frames;
         (*s).first_seen_ns = pkt.now;
         (*s).last_seen_ns = pkt.now;
         (*s).tcp_flags = pkt.tcp_flags;
@@ -1821,7 +1918,8 @@ fn ban6_may_match(flags: u64, generation: u8, a: &[u8; 16]) -> bool {
 /// Whether a packet from `src` is over its source's rate limit (and so is dropped and
 /// counted). GCRA: see `netmon_common::RateValue`. Allow entries win here too.
 #[inline(always)]
-fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64, now: u64) -> bool {
+fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, wire: Wire, now: u64) -> bool {
+    let len = wire.bytes;
     let v = if family == 4 {
         let a = src[3].to_ne_bytes();
         if flags & dropcfg::HAS_RATE_V4 == 0
@@ -1853,18 +1951,21 @@ fn over_rate(flags: u64, family: u8, src: &Addr, ifindex: u32, len: u64, now: u6
         let tat = if tat > now { tat } else { now };
         let interval = (*v).interval_ns;
         // A packet takes its interval; a byte limit's packet its length's worth, which must
-        // fit in the burst with it.
+        // fit in the burst with it. A GRO skb is its frames: all but its first must fit too.
         let (cost, ahead) = if (*v).unit == rate_unit::BYTES {
             let c = (len * interval) >> RATE_BYTE_SHIFT;
             (c, tat - now + c)
         } else {
-            (interval, tat - now)
+            (
+                interval * wire.frames,
+                tat - now + interval * (wire.frames - 1),
+            )
         };
         if ahead > (*v).burst_ns {
-            atomic_add(&raw mut (*v).packets, 1);
+            atomic_add(&raw mut (*v).packets, wire.frames);
             atomic_add(&raw mut (*v).bytes, len);
             (*v).last_hit_ns = now;
-            count_drop(ifindex, DIR_INGRESS, ban_kind::RATELIMIT, len);
+            count_drop(ifindex, DIR_INGRESS, ban_kind::RATELIMIT, wire);
             return true;
         }
         (*v).tat_ns = tat + cost;
@@ -1897,7 +1998,8 @@ unsafe fn atomic_add(dst: *mut u64, val: u64) {
 /// Counts a drop on the ban (an entry's counters atomically: any CPU may hit it; a
 /// NETMON_BANX4/6 slot's in this CPU's part of its counters) and per interface and kind.
 #[inline(always)]
-fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
+fn record_drop(ban: Ban, ifindex: u32, direction: u8, wire: Wire) {
+    let Wire { bytes: len, frames } = wire;
     let Ban {
         entry,
         hits,
@@ -1910,17 +2012,17 @@ fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
     // programs write them, and they do not interleave on the packet path.
     let kind = unsafe {
         if !entry.is_null() {
-            atomic_add(&raw mut (*entry).packets, 1);
+            atomic_add(&raw mut (*entry).packets, frames);
             atomic_add(&raw mut (*entry).bytes, len);
             (*entry).last_hit_ns = now;
             (*entry).kind
         } else {
             if !hits.is_null() {
                 if shared {
-                    atomic_add(&raw mut (*hits).packets, 1);
+                    atomic_add(&raw mut (*hits).packets, frames);
                     atomic_add(&raw mut (*hits).bytes, len);
                 } else {
-                    (*hits).packets += 1;
+                    (*hits).packets += frames;
                     (*hits).bytes += len;
                 }
                 (*hits).last_hit_ns = now;
@@ -1928,17 +2030,18 @@ fn record_drop(ban: Ban, ifindex: u32, direction: u8, len: u64) {
             kind
         }
     };
-    count_drop(ifindex, direction, kind, len);
+    count_drop(ifindex, direction, kind, wire);
 }
 
 /// Counts a drop per interface, direction and kind: an array slot, or the hash for the rest.
 #[inline(always)]
-fn count_drop(ifindex: u32, direction: u8, kind: u8, len: u64) {
+fn count_drop(ifindex: u32, direction: u8, kind: u8, wire: Wire) {
+    let Wire { bytes: len, frames } = wire;
     if let Some(slot) = drop_slot(ifindex, direction, kind) {
         if let Some(s) = NETMON_DROP_SLOTS.get_ptr_mut(slot) {
             // SAFETY: this CPU's slot.
             unsafe {
-                (*s).packets += 1;
+                (*s).packets += frames;
                 (*s).bytes += len;
             }
         }
@@ -1950,7 +2053,7 @@ fn count_drop(ifindex: u32, direction: u8, kind: u8, len: u64) {
         kind,
         ..zeroed()
     };
-    add_to_stats(&NETMON_DROPS, &key, len);
+    add_to_stats(&NETMON_DROPS, &key, len, frames);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -374,6 +374,14 @@ impl Pair {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        // TCP hands a veth (TSO on by default) 64 KiB skbs, which it passes to its peer whole
+        // and counts as one packet each; netmon counts the segments a NIC would send
+        // (`wire_frames` in netmon-ebpf). With TSO off the stack cuts them in software after
+        // the egress hook, so the veth counts, and its peer receives, what went on the "wire".
+        for (ns, ifname) in [(&p.a, &p.a_if), (&p.b, &p.b_if)] {
+            let i = ifname.clone();
+            ns.run(move || set_offload(&i, Offload::Tso, false));
+        }
         p.a_quiet_counters();
         p
     }
@@ -381,14 +389,16 @@ impl Pair {
     /// `a`'s veth counters from the kernel, in frame bytes (Ethernet header included), the
     /// unit netmon and physical NICs count in. veth's tx_bytes are frame bytes already, and
     /// so are its rx_bytes without XDP (netmon's default on a veth: the TC ingress hook) or
-    /// with XDP in generic mode; with native XDP (`--xdp-attach driver`) veth_xdp_rcv() counts them after
+    /// with XDP in generic mode; with native XDP (`--xdp-attach driver`), or with GRO on
+    /// (either puts receive on a NAPI ring), veth_xdp_rcv() counts them after
     /// __dev_forward_skb()'s eth_type_trans() pulled the 14-byte Ethernet header, so each
     /// received packet is short by exactly that header, which is added back.
     pub fn a_counters(&self) -> IfCounters {
         let link = self.a.link(&self.a_if);
         let raw = IfCounters::of(&link);
+        let name = self.a_if.clone();
         // XDP_ATTACHED_DRV: native XDP, as `ip link` says.
-        if link["xdp"]["mode"] != 1 {
+        if link["xdp"]["mode"] != 1 && !self.a.run(move || offload(&name, Offload::Gro)) {
             return raw;
         }
         IfCounters {
@@ -429,6 +439,69 @@ impl Pair {
             last = now;
         }
     }
+}
+
+/// An offload `set_offload` turns on or off.
+#[derive(Debug, Clone, Copy)]
+pub enum Offload {
+    /// TCP segmentation offload (every TSO feature).
+    Tso,
+    /// Generic receive offload: on a veth it also moves receive onto a NAPI ring.
+    Gro,
+}
+
+/// Turns `what` on or off on `name` in this thread's namespace, by the ethtool ioctl (the
+/// VM step's guests have no ethtool binary). Panics if the device refuses.
+pub fn set_offload(name: &str, what: Offload, on: bool) {
+    // ETHTOOL_STSO, ETHTOOL_SGRO.
+    let cmd = match what {
+        Offload::Tso => 0x1f,
+        Offload::Gro => 0x2c,
+    };
+    ethtool_value(name, cmd, u32::from(on));
+}
+
+/// Whether `what` is on on `name` in this thread's namespace.
+pub fn offload(name: &str, what: Offload) -> bool {
+    // ETHTOOL_GTSO, ETHTOOL_GGRO.
+    let cmd = match what {
+        Offload::Tso => 0x1e,
+        Offload::Gro => 0x2b,
+    };
+    ethtool_value(name, cmd, 0) != 0
+}
+
+/// The ethtool command `cmd` on `name` with a `struct ethtool_value` of `data`; returns the
+/// value the device left there. Panics if the device refuses.
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> u32 {
+    /// `struct ethtool_value`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut v = EthtoolValue { cmd, data };
+    // SAFETY: a plain socket call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a descriptor this function opened and nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    assert!(name.len() < req.ifr_name.len(), "{name}: name too long");
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut v).cast();
+    // SAFETY: SIOCETHTOOL reads and writes at most an ethtool_value for these commands.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    assert_eq!(
+        r,
+        0,
+        "ethtool command {cmd:#x} on {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    v.data
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

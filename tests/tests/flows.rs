@@ -165,6 +165,39 @@ fn tcp_ipv6_accepted_connection_is_attributed_to_the_server() {
     assert_eq!(c["process"], "nmt-server");
 }
 
+/// An skb counts as the frames it stands for, as a NIC counts them: a GSO skb sent (64 KiB
+/// of TCP, cut into segments in software after the egress hook: the pair's veths have TSO
+/// off) and a GRO skb received (`a`'s veth with GRO on merges the segments `b` sends before
+/// the TC ingress hook). Ground truth: the veth's counters, which count the segments, each
+/// with its headers. For IPv4 and IPv6, 2,000,000 bytes into `a` and 1,000,000 out.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn gso_and_gro_skbs_count_as_their_segments() {
+    let p = Pair::new("gro");
+    let i = p.a_if.clone();
+    p.a.run(move || set_offload(&i, Offload::Gro, true));
+    let d = Daemon::start(&p.a, &[&p.a_if], &[]);
+    for listen in ["198.18.0.1:5003", "[fd00:6e6d::1]:5003"] {
+        let server = Peer::spawn(
+            &p.a,
+            &["tcp-serve", "--listen", listen, "--reply", "1000000"],
+        );
+        let before = p.a_quiet_counters();
+        let client = Peer::spawn(&p.b, &["tcp-send", "--to", listen, "--bytes", "2000000"]);
+        let remote = client.local.clone();
+        client.finish();
+        let out = server.finish();
+        assert!(out.contains("received=2000000"), "{out}");
+        let truth = p.a_quiet_counters() - before;
+        let stats = d.fresh_stats(&p.a);
+        let c = find_conn(&stats, listen, &remote);
+        assert_eq!(conn_counters(c), truth, "{listen}: {c}");
+        // Each way at least a segment per 1,500 bytes (the link's MTU).
+        assert!(truth.rx_packets > 2_000_000 / 1500, "{truth:?}");
+        assert!(truth.tx_packets > 1_000_000 / 1500, "{truth:?}");
+    }
+}
+
 /// Two listeners on one port in two network namespaces (as two containers serving on the
 /// same port): a connection accepted by the first belongs to its server, although the other
 /// listened later and so holds the port's namespace-blind record.
@@ -1365,6 +1398,10 @@ fn status_and_flows_commands_say_what_is_active() {
 fn ingress_on_a_veth_is_tc_so_that_its_peer_keeps_tso() {
     use netmon::load::iface::{driver, tso_enabled};
     let p = Pair::new("xmode");
+    // TSO on, as a new veth has it (the suite's pairs turn it off).
+    for (ns, i) in [(&p.a, p.a_if.clone()), (&p.b, p.b_if.clone())] {
+        ns.run(move || set_offload(&i, Offload::Tso, true));
+    }
     let peer_tso = || {
         let i = p.b_if.clone();
         p.b.run(move || tso_enabled(&i))

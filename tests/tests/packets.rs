@@ -103,8 +103,14 @@ impl Progs {
 
     /// `pkt` through the loaded program `name` (XDP or TC).
     fn run_prog(&self, name: &str, pkt: &[u8]) -> u32 {
+        self.run_prog_ctx(name, pkt, None)
+    }
+
+    /// `run_prog` with a context for the program's run (a TC program's `__sk_buff`).
+    fn run_prog_ctx(&self, name: &str, pkt: &[u8], ctx: Option<&[u8]>) -> u32 {
         let opts = TestRunOptions {
             data_in: Some(pkt),
+            ctx_in: ctx,
             repeat: 1,
             ..Default::default()
         };
@@ -1731,6 +1737,81 @@ fn the_pulled_continuations_record_frames_as_the_programs_they_continue() {
             0,
             "linear frames are never pulled"
         );
+    }
+}
+
+/// A TC test run's `__sk_buff` (struct __sk_buff in linux/bpf.h, through `gso_size`) with
+/// these fields set and the rest zero, as the kernel requires of the others: the skb's
+/// length on the wire (`wire_len`, the queue's accounting; 0: the frame's own length), its
+/// GSO segment count and its segment size.
+fn skb_ctx(wire_len: u32, gso_segs: u32, gso_size: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 180];
+    for (offset, v) in [(160, wire_len), (164, gso_segs), (176, gso_size)] {
+        ctx[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    ctx
+}
+
+/// A GSO skb on its way out, or a GRO one received, counts in its flow as the frames it
+/// stands for, each with its headers: egress takes the kernel's `wire_len` and `gso_segs`;
+/// TC ingress takes `gso_segs` and the headers the frame begins with, or, where the count
+/// is missing (0, as in a tap's frames from a guest), the segments its segment size gives.
+/// An skb of one segment, and XDP's frame, count once.
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn gso_and_gro_skbs_count_as_the_frames_they_stand_for() {
+    let _ = PRIV;
+    let mut p = Progs::new(1024);
+    let data = vec![7u8; 2500];
+    // Each frame and the headers every segment of it carries: Ethernet, IP and TCP or UDP.
+    let frames = [
+        (
+            eth(
+                &[],
+                ETH_P_IP,
+                &ipv4(V4::default(), &tcp(40000, 443, 0x10, &data)),
+            ),
+            14 + 20 + 20,
+        ),
+        (
+            eth(&[], ETH_P_IPV6, &ipv6(6, &tcp(40000, 443, 0x10, &data))),
+            14 + 40 + 20,
+        ),
+        (
+            udp4_frame([198, 18, 0, 2], [198, 18, 0, 1], &udp(40000, 443, &data)),
+            14 + 20 + 8,
+        ),
+    ];
+    for (frame, hdr) in &frames {
+        let len = frame.len() as u64;
+        // 2,500 bytes in segments of 800: four (an XDP test run's frame stays within a
+        // page: longer ones it splits into fragments that a program without them does not see).
+        let four = (4, len + 3 * hdr);
+        let wire = (len + 3 * hdr) as u32;
+        for (prog, ctx, want) in [
+            ("netmon_tc_egress", skb_ctx(wire, 4, 800), four),
+            ("netmon_tc_egress", skb_ctx(0, 0, 0), (1, len)),
+            ("netmon_tc_ingress", skb_ctx(0, 4, 800), four),
+            ("netmon_tc_ingress", skb_ctx(0, 0, 800), four),
+            ("netmon_tc_ingress", skb_ctx(0, 1, 800), (1, len)),
+            ("netmon_tc_ingress", skb_ctx(0, 0, 0), (1, len)),
+        ] {
+            p.reset();
+            assert_eq!(p.run_prog_ctx(prog, frame, Some(&ctx)), TC_ACT_UNSPEC);
+            let flows = p.flows();
+            assert_eq!(flows.len(), 1, "{prog}: {flows:?}");
+            let s = flows[0].1;
+            assert_eq!(
+                (s.packets, s.bytes),
+                want,
+                "{prog}, {len}-byte frame, context {:?}",
+                &ctx[160..]
+            );
+        }
+        p.reset();
+        assert_eq!(p.run_prog("netmon_xdp", frame), XDP_PASS);
+        let s = p.flows()[0].1;
+        assert_eq!((s.packets, s.bytes), (1, len), "netmon_xdp");
     }
 }
 
