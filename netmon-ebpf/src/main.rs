@@ -979,9 +979,14 @@ fn wire_frames(ctx: &TcContext, ingress: bool, len: u64, p: &Parsed) -> Wire {
         }
         // SAFETY: as above.
         let segs = u64::from(unsafe { (*skb).gso_segs });
+        // Not GSO: a program before this one (another tool's, at TCX) made the frame shorter
+        // since the kernel's count.
+        if segs <= 1 {
+            return plain;
+        }
         return Wire {
             bytes: wire,
-            frames: if segs > 1 { segs } else { 1 },
+            frames: segs,
         };
     }
     // SAFETY: as above.

@@ -416,20 +416,17 @@ fn tcp_quality_is_what_the_sockets_owner_measures() {
     // counter moved by this connection alone), and the held connection's round-trip time
     // in the histogram, which takes a sample every tenth drain: in a sample taken since it
     // went idle, it lies in the bucket of the time its owner read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let count = |h: &[(f64, u64)]| h.last().map_or(0, |b| b.1);
-    let (text, idle) = loop {
-        let (_, text) = ns_get(&p.a, &d.api, "/metrics");
-        let h = histogram(&text);
-        if count(&h) > count(&idle_from) {
-            break (text, h);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no round-trip time sampled"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (text, idle) = wait_for(
+        15,
+        "a round-trip time sampled",
+        || d.log_text(),
+        || {
+            let (_, text) = ns_get(&p.a, &d.api, "/metrics");
+            let h = histogram(&text);
+            (count(&h) > count(&idle_from)).then_some((text, h))
+        },
+    );
     assert_eq!(
         metric(&text, "netmon_tcp_segments_total{kind=\"retransmitted\"}"),
         retrans
@@ -1711,27 +1708,20 @@ fn daemon_with_idle_flows(p: &Pair, extra: &[&str]) -> Daemon {
 fn expire_idle_flows(p: &Pair, d: &Daemon, done: impl Fn() -> bool) -> Value {
     std::fs::write(p.a.scratch.join("idle.toml"), "idle_timeout = \"1s\"\n").unwrap();
     sh(&["kill", "-HUP", &d.pid().to_string()]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !d.log_text().contains("SIGHUP: configuration reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload was not taken; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    loop {
-        let status = ns_json(&p.a, &d.api, "/api/status");
-        if u(&status["flows_expired"]) >= 2 && done() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle flows not expired: {status}; log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let log = || d.log_text();
+    wait_for(20, "the reload taken", log, || {
+        log()
+            .contains("SIGHUP: configuration reloaded")
+            .then_some(())
+    });
+    let status = std::cell::RefCell::new(Value::Null);
+    let log = || format!("last status: {}; log:\n{}", status.borrow(), d.log_text());
+    wait_for(20, "idle flows expired", log, || {
+        let s = ns_json(&p.a, &d.api, "/api/status");
+        let expired = u(&s["flows_expired"]) >= 2 && done();
+        *status.borrow_mut() = s;
+        expired.then(|| status.borrow().clone())
+    })
 }
 
 /// With `--flow-table lru`, IPv4 flows live in NETMON_FLOWS4 under a 20-byte key and IPv6
