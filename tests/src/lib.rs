@@ -471,37 +471,14 @@ pub fn offload(name: &str, what: Offload) -> bool {
     ethtool_value(name, cmd, 0) != 0
 }
 
-/// The ethtool command `cmd` on `name` with a `struct ethtool_value` of `data`; returns the
-/// value the device left there. Panics if the device refuses.
+/// `netmon::load::iface::ethtool_value`, which panics if the device refuses.
 fn ethtool_value(name: &str, cmd: u32, data: u32) -> u32 {
-    /// `struct ethtool_value`.
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let mut v = EthtoolValue { cmd, data };
-    // SAFETY: a plain socket call; the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a descriptor this function opened and nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; all zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    assert!(name.len() < req.ifr_name.len(), "{name}: name too long");
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&raw mut v).cast();
-    // SAFETY: SIOCETHTOOL reads and writes at most an ethtool_value for these commands.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
-    assert_eq!(
-        r,
-        0,
-        "ethtool command {cmd:#x} on {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    v.data
+    netmon::load::iface::ethtool_value(name, cmd, data).unwrap_or_else(|| {
+        panic!(
+            "ethtool command {cmd:#x} on {name}: {}",
+            std::io::Error::last_os_error()
+        )
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -271,18 +271,22 @@ pub fn driver(name: &str) -> Option<String> {
 
 /// Whether the interface segments TCP itself (TSO, `ETHTOOL_GTSO`), as `ethtool -k` shows it.
 pub fn tso_enabled(name: &str) -> Option<bool> {
+    const ETHTOOL_GTSO: u32 = 0x1e;
+    ethtool_value(name, ETHTOOL_GTSO, 0).map(|v| v != 0)
+}
+
+/// An ethtool command that takes a `struct ethtool_value` (the legacy get and set of one
+/// offload: `ETHTOOL_GTSO`, `ETHTOOL_SGRO`...) on `name` with `data`; the value the device
+/// left there, or None where it refused.
+pub fn ethtool_value(name: &str, cmd: u32, data: u32) -> Option<u32> {
     /// `struct ethtool_value`.
     #[repr(C)]
     struct Value {
         cmd: u32,
         data: u32,
     }
-    const ETHTOOL_GTSO: u32 = 0x1e;
-    let mut v = Value {
-        cmd: ETHTOOL_GTSO,
-        data: 0,
-    };
-    ethtool(name, &mut v).then_some(v.data != 0)
+    let mut v = Value { cmd, data };
+    ethtool(name, &mut v).then_some(v.data)
 }
 
 /// Notice of interfaces added, removed or changed (their flags: up, down), and of addresses
