@@ -378,12 +378,17 @@ impl Pair {
         // and counts as one packet each; netmon counts the segments a NIC would send
         // (`wire_frames` in netmon-ebpf). With TSO off the stack cuts them in software after
         // the egress hook, so the veth counts, and its peer receives, what went on the "wire".
-        for (ns, ifname) in [(&p.a, &p.a_if), (&p.b, &p.b_if)] {
-            let i = ifname.clone();
-            ns.run(move || set_offload(&i, Offload::Tso, false));
-        }
+        p.set_tso(false);
         p.a_quiet_counters();
         p
+    }
+
+    /// Turns TSO on or off on both ends.
+    pub fn set_tso(&self, on: bool) {
+        for (ns, ifname) in [(&self.a, &self.a_if), (&self.b, &self.b_if)] {
+            let i = ifname.clone();
+            ns.run(move || set_offload(&i, Offload::Tso, on));
+        }
     }
 
     /// `a`'s veth counters from the kernel, in frame bytes (Ethernet header included), the

@@ -1396,9 +1396,7 @@ fn ingress_on_a_veth_is_tc_so_that_its_peer_keeps_tso() {
     use netmon::load::iface::{driver, tso_enabled};
     let p = Pair::new("xmode");
     // TSO on, as a new veth has it (the suite's pairs turn it off).
-    for (ns, i) in [(&p.a, p.a_if.clone()), (&p.b, p.b_if.clone())] {
-        ns.run(move || set_offload(&i, Offload::Tso, true));
-    }
+    p.set_tso(true);
     let peer_tso = || {
         let i = p.b_if.clone();
         p.b.run(move || tso_enabled(&i))
