@@ -141,6 +141,14 @@ fn unmapped(a: [u8; 16]) -> Option<[u8; 4]> {
 /// header was truncated, or the IPv6 extension-header walk hit its bound.
 pub const FLOW_FLAG_NO_PORTS: u8 = 0x01;
 
+/// An egress flow of frames this host forwards (a container's or a VM's through a bridge or
+/// the routing table, a router's): the egress program saw a frame that had been received
+/// (`__sk_buff.ingress_ifindex`, the skb's `skb_iif`, is set), not one a local socket or the
+/// stack made. The same frames were counted where they came in, in an ingress flow whose
+/// local side (the destination) is not one of this host's addresses. Never on an ingress
+/// key: at ingress the hook cannot know where a frame goes.
+pub const FLOW_FLAG_FORWARDED: u8 = 0x02;
+
 /// Counters of one `FlowKey`. Times are CLOCK_MONOTONIC nanoseconds at the kernel's tick
 /// resolution (`bpf_ktime_get_coarse_ns`).
 #[repr(C)]

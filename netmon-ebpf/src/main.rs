@@ -56,11 +56,12 @@ use netmon_common::{
     AF_INET, AF_INET6, BANW4_SLOTS, BANW4_WAYS, BANW6_SLOTS, BANW6_WAYS, BANX_KIND, BANX_OVERFLOW,
     BANX4_SLOTS, BANX4_WAYS, BANX6_SLOTS, BANX6_WAYS, BanHits, BanKey4, BanKey6, BanPrefix4,
     BanPrefix6, BanSlot4, BanSlot6, BanValue, CpuState, DIR_EGRESS, DIR_INGRESS, DROP_SLOTS,
-    DropKey, FlowKey, FlowKey4, FlowStats, HOOK_TC, HOOK_XDP, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, IfaceStats, NsPortKey, PARSED_WORDS, PortKey, ProcInfo,
-    RATE_BYTE_SHIFT, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket, TabEvicted, TabSlot,
-    WideBucket4, WideBucket6, ban_kind, config, counter, drop_slot, dropcfg, is_icmp, rate_unit,
-    sock_offsets, tab_live_buckets, tab_place_live, tcp_state, tp_offsets, v4_mapped,
+    DropKey, FLOW_FLAG_FORWARDED, FlowKey, FlowKey4, FlowStats, HOOK_TC, HOOK_XDP, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IfaceStats, NsPortKey, PARSED_WORDS, PortKey,
+    ProcInfo, RATE_BYTE_SHIFT, RateValue, SockKey, TAB_LIVE_STRIDE, TAB_WAYS, TabBucket,
+    TabEvicted, TabSlot, WideBucket4, WideBucket6, ban_kind, config, counter, drop_slot, dropcfg,
+    is_icmp, rate_unit, sock_offsets, tab_live_buckets, tab_place_live, tcp_state, tp_offsets,
+    v4_mapped,
 };
 use parse::{Addr, NOTE_NONE, Packet, Parsed, addr_bytes, parse, parse_fast};
 
@@ -859,6 +860,13 @@ fn account<const TAB: bool>(
     } else {
         remote_port
     };
+    // An egress frame that was received first (a container's, a routed or bridged one)
+    // has the receiving device's index in its skb; one a local socket or the stack made has
+    // 0. Its flow is marked, and no local socket's owner is looked for (below).
+    let key_flags = match tc {
+        Some(ctx) if !ingress && forwarded(ctx) => p.flags | FLOW_FLAG_FORWARDED,
+        _ => p.flags,
+    };
     let epoch = config(config::EPOCH) as u32;
     let pkt = FlowPacket {
         len: wire.bytes,
@@ -880,7 +888,7 @@ fn account<const TAB: bool>(
             direction,
             proto: p.proto,
             family: 4,
-            flags: p.flags,
+            flags: key_flags,
             local_port,
             remote_port,
             local_addr: local_addr.to_ne_bytes(),
@@ -902,7 +910,7 @@ fn account<const TAB: bool>(
             direction,
             proto: p.proto,
             family: p.family,
-            flags: p.flags,
+            flags: key_flags,
             local_port,
             remote_port,
             local_addr: addr_bytes(*local_addr),
@@ -914,9 +922,11 @@ fn account<const TAB: bool>(
             record_flow(&NETMON_FLOWS6, &key, &pkt)
         }
     };
+    // (The skb's field read again, not a flag kept in a register across the update.)
     if fresh
         && !ingress
         && let Some(ctx) = tc
+        && !forwarded(ctx)
     {
         // Read from the parse again, here only: values kept from before the flow's update
         // would live in registers (or the stack) across all of it on every frame.
@@ -930,6 +940,15 @@ fn account<const TAB: bool>(
         }
     }
     Verdict::Pass
+}
+
+/// Whether the frame of a TC program's `ctx` was received by a device of this host before
+/// (`ingress_ifindex`, the skb's `skb_iif`, is set where a device received it and stays
+/// 0 for one a local socket or the stack made): at egress, a frame the host forwards.
+#[inline(always)]
+fn forwarded(ctx: &TcContext) -> bool {
+    // SAFETY: the program's own __sk_buff.
+    unsafe { (*ctx.skb.skb).ingress_ifindex != 0 }
 }
 
 /// One frame as a flow entry counts it.

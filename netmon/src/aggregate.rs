@@ -11,8 +11,8 @@ use std::{
 };
 
 use netmon_common::{
-    DIR_EGRESS, DIR_INGRESS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo, SockKey,
-    has_socket_owner, is_icmp, tcp_flags,
+    DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_FORWARDED, FlowKey, IPPROTO_TCP, IPPROTO_UDP, ProcInfo,
+    SockKey, has_socket_owner, is_icmp, tcp_flags,
 };
 use serde::Serialize;
 
@@ -62,14 +62,54 @@ pub const UNKNOWN_PROCESS: &str = "unknown";
 /// named (removed before the daemon looked, or no cgroup v2 hierarchy).
 pub const UNKNOWN_CGROUP: &str = "unknown";
 
-/// The process and cgroup labels of traffic owned by `owner`.
-fn labels(owner: Option<&Arc<Owner>>) -> (&str, &str) {
-    owner.map_or((UNKNOWN_PROCESS, UNKNOWN_CGROUP), |o| {
-        (
+/// Process and cgroup label for traffic the host forwards (`FlowEntry::forwarded`) whose
+/// socket is no process's in any of the host's namespaces: a container's unconnected UDP,
+/// a VM's, a router's traffic.
+pub const FORWARDED_PROCESS: &str = "forwarded";
+
+/// The process and cgroup labels of traffic owned by `owner`; without one, of traffic the
+/// host forwards (`forwarded`) or whose owner is not known.
+fn labels(owner: Option<&Arc<Owner>>, forwarded: bool) -> (&str, &str) {
+    match owner {
+        Some(o) => (
             o.comm.as_str(),
             o.cgroup.as_deref().unwrap_or(UNKNOWN_CGROUP),
-        )
-    })
+        ),
+        None if forwarded => (FORWARDED_PROCESS, FORWARDED_PROCESS),
+        None => (UNKNOWN_PROCESS, UNKNOWN_CGROUP),
+    }
+}
+
+/// Whether the egress program saw `key`'s frames forwarded (`FLOW_FLAG_FORWARDED`).
+pub fn is_forwarded(key: &FlowKey) -> bool {
+    key.flags & FLOW_FLAG_FORWARDED != 0
+}
+
+/// The addresses a frame may be for this host, by which a local port's owner may own it
+/// (IPv4 ones mapped into IPv6): the namespace's interface addresses and broadcast
+/// addresses, and every loopback and multicast address. Empty (not read yet, or unreadable):
+/// every address, as before there was a check.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalAddrs(std::collections::HashSet<[u8; 16]>);
+
+impl LocalAddrs {
+    pub fn new(addrs: impl IntoIterator<Item = [u8; 16]>) -> Self {
+        Self(addrs.into_iter().collect())
+    }
+
+    pub fn admits(&self, a: &[u8; 16]) -> bool {
+        if self.0.is_empty() || self.0.contains(a) {
+            return true;
+        }
+        match a {
+            // IPv4-mapped: 127/8, 224/4 and the limited broadcast address.
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b, ..] => {
+                *b == 127 || *b & 0xf0 == 224 || a[12..] == [255; 4]
+            }
+            // ::1 and ff00::/8.
+            _ => a[0] == 0xff || *a == std::net::Ipv6Addr::LOCALHOST.octets(),
+        }
+    }
 }
 
 /// A flow as the daemon tracks it; its key is the table's key.
@@ -83,6 +123,12 @@ pub struct FlowEntry {
     /// For an ingress flow: the table also holds the egress flow of the same tuple, so the
     /// connection is counted by that one (kept by `Tracker::link_twin`).
     pub egress_twin: bool,
+    /// Frames this host forwards: an egress flow the egress program marked
+    /// (`FLOW_FLAG_FORWARDED`), or an ingress flow to an address that is not the host's
+    /// (`LocalAddrs`, as the daemon knew them when the flow came). Without an owner (a
+    /// container's TCP socket is found by its tuple) its traffic is `FORWARDED_PROCESS`'s,
+    /// not `UNKNOWN_PROCESS`'s.
+    pub forwarded: bool,
     /// Bytes/s and packets/s over the last interval.
     pub rate_bps: f64,
     pub rate_pps: f64,
@@ -205,6 +251,9 @@ pub struct Tracker {
     generation: u64,
     /// Per-CPU table slots not kept in their flow's entry, per family (IPv4, IPv6).
     pub(crate) books: [crate::flowtab::SlotBook; 2],
+    /// The namespace's addresses, by which an ingress flow is seen to be forwarded
+    /// (`FlowEntry::forwarded`); empty: none is.
+    local: Arc<LocalAddrs>,
 }
 
 /// Byte/packet deltas credited to a process during one tick, for the metrics stage.
@@ -377,7 +426,7 @@ fn settle(
     credits.add(
         ledger,
         interval_s,
-        labels(e.owner.as_ref()),
+        labels(e.owner.as_ref(), e.forwarded),
         key.direction,
         e.pending_bytes,
         e.pending_packets,
@@ -685,6 +734,8 @@ impl Tracker {
                     last_ns,
                     tcp_flags: 0,
                     egress_twin: false,
+                    forwarded: is_forwarded(key)
+                        || (key.direction == DIR_INGRESS && !self.local.admits(&key.local_addr)),
                     rate_bps: 0.0,
                     rate_pps: 0.0,
                     owner: None,
@@ -858,6 +909,11 @@ impl Tracker {
         }
     }
 
+    /// Sets the namespace's addresses that new flows are judged by (`FlowEntry::forwarded`).
+    pub fn set_local(&mut self, local: Arc<LocalAddrs>) {
+        self.local = local;
+    }
+
     /// Flows in the table by family: (IPv4, IPv6), as the two kernel maps hold them.
     pub fn flows_by_family(&self) -> (usize, usize) {
         (self.flows_v4, self.flows.len() - self.flows_v4)
@@ -983,7 +1039,7 @@ impl Tracker {
                         out: &mut out,
                     },
                     interval_s,
-                    labels(e.owner.as_ref()),
+                    labels(e.owner.as_ref(), e.forwarded),
                     k.direction,
                     e.pending_bytes,
                     e.pending_packets,
@@ -1137,6 +1193,10 @@ pub struct Connection {
     /// Seconds between the first and the latest packet (0 for sockets without traffic).
     pub duration: f64,
     pub tcp_flags: String,
+    /// Frames this host forwards, not its own (`FlowEntry::forwarded`): a container's, a
+    /// VM's, a router's. Left out of the row when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forwarded: bool,
     /// Risk level, score and every reason with its points (`classify`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<crate::classify::score::Assessment>,
@@ -1271,6 +1331,7 @@ fn new_connection(proto: u8, local: ([u8; 16], u16), remote: ([u8; 16], u16)) ->
         recv_rate: 0.0,
         duration: 0.0,
         tcp_flags: String::new(),
+        forwarded: false,
         risk: None,
         tcp_quality: None,
         geo: None,
@@ -1369,6 +1430,7 @@ impl Tracker {
         parts.extend(chosen.enumerate().map(|(order, (k, e))| FlowPart {
             tuple: flow_tuple(k),
             ingress: k.direction == DIR_INGRESS,
+            forwarded: e.forwarded,
             tcp_flags: e.tcp_flags,
             order: order as u32,
             bytes: e.bytes,
@@ -1409,6 +1471,7 @@ impl Tracker {
 pub struct FlowPart {
     pub tuple: ConnKey,
     pub ingress: bool,
+    pub forwarded: bool,
     pub tcp_flags: u8,
     /// Its place in the copy: a connection's flows are summed in the table's order.
     order: u32,
@@ -1507,6 +1570,7 @@ impl Iterator for ConnectionRows<'_> {
                 .duration
                 .max(p.last_ns.saturating_sub(p.first_ns) as f64 / 1e9);
             flags |= p.tcp_flags;
+            c.forwarded |= p.forwarded;
             if c.pid.is_none()
                 && let Some(o) = &p.owner
             {
@@ -2102,6 +2166,69 @@ mod tests {
             );
         }
         assert!(more <= 1, "{more} lookups in 10 ticks");
+    }
+
+    /// Forwarded frames without an owner are the `forwarded` process's and cgroup's, not
+    /// `unknown`'s: an egress flow the program marked, and an ingress flow to an address that
+    /// is not the host's. An ingress flow to the host's address stays `unknown`'s, and a
+    /// forwarded flow whose socket is found (a container's connection) is its process's.
+    #[test]
+    fn forwarded_traffic_without_an_owner_is_labelled_forwarded() {
+        let mut t = Tracker::default();
+        // 198.18.0.1 is the host's (`key`'s local address); 198.18.0.9 a container's.
+        t.set_local(Arc::new(LocalAddrs::new([v4_mapped([198, 18, 0, 1])])));
+        let marked = FlowKey {
+            flags: FLOW_FLAG_FORWARDED,
+            ..key(DIR_EGRESS, 1)
+        };
+        let to_other = FlowKey {
+            local_addr: v4_mapped([198, 18, 0, 9]),
+            ..key(DIR_INGRESS, 2)
+        };
+        let to_host = key(DIR_INGRESS, 3);
+        let owned = FlowKey {
+            flags: FLOW_FLAG_FORWARDED,
+            ..key(DIR_EGRESS, 4)
+        };
+        for i in 1..=EAGER_TRIES as u64 {
+            let samples =
+                [marked, to_other, to_host, owned].map(|k| sample(k, 100 * i, i, i * SEC));
+            t.apply_flows(&samples, i * SEC, 1.0, 60 * SEC, |k| {
+                (k == &owned).then(|| owner(7, "app"))
+            });
+        }
+        let n = EAGER_TRIES as u64;
+        let fwd = &t.procs[FORWARDED_PROCESS];
+        assert_eq!((fwd.tx_bytes, fwd.rx_bytes), (100 * n, 100 * n));
+        let fwd = &t.cgroups[FORWARDED_PROCESS];
+        assert_eq!((fwd.tx_bytes, fwd.rx_bytes), (100 * n, 100 * n));
+        assert_eq!(
+            (
+                t.procs[UNKNOWN_PROCESS].tx_bytes,
+                t.procs[UNKNOWN_PROCESS].rx_bytes
+            ),
+            (0, 100 * n)
+        );
+        assert_eq!(t.procs["app"].tx_bytes, 100 * n);
+        let flagged: Vec<bool> = [marked, to_other, to_host, owned]
+            .iter()
+            .map(|k| t.flows[k].forwarded)
+            .collect();
+        assert_eq!(flagged, [true, true, false, true]);
+        let rows = t.connections(&[]);
+        let row = |local: &str| {
+            rows.iter()
+                .find(|c| c.local_address == local)
+                .unwrap_or_else(|| panic!("{local} in {rows:?}"))
+        };
+        assert!(row("198.18.0.1:1").forwarded);
+        assert!(row("198.18.0.9:2").forwarded);
+        assert!(!row("198.18.0.1:3").forwarded);
+        assert_eq!(row("198.18.0.1:4").process.as_deref(), Some("app"));
+        let json = serde_json::to_value(row("198.18.0.1:1")).unwrap();
+        assert_eq!(json["forwarded"], true);
+        let json = serde_json::to_value(row("198.18.0.1:3")).unwrap();
+        assert!(json.get("forwarded").is_none(), "{json}");
     }
 
     #[test]

@@ -434,6 +434,7 @@ impl Drain {
         let mut st = tracker.begin_tick(interval_s);
         let maps = &self.maps;
         let mut owners = maps.owner_lookup();
+        tracker.set_local(owners.local());
         // Each flow goes from the kernel straight into the table. The connection table is
         // built from it on request (api.rs), not every tick.
         if let Some(t) = &mut self.tables {
@@ -948,7 +949,7 @@ impl InterfaceWatch {
         drain
             .maps
             .owners()
-            .set_local(crate::drain::LocalAddrs::new(iface::local_addresses()));
+            .set_local(crate::aggregate::LocalAddrs::new(iface::local_addresses()));
         let old_hooks = attached.hooks.clone();
         let mut changed = false;
         let gone: Vec<u32> = attached

@@ -19,7 +19,7 @@ use netmon_common::{
     ProcInfo, SockKey, config, counter, has_socket_owner, is_icmp,
 };
 
-use crate::aggregate::FlowSample;
+use crate::aggregate::{FlowSample, LocalAddrs, is_forwarded};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -525,33 +525,6 @@ pub struct Owners {
     local: std::sync::RwLock<std::sync::Arc<LocalAddrs>>,
 }
 
-/// The addresses a frame may be for this host, by which a local port's owner may own it
-/// (IPv4 ones mapped into IPv6): the namespace's interface addresses and broadcast
-/// addresses, and every loopback and multicast address. Empty (not read yet, or unreadable):
-/// every address, as before there was a check.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LocalAddrs(std::collections::HashSet<[u8; 16]>);
-
-impl LocalAddrs {
-    pub fn new(addrs: impl IntoIterator<Item = [u8; 16]>) -> Self {
-        Self(addrs.into_iter().collect())
-    }
-
-    pub fn admits(&self, a: &[u8; 16]) -> bool {
-        if self.0.is_empty() || self.0.contains(a) {
-            return true;
-        }
-        match a {
-            // IPv4-mapped: 127/8, 224/4 and the limited broadcast address.
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b, ..] => {
-                *b == 127 || *b & 0xf0 == 224 || a[12..] == [255; 4]
-            }
-            // ::1 and ff00::/8.
-            _ => a[0] == 0xff || *a == std::net::Ipv6Addr::LOCALHOST.octets(),
-        }
-    }
-}
-
 /// `NETMON_UDP_PORTS`, the owners of UDP local ports indexed by the port, mapped read-only:
 /// a lookup is a read of memory, no system call.
 struct UdpPorts {
@@ -606,12 +579,15 @@ fn sock_key(key: &FlowKey) -> Option<SockKey> {
 
 /// The exact 4-tuple first, then the owner of the local port (listener, UDP sender); true
 /// when it is the port's. The port's owner only where the flow's local address is one this
-/// host takes traffic for (`LocalAddrs`): a frame the host forwards (a container's, seen on
-/// the bridge port with its destination as the local side) belongs to no local port, and a
+/// host takes traffic for (`LocalAddrs`) and the egress program did not see the frames
+/// forwarded (`forwarded`: `FLOW_FLAG_FORWARDED`): a frame the host forwards (a container's,
+/// seen on the bridge port with its destination as the local side, or leaving through the
+/// uplink with the host's address put in by masquerading) belongs to no local port, and a
 /// host process that happened to use its port number took it.
 fn resolve(
     sk: &SockKey,
     local: &LocalAddrs,
+    forwarded: bool,
     by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
     by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
 ) -> Option<(ProcInfo, bool)> {
@@ -623,7 +599,7 @@ fn resolve(
     {
         return Some((p, false));
     }
-    if !local.admits(&sk.local_addr) {
+    if forwarded || !local.admits(&sk.local_addr) {
         return None;
     }
     by_port(&PortKey {
@@ -638,11 +614,12 @@ impl Owners {
     /// The process that owned the socket behind a flow, as recorded by the kernel hooks:
     /// the exact 4-tuple first, then the owner of the local port (listener, UDP sender).
     pub fn owner(&self, key: &FlowKey) -> Option<ProcInfo> {
-        self.sock_owner(&sock_key(key)?)
+        self.resolve(&sock_key(key)?, &self.local(), is_forwarded(key))
+            .map(|(p, _)| p)
     }
 
     pub fn sock_owner(&self, sk: &SockKey) -> Option<ProcInfo> {
-        self.resolve(sk, &self.local()).map(|(p, _)| p)
+        self.resolve(sk, &self.local(), false).map(|(p, _)| p)
     }
 
     /// The namespace's addresses as last set (`set_local`).
@@ -660,10 +637,16 @@ impl Owners {
     }
 
     /// `sock_owner`, and whether it is the local port's owner rather than the socket's own.
-    fn resolve(&self, sk: &SockKey, local: &LocalAddrs) -> Option<(ProcInfo, bool)> {
+    fn resolve(
+        &self,
+        sk: &SockKey,
+        local: &LocalAddrs,
+        forwarded: bool,
+    ) -> Option<(ProcInfo, bool)> {
         resolve(
             sk,
             local,
+            forwarded,
             |k| self.sock_proc.get(k, 0).ok(),
             |k| self.port_owner(k, |k| self.port_owner.get(k, 0).ok()),
         )
@@ -761,6 +744,11 @@ impl<'a> OwnerLookup<'a> {
         }
     }
 
+    /// The namespace's addresses this drain's lookups go by.
+    pub fn local(&self) -> std::sync::Arc<LocalAddrs> {
+        self.local.clone()
+    }
+
     /// The owner of `key`'s socket, marked `by_port` when it is the local port's owner (a
     /// listener, a UDP sender) rather than the socket's own record.
     pub fn owner(&mut self, key: &FlowKey) -> Option<crate::aggregate::Owner> {
@@ -773,6 +761,7 @@ impl<'a> OwnerLookup<'a> {
 
     fn resolve(&mut self, key: &FlowKey) -> Option<(ProcInfo, bool)> {
         let sk = sock_key(key)?;
+        let forwarded = is_forwarded(key);
         if self.copy.is_none() && !self.copy_failed && self.direct >= Self::DIRECT {
             match self.owners.copy() {
                 Ok(c) => self.copy = Some(c),
@@ -788,12 +777,13 @@ impl<'a> OwnerLookup<'a> {
             Some(c) => resolve(
                 &sk,
                 &self.local,
+                forwarded,
                 |k| c.sock.get(k).copied(),
                 |k| self.owners.port_owner(k, |k| c.port.get(k).copied()),
             ),
             None => {
                 self.direct += 1;
-                self.owners.resolve(&sk, &self.local)
+                self.owners.resolve(&sk, &self.local, forwarded)
             }
         }
     }
@@ -858,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ports_owner_owns_only_flows_to_a_local_address() {
+    fn a_ports_owner_owns_only_flows_to_a_local_address_not_forwarded() {
         let owner = ProcInfo {
             pid: 7,
             ..Default::default()
@@ -873,12 +863,21 @@ mod tests {
             ..Default::default()
         };
         let by_port = |_: &PortKey| Some(owner);
-        let mine = resolve(&key(v4([10, 78, 0, 1])), &local, |_| None, by_port);
+        let mine = resolve(&key(v4([10, 78, 0, 1])), &local, false, |_| None, by_port);
         assert_eq!(mine.map(|(p, port)| (p.pid, port)), Some((7, true)));
-        let forwarded = resolve(&key(v4([10, 78, 0, 2])), &local, |_| None, by_port);
+        let forwarded = resolve(&key(v4([10, 78, 0, 2])), &local, false, |_| None, by_port);
         assert!(forwarded.is_none());
+        // Forwarded frames the host's address was put in (masquerading): no port's either.
+        let masqueraded = resolve(&key(v4([10, 78, 0, 1])), &local, true, |_| None, by_port);
+        assert!(masqueraded.is_none());
         // The socket's own record holds whatever the address.
-        let own = resolve(&key(v4([10, 78, 0, 2])), &local, |_| Some(owner), by_port);
+        let own = resolve(
+            &key(v4([10, 78, 0, 2])),
+            &local,
+            false,
+            |_| Some(owner),
+            by_port,
+        );
         assert_eq!(own.map(|(p, port)| (p.pid, port)), Some((7, false)));
     }
 }

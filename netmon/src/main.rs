@@ -663,7 +663,12 @@ fn print_flows(v: &serde_json::Value) {
                 .as_u64()
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            s("process"),
+            match c["process"].as_str() {
+                Some(p) => p,
+                // Frames the host forwards, of no process of its.
+                None if c["forwarded"] == true => "(forwarded)",
+                None => "-",
+            },
             human_bytes(n("bytes_sent")),
             human_bytes(n("bytes_recv")),
             human_bytes(n("send_rate")),

@@ -11,8 +11,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use netmon_common::{
-    CpuState, DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_NO_PORTS, FlowKey, FlowKey4, FlowStats, counter,
-    v4_mapped,
+    CpuState, DIR_EGRESS, DIR_INGRESS, FLOW_FLAG_FORWARDED, FLOW_FLAG_NO_PORTS, FlowKey, FlowKey4,
+    FlowStats, counter, v4_mapped,
 };
 use netmon_tests::{PinDir, packet::*, require_root};
 
@@ -1815,6 +1815,45 @@ fn gso_and_gro_skbs_count_as_the_frames_they_stand_for() {
         assert_eq!(p.run_prog("netmon_xdp", frame), XDP_PASS);
         let s = p.flows()[0].1;
         assert_eq!((s.packets, s.bytes), (1, len), "netmon_xdp");
+    }
+}
+
+/// A frame the host forwards (its skb carries the index of the device it came in by,
+/// `__sk_buff.ingress_ifindex`) is marked in its egress flow, IPv4 and IPv6 alike; one a
+/// local socket or the stack sent (index 0) is not, nor is any frame at the ingress hooks,
+/// which cannot know where a frame goes (at TC ingress every skb has the index).
+#[test]
+#[ignore = "privileged: loads eBPF programs; run by `cargo xtask test`"]
+fn forwarded_frames_are_marked_in_their_egress_flow() {
+    let _ = PRIV;
+    let mut p = Progs::new(1024);
+    let frames = [
+        udp4_frame([198, 18, 0, 2], [198, 18, 0, 1], &udp(40000, 443, b"fwd")),
+        eth(&[], ETH_P_IPV6, &ipv6(6, &tcp(40000, 443, 0x10, b"fwd"))),
+    ];
+    for frame in &frames {
+        for (prog, came_in_by, want) in [
+            ("netmon_tc_egress", 7, FLOW_FLAG_FORWARDED),
+            ("netmon_tc_egress", 0, 0),
+            ("netmon_tc_ingress", 7, 0),
+        ] {
+            p.reset();
+            let mut ctx = skb_ctx(0, 0, 0);
+            // struct __sk_buff: ingress_ifindex after len, pkt_type, mark, queue_mapping,
+            // protocol, vlan_present, vlan_tci, vlan_proto and priority.
+            ctx[36..40].copy_from_slice(&u32::to_ne_bytes(came_in_by));
+            assert_eq!(p.run_prog_ctx(prog, frame, Some(&ctx)), TC_ACT_UNSPEC);
+            let flows = p.flows();
+            assert_eq!(flows.len(), 1, "{prog}: {flows:?}");
+            assert_eq!(
+                flows[0].0.flags, want,
+                "{prog}, received by ifindex {came_in_by}: {:?}",
+                flows[0].0
+            );
+        }
+        p.reset();
+        assert_eq!(p.run_prog("netmon_xdp", frame), XDP_PASS);
+        assert_eq!(p.flows()[0].0.flags, 0, "netmon_xdp");
     }
 }
 

@@ -42,11 +42,18 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     // Prometheus and promtool for tests/tests/prometheus.rs, and a real SMTP server
     // (aiosmtpd) for the email sink in tests/tests/response.rs: real parts, not mocks;
     // openssl makes the certificate the Prometheus test's agents serve HTTPS with;
-    // systemd-analyze checks the shipped unit.
+    // systemd-analyze checks the shipped unit; nft masquerades a container's traffic in
+    // tests/tests/flows.rs.
     crate::setup::apt_install(
-        &["prometheus", "python3-aiosmtpd", "openssl", "systemd"],
-        "the Prometheus, alert-sink and unit tests (prometheus, promtool, aiosmtpd, openssl, \
-         systemd-analyze)",
+        &[
+            "prometheus",
+            "python3-aiosmtpd",
+            "openssl",
+            "systemd",
+            "nftables",
+        ],
+        "the Prometheus, alert-sink, unit and NAT tests (prometheus, promtool, aiosmtpd, \
+         openssl, systemd-analyze, nft)",
     )?;
 
     // Every test executable built first: the guests below must not boot while the

@@ -22,11 +22,19 @@ pub const KERNELS: &[&str] = &["linux-image-cloud-amd64", "linux-image-6.12-clou
 
 /// xz-utils: newer kernel packages ship their modules xz-compressed, and busybox's insmod
 /// loads only plain ELF modules.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
+/// nftables: the guest's `nft` (a container host's masquerading, in the flows suite).
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "nftables",
+];
 /// Modules the tests need that Debian's cloud kernel builds as modules, in load order (the
 /// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first, bridge stp and
-/// llc). The diag modules give sock_diag, which lists idle sockets; bridge, a container
-/// host's bridge.
+/// llc, nf_tables nfnetlink and libcrc32c, nf_conntrack the defrag modules, nft_masq
+/// nf_tables and nf_nat, nf_nat nf_conntrack). The diag modules give sock_diag, which lists
+/// idle sockets; bridge, a container host's bridge; the netfilter ones, its masquerading.
 const MODULES: &[&str] = &[
     "drivers/net/veth.ko",
     "net/sched/sch_ingress.ko",
@@ -37,6 +45,15 @@ const MODULES: &[&str] = &[
     "net/llc/llc.ko",
     "net/802/stp.ko",
     "net/bridge/bridge.ko",
+    "lib/libcrc32c.ko",
+    "net/netfilter/nfnetlink.ko",
+    "net/netfilter/nf_tables.ko",
+    "net/ipv4/netfilter/nf_defrag_ipv4.ko",
+    "net/ipv6/netfilter/nf_defrag_ipv6.ko",
+    "net/netfilter/nf_conntrack.ko",
+    "net/netfilter/nf_nat.ko",
+    "net/netfilter/nft_chain_nat.ko",
+    "net/netfilter/nft_masq.ko",
 ];
 /// Per boot: TCG is slow (on a 2-CPU host the three suites take ~2.5 min alone, ~3 while
 /// the host's suites run alongside, CI of 2026-12-07); this only catches a hung guest.
@@ -286,9 +303,9 @@ fn build_initramfs(kernel_root: &Path, netmon_bin: &Path, filter: Option<&str>) 
             std::os::unix::fs::symlink("busybox", link)?;
         }
     }
-    // iproute2's ip (busybox's ignores `peer name` and has no netns), tc, bpftool: these
-    // go first in PATH order (usr/sbin) over busybox's applets of the same name.
-    for tool in ["ip", "tc", "bpftool"] {
+    // iproute2's ip (busybox's ignores `peer name` and has no netns), tc, bpftool, nft:
+    // these go first in PATH order (usr/sbin) over busybox's applets of the same name.
+    for tool in ["ip", "tc", "bpftool", "nft"] {
         let src = which(tool)?;
         let dst = PathBuf::from("/usr/sbin").join(tool);
         let _ = fs::remove_file(root.join("bin").join(tool));
