@@ -129,6 +129,8 @@ pub struct FlowEntry {
     /// container's TCP socket is found by its tuple) its traffic is `FORWARDED_PROCESS`'s,
     /// not `UNKNOWN_PROCESS`'s.
     pub forwarded: bool,
+    /// Its owner is to be looked for again at the end of this drain (see `settle`).
+    recheck: bool,
     /// Bytes/s and packets/s over the last interval.
     pub rate_bps: f64,
     pub rate_pps: f64,
@@ -407,11 +409,29 @@ fn settle(
     let attributable = has_socket_owner(key.proto);
     if e.owner.is_none() && attributable {
         if should_try(e.attrib_tries) {
-            e.owner = lookup(key)
-                .filter(|o| {
-                    !(o.by_port && key.proto == IPPROTO_TCP && e.attrib_tries < TCP_EXACT_TRIES)
-                })
-                .map(Arc::new);
+            // A forwarded flow is asked for as one (`FLOW_FLAG_FORWARDED`): no local port's.
+            let probe = FlowKey {
+                flags: key.flags | if e.forwarded { FLOW_FLAG_FORWARDED } else { 0 },
+                ..*key
+            };
+            let found = lookup(&probe).filter(|o| {
+                !(o.by_port && key.proto == IPPROTO_TCP && e.attrib_tries < TCP_EXACT_TRIES)
+            });
+            // Datagrams received on a UDP port that has an owner may be the replies to
+            // datagrams the host masquerades (sent on from its address and that port),
+            // whose forwarded egress flow the same drain may bring after them: the port's
+            // owner is taken at the end of the drain (`recheck`), when `Tracker::twin_forwarded`
+            // can tell, not on the flow's first try.
+            e.owner = if found.as_ref().is_some_and(|o| o.by_port)
+                && key.direction == DIR_INGRESS
+                && key.proto == IPPROTO_UDP
+                && e.attrib_tries == 0
+            {
+                e.recheck = true;
+                None
+            } else {
+                found.map(Arc::new)
+            };
             *generation += u64::from(e.owner.is_some());
         }
         e.attrib_tries += 1;
@@ -736,6 +756,7 @@ impl Tracker {
                     egress_twin: false,
                     forwarded: is_forwarded(key)
                         || (key.direction == DIR_INGRESS && !self.local.admits(&key.local_addr)),
+                    recheck: false,
                     rate_bps: 0.0,
                     rate_pps: 0.0,
                     owner: None,
@@ -763,8 +784,10 @@ impl Tracker {
     ) {
         let tick = self.tick;
         let interval_s = st.interval_s;
+        let twin_forwarded = self.twin_forwarded(&s.key, &self.flows[i]);
         let out = &mut st.out;
         let e = &mut self.flows[i];
+        e.forwarded |= twin_forwarded;
         // A second slot of the flow in this drain (another CPU's).
         let again = delta && e.seen_tick == tick;
         let (db, dp) = if delta {
@@ -909,6 +932,24 @@ impl Tracker {
         }
     }
 
+    /// Whether `key`, an ingress flow `e` still looking for its owner, is the other
+    /// direction of a flow the egress program saw forwarded (the same tuple on the same
+    /// interface: the replies to masqueraded traffic, or destination-NAT'd requests, which
+    /// arrive addressed to the host): then its frames are forwarded too. A lookup of the
+    /// table only on the drains that try for an owner.
+    fn twin_forwarded(&self, key: &FlowKey, e: &FlowEntry) -> bool {
+        key.direction == DIR_INGRESS
+            && !e.forwarded
+            && e.owner.is_none()
+            && should_try(e.attrib_tries)
+            && has_socket_owner(key.proto)
+            && self.flows.contains_key(&FlowKey {
+                direction: DIR_EGRESS,
+                flags: key.flags | FLOW_FLAG_FORWARDED,
+                ..*key
+            })
+    }
+
     /// Sets the namespace's addresses that new flows are judged by (`FlowEntry::forwarded`).
     pub fn set_local(&mut self, local: Arc<LocalAddrs>) {
         self.local = local;
@@ -978,35 +1019,42 @@ impl Tracker {
         // The flows still waiting that this drain did not see: looked up by key when few,
         // found in one pass over the table when many (a burst of new flows waits for owners
         // for a few drains; a lookup per flow would miss the cache for each).
+        // (And those seen whose owner is to be looked for again now: see `settle`.)
         let waiting: Vec<FlowKey> = if self.pending.len() > self.flows.len() / 16 {
             self.flows
                 .iter()
-                .filter(|(_, e)| e.waiting && e.seen_tick != tick)
+                .filter(|(_, e)| e.waiting && (e.seen_tick != tick || e.recheck))
                 .map(|(k, _)| *k)
                 .collect()
         } else {
             self.pending.iter().copied().collect()
         };
         for k in waiting {
-            let Some(e) = self.flows.get_mut(&k) else {
+            let Some(i) = self.flows.get_index_of(&k) else {
                 self.pending.remove(&k);
                 continue;
             };
-            if e.seen_tick != tick
-                && !settle(
-                    &k,
-                    e,
-                    &mut Ledger {
-                        procs: &mut self.procs,
-                        cgroups: &mut self.cgroups,
-                        out: &mut out,
-                    },
-                    &mut credits,
-                    interval_s,
-                    &mut lookup,
-                    &mut self.generation,
-                )
-            {
+            let e = &self.flows[i];
+            if e.seen_tick == tick && !e.recheck {
+                continue;
+            }
+            let twin_forwarded = self.twin_forwarded(&k, e);
+            let e = &mut self.flows[i];
+            e.forwarded |= twin_forwarded;
+            e.recheck = false;
+            if !settle(
+                &k,
+                e,
+                &mut Ledger {
+                    procs: &mut self.procs,
+                    cgroups: &mut self.cgroups,
+                    out: &mut out,
+                },
+                &mut credits,
+                interval_s,
+                &mut lookup,
+                &mut self.generation,
+            ) {
                 e.waiting = false;
                 self.pending.remove(&k);
             }
@@ -2229,6 +2277,51 @@ mod tests {
         assert_eq!(json["forwarded"], true);
         let json = serde_json::to_value(row("198.18.0.1:3")).unwrap();
         assert!(json.get("forwarded").is_none(), "{json}");
+    }
+
+    /// Datagrams received on a UDP port that a process owns are that process's, found in the
+    /// drain that brought them; unless the same drain also brings, after them, a forwarded
+    /// egress flow of the same tuple: then they are the replies to datagrams the host
+    /// masquerades (sent on from its address and that port), and forwarded too. The lookup
+    /// for a forwarded flow says so (`FLOW_FLAG_FORWARDED`), and a port's owner never owns
+    /// one (`drain::resolve`): here the lookup plays that part.
+    #[test]
+    fn replies_to_masqueraded_datagrams_are_not_the_udp_ports_owners() {
+        let udp = |dir, lport| FlowKey {
+            proto: IPPROTO_UDP,
+            ..key(dir, lport)
+        };
+        let by_port = |k: &FlowKey| {
+            (!is_forwarded(k)).then(|| Owner {
+                by_port: true,
+                ..owner(5, "dns")
+            })
+        };
+        let mut t = Tracker::default();
+        let served = udp(DIR_INGRESS, 53);
+        t.apply_flows(&[sample(served, 100, 1, SEC)], SEC, 1.0, 60 * SEC, by_port);
+        assert_eq!(t.flows[&served].owner.as_ref().map(|o| o.pid), Some(5));
+        assert_eq!(t.procs["dns"].rx_bytes, 100);
+
+        let mut t = Tracker::default();
+        let replies = udp(DIR_INGRESS, 40000);
+        let masqueraded = FlowKey {
+            flags: FLOW_FLAG_FORWARDED,
+            ..udp(DIR_EGRESS, 40000)
+        };
+        for i in 1..=EAGER_TRIES as u64 {
+            let samples = [
+                sample(replies, 100 * i, i, i * SEC),
+                sample(masqueraded, 100 * i, i, i * SEC),
+            ];
+            t.apply_flows(&samples, i * SEC, 1.0, 60 * SEC, by_port);
+        }
+        let n = EAGER_TRIES as u64;
+        assert!(t.flows[&replies].owner.is_none());
+        assert!(t.flows[&replies].forwarded);
+        assert!(!t.procs.contains_key("dns"), "{:?}", t.procs);
+        let fwd = &t.procs[FORWARDED_PROCESS];
+        assert_eq!((fwd.rx_bytes, fwd.tx_bytes), (100 * n, 100 * n));
     }
 
     #[test]

@@ -982,12 +982,13 @@ fn a_bridge_is_counted_through_its_ports_once() {
 }
 
 /// Frames the host forwards and masquerades leave with its own address as their source, so
-/// their egress flow looks like one of its sockets': the egress program's mark keeps them
-/// from the process that owns the port number they leave from. "Container" C's 200
-/// datagrams from port 7300 reach "outside" O through H, which masquerades them behind
-/// 10.78.0.1 (nftables); a process of H's sent one datagram from 10.78.0.1:7300 before, so
-/// owns that port. The masqueraded flow (10.78.0.1:7300 to O) is forwarded, of no process,
-/// and that process's total is its own datagram alone.
+/// their egress flow looks like one of its sockets', and the replies arrive addressed to
+/// it: the egress program's mark keeps both from the process that owns the port number
+/// they use. "Container" C's 200 datagrams from port 7300 reach "outside" O through H,
+/// which masquerades them behind 10.78.0.1 (nftables), and O's 50 replies come back; a
+/// process of H's sent one datagram from 10.78.0.1:7300 before, so owns that port. The
+/// masqueraded flow (10.78.0.1:7300 to O, both ways) is forwarded, of no process, and that
+/// process's total is its own datagram alone.
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
@@ -1059,6 +1060,37 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
     assert!(sent.contains("sent=200"), "{sent}");
     // Every datagram reached O, from H's address: masqueraded.
     assert!(received.contains("received=200"), "{received}");
+    // O's 50 replies, to H's address and port, reach C once H has undone the NAT: at eH
+    // they arrive addressed to H, as H's own would.
+    let rx = Peer::spawn(
+        &c,
+        &[
+            "udp-recv",
+            "--listen",
+            "10.77.0.2:7300",
+            "--count",
+            "50",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    let tx = Peer::spawn(
+        &o,
+        &[
+            "udp-send",
+            "--to",
+            "10.78.0.1:7300",
+            "--bind",
+            "10.78.0.2:7300",
+            "--count",
+            "50",
+            "--size",
+            "100",
+        ],
+    );
+    let (sent, received) = (tx.finish(), rx.finish());
+    assert!(sent.contains("sent=50"), "{sent}");
+    assert!(received.contains("received=50"), "{received}");
     let stats = d.fresh_stats(&h);
     let mine = find_conn(&stats, "10.78.0.1:7300", "10.78.0.2:7399");
     assert_eq!(
@@ -1077,6 +1109,9 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
         (200, &true.into(), &Value::Null, &Value::Null),
         "{out}"
     );
+    // The replies' row is the masqueraded one (the same tuple on eH), now with what came
+    // back: forwarded too, and still no process's.
+    assert_eq!(u(&out["packets_recv"]), 50, "{out}");
     let procs = wait_for(
         10,
         "the datagrams in the processes' totals",
@@ -1085,7 +1120,8 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
             let stats = d.fresh_stats(&h);
             let procs = stats["processes"].as_array().unwrap().clone();
             let forwarded = procs.iter().find(|p| p["process"] == "forwarded")?;
-            (u(&forwarded["packets_sent"]) >= 200).then_some(procs)
+            (u(&forwarded["packets_sent"]) >= 250 && u(&forwarded["packets_recv"]) >= 250)
+                .then_some(procs)
         },
     );
     let mq = procs.iter().find(|p| p["process"] == "nmt-mqport");
