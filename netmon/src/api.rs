@@ -322,6 +322,20 @@ impl ConnFilter {
         })
     }
 
+    /// Whether `c` is of the process asked for: its owner's command name, or for a row
+    /// without an owner the label its traffic has in the processes' totals, `forwarded`
+    /// (frames the host forwards) or `unknown`.
+    fn admits_process(&self, c: &Connection) -> bool {
+        let Some(want) = &self.process else {
+            return true;
+        };
+        match &c.process {
+            Some(name) => name == want,
+            None if c.forwarded => want == aggregate::FORWARDED_PROCESS,
+            None => want == aggregate::UNKNOWN_PROCESS,
+        }
+    }
+
     /// Whether the rows can be chosen from the flows' activity alone (no row criterion).
     fn by_tuple_only(&self) -> bool {
         self.process.is_none() && self.level.is_none()
@@ -470,8 +484,8 @@ fn write_network_stats(
         }
     };
     let anon = *s.anonymize.read().expect("lock not poisoned");
-    let mut rows = aggregate::connection_rows(&mut parts, &mut sockets)
-        .filter(|c| filter.process.is_none() || c.process == filter.process);
+    let mut rows =
+        aggregate::connection_rows(&mut parts, &mut sockets).filter(|c| filter.admits_process(c));
     // The next batch of rows the criteria admit, under the classifier's lock when it is
     // needed: for a level criterion, and to assess the rows when `assess` is given.
     let mut next_batch = |assess: bool| {
@@ -846,6 +860,60 @@ mod tests {
             serde_json::from_str(&document(&shared, "process=db&limit=700")).unwrap();
         assert_eq!(rows(&doc), want_rows(&busiest_db));
         assert_eq!(doc["connections_total"], db.len());
+    }
+
+    /// `process=` takes the labels of the processes' totals for rows without an owner:
+    /// `forwarded` for frames the host forwards, `unknown` for the rest.
+    #[test]
+    fn rows_without_an_owner_are_asked_for_by_their_label() {
+        use netmon_common::{DIR_EGRESS, FLOW_FLAG_FORWARDED, FlowKey, IPPROTO_UDP, v4_mapped};
+        let key = |lport: u16, flags: u8| FlowKey {
+            ifindex: 2,
+            direction: DIR_EGRESS,
+            proto: IPPROTO_UDP,
+            family: 4,
+            flags,
+            local_port: lport,
+            remote_port: 53,
+            local_addr: v4_mapped([198, 18, 0, 1]),
+            remote_addr: v4_mapped([198, 18, 0, 2]),
+        };
+        let (owned, unowned, forwarded) = (key(1, 0), key(2, 0), key(3, FLOW_FLAG_FORWARDED));
+        let mut t = Tracker::default();
+        let samples = [owned, unowned, forwarded].map(|key| aggregate::FlowSample {
+            key,
+            bytes: 100,
+            packets: 1,
+            first_ns: 1,
+            last_ns: 2,
+            tcp_flags: 0,
+        });
+        t.apply_flows(&samples, 2, 1.0, u64::MAX, |k| {
+            (k.local_port == 1).then(|| aggregate::Owner {
+                pid: 7,
+                uid: 0,
+                cgroup_id: 1,
+                cgroup: None,
+                comm: "app".into(),
+                by_port: false,
+            })
+        });
+        let rows = t.connections(&[]);
+        let chosen = |process: &str| -> Vec<String> {
+            let q = StatsQuery {
+                process: Some(process.into()),
+                ..Default::default()
+            };
+            let f = ConnFilter::of(&q).unwrap();
+            rows.iter()
+                .filter(|c| f.admits_process(c))
+                .map(|c| c.local_address.clone())
+                .collect()
+        };
+        assert_eq!(chosen("app"), ["198.18.0.1:1"]);
+        assert_eq!(chosen("unknown"), ["198.18.0.1:2"]);
+        assert_eq!(chosen("forwarded"), ["198.18.0.1:3"]);
+        assert!(chosen("db").is_empty());
     }
 
     /// Over HTTP the document comes in chunks, as written; a client that goes away in the
