@@ -2221,6 +2221,38 @@ mod tests {
         assert!(more <= 1, "{more} lookups in 10 ticks");
     }
 
+    #[test]
+    fn local_addrs_admit_the_hosts_loopback_multicast_and_broadcast_addresses() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let local = LocalAddrs::new([
+            v4_mapped([10, 78, 0, 1]),
+            v4_mapped([10, 78, 0, 255]),
+            v6("fd00::1"),
+        ]);
+        for a in [
+            v4_mapped([10, 78, 0, 1]),
+            v4_mapped([10, 78, 0, 255]),
+            v4_mapped([127, 0, 0, 2]),
+            v4_mapped([224, 0, 0, 251]),
+            v4_mapped([239, 1, 2, 3]),
+            v4_mapped([255, 255, 255, 255]),
+            v6("fd00::1"),
+            v6("::1"),
+            v6("ff02::fb"),
+        ] {
+            assert!(local.admits(&a), "{a:?}");
+        }
+        for a in [
+            v4_mapped([10, 78, 0, 2]),
+            v4_mapped([10, 77, 0, 2]),
+            v6("fd00::2"),
+        ] {
+            assert!(!local.admits(&a), "{a:?}");
+        }
+        // Not read (yet): every address.
+        assert!(LocalAddrs::default().admits(&v4_mapped([10, 77, 0, 2])));
+    }
+
     /// Forwarded frames without an owner are the `forwarded` process's and cgroup's, not
     /// `unknown`'s: an egress flow the program marked, and an ingress flow to an address that
     /// is not the host's. An ingress flow to the host's address stays `unknown`'s, and a
