@@ -770,6 +770,53 @@ fn udp_datagrams_counted_to_the_byte(name: &str, extra: &[&str]) {
     }
 }
 
+/// `count` datagrams of 100 bytes from `bind` in `tx` to `to`, received by a socket on
+/// `listen` in `rx` (started first, waiting up to 5 s; `to` itself unless a NAT between them
+/// says otherwise): what the sender and the receiver reported.
+fn udp_burst(
+    tx: &Netns,
+    bind: &str,
+    to: &str,
+    rx: &Netns,
+    listen: &str,
+    count: u32,
+) -> (String, String) {
+    let count = count.to_string();
+    let receiver = Peer::spawn(
+        rx,
+        &[
+            "udp-recv",
+            "--listen",
+            listen,
+            "--count",
+            &count,
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    let sender = Peer::spawn(
+        tx,
+        &[
+            "udp-send", "--to", to, "--bind", bind, "--count", &count, "--size", "100",
+        ],
+    );
+    (sender.finish(), receiver.finish())
+}
+
+/// A process of `ns` named `comm` sends one 10-byte datagram from `bind` to `to`, so that it
+/// owns that UDP port: its pid.
+fn own_udp_port(ns: &Netns, bind: &str, to: &str, comm: &str) -> u32 {
+    let host = Peer::spawn(
+        ns,
+        &[
+            "udp-send", "--to", to, "--bind", bind, "--count", "1", "--size", "10", "--comm", comm,
+        ],
+    );
+    let pid = host.pid;
+    assert!(host.finish().contains("sent=1"));
+    pid
+}
+
 /// A container host's bridge is not monitored beside its ports: every frame of the bridge
 /// passes a port, where it is counted once (monitoring both counted a container's frames on
 /// its veth and again on the bridge). Host H starts with uplink eH (a veth to O) alone; then
@@ -846,57 +893,14 @@ fn a_bridge_is_counted_through_its_ports_once() {
     // A process of H's sends one datagram from port 7300, the port the container's go to:
     // it owns the port number on H, not the forwarded datagrams to O's (whose local side,
     // as H's hooks see them, is O's address).
-    let host = Peer::spawn(
-        &h,
-        &[
-            "udp-send",
-            "--to",
-            "10.78.0.2:7399",
-            "--bind",
-            "10.78.0.1:7300",
-            "--count",
-            "1",
-            "--size",
-            "10",
-            "--comm",
-            "nmt-hostport",
-        ],
-    );
-    let host_pid = host.pid;
-    assert!(host.finish().contains("sent=1"));
-    let rx = Peer::spawn(
-        &o,
-        &[
-            "udp-recv",
-            "--listen",
-            "10.78.0.2:7300",
-            "--count",
-            "300",
-            "--timeout-ms",
-            "5000",
-        ],
-    );
-    let tx = Peer::spawn(
-        &c,
-        &[
-            "udp-send",
-            "--to",
-            "10.78.0.2:7300",
-            "--bind",
-            "10.77.0.2:7301",
-            "--count",
-            "300",
-            "--size",
-            "100",
-        ],
-    );
+    let host_pid = own_udp_port(&h, "10.78.0.1:7300", "10.78.0.2:7399", "nmt-hostport");
+    let (container, outside) = ("10.77.0.2:7301", "10.78.0.2:7300");
     // (O's socket may drop some of a burst this size, past its receive buffer: all of it
     // crossed H.)
-    let (sent, received) = (tx.finish(), rx.finish());
+    let (sent, received) = udp_burst(&c, container, outside, &o, outside, 300);
     assert!(sent.contains("sent=300"), "{sent}");
     assert!(received.contains("received="), "{received}");
     let stats = d.fresh_stats(&h);
-    let (container, outside) = ("10.77.0.2:7301", "10.78.0.2:7300");
     // Ethernet 14 + IPv4 20 + UDP 8 + 100.
     let frame = 142;
     // In at the port, to an address not H's: forwarded; out through eH, received first:
@@ -1012,83 +1016,28 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
          add rule ip nmt post oifname eH masquerade",
     ]);
     let d = Daemon::start(&h, &[], &[]);
-    let host = Peer::spawn(
-        &h,
-        &[
-            "udp-send",
-            "--to",
-            "10.78.0.2:7399",
-            "--bind",
-            "10.78.0.1:7300",
-            "--count",
-            "1",
-            "--size",
-            "10",
-            "--comm",
-            "nmt-mqport",
-        ],
-    );
-    let host_pid = host.pid;
-    assert!(host.finish().contains("sent=1"));
-    let rx = Peer::spawn(
-        &o,
-        &[
-            "udp-recv",
-            "--listen",
-            "10.78.0.2:7300",
-            "--count",
-            "200",
-            "--timeout-ms",
-            "5000",
-        ],
-    );
-    let tx = Peer::spawn(
+    let host_pid = own_udp_port(&h, "10.78.0.1:7300", "10.78.0.2:7399", "nmt-mqport");
+    let (sent, received) = udp_burst(
         &c,
-        &[
-            "udp-send",
-            "--to",
-            "10.78.0.2:7300",
-            "--bind",
-            "10.77.0.2:7300",
-            "--count",
-            "200",
-            "--size",
-            "100",
-        ],
+        "10.77.0.2:7300",
+        "10.78.0.2:7300",
+        &o,
+        "10.78.0.2:7300",
+        200,
     );
-    let (sent, received) = (tx.finish(), rx.finish());
     assert!(sent.contains("sent=200"), "{sent}");
     // Every datagram reached O, from H's address: masqueraded.
     assert!(received.contains("received=200"), "{received}");
     // O's 50 replies, to H's address and port, reach C once H has undone the NAT: at eH
     // they arrive addressed to H, as H's own would.
-    let rx = Peer::spawn(
-        &c,
-        &[
-            "udp-recv",
-            "--listen",
-            "10.77.0.2:7300",
-            "--count",
-            "50",
-            "--timeout-ms",
-            "5000",
-        ],
-    );
-    let tx = Peer::spawn(
+    let (sent, received) = udp_burst(
         &o,
-        &[
-            "udp-send",
-            "--to",
-            "10.78.0.1:7300",
-            "--bind",
-            "10.78.0.2:7300",
-            "--count",
-            "50",
-            "--size",
-            "100",
-        ],
+        "10.78.0.2:7300",
+        "10.78.0.1:7300",
+        &c,
+        "10.77.0.2:7300",
+        50,
     );
-    let (sent, received) = (tx.finish(), rx.finish());
     assert!(sent.contains("sent=50"), "{sent}");
     assert!(received.contains("received=50"), "{received}");
     let stats = d.fresh_stats(&h);
