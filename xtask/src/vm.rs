@@ -34,9 +34,11 @@ const VM_PACKAGES: &[&str] = &[
 /// guest has no modules.dep: tcp_diag and udp_diag need inet_diag first, bridge stp and
 /// llc, nf_tables nfnetlink and libcrc32c, nf_conntrack the defrag modules, nft_masq
 /// nf_tables and nf_nat, nf_nat nf_conntrack). The diag modules give sock_diag, which lists
-/// idle sockets; bridge, a container host's bridge; the netfilter ones, its masquerading.
+/// idle sockets; macvlan, a device stacked on a veth; bridge, a container host's bridge; the
+/// netfilter ones, its masquerading.
 const MODULES: &[&str] = &[
     "drivers/net/veth.ko",
+    "drivers/net/macvlan.ko",
     "net/sched/sch_ingress.ko",
     "net/sched/cls_bpf.ko",
     "net/ipv4/inet_diag.ko",
