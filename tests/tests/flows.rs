@@ -32,6 +32,51 @@ fn conn_counters(c: &Value) -> IfCounters {
     }
 }
 
+/// One TCP connection over pair `p`: a server in `server_ns` (`tcp-serve --listen listen`
+/// and `server_extra`) receives `bytes` from a client in `client_ns` (`client_extra` after
+/// them), then both exit.
+struct TcpExchange {
+    server_pid: u32,
+    client_pid: u32,
+    /// The client's address and port.
+    client: String,
+    /// `p.a`'s veth counters over the exchange, once the link is quiet.
+    truth: IfCounters,
+}
+
+fn tcp_exchange(
+    p: &Pair,
+    (server_ns, listen, server_extra): (&Netns, &str, &[&str]),
+    (client_ns, client_extra): (&Netns, &[&str]),
+    bytes: u64,
+) -> TcpExchange {
+    let server = Peer::spawn(
+        server_ns,
+        &[&["tcp-serve", "--listen", listen], server_extra].concat(),
+    );
+    let server_pid = server.pid;
+    let before = p.a_quiet_counters();
+    let bytes = bytes.to_string();
+    let client = Peer::spawn(
+        client_ns,
+        &[
+            &["tcp-send", "--to", listen, "--bytes", &bytes],
+            client_extra,
+        ]
+        .concat(),
+    );
+    let (client_pid, client_addr) = (client.pid, client.local.clone());
+    client.finish();
+    let out = server.finish();
+    assert!(out.contains(&format!("received={bytes}")), "{out}");
+    TcpExchange {
+        server_pid,
+        client_pid,
+        client: client_addr,
+        truth: p.a_quiet_counters() - before,
+    }
+}
+
 fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| {
@@ -47,35 +92,16 @@ fn tcp_ipv4_client_counts_equal_the_veth_counters_and_pid_is_the_client() {
     let _ = PRIV;
     let p = Pair::new("t4");
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
-    let server = Peer::spawn(
-        &p.b,
-        &[
-            "tcp-serve",
-            "--listen",
-            "198.18.0.2:5001",
-            "--reply",
-            "30000",
-        ],
-    );
-    let before = p.a_quiet_counters();
+    // (The server's start sends nothing: the interface totals from here move as the veth's
+    // counters over the exchange.)
     let base = d.fresh_stats(&p.a);
-
-    let client = Peer::spawn(
-        &p.a,
-        &[
-            "tcp-send",
-            "--to",
-            "198.18.0.2:5001",
-            "--bytes",
-            "2000000",
-            "--comm",
-            "nmt-client",
-        ],
+    let x = tcp_exchange(
+        &p,
+        (&p.b, "198.18.0.2:5001", &["--reply", "30000"]),
+        (&p.a, &["--comm", "nmt-client"]),
+        2_000_000,
     );
-    let (pid, local) = (client.pid, client.local.clone());
-    client.finish();
-    server.finish();
-    let truth = p.a_quiet_counters() - before;
+    let (pid, local, truth) = (x.client_pid, x.client, x.truth);
     let stats = d.fresh_stats(&p.a);
 
     // The link carried only this connection: its counters are the veth's, exactly.
@@ -126,40 +152,21 @@ fn tcp_ipv6_accepted_connection_is_attributed_to_the_server() {
     let p = Pair::new("t6");
     let d = Daemon::start(&p.a, &[&p.a_if], &[]);
     // The server starts after netmon, so the kernel sees its listen().
-    let server = Peer::spawn(
-        &p.a,
-        &[
-            "tcp-serve",
-            "--listen",
+    let x = tcp_exchange(
+        &p,
+        (
+            &p.a,
             "[fd00:6e6d::1]:5002",
-            "--comm",
-            "nmt-server",
-            "--reply",
-            "1000",
-        ],
+            &["--comm", "nmt-server", "--reply", "1000"],
+        ),
+        (&p.b, &[]),
+        700_000,
     );
-    let before = p.a_quiet_counters();
-    let client = Peer::spawn(
-        &p.b,
-        &[
-            "tcp-send",
-            "--to",
-            "[fd00:6e6d::1]:5002",
-            "--bytes",
-            "700000",
-        ],
-    );
-    let remote = client.local.clone();
-    client.finish();
-    let server_pid = server.pid;
-    let out = server.finish();
-    assert!(out.contains("received=700000"), "{out}");
-    let truth = p.a_quiet_counters() - before;
     let stats = d.fresh_stats(&p.a);
-    let c = find_conn(&stats, "[fd00:6e6d::1]:5002", &remote);
-    assert_eq!(conn_counters(c), truth, "{c}");
-    assert!(truth.rx_bytes > 700_000);
-    assert_eq!(c["pid"], server_pid, "{c}");
+    let c = find_conn(&stats, "[fd00:6e6d::1]:5002", &x.client);
+    assert_eq!(conn_counters(c), x.truth, "{c}");
+    assert!(x.truth.rx_bytes > 700_000);
+    assert_eq!(c["pid"], x.server_pid, "{c}");
     assert_eq!(c["process"], "nmt-server");
 }
 
@@ -1023,66 +1030,52 @@ fn a_macvlan_is_counted_through_its_parent_once() {
         d.log_text()
     );
 
-    // Out through the macvlan: `a`'s client.
-    let server = Peer::spawn(&p.b, &["tcp-serve", "--listen", "198.18.5.2:5011"]);
-    let before = p.a_quiet_counters();
-    let client = Peer::spawn(
-        &p.a,
-        &[
-            "tcp-send",
-            "--to",
-            "198.18.5.2:5011",
-            "--bytes",
-            "1000000",
-            "--comm",
-            "nmt-mvclient",
-        ],
-    );
-    let (pid, local) = (client.pid, client.local.clone());
-    client.finish();
-    assert!(server.finish().contains("received=1000000"));
-    let truth = p.a_quiet_counters() - before;
+    // Out through the macvlan: `a`'s client; in through it: `a`'s server, which starts
+    // after netmon. Each connection's row is the veth's counters over it.
+    for (x, local, remote, pid, process) in [
+        {
+            let x = tcp_exchange(
+                &p,
+                (&p.b, "198.18.5.2:5011", &[]),
+                (&p.a, &["--comm", "nmt-mvclient"]),
+                1_000_000,
+            );
+            let (local, pid) = (x.client.clone(), x.client_pid);
+            assert!(x.truth.tx_bytes > 1_000_000, "{:?}", x.truth);
+            (x, local, "198.18.5.2:5011".to_string(), pid, "nmt-mvclient")
+        },
+        {
+            let x = tcp_exchange(
+                &p,
+                (&p.a, "198.18.5.1:5012", &["--comm", "nmt-mvserver"]),
+                (&p.b, &[]),
+                500_000,
+            );
+            let (remote, pid) = (x.client.clone(), x.server_pid);
+            assert!(x.truth.rx_bytes > 500_000, "{:?}", x.truth);
+            (
+                x,
+                "198.18.5.1:5012".to_string(),
+                remote,
+                pid,
+                "nmt-mvserver",
+            )
+        },
+    ] {
+        let stats = d.fresh_stats(&p.a);
+        let c = find_conn(&stats, &local, &remote);
+        assert_eq!(
+            conn_counters(c),
+            x.truth,
+            "connection vs veth counters: {c}"
+        );
+        assert_eq!(
+            (&c["pid"], &c["process"], c.get("forwarded")),
+            (&pid.into(), &process.into(), None),
+            "{c}"
+        );
+    }
     let stats = d.fresh_stats(&p.a);
-    let c = find_conn(&stats, &local, "198.18.5.2:5011");
-    assert_eq!(conn_counters(c), truth, "connection vs veth counters: {c}");
-    assert!(truth.tx_bytes > 1_000_000, "{truth:?}");
-    assert_eq!(
-        (&c["pid"], &c["process"]),
-        (&pid.into(), &"nmt-mvclient".into()),
-        "{c}"
-    );
-    assert_eq!(c.get("forwarded"), None, "{c}");
-
-    // In through the macvlan: `a`'s server, which starts after netmon.
-    let server = Peer::spawn(
-        &p.a,
-        &[
-            "tcp-serve",
-            "--listen",
-            "198.18.5.1:5012",
-            "--comm",
-            "nmt-mvserver",
-        ],
-    );
-    let server_pid = server.pid;
-    let before = p.a_quiet_counters();
-    let client = Peer::spawn(
-        &p.b,
-        &["tcp-send", "--to", "198.18.5.1:5012", "--bytes", "500000"],
-    );
-    let remote = client.local.clone();
-    client.finish();
-    assert!(server.finish().contains("received=500000"));
-    let truth = p.a_quiet_counters() - before;
-    let stats = d.fresh_stats(&p.a);
-    let c = find_conn(&stats, "198.18.5.1:5012", &remote);
-    assert_eq!(conn_counters(c), truth, "connection vs veth counters: {c}");
-    assert!(truth.rx_bytes > 500_000, "{truth:?}");
-    assert_eq!(
-        (&c["pid"], &c["process"]),
-        (&server_pid.into(), &"nmt-mvserver".into()),
-        "{c}"
-    );
     assert!(
         !stats["interfaces"]
             .as_array()
