@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netmon_common::{DIR_EGRESS, DIR_INGRESS, ban_kind, counter};
+use netmon_common::{
+    DIR_EGRESS, DIR_INGRESS, IPPROTO_TCP, IPPROTO_UDP, PortKey, ProcInfo, ban_kind, counter,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -1265,7 +1267,7 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
         .iter()
         .map(|i| (i.ifindex, IfaceTraffic::start(&i.name)))
         .collect();
-    seed_udp_owners(&mut attached);
+    seed_socket_owners(&mut attached);
     // Taken only now: attaching still writes NETMON_CONFIG (the kprobe switch).
     let maps = match Maps::take(&mut attached.ebpf).and_then(|m| {
         let tables = match cfg.flow_table {
@@ -1463,42 +1465,103 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
     result
 }
 
-/// Where UDP senders are attributed through the cgroup hooks on connect() and sendmsg(),
-/// the sockets opened before they were attached are found with their processes now
-/// (`sockdiag::udp_socket_owners`), and each becomes the owner of its local port
-/// (`NETMON_UDP_PORTS`), as the egress program would make it on the socket's first frame had
-/// the hooks seen it. A failure only costs those sockets their owner.
-fn seed_udp_owners(attached: &mut load::Attached) {
-    if !attached
+/// The sockets of the daemon's network namespace that were open before the hooks were
+/// attached are found with their processes now (`sockdiag::socket_owners`), and recorded as
+/// the hooks would have recorded them: a TCP connection's owner by its 4-tuple
+/// (`NETMON_SOCK_PROC`), a TCP listener's by its port (`NETMON_PORT_OWNER`, where the
+/// connections it accepts from now on find their server), and, where UDP senders are
+/// attributed through the cgroup hooks on connect() and sendmsg(), a UDP socket's as the
+/// owner of its local port (`NETMON_UDP_PORTS`), as the egress program would make it on the
+/// socket's first frame. A TCP record the hooks have written since they were attached is
+/// newer than what the scan saw and is kept. A failure only costs those sockets their owner.
+fn seed_socket_owners(attached: &mut load::Attached) {
+    let udp_hooks = attached
         .hooks
         .iter()
-        .any(|h| h.purpose == "udp_send" && h.kind == "cgroup_sock_addr" && h.active)
-    {
-        return;
-    }
+        .any(|h| h.purpose == "udp_send" && h.kind == "cgroup_sock_addr" && h.active);
     let t0 = std::time::Instant::now();
-    let seeded = crate::sockdiag::udp_socket_owners().and_then(|owners| {
-        let mut ports: aya::maps::Array<&mut aya::maps::MapData, netmon_common::ProcInfo> =
-            aya::maps::Array::try_from(
-                attached
-                    .ebpf
-                    .map_mut("NETMON_UDP_PORTS")
-                    .context("eBPF object has no NETMON_UDP_PORTS")?,
-            )?;
-        for (port, owner) in &owners {
-            ports
-                .set(u32::from(*port), owner, 0)
-                .with_context(|| format!("writing NETMON_UDP_PORTS[{port}]"))?;
+    let seeded = crate::sockdiag::socket_owners().and_then(|owners| {
+        let ebpf = &mut attached.ebpf;
+        let mut n = [0usize; 3];
+        if udp_hooks {
+            let mut ports: aya::maps::Array<&mut aya::maps::MapData, ProcInfo> =
+                aya::maps::Array::try_from(
+                    ebpf.map_mut("NETMON_UDP_PORTS")
+                        .context("eBPF object has no NETMON_UDP_PORTS")?,
+                )?;
+            for (s, owner) in &owners {
+                if s.proto == IPPROTO_UDP && s.local_port != 0 {
+                    ports
+                        .set(u32::from(s.local_port), owner, 0)
+                        .with_context(|| format!("writing NETMON_UDP_PORTS[{}]", s.local_port))?;
+                    n[0] += 1;
+                }
+            }
         }
-        Ok(owners.len())
+        let listeners = owners.iter().filter(|(s, _)| {
+            s.proto == IPPROTO_TCP && s.state == netmon_common::tcp_state::LISTEN as u8
+        });
+        let by_port = listeners.map(|(s, owner)| {
+            (
+                PortKey {
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                    port: s.local_port,
+                },
+                *owner,
+            )
+        });
+        n[1] = insert_new(ebpf, "NETMON_PORT_OWNER", by_port)?;
+        let connections = owners
+            .iter()
+            .filter(|(s, _)| {
+                s.proto == IPPROTO_TCP
+                    && s.state != netmon_common::tcp_state::LISTEN as u8
+                    && s.remote_port != 0
+            })
+            .map(|(s, owner)| (s.key(), *owner));
+        n[2] = insert_new(ebpf, "NETMON_SOCK_PROC", connections)?;
+        Ok(n)
     });
     match seeded {
-        Ok(n) => info!(
-            "UDP sockets open before the hooks: {n} attributed ({:?})",
+        Ok([udp, listeners, connections]) => info!(
+            "sockets open before the hooks: {connections} TCP connections, {listeners} TCP \
+             listeners{} attributed ({:?})",
+            if udp_hooks {
+                format!(" and {udp} UDP ports")
+            } else {
+                String::new()
+            },
             t0.elapsed()
         ),
-        Err(e) => warn!("UDP sockets open before the hooks are not attributed: {e:#}"),
+        Err(e) => warn!("sockets open before the hooks are not attributed: {e:#}"),
     }
+}
+
+/// Inserts `entries` into hash map `name` where it has no entry for the key yet
+/// (`BPF_NOEXIST`); how many were inserted.
+fn insert_new<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut aya::Ebpf,
+    name: &str,
+    entries: impl Iterator<Item = (K, V)>,
+) -> Result<usize> {
+    // BPF_NOEXIST (include/uapi/linux/bpf.h).
+    const NOEXIST: u64 = 1;
+    let mut map: aya::maps::HashMap<&mut aya::maps::MapData, K, V> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(name)
+            .with_context(|| format!("eBPF object has no {name}"))?,
+    )
+    .with_context(|| format!("{name}: not a hash map of these keys and values"))?;
+    let mut inserted = 0;
+    for (k, v) in entries {
+        match map.insert(k, v, NOEXIST) {
+            Ok(()) => inserted += 1,
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("writing {name}")),
+        }
+    }
+    Ok(inserted)
 }
 
 #[cfg(test)]

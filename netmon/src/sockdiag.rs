@@ -542,65 +542,67 @@ impl SockDiag {
     }
 }
 
-/// The UDP sockets of this network namespace that a process holds open now with a local port,
-/// by that port, with that process: what the cgroup hooks on connect() and sendmsg() never
-/// saw for sockets opened and connected before the daemon started. Socket inodes from sock_diag,
-/// matched against every process's open files in /proc (as `ss -p` does), once at start.
-/// The cgroup id is 0 (unknown) where no cgroup v2 hierarchy is mounted to look it up.
-pub fn udp_socket_owners() -> Result<Vec<(u16, netmon_common::ProcInfo)>> {
-    let mut udp = Vec::new();
-    SockDiag::new()?.dump_proto(IPPROTO_UDP, &mut udp)?;
-    let mut by_inode = std::collections::HashMap::new();
-    for s in udp {
-        if s.inode != 0 && s.local_port != 0 {
-            by_inode.insert(u64::from(s.inode), (s.local_port, s.uid));
-        }
-    }
-    let mut out = Vec::new();
-    if by_inode.is_empty() {
-        return Ok(out);
+/// The TCP and UDP sockets of this network namespace that a process holds open now, each
+/// with that process (where several hold one, as after a fork, the one with the lowest pid:
+/// the parent that opened it): what the hooks never saw of sockets opened before the daemon
+/// started. Socket inodes from sock_diag, matched against every process's open files in
+/// /proc (as `ss -p` does), once at start. The cgroup id is 0 (unknown) where no cgroup v2
+/// hierarchy is mounted to look it up.
+pub fn socket_owners() -> Result<Vec<(DiagSocket, netmon_common::ProcInfo)>> {
+    let mut socks = SockDiag::new()?.dump_all()?;
+    // (TIME_WAIT and request sockets have no inode: no process holds them.)
+    socks.retain(|s| s.inode != 0);
+    let by_inode: std::collections::HashMap<u64, usize> = socks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (u64::from(s.inode), i))
+        .collect();
+    let mut owners: Vec<Option<netmon_common::ProcInfo>> = vec![None; socks.len()];
+    if socks.is_empty() {
+        return Ok(Vec::new());
     }
     let now = crate::drain::monotonic_ns();
     let cgroup2 = crate::load::cgroup2_mount();
-    for entry in std::fs::read_dir("/proc")
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .context("reading /proc")?
         .flatten()
-    {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
         // A process may exit, or deny access, while it is read: skipped.
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
             continue;
         };
         let mut proc_info = None;
         for fd in fds.flatten() {
-            let Some(inode) = std::fs::read_link(fd.path()).ok().and_then(|l| {
-                l.to_str()?
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse::<u64>()
-                    .ok()
-            }) else {
+            let Some(&i) = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| {
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .and_then(|inode| by_inode.get(&inode))
+            else {
                 continue;
             };
-            let Some(&(port, uid)) = by_inode.get(&inode) else {
+            if owners[i].is_some() {
                 continue;
-            };
+            }
             let info = proc_info.get_or_insert_with(|| {
                 let mut comm = [0u8; 16];
-                if let Ok(c) = std::fs::read_to_string(entry.path().join("comm")) {
+                if let Ok(c) = std::fs::read_to_string(dir.join("comm")) {
                     let c = c.trim_end_matches('\n').as_bytes();
                     let n = c.len().min(15);
                     comm[..n].copy_from_slice(&c[..n]);
                 }
                 netmon_common::ProcInfo {
                     pid,
-                    uid,
+                    uid: socks[i].uid,
                     cgroup_id: cgroup2
                         .as_ref()
                         .and_then(|root| cgroup_id(root, pid))
@@ -609,10 +611,14 @@ pub fn udp_socket_owners() -> Result<Vec<(u16, netmon_common::ProcInfo)>> {
                     comm,
                 }
             });
-            out.push((port, *info));
+            owners[i] = Some(*info);
         }
     }
-    Ok(out)
+    Ok(socks
+        .into_iter()
+        .zip(owners)
+        .filter_map(|(s, o)| Some((s, o?)))
+        .collect())
 }
 
 /// A process's cgroup v2 id, as `bpf_get_current_cgroup_id` gives it: the inode number of
@@ -671,7 +677,7 @@ fn to_socket(proto: u8, m: &InetDiagMsg) -> DiagSocket {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{TcpListener, UdpSocket};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
 
     use super::*;
 
@@ -767,22 +773,56 @@ mod tests {
         assert_eq!(listener.quality, None);
     }
 
-    /// A connected UDP socket this process holds is found by its local port, with this
-    /// process's PID and command name.
+    /// A connected UDP socket, a TCP listener and both ends of a TCP connection this process
+    /// holds are found, with this process's PID and command name.
     #[test]
-    fn finds_the_owner_of_our_own_udp_socket_by_port() {
+    fn finds_the_owner_of_our_own_sockets() {
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
         u.connect("127.0.0.1:9").unwrap();
-        let port = u.local_addr().unwrap().port();
-        let owners = udp_socket_owners().unwrap();
-        let (_, owner) = owners
-            .iter()
-            .find(|(p, _)| *p == port)
-            .expect("our socket's port");
-        assert_eq!(owner.pid, std::process::id());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let owners = socket_owners().unwrap();
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         let comm = comm.trim_end().as_bytes();
         let n = comm.len().min(15);
-        assert_eq!(&owner.comm[..n], &comm[..n]);
+        for (proto, local, remote, state) in [
+            (
+                IPPROTO_UDP,
+                u.local_addr().unwrap(),
+                u.peer_addr().unwrap(),
+                1,
+            ),
+            (
+                IPPROTO_TCP,
+                l.local_addr().unwrap(),
+                "0.0.0.0:0".parse().unwrap(),
+                TCP_LISTEN,
+            ),
+            (
+                IPPROTO_TCP,
+                c.local_addr().unwrap(),
+                c.peer_addr().unwrap(),
+                1,
+            ),
+            (
+                IPPROTO_TCP,
+                a.local_addr().unwrap(),
+                a.peer_addr().unwrap(),
+                1,
+            ),
+        ] {
+            let (_, owner) = owners
+                .iter()
+                .find(|(s, _)| {
+                    s.proto == proto
+                        && s.local_port == local.port()
+                        && s.remote_port == remote.port()
+                        && s.state == state
+                })
+                .unwrap_or_else(|| panic!("our socket {proto} {local} {remote}"));
+            assert_eq!(owner.pid, std::process::id());
+            assert_eq!(&owner.comm[..n], &comm[..n]);
+        }
     }
 }
