@@ -1468,8 +1468,11 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
 /// The sockets of the daemon's network namespace that were open before the hooks were
 /// attached are found with their processes now (`sockdiag::socket_owners`), and recorded as
 /// the hooks would have recorded them: a TCP connection's owner by its 4-tuple
-/// (`NETMON_SOCK_PROC`), a TCP listener's by its port (`NETMON_PORT_OWNER`, where the
-/// connections it accepts from now on find their server), and, where UDP senders are
+/// (`NETMON_SOCK_PROC`), a TCP listener's by its namespace and port (`NETMON_LISTEN_NS`,
+/// where the connections it accepts from now on find their server, as soon as their
+/// handshake completes; the daemon's namespace as the programs name it is learnt from a
+/// listener of its own, `own_net`) and by its port alone (`NETMON_PORT_OWNER`, the
+/// fallback where the kernel gives no socket's namespace), and, where UDP senders are
 /// attributed through the cgroup hooks on connect() and sendmsg(), a UDP socket's as the
 /// owner of its local port (`NETMON_UDP_PORTS`), as the egress program would make it on the
 /// socket's first frame. A TCP record the hooks have written since they were attached is
@@ -1498,20 +1501,30 @@ fn seed_socket_owners(attached: &mut load::Attached) {
                 }
             }
         }
-        let listeners = owners.iter().filter(|(s, _)| {
-            s.proto == IPPROTO_TCP && s.state == netmon_common::tcp_state::LISTEN as u8
-        });
-        let by_port = listeners.map(|(s, owner)| {
-            (
-                PortKey {
+        let listeners: Vec<(PortKey, ProcInfo)> = owners
+            .iter()
+            .filter(|(s, _)| {
+                s.proto == IPPROTO_TCP && s.state == netmon_common::tcp_state::LISTEN as u8
+            })
+            .map(|(s, owner)| {
+                let port = PortKey {
                     proto: IPPROTO_TCP,
                     _pad: 0,
                     port: s.local_port,
-                },
-                *owner,
-            )
-        });
-        n[1] = insert_new(ebpf, "NETMON_PORT_OWNER", by_port)?;
+                };
+                (port, *owner)
+            })
+            .collect();
+        if !listeners.is_empty()
+            && let Some(net) = own_net(ebpf)?
+        {
+            let by_ns = listeners.iter().map(|&(port, owner)| {
+                let key = netmon_common::NsPortKey { net, port, _pad: 0 };
+                (key, owner)
+            });
+            insert_new(ebpf, "NETMON_LISTEN_NS", by_ns)?;
+        }
+        n[1] = insert_new(ebpf, "NETMON_PORT_OWNER", listeners.into_iter())?;
         let connections = owners
             .iter()
             .filter(|(s, _)| {
@@ -1536,6 +1549,44 @@ fn seed_socket_owners(attached: &mut load::Attached) {
         ),
         Err(e) => warn!("sockets open before the hooks are not attributed: {e:#}"),
     }
+}
+
+/// The daemon's network namespace as the kernel programs name it (`NsPortKey::net`, the
+/// address of its `struct net`, which userspace cannot read): the listen hook records a
+/// listener under its namespace and port, so the daemon opens one of its own on a loopback
+/// port and finds the entry with that port and its own pid, then takes its records out
+/// again. None where the hook records no namespace (its kernel's BTF gave no offset) or is
+/// not attached.
+fn own_net(ebpf: &mut aya::Ebpf) -> Result<Option<u64>> {
+    let me = std::process::id();
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("opening a loopback listener to learn the namespace's identity")?;
+    let port = PortKey {
+        proto: IPPROTO_TCP,
+        _pad: 0,
+        port: probe.local_addr()?.port(),
+    };
+    let mut by_ns: aya::maps::HashMap<_, netmon_common::NsPortKey, ProcInfo> =
+        aya::maps::HashMap::try_from(
+            ebpf.map_mut("NETMON_LISTEN_NS")
+                .context("eBPF object has no NETMON_LISTEN_NS")?,
+        )?;
+    let key = by_ns
+        .keys()
+        .flatten()
+        .find(|k| k.port == port && by_ns.get(k, 0).is_ok_and(|o| o.pid == me));
+    if let Some(k) = key {
+        let _ = by_ns.remove(&k);
+    }
+    let mut by_port: aya::maps::HashMap<_, PortKey, ProcInfo> = aya::maps::HashMap::try_from(
+        ebpf.map_mut("NETMON_PORT_OWNER")
+            .context("eBPF object has no NETMON_PORT_OWNER")?,
+    )?;
+    if by_port.get(&port, 0).is_ok_and(|o| o.pid == me) {
+        let _ = by_port.remove(&port);
+    }
+    drop(probe);
+    Ok(key.map(|k| k.net))
 }
 
 /// Inserts `entries` into hash map `name` where it has no entry for the key yet
