@@ -1515,14 +1515,23 @@ fn seed_socket_owners(attached: &mut load::Attached) {
                 (port, *owner)
             })
             .collect();
-        if !listeners.is_empty()
-            && let Some(net) = own_net(ebpf)?
-        {
-            let by_ns = listeners.iter().map(|&(port, owner)| {
-                let key = netmon_common::NsPortKey { net, port, _pad: 0 };
-                (key, owner)
-            });
-            insert_new(ebpf, "NETMON_LISTEN_NS", by_ns)?;
+        // (Without the namespace's identity the listeners' accepted connections still find
+        // them by port, from their third drain on.)
+        let net = if listeners.is_empty() {
+            Ok(None)
+        } else {
+            own_net(ebpf)
+        };
+        match net {
+            Ok(Some(net)) => {
+                let by_ns = listeners.iter().map(|&(port, owner)| {
+                    let key = netmon_common::NsPortKey { net, port, _pad: 0 };
+                    (key, owner)
+                });
+                insert_new(ebpf, "NETMON_LISTEN_NS", by_ns)?;
+            }
+            Ok(None) => {}
+            Err(e) => warn!("TCP listeners open before the hooks are known by port only: {e:#}"),
         }
         n[1] = insert_new(ebpf, "NETMON_PORT_OWNER", listeners.into_iter())?;
         let connections = owners
