@@ -1465,34 +1465,43 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
     result
 }
 
-/// The sockets of the daemon's network namespace that were open before the hooks were
-/// attached are found with their processes now (`sockdiag::socket_owners`), and recorded as
-/// the hooks would have recorded them: a TCP connection's owner by its 4-tuple
-/// (`NETMON_SOCK_PROC`), a TCP listener's by its namespace and port (`NETMON_LISTEN_NS`,
-/// where the connections it accepts from now on find their server, as soon as their
-/// handshake completes; the daemon's namespace as the programs name it is learnt from a
-/// listener of its own, `own_net`) and by its port alone (`NETMON_PORT_OWNER`, the
-/// fallback where the kernel gives no socket's namespace), and, where UDP senders are
-/// attributed through the cgroup hooks on connect() and sendmsg(), a UDP socket's as the
-/// owner of its local port (`NETMON_UDP_PORTS`), as the egress program would make it on the
-/// socket's first frame. A TCP record the hooks have written since they were attached is
-/// newer than what the scan saw and is kept. A failure only costs those sockets their owner.
+/// The sockets that were open before the hooks were attached are found with their
+/// processes now (`sockdiag::socket_owners`), in the daemon's network namespace and in every
+/// other one a process is in (a container's), and recorded as the hooks would have recorded
+/// them: a TCP connection's owner by its 4-tuple (`NETMON_SOCK_PROC`), a TCP listener's by
+/// its namespace and port (`NETMON_LISTEN_NS`, where the connections it accepts from now on
+/// find their server as soon as their handshake completes; a namespace's identity as the
+/// programs name it is learnt from a listener opened there, `probe_net`) and, in the
+/// daemon's namespace, by its port alone (`NETMON_PORT_OWNER`, the fallback where the
+/// kernel gives no socket's namespace); and, where UDP senders are attributed through the
+/// cgroup hooks on connect() and sendmsg(), a UDP socket of the daemon's namespace as the
+/// owner of its local port (`NETMON_UDP_PORTS`, which has no namespace), as the egress
+/// program would make it on the socket's first frame. A TCP record the hooks have written
+/// since they were attached is newer than what the scan saw and is kept. A failure only
+/// costs those sockets their owner.
 fn seed_socket_owners(attached: &mut load::Attached) {
     let udp_hooks = attached
         .hooks
         .iter()
         .any(|h| h.purpose == "udp_send" && h.kind == "cgroup_sock_addr" && h.active);
     let t0 = std::time::Instant::now();
-    let seeded = crate::sockdiag::socket_owners().and_then(|owners| {
-        let ebpf = &mut attached.ebpf;
-        let mut n = [0usize; 3];
+    let ebpf = &mut attached.ebpf;
+    let seeded = (|| -> Result<[usize; 4]> {
+        let own = crate::sockdiag::own_sockets()?;
+        let mut others = crate::sockdiag::other_namespaces()?;
+        let groups = std::iter::once(own)
+            .chain(others.iter_mut().map(|ns| std::mem::take(&mut ns.sockets)))
+            .collect();
+        let mut owned = crate::sockdiag::socket_owners(groups)?.into_iter();
+        let own = owned.next().unwrap_or_default();
+        let mut n = [0usize; 4];
         if udp_hooks {
             let mut ports: aya::maps::Array<&mut aya::maps::MapData, ProcInfo> =
                 aya::maps::Array::try_from(
                     ebpf.map_mut("NETMON_UDP_PORTS")
                         .context("eBPF object has no NETMON_UDP_PORTS")?,
                 )?;
-            for (s, owner) in &owners {
+            for (s, owner) in &own {
                 if s.proto == IPPROTO_UDP && s.local_port != 0 {
                     ports
                         .set(u32::from(s.local_port), owner, 0)
@@ -1501,54 +1510,67 @@ fn seed_socket_owners(attached: &mut load::Attached) {
                 }
             }
         }
-        let listeners: Vec<(PortKey, ProcInfo)> = owners
-            .iter()
-            .filter(|(s, _)| {
-                s.proto == IPPROTO_TCP && s.state == netmon_common::tcp_state::LISTEN as u8
+        // The daemon's namespace's probe is opened here; another's was opened (and closed)
+        // in it.
+        let own_probe = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| {
+                warn!(
+                    "TCP listeners open before the hooks are known by port only: opening a \
+                     loopback listener to learn the namespace's identity: {e}"
+                );
             })
-            .map(|(s, owner)| {
-                let port = PortKey {
-                    proto: IPPROTO_TCP,
-                    _pad: 0,
-                    port: s.local_port,
-                };
-                (port, *owner)
-            })
-            .collect();
-        // (Without the namespace's identity the listeners' accepted connections still find
-        // them by port, from their third drain on.)
-        let net = if listeners.is_empty() {
-            Ok(None)
-        } else {
-            own_net(ebpf)
-        };
-        match net {
-            Ok(Some(net)) => {
+            .ok();
+        let namespaces = std::iter::once((own_probe, own))
+            .chain(others.iter().map(|ns| ns.probe_port).zip(owned));
+        for (i, (probe, owners)) in namespaces.enumerate() {
+            let listeners: Vec<(PortKey, ProcInfo)> = owners
+                .iter()
+                .filter(|(s, _)| {
+                    s.proto == IPPROTO_TCP && s.state == netmon_common::tcp_state::LISTEN as u8
+                })
+                .map(|(s, owner)| {
+                    let port = PortKey {
+                        proto: IPPROTO_TCP,
+                        _pad: 0,
+                        port: s.local_port,
+                    };
+                    (port, *owner)
+                })
+                .collect();
+            if let Some(net) = probe
+                .map(|port| probe_net(ebpf, port))
+                .transpose()?
+                .flatten()
+            {
                 let by_ns = listeners.iter().map(|&(port, owner)| {
                     let key = netmon_common::NsPortKey { net, port, _pad: 0 };
                     (key, owner)
                 });
                 insert_new(ebpf, "NETMON_LISTEN_NS", by_ns)?;
             }
-            Ok(None) => {}
-            Err(e) => warn!("TCP listeners open before the hooks are known by port only: {e:#}"),
+            n[1] += listeners.len();
+            if i == 0 {
+                insert_new(ebpf, "NETMON_PORT_OWNER", listeners.into_iter())?;
+            }
+            let connections = owners
+                .iter()
+                .filter(|(s, _)| {
+                    s.proto == IPPROTO_TCP
+                        && s.state != netmon_common::tcp_state::LISTEN as u8
+                        && s.remote_port != 0
+                })
+                .map(|(s, owner)| (s.key(), *owner));
+            n[2] += insert_new(ebpf, "NETMON_SOCK_PROC", connections)?;
         }
-        n[1] = insert_new(ebpf, "NETMON_PORT_OWNER", listeners.into_iter())?;
-        let connections = owners
-            .iter()
-            .filter(|(s, _)| {
-                s.proto == IPPROTO_TCP
-                    && s.state != netmon_common::tcp_state::LISTEN as u8
-                    && s.remote_port != 0
-            })
-            .map(|(s, owner)| (s.key(), *owner));
-        n[2] = insert_new(ebpf, "NETMON_SOCK_PROC", connections)?;
+        n[3] = others.len();
         Ok(n)
-    });
+    })();
     match seeded {
-        Ok([udp, listeners, connections]) => info!(
+        Ok([udp, listeners, connections, others]) => info!(
             "sockets open before the hooks: {connections} TCP connections, {listeners} TCP \
-             listeners{} attributed ({:?})",
+             listeners{} attributed, in this network namespace and {others} other ({:?})",
             if udp_hooks {
                 format!(" and {udp} UDP ports")
             } else {
@@ -1560,20 +1582,18 @@ fn seed_socket_owners(attached: &mut load::Attached) {
     }
 }
 
-/// The daemon's network namespace as the kernel programs name it (`NsPortKey::net`, the
-/// address of its `struct net`, which userspace cannot read): the listen hook records a
-/// listener under its namespace and port, so the daemon opens one of its own on a loopback
-/// port and finds the entry with that port and its own pid, then takes its records out
-/// again. None where the hook records no namespace (its kernel's BTF gave no offset) or is
-/// not attached.
-fn own_net(ebpf: &mut aya::Ebpf) -> Result<Option<u64>> {
+/// A network namespace's identity as the kernel programs name it (`NsPortKey::net`, the
+/// address of its `struct net`, which userspace cannot read), learnt from the listener the
+/// daemon opened there on loopback port `port` (`probe`): the listen hook recorded it under
+/// its namespace and port, with the daemon's pid. Takes the probe's records out again. None
+/// where the hook recorded no namespace (its kernel's BTF gave no offset) or is not
+/// attached.
+fn probe_net(ebpf: &mut aya::Ebpf, port: u16) -> Result<Option<u64>> {
     let me = std::process::id();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("opening a loopback listener to learn the namespace's identity")?;
     let port = PortKey {
         proto: IPPROTO_TCP,
         _pad: 0,
-        port: probe.local_addr()?.port(),
+        port,
     };
     let mut by_ns: aya::maps::HashMap<_, netmon_common::NsPortKey, ProcInfo> =
         aya::maps::HashMap::try_from(
@@ -1594,7 +1614,6 @@ fn own_net(ebpf: &mut aya::Ebpf) -> Result<Option<u64>> {
     if by_port.get(&port, 0).is_ok_and(|o| o.pid == me) {
         let _ = by_port.remove(&port);
     }
-    drop(probe);
     Ok(key.map(|k| k.net))
 }
 

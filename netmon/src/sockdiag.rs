@@ -542,82 +542,153 @@ impl SockDiag {
     }
 }
 
-/// The TCP and UDP sockets of this network namespace that a process holds open now, each
-/// with that process (where several hold one, as after a fork, the one with the lowest pid:
-/// the parent that opened it): what the hooks never saw of sockets opened before the daemon
-/// started. Socket inodes from sock_diag, matched against every process's open files in
-/// /proc (as `ss -p` does), once at start. The cgroup id is 0 (unknown) where no cgroup v2
-/// hierarchy is mounted to look it up.
-pub fn socket_owners() -> Result<Vec<(DiagSocket, netmon_common::ProcInfo)>> {
-    let mut socks = SockDiag::new()?.dump_all()?;
-    // (TIME_WAIT and request sockets have no inode: no process holds them.)
-    socks.retain(|s| s.inode != 0);
-    let by_inode: std::collections::HashMap<u64, usize> = socks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (u64::from(s.inode), i))
-        .collect();
-    let mut owners: Vec<Option<netmon_common::ProcInfo>> = vec![None; socks.len()];
-    if socks.is_empty() {
-        return Ok(Vec::new());
-    }
-    let now = crate::drain::monotonic_ns();
-    let cgroup2 = crate::load::cgroup2_mount();
+/// This network namespace's TCP and UDP sockets, as sock_diag lists them.
+pub fn own_sockets() -> Result<Vec<DiagSocket>> {
+    SockDiag::new()?.dump_all()
+}
+
+/// Another network namespace's sockets (`other_namespaces`).
+pub struct Namespace {
+    /// The port of a loopback listener opened there and closed at once: the listen hook
+    /// records it under the namespace's identity. None where none could be opened.
+    pub probe_port: Option<u16>,
+    pub sockets: Vec<DiagSocket>,
+}
+
+/// The processes' ids, in order.
+fn pids() -> Result<Vec<u32>> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .context("reading /proc")?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    for pid in pids {
-        let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-        // A process may exit, or deny access, while it is read: skipped.
-        let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+    Ok(pids)
+}
+
+/// Every network namespace a process of this host is in other than this thread's (a
+/// container's), entered from a thread of its own: its sockets and a probe listener's port.
+/// A namespace that cannot be entered or listed is left out.
+pub fn other_namespaces() -> Result<Vec<Namespace>> {
+    use std::os::fd::AsRawFd as _;
+    let own = std::fs::read_link("/proc/thread-self/ns/net").context("reading our namespace")?;
+    let mut seen = std::collections::HashSet::from([own]);
+    let mut out = Vec::new();
+    for pid in pids()? {
+        let path = format!("/proc/{pid}/ns/net");
+        let Ok(ns) = std::fs::read_link(&path) else {
             continue;
         };
-        let mut proc_info = None;
-        for fd in fds.flatten() {
-            let Some(&i) = std::fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| {
-                    l.to_str()?
-                        .strip_prefix("socket:[")?
-                        .strip_suffix(']')?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .and_then(|inode| by_inode.get(&inode))
-            else {
-                continue;
-            };
-            if owners[i].is_some() {
-                continue;
+        if !seen.insert(ns) {
+            continue;
+        }
+        let entered = std::thread::spawn(move || -> Result<Namespace> {
+            let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on a namespace file, for this thread alone, which ends here.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error()).with_context(|| format!("entering {path}"));
             }
-            let info = proc_info.get_or_insert_with(|| {
-                let mut comm = [0u8; 16];
-                if let Ok(c) = std::fs::read_to_string(dir.join("comm")) {
-                    let c = c.trim_end_matches('\n').as_bytes();
-                    let n = c.len().min(15);
-                    comm[..n].copy_from_slice(&c[..n]);
-                }
-                netmon_common::ProcInfo {
-                    pid,
-                    uid: socks[i].uid,
-                    cgroup_id: cgroup2
-                        .as_ref()
-                        .and_then(|root| cgroup_id(root, pid))
-                        .unwrap_or(0),
-                    recorded_ns: now,
-                    comm,
-                }
-            });
-            owners[i] = Some(*info);
+            let probe_port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .ok()
+                .map(|a| a.port());
+            Ok(Namespace {
+                probe_port,
+                sockets: own_sockets()?,
+            })
+        })
+        .join();
+        match entered {
+            Ok(Ok(ns)) => out.push(ns),
+            Ok(Err(e)) => tracing::debug!("a network namespace's sockets are not listed: {e:#}"),
+            Err(_) => tracing::debug!("listing a network namespace's sockets panicked"),
         }
     }
-    Ok(socks
+    Ok(out)
+}
+
+/// Of each group of sockets (of one namespace each), those that a process holds open now,
+/// each with that process (where several hold one, as after a fork, the one with the lowest
+/// pid: the parent that opened it): what the hooks never saw of sockets opened before the
+/// daemon started. Socket inodes, matched against every process's open files in /proc (as
+/// `ss -p` does), once at start. The cgroup id is 0 (unknown) where no cgroup v2 hierarchy
+/// is mounted to look it up.
+pub fn socket_owners(
+    groups: Vec<Vec<DiagSocket>>,
+) -> Result<Vec<Vec<(DiagSocket, netmon_common::ProcInfo)>>> {
+    // (TIME_WAIT and request sockets have no inode: no process holds them.)
+    let by_inode: std::collections::HashMap<u64, (usize, usize)> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, socks)| {
+            socks
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.inode != 0)
+                .map(move |(i, s)| (u64::from(s.inode), (g, i)))
+        })
+        .collect();
+    let mut owners: Vec<Vec<Option<netmon_common::ProcInfo>>> =
+        groups.iter().map(|g| vec![None; g.len()]).collect();
+    if !by_inode.is_empty() {
+        let now = crate::drain::monotonic_ns();
+        let cgroup2 = crate::load::cgroup2_mount();
+        for pid in pids()? {
+            let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+            // A process may exit, or deny access, while it is read: skipped.
+            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            let mut proc_info = None;
+            for fd in fds.flatten() {
+                let Some(&(g, i)) = std::fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| {
+                        l.to_str()?
+                            .strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .and_then(|inode| by_inode.get(&inode))
+                else {
+                    continue;
+                };
+                if owners[g][i].is_some() {
+                    continue;
+                }
+                let info = proc_info.get_or_insert_with(|| {
+                    let mut comm = [0u8; 16];
+                    if let Ok(c) = std::fs::read_to_string(dir.join("comm")) {
+                        let c = c.trim_end_matches('\n').as_bytes();
+                        let n = c.len().min(15);
+                        comm[..n].copy_from_slice(&c[..n]);
+                    }
+                    netmon_common::ProcInfo {
+                        pid,
+                        uid: groups[g][i].uid,
+                        cgroup_id: cgroup2
+                            .as_ref()
+                            .and_then(|root| cgroup_id(root, pid))
+                            .unwrap_or(0),
+                        recorded_ns: now,
+                        comm,
+                    }
+                });
+                owners[g][i] = Some(*info);
+            }
+        }
+    }
+    Ok(groups
         .into_iter()
         .zip(owners)
-        .filter_map(|(s, o)| Some((s, o?)))
+        .map(|(socks, owners)| {
+            socks
+                .into_iter()
+                .zip(owners)
+                .filter_map(|(s, o)| Some((s, o?)))
+                .collect()
+        })
         .collect())
 }
 
@@ -782,7 +853,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (a, _) = l.accept().unwrap();
-        let owners = socket_owners().unwrap();
+        let owners = socket_owners(vec![own_sockets().unwrap()])
+            .unwrap()
+            .remove(0);
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         let comm = comm.trim_end().as_bytes();
         let n = comm.len().min(15);

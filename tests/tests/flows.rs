@@ -1495,6 +1495,70 @@ fn tcp_sockets_older_than_the_daemon_are_attributed() {
     drop(other);
 }
 
+/// TCP connections of other network namespaces (containers) open before the daemon started
+/// are found in their namespaces at its start: host H routes between "container" C and
+/// "outside" O; C's client is connected to O's server before H's daemon starts and sends
+/// after. Both rows of the forwarded connection, out through eH (C's side local) and in at
+/// cH (O's side local, the destination), are their own sockets' processes'.
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn tcp_connections_of_other_namespaces_older_than_the_daemon_are_attributed() {
+    let (h, c, o) = (Netns::new("onh"), Netns::new("onc"), Netns::new("ono"));
+    h.ip_batch(&format!(
+        "link add eH type veth peer name eO netns {o}\n\
+         addr add 10.78.0.1/24 dev eH\nlink set eH up\n\
+         link add cH type veth peer name cC netns {c}\n\
+         addr add 10.77.0.1/24 dev cH\nlink set cH up\n",
+        o = o.name,
+        c = c.name
+    ));
+    o.ip_batch("addr add 10.78.0.2/24 dev eO\nlink set eO up\nroute add default via 10.78.0.1\n");
+    c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
+    h.sysctl("net.ipv4.ip_forward", "1");
+    let go = h.scratch.join("go");
+    let _ = std::fs::remove_file(&go);
+    let go = go.to_str().unwrap().to_string();
+    let outside = "10.78.0.2:5031";
+    let server = Peer::spawn(
+        &o,
+        &["tcp-serve", "--listen", outside, "--comm", "nmt-outside"],
+    );
+    let client = Peer::spawn(
+        &c,
+        &[
+            "tcp-send",
+            "--to",
+            outside,
+            "--bytes",
+            "300000",
+            "--comm",
+            "nmt-container",
+            "--after-file",
+            &go,
+        ],
+    );
+    let (server_pid, client_pid, container) = (server.pid, client.pid, client.local.clone());
+    let d = Daemon::start(&h, &[], &[]);
+    std::fs::write(&go, b"").unwrap();
+    assert!(client.finish().contains("sent=300000"));
+    assert!(server.finish().contains("received=300000"));
+    wait_for(
+        10,
+        "both rows' processes",
+        || format!("{:#}\n{}", d.fresh_stats(&h)["connections"], d.log_text()),
+        || {
+            let stats = d.fresh_stats(&h);
+            let out = find_conn(&stats, &container, outside);
+            let into = find_conn(&stats, outside, &container);
+            (u(&out["bytes_sent"]) > 300_000
+                && u(&into["bytes_recv"]) > 300_000
+                && (&out["pid"], &out["process"]) == (&client_pid.into(), &"nmt-container".into())
+                && (&into["pid"], &into["process"]) == (&server_pid.into(), &"nmt-outside".into()))
+                .then_some(())
+        },
+    );
+}
+
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn short_lived_process_is_attributed_after_it_exits() {
