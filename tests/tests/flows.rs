@@ -1086,6 +1086,36 @@ fn a_macvlan_is_counted_through_its_parent_once() {
     );
 }
 
+/// Host H routing IPv4 between "container" C (10.77.0.2, behind H's cH, 10.77.0.1) and
+/// "outside" O (10.78.0.2, behind H's eH, 10.78.0.1); O routes back to C through H where
+/// `o_routes_back`.
+fn routed_host(tag: &str, o_routes_back: bool) -> (Netns, Netns, Netns) {
+    let (h, c, o) = (
+        Netns::new(&format!("{tag}h")),
+        Netns::new(&format!("{tag}c")),
+        Netns::new(&format!("{tag}o")),
+    );
+    h.ip_batch(&format!(
+        "link add eH type veth peer name eO netns {o}\n\
+         addr add 10.78.0.1/24 dev eH\nlink set eH up\n\
+         link add cH type veth peer name cC netns {c}\n\
+         addr add 10.77.0.1/24 dev cH\nlink set cH up\n",
+        o = o.name,
+        c = c.name
+    ));
+    let back = if o_routes_back {
+        "route add default via 10.78.0.1\n"
+    } else {
+        ""
+    };
+    o.ip_batch(&format!(
+        "addr add 10.78.0.2/24 dev eO\nlink set eO up\n{back}"
+    ));
+    c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
+    h.sysctl("net.ipv4.ip_forward", "1");
+    (h, c, o)
+}
+
 /// Frames the host forwards and masquerades leave with its own address as their source, so
 /// their egress flow looks like one of its sockets', and the replies arrive addressed to
 /// it: the egress program's mark keeps both from the process that owns the port number
@@ -1097,19 +1127,8 @@ fn a_macvlan_is_counted_through_its_parent_once() {
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
-    let (h, c, o) = (Netns::new("mqh"), Netns::new("mqc"), Netns::new("mqo"));
-    h.ip_batch(&format!(
-        "link add eH type veth peer name eO netns {o}\n\
-         addr add 10.78.0.1/24 dev eH\nlink set eH up\n\
-         link add cH type veth peer name cC netns {c}\n\
-         addr add 10.77.0.1/24 dev cH\nlink set cH up\n",
-        o = o.name,
-        c = c.name
-    ));
     // No route back to C: O's replies, were there any, would go to H's address.
-    o.ip_batch("addr add 10.78.0.2/24 dev eO\nlink set eO up\n");
-    c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
-    h.sysctl("net.ipv4.ip_forward", "1");
+    let (h, c, o) = routed_host("mq", false);
     h.exec(&[
         "nft",
         "add table ip nmt; \
@@ -1281,6 +1300,14 @@ fn pings_are_attributed_to_the_pinging_process() {
     }
 }
 
+/// A path in `ns`'s scratch directory, not there yet, that peers started with
+/// `--after-file` wait for: writing it starts them.
+fn go_file(ns: &Netns) -> String {
+    let go = ns.scratch.join("go");
+    let _ = std::fs::remove_file(&go);
+    go.to_str().unwrap().to_string()
+}
+
 /// Connected UDP sockets (their datagrams carry no address): one opened and connected
 /// before the daemon started, one after. Both senders' flows are counted to the datagram
 /// and attributed to their processes, whichever hook this kernel gave the loader (on
@@ -1290,9 +1317,7 @@ fn pings_are_attributed_to_the_pinging_process() {
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn connected_udp_senders_are_attributed_even_when_older_than_the_daemon() {
     let p = Pair::new("uc");
-    let go = p.a.scratch.join("go");
-    let _ = std::fs::remove_file(&go);
-    let go_arg = go.to_str().unwrap().to_string();
+    let go = go_file(&p.a);
     let receivers: Vec<Peer> = ["198.18.0.2:7011", "[fd00:6e6d::2]:7012", "198.18.0.2:7013"]
         .iter()
         .map(|l| {
@@ -1325,7 +1350,7 @@ fn connected_udp_senders_are_attributed_even_when_older_than_the_daemon() {
                 "--comm",
                 comm,
                 "--after-file",
-                &go_arg,
+                &go,
             ],
         )
     };
@@ -1373,9 +1398,7 @@ fn connected_udp_senders_are_attributed_even_when_older_than_the_daemon() {
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn tcp_sockets_older_than_the_daemon_are_attributed() {
     let p = Pair::new("ot");
-    let go = p.a.scratch.join("go");
-    let _ = std::fs::remove_file(&go);
-    let go = go.to_str().unwrap().to_string();
+    let go = go_file(&p.a);
     let (old_listener, theirs) = ("198.18.0.1:5021", "198.18.0.2:5022");
     let server_b = Peer::spawn(&p.b, &["tcp-serve", "--listen", theirs]);
     let server_a = Peer::spawn(
@@ -1503,21 +1526,8 @@ fn tcp_sockets_older_than_the_daemon_are_attributed() {
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn tcp_connections_of_other_namespaces_older_than_the_daemon_are_attributed() {
-    let (h, c, o) = (Netns::new("onh"), Netns::new("onc"), Netns::new("ono"));
-    h.ip_batch(&format!(
-        "link add eH type veth peer name eO netns {o}\n\
-         addr add 10.78.0.1/24 dev eH\nlink set eH up\n\
-         link add cH type veth peer name cC netns {c}\n\
-         addr add 10.77.0.1/24 dev cH\nlink set cH up\n",
-        o = o.name,
-        c = c.name
-    ));
-    o.ip_batch("addr add 10.78.0.2/24 dev eO\nlink set eO up\nroute add default via 10.78.0.1\n");
-    c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
-    h.sysctl("net.ipv4.ip_forward", "1");
-    let go = h.scratch.join("go");
-    let _ = std::fs::remove_file(&go);
-    let go = go.to_str().unwrap().to_string();
+    let (h, c, o) = routed_host("on", true);
+    let go = go_file(&h);
     let outside = "10.78.0.2:5031";
     let server = Peer::spawn(
         &o,
