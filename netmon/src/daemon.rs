@@ -1512,16 +1512,17 @@ fn seed_socket_owners(attached: &mut load::Attached) {
         }
         // The daemon's namespace's probe is opened here; another's was opened (and closed)
         // in it.
-        let own_probe = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| {
-                warn!(
-                    "TCP listeners open before the hooks are known by port only: opening a \
-                     loopback listener to learn the namespace's identity: {e}"
-                );
-            })
-            .ok();
+        let mut probes: std::collections::HashSet<u16> =
+            others.iter().filter_map(|ns| ns.probe_port).collect();
+        let own_probe = crate::sockdiag::probe_listener(&probes);
+        if own_probe.is_none() {
+            warn!(
+                "TCP listeners open before the hooks are known by port only: no loopback \
+                 listener to learn the namespace's identity"
+            );
+        }
+        probes.extend(own_probe);
+        let nets = probe_nets(ebpf, &probes)?;
         let namespaces = std::iter::once((own_probe, own))
             .chain(others.iter().map(|ns| ns.probe_port).zip(owned));
         for (i, (probe, owners)) in namespaces.enumerate() {
@@ -1539,11 +1540,7 @@ fn seed_socket_owners(attached: &mut load::Attached) {
                     (port, *owner)
                 })
                 .collect();
-            if let Some(net) = probe
-                .map(|port| probe_net(ebpf, port))
-                .transpose()?
-                .flatten()
-            {
+            if let Some(&net) = probe.and_then(|port| nets.get(&port)) {
                 let by_ns = listeners.iter().map(|&(port, owner)| {
                     let key = netmon_common::NsPortKey { net, port, _pad: 0 };
                     (key, owner)
@@ -1582,15 +1579,19 @@ fn seed_socket_owners(attached: &mut load::Attached) {
     }
 }
 
-/// A network namespace's identity as the kernel programs name it (`NsPortKey::net`, the
-/// address of its `struct net`, which userspace cannot read), learnt from the listener the
-/// daemon opened there on loopback port `port` (`probe`): the listen hook recorded it under
-/// its namespace and port, with the daemon's pid. Takes the probe's records out again. None
-/// where the hook recorded no namespace (its kernel's BTF gave no offset) or is not
+/// Network namespaces' identities as the kernel programs name them (`NsPortKey::net`, the
+/// address of a `struct net`, which userspace cannot read), by the loopback port of the
+/// listener the daemon opened in each (`sockdiag::probe_listener`, each on a port of its
+/// own): the listen hook recorded each under its namespace and port, with the daemon's pid.
+/// One pass over `NETMON_LISTEN_NS`; the probes' records are taken out again. A namespace
+/// is missing where the hook recorded none (its kernel's BTF gave no offset) or is not
 /// attached.
-fn probe_net(ebpf: &mut aya::Ebpf, port: u16) -> Result<Option<u64>> {
+fn probe_nets(
+    ebpf: &mut aya::Ebpf,
+    ports: &std::collections::HashSet<u16>,
+) -> Result<std::collections::HashMap<u16, u64>> {
     let me = std::process::id();
-    let port = PortKey {
+    let tcp = |port| PortKey {
         proto: IPPROTO_TCP,
         _pad: 0,
         port,
@@ -1600,21 +1601,28 @@ fn probe_net(ebpf: &mut aya::Ebpf, port: u16) -> Result<Option<u64>> {
             ebpf.map_mut("NETMON_LISTEN_NS")
                 .context("eBPF object has no NETMON_LISTEN_NS")?,
         )?;
-    let key = by_ns
+    let probes: Vec<netmon_common::NsPortKey> = by_ns
         .keys()
         .flatten()
-        .find(|k| k.port == port && by_ns.get(k, 0).is_ok_and(|o| o.pid == me));
-    if let Some(k) = key {
-        let _ = by_ns.remove(&k);
+        .filter(|k| {
+            k.port.proto == IPPROTO_TCP
+                && ports.contains(&k.port.port)
+                && by_ns.get(k, 0).is_ok_and(|o| o.pid == me)
+        })
+        .collect();
+    for k in &probes {
+        let _ = by_ns.remove(k);
     }
     let mut by_port: aya::maps::HashMap<_, PortKey, ProcInfo> = aya::maps::HashMap::try_from(
         ebpf.map_mut("NETMON_PORT_OWNER")
             .context("eBPF object has no NETMON_PORT_OWNER")?,
     )?;
-    if by_port.get(&port, 0).is_ok_and(|o| o.pid == me) {
-        let _ = by_port.remove(&port);
+    for &port in ports {
+        if by_port.get(&tcp(port), 0).is_ok_and(|o| o.pid == me) {
+            let _ = by_port.remove(&tcp(port));
+        }
     }
-    Ok(key.map(|k| k.net))
+    Ok(probes.iter().map(|k| (k.port.port, k.net)).collect())
 }
 
 /// Inserts `entries` into hash map `name` where it has no entry for the key yet

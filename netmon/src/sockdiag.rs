@@ -549,10 +549,29 @@ pub fn own_sockets() -> Result<Vec<DiagSocket>> {
 
 /// Another network namespace's sockets (`other_namespaces`).
 pub struct Namespace {
-    /// The port of a loopback listener opened there and closed at once: the listen hook
-    /// records it under the namespace's identity. None where none could be opened.
+    /// The port of a loopback listener opened there and closed at once (`probe_listener`):
+    /// the listen hook records it under the namespace's identity. None where none could be
+    /// opened.
     pub probe_port: Option<u16>,
     pub sockets: Vec<DiagSocket>,
+}
+
+/// Opens a listener on a loopback port of this thread's network namespace that is none of
+/// `taken`, and closes it: the listen hook has then recorded the port under the namespace's
+/// identity (so each namespace's probe is told apart by its port alone). Its port; None
+/// where there is no loopback address to listen on, or no such port came in 16 tries.
+pub fn probe_listener(taken: &std::collections::HashSet<u16>) -> Option<u16> {
+    // (Kept open until one fits, so that the next bind gets another port.)
+    let mut tried = Vec::new();
+    for _ in 0..16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        let port = l.local_addr().ok()?.port();
+        if !taken.contains(&port) {
+            return Some(port);
+        }
+        tried.push(l);
+    }
+    None
 }
 
 /// The processes' ids, in order.
@@ -573,6 +592,7 @@ pub fn other_namespaces() -> Result<Vec<Namespace>> {
     use std::os::fd::AsRawFd as _;
     let own = std::fs::read_link("/proc/thread-self/ns/net").context("reading our namespace")?;
     let mut seen = std::collections::HashSet::from([own]);
+    let mut probes = std::collections::HashSet::new();
     let mut out = Vec::new();
     for pid in pids()? {
         let path = format!("/proc/{pid}/ns/net");
@@ -582,24 +602,24 @@ pub fn other_namespaces() -> Result<Vec<Namespace>> {
         if !seen.insert(ns) {
             continue;
         }
+        let taken = probes.clone();
         let entered = std::thread::spawn(move || -> Result<Namespace> {
             let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
             // SAFETY: setns on a namespace file, for this thread alone, which ends here.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error()).with_context(|| format!("entering {path}"));
             }
-            let probe_port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .ok()
-                .map(|a| a.port());
             Ok(Namespace {
-                probe_port,
+                probe_port: probe_listener(&taken),
                 sockets: own_sockets()?,
             })
         })
         .join();
         match entered {
-            Ok(Ok(ns)) => out.push(ns),
+            Ok(Ok(ns)) => {
+                probes.extend(ns.probe_port);
+                out.push(ns);
+            }
             Ok(Err(e)) => tracing::debug!("a network namespace's sockets are not listed: {e:#}"),
             Err(_) => tracing::debug!("listing a network namespace's sockets panicked"),
         }
