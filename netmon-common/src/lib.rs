@@ -469,6 +469,10 @@ pub struct SockKey {
     pub remote_addr: [u8; 16],
 }
 
+/// Entries of `NETMON_UDP_NS`, the owners of other network namespaces' UDP ports (an LRU
+/// map: a port's record lives until 16,384 others were written after it).
+pub const UDP_NS_ENTRIES: u32 = 16384;
+
 /// Slots of `NETMON_UDP_PORTS`, the owners of UDP local ports indexed by the port.
 pub const UDP_PORT_SLOTS: u32 = 1 << 16;
 
@@ -482,9 +486,11 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// A TCP listener's port in its network namespace (`NETMON_LISTEN_NS`): `net` is the
-/// namespace's `struct net` address as the kernel's socket holds it, an identity only (never
-/// followed), so that containers listening on the same port are told apart.
+/// A local port in its network namespace. In `NETMON_LISTEN_NS` (TCP listeners) `net` is
+/// the namespace's `struct net` address as the kernel's socket holds it, an identity only
+/// (never followed), so that containers listening on the same port are told apart; in
+/// `NETMON_UDP_NS` (UDP sockets of other namespaces than the daemon's) the namespace's
+/// cookie (`bpf_get_netns_cookie`, `SO_NETNS_COOKIE`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NsPortKey {
@@ -578,6 +584,11 @@ pub mod config {
     /// ::ffff:127.0.0.0/104): its frames never reach a watched interface, and the record's
     /// socket storage costs the connect ~1 µs.
     pub const LOOPBACK_WATCHED: u32 = 3;
+    /// The daemon's network namespace's cookie (`SO_NETNS_COOKIE`): the cgroup UDP hooks
+    /// record the owners of the sockets of every other namespace (a container's) by
+    /// namespace and port (`NETMON_UDP_NS`). 0: not known (a kernel before 5.14), and then
+    /// every namespace's are.
+    pub const OWN_NETNS_COOKIE: u32 = 4;
     pub const COUNT: u32 = 8;
 }
 

@@ -37,7 +37,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_sk_storage_get,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_netns_cookie,
+        generated::bpf_sk_storage_get,
     },
     macros::{
         btf_map, cgroup_sock, cgroup_sock_addr, classifier, kprobe, map, raw_tracepoint,
@@ -162,10 +163,29 @@ struct UdpSockOwner {
     /// The local port and drain epoch `owner` was last recorded for (port 0: never).
     port: u32,
     epoch: u32,
+    /// The local port `owner` was last recorded for in `NETMON_UDP_NS` (0: never), or
+    /// `NS_OWN` for a socket of the daemon's network namespace, which is never recorded
+    /// there.
+    ns_port: u32,
+    _pad: u32,
 }
+
+/// `UdpSockOwner::ns_port` of a socket in the daemon's own network namespace.
+const NS_OWN: u32 = u32::MAX;
 
 #[btf_map]
 static NETMON_UDP_SK: SkStorage<UdpSockOwner> = SkStorage::new();
+
+/// (network namespace cookie, UDP local port) -> the process that owned a UDP socket of
+/// another network namespace than the daemon's (a container's): written by the cgroup UDP
+/// hooks once the socket has a port (an addressed send after the first, a connect of a
+/// bound socket) and when the socket is closed (`netmon_udp_release`). A container's
+/// datagrams reach the host's interfaces without their socket, so the egress program never
+/// sees who sent them; the daemon finds the namespace by the flow's container-side address
+/// and looks the port up here.
+#[map]
+static NETMON_UDP_NS: LruHashMap<NsPortKey, ProcInfo> =
+    LruHashMap::with_max_entries(netmon_common::UDP_NS_ENTRIES, 0);
 
 /// The process that created an ICMP socket (a ping socket or a raw ICMP/ICMPv6 one), kept
 /// with the socket by `netmon_icmp_sock`. The egress program copies it to `NETMON_SOCK_PROC`
@@ -2550,14 +2570,25 @@ fn udp_sock_owner(ctx: &SockAddrContext, to_loopback: impl FnOnce() -> bool) -> 
         return 1;
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the kernel-provided context: `sk`, the hook's socket, is never null here, and
+    // its `src_port` (host order; 0 until the socket is bound) is readable.
+    let bound = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port };
     // SAFETY: the hook's own socket.
     let s = unsafe { NETMON_UDP_SK.get_ptr_mut(ctx) };
     if s.is_null() {
+        // SAFETY: the hook's context, as the helper takes it.
+        let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
         let mut fresh = UdpSockOwner {
             owner: current_proc(),
             port: 0,
             epoch: 0,
+            ns_port: if cookie == own_netns() { NS_OWN } else { 0 },
+            _pad: 0,
         };
+        if fresh.ns_port == 0 && bound != 0 {
+            record_udp_ns(cookie, bound, &fresh.owner);
+            fresh.ns_port = bound;
+        }
         // SAFETY: as above; the storage is created with `fresh`'s bytes.
         if unsafe { NETMON_UDP_SK.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) }.is_null() {
             bump(counter::SOCK_INSERT_FAILED);
@@ -2571,6 +2602,83 @@ fn udp_sock_owner(ctx: &SockAddrContext, to_loopback: impl FnOnce() -> bool) -> 
         if (*s).owner.pid != pid {
             (*s).owner = current_proc();
             (*s).port = 0;
+            if (*s).ns_port != NS_OWN {
+                (*s).ns_port = 0;
+            }
+        }
+        if (*s).ns_port != NS_OWN && bound != 0 && (*s).ns_port != bound {
+            record_udp_ns(
+                bpf_get_netns_cookie(ctx.sock_addr.cast()),
+                bound,
+                &(*s).owner,
+            );
+            (*s).ns_port = bound;
+        }
+    }
+    1
+}
+
+/// The daemon's network namespace's cookie (`config::OWN_NETNS_COOKIE`; 0: not known, and
+/// then no socket is taken for one of it).
+#[inline(always)]
+fn own_netns() -> u64 {
+    let c = config(config::OWN_NETNS_COOKIE);
+    if c == 0 { u64::MAX } else { c }
+}
+
+/// Records `owner` as the owner of UDP port `port` of the network namespace whose cookie is
+/// `cookie` (`NETMON_UDP_NS`).
+#[inline(always)]
+fn record_udp_ns(cookie: u64, port: u32, owner: &ProcInfo) {
+    let key = NsPortKey {
+        net: cookie,
+        port: PortKey {
+            proto: IPPROTO_UDP,
+            _pad: 0,
+            port: port as u16,
+        },
+        _pad: 0,
+    };
+    if NETMON_UDP_NS.insert(&key, owner, BPF_ANY as u64).is_err() {
+        bump(counter::SOCK_INSERT_FAILED);
+    }
+}
+
+/// cgroup `sock_release`, on the cgroup v2 root: a UDP socket of another network namespace
+/// than the daemon's whose owner the UDP hooks recorded (`NETMON_UDP_SK`) leaves that owner
+/// in `NETMON_UDP_NS` under its port as it closes, if it was not there yet: a container's
+/// short-lived sockets (a resolver's, one per query) are gone before the daemon's next
+/// drain looks for their datagrams' sender. Other sockets cost the protocol's compare, or a
+/// storage lookup that finds nothing. Always 1.
+#[cgroup_sock(sock_release)]
+pub fn netmon_udp_release(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel-provided bpf_sock of the socket being released.
+    if unsafe { (*ctx.sock).protocol } != u32::from(IPPROTO_UDP) {
+        return 1;
+    }
+    // This hook's context gives no port (`src_port` is a bind hook's): `skc_num`, read from
+    // the socket the context is.
+    let bound = u32::from(read_sk::<u16>(ctx.sock as u64, &SK_OFF_NUM).unwrap_or(0));
+    if bound == 0 {
+        return 1;
+    }
+    // SAFETY: the hook's own socket (the context); looked up, never created.
+    let s = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&NETMON_UDP_SK).cast_mut().cast(),
+            ctx.sock.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<UdpSockOwner>();
+    if s.is_null() {
+        return 1;
+    }
+    // SAFETY: the socket's storage, live while the socket is.
+    unsafe {
+        if (*s).ns_port != NS_OWN && (*s).ns_port != bound {
+            record_udp_ns(bpf_get_netns_cookie(ctx.sock.cast()), bound, &(*s).owner);
         }
     }
     1

@@ -40,6 +40,26 @@ pub struct Owner {
     /// socket's own record.
     #[serde(skip)]
     pub by_port: bool,
+    /// Found at the flow's remote end (a socket of another network namespace of this host,
+    /// the flow seen as it crosses the host): what the flow received, this process sent,
+    /// and the other way round (`owner_direction`).
+    #[serde(skip)]
+    pub far_end: bool,
+}
+
+/// The direction `direction`'s traffic counts in for its owner's totals: the other one
+/// where the owner is the flow's far end (`Owner::far_end`).
+fn owner_direction(owner: Option<&Arc<Owner>>, direction: u8) -> u8 {
+    match owner {
+        Some(o) if o.far_end => {
+            if direction == DIR_INGRESS {
+                DIR_EGRESS
+            } else {
+                DIR_INGRESS
+            }
+        }
+        _ => direction,
+    }
 }
 
 impl From<ProcInfo> for Owner {
@@ -52,6 +72,7 @@ impl From<ProcInfo> for Owner {
             cgroup: crate::cgroups::path(p.cgroup_id),
             comm: String::from_utf8_lossy(&p.comm[..end]).into_owned(),
             by_port: false,
+            far_end: false,
         }
     }
 }
@@ -452,7 +473,7 @@ fn settle(
         ledger,
         interval_s,
         labels(e.owner.as_ref(), e.forwarded),
-        key.direction,
+        owner_direction(e.owner.as_ref(), key.direction),
         e.pending_bytes,
         e.pending_packets,
         e.last_ns,
@@ -1093,7 +1114,7 @@ impl Tracker {
                     },
                     interval_s,
                     labels(e.owner.as_ref(), e.forwarded),
-                    k.direction,
+                    owner_direction(e.owner.as_ref(), k.direction),
                     e.pending_bytes,
                     e.pending_packets,
                     e.last_ns,
@@ -1815,6 +1836,7 @@ mod tests {
             cgroup: None,
             comm: comm.into(),
             by_port: false,
+            far_end: false,
         }
     }
 

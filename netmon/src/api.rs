@@ -741,6 +741,7 @@ mod tests {
                     cgroup: None,
                     comm: ["web", "db", "cron"][usize::from(k.local_port % 3)].into(),
                     by_port: false,
+                    far_end: false,
                 })
             });
         }
@@ -896,6 +897,7 @@ mod tests {
                 cgroup: None,
                 comm: "app".into(),
                 by_port: false,
+                far_end: false,
             })
         });
         let rows = t.connections(&[]);

@@ -1476,7 +1476,8 @@ pub async fn run(mut cfg: RunConfig, shutdown: CancellationToken, reread: Reread
 /// kernel gives no socket's namespace); and, where UDP senders are attributed through the
 /// cgroup hooks on connect() and sendmsg(), a UDP socket of the daemon's namespace as the
 /// owner of its local port (`NETMON_UDP_PORTS`, which has no namespace), as the egress
-/// program would make it on the socket's first frame. A TCP record the hooks have written
+/// program would make it on the socket's first frame, and one of another namespace by that
+/// namespace's cookie and its port (`NETMON_UDP_NS`), as the UDP hooks would. A TCP record the hooks have written
 /// since they were attached is newer than what the scan saw and is kept. A failure only
 /// costs those sockets their owner.
 fn seed_socket_owners(attached: &mut load::Attached) {
@@ -1523,9 +1524,27 @@ fn seed_socket_owners(attached: &mut load::Attached) {
         }
         probes.extend(own_probe);
         let nets = probe_nets(ebpf, &probes)?;
-        let namespaces = std::iter::once((own_probe, own))
-            .chain(others.iter().map(|ns| ns.probe_port).zip(owned));
-        for (i, (probe, owners)) in namespaces.enumerate() {
+        let namespaces = std::iter::once(((own_probe, None), own)).chain(
+            others
+                .iter()
+                .map(|ns| (ns.probe_port, ns.cookie))
+                .zip(owned),
+        );
+        for (i, ((probe, cookie), owners)) in namespaces.enumerate() {
+            if let Some(net) = cookie.filter(|_| udp_hooks) {
+                let udp = owners
+                    .iter()
+                    .filter(|(s, _)| s.proto == IPPROTO_UDP && s.local_port != 0)
+                    .map(|(s, owner)| {
+                        let port = PortKey {
+                            proto: IPPROTO_UDP,
+                            _pad: 0,
+                            port: s.local_port,
+                        };
+                        (netmon_common::NsPortKey { net, port, _pad: 0 }, *owner)
+                    });
+                n[0] += insert_new(ebpf, "NETMON_UDP_NS", udp)?;
+            }
             let listeners: Vec<(PortKey, ProcInfo)> = owners
                 .iter()
                 .filter(|(s, _)| {

@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use netmon_common::{
-    CpuState, FlowKey, FlowKey4, FlowStats, HOOK_TC, HOOK_XDP, IPPROTO_UDP, IfaceStats, PortKey,
-    ProcInfo, SockKey, config, counter, has_socket_owner, is_icmp,
+    CpuState, FlowKey, FlowKey4, FlowStats, HOOK_TC, HOOK_XDP, IPPROTO_UDP, IfaceStats, NsPortKey,
+    PortKey, ProcInfo, SockKey, config, counter, has_socket_owner, is_icmp,
 };
 
 use crate::aggregate::{FlowSample, LocalAddrs, is_forwarded};
@@ -367,6 +367,8 @@ impl Maps {
                 sock_proc: HashMap::try_from(take(ebpf, "NETMON_SOCK_PROC")?)?,
                 port_owner: HashMap::try_from(take(ebpf, "NETMON_PORT_OWNER")?)?,
                 udp_ports: UdpPorts::take(ebpf)?,
+                udp_ns: HashMap::try_from(take(ebpf, "NETMON_UDP_NS")?)?,
+                namespaces: Default::default(),
                 local: Default::default(),
             }),
             dirty: aya::maps::RingBuf::try_from(take(ebpf, "NETMON_DIRTY")?)?,
@@ -521,6 +523,10 @@ pub struct Owners {
     sock_proc: HashMap<MapData, SockKey, ProcInfo>,
     port_owner: HashMap<MapData, PortKey, ProcInfo>,
     udp_ports: UdpPorts,
+    /// Other network namespaces' UDP ports' owners, by namespace cookie and port.
+    udp_ns: HashMap<MapData, NsPortKey, ProcInfo>,
+    /// Which other network namespaces hold an address (their cookies).
+    namespaces: std::sync::Mutex<crate::sockdiag::NamespaceAddrs>,
     /// The daemon's namespace's addresses, as it last read them.
     local: std::sync::RwLock<std::sync::Arc<LocalAddrs>>,
 }
@@ -577,37 +583,85 @@ fn sock_key(key: &FlowKey) -> Option<SockKey> {
     })
 }
 
-/// The exact 4-tuple first, then the owner of the local port (listener, UDP sender); true
-/// when it is the port's. The port's owner only where the flow's local address is one this
-/// host takes traffic for (`LocalAddrs`) and the egress program did not see the frames
-/// forwarded (`forwarded`: `FLOW_FLAG_FORWARDED`): a frame the host forwards (a container's,
-/// seen on the bridge port with its destination as the local side, or leaving through the
-/// uplink with the host's address put in by masquerading) belongs to no local port, and a
-/// host process that happened to use its port number took it.
+/// The exact 4-tuple first, then the owner of the local port (listener, UDP sender). The
+/// port's owner only where the flow's local address is one this host takes traffic for
+/// (`LocalAddrs`): a frame the host forwards (a container's, seen on the bridge port with
+/// its destination as the local side, or leaving through the uplink with the host's address
+/// put in by masquerading) belongs to no local port, and a host process that happened to
+/// use its port number took it. A frame the egress program saw forwarded (`forwarded`:
+/// `FLOW_FLAG_FORWARDED`, or an ingress flow to an address not the host's) is its far end's
+/// (`far_end`), if that end is a socket of this host.
 fn resolve(
     sk: &SockKey,
     local: &LocalAddrs,
     forwarded: bool,
-    by_sock: impl FnOnce(&SockKey) -> Option<ProcInfo>,
+    by_sock: impl Fn(&SockKey) -> Option<ProcInfo>,
     by_port: impl FnOnce(&PortKey) -> Option<ProcInfo>,
-) -> Option<(ProcInfo, bool)> {
+    in_ns: impl FnOnce(&[u8; 16], u16) -> Option<ProcInfo>,
+) -> Option<(ProcInfo, Via)> {
     if is_icmp(sk.proto) {
-        return by_sock(sk).map(|p| (p, false));
+        return by_sock(sk).map(|p| (p, Via::Socket));
+    }
+    if forwarded {
+        return far_end(sk, by_sock, in_ns);
     }
     if sk.remote_port != 0
         && let Some(p) = by_sock(sk)
     {
-        return Some((p, false));
+        return Some((p, Via::Socket));
     }
-    if forwarded || !local.admits(&sk.local_addr) {
-        return None;
+    if !local.admits(&sk.local_addr) {
+        return far_end(sk, by_sock, in_ns);
     }
     by_port(&PortKey {
         proto: sk.proto,
         _pad: 0,
         port: sk.local_port,
     })
-    .map(|p| (p, true))
+    .map(|p| (p, Via::Port))
+}
+
+/// How a flow's owner was found (`resolve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The record of the flow's socket.
+    Socket,
+    /// The owner of the flow's local port (a listener, a UDP sender).
+    Port,
+    /// The socket at the flow's remote end, in another network namespace of this host (a
+    /// forwarded flow's, `far_end`): what the flow counts as received that process sent,
+    /// and the other way round.
+    FarEnd,
+}
+
+/// The owner of a forwarded flow: the socket at its remote end, in another network
+/// namespace of this host (a container's), as that end sees the tuple. Of a forwarded
+/// frame's two ends that is the one on the side of the interface it was seen on: where a
+/// container's frames enter the host (its veth, a bridge port) the container, and where
+/// they leave it (the uplink, unless masqueraded) the other side, if that is on this host
+/// too; so each process is credited once with what it sent and received, though the host
+/// sees every such frame twice. A TCP connection by its record (`by_sock`, the tuple
+/// reversed), a UDP socket by its namespace and port (`in_ns`).
+fn far_end(
+    sk: &SockKey,
+    by_sock: impl Fn(&SockKey) -> Option<ProcInfo>,
+    in_ns: impl FnOnce(&[u8; 16], u16) -> Option<ProcInfo>,
+) -> Option<(ProcInfo, Via)> {
+    if sk.local_port == 0 || sk.remote_port == 0 {
+        return None;
+    }
+    let found = if sk.proto == IPPROTO_UDP {
+        in_ns(&sk.remote_addr, sk.remote_port)
+    } else {
+        by_sock(&SockKey {
+            local_port: sk.remote_port,
+            remote_port: sk.local_port,
+            local_addr: sk.remote_addr,
+            remote_addr: sk.local_addr,
+            ..*sk
+        })
+    };
+    found.map(|p| (p, Via::FarEnd))
 }
 
 impl Owners {
@@ -636,20 +690,41 @@ impl Owners {
         }
     }
 
-    /// `sock_owner`, and whether it is the local port's owner rather than the socket's own.
+    /// `sock_owner`, and how it was found.
     fn resolve(
         &self,
         sk: &SockKey,
         local: &LocalAddrs,
         forwarded: bool,
-    ) -> Option<(ProcInfo, bool)> {
+    ) -> Option<(ProcInfo, Via)> {
         resolve(
             sk,
             local,
             forwarded,
             |k| self.sock_proc.get(k, 0).ok(),
             |k| self.port_owner(k, |k| self.port_owner.get(k, 0).ok()),
+            |a, p| self.in_ns(a, p),
         )
+    }
+
+    /// The owner of UDP port `port` in the other network namespace that holds `addr`
+    /// (`NETMON_UDP_NS`); None where no namespace or more than one has a record of it.
+    fn in_ns(&self, addr: &[u8; 16], port: u16) -> Option<ProcInfo> {
+        let mut namespaces = self.namespaces.lock().expect("lock not poisoned");
+        let mut found = namespaces.cookies(addr).iter().filter_map(|&net| {
+            let key = NsPortKey {
+                net,
+                port: PortKey {
+                    proto: IPPROTO_UDP,
+                    _pad: 0,
+                    port,
+                },
+                _pad: 0,
+            };
+            self.udp_ns.get(&key, 0).ok()
+        });
+        let first = found.next();
+        found.next().is_none().then_some(first).flatten()
     }
 
     /// A local port's owner: a UDP port's from `NETMON_UDP_PORTS`, any other from `tcp`.
@@ -752,14 +827,15 @@ impl<'a> OwnerLookup<'a> {
     /// The owner of `key`'s socket, marked `by_port` when it is the local port's owner (a
     /// listener, a UDP sender) rather than the socket's own record.
     pub fn owner(&mut self, key: &FlowKey) -> Option<crate::aggregate::Owner> {
-        let (p, by_port) = self.resolve(key)?;
+        let (p, via) = self.resolve(key)?;
         Some(crate::aggregate::Owner {
-            by_port,
+            by_port: via == Via::Port,
+            far_end: via == Via::FarEnd,
             ..p.into()
         })
     }
 
-    fn resolve(&mut self, key: &FlowKey) -> Option<(ProcInfo, bool)> {
+    fn resolve(&mut self, key: &FlowKey) -> Option<(ProcInfo, Via)> {
         let sk = sock_key(key)?;
         let forwarded = is_forwarded(key);
         if self.copy.is_none() && !self.copy_failed && self.direct >= Self::DIRECT {
@@ -780,6 +856,7 @@ impl<'a> OwnerLookup<'a> {
                 forwarded,
                 |k| c.sock.get(k).copied(),
                 |k| self.owners.port_owner(k, |k| c.port.get(k).copied()),
+                |a, p| self.owners.in_ns(a, p),
             ),
             None => {
                 self.direct += 1;
@@ -815,6 +892,7 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netmon_common::IPPROTO_TCP;
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
         std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets()
@@ -836,12 +914,33 @@ mod tests {
             ..Default::default()
         };
         let by_port = |_: &PortKey| Some(owner);
-        let mine = resolve(&key(v4([10, 78, 0, 1])), &local, false, |_| None, by_port);
-        assert_eq!(mine.map(|(p, port)| (p.pid, port)), Some((7, true)));
-        let forwarded = resolve(&key(v4([10, 78, 0, 2])), &local, false, |_| None, by_port);
+        let mine = resolve(
+            &key(v4([10, 78, 0, 1])),
+            &local,
+            false,
+            |_| None,
+            by_port,
+            |_, _| None,
+        );
+        assert_eq!(mine.map(|(p, port)| (p.pid, port)), Some((7, Via::Port)));
+        let forwarded = resolve(
+            &key(v4([10, 78, 0, 2])),
+            &local,
+            false,
+            |_| None,
+            by_port,
+            |_, _| None,
+        );
         assert!(forwarded.is_none());
         // Forwarded frames the host's address was put in (masquerading): no port's either.
-        let masqueraded = resolve(&key(v4([10, 78, 0, 1])), &local, true, |_| None, by_port);
+        let masqueraded = resolve(
+            &key(v4([10, 78, 0, 1])),
+            &local,
+            true,
+            |_| None,
+            by_port,
+            |_, _| None,
+        );
         assert!(masqueraded.is_none());
         // The socket's own record holds whatever the address.
         let own = resolve(
@@ -850,7 +949,59 @@ mod tests {
             false,
             |_| Some(owner),
             by_port,
+            |_, _| None,
         );
-        assert_eq!(own.map(|(p, port)| (p.pid, port)), Some((7, false)));
+        assert_eq!(own.map(|(p, port)| (p.pid, port)), Some((7, Via::Socket)));
+    }
+
+    /// A forwarded flow's owner is the socket at its remote end in another namespace of this
+    /// host (for TCP the connection's record, the tuple reversed; for UDP the port in the
+    /// namespace that holds the remote address), never the local end's or a port of the
+    /// daemon's namespace.
+    #[test]
+    fn a_forwarded_flow_is_its_far_ends() {
+        let pid = |pid| ProcInfo {
+            pid,
+            ..Default::default()
+        };
+        let local = LocalAddrs::new([v4([10, 78, 0, 1])]);
+        let (server, container) = (v4([198, 18, 0, 9]), v4([10, 77, 0, 2]));
+        // As seen where the container's frames enter the host: the far end is local.
+        let key = |proto| SockKey {
+            proto,
+            local_port: 53,
+            remote_port: 40000,
+            local_addr: server,
+            remote_addr: container,
+            ..Default::default()
+        };
+        let host_port = |_: &PortKey| Some(pid(1));
+        let tcp = |k: &SockKey| match (k.local_addr == container, k.local_port) {
+            (true, 40000) => Some(pid(7)),
+            (false, 53) => Some(pid(9)),
+            _ => None,
+        };
+        let found = resolve(&key(IPPROTO_TCP), &local, true, tcp, host_port, |_, _| None);
+        assert_eq!(found.map(|(p, via)| (p.pid, via)), Some((7, Via::FarEnd)));
+        let in_ns = |a: &[u8; 16], port| match (a == &container, port) {
+            (true, 40000) => Some(pid(8)),
+            (false, 53) => Some(pid(9)),
+            _ => None,
+        };
+        let found = resolve(&key(IPPROTO_UDP), &local, true, |_| None, host_port, in_ns);
+        assert_eq!(found.map(|(p, via)| (p.pid, via)), Some((8, Via::FarEnd)));
+        // Nothing at the far end: no owner, not the host's port's.
+        let none = resolve(&key(IPPROTO_UDP), &local, true, tcp, host_port, |_, _| None);
+        assert!(none.is_none());
+        // Not forwarded: the socket's own record.
+        let own = resolve(
+            &key(IPPROTO_TCP),
+            &LocalAddrs::new([server]),
+            false,
+            tcp,
+            host_port,
+            in_ns,
+        );
+        assert_eq!(own.map(|(p, via)| (p.pid, via)), Some((9, Via::Socket)));
     }
 }

@@ -553,6 +553,8 @@ pub struct Namespace {
     /// the listen hook records it under the namespace's identity. None where none could be
     /// opened.
     pub probe_port: Option<u16>,
+    /// The namespace's cookie (`load::own_netns_cookie`); None on a kernel without it.
+    pub cookie: Option<u64>,
     pub sockets: Vec<DiagSocket>,
 }
 
@@ -585,46 +587,142 @@ fn pids() -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// Every network namespace a process of this host is in other than this thread's (a
-/// container's), entered from a thread of its own: its sockets and a probe listener's port.
-/// A namespace that cannot be entered or listed is left out.
-pub fn other_namespaces() -> Result<Vec<Namespace>> {
-    use std::os::fd::AsRawFd as _;
-    let own = std::fs::read_link("/proc/thread-self/ns/net").context("reading our namespace")?;
+/// The network namespaces of this host other than this thread's (a container's): those its
+/// processes are in, each as `/proc/PID/ns/net` of one of them, and those named by `ip
+/// netns` (CNI's among them) under /run/netns, which may hold none; each with its identity
+/// (the namespace's inode).
+fn other_namespace_paths() -> Result<Vec<(String, u64)>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |path: &str| std::fs::metadata(path).map(|m| m.ino());
+    let own = inode("/proc/thread-self/ns/net").context("reading our namespace")?;
     let mut seen = std::collections::HashSet::from([own]);
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.path().to_str().map(str::to_string));
+    Ok(pids()?
+        .into_iter()
+        .map(|pid| format!("/proc/{pid}/ns/net"))
+        .chain(named)
+        .filter_map(|path| {
+            let ns = inode(&path).ok()?;
+            seen.insert(ns).then_some((path, ns))
+        })
+        .collect())
+}
+
+/// Runs `f` in the network namespace at `path` (`/proc/PID/ns/net`), on a thread of its own
+/// that ends with it.
+fn in_namespace<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    use std::os::fd::AsRawFd as _;
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on a namespace file, for this thread alone, which ends here.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("entering {path}"));
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in a network namespace panicked"))?
+}
+
+/// Every network namespace a process of this host is in other than this thread's (a
+/// container's), entered from a thread of its own: its sockets, its cookie and a probe
+/// listener's port. A namespace that cannot be entered or listed is left out.
+pub fn other_namespaces() -> Result<Vec<Namespace>> {
     let mut probes = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for pid in pids()? {
-        let path = format!("/proc/{pid}/ns/net");
-        let Ok(ns) = std::fs::read_link(&path) else {
-            continue;
-        };
-        if !seen.insert(ns) {
-            continue;
-        }
+    for (path, _) in other_namespace_paths()? {
         let taken = probes.clone();
-        let entered = std::thread::spawn(move || -> Result<Namespace> {
-            let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns on a namespace file, for this thread alone, which ends here.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error()).with_context(|| format!("entering {path}"));
-            }
+        match in_namespace(path, move || {
             Ok(Namespace {
                 probe_port: probe_listener(&taken),
+                cookie: crate::load::own_netns_cookie().ok(),
                 sockets: own_sockets()?,
             })
-        })
-        .join();
-        match entered {
-            Ok(Ok(ns)) => {
+        }) {
+            Ok(ns) => {
                 probes.extend(ns.probe_port);
                 out.push(ns);
             }
-            Ok(Err(e)) => tracing::debug!("a network namespace's sockets are not listed: {e:#}"),
-            Err(_) => tracing::debug!("listing a network namespace's sockets panicked"),
+            Err(e) => tracing::debug!("a network namespace's sockets are not listed: {e:#}"),
         }
     }
     Ok(out)
+}
+
+/// Which of the other network namespaces of this host (`other_namespace_paths`) hold an
+/// address, by their cookies: where a forwarded flow's end is a container's, whose sockets
+/// the kernel hooks record by namespace and port (`NETMON_UDP_NS`). Listed again when an
+/// address is asked for that no namespace held at the last listing, at most every
+/// `RECHECK`: a namespace not seen before is entered then (a thread, `setns`, its addresses
+/// and cookie), one gone is dropped; and every one is entered again when asked after
+/// `REREAD` (an address moved or removed, a container replaced by one with its address).
+#[derive(Default)]
+pub struct NamespaceAddrs {
+    by_addr: std::collections::HashMap<[u8; 16], Vec<u64>>,
+    /// Each namespace entered (by identity): its cookie and addresses.
+    known: std::collections::HashMap<u64, (u64, Vec<[u8; 16]>)>,
+    checked: Option<std::time::Instant>,
+    reread: Option<std::time::Instant>,
+}
+
+impl NamespaceAddrs {
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+    const REREAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// The cookies of the other namespaces that hold `addr` (IPv4 mapped into IPv6).
+    pub fn cookies(&mut self, addr: &[u8; 16]) -> &[u64] {
+        let stale = |t: Option<std::time::Instant>, d| t.is_none_or(|t| t.elapsed() >= d);
+        let all = stale(self.reread, Self::REREAD);
+        if (all || !self.by_addr.contains_key(addr) && stale(self.checked, Self::RECHECK))
+            && let Err(e) = self.read(all)
+        {
+            tracing::debug!("other network namespaces' addresses: {e:#}");
+        }
+        self.by_addr.get(addr).map_or(&[], Vec::as_slice)
+    }
+
+    fn read(&mut self, all: bool) -> Result<()> {
+        let now = std::time::Instant::now();
+        self.checked = Some(now);
+        if all {
+            self.reread = Some(now);
+        }
+        let mut known = std::collections::HashMap::new();
+        for (path, id) in other_namespace_paths()? {
+            let entry = match self.known.remove(&id) {
+                Some(e) if !all => e,
+                _ => match in_namespace(path, || {
+                    let cookie = crate::load::own_netns_cookie()?;
+                    Ok((cookie, crate::load::iface::local_addresses()))
+                }) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::debug!("a network namespace's addresses are not read: {e:#}");
+                        continue;
+                    }
+                },
+            };
+            known.insert(id, entry);
+        }
+        self.known = known;
+        self.by_addr.clear();
+        for (cookie, addrs) in self.known.values() {
+            for a in addrs {
+                let cookies = self.by_addr.entry(*a).or_default();
+                if !cookies.contains(cookie) {
+                    cookies.push(*cookie);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Of each group of sockets (of one namespace each), those that a process holds open now,

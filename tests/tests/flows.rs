@@ -823,8 +823,9 @@ fn own_udp_port(ns: &Netns, bind: &str, to: &str, comm: &str) -> u32 {
 /// come bridge br0 and its port cH (a veth to "container" C): the port is monitored, the
 /// bridge not, and the log says why. H forwards 300 datagrams from C to O (a burst the veths'
 /// backlogs hold): the rows say 300 received (at cH) and 300 sent (through eH), not 600
-/// received, and so do the processes' totals; a process of H's that sent from the port
-/// number they go to is not their owner (their local side is no address of H's). Once no
+/// received, and the processes' totals 300 sent by the sender in C (found at cH) and 300
+/// forwarded (through eH); a process of H's that sent from the port number they go to is
+/// not their owner (their local side is no address of H's). Once no
 /// port of it is up the bridge is
 /// monitored, through the XDP program loaded only then (which failed on map descriptors
 /// closed after the start), and when one is up again it is left again.
@@ -897,8 +898,37 @@ fn a_bridge_is_counted_through_its_ports_once() {
     let (container, outside) = ("10.77.0.2:7301", "10.78.0.2:7300");
     // (O's socket may drop some of a burst this size, past its receive buffer: all of it
     // crossed H.)
-    let (sent, received) = udp_burst(&c, container, outside, &o, outside, 300);
-    assert!(sent.contains("sent=300"), "{sent}");
+    let receiver = Peer::spawn(
+        &o,
+        &[
+            "udp-recv",
+            "--listen",
+            outside,
+            "--count",
+            "300",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    let sender = Peer::spawn(
+        &c,
+        &[
+            "udp-send",
+            "--to",
+            outside,
+            "--bind",
+            container,
+            "--count",
+            "300",
+            "--size",
+            "100",
+            "--comm",
+            "nmt-brsend",
+        ],
+    );
+    let sender_pid = sender.pid;
+    assert!(sender.finish().contains("sent=300"));
+    let received = receiver.finish();
     assert!(received.contains("received="), "{received}");
     let stats = d.fresh_stats(&h);
     // Ethernet 14 + IPv4 20 + UDP 8 + 100.
@@ -915,6 +945,8 @@ fn a_bridge_is_counted_through_its_ports_once() {
         (300, 300 * frame, &true.into()),
         "{into}"
     );
+    // Its owner is the sender in C, the far end found in C's namespace (the rows need not
+    // have it yet: a flow waits a few drains for one).
     assert_ne!(into["pid"], host_pid, "{into}");
     let mine = find_conn(&stats, "10.78.0.1:7300", "10.78.0.2:7399");
     assert_eq!(
@@ -942,10 +974,12 @@ fn a_bridge_is_counted_through_its_ports_once() {
             .any(|l| l.contains(container) && l.contains("(forwarded)")),
         "{text}"
     );
-    // The processes' totals: forwarded traffic without an owner goes to "forwarded" after a
-    // few drains' tries for one, the rest without one to "unknown". Besides the datagrams,
-    // the echo (forwarded too) and the new links' neighbour and router frames (a few dozen
-    // at most; counted twice they were 600 and more).
+    // The processes' totals: the sender's datagrams are its own where they entered H (its
+    // far end at cH) and "forwarded"'s where they left (O, which only received, has no
+    // sender to find), each once: the bridge is not counted beside its port. Traffic
+    // without an owner goes to "forwarded" after a few drains' tries for one, the rest
+    // without one to "unknown". Besides the datagrams, the echo (forwarded too) and the new
+    // links' neighbour and router frames (a few dozen at most).
     let procs = wait_for(
         10,
         "the datagrams in the processes' totals",
@@ -953,8 +987,13 @@ fn a_bridge_is_counted_through_its_ports_once() {
         || {
             let stats = d.fresh_stats(&h);
             let procs = stats["processes"].as_array().unwrap().clone();
-            let sum = |k: &str| procs.iter().map(|p| u(&p[k])).sum::<u64>();
-            (sum("packets_recv") >= 300 && sum("packets_sent") >= 300).then_some(procs)
+            let sent = |name: &str| {
+                procs
+                    .iter()
+                    .find(|p| p["process"] == name)
+                    .map_or(0, |p| u(&p["packets_sent"]))
+            };
+            (sent("nmt-brsend") >= 300 && sent("forwarded") >= 300).then_some(procs)
         },
     );
     let row = |name: &str| {
@@ -965,14 +1004,18 @@ fn a_bridge_is_counted_through_its_ports_once() {
     };
     let sum = |k: &str| procs.iter().map(|p| u(&p[k])).sum::<u64>();
     assert!(
-        sum("packets_recv") < 330 && sum("packets_sent") < 330,
+        sum("packets_sent") < 630 && sum("packets_recv") < 30,
         "{procs:?}"
     );
+    assert_eq!(row("nmt-brsend"), Some((300, 0)), "{procs:?}");
     assert_eq!(row("nmt-hostport"), Some((1, 0)), "{procs:?}");
     let (fwd_tx, fwd_rx) = row("forwarded").unwrap_or_default();
-    assert!(
-        (300..330).contains(&fwd_tx) && (300..330).contains(&fwd_rx),
-        "{procs:?}"
+    assert!((300..330).contains(&fwd_tx) && fwd_rx < 30, "{procs:?}");
+    let into = find_conn(&d.fresh_stats(&h), outside, container).clone();
+    assert_eq!(
+        (&into["pid"], &into["process"]),
+        (&sender_pid.into(), &"nmt-brsend".into()),
+        "{into}"
     );
     // No port up: the bridge is monitored; a port up again: it is not.
     h.ip(&["link", "set", "cH", "nomaster"]);
@@ -1086,34 +1129,49 @@ fn a_macvlan_is_counted_through_its_parent_once() {
     );
 }
 
-/// Host H routing IPv4 between "container" C (10.77.0.2, behind H's cH, 10.77.0.1) and
-/// "outside" O (10.78.0.2, behind H's eH, 10.78.0.1); O routes back to C through H where
-/// `o_routes_back`.
-fn routed_host(tag: &str, o_routes_back: bool) -> (Netns, Netns, Netns) {
+/// Host H routing IPv4 between "container" C (10.N.0.2, behind H's cH, 10.N.0.1) and
+/// "outside" O (10.N+1.0.2, behind H's eH, 10.N+1.0.1), N = `net` (tests running at once
+/// take subnets of their own where a daemon looks addresses up in other namespaces); O
+/// routes back to C through H where `o_routes_back`.
+fn routed_host(tag: &str, o_routes_back: bool, net: u8) -> (Netns, Netns, Netns) {
     let (h, c, o) = (
         Netns::new(&format!("{tag}h")),
         Netns::new(&format!("{tag}c")),
         Netns::new(&format!("{tag}o")),
     );
+    let (cn, on) = (net, net + 1);
     h.ip_batch(&format!(
         "link add eH type veth peer name eO netns {o}\n\
-         addr add 10.78.0.1/24 dev eH\nlink set eH up\n\
+         addr add 10.{on}.0.1/24 dev eH\nlink set eH up\n\
          link add cH type veth peer name cC netns {c}\n\
-         addr add 10.77.0.1/24 dev cH\nlink set cH up\n",
+         addr add 10.{cn}.0.1/24 dev cH\nlink set cH up\n",
         o = o.name,
         c = c.name
     ));
     let back = if o_routes_back {
-        "route add default via 10.78.0.1\n"
+        format!("route add default via 10.{on}.0.1\n")
     } else {
-        ""
+        String::new()
     };
     o.ip_batch(&format!(
-        "addr add 10.78.0.2/24 dev eO\nlink set eO up\n{back}"
+        "addr add 10.{on}.0.2/24 dev eO\nlink set eO up\n{back}"
     ));
-    c.ip_batch("addr add 10.77.0.2/24 dev cC\nlink set cC up\nroute add default via 10.77.0.1\n");
+    c.ip_batch(&format!(
+        "addr add 10.{cn}.0.2/24 dev cC\nlink set cC up\nroute add default via 10.{cn}.0.1\n"
+    ));
     h.sysctl("net.ipv4.ip_forward", "1");
     (h, c, o)
+}
+
+/// H masquerades what it forwards out through eH (nftables table `nmt`), as a container
+/// host does.
+fn masquerade_out_of_eh(h: &Netns) {
+    h.exec(&[
+        "nft",
+        "add table ip nmt; \
+         add chain ip nmt post { type nat hook postrouting priority srcnat; }; \
+         add rule ip nmt post oifname eH masquerade",
+    ]);
 }
 
 /// Frames the host forwards and masquerades leave with its own address as their source, so
@@ -1122,19 +1180,16 @@ fn routed_host(tag: &str, o_routes_back: bool) -> (Netns, Netns, Netns) {
 /// they use. "Container" C's 200 datagrams from port 7300 reach "outside" O through H,
 /// which masquerades them behind 10.78.0.1 (nftables), and O's 50 replies come back; a
 /// process of H's sent one datagram from 10.78.0.1:7300 before, so owns that port. The
-/// masqueraded flow (10.78.0.1:7300 to O, both ways) is forwarded, of no process, and that
-/// process's total is its own datagram alone.
+/// masqueraded flow (10.78.0.1:7300 to O, both ways) is forwarded and not that process's,
+/// whose total is its own datagram alone, though every datagram of the exchange is
+/// credited to someone (O and C are namespaces of this host, so their senders may be
+/// found at the flows' ends; what is not found is `forwarded`'s).
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
     // No route back to C: O's replies, were there any, would go to H's address.
-    let (h, c, o) = routed_host("mq", false);
-    h.exec(&[
-        "nft",
-        "add table ip nmt; \
-         add chain ip nmt post { type nat hook postrouting priority srcnat; }; \
-         add rule ip nmt post oifname eH masquerade",
-    ]);
+    let (h, c, o) = routed_host("mq", false, 77);
+    masquerade_out_of_eh(&h);
     let d = Daemon::start(&h, &[], &[]);
     let host_pid = own_udp_port(&h, "10.78.0.1:7300", "10.78.0.2:7399", "nmt-mqport");
     let (sent, received) = udp_burst(
@@ -1169,28 +1224,30 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
     );
     let out = find_conn(&stats, "10.78.0.1:7300", "10.78.0.2:7300");
     assert_eq!(
-        (
-            u(&out["packets_sent"]),
-            &out["forwarded"],
-            &out["pid"],
-            &out["process"]
-        ),
-        (200, &true.into(), &Value::Null, &Value::Null),
+        (u(&out["packets_sent"]), &out["forwarded"]),
+        (200, &true.into()),
         "{out}"
     );
     // The replies' row is the masqueraded one (the same tuple on eH), now with what came
-    // back: forwarded too, and still no process's.
+    // back: forwarded too.
     assert_eq!(u(&out["packets_recv"]), 50, "{out}");
+    // Each datagram crossed cH and eH, each counted once on each (sent on its way out,
+    // received on its way in): 500 credited in all once every flow has its owner or has
+    // waited for one long enough, with the port owner's own datagram 501 (what has no
+    // socket to be found at, ICMP errors and the like, is `unknown`'s).
     let procs = wait_for(
-        10,
-        "the datagrams in the processes' totals",
+        15,
+        "every datagram in the processes' totals",
         || format!("{:#}", d.fresh_stats(&h)["processes"]),
         || {
             let stats = d.fresh_stats(&h);
             let procs = stats["processes"].as_array().unwrap().clone();
-            let forwarded = procs.iter().find(|p| p["process"] == "forwarded")?;
-            (u(&forwarded["packets_sent"]) >= 250 && u(&forwarded["packets_recv"]) >= 250)
-                .then_some(procs)
+            let total: u64 = procs
+                .iter()
+                .filter(|p| p["process"] != "unknown")
+                .map(|p| u(&p["packets_sent"]) + u(&p["packets_recv"]))
+                .sum();
+            (total >= 501).then_some(procs)
         },
     );
     let mq = procs.iter().find(|p| p["process"] == "nmt-mqport");
@@ -1199,6 +1256,121 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
         Some((1, 0)),
         "{procs:?}"
     );
+    assert_ne!(out["pid"], host_pid, "{out}");
+}
+
+/// A container's sockets are found where its frames enter the host, though its datagrams
+/// reach the host's interfaces without their socket and leave them masqueraded (H, routing
+/// and masquerading for "container" C): the rows at cH, whose local end is the far side (O,
+/// which only receives here, so has no sender to find), carry C's sending process, found
+/// in C's namespace by the row's remote end; that process's totals count what it sent as
+/// sent. UDP sockets connected before they had a port (as a resolver's; found as the
+/// socket closes, the sender gone before the daemon's next drain), sending with an address
+/// from no bound port (found from its second send) and one bound and connected, alive
+/// while the row is checked (found as it connects); a TCP connection (its record, reversed).
+#[test]
+#[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
+fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
+    let (h, c, o) = routed_host("cs", false, 87);
+    masquerade_out_of_eh(&h);
+    let d = Daemon::start(&h, &[], &[]);
+    let send = |port: u16, extra: &[&str], comm: &str| {
+        let to = format!("10.88.0.2:{port}");
+        let rx = Peer::spawn(
+            &o,
+            &[
+                "udp-recv",
+                "--listen",
+                &to,
+                "--count",
+                "20",
+                "--timeout-ms",
+                "15000",
+            ],
+        );
+        let mut args = vec![
+            "udp-send", "--to", &to, "--count", "20", "--size", "100", "--comm", comm,
+        ];
+        args.extend_from_slice(extra);
+        (Peer::spawn(&c, &args), rx, to)
+    };
+    let mut gone = Vec::new();
+    for (port, extra, comm) in [
+        (7311, &["--connect", "--unbound"][..], "nmt-cs-conn"),
+        (7312, &["--unbound"][..], "nmt-cs-addr"),
+    ] {
+        let (tx, rx, to) = send(port, extra, comm);
+        let (pid, local_port) = (tx.pid, tx.local.rsplit(':').next().unwrap().to_string());
+        assert!(tx.finish().contains("sent=20"));
+        assert!(rx.finish().contains("received=20"));
+        gone.push((pid, format!("10.87.0.2:{local_port}"), to, comm));
+    }
+    // Bound and connected, its socket open until told: the row is checked while it is.
+    let stay = go_file(&h);
+    let (live, live_rx, live_to) = send(7313, &["--connect", "--stay-file", &stay], "nmt-cs-live");
+    let (live_pid, live_local) = (live.pid, live.local.clone());
+    let server = Peer::spawn(&o, &["tcp-serve", "--listen", "10.88.0.2:5041"]);
+    let client = Peer::spawn(
+        &c,
+        &[
+            "tcp-send",
+            "--to",
+            "10.88.0.2:5041",
+            "--bytes",
+            "200000",
+            "--comm",
+            "nmt-cs-tcp",
+        ],
+    );
+    let (tcp_pid, tcp_local) = (client.pid, client.local.clone());
+    assert!(client.finish().contains("sent=200000"));
+    assert!(server.finish().contains("received=200000"));
+    assert!(live_rx.finish().contains("received=20"));
+    let stats = wait_for(
+        10,
+        "the container's rows with their processes",
+        || format!("{:#}\n{}", d.fresh_stats(&h)["connections"], d.log_text()),
+        || {
+            let stats = d.fresh_stats(&h);
+            let owned = |local: &str, remote: &str, pid: u32| {
+                let row = find_conn(&stats, local, remote);
+                row["pid"] == pid && row["forwarded"] == true
+            };
+            (gone.iter().all(|(pid, c, o, _)| owned(o, c, *pid))
+                && owned(&live_to, &live_local, live_pid)
+                && owned("10.88.0.2:5041", &tcp_local, tcp_pid))
+            .then_some(stats)
+        },
+    );
+    assert!(
+        is_alive(live_pid),
+        "the bound sender should still hold its socket: it waits for {stay}"
+    );
+    for (_, c, o, comm) in &gone {
+        let row = find_conn(&stats, o, c);
+        assert_eq!(
+            (&row["process"], u(&row["packets_recv"])),
+            (&(*comm).into(), 20),
+            "{row}"
+        );
+    }
+    let tcp = find_conn(&stats, "10.88.0.2:5041", &tcp_local);
+    assert!(u(&tcp["bytes_recv"]) > 200_000, "{tcp}");
+    // The connected sender's 20 datagrams are what it sent, in its totals.
+    let procs = d.fresh_stats(&h)["processes"].clone();
+    let conn = procs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["process"] == "nmt-cs-conn")
+        .unwrap_or_else(|| panic!("no process nmt-cs-conn in {procs:#}"));
+    assert_eq!(
+        (u(&conn["packets_sent"]), u(&conn["packets_recv"])),
+        (20, 0),
+        "{conn}"
+    );
+    std::fs::write(&stay, b"").unwrap();
+    assert!(live.finish().contains("sent=20"));
 }
 
 /// A daemon watching a namespace's loopback (`--iface lo`) attributes UDP senders to
@@ -1521,12 +1693,14 @@ fn tcp_sockets_older_than_the_daemon_are_attributed() {
 /// TCP connections of other network namespaces (containers) open before the daemon started
 /// are found in their namespaces at its start: host H routes between "container" C and
 /// "outside" O; C's client is connected to O's server before H's daemon starts and sends
-/// after. Both rows of the forwarded connection, out through eH (C's side local) and in at
-/// cH (O's side local, the destination), are their own sockets' processes'.
+/// after. Each row of the forwarded connection is the process's at its far end, the side
+/// of the interface it was seen on: out through eH (C's side local) O's server, which
+/// received those bytes, and in at cH (O's side local, the destination) C's client, which
+/// sent them.
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn tcp_connections_of_other_namespaces_older_than_the_daemon_are_attributed() {
-    let (h, c, o) = routed_host("on", true);
+    let (h, c, o) = routed_host("on", true, 77);
     let go = go_file(&h);
     let outside = "10.78.0.2:5031";
     let server = Peer::spawn(
@@ -1562,8 +1736,9 @@ fn tcp_connections_of_other_namespaces_older_than_the_daemon_are_attributed() {
             let into = find_conn(&stats, outside, &container);
             (u(&out["bytes_sent"]) > 300_000
                 && u(&into["bytes_recv"]) > 300_000
-                && (&out["pid"], &out["process"]) == (&client_pid.into(), &"nmt-container".into())
-                && (&into["pid"], &into["process"]) == (&server_pid.into(), &"nmt-outside".into()))
+                && (&out["pid"], &out["process"]) == (&server_pid.into(), &"nmt-outside".into())
+                && (&into["pid"], &into["process"])
+                    == (&client_pid.into(), &"nmt-container".into()))
                 .then_some(())
         },
     );
@@ -1987,10 +2162,10 @@ fn sigterm_detaches_every_program() {
         (1, 1),
         "attached while running"
     );
-    // The hooks on the cgroup hierarchy: UDP's (connect and sendmsg, IPv4 and IPv6) and
-    // ICMP's (sock_create).
+    // The hooks on the cgroup hierarchy: UDP's (connect and sendmsg, IPv4 and IPv6, and
+    // sock_release) and ICMP's (sock_create).
     let cgroup_links = cgroup_links_of(d.child.as_ref().unwrap().id());
-    assert_eq!(cgroup_links.len(), 5, "cgroup links {cgroup_links:?}");
+    assert_eq!(cgroup_links.len(), 6, "cgroup links {cgroup_links:?}");
     let st = d.stop();
     assert!(st.success(), "exit status {st}; log:\n{}", d.log_text());
     assert_eq!(

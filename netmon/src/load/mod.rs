@@ -1056,6 +1056,13 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf, watch_loopback: bool) -> Result<()> {
     let attached = (|| -> Result<()> {
         set_config(ebpf, config::LOOPBACK_WATCHED, u64::from(watch_loopback))
             .context("telling the UDP hooks whether loopback is watched")?;
+        // Without the cookie (a kernel before 5.14) the hooks record every namespace's
+        // sockets by namespace and port, the daemon's own too, which it never asks for.
+        match own_netns_cookie() {
+            Ok(c) => set_config(ebpf, config::OWN_NETNS_COOKIE, c)
+                .context("telling the UDP hooks the daemon's network namespace")?,
+            Err(e) => tracing::debug!("this network namespace's cookie: {e}"),
+        }
         for prog in PROGS {
             let p: &mut CgroupSockAddr = typed(ebpf, prog)?;
             p.load()
@@ -1074,8 +1081,49 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf, watch_loopback: bool) -> Result<()> {
                 let _ = p.unload();
             }
         }
+        return attached;
     }
-    attached
+    // Other namespaces' short-lived sockets: their owners on release. Without it (a kernel
+    // before 5.9) only those that sent twice or were bound before connecting are recorded.
+    if let Err(e) = (|| -> Result<()> {
+        const RELEASE: &str = "netmon_udp_release";
+        let p: &mut CgroupSock = typed(ebpf, RELEASE)?;
+        p.load()
+            .with_context(|| format!("loading {RELEASE} (verifier)"))?;
+        p.attach(&root, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {RELEASE} to the cgroup v2 root"))?;
+        Ok(())
+    })() {
+        tracing::warn!(
+            "other network namespaces' UDP sockets closed before a drain are not attributed: {e:#}"
+        );
+    }
+    Ok(())
+}
+
+/// This thread's network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14+), as
+/// `bpf_get_netns_cookie` gives it.
+pub fn own_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let s =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a socket we own; the option's value is a u64 written into `cookie`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Writes slot `index` of `NETMON_CONFIG` (`netmon_common::config`).

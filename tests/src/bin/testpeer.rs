@@ -337,23 +337,44 @@ fn main() {
                 None if to.is_ipv4() => "0.0.0.0:0".parse().unwrap(),
                 None => "[::]:0".parse().unwrap(),
             };
-            let s = UdpSocket::bind(bind).expect("bind");
             // --connect: a connected socket (its sends carry no address); --after-file:
-            // socket ready, wait for the file before the first send.
+            // socket ready, wait for the file before the first send. --unbound: the socket
+            // is not bound before it connects or sends (as a resolver's is), so its port
+            // comes with the connect, or with the first send, which is then made before
+            // the socket is reported ready (one of --count).
             let connected = args.iter().any(|a| a == "--connect");
+            let unbound = args.iter().any(|a| a == "--unbound");
+            let s = if unbound {
+                let family = if to.is_ipv4() {
+                    libc::AF_INET
+                } else {
+                    libc::AF_INET6
+                };
+                // SAFETY: a new socket, owned by the UdpSocket made of it.
+                let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM, 0) };
+                assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+                // SAFETY: as above.
+                unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+            } else {
+                UdpSocket::bind(bind).expect("bind")
+            };
             if connected {
                 s.connect(to).expect("connect");
-            }
-            ready(s.local_addr().unwrap());
-            if let Some(f) = arg(&args, "--after-file") {
-                wait_for_file(&f);
             }
             let count = num(&args, "--count", u64::MAX);
             let duration = Duration::from_millis(num(&args, "--duration-ms", u64::MAX / 4));
             let interval = Duration::from_micros(num(&args, "--interval-us", 0));
             let buf = vec![0x33u8; num(&args, "--size", 100) as usize];
-            let start = Instant::now();
             let mut sent = 0u64;
+            if unbound && !connected && count > 0 {
+                s.send_to(&buf, to).expect("send");
+                sent += 1;
+            }
+            ready(s.local_addr().unwrap());
+            if let Some(f) = arg(&args, "--after-file") {
+                wait_for_file(&f);
+            }
+            let start = Instant::now();
             while sent < count && start.elapsed() < duration {
                 if connected {
                     s.send(&buf).expect("send");
@@ -366,6 +387,11 @@ fn main() {
                 }
             }
             println!("sent={sent}");
+            std::io::stdout().flush().unwrap();
+            // --stay-file F: the socket kept open until F appears.
+            if let Some(f) = arg(&args, "--stay-file") {
+                wait_for_file(&f);
+            }
         }
         "udp-recv" => {
             // Until --count datagrams, --timeout-ms, or the file --stop-file appears; reports
