@@ -707,11 +707,13 @@ impl Owners {
         )
     }
 
-    /// The owner of UDP port `port` in the other network namespace that holds `addr`
-    /// (`NETMON_UDP_NS`); None where no namespace or more than one has a record of it.
+    /// The owner of UDP port `port` in the other network namespace that holds `addr`: its
+    /// record (`NETMON_UDP_NS`), else the process holding a socket open there on that port
+    /// (`NamespaceAddrs::live_owner`). None where no namespace or more than one has one.
     fn in_ns(&self, addr: &[u8; 16], port: u16) -> Option<ProcInfo> {
         let mut namespaces = self.namespaces.lock().expect("lock not poisoned");
-        let mut found = namespaces.cookies(addr).iter().filter_map(|&net| {
+        let cookies = namespaces.cookies(addr).to_vec();
+        let mut found = cookies.into_iter().filter_map(|net| {
             let key = NsPortKey {
                 net,
                 port: PortKey {
@@ -721,7 +723,10 @@ impl Owners {
                 },
                 _pad: 0,
             };
-            self.udp_ns.get(&key, 0).ok()
+            self.udp_ns
+                .get(&key, 0)
+                .ok()
+                .or_else(|| namespaces.live_owner(net, port))
         });
         let first = found.next();
         found.next().is_none().then_some(first).flatten()

@@ -657,24 +657,47 @@ pub fn other_namespaces() -> Result<Vec<Namespace>> {
 }
 
 /// Which of the other network namespaces of this host (`other_namespace_paths`) hold an
-/// address, by their cookies: where a forwarded flow's end is a container's, whose sockets
-/// the kernel hooks record by namespace and port (`NETMON_UDP_NS`). Listed again when an
-/// address is asked for that no namespace held at the last listing, at most every
+/// address, by their cookies: where a forwarded flow's far end is a container's, whose
+/// sockets the kernel hooks record by namespace and port (`NETMON_UDP_NS`). Listed again when
+/// an address is asked for that no namespace held at the last listing, at most every
 /// `RECHECK`: a namespace not seen before is entered then (a thread, `setns`, its addresses
 /// and cookie), one gone is dropped; and every one is entered again when asked after
 /// `REREAD` (an address moved or removed, a container replaced by one with its address).
+/// Also which processes hold a namespace's open UDP sockets (`live_owner`).
 #[derive(Default)]
 pub struct NamespaceAddrs {
     by_addr: std::collections::HashMap<[u8; 16], Vec<u64>>,
-    /// Each namespace entered (by identity): its cookie and addresses.
-    known: std::collections::HashMap<u64, (u64, Vec<[u8; 16]>)>,
+    /// Each namespace entered, by identity (`other_namespace_paths`).
+    known: std::collections::HashMap<u64, KnownNamespace>,
     checked: Option<std::time::Instant>,
     reread: Option<std::time::Instant>,
+    /// By cookie: when the namespace's UDP sockets were last listed, and their holders by
+    /// local port.
+    live: std::collections::HashMap<u64, (std::time::Instant, UdpHolders)>,
+    /// The start of the current second and the listings made in it (`LISTINGS`).
+    listings: (Option<std::time::Instant>, u32),
+}
+
+/// The processes holding a namespace's UDP sockets, by local port.
+type UdpHolders = std::collections::HashMap<u16, netmon_common::ProcInfo>;
+
+/// A network namespace `NamespaceAddrs` entered: where to enter it again, its identity,
+/// cookie and addresses.
+struct KnownNamespace {
+    path: String,
+    inode: u64,
+    cookie: u64,
+    addrs: Vec<[u8; 16]>,
 }
 
 impl NamespaceAddrs {
     const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
     const REREAD: std::time::Duration = std::time::Duration::from_secs(60);
+    /// How long a namespace's listed UDP sockets answer for it (a couple of drains).
+    const LIVE: std::time::Duration = std::time::Duration::from_secs(2);
+    const LIVE_MISS: std::time::Duration = std::time::Duration::from_millis(500);
+    /// At most this many namespaces' UDP sockets are listed per second, whatever asks.
+    const LISTINGS: u32 = 4;
 
     /// The cookies of the other namespaces that hold `addr` (IPv4 mapped into IPv6).
     pub fn cookies(&mut self, addr: &[u8; 16]) -> &[u64] {
@@ -688,6 +711,46 @@ impl NamespaceAddrs {
         self.by_addr.get(addr).map_or(&[], Vec::as_slice)
     }
 
+    /// The process holding the UDP socket on `port` of the namespace whose cookie is
+    /// `cookie`, if one is open there now: a socket whose port no hook has seen yet (one
+    /// connected before it had a port, recorded by the hooks only as it closes; one that
+    /// only receives, never recorded), or one open before the daemon started. The
+    /// namespace's UDP sockets are listed through sock_diag, from a thread that enters it,
+    /// and their holders found among its processes' open files in /proc, as at start
+    /// (`socket_owners`); at most once per `LIVE_MISS` per namespace, and `LISTINGS` per
+    /// second in all.
+    pub fn live_owner(&mut self, cookie: u64, port: u16) -> Option<netmon_common::ProcInfo> {
+        // A listing answers for `LIVE`, but for a port it lacks only for `LIVE_MISS`: the
+        // socket may have been opened since.
+        let fresh = self.live.get(&cookie).is_some_and(|(at, holders)| {
+            at.elapsed()
+                < if holders.contains_key(&port) {
+                    Self::LIVE
+                } else {
+                    Self::LIVE_MISS
+                }
+        });
+        if !fresh {
+            let now = std::time::Instant::now();
+            match self.listings {
+                (Some(t), n) if now.duration_since(t) < std::time::Duration::from_secs(1) => {
+                    if n >= Self::LISTINGS {
+                        return self.live.get(&cookie)?.1.get(&port).copied();
+                    }
+                    self.listings.1 += 1;
+                }
+                _ => self.listings = (Some(now), 1),
+            }
+            let k = self.known.values().find(|k| k.cookie == cookie)?;
+            let holders = udp_holders(k.path.clone(), k.inode).unwrap_or_else(|e| {
+                tracing::debug!("a network namespace's UDP sockets: {e:#}");
+                Default::default()
+            });
+            self.live.insert(cookie, (now, holders));
+        }
+        self.live.get(&cookie)?.1.get(&port).copied()
+    }
+
     fn read(&mut self, all: bool) -> Result<()> {
         let now = std::time::Instant::now();
         self.checked = Some(now);
@@ -695,34 +758,65 @@ impl NamespaceAddrs {
             self.reread = Some(now);
         }
         let mut known = std::collections::HashMap::new();
-        for (path, id) in other_namespace_paths()? {
-            let entry = match self.known.remove(&id) {
-                Some(e) if !all => e,
-                _ => match in_namespace(path, || {
+        for (path, inode) in other_namespace_paths()? {
+            let entry = match self.known.remove(&inode) {
+                Some(k) if !all => KnownNamespace { path, ..k },
+                _ => match in_namespace(path.clone(), || {
                     let cookie = crate::load::own_netns_cookie()?;
                     Ok((cookie, crate::load::iface::local_addresses()))
                 }) {
-                    Ok(e) => e,
+                    Ok((cookie, addrs)) => KnownNamespace {
+                        path,
+                        inode,
+                        cookie,
+                        addrs,
+                    },
                     Err(e) => {
                         tracing::debug!("a network namespace's addresses are not read: {e:#}");
                         continue;
                     }
                 },
             };
-            known.insert(id, entry);
+            known.insert(inode, entry);
         }
         self.known = known;
         self.by_addr.clear();
-        for (cookie, addrs) in self.known.values() {
-            for a in addrs {
+        for k in self.known.values() {
+            for a in &k.addrs {
                 let cookies = self.by_addr.entry(*a).or_default();
-                if !cookies.contains(cookie) {
-                    cookies.push(*cookie);
+                if !cookies.contains(&k.cookie) {
+                    cookies.push(k.cookie);
                 }
             }
         }
+        let cookies: std::collections::HashSet<u64> =
+            self.known.values().map(|k| k.cookie).collect();
+        self.live.retain(|c, _| cookies.contains(c));
         Ok(())
     }
+}
+
+/// The processes holding the UDP sockets of the network namespace at `path` (identity
+/// `inode`), by local port: its sockets listed from a thread that enters it, their holders
+/// among the processes in it.
+fn udp_holders(path: String, inode: u64) -> Result<UdpHolders> {
+    use std::os::unix::fs::MetadataExt as _;
+    let sockets = in_namespace(path, || {
+        let mut out = Vec::new();
+        SockDiag::new()?.dump_proto(IPPROTO_UDP, &mut out)?;
+        Ok(out)
+    })?;
+    let pids = pids()?
+        .into_iter()
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == inode)
+        })
+        .collect();
+    Ok(socket_owners_among(vec![sockets], pids)?
+        .into_iter()
+        .flatten()
+        .map(|(s, owner)| (s.local_port, owner))
+        .collect())
 }
 
 /// Of each group of sockets (of one namespace each), those that a process holds open now,
@@ -733,6 +827,14 @@ impl NamespaceAddrs {
 /// is mounted to look it up.
 pub fn socket_owners(
     groups: Vec<Vec<DiagSocket>>,
+) -> Result<Vec<Vec<(DiagSocket, netmon_common::ProcInfo)>>> {
+    socket_owners_among(groups, pids()?)
+}
+
+/// `socket_owners`, looking only at the processes `pids`.
+fn socket_owners_among(
+    groups: Vec<Vec<DiagSocket>>,
+    pids: Vec<u32>,
 ) -> Result<Vec<Vec<(DiagSocket, netmon_common::ProcInfo)>>> {
     // (TIME_WAIT and request sockets have no inode: no process holds them.)
     let by_inode: std::collections::HashMap<u64, (usize, usize)> = groups
@@ -751,7 +853,7 @@ pub fn socket_owners(
     if !by_inode.is_empty() {
         let now = crate::drain::monotonic_ns();
         let cgroup2 = crate::load::cgroup2_mount();
-        for pid in pids()? {
+        for pid in pids {
             let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
             // A process may exit, or deny access, while it is read: skipped.
             let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {

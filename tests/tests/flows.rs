@@ -824,8 +824,9 @@ fn own_udp_port(ns: &Netns, bind: &str, to: &str, comm: &str) -> u32 {
 /// bridge not, and the log says why. H forwards 300 datagrams from C to O (a burst the veths'
 /// backlogs hold): the rows say 300 received (at cH) and 300 sent (through eH), not 600
 /// received, and the processes' totals 300 sent by the sender in C (found at cH) and 300
-/// forwarded (through eH); a process of H's that sent from the port number they go to is
-/// not their owner (their local side is no address of H's). Once no
+/// forwarded through eH (or received by O's receiver, where it was found still open); a
+/// process of H's that sent from the port number they go to is not their owner (their
+/// local side is no address of H's). Once no
 /// port of it is up the bridge is
 /// monitored, through the XDP program loaded only then (which failed on map descriptors
 /// closed after the start), and when one is up again it is left again.
@@ -908,6 +909,8 @@ fn a_bridge_is_counted_through_its_ports_once() {
             "300",
             "--timeout-ms",
             "5000",
+            "--comm",
+            "nmt-brrecv",
         ],
     );
     let sender = Peer::spawn(
@@ -975,11 +978,18 @@ fn a_bridge_is_counted_through_its_ports_once() {
         "{text}"
     );
     // The processes' totals: the sender's datagrams are its own where they entered H (its
-    // far end at cH) and "forwarded"'s where they left (O, which only received, has no
-    // sender to find), each once: the bridge is not counted beside its port. Traffic
-    // without an owner goes to "forwarded" after a few drains' tries for one, the rest
-    // without one to "unknown". Besides the datagrams, the echo (forwarded too) and the new
-    // links' neighbour and router frames (a few dozen at most).
+    // far end at cH), each once: the bridge is not counted beside its port. Where they left
+    // (through eH) they are the far end's there, O's receiver, if the daemon found it still
+    // holding its socket, as received; else `forwarded`'s, as sent. Traffic without an
+    // owner goes to "forwarded" after a few drains' tries for one, the rest without one to
+    // "unknown". Besides the datagrams, the echo (forwarded too) and the new links'
+    // neighbour and router frames (a few dozen at most).
+    let row_in = |procs: &[Value], name: &str| {
+        procs
+            .iter()
+            .find(|p| p["process"] == name)
+            .map(|p| (u(&p["packets_sent"]), u(&p["packets_recv"])))
+    };
     let procs = wait_for(
         10,
         "the datagrams in the processes' totals",
@@ -987,30 +997,22 @@ fn a_bridge_is_counted_through_its_ports_once() {
         || {
             let stats = d.fresh_stats(&h);
             let procs = stats["processes"].as_array().unwrap().clone();
-            let sent = |name: &str| {
-                procs
-                    .iter()
-                    .find(|p| p["process"] == name)
-                    .map_or(0, |p| u(&p["packets_sent"]))
-            };
-            (sent("nmt-brsend") >= 300 && sent("forwarded") >= 300).then_some(procs)
+            let of = |name| row_in(&procs, name).unwrap_or_default();
+            (of("nmt-brsend").0 >= 300 && of("forwarded").0 + of("nmt-brrecv").1 >= 300)
+                .then_some(procs)
         },
     );
-    let row = |name: &str| {
-        procs
-            .iter()
-            .find(|p| p["process"] == name)
-            .map(|p| (u(&p["packets_sent"]), u(&p["packets_recv"])))
-    };
+    let row = |name: &str| row_in(&procs, name);
     let sum = |k: &str| procs.iter().map(|p| u(&p[k])).sum::<u64>();
-    assert!(
-        sum("packets_sent") < 630 && sum("packets_recv") < 30,
-        "{procs:?}"
-    );
+    assert!(sum("packets_sent") + sum("packets_recv") < 630, "{procs:?}");
     assert_eq!(row("nmt-brsend"), Some((300, 0)), "{procs:?}");
     assert_eq!(row("nmt-hostport"), Some((1, 0)), "{procs:?}");
     let (fwd_tx, fwd_rx) = row("forwarded").unwrap_or_default();
-    assert!((300..330).contains(&fwd_tx) && fwd_rx < 30, "{procs:?}");
+    let (_, recv_rx) = row("nmt-brrecv").unwrap_or_default();
+    assert!(
+        (300..330).contains(&(fwd_tx + recv_rx)) && fwd_rx < 30,
+        "{procs:?}"
+    );
     let into = find_conn(&d.fresh_stats(&h), outside, container).clone();
     assert_eq!(
         (&into["pid"], &into["process"]),
@@ -1261,13 +1263,14 @@ fn masqueraded_forwarded_frames_are_not_the_local_ports_owners() {
 
 /// A container's sockets are found where its frames enter the host, though its datagrams
 /// reach the host's interfaces without their socket and leave them masqueraded (H, routing
-/// and masquerading for "container" C): the rows at cH, whose local end is the far side (O,
-/// which only receives here, so has no sender to find), carry C's sending process, found
-/// in C's namespace by the row's remote end; that process's totals count what it sent as
-/// sent. UDP sockets connected before they had a port (as a resolver's; found as the
-/// socket closes, the sender gone before the daemon's next drain), sending with an address
-/// from no bound port (found from its second send) and one bound and connected, alive
-/// while the row is checked (found as it connects); a TCP connection (its record, reversed).
+/// and masquerading for "container" C): the rows at cH, whose local end is the far side (O),
+/// carry C's sending process, found in C's namespace by the row's remote end; that
+/// process's totals count what it sent as sent. UDP sockets connected before they had a
+/// port (as a resolver's; found as the socket closes, the sender gone before the daemon's
+/// next drain), sending with an address from no bound port (found from its second send),
+/// and two connected and still open while the rows are checked, one bound before (found
+/// as it connects) and one not (no hook saw its port: found open in C's namespace, its
+/// holder among C's processes); a TCP connection (its record, reversed).
 #[test]
 #[ignore = "privileged: needs root and network namespaces; run by `cargo xtask test`"]
 fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
@@ -1305,10 +1308,23 @@ fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
         assert!(rx.finish().contains("received=20"));
         gone.push((pid, format!("10.87.0.2:{local_port}"), to, comm));
     }
-    // Bound and connected, its socket open until told: the row is checked while it is.
+    // Connected, bound before (found as it connects) or not (no hook saw its port: found
+    // open), their sockets open until told: the rows are checked while they are.
     let stay = go_file(&h);
-    let (live, live_rx, live_to) = send(7313, &["--connect", "--stay-file", &stay], "nmt-cs-live");
-    let (live_pid, live_local) = (live.pid, live.local.clone());
+    let live: Vec<_> = [
+        (7313, &[][..], "nmt-cs-bound"),
+        (7314, &["--unbound"][..], "nmt-cs-open"),
+    ]
+    .into_iter()
+    .map(|(port, extra, comm)| {
+        let mut args = vec!["--connect", "--stay-file", &stay];
+        args.extend_from_slice(extra);
+        let (tx, rx, to) = send(port, &args, comm);
+        assert!(rx.finish().contains("received=20"));
+        let local = tx.local.replace("0.0.0.0", "10.87.0.2");
+        (tx, to, local)
+    })
+    .collect();
     let server = Peer::spawn(&o, &["tcp-serve", "--listen", "10.88.0.2:5041"]);
     let client = Peer::spawn(
         &c,
@@ -1325,7 +1341,6 @@ fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
     let (tcp_pid, tcp_local) = (client.pid, client.local.clone());
     assert!(client.finish().contains("sent=200000"));
     assert!(server.finish().contains("received=200000"));
-    assert!(live_rx.finish().contains("received=20"));
     let stats = wait_for(
         10,
         "the container's rows with their processes",
@@ -1337,15 +1352,18 @@ fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
                 row["pid"] == pid && row["forwarded"] == true
             };
             (gone.iter().all(|(pid, c, o, _)| owned(o, c, *pid))
-                && owned(&live_to, &live_local, live_pid)
+                && live.iter().all(|(tx, to, local)| owned(to, local, tx.pid))
                 && owned("10.88.0.2:5041", &tcp_local, tcp_pid))
             .then_some(stats)
         },
     );
-    assert!(
-        is_alive(live_pid),
-        "the bound sender should still hold its socket: it waits for {stay}"
-    );
+    for (tx, ..) in &live {
+        assert!(
+            is_alive(tx.pid),
+            "sender {} should still hold its socket: it waits for {stay}",
+            tx.pid
+        );
+    }
     for (_, c, o, comm) in &gone {
         let row = find_conn(&stats, o, c);
         assert_eq!(
@@ -1370,7 +1388,9 @@ fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
         "{conn}"
     );
     std::fs::write(&stay, b"").unwrap();
-    assert!(live.finish().contains("sent=20"));
+    for (tx, ..) in live {
+        assert!(tx.finish().contains("sent=20"));
+    }
 }
 
 /// A daemon watching a namespace's loopback (`--iface lo`) attributes UDP senders to
