@@ -1104,10 +1104,19 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf, watch_loopback: bool) -> Result<()> {
 /// This thread's network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14+), as
 /// `bpf_get_netns_cookie` gives it.
 pub fn own_netns_cookie() -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd as _;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let s =
-        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // An unbound socket: no port taken, however briefly, in a container's namespace.
+    let socket = |family| {
+        // SAFETY: socket(2); the descriptor is owned by the OwnedFd made of it.
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    };
+    let s = socket(libc::AF_INET).or_else(|_| socket(libc::AF_INET6))?;
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: a socket we own; the option's value is a u64 written into `cookie`.
