@@ -589,15 +589,18 @@ fn pids() -> Result<Vec<u32>> {
 
 /// The network namespaces of this host other than this thread's (a container's): those its
 /// processes are in, each as `/proc/PID/ns/net` of one of them, and those named by `ip
-/// netns` (CNI's among them) under /run/netns, which may hold none; each with its identity
-/// (the namespace's inode).
+/// netns` (CNI's among them) under /run/netns or /var/run/netns, which may hold none; each
+/// with its identity (the namespace's inode).
 fn other_namespace_paths() -> Result<Vec<(String, u64)>> {
     use std::os::unix::fs::MetadataExt as _;
     let inode = |path: &str| std::fs::metadata(path).map(|m| m.ino());
     let own = inode("/proc/thread-self/ns/net").context("reading our namespace")?;
     let mut seen = std::collections::HashSet::from([own]);
-    let named = std::fs::read_dir("/run/netns")
+    // (`ip netns` keeps them under /var/run/netns, which is /run/netns where /var/run is
+    // the usual link to /run: the same namespaces, told apart by inode.)
+    let named = ["/run/netns", "/var/run/netns"]
         .into_iter()
+        .flat_map(std::fs::read_dir)
         .flatten()
         .flatten()
         .filter_map(|e| e.path().to_str().map(str::to_string));
@@ -658,19 +661,18 @@ pub fn other_namespaces() -> Result<Vec<Namespace>> {
 
 /// Which of the other network namespaces of this host (`other_namespace_paths`) hold an
 /// address, by their cookies: where a forwarded flow's far end is a container's, whose
-/// sockets the kernel hooks record by namespace and port (`NETMON_UDP_NS`). Listed again when
-/// an address is asked for that no namespace held at the last listing, at most every
-/// `RECHECK`: a namespace not seen before is entered then (a thread, `setns`, its addresses
-/// and cookie), one gone is dropped; and every one is entered again when asked after
-/// `REREAD` (an address moved or removed, a container replaced by one with its address).
-/// Also which processes hold a namespace's open UDP sockets (`live_owner`).
+/// sockets the kernel hooks record by namespace and port (`NETMON_UDP_NS`). Read again
+/// (every namespace entered from a thread, `setns`: its addresses and cookie) when an
+/// address is asked for that no namespace held at the last reading, at most every
+/// `RECHECK` (a new container, or an address given to one after its namespace was read),
+/// and when anything is asked `REREAD` after the last (an address moved or removed). Also
+/// which processes hold a namespace's open UDP sockets (`live_owner`).
 #[derive(Default)]
 pub struct NamespaceAddrs {
     by_addr: std::collections::HashMap<[u8; 16], Vec<u64>>,
     /// Each namespace entered, by identity (`other_namespace_paths`).
     known: std::collections::HashMap<u64, KnownNamespace>,
     checked: Option<std::time::Instant>,
-    reread: Option<std::time::Instant>,
     /// By cookie: when the namespace's UDP sockets were last listed, and their holders by
     /// local port.
     live: std::collections::HashMap<u64, (std::time::Instant, UdpHolders)>,
@@ -691,7 +693,7 @@ struct KnownNamespace {
 }
 
 impl NamespaceAddrs {
-    const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+    const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
     const REREAD: std::time::Duration = std::time::Duration::from_secs(60);
     /// How long a namespace's listed UDP sockets answer for it (a couple of drains).
     const LIVE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -702,9 +704,9 @@ impl NamespaceAddrs {
     /// The cookies of the other namespaces that hold `addr` (IPv4 mapped into IPv6).
     pub fn cookies(&mut self, addr: &[u8; 16]) -> &[u64] {
         let stale = |t: Option<std::time::Instant>, d| t.is_none_or(|t| t.elapsed() >= d);
-        let all = stale(self.reread, Self::REREAD);
-        if (all || !self.by_addr.contains_key(addr) && stale(self.checked, Self::RECHECK))
-            && let Err(e) = self.read(all)
+        if (stale(self.checked, Self::REREAD)
+            || !self.by_addr.contains_key(addr) && stale(self.checked, Self::RECHECK))
+            && let Err(e) = self.read()
         {
             tracing::debug!("other network namespaces' addresses: {e:#}");
         }
@@ -751,35 +753,26 @@ impl NamespaceAddrs {
         self.live.get(&cookie)?.1.get(&port).copied()
     }
 
-    fn read(&mut self, all: bool) -> Result<()> {
-        let now = std::time::Instant::now();
-        self.checked = Some(now);
-        if all {
-            self.reread = Some(now);
-        }
-        let mut known = std::collections::HashMap::new();
+    fn read(&mut self) -> Result<()> {
+        self.checked = Some(std::time::Instant::now());
+        self.known.clear();
         for (path, inode) in other_namespace_paths()? {
-            let entry = match self.known.remove(&inode) {
-                Some(k) if !all => KnownNamespace { path, ..k },
-                _ => match in_namespace(path.clone(), || {
-                    let cookie = crate::load::own_netns_cookie()?;
-                    Ok((cookie, crate::load::iface::local_addresses()))
-                }) {
-                    Ok((cookie, addrs)) => KnownNamespace {
+            match in_namespace(path.clone(), || {
+                let cookie = crate::load::own_netns_cookie()?;
+                Ok((cookie, crate::load::iface::local_addresses()))
+            }) {
+                Ok((cookie, addrs)) => {
+                    let k = KnownNamespace {
                         path,
                         inode,
                         cookie,
                         addrs,
-                    },
-                    Err(e) => {
-                        tracing::debug!("a network namespace's addresses are not read: {e:#}");
-                        continue;
-                    }
-                },
-            };
-            known.insert(inode, entry);
+                    };
+                    self.known.insert(inode, k);
+                }
+                Err(e) => tracing::debug!("a network namespace's addresses are not read: {e:#}"),
+            }
         }
-        self.known = known;
         self.by_addr.clear();
         for k in self.known.values() {
             for a in &k.addrs {

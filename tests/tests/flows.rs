@@ -817,6 +817,36 @@ fn own_udp_port(ns: &Netns, bind: &str, to: &str, comm: &str) -> u32 {
     pid
 }
 
+/// A receiver in `rx` for 20 datagrams to `to` (within `timeout_ms`), then a process of
+/// `tx` named `comm` sending them, 100 bytes each, with the sender options `extra`: the
+/// sender and the receiver.
+fn udp_twenty(
+    tx: &Netns,
+    rx: &Netns,
+    to: &str,
+    comm: &str,
+    extra: &[&str],
+    timeout_ms: &str,
+) -> (Peer, Peer) {
+    let receiver = Peer::spawn(
+        rx,
+        &[
+            "udp-recv",
+            "--listen",
+            to,
+            "--count",
+            "20",
+            "--timeout-ms",
+            timeout_ms,
+        ],
+    );
+    let mut args = vec![
+        "udp-send", "--to", to, "--count", "20", "--size", "100", "--comm", comm,
+    ];
+    args.extend_from_slice(extra);
+    (Peer::spawn(tx, &args), receiver)
+}
+
 /// A container host's bridge is not monitored beside its ports: every frame of the bridge
 /// passes a port, where it is counted once (monitoring both counted a container's frames on
 /// its veth and again on the bridge). Host H starts with uplink eH (a veth to O) alone; then
@@ -1282,23 +1312,8 @@ fn a_containers_sockets_are_attributed_where_its_frames_enter_the_host() {
     let d = Daemon::start(&h, &[], &[]);
     let send = |port: u16, extra: &[&str], comm: &str| {
         let to = format!("10.88.0.2:{port}");
-        let rx = Peer::spawn(
-            &o,
-            &[
-                "udp-recv",
-                "--listen",
-                &to,
-                "--count",
-                "20",
-                "--timeout-ms",
-                "15000",
-            ],
-        );
-        let mut args = vec![
-            "udp-send", "--to", &to, "--count", "20", "--size", "100", "--comm", comm,
-        ];
-        args.extend_from_slice(extra);
-        (Peer::spawn(&c, &args), rx, to)
+        let (tx, rx) = udp_twenty(&c, &o, &to, comm, extra, "15000");
+        (tx, rx, to)
     };
     let mut gone = Vec::new();
     for (port, extra, comm) in [
@@ -1407,25 +1422,8 @@ fn udp_senders_over_a_watched_loopback_are_attributed() {
     let d = Daemon::start(&p.a, &["lo"], &[]);
     for (port, connect, comm) in [(7031, true, "nmt-loc"), (7032, false, "nmt-lot")] {
         let to = format!("127.0.0.1:{port}");
-        let rx = Peer::spawn(
-            &p.a,
-            &[
-                "udp-recv",
-                "--listen",
-                &to,
-                "--count",
-                "20",
-                "--timeout-ms",
-                "5000",
-            ],
-        );
-        let mut args = vec![
-            "udp-send", "--to", &to, "--count", "20", "--size", "100", "--comm", comm,
-        ];
-        if connect {
-            args.push("--connect");
-        }
-        let tx = Peer::spawn(&p.a, &args);
+        let extra: &[&str] = if connect { &["--connect"] } else { &[] };
+        let (tx, rx) = udp_twenty(&p.a, &p.a, &to, comm, extra, "5000");
         let (pid, local) = (tx.pid, tx.local.clone());
         tx.finish();
         assert!(rx.finish().contains("received=20"));

@@ -1085,15 +1085,7 @@ pub fn try_cgroup_udp(ebpf: &mut Ebpf, watch_loopback: bool) -> Result<()> {
     }
     // Other namespaces' short-lived sockets: their owners on release. Without it (a kernel
     // before 5.9) only those that sent twice or were bound before connecting are recorded.
-    if let Err(e) = (|| -> Result<()> {
-        const RELEASE: &str = "netmon_udp_release";
-        let p: &mut CgroupSock = typed(ebpf, RELEASE)?;
-        p.load()
-            .with_context(|| format!("loading {RELEASE} (verifier)"))?;
-        p.attach(&root, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {RELEASE} to the cgroup v2 root"))?;
-        Ok(())
-    })() {
+    if let Err(e) = attach_cgroup_sock(ebpf, "netmon_udp_release") {
         tracing::warn!(
             "other network namespaces' UDP sockets closed before a drain are not attributed: {e:#}"
         );
@@ -1297,13 +1289,18 @@ fn attach_attribution(
 /// (`netmon_icmp_sock`), on the root of the cgroup v2 hierarchy beside any other program
 /// attached there; the egress program hands that owner to the ICMP flows the socket starts.
 pub fn try_cgroup_icmp(ebpf: &mut Ebpf) -> Result<()> {
-    const PROG: &str = "netmon_icmp_sock";
+    attach_cgroup_sock(ebpf, "netmon_icmp_sock")
+}
+
+/// Loads the cgroup socket program `prog` and attaches it to the root of the cgroup v2
+/// hierarchy, beside any other program attached there.
+fn attach_cgroup_sock(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
     let root = cgroup2_root()?;
-    let p: &mut CgroupSock = typed(ebpf, PROG)?;
+    let p: &mut CgroupSock = typed(ebpf, prog)?;
     p.load()
-        .with_context(|| format!("loading {PROG} (verifier)"))?;
+        .with_context(|| format!("loading {prog} (verifier)"))?;
     p.attach(&root, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching {PROG} to the cgroup v2 root"))?;
+        .with_context(|| format!("attaching {prog} to the cgroup v2 root"))?;
     Ok(())
 }
 
