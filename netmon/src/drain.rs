@@ -710,26 +710,37 @@ impl Owners {
     /// The owner of UDP port `port` in the other network namespace that holds `addr`: its
     /// record (`NETMON_UDP_NS`), else the process holding a socket open there on that port
     /// (`NamespaceAddrs::live_owner`). None where no namespace or more than one has one.
+    /// Where none is found, the namespaces are read again (if the last reading is old
+    /// enough: `NamespaceAddrs::reread_if_due`) and asked once more.
     fn in_ns(&self, addr: &[u8; 16], port: u16) -> Option<ProcInfo> {
         let mut namespaces = self.namespaces.lock().expect("lock not poisoned");
-        let cookies = namespaces.cookies(addr).to_vec();
-        let mut found = cookies.into_iter().filter_map(|net| {
-            let key = NsPortKey {
-                net,
-                port: PortKey {
-                    proto: IPPROTO_UDP,
+        let ask = |namespaces: &mut crate::sockdiag::NamespaceAddrs| {
+            let cookies = namespaces.cookies(addr).to_vec();
+            let mut found = cookies.into_iter().filter_map(|net| {
+                let key = NsPortKey {
+                    net,
+                    port: PortKey {
+                        proto: IPPROTO_UDP,
+                        _pad: 0,
+                        port,
+                    },
                     _pad: 0,
-                    port,
-                },
-                _pad: 0,
-            };
-            self.udp_ns
-                .get(&key, 0)
-                .ok()
-                .or_else(|| namespaces.live_owner(net, port))
-        });
-        let first = found.next();
-        found.next().is_none().then_some(first).flatten()
+                };
+                self.udp_ns
+                    .get(&key, 0)
+                    .ok()
+                    .or_else(|| namespaces.live_owner(net, port))
+            });
+            let first = found.next();
+            (
+                first.is_some(),
+                found.next().is_none().then_some(first).flatten(),
+            )
+        };
+        match ask(&mut namespaces) {
+            (false, _) if namespaces.reread_if_due() => ask(&mut namespaces).1,
+            (_, owner) => owner,
+        }
     }
 
     /// A local port's owner: a UDP port's from `NETMON_UDP_PORTS`, any other from `tcp`.

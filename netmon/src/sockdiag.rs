@@ -713,6 +713,21 @@ impl NamespaceAddrs {
         self.by_addr.get(addr).map_or(&[], Vec::as_slice)
     }
 
+    /// Reads every namespace again if the last reading is `RECHECK` old; whether it did.
+    /// For an address whose namespaces have no owner of the port asked for: the address
+    /// may have gone to another namespace since (a container replaced, or one of several
+    /// namespaces that hold the same address, isolated networks, given it after the
+    /// reading).
+    pub fn reread_if_due(&mut self) -> bool {
+        if self.checked.is_some_and(|t| t.elapsed() < Self::RECHECK) {
+            return false;
+        }
+        if let Err(e) = self.read() {
+            tracing::debug!("other network namespaces' addresses: {e:#}");
+        }
+        true
+    }
+
     /// The process holding the UDP socket on `port` of the namespace whose cookie is
     /// `cookie`, if one is open there now: a socket whose port no hook has seen yet (one
     /// connected before it had a port, recorded by the hooks only as it closes; one that
