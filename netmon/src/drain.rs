@@ -737,10 +737,16 @@ impl Owners {
                 found.next().is_none().then_some(first).flatten(),
             )
         };
-        match ask(&mut namespaces) {
+        let found = match ask(&mut namespaces) {
             (false, _) if namespaces.reread_if_due() => ask(&mut namespaces).1,
             (_, owner) => owner,
-        }
+        };
+        tracing::debug!(
+            "UDP port {port} of {} in other namespaces: owner {:?}",
+            std::net::Ipv6Addr::from(*addr),
+            found.map(|p| p.pid)
+        );
+        found
     }
 
     /// A local port's owner: a UDP port's from `NETMON_UDP_PORTS`, any other from `tcp`.

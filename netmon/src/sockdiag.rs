@@ -604,10 +604,10 @@ fn other_namespace_paths() -> Result<Vec<(String, u64)>> {
         .flatten()
         .flatten()
         .filter_map(|e| e.path().to_str().map(str::to_string));
-    Ok(pids()?
-        .into_iter()
-        .map(|pid| format!("/proc/{pid}/ns/net"))
-        .chain(named)
+    // Named ones first: a namespace's path stays valid as long as it is named, where a
+    // process may exit before its namespace is entered.
+    Ok(named
+        .chain(pids()?.into_iter().map(|pid| format!("/proc/{pid}/ns/net")))
         .filter_map(|path| {
             let ns = inode(&path).ok()?;
             seen.insert(ns).then_some((path, ns))
