@@ -1037,7 +1037,8 @@ fn a_bridge_is_counted_through_its_ports_once() {
     );
     let row = |name: &str| row_in(&procs, name);
     let sum = |k: &str| procs.iter().map(|p| u(&p[k])).sum::<u64>();
-    assert!(sum("packets_sent") + sum("packets_recv") < 630, "{procs:?}");
+    // 600 (each datagram twice) and under 30 other frames each way.
+    assert!(sum("packets_sent") + sum("packets_recv") < 660, "{procs:?}");
     assert_eq!(row("nmt-brsend"), Some((300, 0)), "{procs:?}");
     assert_eq!(row("nmt-hostport"), Some((1, 0)), "{procs:?}");
     let (fwd_tx, fwd_rx) = row("forwarded").unwrap_or_default();
