@@ -704,11 +704,10 @@ impl NamespaceAddrs {
     /// The cookies of the other namespaces that hold `addr` (IPv4 mapped into IPv6).
     pub fn cookies(&mut self, addr: &[u8; 16]) -> &[u64] {
         let stale = |t: Option<std::time::Instant>, d| t.is_none_or(|t| t.elapsed() >= d);
-        if (stale(self.checked, Self::REREAD)
-            || !self.by_addr.contains_key(addr) && stale(self.checked, Self::RECHECK))
-            && let Err(e) = self.read()
+        if stale(self.checked, Self::REREAD)
+            || !self.by_addr.contains_key(addr) && stale(self.checked, Self::RECHECK)
         {
-            tracing::debug!("other network namespaces' addresses: {e:#}");
+            self.read_logged();
         }
         self.by_addr.get(addr).map_or(&[], Vec::as_slice)
     }
@@ -722,10 +721,15 @@ impl NamespaceAddrs {
         if self.checked.is_some_and(|t| t.elapsed() < Self::RECHECK) {
             return false;
         }
+        self.read_logged();
+        true
+    }
+
+    /// `read`, a failure logged (the addresses are then those of the namespaces read).
+    fn read_logged(&mut self) {
         if let Err(e) = self.read() {
             tracing::debug!("other network namespaces' addresses: {e:#}");
         }
-        true
     }
 
     /// The process holding the UDP socket on `port` of the namespace whose cookie is
